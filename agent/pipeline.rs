@@ -1,0 +1,155 @@
+//! The path from sensors to the spool.
+//!
+//! Every sensor holds an [`EventTx`]: a bounded channel into the spool writer. `send` waits when the
+//! spool is behind (back-pressure, nothing lost); `try_send` is for sensors that must not block (a
+//! kernel queue that would overflow instead) and counts what it could not hand over. The counts are
+//! reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bannin::event::{Body, Event, SensorEvent, SensorStatus};
+use tokio::sync::mpsc;
+
+/// Capacity of the channel between all sensors and the spool writer.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the spool writer has stopped")]
+pub struct Closed;
+
+#[derive(Default)]
+struct Drops {
+    by_sensor: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A sensor's handle on the spool writer.
+#[derive(Clone)]
+pub struct EventTx {
+    tx: mpsc::Sender<Event>,
+    host: Arc<str>,
+    sensor: &'static str,
+    drops: Arc<Drops>,
+}
+
+impl EventTx {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The same channel, with drops counted under another sensor's name.
+    pub fn for_sensor(&self, sensor: &'static str) -> EventTx {
+        EventTx {
+            sensor,
+            ..self.clone()
+        }
+    }
+
+    /// Sends an event that happened now, waiting while the spool is behind.
+    pub async fn send(&self, body: impl Into<Body>) -> Result<(), Closed> {
+        self.send_event(Event::now(self.host.to_string(), body))
+            .await
+    }
+
+    /// Sends a fully built event (its own timestamp), waiting while the spool is behind.
+    pub async fn send_event(&self, event: Event) -> Result<(), Closed> {
+        self.tx.send(event).await.map_err(|_| Closed)
+    }
+
+    /// Sends from a thread outside the runtime, waiting while the spool is behind.
+    pub fn blocking_send(&self, body: impl Into<Body>) -> Result<(), Closed> {
+        self.tx
+            .blocking_send(Event::now(self.host.to_string(), body))
+            .map_err(|_| Closed)
+    }
+
+    /// Hands an event over without waiting; when the channel is full the event is counted as
+    /// dropped under this sensor's name and reported later. Returns whether it was sent.
+    pub fn try_send(&self, body: impl Into<Body>) -> bool {
+        match self.tx.try_send(Event::now(self.host.to_string(), body)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.count_drop(1);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Counts events this sensor lost on its own side (a full internal queue).
+    pub fn count_drop(&self, count: u64) {
+        if let Ok(mut map) = self.drops.by_sensor.lock() {
+            *map.entry(self.sensor).or_default() += count;
+        }
+    }
+}
+
+/// The channel every sensor sends into and the receiving end for the spool writer.
+pub fn channel(host: &str) -> (EventTx, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let tx = EventTx {
+        tx,
+        host: Arc::from(host),
+        sensor: "agent",
+        drops: Arc::new(Drops::default()),
+    };
+    (tx, rx)
+}
+
+/// Every `interval`, turns the drop counts into `sensor.overflow` events, sent with back-pressure so
+/// the report itself is never dropped.
+pub fn spawn_drop_reporter(tx: EventTx, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let taken = match tx.drops.by_sensor.lock() {
+                Ok(mut map) => std::mem::take(&mut *map),
+                Err(_) => continue,
+            };
+            for (sensor, count) in taken {
+                let mut event = SensorEvent::new(
+                    SensorStatus::Overflow,
+                    sensor,
+                    format!("{count} events dropped because the spool could not keep up"),
+                );
+                event.count = count;
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bannin::event::{AgentAction, AgentEvent};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_channel_counts_drops_and_reports_them() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let tx = EventTx {
+            tx,
+            host: Arc::from("h"),
+            sensor: "files",
+            drops: Arc::new(Drops::default()),
+        };
+        assert!(tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
+        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
+        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
+        rx.recv().await.unwrap();
+        let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
+        let report = rx.recv().await.unwrap();
+        assert_eq!(report.kind(), "sensor.overflow");
+        match report.body {
+            Body::Sensor(s) => {
+                assert_eq!(s.count, 2);
+                assert_eq!(s.sensor, "files");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

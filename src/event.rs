@@ -1,0 +1,485 @@
+//! The event model shared by the agent and the collector.
+//!
+//! Sensors build [`Event`]s; the agent's spool numbers and encodes them; the collector decodes them
+//! back into the same types. Protobuf types never appear here: `crate::proto` converts at the edge.
+//! `Serialize` gives the JSON of INTERFACE.md (one flat object per event, `kind` included).
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// One observation from one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Assigned by the agent's spool: 1, 2, 3... for the agent's whole life. Zero until spooled.
+    pub seq: u64,
+    pub ts: Timestamp,
+    pub host: String,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Event {
+    /// An event that happened now on this host, not yet numbered.
+    pub fn now(host: impl Into<String>, body: impl Into<Body>) -> Self {
+        Event {
+            seq: 0,
+            ts: Timestamp::now(),
+            host: host.into(),
+            body: body.into(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
+
+    /// The path a file event is about, for indexing and `--path` queries.
+    pub fn path(&self) -> Option<&str> {
+        match &self.body {
+            Body::File(file) => Some(&file.path),
+            _ => None,
+        }
+    }
+}
+
+/// An event as the collector keeps it: which agent sent it, and the event itself.
+///
+/// Its JSON is the event object of INTERFACE.md: `agent_id`, `host`, `seq`, `ts`, `kind` and the
+/// kind's own fields, flat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub agent_id: String,
+    pub event: Event,
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Flat<'a> {
+            agent_id: &'a str,
+            kind: &'static str,
+            #[serde(flatten)]
+            event: &'a Event,
+        }
+        Flat {
+            agent_id: &self.agent_id,
+            kind: self.event.kind(),
+            event: &self.event,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// What happened; the variant and its action together make the event's `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Body {
+    File(FileEvent),
+    Process(ProcessEvent),
+    Net(NetEvent),
+    Db(DbEvent),
+    Agent(AgentEvent),
+    Sensor(SensorEvent),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::File(f) => match f.action {
+                FileAction::Create => "file.create",
+                FileAction::Write => "file.write",
+                FileAction::Rename => "file.rename",
+                FileAction::Delete => "file.delete",
+            },
+            Body::Process(p) => match p.action {
+                ProcessAction::Start => "process.start",
+                ProcessAction::Exit => "process.exit",
+            },
+            Body::Net(_) => "net.connect",
+            Body::Db(d) => match d.action {
+                DbAction::Connect => "db.connect",
+                DbAction::Disconnect => "db.disconnect",
+                DbAction::Query => "db.query",
+            },
+            Body::Agent(a) => match a.action {
+                AgentAction::Start => "agent.start",
+                AgentAction::Heartbeat => "agent.heartbeat",
+                AgentAction::Stop => "agent.stop",
+                AgentAction::Dropped => "agent.dropped",
+            },
+            Body::Sensor(s) => match s.status {
+                SensorStatus::Overflow => "sensor.overflow",
+                SensorStatus::Error => "sensor.error",
+                SensorStatus::Recovered => "sensor.recovered",
+                SensorStatus::Status => "sensor.status",
+            },
+        }
+    }
+}
+
+macro_rules! body_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(impl From<$ty> for Body {
+            fn from(value: $ty) -> Self {
+                Body::$variant(value)
+            }
+        })*
+    };
+}
+body_from!(
+    File(FileEvent),
+    Process(ProcessEvent),
+    Net(NetEvent),
+    Db(DbEvent),
+    Agent(AgentEvent),
+    Sensor(SensorEvent),
+);
+
+/// The process behind an event. Its fields are flattened into the event's JSON (`pid`, `exe`...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    pub exe: String,
+    pub cmdline: String,
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Parent first, then its parent, and so on.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub ancestry: Vec<Ancestor>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: String,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAction {
+    Create,
+    Write,
+    Rename,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEvent {
+    #[serde(skip, default = "default_file_action")]
+    pub action: FileAction,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_path: Option<String>,
+    /// For a delete or rename: the last size the agent saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// Whether `pid`/`exe`/`user` are known: the portable backend cannot tell who acted.
+    pub process_known: bool,
+    pub backend: String,
+    pub incomplete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportInfo>,
+}
+
+fn default_file_action() -> FileAction {
+    FileAction::Write
+}
+
+impl FileEvent {
+    /// A file event with only what every backend knows.
+    pub fn new(action: FileAction, path: impl Into<String>, backend: impl Into<String>) -> Self {
+        FileEvent {
+            action,
+            path: path.into(),
+            from_path: None,
+            size: None,
+            inode: None,
+            mode: None,
+            owner_uid: None,
+            owner: None,
+            process: None,
+            process_known: false,
+            backend: backend.into(),
+            incomplete: false,
+            export: None,
+        }
+    }
+}
+
+/// What the agent could tell about a bulk-data or archive file: counts only, never content.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportInfo {
+    /// "data" for row-oriented bulk data, "archive" for compressed containers.
+    pub class: String,
+    /// "csv", "tsv", "json", "ndjson", "sql", "dump", "xlsx", "parquet", "zip", "gzip"...
+    pub format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub est_rows: Option<u64>,
+    pub sampled_bytes: u64,
+    pub emails: u64,
+    pub phones: u64,
+    pub passports: u64,
+    pub cards: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessAction {
+    Start,
+    Exit,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    #[serde(skip, default = "default_process_action")]
+    pub action: ProcessAction,
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    pub cwd: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_ts: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_bytes: Option<u64>,
+    /// "proc_connector" sees every exec and exit; "poll" may miss short-lived processes.
+    pub source: String,
+}
+
+fn default_process_action() -> ProcessAction {
+    ProcessAction::Start
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetEvent {
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    pub protocol: String,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub remote_addr: String,
+    pub remote_port: u16,
+    /// "public", "private", "loopback", "link_local", "multicast" or "unspecified".
+    pub remote_scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbAction {
+    Connect,
+    Disconnect,
+    Query,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbEvent {
+    #[serde(skip, default = "default_db_action")]
+    pub action: DbAction,
+    /// "postgresql" or "mariadb".
+    pub db_system: String,
+    pub db_user: String,
+    pub database: String,
+    pub client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_port: Option<u16>,
+    pub application: String,
+    pub session: String,
+    pub statement: String,
+    /// "read", "write", "ddl", "dcl", "export" or "other".
+    pub statement_kind: String,
+    pub tables: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// For exports: "copy_to_file", "copy_to_program", "copy_to_stdout", "into_outfile",
+    /// "dump_tool" or "full_table_read".
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub export_method: String,
+    pub failed: bool,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub error: String,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sensitive_tables: Vec<String>,
+    /// Running totals of rows read from sensitive tables, carried forward so chunked reads add up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_sensitive_rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_sensitive_rows: Option<u64>,
+    /// The database server's own name for itself, where the log says it.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub server: String,
+}
+
+fn default_db_action() -> DbAction {
+    DbAction::Query
+}
+
+impl DbEvent {
+    pub fn new(action: DbAction, db_system: impl Into<String>) -> Self {
+        DbEvent {
+            action,
+            db_system: db_system.into(),
+            db_user: String::new(),
+            database: String::new(),
+            client_addr: String::new(),
+            client_port: None,
+            application: String::new(),
+            session: String::new(),
+            statement: String::new(),
+            statement_kind: String::new(),
+            tables: Vec::new(),
+            rows: None,
+            export_method: String::new(),
+            failed: false,
+            error: String::new(),
+            sensitive_tables: Vec::new(),
+            session_sensitive_rows: None,
+            user_sensitive_rows: None,
+            server: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentAction {
+    Start,
+    Heartbeat,
+    Stop,
+    Dropped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    #[serde(skip, default = "default_agent_action")]
+    pub action: AgentAction,
+    pub version: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub message: String,
+    /// agent.dropped: how many events were lost and the sequence numbers they had.
+    pub dropped: u64,
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub first_dropped_seq: u64,
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub last_dropped_seq: u64,
+    pub spool_events: u64,
+    pub spool_bytes: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub sensors: Vec<String>,
+}
+
+fn default_agent_action() -> AgentAction {
+    AgentAction::Heartbeat
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl AgentEvent {
+    pub fn new(action: AgentAction) -> Self {
+        AgentEvent {
+            action,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            message: String::new(),
+            dropped: 0,
+            first_dropped_seq: 0,
+            last_dropped_seq: 0,
+            spool_events: 0,
+            spool_bytes: 0,
+            sensors: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorStatus {
+    /// The kernel or a queue dropped events; `count` says how many where known.
+    Overflow,
+    /// A source cannot be read or parsed; the sensor keeps retrying.
+    Error,
+    /// A source that was failing works again.
+    Recovered,
+    /// Which backend a sensor runs and why.
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorEvent {
+    #[serde(skip, default = "default_sensor_status")]
+    pub status: SensorStatus,
+    pub sensor: String,
+    pub message: String,
+    pub count: u64,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub path: String,
+}
+
+fn default_sensor_status() -> SensorStatus {
+    SensorStatus::Status
+}
+
+impl SensorEvent {
+    pub fn new(status: SensorStatus, sensor: impl Into<String>, message: impl Into<String>) -> Self {
+        SensorEvent {
+            status,
+            sensor: sensor.into(),
+            message: message.into(),
+            count: 0,
+            path: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_event_json_is_flat_with_kind_fields_and_process() {
+        let mut file = FileEvent::new(FileAction::Delete, "/srv/x.csv", "fanotify");
+        file.size = Some(42);
+        file.process_known = true;
+        file.process = Some(ProcessInfo {
+            pid: 7,
+            exe: "/usr/bin/rm".into(),
+            user: "alice".into(),
+            ..ProcessInfo::default()
+        });
+        let event = Event {
+            seq: 3,
+            ts: Timestamp::from_nanos(1_700_000_000_123_456_789),
+            host: "db1".into(),
+            body: file.into(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["path"], "/srv/x.csv");
+        assert_eq!(json["size"], 42);
+        assert_eq!(json["pid"], 7);
+        assert_eq!(json["exe"], "/usr/bin/rm");
+        assert_eq!(json["ts"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(event.kind(), "file.delete");
+    }
+}
