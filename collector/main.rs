@@ -1,1 +1,6 @@
-fn main(){}
+//! bannin-collector: enrolls agents, verifies and stores their events, detects and alerts.
+#![forbid(unsafe_code)]
+
+mod alert;
+
+fn main() {}

@@ -1,0 +1,47 @@
+//! An alert: what a detection rule concluded, with links to the events that show it.
+
+use bannin::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One stored event an alert rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceRef {
+    pub agent_id: String,
+    pub seq: u64,
+}
+
+/// The alert object of INTERFACE.md: common fields plus the rule's own (`fields`, flattened).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub ts: Timestamp,
+    pub host: String,
+    pub summary: String,
+    pub evidence: Vec<EvidenceRef>,
+    /// How many occurrences this alert stands for after de-duplication.
+    pub count: u64,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
