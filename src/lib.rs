@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod event;
+pub mod pki;
 pub mod proto;
 pub mod time;
 
