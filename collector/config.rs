@@ -52,6 +52,8 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     pub server: ServerConfig,
+    pub metrics: crate::metrics::MetricsConfig,
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl CollectorConfig {

@@ -1,0 +1,178 @@
+//! Read-side queries behind `timeline` and `scope`: one host's events in time order, every host's
+//! events of some kinds in a window, and the stored alerts (when detection's table exists).
+
+use bannin::event::Record;
+use bannin::proto::decode_event;
+use bannin::time::Timestamp;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::StoreError;
+
+/// An agent a host name resolved to.
+#[derive(Debug, Clone)]
+pub struct HostAgent {
+    pub no: i64,
+    pub id: String,
+    pub name: String,
+    pub host: String,
+}
+
+/// The agents whose name or machine host name is `host`.
+pub fn agents_for_host(conn: &Connection, host: &str) -> Result<Vec<HostAgent>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT no, id, name, host FROM agents WHERE name = ?1 OR host = ?1")?;
+    let rows = stmt.query_map([host], |r| {
+        Ok(HostAgent {
+            no: r.get(0)?,
+            id: r.get(1)?,
+            name: r.get(2)?,
+            host: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Which events to read: a time range, optionally some agents and some kinds.
+#[derive(Debug, Default, Clone)]
+pub struct Range<'a> {
+    /// None: every agent.
+    pub agents: Option<&'a [i64]>,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    /// Empty: every kind.
+    pub kinds: &'a [&'a str],
+    /// At most this many events (the oldest first); None: all.
+    pub limit: Option<usize>,
+}
+
+/// Events in `range`, oldest first. The `(agent_no, ts)` index answers the per-host case and the
+/// `(ts)` index the fleet-wide one.
+pub fn records(conn: &Connection, range: &Range<'_>) -> Result<Vec<Record>, StoreError> {
+    let mut sql = String::from(
+        "SELECT a.id, e.payload FROM events e JOIN agents a ON a.no = e.agent_no
+         WHERE e.ts >= ? AND e.ts <= ?",
+    );
+    let mut args: Vec<Value> = vec![
+        Value::Integer(range.since.as_nanos()),
+        Value::Integer(range.until.as_nanos()),
+    ];
+    if let Some(agents) = range.agents {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        sql.push_str(" AND e.agent_no IN (");
+        sql.push_str(&vec!["?"; agents.len()].join(","));
+        sql.push(')');
+        args.extend(agents.iter().map(|no| Value::Integer(*no)));
+    }
+    if !range.kinds.is_empty() {
+        sql.push_str(" AND e.kind IN (");
+        sql.push_str(&vec!["?"; range.kinds.len()].join(","));
+        sql.push(')');
+        args.extend(range.kinds.iter().map(|k| Value::Text((*k).to_string())));
+    }
+    sql.push_str(" ORDER BY e.ts, e.agent_no, e.seq");
+    if let Some(limit) = range.limit {
+        sql.push_str(" LIMIT ?");
+        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (agent_id, payload) = row?;
+        match decode_event(&payload) {
+            Ok(event) => records.push(Record { agent_id, event }),
+            Err(error) => tracing::warn!(%agent_id, %error, "stored event does not decode"),
+        }
+    }
+    Ok(records)
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Stored alerts as JSON objects, newest last, or none while the store has no `alerts` table
+/// (detection not yet run on this store).
+///
+/// Every column becomes a field; a text column holding a JSON array or object (evidence, the rule's
+/// own fields) is parsed, and an object column named `fields` is flattened into the alert, which
+/// yields INTERFACE.md's alert object whatever columns detection chose.
+pub fn alerts(
+    conn: &Connection,
+    since: Option<Timestamp>,
+    rule: Option<&str>,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
+    if !table_exists(conn, "alerts")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT * FROM alerts")?;
+    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let mut rows = stmt.query([])?;
+    let mut alerts = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut alert = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let value = match row.get::<_, Value>(i)? {
+                Value::Null => serde_json::Value::Null,
+                Value::Integer(n) if name == "ts" || name.ends_with("_ts") => {
+                    serde_json::Value::String(Timestamp::from_nanos(n).to_rfc3339())
+                }
+                Value::Integer(n) => n.into(),
+                Value::Real(f) => f.into(),
+                Value::Text(text) if text.starts_with('[') || text.starts_with('{') => {
+                    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+                }
+                Value::Text(text) => serde_json::Value::String(text),
+                Value::Blob(bytes) => serde_json::Value::String(hex::encode(bytes)),
+            };
+            match (name.as_str(), value) {
+                ("fields" | "json" | "body", serde_json::Value::Object(fields)) => {
+                    for (key, value) in fields {
+                        alert.entry(key).or_insert(value);
+                    }
+                }
+                (_, value) => {
+                    alert.insert(name.clone(), value);
+                }
+            }
+        }
+        alerts.push(alert);
+    }
+    let ts_of = |a: &serde_json::Map<String, serde_json::Value>| {
+        a.get("ts")
+            .and_then(|t| t.as_str())
+            .and_then(Timestamp::parse_rfc3339)
+    };
+    alerts.retain(|a| {
+        since.is_none_or(|since| ts_of(a).is_some_and(|ts| ts >= since))
+            && rule.is_none_or(|rule| a.get("rule").and_then(|r| r.as_str()) == Some(rule))
+    });
+    alerts.sort_by_key(|a| ts_of(a));
+    Ok(alerts)
+}
+
+/// Every enrolled agent, for resolving ids to the names people use.
+pub fn all_agents(conn: &Connection) -> Result<Vec<HostAgent>, StoreError> {
+    let mut stmt = conn.prepare("SELECT no, id, name, host FROM agents ORDER BY no")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(HostAgent {
+            no: r.get(0)?,
+            id: r.get(1)?,
+            name: r.get(2)?,
+            host: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
