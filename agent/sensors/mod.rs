@@ -1,4 +1,5 @@
 //! The agent's sensors. Each one is a module with a config struct (serde defaults), a `spawn`
 //! function that takes an [`crate::pipeline::EventTx`], and the events it emits.
 
+pub mod net;
 pub mod process;
