@@ -128,15 +128,19 @@ impl ProcessTable {
 
     /// Who pid `pid` is (or was, if it exited recently), with its ancestry, parent first.
     ///
-    /// A running process is checked against `/proc` so that a reused pid is not mistaken for the
-    /// process the table remembers; an exited one is answered from memory.
+    /// A running process is checked against `/proc` (one small read) so that a reused pid, or a
+    /// program replaced by exec, is not mistaken for what the table remembers; an exited one is
+    /// answered from memory.
     pub fn info(&self, pid: u32) -> Option<ProcessInfo> {
-        let live = live_start_ticks(pid);
+        let live = live_identity(pid);
         let known = {
             let inner = self.lock();
             match inner.entries.get(&pid) {
-                Some(entry) => match live {
-                    Some(ticks) => entry.snapshot.same_process(Some(ticks)),
+                // A changed command name means an exec the table has not heard of.
+                Some(entry) => match &live {
+                    Some((ticks, comm)) => {
+                        entry.snapshot.same_process(Some(*ticks)) && entry.snapshot.comm == *comm
+                    }
                     None => true,
                 },
                 None => false,
@@ -355,13 +359,14 @@ impl ProcessTable {
     }
 }
 
+/// What tells one running process from another under the same pid: its start time and name.
 #[cfg(target_os = "linux")]
-fn live_start_ticks(pid: u32) -> Option<u64> {
-    super::procfs::read_stat(pid).map(|stat| stat.start_ticks)
+fn live_identity(pid: u32) -> Option<(u64, String)> {
+    super::procfs::read_stat(pid).map(|stat| (stat.start_ticks, stat.comm))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn live_start_ticks(_pid: u32) -> Option<u64> {
+fn live_identity(_pid: u32) -> Option<(u64, String)> {
     None
 }
 
@@ -438,6 +443,13 @@ mod tests {
         let table = ProcessTable::new(100, Duration::from_secs(60));
         let (shell, sleeper) = grandchild();
         let shell_pid = shell.0.id();
+        // The shell prints the pid as soon as it forks; the child becomes `sleep` a moment later.
+        while !std::fs::read(format!("/proc/{sleeper}/cmdline"))
+            .unwrap()
+            .starts_with(b"sleep")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
 
         let info = table.info(sleeper).unwrap();
         assert_eq!(info.pid, sleeper);
@@ -470,6 +482,33 @@ mod tests {
     fn procfs_alive(pid: u32) -> bool {
         // A zombie still has a stat file; only a reaped process is gone.
         super::super::procfs::read_stat(pid).is_some()
+    }
+
+    #[test]
+    fn a_program_replaced_by_exec_is_read_afresh() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let mut child = KillOnDrop(
+            Command::new("sh")
+                .args(["-c", "read line; exec sleep 30"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        let before = table.info(pid).unwrap();
+        assert!(before.cmdline.contains("read line"), "{before:?}");
+        {
+            use std::io::Write;
+            child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .starts_with(b"sleep")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = table.info(pid).unwrap();
+        assert_eq!(after.cmdline, "sleep 30");
     }
 
     #[test]
