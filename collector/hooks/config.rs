@@ -147,8 +147,9 @@ pub struct RetryConfig {
     /// permanent rejections (see `permanent_after`). Default: `"5m"`.
     #[serde(with = "duration_str")]
     pub max: Duration,
-    /// A delivery rejected this many times in a row as permanent (HTTP 4xx other than 408 and 429,
-    /// SMTP 5xx) is marked failed and no longer retried. Default: 5.
+    /// A delivery that has failed this many times, the last time rejected as permanent (HTTP 4xx other
+    /// than 408 and 429; SMTP 5xx other than the 53x authentication replies), is marked failed and no
+    /// longer retried. Default: 5.
     pub permanent_after: u32,
 }
 

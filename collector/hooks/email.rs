@@ -48,14 +48,18 @@ impl EmailSink {
         })
     }
 
-    /// One message to every recipient. SMTP 5xx replies are permanent failures, everything else
-    /// (connection refused, 4xx, timeouts, TLS trouble) transient.
+    /// One message to every recipient. SMTP 5xx replies are permanent failures, except the 53x
+    /// authentication replies: a wrong password is the operator's to fix, and the alerts should still
+    /// go out once it is. Everything else (connection refused, 4xx, timeouts, TLS trouble) is transient.
     pub(crate) async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
         let message = self.message(alert)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
             Err(error) => {
-                let permanent = error.is_permanent();
+                let authentication = error
+                    .status()
+                    .is_some_and(|code| code.to_string().starts_with("53"));
+                let permanent = error.is_permanent() && !authentication;
                 let mut text = error.to_string();
                 let mut source = std::error::Error::source(&error);
                 while let Some(inner) = source {

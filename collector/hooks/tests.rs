@@ -393,6 +393,34 @@ async fn a_503_is_retried_until_accepted() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_never_answers_times_out_and_is_retried() {
+    // Accepts connections and holds them open without answering.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut store = Store::new();
+    let settings = settings(&format!(
+        "[[alerts.webhook]]\nurl = \"http://{addr}/\"\ntimeout = \"300ms\"\n"
+    ));
+    let hooks = spawn_with(settings, store.path.clone()).unwrap();
+    store.enqueue(&hooks, &alert("alert-1", 1));
+    let status = store
+        .wait_status("alert-1", |s| {
+            s[0].state == DeliveryState::FailedRetrying && s[0].attempts >= 2
+        })
+        .await;
+    let error = status[0].last_error.clone().unwrap();
+    assert!(error.contains("timed out"), "{error}");
+    hooks.shutdown().await.unwrap();
+    silent.abort();
+}
+
+#[tokio::test]
 async fn pending_deliveries_survive_a_worker_restart() {
     let port = closed_port().await;
     let addr = port.local_addr().unwrap();
@@ -709,6 +737,45 @@ async fn email_over_starttls_with_auth_trusts_the_configured_ca() {
     assert!(mails[0].tls, "sent after STARTTLS");
     assert!(mails[0].authenticated);
     hooks.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn email_with_a_wrong_password_keeps_retrying_until_the_password_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = self_signed(dir.path());
+    let smtp = SmtpServer::start("starttls", Some(&tls), Some("bannin:s3cret"), 0).await;
+    let mut store = Store::new();
+    let config = |password: &str| {
+        format!(
+            r#"
+            [alerts.retry]
+            permanent_after = 1
+            [alerts.email]
+            smtp = "smtp://127.0.0.1:{}"
+            ca_file = "{}"
+            username = "bannin"
+            password = "{password}"
+            from = "bannin@example.jp"
+            to = ["soc@example.jp", "dba@example.jp"]
+            "#,
+            smtp.port,
+            tls.cert.display()
+        )
+    };
+    let wrong = spawn_with(settings(&config("wrong")), store.path.clone()).unwrap();
+    store.enqueue(&wrong, &alert("alert-1", 1));
+    // Rejected with 535 twice, yet not given up although permanent_after is 1.
+    let status = store.wait_status("alert-1", |s| s[0].attempts >= 2).await;
+    assert_eq!(status[0].state, DeliveryState::FailedRetrying);
+    let error = status[0].last_error.clone().unwrap();
+    assert!(error.contains("535"), "{error}");
+    wrong.shutdown().await.unwrap();
+
+    let fixed = spawn_with(settings(&config("s3cret")), store.path.clone()).unwrap();
+    let mails = smtp.wait_for(1).await;
+    assert_alert_mail(&mails[0]);
+    assert!(mails[0].authenticated);
+    fixed.shutdown().await.unwrap();
 }
 
 #[tokio::test]
