@@ -453,7 +453,8 @@ async fn rate_limit_holds_extra_alerts_until_the_window_frees() {
         "[[alerts.webhook]]\nurl = \"{}\"\nrate_per_minute = 2\n",
         receiver.url("/")
     ));
-    settings.rate_window = Duration::from_secs(3);
+    // Long enough that a loaded machine cannot stretch the check below past it.
+    settings.rate_window = Duration::from_secs(5);
     let hooks = spawn_with(settings, store.path.clone()).unwrap();
     for n in 1..=4 {
         store.enqueue(&hooks, &alert(&format!("alert-{n}"), 1));
@@ -547,6 +548,10 @@ async fn permanent_rejections_stop_but_429_is_retried() {
     assert_eq!(rejected.state.as_str(), "failed");
     assert_eq!(rejected.attempts, 2);
     assert!(rejected.last_error.as_deref().unwrap().contains("400"));
+    assert_eq!(
+        rejected.to_string(),
+        "rejecting failed after 2 attempts: HTTP 400 Bad Request: scripted"
+    );
     let throttled = status.iter().find(|d| d.sink.0 == "throttling").unwrap();
     assert_eq!(throttled.state, DeliveryState::Delivered);
     assert_eq!(throttled.attempts, 4);
