@@ -54,6 +54,10 @@ pub struct WebhookConfig {
     /// How long one request may take before it counts as failed and is retried. Default: `"10s"`.
     #[serde(default = "default_webhook_timeout", with = "duration_str")]
     pub timeout: Duration,
+    /// A PEM file of extra CA certificates to trust for an `https://` URL (a chat server behind a
+    /// private CA), on top of the public web PKI roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {
@@ -67,6 +71,7 @@ impl WebhookConfig {
             rules: Vec::new(),
             rate_per_minute: default_webhook_rate(),
             timeout: default_webhook_timeout(),
+            ca_file: None,
         }
     }
 }
@@ -270,6 +275,7 @@ pub enum SinkKind {
         url: Url,
         format: WebhookFormat,
         timeout: Duration,
+        extra_roots_pem: Option<Vec<u8>>,
     },
     Email(EmailSettings),
 }
@@ -350,6 +356,7 @@ fn validate_webhook(index: usize, config: &WebhookConfig) -> Result<SinkSettings
             url,
             format: config.format,
             timeout: config.timeout,
+            extra_roots_pem: config.ca_file.as_deref().map(read_file).transpose()?,
         },
     })
 }
@@ -400,13 +407,7 @@ fn validate_email(config: &EmailConfig) -> Result<SinkSettings, HooksError> {
             ));
         }
     };
-    let extra_roots_pem = match &config.ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|source| HooksError::Read {
-            path: path.clone(),
-            source,
-        })?),
-        None => None,
-    };
+    let extra_roots_pem = config.ca_file.as_deref().map(read_file).transpose()?;
     let password = match (&config.password, &config.password_file) {
         (Some(_), Some(_)) => {
             return Err(email_error(
@@ -479,6 +480,13 @@ fn validate_email(config: &EmailConfig) -> Result<SinkSettings, HooksError> {
             to,
             timeout: config.timeout,
         }),
+    })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, HooksError> {
+    std::fs::read(path).map_err(|source| HooksError::Read {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

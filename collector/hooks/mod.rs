@@ -54,7 +54,7 @@ pub enum HooksError {
     },
     #[error("cannot encode an alert: {source}")]
     Encode { source: serde_json::Error },
-    #[error("cannot set up the HTTP client: {source}")]
+    #[error("cannot set up the webhook HTTP client: {source}")]
     HttpClient { source: reqwest::Error },
     #[error("cannot set up SMTP to {host}: {source}")]
     Smtp {
@@ -208,7 +208,13 @@ pub(crate) fn spawn_with(settings: Settings, db_path: PathBuf) -> Result<HooksHa
                 url,
                 format,
                 timeout,
-            } => Deliverer::Webhook(webhook::WebhookSink::new(url, format, timeout)?),
+                extra_roots_pem,
+            } => Deliverer::Webhook(webhook::WebhookSink::new(
+                url,
+                format,
+                timeout,
+                extra_roots_pem.as_deref(),
+            )?),
             SinkKind::Email(email) => Deliverer::Email(Box::new(email::EmailSink::new(email)?)),
         };
         let waker = Arc::new(Notify::new());

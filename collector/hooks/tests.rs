@@ -2,6 +2,7 @@
 //! aiosmtpd SMTP server (tests/support/smtp_sink.py) for plain, STARTTLS and implicit TLS mail.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -559,11 +560,97 @@ async fn permanent_rejections_stop_but_429_is_retried() {
     hooks.shutdown().await.unwrap();
 }
 
-/// The aiosmtpd server of tests/support/smtp_sink.py; killed when dropped.
-struct SmtpServer {
+/// A receiver script from tests/support/ that writes what it receives to DIR/N.json and prints
+/// `listening on 127.0.0.1:PORT` when ready; killed when dropped.
+struct PyServer {
     port: u16,
     dir: tempfile::TempDir,
     _child: tokio::process::Child,
+}
+
+impl PyServer {
+    async fn start(script: &str, args: &[&OsStr]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Debian's python3 carries python3-aiosmtpd; a python3 earlier on PATH may not.
+        let python = std::env::var("BANNIN_TEST_PYTHON").unwrap_or_else(|_| {
+            if Path::new("/usr/bin/python3").exists() {
+                "/usr/bin/python3".into()
+            } else {
+                "python3".into()
+            }
+        });
+        let mut child = tokio::process::Command::new(python)
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/support")
+                    .join(script),
+            )
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{script} exited before listening"));
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
+        PyServer {
+            port,
+            dir,
+            _child: child,
+        }
+    }
+
+    fn received(&self) -> usize {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().path().extension() == Some(OsStr::new("json")))
+            .count()
+    }
+
+    async fn wait_for<T: serde::de::DeserializeOwned>(&self, count: usize) -> Vec<T> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let mut records = Vec::new();
+            for n in 1..=count {
+                let path = self.dir.path().join(format!("{n}.json"));
+                if let Ok(text) = std::fs::read_to_string(path) {
+                    records.push(serde_json::from_str(&text).unwrap());
+                }
+            }
+            if records.len() == count {
+                return records;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {count} arrived",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The aiosmtpd server of tests/support/smtp_sink.py (mode plain, starttls or implicit).
+async fn start_smtp(mode: &str, tls: Option<&Tls>, auth: Option<&str>) -> PyServer {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--mode"), OsStr::new(mode)];
+    if let Some(tls) = tls {
+        args.extend([OsStr::new("--cert"), tls.cert.as_os_str()]);
+        args.extend([OsStr::new("--key"), tls.key.as_os_str()]);
+    }
+    if let Some(auth) = auth {
+        args.extend([OsStr::new("--auth"), OsStr::new(auth)]);
+    }
+    PyServer::start("smtp_sink.py", &args).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -577,6 +664,13 @@ struct Mail {
     authenticated: bool,
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct HttpsPost {
+    path: String,
+    content_type: Option<String>,
+    body: String,
+}
+
 struct Tls {
     cert: PathBuf,
     key: PathBuf,
@@ -584,84 +678,56 @@ struct Tls {
 
 fn self_signed(dir: &Path) -> Tls {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let cert = dir.join("smtp-cert.pem");
-    let key = dir.join("smtp-key.pem");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     Tls { cert, key }
 }
 
-impl SmtpServer {
-    async fn start(mode: &str, tls: Option<&Tls>, auth: Option<&str>, port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Debian's python3 carries python3-aiosmtpd; a python3 earlier on PATH may not.
-        let python = std::env::var("BANNIN_TEST_PYTHON").unwrap_or_else(|_| {
-            if Path::new("/usr/bin/python3").exists() {
-                "/usr/bin/python3".into()
-            } else {
-                "python3".into()
-            }
-        });
-        let mut command = tokio::process::Command::new(python);
-        command
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/support/smtp_sink.py"
-            ))
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--mode")
-            .arg(mode)
-            .arg("--port")
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(tls) = tls {
-            command
-                .arg("--cert")
-                .arg(&tls.cert)
-                .arg("--key")
-                .arg(&tls.key);
-        }
-        if let Some(auth) = auth {
-            command.arg("--auth").arg(auth);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(DEADLINE, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("smtp_sink.py exited before listening (is python3-aiosmtpd installed?)");
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"));
-        SmtpServer {
-            port,
-            dir,
-            _child: child,
-        }
-    }
+#[tokio::test]
+async fn an_https_webhook_behind_a_private_ca_is_trusted_only_with_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = self_signed(dir.path());
+    let https = PyServer::start(
+        "https_sink.py",
+        &[
+            OsStr::new("--cert"),
+            tls.cert.as_os_str(),
+            OsStr::new("--key"),
+            tls.key.as_os_str(),
+        ],
+    )
+    .await;
+    let mut store = Store::new();
+    let config = |ca: &str| {
+        format!(
+            "[[alerts.webhook]]\nurl = \"https://127.0.0.1:{}/hooks/abc\"\nformat = \"slack\"\n{ca}\n",
+            https.port
+        )
+    };
 
-    async fn wait_for(&self, count: usize) -> Vec<Mail> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let mut mails = Vec::new();
-            for n in 1..=count {
-                let path = self.dir.path().join(format!("{n}.json"));
-                if let Ok(text) = std::fs::read_to_string(path) {
-                    mails.push(serde_json::from_str(&text).unwrap());
-                }
-            }
-            if mails.len() == count {
-                return mails;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "mail never arrived");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
+    let untrusting = spawn_with(settings(&config("")), store.path.clone()).unwrap();
+    store.enqueue(&untrusting, &alert("alert-1", 1));
+    let status = store
+        .wait_status("alert-1", |s| s[0].state == DeliveryState::FailedRetrying)
+        .await;
+    let error = status[0].last_error.clone().unwrap();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    untrusting.shutdown().await.unwrap();
+    assert_eq!(https.received(), 0);
+
+    let ca = format!("ca_file = \"{}\"", tls.cert.display());
+    let trusting = spawn_with(settings(&config(&ca)), store.path.clone()).unwrap();
+    let posts: Vec<HttpsPost> = https.wait_for(1).await;
+    assert_eq!(posts[0].path, "/hooks/abc");
+    assert_eq!(posts[0].content_type.as_deref(), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&posts[0].body).unwrap();
+    assert!(body["text"].as_str().unwrap().starts_with("[bannin] HIGH "));
+    store
+        .wait_status("alert-1", |s| s[0].state == DeliveryState::Delivered)
+        .await;
+    trusting.shutdown().await.unwrap();
 }
 
 fn assert_alert_mail(mail: &Mail) {
@@ -686,7 +752,7 @@ fn assert_alert_mail(mail: &Mail) {
 
 #[tokio::test]
 async fn email_reaches_every_recipient_over_a_plain_relay() {
-    let smtp = SmtpServer::start("plain", None, None, 0).await;
+    let smtp = start_smtp("plain", None, None).await;
     let mut store = Store::new();
     let settings = settings(&format!(
         r#"
@@ -699,7 +765,7 @@ async fn email_reaches_every_recipient_over_a_plain_relay() {
     ));
     let hooks = spawn_with(settings, store.path.clone()).unwrap();
     store.enqueue(&hooks, &alert("alert-1", 1));
-    let mails = smtp.wait_for(1).await;
+    let mails: Vec<Mail> = smtp.wait_for(1).await;
     assert_alert_mail(&mails[0]);
     assert!(!mails[0].tls);
     store
@@ -712,7 +778,7 @@ async fn email_reaches_every_recipient_over_a_plain_relay() {
 async fn email_over_starttls_with_auth_trusts_the_configured_ca() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
-    let smtp = SmtpServer::start("starttls", Some(&tls), Some("bannin:s3cret"), 0).await;
+    let smtp = start_smtp("starttls", Some(&tls), Some("bannin:s3cret")).await;
     let password_file = dir.path().join("smtp-password");
     std::fs::write(&password_file, "s3cret\n").unwrap();
     #[cfg(unix)]
@@ -737,7 +803,7 @@ async fn email_over_starttls_with_auth_trusts_the_configured_ca() {
     ));
     let hooks = spawn_with(settings, store.path.clone()).unwrap();
     store.enqueue(&hooks, &alert("alert-1", 1));
-    let mails = smtp.wait_for(1).await;
+    let mails: Vec<Mail> = smtp.wait_for(1).await;
     assert_alert_mail(&mails[0]);
     assert!(mails[0].tls, "sent after STARTTLS");
     assert!(mails[0].authenticated);
@@ -748,7 +814,7 @@ async fn email_over_starttls_with_auth_trusts_the_configured_ca() {
 async fn email_with_a_wrong_password_keeps_retrying_until_the_password_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
-    let smtp = SmtpServer::start("starttls", Some(&tls), Some("bannin:s3cret"), 0).await;
+    let smtp = start_smtp("starttls", Some(&tls), Some("bannin:s3cret")).await;
     let mut store = Store::new();
     let config = |password: &str| {
         format!(
@@ -777,7 +843,7 @@ async fn email_with_a_wrong_password_keeps_retrying_until_the_password_is_fixed(
     wrong.shutdown().await.unwrap();
 
     let fixed = spawn_with(settings(&config("s3cret")), store.path.clone()).unwrap();
-    let mails = smtp.wait_for(1).await;
+    let mails: Vec<Mail> = smtp.wait_for(1).await;
     assert_alert_mail(&mails[0]);
     assert!(mails[0].authenticated);
     fixed.shutdown().await.unwrap();
@@ -787,7 +853,7 @@ async fn email_with_a_wrong_password_keeps_retrying_until_the_password_is_fixed(
 async fn email_over_implicit_tls_refuses_an_untrusted_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let tls = self_signed(dir.path());
-    let smtp = SmtpServer::start("implicit", Some(&tls), None, 0).await;
+    let smtp = start_smtp("implicit", Some(&tls), None).await;
     let mut store = Store::new();
     let config = |ca: &str| {
         format!(
@@ -810,11 +876,11 @@ async fn email_over_implicit_tls_refuses_an_untrusted_certificate() {
         .await;
     assert!(status[0].last_error.is_some());
     untrusting.shutdown().await.unwrap();
-    assert_eq!(std::fs::read_dir(smtp.dir.path()).unwrap().count(), 0);
+    assert_eq!(smtp.received(), 0);
 
     let ca = format!("ca_file = \"{}\"", tls.cert.display());
     let trusting = spawn_with(settings(&config(&ca)), store.path.clone()).unwrap();
-    let mails = smtp.wait_for(1).await;
+    let mails: Vec<Mail> = smtp.wait_for(1).await;
     assert_alert_mail(&mails[0]);
     assert!(mails[0].tls);
     store

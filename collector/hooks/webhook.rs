@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{Client, StatusCode, Url};
+use reqwest::{Certificate, Client, StatusCode, Url};
 
 use super::DeliveryError;
 use super::HooksError;
@@ -21,11 +21,20 @@ impl WebhookSink {
         url: Url,
         format: WebhookFormat,
         timeout: Duration,
+        extra_roots_pem: Option<&[u8]>,
     ) -> Result<Self, HooksError> {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("bannin-collector/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("bannin-collector/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = extra_roots_pem {
+            let roots = Certificate::from_pem_bundle(pem)
+                .map_err(|source| HooksError::HttpClient { source })?;
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|source| HooksError::HttpClient { source })?;
         Ok(WebhookSink {
