@@ -1,10 +1,10 @@
 //! The durable outbox: one row per (alert, sink) in the collector's SQLite store, written in the same
 //! transaction that stores the alert and worked off by the delivery worker.
 //!
-//! A row is `pending` until delivered, `delivered` after, or `failed` once a sink rejected it as
-//! permanent `permanent_after` times in a row. `failures` counts consecutive failed attempts and drives
-//! the backoff; `attempts` counts every attempt. Delivery is at least once: a worker stopped between
-//! sending and recording sends again after a restart.
+//! A row is `pending` until delivered, `delivered` after, or `failed` once it has failed
+//! `permanent_after` times with the last rejection permanent. `failures` counts consecutive failed
+//! attempts and drives the backoff; `attempts` counts every attempt. Delivery is at least once: a
+//! worker stopped between sending and recording sends again after a restart.
 
 use std::fmt;
 use std::path::Path;
