@@ -139,20 +139,37 @@ impl Router {
     }
 }
 
+/// Wakes the delivery workers. Cheap to clone; hand one to the thread that commits alerts.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    wakers: Arc<[Arc<Notify>]>,
+}
+
+impl Notifier {
+    /// Wakes every sink's worker to look for new rows; call after committing alerts. Never blocks.
+    pub fn notify(&self) {
+        for waker in self.wakers.iter() {
+            waker.notify_one();
+        }
+    }
+}
+
 /// The running delivery workers.
 pub struct HooksHandle {
     router: Router,
-    wakers: Vec<Arc<Notify>>,
+    notifier: Notifier,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl HooksHandle {
-    /// Wakes every sink's worker to look for new rows; call after committing alerts.
+    /// Wakes every sink's worker to look for new rows; call after committing alerts. Never blocks.
     pub fn notify(&self) {
-        for waker in &self.wakers {
-            waker.notify_one();
-        }
+        self.notifier.notify();
+    }
+
+    pub fn notifier(&self) -> Notifier {
+        self.notifier.clone()
     }
 
     pub fn route(&self, alert: &Alert) -> Vec<SinkId> {
@@ -236,7 +253,9 @@ pub(crate) fn spawn_with(settings: Settings, db_path: PathBuf) -> Result<HooksHa
         router: Router {
             sinks: routes.into(),
         },
-        wakers,
+        notifier: Notifier {
+            wakers: wakers.into(),
+        },
         shutdown,
         tasks,
     })

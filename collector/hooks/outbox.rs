@@ -133,7 +133,8 @@ impl fmt::Display for DeliveryStatus {
     }
 }
 
-/// The delivery state of `alert_id` for every sink it was enqueued for, by sink name.
+/// The delivery state of `alert_id` for every sink it was enqueued for, by sink name. Works on a
+/// read-only connection, also to a store whose outbox was never created (no deliveries then).
 pub fn delivery_status(
     conn: &Connection,
     alert_id: &str,
@@ -142,6 +143,18 @@ pub fn delivery_status(
         action: "read delivery status",
         source,
     };
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hook_outbox'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(sql_error)?
+        .is_some();
+    if !exists {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn
         .prepare_cached(
             "SELECT sink, state, attempts, failures, last_error, delivered_ns

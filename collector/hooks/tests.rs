@@ -64,12 +64,13 @@ impl Store {
         }
     }
 
+    /// What the collector's writer does: the alert's deliveries in its transaction, then a wake-up.
     fn enqueue(&mut self, hooks: &HooksHandle, alert: &Alert) {
-        let sinks = hooks.route(alert);
+        let (router, notifier) = (hooks.router(), hooks.notifier());
         let tx = self.conn.transaction().unwrap();
-        outbox::enqueue(&tx, alert, &sinks).unwrap();
+        outbox::enqueue(&tx, alert, &router.route(alert)).unwrap();
         tx.commit().unwrap();
-        hooks.notify();
+        notifier.notify();
     }
 
     fn status(&self, alert_id: &str) -> Vec<DeliveryStatus> {
@@ -333,6 +334,8 @@ async fn alerts_go_only_to_sinks_whose_filters_accept_them() {
     let names =
         |alert: &Alert| -> Vec<String> { router.route(alert).into_iter().map(|s| s.0).collect() };
     assert_eq!(names(&alert("a", 1)), ["everything", "exports"]);
+    assert_eq!(hooks.route(&alert("a", 1)), router.route(&alert("a", 1)));
+    hooks.notify();
     let mut other = alert("b", 1);
     other.rule = "sensitive_table_bulk_read".into();
     other.severity = Severity::Critical;
@@ -980,6 +983,16 @@ fn invalid_entries_are_refused_with_their_key() {
     }
     let same_url = "[[webhook]]\nurl = \"http://x/\"\n[[webhook]]\nurl = \"http://x/\"\n";
     assert!(refuse(same_url).contains("two sinks"));
+}
+
+#[test]
+fn a_store_without_an_outbox_has_no_deliveries_to_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bannin.db");
+    Connection::open(&path).unwrap();
+    let reader =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    assert_eq!(outbox::delivery_status(&reader, "alert-1").unwrap(), []);
 }
 
 #[test]
