@@ -83,10 +83,11 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: error.message().to_string(),
-        })?;
+        let config: AgentConfig =
+            bannin::config::parse_toml(text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
         let invalid = |message: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: message.to_string(),
