@@ -323,11 +323,53 @@ struct Written {
     seen: Option<Seen>,
 }
 
+/// Examined writes in arrival order, indexed by path so a create or delete finds its own in
+/// constant time even when a flood leaves thousands pending.
+#[derive(Default)]
+struct PendingWrites {
+    queue: Vec<Option<Written>>,
+    by_path: HashMap<PathBuf, Vec<usize>>,
+}
+
+impl PendingWrites {
+    fn push(&mut self, written: Written) {
+        self.by_path
+            .entry(written.path.clone())
+            .or_default()
+            .push(self.queue.len());
+        self.queue.push(Some(written));
+    }
+
+    /// What the latest write of `path` saw.
+    fn latest(&self, path: &Path) -> Option<Seen> {
+        let &last = self.by_path.get(path)?.last()?;
+        self.queue.get(last)?.as_ref()?.seen.clone()
+    }
+
+    /// Takes the writes of one path, in order.
+    fn take_path(&mut self, path: &Path) -> Vec<Written> {
+        let positions = self.by_path.remove(path).unwrap_or_default();
+        positions
+            .into_iter()
+            .filter_map(|i| self.queue.get_mut(i).and_then(Option::take))
+            .collect()
+    }
+
+    /// Takes every write, in order.
+    fn take_all(&mut self) -> Vec<Written> {
+        self.by_path.clear();
+        std::mem::take(&mut self.queue)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 struct Loop {
     observer: Observer,
     resolver: Resolver,
     own_pid: i32,
-    pending_writes: Vec<Written>,
+    pending_writes: PendingWrites,
     /// The first half of an unpaired rename (kernels before `FAN_RENAME`).
     moved_from: Option<(PathBuf, Option<u32>)>,
 }
@@ -347,7 +389,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             known: HashMap::new(),
         },
         own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
-        pending_writes: Vec::new(),
+        pending_writes: PendingWrites::default(),
         moved_from: None,
     };
     let mut buf = vec![0u8; READ_BUFFER];
@@ -449,10 +491,10 @@ impl Loop {
     /// Emits the examined writes, all of them or only those of one path (before that path is
     /// deleted or renamed, so the delete carries the written size).
     fn flush_writes(&mut self, only: Option<&Path>) {
-        let (now, later): (Vec<Written>, Vec<Written>) = std::mem::take(&mut self.pending_writes)
-            .into_iter()
-            .partition(|w| only.is_none_or(|p| w.path == p));
-        self.pending_writes = later;
+        let now = match only {
+            Some(path) => self.pending_writes.take_path(path),
+            None => self.pending_writes.take_all(),
+        };
         for written in now {
             self.observer
                 .changed(FileAction::Write, &written.path, written.pid, written.seen);
@@ -511,13 +553,10 @@ impl Loop {
                     self.resolver.remember(object.clone(), path);
                 }
             } else if self.observer.scope().contains(&path) {
-                let written = self
+                let seen = self
                     .pending_writes
-                    .iter()
-                    .rev()
-                    .find(|w| w.path == path)
-                    .and_then(|w| w.seen.clone());
-                let seen = written.or_else(|| self.observer.examine_path(&path));
+                    .latest(&path)
+                    .or_else(|| self.observer.examine_path(&path));
                 self.observer.changed(FileAction::Create, &path, pid, seen);
             }
         } else if mask & libc::FAN_DELETE != 0 {

@@ -415,4 +415,89 @@ mod as_root {
         assert_eq!(first.path(), dir.join("theirs").to_str());
         handle.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_fanotify_queue_overflow_is_reported_and_followed_by_a_rescan() {
+        let (_guard, dir) = tempdir();
+        let config = FilesConfig {
+            watch: vec![dir.clone()],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (scope, _) = observe::Scope::new(&config).unwrap();
+        let backend = fanotify::open(&scope).unwrap();
+        // Nobody reads the groups yet, so more creates than a group may queue overflow it;
+        // the limit is per group, so no global setting needs to change.
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(16_384);
+        let files = limit + 100;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {files} ]; do : > f$i; i=$((i+1)); done"
+            ))
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let (out, mut rx) = mpsc::channel(4 * files);
+        let (tx, _spool) = pipeline::channel("h");
+        let observer = Observer::new(
+            "fanotify",
+            scope,
+            &config,
+            proc_lookup_from_procfs(),
+            out,
+            tx,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || fanotify::run(backend, observer, stop))
+        };
+        let overflow = next(&mut rx, |e| e.kind() == "sensor.overflow").await;
+        assert!(
+            sensor(&overflow).message.contains("fanotify"),
+            "{overflow:?}"
+        );
+        let recovered = next(&mut rx, |e| e.kind() == "sensor.recovered").await;
+        assert_eq!(sensor(&recovered).count, files as u64);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn auto_falls_back_to_notify_when_the_kernel_refuses_fanotify_and_says_why() {
+        // procfs cannot hand out file handles, so the kernel refuses a filesystem mark there.
+        let config = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (handle, mut rx) = start(config).await;
+        assert_eq!(handle.backend(), "notify");
+        let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+        let message = &sensor(&status).message;
+        assert!(
+            message.starts_with("notify: fanotify unavailable: the kernel refused"),
+            "{message}"
+        );
+        handle.stop().await;
+
+        let forced = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            backend: BackendChoice::Fanotify,
+            ..FilesConfig::default()
+        };
+        let (tx, _rx) = pipeline::channel("h");
+        match spawn(forced, tx, proc_lookup_from_procfs()).await {
+            Err(FilesError::FanotifyUnavailable { reason }) => {
+                assert!(reason.contains("/proc/sys/fs"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
+        }
+    }
 }
