@@ -45,6 +45,8 @@ pub struct FanotifyBackend {
     writes: Fanotify,
     /// A descriptor on each marked filesystem, by filesystem id, to resolve handles against.
     mounts: HashMap<[u8; FSID_LEN], File>,
+    /// The watched roots and the filesystem each is on.
+    roots: Vec<(PathBuf, [u8; FSID_LEN])>,
     /// Whether the kernel reports renames as one event with both names (`FAN_RENAME`, 5.17+).
     paired_renames: bool,
 }
@@ -69,6 +71,7 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
     let entries = MaskFlags::FAN_CREATE | MaskFlags::FAN_DELETE | MaskFlags::FAN_ONDIR;
     let mut paired_renames = true;
     let mut mounts = HashMap::new();
+    let mut roots = Vec::new();
     for root in scope.roots() {
         let mark = |mask| names.mark(add, mask, nix::fcntl::AT_FDCWD, Some(root.as_path()));
         let marked = if paired_renames {
@@ -101,11 +104,13 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
             )
         })?;
         mounts.entry(fsid).or_insert(dir);
+        roots.push((root.clone(), fsid));
     }
     Ok(FanotifyBackend {
         names,
         writes,
         mounts,
+        roots,
         paired_renames,
     })
 }
@@ -128,6 +133,41 @@ fn filesystem_id(file: &File) -> nix::Result<[u8; FSID_LEN]> {
     // SAFETY: fsid_t is two c_ints with no padding, the same 8 bytes the kernel puts in the
     // fsid of an event's file handle record; reading them as bytes is a plain copy.
     Ok(unsafe { std::mem::transmute::<nix::sys::statfs::fsid_t, [u8; FSID_LEN]>(fsid) })
+}
+
+/// The handle of a directory, as events will name it.
+fn handle_of(path: &Path, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let capacity = libc::MAX_HANDLE_SZ as usize;
+    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
+    raw[0] = u32::try_from(capacity).ok()?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `c_path` is NUL-terminated; `raw` is an aligned struct file_handle whose
+    // handle_bytes says how much room follows; `mount_id` is a valid out pointer. All outlive
+    // the call.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            raw.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let len = (raw[0] as usize).min(capacity);
+    let bytes: Vec<u8> = raw[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
+    Some(Handle {
+        fsid,
+        handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
+        bytes,
+    })
 }
 
 /// A file handle as an event reports it.
@@ -240,10 +280,23 @@ fn parse_handle_record(body: &[u8]) -> Option<(Handle, Vec<u8>)> {
 /// Turns directory handles back into paths.
 struct Resolver {
     mounts: HashMap<[u8; FSID_LEN], File>,
+    /// Directories in the watched trees, remembered for when they are gone by the time an event
+    /// naming them is read. Oldest forgotten first.
     known: HashMap<Handle, PathBuf>,
+    order: std::collections::VecDeque<Handle>,
+    roots: Vec<PathBuf>,
 }
 
 impl Resolver {
+    fn new(mounts: HashMap<[u8; FSID_LEN], File>, roots: Vec<PathBuf>) -> Self {
+        Resolver {
+            mounts,
+            known: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            roots,
+        }
+    }
+
     fn dir(&mut self, handle: &Handle) -> Option<PathBuf> {
         match self.open(handle) {
             Some(path) => {
@@ -263,10 +316,45 @@ impl Resolver {
     }
 
     fn remember(&mut self, handle: Handle, path: PathBuf) {
-        if self.known.len() >= DIR_CACHE {
-            self.known.clear();
+        // The filesystem mark reports the whole filesystem; only the watched trees are kept.
+        if !self.roots.iter().any(|root| path.starts_with(root)) {
+            return;
         }
-        self.known.insert(handle, path);
+        if self.known.insert(handle.clone(), path).is_none() {
+            self.order.push_back(handle);
+        }
+        while self.known.len() > DIR_CACHE {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.known.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Remembers the directories that already exist below the roots, so an `rm -r` of a tree
+    /// the sensor never saw an event in still resolves.
+    fn learn_existing(&mut self, roots: &[(PathBuf, [u8; FSID_LEN])]) {
+        for (root, fsid) in roots {
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                if self.known.len() >= DIR_CACHE {
+                    return;
+                }
+                if let Some(handle) = handle_of(&dir, *fsid) {
+                    self.remember(handle, dir.clone());
+                }
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
     }
 
     fn open(&self, handle: &Handle) -> Option<PathBuf> {
@@ -379,15 +467,15 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         names,
         writes,
         mounts,
+        roots,
         paired_renames,
     } = backend;
     tracing::debug!(paired_renames, "fanotify backend running");
+    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
+    resolver.learn_existing(&roots);
     let mut state = Loop {
         observer,
-        resolver: Resolver {
-            mounts,
-            known: HashMap::new(),
-        },
+        resolver,
         own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
         pending_writes: PendingWrites::default(),
         moved_from: None,

@@ -500,4 +500,24 @@ mod as_root {
             other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
         }
     }
+
+    #[tokio::test]
+    async fn removing_a_tree_that_existed_before_the_sensor_reports_each_file_with_its_size() {
+        let (_guard, dir) = tempdir();
+        let tree = dir.join("exports");
+        std::fs::create_dir_all(tree.join("2024/q1")).unwrap();
+        std::fs::write(tree.join("a.csv"), vec![b'a'; 100]).unwrap();
+        std::fs::write(tree.join("2024/q1/b.csv"), vec![b'b'; 200]).unwrap();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // rm deletes the files, then the directories, and is gone before the events are read:
+        // the paths come from the directory handles learnt at start, the sizes from the scan.
+        let status = Command::new("rm").arg("-r").arg(&tree).status().unwrap();
+        assert!(status.success());
+        for (path, size) in [(tree.join("a.csv"), 100), (tree.join("2024/q1/b.csv"), 200)] {
+            let deleted = next(&mut rx, is("file.delete", &path)).await;
+            assert_eq!(file(&deleted).size, Some(size), "{deleted:?}");
+            assert!(file(&deleted).process_known);
+        }
+        handle.stop().await;
+    }
 }
