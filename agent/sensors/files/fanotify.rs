@@ -285,6 +285,8 @@ struct Resolver {
     known: HashMap<Handle, PathBuf>,
     order: std::collections::VecDeque<Handle>,
     roots: Vec<PathBuf>,
+    /// Handles resolved in the current batch: a burst in one directory opens it once.
+    batch: HashMap<Handle, Option<PathBuf>>,
 }
 
 impl Resolver {
@@ -294,17 +296,27 @@ impl Resolver {
             known: HashMap::new(),
             order: std::collections::VecDeque::new(),
             roots,
+            batch: HashMap::new(),
         }
     }
 
+    fn new_batch(&mut self) {
+        self.batch.clear();
+    }
+
     fn dir(&mut self, handle: &Handle) -> Option<PathBuf> {
-        match self.open(handle) {
+        if let Some(found) = self.batch.get(handle) {
+            return found.clone();
+        }
+        let found = match self.open(handle) {
             Some(path) => {
                 self.remember(handle.clone(), path.clone());
                 Some(path)
             }
             None => self.known.get(handle).cloned(),
-        }
+        };
+        self.batch.insert(handle.clone(), found.clone());
+        found
     }
 
     fn entry(&mut self, entry: &(Handle, Vec<u8>)) -> Option<PathBuf> {
@@ -319,6 +331,9 @@ impl Resolver {
         // The filesystem mark reports the whole filesystem; only the watched trees are kept.
         if !self.roots.iter().any(|root| path.starts_with(root)) {
             return;
+        }
+        if let Some(slot) = self.batch.get_mut(&handle) {
+            *slot = Some(path.clone());
         }
         if self.known.insert(handle.clone(), path).is_none() {
             self.order.push_back(handle);
@@ -517,6 +532,8 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
                 }
             }
         }
+        state.observer.new_batch();
+        state.resolver.new_batch();
         state.drain_writes(&writes);
         for event in events {
             state.handle_name_event(&event, paired_renames);
@@ -635,30 +652,63 @@ impl Loop {
             );
             return;
         };
-        if mask & libc::FAN_CREATE != 0 {
-            if is_dir {
-                if let Some(object) = &event.object {
-                    self.resolver.remember(object.clone(), path);
-                }
-            } else if self.observer.scope().contains(&path) {
-                let seen = self
-                    .pending_writes
-                    .latest(&path)
-                    .or_else(|| self.observer.examine_path(&path));
-                self.observer.changed(FileAction::Create, &path, pid, seen);
-            }
-        } else if mask & libc::FAN_DELETE != 0 {
-            if is_dir {
-                self.observer.dir_deleted(&path);
-            } else if self.observer.scope().contains(&path) {
-                self.flush_writes(Some(&path));
-                self.observer.deleted(&path, pid);
-            }
-        } else if mask & libc::FAN_MOVED_FROM != 0 {
-            self.moved_from = Some((path, pid));
-        } else if mask & libc::FAN_MOVED_TO != 0 {
+        let created = mask & libc::FAN_CREATE != 0;
+        let deleted = mask & libc::FAN_DELETE != 0;
+        // The kernel merges a create and a delete of one name by one process, queued back to
+        // back, into a single event; whether the name exists now tells which came first.
+        let recreated = created && deleted && std::fs::symlink_metadata(&path).is_ok();
+        if deleted && recreated {
+            self.entry_deleted(&path, pid, is_dir);
+        }
+        if created {
+            self.entry_created(&path, pid, is_dir, event.object.as_ref());
+        }
+        if deleted && !recreated {
+            self.entry_deleted(&path, pid, is_dir);
+        }
+        if mask & libc::FAN_MOVED_FROM != 0 {
+            self.moved_from = Some((path.clone(), pid));
+        }
+        if mask & libc::FAN_MOVED_TO != 0 {
             let old = self.moved_from.take().map(|(old, _)| old);
             self.renamed(old, path, pid, is_dir, event.object.as_ref());
+        }
+    }
+
+    fn entry_created(
+        &mut self,
+        path: &Path,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
+        if is_dir {
+            if let Some(object) = object {
+                self.resolver.remember(object.clone(), path.to_path_buf());
+            }
+        } else if self.observer.scope().contains(path) {
+            // A file already gone is described by the write examined through its descriptor,
+            // pending in this batch or already emitted in the previous one.
+            let seen = self
+                .pending_writes
+                .latest(path)
+                .or_else(|| self.observer.examine_path(path))
+                .or_else(|| {
+                    self.observer.remembered(path).map(|facts| Seen {
+                        facts,
+                        export: None,
+                    })
+                });
+            self.observer.changed(FileAction::Create, path, pid, seen);
+        }
+    }
+
+    fn entry_deleted(&mut self, path: &Path, pid: Option<u32>, is_dir: bool) {
+        if is_dir {
+            self.observer.dir_deleted(path);
+        } else if self.observer.scope().contains(path) {
+            self.flush_writes(Some(path));
+            self.observer.deleted(path, pid);
         }
     }
 

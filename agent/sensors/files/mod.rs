@@ -222,5 +222,7 @@ fn choose(config: &FilesConfig, scope: &Scope) -> Result<(Chosen, String), Files
     }
 }
 
+#[cfg(all(test, target_os = "linux"))]
+mod bench;
 #[cfg(test)]
 mod tests;

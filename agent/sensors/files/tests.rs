@@ -520,4 +520,47 @@ mod as_root {
         }
         handle.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_process_creating_and_deleting_files_back_to_back_is_seen_for_every_file() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // One process, one name at a time, no pause: the kernel merges each create with its
+        // delete into one event, and the file is gone before the event is read.
+        let _script = Script::run(
+            &dir,
+            "perl -e 'for my $i (1..200) { open(my $f, \">\", \"f$i.csv\"); print $f \"a,b\\n\" x 5; close($f); unlink(\"f$i.csv\") } <STDIN>'",
+        );
+        let mut events: std::collections::HashMap<(String, &'static str), FileEvent> =
+            std::collections::HashMap::new();
+        let mut deletes = 0;
+        while deletes < 200 {
+            let event = next(&mut rx, |e| e.path().is_some()).await;
+            deletes += usize::from(event.kind() == "file.delete");
+            let key = (event.path().unwrap().to_string(), event.kind());
+            events.insert(key, file(&event).clone());
+        }
+        for i in 1..=200 {
+            let path = dir.join(format!("f{i}.csv")).to_string_lossy().into_owned();
+            let get = |kind| {
+                events
+                    .get(&(path.clone(), kind))
+                    .unwrap_or_else(|| panic!("no {kind} of {path}"))
+            };
+            let (created, written, deleted) =
+                (get("file.create"), get("file.write"), get("file.delete"));
+            // The create is examined when it is read: empty still, already written, or gone
+            // (then marked incomplete); the write, examined through the descriptor fanotify
+            // hands over, always has the size, and so has the delete.
+            assert!(matches!(created.size, Some(0) | Some(20) | None));
+            assert_eq!(created.incomplete, created.size.is_none());
+            assert_eq!(written.size, Some(20), "{written:?}");
+            assert_eq!(written.export.as_ref().unwrap().est_rows, Some(5));
+            assert_eq!(deleted.size, Some(20), "{deleted:?}");
+            for event in [created, written, deleted] {
+                assert_eq!(event.process.as_ref().unwrap().exe, exe_of("/usr/bin/perl"));
+            }
+        }
+        handle.stop().await;
+    }
 }
