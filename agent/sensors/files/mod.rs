@@ -222,7 +222,8 @@ fn choose(config: &FilesConfig, scope: &Scope) -> Result<(Chosen, String), Files
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 mod bench;
 #[cfg(test)]
 mod tests;
