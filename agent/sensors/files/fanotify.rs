@@ -45,6 +45,8 @@ pub struct FanotifyBackend {
     writes: Fanotify,
     /// A descriptor on each marked filesystem, by filesystem id, to resolve handles against.
     mounts: HashMap<[u8; FSID_LEN], File>,
+    /// The watched roots and the filesystem each is on.
+    roots: Vec<(PathBuf, [u8; FSID_LEN])>,
     /// Whether the kernel reports renames as one event with both names (`FAN_RENAME`, 5.17+).
     paired_renames: bool,
 }
@@ -69,6 +71,7 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
     let entries = MaskFlags::FAN_CREATE | MaskFlags::FAN_DELETE | MaskFlags::FAN_ONDIR;
     let mut paired_renames = true;
     let mut mounts = HashMap::new();
+    let mut roots = Vec::new();
     for root in scope.roots() {
         let mark = |mask| names.mark(add, mask, nix::fcntl::AT_FDCWD, Some(root.as_path()));
         let marked = if paired_renames {
@@ -101,11 +104,13 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
             )
         })?;
         mounts.entry(fsid).or_insert(dir);
+        roots.push((root.clone(), fsid));
     }
     Ok(FanotifyBackend {
         names,
         writes,
         mounts,
+        roots,
         paired_renames,
     })
 }
@@ -128,6 +133,41 @@ fn filesystem_id(file: &File) -> nix::Result<[u8; FSID_LEN]> {
     // SAFETY: fsid_t is two c_ints with no padding, the same 8 bytes the kernel puts in the
     // fsid of an event's file handle record; reading them as bytes is a plain copy.
     Ok(unsafe { std::mem::transmute::<nix::sys::statfs::fsid_t, [u8; FSID_LEN]>(fsid) })
+}
+
+/// The handle of a directory, as events will name it.
+fn handle_of(path: &Path, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let capacity = libc::MAX_HANDLE_SZ as usize;
+    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
+    raw[0] = u32::try_from(capacity).ok()?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `c_path` is NUL-terminated; `raw` is an aligned struct file_handle whose
+    // handle_bytes says how much room follows; `mount_id` is a valid out pointer. All outlive
+    // the call.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            raw.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let len = (raw[0] as usize).min(capacity);
+    let bytes: Vec<u8> = raw[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
+    Some(Handle {
+        fsid,
+        handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
+        bytes,
+    })
 }
 
 /// A file handle as an event reports it.
@@ -240,18 +280,43 @@ fn parse_handle_record(body: &[u8]) -> Option<(Handle, Vec<u8>)> {
 /// Turns directory handles back into paths.
 struct Resolver {
     mounts: HashMap<[u8; FSID_LEN], File>,
+    /// Directories in the watched trees, remembered for when they are gone by the time an event
+    /// naming them is read. Oldest forgotten first.
     known: HashMap<Handle, PathBuf>,
+    order: std::collections::VecDeque<Handle>,
+    roots: Vec<PathBuf>,
+    /// Handles resolved in the current batch: a burst in one directory opens it once.
+    batch: HashMap<Handle, Option<PathBuf>>,
 }
 
 impl Resolver {
+    fn new(mounts: HashMap<[u8; FSID_LEN], File>, roots: Vec<PathBuf>) -> Self {
+        Resolver {
+            mounts,
+            known: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            roots,
+            batch: HashMap::new(),
+        }
+    }
+
+    fn new_batch(&mut self) {
+        self.batch.clear();
+    }
+
     fn dir(&mut self, handle: &Handle) -> Option<PathBuf> {
-        match self.open(handle) {
+        if let Some(found) = self.batch.get(handle) {
+            return found.clone();
+        }
+        let found = match self.open(handle) {
             Some(path) => {
                 self.remember(handle.clone(), path.clone());
                 Some(path)
             }
             None => self.known.get(handle).cloned(),
-        }
+        };
+        self.batch.insert(handle.clone(), found.clone());
+        found
     }
 
     fn entry(&mut self, entry: &(Handle, Vec<u8>)) -> Option<PathBuf> {
@@ -263,10 +328,48 @@ impl Resolver {
     }
 
     fn remember(&mut self, handle: Handle, path: PathBuf) {
-        if self.known.len() >= DIR_CACHE {
-            self.known.clear();
+        // The filesystem mark reports the whole filesystem; only the watched trees are kept.
+        if !self.roots.iter().any(|root| path.starts_with(root)) {
+            return;
         }
-        self.known.insert(handle, path);
+        if let Some(slot) = self.batch.get_mut(&handle) {
+            *slot = Some(path.clone());
+        }
+        if self.known.insert(handle.clone(), path).is_none() {
+            self.order.push_back(handle);
+        }
+        while self.known.len() > DIR_CACHE {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.known.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Remembers the directories that already exist below the roots, so an `rm -r` of a tree
+    /// the sensor never saw an event in still resolves.
+    fn learn_existing(&mut self, roots: &[(PathBuf, [u8; FSID_LEN])]) {
+        for (root, fsid) in roots {
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                if self.known.len() >= DIR_CACHE {
+                    return;
+                }
+                if let Some(handle) = handle_of(&dir, *fsid) {
+                    self.remember(handle, dir.clone());
+                }
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
     }
 
     fn open(&self, handle: &Handle) -> Option<PathBuf> {
@@ -323,11 +426,53 @@ struct Written {
     seen: Option<Seen>,
 }
 
+/// Examined writes in arrival order, indexed by path so a create or delete finds its own in
+/// constant time even when a flood leaves thousands pending.
+#[derive(Default)]
+struct PendingWrites {
+    queue: Vec<Option<Written>>,
+    by_path: HashMap<PathBuf, Vec<usize>>,
+}
+
+impl PendingWrites {
+    fn push(&mut self, written: Written) {
+        self.by_path
+            .entry(written.path.clone())
+            .or_default()
+            .push(self.queue.len());
+        self.queue.push(Some(written));
+    }
+
+    /// What the latest write of `path` saw.
+    fn latest(&self, path: &Path) -> Option<Seen> {
+        let &last = self.by_path.get(path)?.last()?;
+        self.queue.get(last)?.as_ref()?.seen.clone()
+    }
+
+    /// Takes the writes of one path, in order.
+    fn take_path(&mut self, path: &Path) -> Vec<Written> {
+        let positions = self.by_path.remove(path).unwrap_or_default();
+        positions
+            .into_iter()
+            .filter_map(|i| self.queue.get_mut(i).and_then(Option::take))
+            .collect()
+    }
+
+    /// Takes every write, in order.
+    fn take_all(&mut self) -> Vec<Written> {
+        self.by_path.clear();
+        std::mem::take(&mut self.queue)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 struct Loop {
     observer: Observer,
     resolver: Resolver,
     own_pid: i32,
-    pending_writes: Vec<Written>,
+    pending_writes: PendingWrites,
     /// The first half of an unpaired rename (kernels before `FAN_RENAME`).
     moved_from: Option<(PathBuf, Option<u32>)>,
 }
@@ -337,17 +482,17 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         names,
         writes,
         mounts,
+        roots,
         paired_renames,
     } = backend;
     tracing::debug!(paired_renames, "fanotify backend running");
+    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
+    resolver.learn_existing(&roots);
     let mut state = Loop {
         observer,
-        resolver: Resolver {
-            mounts,
-            known: HashMap::new(),
-        },
+        resolver,
         own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
-        pending_writes: Vec::new(),
+        pending_writes: PendingWrites::default(),
         moved_from: None,
     };
     let mut buf = vec![0u8; READ_BUFFER];
@@ -387,6 +532,8 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
                 }
             }
         }
+        state.observer.new_batch();
+        state.resolver.new_batch();
         state.drain_writes(&writes);
         for event in events {
             state.handle_name_event(&event, paired_renames);
@@ -449,10 +596,10 @@ impl Loop {
     /// Emits the examined writes, all of them or only those of one path (before that path is
     /// deleted or renamed, so the delete carries the written size).
     fn flush_writes(&mut self, only: Option<&Path>) {
-        let (now, later): (Vec<Written>, Vec<Written>) = std::mem::take(&mut self.pending_writes)
-            .into_iter()
-            .partition(|w| only.is_none_or(|p| w.path == p));
-        self.pending_writes = later;
+        let now = match only {
+            Some(path) => self.pending_writes.take_path(path),
+            None => self.pending_writes.take_all(),
+        };
         for written in now {
             self.observer
                 .changed(FileAction::Write, &written.path, written.pid, written.seen);
@@ -505,33 +652,63 @@ impl Loop {
             );
             return;
         };
-        if mask & libc::FAN_CREATE != 0 {
-            if is_dir {
-                if let Some(object) = &event.object {
-                    self.resolver.remember(object.clone(), path);
-                }
-            } else if self.observer.scope().contains(&path) {
-                let written = self
-                    .pending_writes
-                    .iter()
-                    .rev()
-                    .find(|w| w.path == path)
-                    .and_then(|w| w.seen.clone());
-                let seen = written.or_else(|| self.observer.examine_path(&path));
-                self.observer.changed(FileAction::Create, &path, pid, seen);
-            }
-        } else if mask & libc::FAN_DELETE != 0 {
-            if is_dir {
-                self.observer.dir_deleted(&path);
-            } else if self.observer.scope().contains(&path) {
-                self.flush_writes(Some(&path));
-                self.observer.deleted(&path, pid);
-            }
-        } else if mask & libc::FAN_MOVED_FROM != 0 {
-            self.moved_from = Some((path, pid));
-        } else if mask & libc::FAN_MOVED_TO != 0 {
+        let created = mask & libc::FAN_CREATE != 0;
+        let deleted = mask & libc::FAN_DELETE != 0;
+        // The kernel merges a create and a delete of one name by one process, queued back to
+        // back, into a single event; whether the name exists now tells which came first.
+        let recreated = created && deleted && std::fs::symlink_metadata(&path).is_ok();
+        if deleted && recreated {
+            self.entry_deleted(&path, pid, is_dir);
+        }
+        if created {
+            self.entry_created(&path, pid, is_dir, event.object.as_ref());
+        }
+        if deleted && !recreated {
+            self.entry_deleted(&path, pid, is_dir);
+        }
+        if mask & libc::FAN_MOVED_FROM != 0 {
+            self.moved_from = Some((path.clone(), pid));
+        }
+        if mask & libc::FAN_MOVED_TO != 0 {
             let old = self.moved_from.take().map(|(old, _)| old);
             self.renamed(old, path, pid, is_dir, event.object.as_ref());
+        }
+    }
+
+    fn entry_created(
+        &mut self,
+        path: &Path,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
+        if is_dir {
+            if let Some(object) = object {
+                self.resolver.remember(object.clone(), path.to_path_buf());
+            }
+        } else if self.observer.scope().contains(path) {
+            // A file already gone is described by the write examined through its descriptor,
+            // pending in this batch or already emitted in the previous one.
+            let seen = self
+                .pending_writes
+                .latest(path)
+                .or_else(|| self.observer.examine_path(path))
+                .or_else(|| {
+                    self.observer.remembered(path).map(|facts| Seen {
+                        facts,
+                        export: None,
+                    })
+                });
+            self.observer.changed(FileAction::Create, path, pid, seen);
+        }
+    }
+
+    fn entry_deleted(&mut self, path: &Path, pid: Option<u32>, is_dir: bool) {
+        if is_dir {
+            self.observer.dir_deleted(path);
+        } else if self.observer.scope().contains(path) {
+            self.flush_writes(Some(path));
+            self.observer.deleted(path, pid);
         }
     }
 

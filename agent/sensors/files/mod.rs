@@ -148,8 +148,16 @@ fn start(
         Chosen::Fanotify(_) => "fanotify",
         Chosen::Notify(..) => "notify",
     };
+    let watching: Vec<String> = scope
+        .roots()
+        .iter()
+        .map(|root| root.display().to_string())
+        .collect();
     let mut observer = Observer::new(backend, scope, &config, lookup, out, tx);
-    observer.status(format!("{backend}: {why}"));
+    observer.status(format!(
+        "{backend}: {why}; watching [{}]",
+        watching.join(", ")
+    ));
     tracing::info!(backend, "file sensor: {why}");
     for (root, reason) in missing {
         observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
@@ -214,5 +222,8 @@ fn choose(config: &FilesConfig, scope: &Scope) -> Result<(Chosen, String), Files
     }
 }
 
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod bench;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! What every backend shares: deciding whether a path is watched, examining a file the moment it
 //! is seen, remembering its size, recognising exports, and turning it all into events.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,9 @@ pub struct Observer {
     tx: EventTx,
     last_rescan: Option<Instant>,
     closed: bool,
+    /// Processes looked up in the current batch of kernel events: a burst from one process
+    /// reads `/proc` once, not once per file.
+    processes: HashMap<u32, Option<ProcessInfo>>,
 }
 
 impl Observer {
@@ -115,6 +119,7 @@ impl Observer {
             tx,
             last_rescan: None,
             closed: false,
+            processes: HashMap::new(),
         }
     }
 
@@ -181,14 +186,25 @@ impl Observer {
         Some(classify::export_info(class, format, &head, size))
     }
 
-    fn process(&self, pid: Option<u32>) -> Option<ProcessInfo> {
+    /// Starts a new batch of kernel events: processes are looked up afresh, since one may have
+    /// exec'd another program since the last batch.
+    pub fn new_batch(&mut self) {
+        self.processes.clear();
+    }
+
+    fn process(&mut self, pid: Option<u32>) -> Option<ProcessInfo> {
+        let pid = pid?;
+        let lookup = &self.lookup;
+        let found = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| lookup(pid))
+            .clone();
         // A pid whose process is already gone is still worth reporting on its own.
-        pid.map(|pid| {
-            (self.lookup)(pid).unwrap_or(ProcessInfo {
-                pid,
-                ..ProcessInfo::default()
-            })
-        })
+        Some(found.unwrap_or(ProcessInfo {
+            pid,
+            ..ProcessInfo::default()
+        }))
     }
 
     /// Records and emits a create or close-after-write; `seen` is `None` when the file was gone

@@ -6,16 +6,46 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bannin::event::{Ancestor, ProcessInfo};
+use tokio::time::{Duration, Instant};
 
 use super::ProcessLookup;
 
 /// How many parents are followed up the tree; deeper chains are cut, not looped on.
 const MAX_ANCESTRY: usize = 16;
 
+/// How long a looked-up process is reused while its program is unchanged: a process writing
+/// thousands of files is read from `/proc` (with its whole parent chain) once, not per file.
+const REUSE_FOR: Duration = Duration::from_secs(1);
+const MAX_REMEMBERED: usize = 4096;
+
 /// A [`ProcessLookup`] reading `/proc/<pid>/{exe,cmdline,status}` and following parents.
 pub fn proc_lookup_from_procfs() -> ProcessLookup {
     let users = Arc::new(UserNames::default());
-    Arc::new(move |pid| lookup(pid, &users))
+    let recent: Mutex<HashMap<u32, (Instant, ProcessInfo)>> = Mutex::new(HashMap::new());
+    Arc::new(move |pid| {
+        if let Some(info) = reuse(&recent, pid) {
+            return Some(info);
+        }
+        let info = lookup(pid, &users)?;
+        if let Ok(mut recent) = recent.lock() {
+            if recent.len() >= MAX_REMEMBERED {
+                recent.clear();
+            }
+            recent.insert(pid, (Instant::now(), info.clone()));
+        }
+        Some(info)
+    })
+}
+
+/// A recent lookup of `pid`, if the process still runs the same program (an exec changes the
+/// exe link, so one readlink tells).
+fn reuse(recent: &Mutex<HashMap<u32, (Instant, ProcessInfo)>>, pid: u32) -> Option<ProcessInfo> {
+    let (at, info) = recent.lock().ok()?.get(&pid).cloned()?;
+    if at.elapsed() > REUSE_FOR {
+        return None;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    (exe.to_string_lossy() == info.exe).then_some(info)
 }
 
 fn lookup(pid: u32, users: &UserNames) -> Option<ProcessInfo> {
@@ -167,5 +197,31 @@ mod tests {
         assert_eq!(info.ancestry[0].pid, std::process::id());
         assert!(!info.ancestry.is_empty());
         assert!(lookup(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_remembered_process_is_looked_up_again_once_it_execs() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("read _; exec sleep 30")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        while !exe().to_string_lossy().ends_with("sh") {
+            std::thread::yield_now();
+        }
+        let lookup = proc_lookup_from_procfs();
+        assert!(lookup(pid).unwrap().exe.ends_with("sh"));
+        child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+        while !exe().to_string_lossy().ends_with("/sleep") {
+            std::thread::yield_now();
+        }
+        let after = lookup(pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(after.exe.ends_with("/sleep"), "{}", after.exe);
     }
 }

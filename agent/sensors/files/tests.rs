@@ -415,4 +415,152 @@ mod as_root {
         assert_eq!(first.path(), dir.join("theirs").to_str());
         handle.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_fanotify_queue_overflow_is_reported_and_followed_by_a_rescan() {
+        let (_guard, dir) = tempdir();
+        let config = FilesConfig {
+            watch: vec![dir.clone()],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (scope, _) = observe::Scope::new(&config).unwrap();
+        let backend = fanotify::open(&scope).unwrap();
+        // Nobody reads the groups yet, so more creates than a group may queue overflow it;
+        // the limit is per group, so no global setting needs to change.
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(16_384);
+        let files = limit + 100;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {files} ]; do : > f$i; i=$((i+1)); done"
+            ))
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let (out, mut rx) = mpsc::channel(4 * files);
+        let (tx, _spool) = pipeline::channel("h");
+        let observer = Observer::new(
+            "fanotify",
+            scope,
+            &config,
+            proc_lookup_from_procfs(),
+            out,
+            tx,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || fanotify::run(backend, observer, stop))
+        };
+        let overflow = next(&mut rx, |e| e.kind() == "sensor.overflow").await;
+        assert!(
+            sensor(&overflow).message.contains("fanotify"),
+            "{overflow:?}"
+        );
+        let recovered = next(&mut rx, |e| e.kind() == "sensor.recovered").await;
+        assert_eq!(sensor(&recovered).count, files as u64);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn auto_falls_back_to_notify_when_the_kernel_refuses_fanotify_and_says_why() {
+        // procfs cannot hand out file handles, so the kernel refuses a filesystem mark there.
+        let config = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (handle, mut rx) = start(config).await;
+        assert_eq!(handle.backend(), "notify");
+        let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+        let message = &sensor(&status).message;
+        assert!(
+            message.starts_with("notify: fanotify unavailable: the kernel refused"),
+            "{message}"
+        );
+        handle.stop().await;
+
+        let forced = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            backend: BackendChoice::Fanotify,
+            ..FilesConfig::default()
+        };
+        let (tx, _rx) = pipeline::channel("h");
+        match spawn(forced, tx, proc_lookup_from_procfs()).await {
+            Err(FilesError::FanotifyUnavailable { reason }) => {
+                assert!(reason.contains("/proc/sys/fs"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_a_tree_that_existed_before_the_sensor_reports_each_file_with_its_size() {
+        let (_guard, dir) = tempdir();
+        let tree = dir.join("exports");
+        std::fs::create_dir_all(tree.join("2024/q1")).unwrap();
+        std::fs::write(tree.join("a.csv"), vec![b'a'; 100]).unwrap();
+        std::fs::write(tree.join("2024/q1/b.csv"), vec![b'b'; 200]).unwrap();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // rm deletes the files, then the directories, and is gone before the events are read:
+        // the paths come from the directory handles learnt at start, the sizes from the scan.
+        let status = Command::new("rm").arg("-r").arg(&tree).status().unwrap();
+        assert!(status.success());
+        for (path, size) in [(tree.join("a.csv"), 100), (tree.join("2024/q1/b.csv"), 200)] {
+            let deleted = next(&mut rx, is("file.delete", &path)).await;
+            assert_eq!(file(&deleted).size, Some(size), "{deleted:?}");
+            assert!(file(&deleted).process_known);
+        }
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_process_creating_and_deleting_files_back_to_back_is_seen_for_every_file() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // One process, one name at a time, no pause: the kernel merges each create with its
+        // delete into one event, and the file is gone before the event is read.
+        let _script = Script::run(
+            &dir,
+            "perl -e 'for my $i (1..200) { open(my $f, \">\", \"f$i.csv\"); print $f \"a,b\\n\" x 5; close($f); unlink(\"f$i.csv\") } <STDIN>'",
+        );
+        let mut events: std::collections::HashMap<(String, &'static str), FileEvent> =
+            std::collections::HashMap::new();
+        let mut deletes = 0;
+        while deletes < 200 {
+            let event = next(&mut rx, |e| e.path().is_some()).await;
+            deletes += usize::from(event.kind() == "file.delete");
+            let key = (event.path().unwrap().to_string(), event.kind());
+            events.insert(key, file(&event).clone());
+        }
+        for i in 1..=200 {
+            let path = dir.join(format!("f{i}.csv")).to_string_lossy().into_owned();
+            let get = |kind| {
+                events
+                    .get(&(path.clone(), kind))
+                    .unwrap_or_else(|| panic!("no {kind} of {path}"))
+            };
+            let (created, written, deleted) =
+                (get("file.create"), get("file.write"), get("file.delete"));
+            // The create is examined when it is read: empty still, already written, or gone
+            // (then marked incomplete); the write, examined through the descriptor fanotify
+            // hands over, always has the size, and so has the delete.
+            assert!(matches!(created.size, Some(0) | Some(20) | None));
+            assert_eq!(created.incomplete, created.size.is_none());
+            assert_eq!(written.size, Some(20), "{written:?}");
+            assert_eq!(written.export.as_ref().unwrap().est_rows, Some(5));
+            assert_eq!(deleted.size, Some(20), "{deleted:?}");
+            for event in [created, written, deleted] {
+                assert_eq!(event.process.as_ref().unwrap().exe, exe_of("/usr/bin/perl"));
+            }
+        }
+        handle.stop().await;
+    }
 }
