@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sender::SenderConfig;
+use crate::sensors::files::FilesConfig;
+use crate::sensors::net::NetConfig;
+use crate::sensors::process::ProcessConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +67,9 @@ pub struct AgentConfig {
     pub agent: AgentSection,
     pub spool: SpoolSection,
     pub sender: SenderConfig,
+    pub files: FilesConfig,
+    pub process: ProcessConfig,
+    pub network: NetConfig,
 }
 
 impl AgentConfig {
@@ -77,10 +83,11 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: error.message().to_string(),
-        })?;
+        let config: AgentConfig =
+            bannin::config::parse_toml(text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
         let invalid = |message: &str| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: message.to_string(),
@@ -91,6 +98,10 @@ impl AgentConfig {
         if config.sender.batch_events == 0 {
             return Err(invalid("sender.batch_events must be at least 1"));
         }
+        config
+            .process
+            .validate()
+            .map_err(|error| invalid(&format!("process: {error}")))?;
         if config.agent.heartbeat < Duration::from_secs(1) {
             return Err(invalid("agent.heartbeat must be at least 1s"));
         }

@@ -1,5 +1,6 @@
 //! bannin-agent: watches a host and streams signed, hash-chained events to the collector.
-#![forbid(unsafe_code)]
+// deny rather than forbid: the fanotify module must call the kernel and opts in with allow(unsafe_code).
+#![deny(unsafe_code)]
 
 mod config;
 mod identity;

@@ -1,6 +1,6 @@
 //! `run`: the spool, the sender, the sensors and the heartbeat, until a signal stops them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +10,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::AgentConfig;
 use crate::pipeline::{self, EventTx};
+use crate::sensors::files::ProcessLookup;
 use crate::spool::{self, Spool};
-use crate::{identity, sender};
+use crate::{identity, sender, sensors};
 
 pub struct RunArgs {
     pub state_dir: PathBuf,
@@ -50,7 +51,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
     let _drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
 
-    let sensors: Vec<String> = Vec::new();
+    let mut files_config = args.config.files.clone();
+    files_config.watch.extend(args.watch.iter().cloned());
+    let (process, table) = sensors::process::spawn(args.config.process.clone(), tx.clone())
+        .await
+        .context("cannot start the process sensor")?;
+    let lookup_table = table.clone();
+    let lookup: ProcessLookup = Arc::new(move |pid| lookup_table.info(pid));
+    let files = sensors::files::spawn(files_config, tx.clone(), lookup)
+        .await
+        .context("cannot start the file sensor")?;
+    let net = sensors::net::spawn(args.config.network.clone(), tx.clone(), table)
+        .await
+        .context("cannot start the network sensor")?;
+    let sensors = vec![
+        format!("files:{}", files.backend()),
+        format!("process:{}", process.source()),
+        format!(
+            "network:{}",
+            if args.config.network.enabled {
+                "proc_net"
+            } else {
+                "off"
+            }
+        ),
+    ];
     let mut start = AgentEvent::new(AgentAction::Start);
     start.sensors = sensors.clone();
     start.message = format!("agent {} started", identity.agent_id);
@@ -61,6 +86,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     crate::signals::shutdown().await;
     tracing::info!("stopping");
     heartbeat.abort();
+    files.stop().await;
+    process.shutdown().await;
+    drop(net);
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();
     stop.spool_events = stats.events;
@@ -106,8 +134,4 @@ fn spawn_heartbeat(tx: EventTx, spool: Spool, every: Duration) -> tokio::task::J
             }
         }
     })
-}
-
-pub fn state_dir_exists(dir: &Path) -> bool {
-    dir.is_dir()
 }

@@ -68,10 +68,11 @@ impl CollectorConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<CollectorConfig, ConfigError> {
-        let config: CollectorConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: error.message().to_string(),
-        })?;
+        let config: CollectorConfig =
+            bannin::config::parse_toml(text).map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
         config.validate(path)?;
         Ok(config)
     }

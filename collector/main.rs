@@ -3,6 +3,7 @@
 
 mod alert;
 mod config;
+mod hooks;
 mod metrics;
 mod ocsf;
 mod output;

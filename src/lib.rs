@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod config;
 pub mod event;
 pub mod pki;
 pub mod proto;

@@ -61,13 +61,16 @@ fn enrolled_agent_streams_file_events_queryable_as_json() {
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
     collector.enroll(&state, "web1");
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(&config, "[files]\nexclude = [\"**/*.swp\"]\n").unwrap();
+    set_mode(&config, 0o600);
     let _agent = Agent::start(
         &state,
         &[
             "--watch",
             watched.to_str().unwrap(),
             "--config",
-            "/dev/null",
+            config.to_str().unwrap(),
         ],
     );
     let file = watched.join("customers.csv");
@@ -75,7 +78,7 @@ fn enrolled_agent_streams_file_events_queryable_as_json() {
     std::fs::remove_file(&file).unwrap();
 
     let path = file.display().to_string();
-    let events = wait_for("create and delete stored", LONG, || {
+    let events = wait_for(&format!("create and delete of {path} stored"), LONG, || {
         let events = collector.events(&["--path", &path]);
         let kinds: Vec<_> = events
             .iter()
@@ -105,6 +108,56 @@ fn enrolled_agent_streams_file_events_queryable_as_json() {
             .is_empty()
     );
     assert!(verify(&collector.dir).0);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn bad_configuration_is_refused_in_one_line_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "cfg1");
+    let cases = [
+        ("[files]\nwatch = [\"/tmp\"]\nbogus = 1\n", 0o600, "bogus"),
+        ("[spool]\nmax_bytes = \"lots\"\n", 0o600, "max_bytes"),
+        (
+            "[agent]\nheartbeat = \"15s\"\n",
+            0o666,
+            "writable by group or others",
+        ),
+    ];
+    for (i, (text, mode, needle)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        set_mode(&path, *mode);
+        let out = run_output(
+            Command::new(AGENT)
+                .args(["run", "--state-dir"])
+                .arg(&state)
+                .arg("--config")
+                .arg(&path),
+        );
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "case {i}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+    set_mode(&path, 0o600);
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["serve", "--data-dir"])
+            .arg(tmp.path().join("c2"))
+            .arg("--config")
+            .arg(&path),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
 }
 
 #[test]
