@@ -42,7 +42,6 @@ struct Registry {
     queries_refused: AtomicU64,
     retention_events: AtomicU64,
     retention_batches: AtomicU64,
-    alert_deliveries: Mutex<BTreeMap<(String, String), u64>>,
     /// The last scrape's (time, events) for the ingest rate.
     last_scrape: Mutex<Option<(tokio::time::Instant, u64)>>,
 }
@@ -105,21 +104,13 @@ pub fn pruned(batches: u64, events: u64) {
         .fetch_add(events, Ordering::Relaxed);
 }
 
-/// The hook point for alert delivery: the alert sinks call this once per attempt's outcome
-/// (`sink` e.g. "webhook" or "email", `outcome` "delivered", "retry" or "failed").
-#[allow(dead_code)] // called by the alert hooks once they are wired into serve
-pub fn alert_delivery(sink: &str, outcome: &str) {
-    if let Ok(mut map) = REGISTRY.alert_deliveries.lock() {
-        *map.entry((sink.to_string(), outcome.to_string()))
-            .or_insert(0) += 1;
-    }
-}
-
-/// Agent gauges read from the store at scrape time.
+/// Gauges read from the store at scrape time: agents, and alert deliveries from the hooks' outbox
+/// (durable, so the numbers survive restarts and count deliveries made by any process).
 struct AgentGauges {
     by_status: BTreeMap<String, u64>,
     enrolled: u64,
     spool: Vec<(String, String, u64, u64)>,
+    deliveries: Vec<store::investigate::DeliveryCount>,
 }
 
 fn agent_gauges(
@@ -149,6 +140,7 @@ fn agent_gauges(
                 )
             })
             .collect(),
+        deliveries: store::investigate::delivery_counts(&conn).unwrap_or_default(),
     })
 }
 
@@ -242,20 +234,6 @@ fn render(gauges: Option<&AgentGauges>) -> String {
         "Signed batches deleted by retention.",
         r.retention_batches.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP bannin_alert_deliveries_total Alert delivery attempts, by sink and outcome.\n# TYPE bannin_alert_deliveries_total counter"
-    );
-    if let Ok(map) = r.alert_deliveries.lock() {
-        for ((sink, outcome), count) in map.iter() {
-            let _ = writeln!(
-                out,
-                "bannin_alert_deliveries_total{{sink=\"{}\",outcome=\"{}\"}} {count}",
-                escape(sink),
-                escape(outcome)
-            );
-        }
-    }
     if let Some(g) = gauges {
         let _ = writeln!(
             out,
@@ -295,6 +273,47 @@ fn render(gauges: Option<&AgentGauges>) -> String {
                 "bannin_agent_spool_bytes{{agent_id=\"{}\",name=\"{}\"}} {bytes}",
                 escape(id),
                 escape(name)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bannin_alert_deliveries Alerts per sink by delivery state (pending, delivered, failed).\n# TYPE bannin_alert_deliveries gauge"
+        );
+        for d in &g.deliveries {
+            let _ = writeln!(
+                out,
+                "bannin_alert_deliveries{{sink=\"{}\",state=\"{}\"}} {}",
+                escape(&d.sink),
+                escape(&d.state),
+                d.alerts
+            );
+        }
+        let mut per_sink: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for d in &g.deliveries {
+            let entry = per_sink.entry(d.sink.as_str()).or_default();
+            entry.0 += d.attempts;
+            entry.1 += d.failures;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bannin_alert_delivery_attempts_total Alert delivery attempts per sink.\n# TYPE bannin_alert_delivery_attempts_total counter"
+        );
+        for (sink, (attempts, _)) in &per_sink {
+            let _ = writeln!(
+                out,
+                "bannin_alert_delivery_attempts_total{{sink=\"{}\"}} {attempts}",
+                escape(sink)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bannin_alert_delivery_failures_total Failed alert delivery attempts per sink.\n# TYPE bannin_alert_delivery_failures_total counter"
+        );
+        for (sink, (_, failures)) in &per_sink {
+            let _ = writeln!(
+                out,
+                "bannin_alert_delivery_failures_total{{sink=\"{}\"}} {failures}",
+                escape(sink)
             );
         }
         let total: u64 = g.spool.iter().map(|s| s.2).sum();
@@ -378,21 +397,26 @@ mod tests {
                 agent_id: "a".into(),
             },
         });
-        alert_delivery("webhook", "delivered");
         let gauges = AgentGauges {
             by_status: BTreeMap::from([("active".to_string(), 1)]),
             enrolled: 1,
             spool: vec![("a-1".into(), "pc\"1".into(), 7, 70)],
+            deliveries: vec![store::investigate::DeliveryCount {
+                sink: "webhook:soc".into(),
+                state: "delivered".into(),
+                alerts: 3,
+                attempts: 5,
+                failures: 2,
+            }],
         };
         let text = render(Some(&gauges));
         assert!(text.contains("bannin_ingest_events_total 5"), "{text}");
         assert!(text.contains("bannin_ingest_batches_refused_total{reason=\"empty\"} 1"));
         assert!(text.contains("bannin_verification_failures_total 1"));
         assert!(
-            text.contains(
-                "bannin_alert_deliveries_total{sink=\"webhook\",outcome=\"delivered\"} 1"
-            )
+            text.contains("bannin_alert_deliveries{sink=\"webhook:soc\",state=\"delivered\"} 3")
         );
+        assert!(text.contains("bannin_alert_delivery_failures_total{sink=\"webhook:soc\"} 2"));
         assert!(text.contains("bannin_agent_spool_events{agent_id=\"a-1\",name=\"pc\\\"1\"} 7"));
         assert!(text.contains("bannin_spool_backlog_events 7"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

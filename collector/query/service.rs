@@ -31,8 +31,6 @@ pub enum QueryError {
     Revoked { name: String },
     #[error("operator {name} is not known to this collector")]
     UnknownOperator { name: String },
-    #[error("{reason}")]
-    BadRequest { reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,8 +47,7 @@ impl From<QueryError> for Status {
             QueryError::NotAnOperator { .. }
             | QueryError::Revoked { .. }
             | QueryError::UnknownOperator { .. } => Status::permission_denied(message),
-            QueryError::BadRequest { .. }
-            | QueryError::Report(ReportError::UnknownHost { .. })
+            QueryError::Report(ReportError::UnknownHost { .. })
             | QueryError::Report(ReportError::UnknownAlert { .. })
             | QueryError::Report(ReportError::AlertWithoutTime { .. }) => {
                 Status::invalid_argument(message)

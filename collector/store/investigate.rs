@@ -176,3 +176,37 @@ pub fn all_agents(conn: &Connection) -> Result<Vec<HostAgent>, StoreError> {
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Alert deliveries per sink and state, from the hooks' outbox (none while it does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryCount {
+    pub sink: String,
+    /// "pending", "delivered" or "failed".
+    pub state: String,
+    pub alerts: u64,
+    pub attempts: u64,
+    pub failures: u64,
+}
+
+pub fn delivery_counts(conn: &Connection) -> Result<Vec<DeliveryCount>, StoreError> {
+    if !table_exists(conn, "hook_outbox")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT sink, state, COUNT(*), SUM(attempts), SUM(failures) FROM hook_outbox
+         GROUP BY sink, state ORDER BY sink, state",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let count = |i: usize| -> rusqlite::Result<u64> {
+            Ok(u64::try_from(r.get::<_, Option<i64>>(i)?.unwrap_or(0)).unwrap_or(0))
+        };
+        Ok(DeliveryCount {
+            sink: r.get(0)?,
+            state: r.get(1)?,
+            alerts: count(2)?,
+            attempts: count(3)?,
+            failures: count(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -617,6 +617,56 @@ async fn an_operator_scopes_the_2014_breach_remotely_naming_exactly_who_read_and
     }
     // No alerts table until detection runs: an empty answer, not an error.
     assert!(remote_json(&collector, &identity, &["alerts", "--format", "json"]).is_empty());
+
+    // An alert, stored as detection stores it, scopes to its own hosts and time and maps to a
+    // Detection Finding.
+    store_alert(&data, &agents[2].id);
+    let alerts = remote_json(&collector, &identity, &["alerts", "--format", "json"]);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["rule"], "export.create_delete");
+    assert_eq!(alerts[0]["path"], "/home/user/customers.csv");
+    let findings = remote_json(&collector, &identity, &["alerts", "--format", "ocsf"]);
+    assert_eq!(assert_ocsf(&findings[0]), 2004);
+    assert_eq!(findings[0]["finding_info"]["uid"], "al-1");
+    assert_eq!(findings[0]["severity_id"], 4);
+    let by_alert = remote_json(
+        &collector,
+        &identity,
+        &[
+            "scope", "--alert", "al-1", "--margin", "30m", "--format", "json",
+        ],
+    );
+    assert_eq!(by_alert[0]["alert"], "al-1");
+    assert_eq!(by_alert[0]["read_and_sent"], serde_json::json!(["pc2"]));
+    let unknown = remote(&collector, &identity, &["scope", "--alert", "al-404"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no alert al-404"));
+}
+
+/// Writes an alert the way the detection engine's store does (its `alerts` table, the alert object
+/// as JSON in `body`).
+fn store_alert(data: &Path, pc2: &str) {
+    let conn = rusqlite::Connection::open(data.join("bannin.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, rule TEXT NOT NULL,
+            severity TEXT NOT NULL, ts INTEGER NOT NULL, updated_ts INTEGER NOT NULL,
+            host TEXT NOT NULL, count INTEGER NOT NULL, body TEXT NOT NULL)",
+    )
+    .unwrap();
+    let ts = Timestamp::now().saturating_sub(Duration::from_secs(560));
+    let body = serde_json::json!({
+        "id": "al-1", "rule": "export.create_delete", "severity": "high",
+        "ts": ts.to_rfc3339(), "host": "pc2", "count": 1,
+        "summary": "customers.csv (4 MB, ~2500 rows) created and deleted on pc2",
+        "evidence": [{"agent_id": pc2, "seq": 4}, {"agent_id": pc2, "seq": 7}],
+        "path": "/home/user/customers.csv", "size": 4_000_000,
+    });
+    conn.execute(
+        "INSERT INTO alerts VALUES ('al-1', 'export.create_delete', 'high', ?1, ?1, 'pc2', 1, ?2)",
+        rusqlite::params![ts.as_nanos(), body.to_string()],
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,3 +863,47 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
 }
 
 const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn example_systemd_units_pass_systemd_analyze() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed; checking the units' keys by hand");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut units = Vec::new();
+    for name in ["bannin-collector.service", "bannin-agent.service"] {
+        let text = std::fs::read_to_string(examples.join(name)).unwrap();
+        assert!(text.contains("ExecStart=/usr/local/bin/"), "{name}");
+        // systemd-analyze checks that ExecStart exists: point it at the binaries just built.
+        let text = text
+            .replace("/usr/local/bin/bannin-collector", COLLECTOR)
+            .replace("/usr/local/bin/bannin-agent", AGENT);
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        units.push(path);
+    }
+    let out = Command::new(analyze)
+        .arg("verify")
+        .args(&units)
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("bannin-") && !l.contains("Failed to resolve user"))
+        .collect();
+    assert!(out.status.success() || complaints.is_empty(), "{stderr}");
+    assert!(complaints.is_empty(), "{stderr}");
+}
+
+fn which(program: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
