@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod alert;
+mod detect;
 
 fn main() {}
