@@ -3,6 +3,7 @@
 
 mod alert;
 mod config;
+mod detect;
 mod hooks;
 mod output;
 mod quickstart;
