@@ -1,5 +1,6 @@
 //! The agent's sensors. Each one is a module with a config struct (serde defaults), a `spawn`
 //! function that takes an [`crate::pipeline::EventTx`], and the events it emits.
-// Until `agent run` starts the file sensor, only its tests reach most of it.
-#[allow(dead_code)]
+
 pub mod files;
+pub mod net;
+pub mod process;

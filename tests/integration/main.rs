@@ -1,1 +1,5 @@
+//! One integration test binary: each module exercises one capability through the real binaries.
+
+mod foundation;
 mod harness;
+mod refusals;
