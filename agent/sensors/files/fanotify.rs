@@ -33,6 +33,8 @@ const READ_BUFFER: usize = 64 * 1024;
 const READS_PER_ROUND: usize = 16;
 /// How long a poll waits before the stop flag is looked at again.
 const POLL_MS: u16 = 200;
+/// How long a poll waits while events wait for their process to be known.
+const WAITING_POLL_MS: u16 = 10;
 /// Directory handles remembered with their paths, for events naming a directory that is gone
 /// by the time the event is read (`rm -r`).
 const DIR_CACHE: usize = 65_536;
@@ -501,9 +503,16 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             PollFd::new(names.as_fd(), PollFlags::POLLIN),
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::from(POLL_MS)) {
+        // Events waiting for their process are looked at again soon, not at the next event.
+        let timeout = if state.observer.waiting() {
+            WAITING_POLL_MS
+        } else {
+            POLL_MS
+        };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
             Ok(0) => {
                 state.settle_moved_from();
+                state.observer.pump();
                 continue;
             }
             Ok(_) | Err(Errno::EINTR) => {}
