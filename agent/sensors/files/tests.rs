@@ -623,4 +623,18 @@ mod as_root {
         }
         handle.stop().await;
     }
+
+    #[tokio::test]
+    async fn after_a_directory_is_renamed_events_below_it_carry_the_new_path_and_old_sizes() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        let _first = Script::run(&dir, "mkdir a; echo 1 > a/x");
+        next(&mut rx, is("file.write", &dir.join("a/x"))).await;
+        let _second = Script::run(&dir, "mv a b; echo 2 > b/y");
+        next(&mut rx, is("file.create", &dir.join("b/y"))).await;
+        let _third = Script::run(&dir, "rm b/x");
+        let deleted = next(&mut rx, is("file.delete", &dir.join("b/x"))).await;
+        assert_eq!(file(&deleted).size, Some(2));
+        handle.stop().await;
+    }
 }
