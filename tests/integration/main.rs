@@ -1,5 +1,6 @@
 //! One integration test binary: each module exercises one capability through the real binaries.
 
+mod detection;
 mod foundation;
 mod harness;
 mod refusals;
