@@ -509,7 +509,10 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             Ok(_) | Err(Errno::EINTR) => {}
             Err(errno) => {
                 state.observer.error(
-                    format!("fanotify poll failed: {}", errno.desc()),
+                    format!(
+                        "fanotify poll failed, the file sensor stops: {}",
+                        errno.desc()
+                    ),
                     Path::new(""),
                 );
                 return;
@@ -524,11 +527,16 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
                 Ok(n) => events.extend(parse_names(&buf[..n])),
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
+                    // Not a transient condition: the group is unusable, so say so and stop
+                    // rather than repeat the error on every poll.
                     state.observer.error(
-                        format!("reading fanotify events failed: {}", errno.desc()),
+                        format!(
+                            "reading fanotify events failed, the file sensor stops: {}",
+                            errno.desc()
+                        ),
                         Path::new(""),
                     );
-                    break;
+                    return;
                 }
             }
         }

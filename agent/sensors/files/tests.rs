@@ -1,8 +1,6 @@
 //! Feature tests of the file sensor on real files in temp dirs, with real child processes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use bannin::event::{Body, Event, FileEvent, SensorEvent};
 use tokio::sync::mpsc;
@@ -296,6 +294,9 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
 
 #[cfg(target_os = "linux")]
 mod as_root {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
     use super::*;
 
     /// Runs a shell script in `dir` that waits on its stdin before exiting, so it is still alive
