@@ -1,2 +1,3 @@
 //! The agent's sensors. Each one is a module with a config struct (serde defaults), a `spawn`
 //! function that takes an [`crate::pipeline::EventTx`], and the events it emits.
+pub mod db;
