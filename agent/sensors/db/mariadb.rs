@@ -148,11 +148,13 @@ struct SlowPartial {
     started: bool,
 }
 
+/// A draft in the queue that keeps log order while queries wait for their rows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
     draft: Draft,
     connection: u64,
-    key: u64,
+    /// The statement key to find in the slow log; `None` for drafts that only keep their place.
+    key: Option<u64>,
     age: u32,
 }
 
@@ -198,16 +200,23 @@ impl Tracker {
                     event.failed = true;
                     event.error = error_text(line.retcode);
                 }
-                self.release(out);
-                out.push(Draft::new(ts, Action::Connect, event));
+                self.queue(
+                    Draft::new(ts, Action::Connect, event),
+                    line.connection,
+                    None,
+                    out,
+                );
             }
             "DISCONNECT" => {
                 self.tables.remove(&line.connection);
                 let event = base_event(&line, ctx, Action::Disconnect);
-                // The session's last queries go first, so its totals include them.
-                self.release_connection(line.connection, out);
-                self.release(out);
-                out.push(Draft::new(ts, Action::Disconnect, event));
+                // Behind the session's waiting queries, so its totals include them.
+                self.queue(
+                    Draft::new(ts, Action::Disconnect, event),
+                    line.connection,
+                    None,
+                    out,
+                );
             }
             "QUERY" => {
                 let recorded = self.tables.remove(&line.connection).unwrap_or_default();
@@ -226,18 +235,9 @@ impl Tracker {
                     draft.event.error = error_text(line.retcode);
                 }
                 let counted = matches!(draft.kind, Kind::Read | Kind::Write | Kind::Export);
-                if rows_expected && counted && line.retcode == 0 {
-                    self.held.push_back(Held {
-                        key: statement_key(&line.object),
-                        connection: line.connection,
-                        draft,
-                        age: 0,
-                    });
-                    self.release(out);
-                } else {
-                    self.release(out);
-                    out.push(draft);
-                }
+                let key = (rows_expected && counted && line.retcode == 0)
+                    .then(|| statement_key(&line.object));
+                self.queue(draft, line.connection, key, out);
             }
             "READ" | "WRITE" | "CREATE" | "ALTER" | "RENAME" | "DROP" => {
                 let records = self.tables.entry(line.connection).or_default();
@@ -306,6 +306,20 @@ impl Tracker {
         self.release(out);
     }
 
+    fn queue(&mut self, draft: Draft, connection: u64, key: Option<u64>, out: &mut Vec<Draft>) {
+        if key.is_none() && self.held.is_empty() {
+            out.push(draft);
+            return;
+        }
+        self.held.push_back(Held {
+            draft,
+            connection,
+            key,
+            age: 0,
+        });
+        self.release(out);
+    }
+
     fn take_slow(&mut self, connection: u64, key: u64) -> Option<SlowEntry> {
         let queue = self.slow.get_mut(&connection)?;
         let at = queue.iter().position(|e| e.key == key)?;
@@ -319,25 +333,12 @@ impl Tracker {
     fn release(&mut self, out: &mut Vec<Draft>) {
         while let Some(front) = self.held.front() {
             let (connection, key, age) = (front.connection, front.key, front.age);
-            let found = self.take_slow(connection, key);
-            if found.is_none() && age < 2 {
+            let found = key.and_then(|key| self.take_slow(connection, key));
+            if key.is_some() && found.is_none() && age < 2 {
                 break;
             }
             if let Some(held) = self.held.pop_front() {
                 out.push(with_rows(held.draft, found));
-            }
-        }
-    }
-
-    /// Hands on every waiting query of one connection, with rows where the slow log has them.
-    fn release_connection(&mut self, connection: u64, out: &mut Vec<Draft>) {
-        let held = std::mem::take(&mut self.held);
-        for item in held {
-            if item.connection == connection {
-                let found = self.take_slow(connection, item.key);
-                out.push(with_rows(item.draft, found));
-            } else {
-                self.held.push_back(item);
             }
         }
     }
