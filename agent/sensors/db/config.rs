@@ -143,6 +143,13 @@ pub fn validate(configs: Vec<DatabaseConfig>) -> Result<Vec<Settings>, DbError> 
                 config.max_statement_len
             )));
         }
+        if config.max_statement_len > super::tail::MAX_RECORD / 2 {
+            return Err(invalid(format!(
+                "max_statement_len {} is above the maximum of {}",
+                config.max_statement_len,
+                super::tail::MAX_RECORD / 2
+            )));
+        }
         if config.poll_interval.is_zero() {
             return Err(invalid("poll_interval must be above zero".to_string()));
         }

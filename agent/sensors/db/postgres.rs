@@ -300,6 +300,23 @@ impl Tracker {
         ctx: &ParseCtx,
         out: &mut Vec<Draft>,
     ) -> Result<(), Garbled> {
+        let key = entry.session.clone();
+        let result = self.handle_entry(entry, ctx, out);
+        // Background processes log under session ids too; remember only sessions with state.
+        if self.sessions.get(&key).is_some_and(|s| {
+            s.held.is_none() && s.last_audit_statement.is_none() && s.last_statement_hash == 0
+        }) {
+            self.sessions.remove(&key);
+        }
+        result
+    }
+
+    fn handle_entry(
+        &mut self,
+        entry: Entry,
+        ctx: &ParseCtx,
+        out: &mut Vec<Draft>,
+    ) -> Result<(), Garbled> {
         let message = entry.message.as_str();
         if message.starts_with("connection received: ") || entry.session.is_empty() {
             return Ok(());

@@ -49,14 +49,14 @@ fn summary(seen: &[Event]) -> Vec<String> {
         .collect()
 }
 
-/// Receives events until `done` holds for all seen so far; fails after 30 s.
+/// Receives events until `done` holds for all seen so far; fails after 60 s.
 async fn wait_for(
     rx: &mut Receiver<Event>,
     seen: &mut Vec<Event>,
     what: &str,
     done: impl Fn(&[Event]) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done(seen) {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(event)) => seen.push(event),

@@ -128,3 +128,129 @@ impl Totals {
         self.sessions.retain(|_, s| s.last_active > cutoff);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensors::db::config::{DatabaseConfig, validate};
+    use crate::sensors::db::statement::Dialect;
+    use crate::sensors::db::{ParseCtx, draft_query};
+    use bannin::event::DbAction;
+    use bannin::time::Timestamp;
+
+    fn settings() -> Settings {
+        let config: DatabaseConfig = toml::from_str(
+            "kind = \"postgresql\"\nlog = \"/x\"\nsensitive_tables = [\"public.customers\"]\ndump_users_allowed = [\"backup\"]\n",
+        )
+        .unwrap();
+        validate(vec![config]).unwrap().remove(0)
+    }
+
+    fn query(user: &str, session: &str, app: &str, sql: &str, rows: Option<u64>) -> Draft {
+        let mut event = DbEvent::new(DbAction::Query, "postgresql");
+        event.db_user = user.into();
+        event.session = session.into();
+        event.application = app.into();
+        let ctx = ParseCtx {
+            server: "pg".into(),
+            max_statement_len: 4096,
+        };
+        let mut draft = draft_query(Timestamp::now(), event, sql, Dialect::Postgres, &ctx);
+        draft.event.rows = rows;
+        draft
+    }
+
+    #[test]
+    fn chunked_reads_add_up_per_session_and_per_user() {
+        let settings = settings();
+        let mut totals = Totals::default();
+        let mut last = None;
+        for (i, session) in ["s1", "s1", "s2"].iter().enumerate() {
+            let sql = format!("SELECT * FROM customers WHERE id > {} LIMIT 1000", i * 1000);
+            last = Some(totals.finish(
+                &settings,
+                query("mallory", session, "psql", &sql, Some(1000)),
+            ));
+        }
+        let last = last.unwrap();
+        assert_eq!(
+            last.session_sensitive_rows,
+            Some(1000),
+            "a new session starts at zero"
+        );
+        assert_eq!(
+            last.user_sensitive_rows,
+            Some(3000),
+            "the user's reads add up"
+        );
+        let other = totals.finish(
+            &settings,
+            query(
+                "alice",
+                "s3",
+                "psql",
+                "SELECT 1 FROM customers WHERE id = 1",
+                Some(1),
+            ),
+        );
+        assert_eq!(other.user_sensitive_rows, Some(1));
+        let unrelated = totals.finish(
+            &settings,
+            query("mallory", "s1", "psql", "SELECT * FROM orders", Some(50)),
+        );
+        assert_eq!(unrelated.session_sensitive_rows, None);
+        assert!(unrelated.sensitive_tables.is_empty());
+
+        let mut end = DbEvent::new(DbAction::Disconnect, "postgresql");
+        end.db_user = "mallory".into();
+        end.session = "s1".into();
+        let end = totals.finish(
+            &settings,
+            Draft::new(Timestamp::now(), Action::Disconnect, end),
+        );
+        assert_eq!(end.session_sensitive_rows, Some(2000));
+        assert_eq!(end.user_sensitive_rows, Some(3000));
+    }
+
+    #[test]
+    fn full_reads_without_rows_count_the_known_table_size_and_allowed_dumps_do_not_add() {
+        let settings = settings();
+        let mut totals = Totals::default();
+        let full = totals.finish(
+            &settings,
+            query("alice", "s1", "psql", "SELECT * FROM customers", Some(500)),
+        );
+        assert_eq!(full.export_method, "full_table_read");
+        let copy = totals.finish(
+            &settings,
+            query(
+                "alice",
+                "s1",
+                "psql",
+                "COPY customers TO '/tmp/x.csv'",
+                None,
+            ),
+        );
+        assert_eq!(copy.export_method, "copy_to_file");
+        assert_eq!(
+            copy.session_sensitive_rows,
+            Some(1000),
+            "the COPY counts the 500 rows the table has"
+        );
+
+        let sql = "COPY public.customers (id, name) TO stdout;";
+        let backup = totals.finish(&settings, query("backup", "s2", "pg_dump", sql, None));
+        assert_eq!(backup.export_method, "dump_tool");
+        assert_eq!(
+            backup.user_sensitive_rows,
+            Some(0),
+            "expected backups do not add up"
+        );
+        let thief = totals.finish(&settings, query("mallory", "s3", "backup-tool", sql, None));
+        assert_eq!(
+            thief.export_method, "dump_tool",
+            "known by its statement shape"
+        );
+        assert_eq!(thief.user_sensitive_rows, Some(500));
+    }
+}
