@@ -123,45 +123,45 @@ pub async fn spawn(
         let mut last_saved = String::new();
         loop {
             let mut more = false;
-            for slot in sources.iter_mut() {
-                let source = std::mem::replace(slot, Source::placeholder());
-                let (source, outcome) = match tokio::task::spawn_blocking(move || {
+            let mut polled = Vec::with_capacity(sources.len());
+            for source in std::mem::take(&mut sources) {
+                let blocking = tokio::task::spawn_blocking(move || {
                     let mut source = source;
                     let outcome = source.poll();
                     (source, outcome)
-                })
-                .await
-                {
+                });
+                let (mut source, outcome) = match blocking.await {
                     Ok(done) => done,
                     Err(error) => {
                         tracing::error!(%error, "database log poll panicked");
                         return;
                     }
                 };
-                *slot = source;
                 more |= outcome.more;
+                let events = outcome.events.into_iter().map(|(ts, event)| Event {
+                    seq: 0,
+                    ts,
+                    host: tx.host().to_string(),
+                    body: event.into(),
+                });
                 for body in outcome.sensor {
                     if tx.send(body).await.is_err() {
                         return;
                     }
                 }
-                for (ts, event) in outcome.events {
-                    let event = Event {
-                        seq: 0,
-                        ts,
-                        host: tx.host().to_string(),
-                        body: event.into(),
-                    };
+                for event in events {
                     if tx.send_event(event).await.is_err() {
                         return;
                     }
                 }
-                if let Some(report) = slot.garbled_report() {
+                if let Some(report) = source.garbled_report() {
                     if tx.send(report).await.is_err() {
                         return;
                     }
                 }
+                polled.push(source);
             }
+            sources = polled;
             // Only now that the events are with the spool may the positions move on.
             save_state(&path, &sources, &mut last_saved).await;
             let pause = if more { Duration::ZERO } else { interval };
@@ -388,35 +388,6 @@ impl Source {
             log: None,
             slow,
             state,
-            log_failing: None,
-            slow_failing: None,
-            garbled: 0,
-            garbled_reported: None,
-        }
-    }
-
-    /// Stands in for a source while its real self is on the blocking pool.
-    fn placeholder() -> Self {
-        Source {
-            settings: Settings {
-                name: String::new(),
-                kind: DbKind::Mariadb,
-                log: PathBuf::new(),
-                slow_log: None,
-                format: PgFormat::Auto,
-                sensitive_tables: Vec::new(),
-                dump_users_allowed: Default::default(),
-                max_statement_len: 0,
-                poll_interval: Duration::from_secs(1),
-                start_at: StartAt::End,
-            },
-            ctx: ParseCtx {
-                server: String::new(),
-                max_statement_len: 0,
-            },
-            log: None,
-            slow: None,
-            state: SourceState::default(),
             log_failing: None,
             slow_failing: None,
             garbled: 0,

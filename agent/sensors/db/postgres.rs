@@ -532,3 +532,103 @@ mod tests {
         assert!(entry.message.starts_with("statement: SELECT \"a"));
     }
 }
+
+#[cfg(test)]
+mod tracker_tests {
+    use super::*;
+
+    fn entry(session: &str, severity: &str, message: &str) -> Entry {
+        Entry {
+            user: "app".into(),
+            database: "shop".into(),
+            remote_host: "10.0.0.5".into(),
+            remote_port: Some(40000),
+            session: session.into(),
+            ps: "idle".into(),
+            severity: severity.into(),
+            message: message.into(),
+            application: "psql".into(),
+            ..Entry::default()
+        }
+    }
+
+    fn run(entries: Vec<Entry>) -> Vec<Draft> {
+        let ctx = ParseCtx {
+            server: "pg".into(),
+            max_statement_len: 4096,
+        };
+        let mut tracker = Tracker::default();
+        let mut out = Vec::new();
+        for e in entries {
+            tracker.handle(e, &ctx, &mut out).unwrap();
+        }
+        tracker.tick(&mut out);
+        tracker.tick(&mut out);
+        assert!(tracker.sessions.is_empty() || tracker.sessions.values().all(|s| s.held.is_none()));
+        out
+    }
+
+    #[test]
+    fn duration_repeats_fold_errors_mark_failures_and_bare_audit_records_are_statements() {
+        let out = run(vec![
+            entry("s1", "LOG", "statement: SELECT * FROM t"),
+            entry(
+                "s1",
+                "LOG",
+                "duration: 0.210 ms  statement: SELECT * FROM t",
+            ),
+            entry("s1", "LOG", "duration: 0.110 ms  statement: SELECT 2"),
+            entry("s1", "LOG", "statement: SELECT 1/0"),
+            entry("s1", "ERROR", "division by zero"),
+            entry(
+                "s2",
+                "LOG",
+                "AUDIT: SESSION,7,1,READ,SELECT,,,select * from t,<not logged>,12",
+            ),
+            entry(
+                "s2",
+                "LOG",
+                "AUDIT: SESSION,7,2,READ,SELECT,TABLE,public.t,select * from t,<not logged>,12",
+            ),
+            entry("s3", "LOG", "checkpoint starting: time"),
+        ]);
+        let statements: Vec<(&str, bool, Option<u64>)> = out
+            .iter()
+            .map(|d| (d.event.statement.as_str(), d.event.failed, d.event.rows))
+            .collect();
+        assert_eq!(
+            statements,
+            vec![
+                ("SELECT * FROM t", false, None),
+                ("SELECT 2", false, None),
+                ("SELECT 1/0", true, None),
+                ("select * from t", false, Some(12)),
+            ]
+        );
+        assert_eq!(out[2].event.error, "division by zero");
+        assert_eq!(out[3].event.client_port, Some(40000));
+    }
+
+    #[test]
+    fn a_fatal_after_authorization_makes_the_connect_a_failed_one() {
+        let mut fatal = entry(
+            "s1",
+            "FATAL",
+            "password authentication failed for user \"app\"",
+        );
+        fatal.state_code = "28P01".into();
+        fatal.ps = "authentication".into();
+        let out = run(vec![
+            entry(
+                "s1",
+                "LOG",
+                "connection authorized: user=app database=shop application_name=psql SSL enabled (protocol=TLSv1.3)",
+            ),
+            fatal,
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].action, Action::Connect);
+        assert!(out[0].event.failed);
+        assert_eq!(out[0].event.application, "psql");
+    }
+}

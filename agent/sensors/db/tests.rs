@@ -15,11 +15,12 @@ fn config(text: &str) -> DatabaseConfig {
     toml::from_str(text).unwrap()
 }
 
-fn pg_config(server: &PgServer) -> DatabaseConfig {
+/// `log` may be the data directory or the log_directory inside it; both must work.
+fn pg_config(log: &Path) -> DatabaseConfig {
     config(&format!(
         "kind = \"postgresql\"\nlog = \"{}\"\nsensitive_tables = [\"public.customers\"]\n\
          poll_interval = \"100ms\"\nstart_at = \"beginning\"\nname = \"pg\"\n",
-        server.data.display()
+        log.display()
     ))
 }
 
@@ -100,7 +101,7 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
     );
     let state = tempfile::tempdir().unwrap();
     let (tx, mut rx) = pipeline::channel("h");
-    let handle = spawn(vec![pg_config(&server)], state.path(), tx)
+    let handle = spawn(vec![pg_config(&server.data)], state.path(), tx)
         .await
         .unwrap();
 
@@ -224,7 +225,7 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
     );
     let state = tempfile::tempdir().unwrap();
     let (tx, mut rx) = pipeline::channel("h");
-    let handle = spawn(vec![pg_config(&server)], state.path(), tx)
+    let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
         .await
         .unwrap();
     let list = server.data.join("current_logfiles");
@@ -263,7 +264,7 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
     // Written while the agent is down: read once after the restart, and nothing before it again.
     server.psql("while-down", "postgres", &["SELECT 5 AS step5"]);
     let (tx, mut rx) = pipeline::channel("h");
-    let handle = spawn(vec![pg_config(&server)], state.path(), tx)
+    let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
         .await
         .unwrap();
     server.psql("after", "postgres", &["SELECT 6 AS step6"]);
