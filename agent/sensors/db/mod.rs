@@ -413,10 +413,14 @@ impl Source {
             let saved = self.state.log.clone();
             let made = match self.settings.kind {
                 DbKind::Mariadb => {
-                    let path = if self.settings.log.is_dir() {
-                        self.settings.log.join("server_audit.log")
+                    let log = &self.settings.log;
+                    let path = if log.is_dir() {
+                        log.join("server_audit.log")
+                    } else if log.exists() || log.extension().is_some() {
+                        log.clone()
                     } else {
-                        self.settings.log.clone()
+                        // Neither a file nor a directory yet: wait until it is one.
+                        return Err(TailError::NoLog { dir: log.clone() });
                     };
                     (
                         Follower::new(Locator::File(path), Framing::Lines, saved, start_at_end),
