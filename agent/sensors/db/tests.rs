@@ -107,6 +107,7 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
 
     let out_file = server.dir.path().join("out.csv");
     let copy_to_file = format!("COPY customers TO '{}' CSV", out_file.display());
+    let big = format!("SELECT '{}' AS big", "x".repeat(20_000));
     server.psql(
         "reporter",
         "postgres",
@@ -116,6 +117,7 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
             "CREATE ROLE alice LOGIN PASSWORD 'secret1'",
             &copy_to_file,
             "COPY (SELECT * FROM customers) TO PROGRAM 'cat > /dev/null'",
+            &big,
         ],
     );
     let failed = server.psql_output("intruder", "nobody", &["SELECT 1"]);
@@ -177,6 +179,11 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
     let to_program = query(&seen, "reporter", "COPY (SELECT");
     assert_eq!(to_program.export_method, "copy_to_program");
     assert_eq!(to_program.tables, vec!["public.customers"]);
+
+    let cut = query(&seen, "reporter", "SELECT 'xxx");
+    assert!(cut.statement.len() < 4200, "{}", cut.statement.len());
+    let marker = format!("... [truncated, {} bytes in all]", big.len());
+    assert!(cut.statement.ends_with(&marker), "{}", &cut.statement[4000..]);
 
     let intruder = dbs(&seen)
         .into_iter()
