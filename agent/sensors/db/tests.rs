@@ -183,7 +183,11 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
     let cut = query(&seen, "reporter", "SELECT 'xxx");
     assert!(cut.statement.len() < 4200, "{}", cut.statement.len());
     let marker = format!("... [truncated, {} bytes in all]", big.len());
-    assert!(cut.statement.ends_with(&marker), "{}", &cut.statement[4000..]);
+    assert!(
+        cut.statement.ends_with(&marker),
+        "{}",
+        &cut.statement[4000..]
+    );
 
     let intruder = dbs(&seen)
         .into_iter()
