@@ -80,6 +80,8 @@ impl Proc {
                 return Some(Some(line.clone()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads take the last lines before the exit is reported.
+                std::thread::sleep(Duration::from_millis(200));
                 exited = Some(status);
                 return Some(None);
             }
