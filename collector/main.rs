@@ -4,6 +4,7 @@
 mod alert;
 mod config;
 mod detect;
+mod detection;
 mod hooks;
 mod output;
 mod quickstart;
@@ -46,6 +47,8 @@ enum Command {
     Agents(AgentsArgs),
     /// Query stored events.
     Events(EventsArgs),
+    /// List alerts with their evidence and delivery state.
+    Alerts(AlertsArgs),
     /// Re-verify every stored event's hash chain and signatures; exit 1 naming each problem.
     Verify(DataDirArg),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
@@ -90,6 +93,25 @@ pub struct ServeArgs {
 struct AgentsArgs {
     #[arg(long)]
     data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct AlertsArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Rule id, or a glob over rule ids.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Agent name or host name the alert is about.
+    #[arg(long)]
+    host: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }
@@ -161,7 +183,9 @@ fn load_config(path: Option<&Path>) -> Result<CollectorConfig> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let config = load_config(args.config.as_deref())?;
+            let mut config = load_config(args.config.as_deref())?;
+            config.alerts.add_cli_webhooks(args.webhook.clone());
+            config.alerts.validate().context("invalid --webhook")?;
             let listen = args
                 .listen
                 .clone()
@@ -218,6 +242,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match args.format {
                 Format::Json => output::json_lines(&mut out, &records)?,
                 Format::Table => output::events_table(&mut out, &records)?,
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts(args) => {
+            let since = match &args.since {
+                Some(t) => Some(Timestamp::parse_bound(t, Timestamp::now())?),
+                None => None,
+            };
+            let conn = store::open_reader(&args.data_dir)?;
+            let alerts = store::alerts::query(
+                &conn,
+                &store::alerts::AlertFilter {
+                    rule: args.rule,
+                    since,
+                    host: args.host,
+                    limit: args.limit,
+                },
+            )?;
+            let mut rows = Vec::with_capacity(alerts.len());
+            for alert in alerts {
+                let deliveries = hooks::delivery_status(&conn, &alert.id)?;
+                rows.push(output::AlertRow { alert, deliveries });
+            }
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => output::json_lines(&mut out, &rows)?,
+                Format::Table => output::alerts_table(&mut out, &rows)?,
             }
             out.flush()?;
             Ok(ExitCode::SUCCESS)

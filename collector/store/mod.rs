@@ -3,6 +3,7 @@
 //! One writer connection lives on the ingest thread (`ingest.rs`); query commands and `verify` open
 //! their own read-only connections, which WAL lets run while `serve` writes.
 
+pub mod alerts;
 pub mod ingest;
 pub mod query;
 pub mod verify;
@@ -117,6 +118,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(open)?;
     conn.execute_batch(SCHEMA).map_err(open)?;
+    conn.execute_batch(alerts::SCHEMA).map_err(open)?;
     Ok(conn)
 }
 

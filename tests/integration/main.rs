@@ -1,5 +1,7 @@
 //! One integration test binary: each module exercises one capability through the real binaries.
 
+mod detection;
+mod examples;
 mod files;
 mod foundation;
 mod harness;
