@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sender::SenderConfig;
+use crate::sensors::db::DatabaseConfig;
 use crate::sensors::files::FilesConfig;
 use crate::sensors::net::NetConfig;
 use crate::sensors::process::ProcessConfig;
@@ -70,6 +71,8 @@ pub struct AgentConfig {
     pub files: FilesConfig,
     pub process: ProcessConfig,
     pub network: NetConfig,
+    /// `[[database]]`: database servers whose audit logs this agent reads.
+    pub database: Vec<DatabaseConfig>,
 }
 
 impl AgentConfig {

@@ -64,7 +64,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let net = sensors::net::spawn(args.config.network.clone(), tx.clone(), table)
         .await
         .context("cannot start the network sensor")?;
+    let databases = args.config.database.len();
+    let db = sensors::db::spawn(args.config.database.clone(), &args.state_dir, tx.clone())
+        .await
+        .context("cannot start the database sensor")?;
     let sensors = vec![
+        format!("databases:{databases}"),
         format!("files:{}", files.backend()),
         format!("process:{}", process.source()),
         format!(
@@ -88,7 +93,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     heartbeat.abort();
     files.stop().await;
     process.shutdown().await;
-    drop(net);
+    net.shutdown().await;
+    db.stop().await;
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();
     stop.spool_events = stats.events;

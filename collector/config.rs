@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::detect::{DetectConfig, Engine};
+use crate::hooks::HooksConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -52,6 +55,10 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     pub server: ServerConfig,
+    /// `[alerts]`: where alerts are delivered (webhooks, e-mail) and how.
+    pub alerts: HooksConfig,
+    /// `[detection]`: rules, thresholds, allow-lists and de-duplication.
+    pub detection: DetectConfig,
     pub metrics: crate::metrics::MetricsConfig,
     pub retention: crate::retention::RetentionConfig,
 }
@@ -88,6 +95,10 @@ impl CollectorConfig {
         if self.server.max_message_bytes < 64 * 1024 {
             return Err(invalid("server.max_message_bytes must be at least 65536"));
         }
+        self.alerts
+            .validate()
+            .map_err(|error| invalid(&error.to_string()))?;
+        Engine::new(&self.detection).map_err(|error| invalid(&error.to_string()))?;
         Ok(())
     }
 }

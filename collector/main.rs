@@ -3,6 +3,8 @@
 
 mod alert;
 mod config;
+mod detect;
+mod detection;
 mod hooks;
 mod metrics;
 mod ocsf;
@@ -144,6 +146,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let mut config = load_config(args.config.as_deref())?;
+            config.alerts.add_cli_webhooks(args.webhook.clone());
+            config.alerts.validate().context("invalid --webhook")?;
             if let Some(metrics) = &args.metrics_listen {
                 config.metrics.listen = Some(metrics.clone());
             }

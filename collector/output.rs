@@ -5,6 +5,8 @@ use std::io::Write;
 use bannin::event::{Body, Record};
 use serde::Serialize;
 
+use crate::alert::Alert;
+use crate::hooks::DeliveryStatus;
 use crate::store::query::AgentRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +154,40 @@ pub fn agents_table(out: &mut impl Write, agents: &[AgentRow]) -> std::io::Resul
             a.last_seq,
             a.spool_events
         )?;
+    }
+    Ok(())
+}
+
+/// An alert with the state of its deliveries, as `alerts` prints it.
+#[derive(Serialize)]
+pub struct AlertRow {
+    #[serde(flatten)]
+    pub alert: Alert,
+    pub deliveries: Vec<DeliveryStatus>,
+}
+
+pub fn alerts_table(out: &mut impl Write, rows: &[AlertRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
+        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+    )?;
+    for row in rows {
+        let a = &row.alert;
+        writeln!(
+            out,
+            "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {}",
+            a.ts.to_rfc3339(),
+            a.severity.as_str(),
+            a.rule,
+            a.host,
+            a.count,
+            a.summary
+        )?;
+        writeln!(out, "{:>32}id {}", "", a.id)?;
+        for delivery in &row.deliveries {
+            writeln!(out, "{:>32}delivery {delivery}", "")?;
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use bannin::time::Timestamp;
 use tokio::process::{Child, Command};
 
 use crate::config::CollectorConfig;
+use crate::detection::Observed;
 use crate::output;
 use crate::serve::{self, CA_CERT};
 use crate::store;
@@ -55,17 +56,29 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     let addr = collector.local_addr()?;
     serve::load_or_create_pki(&args.data_dir, &config.server.server_names)?;
 
-    let (notices_tx, notices_rx) =
-        std::sync::mpsc::sync_channel::<store::ingest::CommitNotice>(1024);
+    let (notices_tx, notices_rx) = std::sync::mpsc::sync_channel::<Observed>(1024);
     std::thread::spawn(move || {
-        while let Ok(notice) = notices_rx.recv() {
+        while let Ok(observed) = notices_rx.recv() {
             let mut out = std::io::stdout().lock();
-            let _ = output::events_table_rows(&mut out, &notice.records);
-            for finding in notice.findings {
-                println!(
-                    "finding {} on {}: {}",
-                    finding.kind, finding.host, finding.detail
-                );
+            match observed {
+                Observed::Committed(notice) => {
+                    let _ = output::events_table_rows(&mut out, &notice.records);
+                    for finding in notice.findings {
+                        println!(
+                            "finding {} on {}: {}",
+                            finding.kind, finding.host, finding.detail
+                        );
+                    }
+                }
+                Observed::Alert(alert) => {
+                    println!(
+                        "ALERT {} {} on {}: {}",
+                        alert.severity.as_str().to_uppercase(),
+                        alert.rule,
+                        alert.host,
+                        alert.summary
+                    );
+                }
             }
         }
     });

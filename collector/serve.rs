@@ -12,10 +12,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::CollectorConfig;
+use crate::detection::{Detection, Observed};
 use crate::query::service::QueryService;
 use crate::service::{Agents, EnrollmentService, IngestService, Limits};
 use crate::store;
 use crate::store::ingest::{CommitNotice, Writer};
+use crate::{detect, hooks};
 
 pub const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
@@ -119,6 +121,40 @@ pub struct Collector {
     pub listener: TcpListener,
 }
 
+/// How far back detection state is rebuilt from the store at start (the longest built-in window).
+const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// At most this many events are replayed per query, newest first.
+const REPLAY_LIMIT: usize = 1_000_000;
+
+/// Rebuilds detection state from what the store already holds, raising nothing: recent events for
+/// the windowed rules, and every public destination ever seen for first-seen.
+fn replay(conn: &rusqlite::Connection, engine: &mut detect::Engine) -> Result<()> {
+    let since = bannin::time::Timestamp::now().saturating_sub(REPLAY_WINDOW);
+    let older_destinations = store::query::events(
+        conn,
+        &store::query::EventFilter {
+            kind: Some("net.connect".into()),
+            until: Some(since),
+            limit: REPLAY_LIMIT,
+            ..Default::default()
+        },
+    )?;
+    let recent = store::query::events(
+        conn,
+        &store::query::EventFilter {
+            since: Some(since),
+            limit: REPLAY_LIMIT,
+            ..Default::default()
+        },
+    )?;
+    engine.replay(older_destinations.iter().chain(recent.iter()));
+    tracing::info!(
+        events = older_destinations.len() + recent.len(),
+        "detection state rebuilt from the store"
+    );
+    Ok(())
+}
+
 impl Collector {
     pub async fn bind(data_dir: &Path, config: CollectorConfig, listen: &str) -> Result<Collector> {
         prepare_data_dir(data_dir)?;
@@ -139,7 +175,7 @@ impl Collector {
     /// Serves until `shutdown` resolves. Committed events are passed to `notices` when given.
     pub async fn run(
         self,
-        notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
+        tap: Option<std::sync::mpsc::SyncSender<Observed>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         let (authority, server) =
@@ -163,7 +199,22 @@ impl Collector {
                 }
             });
         }
-        let writer = Writer::spawn(conn, notices).context("cannot start the store writer")?;
+
+        let mut engine = detect::Engine::new(&self.config.detection)?;
+        replay(&conn, &mut engine)?;
+        let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
+            .context("cannot start alert delivery")?;
+        let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
+        Detection {
+            engine,
+            conn: store::open_writer(&self.data_dir)?,
+            router: hooks.router(),
+            notifier: hooks.notifier(),
+            tap,
+        }
+        .spawn(notices_rx)
+        .context("cannot start detection")?;
+        let writer = Writer::spawn(conn, Some(notices)).context("cannot start the store writer")?;
 
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
@@ -205,6 +256,9 @@ impl Collector {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .context("gRPC server failed")?;
+        if let Err(error) = hooks.shutdown().await {
+            tracing::warn!(%error, "alert delivery did not stop cleanly");
+        }
         tracing::info!("collector stopped");
         Ok(())
     }

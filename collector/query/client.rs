@@ -15,6 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::identity;
 use crate::report::{scope, timeline};
+use crate::store::alerts::AlertFilter;
 use crate::store::query::{AgentRow, EventFilter};
 
 /// Replies can carry many events; the server's limit matches.
@@ -113,14 +114,12 @@ impl Remote {
             .collect())
     }
 
-    pub fn alerts(
-        &mut self,
-        since: Option<Timestamp>,
-        rule: Option<&str>,
-    ) -> Result<Vec<Map<String, Value>>> {
+    pub fn alerts(&mut self, filter: &AlertFilter) -> Result<Vec<Map<String, Value>>> {
         let request = pb::AlertsRequest {
-            rule: rule.map(str::to_string),
-            since_nanos: since.map(Timestamp::as_nanos),
+            rule: filter.rule.clone(),
+            since_nanos: filter.since.map(Timestamp::as_nanos),
+            host: filter.host.clone(),
+            limit: filter.limit as u64,
         };
         let reply = self
             .runtime

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::output::{self, Format};
 use crate::report::{scope, timeline};
+use crate::store::alerts::AlertFilter;
 use crate::store::query::{AgentRow, EventFilter};
 use crate::{ocsf, serve, store};
 
@@ -76,12 +77,18 @@ pub struct AgentsArgs {
 pub struct AlertsArgs {
     #[command(flatten)]
     pub location: Location,
-    /// Only alerts of this rule.
+    /// Rule id, or a glob over rule ids.
     #[arg(long)]
     pub rule: Option<String>,
-    /// RFC 3339 time or a duration back from now.
+    /// Agent name or host name the alert is about.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
     #[arg(long)]
     pub since: Option<String>,
+    /// At most the newest N alerts.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -256,45 +263,70 @@ pub fn agents(args: AgentsArgs, silent_after: std::time::Duration) -> Result<Exi
 }
 
 pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
-    let since = bound(args.since.as_deref(), Timestamp::now())?;
-    let alerts: Vec<Map<String, Value>> = match Source::open(&args.location)? {
-        Source::Local(conn) => store::investigate::alerts(&conn, since, args.rule.as_deref())?,
-        Source::Remote(mut remote) => remote.alerts(since, args.rule.as_deref())?,
+    let filter = AlertFilter {
+        rule: args.rule,
+        since: bound(args.since.as_deref(), Timestamp::now())?,
+        host: args.host,
+        limit: args.limit,
     };
-    match args.format {
-        Format::Ocsf => print_lines(alerts.iter().map(ocsf::alert))?,
-        Format::Json => print_lines(alerts.into_iter().map(Value::Object))?,
-        Format::Table => {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{:<30}  {:<10}  {:<28}  {:<16}  SUMMARY",
-                "TS", "SEVERITY", "RULE", "HOST"
-            )?;
-            let text = |a: &Map<String, Value>, key: &str| {
-                a.get(key)
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default()
-            };
-            for a in &alerts {
-                writeln!(
-                    out,
-                    "{:<30}  {:<10}  {:<28}  {:<16}  {} (id {})",
-                    text(a, "ts"),
-                    text(a, "severity"),
-                    text(a, "rule"),
-                    text(a, "host"),
-                    text(a, "summary"),
-                    text(a, "id")
-                )?;
+    match Source::open(&args.location)? {
+        // Locally, the table shows each sink's delivery state in full.
+        Source::Local(conn) if args.format == Format::Table => {
+            let mut rows = Vec::new();
+            for alert in store::alerts::query(&conn, &filter)? {
+                let deliveries = crate::hooks::delivery_status(&conn, &alert.id)?;
+                rows.push(output::AlertRow { alert, deliveries });
             }
+            let mut out = std::io::stdout().lock();
+            output::alerts_table(&mut out, &rows)?;
             out.flush()?;
+        }
+        source => {
+            let alerts = match source {
+                Source::Local(conn) => store::investigate::alerts(&conn, &filter)?,
+                Source::Remote(mut remote) => remote.alerts(&filter)?,
+            };
+            match args.format {
+                Format::Ocsf => print_lines(alerts.iter().map(ocsf::alert))?,
+                Format::Json => print_lines(alerts.into_iter().map(Value::Object))?,
+                Format::Table => alerts_table(&alerts)?,
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The alerts table from alert objects, as a remote collector sends them.
+fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
+        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+    )?;
+    let text = |a: &Map<String, Value>, key: &str| {
+        a.get(key)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    for a in alerts {
+        writeln!(
+            out,
+            "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {} (id {})",
+            text(a, "ts"),
+            text(a, "severity"),
+            text(a, "rule"),
+            text(a, "host"),
+            text(a, "count"),
+            text(a, "summary"),
+            text(a, "id")
+        )?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 pub fn timeline(args: TimelineArgs) -> Result<ExitCode> {
@@ -410,7 +442,7 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
 pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
     let conn = store::open_writer(&args.data_dir)?;
     if let Some(agent) = &args.agent {
-        store::set_agent_status(&conn, agent, "revoked")?;
+        store::operators::revoke_agent(&conn, agent)?;
         println!("revoked agent {agent}; a running collector refuses it within a second");
     }
     if let Some(name) = &args.operator {

@@ -181,11 +181,13 @@ impl pb::query_server::Query for QueryService {
         let req = request.get_ref().clone();
         let alerts = self
             .run(&request, "alerts", move |conn| {
-                Ok(store::investigate::alerts(
-                    conn,
-                    nanos(req.since_nanos),
-                    req.rule.as_deref(),
-                )?)
+                let filter = store::alerts::AlertFilter {
+                    rule: req.rule,
+                    since: nanos(req.since_nanos),
+                    host: req.host,
+                    limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
+                };
+                Ok(store::investigate::alerts(conn, &filter)?)
             })
             .await?;
         Ok(Response::new(pb::AlertsReply {

@@ -168,7 +168,13 @@ fn alert_window(
     margin: std::time::Duration,
     agents: &[HostAgent],
 ) -> Result<(Timestamp, Timestamp, Vec<String>), ReportError> {
-    let alerts = investigate::alerts(conn, None, None)?;
+    let alerts = investigate::alerts(
+        conn,
+        &crate::store::alerts::AlertFilter {
+            limit: usize::MAX,
+            ..Default::default()
+        },
+    )?;
     let alert = alerts
         .iter()
         .find(|a| match a.get("id") {

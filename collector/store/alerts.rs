@@ -5,7 +5,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
 use super::StoreError;
-use crate::alert::Alert;
+use crate::alert::{Alert, EvidenceRef};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alerts (
@@ -40,8 +40,16 @@ pub fn insert(conn: &Connection, alert: &Alert) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records that a de-duplicated alert happened again.
-pub fn repeat(conn: &Connection, id: &str, count: u64) -> Result<Option<Alert>, StoreError> {
+/// Evidence kept per alert; repeats beyond this add to `count` only.
+const MAX_EVIDENCE: usize = 200;
+
+/// Records that a de-duplicated alert happened again, with the new evidence.
+pub fn repeat(
+    conn: &Connection,
+    id: &str,
+    count: u64,
+    evidence: &[EvidenceRef],
+) -> Result<Option<Alert>, StoreError> {
     let body: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
         "SELECT body FROM alerts WHERE id = ?1",
         [id],
@@ -51,6 +59,14 @@ pub fn repeat(conn: &Connection, id: &str, count: u64) -> Result<Option<Alert>, 
         return Ok(None);
     };
     alert.count = count;
+    for item in evidence {
+        if alert.evidence.len() >= MAX_EVIDENCE {
+            break;
+        }
+        if !alert.evidence.contains(item) {
+            alert.evidence.push(item.clone());
+        }
+    }
     insert(conn, &alert)?;
     Ok(Some(alert))
 }
@@ -79,7 +95,9 @@ pub fn query(conn: &Connection, filter: &AlertFilter) -> Result<Vec<Alert>, Stor
         args.push(Value::Integer(since.as_nanos()));
     }
     sql.push_str(" ORDER BY ts DESC LIMIT ?");
-    args.push(Value::Integer(i64::try_from(filter.limit).unwrap_or(i64::MAX)));
+    args.push(Value::Integer(
+        i64::try_from(filter.limit).unwrap_or(i64::MAX),
+    ));
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
     let mut alerts = Vec::new();
@@ -92,13 +110,4 @@ pub fn query(conn: &Connection, filter: &AlertFilter) -> Result<Vec<Alert>, Stor
     }
     alerts.reverse();
     Ok(alerts)
-}
-
-pub fn by_id(conn: &Connection, id: &str) -> Result<Option<Alert>, StoreError> {
-    let body: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
-        "SELECT body FROM alerts WHERE id = ?1",
-        [id],
-        |r| r.get(0),
-    ))?;
-    Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
 }

@@ -103,64 +103,22 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
-/// Stored alerts as JSON objects, newest last, or none while the store has no `alerts` table
-/// (detection not yet run on this store).
-///
-/// Every column becomes a field; a text column holding a JSON array or object (evidence, the rule's
-/// own fields) is parsed, and an object column named `fields` is flattened into the alert, which
-/// yields INTERFACE.md's alert object whatever columns detection chose.
+/// Stored alerts, oldest first, each with the state of its deliveries to every sink: the alert
+/// object of INTERFACE.md plus `deliveries`, as `alerts --format json` prints it.
 pub fn alerts(
     conn: &Connection,
-    since: Option<Timestamp>,
-    rule: Option<&str>,
+    filter: &super::alerts::AlertFilter,
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
-    if !table_exists(conn, "alerts")? {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare("SELECT * FROM alerts")?;
-    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-    let mut rows = stmt.query([])?;
-    let mut alerts = Vec::new();
-    while let Some(row) = rows.next()? {
-        let mut alert = serde_json::Map::new();
-        for (i, name) in names.iter().enumerate() {
-            let value = match row.get::<_, Value>(i)? {
-                Value::Null => serde_json::Value::Null,
-                Value::Integer(n) if name == "ts" || name.ends_with("_ts") => {
-                    serde_json::Value::String(Timestamp::from_nanos(n).to_rfc3339())
-                }
-                Value::Integer(n) => n.into(),
-                Value::Real(f) => f.into(),
-                Value::Text(text) if text.starts_with('[') || text.starts_with('{') => {
-                    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
-                }
-                Value::Text(text) => serde_json::Value::String(text),
-                Value::Blob(bytes) => serde_json::Value::String(hex::encode(bytes)),
-            };
-            match (name.as_str(), value) {
-                ("fields" | "json" | "body", serde_json::Value::Object(fields)) => {
-                    for (key, value) in fields {
-                        alert.entry(key).or_insert(value);
-                    }
-                }
-                (_, value) => {
-                    alert.insert(name.clone(), value);
-                }
-            }
+    let mut rows = Vec::new();
+    for alert in super::alerts::query(conn, filter)? {
+        // A store without the hooks' outbox (or an unreadable one) shows no deliveries.
+        let deliveries = crate::hooks::delivery_status(conn, &alert.id).unwrap_or_default();
+        let row = crate::output::AlertRow { alert, deliveries };
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&row) {
+            rows.push(map);
         }
-        alerts.push(alert);
     }
-    let ts_of = |a: &serde_json::Map<String, serde_json::Value>| {
-        a.get("ts")
-            .and_then(|t| t.as_str())
-            .and_then(Timestamp::parse_rfc3339)
-    };
-    alerts.retain(|a| {
-        since.is_none_or(|since| ts_of(a).is_some_and(|ts| ts >= since))
-            && rule.is_none_or(|rule| a.get("rule").and_then(|r| r.as_str()) == Some(rule))
-    });
-    alerts.sort_by_key(|a| ts_of(a));
-    Ok(alerts)
+    Ok(rows)
 }
 
 /// Every enrolled agent, for resolving ids to the names people use.

@@ -3,6 +3,7 @@
 //! One writer connection lives on the ingest thread (`ingest.rs`); query commands and `verify` open
 //! their own read-only connections, which WAL lets run while `serve` writes.
 
+pub mod alerts;
 pub mod ingest;
 pub mod investigate;
 pub mod operators;
@@ -140,6 +141,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(open)?;
     conn.execute_batch(SCHEMA).map_err(open)?;
+    conn.execute_batch(alerts::SCHEMA).map_err(open)?;
     Ok(conn)
 }
 
@@ -251,17 +253,4 @@ pub fn agent_keys(conn: &Connection) -> Result<Vec<AgentKey>, StoreError> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn set_agent_status(conn: &Connection, agent_id: &str, status: &str) -> Result<(), StoreError> {
-    let changed = conn.execute(
-        "UPDATE agents SET status = ?1 WHERE id = ?2",
-        params![status, agent_id],
-    )?;
-    if changed == 0 {
-        return Err(StoreError::UnknownAgent {
-            agent_id: agent_id.to_string(),
-        });
-    }
-    Ok(())
 }

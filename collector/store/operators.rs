@@ -75,3 +75,18 @@ pub fn operators(conn: &Connection) -> Result<Vec<OperatorRow>, StoreError> {
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Marks an agent revoked: its batches are refused from then on (a running collector re-reads
+/// agents' standing every second).
+pub fn revoke_agent(conn: &Connection, agent_id: &str) -> Result<(), StoreError> {
+    let changed = conn.execute(
+        "UPDATE agents SET status = 'revoked' WHERE id = ?1",
+        [agent_id],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownAgent {
+            agent_id: agent_id.to_string(),
+        });
+    }
+    Ok(())
+}

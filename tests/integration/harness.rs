@@ -80,6 +80,8 @@ impl Proc {
                 return Some(Some(line.clone()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads take the last lines before the exit is reported.
+                std::thread::sleep(Duration::from_millis(200));
                 exited = Some(status);
                 return Some(None);
             }
@@ -304,4 +306,171 @@ pub fn agent_id(state_dir: &Path) -> String {
     let text = std::fs::read_to_string(state_dir.join("identity.toml")).unwrap();
     let value: toml::Value = toml::from_str(&text).unwrap();
     value["agent_id"].as_str().unwrap().to_string()
+}
+
+/// Each request's head (request line and headers) and body.
+pub type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A real HTTP receiver on loopback that records each request's headers and body and answers 200.
+pub struct HttpReceiver {
+    pub port: u16,
+    pub requests: Requests,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpReceiver {
+    /// Listens on `port` (0: any free port).
+    pub fn start(port: u16) -> HttpReceiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopped) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let (head, body) = loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break (String::new(), Vec::new()),
+                        Ok(n) => n,
+                    };
+                    data.extend_from_slice(&buf[..n]);
+                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&data[..end]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0usize);
+                    while data.len() < end + 4 + length {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    break (head, data[end + 4..].to_vec());
+                };
+                if !head.is_empty() {
+                    seen.lock().unwrap().push((head, body));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        HttpReceiver {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Bodies received on `path`, as JSON.
+    pub fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
+            .map(|(_, body)| serde_json::from_slice(body).expect("json body"))
+            .collect()
+    }
+
+    pub fn heads(&self, path: &str) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
+            .map(|(head, _)| head.clone())
+            .collect()
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A free loopback port, released for someone else to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real SMTP server (aiosmtpd, tests/support/smtp_sink.py) writing each message as JSON to a dir.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let python =
+            std::env::var("BANNIN_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
+        let mut command = Command::new(python);
+        command
+            .arg(script)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--mode", "plain"]);
+        let mut proc = Proc::spawn("smtp", &mut command);
+        let line = proc.wait_line("listening on 127.0.0.1:", Duration::from_secs(30));
+        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        SmtpSink { port, dir, proc }
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push(serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+pub fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+pub fn alerts_json(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(COLLECTOR)
+            .arg("alerts")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--format", "json"])
+            .args(args),
+    );
+    out.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }

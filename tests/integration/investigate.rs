@@ -615,20 +615,32 @@ async fn an_operator_scopes_the_2014_breach_remotely_naming_exactly_who_read_and
     for agent in remote_json(&collector, &identity, &["agents", "--format", "ocsf"]) {
         assert_eq!(assert_ocsf(&agent), 5001);
     }
-    // No alerts table until detection runs: an empty answer, not an error.
-    assert!(remote_json(&collector, &identity, &["alerts", "--format", "json"]).is_empty());
-
-    // An alert, stored as detection stores it, scopes to its own hosts and time and maps to a
-    // Detection Finding.
+    // An alert, stored as detection stores it (detection may have raised its own on this replay
+    // too), scopes to its own hosts and time and maps to a Detection Finding.
     store_alert(&data, &agents[2].id);
     let alerts = remote_json(&collector, &identity, &["alerts", "--format", "json"]);
-    assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0]["rule"], "export.create_delete");
-    assert_eq!(alerts[0]["path"], "/home/user/customers.csv");
+    let ours = alerts.iter().find(|a| a["id"] == "al-1").expect("al-1");
+    assert_eq!(ours["rule"], "test.stored");
+    assert_eq!(ours["path"], "/home/user/customers.csv");
+    assert!(ours["deliveries"].is_array(), "{ours}");
     let findings = remote_json(&collector, &identity, &["alerts", "--format", "ocsf"]);
-    assert_eq!(assert_ocsf(&findings[0]), 2004);
-    assert_eq!(findings[0]["finding_info"]["uid"], "al-1");
-    assert_eq!(findings[0]["severity_id"], 4);
+    assert_eq!(findings.len(), alerts.len());
+    for finding in &findings {
+        assert_eq!(assert_ocsf(finding), 2004);
+    }
+    let finding = findings
+        .iter()
+        .find(|f| f["finding_info"]["uid"] == "al-1")
+        .unwrap();
+    assert_eq!(finding["severity_id"], 4);
+    let table = String::from_utf8_lossy(
+        &remote(&collector, &identity, &["alerts", "--rule", "test.*"]).stdout,
+    )
+    .into_owned();
+    assert!(
+        table.contains("test.stored") && table.contains("al-1"),
+        "{table}"
+    );
     let by_alert = remote_json(
         &collector,
         &identity,
@@ -656,14 +668,14 @@ fn store_alert(data: &Path, pc2: &str) {
     .unwrap();
     let ts = Timestamp::now().saturating_sub(Duration::from_secs(560));
     let body = serde_json::json!({
-        "id": "al-1", "rule": "export.create_delete", "severity": "high",
+        "id": "al-1", "rule": "test.stored", "severity": "high",
         "ts": ts.to_rfc3339(), "host": "pc2", "count": 1,
         "summary": "customers.csv (4 MB, ~2500 rows) created and deleted on pc2",
         "evidence": [{"agent_id": pc2, "seq": 4}, {"agent_id": pc2, "seq": 7}],
         "path": "/home/user/customers.csv", "size": 4_000_000,
     });
     conn.execute(
-        "INSERT INTO alerts VALUES ('al-1', 'export.create_delete', 'high', ?1, ?1, 'pc2', 1, ?2)",
+        "INSERT INTO alerts VALUES ('al-1', 'test.stored', 'high', ?1, ?1, 'pc2', 1, ?2)",
         rusqlite::params![ts.as_nanos(), body.to_string()],
     )
     .unwrap();

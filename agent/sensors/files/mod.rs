@@ -166,14 +166,17 @@ fn start(
         observer.rescan();
     }
     let thread = std::thread::Builder::new().name("files-sensor".into());
+    let span = tracing::info_span!("sensor", sensor = "files", backend);
     let spawned = match chosen {
         #[cfg(target_os = "linux")]
-        Chosen::Fanotify(kernel) => thread.spawn(move || fanotify::run(kernel, observer, stop)),
+        Chosen::Fanotify(kernel) => {
+            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, observer, stop)))
+        }
         Chosen::Notify(watcher, failed) => {
             for (root, reason) in failed {
                 observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
             }
-            thread.spawn(move || notify_backend::run(watcher, observer, stop))
+            thread.spawn(move || span.in_scope(|| notify_backend::run(watcher, observer, stop)))
         }
     };
     spawned

@@ -60,6 +60,7 @@ impl SizeCache {
         self.capacity
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
