@@ -9,3 +9,4 @@ mod files;
 mod foundation;
 mod harness;
 mod refusals;
+mod scenarios;
