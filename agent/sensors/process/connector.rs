@@ -273,13 +273,14 @@ pub fn spawn(
     tx: EventTx,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let (queue, queued) = mpsc::sync_channel::<Body>(settings.queue_capacity);
+    let (queue, queued) = mpsc::sync_channel::<Job>(settings.queue_capacity);
     let sender_tx = tx.clone();
+    let sender_table = table.clone();
     let sender = std::thread::Builder::new()
         .name("bannin-proc-send".into())
         .spawn(move || {
-            for body in queued {
-                if sender_tx.blocking_send(body).is_err() {
+            for job in queued {
+                if sender_tx.blocking_send(job.event(&sender_table)).is_err() {
                     return;
                 }
             }
@@ -305,11 +306,61 @@ pub fn spawn(
     Ok(vec![reader, sender])
 }
 
+/// What the reader hands the sender: the facts, read in time; the sender turns them into events
+/// with ancestry, which costs the reader nothing.
+enum Job {
+    Start(Snapshot),
+    Exit {
+        snapshot: Snapshot,
+        io: Option<(u64, u64)>,
+        status: u32,
+    },
+    Report(SensorEvent),
+}
+
+impl Job {
+    fn event(self, table: &ProcessTable) -> Body {
+        match self {
+            Job::Start(snapshot) => process_event(table, &snapshot, ProcessAction::Start).into(),
+            Job::Exit {
+                snapshot,
+                io,
+                status,
+            } => {
+                let mut event = process_event(table, &snapshot, ProcessAction::Exit);
+                event.exit_code = Some(exit_code(status));
+                event.read_bytes = io.map(|(read, _)| read);
+                event.write_bytes = io.map(|(_, written)| written);
+                event.into()
+            }
+            Job::Report(event) => event.into(),
+        }
+    }
+}
+
+fn process_event(table: &ProcessTable, snapshot: &Snapshot, action: ProcessAction) -> ProcessEvent {
+    let mut process = table.describe(snapshot);
+    // Like ps, show the kernel's short name in brackets when the command line is gone.
+    if process.cmdline.is_empty() && !snapshot.comm.is_empty() {
+        process.cmdline = format!("[{}]", snapshot.comm);
+    }
+    ProcessEvent {
+        action,
+        process,
+        cwd: snapshot.cwd.clone(),
+        start_ts: snapshot.start_ts,
+        exit_code: None,
+        read_bytes: None,
+        write_bytes: None,
+        source: SOURCE.to_string(),
+    }
+}
+
 struct Reader {
     connector: Connector,
     table: ProcessTable,
     tx: EventTx,
-    queue: mpsc::SyncSender<Body>,
+    queue: mpsc::SyncSender<Job>,
     last_seq: HashMap<u32, u32>,
     lost: u64,
     overflowed: bool,
@@ -352,7 +403,7 @@ impl Reader {
                         "process",
                         format!("reading process events failed: {error}"),
                     );
-                    self.queue(event.into());
+                    self.queue(Job::Report(event));
                     return;
                 }
             }
@@ -385,50 +436,33 @@ impl Reader {
                 true
             }
             Message::Exec { tgid } => {
-                let event = self.exec(tgid);
-                self.queue(event.into())
+                let job = self.exec(tgid);
+                self.queue(job)
             }
             // Threads exit too; only the whole process's exit is an event.
             Message::Exit { pid, tgid, code } if pid == tgid => {
-                let event = self.exit(pid, code);
-                self.queue(event.into())
+                let job = self.exit(pid, code);
+                self.queue(job)
             }
             _ => true,
         }
     }
 
-    fn exec(&self, pid: u32) -> ProcessEvent {
-        let snapshot = match self.table.load(pid) {
-            Some(snapshot) => snapshot,
-            // Gone before it could be read: the event still counts, with what the fork told us.
-            None => Snapshot {
-                pid,
-                ppid: self.table.ppid_of(pid),
-                ..Snapshot::default()
-            },
-        };
-        let (cwd, start_ts) = (snapshot.cwd.clone(), snapshot.start_ts);
-        let zombie_comm = (snapshot.cmdline.is_empty() && !snapshot.comm.is_empty())
-            .then(|| format!("[{}]", snapshot.comm));
-        self.table.insert_live(snapshot);
-        let mut process = self.table.compose(pid).unwrap_or_default();
-        // Like ps, show the kernel's short name in brackets when the command line is gone.
-        if let Some(comm) = zombie_comm {
-            process.cmdline = comm;
+    /// Reads the new program from `/proc` at once and records it; the event is built later.
+    fn exec(&self, pid: u32) -> Job {
+        // Gone before it could be read: the event still counts, with what the fork told us.
+        let mut snapshot = self.table.load(pid).unwrap_or(Snapshot {
+            pid,
+            ..Snapshot::default()
+        });
+        if snapshot.ppid.is_none() {
+            snapshot.ppid = self.table.ppid_of(pid);
         }
-        ProcessEvent {
-            action: ProcessAction::Start,
-            process,
-            cwd,
-            start_ts,
-            exit_code: None,
-            read_bytes: None,
-            write_bytes: None,
-            source: SOURCE.to_string(),
-        }
+        self.table.insert_live(snapshot.clone());
+        Job::Start(snapshot)
     }
 
-    fn exit(&self, pid: u32, status: u32) -> ProcessEvent {
+    fn exit(&self, pid: u32, status: u32) -> Job {
         // A zombie still has its counters until its parent reaps it; otherwise the last sample.
         let io = procfs::read_io(pid);
         let mut entry = self.table.record_exit(pid, io);
@@ -438,37 +472,27 @@ impl Reader {
             self.table.insert_live(snapshot);
             entry = self.table.record_exit(pid, io);
         }
-        let (cwd, start_ts, io) = match &entry {
-            Some(entry) => (
-                entry.snapshot.cwd.clone(),
-                entry.snapshot.start_ts,
-                entry.io,
+        let (snapshot, io) = match entry {
+            Some(entry) => (entry.snapshot, entry.io),
+            None => (
+                Snapshot {
+                    pid,
+                    ..Snapshot::default()
+                },
+                io,
             ),
-            None => (String::new(), None, io),
         };
-        let process = self
-            .table
-            .compose(pid)
-            .unwrap_or(bannin::event::ProcessInfo {
-                pid,
-                ..Default::default()
-            });
-        ProcessEvent {
-            action: ProcessAction::Exit,
-            process,
-            cwd,
-            start_ts,
-            exit_code: Some(exit_code(status)),
-            read_bytes: io.map(|(read, _)| read),
-            write_bytes: io.map(|(_, written)| written),
-            source: SOURCE.to_string(),
+        Job::Exit {
+            snapshot,
+            io,
+            status,
         }
     }
 
     /// Hands an event to the sender thread without waiting: the socket must keep being read. A
     /// full queue counts the event as dropped. Returns false once the sender has gone.
-    fn queue(&self, body: Body) -> bool {
-        match self.queue.try_send(body) {
+    fn queue(&self, job: Job) -> bool {
+        match self.queue.try_send(job) {
             Ok(()) => true,
             Err(mpsc::TrySendError::Full(_)) => {
                 self.tx.count_drop(1);
@@ -495,7 +519,7 @@ impl Reader {
                 tracing::warn!(lost = self.lost, "process events lost");
                 self.lost = 0;
                 self.overflowed = false;
-                if !self.queue(event.into()) {
+                if !self.queue(Job::Report(event)) {
                     return false;
                 }
             }

@@ -159,27 +159,12 @@ impl ProcessTable {
     pub(crate) fn compose(&self, pid: u32) -> Option<ProcessInfo> {
         let inner = self.lock();
         let entry = inner.entries.get(&pid)?;
-        let mut info = entry.snapshot.info();
-        let mut child = &entry.snapshot;
-        let mut seen = HashSet::from([pid]);
-        while let Some(ppid) = child.ppid {
-            if ppid == 0 || !seen.insert(ppid) || info.ancestry.len() >= MAX_ANCESTRY {
-                break;
-            }
-            let Some(parent) = inner.entries.get(&ppid) else {
-                break;
-            };
-            // A parent that started after its child is a later process that reused the pid.
-            if let (Some(parent_ticks), Some(child_ticks)) =
-                (parent.snapshot.start_ticks, child.start_ticks)
-                && parent_ticks > child_ticks
-            {
-                break;
-            }
-            info.ancestry.push(parent.snapshot.ancestor());
-            child = &parent.snapshot;
-        }
-        Some(info)
+        Some(describe(&inner, &entry.snapshot))
+    }
+
+    /// `snapshot` as event fields, with the ancestry the table remembers.
+    pub(crate) fn describe(&self, snapshot: &Snapshot) -> ProcessInfo {
+        describe(&self.lock(), snapshot)
     }
 
     /// Reads each ancestor the table does not know yet from `/proc`, outside the lock.
@@ -360,6 +345,30 @@ impl ProcessTable {
 }
 
 /// What tells one running process from another under the same pid: its start time and name.
+fn describe(inner: &Inner, snapshot: &Snapshot) -> ProcessInfo {
+    let mut info = snapshot.info();
+    let mut child = snapshot;
+    let mut seen = HashSet::from([snapshot.pid]);
+    while let Some(ppid) = child.ppid {
+        if ppid == 0 || !seen.insert(ppid) || info.ancestry.len() >= MAX_ANCESTRY {
+            break;
+        }
+        let Some(parent) = inner.entries.get(&ppid) else {
+            break;
+        };
+        // A parent that started after its child is a later process that reused the pid.
+        if let (Some(parent_ticks), Some(child_ticks)) =
+            (parent.snapshot.start_ticks, child.start_ticks)
+            && parent_ticks > child_ticks
+        {
+            break;
+        }
+        info.ancestry.push(parent.snapshot.ancestor());
+        child = &parent.snapshot;
+    }
+    info
+}
+
 #[cfg(target_os = "linux")]
 fn live_identity(pid: u32) -> Option<(u64, String)> {
     super::procfs::read_stat(pid).map(|stat| (stat.start_ticks, stat.comm))
