@@ -195,16 +195,21 @@ impl Connector {
     /// Opens the socket, subscribes, and waits for the kernel to confirm: without that, a socket in
     /// a container's namespace would open fine and then stay silent forever.
     pub fn open() -> Result<Connector, ConnectorError> {
+        Connector::open_with_buffer(RECEIVE_BUFFER)
+    }
+
+    /// [`Connector::open`] with another receive buffer size: tests make it tiny to overflow it.
+    fn open_with_buffer(receive_buffer: usize) -> Result<Connector, ConnectorError> {
         let socket = Socket::new(
             Domain::from(AF_NETLINK),
             Type::DGRAM,
             Some(Protocol::from(NETLINK_CONNECTOR)),
         )
         .map_err(|source| ConnectorError::Socket { source })?;
-        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        if setsockopt(&socket, sockopt::RcvBufForce, &receive_buffer).is_err() {
             // Without privilege the kernel caps the request at rmem_max, which is still the most
             // it allows.
-            let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+            let _ = socket.set_recv_buffer_size(receive_buffer);
         }
         bind(socket.as_raw_fd(), &NetlinkAddr::new(0, CN_IDX_PROC)).map_err(|errno| {
             ConnectorError::Socket {
@@ -293,7 +298,7 @@ pub fn spawn(
                 table,
                 tx,
                 queue,
-                last_seq: HashMap::new(),
+                gaps: Gaps::default(),
                 lost: 0,
                 overflowed: false,
                 next_report: Instant::now() + REPORT_EVERY,
@@ -304,6 +309,28 @@ pub fn spawn(
             reader.run(&stop);
         })?;
     Ok(vec![reader, sender])
+}
+
+/// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
+#[derive(Default)]
+struct Gaps {
+    last_seq: HashMap<u32, u32>,
+}
+
+impl Gaps {
+    /// How many messages from `cpu` were lost just before this one.
+    fn count(&mut self, cpu: u32, seq: u32) -> u64 {
+        let Some(last) = self.last_seq.insert(cpu, seq) else {
+            return 0;
+        };
+        let gap = seq.wrapping_sub(last).wrapping_sub(1);
+        // A huge "gap" is a counter that went backwards, not a loss.
+        if gap < u32::MAX / 2 {
+            u64::from(gap)
+        } else {
+            0
+        }
+    }
 }
 
 /// What the reader hands the sender: the facts, read in time; the sender turns them into events
@@ -361,7 +388,7 @@ struct Reader {
     table: ProcessTable,
     tx: EventTx,
     queue: mpsc::SyncSender<Job>,
-    last_seq: HashMap<u32, u32>,
+    gaps: Gaps,
     lost: u64,
     overflowed: bool,
     next_report: Instant,
@@ -388,7 +415,7 @@ impl Reader {
             match self.connector.read(&mut buf) {
                 Ok(datagram) => {
                     for numbered in decode(datagram) {
-                        self.count_gap(numbered.cpu, numbered.seq);
+                        self.lost += self.gaps.count(numbered.cpu, numbered.seq);
                         if !self.handle(numbered.message) {
                             return;
                         }
@@ -409,17 +436,6 @@ impl Reader {
             }
             if !self.housekeeping() {
                 return;
-            }
-        }
-    }
-
-    /// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
-    fn count_gap(&mut self, cpu: u32, seq: u32) {
-        if let Some(last) = self.last_seq.insert(cpu, seq) {
-            let gap = seq.wrapping_sub(last).wrapping_sub(1);
-            // A huge "gap" is a counter that went backwards, not a loss.
-            if gap < u32::MAX / 2 {
-                self.lost += u64::from(gap);
             }
         }
     }
@@ -610,6 +626,59 @@ mod tests {
             ]
         );
         assert!(decode(&datagram[..datagram.len() - 3]).len() == 3);
+    }
+
+    #[test]
+    fn sequence_gaps_per_cpu_count_lost_messages() {
+        let mut gaps = Gaps::default();
+        assert_eq!(gaps.count(0, 10), 0);
+        assert_eq!(gaps.count(1, 500), 0);
+        assert_eq!(gaps.count(0, 11), 0);
+        assert_eq!(gaps.count(0, 15), 3);
+        assert_eq!(gaps.count(1, 501), 0);
+        assert_eq!(gaps.count(1, 3), 0, "a counter going backwards is no loss");
+        assert_eq!(gaps.count(2, u32::MAX - 1), 0);
+        assert_eq!(gaps.count(2, 1), 2, "the counter wraps past u32::MAX and 0");
+    }
+
+    /// A socket too small for a burst loses messages; the sensor reports how many.
+    #[test]
+    fn an_overflowing_socket_is_reported_with_a_count() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let connector = Connector::open_with_buffer(4096).unwrap();
+        // Nobody reads yet: the burst overflows the socket.
+        for _ in 0..200 {
+            std::process::Command::new("/bin/true").status().unwrap();
+        }
+        let (tx, mut rx) = crate::pipeline::channel("test-host");
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = Settings {
+            queue_capacity: 1024,
+            io_sample_interval: Duration::ZERO,
+        };
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let threads = spawn(connector, settings, table, tx, stop.clone()).unwrap();
+        // More messages after the loss, from every CPU, reveal the gaps.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut lost = 0;
+        while lost == 0 && std::time::Instant::now() < deadline {
+            std::process::Command::new("/bin/true").status().unwrap();
+            while let Ok(event) = rx.try_recv() {
+                if let Body::Sensor(sensor) = event.body
+                    && sensor.status == SensorStatus::Overflow
+                {
+                    assert_eq!(sensor.sensor, "process");
+                    lost += sensor.count;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(lost > 0, "no overflow reported");
     }
 
     #[test]

@@ -248,3 +248,65 @@ async fn exec_burst() {
     );
     handle.shutdown().await;
 }
+
+/// CPU time (user + system, in clock ticks of 10ms) and resident memory (kB) of this process.
+#[cfg(target_os = "linux")]
+fn own_cost() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15; fields[0] is field 3.
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (ticks, rss)
+}
+
+/// Benchmark: the process (connector) and network sensors on an idle host for
+/// `BANNIN_BENCH_IDLE_SECS` (default 30), with the events drained as the spool would. Prints the
+/// CPU they used (percent of one core) and the test process's resident memory. Run with
+/// `cargo test --release --bin bannin-agent sensors_idle -- --ignored --nocapture`.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run on purpose"]
+async fn sensors_idle() {
+    let secs: u64 = std::env::var("BANNIN_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let (tx, mut rx) = pipeline::channel("bench-host");
+    let drain = tokio::spawn(async move {
+        let mut events = 0u64;
+        while rx.recv().await.is_some() {
+            events += 1;
+        }
+        events
+    });
+    let (_before_ticks, before_rss) = own_cost();
+    let (process, table) = spawn(ProcessConfig::default(), tx.clone()).await.unwrap();
+    let net = crate::sensors::net::spawn(crate::sensors::net::NetConfig::default(), tx, table)
+        .await
+        .unwrap();
+    // Start-up (learning the running processes) is not idle cost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (start_ticks, _) = own_cost();
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (end_ticks, end_rss) = own_cost();
+    let elapsed = started.elapsed().as_secs_f64();
+    process.shutdown().await;
+    net.shutdown().await;
+    let events = drain.await.unwrap();
+    println!(
+        "sensors_idle: {secs}s, cpu {:.2}% of one core ({} ticks), rss {} kB (test binary alone \
+         {before_rss} kB), {events} events",
+        (end_ticks - start_ticks) as f64 / elapsed,
+        end_ticks - start_ticks,
+        end_rss,
+    );
+}
