@@ -38,6 +38,7 @@ pub enum ProcessError {
         #[source]
         source: connector::ConnectorError,
     },
+    #[cfg(not(target_os = "linux"))]
     #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
     Unsupported,
     #[error("cannot start the process sensor's threads: {source}")]

@@ -300,7 +300,7 @@ async fn sensors_idle() {
     let (end_ticks, end_rss) = own_cost();
     let elapsed = started.elapsed().as_secs_f64();
     process.shutdown().await;
-    net.shutdown().await;
+    drop(net);
     let events = drain.await.unwrap();
     println!(
         "sensors_idle: {secs}s, cpu {:.2}% of one core ({} ticks), rss {} kB (test binary alone \
