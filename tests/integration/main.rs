@@ -4,4 +4,5 @@ mod detection;
 mod examples;
 mod foundation;
 mod harness;
+mod procnet;
 mod refusals;
