@@ -8,5 +8,6 @@ mod examples;
 mod files;
 mod foundation;
 mod harness;
+mod procnet;
 mod refusals;
 mod scenarios;
