@@ -1,0 +1,480 @@
+//! Named stateful detectors: rules whose state is richer than Sigma correlations can express.
+//! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
+//! data; only the state machine is code.
+
+use std::time::Duration;
+
+use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record};
+use bannin::time::Timestamp;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde_json::{Map, Value as Json, json};
+
+use super::config::Limits;
+use super::rules::DetectorSpec;
+use super::state::Window;
+use crate::alert::{EvidenceRef, Severity};
+
+/// At most this many evidence references and renames are kept per tracked file.
+const MAX_FILE_EVIDENCE: usize = 16;
+
+/// What a detector concluded, before allow-lists and de-duplication.
+pub(crate) struct Candidate {
+    pub(crate) ts: Timestamp,
+    pub(crate) host: String,
+    pub(crate) summary: String,
+    pub(crate) evidence: Vec<EvidenceRef>,
+    pub(crate) fields: Map<String, Json>,
+    /// What makes two findings "the same alert" for de-duplication (with the rule and host).
+    pub(crate) key: String,
+    /// Overrides the rule's level, e.g. a silence after a clean stop is less alarming.
+    pub(crate) severity: Option<Severity>,
+}
+
+pub(crate) fn evidence(record: &Record) -> EvidenceRef {
+    EvidenceRef {
+        agent_id: record.agent_id.clone(),
+        seq: record.event.seq,
+    }
+}
+
+fn process_fields(fields: &mut Map<String, Json>, prefix: &str, process: &ProcessInfo) {
+    fields.insert(format!("{prefix}pid"), json!(process.pid));
+    fields.insert(format!("{prefix}exe"), json!(process.exe));
+    fields.insert(format!("{prefix}user"), json!(process.user));
+    if !process.cmdline.is_empty() {
+        fields.insert(format!("{prefix}cmdline"), json!(process.cmdline));
+    }
+}
+
+fn globs(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        set.add(Glob::new(pattern).map_err(|e| format!("bad glob {pattern:?}: {e}"))?);
+    }
+    set.build().map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// export_lifecycle
+
+struct Tracked {
+    created_ts: Timestamp,
+    created_path: String,
+    /// Whether the create itself was seen; if not, `created_ts` is the first write seen.
+    create_seen: bool,
+    max_size: u64,
+    export: Option<ExportInfo>,
+    creator: Option<ProcessInfo>,
+    renames: Vec<String>,
+    evidence: Vec<EvidenceRef>,
+}
+
+impl Tracked {
+    fn push_evidence(&mut self, record: &Record) {
+        if self.evidence.len() >= MAX_FILE_EVIDENCE {
+            // Keep the create; the newest events replace the middle ones.
+            self.evidence.remove(1);
+        }
+        self.evidence.push(evidence(record));
+    }
+
+    fn absorb(&mut self, file: &FileEvent) {
+        if let Some(size) = file.size {
+            self.max_size = self.max_size.max(size);
+        }
+        if let Some(export) = &file.export {
+            self.export = Some(export.clone());
+        }
+        if self.creator.is_none() {
+            self.creator = file.process.clone();
+        }
+    }
+}
+
+/// Large export-like files created and then deleted, renamed away and deleted, or truncated, within
+/// a window; tracked by (host, path) and followed through renames.
+pub(crate) struct ExportLifecycle {
+    min_size: u64,
+    window: Duration,
+    truncated_below: u64,
+    exclude: GlobSet,
+    /// Extensions tracked from their create on, before the agent has seen any content.
+    extensions: Vec<String>,
+    files: Window<(String, String), Tracked>,
+}
+
+impl ExportLifecycle {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        let mut extensions = spec.strings("extensions")?;
+        if extensions.is_empty() {
+            extensions = [
+                "csv", "tsv", "json", "ndjson", "jsonl", "sql", "dump", "xlsx", "xls", "parquet",
+                "zip", "gz", "tgz", "bz2", "xz", "7z", "tar", "bak",
+            ]
+            .map(String::from)
+            .to_vec();
+        }
+        Ok(ExportLifecycle {
+            min_size: spec.u64("min_size", 10 * 1024 * 1024)?,
+            window: spec.duration("window", Duration::from_secs(86_400))?,
+            truncated_below: spec.u64("truncated_below", 64 * 1024)?,
+            exclude: globs(&spec.strings("exclude_paths")?)?,
+            extensions,
+            files: Window::new(limits.tracked_files),
+        })
+    }
+
+    pub(crate) fn tracked(&self) -> usize {
+        self.files.len()
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.files.evicted()
+    }
+
+    fn export_like_name(&self, path: &str) -> bool {
+        let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+        // "export.csv.tmp" is staged export data too: look at every extension, not just the last.
+        name.split('.')
+            .skip(1)
+            .any(|ext| self.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+    }
+
+    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
+        let Body::File(file) = &record.event.body else {
+            return None;
+        };
+        let ts = record.event.ts;
+        self.files.expire(ts.saturating_sub(self.window));
+        if self.exclude.is_match(&file.path) {
+            return None;
+        }
+        let host = record.event.host.clone();
+        let key = (host.clone(), file.path.clone());
+        match file.action {
+            FileAction::Create => {
+                if file.export.is_some() || self.export_like_name(&file.path) {
+                    let mut tracked = Tracked {
+                        created_ts: ts,
+                        created_path: file.path.clone(),
+                        create_seen: true,
+                        max_size: 0,
+                        export: None,
+                        creator: None,
+                        renames: Vec::new(),
+                        evidence: Vec::new(),
+                    };
+                    tracked.absorb(file);
+                    tracked.push_evidence(record);
+                    self.files.insert(key, tracked, ts);
+                }
+                None
+            }
+            FileAction::Write => {
+                if self.files.touch(&key, ts).is_none() {
+                    // Untracked and still not export data: nothing to follow.
+                    file.export.as_ref()?;
+                    self.files
+                        .insert(key.clone(), self.unseen_create(file, ts), ts);
+                }
+                let tracked = self.files.get_mut(&key)?;
+                let was_large = tracked.max_size >= self.min_size;
+                tracked.absorb(file);
+                tracked.push_evidence(record);
+                let size = file.size?;
+                if was_large && size < self.truncated_below && tracked.export.is_some() {
+                    let tracked = self.files.remove(&key)?;
+                    return self.finding(tracked, record, file, "truncated");
+                }
+                None
+            }
+            FileAction::Rename => {
+                let from = file.from_path.clone().unwrap_or_default();
+                let old = (host, from);
+                let mut tracked = match self.files.remove(&old) {
+                    Some(tracked) => tracked,
+                    None if file.export.is_some() => self.unseen_create(file, ts),
+                    None => return None,
+                };
+                tracked.absorb(file);
+                tracked.push_evidence(record);
+                if tracked.renames.len() < MAX_FILE_EVIDENCE {
+                    tracked.renames.push(file.path.clone());
+                }
+                self.files.insert(key, tracked, ts);
+                None
+            }
+            FileAction::Delete => {
+                let mut tracked = self.files.remove(&key)?;
+                tracked.absorb(file);
+                tracked.push_evidence(record);
+                self.finding(tracked, record, file, "deleted")
+            }
+        }
+    }
+
+    fn unseen_create(&self, file: &FileEvent, ts: Timestamp) -> Tracked {
+        Tracked {
+            created_ts: ts,
+            created_path: file.from_path.clone().unwrap_or_else(|| file.path.clone()),
+            create_seen: false,
+            max_size: 0,
+            export: None,
+            creator: None,
+            renames: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
+    fn finding(
+        &self,
+        tracked: Tracked,
+        record: &Record,
+        file: &FileEvent,
+        how: &str,
+    ) -> Option<Candidate> {
+        let ts = record.event.ts;
+        let export = tracked.export.as_ref()?;
+        let in_window = ts.as_nanos().saturating_sub(tracked.created_ts.as_nanos())
+            <= i64::try_from(self.window.as_nanos()).unwrap_or(i64::MAX);
+        if tracked.max_size < self.min_size || !in_window {
+            return None;
+        }
+        let mut fields = Map::new();
+        fields.insert("path".into(), json!(tracked.created_path));
+        if file.path != tracked.created_path {
+            fields.insert("final_path".into(), json!(file.path));
+        }
+        if !tracked.renames.is_empty() {
+            fields.insert("renamed_to".into(), json!(tracked.renames));
+        }
+        fields.insert("size".into(), json!(tracked.max_size));
+        fields.insert("created_ts".into(), json!(tracked.created_ts));
+        fields.insert("create_seen".into(), json!(tracked.create_seen));
+        fields.insert("deleted_ts".into(), json!(ts));
+        fields.insert("how".into(), json!(how));
+        if let Some(creator) = &tracked.creator {
+            process_fields(&mut fields, "", creator);
+        }
+        if let Some(deleter) = &file.process {
+            process_fields(&mut fields, "deleted_by_", deleter);
+        }
+        fields.insert("class".into(), json!(export.class));
+        fields.insert("format".into(), json!(export.format));
+        if let Some(rows) = export.est_rows {
+            fields.insert("est_rows".into(), json!(rows));
+        }
+        fields.insert("emails".into(), json!(export.emails));
+        fields.insert("phones".into(), json!(export.phones));
+        fields.insert("passports".into(), json!(export.passports));
+        fields.insert("cards".into(), json!(export.cards));
+        let rows = export
+            .est_rows
+            .map(|r| format!(", ~{r} rows"))
+            .unwrap_or_default();
+        let by = tracked
+            .creator
+            .as_ref()
+            .map(|p| format!(" by {} ({})", p.user, p.exe))
+            .unwrap_or_default();
+        let lived = (ts.as_nanos() - tracked.created_ts.as_nanos()) / 1_000_000_000;
+        Some(Candidate {
+            ts,
+            host: record.event.host.clone(),
+            summary: format!(
+                "{} export {} ({} bytes{rows}, {} e-mail addresses) {how} {lived}s after it was written on {}{by}",
+                export.format,
+                tracked.created_path,
+                tracked.max_size,
+                export.emails,
+                record.event.host
+            ),
+            evidence: tracked.evidence,
+            key: tracked.created_path,
+            fields,
+            severity: None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// first_seen_destination
+
+/// Outbound connections to an address no host of the fleet has connected to before.
+pub(crate) struct FirstSeen {
+    scopes: Vec<String>,
+    seen: Window<String, ()>,
+}
+
+impl FirstSeen {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        let mut scopes = spec.strings("scopes")?;
+        if scopes.is_empty() {
+            scopes.push("public".into());
+        }
+        Ok(FirstSeen {
+            scopes,
+            seen: Window::new(limits.seen_destinations),
+        })
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.seen.evicted()
+    }
+
+    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
+        let Body::Net(net) = &record.event.body else {
+            return None;
+        };
+        if !self.scopes.contains(&net.remote_scope) {
+            return None;
+        }
+        let ts = record.event.ts;
+        if self.seen.touch(&net.remote_addr, ts).is_some() {
+            return None;
+        }
+        self.seen.insert(net.remote_addr.clone(), (), ts);
+        let mut fields = Map::new();
+        fields.insert("remote_addr".into(), json!(net.remote_addr));
+        fields.insert("remote_port".into(), json!(net.remote_port));
+        fields.insert("remote_scope".into(), json!(net.remote_scope));
+        fields.insert("protocol".into(), json!(net.protocol));
+        if let Some(sent) = net.bytes_sent {
+            fields.insert("bytes_sent".into(), json!(sent));
+        }
+        let mut who = String::new();
+        if let Some(process) = &net.process {
+            process_fields(&mut fields, "", process);
+            if !process.ancestry.is_empty() {
+                fields.insert("ancestry".into(), json!(process.ancestry));
+            }
+            let chain: Vec<&str> = std::iter::once(process.exe.as_str())
+                .chain(process.ancestry.iter().map(|a| a.exe.as_str()))
+                .collect();
+            who = format!(" by {}", chain.join(" < "));
+        }
+        Some(Candidate {
+            ts,
+            host: record.event.host.clone(),
+            summary: format!(
+                "first connection of the fleet to {}:{} from {}{who}",
+                net.remote_addr, net.remote_port, record.event.host
+            ),
+            evidence: vec![evidence(record)],
+            key: net.remote_addr.clone(),
+            fields,
+            severity: None,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// agent_silent
+
+struct Liveness {
+    host: String,
+    last_heard: Timestamp,
+    last_seq: u64,
+    last_event_ts: Timestamp,
+    stopped: bool,
+    alerted: bool,
+}
+
+/// Agents that have sent nothing for a while, measured on the collector's clock so that an agent
+/// with a wrong clock is judged by when its events arrive.
+pub(crate) struct AgentSilent {
+    after: Duration,
+    agents: Window<String, Liveness>,
+}
+
+impl AgentSilent {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        Ok(AgentSilent {
+            after: spec.duration("after", Duration::from_secs(60))?,
+            agents: Window::new(limits.agents),
+        })
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.agents.evicted()
+    }
+
+    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp) {
+        let stopped = matches!(&record.event.body, Body::Agent(a) if a.action == bannin::event::AgentAction::Stop);
+        let liveness = Liveness {
+            host: record.event.host.clone(),
+            last_heard: at,
+            last_seq: record.event.seq,
+            last_event_ts: record.event.ts,
+            stopped,
+            alerted: false,
+        };
+        match self.agents.touch(&record.agent_id, at) {
+            Some(entry) => {
+                if at >= entry.last_heard {
+                    *entry = liveness;
+                }
+            }
+            None => self.agents.insert(record.agent_id.clone(), liveness, at),
+        }
+    }
+
+    /// After a replay: agents already silent when the collector stopped were reported then, so
+    /// they are not reported again until they talk and fall silent anew.
+    pub(crate) fn settle(&mut self, replay_end: Timestamp) {
+        let after = self.after;
+        let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if let Some(entry) = self.agents.get_mut(&key) {
+                if entry.last_heard.saturating_add(after) <= replay_end {
+                    entry.alerted = true;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
+        let mut findings = Vec::new();
+        let keys: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, l)| !l.alerted && l.last_heard.saturating_add(self.after) <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for agent_id in keys {
+            let Some(entry) = self.agents.get_mut(&agent_id) else {
+                continue;
+            };
+            entry.alerted = true;
+            let silent = (now.as_nanos() - entry.last_heard.as_nanos()) / 1_000_000_000;
+            let mut fields = Map::new();
+            fields.insert("agent_id".into(), json!(agent_id));
+            fields.insert("last_seen".into(), json!(entry.last_heard));
+            fields.insert("last_event_ts".into(), json!(entry.last_event_ts));
+            fields.insert("last_seq".into(), json!(entry.last_seq));
+            fields.insert("silent_secs".into(), json!(silent));
+            fields.insert("stopped".into(), json!(entry.stopped));
+            let why = if entry.stopped {
+                " after a clean stop"
+            } else {
+                ""
+            };
+            findings.push(Candidate {
+                ts: now,
+                host: entry.host.clone(),
+                summary: format!(
+                    "agent {agent_id} on {} silent for {silent}s{why}",
+                    entry.host
+                ),
+                evidence: vec![EvidenceRef {
+                    agent_id: agent_id.clone(),
+                    seq: entry.last_seq,
+                }],
+                key: agent_id,
+                fields,
+                severity: entry.stopped.then_some(Severity::Low),
+            });
+        }
+        findings
+    }
+}

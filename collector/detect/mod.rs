@@ -1,0 +1,530 @@
+//! Detection: rules over committed events and the collector's own findings, producing alerts.
+//!
+//! The rule pack is data (`rules/*.yml`, built into the binary and extended from the configuration):
+//! Sigma rules matched one event at a time ([`sigma`]), Sigma correlations over their matches
+//! ([`correlate`]), and a few named stateful detectors for what Sigma cannot say ([`detectors`]).
+//! Every piece of state is capped ([`state::Window`]), and what the caps push out is counted.
+//!
+//! The engine is synchronous and owns all its state; the collector drives it from one task:
+//! [`Engine::observe`] per committed event, [`Engine::observe_finding`] per chain problem,
+//! [`Engine::tick`] every second, and [`Engine::replay`] once at start to rebuild state.
+
+// Until `serve` drives the engine, only the tests call it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+mod config;
+mod correlate;
+mod detectors;
+mod fields;
+mod rules;
+mod sigma;
+mod state;
+mod suppress;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bannin::event::Record;
+use bannin::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+pub use config::DetectConfig;
+
+use self::correlate::{Correlation, Correlator, Hit};
+use self::detectors::{AgentSilent, Candidate, ExportLifecycle, FirstSeen};
+use self::fields::{Field, Subject};
+use self::rules::{Body, Rule};
+use self::suppress::{AllowList, Dedup, Verdict};
+use crate::alert::{Alert, EvidenceRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("cannot read rules from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{source_name}: not a valid rule document: {error}")]
+    Yaml {
+        source_name: String,
+        error: yaml_serde::Error,
+    },
+    #[error("{source_name}: rule {rule}: {message}")]
+    Rule {
+        source_name: String,
+        rule: String,
+        message: String,
+    },
+    #[error("detection.allow entry {index}: {message}")]
+    Allow { index: usize, message: String },
+}
+
+/// A problem the collector itself found in an agent's stream, rather than an event the agent sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub agent_id: String,
+    pub host: String,
+    pub kind: FindingKind,
+    pub ts: Timestamp,
+    /// What was wrong, for people: e.g. "seq 41..57 missing" or "signature of seq 12 invalid".
+    pub detail: String,
+    /// The stored events around the problem.
+    pub evidence: Vec<EvidenceRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FindingKind {
+    #[serde(rename = "chain.gap")]
+    ChainGap,
+    #[serde(rename = "chain.tamper")]
+    ChainTamper,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::ChainGap => "chain.gap",
+            FindingKind::ChainTamper => "chain.tamper",
+        }
+    }
+}
+
+/// What the engine tells the collector to store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertUpdate {
+    /// A new alert: store and send it.
+    New(Alert),
+    /// Another occurrence of a recent alert: set its `count` (the total so far) and add the
+    /// evidence; hooks need not be told again.
+    Repeat {
+        id: String,
+        rule: String,
+        count: u64,
+        ts: Timestamp,
+        evidence: Vec<EvidenceRef>,
+    },
+}
+
+/// Counters for operators: how much state the engine holds and what it had to drop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DetectStats {
+    pub rules: usize,
+    pub tracked_files: usize,
+    /// Alerts not raised because an allow entry matched.
+    pub suppressed: u64,
+    /// Occurrences folded into an earlier alert by de-duplication.
+    pub repeats: u64,
+    /// State entries pushed out by the limits; each one may be a missed alert.
+    pub evicted: u64,
+}
+
+enum Detector {
+    Lifecycle(ExportLifecycle),
+    FirstSeen(FirstSeen),
+    Silent(AgentSilent),
+}
+
+impl Detector {
+    fn evicted(&self) -> u64 {
+        match self {
+            Detector::Lifecycle(d) => d.evicted(),
+            Detector::FirstSeen(d) => d.evicted(),
+            Detector::Silent(d) => d.evicted(),
+        }
+    }
+}
+
+pub struct Engine {
+    rules: Vec<Rule>,
+    /// Sigma rules by the event kind they pin; `any_kind` for rules that pin none.
+    by_kind: HashMap<String, Vec<usize>>,
+    any_kind: Vec<usize>,
+    /// Whether rule i feeds some correlation.
+    feeds: Vec<bool>,
+    correlator: Correlator,
+    longest_timespan: Duration,
+    detectors: Vec<(usize, Detector)>,
+    allow: AllowList,
+    dedup: Dedup,
+    id_prefix: String,
+    next_id: u64,
+    /// The collector's clock as of the last tick; liveness is judged on it.
+    clock: Timestamp,
+    replaying: bool,
+    suppressed: u64,
+    repeats: u64,
+}
+
+impl Engine {
+    pub fn new(config: &DetectConfig) -> Result<Engine, DetectError> {
+        let rules = rules::load(config)?;
+        let rule_error = |rule: &Rule, message: String| DetectError::Rule {
+            source_name: "rule pack".into(),
+            rule: rule.meta.id.clone(),
+            message,
+        };
+        let mut by_kind: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_kind = Vec::new();
+        let mut correlations = Vec::new();
+        let mut detectors = Vec::new();
+        let mut feeds = vec![false; rules.len()];
+        let mut longest_timespan = Duration::ZERO;
+        for (index, rule) in rules.iter().enumerate() {
+            match &rule.body {
+                Body::Sigma(detection) => match detection.kinds() {
+                    Some(kinds) => {
+                        for kind in kinds {
+                            by_kind.entry(kind).or_default().push(index);
+                        }
+                    }
+                    None => any_kind.push(index),
+                },
+                Body::Correlation(spec) => {
+                    let mut inputs = Vec::new();
+                    for reference in &spec.rules {
+                        let input = rules.iter().position(|r| {
+                            (r.meta.id == *reference || r.name.as_deref() == Some(reference))
+                                && matches!(r.body, Body::Sigma(_))
+                        });
+                        let input = input.ok_or_else(|| {
+                            rule_error(rule, format!("{reference:?} names no Sigma rule"))
+                        })?;
+                        feeds[input] = true;
+                        inputs.push(input);
+                    }
+                    longest_timespan = longest_timespan.max(spec.timespan);
+                    correlations.push(Correlation::new(index, inputs, spec));
+                }
+                Body::Detector(spec) => {
+                    let limits = &config.limits;
+                    let detector = match spec.name.as_str() {
+                        "export_lifecycle" => {
+                            ExportLifecycle::new(spec, limits).map(Detector::Lifecycle)
+                        }
+                        "first_seen_destination" => {
+                            FirstSeen::new(spec, limits).map(Detector::FirstSeen)
+                        }
+                        "agent_silent" => AgentSilent::new(spec, limits).map(Detector::Silent),
+                        other => Err(format!("unknown detector {other:?}")),
+                    };
+                    detectors.push((index, detector.map_err(|m| rule_error(rule, m))?));
+                }
+            }
+        }
+        let limits = &config.limits;
+        Ok(Engine {
+            by_kind,
+            any_kind,
+            feeds,
+            correlator: Correlator::new(
+                correlations,
+                limits.correlation_groups,
+                limits.matches_per_group,
+            ),
+            longest_timespan,
+            detectors,
+            allow: AllowList::new(&config.allow)?,
+            dedup: Dedup::new(config.dedup_window, limits.dedup_entries),
+            id_prefix: format!("{:x}", Timestamp::now().as_nanos()),
+            next_id: 0,
+            clock: Timestamp::default(),
+            replaying: false,
+            suppressed: 0,
+            repeats: 0,
+            rules,
+        })
+    }
+
+    /// Runs every rule over one committed event.
+    pub fn observe(&mut self, record: &Record) -> Vec<AlertUpdate> {
+        let mut out = Vec::new();
+        let heard_at = if self.replaying || self.clock == Timestamp::default() {
+            record.event.ts
+        } else {
+            self.clock
+        };
+        let subject = Subject::Record(record);
+        let evidence = [detectors::evidence(record)];
+        self.run_sigma(subject, record.event.ts, &evidence, &mut out);
+        for index in 0..self.detectors.len() {
+            let (rule, detector) = &mut self.detectors[index];
+            let rule = *rule;
+            let candidate = match detector {
+                Detector::Lifecycle(d) => d.observe(record),
+                Detector::FirstSeen(d) => d.observe(record),
+                Detector::Silent(d) => {
+                    d.heard(record, heard_at);
+                    None
+                }
+            };
+            if let Some(candidate) = candidate {
+                self.emit(rule, candidate, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Runs the rules over a problem the collector found in an agent's chain.
+    pub fn observe_finding(&mut self, finding: &Finding) -> Vec<AlertUpdate> {
+        let mut out = Vec::new();
+        let subject = Subject::Finding(finding);
+        self.run_sigma(subject, finding.ts, &finding.evidence, &mut out);
+        out
+    }
+
+    /// Time-based rules (agent silence) and expiry of idle state; call about once a second with
+    /// the collector's clock.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<AlertUpdate> {
+        let mut out = Vec::new();
+        self.clock = self.clock.max(now);
+        self.correlator.expire(now, self.longest_timespan);
+        for index in 0..self.detectors.len() {
+            let (rule, detector) = &mut self.detectors[index];
+            let rule = *rule;
+            let candidates = match detector {
+                Detector::Silent(d) => d.tick(now),
+                _ => Vec::new(),
+            };
+            for candidate in candidates {
+                self.emit(rule, candidate, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Rebuilds state from stored events after a restart, oldest first, raising no alerts: what
+    /// they would have raised was raised before the restart.
+    pub fn replay<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {
+        self.replaying = true;
+        let mut last = Timestamp::default();
+        for record in records {
+            last = last.max(record.event.ts);
+            self.observe(record);
+        }
+        self.replaying = false;
+        for (_, detector) in &mut self.detectors {
+            if let Detector::Silent(d) = detector {
+                d.settle(last);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> DetectStats {
+        let tracked_files = self
+            .detectors
+            .iter()
+            .map(|(_, d)| match d {
+                Detector::Lifecycle(d) => d.tracked(),
+                _ => 0,
+            })
+            .sum();
+        DetectStats {
+            rules: self.rules.len(),
+            tracked_files,
+            suppressed: self.suppressed,
+            repeats: self.repeats,
+            evicted: self.correlator.evicted()
+                + self.dedup.evicted()
+                + self.detectors.iter().map(|(_, d)| d.evicted()).sum::<u64>(),
+        }
+    }
+
+    fn run_sigma(
+        &mut self,
+        subject: Subject<'_>,
+        ts: Timestamp,
+        evidence: &[EvidenceRef],
+        out: &mut Vec<AlertUpdate>,
+    ) {
+        let kind = subject.kind();
+        let pinned = self
+            .by_kind
+            .get(kind)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut matched = Vec::new();
+        for &index in pinned.iter().chain(&self.any_kind) {
+            if let Body::Sigma(detection) = &self.rules[index].body {
+                if detection.matches(subject) {
+                    matched.push(index);
+                }
+            }
+        }
+        for index in matched {
+            let candidate = self.sigma_candidate(index, subject, ts, evidence);
+            if self.allowed(index, &candidate) {
+                continue;
+            }
+            if self.feeds[index] {
+                for hit in self.correlator.feed(index, subject, ts, evidence) {
+                    let rule = self.correlator.correlations[hit.correlation].rule;
+                    let candidate = self.correlation_candidate(rule, hit, subject, ts);
+                    self.emit(rule, candidate, out);
+                }
+            }
+            if self.rules[index].meta.generate {
+                self.emit(index, candidate, out);
+            }
+        }
+    }
+
+    fn sigma_candidate(
+        &self,
+        rule: usize,
+        subject: Subject<'_>,
+        ts: Timestamp,
+        evidence: &[EvidenceRef],
+    ) -> Candidate {
+        let meta = &self.rules[rule].meta;
+        let mut fields = Map::new();
+        for field in &meta.fields {
+            if let Some(value) = field.json(subject) {
+                fields.insert(field.name().to_string(), value);
+            }
+        }
+        let key = meta
+            .dedup_by
+            .iter()
+            .map(|f| f.json(subject).unwrap_or(Json::Null).to_string())
+            .collect::<Vec<_>>()
+            .join("\u{1f}");
+        Candidate {
+            ts,
+            host: subject.host().to_string(),
+            summary: render(meta.summary.as_deref(), &meta.title, &fields, subject),
+            evidence: evidence.to_vec(),
+            fields,
+            key,
+            severity: None,
+        }
+    }
+
+    fn correlation_candidate(
+        &self,
+        rule: usize,
+        hit: Hit,
+        subject: Subject<'_>,
+        ts: Timestamp,
+    ) -> Candidate {
+        let meta = &self.rules[rule].meta;
+        let mut fields = Map::new();
+        for field in &meta.fields {
+            if let Some(value) = field.json(subject) {
+                fields.insert(field.name().to_string(), value);
+            }
+        }
+        for (field, value) in &hit.group {
+            fields.insert(field.name().to_string(), value.clone());
+        }
+        fields.insert("value".into(), Json::from(hit.value));
+        fields.insert("first_ts".into(), serde_json::json!(hit.first_ts));
+        let key = hit
+            .group
+            .iter()
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\u{1f}");
+        Candidate {
+            ts,
+            host: subject.host().to_string(),
+            summary: render(meta.summary.as_deref(), &meta.title, &fields, subject),
+            evidence: hit.evidence,
+            fields,
+            key,
+            severity: None,
+        }
+    }
+
+    fn allowed(&mut self, rule: usize, candidate: &Candidate) -> bool {
+        let allowed = self.allow.allows(
+            &self.rules[rule].meta.id,
+            &candidate.host,
+            candidate.ts,
+            &candidate.fields,
+        );
+        if allowed && !self.replaying {
+            self.suppressed += 1;
+        }
+        allowed
+    }
+
+    fn emit(&mut self, rule: usize, candidate: Candidate, out: &mut Vec<AlertUpdate>) {
+        if self.replaying || self.allowed(rule, &candidate) {
+            return;
+        }
+        let meta = &self.rules[rule].meta;
+        let id = format!("{}-{}", self.id_prefix, self.next_id);
+        let key = format!("{}\u{1f}{}", candidate.host, candidate.key);
+        match self.dedup.check(rule, key, candidate.ts, &id) {
+            Verdict::Repeat { id, count } => {
+                self.repeats += 1;
+                out.push(AlertUpdate::Repeat {
+                    id,
+                    rule: meta.id.clone(),
+                    count,
+                    ts: candidate.ts,
+                    evidence: candidate.evidence,
+                });
+            }
+            Verdict::New => {
+                self.next_id += 1;
+                out.push(AlertUpdate::New(Alert {
+                    id,
+                    rule: meta.id.clone(),
+                    severity: candidate.severity.unwrap_or(meta.severity),
+                    ts: candidate.ts,
+                    host: candidate.host,
+                    summary: candidate.summary,
+                    evidence: candidate.evidence,
+                    count: 1,
+                    fields: candidate.fields,
+                }));
+            }
+        }
+    }
+}
+
+/// Fills a `{field}` template from the alert's fields, then the event's; the title if none.
+fn render(
+    template: Option<&str>,
+    title: &str,
+    fields: &Map<String, Json>,
+    subject: Subject<'_>,
+) -> String {
+    let Some(template) = template else {
+        return format!("{title} on {}", subject.host());
+    };
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let name = &after[..close];
+        let value = fields.get(name).cloned().or_else(|| match name {
+            "host" => Some(Json::from(subject.host())),
+            _ => Field::parse(name).and_then(|f| f.json(subject)),
+        });
+        out.push_str(&match value {
+            Some(Json::String(s)) => s,
+            Some(Json::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(Json::Null) | None => "-".into(),
+            Some(other) => other.to_string(),
+        });
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,198 @@
+//! Bounded state: a map whose entries expire with time and whose size has a hard cap.
+//!
+//! Every detector keeps its state in a [`Window`], so no load of events can grow the collector's
+//! memory without bound. Entries pushed out by the cap are counted: a detector that loses state
+//! may miss an alert, and operators must be able to see that it happened.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use bannin::time::Timestamp;
+
+struct Slot<V> {
+    value: V,
+    touched: Timestamp,
+    generation: u64,
+}
+
+/// A map from keys to values, oldest-touched first out, at most `cap` entries.
+pub(crate) struct Window<K, V> {
+    map: HashMap<K, Slot<V>>,
+    /// Keys in the order they were touched; stale positions (key touched again later) are skipped.
+    order: VecDeque<(K, u64)>,
+    cap: usize,
+    next_generation: u64,
+    evicted: u64,
+}
+
+impl<K: Eq + Hash + Clone, V> Window<K, V> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Window {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+            next_generation: 0,
+            evicted: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Entries pushed out by the cap since the window was made.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key).map(|slot| &slot.value)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.map.get_mut(key).map(|slot| &mut slot.value)
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key).map(|slot| slot.value)
+    }
+
+    /// Inserts or replaces `key`, counting it as touched at `now`.
+    pub(crate) fn insert(&mut self, key: K, value: V, now: Timestamp) {
+        if !self.map.contains_key(&key) {
+            while self.map.len() >= self.cap {
+                if self.pop_oldest().is_none() {
+                    break;
+                }
+                self.evicted += 1;
+            }
+        }
+        let generation = self.bump();
+        self.order.push_back((key.clone(), generation));
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                touched: now,
+                generation,
+            },
+        );
+        self.compact();
+    }
+
+    /// Marks `key` as touched at `now`, so it expires later; returns its value.
+    pub(crate) fn touch(&mut self, key: &K, now: Timestamp) -> Option<&mut V> {
+        let generation = self.next_generation;
+        let slot = self.map.get_mut(key)?;
+        slot.touched = slot.touched.max(now);
+        slot.generation = generation;
+        self.next_generation += 1;
+        self.order.push_back((key.clone(), generation));
+        self.compact();
+        self.map.get_mut(key).map(|slot| &mut slot.value)
+    }
+
+    /// Removes and returns every entry last touched before `before`.
+    pub(crate) fn expire(&mut self, before: Timestamp) -> Vec<(K, V)> {
+        let mut gone = Vec::new();
+        while let Some((key, generation)) = self.order.front() {
+            match self.map.get(key) {
+                Some(slot) if slot.generation == *generation => {
+                    if slot.touched >= before {
+                        break;
+                    }
+                    let key = key.clone();
+                    self.order.pop_front();
+                    if let Some(slot) = self.map.remove(&key) {
+                        gone.push((key, slot.value));
+                    }
+                }
+                _ => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        gone
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(key, slot)| (key, &slot.value))
+    }
+
+    fn bump(&mut self) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        generation
+    }
+
+    fn pop_oldest(&mut self) -> Option<(K, V)> {
+        while let Some((key, generation)) = self.order.pop_front() {
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|slot| slot.generation == generation)
+            {
+                return self.map.remove(&key).map(|slot| (key, slot.value));
+            }
+        }
+        None
+    }
+
+    /// Drops stale order positions once they outnumber live entries, keeping the queue bounded.
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.map.len() + 64 {
+            return;
+        }
+        let map = &self.map;
+        self.order
+            .retain(|(key, generation)| map.get(key).is_some_and(|s| s.generation == *generation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_evicts_the_oldest_touched_entry_and_counts_it() {
+        let mut window = Window::new(2);
+        window.insert("a", 1, Timestamp::from_secs(1));
+        window.insert("b", 2, Timestamp::from_secs(2));
+        window.touch(&"a", Timestamp::from_secs(3));
+        window.insert("c", 3, Timestamp::from_secs(4));
+        assert_eq!(window.len(), 2);
+        assert!(
+            window.get(&"b").is_none(),
+            "b was the least recently touched"
+        );
+        assert_eq!(window.get(&"a"), Some(&1));
+        assert_eq!(window.evicted(), 1);
+    }
+
+    #[test]
+    fn expire_removes_only_entries_older_than_the_bound() {
+        let mut window = Window::new(10);
+        for i in 0..5 {
+            window.insert(i, i, Timestamp::from_secs(i));
+        }
+        window.touch(&0, Timestamp::from_secs(10));
+        let gone: Vec<_> = window
+            .expire(Timestamp::from_secs(3))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!(window.len(), 3);
+        assert_eq!(window.evicted(), 0);
+    }
+
+    #[test]
+    fn touching_one_key_many_times_keeps_the_queue_bounded() {
+        let mut window = Window::new(4);
+        window.insert("k", 0, Timestamp::from_secs(0));
+        for i in 0..10_000 {
+            window.touch(&"k", Timestamp::from_secs(i));
+        }
+        assert!(window.order.len() <= 2 * window.len() + 65);
+    }
+}

@@ -1,0 +1,206 @@
+//! Allow-lists (known benign work never alerts) and de-duplication (repeats of one alert raise its
+//! count instead of making new alerts).
+
+use std::time::Duration;
+
+use bannin::time::Timestamp;
+use globset::{Glob, GlobMatcher};
+use serde_json::{Map, Value as Json};
+
+use super::DetectError;
+use super::config::AllowEntry;
+use super::state::Window;
+
+/// Alert fields an allow entry's `user` is checked against.
+const USER_FIELDS: &[&str] = &["user", "db_user"];
+/// Alert fields an allow entry's `path` is checked against.
+const PATH_FIELDS: &[&str] = &["path", "final_path", "renamed_to"];
+
+struct Allow {
+    rules: Vec<String>,
+    host: Option<GlobMatcher>,
+    user: Option<GlobMatcher>,
+    exe: Option<GlobMatcher>,
+    path: Option<GlobMatcher>,
+    /// Minutes after midnight UTC, start inclusive, end exclusive; may wrap.
+    hours: Option<(u32, u32)>,
+}
+
+pub(crate) struct AllowList {
+    entries: Vec<Allow>,
+}
+
+fn glob(index: usize, pattern: &Option<String>) -> Result<Option<GlobMatcher>, DetectError> {
+    pattern
+        .as_deref()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| DetectError::Allow {
+                    index,
+                    message: format!("bad glob {p:?}: {e}"),
+                })
+        })
+        .transpose()
+}
+
+fn minutes(text: &str) -> Option<u32> {
+    let (h, m) = text.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
+}
+
+fn hours(index: usize, text: &str) -> Result<(u32, u32), DetectError> {
+    let bad = || DetectError::Allow {
+        index,
+        message: format!("hours {text:?} is not \"HH:MM-HH:MM\""),
+    };
+    let (start, end) = text.split_once('-').ok_or_else(bad)?;
+    Ok((
+        minutes(start).ok_or_else(bad)?,
+        minutes(end).ok_or_else(bad)?,
+    ))
+}
+
+fn strings(value: &Json) -> Vec<&str> {
+    match value {
+        Json::String(s) => vec![s.as_str()],
+        Json::Array(items) => items.iter().filter_map(Json::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn any_field(fields: &Map<String, Json>, names: &[&str], glob: &GlobMatcher) -> bool {
+    names
+        .iter()
+        .filter_map(|n| fields.get(*n))
+        .flat_map(strings)
+        .any(|s| glob.is_match(s))
+}
+
+impl AllowList {
+    pub(crate) fn new(entries: &[AllowEntry]) -> Result<Self, DetectError> {
+        let entries = entries
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                Ok(Allow {
+                    rules: e.rules.clone(),
+                    host: glob(index, &e.host)?,
+                    user: glob(index, &e.user)?,
+                    exe: glob(index, &e.exe)?,
+                    path: glob(index, &e.path)?,
+                    hours: e.hours.as_deref().map(|h| hours(index, h)).transpose()?,
+                })
+            })
+            .collect::<Result<_, DetectError>>()?;
+        Ok(AllowList { entries })
+    }
+
+    /// Whether some entry allows this alert. A key an entry sets must be present in the alert and
+    /// match, so an entry for "user etl" never silences an alert that names no user.
+    pub(crate) fn allows(
+        &self,
+        rule: &str,
+        host: &str,
+        ts: Timestamp,
+        fields: &Map<String, Json>,
+    ) -> bool {
+        self.entries.iter().any(|e| {
+            (e.rules.is_empty() || e.rules.iter().any(|r| r == rule))
+                && e.host.as_ref().is_none_or(|g| g.is_match(host))
+                && e.user
+                    .as_ref()
+                    .is_none_or(|g| any_field(fields, USER_FIELDS, g))
+                && e.exe
+                    .as_ref()
+                    .is_none_or(|g| any_field(fields, &["exe"], g))
+                && e.path
+                    .as_ref()
+                    .is_none_or(|g| any_field(fields, PATH_FIELDS, g))
+                && e.hours.is_none_or(|range| in_range(range, ts))
+        })
+    }
+}
+
+fn in_range((start, end): (u32, u32), ts: Timestamp) -> bool {
+    let minute = u32::try_from(ts.as_nanos().div_euclid(60_000_000_000).rem_euclid(1440))
+        .unwrap_or_default();
+    if start <= end {
+        (start..end).contains(&minute)
+    } else {
+        minute >= start || minute < end
+    }
+}
+
+struct Seen {
+    id: String,
+    first_ts: Timestamp,
+    count: u64,
+}
+
+/// Remembers recent alerts by (rule, key) so repeats within the window are folded into one.
+pub(crate) struct Dedup {
+    window: Duration,
+    seen: Window<(usize, String), Seen>,
+}
+
+pub(crate) enum Verdict {
+    New,
+    Repeat { id: String, count: u64 },
+}
+
+impl Dedup {
+    pub(crate) fn new(window: Duration, cap: usize) -> Self {
+        Dedup {
+            window,
+            seen: Window::new(cap),
+        }
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.seen.evicted()
+    }
+
+    /// Records an occurrence; `id` is used if it starts a new alert.
+    pub(crate) fn check(&mut self, rule: usize, key: String, ts: Timestamp, id: &str) -> Verdict {
+        self.seen.expire(ts.saturating_sub(self.window));
+        let key = (rule, key);
+        if let Some(seen) = self.seen.get_mut(&key) {
+            if seen.first_ts.saturating_add(self.window) >= ts {
+                seen.count += 1;
+                return Verdict::Repeat {
+                    id: seen.id.clone(),
+                    count: seen.count,
+                };
+            }
+        }
+        self.seen.insert(
+            key,
+            Seen {
+                id: id.to_string(),
+                first_ts: ts,
+                count: 1,
+            },
+            ts,
+        );
+        Verdict::New
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_ranges_wrap_past_midnight() {
+        let at = |h: i64, m: i64| Timestamp::from_secs(1_700_006_400 + h * 3600 + m * 60);
+        // 1_700_006_400 is 00:00 UTC.
+        assert!(in_range((23 * 60, 2 * 60), at(1, 30)));
+        assert!(in_range((23 * 60, 2 * 60), at(23, 0)));
+        assert!(!in_range((23 * 60, 2 * 60), at(2, 0)));
+        assert!(in_range((60, 180), at(2, 59)));
+        assert!(!in_range((60, 180), at(3, 0)));
+        assert!(hours(0, "25:00-01:00").is_err());
+    }
+}

@@ -1,0 +1,1696 @@
+//! Feature tests: each built-in rule on the incident it exists for, and the benign work of
+//! `shared/scenarios/README.md` that must stay quiet.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bannin::event::{
+    AgentAction, AgentEvent, Ancestor, Body, DbAction, DbEvent, Event, ExportInfo, FileAction,
+    FileEvent, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record, SensorEvent,
+    SensorStatus,
+};
+use bannin::time::Timestamp;
+
+use super::config::Limits;
+use super::*;
+use crate::alert::Severity;
+
+const MIB: u64 = 1024 * 1024;
+/// 2026-11-21T00:00:00Z.
+const DAY0: i64 = 1_795_219_200;
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_secs(DAY0 + secs)
+}
+
+fn process(pid: u32, exe: &str, user: &str, parents: &[&str]) -> ProcessInfo {
+    ProcessInfo {
+        pid,
+        ppid: Some(pid - 1),
+        exe: exe.into(),
+        cmdline: exe.rsplit('/').next().unwrap_or(exe).into(),
+        user: user.into(),
+        uid: Some(1000),
+        ancestry: parents
+            .iter()
+            .enumerate()
+            .map(|(i, exe)| Ancestor {
+                pid: pid - 1 - i as u32,
+                exe: (*exe).into(),
+                cmdline: (*exe).into(),
+                user: user.into(),
+            })
+            .collect(),
+    }
+}
+
+fn csv(rows: u64) -> ExportInfo {
+    ExportInfo {
+        class: "data".into(),
+        format: "csv".into(),
+        est_rows: Some(rows),
+        sampled_bytes: 65_536,
+        emails: rows,
+        phones: rows / 2,
+        passports: rows / 10,
+        cards: 0,
+    }
+}
+
+fn file(
+    action: FileAction,
+    path: &str,
+    size: Option<u64>,
+    export: Option<ExportInfo>,
+    who: &ProcessInfo,
+) -> Body {
+    let mut event = FileEvent::new(action, path, "fanotify");
+    event.size = size;
+    event.export = export;
+    event.process = Some(who.clone());
+    event.process_known = true;
+    event.into()
+}
+
+fn rename(from: &str, to: &str, size: u64, who: &ProcessInfo) -> Body {
+    let mut event = FileEvent::new(FileAction::Rename, to, "fanotify");
+    event.from_path = Some(from.into());
+    event.size = Some(size);
+    event.process = Some(who.clone());
+    event.process_known = true;
+    event.into()
+}
+
+fn query(
+    user: &str,
+    session: &str,
+    rows: u64,
+    session_total: Option<u64>,
+    user_total: Option<u64>,
+) -> Body {
+    let mut db = DbEvent::new(DbAction::Query, "postgresql");
+    db.db_user = user.into();
+    db.database = "sales".into();
+    db.client_addr = "10.0.0.23".into();
+    db.session = session.into();
+    db.statement = "SELECT * FROM public.customers LIMIT 4000".into();
+    db.statement_kind = "read".into();
+    db.tables = vec!["public.customers".into()];
+    db.sensitive_tables = vec!["public.customers".into()];
+    db.rows = Some(rows);
+    db.session_sensitive_rows = session_total;
+    db.user_sensitive_rows = user_total;
+    db.into()
+}
+
+fn export_query(user: &str, method: &str) -> Body {
+    let mut db = DbEvent::new(DbAction::Query, "postgresql");
+    db.db_user = user.into();
+    db.database = "sales".into();
+    db.session = "s-9".into();
+    db.statement = "COPY public.customers TO '/tmp/c.csv' CSV".into();
+    db.statement_kind = "export".into();
+    db.tables = vec!["public.customers".into()];
+    db.export_method = method.into();
+    db.into()
+}
+
+fn connect(remote: &str, scope: &str, who: &ProcessInfo) -> Body {
+    NetEvent {
+        process: Some(who.clone()),
+        protocol: "tcp".into(),
+        local_addr: "10.0.0.5".into(),
+        local_port: 40_000,
+        remote_addr: remote.into(),
+        remote_port: 443,
+        remote_scope: scope.into(),
+        bytes_sent: Some(1_000_000),
+        bytes_received: None,
+    }
+    .into()
+}
+
+fn start(who: ProcessInfo) -> Body {
+    ProcessEvent {
+        action: ProcessAction::Start,
+        process: who,
+        cwd: "/home/sato".into(),
+        start_ts: None,
+        exit_code: None,
+        read_bytes: None,
+        write_bytes: None,
+        source: "proc_connector".into(),
+    }
+    .into()
+}
+
+/// A fleet of agents sending events to one engine, numbering each agent's events.
+struct Fleet {
+    engine: Engine,
+    seq: HashMap<String, u64>,
+}
+
+impl Fleet {
+    fn new(config: DetectConfig) -> Self {
+        Fleet {
+            engine: Engine::new(&config).unwrap(),
+            seq: HashMap::new(),
+        }
+    }
+
+    fn default() -> Self {
+        Fleet::new(DetectConfig::default())
+    }
+
+    fn record(&mut self, host: &str, secs: i64, body: Body) -> Record {
+        let agent_id = format!("agent-{host}");
+        let seq = self.seq.entry(agent_id.clone()).or_default();
+        *seq += 1;
+        Record {
+            agent_id,
+            event: Event {
+                seq: *seq,
+                ts: at(secs),
+                host: host.into(),
+                body,
+            },
+        }
+    }
+
+    fn send(&mut self, host: &str, secs: i64, body: Body) -> Vec<AlertUpdate> {
+        let record = self.record(host, secs, body);
+        self.engine.observe(&record)
+    }
+}
+
+fn new_alerts(updates: &[AlertUpdate]) -> Vec<&Alert> {
+    updates
+        .iter()
+        .filter_map(|u| match u {
+            AlertUpdate::New(alert) => Some(alert),
+            AlertUpdate::Repeat { .. } => None,
+        })
+        .collect()
+}
+
+fn rules_of(updates: &[AlertUpdate]) -> Vec<String> {
+    new_alerts(updates).iter().map(|a| a.rule.clone()).collect()
+}
+
+/// Sends a batch and collects every update.
+fn run(fleet: &mut Fleet, events: Vec<(&str, i64, Body)>) -> Vec<AlertUpdate> {
+    let mut out = Vec::new();
+    for (host, secs, body) in events {
+        out.extend(fleet.send(host, secs, body));
+    }
+    out
+}
+
+fn attacker() -> ProcessInfo {
+    process(
+        4242,
+        "/usr/bin/python3",
+        "www-data",
+        &["/bin/sh", "/usr/sbin/apache2"],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// large-export-created-then-deleted
+
+#[test]
+fn large_csv_created_then_deleted_the_same_day_alerts_once_with_its_facts() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    let rm = process(5000, "/usr/bin/rm", "www-data", &["/bin/sh"]);
+    let path = "/srv/share/tmp/customers_all.csv";
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "fs2",
+                0,
+                file(FileAction::Create, path, Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                60,
+                file(
+                    FileAction::Write,
+                    path,
+                    Some(400 * MIB),
+                    Some(csv(6_790_000)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                61,
+                file(
+                    FileAction::Write,
+                    path,
+                    Some(800 * MIB),
+                    Some(csv(6_790_000)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                3 * 3600,
+                file(FileAction::Delete, path, Some(800 * MIB), None, &rm),
+            ),
+        ],
+    );
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
+    assert_eq!(updates.len(), 1);
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.host, "fs2");
+    assert_eq!(alert.severity, Severity::High);
+    assert_eq!(alert.fields["path"], path);
+    assert_eq!(alert.fields["size"], 800 * MIB);
+    assert_eq!(alert.fields["created_ts"], at(0).to_rfc3339());
+    assert_eq!(alert.fields["deleted_ts"], at(3 * 3600).to_rfc3339());
+    assert_eq!(alert.fields["pid"], 4242);
+    assert_eq!(alert.fields["exe"], "/usr/bin/python3");
+    assert_eq!(alert.fields["user"], "www-data");
+    assert_eq!(alert.fields["deleted_by_exe"], "/usr/bin/rm");
+    assert_eq!(alert.fields["est_rows"], 6_790_000);
+    assert_eq!(alert.fields["emails"], 6_790_000);
+    assert_eq!(alert.fields["passports"], 679_000);
+    let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert!(alert.summary.contains(path), "{}", alert.summary);
+    // The alert object keeps INTERFACE.md's shape: rule fields flat beside the common ones.
+    let json = serde_json::to_value(alert).unwrap();
+    assert_eq!(json["rule"], "large-export-created-then-deleted");
+    assert_eq!(json["size"], 800 * MIB);
+}
+
+#[test]
+fn export_followed_through_renames_until_deleted() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "fs2",
+                0,
+                file(FileAction::Create, "/srv/out/a.csv", Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                5,
+                file(
+                    FileAction::Write,
+                    "/srv/out/a.csv",
+                    Some(20 * MIB),
+                    Some(csv(200_000)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                10,
+                rename("/srv/out/a.csv", "/var/tmp/.cache1", 20 * MIB, &who),
+            ),
+            (
+                "fs2",
+                20,
+                rename("/var/tmp/.cache1", "/var/tmp/.cache2", 20 * MIB, &who),
+            ),
+            (
+                "fs2",
+                30,
+                file(
+                    FileAction::Delete,
+                    "/var/tmp/.cache2",
+                    Some(20 * MIB),
+                    None,
+                    &who,
+                ),
+            ),
+        ],
+    );
+    let alerts = new_alerts(&updates);
+    assert_eq!(alerts.len(), 1, "{updates:?}");
+    assert_eq!(alerts[0].fields["path"], "/srv/out/a.csv");
+    assert_eq!(alerts[0].fields["final_path"], "/var/tmp/.cache2");
+    assert_eq!(
+        alerts[0].fields["renamed_to"],
+        serde_json::json!(["/var/tmp/.cache1", "/var/tmp/.cache2"])
+    );
+}
+
+#[test]
+fn large_export_truncated_counts_as_destroyed() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "fs2",
+                0,
+                file(FileAction::Create, "/srv/out/b.json", Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                5,
+                file(
+                    FileAction::Write,
+                    "/srv/out/b.json",
+                    Some(30 * MIB),
+                    Some(csv(100_000)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                50,
+                file(FileAction::Write, "/srv/out/b.json", Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                60,
+                file(FileAction::Delete, "/srv/out/b.json", Some(0), None, &who),
+            ),
+        ],
+    );
+    let alerts = new_alerts(&updates);
+    assert_eq!(alerts.len(), 1, "{updates:?}");
+    assert_eq!(alerts[0].fields["how"], "truncated");
+}
+
+#[test]
+fn small_exports_builds_logs_and_old_files_stay_quiet() {
+    let mut fleet = Fleet::default();
+    let who = process(900, "/usr/bin/cc", "dev", &["/usr/bin/make", "/bin/bash"]);
+    let mut events = Vec::new();
+    // A build: thousands of objects, some large, no export content.
+    for i in 0..2000 {
+        let path = format!("/home/dev/proj/target/obj{i}.o");
+        let size = if i % 100 == 0 { 50 * MIB } else { 4096 };
+        events.push((
+            "pc1",
+            i,
+            file(FileAction::Create, &path, Some(0), None, &who),
+        ));
+        events.push((
+            "pc1",
+            i,
+            file(FileAction::Write, &path, Some(size), None, &who),
+        ));
+        events.push((
+            "pc1",
+            i + 1,
+            file(FileAction::Delete, &path, Some(size), None, &who),
+        ));
+    }
+    // Small exports come and go all day.
+    for i in 0..50 {
+        let path = format!("/home/dev/report{i}.csv");
+        events.push((
+            "pc1",
+            3000 + i,
+            file(FileAction::Create, &path, Some(0), None, &who),
+        ));
+        events.push((
+            "pc1",
+            3000 + i,
+            file(FileAction::Write, &path, Some(MIB), Some(csv(5000)), &who),
+        ));
+        events.push((
+            "pc1",
+            3100 + i,
+            file(FileAction::Delete, &path, Some(MIB), None, &who),
+        ));
+    }
+    // Log rotation: big compressed logs, recognised as archives, deleted on schedule.
+    let gz = ExportInfo {
+        class: "archive".into(),
+        format: "gzip".into(),
+        ..ExportInfo::default()
+    };
+    let logrotate = process(
+        700,
+        "/usr/sbin/logrotate",
+        "root",
+        &["/usr/lib/systemd/systemd"],
+    );
+    for path in [
+        "/var/log/nginx/access.log.2.gz",
+        "/srv/app/logs/app.log.1.gz",
+        "/srv/app/logs/app.log",
+    ] {
+        events.push((
+            "web1",
+            4000,
+            file(FileAction::Create, path, Some(0), None, &logrotate),
+        ));
+        events.push((
+            "web1",
+            4001,
+            file(
+                FileAction::Write,
+                path,
+                Some(300 * MIB),
+                Some(gz.clone()),
+                &logrotate,
+            ),
+        ));
+        events.push((
+            "web1",
+            5000,
+            file(FileAction::Delete, path, Some(300 * MIB), None, &logrotate),
+        ));
+    }
+    // A large export deleted after more than a day is retention, not a cover-up.
+    events.push((
+        "fs1",
+        0,
+        file(
+            FileAction::Create,
+            "/srv/reports/q3.csv",
+            Some(0),
+            None,
+            &who,
+        ),
+    ));
+    events.push((
+        "fs1",
+        10,
+        file(
+            FileAction::Write,
+            "/srv/reports/q3.csv",
+            Some(90 * MIB),
+            Some(csv(900_000)),
+            &who,
+        ),
+    ));
+    events.push((
+        "fs1",
+        25 * 3600,
+        file(
+            FileAction::Delete,
+            "/srv/reports/q3.csv",
+            Some(90 * MIB),
+            None,
+            &who,
+        ),
+    ));
+    let updates = run(&mut fleet, events);
+    assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+    assert_eq!(fleet.engine.stats().tracked_files, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allow-lists for the ETL and backup workloads
+
+fn etl_hour(fleet: &mut Fleet, hour: i64) -> Vec<AlertUpdate> {
+    let job = process(3000, "/opt/etl/bin/extract", "etl", &["/usr/sbin/cron"]);
+    let loader = process(3100, "/opt/etl/bin/load", "etl", &["/usr/sbin/cron"]);
+    let t = hour * 3600;
+    run(
+        fleet,
+        vec![
+            (
+                "etl1",
+                t,
+                file(
+                    FileAction::Create,
+                    "/srv/etl/out/export.csv.tmp",
+                    Some(0),
+                    None,
+                    &job,
+                ),
+            ),
+            (
+                "etl1",
+                t + 60,
+                file(
+                    FileAction::Write,
+                    "/srv/etl/out/export.csv.tmp",
+                    Some(50 * MIB),
+                    Some(csv(400_000)),
+                    &job,
+                ),
+            ),
+            (
+                "etl1",
+                t + 61,
+                rename(
+                    "/srv/etl/out/export.csv.tmp",
+                    "/srv/etl/out/export.csv",
+                    50 * MIB,
+                    &job,
+                ),
+            ),
+            (
+                "etl1",
+                t + 600,
+                file(
+                    FileAction::Delete,
+                    "/srv/etl/out/export.csv",
+                    Some(50 * MIB),
+                    None,
+                    &loader,
+                ),
+            ),
+        ],
+    )
+}
+
+#[test]
+fn etl_staging_alerts_until_allowed_by_user_and_path() {
+    let mut fleet = Fleet::default();
+    let updates = etl_hour(&mut fleet, 0);
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
+
+    let config: DetectConfig = toml::from_str(
+        r#"
+        [[allow]]
+        comment = "hourly ETL: stages export.csv.tmp, renames it, the loader deletes it"
+        rules = ["large-export-created-then-deleted"]
+        host = "etl*"
+        user = "etl"
+        exe = "/opt/etl/bin/*"
+        path = "/srv/etl/**"
+        "#,
+    )
+    .unwrap();
+    let mut fleet = Fleet::new(config);
+    for hour in 0..24 {
+        let updates = etl_hour(&mut fleet, hour);
+        assert!(updates.is_empty(), "hour {hour}: {:?}", rules_of(&updates));
+    }
+    assert_eq!(fleet.engine.stats().suppressed, 24);
+    // The same file shape from another account is still reported.
+    let who = attacker();
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "etl1",
+                90_000,
+                file(
+                    FileAction::Create,
+                    "/srv/etl/out/x.csv",
+                    Some(0),
+                    None,
+                    &who,
+                ),
+            ),
+            (
+                "etl1",
+                90_001,
+                file(
+                    FileAction::Write,
+                    "/srv/etl/out/x.csv",
+                    Some(50 * MIB),
+                    Some(csv(1)),
+                    &who,
+                ),
+            ),
+            (
+                "etl1",
+                90_002,
+                file(
+                    FileAction::Delete,
+                    "/srv/etl/out/x.csv",
+                    Some(50 * MIB),
+                    None,
+                    &who,
+                ),
+            ),
+        ],
+    );
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
+}
+
+fn nightly_backup(fleet: &mut Fleet, day: i64) -> Vec<AlertUpdate> {
+    let t = day * 86_400 + 2 * 3600;
+    let pg_dump = process(
+        6000,
+        "/usr/lib/postgresql/15/bin/pg_dump",
+        "backup",
+        &["/bin/sh", "/usr/sbin/cron"],
+    );
+    let upload = process(
+        6100,
+        "/usr/bin/rclone",
+        "backup",
+        &["/bin/sh", "/usr/sbin/cron"],
+    );
+    let dump = ExportInfo {
+        class: "data".into(),
+        format: "dump".into(),
+        ..ExportInfo::default()
+    };
+    let path = format!("/var/backups/pg/sales-{day}.dump");
+    run(
+        fleet,
+        vec![
+            ("db1", t, export_query("backup", "dump_tool")),
+            (
+                "db1",
+                t,
+                file(FileAction::Create, &path, Some(0), None, &pg_dump),
+            ),
+            (
+                "db1",
+                t + 900,
+                file(
+                    FileAction::Write,
+                    &path,
+                    Some(2048 * MIB),
+                    Some(dump),
+                    &pg_dump,
+                ),
+            ),
+            (
+                "db1",
+                t + 1800,
+                file(FileAction::Delete, &path, Some(2048 * MIB), None, &upload),
+            ),
+        ],
+    )
+}
+
+#[test]
+fn nightly_pg_dump_by_the_backup_user_is_quiet_once_allowed() {
+    let mut fleet = Fleet::default();
+    let mut rules = rules_of(&nightly_backup(&mut fleet, 0));
+    rules.sort();
+    assert_eq!(
+        rules,
+        vec![
+            "db-export-unlisted-account",
+            "large-export-created-then-deleted"
+        ]
+    );
+
+    let config: DetectConfig = toml::from_str(
+        r#"
+        export_accounts = ["backup"]
+
+        [[allow]]
+        comment = "nightly pg_dump, uploaded then deleted"
+        user = "backup"
+        path = "/var/backups/pg/*.dump"
+        hours = "01:00-05:00"
+        "#,
+    )
+    .unwrap();
+    let mut fleet = Fleet::new(config);
+    for day in 0..7 {
+        let updates = nightly_backup(&mut fleet, day);
+        assert!(updates.is_empty(), "day {day}: {:?}", rules_of(&updates));
+    }
+    // Outside its hours the same work is reported.
+    let pg_dump = process(6000, "/usr/lib/postgresql/15/bin/pg_dump", "backup", &[]);
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "db1",
+                14 * 3600,
+                file(
+                    FileAction::Create,
+                    "/var/backups/pg/x.dump",
+                    Some(0),
+                    None,
+                    &pg_dump,
+                ),
+            ),
+            (
+                "db1",
+                14 * 3600 + 5,
+                file(
+                    FileAction::Write,
+                    "/var/backups/pg/x.dump",
+                    Some(20 * MIB),
+                    Some(csv(1)),
+                    &pg_dump,
+                ),
+            ),
+            (
+                "db1",
+                14 * 3600 + 9,
+                file(
+                    FileAction::Delete,
+                    "/var/backups/pg/x.dump",
+                    Some(20 * MIB),
+                    None,
+                    &pg_dump,
+                ),
+            ),
+        ],
+    );
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database rules
+
+#[test]
+fn chunked_bulk_read_alerts_once_and_counts_the_repeats() {
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    for i in 1..=6u64 {
+        updates.extend(fleet.send(
+            "db1",
+            i as i64 * 10,
+            query("sales_app", "s-1", 4000, Some(4000 * i), Some(4000 * i)),
+        ));
+    }
+    let alerts = new_alerts(&updates);
+    assert_eq!(alerts.len(), 1, "{updates:?}");
+    let alert = alerts[0];
+    assert_eq!(alert.rule, "bulk-db-read");
+    assert_eq!(alert.fields["db_user"], "sales_app");
+    assert_eq!(alert.fields["user_sensitive_rows"], 12_000);
+    assert_eq!(alert.fields["client_addr"], "10.0.0.23");
+    assert_eq!(
+        alert.evidence[0].seq, 3,
+        "the third chunk crossed 10000 rows"
+    );
+    assert!(
+        alert.summary.contains("sales_app read 12000"),
+        "{}",
+        alert.summary
+    );
+    let repeats: Vec<u64> = updates
+        .iter()
+        .filter_map(|u| match u {
+            AlertUpdate::Repeat { id, count, .. } if *id == alert.id => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(repeats, vec![2, 3, 4]);
+    assert_eq!(fleet.engine.stats().repeats, 3);
+}
+
+#[test]
+fn whole_sensitive_table_read_is_a_bulk_read() {
+    let mut fleet = Fleet::default();
+    let Body::Db(mut db) = query("analyst", "s-2", 50, None, None) else {
+        unreachable!()
+    };
+    db.export_method = "full_table_read".into();
+    let updates = fleet.send("db1", 0, db.into());
+    assert_eq!(rules_of(&updates), vec!["bulk-db-read"]);
+}
+
+#[test]
+fn reads_without_running_totals_add_up_across_sessions() {
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    for i in 0..5 {
+        let session = format!("s-{i}");
+        updates.extend(fleet.send("db1", i * 600, query("crm", &session, 3000, None, None)));
+    }
+    // A different user's reads are their own group.
+    updates.extend(fleet.send("db1", 100, query("other", "s-x", 3000, None, None)));
+    let alerts = new_alerts(&updates);
+    assert_eq!(alerts.len(), 1, "{updates:?}");
+    assert_eq!(alerts[0].rule, "bulk-db-read-chunked");
+    assert_eq!(alerts[0].fields["value"], 12_000);
+    assert_eq!(alerts[0].fields["db_user"], "crm");
+    assert_eq!(alerts[0].evidence.len(), 4);
+
+    // Spread over more than the window, the same reads stay quiet.
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    for i in 0..8 {
+        updates.extend(fleet.send("db1", i * 1800, query("crm", "s", 3000, None, None)));
+    }
+    assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+}
+
+#[test]
+fn export_by_an_account_outside_the_list_alerts() {
+    let config = DetectConfig {
+        export_accounts: vec!["backup".into()],
+        ..DetectConfig::default()
+    };
+    let mut fleet = Fleet::new(config);
+    let updates = fleet.send("db1", 0, export_query("sales_app", "copy_to_file"));
+    assert_eq!(rules_of(&updates), vec!["db-export-unlisted-account"]);
+    assert_eq!(
+        new_alerts(&updates)[0].fields["export_method"],
+        "copy_to_file"
+    );
+    assert!(
+        fleet
+            .send("db1", 5, export_query("backup", "dump_tool"))
+            .is_empty()
+    );
+    assert!(
+        fleet
+            .send("db1", 6, export_query("sales_app", ""))
+            .is_empty()
+    );
+}
+
+#[test]
+fn bulk_read_then_large_export_on_another_host_alerts() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    let mut updates = Vec::new();
+    updates.extend(fleet.send(
+        "db1",
+        0,
+        query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+    ));
+    updates.extend(fleet.send(
+        "fs2",
+        3600,
+        file(FileAction::Create, "/srv/share/c1.csv", Some(0), None, &who),
+    ));
+    updates.extend(fleet.send(
+        "fs2",
+        3700,
+        file(
+            FileAction::Write,
+            "/srv/share/c1.csv",
+            Some(300 * MIB),
+            Some(csv(3_000_000)),
+            &who,
+        ),
+    ));
+    let rules = rules_of(&updates);
+    assert_eq!(rules, vec!["bulk-db-read", "bulk-read-then-export"]);
+    let chain = new_alerts(&updates)[1];
+    assert_eq!(chain.severity, Severity::Critical);
+    assert_eq!(chain.host, "fs2");
+    assert_eq!(chain.fields["path"], "/srv/share/c1.csv");
+    let agents: Vec<&str> = chain.evidence.iter().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(agents, vec!["agent-db1", "agent-fs2"]);
+
+    // The export long after the read is not linked to it.
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    updates.extend(fleet.send(
+        "db1",
+        0,
+        query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+    ));
+    updates.extend(fleet.send(
+        "fs2",
+        7 * 3600,
+        file(
+            FileAction::Write,
+            "/srv/share/c1.csv",
+            Some(300 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
+    ));
+    assert_eq!(rules_of(&updates), vec!["bulk-db-read"]);
+    // Nor is an export that came first.
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    updates.extend(fleet.send(
+        "fs2",
+        0,
+        file(
+            FileAction::Write,
+            "/srv/share/c1.csv",
+            Some(300 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
+    ));
+    updates.extend(fleet.send(
+        "db1",
+        60,
+        query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+    ));
+    assert_eq!(rules_of(&updates), vec!["bulk-db-read"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes and network
+
+#[test]
+fn document_viewer_starting_a_shell_alerts_with_its_ancestry() {
+    let mut fleet = Fleet::default();
+    let shell = process(
+        8001,
+        "/usr/bin/bash",
+        "sato",
+        &[
+            "/usr/lib/libreoffice/program/soffice.bin",
+            "/usr/bin/gnome-shell",
+        ],
+    );
+    let updates = fleet.send("pc7", 0, start(shell));
+    assert_eq!(rules_of(&updates), vec!["document-spawns-shell"]);
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(
+        alert.fields["parent_exe"],
+        "/usr/lib/libreoffice/program/soffice.bin"
+    );
+    assert_eq!(alert.fields["ancestry"][1]["exe"], "/usr/bin/gnome-shell");
+
+    // A python payload two levels below a mail client, on Windows paths.
+    let payload = process(
+        9001,
+        "C:\\Users\\sato\\AppData\\python.exe",
+        "sato",
+        &[
+            "C:\\Windows\\System32\\cmd.exe",
+            "C:\\Program Files\\Microsoft Office\\OUTLOOK.EXE",
+        ],
+    );
+    let updates = fleet.send("pc8", 0, start(payload));
+    assert_eq!(rules_of(&updates), vec!["document-spawns-shell"]);
+
+    // Shells under terminals and builds, and viewers under shells, are ordinary.
+    let quiet = [
+        process(
+            10,
+            "/usr/bin/bash",
+            "sato",
+            &["/usr/bin/gnome-terminal-server"],
+        ),
+        process(
+            11,
+            "/usr/bin/python3.12",
+            "dev",
+            &["/usr/bin/make", "/usr/bin/bash"],
+        ),
+        process(12, "/usr/bin/evince", "sato", &["/usr/bin/bash"]),
+        process(13, "/usr/bin/ssh", "sato", &["/usr/bin/thunderbird"]),
+    ];
+    for who in quiet {
+        let exe = who.exe.clone();
+        assert!(fleet.send("pc7", 5, start(who)).is_empty(), "{exe}");
+    }
+}
+
+#[test]
+fn first_connection_of_the_fleet_to_a_public_address_alerts_once() {
+    let mut fleet = Fleet::default();
+    let payload = process(
+        8002,
+        "/usr/bin/curl",
+        "sato",
+        &["/usr/bin/bash", "/usr/lib/libreoffice/program/soffice.bin"],
+    );
+    let updates = fleet.send("pc7", 0, connect("203.0.113.50", "public", &payload));
+    assert_eq!(rules_of(&updates), vec!["first-seen-public-destination"]);
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["remote_addr"], "203.0.113.50");
+    assert_eq!(alert.fields["exe"], "/usr/bin/curl");
+    assert_eq!(
+        alert.fields["ancestry"][1]["exe"],
+        "/usr/lib/libreoffice/program/soffice.bin"
+    );
+    assert!(
+        alert
+            .summary
+            .contains("curl < /usr/bin/bash < /usr/lib/libreoffice"),
+        "{}",
+        alert.summary
+    );
+    // The same address from another host is no longer new; private addresses never are.
+    assert!(
+        fleet
+            .send("srv2", 10, connect("203.0.113.50", "public", &payload))
+            .is_empty()
+    );
+    assert!(
+        fleet
+            .send("pc7", 20, connect("10.1.2.3", "private", &payload))
+            .is_empty()
+    );
+    assert_eq!(
+        rules_of(&fleet.send("pc7", 30, connect("198.51.100.9", "public", &payload))),
+        vec!["first-seen-public-destination"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health: silence, chain findings, overflow
+
+fn heartbeat() -> Body {
+    AgentEvent::new(AgentAction::Heartbeat).into()
+}
+
+#[test]
+fn silent_agent_alerts_once_per_silence_and_rearms_when_it_talks() {
+    let mut fleet = Fleet::default();
+    let mut silent = Vec::new();
+    fleet.engine.tick(at(0));
+    fleet.send("pc1", 0, heartbeat());
+    fleet.send("pc2", 0, heartbeat());
+    for second in 1..=1200 {
+        fleet
+            .engine
+            .tick(at(second))
+            .into_iter()
+            .for_each(|u| silent.push((second, u)));
+        // pc2 keeps talking every 30 s; pc1 talks again at 100 s and at 1000 s.
+        if second % 30 == 0 {
+            fleet.send("pc2", second, heartbeat());
+        }
+        if second == 100 || second == 1000 {
+            fleet.send("pc1", second, heartbeat());
+        }
+    }
+    let fired: Vec<(i64, &str, u64)> = silent
+        .iter()
+        .map(|(s, u)| match u {
+            AlertUpdate::New(a) => (*s, a.host.as_str(), a.count),
+            AlertUpdate::Repeat { rule, count, .. } => (*s, rule.as_str(), *count),
+        })
+        .collect();
+    // One alert per silence; a second silence within the dedup window (10 minutes) counts as a
+    // repeat of the first (a flapping agent is one alert), a later one is a new alert.
+    assert_eq!(
+        fired,
+        vec![(60, "pc1", 1), (160, "agent-silent", 2), (1060, "pc1", 1)]
+    );
+    let AlertUpdate::New(alert) = &silent[0].1 else {
+        unreachable!()
+    };
+    assert_eq!(alert.rule, "agent-silent");
+    assert_eq!(alert.fields["agent_id"], "agent-pc1");
+    assert_eq!(alert.fields["stopped"], false);
+    assert_eq!(alert.evidence[0].seq, 1);
+    let AlertUpdate::New(third) = &silent[2].1 else {
+        unreachable!()
+    };
+    assert_ne!(alert.id, third.id);
+
+    // A clean stop is still reported, at low severity.
+    fleet.send("pc2", 1201, AgentEvent::new(AgentAction::Stop).into());
+    let updates: Vec<AlertUpdate> = (1202..=1300)
+        .flat_map(|s| fleet.engine.tick(at(s)))
+        .collect();
+    let alerts = new_alerts(&updates);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].host, "pc2");
+    assert_eq!(alerts[0].severity, Severity::Low);
+}
+
+#[test]
+fn chain_findings_and_sensor_overflow_alert() {
+    let mut fleet = Fleet::default();
+    let gap = Finding {
+        agent_id: "agent-pc1".into(),
+        host: "pc1".into(),
+        kind: FindingKind::ChainGap,
+        ts: at(0),
+        detail: "seq 41..57 missing".into(),
+        evidence: vec![EvidenceRef {
+            agent_id: "agent-pc1".into(),
+            seq: 40,
+        }],
+    };
+    let updates = fleet.engine.observe_finding(&gap);
+    assert_eq!(rules_of(&updates), vec!["chain-gap"]);
+    assert!(
+        new_alerts(&updates)[0]
+            .summary
+            .contains("seq 41..57 missing")
+    );
+    let tamper = Finding {
+        kind: FindingKind::ChainTamper,
+        detail: "signature of seq 58 invalid".into(),
+        ..gap
+    };
+    let updates = fleet.engine.observe_finding(&tamper);
+    assert_eq!(rules_of(&updates), vec!["chain-tamper"]);
+    assert_eq!(new_alerts(&updates)[0].severity, Severity::Critical);
+
+    let mut overflow = SensorEvent::new(SensorStatus::Overflow, "files", "fanotify queue overflow");
+    overflow.count = 1200;
+    let updates = fleet.send("pc1", 5, overflow.into());
+    assert_eq!(rules_of(&updates), vec!["sensor-overflow"]);
+    assert_eq!(new_alerts(&updates)[0].fields["count"], 1200);
+    let status = SensorEvent::new(SensorStatus::Status, "files", "fanotify");
+    assert!(fleet.send("pc1", 6, status.into()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart: replay rebuilds state without alerting
+
+#[test]
+fn replay_rebuilds_state_so_a_delete_after_restart_still_alerts() {
+    let mut before = Fleet::default();
+    let who = attacker();
+    let payload = process(8002, "/usr/bin/curl", "sato", &["/usr/bin/bash"]);
+    let history = vec![
+        before.record(
+            "fs2",
+            0,
+            file(FileAction::Create, "/srv/share/c.csv", Some(0), None, &who),
+        ),
+        before.record(
+            "fs2",
+            10,
+            file(
+                FileAction::Write,
+                "/srv/share/c.csv",
+                Some(64 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        ),
+        before.record("pc7", 20, connect("203.0.113.50", "public", &payload)),
+        // A pair entirely before the restart was alerted then; replay must not raise it again.
+        before.record(
+            "fs2",
+            30,
+            file(FileAction::Create, "/srv/share/d.csv", Some(0), None, &who),
+        ),
+        before.record(
+            "fs2",
+            31,
+            file(
+                FileAction::Write,
+                "/srv/share/d.csv",
+                Some(64 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        ),
+        before.record(
+            "fs2",
+            32,
+            file(
+                FileAction::Delete,
+                "/srv/share/d.csv",
+                Some(64 * MIB),
+                None,
+                &who,
+            ),
+        ),
+        before.record(
+            "db1",
+            40,
+            query("sales_app", "s", 20_000, Some(20_000), Some(20_000)),
+        ),
+    ];
+
+    let mut after = Fleet::default();
+    after.seq = before.seq.clone();
+    after.engine.replay(&history);
+    let mut updates = Vec::new();
+    updates.extend(after.send("pc7", 3600, connect("203.0.113.50", "public", &payload)));
+    updates.extend(after.send(
+        "fs2",
+        3600,
+        file(
+            FileAction::Delete,
+            "/srv/share/c.csv",
+            Some(64 * MIB),
+            None,
+            &who,
+        ),
+    ));
+    let rules = rules_of(&updates);
+    assert_eq!(rules, vec!["large-export-created-then-deleted"]);
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["created_ts"], at(0).to_rfc3339());
+    assert_eq!(alert.evidence.first().map(|e| e.seq), Some(1));
+
+    // Without the replay the delete is of a file never seen, and nothing links it.
+    let mut cold = Fleet::default();
+    assert!(
+        cold.send(
+            "fs2",
+            3600,
+            file(
+                FileAction::Delete,
+                "/srv/share/c.csv",
+                Some(64 * MIB),
+                None,
+                &who
+            )
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn replayed_bulk_read_links_to_an_export_after_restart() {
+    let mut before = Fleet::default();
+    let history = vec![before.record(
+        "db1",
+        0,
+        query("sales_app", "s", 20_000, Some(20_000), Some(20_000)),
+    )];
+    let mut after = Fleet::default();
+    after.engine.replay(&history);
+    let who = attacker();
+    let updates = after.send(
+        "fs2",
+        600,
+        file(
+            FileAction::Write,
+            "/srv/x.csv",
+            Some(100 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
+    );
+    assert_eq!(rules_of(&updates), vec!["bulk-read-then-export"]);
+}
+
+#[test]
+fn agents_already_silent_before_a_restart_are_not_reported_again() {
+    let mut before = Fleet::default();
+    let history = vec![
+        before.record("gone", 0, heartbeat()),
+        before.record("alive", 500, heartbeat()),
+    ];
+    let mut after = Fleet::default();
+    after.engine.replay(&history);
+    let mut fired = Vec::new();
+    for second in 501..=600 {
+        fired.extend(
+            new_alerts(&after.engine.tick(at(second)))
+                .into_iter()
+                .map(|a| a.host.clone()),
+        );
+    }
+    assert_eq!(fired, vec!["alive".to_string()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded memory
+
+#[test]
+fn state_caps_hold_under_floods_and_evictions_are_counted() {
+    let config = DetectConfig {
+        limits: Limits {
+            tracked_files: 100,
+            correlation_groups: 10,
+            matches_per_group: 5,
+            seen_destinations: 50,
+            agents: 20,
+            dedup_entries: 10,
+        },
+        ..DetectConfig::default()
+    };
+    let mut fleet = Fleet::new(config);
+    let who = attacker();
+    for i in 0..1000 {
+        fleet.send(
+            "fs2",
+            i,
+            file(
+                FileAction::Create,
+                &format!("/srv/f{i}.csv"),
+                Some(0),
+                None,
+                &who,
+            ),
+        );
+        fleet.send(
+            &format!("h{i}"),
+            i,
+            connect(&format!("198.51.{}.{}", i / 256, i % 256), "public", &who),
+        );
+        fleet.send("db1", i, query(&format!("u{i}"), "s", 10, None, None));
+        fleet.send("db1", i, query("one", "s", 0, None, None));
+    }
+    let stats = fleet.engine.stats();
+    assert_eq!(stats.tracked_files, 100);
+    // 900 files + 950 destinations + 980 agents + 990 correlation groups + repeats pushed out of
+    // the dedup memory + matches beyond 5 in the "one" group.
+    assert!(stats.evicted >= 900 + 950 + 980 + 990, "{stats:?}");
+
+    // A file pushed out is forgotten: its delete raises nothing, and nothing panics.
+    let updates = fleet.send(
+        "fs2",
+        2000,
+        file(
+            FileAction::Delete,
+            "/srv/f0.csv",
+            Some(64 * MIB),
+            None,
+            &who,
+        ),
+    );
+    assert!(updates.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and rule files
+
+#[test]
+fn config_section_parses_with_defaults_and_rejects_unknown_keys() {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CollectorToml {
+        detection: DetectConfig,
+    }
+    let parsed: CollectorToml = toml::from_str(
+        r#"
+        [detection]
+        disabled = ["first-seen-public-destination"]
+        dedup_window = "30m"
+        [detection.thresholds]
+        large_export_min_size = 1048576
+        agent_silent_after = "5m"
+        [[detection.allow]]
+        rules = ["agent-silent"]
+        host = "laptop-*"
+        "#,
+    )
+    .unwrap();
+    let config = parsed.detection;
+    assert_eq!(config.dedup_window, Duration::from_secs(1800));
+    assert_eq!(config.thresholds.large_export_min_size, MIB);
+    assert_eq!(config.thresholds.export_window, Duration::from_secs(86_400));
+    assert_eq!(
+        config.thresholds.agent_silent_after,
+        Duration::from_secs(300)
+    );
+    assert!(config.builtin_rules);
+    let error = toml::from_str::<CollectorToml>("[detection]\nbulk_rows = 5\n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("bulk_rows"), "{error}");
+
+    // Thresholds reach the rules: a 2 MiB export is large at a 1 MiB threshold.
+    let mut fleet = Fleet::new(config);
+    let who = attacker();
+    let updates = run(
+        &mut fleet,
+        vec![
+            (
+                "fs2",
+                0,
+                file(FileAction::Create, "/srv/a.csv", Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                1,
+                file(
+                    FileAction::Write,
+                    "/srv/a.csv",
+                    Some(2 * MIB),
+                    Some(csv(1)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                2,
+                file(FileAction::Delete, "/srv/a.csv", Some(2 * MIB), None, &who),
+            ),
+            ("pc1", 3, connect("203.0.113.1", "public", &who)),
+        ],
+    );
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
+}
+
+#[test]
+fn operator_rule_files_add_replace_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("local.yml"),
+        r#"
+title: Interpreter from a download directory
+id: exec-from-downloads
+level: low
+detection:
+  selection:
+    kind: process.start
+    exe|contains: '/downloads/'
+  python:
+    exe|re: 'python[0-9.]*$'
+  scripts:
+    cmdline|endswith: ['.py', '.pl']
+  condition: selection and 1 of python or scripts
+fields: [exe, cmdline]
+summary: '{exe} ran from downloads on {host}'
+---
+title: Sensor overflow (replaced)
+id: sensor-overflow
+level: critical
+detection:
+  selection:
+    kind: sensor.overflow
+    count|gte: 1000
+  condition: selection
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ignored.txt"), "not a rule").unwrap();
+    let mut config = DetectConfig {
+        rules: vec![dir.path().to_path_buf()],
+        ..DetectConfig::default()
+    };
+    let mut fleet = Fleet::new(config.clone());
+    let who = process(
+        20,
+        "/home/sato/Downloads/python3",
+        "sato",
+        &["/usr/bin/bash"],
+    );
+    let updates = fleet.send("pc1", 0, start(who));
+    assert_eq!(rules_of(&updates), vec!["exec-from-downloads"]);
+    assert_eq!(
+        new_alerts(&updates)[0].summary,
+        "/home/sato/Downloads/python3 ran from downloads on pc1"
+    );
+    let mut small = SensorEvent::new(SensorStatus::Overflow, "files", "overflow");
+    small.count = 10;
+    assert!(
+        fleet.send("pc1", 1, small.into()).is_empty(),
+        "the replacement needs 1000 lost"
+    );
+    let mut big = SensorEvent::new(SensorStatus::Overflow, "files", "overflow");
+    big.count = 5000;
+    let updates = fleet.send("pc1", 2, big.into());
+    assert_eq!(new_alerts(&updates)[0].severity, Severity::Critical);
+
+    // Disabled rules do not run.
+    config.disabled = vec!["exec-from-downloads".into()];
+    let mut fleet = Fleet::new(config);
+    let who = process(20, "/home/sato/Downloads/python3", "sato", &[]);
+    assert!(fleet.send("pc1", 0, start(who)).is_empty());
+
+    // Mistakes are load errors that name the rule and the problem.
+    for (text, expected) in [
+        (
+            "title: t\nid: bad-field\ndetection:\n  s:\n    exe_path: x\n  condition: s\n",
+            "exe_path",
+        ),
+        (
+            "title: t\nid: bad-cond\ndetection:\n  s:\n    exe: x\n  condition: s and t\n",
+            "\"t\"",
+        ),
+        (
+            "title: t\nid: bad-mod\ndetection:\n  s:\n    exe|base64: x\n  condition: s\n",
+            "base64",
+        ),
+        (
+            "title: t\nid: bad-ref\ncorrelation:\n  type: event_count\n  rules: [nope]\n  timespan: 1h\n",
+            "nope",
+        ),
+        ("title: t\nid: bad-det\ndetector: telepathy\n", "telepathy"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yml"), text).unwrap();
+        let config = DetectConfig {
+            rules: vec![dir.path().join("r.yml")],
+            ..DetectConfig::default()
+        };
+        let error = Engine::new(&config).err().unwrap().to_string();
+        assert!(error.contains(expected), "{error}");
+        let id = text.lines().nth(1).unwrap().trim_start_matches("id: ");
+        assert!(error.contains(id), "{error}");
+    }
+}
+
+#[test]
+fn sigma_conditions_modifiers_and_correlations_behave_as_specified() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yml"),
+        r#"
+title: wildcard and all
+id: t-wild
+detection:
+  sel_a:
+    kind: process.start
+    cmdline|contains|all: ['curl', '|', 'sh']
+  sel_b:
+    exe: '*/nc*'
+  filter:
+    user: root
+  empty:
+    cwd: null
+  condition: (1 of sel_* and not filter) or (all of sel_* and empty)
+dedup-by: [exe]
+---
+title: case
+id: t-cased
+detection:
+  sel:
+    kind: process.start
+    exe|endswith|cased: /CURL
+  condition: sel
+---
+title: tries
+id: t-tries
+generate: false
+detection:
+  sel:
+    kind: db.connect
+    failed: true
+  condition: sel
+---
+title: many failed logins
+id: t-count
+correlation:
+  type: event_count
+  rules: [t-tries]
+  group-by: [client_addr]
+  timespan: 5m
+  condition:
+    gte: 3
+---
+title: many users
+id: t-users
+correlation:
+  type: value_count
+  rules: [t-tries]
+  timespan: 1h
+  condition:
+    field: db_user
+    gt: 2
+---
+title: both
+id: t-both
+correlation:
+  type: temporal
+  rules: [t-tries, t-cased]
+  timespan: 1h
+"#,
+    )
+    .unwrap();
+    let config = DetectConfig {
+        builtin_rules: false,
+        rules: vec![dir.path().to_path_buf()],
+        ..DetectConfig::default()
+    };
+    let mut fleet = Fleet::new(config);
+    let with = |exe: &str, cmdline: &str, user: &str| {
+        let mut p = process(50, exe, user, &[]);
+        p.cmdline = cmdline.into();
+        p
+    };
+    let mut cases = vec![
+        (
+            with("/usr/bin/curl", "curl http://x | sh", "sato"),
+            vec!["t-wild"],
+        ),
+        (with("/usr/bin/curl", "curl http://x | sh", "root"), vec![]),
+        (with("/usr/bin/curl", "curl http://x", "sato"), vec![]),
+        (with("/usr/bin/ncat", "ncat -e", "sato"), vec!["t-wild"]),
+        (with("/usr/bin/CURL", "CURL", "root"), vec!["t-cased"]),
+        (with("/usr/bin/curl", "curl", "root"), vec![]),
+    ];
+    for (i, (who, expected)) in cases.drain(..).enumerate() {
+        let exe = who.exe.clone();
+        let updates = fleet.send("pc1", i as i64, start(who));
+        assert_eq!(rules_of(&updates), expected, "{exe}");
+    }
+    // `all of sel_*` with an empty cwd: curl|sh from root matches once cwd is empty.
+    let Body::Process(mut event) = start(with("/usr/bin/nc", "curl x | sh", "root")) else {
+        unreachable!()
+    };
+    event.cwd = String::new();
+    assert_eq!(
+        rules_of(&fleet.send("pc1", 10, event.into())),
+        vec!["t-wild"]
+    );
+
+    let failed = |user: &str, client: &str| {
+        let mut db = DbEvent::new(DbAction::Connect, "mariadb");
+        db.db_user = user.into();
+        db.client_addr = client.into();
+        db.failed = true;
+        Body::from(db)
+    };
+    let mut rules = Vec::new();
+    for (i, (user, client)) in [
+        ("a", "10.0.0.1"),
+        ("b", "10.0.0.2"),
+        ("a", "10.0.0.1"),
+        ("c", "10.0.0.3"),
+        ("a", "10.0.0.1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rules.push(rules_of(&fleet.send(
+            "db1",
+            100 + i as i64,
+            failed(user, client),
+        )));
+    }
+    // The fourth try is the third distinct user, the fifth the third try from one client.
+    // The first completes t-both with the earlier CURL start.
+    assert_eq!(
+        rules,
+        vec![
+            vec!["t-both"],
+            vec![],
+            vec![],
+            vec!["t-users"],
+            vec!["t-count"]
+        ]
+    );
+}
+
+#[test]
+fn builtin_pack_loads_and_every_rule_is_reachable() {
+    let engine = Engine::new(&DetectConfig::default()).unwrap();
+    let ids: Vec<&str> = engine.rules.iter().map(|r| r.meta.id.as_str()).collect();
+    for id in [
+        "large-export-created-then-deleted",
+        "large-export-file",
+        "bulk-db-read",
+        "db-sensitive-read",
+        "bulk-db-read-chunked",
+        "db-export-unlisted-account",
+        "bulk-read-then-export",
+        "document-spawns-shell",
+        "first-seen-public-destination",
+        "agent-silent",
+        "chain-gap",
+        "chain-tamper",
+        "sensor-overflow",
+        "agent-dropped-events",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    // Every Sigma rule of the pack pins its kinds, so an event only meets the rules for its kind.
+    assert!(engine.any_kind.is_empty(), "{:?}", engine.any_kind);
+}
