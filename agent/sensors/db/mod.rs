@@ -513,7 +513,7 @@ impl Source {
     fn parse(&mut self, body: Body, json: bool, drafts: &mut Vec<Draft>) -> Result<(), ()> {
         match (self.settings.kind, body) {
             (DbKind::Postgresql, Body::Fields(fields)) => {
-                let entry = postgres::entry_from_csv(&fields).ok_or(())?;
+                let entry = postgres::entry_from_csv(fields).ok_or(())?;
                 self.state
                     .postgres
                     .handle(entry, &self.ctx, drafts)
