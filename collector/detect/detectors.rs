@@ -2,6 +2,7 @@
 //! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
 //! data; only the state machine is code.
 
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record};
@@ -58,6 +59,9 @@ fn globs(patterns: &[String]) -> Result<GlobSet, String> {
 // export_lifecycle
 
 struct Tracked {
+    host: String,
+    /// Where the file is now, after any renames.
+    path: String,
     created_ts: Timestamp,
     created_path: String,
     /// Whether the create itself was seen; if not, `created_ts` is the first write seen.
@@ -69,7 +73,28 @@ struct Tracked {
     evidence: Vec<EvidenceRef>,
 }
 
+fn file_key(host: &str, path: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (host, path).hash(&mut hasher);
+    hasher.finish()
+}
+
 impl Tracked {
+    fn new(host: &str, file: &FileEvent, ts: Timestamp, create_seen: bool) -> Self {
+        Tracked {
+            host: host.to_string(),
+            path: file.path.clone(),
+            created_ts: ts,
+            created_path: file.from_path.clone().unwrap_or_else(|| file.path.clone()),
+            create_seen,
+            max_size: 0,
+            export: None,
+            creator: None,
+            renames: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
     fn push_evidence(&mut self, record: &Record) {
         if self.evidence.len() >= MAX_FILE_EVIDENCE {
             // Keep the create; the newest events replace the middle ones.
@@ -100,7 +125,9 @@ pub(crate) struct ExportLifecycle {
     exclude: GlobSet,
     /// Extensions tracked from their create on, before the agent has seen any content.
     extensions: Vec<String>,
-    files: Window<(String, String), Tracked>,
+    /// Keyed by a hash of (host, path), so looking a file up costs no allocation; the entry holds
+    /// both to rule out collisions.
+    files: Window<u64, Tracked>,
 }
 
 impl ExportLifecycle {
@@ -120,7 +147,7 @@ impl ExportLifecycle {
             truncated_below: spec.u64("truncated_below", 64 * 1024)?,
             exclude: globs(&spec.strings("exclude_paths")?)?,
             extensions,
-            files: Window::new(limits.tracked_files),
+            files: Window::coarse(limits.tracked_files, Duration::from_secs(1)),
         })
     }
 
@@ -146,37 +173,36 @@ impl ExportLifecycle {
         };
         let ts = record.event.ts;
         self.files.expire(ts.saturating_sub(self.window));
-        if self.exclude.is_match(&file.path) {
-            return None;
-        }
-        let host = record.event.host.clone();
-        let key = (host.clone(), file.path.clone());
+        let host = &record.event.host;
         match file.action {
             FileAction::Create => {
-                if file.export.is_some() || self.export_like_name(&file.path) {
-                    let mut tracked = Tracked {
-                        created_ts: ts,
-                        created_path: file.path.clone(),
-                        create_seen: true,
-                        max_size: 0,
-                        export: None,
-                        creator: None,
-                        renames: Vec::new(),
-                        evidence: Vec::new(),
-                    };
+                let export_like = file.export.is_some() || self.export_like_name(&file.path);
+                if export_like && !self.exclude.is_match(&file.path) {
+                    let mut tracked = Tracked::new(host, file, ts, true);
                     tracked.absorb(file);
                     tracked.push_evidence(record);
-                    self.files.insert(key, tracked, ts);
+                    self.files.insert(file_key(host, &file.path), tracked, ts);
                 }
                 None
             }
             FileAction::Write => {
-                if self.files.touch(&key, ts).is_none() {
-                    // Untracked and still not export data: nothing to follow.
-                    file.export.as_ref()?;
-                    self.files
-                        .insert(key.clone(), self.unseen_create(file, ts), ts);
-                }
+                let key = match self.find(host, &file.path) {
+                    Some(key) => {
+                        self.files.touch(&key, ts);
+                        key
+                    }
+                    None => {
+                        // Untracked and still not export data: nothing to follow.
+                        file.export.as_ref()?;
+                        if self.exclude.is_match(&file.path) {
+                            return None;
+                        }
+                        let key = file_key(host, &file.path);
+                        self.files
+                            .insert(key, Tracked::new(host, file, ts, false), ts);
+                        key
+                    }
+                };
                 let tracked = self.files.get_mut(&key)?;
                 let was_large = tracked.max_size >= self.min_size;
                 tracked.absorb(file);
@@ -184,49 +210,48 @@ impl ExportLifecycle {
                 let size = file.size?;
                 if was_large && size < self.truncated_below && tracked.export.is_some() {
                     let tracked = self.files.remove(&key)?;
-                    return self.finding(tracked, record, file, "truncated");
+                    return self.candidate(tracked, record, file, "truncated");
                 }
                 None
             }
             FileAction::Rename => {
-                let from = file.from_path.clone().unwrap_or_default();
-                let old = (host, from);
-                let mut tracked = match self.files.remove(&old) {
-                    Some(tracked) => tracked,
-                    None if file.export.is_some() => self.unseen_create(file, ts),
+                let from = file.from_path.as_deref().unwrap_or_default();
+                let mut tracked = match self.find(host, from) {
+                    Some(old) => self.files.remove(&old)?,
+                    None if file.export.is_some() && !self.exclude.is_match(&file.path) => {
+                        Tracked::new(host, file, ts, false)
+                    }
                     None => return None,
                 };
                 tracked.absorb(file);
                 tracked.push_evidence(record);
+                tracked.path.clone_from(&file.path);
                 if tracked.renames.len() < MAX_FILE_EVIDENCE {
                     tracked.renames.push(file.path.clone());
                 }
-                self.files.insert(key, tracked, ts);
+                self.files.insert(file_key(host, &file.path), tracked, ts);
                 None
             }
             FileAction::Delete => {
+                let key = self.find(host, &file.path)?;
                 let mut tracked = self.files.remove(&key)?;
                 tracked.absorb(file);
                 tracked.push_evidence(record);
-                self.finding(tracked, record, file, "deleted")
+                self.candidate(tracked, record, file, "deleted")
             }
         }
     }
 
-    fn unseen_create(&self, file: &FileEvent, ts: Timestamp) -> Tracked {
-        Tracked {
-            created_ts: ts,
-            created_path: file.from_path.clone().unwrap_or_else(|| file.path.clone()),
-            create_seen: false,
-            max_size: 0,
-            export: None,
-            creator: None,
-            renames: Vec::new(),
-            evidence: Vec::new(),
-        }
+    /// The key of the tracked file at `path` on `host`, if there is one.
+    fn find(&self, host: &str, path: &str) -> Option<u64> {
+        let key = file_key(host, path);
+        self.files
+            .get(&key)
+            .is_some_and(|t| t.host == host && t.path == path)
+            .then_some(key)
     }
 
-    fn finding(
+    fn candidate(
         &self,
         tracked: Tracked,
         record: &Record,
@@ -330,7 +355,9 @@ impl FirstSeen {
             return None;
         }
         let ts = record.event.ts;
-        if self.seen.touch(&net.remote_addr, ts).is_some() {
+        // Looked up without touching: the cap forgets the destinations first seen longest ago,
+        // and a lookup that allocates nothing keeps the common case (a known address) cheap.
+        if self.seen.get(&net.remote_addr).is_some() {
             return None;
         }
         self.seen.insert(net.remote_addr.clone(), (), ts);
@@ -391,7 +418,7 @@ impl AgentSilent {
     pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
         Ok(AgentSilent {
             after: spec.duration("after", Duration::from_secs(60))?,
-            agents: Window::new(limits.agents),
+            agents: Window::coarse(limits.agents, Duration::from_secs(1)),
         })
     }
 
@@ -401,21 +428,30 @@ impl AgentSilent {
 
     pub(crate) fn heard(&mut self, record: &Record, at: Timestamp) {
         let stopped = matches!(&record.event.body, Body::Agent(a) if a.action == bannin::event::AgentAction::Stop);
-        let liveness = Liveness {
-            host: record.event.host.clone(),
-            last_heard: at,
-            last_seq: record.event.seq,
-            last_event_ts: record.event.ts,
-            stopped,
-            alerted: false,
-        };
         match self.agents.touch(&record.agent_id, at) {
             Some(entry) => {
                 if at >= entry.last_heard {
-                    *entry = liveness;
+                    if entry.host != record.event.host {
+                        entry.host.clone_from(&record.event.host);
+                    }
+                    entry.last_heard = at;
+                    entry.last_seq = record.event.seq;
+                    entry.last_event_ts = record.event.ts;
+                    entry.stopped = stopped;
+                    entry.alerted = false;
                 }
             }
-            None => self.agents.insert(record.agent_id.clone(), liveness, at),
+            None => {
+                let liveness = Liveness {
+                    host: record.event.host.clone(),
+                    last_heard: at,
+                    last_seq: record.event.seq,
+                    last_event_ts: record.event.ts,
+                    stopped,
+                    alerted: false,
+                };
+                self.agents.insert(record.agent_id.clone(), liveness, at);
+            }
         }
     }
 

@@ -122,6 +122,22 @@ pub struct DetectStats {
     pub evicted: u64,
 }
 
+/// The events a match rests on, built only when something matched.
+#[derive(Clone, Copy)]
+enum Proof<'a> {
+    Record(&'a Record),
+    Refs(&'a [EvidenceRef]),
+}
+
+impl Proof<'_> {
+    fn refs(self) -> Vec<EvidenceRef> {
+        match self {
+            Proof::Record(record) => vec![detectors::evidence(record)],
+            Proof::Refs(refs) => refs.to_vec(),
+        }
+    }
+}
+
 enum Detector {
     Lifecycle(ExportLifecycle),
     FirstSeen(FirstSeen),
@@ -248,8 +264,7 @@ impl Engine {
             self.clock
         };
         let subject = Subject::Record(record);
-        let evidence = [detectors::evidence(record)];
-        self.run_sigma(subject, record.event.ts, &evidence, &mut out);
+        self.run_sigma(subject, record.event.ts, Proof::Record(record), &mut out);
         for index in 0..self.detectors.len() {
             let (rule, detector) = &mut self.detectors[index];
             let rule = *rule;
@@ -272,7 +287,12 @@ impl Engine {
     pub fn observe_finding(&mut self, finding: &Finding) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
         let subject = Subject::Finding(finding);
-        self.run_sigma(subject, finding.ts, &finding.evidence, &mut out);
+        self.run_sigma(
+            subject,
+            finding.ts,
+            Proof::Refs(&finding.evidence),
+            &mut out,
+        );
         out
     }
 
@@ -337,7 +357,7 @@ impl Engine {
         &mut self,
         subject: Subject<'_>,
         ts: Timestamp,
-        evidence: &[EvidenceRef],
+        proof: Proof<'_>,
         out: &mut Vec<AlertUpdate>,
     ) {
         let kind = subject.kind();
@@ -354,6 +374,11 @@ impl Engine {
                 }
             }
         }
+        if matched.is_empty() {
+            return;
+        }
+        let evidence = proof.refs();
+        let evidence = evidence.as_slice();
         for index in matched {
             let candidate = self.sigma_candidate(index, subject, ts, evidence);
             if self.allowed(index, &candidate) {
