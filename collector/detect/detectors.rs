@@ -159,6 +159,12 @@ impl ExportLifecycle {
         self.files.evicted()
     }
 
+    /// Forgets files created longer than the window before `now`, the collector's clock: an agent
+    /// whose clock runs ahead must not flush every other host's files.
+    pub(crate) fn expire(&mut self, now: Timestamp) {
+        self.files.expire(now.saturating_sub(self.window));
+    }
+
     fn export_like_name(&self, path: &str) -> bool {
         let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
         // "export.csv.tmp" is staged export data too: look at every extension, not just the last.
@@ -172,7 +178,6 @@ impl ExportLifecycle {
             return None;
         };
         let ts = record.event.ts;
-        self.files.expire(ts.saturating_sub(self.window));
         let host = &record.event.host;
         match file.action {
             FileAction::Create => {

@@ -307,7 +307,11 @@ impl Engine {
             let rule = *rule;
             let candidates = match detector {
                 Detector::Silent(d) => d.tick(now),
-                _ => Vec::new(),
+                Detector::Lifecycle(d) => {
+                    d.expire(now);
+                    Vec::new()
+                }
+                Detector::FirstSeen(_) => Vec::new(),
             };
             for candidate in candidates {
                 self.emit(rule, candidate, &mut out);

@@ -504,7 +504,50 @@ fn small_exports_builds_logs_and_old_files_stay_quiet() {
     ));
     let updates = run(&mut fleet, events);
     assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+    // Only the small exports' names were tracked, and their deletes ended that.
     assert_eq!(fleet.engine.stats().tracked_files, 0);
+}
+
+#[test]
+fn tracked_files_expire_on_the_collector_clock() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    fleet.send(
+        "fs2",
+        0,
+        file(FileAction::Create, "/srv/a.csv", Some(0), None, &who),
+    );
+    fleet.send(
+        "fs2",
+        5,
+        file(
+            FileAction::Write,
+            "/srv/a.csv",
+            Some(64 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
+    );
+    // An agent with a clock two days ahead does not flush other hosts' files.
+    fleet.send(
+        "skewed",
+        2 * 86_400,
+        file(FileAction::Create, "/srv/b.csv", Some(0), None, &who),
+    );
+    fleet.engine.tick(at(3600));
+    assert_eq!(fleet.engine.stats().tracked_files, 2);
+    fleet.engine.tick(at(86_400 + 10));
+    assert_eq!(
+        fleet.engine.stats().tracked_files,
+        1,
+        "a.csv is past the 24 h window"
+    );
+    let updates = fleet.send(
+        "fs2",
+        86_400 + 20,
+        file(FileAction::Delete, "/srv/a.csv", Some(64 * MIB), None, &who),
+    );
+    assert!(updates.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
