@@ -1,7 +1,10 @@
 //! Compiles `proto/bannin/v1/*.proto` with protox (pure Rust), so no machine needs `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/bannin/v1/events.proto", "proto/bannin/v1/collector.proto"];
+    let protos = [
+        "proto/bannin/v1/events.proto",
+        "proto/bannin/v1/collector.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

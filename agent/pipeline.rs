@@ -77,6 +77,11 @@ impl EventTx {
         }
     }
 
+    /// Whether the spool writer has taken every event sent so far.
+    pub fn is_drained(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
+    }
+
     /// Counts events this sensor lost on its own side (a full internal queue).
     pub fn count_drop(&self, count: u64) {
         if let Ok(mut map) = self.drops.by_sensor.lock() {

@@ -2,6 +2,309 @@
 #![forbid(unsafe_code)]
 
 mod alert;
+mod config;
 mod detect;
+mod detection;
+mod hooks;
+mod output;
+mod quickstart;
+mod serve;
+mod service;
+mod store;
 
-fn main() {}
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bannin::time::{Timestamp, parse_duration};
+use clap::{Parser, Subcommand};
+
+use crate::config::CollectorConfig;
+use crate::output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "bannin-collector",
+    version,
+    about = "bannin's collector: enrolls agents, verifies and stores their events, detects and alerts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector: enrollment and ingest over gRPC with mutual TLS.
+    Serve(ServeArgs),
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List enrolled agents with their last contact and chain position.
+    Agents(AgentsArgs),
+    /// Query stored events.
+    Events(EventsArgs),
+    /// List alerts with their evidence and delivery state.
+    Alerts(AlertsArgs),
+    /// Re-verify every stored event's hash chain and signatures; exit 1 naming each problem.
+    Verify(DataDirArg),
+    /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a one-time enrollment token (printed on one line).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How long the token stays valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataDirArg {
+    /// The collector's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on (default 127.0.0.1:50051, or the config's server.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// A TOML configuration file (see examples/collector.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Send alerts as JSON to this URL (repeatable), in addition to the config's webhooks.
+    #[arg(long)]
+    pub webhook: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct AgentsArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct AlertsArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Rule id, or a glob over rule ids.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Agent name or host name the alert is about.
+    #[arg(long)]
+    host: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct EventsArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Event kind, or a glob over kinds such as file.*.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Agent name or host name.
+    #[arg(long)]
+    host: Option<String>,
+    /// Agent id.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Glob over file paths (* also matches /).
+    #[arg(long)]
+    path: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    /// Return at most the newest N events.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("bannin-collector: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BANNIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load_config(path: Option<&Path>) -> Result<CollectorConfig> {
+    match path {
+        Some(path) => Ok(CollectorConfig::load(path)?),
+        None => Ok(CollectorConfig::default()),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = load_config(args.config.as_deref())?;
+            config.alerts.add_cli_webhooks(args.webhook.clone());
+            config.alerts.validate().context("invalid --webhook")?;
+            let listen = args
+                .listen
+                .clone()
+                .unwrap_or_else(|| config.server.listen.clone());
+            runtime()?.block_on(async {
+                let collector = serve::Collector::bind(&args.data_dir, config, &listen).await?;
+                collector.run(None, serve::shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            command: TokenCommand::Create { data_dir, ttl },
+        } => {
+            let ttl = parse_duration(&ttl)?;
+            serve::prepare_data_dir(&data_dir)?;
+            let conn = store::open_writer(&data_dir)?;
+            let token = new_token()?;
+            store::add_token(&conn, &token, Timestamp::now().saturating_add(ttl))?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents(args) => {
+            let conn = store::open_reader(&args.data_dir)?;
+            let rows =
+                store::query::agents(&conn, Timestamp::now(), std::time::Duration::from_secs(60))?;
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => output::json_lines(&mut out, &rows)?,
+                Format::Table => output::agents_table(&mut out, &rows)?,
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events(args) => {
+            let now = Timestamp::now();
+            let bound = |t: &Option<String>| -> Result<Option<Timestamp>> {
+                Ok(match t {
+                    Some(t) => Some(Timestamp::parse_bound(t, now)?),
+                    None => None,
+                })
+            };
+            let filter = store::query::EventFilter {
+                kind: args.kind,
+                host: args.host,
+                agent: args.agent,
+                path: args.path,
+                since: bound(&args.since)?,
+                until: bound(&args.until)?,
+                limit: args.limit,
+            };
+            let conn = store::open_reader(&args.data_dir)?;
+            let records = store::query::events(&conn, &filter)?;
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => output::json_lines(&mut out, &records)?,
+                Format::Table => output::events_table(&mut out, &records)?,
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts(args) => {
+            let since = match &args.since {
+                Some(t) => Some(Timestamp::parse_bound(t, Timestamp::now())?),
+                None => None,
+            };
+            let conn = store::open_reader(&args.data_dir)?;
+            let alerts = store::alerts::query(
+                &conn,
+                &store::alerts::AlertFilter {
+                    rule: args.rule,
+                    since,
+                    host: args.host,
+                    limit: args.limit,
+                },
+            )?;
+            let mut rows = Vec::with_capacity(alerts.len());
+            for alert in alerts {
+                let deliveries = hooks::delivery_status(&conn, &alert.id)?;
+                rows.push(output::AlertRow { alert, deliveries });
+            }
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Json => output::json_lines(&mut out, &rows)?,
+                Format::Table => output::alerts_table(&mut out, &rows)?,
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let conn = store::open_reader(&args.data_dir)?;
+            let report = store::verify::verify(&conn)?;
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            for problem in &report.problems {
+                println!("FAIL: {problem}");
+            }
+            println!(
+                "verified {} events in {} batches from {} agents: {} problems",
+                report.events,
+                report.batches,
+                report.agents,
+                report.problems.len()
+            );
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Quickstart(args) => {
+            runtime()?.block_on(quickstart::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+    Ok(format!("bnt_{}", hex::encode(bytes)))
+}

@@ -442,7 +442,11 @@ fn default_sensor_status() -> SensorStatus {
 }
 
 impl SensorEvent {
-    pub fn new(status: SensorStatus, sensor: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: SensorStatus,
+        sensor: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         SensorEvent {
             status,
             sensor: sensor.into(),

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod config;
 pub mod event;
+pub mod pki;
 pub mod proto;
 pub mod time;
 

@@ -1,0 +1,473 @@
+//! Starting the real binaries in temp dirs, waiting on their readiness lines, and killing them on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
+pub const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose stderr is collected line by line; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.env("BANNIN_LOG", "info,bannin_agent=debug");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let lines = self.lines.clone();
+        let name = self.name.clone();
+        let mut exited = None;
+        let found = wait_for(&format!("{name} to log {needle:?}"), timeout, || {
+            if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(Some(line.clone()));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads take the last lines before the exit is reported.
+                std::thread::sleep(Duration::from_millis(200));
+                exited = Some(status);
+                return Some(None);
+            }
+            None
+        });
+        match found {
+            Some(line) => line,
+            None => panic!(
+                "{name} exited ({exited:?}) before logging {needle:?}:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn has_line(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn run_output(command: &mut Command) -> Output {
+    command.output().expect("command runs")
+}
+
+/// A running `bannin-collector serve`.
+pub struct Collector {
+    pub dir: PathBuf,
+    pub addr: String,
+    pub proc: Proc,
+    pub extra_args: Vec<String>,
+}
+
+impl Collector {
+    pub fn start(dir: &Path) -> Collector {
+        Self::start_with(dir, "127.0.0.1:0", &[])
+    }
+
+    pub fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> Collector {
+        let mut command = Command::new(COLLECTOR);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(listen)
+            .args(extra);
+        let mut proc = Proc::spawn("collector", &mut command);
+        let line = proc.wait_line("listening on ", Duration::from_secs(30));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in the readiness line")
+            .to_string();
+        Collector {
+            dir: dir.to_path_buf(),
+            addr,
+            proc,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Starts again on the same address and data directory (after a kill).
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let fresh = Collector::start_with(&self.dir, &self.addr, &extra);
+        *self = fresh;
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn token(&self) -> String {
+        run_ok(
+            Command::new(COLLECTOR)
+                .args(["token", "create", "--data-dir"])
+                .arg(&self.dir),
+        )
+        .trim()
+        .to_string()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `events --format json` with extra filter arguments.
+    pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        events_json(&self.dir, args)
+    }
+
+    pub fn enroll(&self, state_dir: &Path, name: &str) {
+        let token = self.token();
+        run_ok(
+            Command::new(AGENT)
+                .arg("enroll")
+                .arg("--collector")
+                .arg(self.url())
+                .arg("--token")
+                .arg(&token)
+                .arg("--ca-cert")
+                .arg(self.ca())
+                .arg("--state-dir")
+                .arg(state_dir)
+                .arg("--name")
+                .arg(name),
+        );
+    }
+}
+
+pub fn events_json(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(COLLECTOR)
+            .arg("events")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--format", "json", "--limit", "10000000"])
+            .args(args),
+    );
+    out.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad json {line}: {e}")))
+        .collect()
+}
+
+/// A running `bannin-agent run`.
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub proc: Proc,
+    pub args: Vec<String>,
+}
+
+impl Agent {
+    pub fn start(state_dir: &Path, args: &[&str]) -> Agent {
+        let mut command = Command::new(AGENT);
+        command
+            .arg("run")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args);
+        let mut proc = Proc::spawn("agent", &mut command);
+        proc.wait_line("agent running", Duration::from_secs(30));
+        Agent {
+            state_dir: state_dir.to_path_buf(),
+            proc,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *self = Agent::start(&self.state_dir, &args);
+    }
+}
+
+/// Every stored event's seq for one agent must be 1..=n exactly once.
+pub fn assert_contiguous(events: &[serde_json::Value], agent_id: &str) -> u64 {
+    let mut seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["agent_id"] == agent_id)
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    let n = seqs.len() as u64;
+    let mut dupes = seqs.clone();
+    dupes.dedup();
+    assert_eq!(dupes.len() as u64, n, "duplicate sequence numbers stored");
+    assert_eq!(seqs.first().copied(), Some(1), "first event missing");
+    assert_eq!(seqs.last().copied(), Some(n), "gap in sequence numbers");
+    n
+}
+
+pub fn agent_id(state_dir: &Path) -> String {
+    let text = std::fs::read_to_string(state_dir.join("identity.toml")).unwrap();
+    let value: toml::Value = toml::from_str(&text).unwrap();
+    value["agent_id"].as_str().unwrap().to_string()
+}
+
+/// A real HTTP receiver on loopback that records each request's headers and body and answers 200.
+pub struct HttpReceiver {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpReceiver {
+    /// Listens on `port` (0: any free port).
+    pub fn start(port: u16) -> HttpReceiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopped) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let (head, body) = loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break (String::new(), Vec::new()),
+                        Ok(n) => n,
+                    };
+                    data.extend_from_slice(&buf[..n]);
+                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&data[..end]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0usize);
+                    while data.len() < end + 4 + length {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    break (head, data[end + 4..].to_vec());
+                };
+                if !head.is_empty() {
+                    seen.lock().unwrap().push((head, body));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        HttpReceiver {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Bodies received on `path`, as JSON.
+    pub fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
+            .map(|(_, body)| serde_json::from_slice(body).expect("json body"))
+            .collect()
+    }
+
+    pub fn heads(&self, path: &str) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
+            .map(|(head, _)| head.clone())
+            .collect()
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A free loopback port, released for someone else to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real SMTP server (aiosmtpd, tests/support/smtp_sink.py) writing each message as JSON to a dir.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let python =
+            std::env::var("BANNIN_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
+        let mut command = Command::new(python);
+        command
+            .arg(script)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--mode", "plain"]);
+        let mut proc = Proc::spawn("smtp", &mut command);
+        let line = proc.wait_line("listening on 127.0.0.1:", Duration::from_secs(30));
+        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        SmtpSink { port, dir, proc }
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push(serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap());
+            }
+        }
+        out
+    }
+}
+
+pub fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+pub fn alerts_json(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(COLLECTOR)
+            .arg("alerts")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--format", "json"])
+            .args(args),
+    );
+    out.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

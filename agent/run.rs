@@ -1,0 +1,142 @@
+//! `run`: the spool, the sender, the sensors and the heartbeat, until a signal stops them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bannin::event::{AgentAction, AgentEvent};
+use tokio::sync::{Notify, watch};
+
+use crate::config::AgentConfig;
+use crate::pipeline::{self, EventTx};
+use crate::sensors::files::ProcessLookup;
+use crate::spool::{self, Spool};
+use crate::{identity, sender, sensors};
+
+pub struct RunArgs {
+    pub state_dir: PathBuf,
+    pub config: AgentConfig,
+    pub watch: Vec<PathBuf>,
+    pub collector: Option<String>,
+}
+
+/// How long a stopping agent keeps trying to deliver what is spooled.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let identity = Arc::new(identity::load(&args.state_dir)?);
+    let collector = args
+        .collector
+        .clone()
+        .or_else(|| args.config.agent.collector.clone())
+        .unwrap_or_else(|| identity.collector.clone());
+    let host = identity.name.clone();
+    let span = tracing::info_span!("agent", agent_id = %identity.agent_id, name = %host);
+    let _guard = span.enter();
+
+    let spool = Spool::open(&args.state_dir, args.config.spool.max_bytes, &host)
+        .context("cannot open the spool")?;
+    let (tx, rx) = pipeline::channel(&host);
+    let wake = Arc::new(Notify::new());
+    let writer = tokio::spawn(spool::run_writer(spool.clone(), rx, wake.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sender = tokio::spawn(sender::run(
+        identity.clone(),
+        collector.clone(),
+        spool.clone(),
+        wake,
+        args.config.sender.clone(),
+        stop_rx,
+    ));
+    let _drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
+
+    let mut files_config = args.config.files.clone();
+    files_config.watch.extend(args.watch.iter().cloned());
+    let (process, table) = sensors::process::spawn(args.config.process.clone(), tx.clone())
+        .await
+        .context("cannot start the process sensor")?;
+    let lookup_table = table.clone();
+    let lookup: ProcessLookup = Arc::new(move |pid| lookup_table.info(pid));
+    let files = sensors::files::spawn(files_config, tx.clone(), lookup)
+        .await
+        .context("cannot start the file sensor")?;
+    let net = sensors::net::spawn(args.config.network.clone(), tx.clone(), table)
+        .await
+        .context("cannot start the network sensor")?;
+    let databases = args.config.database.len();
+    let db = sensors::db::spawn(args.config.database.clone(), &args.state_dir, tx.clone())
+        .await
+        .context("cannot start the database sensor")?;
+    let sensors = vec![
+        format!("files:{}", files.backend()),
+        format!("process:{}", process.source()),
+        format!(
+            "network:{}",
+            if args.config.network.enabled {
+                "proc_net"
+            } else {
+                "off"
+            }
+        ),
+    ];
+    let mut start = AgentEvent::new(AgentAction::Start);
+    start.sensors = sensors.clone();
+    start.message = format!("agent {} started", identity.agent_id);
+    tx.send(start).await?;
+    let heartbeat = spawn_heartbeat(tx.clone(), spool.clone(), args.config.agent.heartbeat);
+    tracing::info!(%collector, state_dir = %args.state_dir.display(), sensors = ?sensors, "agent running");
+
+    crate::signals::shutdown().await;
+    tracing::info!("stopping");
+    heartbeat.abort();
+    files.stop().await;
+    process.shutdown().await;
+    drop(net);
+    db.stop().await;
+    let mut stop = AgentEvent::new(AgentAction::Stop);
+    let stats = spool.stats();
+    stop.spool_events = stats.events;
+    stop.spool_bytes = stats.bytes;
+    tx.send(stop).await?;
+    drain(&tx).await;
+    drop(tx);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(FLUSH_ON_STOP, sender).await.is_err() {
+        tracing::warn!(
+            spooled = spool.stats().events,
+            "collector unreachable; events stay in the spool for the next start"
+        );
+    }
+    writer.abort();
+    Ok(())
+}
+
+/// Waits until the spool writer has taken everything sent so far.
+async fn drain(tx: &EventTx) {
+    for _ in 0..100 {
+        if tx.is_drained() {
+            // The writer may still be committing the last burst.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spawn_heartbeat(tx: EventTx, spool: Spool, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let stats = spool.stats();
+            let mut beat = AgentEvent::new(AgentAction::Heartbeat);
+            beat.spool_events = stats.events;
+            beat.spool_bytes = stats.bytes;
+            if tx.send(beat).await.is_err() {
+                return;
+            }
+        }
+    })
+}

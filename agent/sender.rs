@@ -1,0 +1,201 @@
+//! Streams spooled events to the collector in signed batches.
+//!
+//! One batch is in flight at a time, so the collector sees each agent's chain in order. A batch
+//! leaves the spool only when the collector acknowledges its commit; on any failure the same events
+//! are sent again after a backoff, and the collector's idempotent insert turns resends into no-ops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bannin::chain;
+use bannin::pb;
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+use tonic::Code;
+
+use crate::identity::{self, Identity};
+use crate::spool::{self, Spool};
+
+/// `[sender]`: batching and retry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Most events in one batch.
+    pub batch_events: usize,
+    /// About the most bytes of encoded events in one batch (stay under the collector's limit).
+    pub batch_bytes: usize,
+    /// How long to wait for more events after the first one, so bursts share a batch.
+    #[serde(with = "bannin::time::duration_str")]
+    pub linger: Duration,
+    /// First retry delay after a failure; doubles up to `backoff_max`, with jitter.
+    #[serde(with = "bannin::time::duration_str")]
+    pub backoff_initial: Duration,
+    #[serde(with = "bannin::time::duration_str")]
+    pub backoff_max: Duration,
+    /// How long one submission may take before it is retried.
+    #[serde(with = "bannin::time::duration_str")]
+    pub request_timeout: Duration,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            batch_events: 2000,
+            batch_bytes: 4 * 1024 * 1024,
+            linger: Duration::from_millis(20),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, so a fleet reconnecting after an outage spreads out.
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            failures: 0,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << self.failures.min(20));
+        self.failures = self.failures.saturating_add(1);
+        let cap = exp.min(self.max);
+        let millis = cap.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+pub async fn run(
+    identity: Arc<Identity>,
+    collector: String,
+    spool: Spool,
+    wake: Arc<Notify>,
+    config: SenderConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let channel = identity::channel(
+        &collector,
+        &identity.ca_pem,
+        Some((&identity.tls_cert_pem, &identity.tls_key_pem)),
+    )?;
+    let mut client =
+        pb::ingest_client::IngestClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut batch_events = config.batch_events.max(1);
+    let mut connected = false;
+    loop {
+        let limit = batch_events;
+        let bytes = config.batch_bytes;
+        let batch = spool::blocking(&spool, move |s| s.read_batch(0, limit, bytes)).await;
+        let batch = match batch {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                // Let a burst gather into one batch.
+                tokio::time::sleep(config.linger).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the spool");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        let signature = chain::sign_batch(
+            &identity.signing_key,
+            &identity.agent_id,
+            batch.first_seq,
+            batch.last_seq,
+            &batch.prev_hash,
+            &batch.head_hash,
+        );
+        let count = batch.events.len();
+        let mut request = tonic::Request::new(pb::EventBatch {
+            events: batch.events,
+            prev_hash: batch.prev_hash.to_vec(),
+            signature: signature.to_vec(),
+        });
+        request.set_timeout(config.request_timeout);
+        match client.submit(request).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                if !connected {
+                    tracing::info!(%collector, "connected to the collector");
+                    connected = true;
+                }
+                let through = ack.committed_through.min(batch.last_seq);
+                if let Err(error) = spool::blocking(&spool, move |s| s.ack(through)).await {
+                    tracing::error!(%error, "cannot remove acknowledged events from the spool");
+                }
+                tracing::debug!(
+                    first = batch.first_seq,
+                    last = batch.last_seq,
+                    inserted = ack.inserted,
+                    duplicates = ack.duplicates,
+                    "batch committed"
+                );
+                backoff.reset();
+                batch_events = config.batch_events.max(1);
+            }
+            Err(status) if status.code() == Code::ResourceExhausted && count > 1 => {
+                batch_events = (count / 2).max(1);
+                tracing::warn!(error = %status.message(), batch_events, "collector refused the batch size; sending smaller batches");
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                if connected || status.code() != Code::Unavailable {
+                    tracing::warn!(code = ?status.code(), error = %status.message(), retry_in = ?delay, "batch not delivered; events stay in the spool");
+                }
+                connected = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {
+                        if *shutdown.borrow() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = backoff.next_delay();
+        assert!(first <= Duration::from_millis(100) && first >= Duration::from_millis(50));
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= Duration::from_secs(2));
+        }
+        assert!(backoff.next_delay() >= Duration::from_secs(1));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

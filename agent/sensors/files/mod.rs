@@ -1,0 +1,232 @@
+//! The file sensor: creates, writes, renames and deletes below the watched trees, with the size
+//! the file had, who did it where the kernel says so, and whether it looks like a data export.
+//!
+//! Two backends. As root on Linux, fanotify marks the filesystems of the watched trees and names
+//! the process behind each event; elsewhere the portable `notify` watcher reports the same events
+//! without a process (`process_known = false`). The sensor says which one runs, and why, in a
+//! `sensor.status` event when it starts. Every file is examined the moment it is reported (size,
+//! owner, mode, inode, a bounded head sample for export recognition) and its size remembered, so a
+//! delete still carries the size of the file that is gone.
+
+mod classify;
+mod config;
+#[cfg(target_os = "linux")]
+mod fanotify;
+mod notify_backend;
+mod observe;
+mod procfs;
+mod sizes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use bannin::event::{Event, ProcessInfo};
+use tokio::sync::mpsc;
+
+pub use config::{BackendChoice, FilesConfig};
+// Re-exported for `agent run`, which passes it to `spawn` unless the process sensor's table is used.
+#[allow(unused_imports)]
+pub use procfs::proc_lookup_from_procfs;
+
+use crate::pipeline::EventTx;
+use observe::{Observer, Scope};
+
+/// Facts about a process by pid, as late as the event is handled: the process sensor's table
+/// (which remembers exited processes) or [`proc_lookup_from_procfs`].
+pub type ProcessLookup = Arc<dyn Fn(u32) -> Option<ProcessInfo> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("invalid exclude glob {glob:?}: {source}")]
+    BadGlob {
+        glob: String,
+        source: globset::Error,
+    },
+    #[error("backend = \"fanotify\" was requested but fanotify is unavailable: {reason}")]
+    FanotifyUnavailable { reason: String },
+    #[error("cannot start the notify watcher: {source}")]
+    Notify { source: notify::Error },
+    #[error("cannot start the file sensor's thread: {source}")]
+    Thread { source: std::io::Error },
+    #[error("the file sensor's start-up task failed: {message}")]
+    Startup { message: String },
+}
+
+/// The running sensor. Dropping it stops the sensor; [`FilesHandle::stop`] also waits for it.
+pub struct FilesHandle {
+    backend: &'static str,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FilesHandle {
+    /// `"fanotify"` or `"notify"`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Stops the sensor and waits until the events it had seen are handed to the spool.
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(forwarder) = self.forwarder.take() {
+            let _ = forwarder.await;
+        }
+    }
+}
+
+impl Drop for FilesHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts the file sensor on the configured trees.
+///
+/// Fails only when the configuration cannot work at all (a bad glob, fanotify forced but
+/// unavailable, no watcher); a watch root that does not exist is reported as `sensor.error` and
+/// skipped, so one stale path does not blind the agent.
+pub async fn spawn(
+    config: FilesConfig,
+    tx: EventTx,
+    lookup: ProcessLookup,
+) -> Result<FilesHandle, FilesError> {
+    let tx = tx.for_sensor("files");
+    let (out, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread_tx = tx.clone();
+    // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
+    let started =
+        tokio::task::spawn_blocking(move || start(config, thread_tx, lookup, out, thread_stop))
+            .await
+            .map_err(|error| FilesError::Startup {
+                message: error.to_string(),
+            })??;
+    let forwarder = tokio::spawn(forward(rx, tx));
+    Ok(FilesHandle {
+        backend: started.0,
+        stop,
+        thread: Some(started.1),
+        forwarder: Some(forwarder),
+    })
+}
+
+/// Moves events from the sensor's queue to the spool, waiting while the spool is behind.
+async fn forward(mut rx: mpsc::Receiver<Event>, tx: EventTx) {
+    while let Some(event) = rx.recv().await {
+        if tx.send_event(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Chosen {
+    #[cfg(target_os = "linux")]
+    Fanotify(fanotify::FanotifyBackend),
+    Notify(
+        notify_backend::NotifyBackend,
+        Vec<(std::path::PathBuf, String)>,
+    ),
+}
+
+fn start(
+    config: FilesConfig,
+    tx: EventTx,
+    lookup: ProcessLookup,
+    out: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+) -> Result<(&'static str, JoinHandle<()>), FilesError> {
+    let (scope, missing) = Scope::new(&config)?;
+    let (chosen, why) = choose(&config, &scope)?;
+    let backend = match chosen {
+        #[cfg(target_os = "linux")]
+        Chosen::Fanotify(_) => "fanotify",
+        Chosen::Notify(..) => "notify",
+    };
+    let watching: Vec<String> = scope
+        .roots()
+        .iter()
+        .map(|root| root.display().to_string())
+        .collect();
+    let mut observer = Observer::new(backend, scope, &config, lookup, out, tx);
+    observer.status(format!(
+        "{backend}: {why}; watching [{}]",
+        watching.join(", ")
+    ));
+    tracing::info!(backend, "file sensor: {why}");
+    for (root, reason) in missing {
+        observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
+    }
+    if config.scan_on_start {
+        observer.rescan();
+    }
+    let thread = std::thread::Builder::new().name("files-sensor".into());
+    let span = tracing::info_span!("sensor", sensor = "files", backend);
+    let spawned = match chosen {
+        #[cfg(target_os = "linux")]
+        Chosen::Fanotify(kernel) => {
+            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, observer, stop)))
+        }
+        Chosen::Notify(watcher, failed) => {
+            for (root, reason) in failed {
+                observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
+            }
+            thread.spawn(move || span.in_scope(|| notify_backend::run(watcher, observer, stop)))
+        }
+    };
+    spawned
+        .map(|handle| (backend, handle))
+        .map_err(|source| FilesError::Thread { source })
+}
+
+/// Picks the backend and says why, the way the `sensor.status` event will.
+fn choose(config: &FilesConfig, scope: &Scope) -> Result<(Chosen, String), FilesError> {
+    let open_notify = |why: String| {
+        notify_backend::open(scope, config.queue_capacity)
+            .map(|(watcher, failed)| (Chosen::Notify(watcher, failed), why))
+            .map_err(|source| FilesError::Notify { source })
+    };
+    match config.backend {
+        BackendChoice::Notify => {
+            open_notify("requested by configuration; process facts are not known".into())
+        }
+        #[cfg(target_os = "linux")]
+        BackendChoice::Fanotify => fanotify::open(scope)
+            .map(|kernel| {
+                (
+                    Chosen::Fanotify(kernel),
+                    "requested by configuration".into(),
+                )
+            })
+            .map_err(|reason| FilesError::FanotifyUnavailable { reason }),
+        #[cfg(not(target_os = "linux"))]
+        BackendChoice::Fanotify => Err(FilesError::FanotifyUnavailable {
+            reason: "fanotify exists only on Linux".into(),
+        }),
+        #[cfg(target_os = "linux")]
+        BackendChoice::Auto => match fanotify::open(scope) {
+            Ok(kernel) => Ok((
+                Chosen::Fanotify(kernel),
+                "running as root and the kernel accepted the filesystem marks".into(),
+            )),
+            Err(reason) => open_notify(format!(
+                "fanotify unavailable: {reason}; using notify, process facts are not known"
+            )),
+        },
+        #[cfg(not(target_os = "linux"))]
+        BackendChoice::Auto => {
+            open_notify("fanotify exists only on Linux; process facts are not known".into())
+        }
+    }
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod bench;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! The portable backend: the `notify` crate (inotify on Linux). It sees what changed, never who
+//! changed it, so its events carry no process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+
+use bannin::event::FileAction;
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::time::Duration;
+
+use super::observe::{Observer, Scope};
+
+/// How long the loop waits for an event before it looks at the stop flag and settles a rename
+/// whose second half never came.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct NotifyBackend {
+    watcher: RecommendedWatcher,
+    raw: Receiver<notify::Result<notify::Event>>,
+}
+
+/// Starts the watcher on every root; the roots it could not watch come back with why.
+pub fn open(
+    scope: &Scope,
+    capacity: usize,
+) -> Result<(NotifyBackend, Vec<(PathBuf, String)>), notify::Error> {
+    let (raw_tx, raw) = sync_channel(capacity.max(1));
+    let handler = move |event| forward(&raw_tx, event);
+    let mut watcher = notify::recommended_watcher(handler)?;
+    let mut failed = Vec::new();
+    for root in scope.roots() {
+        if let Err(error) = watcher.watch(root, RecursiveMode::Recursive) {
+            failed.push((root.clone(), describe(&error)));
+        }
+    }
+    Ok((NotifyBackend { watcher, raw }, failed))
+}
+
+/// Waits while the translator is behind: the kernel queue then fills and reports its own
+/// overflow, which the translator turns into `sensor.overflow`, rather than losing events here
+/// silently.
+fn forward(
+    raw_tx: &SyncSender<notify::Result<notify::Event>>,
+    event: notify::Result<notify::Event>,
+) {
+    let _ = raw_tx.send(event);
+}
+
+fn describe(error: &notify::Error) -> String {
+    match error.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            "inotify watch limit reached (raise fs.inotify.max_user_watches); part of the tree is not watched"
+                .to_string()
+        }
+        _ => error.to_string(),
+    }
+}
+
+pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>) {
+    let NotifyBackend { watcher, raw } = backend;
+    let mut translator = Translator::default();
+    while !stop.load(Ordering::Relaxed) && !observer.closed() {
+        let actions = match raw.recv_timeout(TICK) {
+            Ok(event) => translator.translate(event),
+            Err(RecvTimeoutError::Timeout) => translator.flush(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for action in actions {
+            apply(&mut observer, action);
+        }
+    }
+    // The receiver goes first so a handler blocked on a full channel wakes up and the watcher
+    // thread can shut down.
+    drop(raw);
+    drop(watcher);
+}
+
+/// What a notify event means for the sensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Create(PathBuf),
+    Write(PathBuf),
+    Delete(PathBuf),
+    /// `from` is `None` when the file moved in from outside the watched trees.
+    Rename {
+        from: Option<PathBuf>,
+        to: PathBuf,
+    },
+    DirCreated(PathBuf),
+    DirDeleted(PathBuf),
+    Overflow,
+    Error {
+        message: String,
+        path: PathBuf,
+    },
+}
+
+/// Turns notify's events into [`Action`]s, pairing the two halves of a rename.
+#[derive(Default)]
+pub struct Translator {
+    /// The first half of a rename, waiting for its second.
+    pending_from: Option<(Option<usize>, PathBuf)>,
+    /// The last pair emitted from a `To`, so notify's trailing `Both` is not reported twice.
+    last_pair: Option<(PathBuf, PathBuf)>,
+}
+
+impl Translator {
+    /// A rename's first half with no second: the file left the watched trees, which for the
+    /// trees is a delete.
+    pub fn flush(&mut self) -> Vec<Action> {
+        self.pending_from
+            .take()
+            .map(|(_, path)| Action::Delete(path))
+            .into_iter()
+            .collect()
+    }
+
+    pub fn translate(&mut self, event: notify::Result<notify::Event>) -> Vec<Action> {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                let mut actions = self.flush();
+                actions.push(Action::Error {
+                    message: describe(&error),
+                    path: error.paths.first().cloned().unwrap_or_default(),
+                });
+                return actions;
+            }
+        };
+        if event.need_rescan() {
+            let mut actions = self.flush();
+            actions.push(Action::Overflow);
+            return actions;
+        }
+        let tracker = event.tracker();
+        let mut paths = event.paths.into_iter();
+        let Some(path) = paths.next() else {
+            return Vec::new();
+        };
+        if let EventKind::Modify(ModifyKind::Name(RenameMode::To)) = event.kind {
+            let from = match self.pending_from.take() {
+                Some((from_tracker, from)) if from_tracker == tracker => Some(from),
+                Some(other) => {
+                    self.pending_from = Some(other);
+                    let mut actions = self.flush();
+                    actions.push(Action::Rename {
+                        from: None,
+                        to: path,
+                    });
+                    return actions;
+                }
+                None => None,
+            };
+            if let Some(from) = &from {
+                self.last_pair = Some((from.clone(), path.clone()));
+            }
+            return vec![Action::Rename { from, to: path }];
+        }
+        let mut actions = self.flush();
+        match event.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                self.pending_from = Some((tracker, path));
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                let Some(to) = paths.next() else {
+                    return actions;
+                };
+                if self.last_pair.take() != Some((path.clone(), to.clone())) {
+                    actions.push(Action::Rename {
+                        from: Some(path),
+                        to,
+                    });
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(_)) => actions.push(if path.exists() {
+                Action::Rename {
+                    from: None,
+                    to: path,
+                }
+            } else {
+                Action::Delete(path)
+            }),
+            EventKind::Create(CreateKind::Folder) => actions.push(Action::DirCreated(path)),
+            EventKind::Create(_) => actions.push(if path.is_dir() {
+                Action::DirCreated(path)
+            } else {
+                Action::Create(path)
+            }),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                actions.push(Action::Write(path))
+            }
+            // Where the platform has no close-after-write (macOS, Windows), a data change is the
+            // only write signal; on Linux it would repeat every block written.
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+                if !cfg!(target_os = "linux") =>
+            {
+                actions.push(Action::Write(path))
+            }
+            EventKind::Remove(RemoveKind::Folder) => actions.push(Action::DirDeleted(path)),
+            EventKind::Remove(_) => actions.push(Action::Delete(path)),
+            _ => {}
+        }
+        actions
+    }
+}
+
+fn apply(observer: &mut Observer, action: Action) {
+    let in_scope = |path: &PathBuf| observer.scope().contains(path);
+    match action {
+        Action::Create(path) if in_scope(&path) => {
+            let seen = observer.examine_path(&path);
+            observer.changed(FileAction::Create, &path, None, seen);
+        }
+        Action::Write(path) if in_scope(&path) => {
+            let seen = observer.examine_path(&path);
+            observer.changed(FileAction::Write, &path, None, seen);
+        }
+        Action::Delete(path) if in_scope(&path) => observer.deleted(&path, None),
+        Action::Rename { from, to } => {
+            let from = from.filter(|f| in_scope(f));
+            if to.is_dir() {
+                if let Some(from) = from {
+                    observer.dir_renamed(&from, &to);
+                } else {
+                    observer.dir_created(&to, None);
+                }
+            } else if in_scope(&to) {
+                observer.renamed(from.as_deref(), &to, None);
+            } else if let Some(from) = from {
+                // Renamed to an excluded name: the watched file is gone from view.
+                observer.deleted(&from, None);
+            }
+        }
+        Action::DirCreated(path) => observer.dir_created(&path, None),
+        Action::DirDeleted(path) => observer.dir_deleted(&path),
+        Action::Overflow => observer.overflow(
+            "the inotify queue overflowed; events were lost (raise fs.inotify.max_queued_events)",
+            0,
+        ),
+        Action::Error { message, path } => observer.error(message, &path),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::Flag;
+
+    fn rename(mode: RenameMode, tracker: usize, paths: &[&str]) -> notify::Result<notify::Event> {
+        let mut event = notify::Event::new(EventKind::Modify(ModifyKind::Name(mode)));
+        for path in paths {
+            event = event.add_path(PathBuf::from(path));
+        }
+        Ok(event.set_tracker(tracker))
+    }
+
+    #[test]
+    fn a_queue_overflow_becomes_an_overflow_action() {
+        let mut translator = Translator::default();
+        let overflow = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(translator.translate(Ok(overflow)), vec![Action::Overflow]);
+        let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path("/w/deep".into());
+        match translator.translate(Err(limit)).as_slice() {
+            [Action::Error { message, path }] => {
+                assert!(message.contains("max_user_watches"), "{message}");
+                assert_eq!(path, &PathBuf::from("/w/deep"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rename_halves_pair_once_and_a_lone_half_settles_as_moved() {
+        let mut translator = Translator::default();
+        assert!(
+            translator
+                .translate(rename(RenameMode::From, 7, &["/w/a"]))
+                .is_empty()
+        );
+        assert_eq!(
+            translator.translate(rename(RenameMode::To, 7, &["/w/b"])),
+            vec![Action::Rename {
+                from: Some("/w/a".into()),
+                to: "/w/b".into()
+            }]
+        );
+        assert!(
+            translator
+                .translate(rename(RenameMode::Both, 7, &["/w/a", "/w/b"]))
+                .is_empty()
+        );
+
+        assert!(
+            translator
+                .translate(rename(RenameMode::From, 8, &["/w/c"]))
+                .is_empty()
+        );
+        assert_eq!(translator.flush(), vec![Action::Delete("/w/c".into())]);
+        assert_eq!(
+            translator.translate(rename(RenameMode::To, 9, &["/w/d"])),
+            vec![Action::Rename {
+                from: None,
+                to: "/w/d".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,567 @@
+//! Feature tests of the file sensor on real files in temp dirs, with real child processes.
+
+use std::path::{Path, PathBuf};
+
+use bannin::event::{Body, Event, FileEvent, SensorEvent};
+use tokio::sync::mpsc;
+use tokio::time::{Duration, timeout};
+
+use super::*;
+use crate::pipeline;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn config(dir: &Path, backend: BackendChoice) -> FilesConfig {
+    FilesConfig {
+        watch: vec![dir.to_path_buf()],
+        backend,
+        ..FilesConfig::default()
+    }
+}
+
+async fn start(config: FilesConfig) -> (FilesHandle, mpsc::Receiver<Event>) {
+    let (tx, rx) = pipeline::channel("test-host");
+    let handle = spawn(config, tx, proc_lookup_from_procfs()).await.unwrap();
+    (handle, rx)
+}
+
+/// The next event satisfying `wanted`, skipping others; fails the test after a generous deadline.
+async fn next(rx: &mut mpsc::Receiver<Event>, wanted: impl Fn(&Event) -> bool) -> Event {
+    let found = timeout(WAIT, async {
+        loop {
+            let event = rx.recv().await.expect("sensor channel closed");
+            if wanted(&event) {
+                return event;
+            }
+        }
+    })
+    .await;
+    found.expect("the expected event never came")
+}
+
+fn file(event: &Event) -> &FileEvent {
+    match &event.body {
+        Body::File(file) => file,
+        other => panic!("not a file event: {other:?}"),
+    }
+}
+
+fn sensor(event: &Event) -> &SensorEvent {
+    match &event.body {
+        Body::Sensor(sensor) => sensor,
+        other => panic!("not a sensor event: {other:?}"),
+    }
+}
+
+fn is(kind: &'static str, path: &Path) -> impl Fn(&Event) -> bool {
+    let path = path.to_string_lossy().into_owned();
+    move |event| event.kind() == kind && event.path() == Some(path.as_str())
+}
+
+fn tempdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let canonical = dir.path().canonicalize().unwrap();
+    (dir, canonical)
+}
+
+#[tokio::test]
+async fn notify_backend_reports_create_write_rename_delete_with_sizes() {
+    let (_guard, dir) = tempdir();
+    let (handle, mut rx) = start(config(&dir, BackendChoice::Notify)).await;
+    assert_eq!(handle.backend(), "notify");
+    let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+    assert!(sensor(&status).message.starts_with("notify:"), "{status:?}");
+
+    let a = dir.join("a.bin");
+    std::fs::write(&a, vec![7u8; 1234]).unwrap();
+    let created = next(&mut rx, is("file.create", &a)).await;
+    assert!(!file(&created).process_known && file(&created).process.is_none());
+    assert_eq!(file(&created).backend, "notify");
+    let written = next(&mut rx, is("file.write", &a)).await;
+    assert_eq!(file(&written).size, Some(1234));
+    assert_eq!(file(&written).owner.as_deref(), Some("root"));
+    assert!(file(&written).inode.is_some() && file(&written).mode.is_some());
+
+    let b = dir.join("b.bin");
+    std::fs::rename(&a, &b).unwrap();
+    let renamed = next(&mut rx, is("file.rename", &b)).await;
+    assert_eq!(
+        file(&renamed).from_path.as_deref(),
+        Some(a.to_str().unwrap())
+    );
+    assert_eq!(file(&renamed).size, Some(1234));
+
+    std::fs::remove_file(&b).unwrap();
+    let deleted = next(&mut rx, is("file.delete", &b)).await;
+    assert_eq!(file(&deleted).size, Some(1234));
+    assert!(!file(&deleted).incomplete);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_created_and_deleted_at_once_is_still_reported() {
+    let (_guard, dir) = tempdir();
+    let (handle, mut rx) = start(config(&dir, BackendChoice::Notify)).await;
+    let flash = dir.join("flash.csv");
+    std::fs::write(&flash, b"id,email\n1,a@example.com\n").unwrap();
+    std::fs::remove_file(&flash).unwrap();
+    // The sensor may or may not catch the file before it goes; either way every event comes,
+    // says whether it saw the file, and the delete carries the last size that was seen.
+    let created = next(&mut rx, is("file.create", &flash)).await;
+    let written = next(&mut rx, is("file.write", &flash)).await;
+    let deleted = next(&mut rx, is("file.delete", &flash)).await;
+    let (created, written, deleted) = (file(&created), file(&written), file(&deleted));
+    for event in [created, written, deleted] {
+        assert_eq!(event.incomplete, event.size.is_none(), "{event:?}");
+    }
+    assert!(
+        written.incomplete || written.size == Some(25),
+        "{written:?}"
+    );
+    assert_eq!(deleted.size, written.size.or(created.size), "{deleted:?}");
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn excluded_paths_are_not_reported() {
+    let (_guard, dir) = tempdir();
+    let mut config = config(&dir, BackendChoice::Notify);
+    config.exclude = vec!["**/.git/**".into(), "**/*.swp".into()];
+    let (handle, mut rx) = start(config).await;
+    std::fs::create_dir(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/index"), b"x").unwrap();
+    std::fs::write(dir.join("note.swp"), b"x").unwrap();
+    let kept = dir.join("kept.txt");
+    std::fs::write(&kept, b"x").unwrap();
+    // Events arrive in order, so once the last file's create is in, the excluded ones would have
+    // come before it.
+    let mut seen = Vec::new();
+    timeout(WAIT, async {
+        loop {
+            let event = rx.recv().await.unwrap();
+            if let Some(path) = event.path() {
+                seen.push(path.to_string());
+                if event.kind() == "file.write" && path == kept.to_str().unwrap() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen.iter().all(|p| p.starts_with(kept.to_str().unwrap())),
+        "{seen:?}"
+    );
+    handle.stop().await;
+}
+
+/// A CSV export of made-up customers: every row has an e-mail, a Japanese phone number, a
+/// passport number and a test card number.
+fn customers_csv(rows: usize) -> String {
+    let mut csv = String::from("id,name,email,phone,passport,card,note\n");
+    for i in 0..rows {
+        csv.push_str(&format!(
+            "{i},顧客{i},user{i}@example.co.jp,090-{:04}-{:04},TK{:07},4111 1111 1111 1111,ok\n",
+            i % 10_000,
+            (i * 7) % 10_000,
+            i
+        ));
+    }
+    csv
+}
+
+#[tokio::test]
+async fn a_csv_export_is_recognised_with_rows_and_personal_data_counted() {
+    let (_guard, dir) = tempdir();
+    let mut config = config(&dir, BackendChoice::Notify);
+    config.sample_bytes = 8192;
+    let (handle, mut rx) = start(config).await;
+    let csv = customers_csv(2000);
+    let export = dir.join("customers.csv");
+    std::fs::write(&export, &csv).unwrap();
+    let written = next(&mut rx, is("file.write", &export)).await;
+    let info = file(&written).export.clone().expect("export facts");
+    assert_eq!(info.class, "data");
+    assert_eq!(info.format, "csv");
+    assert_eq!(info.sampled_bytes, 8192);
+    let sample = &csv.as_bytes()[..8192];
+    let full_lines = sample.iter().filter(|&&b| b == b'\n').count() as u64;
+    // Every complete row in the sample has one of each; the cut last row may add a partial one.
+    for count in [info.emails, info.phones, info.passports, info.cards] {
+        assert!(count == full_lines - 1 || count == full_lines, "{info:?}");
+    }
+    let rows = info.est_rows.unwrap();
+    // Early rows are shorter (smaller ids), so the head sample overestimates a little.
+    assert!(
+        (1800..=2200).contains(&rows),
+        "estimated {rows} rows of 2001"
+    );
+
+    // An archive is recognised by its content whatever its name.
+    let disguised = dir.join("holiday.jpg");
+    std::fs::write(&disguised, b"PK\x03\x04\x14\x00\x00\x00rest of a zip").unwrap();
+    let written = next(&mut rx, is("file.write", &disguised)).await;
+    let info = file(&written).export.clone().expect("archive facts");
+    assert_eq!(
+        (info.class.as_str(), info.format.as_str()),
+        ("archive", "zip")
+    );
+
+    let plain = dir.join("main.rs");
+    std::fs::write(&plain, b"fn main() {}").unwrap();
+    let written = next(&mut rx, is("file.write", &plain)).await;
+    assert!(file(&written).export.is_none());
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_root_is_reported_and_the_others_still_watched() {
+    let (_guard, dir) = tempdir();
+    let mut config = config(&dir, BackendChoice::Notify);
+    config.watch.insert(0, dir.join("does-not-exist"));
+    let (handle, mut rx) = start(config).await;
+    let error = next(&mut rx, |e| e.kind() == "sensor.error").await;
+    assert!(sensor(&error).path.ends_with("does-not-exist"), "{error:?}");
+    let f = dir.join("f");
+    std::fs::write(&f, b"x").unwrap();
+    next(&mut rx, is("file.write", &f)).await;
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() {
+    let (_guard, dir) = tempdir();
+    let old = dir.join("old.csv");
+    std::fs::write(&old, vec![b'x'; 777]).unwrap();
+    let (config, (out, mut rx)) = (
+        FilesConfig {
+            watch: vec![dir.clone()],
+            ..FilesConfig::default()
+        },
+        mpsc::channel(16),
+    );
+    let (scope, _) = observe::Scope::new(&config).unwrap();
+    let (tx, _spool) = pipeline::channel("h");
+    let mut observer = Observer::new("notify", scope, &config, proc_lookup_from_procfs(), out, tx);
+    // The kernel said it lost events, which the translation turns into an overflow action.
+    let mut translator = notify_backend::Translator::default();
+    let overflow =
+        notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan);
+    let actions = translator.translate(Ok(overflow));
+    assert_eq!(actions, vec![notify_backend::Action::Overflow]);
+    observer.overflow("queue overflowed", 3);
+    let reported = rx.recv().await.unwrap();
+    assert_eq!(reported.kind(), "sensor.overflow");
+    assert_eq!(sensor(&reported).count, 3);
+    let recovered = rx.recv().await.unwrap();
+    assert_eq!(recovered.kind(), "sensor.recovered");
+    assert_eq!(sensor(&recovered).count, 1);
+    std::fs::remove_file(&old).unwrap();
+    observer.deleted(&old, None);
+    let deleted = rx.recv().await.unwrap();
+    assert_eq!(file(&deleted).size, Some(777));
+}
+
+#[tokio::test]
+async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
+    let (_guard, dir) = tempdir();
+    let config = FilesConfig {
+        watch: vec![dir.clone()],
+        ..FilesConfig::default()
+    };
+    let (scope, _) = observe::Scope::new(&config).unwrap();
+    let (out, mut rx) = mpsc::channel(1);
+    let (tx, mut spool) = pipeline::channel("h");
+    let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(10));
+    let mut observer = Observer::new(
+        "notify",
+        scope,
+        &config,
+        proc_lookup_from_procfs(),
+        out,
+        tx.for_sensor("files"),
+    );
+    for _ in 0..3 {
+        observer.deleted(&dir.join("x"), None);
+    }
+    assert!(rx.recv().await.is_some());
+    let report = timeout(WAIT, spool.recv()).await.unwrap().unwrap();
+    assert_eq!(report.kind(), "sensor.overflow");
+    assert_eq!(sensor(&report).count, 2);
+    assert_eq!(sensor(&report).sensor, "files");
+}
+
+#[cfg(target_os = "linux")]
+mod as_root {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// Runs a shell script in `dir` that waits on its stdin before exiting, so it is still alive
+    /// when the sensor looks it up.
+    struct Script {
+        child: std::process::Child,
+    }
+
+    impl Script {
+        fn run(dir: &Path, script: &str) -> Script {
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(format!("{script}; read _"))
+                .current_dir(dir)
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            Script { child }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+    }
+
+    impl Drop for Script {
+        fn drop(&mut self) {
+            if let Some(stdin) = self.child.stdin.as_mut() {
+                let _ = stdin.write_all(b"\n");
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn exe_of(path: &str) -> String {
+        std::fs::canonicalize(path)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[tokio::test]
+    async fn auto_chooses_fanotify_as_root_and_names_the_child_behind_each_event() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Auto)).await;
+        assert_eq!(handle.backend(), "fanotify");
+        let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+        assert!(
+            sensor(&status).message.starts_with("fanotify:"),
+            "{status:?}"
+        );
+
+        // The shell writes the file itself; a perl child of the shell deletes it and stays alive
+        // (on stdin) so the procfs lookup still finds it.
+        let script = Script::run(
+            &dir,
+            "echo hello > f.csv; perl -e 'unlink \"f.csv\"; <STDIN>'",
+        );
+        let f = dir.join("f.csv");
+        let created = next(&mut rx, is("file.create", &f)).await;
+        let deleted = next(&mut rx, is("file.delete", &f)).await;
+        for event in [&created, &deleted] {
+            let event = file(event);
+            assert_eq!(event.backend, "fanotify");
+            assert!(event.process_known);
+            assert_eq!(event.process.as_ref().unwrap().user, "root");
+        }
+        let creator = file(&created).process.as_ref().unwrap();
+        assert_eq!(creator.pid, script.pid());
+        assert_eq!(creator.exe, exe_of("/bin/sh"));
+        assert_eq!(creator.ppid, Some(std::process::id()));
+        assert_eq!(creator.ancestry[0].pid, std::process::id());
+        let deleter = file(&deleted).process.as_ref().unwrap();
+        assert_ne!(deleter.pid, script.pid());
+        assert_eq!(deleter.exe, exe_of("/usr/bin/perl"));
+        assert_eq!(deleter.ppid, Some(script.pid()));
+        assert_eq!(deleter.ancestry[0].pid, script.pid());
+        assert_eq!(deleter.ancestry[0].exe, exe_of("/bin/sh"));
+        // Deleted a microsecond after it was written, and the delete still says how big it was:
+        // the write was examined through the descriptor fanotify handed over.
+        assert_eq!(file(&deleted).size, Some(6), "{deleted:?}");
+        assert!(!file(&deleted).incomplete);
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn fanotify_reports_renames_with_both_names_and_the_size() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        let script = Script::run(
+            &dir,
+            "printf 'a,b\\n1,2\\n' > dump.csv; perl -e 'rename \"dump.csv\", \"out.csv\"; <STDIN>'",
+        );
+        let to = dir.join("out.csv");
+        let renamed = next(&mut rx, is("file.rename", &to)).await;
+        let renamed = file(&renamed);
+        assert_eq!(
+            renamed.from_path.as_deref(),
+            Some(dir.join("dump.csv").to_str().unwrap())
+        );
+        assert_eq!(renamed.size, Some(8));
+        let mover = renamed.process.as_ref().unwrap();
+        assert_eq!(mover.exe, exe_of("/usr/bin/perl"));
+        assert_eq!(mover.ppid, Some(script.pid()));
+        assert_eq!(renamed.export.as_ref().unwrap().est_rows, Some(2));
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_agents_own_file_activity_is_not_reported_by_fanotify() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        std::fs::write(dir.join("mine"), b"agent").unwrap();
+        let _script = Script::run(&dir, "echo x > theirs");
+        let first = next(&mut rx, |e| e.path().is_some()).await;
+        assert_eq!(first.path(), dir.join("theirs").to_str());
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_fanotify_queue_overflow_is_reported_and_followed_by_a_rescan() {
+        let (_guard, dir) = tempdir();
+        let config = FilesConfig {
+            watch: vec![dir.clone()],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (scope, _) = observe::Scope::new(&config).unwrap();
+        let backend = fanotify::open(&scope).unwrap();
+        // Nobody reads the groups yet, so more creates than a group may queue overflow it;
+        // the limit is per group, so no global setting needs to change.
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(16_384);
+        let files = limit + 100;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {files} ]; do : > f$i; i=$((i+1)); done"
+            ))
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let (out, mut rx) = mpsc::channel(4 * files);
+        let (tx, _spool) = pipeline::channel("h");
+        let observer = Observer::new(
+            "fanotify",
+            scope,
+            &config,
+            proc_lookup_from_procfs(),
+            out,
+            tx,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || fanotify::run(backend, observer, stop))
+        };
+        let overflow = next(&mut rx, |e| e.kind() == "sensor.overflow").await;
+        assert!(
+            sensor(&overflow).message.contains("fanotify"),
+            "{overflow:?}"
+        );
+        let recovered = next(&mut rx, |e| e.kind() == "sensor.recovered").await;
+        assert_eq!(sensor(&recovered).count, files as u64);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn auto_falls_back_to_notify_when_the_kernel_refuses_fanotify_and_says_why() {
+        // procfs cannot hand out file handles, so the kernel refuses a filesystem mark there.
+        let config = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            scan_on_start: false,
+            ..FilesConfig::default()
+        };
+        let (handle, mut rx) = start(config).await;
+        assert_eq!(handle.backend(), "notify");
+        let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+        let message = &sensor(&status).message;
+        assert!(
+            message.starts_with("notify: fanotify unavailable: the kernel refused"),
+            "{message}"
+        );
+        handle.stop().await;
+
+        let forced = FilesConfig {
+            watch: vec![PathBuf::from("/proc/sys/fs")],
+            backend: BackendChoice::Fanotify,
+            ..FilesConfig::default()
+        };
+        let (tx, _rx) = pipeline::channel("h");
+        match spawn(forced, tx, proc_lookup_from_procfs()).await {
+            Err(FilesError::FanotifyUnavailable { reason }) => {
+                assert!(reason.contains("/proc/sys/fs"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
+        }
+    }
+
+    #[tokio::test]
+    async fn removing_a_tree_that_existed_before_the_sensor_reports_each_file_with_its_size() {
+        let (_guard, dir) = tempdir();
+        let tree = dir.join("exports");
+        std::fs::create_dir_all(tree.join("2024/q1")).unwrap();
+        std::fs::write(tree.join("a.csv"), vec![b'a'; 100]).unwrap();
+        std::fs::write(tree.join("2024/q1/b.csv"), vec![b'b'; 200]).unwrap();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // rm deletes the files, then the directories, and is gone before the events are read:
+        // the paths come from the directory handles learnt at start, the sizes from the scan.
+        let status = Command::new("rm").arg("-r").arg(&tree).status().unwrap();
+        assert!(status.success());
+        for (path, size) in [(tree.join("a.csv"), 100), (tree.join("2024/q1/b.csv"), 200)] {
+            let deleted = next(&mut rx, is("file.delete", &path)).await;
+            assert_eq!(file(&deleted).size, Some(size), "{deleted:?}");
+            assert!(file(&deleted).process_known);
+        }
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_process_creating_and_deleting_files_back_to_back_is_seen_for_every_file() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        // One process, one name at a time, no pause: the kernel merges each create with its
+        // delete into one event, and the file is gone before the event is read.
+        let _script = Script::run(
+            &dir,
+            "perl -e 'for my $i (1..200) { open(my $f, \">\", \"f$i.csv\"); print $f \"a,b\\n\" x 5; close($f); unlink(\"f$i.csv\") } <STDIN>'",
+        );
+        let mut events: std::collections::HashMap<(String, &'static str), FileEvent> =
+            std::collections::HashMap::new();
+        let mut deletes = 0;
+        while deletes < 200 {
+            let event = next(&mut rx, |e| e.path().is_some()).await;
+            deletes += usize::from(event.kind() == "file.delete");
+            let key = (event.path().unwrap().to_string(), event.kind());
+            events.insert(key, file(&event).clone());
+        }
+        for i in 1..=200 {
+            let path = dir.join(format!("f{i}.csv")).to_string_lossy().into_owned();
+            let get = |kind| {
+                events
+                    .get(&(path.clone(), kind))
+                    .unwrap_or_else(|| panic!("no {kind} of {path}"))
+            };
+            let (created, written, deleted) =
+                (get("file.create"), get("file.write"), get("file.delete"));
+            // The create is examined when it is read: empty still, already written, or gone
+            // (then marked incomplete); the write, examined through the descriptor fanotify
+            // hands over, always has the size, and so has the delete.
+            assert!(matches!(created.size, Some(0) | Some(20) | None));
+            assert_eq!(created.incomplete, created.size.is_none());
+            assert_eq!(written.size, Some(20), "{written:?}");
+            assert_eq!(written.export.as_ref().unwrap().est_rows, Some(5));
+            assert_eq!(deleted.size, Some(20), "{deleted:?}");
+            for event in [created, written, deleted] {
+                assert_eq!(event.process.as_ref().unwrap().exe, exe_of("/usr/bin/perl"));
+            }
+        }
+        handle.stop().await;
+    }
+}

@@ -1,0 +1,593 @@
+//! The outbound-connection sensor: one `net.connect` event for each new outbound TCP connection or
+//! connected UDP flow, with the process that owns it.
+//!
+//! On Linux it reads `/proc/net/{tcp,tcp6,udp,udp6}` every `interval` and finds each socket's owner
+//! by the socket inode in `/proc/<pid>/fd`, scanning only when a socket it does not know appears. A
+//! connection opened and closed between two reads is not seen, and only sockets in the agent's own
+//! network namespace are listed. Elsewhere the sensor reports that it cannot run.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use bannin::event::{NetEvent, SensorEvent, SensorStatus};
+use serde::{Deserialize, Serialize};
+
+use super::process::ProcessTable;
+use crate::pipeline::EventTx;
+
+const SENSOR: &str = "network";
+
+/// `[network]`: outbound connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Whether to emit `net.connect` events. Default: true.
+    pub enabled: bool,
+    /// How often the socket tables are read; shorter catches briefer connections. Default: "1s".
+    #[serde(with = "bannin::time::duration_str")]
+    pub interval: Duration,
+    /// Whether connected UDP sockets (DNS lookups, QUIC) are reported too. Default: true.
+    pub include_udp: bool,
+    /// Whether connections to 127.0.0.0/8 and ::1 are reported. Default: true.
+    pub include_loopback: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            include_udp: true,
+            include_loopback: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("[network] interval must be at least 100ms")]
+    IntervalTooShort,
+    #[error("the spool writer has stopped")]
+    Closed,
+}
+
+impl NetConfig {
+    pub fn validate(&self) -> Result<(), NetError> {
+        if self.interval < Duration::from_millis(100) {
+            return Err(NetError::IntervalTooShort);
+        }
+        Ok(())
+    }
+}
+
+/// The running sensor; dropping it stops the sensor.
+pub struct NetHandle {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl NetHandle {
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for NetHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the sensor and reports in a `sensor.status` event what it watches.
+pub async fn spawn(
+    config: NetConfig,
+    tx: EventTx,
+    table: ProcessTable,
+) -> Result<NetHandle, NetError> {
+    config.validate()?;
+    let tx = tx.for_sensor(SENSOR);
+    if !config.enabled {
+        return Ok(NetHandle { task: None });
+    }
+    start(config, tx, table).await
+}
+
+#[cfg(target_os = "linux")]
+async fn start(config: NetConfig, tx: EventTx, table: ProcessTable) -> Result<NetHandle, NetError> {
+    let message = format!(
+        "reading the kernel's socket tables every {}ms, connections shorter than that may be missed",
+        config.interval.as_millis()
+    );
+    tracing::info!(backend = "procfs", %message, "network sensor started");
+    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+        .await
+        .map_err(|_| NetError::Closed)?;
+    let task = tokio::spawn(linux::run(config, tx, table));
+    Ok(NetHandle { task: Some(task) })
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn start(
+    _config: NetConfig,
+    tx: EventTx,
+    _table: ProcessTable,
+) -> Result<NetHandle, NetError> {
+    let message = "outbound connections are only watched on Linux";
+    tracing::warn!(message);
+    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+        .await
+        .map_err(|_| NetError::Closed)?;
+    Ok(NetHandle { task: None })
+}
+
+/// Where an address leads: "public", "private", "loopback", "link_local", "multicast" or
+/// "unspecified". Shared (CGNAT, 100.64.0.0/10) and unique-local (fc00::/7) space count as private.
+pub fn remote_scope(ip: IpAddr) -> &'static str {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => scope_v4(v4),
+        IpAddr::V6(v6) => scope_v6(v6),
+    }
+}
+
+fn scope_v4(ip: Ipv4Addr) -> &'static str {
+    let [a, b, ..] = ip.octets();
+    if ip.is_unspecified() || a == 0 {
+        "unspecified"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_link_local() || ip.is_broadcast() {
+        // The limited broadcast address never leaves the link either.
+        "link_local"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+        "private"
+    } else {
+        "public"
+    }
+}
+
+fn scope_v6(ip: Ipv6Addr) -> &'static str {
+    let first = ip.segments()[0];
+    if ip.is_unspecified() {
+        "unspecified"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if first & 0xffc0 == 0xfe80 {
+        "link_local"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if first & 0xfe00 == 0xfc00 {
+        "private"
+    } else {
+        "public"
+    }
+}
+
+/// One socket as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Socket {
+    udp: bool,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    state: u8,
+    inode: u64,
+}
+
+/// A socket is the same connection as long as its inode and both ends are.
+type Key = (u64, (IpAddr, u16), (IpAddr, u16));
+
+impl Socket {
+    fn key(&self) -> Key {
+        (self.inode, self.local, self.remote)
+    }
+}
+
+/// TCP states (include/net/tcp_states.h) in which a connection this host opened still has an owner.
+const TCP_ESTABLISHED: u8 = 0x01;
+const TCP_SYN_SENT: u8 = 0x02;
+const TCP_FIN_WAIT1: u8 = 0x04;
+const TCP_FIN_WAIT2: u8 = 0x05;
+const TCP_CLOSE: u8 = 0x07;
+const TCP_CLOSE_WAIT: u8 = 0x08;
+const TCP_LAST_ACK: u8 = 0x09;
+const TCP_LISTEN: u8 = 0x0a;
+const TCP_CLOSING: u8 = 0x0b;
+
+/// Parses one line of `/proc/net/{tcp,udp}{,6}`.
+fn parse_line(line: &str, udp: bool) -> Option<Socket> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let local = parse_endpoint(fields.get(1)?)?;
+    let remote = parse_endpoint(fields.get(2)?)?;
+    let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+    let inode = fields.get(9)?.parse().ok()?;
+    Some(Socket {
+        udp,
+        local,
+        remote,
+        state,
+        inode,
+    })
+}
+
+/// `0100007F:1F90`: the address as the kernel's 32-bit words printed in host byte order, then the
+/// port in hex.
+fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for chunk in addr.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => return None,
+    };
+    Some((ip.to_canonical(), port))
+}
+
+/// The sockets that are connections this host opened: not accepted from one of its listeners
+/// (TCP), not answering on one of its bound ports (UDP), and with a known owner inode.
+fn outbound(sockets: &[Socket], include_udp: bool, include_loopback: bool) -> Vec<Socket> {
+    let tcp_listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| !s.udp && s.state == TCP_LISTEN)
+        .map(|s| s.local.1)
+        .collect();
+    let udp_bound: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.udp && s.state == TCP_CLOSE)
+        .map(|s| s.local.1)
+        .collect();
+    sockets
+        .iter()
+        .filter(|s| s.inode != 0 && s.remote.1 != 0 && !s.remote.0.is_unspecified())
+        .filter(|s| include_loopback || !s.remote.0.is_loopback())
+        .filter(|s| {
+            if s.udp {
+                include_udp && s.state == TCP_ESTABLISHED && !udp_bound.contains(&s.local.1)
+            } else {
+                matches!(
+                    s.state,
+                    TCP_ESTABLISHED
+                        | TCP_SYN_SENT
+                        | TCP_FIN_WAIT1
+                        | TCP_FIN_WAIT2
+                        | TCP_CLOSE_WAIT
+                        | TCP_LAST_ACK
+                        | TCP_CLOSING
+                ) && !tcp_listening.contains(&s.local.1)
+            }
+        })
+        .copied()
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::*;
+
+    /// Reads the socket tables and remembers what it has reported and who owns which socket.
+    pub struct Scanner {
+        include_udp: bool,
+        include_loopback: bool,
+        reported: HashSet<Key>,
+        owners: HashMap<u64, u32>,
+    }
+
+    impl Scanner {
+        pub fn new(config: &NetConfig) -> Self {
+            Scanner {
+                include_udp: config.include_udp,
+                include_loopback: config.include_loopback,
+                reported: HashSet::new(),
+                owners: HashMap::new(),
+            }
+        }
+
+        /// New outbound connections since the last scan, each with its owner's pid if found.
+        pub fn scan(&mut self) -> Vec<(Socket, Option<u32>)> {
+            let mut sockets = Vec::new();
+            let mut tables = vec![("/proc/net/tcp", false), ("/proc/net/tcp6", false)];
+            if self.include_udp {
+                tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
+            }
+            for (path, udp) in tables {
+                // A host without IPv6 has no tcp6 table; that is not an error.
+                if let Ok(text) = std::fs::read_to_string(path) {
+                    sockets.extend(text.lines().skip(1).filter_map(|l| parse_line(l, udp)));
+                }
+            }
+            let current = outbound(&sockets, self.include_udp, self.include_loopback);
+            let fresh: Vec<Socket> = current
+                .iter()
+                .filter(|s| !self.reported.contains(&s.key()))
+                .copied()
+                .collect();
+            // Forgetting closed connections keeps memory bounded by what is open now.
+            self.reported = current.iter().map(Socket::key).collect();
+            if fresh.iter().any(|s| !self.owners.contains_key(&s.inode)) {
+                self.owners = socket_owners();
+            }
+            fresh
+                .into_iter()
+                .map(|s| (s, self.owners.get(&s.inode).copied()))
+                .collect()
+        }
+    }
+
+    /// Every socket inode open in any process, with the process. Sockets shared after a fork go to
+    /// the lowest pid, usually the parent that opened them.
+    fn socket_owners() -> HashMap<u64, u32> {
+        let mut owners = HashMap::new();
+        let Ok(proc) = std::fs::read_dir("/proc") else {
+            return owners;
+        };
+        let mut pids: Vec<u32> = proc
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        for pid in pids {
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let inode = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(inode) = inode {
+                    owners.entry(inode).or_insert(pid);
+                }
+            }
+        }
+        owners
+    }
+
+    pub async fn run(config: NetConfig, tx: EventTx, table: ProcessTable) {
+        let mut scanner = Scanner::new(&config);
+        let mut tick = tokio::time::interval(config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let table = table.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                let found = scanner.scan();
+                // Asking the table may read /proc, so it happens off the runtime too.
+                let events: Vec<NetEvent> = found
+                    .into_iter()
+                    .map(|(socket, pid)| event(socket, pid.and_then(|pid| table.info(pid))))
+                    .collect();
+                (scanner, events)
+            })
+            .await;
+            let events = match scanned {
+                Ok((back, events)) => {
+                    scanner = back;
+                    events
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reading the socket tables failed; the sensor stops");
+                    return;
+                }
+            };
+            for event in events {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn event(socket: Socket, process: Option<bannin::event::ProcessInfo>) -> NetEvent {
+        NetEvent {
+            process,
+            protocol: if socket.udp { "udp" } else { "tcp" }.to_string(),
+            local_addr: socket.local.0.to_string(),
+            local_port: socket.local.1,
+            remote_addr: socket.remote.0.to_string(),
+            remote_port: socket.remote.1,
+            remote_scope: remote_scope(socket.remote.0).to_string(),
+            bytes_sent: None,
+            bytes_received: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(text: &str) -> &'static str {
+        remote_scope(text.parse().unwrap())
+    }
+
+    #[test]
+    fn addresses_are_classified_by_where_they_lead() {
+        assert_eq!(scope("10.1.2.3"), "private");
+        assert_eq!(scope("192.168.0.10"), "private");
+        assert_eq!(scope("172.16.0.1"), "private");
+        assert_eq!(scope("172.31.255.255"), "private");
+        assert_eq!(scope("172.32.0.1"), "public");
+        assert_eq!(scope("100.64.0.1"), "private");
+        assert_eq!(scope("100.127.255.254"), "private");
+        assert_eq!(scope("100.128.0.1"), "public");
+        assert_eq!(scope("8.8.8.8"), "public");
+        assert_eq!(scope("127.0.0.1"), "loopback");
+        assert_eq!(scope("169.254.169.254"), "link_local");
+        assert_eq!(scope("224.0.0.251"), "multicast");
+        assert_eq!(scope("0.0.0.0"), "unspecified");
+        assert_eq!(scope("::1"), "loopback");
+        assert_eq!(scope("fe80::1"), "link_local");
+        assert_eq!(scope("fc00::1"), "private");
+        assert_eq!(scope("fd12:3456::1"), "private");
+        assert_eq!(scope("ff02::fb"), "multicast");
+        assert_eq!(scope("::"), "unspecified");
+        assert_eq!(scope("2001:4860:4860::8888"), "public");
+        assert_eq!(scope("::ffff:10.0.0.1"), "private");
+        assert_eq!(scope("::ffff:8.8.8.8"), "public");
+    }
+
+    #[test]
+    fn every_key_is_optional_and_unknown_keys_are_named() {
+        let empty: NetConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, NetConfig::default());
+        let set: NetConfig = toml::from_str("interval = \"250ms\"\ninclude_udp = false").unwrap();
+        assert_eq!(set.interval, Duration::from_millis(250));
+        assert!(!set.include_udp);
+        let error = toml::from_str::<NetConfig>("intervall = \"1s\"").unwrap_err();
+        assert!(error.to_string().contains("intervall"), "{error}");
+        let fast = NetConfig {
+            interval: Duration::from_millis(10),
+            ..NetConfig::default()
+        };
+        assert!(fast.validate().is_err());
+    }
+
+    #[test]
+    fn kernel_socket_lines_are_parsed() {
+        let v4 = "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 20 4 30 10 -1";
+        let socket = parse_line(v4, false).unwrap();
+        assert_eq!(socket.local, ("127.0.0.1".parse().unwrap(), 0xa1b2));
+        assert_eq!(socket.remote, ("127.0.0.1".parse().unwrap(), 8080));
+        assert_eq!(socket.state, TCP_ESTABLISHED);
+        assert_eq!(socket.inode, 123_456);
+
+        let v6 = "   0: 00000000000000000000000001000000:D431 00000000000000000000000001000000:0050 02 00000000:00000000 00:00000000 00000000     0        0 654321 1 0000000000000000 20 4 30 10 -1";
+        let socket = parse_line(v6, false).unwrap();
+        assert_eq!(socket.remote, ("::1".parse().unwrap(), 80));
+        assert_eq!(socket.state, TCP_SYN_SENT);
+
+        let mapped = "   0: 0000000000000000FFFF00000100007F:D431 0000000000000000FFFF00000100007F:0050 01 00000000:00000000 00:00000000 00000000     0        0 7 1";
+        let socket = parse_line(mapped, false).unwrap();
+        assert_eq!(socket.remote.0, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    mod live {
+        use std::net::{TcpListener, TcpStream, UdpSocket};
+
+        use bannin::event::{Body, Event};
+        use tokio::sync::mpsc;
+
+        use super::*;
+        use crate::pipeline;
+
+        const PATIENCE: Duration = Duration::from_secs(15);
+
+        async fn started() -> (NetHandle, mpsc::Receiver<Event>) {
+            let (tx, mut rx) = pipeline::channel("test-host");
+            let config = NetConfig {
+                interval: Duration::from_millis(100),
+                ..NetConfig::default()
+            };
+            let table = ProcessTable::new(100, Duration::from_secs(60));
+            let handle = spawn(config, tx, table).await.unwrap();
+            let status = rx.recv().await.unwrap();
+            assert_eq!(status.kind(), "sensor.status");
+            (handle, rx)
+        }
+
+        /// Net events until one matches, returning all of them.
+        async fn until(
+            rx: &mut mpsc::Receiver<Event>,
+            wanted: impl Fn(&NetEvent) -> bool,
+        ) -> Vec<NetEvent> {
+            let wait = async {
+                let mut seen = Vec::new();
+                loop {
+                    if let Body::Net(net) = rx.recv().await.unwrap().body {
+                        let done = wanted(&net);
+                        seen.push(net);
+                        if done {
+                            return seen;
+                        }
+                    }
+                }
+            };
+            tokio::time::timeout(PATIENCE, wait)
+                .await
+                .expect("no matching net.connect event")
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn reports_a_loopback_tcp_connection_once_with_its_process() {
+            let (handle, mut rx) = started().await;
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_accepted, _) = listener.accept().unwrap();
+            let local_port = client.local_addr().unwrap().port();
+
+            let seen = until(&mut rx, |n| n.local_port == local_port).await;
+            let event = seen.last().unwrap();
+            assert_eq!(event.protocol, "tcp");
+            assert_eq!(event.remote_addr, "127.0.0.1");
+            assert_eq!(event.remote_port, port);
+            assert_eq!(event.remote_scope, "loopback");
+            let process = event.process.as_ref().unwrap();
+            assert_eq!(process.pid, std::process::id());
+            assert_eq!(
+                process.exe,
+                std::env::current_exe().unwrap().to_string_lossy()
+            );
+
+            // A second connection proves that scans went on: by then the accepted end (inbound)
+            // and a repeat of the first connection would have been reported if they were going
+            // to be.
+            let second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _accepted_too = listener.accept().unwrap();
+            let second_port = second.local_addr().unwrap().port();
+            let later = until(&mut rx, |n| n.local_port == second_port).await;
+            let everything: Vec<&NetEvent> = seen.iter().chain(&later).collect();
+            assert!(
+                everything.iter().all(|n| n.local_port != port),
+                "the accepted end is inbound: {everything:?}"
+            );
+            let first_reports = everything
+                .iter()
+                .filter(|n| n.local_port == local_port && n.remote_port == port)
+                .count();
+            assert_eq!(first_reports, 1);
+            handle.shutdown().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn reports_connected_udp_and_ipv6_loopback() {
+            let (handle, mut rx) = started().await;
+            let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = server.local_addr().unwrap().port();
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.connect(("127.0.0.1", port)).unwrap();
+            let udp_port = client.local_addr().unwrap().port();
+            let seen = until(&mut rx, |n| n.local_port == udp_port).await;
+            let event = seen.last().unwrap();
+            assert_eq!(event.protocol, "udp");
+            assert_eq!(event.remote_port, port);
+            assert_eq!(event.process.as_ref().unwrap().pid, std::process::id());
+
+            // Hosts without IPv6 cannot run the second half.
+            if let Ok(listener) = TcpListener::bind("[::1]:0") {
+                let port = listener.local_addr().unwrap().port();
+                let client = TcpStream::connect(("::1", port)).unwrap();
+                let local_port = client.local_addr().unwrap().port();
+                let seen = until(&mut rx, |n| n.local_port == local_port).await;
+                let event = seen.last().unwrap();
+                assert_eq!(event.remote_addr, "::1");
+                assert_eq!(event.remote_scope, "loopback");
+            }
+            handle.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The `[process]` section of the agent's configuration.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which way the process sensor learns about processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The kernel's process-events connector when it can be opened (Linux, root), polling otherwise.
+    #[default]
+    Auto,
+    /// Only the process-events connector; the sensor fails to start without it.
+    Connector,
+    /// Only polling the process list; short-lived processes may be missed.
+    Poll,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Connector => "connector",
+            Backend::Poll => "poll",
+        }
+    }
+}
+
+/// `[process]`: process starts and exits, and the process table other sensors ask "who is pid N".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Whether to emit `process.start` and `process.exit` events. Default: true.
+    pub enabled: bool,
+    /// "auto" (default), "connector" or "poll".
+    pub backend: Backend,
+    /// How often the poll backend lists processes. Default: "2s".
+    #[serde(with = "bannin::time::duration_str")]
+    pub poll_interval: Duration,
+    /// How many exited processes the table remembers for late questions. Default: 10000.
+    pub remember_exited: usize,
+    /// How long the table remembers an exited process. Default: "5m".
+    #[serde(with = "bannin::time::duration_str")]
+    pub remember_for: Duration,
+    /// How many process events may wait between the kernel socket and the spool. Default: 16384.
+    pub queue_capacity: usize,
+    /// How often the connector backend samples live processes' I/O counters, so that an exit can
+    /// report them even when the process is already gone; "0s" turns sampling off. Default: "10s".
+    #[serde(with = "bannin::time::duration_str")]
+    pub io_sample_interval: Duration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            enabled: true,
+            backend: Backend::Auto,
+            poll_interval: Duration::from_secs(2),
+            remember_exited: 10_000,
+            remember_for: Duration::from_secs(300),
+            queue_capacity: 16_384,
+            io_sample_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A `[process]` section that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("[process] poll_interval must be at least 100ms")]
+    PollIntervalTooShort,
+    #[error("[process] queue_capacity must be at least 1")]
+    EmptyQueue,
+}
+
+impl ProcessConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.poll_interval < Duration::from_millis(100) {
+            return Err(ConfigError::PollIntervalTooShort);
+        }
+        if self.queue_capacity == 0 {
+            return Err(ConfigError::EmptyQueue);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_optional_and_unknown_keys_are_named() {
+        let empty: ProcessConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, ProcessConfig::default());
+
+        let set: ProcessConfig = toml::from_str(
+            "enabled = false\nbackend = \"poll\"\npoll_interval = \"500ms\"\nremember_for = \"1m\"",
+        )
+        .unwrap();
+        assert!(!set.enabled);
+        assert_eq!(set.backend, Backend::Poll);
+        assert_eq!(set.poll_interval, Duration::from_millis(500));
+        assert_eq!(set.remember_for, Duration::from_secs(60));
+
+        let error = toml::from_str::<ProcessConfig>("pol_interval = \"1s\"").unwrap_err();
+        assert!(error.to_string().contains("pol_interval"), "{error}");
+        let error = toml::from_str::<ProcessConfig>("backend = \"ebpf\"").unwrap_err();
+        assert!(error.to_string().contains("ebpf"), "{error}");
+    }
+
+    #[test]
+    fn too_short_a_poll_interval_is_refused() {
+        let config = ProcessConfig {
+            poll_interval: Duration::from_millis(10),
+            ..ProcessConfig::default()
+        };
+        assert!(config.validate().is_err());
+        assert!(ProcessConfig::default().validate().is_ok());
+    }
+}

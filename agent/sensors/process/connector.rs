@@ -1,0 +1,598 @@
+//! The Linux process-events connector: the kernel multicasts every fork, exec and exit on a netlink
+//! socket (`NETLINK_CONNECTOR`, group `CN_IDX_PROC`) once a privileged listener asks for them.
+//!
+//! The socket is opened with `socket2` and bound with `nix`, and messages are decoded from plain
+//! bytes, so this module needs no `unsafe`. One dedicated thread reads the socket and reads `/proc`
+//! for each exec at once, because a short-lived process is gone within a millisecond; it hands the
+//! finished events through a bounded queue to a second thread that waits on the spool. The kernel
+//! numbers its messages per CPU, so every message the socket could not hold is counted from the gaps
+//! and reported as `sensor.overflow`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent, SensorStatus};
+use nix::sys::socket::{NetlinkAddr, bind, setsockopt, sockopt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::time::Instant;
+
+use super::procfs;
+use super::table::{ProcessTable, Snapshot};
+use crate::pipeline::EventTx;
+
+const AF_NETLINK: i32 = 16;
+const NETLINK_CONNECTOR: i32 = 11;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const NLMSG_DONE: u16 = 3;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+
+const PROC_EVENT_NONE: u32 = 0;
+const PROC_EVENT_FORK: u32 = 0x1;
+const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+
+const NLMSG_HEADER: usize = 16;
+const CN_MSG_HEADER: usize = 20;
+const PROC_EVENT_HEADER: usize = 16;
+
+/// Large enough for a burst of thousands of execs while the reader is busy with `/proc`; the kernel
+/// only honours more than its `rmem_max` for a privileged socket (`SO_RCVBUFFORCE`).
+const RECEIVE_BUFFER: usize = 16 * 1024 * 1024;
+/// How long a read waits before the thread looks at its stop flag and does its housekeeping.
+const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often losses are summed into one `sensor.overflow` event.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+pub const SOURCE: &str = "proc_connector";
+
+/// Why the connector could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot open the netlink connector socket: {source}")]
+    Socket { source: io::Error },
+    #[error("cannot subscribe to process events: {source}")]
+    Subscribe { source: io::Error },
+    #[error("the kernel refused process events (error {errno})")]
+    Refused { errno: u32 },
+    #[error("the kernel did not acknowledge the subscription")]
+    NoAck,
+}
+
+/// One decoded message from the connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Message {
+    Ack {
+        ack: u32,
+        errno: u32,
+    },
+    Fork {
+        parent_tgid: u32,
+        child_pid: u32,
+        child_tgid: u32,
+    },
+    Exec {
+        tgid: u32,
+    },
+    Exit {
+        pid: u32,
+        tgid: u32,
+        code: u32,
+    },
+    Other,
+}
+
+/// A message with the kernel's per-CPU sequence number, from which losses are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Numbered {
+    cpu: u32,
+    seq: u32,
+    message: Message,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let raw = bytes.get(at..at + 4)?;
+    Some(u32::from_ne_bytes(raw.try_into().ok()?))
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    let raw = bytes.get(at..at + 2)?;
+    Some(u16::from_ne_bytes(raw.try_into().ok()?))
+}
+
+/// Decodes every netlink message in one datagram; anything malformed ends the datagram.
+fn decode(datagram: &[u8]) -> Vec<Numbered> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(len) = u32_at(datagram, offset) {
+        let len = len as usize;
+        if len < NLMSG_HEADER || offset + len > datagram.len() {
+            break;
+        }
+        if let Some(numbered) = decode_cn_msg(&datagram[offset + NLMSG_HEADER..offset + len]) {
+            out.push(numbered);
+        }
+        // Netlink messages are aligned to four bytes.
+        offset += (len + 3) & !3;
+    }
+    out
+}
+
+fn decode_cn_msg(cn: &[u8]) -> Option<Numbered> {
+    if u32_at(cn, 0)? != CN_IDX_PROC || u32_at(cn, 4)? != CN_VAL_PROC {
+        return None;
+    }
+    let seq = u32_at(cn, 8)?;
+    let ack = u32_at(cn, 12)?;
+    let data_len = usize::from(u16_at(cn, 16)?);
+    let event = cn.get(CN_MSG_HEADER..CN_MSG_HEADER + data_len)?;
+    let what = u32_at(event, 0)?;
+    let cpu = u32_at(event, 4)?;
+    let data = event.get(PROC_EVENT_HEADER..)?;
+    let message = match what {
+        PROC_EVENT_NONE => Message::Ack {
+            ack,
+            errno: u32_at(data, 0)?,
+        },
+        PROC_EVENT_FORK => Message::Fork {
+            parent_tgid: u32_at(data, 4)?,
+            child_pid: u32_at(data, 8)?,
+            child_tgid: u32_at(data, 12)?,
+        },
+        PROC_EVENT_EXEC => Message::Exec {
+            tgid: u32_at(data, 4)?,
+        },
+        PROC_EVENT_EXIT => Message::Exit {
+            pid: u32_at(data, 0)?,
+            tgid: u32_at(data, 4)?,
+            code: u32_at(data, 8)?,
+        },
+        _ => Message::Other,
+    };
+    Some(Numbered { cpu, seq, message })
+}
+
+/// The kernel reports a wait status: an exit code in the second byte, or the killing signal in the
+/// low seven bits. A death by signal N is reported as -N.
+fn exit_code(status: u32) -> i32 {
+    let signal = status & 0x7f;
+    if signal == 0 {
+        ((status >> 8) & 0xff) as i32
+    } else {
+        -(signal as i32)
+    }
+}
+
+/// The subscription request: a netlink header, a connector header and the listen operation.
+fn listen_request(ack: u32) -> Vec<u8> {
+    let total = NLMSG_HEADER + CN_MSG_HEADER + 4;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&std::process::id().to_ne_bytes());
+    msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // connector sequence
+    msg.extend_from_slice(&ack.to_ne_bytes());
+    msg.extend_from_slice(&4u16.to_ne_bytes()); // payload length
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // connector flags
+    msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    msg
+}
+
+/// A subscribed connector socket.
+pub struct Connector {
+    socket: Socket,
+}
+
+impl Connector {
+    /// Opens the socket, subscribes, and waits for the kernel to confirm: without that, a socket in
+    /// a container's namespace would open fine and then stay silent forever.
+    pub fn open() -> Result<Connector, ConnectorError> {
+        let socket = Socket::new(
+            Domain::from(AF_NETLINK),
+            Type::DGRAM,
+            Some(Protocol::from(NETLINK_CONNECTOR)),
+        )
+        .map_err(|source| ConnectorError::Socket { source })?;
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            // Without privilege the kernel caps the request at rmem_max, which is still the most
+            // it allows.
+            let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+        }
+        bind(socket.as_raw_fd(), &NetlinkAddr::new(0, CN_IDX_PROC)).map_err(|errno| {
+            ConnectorError::Socket {
+                source: io::Error::from(errno),
+            }
+        })?;
+        socket
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|source| ConnectorError::Socket { source })?;
+
+        let ack = (std::process::id() << 8) | 0x5a;
+        (&socket)
+            .write_all(&listen_request(ack))
+            .map_err(|source| ConnectorError::Subscribe { source })?;
+        let mut connector = Connector { socket };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 64 * 1024];
+        while Instant::now() < deadline {
+            let datagram = match connector.read(&mut buf) {
+                Ok(datagram) => datagram,
+                Err(error) if is_timeout(&error) => continue,
+                Err(source) => return Err(ConnectorError::Subscribe { source }),
+            };
+            for numbered in decode(datagram) {
+                if let Message::Ack { ack: got, errno } = numbered.message
+                    && got == ack.wrapping_add(1)
+                {
+                    return match errno {
+                        0 => Ok(connector),
+                        errno => Err(ConnectorError::Refused { errno }),
+                    };
+                }
+            }
+        }
+        Err(ConnectorError::NoAck)
+    }
+
+    fn read<'a>(&mut self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        let n = self.socket.read(buf)?;
+        Ok(&buf[..n])
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+fn is_overflow(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32)
+}
+
+/// Settings the reader thread needs.
+pub struct Settings {
+    pub queue_capacity: usize,
+    pub io_sample_interval: Duration,
+}
+
+/// Starts the reader and sender threads; they stop when `stop` is set or the spool goes away.
+pub fn spawn(
+    connector: Connector,
+    settings: Settings,
+    table: ProcessTable,
+    tx: EventTx,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let (queue, queued) = mpsc::sync_channel::<Body>(settings.queue_capacity);
+    let sender_tx = tx.clone();
+    let sender = std::thread::Builder::new()
+        .name("bannin-proc-send".into())
+        .spawn(move || {
+            for body in queued {
+                if sender_tx.blocking_send(body).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let reader = std::thread::Builder::new()
+        .name("bannin-proc-read".into())
+        .spawn(move || {
+            let mut reader = Reader {
+                connector,
+                table,
+                tx,
+                queue,
+                last_seq: HashMap::new(),
+                lost: 0,
+                overflowed: false,
+                next_report: Instant::now() + REPORT_EVERY,
+                sample_every: settings.io_sample_interval,
+                next_sample: Instant::now(),
+            };
+            reader.learn_running();
+            reader.run(&stop);
+        })?;
+    Ok(vec![reader, sender])
+}
+
+struct Reader {
+    connector: Connector,
+    table: ProcessTable,
+    tx: EventTx,
+    queue: mpsc::SyncSender<Body>,
+    last_seq: HashMap<u32, u32>,
+    lost: u64,
+    overflowed: bool,
+    next_report: Instant,
+    sample_every: Duration,
+    next_sample: Instant,
+}
+
+/// With sampling off, the table is still checked this often for processes whose exit was lost.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+impl Reader {
+    /// Puts every process already running into the table, so their exits can name them.
+    fn learn_running(&self) {
+        for pid in procfs::pids() {
+            if let Some(snapshot) = self.table.load(pid) {
+                self.table.insert_live(snapshot);
+            }
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 256 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            match self.connector.read(&mut buf) {
+                Ok(datagram) => {
+                    for numbered in decode(datagram) {
+                        self.count_gap(numbered.cpu, numbered.seq);
+                        if !self.handle(numbered.message) {
+                            return;
+                        }
+                    }
+                }
+                Err(error) if is_timeout(&error) => {}
+                Err(error) if is_overflow(&error) => self.overflowed = true,
+                Err(error) => {
+                    tracing::error!(%error, "reading process events failed; the sensor stops");
+                    let event = SensorEvent::new(
+                        SensorStatus::Error,
+                        "process",
+                        format!("reading process events failed: {error}"),
+                    );
+                    self.queue(event.into());
+                    return;
+                }
+            }
+            if !self.housekeeping() {
+                return;
+            }
+        }
+    }
+
+    /// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
+    fn count_gap(&mut self, cpu: u32, seq: u32) {
+        if let Some(last) = self.last_seq.insert(cpu, seq) {
+            let gap = seq.wrapping_sub(last).wrapping_sub(1);
+            // A huge "gap" is a counter that went backwards, not a loss.
+            if gap < u32::MAX / 2 {
+                self.lost += u64::from(gap);
+            }
+        }
+    }
+
+    /// Returns false once nobody is listening any more.
+    fn handle(&mut self, message: Message) -> bool {
+        match message {
+            Message::Fork {
+                parent_tgid,
+                child_pid,
+                child_tgid,
+            } if child_pid == child_tgid => {
+                self.table.record_fork(child_tgid, parent_tgid);
+                true
+            }
+            Message::Exec { tgid } => {
+                let event = self.exec(tgid);
+                self.queue(event.into())
+            }
+            // Threads exit too; only the whole process's exit is an event.
+            Message::Exit { pid, tgid, code } if pid == tgid => {
+                let event = self.exit(pid, code);
+                self.queue(event.into())
+            }
+            _ => true,
+        }
+    }
+
+    fn exec(&self, pid: u32) -> ProcessEvent {
+        let snapshot = match self.table.load(pid) {
+            Some(snapshot) => snapshot,
+            // Gone before it could be read: the event still counts, with what the fork told us.
+            None => Snapshot {
+                pid,
+                ppid: self.table.ppid_of(pid),
+                ..Snapshot::default()
+            },
+        };
+        let (cwd, start_ts) = (snapshot.cwd.clone(), snapshot.start_ts);
+        let zombie_comm = (snapshot.cmdline.is_empty() && !snapshot.comm.is_empty())
+            .then(|| format!("[{}]", snapshot.comm));
+        self.table.insert_live(snapshot);
+        let mut process = self.table.compose(pid).unwrap_or_default();
+        // Like ps, show the kernel's short name in brackets when the command line is gone.
+        if let Some(comm) = zombie_comm {
+            process.cmdline = comm;
+        }
+        ProcessEvent {
+            action: ProcessAction::Start,
+            process,
+            cwd,
+            start_ts,
+            exit_code: None,
+            read_bytes: None,
+            write_bytes: None,
+            source: SOURCE.to_string(),
+        }
+    }
+
+    fn exit(&self, pid: u32, status: u32) -> ProcessEvent {
+        // A zombie still has its counters until its parent reaps it; otherwise the last sample.
+        let io = procfs::read_io(pid);
+        let mut entry = self.table.record_exit(pid, io);
+        if entry.is_none()
+            && let Some(snapshot) = self.table.load(pid)
+        {
+            self.table.insert_live(snapshot);
+            entry = self.table.record_exit(pid, io);
+        }
+        let (cwd, start_ts, io) = match &entry {
+            Some(entry) => (
+                entry.snapshot.cwd.clone(),
+                entry.snapshot.start_ts,
+                entry.io,
+            ),
+            None => (String::new(), None, io),
+        };
+        let process = self
+            .table
+            .compose(pid)
+            .unwrap_or(bannin::event::ProcessInfo {
+                pid,
+                ..Default::default()
+            });
+        ProcessEvent {
+            action: ProcessAction::Exit,
+            process,
+            cwd,
+            start_ts,
+            exit_code: Some(exit_code(status)),
+            read_bytes: io.map(|(read, _)| read),
+            write_bytes: io.map(|(_, written)| written),
+            source: SOURCE.to_string(),
+        }
+    }
+
+    /// Hands an event to the sender thread without waiting: the socket must keep being read. A
+    /// full queue counts the event as dropped. Returns false once the sender has gone.
+    fn queue(&self, body: Body) -> bool {
+        match self.queue.try_send(body) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.tx.count_drop(1);
+                true
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    fn housekeeping(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.next_report {
+            self.next_report = now + REPORT_EVERY;
+            if self.lost > 0 || self.overflowed {
+                let mut event = SensorEvent::new(
+                    SensorStatus::Overflow,
+                    "process",
+                    format!(
+                        "the kernel dropped {} process events because the agent's socket was full",
+                        self.lost
+                    ),
+                );
+                event.count = self.lost;
+                tracing::warn!(lost = self.lost, "process events lost");
+                self.lost = 0;
+                self.overflowed = false;
+                if !self.queue(event.into()) {
+                    return false;
+                }
+            }
+        }
+        if now >= self.next_sample {
+            let every = if self.sample_every.is_zero() {
+                SWEEP_EVERY
+            } else {
+                self.sample_every
+            };
+            self.next_sample = now + every;
+            self.sample();
+        }
+        true
+    }
+
+    /// Keeps the I/O counters of running processes fresh and retires processes whose exit was lost.
+    fn sample(&self) {
+        for pid in self.table.live_pids() {
+            match procfs::read_io(pid) {
+                Some(io) if !self.sample_every.is_zero() => self.table.set_io(pid, io),
+                Some(_) => {}
+                None if !procfs::is_alive(pid) => {
+                    self.table.record_exit(pid, None);
+                }
+                None => {}
+            }
+        }
+        self.table.expire();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cn_message(seq: u32, ack: u32, what: u32, cpu: u32, data: &[u32]) -> Vec<u8> {
+        let mut event = Vec::new();
+        event.extend_from_slice(&what.to_ne_bytes());
+        event.extend_from_slice(&cpu.to_ne_bytes());
+        event.extend_from_slice(&0u64.to_ne_bytes());
+        for word in data {
+            event.extend_from_slice(&word.to_ne_bytes());
+        }
+        let total = NLMSG_HEADER + CN_MSG_HEADER + event.len();
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&(total as u32).to_ne_bytes());
+        msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+        msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&ack.to_ne_bytes());
+        msg.extend_from_slice(&(event.len() as u16).to_ne_bytes());
+        msg.extend_from_slice(&[0; 2]);
+        msg.extend_from_slice(&event);
+        msg
+    }
+
+    #[test]
+    fn decodes_fork_exec_exit_and_ack() {
+        let mut datagram = cn_message(7, 0, PROC_EVENT_FORK, 1, &[10, 10, 11, 11]);
+        datagram.extend(cn_message(8, 0, PROC_EVENT_EXEC, 1, &[11, 11]));
+        datagram.extend(cn_message(
+            9,
+            0,
+            PROC_EVENT_EXIT,
+            1,
+            &[11, 11, 7 << 8, 17, 10, 10],
+        ));
+        datagram.extend(cn_message(0, 43, PROC_EVENT_NONE, 0, &[0]));
+        let decoded: Vec<Message> = decode(&datagram).into_iter().map(|n| n.message).collect();
+        assert_eq!(
+            decoded,
+            [
+                Message::Fork {
+                    parent_tgid: 10,
+                    child_pid: 11,
+                    child_tgid: 11
+                },
+                Message::Exec { tgid: 11 },
+                Message::Exit {
+                    pid: 11,
+                    tgid: 11,
+                    code: 7 << 8
+                },
+                Message::Ack { ack: 43, errno: 0 },
+            ]
+        );
+        assert!(decode(&datagram[..datagram.len() - 3]).len() == 3);
+    }
+
+    #[test]
+    fn wait_statuses_become_exit_codes_or_negative_signals() {
+        assert_eq!(exit_code(0), 0);
+        assert_eq!(exit_code(7 << 8), 7);
+        assert_eq!(exit_code(9), -9);
+        assert_eq!(exit_code(0x80 | 11), -11);
+    }
+}

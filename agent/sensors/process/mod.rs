@@ -1,0 +1,216 @@
+//! The process sensor: `process.start` and `process.exit` events, and the process table that the
+//! file and network sensors ask "who is pid N, and who started it".
+//!
+//! On Linux as root it listens to the kernel's process-events connector ([`connector`]), which sees
+//! every exec and exit however brief. Elsewhere, or without privilege, it polls the process list with
+//! `sysinfo` ([`poll`]) and says in its `sensor.status` event that short-lived processes may be
+//! missed.
+
+mod config;
+#[cfg(target_os = "linux")]
+mod connector;
+mod poll;
+#[cfg(target_os = "linux")]
+mod procfs;
+mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bannin::event::{SensorEvent, SensorStatus};
+
+pub use config::{Backend, ConfigError, ProcessConfig};
+pub use table::ProcessTable;
+
+use crate::pipeline::EventTx;
+
+/// The sensor's name in `sensor.*` events and drop counts.
+const SENSOR: &str = "process";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[cfg(target_os = "linux")]
+    #[error("[process] backend = \"connector\" but {source}")]
+    Connector {
+        #[source]
+        source: connector::ConnectorError,
+    },
+    #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
+    Unsupported,
+    #[error("cannot start the process sensor's threads: {source}")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list processes")]
+    Poll,
+    #[error("the spool writer has stopped")]
+    Closed,
+}
+
+/// The running sensor. Dropping it stops the sensor; [`ProcessHandle::shutdown`] also waits for it.
+pub struct ProcessHandle {
+    source: &'static str,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProcessHandle {
+    /// "proc_connector", "poll", or "off" when the sensor is disabled.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// Stops the sensor and waits until the events it had read are handed to the spool.
+    pub async fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the process sensor with the best backend the host allows and reports which one in a
+/// `sensor.status` event. The table works (from `/proc`, lazily) even when the sensor is disabled.
+pub async fn spawn(
+    config: ProcessConfig,
+    tx: EventTx,
+) -> Result<(ProcessHandle, ProcessTable), ProcessError> {
+    config.validate()?;
+    let tx = tx.for_sensor(SENSOR);
+    let table = ProcessTable::from_config(&config);
+    let mut handle = ProcessHandle {
+        source: "off",
+        stop: Arc::new(AtomicBool::new(false)),
+        threads: Vec::new(),
+        task: None,
+    };
+    if !config.enabled {
+        return Ok((handle, table));
+    }
+
+    let fallback = match start_connector(&config, &table, &tx, &handle.stop).await? {
+        Ok(threads) => {
+            handle.source = "proc_connector";
+            handle.threads = threads;
+            let message = "process events from the kernel's proc connector: every exec and exit";
+            tracing::info!(backend = "proc_connector", "process sensor started");
+            send_status(&tx, message.to_string()).await?;
+            return Ok((handle, table));
+        }
+        Err(reason) => reason,
+    };
+
+    let interval = config.poll_interval;
+    let message = match fallback {
+        Some(reason) => format!(
+            "{reason}; polling every {}, short-lived processes may be missed",
+            human(interval)
+        ),
+        None => format!(
+            "polling every {} as configured, short-lived processes may be missed",
+            human(interval)
+        ),
+    };
+    tracing::info!(backend = "poll", %message, "process sensor started");
+    handle.source = poll::SOURCE;
+    let poller = poll::Poller::start(table.clone())
+        .await
+        .ok_or(ProcessError::Poll)?;
+    handle.task = Some(tokio::spawn(poller.run(tx.clone(), interval)));
+    send_status(&tx, message).await?;
+    Ok((handle, table))
+}
+
+/// Tries the connector as configured: the outer error is fatal, the inner one says why the sensor
+/// polls instead (`None`: polling was asked for).
+#[cfg(target_os = "linux")]
+async fn start_connector(
+    config: &ProcessConfig,
+    table: &ProcessTable,
+    tx: &EventTx,
+    stop: &Arc<AtomicBool>,
+) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
+    if config.backend == Backend::Poll {
+        return Ok(Err(None));
+    }
+    let opened = tokio::task::spawn_blocking(connector::Connector::open)
+        .await
+        .map_err(|error| ProcessError::Thread {
+            source: std::io::Error::other(error),
+        })?;
+    let connector = match opened {
+        Ok(connector) => connector,
+        Err(source) if config.backend == Backend::Connector => {
+            return Err(ProcessError::Connector { source });
+        }
+        Err(error) => {
+            let reason = if nix::unistd::geteuid().is_root() {
+                format!("proc connector unavailable: {error}")
+            } else {
+                "proc connector unavailable: not root".to_string()
+            };
+            return Ok(Err(Some(reason)));
+        }
+    };
+    let settings = connector::Settings {
+        queue_capacity: config.queue_capacity,
+        io_sample_interval: config.io_sample_interval,
+    };
+    connector::spawn(connector, settings, table.clone(), tx.clone(), stop.clone())
+        .map(Ok)
+        .map_err(|source| ProcessError::Thread { source })
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn start_connector(
+    config: &ProcessConfig,
+    _table: &ProcessTable,
+    _tx: &EventTx,
+    _stop: &Arc<AtomicBool>,
+) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
+    match config.backend {
+        Backend::Connector => Err(ProcessError::Unsupported),
+        Backend::Poll => Ok(Err(None)),
+        Backend::Auto => Ok(Err(Some("proc connector is Linux-only".to_string()))),
+    }
+}
+
+async fn send_status(tx: &EventTx, message: String) -> Result<(), ProcessError> {
+    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+        .await
+        .map_err(|_| ProcessError::Closed)
+}
+
+/// "2s" or "500ms", as a configuration file would say it.
+fn human(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Reading one process from Linux's `/proc`.
+//!
+//! Every reader tolerates the process vanishing half-way: a short-lived process is often gone (or a
+//! zombie without memory) by the time anyone looks, and whatever could be read is still worth keeping.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use bannin::time::Timestamp;
+
+use super::table::Snapshot;
+
+/// `/proc` reports times in USER_HZ, which the kernel fixes at 100 for this ABI on every architecture
+/// Linux runs on, whatever its internal HZ.
+const USER_HZ: u64 = 100;
+
+/// What `/proc/<pid>/stat` says, which stays readable even for a zombie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub ppid: u32,
+    /// Clock ticks after boot: with the pid, it names one process for the machine's uptime.
+    pub start_ticks: u64,
+}
+
+fn proc_path(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{file}"))
+}
+
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(proc_path(pid, "stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// The command name sits in parentheses and may itself hold spaces and parentheses, so the fields
+/// are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state), so field N is rest[N - 3].
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start_ticks = rest.get(19)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        ppid,
+        start_ticks,
+    })
+}
+
+/// Everything the process sensor records about a process, or `None` when even its `stat` is gone.
+pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
+    let stat = read_stat(pid)?;
+    let exe = std::fs::read_link(proc_path(pid, "exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cmdline = std::fs::read(proc_path(pid, "cmdline"))
+        .map(|raw| join_cmdline(&raw))
+        .unwrap_or_default();
+    let cwd = std::fs::read_link(proc_path(pid, "cwd"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let uid = std::fs::read_to_string(proc_path(pid, "status"))
+        .ok()
+        .and_then(|status| parse_uid(&status));
+    Some(Snapshot {
+        pid,
+        ppid: Some(stat.ppid),
+        exe,
+        cmdline,
+        uid,
+        user: String::new(),
+        cwd,
+        comm: stat.comm,
+        start_ts: start_time(stat.start_ticks),
+        start_ticks: Some(stat.start_ticks),
+    })
+}
+
+fn join_cmdline(raw: &[u8]) -> String {
+    let trimmed = raw.strip_suffix(&[0]).unwrap_or(raw);
+    String::from_utf8_lossy(trimmed).replace('\0', " ")
+}
+
+/// The real uid, the first of the four on the `Uid:` line.
+fn parse_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// Bytes passed through read and write system calls (`rchar`, `wchar`): unlike `read_bytes`, these
+/// count data served from the page cache, pipes and sockets, which is what "how much did it read"
+/// means for an audit.
+pub fn read_io(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(proc_path(pid, "io")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+    };
+    Some((field("rchar:")?, field("wchar:")?))
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    proc_path(pid, "stat").exists()
+}
+
+/// Every process id in `/proc` (threads are not listed there, only under `task/`).
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn boot_time() -> Option<u64> {
+    static BOOT: OnceLock<Option<u64>> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|secs| secs.trim().parse().ok())
+    })
+}
+
+fn start_time(start_ticks: u64) -> Option<Timestamp> {
+    let boot = boot_time()?;
+    let nanos = u128::from(boot) * 1_000_000_000
+        + u128::from(start_ticks) * 1_000_000_000 / u128::from(USER_HZ);
+    i64::try_from(nanos).ok().map(Timestamp::from_nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = "4242 (we (ird) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm, "we (ird) name");
+        assert_eq!(stat.ppid, 17);
+        assert_eq!(stat.start_ticks, 987_654);
+    }
+
+    #[test]
+    fn reads_this_very_process() {
+        let me = std::process::id();
+        let snapshot = read_snapshot(me).unwrap();
+        assert_eq!(snapshot.pid, me);
+        assert_eq!(snapshot.ppid, Some(std::os::unix::process::parent_id()));
+        assert_eq!(
+            snapshot.exe,
+            std::env::current_exe().unwrap().to_string_lossy()
+        );
+        assert!(snapshot.cmdline.contains(&snapshot.exe) || !snapshot.cmdline.is_empty());
+        assert_eq!(snapshot.uid, Some(nix::unistd::getuid().as_raw()));
+        assert!(snapshot.start_ts.unwrap() <= Timestamp::now());
+        let (read, _written) = read_io(me).unwrap();
+        assert!(read > 0, "this test binary has read its own files");
+        assert!(pids().contains(&me));
+    }
+}

@@ -1,0 +1,544 @@
+//! The process table: who is pid N, who started it, and who started that.
+//!
+//! The process sensor's backend keeps it current (every exec, fork and exit from the connector, or
+//! every poll); other sensors only ask. A question about a pid the table has never seen is answered
+//! from `/proc` and the answer kept. Exited processes are remembered for a while, so an event that
+//! arrives after its process has gone (a file deleted by a one-second `rm`) still names it, and so do
+//! the ancestry lines of its children.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bannin::event::{Ancestor, ProcessInfo};
+use bannin::time::Timestamp;
+use tokio::time::Instant;
+
+use super::config::ProcessConfig;
+
+/// Ancestry lines longer than this are cut: real trees are shallow, and a loop in remembered data
+/// must not hang a caller.
+const MAX_ANCESTRY: usize = 64;
+
+/// What the table knows about one process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    /// Empty when unknown (the process was gone before it could be read).
+    pub exe: String,
+    pub cmdline: String,
+    pub uid: Option<u32>,
+    pub user: String,
+    pub cwd: String,
+    /// The kernel's short command name, readable even from a zombie.
+    pub comm: String,
+    pub start_ts: Option<Timestamp>,
+    /// Clock ticks after boot (Linux): tells a reused pid from the process the table remembers.
+    pub start_ticks: Option<u64>,
+}
+
+impl Snapshot {
+    fn info(&self) -> ProcessInfo {
+        ProcessInfo {
+            pid: self.pid,
+            ppid: self.ppid,
+            exe: self.exe.clone(),
+            cmdline: self.cmdline.clone(),
+            user: self.user.clone(),
+            uid: self.uid,
+            ancestry: Vec::new(),
+        }
+    }
+
+    fn ancestor(&self) -> Ancestor {
+        Ancestor {
+            pid: self.pid,
+            exe: self.exe.clone(),
+            cmdline: self.cmdline.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    /// Whether `other` can be this very process: a snapshot without a start time cannot tell.
+    fn same_process(&self, start_ticks: Option<u64>) -> bool {
+        match (self.start_ticks, start_ticks) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub snapshot: Snapshot,
+    pub exited: bool,
+    /// The last I/O counters seen (bytes read, bytes written).
+    pub io: Option<(u64, u64)>,
+}
+
+struct Inner {
+    entries: HashMap<u32, Entry>,
+    /// Exited processes, oldest first: when each exited and which process it was.
+    exited: VecDeque<(Instant, u32, Option<u64>)>,
+    users: HashMap<u32, String>,
+}
+
+/// A shared, cheap-to-clone view of the host's processes, present and recently exited.
+#[derive(Clone)]
+pub struct ProcessTable {
+    inner: Arc<Mutex<Inner>>,
+    remember_exited: usize,
+    remember_for: Duration,
+}
+
+impl std::fmt::Debug for ProcessTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessTable")
+            .field("remember_exited", &self.remember_exited)
+            .field("remember_for", &self.remember_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessTable {
+    /// An empty table that remembers up to `remember_exited` exited processes for `remember_for`.
+    pub fn new(remember_exited: usize, remember_for: Duration) -> Self {
+        ProcessTable {
+            inner: Arc::new(Mutex::new(Inner {
+                entries: HashMap::new(),
+                exited: VecDeque::new(),
+                users: HashMap::new(),
+            })),
+            remember_exited,
+            remember_for,
+        }
+    }
+
+    pub fn from_config(config: &ProcessConfig) -> Self {
+        ProcessTable::new(config.remember_exited, config.remember_for)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, still worth answering from.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Who pid `pid` is (or was, if it exited recently), with its ancestry, parent first.
+    ///
+    /// A running process is checked against `/proc` (one small read) so that a reused pid, or a
+    /// program replaced by exec, is not mistaken for what the table remembers; an exited one is
+    /// answered from memory.
+    pub fn info(&self, pid: u32) -> Option<ProcessInfo> {
+        let live = live_identity(pid);
+        let known = {
+            let inner = self.lock();
+            match inner.entries.get(&pid) {
+                // A changed command name means an exec the table has not heard of.
+                Some(entry) => match &live {
+                    Some((ticks, comm)) => {
+                        entry.snapshot.same_process(Some(*ticks)) && entry.snapshot.comm == *comm
+                    }
+                    None => true,
+                },
+                None => false,
+            }
+        };
+        if !known {
+            let snapshot = self.load(pid)?;
+            self.insert_live(snapshot);
+        }
+        self.load_missing_ancestors(pid);
+        self.compose(pid)
+    }
+
+    /// What the table holds for `pid`, with ancestry from memory only: for the sensor's own
+    /// events, built right after it recorded the process.
+    pub(crate) fn compose(&self, pid: u32) -> Option<ProcessInfo> {
+        let inner = self.lock();
+        let entry = inner.entries.get(&pid)?;
+        let mut info = entry.snapshot.info();
+        let mut child = &entry.snapshot;
+        let mut seen = HashSet::from([pid]);
+        while let Some(ppid) = child.ppid {
+            if ppid == 0 || !seen.insert(ppid) || info.ancestry.len() >= MAX_ANCESTRY {
+                break;
+            }
+            let Some(parent) = inner.entries.get(&ppid) else {
+                break;
+            };
+            // A parent that started after its child is a later process that reused the pid.
+            if let (Some(parent_ticks), Some(child_ticks)) =
+                (parent.snapshot.start_ticks, child.start_ticks)
+                && parent_ticks > child_ticks
+            {
+                break;
+            }
+            info.ancestry.push(parent.snapshot.ancestor());
+            child = &parent.snapshot;
+        }
+        Some(info)
+    }
+
+    /// Reads each ancestor the table does not know yet from `/proc`, outside the lock.
+    fn load_missing_ancestors(&self, pid: u32) {
+        let mut current = pid;
+        for _ in 0..MAX_ANCESTRY {
+            let missing = {
+                let inner = self.lock();
+                let Some(ppid) = inner.entries.get(&current).and_then(|e| e.snapshot.ppid) else {
+                    return;
+                };
+                if ppid == 0 {
+                    return;
+                }
+                if inner.entries.contains_key(&ppid) {
+                    current = ppid;
+                    continue;
+                }
+                ppid
+            };
+            match self.load(missing) {
+                Some(snapshot) => {
+                    self.insert_live(snapshot);
+                    current = missing;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// A fresh snapshot of a running process, with its user's name.
+    pub(crate) fn load(&self, pid: u32) -> Option<Snapshot> {
+        let mut snapshot = read_live(pid)?;
+        self.name_user(&mut snapshot);
+        Some(snapshot)
+    }
+
+    /// Fills in `user` from `uid`, asking the system's user database once per uid.
+    pub(crate) fn name_user(&self, snapshot: &mut Snapshot) {
+        let Some(uid) = snapshot.uid else {
+            return;
+        };
+        if let Some(name) = self.lock().users.get(&uid) {
+            snapshot.user = name.clone();
+            return;
+        }
+        let name = user_name(uid);
+        self.lock().users.insert(uid, name.clone());
+        snapshot.user = name;
+    }
+
+    /// Records a process that exec'd or was found running, replacing whatever had its pid.
+    pub(crate) fn insert_live(&self, snapshot: Snapshot) {
+        let mut inner = self.lock();
+        let io = inner
+            .entries
+            .get(&snapshot.pid)
+            .filter(|old| !old.exited && old.snapshot.same_process(snapshot.start_ticks))
+            .and_then(|old| old.io);
+        inner.entries.insert(
+            snapshot.pid,
+            Entry {
+                snapshot,
+                exited: false,
+                io,
+            },
+        );
+    }
+
+    /// Records a fork: until it execs, the child runs its parent's program.
+    pub(crate) fn record_fork(&self, child: u32, parent: u32) {
+        if !self.lock().entries.contains_key(&parent)
+            && let Some(snapshot) = self.load(parent)
+        {
+            self.insert_live(snapshot);
+        }
+        let mut inner = self.lock();
+        let mut snapshot = match inner.entries.get(&parent) {
+            Some(entry) => entry.snapshot.clone(),
+            None => Snapshot::default(),
+        };
+        snapshot.pid = child;
+        snapshot.ppid = Some(parent);
+        snapshot.start_ts = Some(Timestamp::now());
+        snapshot.start_ticks = None;
+        inner.entries.insert(
+            child,
+            Entry {
+                snapshot,
+                exited: false,
+                io: None,
+            },
+        );
+    }
+
+    /// A copy of what the table holds for `pid`.
+    pub(crate) fn entry(&self, pid: u32) -> Option<Entry> {
+        self.lock().entries.get(&pid).cloned()
+    }
+
+    /// The parent a fork recorded for `pid`, for an exec whose `/proc` entry is already gone.
+    pub(crate) fn ppid_of(&self, pid: u32) -> Option<u32> {
+        self.lock()
+            .entries
+            .get(&pid)
+            .and_then(|entry| entry.snapshot.ppid)
+    }
+
+    /// Marks `pid` exited, keeps the last I/O counters, and returns what the table knew.
+    pub(crate) fn record_exit(&self, pid: u32, io: Option<(u64, u64)>) -> Option<Entry> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(&pid)?;
+        if entry.exited {
+            // Already retired by a sweep that noticed the process gone before its exit arrived.
+            return Some(entry.clone());
+        }
+        entry.exited = true;
+        if io.is_some() {
+            entry.io = io;
+        }
+        let copy = entry.clone();
+        inner
+            .exited
+            .push_back((now, pid, copy.snapshot.start_ticks));
+        self.prune(&mut inner, now);
+        Some(copy)
+    }
+
+    /// Keeps the latest I/O counters of a running process.
+    pub(crate) fn set_io(&self, pid: u32, io: (u64, u64)) {
+        if let Some(entry) = self.lock().entries.get_mut(&pid)
+            && !entry.exited
+        {
+            entry.io = Some(io);
+        }
+    }
+
+    /// Pids the table believes are running.
+    pub(crate) fn live_pids(&self) -> Vec<u32> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|(_, entry)| !entry.exited)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Forgets exited processes beyond the configured count or age.
+    pub(crate) fn expire(&self) {
+        let mut inner = self.lock();
+        self.prune(&mut inner, Instant::now());
+    }
+
+    fn prune(&self, inner: &mut Inner, now: Instant) {
+        while let Some(&(when, pid, ticks)) = inner.exited.front() {
+            let too_many = inner.exited.len() > self.remember_exited;
+            let too_old = now.saturating_duration_since(when) > self.remember_for;
+            if !too_many && !too_old {
+                break;
+            }
+            inner.exited.pop_front();
+            // The pid may since belong to a new process, which stays.
+            if inner
+                .entries
+                .get(&pid)
+                .is_some_and(|e| e.exited && e.snapshot.start_ticks == ticks)
+            {
+                inner.entries.remove(&pid);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+/// What tells one running process from another under the same pid: its start time and name.
+#[cfg(target_os = "linux")]
+fn live_identity(pid: u32) -> Option<(u64, String)> {
+    super::procfs::read_stat(pid).map(|stat| (stat.start_ticks, stat.comm))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_identity(_pid: u32) -> Option<(u64, String)> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn read_live(pid: u32) -> Option<Snapshot> {
+    super::procfs::read_snapshot(pid)
+}
+
+/// Elsewhere the poll backend fills the table; a pid it has not listed yet is read through sysinfo.
+#[cfg(not(target_os = "linux"))]
+fn read_live(pid: u32) -> Option<Snapshot> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+    let mut system = System::new();
+    let target = Pid::from_u32(pid);
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[target]),
+        true,
+        ProcessRefreshKind::nothing()
+            .with_exe(UpdateKind::Always)
+            .with_cmd(UpdateKind::Always)
+            .with_cwd(UpdateKind::Always)
+            .with_user(UpdateKind::Always),
+    );
+    system.process(target).map(super::poll::snapshot_of)
+}
+
+#[cfg(unix)]
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        // An account missing from the user database is still worth naming.
+        _ => uid.to_string(),
+    }
+}
+
+#[cfg(not(unix))]
+fn user_name(uid: u32) -> String {
+    uid.to_string()
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    struct KillOnDrop(std::process::Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Starts `sh`, which starts a `sleep` (the test's grandchild) and reports its pid.
+    fn grandchild() -> (KillOnDrop, u32) {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (KillOnDrop(child), line.trim().parse().unwrap())
+    }
+
+    #[test]
+    fn answers_the_ancestry_of_a_grandchild_while_it_runs_and_after_it_exits() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let (shell, sleeper) = grandchild();
+        let shell_pid = shell.0.id();
+        // The shell prints the pid as soon as it forks; the child becomes `sleep` a moment later.
+        while !std::fs::read(format!("/proc/{sleeper}/cmdline"))
+            .unwrap()
+            .starts_with(b"sleep")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        let info = table.info(sleeper).unwrap();
+        assert_eq!(info.pid, sleeper);
+        assert_eq!(info.ppid, Some(shell_pid));
+        assert!(info.cmdline.contains("sleep 30"), "{info:?}");
+        assert!(info.exe.ends_with("sleep"), "{info:?}");
+        assert_eq!(info.uid, Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(info.user, user_name(nix::unistd::getuid().as_raw()));
+        let ancestry: Vec<u32> = info.ancestry.iter().map(|a| a.pid).collect();
+        assert_eq!(ancestry[..2], [shell_pid, std::process::id()], "{info:?}");
+        assert!(info.ancestry[0].cmdline.contains("sleep 30 & echo"));
+        assert_eq!(ancestry.last(), Some(&1), "the line ends at init");
+
+        // Once both are gone, the table still answers from memory.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleeper as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        drop(shell);
+        while procfs_alive(sleeper) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        table.record_exit(sleeper, None);
+        let remembered = table.info(sleeper).unwrap();
+        assert_eq!(remembered.ppid, Some(shell_pid));
+        assert_eq!(remembered.ancestry[0].pid, shell_pid);
+    }
+
+    fn procfs_alive(pid: u32) -> bool {
+        // A zombie still has a stat file; only a reaped process is gone.
+        super::super::procfs::read_stat(pid).is_some()
+    }
+
+    #[test]
+    fn a_program_replaced_by_exec_is_read_afresh() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let mut child = KillOnDrop(
+            Command::new("sh")
+                .args(["-c", "read line; exec sleep 30"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        let before = table.info(pid).unwrap();
+        assert!(before.cmdline.contains("read line"), "{before:?}");
+        {
+            use std::io::Write;
+            child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .starts_with(b"sleep")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = table.info(pid).unwrap();
+        assert_eq!(after.cmdline, "sleep 30");
+    }
+
+    #[test]
+    fn a_reused_pid_is_read_afresh() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let me = std::process::id();
+        table.insert_live(Snapshot {
+            pid: me,
+            exe: "/old/program".into(),
+            start_ticks: Some(1),
+            ..Snapshot::default()
+        });
+        let info = table.info(me).unwrap();
+        assert_ne!(info.exe, "/old/program");
+        assert_eq!(info.exe, std::env::current_exe().unwrap().to_string_lossy());
+    }
+
+    #[test]
+    fn exited_processes_are_forgotten_beyond_the_bound() {
+        let table = ProcessTable::new(3, Duration::from_secs(60));
+        for pid in 4_000_000..4_000_010 {
+            table.insert_live(Snapshot {
+                pid,
+                start_ticks: Some(u64::from(pid)),
+                ..Snapshot::default()
+            });
+            table.record_exit(pid, Some((1, 2)));
+        }
+        assert_eq!(table.len(), 3);
+        assert!(table.info(4_000_009).is_some());
+        assert!(table.info(4_000_000).is_none());
+    }
+}

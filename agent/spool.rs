@@ -1,0 +1,449 @@
+//! The agent's durable spool: every rusqlite call of the agent goes through this module.
+//!
+//! An event is numbered, encoded, chained and committed here before anything tries to send it, and
+//! leaves only when the collector has acknowledged its commit. The sequence counter and chain head
+//! live in the same database and change in the same transaction as the events, so numbering survives
+//! restarts and crashes without gaps or reuse. When the spool outgrows its bound the oldest events are
+//! dropped and an `agent.dropped` event records how many and which: a loss is never silent.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bannin::chain::{self, GENESIS, Hash};
+use bannin::event::{AgentAction, AgentEvent, Event};
+use bannin::proto::encode_event;
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub const SPOOL_FILE: &str = "spool.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("spool: {source}")]
+    Sql {
+        #[from]
+        source: rusqlite::Error,
+    },
+    #[error("spool: corrupt metadata {key}")]
+    Corrupt { key: &'static str },
+    #[error("spool task failed")]
+    TaskFailed,
+}
+
+/// A run of spooled events ready to send, with the chain hashes around it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub prev_hash: Hash,
+    pub head_hash: Hash,
+    pub events: Vec<Vec<u8>>,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+    pub dropped_total: u64,
+}
+
+struct Inner {
+    conn: Connection,
+    next_seq: u64,
+    head: Hash,
+    bytes: u64,
+    events: u64,
+    dropped_total: u64,
+    max_bytes: u64,
+    host: String,
+}
+
+/// Numbers and chains events as they are inserted within one transaction.
+struct Appender {
+    next_seq: u64,
+    head: Hash,
+    added_bytes: u64,
+    added: u64,
+}
+
+impl Appender {
+    fn put(
+        &mut self,
+        insert: &mut rusqlite::CachedStatement<'_>,
+        mut event: Event,
+    ) -> Result<(), rusqlite::Error> {
+        event.seq = self.next_seq;
+        let bytes = encode_event(&event);
+        let hash = chain::link(&self.head, self.next_seq, &bytes);
+        insert.execute(params![
+            self.next_seq as i64,
+            self.head.as_slice(),
+            hash.as_slice(),
+            bytes
+        ])?;
+        self.added_bytes += bytes.len() as u64;
+        self.added += 1;
+        self.head = hash;
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+/// A cheap handle; the connection sits behind a mutex and is only touched from blocking threads.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Spool {
+    pub fn open(state_dir: &Path, max_bytes: u64, host: &str) -> Result<Spool, SpoolError> {
+        let path = state_dir.join(SPOOL_FILE);
+        let open = |source| SpoolError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open)?;
+        // NORMAL in WAL mode survives a crash of the agent process; a power cut may lose the last
+        // transactions, which the collector then sees as a gap rather than as silent loss.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS spool (
+                 seq INTEGER PRIMARY KEY,
+                 prev_hash BLOB NOT NULL,
+                 hash BLOB NOT NULL,
+                 bytes BLOB NOT NULL
+             );",
+        )
+        .map_err(open)?;
+        let meta = |key: &'static str| -> Result<Option<Vec<u8>>, SpoolError> {
+            Ok(conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        let next_seq = match meta("next_seq")? {
+            Some(v) => u64::from_be_bytes(
+                v.try_into()
+                    .map_err(|_| SpoolError::Corrupt { key: "next_seq" })?,
+            ),
+            None => 1,
+        };
+        let head = match meta("head")? {
+            Some(v) => {
+                chain::to_hash(&v, "head").map_err(|_| SpoolError::Corrupt { key: "head" })?
+            }
+            None => GENESIS,
+        };
+        let dropped_total = match meta("dropped_total")? {
+            Some(v) => u64::from_be_bytes(v.try_into().map_err(|_| SpoolError::Corrupt {
+                key: "dropped_total",
+            })?),
+            None => 0,
+        };
+        let (events, bytes): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Spool {
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                next_seq,
+                head,
+                bytes: bytes as u64,
+                events: events as u64,
+                dropped_total,
+                max_bytes,
+                host: host.to_string(),
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is still safe to use.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Numbers, chains and commits `events` in one transaction. Returns the last sequence number.
+    pub fn append(&self, events: Vec<Event>) -> Result<u64, SpoolError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let tx = inner.conn.transaction()?;
+        let mut chain = Appender {
+            next_seq: inner.next_seq,
+            head: inner.head,
+            added_bytes: 0,
+            added: 0,
+        };
+        let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
+        let mut dropped_total = inner.dropped_total;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO spool (seq, prev_hash, hash, bytes) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for event in events {
+                chain.put(&mut insert, event)?;
+            }
+            // Over the bound: drop the oldest down to 90% and say so in the chain itself.
+            let total = inner.bytes + chain.added_bytes;
+            if total > inner.max_bytes {
+                let mut excess = total.saturating_sub(inner.max_bytes / 10 * 9);
+                let (mut first, mut last) = (0u64, 0u64);
+                {
+                    let mut rows =
+                        tx.prepare("SELECT seq, LENGTH(bytes) FROM spool ORDER BY seq")?;
+                    let mut iter = rows.query([])?;
+                    while excess > 0 {
+                        let Some(row) = iter.next()? else { break };
+                        let seq = row.get::<_, i64>(0)? as u64;
+                        let len = row.get::<_, i64>(1)? as u64;
+                        if first == 0 {
+                            first = seq;
+                        }
+                        last = seq;
+                        freed_events += 1;
+                        freed_bytes += len;
+                        excess = excess.saturating_sub(len);
+                    }
+                }
+                if freed_events > 0 {
+                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [last as i64])?;
+                    dropped_total += freed_events;
+                    tracing::warn!(
+                        dropped = freed_events,
+                        first,
+                        last,
+                        "spool full: dropped the oldest events"
+                    );
+                    let mut notice = AgentEvent::new(AgentAction::Dropped);
+                    notice.dropped = freed_events;
+                    notice.first_dropped_seq = first;
+                    notice.last_dropped_seq = last;
+                    notice.message = format!(
+                        "spool reached its bound of {} bytes; the oldest {freed_events} events were dropped",
+                        inner.max_bytes
+                    );
+                    chain.put(&mut insert, Event::now(inner.host.clone(), notice))?;
+                }
+            }
+        }
+        let meta = |key: &str, value: &[u8]| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+        };
+        meta("next_seq", &chain.next_seq.to_be_bytes())?;
+        meta("head", &chain.head)?;
+        meta("dropped_total", &dropped_total.to_be_bytes())?;
+        tx.commit()?;
+        inner.next_seq = chain.next_seq;
+        inner.head = chain.head;
+        inner.bytes = (inner.bytes + chain.added_bytes).saturating_sub(freed_bytes);
+        inner.events = (inner.events + chain.added).saturating_sub(freed_events);
+        inner.dropped_total = dropped_total;
+        Ok(chain.next_seq - 1)
+    }
+
+    /// The oldest events after `after_seq`, at most `max_events` and about `max_bytes`.
+    pub fn read_batch(
+        &self,
+        after_seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, SpoolError> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT seq, prev_hash, hash, bytes FROM spool WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![after_seq as i64, max_events as i64])?;
+        let mut batch: Option<Batch> = None;
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let prev: Vec<u8> = row.get(1)?;
+            let hash: Vec<u8> = row.get(2)?;
+            let bytes: Vec<u8> = row.get(3)?;
+            let hash =
+                chain::to_hash(&hash, "hash").map_err(|_| SpoolError::Corrupt { key: "hash" })?;
+            match &mut batch {
+                None => {
+                    let prev = chain::to_hash(&prev, "prev hash")
+                        .map_err(|_| SpoolError::Corrupt { key: "prev hash" })?;
+                    batch = Some(Batch {
+                        first_seq: seq,
+                        last_seq: seq,
+                        prev_hash: prev,
+                        head_hash: hash,
+                        bytes: bytes.len(),
+                        events: vec![bytes],
+                    });
+                }
+                Some(b) => {
+                    // Stop at a hole (dropped events) or the byte budget: a batch is one run.
+                    if seq != b.last_seq + 1 || b.bytes + bytes.len() > max_bytes {
+                        break;
+                    }
+                    b.last_seq = seq;
+                    b.head_hash = hash;
+                    b.bytes += bytes.len();
+                    b.events.push(bytes);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Forgets events the collector has committed.
+    pub fn ack(&self, through_seq: u64) -> Result<(), SpoolError> {
+        let mut inner = self.lock();
+        let (count, bytes): (i64, i64) = inner.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
+            [through_seq as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if count == 0 {
+            return Ok(());
+        }
+        inner
+            .conn
+            .execute("DELETE FROM spool WHERE seq <= ?1", [through_seq as i64])?;
+        inner.events = inner.events.saturating_sub(count as u64);
+        inner.bytes = inner.bytes.saturating_sub(bytes as u64);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        Stats {
+            events: inner.events,
+            bytes: inner.bytes,
+            next_seq: inner.next_seq,
+            dropped_total: inner.dropped_total,
+        }
+    }
+
+    /// When the last event was numbered, for status output.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+}
+
+/// Runs a spool call on a blocking thread.
+pub async fn blocking<T: Send + 'static>(
+    spool: &Spool,
+    f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || f(&spool))
+        .await
+        .map_err(|_| SpoolError::TaskFailed)?
+}
+
+/// Drains the sensor channel into the spool, one transaction per burst, then wakes the sender.
+pub async fn run_writer(
+    spool: Spool,
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+    wake: Arc<tokio::sync::Notify>,
+) -> Result<(), SpoolError> {
+    const BURST: usize = 4096;
+    let mut buffer = Vec::with_capacity(BURST);
+    loop {
+        let received = rx.recv_many(&mut buffer, BURST).await;
+        if received == 0 {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut buffer);
+        let mut attempt = 0u32;
+        let mut pending = Some(events);
+        while let Some(events) = pending.take() {
+            let retry = events.clone();
+            match blocking(&spool, move |s| s.append(events)).await {
+                Ok(_) => wake.notify_one(),
+                Err(error) => {
+                    // A full disk or a locked file: keep the events in memory and retry; sensors
+                    // feel back-pressure through the bounded channel meanwhile.
+                    attempt += 1;
+                    tracing::error!(%error, attempt, "cannot write to the spool; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        (100 * u64::from(attempt)).min(5000),
+                    ))
+                    .await;
+                    pending = Some(retry);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bannin::event::{SensorEvent, SensorStatus};
+
+    fn event(n: usize) -> Event {
+        Event::now(
+            "h",
+            SensorEvent::new(
+                SensorStatus::Status,
+                "test",
+                format!("event {n} {}", "x".repeat(100)),
+            ),
+        )
+    }
+
+    #[test]
+    fn numbering_and_chain_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        assert_eq!(spool.append((0..3).map(event).collect()).unwrap(), 3);
+        let batch = spool.read_batch(0, 100, 1 << 20).unwrap().unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        assert_eq!(spool.append(vec![event(4)]).unwrap(), 4);
+        let next = spool.read_batch(3, 100, 1 << 20).unwrap().unwrap();
+        assert_eq!((next.first_seq, next.last_seq), (4, 4));
+        assert_eq!(next.prev_hash, batch.head_hash);
+        assert_eq!(
+            chain::link(&next.prev_hash, 4, &next.events[0]),
+            next.head_hash
+        );
+        spool.ack(3).unwrap();
+        assert_eq!(spool.stats().events, 1);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
+        for _ in 0..10 {
+            spool.append((0..20).map(event).collect()).unwrap();
+        }
+        let stats = spool.stats();
+        assert!(stats.bytes <= 20_000, "spool holds {} bytes", stats.bytes);
+        assert!(stats.dropped_total > 0);
+        // The remaining events start after a hole and include agent.dropped notices.
+        let mut after = 0;
+        let mut dropped_seen = 0;
+        while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
+            for bytes in &batch.events {
+                let event = bannin::proto::decode_event(bytes).unwrap();
+                if event.kind() == "agent.dropped" {
+                    dropped_seen += 1;
+                }
+            }
+            after = batch.last_seq;
+        }
+        assert!(dropped_seen > 0);
+        assert_eq!(stats.next_seq, 201 + dropped_seen);
+    }
+}

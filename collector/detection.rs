@@ -1,0 +1,128 @@
+//! The detection thread: evaluates committed events in commit order, stores the alerts it raises
+//! together with their deliveries (one transaction), and wakes the hooks.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+use bannin::time::Timestamp;
+use rusqlite::Connection;
+
+use crate::alert::{Alert, EvidenceRef};
+use crate::detect::{AlertUpdate, Engine, Finding, FindingKind};
+use crate::hooks::{Notifier, Router, outbox};
+use crate::store::ingest::{self, CommitNotice};
+use crate::store::{self, StoreError};
+
+/// What quickstart (or any observer) sees after detection has run.
+pub enum Observed {
+    Committed(CommitNotice),
+    Alert(Alert),
+}
+
+pub struct Detection {
+    pub engine: Engine,
+    pub conn: Connection,
+    pub router: Router,
+    pub notifier: Notifier,
+    pub tap: Option<SyncSender<Observed>>,
+}
+
+fn finding(f: &ingest::Finding) -> Finding {
+    Finding {
+        agent_id: f.agent_id.clone(),
+        host: f.host.clone(),
+        kind: if f.kind == "chain.gap" {
+            FindingKind::ChainGap
+        } else {
+            FindingKind::ChainTamper
+        },
+        ts: f.ts,
+        detail: f.detail.clone(),
+        evidence: vec![EvidenceRef {
+            agent_id: f.agent_id.clone(),
+            seq: f.last_seq.saturating_add(1),
+        }],
+    }
+}
+
+impl Detection {
+    pub fn spawn(
+        self,
+        notices: Receiver<CommitNotice>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("detection".into())
+            .spawn(move || self.run(notices))
+    }
+
+    fn run(mut self, notices: Receiver<CommitNotice>) {
+        let mut last_tick = std::time::Instant::now();
+        loop {
+            let mut updates = Vec::new();
+            match notices.recv_timeout(Duration::from_millis(500)) {
+                Ok(notice) => {
+                    for record in &notice.records {
+                        updates.extend(self.engine.observe(record));
+                    }
+                    for f in &notice.findings {
+                        updates.extend(self.engine.observe_finding(&finding(f)));
+                    }
+                    if let Some(tap) = &self.tap {
+                        let _ = tap.try_send(Observed::Committed(notice));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = std::time::Instant::now();
+                updates.extend(self.engine.tick(Timestamp::now()));
+            }
+            if updates.is_empty() {
+                continue;
+            }
+            match self.persist(updates) {
+                Ok(raised) => {
+                    self.notifier.notify();
+                    for alert in raised {
+                        tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %alert.host, "{}", alert.summary);
+                        if let Some(tap) = &self.tap {
+                            let _ = tap.try_send(Observed::Alert(alert));
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "cannot store alerts"),
+            }
+        }
+    }
+
+    /// Stores new alerts and repeats with their deliveries; returns the new ones.
+    fn persist(&mut self, updates: Vec<AlertUpdate>) -> Result<Vec<Alert>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut raised = Vec::new();
+        for update in updates {
+            let alert = match update {
+                AlertUpdate::New(alert) => {
+                    store::alerts::insert(&tx, &alert)?;
+                    raised.push(alert.clone());
+                    alert
+                }
+                AlertUpdate::Repeat {
+                    id,
+                    count,
+                    evidence,
+                    ..
+                } => match store::alerts::repeat(&tx, &id, count, &evidence)? {
+                    Some(alert) => alert,
+                    None => continue,
+                },
+            };
+            let sinks = self.router.route(&alert);
+            if let Err(error) = outbox::enqueue(&tx, &alert, &sinks) {
+                tracing::error!(%error, alert_id = %alert.id, "cannot queue alert deliveries");
+            }
+        }
+        tx.commit()?;
+        Ok(raised)
+    }
+}

@@ -1,0 +1,157 @@
+//! `quickstart`: a collector on the embedded SQLite store plus an enrolled local agent, for a first look.
+//!
+//! It runs the real pieces: the collector serves in this process, and the agent is the real
+//! `bannin-agent` binary (found beside this one) enrolled with a fresh token over mutual TLS.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use bannin::time::Timestamp;
+use tokio::process::{Child, Command};
+
+use crate::config::CollectorConfig;
+use crate::detection::Observed;
+use crate::output;
+use crate::serve::{self, CA_CERT};
+use crate::store;
+
+#[derive(clap::Args)]
+pub struct QuickstartArgs {
+    /// Where the collector keeps its store and keys; the agent's state goes in DIR/agent.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Paths the local agent watches, recursively.
+    #[arg(long, required = true)]
+    watch: Vec<PathBuf>,
+    /// Address for the collector (default: a free port on loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+}
+
+fn agent_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("BANNIN_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let path = exe.with_file_name(format!("bannin-agent{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!(
+            "bannin-agent not found at {}; build both binaries (cargo build) or set BANNIN_AGENT_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub async fn run(args: QuickstartArgs) -> Result<()> {
+    let agent = agent_binary()?;
+    for path in &args.watch {
+        if !path.exists() {
+            bail!("watch path {} does not exist", path.display());
+        }
+    }
+    let config = CollectorConfig::default();
+    let collector = serve::Collector::bind(&args.data_dir, config.clone(), &args.listen).await?;
+    let addr = collector.local_addr()?;
+    serve::load_or_create_pki(&args.data_dir, &config.server.server_names)?;
+
+    let (notices_tx, notices_rx) = std::sync::mpsc::sync_channel::<Observed>(1024);
+    std::thread::spawn(move || {
+        while let Ok(observed) = notices_rx.recv() {
+            let mut out = std::io::stdout().lock();
+            match observed {
+                Observed::Committed(notice) => {
+                    let _ = output::events_table_rows(&mut out, &notice.records);
+                    for finding in notice.findings {
+                        println!(
+                            "finding {} on {}: {}",
+                            finding.kind, finding.host, finding.detail
+                        );
+                    }
+                }
+                Observed::Alert(alert) => {
+                    println!(
+                        "ALERT {} {} on {}: {}",
+                        alert.severity.as_str().to_uppercase(),
+                        alert.rule,
+                        alert.host,
+                        alert.summary
+                    );
+                }
+            }
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(collector.run(Some(notices_tx), async {
+        let _ = stop_rx.await;
+    }));
+
+    let state_dir = args.data_dir.join("agent");
+    if !state_dir.join("identity.toml").exists() {
+        let conn = store::open_writer(&args.data_dir)?;
+        let token = format!("bnt_quickstart_{}", Timestamp::now().as_nanos());
+        store::add_token(
+            &conn,
+            &token,
+            Timestamp::now().saturating_add(std::time::Duration::from_secs(600)),
+        )?;
+        drop(conn);
+        let status = Command::new(&agent)
+            .arg("enroll")
+            .arg("--collector")
+            .arg(format!("https://{addr}"))
+            .arg("--token")
+            .arg(&token)
+            .arg("--ca-cert")
+            .arg(args.data_dir.join(CA_CERT))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .status()
+            .await
+            .with_context(|| format!("cannot run {}", agent.display()))?;
+        if !status.success() {
+            bail!("the local agent could not enroll ({status})");
+        }
+    }
+    let mut command = Command::new(&agent);
+    command
+        .arg("run")
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .arg("--collector")
+        .arg(format!("https://{addr}"))
+        .kill_on_drop(true)
+        .stdin(Stdio::null());
+    for path in &args.watch {
+        command.arg("--watch").arg(path);
+    }
+    let mut child: Child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", agent.display()))?;
+    println!(
+        "bannin quickstart: collector on {addr}, store {}, agent watching {}",
+        store::db_path(&args.data_dir).display(),
+        args.watch
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "try: touch a file under a watched path; query with: bannin-collector events --data-dir {}",
+        args.data_dir.display()
+    );
+
+    tokio::select! {
+        _ = serve::shutdown_signal() => {}
+        status = child.wait() => {
+            eprintln!("bannin quickstart: the agent exited ({})", status.map(|s| s.to_string()).unwrap_or_default());
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let _ = stop_tx.send(());
+    server.await.context("collector task failed")??;
+    Ok(())
+}

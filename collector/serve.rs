@@ -1,0 +1,260 @@
+//! `serve`: the data directory, the collector's PKI, and the gRPC server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bannin::pb;
+use bannin::pki::{Authority, CertifiedKey};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::CollectorConfig;
+use crate::detection::{Detection, Observed};
+use crate::service::{Agents, EnrollmentService, IngestService, Limits};
+use crate::store;
+use crate::store::ingest::{CommitNotice, Writer};
+use crate::{detect, hooks};
+
+pub const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+const SERVER_CERT: &str = "server.pem";
+const SERVER_KEY: &str = "server.key";
+
+/// Creates the data directory (0700) if needed and refuses one others can write to.
+pub fn prepare_data_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        set_mode(dir, 0o700)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o022 != 0 {
+            bail!(
+                "data directory {} is writable by group or others (mode {mode:o}); run chmod 700 on it",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    }
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Writes a private file: created with mode 0600 so the key is never readable by others.
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    set_mode(path, 0o600)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Loads the CA and server certificate, creating them on first start.
+pub fn load_or_create_pki(
+    dir: &Path,
+    server_names: &[String],
+) -> Result<(Authority, CertifiedKey)> {
+    let (ca_cert, ca_key) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let authority = if ca_cert.exists() && ca_key.exists() {
+        Authority::load(&read(&ca_cert)?, &read(&ca_key)?)
+            .with_context(|| format!("cannot load the CA from {}", dir.display()))?
+    } else {
+        let (authority, material) = Authority::create().context("cannot create the CA")?;
+        write_private(&ca_key, &material.key_pem)?;
+        std::fs::write(&ca_cert, &material.cert_pem)
+            .with_context(|| format!("cannot write {}", ca_cert.display()))?;
+        tracing::info!(path = %ca_cert.display(), "created the collector CA");
+        authority
+    };
+    let (server_cert, server_key) = (dir.join(SERVER_CERT), dir.join(SERVER_KEY));
+    let server = if server_cert.exists() && server_key.exists() {
+        CertifiedKey {
+            cert_pem: read(&server_cert)?,
+            key_pem: read(&server_key)?,
+        }
+    } else {
+        let material = authority
+            .issue_server(server_names)
+            .context("cannot issue the server certificate")?;
+        write_private(&server_key, &material.key_pem)?;
+        std::fs::write(&server_cert, &material.cert_pem)
+            .with_context(|| format!("cannot write {}", server_cert.display()))?;
+        material
+    };
+    Ok((authority, server))
+}
+
+/// Everything `serve` needs, prepared before the listener opens.
+pub struct Collector {
+    pub data_dir: PathBuf,
+    pub config: CollectorConfig,
+    pub listener: TcpListener,
+}
+
+/// How far back detection state is rebuilt from the store at start (the longest built-in window).
+const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// At most this many events are replayed per query, newest first.
+const REPLAY_LIMIT: usize = 1_000_000;
+
+/// Rebuilds detection state from what the store already holds, raising nothing: recent events for
+/// the windowed rules, and every public destination ever seen for first-seen.
+fn replay(conn: &rusqlite::Connection, engine: &mut detect::Engine) -> Result<()> {
+    let since = bannin::time::Timestamp::now().saturating_sub(REPLAY_WINDOW);
+    let older_destinations = store::query::events(
+        conn,
+        &store::query::EventFilter {
+            kind: Some("net.connect".into()),
+            until: Some(since),
+            limit: REPLAY_LIMIT,
+            ..Default::default()
+        },
+    )?;
+    let recent = store::query::events(
+        conn,
+        &store::query::EventFilter {
+            since: Some(since),
+            limit: REPLAY_LIMIT,
+            ..Default::default()
+        },
+    )?;
+    engine.replay(older_destinations.iter().chain(recent.iter()));
+    tracing::info!(
+        events = older_destinations.len() + recent.len(),
+        "detection state rebuilt from the store"
+    );
+    Ok(())
+}
+
+impl Collector {
+    pub async fn bind(data_dir: &Path, config: CollectorConfig, listen: &str) -> Result<Collector> {
+        prepare_data_dir(data_dir)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        Ok(Collector {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves. Committed events are passed to `notices` when given.
+    pub async fn run(
+        self,
+        tap: Option<std::sync::mpsc::SyncSender<Observed>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let (authority, server) =
+            load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
+        let conn = store::open_writer(&self.data_dir)?;
+        let agents = Agents::load(store::agent_keys(&conn)?);
+
+        let mut engine = detect::Engine::new(&self.config.detection)?;
+        replay(&conn, &mut engine)?;
+        let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
+            .context("cannot start alert delivery")?;
+        let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
+        Detection {
+            engine,
+            conn: store::open_writer(&self.data_dir)?,
+            router: hooks.router(),
+            notifier: hooks.notifier(),
+            tap,
+        }
+        .spawn(notices_rx)
+        .context("cannot start detection")?;
+        let writer = Writer::spawn(conn, Some(notices)).context("cannot start the store writer")?;
+
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+            .client_ca_root(Certificate::from_pem(&authority.cert_pem))
+            // Enrollment happens before the agent has a certificate; the ingest service refuses
+            // any call without one.
+            .client_auth_optional(true);
+        let max = self.config.server.max_message_bytes;
+        let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
+            writer: writer.clone(),
+            authority: Arc::new(authority),
+            agents: agents.clone(),
+        })
+        .max_decoding_message_size(64 * 1024);
+        let ingest = pb::ingest_server::IngestServer::new(IngestService {
+            writer,
+            agents,
+            limits: Limits {
+                max_batch_events: self.config.server.max_batch_events,
+            },
+        })
+        .max_decoding_message_size(max);
+
+        let addr = self.local_addr()?;
+        tracing::info!(data_dir = %self.data_dir.display(), "listening on {addr}");
+        Server::builder()
+            .tls_config(tls)
+            .context("invalid TLS configuration")?
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(enrollment)
+            .add_service(ingest)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await
+            .context("gRPC server failed")?;
+        if let Err(error) = hooks.shutdown().await {
+            tracing::warn!(%error, "alert delivery did not stop cleanly");
+        }
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,317 @@
+//! The gRPC services. Protobuf types stop here: batches are verified and turned into domain events
+//! before they reach the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bannin::chain::{self, ChainError, Hash};
+use bannin::pb;
+use bannin::pki::{Authority, Principal, principal_of};
+use bannin::proto::{ProtoError, decode_event};
+use tonic::{Request, Response, Status};
+
+use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
+use crate::store::{AgentKey, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no client certificate: enroll this agent first")]
+    NoCertificate,
+    #[error("the client certificate names no bannin principal")]
+    UnknownPrincipal,
+    #[error("{principal} may not submit events")]
+    NotAnAgent { principal: String },
+    #[error("agent {agent_id} is not enrolled")]
+    NotEnrolled { agent_id: String },
+    #[error("agent {agent_id} is revoked")]
+    Revoked { agent_id: String },
+    #[error("batch is empty")]
+    EmptyBatch,
+    #[error("batch has {count} events; the limit is {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("event {index} of the batch: {source}")]
+    BadEvent { index: usize, source: ProtoError },
+    #[error("event {index} of the batch has seq {got}, expected {expected}")]
+    OutOfOrder {
+        index: usize,
+        got: u64,
+        expected: u64,
+    },
+    #[error("batch: {source}")]
+    Chain {
+        #[from]
+        source: ChainError,
+    },
+    #[error("enrollment request: {reason}")]
+    BadEnrollment { reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// The one place domain errors become gRPC statuses.
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        let message = error.to_string();
+        match error {
+            ServiceError::NoCertificate
+            | ServiceError::UnknownPrincipal
+            | ServiceError::NotEnrolled { .. }
+            | ServiceError::Chain {
+                source: ChainError::BadSignature { .. },
+            } => Status::unauthenticated(message),
+            ServiceError::NotAnAgent { .. } | ServiceError::Revoked { .. } => {
+                Status::permission_denied(message)
+            }
+            ServiceError::TooManyEvents { .. } => Status::resource_exhausted(message),
+            ServiceError::EmptyBatch
+            | ServiceError::BadEvent { .. }
+            | ServiceError::OutOfOrder { .. }
+            | ServiceError::Chain { .. }
+            | ServiceError::BadEnrollment { .. } => Status::invalid_argument(message),
+            ServiceError::Store(
+                StoreError::UnknownToken | StoreError::UsedToken | StoreError::ExpiredToken,
+            ) => Status::permission_denied(message),
+            ServiceError::Ingest(IngestError::Fork { .. }) => Status::failed_precondition(message),
+            ServiceError::Store(_) | ServiceError::Ingest(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// Enrolled agents' keys, shared by the services; the store is the source of truth.
+#[derive(Clone, Default)]
+pub struct Agents {
+    by_id: Arc<RwLock<HashMap<String, AgentKey>>>,
+}
+
+impl Agents {
+    pub fn load(keys: Vec<AgentKey>) -> Self {
+        let agents = Agents::default();
+        for key in keys {
+            agents.insert(key);
+        }
+        agents
+    }
+
+    pub fn insert(&self, key: AgentKey) {
+        if let Ok(mut map) = self.by_id.write() {
+            map.insert(key.id.clone(), key);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<AgentKey> {
+        self.by_id.read().ok()?.get(id).cloned()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_batch_events: usize,
+}
+
+pub struct EnrollmentService {
+    pub writer: Writer,
+    pub authority: Arc<Authority>,
+    pub agents: Agents,
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let remote = request.remote_addr();
+        let req = request.into_inner();
+        let result = self.enroll_agent(req).await;
+        match &result {
+            Ok(response) => {
+                tracing::info!(agent_id = %response.agent_id, ?remote, "agent enrolled")
+            }
+            Err(error) => tracing::warn!(?remote, %error, "enrollment refused"),
+        }
+        Ok(Response::new(result?))
+    }
+}
+
+impl EnrollmentService {
+    async fn enroll_agent(
+        &self,
+        req: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, ServiceError> {
+        let bad = |reason: &str| ServiceError::BadEnrollment {
+            reason: reason.to_string(),
+        };
+        chain::verifying_key(&req.signing_public_key)?;
+        if req.name.trim().is_empty() || req.name.len() > 253 {
+            return Err(bad("name must be 1 to 253 characters"));
+        }
+        let agent_id = new_agent_id().map_err(|_| bad("no randomness for an agent id"))?;
+        // Sign the CSR before spending the token, so a bad CSR does not burn it.
+        let cert_pem = self
+            .authority
+            .sign_client_csr(&req.csr_der, &Principal::Agent(agent_id.clone()))
+            .map_err(|error| bad(&error.to_string()))?;
+        let key = self
+            .writer
+            .enroll(
+                req.token,
+                OwnedNewAgent {
+                    id: agent_id.clone(),
+                    name: req.name,
+                    host: req.hostname,
+                    signing_key: req.signing_public_key,
+                },
+            )
+            .await?;
+        self.agents.insert(key);
+        Ok(pb::EnrollResponse {
+            agent_id,
+            certificate_pem: cert_pem,
+            ca_pem: self.authority.cert_pem.clone(),
+        })
+    }
+}
+
+fn new_agent_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("a-{}", hex::encode(bytes)))
+}
+
+pub struct IngestService {
+    pub writer: Writer,
+    pub agents: Agents,
+    pub limits: Limits,
+}
+
+/// The caller's identity, from its verified client certificate only.
+pub fn caller<T>(request: &Request<T>) -> Result<Principal, ServiceError> {
+    let certs = request.peer_certs().ok_or(ServiceError::NoCertificate)?;
+    let leaf = certs.first().ok_or(ServiceError::NoCertificate)?;
+    principal_of(leaf.as_ref()).ok_or(ServiceError::UnknownPrincipal)
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for IngestService {
+    async fn submit(&self, request: Request<pb::EventBatch>) -> Result<Response<pb::Ack>, Status> {
+        let principal = caller(&request).inspect_err(
+            |error| tracing::warn!(remote = ?request.remote_addr(), %error, "batch refused"),
+        )?;
+        let agent_id = match principal {
+            Principal::Agent(id) => id,
+            Principal::Operator(name) => {
+                return Err(ServiceError::NotAnAgent {
+                    principal: format!("operator {name}"),
+                }
+                .into());
+            }
+        };
+        let span = tracing::info_span!("agent", agent_id = %agent_id);
+        let _guard = span.enter();
+        let result = self.accept(&agent_id, request.into_inner()).await;
+        match result {
+            Ok(ack) => Ok(Response::new(ack)),
+            Err(error) => {
+                tracing::warn!(%error, "batch refused");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl IngestService {
+    async fn accept(&self, agent_id: &str, batch: pb::EventBatch) -> Result<pb::Ack, ServiceError> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| ServiceError::NotEnrolled {
+                agent_id: agent_id.to_string(),
+            })?;
+        if !agent.active {
+            return Err(ServiceError::Revoked {
+                agent_id: agent_id.to_string(),
+            });
+        }
+        let limits = self.limits;
+        let agent_for_check = agent.clone();
+        // Decoding and hashing thousands of events is CPU work: keep it off the reactor threads.
+        let verified =
+            tokio::task::spawn_blocking(move || verify_batch(&agent_for_check, batch, limits))
+                .await
+                .map_err(|_| ServiceError::BadEnrollment {
+                    reason: "verification task failed".into(),
+                })??;
+        let committed = self.writer.ingest(verified).await?;
+        Ok(pb::Ack {
+            committed_through: committed.committed_through,
+            inserted: committed.inserted,
+            duplicates: committed.duplicates,
+        })
+    }
+}
+
+/// Decodes every event, recomputes the chain from the batch's previous hash, and checks the
+/// signature over its head. Nothing is stored unless all of it holds.
+pub fn verify_batch(
+    agent: &AgentKey,
+    batch: pb::EventBatch,
+    limits: Limits,
+) -> Result<VerifiedBatch, ServiceError> {
+    if batch.events.is_empty() {
+        return Err(ServiceError::EmptyBatch);
+    }
+    if batch.events.len() > limits.max_batch_events {
+        return Err(ServiceError::TooManyEvents {
+            count: batch.events.len(),
+            limit: limits.max_batch_events,
+        });
+    }
+    let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
+    let mut head: Hash = prev_hash;
+    let mut events = Vec::with_capacity(batch.events.len());
+    let mut first_seq = 0;
+    for (index, bytes) in batch.events.into_iter().enumerate() {
+        let event =
+            decode_event(&bytes).map_err(|source| ServiceError::BadEvent { index, source })?;
+        if index == 0 {
+            first_seq = event.seq;
+        }
+        let expected = first_seq + index as u64;
+        if event.seq != expected || event.seq == 0 {
+            return Err(ServiceError::OutOfOrder {
+                index,
+                got: event.seq,
+                expected,
+            });
+        }
+        head = chain::link(&head, event.seq, &bytes);
+        events.push(VerifiedEvent {
+            seq: event.seq,
+            hash: head,
+            bytes,
+            event,
+        });
+    }
+    let last_seq = first_seq + events.len() as u64 - 1;
+    chain::verify_batch(
+        &agent.signing_key,
+        &batch.signature,
+        &agent.id,
+        first_seq,
+        last_seq,
+        &prev_hash,
+        &head,
+    )?;
+    Ok(VerifiedBatch {
+        agent_no: agent.no,
+        agent_id: agent.id.clone(),
+        first_seq,
+        last_seq,
+        prev_hash,
+        head_hash: head,
+        signature: batch.signature,
+        events,
+    })
+}

@@ -1,0 +1,437 @@
+//! The ingest writer: one thread that owns the store's write connection.
+//!
+//! The gRPC service verifies a batch (decoding, chain, signature) before it gets here; the writer
+//! places it in the agent's chain, records gaps, and commits. Several waiting batches share one
+//! transaction (group commit), each under its own savepoint so one bad batch cannot spoil another.
+//! A batch is acknowledged only after the commit that holds it.
+
+use std::collections::HashMap;
+use std::thread;
+
+use bannin::chain::{GENESIS, Hash};
+use bannin::event::{Body, Event, Record};
+use bannin::time::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AgentKey, NewAgent, StoreError};
+
+/// Batches waiting for the writer; beyond this the service waits (back-pressure on agents).
+const QUEUE: usize = 64;
+/// How many waiting batches one transaction may take.
+const GROUP: usize = 32;
+
+/// One event that passed verification, with its hash in the agent's chain.
+pub struct VerifiedEvent {
+    pub seq: u64,
+    pub hash: Hash,
+    pub bytes: Vec<u8>,
+    pub event: Event,
+}
+
+/// A batch whose signature and internal chain verified.
+pub struct VerifiedBatch {
+    pub agent_no: i64,
+    pub agent_id: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub prev_hash: Hash,
+    pub head_hash: Hash,
+    pub signature: Vec<u8>,
+    pub events: Vec<VerifiedEvent>,
+}
+
+/// Something the collector concluded about an agent's chain while storing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub agent_id: String,
+    pub host: String,
+    /// "chain.gap" (sequence numbers missing, or a batch that does not connect) or "chain.fork".
+    pub kind: &'static str,
+    pub ts: Timestamp,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub detail: String,
+}
+
+/// The outcome of one committed batch.
+#[derive(Debug)]
+pub struct Committed {
+    pub committed_through: u64,
+    pub inserted: u32,
+    pub duplicates: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store commit failed: {reason}")]
+    CommitFailed { reason: String },
+    #[error(
+        "event {seq} differs from the event {seq} already stored for agent {agent_id}: the agent's chain forked"
+    )]
+    Fork { agent_id: String, seq: u64 },
+}
+
+impl From<rusqlite::Error> for IngestError {
+    fn from(source: rusqlite::Error) -> Self {
+        IngestError::Store(StoreError::Sql { source })
+    }
+}
+
+/// What committed, passed on to detection in commit order.
+pub struct CommitNotice {
+    pub records: Vec<Record>,
+    pub findings: Vec<Finding>,
+}
+
+pub struct OwnedNewAgent {
+    pub id: String,
+    pub name: String,
+    pub host: String,
+    pub signing_key: Vec<u8>,
+}
+
+enum Command {
+    Ingest {
+        batch: VerifiedBatch,
+        reply: oneshot::Sender<Result<Committed, IngestError>>,
+    },
+    Enroll {
+        token: String,
+        agent: OwnedNewAgent,
+        reply: oneshot::Sender<Result<AgentKey, StoreError>>,
+    },
+}
+
+/// The handle the service uses to reach the writer.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. Committed records go to `notices` when given.
+    pub fn spawn(
+        conn: Connection,
+        notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(conn, rx, notices))?;
+        Ok(Writer { tx })
+    }
+
+    pub async fn ingest(&self, batch: VerifiedBatch) -> Result<Committed, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Ingest { batch, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    pub async fn enroll(
+        &self,
+        token: String,
+        agent: OwnedNewAgent,
+    ) -> Result<AgentKey, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Enroll {
+                token,
+                agent,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+struct ChainState {
+    last_seq: u64,
+    head: Hash,
+    host: String,
+}
+
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
+) {
+    let mut chains: HashMap<i64, ChainState> = HashMap::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batches = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Enroll {
+                    token,
+                    agent,
+                    reply,
+                } => {
+                    let new = NewAgent {
+                        id: &agent.id,
+                        name: &agent.name,
+                        host: &agent.host,
+                        signing_key: &agent.signing_key,
+                    };
+                    let _ = reply.send(super::enroll(&mut conn, &token, &new));
+                }
+                Command::Ingest { batch, reply } => batches.push((batch, reply)),
+            }
+            if batches.len() < GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batches.is_empty() {
+            continue;
+        }
+        commit_group(&mut conn, &mut chains, batches, notices.as_ref());
+    }
+}
+
+type Pending = (
+    VerifiedBatch,
+    oneshot::Sender<Result<Committed, IngestError>>,
+);
+
+fn commit_group(
+    conn: &mut Connection,
+    chains: &mut HashMap<i64, ChainState>,
+    batches: Vec<Pending>,
+    notices: Option<&std::sync::mpsc::SyncSender<CommitNotice>>,
+) {
+    let mut outcomes = Vec::with_capacity(batches.len());
+    let mut notice = CommitNotice {
+        records: Vec::new(),
+        findings: Vec::new(),
+    };
+    // Chain positions as they would be after this transaction; dropped if it rolls back.
+    let mut staged: HashMap<i64, (u64, Hash)> = HashMap::new();
+    let result = (|| -> Result<(), rusqlite::Error> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (batch, reply) in batches {
+            let outcome = match tx.savepoint() {
+                Ok(sp) => match store_batch(&sp, chains, &mut staged, &batch, &mut notice) {
+                    Ok(committed) => sp.commit().map(|()| Ok(committed)),
+                    Err(error) => {
+                        drop(sp);
+                        Ok(Err(error))
+                    }
+                },
+                Err(error) => Err(error),
+            }?;
+            outcomes.push((reply, outcome));
+        }
+        tx.commit()
+    })();
+    match result {
+        Ok(()) => {
+            for (agent_no, (last_seq, head)) in staged {
+                if let Some(state) = chains.get_mut(&agent_no) {
+                    state.last_seq = last_seq;
+                    state.head = head;
+                }
+            }
+            for (reply, outcome) in outcomes {
+                let _ = reply.send(outcome);
+            }
+            if let Some(notices) = notices
+                && (!notice.records.is_empty() || !notice.findings.is_empty())
+                && notices.send(notice).is_err()
+            {
+                tracing::warn!("detection has stopped; committed events are not being evaluated");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "store commit failed; batches are not acknowledged");
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(IngestError::CommitFailed {
+                    reason: error.to_string(),
+                }));
+            }
+        }
+    }
+}
+
+fn chain_state<'a>(
+    conn: &Connection,
+    chains: &'a mut HashMap<i64, ChainState>,
+    agent_no: i64,
+) -> Result<&'a mut ChainState, rusqlite::Error> {
+    if !chains.contains_key(&agent_no) {
+        let (last_seq, head, host): (i64, Vec<u8>, String) = conn.query_row(
+            "SELECT last_seq, head_hash, host FROM agents WHERE no = ?1",
+            [agent_no],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let head = bannin::chain::to_hash(&head, "head hash").unwrap_or(GENESIS);
+        chains.insert(
+            agent_no,
+            ChainState {
+                last_seq: u64::try_from(last_seq).unwrap_or(0),
+                head,
+                host,
+            },
+        );
+    }
+    chains
+        .get_mut(&agent_no)
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+fn store_batch(
+    conn: &Connection,
+    chains: &mut HashMap<i64, ChainState>,
+    staged: &mut HashMap<i64, (u64, Hash)>,
+    batch: &VerifiedBatch,
+    notice: &mut CommitNotice,
+) -> Result<Committed, IngestError> {
+    let state = chain_state(conn, chains, batch.agent_no)?;
+    let (last_seq, head) = staged
+        .get(&batch.agent_no)
+        .copied()
+        .unwrap_or((state.last_seq, state.head));
+    let host = state.host.clone();
+    let now = Timestamp::now();
+    let mut findings = Vec::new();
+    if batch.first_seq > last_seq + 1 {
+        findings.push(Finding {
+            agent_id: batch.agent_id.clone(),
+            host: host.clone(),
+            kind: "chain.gap",
+            ts: now,
+            first_seq: last_seq + 1,
+            last_seq: batch.first_seq - 1,
+            detail: format!(
+                "events {}..={} never arrived",
+                last_seq + 1,
+                batch.first_seq - 1
+            ),
+        });
+    } else if batch.first_seq == last_seq + 1 && batch.prev_hash != head {
+        findings.push(Finding {
+            agent_id: batch.agent_id.clone(),
+            host: host.clone(),
+            kind: "chain.gap",
+            ts: now,
+            first_seq: batch.first_seq,
+            last_seq: batch.first_seq,
+            detail: format!(
+                "event {} does not follow the stored event {last_seq}: the chain does not connect",
+                batch.first_seq
+            ),
+        });
+    }
+
+    let mut inserted = 0u32;
+    let mut duplicates = 0u32;
+    let mut records = Vec::new();
+    {
+        let mut insert = conn.prepare_cached(
+            "INSERT OR IGNORE INTO events (agent_no, seq, ts, kind, path, payload, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut existing =
+            conn.prepare_cached("SELECT hash FROM events WHERE agent_no = ?1 AND seq = ?2")?;
+        for ev in &batch.events {
+            let seq = i64::try_from(ev.seq).unwrap_or(i64::MAX);
+            let changed = insert.execute(params![
+                batch.agent_no,
+                seq,
+                ev.event.ts.as_nanos(),
+                ev.event.kind(),
+                ev.event.path(),
+                ev.bytes,
+                ev.hash.as_slice(),
+            ])?;
+            if changed == 1 {
+                inserted += 1;
+                records.push(Record {
+                    agent_id: batch.agent_id.clone(),
+                    event: ev.event.clone(),
+                });
+            } else {
+                let stored: Option<Vec<u8>> = existing
+                    .query_row(params![batch.agent_no, seq], |r| r.get(0))
+                    .optional()?;
+                if stored.as_deref() != Some(ev.hash.as_slice()) {
+                    return Err(IngestError::Fork {
+                        agent_id: batch.agent_id.clone(),
+                        seq: ev.seq,
+                    });
+                }
+                duplicates += 1;
+            }
+        }
+    }
+    if inserted > 0 {
+        conn.execute(
+            "INSERT OR IGNORE INTO batches
+             (agent_no, last_seq, first_seq, prev_hash, head_hash, signature, received_ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                batch.agent_no,
+                i64::try_from(batch.last_seq).unwrap_or(i64::MAX),
+                i64::try_from(batch.first_seq).unwrap_or(i64::MAX),
+                batch.prev_hash.as_slice(),
+                batch.head_hash.as_slice(),
+                batch.signature,
+                now.as_nanos()
+            ],
+        )?;
+    }
+    for finding in &findings {
+        conn.execute(
+            "INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                batch.agent_no,
+                finding.ts.as_nanos(),
+                finding.kind,
+                i64::try_from(finding.first_seq).unwrap_or(i64::MAX),
+                i64::try_from(finding.last_seq).unwrap_or(i64::MAX),
+                finding.detail
+            ],
+        )?;
+        tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind, detail = %finding.detail, "chain finding");
+    }
+    let (new_last, new_head) = if batch.last_seq > last_seq {
+        (batch.last_seq, batch.head_hash)
+    } else {
+        (last_seq, head)
+    };
+    let spool = batch
+        .events
+        .iter()
+        .rev()
+        .find_map(|ev| match &ev.event.body {
+            Body::Agent(a) => Some((a.spool_events, a.spool_bytes)),
+            _ => None,
+        });
+    conn.execute(
+        "UPDATE agents SET last_seq = ?1, head_hash = ?2, last_seen_ts = ?3,
+             spool_events = COALESCE(?4, spool_events), spool_bytes = COALESCE(?5, spool_bytes)
+         WHERE no = ?6",
+        params![
+            i64::try_from(new_last).unwrap_or(i64::MAX),
+            new_head.as_slice(),
+            now.as_nanos(),
+            spool.map(|s| i64::try_from(s.0).unwrap_or(i64::MAX)),
+            spool.map(|s| i64::try_from(s.1).unwrap_or(i64::MAX)),
+            batch.agent_no
+        ],
+    )?;
+    staged.insert(batch.agent_no, (new_last, new_head));
+    notice.records.extend(records);
+    notice.findings.extend(findings);
+    Ok(Committed {
+        committed_through: new_last,
+        inserted,
+        duplicates,
+    })
+}

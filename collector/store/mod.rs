@@ -1,0 +1,246 @@
+//! The collector's SQLite store: every rusqlite call of the collector goes through this module.
+//!
+//! One writer connection lives on the ingest thread (`ingest.rs`); query commands and `verify` open
+//! their own read-only connections, which WAL lets run while `serve` writes.
+
+pub mod alerts;
+pub mod ingest;
+pub mod query;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+use bannin::chain::GENESIS;
+use bannin::time::Timestamp;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+pub const DB_FILE: &str = "bannin.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("store: {source}")]
+    Sql {
+        #[from]
+        source: rusqlite::Error,
+    },
+    #[error("enrollment token is unknown")]
+    UnknownToken,
+    #[error("enrollment token was already used")]
+    UsedToken,
+    #[error("enrollment token has expired")]
+    ExpiredToken,
+    #[error("store has no agent {agent_id}")]
+    UnknownAgent { agent_id: String },
+    #[error("the ingest thread has stopped")]
+    WriterGone,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    no INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    signing_key BLOB NOT NULL,
+    enrolled_ts INTEGER NOT NULL,
+    last_seen_ts INTEGER,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    head_hash BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    spool_events INTEGER NOT NULL DEFAULT 0,
+    spool_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY,
+    created_ts INTEGER NOT NULL,
+    expires_ts INTEGER NOT NULL,
+    used_ts INTEGER,
+    used_by TEXT
+);
+-- payload is the event exactly as the agent encoded, hashed and signed it; ts, kind, host and path
+-- are derived from it for queries, and verify checks they still agree.
+CREATE TABLE IF NOT EXISTS events (
+    agent_no INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT,
+    payload BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (agent_no, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+-- One row per accepted batch: the signature that authenticates events first_seq..=last_seq.
+CREATE TABLE IF NOT EXISTS batches (
+    agent_no INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    head_hash BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_ts INTEGER NOT NULL,
+    PRIMARY KEY (agent_no, last_seq, first_seq)
+) WITHOUT ROWID;
+-- What the collector itself concluded about an agent's chain (chain.gap, chain.fork).
+CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY,
+    agent_no INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
+
+/// Opens (creating if needed) the store for writing.
+pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = db_path(data_dir);
+    let open = |source| StoreError::Open {
+        path: path.clone(),
+        source,
+    };
+    let conn = Connection::open(&path).map_err(open)?;
+    // synchronous=FULL: an acknowledgement to an agent means the events survive a power loss.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;
+         PRAGMA foreign_keys=ON;",
+    )
+    .map_err(open)?;
+    conn.execute_batch(SCHEMA).map_err(open)?;
+    conn.execute_batch(alerts::SCHEMA).map_err(open)?;
+    Ok(conn)
+}
+
+/// Opens the store read-only, for queries and verification while `serve` runs.
+pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = db_path(data_dir);
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|source| StoreError::Open { path, source })?;
+    Ok(conn)
+}
+
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Records a new enrollment token; only its hash is kept.
+pub fn add_token(conn: &Connection, token: &str, expires: Timestamp) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO tokens (hash, created_ts, expires_ts) VALUES (?1, ?2, ?3)",
+        params![
+            token_hash(token),
+            Timestamp::now().as_nanos(),
+            expires.as_nanos()
+        ],
+    )?;
+    Ok(())
+}
+
+/// An agent as the ingest path needs it.
+#[derive(Debug, Clone)]
+pub struct AgentKey {
+    pub no: i64,
+    pub id: String,
+    pub signing_key: Vec<u8>,
+    pub active: bool,
+}
+
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub host: &'a str,
+    pub signing_key: &'a [u8],
+}
+
+/// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent.
+pub fn enroll(
+    conn: &mut Connection,
+    token: &str,
+    agent: &NewAgent<'_>,
+) -> Result<AgentKey, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let hash = token_hash(token);
+    let row: Option<(i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT expires_ts, used_ts FROM tokens WHERE hash = ?1",
+            [&hash],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let now = Timestamp::now();
+    match row {
+        None => return Err(StoreError::UnknownToken),
+        Some((_, Some(_))) => return Err(StoreError::UsedToken),
+        Some((expires, None)) if expires < now.as_nanos() => return Err(StoreError::ExpiredToken),
+        Some(_) => {}
+    }
+    tx.execute(
+        "UPDATE tokens SET used_ts = ?1, used_by = ?2 WHERE hash = ?3",
+        params![now.as_nanos(), agent.id, hash],
+    )?;
+    tx.execute(
+        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            agent.id,
+            agent.name,
+            agent.host,
+            agent.signing_key,
+            now.as_nanos(),
+            GENESIS.to_vec()
+        ],
+    )?;
+    let no = tx.last_insert_rowid();
+    tx.commit()?;
+    Ok(AgentKey {
+        no,
+        id: agent.id.to_string(),
+        signing_key: agent.signing_key.to_vec(),
+        active: true,
+    })
+}
+
+pub fn agent_keys(conn: &Connection) -> Result<Vec<AgentKey>, StoreError> {
+    let mut stmt = conn.prepare("SELECT no, id, signing_key, status FROM agents")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AgentKey {
+            no: r.get(0)?,
+            id: r.get(1)?,
+            signing_key: r.get(2)?,
+            active: r.get::<_, String>(3)? == "active",
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_agent_status(conn: &Connection, agent_id: &str, status: &str) -> Result<(), StoreError> {
+    let changed = conn.execute(
+        "UPDATE agents SET status = ?1 WHERE id = ?2",
+        params![status, agent_id],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownAgent {
+            agent_id: agent_id.to_string(),
+        });
+    }
+    Ok(())
+}

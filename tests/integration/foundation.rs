@@ -1,0 +1,308 @@
+//! Issue 2: enrolled agents stream signed, hash-chained events over mutual TLS into SQLite, losing
+//! nothing, storing nothing twice, and refusing what is not theirs.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn write_files(dir: &Path, prefix: &str, count: usize) {
+    // A separate process writes the files, as a user's program would.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt {count} ]; do echo row-$i > {}/{prefix}$i.txt; i=$((i+1)); done",
+            dir.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn created_paths(events: &[serde_json::Value]) -> HashSet<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "file.create")
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for_paths(collector: &Collector, dir: &Path, prefix: &str, count: usize) {
+    let expected: HashSet<String> = (0..count)
+        .map(|i| dir.join(format!("{prefix}{i}.txt")).display().to_string())
+        .collect();
+    wait_for(&format!("{count} {prefix} files stored"), LONG, || {
+        let seen = created_paths(&collector.events(&["--kind", "file.create"]));
+        expected.is_subset(&seen).then_some(())
+    });
+}
+
+fn verify(dir: &Path) -> (bool, String) {
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(dir),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn enrolled_agent_streams_file_events_queryable_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "web1");
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(&config, "[files]\nexclude = [\"**/*.swp\"]\n").unwrap();
+    set_mode(&config, 0o600);
+    let _agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            watched.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let file = watched.join("customers.csv");
+    std::fs::write(&file, "id,email\n1,a@example.jp\n").unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let path = file.display().to_string();
+    let events = wait_for(&format!("create and delete of {path} stored"), LONG, || {
+        let events = collector.events(&["--path", &path]);
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        (kinds.contains(&"file.create".to_string()) && kinds.contains(&"file.delete".to_string()))
+            .then_some(events)
+    });
+    let id = agent_id(&state);
+    for event in &events {
+        assert_eq!(event["agent_id"], id.as_str());
+        assert_eq!(event["host"], "web1");
+        assert_eq!(event["path"], path.as_str());
+        assert!(event["seq"].as_u64().unwrap() >= 1);
+        let ts = event["ts"].as_str().unwrap();
+        assert!(
+            ts.ends_with('Z') && ts.len() == 30,
+            "ts with nanoseconds: {ts}"
+        );
+    }
+    let delete = events.iter().find(|e| e["kind"] == "file.delete").unwrap();
+    assert_eq!(delete["size"], 24, "a delete carries the last size seen");
+    // Filters narrow: no file events under another host's name.
+    assert!(
+        collector
+            .events(&["--host", "db9", "--kind", "file.*"])
+            .is_empty()
+    );
+    assert!(verify(&collector.dir).0);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn bad_configuration_is_refused_in_one_line_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "cfg1");
+    let cases = [
+        ("[files]\nwatch = [\"/tmp\"]\nbogus = 1\n", 0o600, "bogus"),
+        ("[spool]\nmax_bytes = \"lots\"\n", 0o600, "max_bytes"),
+        (
+            "[agent]\nheartbeat = \"15s\"\n",
+            0o666,
+            "writable by group or others",
+        ),
+    ];
+    for (i, (text, mode, needle)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        set_mode(&path, *mode);
+        let out = run_output(
+            Command::new(AGENT)
+                .args(["run", "--state-dir"])
+                .arg(&state)
+                .arg("--config")
+                .arg(&path),
+        );
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "case {i}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = 5\n").unwrap();
+    set_mode(&path, 0o600);
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["serve", "--data-dir"])
+            .arg(tmp.path().join("c2"))
+            .arg("--config")
+            .arg(&path),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+}
+
+#[test]
+fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "app1");
+    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+
+    let writer = {
+        let watched = watched.clone();
+        std::thread::spawn(move || write_files(&watched, "a", 3000))
+    };
+    // Kill the collector once part of the stream has been committed.
+    wait_for("the stream to be under way", LONG, || {
+        (collector.events(&["--kind", "file.create"]).len() > 200).then_some(())
+    });
+    collector.proc.kill9();
+    writer.join().unwrap();
+    collector.restart();
+    wait_for_paths(&collector, &watched, "a", 3000);
+
+    let events = collector.events(&[]);
+    assert_contiguous(&events, &agent_id(&state));
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn agent_killed_and_restarted_continues_its_chain_without_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "app2");
+    let mut agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    write_files(&watched, "b", 1500);
+    wait_for("some events stored", LONG, || {
+        (collector.events(&["--kind", "file.create"]).len() > 100).then_some(())
+    });
+    agent.proc.kill9();
+    agent.restart();
+    write_files(&watched, "c", 1500);
+    wait_for_paths(&collector, &watched, "c", 1500);
+    let events = collector.events(&[]);
+    let n = assert_contiguous(&events, &agent_id(&state));
+    let starts = events.iter().filter(|e| e["kind"] == "agent.start").count();
+    assert_eq!(starts, 2, "one agent.start per run");
+    assert!(n > 1500);
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn events_made_while_the_collector_is_down_wait_in_the_spool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "app3");
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    wait_for("agent.start stored", LONG, || {
+        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+    });
+    collector.proc.kill9();
+    write_files(&watched, "d", 1000);
+    // The agent keeps them: they are in its spool while nobody listens.
+    wait_for("events spooled", LONG, || {
+        agent.proc.has_line("batch not delivered").then_some(())
+    });
+    collector.restart();
+    wait_for_paths(&collector, &watched, "d", 1000);
+    assert_contiguous(&collector.events(&[]), &agent_id(&state));
+}
+
+#[test]
+fn verify_names_rows_edited_deleted_or_swapped_in_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "app4");
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    write_files(&watched, "e", 30);
+    wait_for_paths(&collector, &watched, "e", 30);
+    drop(agent);
+    let mut collector = collector;
+    collector.proc.terminate();
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "untouched store verifies: {report}");
+
+    let db = collector.dir.join("bannin.db");
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(&db, dir.join("bannin.db")).unwrap();
+        let conn = rusqlite::Connection::open(dir.join("bannin.db")).unwrap();
+        (dir, conn)
+    };
+
+    // Edited: a path rewritten in the payload.
+    let (dir, conn) = copy("edited");
+    let payload: Vec<u8> = conn
+        .query_row("SELECT payload FROM events WHERE seq = 5", [], |r| r.get(0))
+        .unwrap();
+    let mut event = bannin::proto::decode_event(&payload).unwrap();
+    event.host = "elsewhere".into();
+    conn.execute(
+        "UPDATE events SET payload = ?1 WHERE seq = 5",
+        [bannin::proto::encode_event(&event)],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, report) = verify(&dir);
+    assert!(!ok);
+    assert!(report.contains("event 5:"), "{report}");
+
+    // Deleted: a row removed.
+    let (dir, conn) = copy("deleted");
+    conn.execute("DELETE FROM events WHERE seq = 7", [])
+        .unwrap();
+    drop(conn);
+    let (ok, report) = verify(&dir);
+    assert!(!ok);
+    assert!(report.contains("event 7:"), "{report}");
+
+    // Swapped: two rows exchange places.
+    let (dir, conn) = copy("swapped");
+    conn.execute_batch(
+        "UPDATE events SET seq = -1 WHERE seq = 10;
+         UPDATE events SET seq = 10 WHERE seq = 11;
+         UPDATE events SET seq = 11 WHERE seq = -1;",
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, report) = verify(&dir);
+    assert!(!ok);
+    assert!(
+        report.contains("event 10:") && report.contains("event 11:"),
+        "{report}"
+    );
+}
