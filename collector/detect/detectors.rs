@@ -2,6 +2,7 @@
 //! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
 //! data; only the state machine is code.
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -136,7 +137,7 @@ impl ExportLifecycle {
         if extensions.is_empty() {
             extensions = [
                 "csv", "tsv", "json", "ndjson", "jsonl", "sql", "dump", "xlsx", "xls", "parquet",
-                "zip", "gz", "tgz", "bz2", "xz", "7z", "tar", "bak",
+                "sqlite", "zip", "gz", "tgz", "bz2", "xz", "zst", "7z", "rar", "tar", "bak",
             ]
             .map(String::from)
             .to_vec();
@@ -517,5 +518,203 @@ impl AgentSilent {
             });
         }
         findings
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sensitive_read_volume
+
+/// At most this many evidence references are attached to one bulk-read alert.
+const MAX_READ_EVIDENCE: usize = 32;
+
+struct ReadTrack {
+    last_total: u64,
+    /// Rows added by each event within the window, with the event.
+    points: VecDeque<(Timestamp, u64, EvidenceRef)>,
+    sum: u64,
+}
+
+/// Rows read from sensitive tables by one session or one database user within a window.
+///
+/// The agent's running totals (`session_sensitive_rows`, `user_sensitive_rows`) only grow, over
+/// the agent's whole life, so a threshold on them would end up firing for every ordinary account.
+/// This detector turns them back into rows added per event (the difference from the previous
+/// total of the same session or user) and adds those up over the window. It also reports a read of
+/// a whole sensitive table (`export_method: full_table_read`) at once.
+pub(crate) struct SensitiveReadVolume {
+    rows: u64,
+    window: Duration,
+    full_table_reads: bool,
+    per_key: usize,
+    tracks: Window<u64, ReadTrack>,
+    dropped: u64,
+}
+
+impl SensitiveReadVolume {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        Ok(SensitiveReadVolume {
+            rows: spec.u64("rows", 10_000)?,
+            window: spec.duration("window", Duration::from_secs(3600))?,
+            full_table_reads: spec
+                .parameters
+                .get("full_table_reads")
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or("parameter full_table_reads is not a boolean")
+                })
+                .transpose()?
+                .unwrap_or(true),
+            per_key: limits.matches_per_group.max(1),
+            tracks: Window::coarse(limits.correlation_groups, Duration::from_secs(1)),
+            dropped: 0,
+        })
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.tracks.evicted() + self.dropped
+    }
+
+    pub(crate) fn expire(&mut self, now: Timestamp) {
+        self.tracks.expire(now.saturating_sub(self.window));
+    }
+
+    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
+        let Body::Db(db) = &record.event.body else {
+            return None;
+        };
+        if db.action != bannin::event::DbAction::Query || db.failed {
+            return None;
+        }
+        let ts = record.event.ts;
+        let since = ts.saturating_sub(self.window);
+        let mut best: Option<(&str, u64, Vec<u64>)> = None;
+        for (scope, name, total) in [
+            ("session", &db.session, db.session_sensitive_rows),
+            ("user", &db.db_user, db.user_sensitive_rows),
+        ] {
+            let Some(total) = total else { continue };
+            let key = {
+                let mut hasher = std::hash::DefaultHasher::new();
+                (&record.agent_id, scope, name).hash(&mut hasher);
+                hasher.finish()
+            };
+            let track = match self.tracks.touch(&key, ts) {
+                Some(track) => track,
+                None => {
+                    let track = ReadTrack {
+                        // First sight: only this event's own rows are known to be new.
+                        last_total: total.saturating_sub(db.rows.unwrap_or(0)),
+                        points: VecDeque::new(),
+                        sum: 0,
+                    };
+                    self.tracks.insert(key, track, ts);
+                    self.tracks.get_mut(&key)?
+                }
+            };
+            // A total that went down is a restarted agent counting afresh.
+            let added = total.checked_sub(track.last_total).unwrap_or(total);
+            track.last_total = total;
+            while track.points.front().is_some_and(|(t, _, _)| *t < since) {
+                if let Some((_, rows, _)) = track.points.pop_front() {
+                    track.sum -= rows;
+                }
+            }
+            if added > 0 {
+                if track.points.len() >= self.per_key {
+                    if let Some((_, rows, _)) = track.points.pop_front() {
+                        track.sum -= rows;
+                    }
+                    self.dropped += 1;
+                }
+                track.points.push_back((ts, added, evidence(record)));
+                track.sum += added;
+            }
+            if track.sum >= self.rows && best.as_ref().is_none_or(|(_, sum, _)| track.sum > *sum) {
+                let mut keys = best.map(|(_, _, keys)| keys).unwrap_or_default();
+                keys.push(key);
+                best = Some((scope, track.sum, keys));
+            } else if let Some((_, _, keys)) = &mut best {
+                keys.push(key);
+            }
+        }
+        let full = self.full_table_reads
+            && db.export_method == "full_table_read"
+            && !db.sensitive_tables.is_empty();
+        let (scope, rows, keys) = match best {
+            Some(found) => found,
+            None if full => ("full_table", db.rows.unwrap_or(0), Vec::new()),
+            None => return None,
+        };
+        // The window's reads are reported now; the next alert needs another `rows` on top.
+        let mut proof = Vec::new();
+        let mut first_ts = ts;
+        for key in keys {
+            if let Some(track) = self.tracks.get_mut(&key) {
+                for (t, _, e) in track.points.drain(..) {
+                    first_ts = first_ts.min(t);
+                    if !proof.contains(&e) {
+                        proof.push(e);
+                    }
+                }
+                track.sum = 0;
+            }
+        }
+        if proof.is_empty() {
+            proof.push(evidence(record));
+        }
+        if proof.len() > MAX_READ_EVIDENCE {
+            let tail = proof.split_off(proof.len() - MAX_READ_EVIDENCE / 2);
+            proof.truncate(MAX_READ_EVIDENCE / 2);
+            proof.extend(tail);
+        }
+        let mut fields = Map::new();
+        for (name, value) in [
+            ("db_system", json!(db.db_system)),
+            ("db_user", json!(db.db_user)),
+            ("database", json!(db.database)),
+            ("client_addr", json!(db.client_addr)),
+            ("application", json!(db.application)),
+            ("session", json!(db.session)),
+            ("tables", json!(db.tables)),
+            ("sensitive_tables", json!(db.sensitive_tables)),
+            ("scope", json!(scope)),
+            ("rows_in_window", json!(rows)),
+            ("window_secs", json!(self.window.as_secs())),
+            ("first_ts", json!(first_ts)),
+            ("statement", json!(db.statement)),
+        ] {
+            fields.insert(name.into(), value);
+        }
+        if let Some(total) = db.session_sensitive_rows {
+            fields.insert("session_sensitive_rows".into(), json!(total));
+        }
+        if let Some(total) = db.user_sensitive_rows {
+            fields.insert("user_sensitive_rows".into(), json!(total));
+        }
+        if !db.export_method.is_empty() {
+            fields.insert("export_method".into(), json!(db.export_method));
+        }
+        let what = match scope {
+            "full_table" => "read all of".to_string(),
+            scope => format!(
+                "read {rows} rows in {}s ({scope}) from",
+                (ts.as_nanos() - first_ts.as_nanos()) / 1_000_000_000
+            ),
+        };
+        Some(Candidate {
+            ts,
+            host: record.event.host.clone(),
+            summary: format!(
+                "{} {what} sensitive {} on {} (client {})",
+                db.db_user,
+                db.sensitive_tables.join(","),
+                record.event.host,
+                db.client_addr
+            ),
+            evidence: proof,
+            key: db.db_user.clone(),
+            fields,
+            severity: None,
+        })
     }
 }
