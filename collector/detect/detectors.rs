@@ -417,6 +417,8 @@ struct Liveness {
 /// with a wrong clock is judged by when its events arrive.
 pub(crate) struct AgentSilent {
     after: Duration,
+    /// Set by a replay: the next tick restarts every agent's silence from the collector's start.
+    grace_pending: bool,
     agents: Window<String, Liveness>,
 }
 
@@ -424,6 +426,7 @@ impl AgentSilent {
     pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
         Ok(AgentSilent {
             after: spec.duration("after", Duration::from_secs(60))?,
+            grace_pending: false,
             agents: Window::coarse(limits.agents, Duration::from_secs(1)),
         })
     }
@@ -432,11 +435,13 @@ impl AgentSilent {
         self.agents.evicted()
     }
 
-    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp) {
+    /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
+    /// several agents interleave, so only a later time counts; live, `at` is the collector's clock.
+    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp, replaying: bool) {
         let stopped = matches!(&record.event.body, Body::Agent(a) if a.action == bannin::event::AgentAction::Stop);
         match self.agents.touch(&record.agent_id, at) {
             Some(entry) => {
-                if at >= entry.last_heard {
+                if !replaying || at >= entry.last_heard {
                     if entry.host != record.event.host {
                         entry.host.clone_from(&record.event.host);
                     }
@@ -462,8 +467,10 @@ impl AgentSilent {
     }
 
     /// After a replay: agents already silent when the collector stopped were reported then, so
-    /// they are not reported again until they talk and fall silent anew.
+    /// they are not reported again until they talk and fall silent anew. The others could not
+    /// talk while the collector was down: their silence is counted from the first tick.
     pub(crate) fn settle(&mut self, replay_end: Timestamp) {
+        self.grace_pending = true;
         let after = self.after;
         let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
         for key in keys {
@@ -476,6 +483,14 @@ impl AgentSilent {
     }
 
     pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
+        if std::mem::take(&mut self.grace_pending) {
+            let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
+            for key in keys {
+                if let Some(entry) = self.agents.get_mut(&key) {
+                    entry.last_heard = entry.last_heard.max(now);
+                }
+            }
+        }
         let mut findings = Vec::new();
         let keys: Vec<String> = self
             .agents

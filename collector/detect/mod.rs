@@ -268,8 +268,12 @@ impl Engine {
     /// Runs every rule over one committed event.
     pub fn observe(&mut self, record: &Record) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
-        let heard_at = if self.replaying || self.clock == Timestamp::default() {
+        // Liveness is judged on the collector's clock (the last tick), so that an agent whose own
+        // clock is wrong is judged by when its events arrive; a replay has only the events' times.
+        let heard_at = if self.replaying {
             record.event.ts
+        } else if self.clock == Timestamp::default() {
+            Timestamp::now()
         } else {
             self.clock
         };
@@ -283,7 +287,7 @@ impl Engine {
                 Detector::Reads(d) => d.observe(record),
                 Detector::FirstSeen(d) => d.observe(record),
                 Detector::Silent(d) => {
-                    d.heard(record, heard_at);
+                    d.heard(record, heard_at, self.replaying);
                     None
                 }
             };
