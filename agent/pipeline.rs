@@ -1,9 +1,9 @@
 //! The path from sensors to the spool.
 //!
 //! Every sensor holds an [`EventTx`]: a bounded channel into the spool writer. `send` waits when the
-//! spool is behind (back-pressure, nothing lost); `try_send` is for sensors that must not block (a
-//! kernel queue that would overflow instead) and counts what it could not hand over. The counts are
-//! reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
+//! spool is behind (back-pressure, nothing lost). A sensor that must not block (a kernel queue that
+//! would overflow instead) keeps its own bounded queue and counts what it drops with `count_drop`.
+//! The counts are reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -64,19 +64,6 @@ impl EventTx {
             .map_err(|_| Closed)
     }
 
-    /// Hands an event over without waiting; when the channel is full the event is counted as
-    /// dropped under this sensor's name and reported later. Returns whether it was sent.
-    pub fn try_send(&self, body: impl Into<Body>) -> bool {
-        match self.tx.try_send(Event::now(self.host.to_string(), body)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.count_drop(1);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
     /// Whether the spool writer has taken every event sent so far.
     pub fn is_drained(&self) -> bool {
         self.tx.capacity() == self.tx.max_capacity()
@@ -134,7 +121,7 @@ mod tests {
     use bannin::event::{AgentAction, AgentEvent};
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_channel_counts_drops_and_reports_them() {
+    async fn counted_drops_are_reported_as_sensor_overflow() {
         let (tx, mut rx) = mpsc::channel(1);
         let tx = EventTx {
             tx,
@@ -142,9 +129,10 @@ mod tests {
             sensor: "files",
             drops: Arc::new(Drops::default()),
         };
-        assert!(tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
-        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
-        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
+        tx.send(AgentEvent::new(AgentAction::Heartbeat))
+            .await
+            .unwrap();
+        tx.count_drop(2);
         rx.recv().await.unwrap();
         let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
         let report = rx.recv().await.unwrap();

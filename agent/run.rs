@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("cannot start the database sensor")?;
     let sensors = vec![
+        format!("databases:{databases}"),
         format!("files:{}", files.backend()),
         format!("process:{}", process.source()),
         format!(
@@ -92,7 +93,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     heartbeat.abort();
     files.stop().await;
     process.shutdown().await;
-    drop(net);
+    net.shutdown().await;
     db.stop().await;
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();

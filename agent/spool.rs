@@ -331,11 +331,6 @@ impl Spool {
             dropped_total: inner.dropped_total,
         }
     }
-
-    /// When the last event was numbered, for status output.
-    pub fn last_seq(&self) -> u64 {
-        self.lock().next_seq - 1
-    }
 }
 
 /// Runs a spool call on a blocking thread.

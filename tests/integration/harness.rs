@@ -308,10 +308,13 @@ pub fn agent_id(state_dir: &Path) -> String {
     value["agent_id"].as_str().unwrap().to_string()
 }
 
+/// Each request's head (request line and headers) and body.
+pub type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A real HTTP receiver on loopback that records each request's headers and body and answers 200.
 pub struct HttpReceiver {
     pub port: u16,
-    pub requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub requests: Requests,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 

@@ -1,7 +1,11 @@
 //! One integration test binary: each module exercises one capability through the real binaries.
 
+// Test helpers, like tests, stop at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod detection;
 mod examples;
+mod files;
 mod foundation;
 mod harness;
 mod refusals;

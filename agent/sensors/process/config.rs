@@ -17,16 +17,6 @@ pub enum Backend {
     Poll,
 }
 
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Connector => "connector",
-            Backend::Poll => "poll",
-        }
-    }
-}
-
 /// `[process]`: process starts and exits, and the process table other sensors ask "who is pid N".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
