@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     heartbeat.abort();
     files.stop().await;
     process.shutdown().await;
-    net.shutdown().await;
+    drop(net);
     db.stop().await;
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();

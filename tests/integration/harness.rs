@@ -496,7 +496,11 @@ impl Postgres {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
-        run_ok(Command::new("chown").arg("postgres:postgres").arg(dir.path()));
+        run_ok(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path()),
+        );
         run_ok(
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
@@ -535,13 +539,17 @@ impl Postgres {
             _dir: dir,
             proc,
         };
-        wait_for("postgres to accept connections", Duration::from_secs(60), || {
-            Command::new("pg_isready")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-        });
+        wait_for(
+            "postgres to accept connections",
+            Duration::from_secs(60),
+            || {
+                Command::new("pg_isready")
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
         if pgaudit_installed() {
             pg.psql("CREATE EXTENSION IF NOT EXISTS pgaudit;");
         }
@@ -552,7 +560,16 @@ impl Postgres {
     pub fn psql_as(&self, user: &str, sql: &str) -> String {
         run_ok(
             Command::new("psql")
-                .args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+                .args([
+                    "-X",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    user,
+                ])
                 .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql]),
         )
     }

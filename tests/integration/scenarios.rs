@@ -104,7 +104,10 @@ fn travel_company_2016_is_visible_within_seconds() {
     assert!(status.success());
 
     // 3. The sales database read in bulk by a client.
-    let rows = pg.psql_as("intruder", "COPY (SELECT * FROM public.customers) TO STDOUT WITH CSV");
+    let rows = pg.psql_as(
+        "intruder",
+        "COPY (SELECT * FROM public.customers) TO STDOUT WITH CSV",
+    );
     assert_eq!(rows.lines().count(), 20000);
     pg.psql_as("intruder", "SELECT * FROM public.customers;");
 
@@ -144,21 +147,27 @@ fn travel_company_2016_is_visible_within_seconds() {
     assert!(export["est_rows"].as_u64().unwrap() > 200_000, "{export}");
     assert!(export["passports"].as_u64().unwrap() > 0, "{export}");
     let read = alerts.iter().find(|a| a["rule"] == "bulk-db-read").unwrap();
-    assert!(read["summary"].as_str().unwrap().contains("intruder"), "{read}");
+    assert!(
+        read["summary"].as_str().unwrap().contains("intruder"),
+        "{read}"
+    );
     // The database events say who read what, how many rows, from which client.
     let reads = collector.events(&["--host", "db1", "--kind", "db.query"]);
     let bulk = reads
         .iter()
-        .find(|e| e["db_user"] == "intruder" && e["statement"].as_str().unwrap_or("").contains("COPY"))
+        .find(|e| {
+            e["db_user"] == "intruder" && e["statement"].as_str().unwrap_or("").contains("COPY")
+        })
         .unwrap_or_else(|| panic!("no COPY by intruder in {reads:?}"));
     assert_eq!(bulk["client_addr"], "127.0.0.1");
-    assert!(
-        bulk["tables"].to_string().contains("customers"),
-        "{bulk}"
-    );
+    assert!(bulk["tables"].to_string().contains("customers"), "{bulk}");
     // The SOC heard about it without asking.
     assert!(!receiver.bodies("/soc").is_empty());
     // No more than one create-then-delete alert for the one CSV.
-    let count = alerts_json(&collector.dir, &["--rule", "large-export-created-then-deleted"]).len();
+    let count = alerts_json(
+        &collector.dir,
+        &["--rule", "large-export-created-then-deleted"],
+    )
+    .len();
     assert_eq!(count, 1);
 }
