@@ -176,11 +176,11 @@ pub async fn spawn(
     })
 }
 
-/// Waits (a bounded while) until the spool writer has taken every event sent, so a saved position
-/// never runs ahead of events still queued in memory.
+/// Waits (a bounded while) until the spool has committed every event sent, so a saved position
+/// never runs ahead of events that a crash could still lose.
 async fn wait_drained(tx: &EventTx) {
     for _ in 0..500 {
-        if tx.is_drained() {
+        if tx.is_committed() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
