@@ -462,6 +462,9 @@ fn index_cost(rows: u64) {
     );
 }
 
+/// The arguments of one query case for round `i`.
+type ArgsFor<'a> = Box<dyn Fn(usize) -> Vec<String> + 'a>;
+
 fn main() {
     let o = options();
     let keep = o.dir.is_some();
@@ -516,7 +519,7 @@ fn main() {
     }
     let data_dir = dir.display().to_string();
     let window = |i: usize| windows[i];
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> Vec<String>>)> = vec![
+    let cases: Vec<(&str, ArgsFor)> = vec![
         (
             "events --host H --since --until",
             Box::new(|i| {

@@ -3,10 +3,16 @@
 // Test helpers, like tests, stop at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod db;
+// The private database servers the agent's own tests use, shared rather than copied.
+#[path = "../../agent/sensors/db/testsupport.rs"]
+mod db_servers;
 mod detection;
 mod examples;
 mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod procnet;
 mod refusals;
+mod scenarios;

@@ -195,16 +195,21 @@ impl Connector {
     /// Opens the socket, subscribes, and waits for the kernel to confirm: without that, a socket in
     /// a container's namespace would open fine and then stay silent forever.
     pub fn open() -> Result<Connector, ConnectorError> {
+        Connector::open_with_buffer(RECEIVE_BUFFER)
+    }
+
+    /// [`Connector::open`] with another receive buffer size: tests make it tiny to overflow it.
+    fn open_with_buffer(receive_buffer: usize) -> Result<Connector, ConnectorError> {
         let socket = Socket::new(
             Domain::from(AF_NETLINK),
             Type::DGRAM,
             Some(Protocol::from(NETLINK_CONNECTOR)),
         )
         .map_err(|source| ConnectorError::Socket { source })?;
-        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        if setsockopt(&socket, sockopt::RcvBufForce, &receive_buffer).is_err() {
             // Without privilege the kernel caps the request at rmem_max, which is still the most
             // it allows.
-            let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+            let _ = socket.set_recv_buffer_size(receive_buffer);
         }
         bind(socket.as_raw_fd(), &NetlinkAddr::new(0, CN_IDX_PROC)).map_err(|errno| {
             ConnectorError::Socket {
@@ -273,13 +278,14 @@ pub fn spawn(
     tx: EventTx,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let (queue, queued) = mpsc::sync_channel::<Body>(settings.queue_capacity);
+    let (queue, queued) = mpsc::sync_channel::<Job>(settings.queue_capacity);
     let sender_tx = tx.clone();
+    let sender_table = table.clone();
     let sender = std::thread::Builder::new()
         .name("bannin-proc-send".into())
         .spawn(move || {
-            for body in queued {
-                if sender_tx.blocking_send(body).is_err() {
+            for job in queued {
+                if sender_tx.blocking_send(job.event(&sender_table)).is_err() {
                     return;
                 }
             }
@@ -292,7 +298,7 @@ pub fn spawn(
                 table,
                 tx,
                 queue,
-                last_seq: HashMap::new(),
+                gaps: Gaps::default(),
                 lost: 0,
                 overflowed: false,
                 next_report: Instant::now() + REPORT_EVERY,
@@ -305,12 +311,84 @@ pub fn spawn(
     Ok(vec![reader, sender])
 }
 
+/// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
+#[derive(Default)]
+struct Gaps {
+    last_seq: HashMap<u32, u32>,
+}
+
+impl Gaps {
+    /// How many messages from `cpu` were lost just before this one.
+    fn count(&mut self, cpu: u32, seq: u32) -> u64 {
+        let Some(last) = self.last_seq.insert(cpu, seq) else {
+            return 0;
+        };
+        let gap = seq.wrapping_sub(last).wrapping_sub(1);
+        // A huge "gap" is a counter that went backwards, not a loss.
+        if gap < u32::MAX / 2 {
+            u64::from(gap)
+        } else {
+            0
+        }
+    }
+}
+
+/// What the reader hands the sender: the facts, read in time; the sender turns them into events
+/// with ancestry, which costs the reader nothing.
+enum Job {
+    Start(Snapshot),
+    Exit {
+        snapshot: Snapshot,
+        io: Option<(u64, u64)>,
+        status: u32,
+    },
+    Report(SensorEvent),
+}
+
+impl Job {
+    fn event(self, table: &ProcessTable) -> Body {
+        match self {
+            Job::Start(snapshot) => process_event(table, &snapshot, ProcessAction::Start).into(),
+            Job::Exit {
+                snapshot,
+                io,
+                status,
+            } => {
+                let mut event = process_event(table, &snapshot, ProcessAction::Exit);
+                event.exit_code = Some(exit_code(status));
+                event.read_bytes = io.map(|(read, _)| read);
+                event.write_bytes = io.map(|(_, written)| written);
+                event.into()
+            }
+            Job::Report(event) => event.into(),
+        }
+    }
+}
+
+fn process_event(table: &ProcessTable, snapshot: &Snapshot, action: ProcessAction) -> ProcessEvent {
+    let mut process = table.describe(snapshot);
+    // Like ps, show the kernel's short name in brackets when the command line is gone.
+    if process.cmdline.is_empty() && !snapshot.comm.is_empty() {
+        process.cmdline = format!("[{}]", snapshot.comm);
+    }
+    ProcessEvent {
+        action,
+        process,
+        cwd: snapshot.cwd.clone(),
+        start_ts: snapshot.start_ts,
+        exit_code: None,
+        read_bytes: None,
+        write_bytes: None,
+        source: SOURCE.to_string(),
+    }
+}
+
 struct Reader {
     connector: Connector,
     table: ProcessTable,
     tx: EventTx,
-    queue: mpsc::SyncSender<Body>,
-    last_seq: HashMap<u32, u32>,
+    queue: mpsc::SyncSender<Job>,
+    gaps: Gaps,
     lost: u64,
     overflowed: bool,
     next_report: Instant,
@@ -337,7 +415,7 @@ impl Reader {
             match self.connector.read(&mut buf) {
                 Ok(datagram) => {
                     for numbered in decode(datagram) {
-                        self.count_gap(numbered.cpu, numbered.seq);
+                        self.lost += self.gaps.count(numbered.cpu, numbered.seq);
                         if !self.handle(numbered.message) {
                             return;
                         }
@@ -352,23 +430,12 @@ impl Reader {
                         "process",
                         format!("reading process events failed: {error}"),
                     );
-                    self.queue(event.into());
+                    self.queue(Job::Report(event));
                     return;
                 }
             }
             if !self.housekeeping() {
                 return;
-            }
-        }
-    }
-
-    /// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
-    fn count_gap(&mut self, cpu: u32, seq: u32) {
-        if let Some(last) = self.last_seq.insert(cpu, seq) {
-            let gap = seq.wrapping_sub(last).wrapping_sub(1);
-            // A huge "gap" is a counter that went backwards, not a loss.
-            if gap < u32::MAX / 2 {
-                self.lost += u64::from(gap);
             }
         }
     }
@@ -385,50 +452,33 @@ impl Reader {
                 true
             }
             Message::Exec { tgid } => {
-                let event = self.exec(tgid);
-                self.queue(event.into())
+                let job = self.exec(tgid);
+                self.queue(job)
             }
             // Threads exit too; only the whole process's exit is an event.
             Message::Exit { pid, tgid, code } if pid == tgid => {
-                let event = self.exit(pid, code);
-                self.queue(event.into())
+                let job = self.exit(pid, code);
+                self.queue(job)
             }
             _ => true,
         }
     }
 
-    fn exec(&self, pid: u32) -> ProcessEvent {
-        let snapshot = match self.table.load(pid) {
-            Some(snapshot) => snapshot,
-            // Gone before it could be read: the event still counts, with what the fork told us.
-            None => Snapshot {
-                pid,
-                ppid: self.table.ppid_of(pid),
-                ..Snapshot::default()
-            },
-        };
-        let (cwd, start_ts) = (snapshot.cwd.clone(), snapshot.start_ts);
-        let zombie_comm = (snapshot.cmdline.is_empty() && !snapshot.comm.is_empty())
-            .then(|| format!("[{}]", snapshot.comm));
-        self.table.insert_live(snapshot);
-        let mut process = self.table.compose(pid).unwrap_or_default();
-        // Like ps, show the kernel's short name in brackets when the command line is gone.
-        if let Some(comm) = zombie_comm {
-            process.cmdline = comm;
+    /// Reads the new program from `/proc` at once and records it; the event is built later.
+    fn exec(&self, pid: u32) -> Job {
+        // Gone before it could be read: the event still counts, with what the fork told us.
+        let mut snapshot = self.table.load(pid).unwrap_or(Snapshot {
+            pid,
+            ..Snapshot::default()
+        });
+        if snapshot.ppid.is_none() {
+            snapshot.ppid = self.table.ppid_of(pid);
         }
-        ProcessEvent {
-            action: ProcessAction::Start,
-            process,
-            cwd,
-            start_ts,
-            exit_code: None,
-            read_bytes: None,
-            write_bytes: None,
-            source: SOURCE.to_string(),
-        }
+        self.table.insert_live(snapshot.clone());
+        Job::Start(snapshot)
     }
 
-    fn exit(&self, pid: u32, status: u32) -> ProcessEvent {
+    fn exit(&self, pid: u32, status: u32) -> Job {
         // A zombie still has its counters until its parent reaps it; otherwise the last sample.
         let io = procfs::read_io(pid);
         let mut entry = self.table.record_exit(pid, io);
@@ -438,37 +488,27 @@ impl Reader {
             self.table.insert_live(snapshot);
             entry = self.table.record_exit(pid, io);
         }
-        let (cwd, start_ts, io) = match &entry {
-            Some(entry) => (
-                entry.snapshot.cwd.clone(),
-                entry.snapshot.start_ts,
-                entry.io,
+        let (snapshot, io) = match entry {
+            Some(entry) => (entry.snapshot, entry.io),
+            None => (
+                Snapshot {
+                    pid,
+                    ..Snapshot::default()
+                },
+                io,
             ),
-            None => (String::new(), None, io),
         };
-        let process = self
-            .table
-            .compose(pid)
-            .unwrap_or(bannin::event::ProcessInfo {
-                pid,
-                ..Default::default()
-            });
-        ProcessEvent {
-            action: ProcessAction::Exit,
-            process,
-            cwd,
-            start_ts,
-            exit_code: Some(exit_code(status)),
-            read_bytes: io.map(|(read, _)| read),
-            write_bytes: io.map(|(_, written)| written),
-            source: SOURCE.to_string(),
+        Job::Exit {
+            snapshot,
+            io,
+            status,
         }
     }
 
     /// Hands an event to the sender thread without waiting: the socket must keep being read. A
     /// full queue counts the event as dropped. Returns false once the sender has gone.
-    fn queue(&self, body: Body) -> bool {
-        match self.queue.try_send(body) {
+    fn queue(&self, job: Job) -> bool {
+        match self.queue.try_send(job) {
             Ok(()) => true,
             Err(mpsc::TrySendError::Full(_)) => {
                 self.tx.count_drop(1);
@@ -495,7 +535,7 @@ impl Reader {
                 tracing::warn!(lost = self.lost, "process events lost");
                 self.lost = 0;
                 self.overflowed = false;
-                if !self.queue(event.into()) {
+                if !self.queue(Job::Report(event)) {
                     return false;
                 }
             }
@@ -586,6 +626,59 @@ mod tests {
             ]
         );
         assert!(decode(&datagram[..datagram.len() - 3]).len() == 3);
+    }
+
+    #[test]
+    fn sequence_gaps_per_cpu_count_lost_messages() {
+        let mut gaps = Gaps::default();
+        assert_eq!(gaps.count(0, 10), 0);
+        assert_eq!(gaps.count(1, 500), 0);
+        assert_eq!(gaps.count(0, 11), 0);
+        assert_eq!(gaps.count(0, 15), 3);
+        assert_eq!(gaps.count(1, 501), 0);
+        assert_eq!(gaps.count(1, 3), 0, "a counter going backwards is no loss");
+        assert_eq!(gaps.count(2, u32::MAX - 1), 0);
+        assert_eq!(gaps.count(2, 1), 2, "the counter wraps past u32::MAX and 0");
+    }
+
+    /// A socket too small for a burst loses messages; the sensor reports how many.
+    #[test]
+    fn an_overflowing_socket_is_reported_with_a_count() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let connector = Connector::open_with_buffer(4096).unwrap();
+        // Nobody reads yet: the burst overflows the socket.
+        for _ in 0..200 {
+            std::process::Command::new("/bin/true").status().unwrap();
+        }
+        let (tx, mut rx) = crate::pipeline::channel("test-host");
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = Settings {
+            queue_capacity: 1024,
+            io_sample_interval: Duration::ZERO,
+        };
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let threads = spawn(connector, settings, table, tx, stop.clone()).unwrap();
+        // More messages after the loss, from every CPU, reveal the gaps.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut lost = 0;
+        while lost == 0 && std::time::Instant::now() < deadline {
+            std::process::Command::new("/bin/true").status().unwrap();
+            while let Ok(event) = rx.try_recv() {
+                if let Body::Sensor(sensor) = event.body
+                    && sensor.status == SensorStatus::Overflow
+                {
+                    assert_eq!(sensor.sensor, "process");
+                    lost += sensor.count;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(lost > 0, "no overflow reported");
     }
 
     #[test]

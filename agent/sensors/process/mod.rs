@@ -38,6 +38,7 @@ pub enum ProcessError {
         #[source]
         source: connector::ConnectorError,
     },
+    #[cfg(not(target_os = "linux"))]
     #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
     #[cfg_attr(target_os = "linux", allow(dead_code))]
     Unsupported,

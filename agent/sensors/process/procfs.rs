@@ -51,13 +51,15 @@ fn parse_stat(text: &str) -> Option<Stat> {
 
 /// Everything the process sensor records about a process, or `None` when even its `stat` is gone.
 pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
-    let stat = read_stat(pid)?;
+    // The program and its arguments first: a short-lived process may be gone a moment later,
+    // and they are what an audit needs most.
     let exe = std::fs::read_link(proc_path(pid, "exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     let cmdline = std::fs::read(proc_path(pid, "cmdline"))
         .map(|raw| join_cmdline(&raw))
         .unwrap_or_default();
+    let stat = read_stat(pid)?;
     let cwd = std::fs::read_link(proc_path(pid, "cwd"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -66,7 +68,8 @@ pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
         .and_then(|status| parse_uid(&status));
     Some(Snapshot {
         pid,
-        ppid: Some(stat.ppid),
+        // Only init and kernel threads truly have none; a process being reaped also reads 0.
+        ppid: (stat.ppid != 0).then_some(stat.ppid),
         exe,
         cmdline,
         uid,
@@ -78,9 +81,17 @@ pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
     })
 }
 
+/// Command lines can run to megabytes; events keep the first few kilobytes.
+const MAX_CMDLINE: usize = 4096;
+
 fn join_cmdline(raw: &[u8]) -> String {
     let trimmed = raw.strip_suffix(&[0]).unwrap_or(raw);
-    String::from_utf8_lossy(trimmed).replace('\0', " ")
+    let kept = &trimmed[..trimmed.len().min(MAX_CMDLINE)];
+    let mut joined = String::from_utf8_lossy(kept).replace('\0', " ");
+    if kept.len() < trimmed.len() {
+        joined.push_str("...");
+    }
+    joined
 }
 
 /// The real uid, the first of the four on the `Uid:` line.

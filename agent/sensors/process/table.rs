@@ -20,6 +20,9 @@ use super::config::ProcessConfig;
 /// must not hang a caller.
 const MAX_ANCESTRY: usize = 64;
 
+/// How much of each ancestor's command line an answer carries.
+const MAX_ANCESTOR_CMDLINE: usize = 512;
+
 /// What the table knows about one process.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -51,11 +54,22 @@ impl Snapshot {
         }
     }
 
+    /// Ancestors' command lines are cut shorter than the process's own: every event repeats
+    /// the whole line, and a long-lived parent's full arguments are one question away.
     fn ancestor(&self) -> Ancestor {
+        let mut cmdline = self.cmdline.clone();
+        if cmdline.len() > MAX_ANCESTOR_CMDLINE {
+            let mut cut = MAX_ANCESTOR_CMDLINE;
+            while !cmdline.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            cmdline.truncate(cut);
+            cmdline.push_str("...");
+        }
         Ancestor {
             pid: self.pid,
             exe: self.exe.clone(),
-            cmdline: self.cmdline.clone(),
+            cmdline,
             user: self.user.clone(),
         }
     }
@@ -136,10 +150,13 @@ impl ProcessTable {
         let known = {
             let inner = self.lock();
             match inner.entries.get(&pid) {
-                // A changed command name means an exec the table has not heard of.
+                // A changed command name means an exec the table has not heard of; an empty
+                // command line, a snapshot taken in the middle of one.
                 Some(entry) => match &live {
                     Some((ticks, comm)) => {
-                        entry.snapshot.same_process(Some(*ticks)) && entry.snapshot.comm == *comm
+                        entry.snapshot.same_process(Some(*ticks))
+                            && entry.snapshot.comm == *comm
+                            && !entry.snapshot.cmdline.is_empty()
                     }
                     None => true,
                 },
@@ -159,27 +176,12 @@ impl ProcessTable {
     pub(crate) fn compose(&self, pid: u32) -> Option<ProcessInfo> {
         let inner = self.lock();
         let entry = inner.entries.get(&pid)?;
-        let mut info = entry.snapshot.info();
-        let mut child = &entry.snapshot;
-        let mut seen = HashSet::from([pid]);
-        while let Some(ppid) = child.ppid {
-            if ppid == 0 || !seen.insert(ppid) || info.ancestry.len() >= MAX_ANCESTRY {
-                break;
-            }
-            let Some(parent) = inner.entries.get(&ppid) else {
-                break;
-            };
-            // A parent that started after its child is a later process that reused the pid.
-            if let (Some(parent_ticks), Some(child_ticks)) =
-                (parent.snapshot.start_ticks, child.start_ticks)
-                && parent_ticks > child_ticks
-            {
-                break;
-            }
-            info.ancestry.push(parent.snapshot.ancestor());
-            child = &parent.snapshot;
-        }
-        Some(info)
+        Some(describe(&inner, &entry.snapshot))
+    }
+
+    /// `snapshot` as event fields, with the ancestry the table remembers.
+    pub(crate) fn describe(&self, snapshot: &Snapshot) -> ProcessInfo {
+        describe(&self.lock(), snapshot)
     }
 
     /// Reads each ancestor the table does not know yet from `/proc`, outside the lock.
@@ -360,6 +362,30 @@ impl ProcessTable {
 }
 
 /// What tells one running process from another under the same pid: its start time and name.
+fn describe(inner: &Inner, snapshot: &Snapshot) -> ProcessInfo {
+    let mut info = snapshot.info();
+    let mut child = snapshot;
+    let mut seen = HashSet::from([snapshot.pid]);
+    while let Some(ppid) = child.ppid {
+        if ppid == 0 || !seen.insert(ppid) || info.ancestry.len() >= MAX_ANCESTRY {
+            break;
+        }
+        let Some(parent) = inner.entries.get(&ppid) else {
+            break;
+        };
+        // A parent that started after its child is a later process that reused the pid.
+        if let (Some(parent_ticks), Some(child_ticks)) =
+            (parent.snapshot.start_ticks, child.start_ticks)
+            && parent_ticks > child_ticks
+        {
+            break;
+        }
+        info.ancestry.push(parent.snapshot.ancestor());
+        child = &parent.snapshot;
+    }
+    info
+}
+
 #[cfg(target_os = "linux")]
 fn live_identity(pid: u32) -> Option<(u64, String)> {
     super::procfs::read_stat(pid).map(|stat| (stat.start_ticks, stat.comm))
@@ -495,6 +521,12 @@ mod tests {
                 .unwrap(),
         );
         let pid = child.0.id();
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .starts_with(b"sh\0-c\0read")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let before = table.info(pid).unwrap();
         assert!(before.cmdline.contains("read line"), "{before:?}");
         {
@@ -512,6 +544,16 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_taken_mid_exec_is_read_again() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let me = std::process::id();
+        let mut partial = read_live(me).unwrap();
+        partial.cmdline.clear();
+        table.insert_live(partial);
+        assert!(!table.info(me).unwrap().cmdline.is_empty());
+    }
+
+    #[test]
     fn a_reused_pid_is_read_afresh() {
         let table = ProcessTable::new(100, Duration::from_secs(60));
         let me = std::process::id();
@@ -524,6 +566,27 @@ mod tests {
         let info = table.info(me).unwrap();
         assert_ne!(info.exe, "/old/program");
         assert_eq!(info.exe, std::env::current_exe().unwrap().to_string_lossy());
+    }
+
+    #[test]
+    fn ancestors_carry_a_shortened_command_line() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let long = "x".repeat(5000);
+        table.insert_live(Snapshot {
+            pid: 4_100_000,
+            cmdline: long.clone(),
+            ..Snapshot::default()
+        });
+        let child = Snapshot {
+            pid: 4_100_001,
+            ppid: Some(4_100_000),
+            cmdline: long.clone(),
+            ..Snapshot::default()
+        };
+        let info = table.describe(&child);
+        assert_eq!(info.cmdline, long);
+        assert_eq!(info.ancestry[0].pid, 4_100_000);
+        assert_eq!(info.ancestry[0].cmdline.len(), MAX_ANCESTOR_CMDLINE + 3);
     }
 
     #[test]

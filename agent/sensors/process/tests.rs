@@ -151,3 +151,162 @@ async fn a_disabled_sensor_still_answers_from_the_table() {
         );
     }
 }
+
+/// Benchmark: a shell runs `/bin/true` N times (default 10,000, `BANNIN_BENCH_EXECS`) as fast as it
+/// can while the connector listens; at least 99.9% of the execs must be reported. Run with
+/// `cargo test --release --bin bannin-agent exec_burst -- --ignored --nocapture`.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run on purpose"]
+async fn exec_burst() {
+    let count: usize = std::env::var("BANNIN_BENCH_EXECS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let (tx, mut rx) = pipeline::channel("bench-host");
+    let _drops = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(500));
+    let config = ProcessConfig {
+        backend: Backend::Connector,
+        ..ProcessConfig::default()
+    };
+    let (handle, _table) = spawn(config, tx).await.unwrap();
+    status_message(&mut rx).await;
+
+    let started = tokio::time::Instant::now();
+    let mut shell = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("i=0; while [ $i -lt {count} ]; do /bin/true; i=$((i+1)); done"),
+        ])
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id().unwrap();
+    // Counted, not collected by pid: ten thousand forks can wrap the pid space and reuse a pid.
+    let mut starts = 0usize;
+    let mut strays = Vec::new();
+    let (mut exits, mut unknown_exe, mut only_comm, mut overflow) = (0usize, 0usize, 0usize, 0u64);
+    let mut shell_done = None;
+    loop {
+        // Whatever has not arrived five seconds after the shell finished counts as missed.
+        let patience = match shell_done {
+            Some(done) => tokio::time::sleep_until(done + Duration::from_secs(5)),
+            None => tokio::time::sleep(Duration::from_secs(600)),
+        };
+        tokio::select! {
+            event = rx.recv() => match event.map(|e| e.body) {
+                Some(Body::Process(p)) if p.process.ppid == Some(shell_pid) => match p.action {
+                    ProcessAction::Start => {
+                        unknown_exe += usize::from(p.process.exe.is_empty());
+                        only_comm += usize::from(p.process.cmdline == "[true]");
+                        starts += 1;
+                    }
+                    ProcessAction::Exit => exits += 1,
+                },
+                Some(Body::Process(p)) if p.action == ProcessAction::Start
+                    && p.process.ancestry.iter().all(|a| a.pid != shell_pid)
+                    && (p.process.ppid.is_none()
+                        || p.process.exe.ends_with("/true")
+                        || p.process.exe.is_empty()) =>
+                {
+                    strays.push(p);
+                }
+                Some(Body::Sensor(s)) if s.status == SensorStatus::Overflow => {
+                    println!("overflow: {} {}", s.sensor, s.message);
+                    overflow += s.count;
+                }
+                Some(_) => {}
+                None => break,
+            },
+            status = shell.wait(), if shell_done.is_none() => {
+                assert!(status.unwrap().success());
+                shell_done = Some(tokio::time::Instant::now());
+            }
+            () = patience => break,
+        }
+        if shell_done.is_some() && starts >= count && exits >= count {
+            break;
+        }
+    }
+    let elapsed = shell_done.unwrap_or_else(tokio::time::Instant::now) - started;
+    let captured = starts;
+    println!(
+        "exec_burst: {count} execs in {:.2}s ({:.0}/s); starts captured {captured} ({:.3}%), \
+         exits {exits}, starts with exe unknown {unknown_exe} (of which named by comm only \
+         {only_comm}), overflow reported {overflow}",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        captured as f64 * 100.0 / count as f64,
+    );
+    for stray in strays.iter().take(10) {
+        let mut stray = stray.clone();
+        stray.process.ancestry.truncate(1);
+        println!("start not attributed to the shell: {stray:?}");
+    }
+    assert!(
+        captured * 1000 >= count * 999,
+        "captured {captured} of {count}"
+    );
+    handle.shutdown().await;
+}
+
+/// CPU time (user + system, in clock ticks of 10ms) and resident memory (kB) of this process.
+#[cfg(target_os = "linux")]
+fn own_cost() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15; fields[0] is field 3.
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    (ticks, rss)
+}
+
+/// Benchmark: the process (connector) and network sensors on an idle host for
+/// `BANNIN_BENCH_IDLE_SECS` (default 30), with the events drained as the spool would. Prints the
+/// CPU they used (percent of one core) and the test process's resident memory. Run with
+/// `cargo test --release --bin bannin-agent sensors_idle -- --ignored --nocapture`.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run on purpose"]
+async fn sensors_idle() {
+    let secs: u64 = std::env::var("BANNIN_BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let (tx, mut rx) = pipeline::channel("bench-host");
+    let drain = tokio::spawn(async move {
+        let mut events = 0u64;
+        while rx.recv().await.is_some() {
+            events += 1;
+        }
+        events
+    });
+    let (_before_ticks, before_rss) = own_cost();
+    let (process, table) = spawn(ProcessConfig::default(), tx.clone()).await.unwrap();
+    let net = crate::sensors::net::spawn(crate::sensors::net::NetConfig::default(), tx, table)
+        .await
+        .unwrap();
+    // Start-up (learning the running processes) is not idle cost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (start_ticks, _) = own_cost();
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (end_ticks, end_rss) = own_cost();
+    let elapsed = started.elapsed().as_secs_f64();
+    process.shutdown().await;
+    drop(net);
+    let events = drain.await.unwrap();
+    println!(
+        "sensors_idle: {secs}s, cpu {:.2}% of one core ({} ticks), rss {} kB (test binary alone \
+         {before_rss} kB), {events} events",
+        (end_ticks - start_ticks) as f64 / elapsed,
+        end_ticks - start_ticks,
+        end_rss,
+    );
+}

@@ -2,12 +2,20 @@
 //! connected UDP flow, with the process that owns it.
 //!
 //! On Linux it reads `/proc/net/{tcp,tcp6,udp,udp6}` every `interval` and finds each socket's owner
-//! by the socket inode in `/proc/<pid>/fd`, scanning only when a socket it does not know appears. A
-//! connection opened and closed between two reads is not seen, and only sockets in the agent's own
-//! network namespace are listed. Elsewhere the sensor reports that it cannot run.
+//! by the socket inode in `/proc/<pid>/fd`, scanning only when a socket it does not know appears.
+//! Connections that open and close between two reads are caught from the kernel's socket
+//! destruction notices ([`destroy`], root only), with their byte counts but without their process,
+//! which is gone from the socket by then. Only sockets in the agent's own network namespace are
+//! seen; connections already open when the sensor starts are reported at its first read.
+//! Elsewhere the sensor reports that it cannot run.
+
+#[cfg(target_os = "linux")]
+mod destroy;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bannin::event::{NetEvent, SensorEvent, SensorStatus};
@@ -61,22 +69,15 @@ impl NetConfig {
     }
 }
 
-/// The running sensor; dropping it stops the sensor.
+/// The running sensor; dropping it stops the sensor (it holds nothing that needs flushing).
 pub struct NetHandle {
     task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl NetHandle {
-    pub async fn shutdown(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
+    stop: Arc<AtomicBool>,
 }
 
 impl Drop for NetHandle {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -91,38 +92,69 @@ pub async fn spawn(
 ) -> Result<NetHandle, NetError> {
     config.validate()?;
     let tx = tx.for_sensor(SENSOR);
-    if !config.enabled {
-        return Ok(NetHandle { task: None });
+    let mut handle = NetHandle {
+        task: None,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    if config.enabled {
+        handle.task = start(config, tx, table, handle.stop.clone()).await?;
     }
-    start(config, tx, table).await
+    Ok(handle)
 }
 
 #[cfg(target_os = "linux")]
-async fn start(config: NetConfig, tx: EventTx, table: ProcessTable) -> Result<NetHandle, NetError> {
-    let message = format!(
-        "reading the kernel's socket tables every {}ms, connections shorter than that may be missed",
-        config.interval.as_millis()
-    );
+async fn start(
+    config: NetConfig,
+    tx: EventTx,
+    table: ProcessTable,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NetError> {
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::channel(CLOSED_QUEUE);
+    let drops = tx.clone();
+    let notices = destroy::spawn(config.include_udp, closed_tx, stop, move |n| {
+        drops.count_drop(n)
+    });
+    let every = config.interval.as_millis();
+    let (message, closed_rx) = match notices {
+        Ok(_thread) => (
+            format!(
+                "reading the kernel's socket tables every {every}ms; connections closed before a \
+                 read are reported from the kernel's socket destruction notices, without their process"
+            ),
+            Some(closed_rx),
+        ),
+        Err(error) => (
+            format!(
+                "reading the kernel's socket tables every {every}ms; connections shorter than that \
+                 may be missed (socket destruction notices unavailable: {error})"
+            ),
+            None,
+        ),
+    };
     tracing::info!(backend = "procfs", %message, "network sensor started");
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
         .map_err(|_| NetError::Closed)?;
-    let task = tokio::spawn(linux::run(config, tx, table));
-    Ok(NetHandle { task: Some(task) })
+    Ok(Some(tokio::spawn(linux::run(config, tx, table, closed_rx))))
 }
+
+/// Destruction notices waiting for the sensor's task; more are counted as dropped.
+#[cfg(target_os = "linux")]
+const CLOSED_QUEUE: usize = 4096;
 
 #[cfg(not(target_os = "linux"))]
 async fn start(
     _config: NetConfig,
     tx: EventTx,
     _table: ProcessTable,
-) -> Result<NetHandle, NetError> {
+    _stop: Arc<AtomicBool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NetError> {
     let message = "outbound connections are only watched on Linux";
     tracing::warn!(message);
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
         .map_err(|_| NetError::Closed)?;
-    Ok(NetHandle { task: None })
+    Ok(None)
 }
 
 /// Where an address leads: "public", "private", "loopback", "link_local", "multicast" or
@@ -233,26 +265,49 @@ fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
     Some((ip.to_canonical(), port))
 }
 
+/// The ports this host serves on: TCP listeners and unconnected bound UDP sockets.
+#[derive(Debug, Default)]
+struct Services {
+    tcp: HashSet<u16>,
+    udp: HashSet<u16>,
+}
+
+impl Services {
+    fn of(sockets: &[Socket]) -> Services {
+        let mut services = Services::default();
+        for socket in sockets {
+            if socket.udp && socket.state == TCP_CLOSE {
+                services.udp.insert(socket.local.1);
+            } else if !socket.udp && socket.state == TCP_LISTEN {
+                services.tcp.insert(socket.local.1);
+            }
+        }
+        services
+    }
+
+    /// Whether a connection between these ends is one this host opened rather than accepted or
+    /// answered.
+    fn opened_here(&self, udp: bool, local: (IpAddr, u16), remote: (IpAddr, u16)) -> bool {
+        let served = if udp { &self.udp } else { &self.tcp };
+        remote.1 != 0 && !remote.0.is_unspecified() && !served.contains(&local.1)
+    }
+}
+
 /// The sockets that are connections this host opened: not accepted from one of its listeners
 /// (TCP), not answering on one of its bound ports (UDP), and with a known owner inode.
-fn outbound(sockets: &[Socket], include_udp: bool, include_loopback: bool) -> Vec<Socket> {
-    let tcp_listening: HashSet<u16> = sockets
-        .iter()
-        .filter(|s| !s.udp && s.state == TCP_LISTEN)
-        .map(|s| s.local.1)
-        .collect();
-    let udp_bound: HashSet<u16> = sockets
-        .iter()
-        .filter(|s| s.udp && s.state == TCP_CLOSE)
-        .map(|s| s.local.1)
-        .collect();
+fn outbound(
+    sockets: &[Socket],
+    services: &Services,
+    include_udp: bool,
+    include_loopback: bool,
+) -> Vec<Socket> {
     sockets
         .iter()
-        .filter(|s| s.inode != 0 && s.remote.1 != 0 && !s.remote.0.is_unspecified())
+        .filter(|s| s.inode != 0 && services.opened_here(s.udp, s.local, s.remote))
         .filter(|s| include_loopback || !s.remote.0.is_loopback())
         .filter(|s| {
             if s.udp {
-                include_udp && s.state == TCP_ESTABLISHED && !udp_bound.contains(&s.local.1)
+                include_udp && s.state == TCP_ESTABLISHED
             } else {
                 matches!(
                     s.state,
@@ -263,7 +318,7 @@ fn outbound(sockets: &[Socket], include_udp: bool, include_loopback: bool) -> Ve
                         | TCP_CLOSE_WAIT
                         | TCP_LAST_ACK
                         | TCP_CLOSING
-                ) && !tcp_listening.contains(&s.local.1)
+                )
             }
         })
         .copied()
@@ -274,12 +329,21 @@ fn outbound(sockets: &[Socket], include_udp: bool, include_loopback: bool) -> Ve
 mod linux {
     use super::*;
 
+    /// How long the ends of a connection seen open are remembered, so that its destruction
+    /// notice is not reported a second time.
+    const REMEMBER_ENDS: Duration = Duration::from_secs(60);
+
+    /// Both ends of a connection, with its protocol (`true` for UDP).
+    type Ends = (bool, (IpAddr, u16), (IpAddr, u16));
+
     /// Reads the socket tables and remembers what it has reported and who owns which socket.
     pub struct Scanner {
         include_udp: bool,
         include_loopback: bool,
         reported: HashSet<Key>,
         owners: HashMap<u64, u32>,
+        services: Services,
+        seen_open: HashMap<Ends, tokio::time::Instant>,
     }
 
     impl Scanner {
@@ -289,6 +353,8 @@ mod linux {
                 include_loopback: config.include_loopback,
                 reported: HashSet::new(),
                 owners: HashMap::new(),
+                services: Services::default(),
+                seen_open: HashMap::new(),
             }
         }
 
@@ -305,7 +371,20 @@ mod linux {
                     sockets.extend(text.lines().skip(1).filter_map(|l| parse_line(l, udp)));
                 }
             }
-            let current = outbound(&sockets, self.include_udp, self.include_loopback);
+            self.services = Services::of(&sockets);
+            let current = outbound(
+                &sockets,
+                &self.services,
+                self.include_udp,
+                self.include_loopback,
+            );
+            let now = tokio::time::Instant::now();
+            self.seen_open
+                .retain(|_, seen| now.saturating_duration_since(*seen) < REMEMBER_ENDS);
+            for socket in &current {
+                self.seen_open
+                    .insert((socket.udp, socket.local, socket.remote), now);
+            }
             let fresh: Vec<Socket> = current
                 .iter()
                 .filter(|s| !self.reported.contains(&s.key()))
@@ -320,6 +399,33 @@ mod linux {
                 .into_iter()
                 .map(|s| (s, self.owners.get(&s.inode).copied()))
                 .collect()
+        }
+
+        /// A destroyed socket that was an outbound connection no scan saw open, as an event.
+        pub fn closed(&mut self, closed: destroy::Closed) -> Option<NetEvent> {
+            if closed.udp && !self.include_udp
+                || !self.include_loopback && closed.remote.0.is_loopback()
+                || !self
+                    .services
+                    .opened_here(closed.udp, closed.local, closed.remote)
+                || self
+                    .seen_open
+                    .remove(&(closed.udp, closed.local, closed.remote))
+                    .is_some()
+            {
+                return None;
+            }
+            let socket = Socket {
+                udp: closed.udp,
+                local: closed.local,
+                remote: closed.remote,
+                state: TCP_CLOSE,
+                inode: 0,
+            };
+            let mut event = event(socket, None);
+            event.bytes_sent = closed.bytes_sent;
+            event.bytes_received = closed.bytes_received;
+            Some(event)
         }
     }
 
@@ -355,20 +461,46 @@ mod linux {
         owners
     }
 
-    pub async fn run(config: NetConfig, tx: EventTx, table: ProcessTable) {
+    pub async fn run(
+        config: NetConfig,
+        tx: EventTx,
+        table: ProcessTable,
+        mut closed: Option<tokio::sync::mpsc::Receiver<destroy::Closed>>,
+    ) {
         let mut scanner = Scanner::new(&config);
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Notices wait for the next scan, which first learns the host's current listeners: a
+        // connection accepted by a listener opened since the last scan is not outbound.
+        let mut pending = Vec::new();
         loop {
-            tick.tick().await;
+            let notice = async {
+                match closed.as_mut() {
+                    Some(closed) => closed.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                notice = notice => {
+                    match notice {
+                        Some(notice) if pending.len() < MAX_PENDING => pending.push(notice),
+                        Some(_) => tx.count_drop(1),
+                        None => closed = None,
+                    }
+                    continue;
+                }
+            }
             let table = table.clone();
+            let notices = std::mem::take(&mut pending);
             let scanned = tokio::task::spawn_blocking(move || {
                 let found = scanner.scan();
                 // Asking the table may read /proc, so it happens off the runtime too.
-                let events: Vec<NetEvent> = found
+                let mut events: Vec<NetEvent> = found
                     .into_iter()
                     .map(|(socket, pid)| event(socket, pid.and_then(|pid| table.info(pid))))
                     .collect();
+                events.extend(notices.into_iter().filter_map(|n| scanner.closed(n)));
                 (scanner, events)
             })
             .await;
@@ -389,6 +521,9 @@ mod linux {
             }
         }
     }
+
+    /// Destruction notices held until the next scan; more are counted as dropped.
+    const MAX_PENDING: usize = 65_536;
 
     fn event(socket: Socket, process: Option<bannin::event::ProcessInfo>) -> NetEvent {
         NetEvent {
@@ -487,16 +622,64 @@ mod tests {
         const PATIENCE: Duration = Duration::from_secs(15);
 
         async fn started() -> (NetHandle, mpsc::Receiver<Event>) {
+            started_with(Duration::from_millis(100)).await.0
+        }
+
+        /// The sensor reading every `interval`, and its status message.
+        async fn started_with(interval: Duration) -> ((NetHandle, mpsc::Receiver<Event>), String) {
             let (tx, mut rx) = pipeline::channel("test-host");
             let config = NetConfig {
-                interval: Duration::from_millis(100),
+                interval,
                 ..NetConfig::default()
             };
             let table = ProcessTable::new(100, Duration::from_secs(60));
             let handle = spawn(config, tx, table).await.unwrap();
             let status = rx.recv().await.unwrap();
-            assert_eq!(status.kind(), "sensor.status");
-            (handle, rx)
+            let Body::Sensor(status) = status.body else {
+                panic!("expected the sensor's status first, got {status:?}");
+            };
+            ((handle, rx), status.message)
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_connection_closed_between_reads_is_reported_with_its_bytes() {
+            use std::io::{Read, Write};
+
+            // The listener exists before the sensor's first read, as a server's would.
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let ((handle, mut rx), status) = started_with(Duration::from_secs(2)).await;
+            assert!(status.contains("destruction notices, without"), "{status}");
+
+            let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let local_port = client.local_addr().unwrap().port();
+            let (mut accepted, _) = listener.accept().unwrap();
+            client.write_all(&[7; 1000]).unwrap();
+            let mut got = [0; 1000];
+            accepted.read_exact(&mut got).unwrap();
+            accepted.write_all(b"ok").unwrap();
+            client.read_exact(&mut got[..2]).unwrap();
+            drop(client);
+            drop(accepted);
+
+            let seen = until(&mut rx, |n| n.local_port == local_port).await;
+            let event = seen.last().unwrap();
+            assert_eq!(event.remote_port, port);
+            assert_eq!(event.remote_scope, "loopback");
+            // Unless a read happened to fall into the millisecond the connection was open, the
+            // kernel's notice reported it, with its byte counts and without its process.
+            // The kernel's counters also count the SYN and FIN, one each.
+            if event.process.is_none() {
+                let sent = event.bytes_sent.unwrap();
+                let received = event.bytes_received.unwrap();
+                assert!((1000..=1002).contains(&sent), "{event:?}");
+                assert!((2..=4).contains(&received), "{event:?}");
+            }
+            assert!(
+                seen.iter().all(|n| n.local_port != port),
+                "the accepted end is inbound: {seen:?}"
+            );
+            drop(handle);
         }
 
         /// Net events until one matches, returning all of them.
@@ -560,7 +743,7 @@ mod tests {
                 .filter(|n| n.local_port == local_port && n.remote_port == port)
                 .count();
             assert_eq!(first_reports, 1);
-            handle.shutdown().await;
+            drop(handle);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +770,7 @@ mod tests {
                 assert_eq!(event.remote_addr, "::1");
                 assert_eq!(event.remote_scope, "loopback");
             }
-            handle.shutdown().await;
+            drop(handle);
         }
     }
 }
