@@ -94,3 +94,98 @@ pub fn pruned_through(conn: &Connection, agent_no: i64) -> Result<u64, StoreErro
         .optional()?;
     Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add_batches(conn: &Connection, first_batch: u64, batches: u64, ts: Timestamp) {
+        let payload = vec![0x5a_u8; 400];
+        for b in first_batch..first_batch + batches {
+            let (first, last) = (b * 100 + 1, b * 100 + 100);
+            for seq in first..=last {
+                conn.execute(
+                    "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash)
+                     VALUES (1, ?1, ?2, 'file.write', '/x', ?3, ?4)",
+                    params![seq as i64, ts.as_nanos(), payload, vec![1u8; 32]],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO batches (agent_no, last_seq, first_seq, prev_hash, head_hash, signature,
+                     received_ts) VALUES (1, ?1, ?2, ?3, ?3, ?3, 0)",
+                params![last as i64, first as i64, vec![0u8; 32]],
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn pruning_removes_whole_old_batches_and_the_file_stops_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
+             VALUES ('a-1', 'pc1', 'pc1', x'00', 0, x'00')",
+            [],
+        )
+        .unwrap();
+        let old = Timestamp::from_secs(1_000);
+        let now = Timestamp::now();
+        add_batches(&conn, 0, 30, old);
+        add_batches(&conn, 30, 1, now);
+        let size = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT page_count FROM pragma_page_count()", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+
+        let first = prune_step(&mut conn, Timestamp::from_secs(2_000), 10).unwrap();
+        assert_eq!(
+            first,
+            Pruned {
+                batches: 10,
+                events: 1_000
+            }
+        );
+        let mut total = first;
+        loop {
+            let step = prune_step(&mut conn, Timestamp::from_secs(2_000), 10).unwrap();
+            if step.batches == 0 {
+                break;
+            }
+            total.batches += step.batches;
+            total.events += step.events;
+        }
+        assert_eq!(
+            total,
+            Pruned {
+                batches: 30,
+                events: 3_000
+            }
+        );
+        assert_eq!(pruned_through(&conn, 1).unwrap(), 3_000);
+        let left: i64 = conn
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 3_001, "the recent batch stays");
+
+        // New events fill the pages the old ones left on the freelist: the file does not grow.
+        let pages = size(&conn);
+        let free: i64 = conn
+            .query_row(
+                "SELECT freelist_count FROM pragma_freelist_count()",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(free > 0, "pruning freed no pages");
+        add_batches(&conn, 31, 20, now);
+        assert_eq!(
+            size(&conn),
+            pages,
+            "the store grew although free pages were available"
+        );
+    }
+}
