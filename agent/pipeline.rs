@@ -1,11 +1,12 @@
 //! The path from sensors to the spool.
 //!
 //! Every sensor holds an [`EventTx`]: a bounded channel into the spool writer. `send` waits when the
-//! spool is behind (back-pressure, nothing lost); `try_send` is for sensors that must not block (a
-//! kernel queue that would overflow instead) and counts what it could not hand over. The counts are
-//! reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
+//! spool is behind (back-pressure, nothing lost). A sensor that must not block (a kernel queue that
+//! would overflow instead) keeps its own bounded queue and counts what it drops with `count_drop`.
+//! The counts are reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,24 @@ struct Drops {
     by_sensor: Mutex<BTreeMap<&'static str, u64>>,
 }
 
+/// How many events were handed to the channel and how many the spool has committed, so a sensor
+/// that keeps a read position (the database sensor) can move it only past committed events.
+#[derive(Default)]
+pub struct Watermark {
+    sent: AtomicU64,
+    committed: AtomicU64,
+    /// Set when a spool writer reports commits; without one, "taken from the channel" stands in.
+    tracked: AtomicBool,
+}
+
+impl Watermark {
+    /// Called by the spool writer after a commit of `count` events.
+    pub fn committed(&self, count: u64) {
+        self.tracked.store(true, Ordering::Relaxed);
+        self.committed.fetch_add(count, Ordering::AcqRel);
+    }
+}
+
 /// A sensor's handle on the spool writer.
 #[derive(Clone)]
 pub struct EventTx {
@@ -31,6 +50,7 @@ pub struct EventTx {
     host: Arc<str>,
     sensor: &'static str,
     drops: Arc<Drops>,
+    watermark: Arc<Watermark>,
 }
 
 impl EventTx {
@@ -54,32 +74,37 @@ impl EventTx {
 
     /// Sends a fully built event (its own timestamp), waiting while the spool is behind.
     pub async fn send_event(&self, event: Event) -> Result<(), Closed> {
-        self.tx.send(event).await.map_err(|_| Closed)
+        self.tx.send(event).await.map_err(|_| Closed)?;
+        self.watermark.sent.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<(), Closed> {
         self.tx
             .blocking_send(Event::now(self.host.to_string(), body))
-            .map_err(|_| Closed)
-    }
-
-    /// Hands an event over without waiting; when the channel is full the event is counted as
-    /// dropped under this sensor's name and reported later. Returns whether it was sent.
-    pub fn try_send(&self, body: impl Into<Body>) -> bool {
-        match self.tx.try_send(Event::now(self.host.to_string(), body)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.count_drop(1);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+            .map_err(|_| Closed)?;
+        self.watermark.sent.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Whether the spool writer has taken every event sent so far.
     pub fn is_drained(&self) -> bool {
         self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Whether every event sent so far (by any sensor) is committed to the spool.
+    pub fn is_committed(&self) -> bool {
+        let w = &self.watermark;
+        if !w.tracked.load(Ordering::Relaxed) {
+            return self.is_drained();
+        }
+        w.committed.load(Ordering::Acquire) >= w.sent.load(Ordering::Acquire)
+    }
+
+    /// The counters the spool writer reports its commits to.
+    pub fn watermark(&self) -> Arc<Watermark> {
+        self.watermark.clone()
     }
 
     /// Counts events this sensor lost on its own side (a full internal queue).
@@ -98,6 +123,7 @@ pub fn channel(host: &str) -> (EventTx, mpsc::Receiver<Event>) {
         host: Arc::from(host),
         sensor: "agent",
         drops: Arc::new(Drops::default()),
+        watermark: Arc::new(Watermark::default()),
     };
     (tx, rx)
 }
@@ -134,17 +160,19 @@ mod tests {
     use bannin::event::{AgentAction, AgentEvent};
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_channel_counts_drops_and_reports_them() {
+    async fn counted_drops_are_reported_as_sensor_overflow() {
         let (tx, mut rx) = mpsc::channel(1);
         let tx = EventTx {
             tx,
             host: Arc::from("h"),
             sensor: "files",
             drops: Arc::new(Drops::default()),
+            watermark: Arc::new(Watermark::default()),
         };
-        assert!(tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
-        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
-        assert!(!tx.try_send(AgentEvent::new(AgentAction::Heartbeat)));
+        tx.send(AgentEvent::new(AgentAction::Heartbeat))
+            .await
+            .unwrap();
+        tx.count_drop(2);
         rx.recv().await.unwrap();
         let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
         let report = rx.recv().await.unwrap();

@@ -39,7 +39,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .context("cannot open the spool")?;
     let (tx, rx) = pipeline::channel(&host);
     let wake = Arc::new(Notify::new());
-    let writer = tokio::spawn(spool::run_writer(spool.clone(), rx, wake.clone()));
+    let writer = tokio::spawn(spool::run_writer(
+        spool.clone(),
+        rx,
+        wake.clone(),
+        tx.watermark(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sender = tokio::spawn(sender::run(
         identity.clone(),
@@ -69,6 +74,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("cannot start the database sensor")?;
     let sensors = vec![
+        format!("databases:{databases}"),
         format!("files:{}", files.backend()),
         format!("process:{}", process.source()),
         format!(
@@ -112,12 +118,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the spool writer has taken everything sent so far.
+/// Waits (a bounded while) until everything sent so far is committed to the spool.
 async fn drain(tx: &EventTx) {
     for _ in 0..100 {
-        if tx.is_drained() {
-            // The writer may still be committing the last burst.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if tx.is_committed() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -331,11 +331,6 @@ impl Spool {
             dropped_total: inner.dropped_total,
         }
     }
-
-    /// When the last event was numbered, for status output.
-    pub fn last_seq(&self) -> u64 {
-        self.lock().next_seq - 1
-    }
 }
 
 /// Runs a spool call on a blocking thread.
@@ -349,11 +344,13 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|_| SpoolError::TaskFailed)?
 }
 
-/// Drains the sensor channel into the spool, one transaction per burst, then wakes the sender.
+/// Drains the sensor channel into the spool, one transaction per burst, then reports the commit
+/// and wakes the sender.
 pub async fn run_writer(
     spool: Spool,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
     wake: Arc<tokio::sync::Notify>,
+    watermark: Arc<crate::pipeline::Watermark>,
 ) -> Result<(), SpoolError> {
     const BURST: usize = 4096;
     let mut buffer = Vec::with_capacity(BURST);
@@ -367,8 +364,12 @@ pub async fn run_writer(
         let mut pending = Some(events);
         while let Some(events) = pending.take() {
             let retry = events.clone();
+            let count = events.len() as u64;
             match blocking(&spool, move |s| s.append(events)).await {
-                Ok(_) => wake.notify_one(),
+                Ok(_) => {
+                    watermark.committed(count);
+                    wake.notify_one();
+                }
                 Err(error) => {
                     // A full disk or a locked file: keep the events in memory and retry; sensors
                     // feel back-pressure through the bounded channel meanwhile.

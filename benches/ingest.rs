@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench ingest` (options: `-- --agents 8 --events 400000 --rounds 5`).
 
+// A benchmark, like a test, stops at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -58,10 +58,11 @@ pub struct Thresholds {
     pub export_window: Duration,
     /// A large export rewritten below this size counts as destroyed (truncated). Default 64 KiB.
     pub truncated_below: u64,
-    /// Rows read from sensitive tables by one session or user that count as a bulk read.
-    /// Default 10000.
+    /// Rows read from sensitive tables by one session or user within `bulk_read_window` that count
+    /// as a bulk read. Default 10000.
     pub bulk_read_rows: u64,
-    /// Window over which rows of sensitive reads are added up across sessions. Default "1h".
+    /// Window over which rows of sensitive reads are added up, per session, per user, and across
+    /// sessions for sources without running totals. Default "1h".
     #[serde(with = "duration_str")]
     pub bulk_read_window: Duration,
     /// A bulk read followed within this time by a large export anywhere raises an alert.
@@ -93,9 +94,10 @@ impl Default for Thresholds {
 pub struct Limits {
     /// Files tracked for create-then-delete at once. Default 100000.
     pub tracked_files: usize,
-    /// Correlation groups (one per rule and group-by value) held at once. Default 100000.
+    /// Correlation groups (one per rule and group-by value) held at once; also the sessions and
+    /// users whose recent sensitive reads are added up. Default 100000.
     pub correlation_groups: usize,
-    /// Matches remembered per correlation group. Default 10000.
+    /// Matches remembered per correlation group, and reads per session or user. Default 10000.
     pub matches_per_group: usize,
     /// Public destinations remembered as already seen. Default 1000000.
     pub seen_destinations: usize,

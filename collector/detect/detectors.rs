@@ -2,6 +2,8 @@
 //! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
 //! data; only the state machine is code.
 
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record};
@@ -58,6 +60,9 @@ fn globs(patterns: &[String]) -> Result<GlobSet, String> {
 // export_lifecycle
 
 struct Tracked {
+    host: String,
+    /// Where the file is now, after any renames.
+    path: String,
     created_ts: Timestamp,
     created_path: String,
     /// Whether the create itself was seen; if not, `created_ts` is the first write seen.
@@ -69,7 +74,28 @@ struct Tracked {
     evidence: Vec<EvidenceRef>,
 }
 
+fn file_key(host: &str, path: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (host, path).hash(&mut hasher);
+    hasher.finish()
+}
+
 impl Tracked {
+    fn new(host: &str, file: &FileEvent, ts: Timestamp, create_seen: bool) -> Self {
+        Tracked {
+            host: host.to_string(),
+            path: file.path.clone(),
+            created_ts: ts,
+            created_path: file.from_path.clone().unwrap_or_else(|| file.path.clone()),
+            create_seen,
+            max_size: 0,
+            export: None,
+            creator: None,
+            renames: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
     fn push_evidence(&mut self, record: &Record) {
         if self.evidence.len() >= MAX_FILE_EVIDENCE {
             // Keep the create; the newest events replace the middle ones.
@@ -100,7 +126,9 @@ pub(crate) struct ExportLifecycle {
     exclude: GlobSet,
     /// Extensions tracked from their create on, before the agent has seen any content.
     extensions: Vec<String>,
-    files: Window<(String, String), Tracked>,
+    /// Keyed by a hash of (host, path), so looking a file up costs no allocation; the entry holds
+    /// both to rule out collisions.
+    files: Window<u64, Tracked>,
 }
 
 impl ExportLifecycle {
@@ -109,7 +137,7 @@ impl ExportLifecycle {
         if extensions.is_empty() {
             extensions = [
                 "csv", "tsv", "json", "ndjson", "jsonl", "sql", "dump", "xlsx", "xls", "parquet",
-                "zip", "gz", "tgz", "bz2", "xz", "7z", "tar", "bak",
+                "sqlite", "zip", "gz", "tgz", "bz2", "xz", "zst", "7z", "rar", "tar", "bak",
             ]
             .map(String::from)
             .to_vec();
@@ -120,7 +148,7 @@ impl ExportLifecycle {
             truncated_below: spec.u64("truncated_below", 64 * 1024)?,
             exclude: globs(&spec.strings("exclude_paths")?)?,
             extensions,
-            files: Window::new(limits.tracked_files),
+            files: Window::coarse(limits.tracked_files, Duration::from_secs(1)),
         })
     }
 
@@ -130,6 +158,12 @@ impl ExportLifecycle {
 
     pub(crate) fn evicted(&self) -> u64 {
         self.files.evicted()
+    }
+
+    /// Forgets files created longer than the window before `now`, the collector's clock: an agent
+    /// whose clock runs ahead must not flush every other host's files.
+    pub(crate) fn expire(&mut self, now: Timestamp) {
+        self.files.expire(now.saturating_sub(self.window));
     }
 
     fn export_like_name(&self, path: &str) -> bool {
@@ -145,38 +179,36 @@ impl ExportLifecycle {
             return None;
         };
         let ts = record.event.ts;
-        self.files.expire(ts.saturating_sub(self.window));
-        if self.exclude.is_match(&file.path) {
-            return None;
-        }
-        let host = record.event.host.clone();
-        let key = (host.clone(), file.path.clone());
+        let host = &record.event.host;
         match file.action {
             FileAction::Create => {
-                if file.export.is_some() || self.export_like_name(&file.path) {
-                    let mut tracked = Tracked {
-                        created_ts: ts,
-                        created_path: file.path.clone(),
-                        create_seen: true,
-                        max_size: 0,
-                        export: None,
-                        creator: None,
-                        renames: Vec::new(),
-                        evidence: Vec::new(),
-                    };
+                let export_like = file.export.is_some() || self.export_like_name(&file.path);
+                if export_like && !self.exclude.is_match(&file.path) {
+                    let mut tracked = Tracked::new(host, file, ts, true);
                     tracked.absorb(file);
                     tracked.push_evidence(record);
-                    self.files.insert(key, tracked, ts);
+                    self.files.insert(file_key(host, &file.path), tracked, ts);
                 }
                 None
             }
             FileAction::Write => {
-                if self.files.touch(&key, ts).is_none() {
-                    // Untracked and still not export data: nothing to follow.
-                    file.export.as_ref()?;
-                    self.files
-                        .insert(key.clone(), self.unseen_create(file, ts), ts);
-                }
+                let key = match self.find(host, &file.path) {
+                    Some(key) => {
+                        self.files.touch(&key, ts);
+                        key
+                    }
+                    None => {
+                        // Untracked and still not export data: nothing to follow.
+                        file.export.as_ref()?;
+                        if self.exclude.is_match(&file.path) {
+                            return None;
+                        }
+                        let key = file_key(host, &file.path);
+                        self.files
+                            .insert(key, Tracked::new(host, file, ts, false), ts);
+                        key
+                    }
+                };
                 let tracked = self.files.get_mut(&key)?;
                 let was_large = tracked.max_size >= self.min_size;
                 tracked.absorb(file);
@@ -184,49 +216,48 @@ impl ExportLifecycle {
                 let size = file.size?;
                 if was_large && size < self.truncated_below && tracked.export.is_some() {
                     let tracked = self.files.remove(&key)?;
-                    return self.finding(tracked, record, file, "truncated");
+                    return self.candidate(tracked, record, file, "truncated");
                 }
                 None
             }
             FileAction::Rename => {
-                let from = file.from_path.clone().unwrap_or_default();
-                let old = (host, from);
-                let mut tracked = match self.files.remove(&old) {
-                    Some(tracked) => tracked,
-                    None if file.export.is_some() => self.unseen_create(file, ts),
+                let from = file.from_path.as_deref().unwrap_or_default();
+                let mut tracked = match self.find(host, from) {
+                    Some(old) => self.files.remove(&old)?,
+                    None if file.export.is_some() && !self.exclude.is_match(&file.path) => {
+                        Tracked::new(host, file, ts, false)
+                    }
                     None => return None,
                 };
                 tracked.absorb(file);
                 tracked.push_evidence(record);
+                tracked.path.clone_from(&file.path);
                 if tracked.renames.len() < MAX_FILE_EVIDENCE {
                     tracked.renames.push(file.path.clone());
                 }
-                self.files.insert(key, tracked, ts);
+                self.files.insert(file_key(host, &file.path), tracked, ts);
                 None
             }
             FileAction::Delete => {
+                let key = self.find(host, &file.path)?;
                 let mut tracked = self.files.remove(&key)?;
                 tracked.absorb(file);
                 tracked.push_evidence(record);
-                self.finding(tracked, record, file, "deleted")
+                self.candidate(tracked, record, file, "deleted")
             }
         }
     }
 
-    fn unseen_create(&self, file: &FileEvent, ts: Timestamp) -> Tracked {
-        Tracked {
-            created_ts: ts,
-            created_path: file.from_path.clone().unwrap_or_else(|| file.path.clone()),
-            create_seen: false,
-            max_size: 0,
-            export: None,
-            creator: None,
-            renames: Vec::new(),
-            evidence: Vec::new(),
-        }
+    /// The key of the tracked file at `path` on `host`, if there is one.
+    fn find(&self, host: &str, path: &str) -> Option<u64> {
+        let key = file_key(host, path);
+        self.files
+            .get(&key)
+            .is_some_and(|t| t.host == host && t.path == path)
+            .then_some(key)
     }
 
-    fn finding(
+    fn candidate(
         &self,
         tracked: Tracked,
         record: &Record,
@@ -330,7 +361,9 @@ impl FirstSeen {
             return None;
         }
         let ts = record.event.ts;
-        if self.seen.touch(&net.remote_addr, ts).is_some() {
+        // Looked up without touching: the cap forgets the destinations first seen longest ago,
+        // and a lookup that allocates nothing keeps the common case (a known address) cheap.
+        if self.seen.get(&net.remote_addr).is_some() {
             return None;
         }
         self.seen.insert(net.remote_addr.clone(), (), ts);
@@ -384,6 +417,8 @@ struct Liveness {
 /// with a wrong clock is judged by when its events arrive.
 pub(crate) struct AgentSilent {
     after: Duration,
+    /// Set by a replay: the next tick restarts every agent's silence from the collector's start.
+    grace_pending: bool,
     agents: Window<String, Liveness>,
 }
 
@@ -391,7 +426,8 @@ impl AgentSilent {
     pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
         Ok(AgentSilent {
             after: spec.duration("after", Duration::from_secs(60))?,
-            agents: Window::new(limits.agents),
+            grace_pending: false,
+            agents: Window::coarse(limits.agents, Duration::from_secs(1)),
         })
     }
 
@@ -399,29 +435,42 @@ impl AgentSilent {
         self.agents.evicted()
     }
 
-    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp) {
+    /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
+    /// several agents interleave, so only a later time counts; live, `at` is the collector's clock.
+    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp, replaying: bool) {
         let stopped = matches!(&record.event.body, Body::Agent(a) if a.action == bannin::event::AgentAction::Stop);
-        let liveness = Liveness {
-            host: record.event.host.clone(),
-            last_heard: at,
-            last_seq: record.event.seq,
-            last_event_ts: record.event.ts,
-            stopped,
-            alerted: false,
-        };
         match self.agents.touch(&record.agent_id, at) {
             Some(entry) => {
-                if at >= entry.last_heard {
-                    *entry = liveness;
+                if !replaying || at >= entry.last_heard {
+                    if entry.host != record.event.host {
+                        entry.host.clone_from(&record.event.host);
+                    }
+                    entry.last_heard = at;
+                    entry.last_seq = record.event.seq;
+                    entry.last_event_ts = record.event.ts;
+                    entry.stopped = stopped;
+                    entry.alerted = false;
                 }
             }
-            None => self.agents.insert(record.agent_id.clone(), liveness, at),
+            None => {
+                let liveness = Liveness {
+                    host: record.event.host.clone(),
+                    last_heard: at,
+                    last_seq: record.event.seq,
+                    last_event_ts: record.event.ts,
+                    stopped,
+                    alerted: false,
+                };
+                self.agents.insert(record.agent_id.clone(), liveness, at);
+            }
         }
     }
 
     /// After a replay: agents already silent when the collector stopped were reported then, so
-    /// they are not reported again until they talk and fall silent anew.
+    /// they are not reported again until they talk and fall silent anew. The others could not
+    /// talk while the collector was down: their silence is counted from the first tick.
     pub(crate) fn settle(&mut self, replay_end: Timestamp) {
+        self.grace_pending = true;
         let after = self.after;
         let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
         for key in keys {
@@ -434,6 +483,14 @@ impl AgentSilent {
     }
 
     pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
+        if std::mem::take(&mut self.grace_pending) {
+            let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
+            for key in keys {
+                if let Some(entry) = self.agents.get_mut(&key) {
+                    entry.last_heard = entry.last_heard.max(now);
+                }
+            }
+        }
         let mut findings = Vec::new();
         let keys: Vec<String> = self
             .agents
@@ -476,5 +533,203 @@ impl AgentSilent {
             });
         }
         findings
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sensitive_read_volume
+
+/// At most this many evidence references are attached to one bulk-read alert.
+const MAX_READ_EVIDENCE: usize = 32;
+
+struct ReadTrack {
+    last_total: u64,
+    /// Rows added by each event within the window, with the event.
+    points: VecDeque<(Timestamp, u64, EvidenceRef)>,
+    sum: u64,
+}
+
+/// Rows read from sensitive tables by one session or one database user within a window.
+///
+/// The agent's running totals (`session_sensitive_rows`, `user_sensitive_rows`) only grow, over
+/// the agent's whole life, so a threshold on them would end up firing for every ordinary account.
+/// This detector turns them back into rows added per event (the difference from the previous
+/// total of the same session or user) and adds those up over the window. It also reports a read of
+/// a whole sensitive table (`export_method: full_table_read`) at once.
+pub(crate) struct SensitiveReadVolume {
+    rows: u64,
+    window: Duration,
+    full_table_reads: bool,
+    per_key: usize,
+    tracks: Window<u64, ReadTrack>,
+    dropped: u64,
+}
+
+impl SensitiveReadVolume {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        Ok(SensitiveReadVolume {
+            rows: spec.u64("rows", 10_000)?,
+            window: spec.duration("window", Duration::from_secs(3600))?,
+            full_table_reads: spec
+                .parameters
+                .get("full_table_reads")
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or("parameter full_table_reads is not a boolean")
+                })
+                .transpose()?
+                .unwrap_or(true),
+            per_key: limits.matches_per_group.max(1),
+            tracks: Window::coarse(limits.correlation_groups, Duration::from_secs(1)),
+            dropped: 0,
+        })
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.tracks.evicted() + self.dropped
+    }
+
+    pub(crate) fn expire(&mut self, now: Timestamp) {
+        self.tracks.expire(now.saturating_sub(self.window));
+    }
+
+    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
+        let Body::Db(db) = &record.event.body else {
+            return None;
+        };
+        if db.action != bannin::event::DbAction::Query || db.failed {
+            return None;
+        }
+        let ts = record.event.ts;
+        let since = ts.saturating_sub(self.window);
+        let mut best: Option<(&str, u64, Vec<u64>)> = None;
+        for (scope, name, total) in [
+            ("session", &db.session, db.session_sensitive_rows),
+            ("user", &db.db_user, db.user_sensitive_rows),
+        ] {
+            let Some(total) = total else { continue };
+            let key = {
+                let mut hasher = std::hash::DefaultHasher::new();
+                (&record.agent_id, scope, name).hash(&mut hasher);
+                hasher.finish()
+            };
+            let track = match self.tracks.touch(&key, ts) {
+                Some(track) => track,
+                None => {
+                    let track = ReadTrack {
+                        // First sight: only this event's own rows are known to be new.
+                        last_total: total.saturating_sub(db.rows.unwrap_or(0)),
+                        points: VecDeque::new(),
+                        sum: 0,
+                    };
+                    self.tracks.insert(key, track, ts);
+                    self.tracks.get_mut(&key)?
+                }
+            };
+            // A total that went down is a restarted agent counting afresh.
+            let added = total.checked_sub(track.last_total).unwrap_or(total);
+            track.last_total = total;
+            while track.points.front().is_some_and(|(t, _, _)| *t < since) {
+                if let Some((_, rows, _)) = track.points.pop_front() {
+                    track.sum -= rows;
+                }
+            }
+            if added > 0 {
+                if track.points.len() >= self.per_key {
+                    if let Some((_, rows, _)) = track.points.pop_front() {
+                        track.sum -= rows;
+                    }
+                    self.dropped += 1;
+                }
+                track.points.push_back((ts, added, evidence(record)));
+                track.sum += added;
+            }
+            if track.sum >= self.rows && best.as_ref().is_none_or(|(_, sum, _)| track.sum > *sum) {
+                let mut keys = best.map(|(_, _, keys)| keys).unwrap_or_default();
+                keys.push(key);
+                best = Some((scope, track.sum, keys));
+            } else if let Some((_, _, keys)) = &mut best {
+                keys.push(key);
+            }
+        }
+        let full = self.full_table_reads
+            && db.export_method == "full_table_read"
+            && !db.sensitive_tables.is_empty();
+        let (scope, rows, keys) = match best {
+            Some(found) => found,
+            None if full => ("full_table", db.rows.unwrap_or(0), Vec::new()),
+            None => return None,
+        };
+        // The window's reads are reported now; the next alert needs another `rows` on top.
+        let mut proof = Vec::new();
+        let mut first_ts = ts;
+        for key in keys {
+            if let Some(track) = self.tracks.get_mut(&key) {
+                for (t, _, e) in track.points.drain(..) {
+                    first_ts = first_ts.min(t);
+                    if !proof.contains(&e) {
+                        proof.push(e);
+                    }
+                }
+                track.sum = 0;
+            }
+        }
+        if proof.is_empty() {
+            proof.push(evidence(record));
+        }
+        if proof.len() > MAX_READ_EVIDENCE {
+            let tail = proof.split_off(proof.len() - MAX_READ_EVIDENCE / 2);
+            proof.truncate(MAX_READ_EVIDENCE / 2);
+            proof.extend(tail);
+        }
+        let mut fields = Map::new();
+        for (name, value) in [
+            ("db_system", json!(db.db_system)),
+            ("db_user", json!(db.db_user)),
+            ("database", json!(db.database)),
+            ("client_addr", json!(db.client_addr)),
+            ("application", json!(db.application)),
+            ("session", json!(db.session)),
+            ("tables", json!(db.tables)),
+            ("sensitive_tables", json!(db.sensitive_tables)),
+            ("scope", json!(scope)),
+            ("rows_in_window", json!(rows)),
+            ("window_secs", json!(self.window.as_secs())),
+            ("first_ts", json!(first_ts)),
+            ("statement", json!(db.statement)),
+        ] {
+            fields.insert(name.into(), value);
+        }
+        if let Some(total) = db.session_sensitive_rows {
+            fields.insert("session_sensitive_rows".into(), json!(total));
+        }
+        if let Some(total) = db.user_sensitive_rows {
+            fields.insert("user_sensitive_rows".into(), json!(total));
+        }
+        if !db.export_method.is_empty() {
+            fields.insert("export_method".into(), json!(db.export_method));
+        }
+        let what = match scope {
+            "full_table" => "read all of".to_string(),
+            scope => format!(
+                "read {rows} rows in {}s ({scope}) from",
+                (ts.as_nanos() - first_ts.as_nanos()) / 1_000_000_000
+            ),
+        };
+        Some(Candidate {
+            ts,
+            host: record.event.host.clone(),
+            summary: format!(
+                "{} {what} sensitive {} on {} (client {})",
+                db.db_user,
+                db.sensitive_tables.join(","),
+                record.event.host,
+                db.client_addr
+            ),
+            evidence: proof,
+            key: db.db_user.clone(),
+            fields,
+            severity: None,
+        })
     }
 }

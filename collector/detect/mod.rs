@@ -9,9 +9,6 @@
 //! [`Engine::observe`] per committed event, [`Engine::observe_finding`] per chain problem,
 //! [`Engine::tick`] every second, and [`Engine::replay`] once at start to rebuild state.
 
-// Until `serve` drives the engine, only the tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod config;
 mod correlate;
 mod detectors;
@@ -35,7 +32,7 @@ use serde_json::{Map, Value as Json};
 pub use config::DetectConfig;
 
 use self::correlate::{Correlation, Correlator, Hit};
-use self::detectors::{AgentSilent, Candidate, ExportLifecycle, FirstSeen};
+use self::detectors::{AgentSilent, Candidate, ExportLifecycle, FirstSeen, SensitiveReadVolume};
 use self::fields::{Field, Subject};
 use self::rules::{Body, Rule};
 use self::suppress::{AllowList, Dedup, Verdict};
@@ -122,8 +119,25 @@ pub struct DetectStats {
     pub evicted: u64,
 }
 
+/// The events a match rests on, built only when something matched.
+#[derive(Clone, Copy)]
+enum Proof<'a> {
+    Record(&'a Record),
+    Refs(&'a [EvidenceRef]),
+}
+
+impl Proof<'_> {
+    fn refs(self) -> Vec<EvidenceRef> {
+        match self {
+            Proof::Record(record) => vec![detectors::evidence(record)],
+            Proof::Refs(refs) => refs.to_vec(),
+        }
+    }
+}
+
 enum Detector {
     Lifecycle(ExportLifecycle),
+    Reads(SensitiveReadVolume),
     FirstSeen(FirstSeen),
     Silent(AgentSilent),
 }
@@ -132,6 +146,7 @@ impl Detector {
     fn evicted(&self) -> u64 {
         match self {
             Detector::Lifecycle(d) => d.evicted(),
+            Detector::Reads(d) => d.evicted(),
             Detector::FirstSeen(d) => d.evicted(),
             Detector::Silent(d) => d.evicted(),
         }
@@ -157,6 +172,9 @@ pub struct Engine {
     replaying: bool,
     suppressed: u64,
     repeats: u64,
+    /// Evictions already logged, and when, so the log says each loss once a minute at most.
+    reported_evicted: u64,
+    reported_at: Timestamp,
 }
 
 impl Engine {
@@ -188,10 +206,13 @@ impl Engine {
                     for reference in &spec.rules {
                         let input = rules.iter().position(|r| {
                             (r.meta.id == *reference || r.name.as_deref() == Some(reference))
-                                && matches!(r.body, Body::Sigma(_))
+                                && !matches!(r.body, Body::Correlation(_))
                         });
                         let input = input.ok_or_else(|| {
-                            rule_error(rule, format!("{reference:?} names no Sigma rule"))
+                            rule_error(
+                                rule,
+                                format!("{reference:?} names no Sigma rule or detector"),
+                            )
                         })?;
                         feeds[input] = true;
                         inputs.push(input);
@@ -204,6 +225,9 @@ impl Engine {
                     let detector = match spec.name.as_str() {
                         "export_lifecycle" => {
                             ExportLifecycle::new(spec, limits).map(Detector::Lifecycle)
+                        }
+                        "sensitive_read_volume" => {
+                            SensitiveReadVolume::new(spec, limits).map(Detector::Reads)
                         }
                         "first_seen_destination" => {
                             FirstSeen::new(spec, limits).map(Detector::FirstSeen)
@@ -235,6 +259,8 @@ impl Engine {
             replaying: false,
             suppressed: 0,
             repeats: 0,
+            reported_evicted: 0,
+            reported_at: Timestamp::default(),
             rules,
         })
     }
@@ -242,27 +268,31 @@ impl Engine {
     /// Runs every rule over one committed event.
     pub fn observe(&mut self, record: &Record) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
-        let heard_at = if self.replaying || self.clock == Timestamp::default() {
+        // Liveness is judged on the collector's clock (the last tick), so that an agent whose own
+        // clock is wrong is judged by when its events arrive; a replay has only the events' times.
+        let heard_at = if self.replaying {
             record.event.ts
+        } else if self.clock == Timestamp::default() {
+            Timestamp::now()
         } else {
             self.clock
         };
         let subject = Subject::Record(record);
-        let evidence = [detectors::evidence(record)];
-        self.run_sigma(subject, record.event.ts, &evidence, &mut out);
+        self.run_sigma(subject, record.event.ts, Proof::Record(record), &mut out);
         for index in 0..self.detectors.len() {
             let (rule, detector) = &mut self.detectors[index];
             let rule = *rule;
             let candidate = match detector {
                 Detector::Lifecycle(d) => d.observe(record),
+                Detector::Reads(d) => d.observe(record),
                 Detector::FirstSeen(d) => d.observe(record),
                 Detector::Silent(d) => {
-                    d.heard(record, heard_at);
+                    d.heard(record, heard_at, self.replaying);
                     None
                 }
             };
             if let Some(candidate) = candidate {
-                self.emit(rule, candidate, &mut out);
+                self.conclude(rule, subject, candidate, &mut out);
             }
         }
         out
@@ -272,7 +302,12 @@ impl Engine {
     pub fn observe_finding(&mut self, finding: &Finding) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
         let subject = Subject::Finding(finding);
-        self.run_sigma(subject, finding.ts, &finding.evidence, &mut out);
+        self.run_sigma(
+            subject,
+            finding.ts,
+            Proof::Refs(&finding.evidence),
+            &mut out,
+        );
         out
     }
 
@@ -287,13 +322,41 @@ impl Engine {
             let rule = *rule;
             let candidates = match detector {
                 Detector::Silent(d) => d.tick(now),
-                _ => Vec::new(),
+                Detector::Lifecycle(d) => {
+                    d.expire(now);
+                    Vec::new()
+                }
+                Detector::Reads(d) => {
+                    d.expire(now);
+                    Vec::new()
+                }
+                Detector::FirstSeen(_) => Vec::new(),
             };
             for candidate in candidates {
                 self.emit(rule, candidate, &mut out);
             }
         }
+        self.report_losses(now);
         out
+    }
+
+    /// Logs state the limits pushed out since the last report: each lost entry may be a missed
+    /// alert, and operators must be able to see that and raise `[detection.limits]`.
+    fn report_losses(&mut self, now: Timestamp) {
+        if now < self.reported_at.saturating_add(Duration::from_secs(60)) {
+            return;
+        }
+        let stats = self.stats();
+        if stats.evicted > self.reported_evicted {
+            tracing::warn!(
+                evicted = stats.evicted - self.reported_evicted,
+                evicted_total = stats.evicted,
+                tracked_files = stats.tracked_files,
+                "detection state limits dropped entries; alerts may be missed (raise [detection.limits])"
+            );
+            self.reported_evicted = stats.evicted;
+            self.reported_at = now;
+        }
     }
 
     /// Rebuilds state from stored events after a restart, oldest first, raising no alerts: what
@@ -337,7 +400,7 @@ impl Engine {
         &mut self,
         subject: Subject<'_>,
         ts: Timestamp,
-        evidence: &[EvidenceRef],
+        proof: Proof<'_>,
         out: &mut Vec<AlertUpdate>,
     ) {
         let kind = subject.kind();
@@ -354,21 +417,41 @@ impl Engine {
                 }
             }
         }
+        if matched.is_empty() {
+            return;
+        }
+        let evidence = proof.refs();
+        let evidence = evidence.as_slice();
         for index in matched {
             let candidate = self.sigma_candidate(index, subject, ts, evidence);
-            if self.allowed(index, &candidate) {
-                continue;
+            self.conclude(index, subject, candidate, out);
+        }
+    }
+
+    /// What a rule concluded about an event: unless allowed, it feeds the correlations that count
+    /// the rule, and becomes an alert if the rule generates alerts.
+    fn conclude(
+        &mut self,
+        rule: usize,
+        subject: Subject<'_>,
+        candidate: Candidate,
+        out: &mut Vec<AlertUpdate>,
+    ) {
+        if self.allowed(rule, &candidate) {
+            return;
+        }
+        if self.feeds[rule] {
+            let hits = self
+                .correlator
+                .feed(rule, subject, candidate.ts, &candidate.evidence);
+            for hit in hits {
+                let correlation = self.correlator.correlations[hit.correlation].rule;
+                let found = self.correlation_candidate(correlation, hit, subject, candidate.ts);
+                self.emit(correlation, found, out);
             }
-            if self.feeds[index] {
-                for hit in self.correlator.feed(index, subject, ts, evidence) {
-                    let rule = self.correlator.correlations[hit.correlation].rule;
-                    let candidate = self.correlation_candidate(rule, hit, subject, ts);
-                    self.emit(rule, candidate, out);
-                }
-            }
-            if self.rules[index].meta.generate {
-                self.emit(index, candidate, out);
-            }
+        }
+        if self.rules[rule].meta.generate {
+            self.emit(rule, candidate, out);
         }
     }
 

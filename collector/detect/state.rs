@@ -21,6 +21,9 @@ pub(crate) struct Window<K, V> {
     /// Keys in the order they were touched; stale positions (key touched again later) are skipped.
     order: VecDeque<(K, u64)>,
     cap: usize,
+    /// Touches closer than this to the last one only update the value: they would move the
+    /// entry by less than this in the expiry order, and skipping them saves a key clone.
+    granularity: i64,
     next_generation: u64,
     evicted: u64,
 }
@@ -31,9 +34,17 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
             map: HashMap::new(),
             order: VecDeque::new(),
             cap: cap.max(1),
+            granularity: 0,
             next_generation: 0,
             evicted: 0,
         }
+    }
+
+    /// A window whose touches within `granularity` of the last one do not reorder the entry.
+    pub(crate) fn coarse(cap: usize, granularity: std::time::Duration) -> Self {
+        let mut window = Window::new(cap);
+        window.granularity = i64::try_from(granularity.as_nanos()).unwrap_or(i64::MAX);
+        window
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -84,6 +95,9 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
     pub(crate) fn touch(&mut self, key: &K, now: Timestamp) -> Option<&mut V> {
         let generation = self.next_generation;
         let slot = self.map.get_mut(key)?;
+        if now.as_nanos().saturating_sub(slot.touched.as_nanos()) < self.granularity {
+            return self.map.get_mut(key).map(|slot| &mut slot.value);
+        }
         slot.touched = slot.touched.max(now);
         slot.generation = generation;
         self.next_generation += 1;
@@ -184,6 +198,26 @@ mod tests {
         assert_eq!(gone, vec![1, 2]);
         assert_eq!(window.len(), 3);
         assert_eq!(window.evicted(), 0);
+    }
+
+    #[test]
+    fn coarse_touches_reorder_only_after_the_granularity() {
+        let mut window = Window::coarse(2, std::time::Duration::from_secs(10));
+        window.insert("a", 1, Timestamp::from_secs(0));
+        window.insert("b", 2, Timestamp::from_secs(1));
+        window.touch(&"a", Timestamp::from_secs(5));
+        window.insert("c", 3, Timestamp::from_secs(6));
+        assert!(
+            window.get(&"a").is_none(),
+            "a touch within 10 s does not refresh a"
+        );
+        window.touch(&"b", Timestamp::from_secs(20));
+        window.insert("d", 4, Timestamp::from_secs(21));
+        assert!(
+            window.get(&"b").is_some(),
+            "a touch after 10 s does refresh b"
+        );
+        assert!(window.get(&"c").is_none());
     }
 
     #[test]

@@ -504,7 +504,50 @@ fn small_exports_builds_logs_and_old_files_stay_quiet() {
     ));
     let updates = run(&mut fleet, events);
     assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+    // Only the small exports' names were tracked, and their deletes ended that.
     assert_eq!(fleet.engine.stats().tracked_files, 0);
+}
+
+#[test]
+fn tracked_files_expire_on_the_collector_clock() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    fleet.send(
+        "fs2",
+        0,
+        file(FileAction::Create, "/srv/a.csv", Some(0), None, &who),
+    );
+    fleet.send(
+        "fs2",
+        5,
+        file(
+            FileAction::Write,
+            "/srv/a.csv",
+            Some(64 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
+    );
+    // An agent with a clock two days ahead does not flush other hosts' files.
+    fleet.send(
+        "skewed",
+        2 * 86_400,
+        file(FileAction::Create, "/srv/b.csv", Some(0), None, &who),
+    );
+    fleet.engine.tick(at(3600));
+    assert_eq!(fleet.engine.stats().tracked_files, 2);
+    fleet.engine.tick(at(86_400 + 10));
+    assert_eq!(
+        fleet.engine.stats().tracked_files,
+        1,
+        "a.csv is past the 24 h window"
+    );
+    let updates = fleet.send(
+        "fs2",
+        86_400 + 20,
+        file(FileAction::Delete, "/srv/a.csv", Some(64 * MIB), None, &who),
+    );
+    assert!(updates.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,17 +824,18 @@ fn chunked_bulk_read_alerts_once_and_counts_the_repeats() {
     let alert = alerts[0];
     assert_eq!(alert.rule, "bulk-db-read");
     assert_eq!(alert.fields["db_user"], "sales_app");
+    assert_eq!(alert.fields["rows_in_window"], 12_000);
     assert_eq!(alert.fields["user_sensitive_rows"], 12_000);
     assert_eq!(alert.fields["client_addr"], "10.0.0.23");
-    assert_eq!(
-        alert.evidence[0].seq, 3,
-        "the third chunk crossed 10000 rows"
-    );
+    assert_eq!(alert.fields["first_ts"], at(10).to_rfc3339());
+    let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "the third chunk crossed 10000 rows");
     assert!(
-        alert.summary.contains("sales_app read 12000"),
+        alert.summary.starts_with("sales_app read 12000 rows"),
         "{}",
         alert.summary
     );
+    // Three more chunks are another 12000 rows: a repeat of the same alert, not a new one.
     let repeats: Vec<u64> = updates
         .iter()
         .filter_map(|u| match u {
@@ -799,8 +843,31 @@ fn chunked_bulk_read_alerts_once_and_counts_the_repeats() {
             _ => None,
         })
         .collect();
-    assert_eq!(repeats, vec![2, 3, 4]);
-    assert_eq!(fleet.engine.stats().repeats, 3);
+    assert_eq!(repeats, vec![2]);
+    assert_eq!(fleet.engine.stats().repeats, 1);
+}
+
+#[test]
+fn ordinary_accounts_never_cross_the_threshold_by_living_long() {
+    let mut fleet = Fleet::default();
+    let mut updates = Vec::new();
+    // 100 rows every 10 minutes for two days: 28800 rows in all, 600 in any hour.
+    let mut total = 5_000_000;
+    for i in 0..288 {
+        total += 100;
+        updates.extend(fleet.send(
+            "db1",
+            i * 600,
+            query("web", "pool-1", 100, Some(total), Some(total)),
+        ));
+    }
+    // An agent restart starts its totals again from zero: not a negative read, not a burst.
+    updates.extend(fleet.send(
+        "db1",
+        288 * 600,
+        query("web", "pool-1", 100, Some(100), Some(100)),
+    ));
+    assert!(updates.is_empty(), "{:?}", rules_of(&updates));
 }
 
 #[test]
@@ -1282,15 +1349,29 @@ fn agents_already_silent_before_a_restart_are_not_reported_again() {
     ];
     let mut after = Fleet::default();
     after.engine.replay(&history);
+    // The collector comes back 10 minutes after its last event: "alive" could not talk meanwhile,
+    // so its silence counts from the restart, and it is reported only if it stays away.
     let mut fired = Vec::new();
-    for second in 501..=600 {
+    for second in 1100..=1200 {
         fired.extend(
             new_alerts(&after.engine.tick(at(second)))
                 .into_iter()
-                .map(|a| a.host.clone()),
+                .map(|a| (second, a.host.clone())),
         );
     }
-    assert_eq!(fired, vec!["alive".to_string()]);
+    assert_eq!(fired, vec![(1160, "alive".to_string())]);
+
+    // An agent that reconnects within the grace is not reported at all.
+    let mut after = Fleet::default();
+    after.engine.replay(&history);
+    let mut quiet = Vec::new();
+    for second in 1100..=1180 {
+        quiet.extend(after.engine.tick(at(second)));
+        if second == 1130 {
+            after.send("alive", second, heartbeat());
+        }
+    }
+    assert!(quiet.is_empty(), "{quiet:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

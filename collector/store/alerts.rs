@@ -111,12 +111,3 @@ pub fn query(conn: &Connection, filter: &AlertFilter) -> Result<Vec<Alert>, Stor
     alerts.reverse();
     Ok(alerts)
 }
-
-pub fn by_id(conn: &Connection, id: &str) -> Result<Option<Alert>, StoreError> {
-    let body: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
-        "SELECT body FROM alerts WHERE id = ?1",
-        [id],
-        |r| r.get(0),
-    ))?;
-    Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
-}

@@ -263,21 +263,18 @@ fn chain_state<'a>(
     chains: &'a mut HashMap<i64, ChainState>,
     agent_no: i64,
 ) -> Result<&'a mut ChainState, rusqlite::Error> {
-    if !chains.contains_key(&agent_no) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = chains.entry(agent_no) {
         let (last_seq, head, host): (i64, Vec<u8>, String) = conn.query_row(
             "SELECT last_seq, head_hash, host FROM agents WHERE no = ?1",
             [agent_no],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let head = bannin::chain::to_hash(&head, "head hash").unwrap_or(GENESIS);
-        chains.insert(
-            agent_no,
-            ChainState {
-                last_seq: u64::try_from(last_seq).unwrap_or(0),
-                head,
-                host,
-            },
-        );
+        slot.insert(ChainState {
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+            head,
+            host,
+        });
     }
     chains
         .get_mut(&agent_no)

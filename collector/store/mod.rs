@@ -231,16 +231,3 @@ pub fn agent_keys(conn: &Connection) -> Result<Vec<AgentKey>, StoreError> {
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
-
-pub fn set_agent_status(conn: &Connection, agent_id: &str, status: &str) -> Result<(), StoreError> {
-    let changed = conn.execute(
-        "UPDATE agents SET status = ?1 WHERE id = ?2",
-        params![status, agent_id],
-    )?;
-    if changed == 0 {
-        return Err(StoreError::UnknownAgent {
-            agent_id: agent_id.to_string(),
-        });
-    }
-    Ok(())
-}

@@ -260,6 +260,13 @@ fn verify_names_rows_edited_deleted_or_swapped_in_the_database() {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         std::fs::copy(&db, dir.join("bannin.db")).unwrap();
+        // The write-ahead log holds what was not checkpointed yet.
+        for suffix in ["-wal", "-shm"] {
+            let side = collector.dir.join(format!("bannin.db{suffix}"));
+            if side.exists() {
+                std::fs::copy(&side, dir.join(format!("bannin.db{suffix}"))).unwrap();
+            }
+        }
         let conn = rusqlite::Connection::open(dir.join("bannin.db")).unwrap();
         (dir, conn)
     };

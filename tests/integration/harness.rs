@@ -308,10 +308,13 @@ pub fn agent_id(state_dir: &Path) -> String {
     value["agent_id"].as_str().unwrap().to_string()
 }
 
+/// Each request's head (request line and headers) and body.
+pub type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A real HTTP receiver on loopback that records each request's headers and body and answers 200.
 pub struct HttpReceiver {
     pub port: u16,
-    pub requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub requests: Requests,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -470,4 +473,121 @@ pub fn alerts_json(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     out.lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
+}
+
+/// A private PostgreSQL 15 in a temp dir, run as the `postgres` user, writing csvlog with
+/// connections, disconnections, every statement and (where installed) pgaudit with row counts.
+pub struct Postgres {
+    pub port: u16,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+    proc: Proc,
+}
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn pgaudit_installed() -> bool {
+    Path::new("/usr/lib/postgresql/15/lib/pgaudit.so").exists()
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        run_ok(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path()),
+        );
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(format!("{PG_BIN}/initdb"))
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(&data),
+        );
+        let mut conf = String::from(
+            "logging_collector = on\nlog_destination = 'csvlog'\nlog_directory = 'log'\n\
+             log_connections = on\nlog_disconnections = on\nlog_statement = 'all'\n\
+             listen_addresses = '127.0.0.1'\n",
+        );
+        if pgaudit_installed() {
+            conf.push_str(
+                "shared_preload_libraries = 'pgaudit'\npgaudit.log = 'read,write'\n\
+                 pgaudit.log_relation = on\npgaudit.log_rows = on\n",
+            );
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).unwrap();
+        let port = free_port();
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path());
+        let proc = Proc::spawn("postgres", &mut command);
+        let pg = Postgres {
+            port,
+            data,
+            _dir: dir,
+            proc,
+        };
+        wait_for(
+            "postgres to accept connections",
+            Duration::from_secs(60),
+            || {
+                Command::new("pg_isready")
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
+        if pgaudit_installed() {
+            pg.psql("CREATE EXTENSION IF NOT EXISTS pgaudit;");
+        }
+        pg
+    }
+
+    /// Runs SQL with psql over TCP as `user` (a real client session).
+    pub fn psql_as(&self, user: &str, sql: &str) -> String {
+        run_ok(
+            Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    user,
+                ])
+                .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        )
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_as("postgres", sql)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .output();
+        self.proc.kill9();
+    }
 }

@@ -1,8 +1,17 @@
 //! One integration test binary: each module exercises one capability through the real binaries.
 
+// Test helpers, like tests, stop at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod db;
+// The private database servers the agent's own tests use, shared rather than copied.
+#[path = "../../agent/sensors/db/testsupport.rs"]
+mod db_servers;
 mod detection;
 mod examples;
+mod files;
 mod foundation;
 mod harness;
 mod procnet;
 mod refusals;
+mod scenarios;

@@ -62,13 +62,11 @@ pub enum DbError {
 
 /// The running sensor. Dropping it stops the task at its next await; [`DbHandle::stop`] also
 /// saves the positions one last time and waits for that.
-#[allow(dead_code)]
 pub struct DbHandle {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-#[allow(dead_code)]
 impl DbHandle {
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -87,7 +85,6 @@ impl Drop for DbHandle {
 }
 
 /// Starts following every configured database log.
-#[allow(dead_code)] // called by the agent's `run` once the lead wires it
 pub async fn spawn(
     configs: Vec<DatabaseConfig>,
     state_dir: &Path,
@@ -163,6 +160,7 @@ pub async fn spawn(
             }
             sources = polled;
             // Only now that the events are with the spool may the positions move on.
+            wait_drained(&tx).await;
             save_state(&path, &sources, &mut last_saved).await;
             let pause = if more { Duration::ZERO } else { interval };
             tokio::select! {
@@ -176,6 +174,17 @@ pub async fn spawn(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// Waits (a bounded while) until the spool has committed every event sent, so a saved position
+/// never runs ahead of events that a crash could still lose.
+async fn wait_drained(tx: &EventTx) {
+    for _ in 0..500 {
+        if tx.is_committed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -513,7 +522,7 @@ impl Source {
     fn parse(&mut self, body: Body, json: bool, drafts: &mut Vec<Draft>) -> Result<(), ()> {
         match (self.settings.kind, body) {
             (DbKind::Postgresql, Body::Fields(fields)) => {
-                let entry = postgres::entry_from_csv(&fields).ok_or(())?;
+                let entry = postgres::entry_from_csv(fields).ok_or(())?;
                 self.state
                     .postgres
                     .handle(entry, &self.ctx, drafts)

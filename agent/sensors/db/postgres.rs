@@ -33,26 +33,30 @@ pub struct Entry {
 }
 
 /// A csvlog record (26 columns in PostgreSQL 15; 23 since 13 are enough).
-pub fn entry_from_csv(fields: &[String]) -> Option<Entry> {
+pub fn entry_from_csv(mut fields: Vec<String>) -> Option<Entry> {
     if fields.len() < 23 {
         return None;
     }
-    let (remote_host, remote_port) = match fields[4].rsplit_once(':') {
-        Some((host, port)) if !fields[4].starts_with('[') => (host.to_string(), port.parse().ok()),
-        _ => (fields[4].clone(), None),
+    let mut take = |i: usize| std::mem::take(&mut fields[i]);
+    let connection_from = take(4);
+    let (remote_host, remote_port) = match connection_from.rsplit_once(':') {
+        Some((host, port)) if !connection_from.starts_with('[') => {
+            (host.to_string(), port.parse().ok())
+        }
+        _ => (connection_from, None),
     };
     Some(Entry {
-        ts: parse_time(&fields[0]),
-        user: fields[1].clone(),
-        database: fields[2].clone(),
+        ts: parse_time(&take(0)),
+        user: take(1),
+        database: take(2),
         remote_host,
         remote_port,
-        session: fields[5].clone(),
-        ps: fields[7].clone(),
-        severity: fields[11].clone(),
-        state_code: fields[12].clone(),
-        message: fields[13].clone(),
-        application: fields[22].clone(),
+        session: take(5),
+        ps: take(7),
+        severity: take(11),
+        state_code: take(12),
+        message: take(13),
+        application: take(22),
     })
 }
 

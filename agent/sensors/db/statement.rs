@@ -718,10 +718,18 @@ const MASK: &str = "'***'";
 /// `IDENTIFIED WITH plugin AS 'x'`) and literals holding `password=` connection strings with
 /// `'***'`.
 pub fn mask(sql: &str, dialect: Dialect) -> Cow<'_, str> {
-    let lower_hit = sql
-        .as_bytes()
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b"passw") || w.eq_ignore_ascii_case(b"ident"));
+    // Most statements hold neither word; finding that out must be cheap.
+    let bytes = sql.as_bytes();
+    let lower_hit = bytes.iter().enumerate().any(|(i, &b)| {
+        let word: &[u8] = match b | 0x20 {
+            b'p' => b"passw",
+            b'i' => b"ident",
+            _ => return false,
+        };
+        bytes
+            .get(i..i + 5)
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    });
     if !lower_hit {
         return Cow::Borrowed(sql);
     }

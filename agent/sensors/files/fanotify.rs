@@ -33,9 +33,13 @@ const READ_BUFFER: usize = 64 * 1024;
 const READS_PER_ROUND: usize = 16;
 /// How long a poll waits before the stop flag is looked at again.
 const POLL_MS: u16 = 200;
+/// How long a poll waits while events wait for their process to be known.
+const WAITING_POLL_MS: u16 = 10;
 /// Directory handles remembered with their paths, for events naming a directory that is gone
 /// by the time the event is read (`rm -r`).
 const DIR_CACHE: usize = 65_536;
+/// Directory handles resolved and kept until a directory rename (anywhere on the filesystem).
+const RESOLVED_CACHE: usize = 65_536;
 
 const FSID_LEN: usize = 8;
 const METADATA_LEN: usize = 24;
@@ -285,8 +289,11 @@ struct Resolver {
     known: HashMap<Handle, PathBuf>,
     order: std::collections::VecDeque<Handle>,
     roots: Vec<PathBuf>,
-    /// Handles resolved in the current batch: a burst in one directory opens it once.
-    batch: HashMap<Handle, Option<PathBuf>>,
+    /// Every directory resolved since the last directory rename anywhere on the marked
+    /// filesystems. A directory's path only changes when it or a parent is renamed, and the
+    /// filesystem mark reports every such rename, so until then the answer stands and most
+    /// events cost a hash lookup instead of two system calls.
+    resolved: HashMap<Handle, PathBuf>,
 }
 
 impl Resolver {
@@ -296,27 +303,44 @@ impl Resolver {
             known: HashMap::new(),
             order: std::collections::VecDeque::new(),
             roots,
-            batch: HashMap::new(),
+            resolved: HashMap::new(),
         }
-    }
-
-    fn new_batch(&mut self) {
-        self.batch.clear();
     }
 
     fn dir(&mut self, handle: &Handle) -> Option<PathBuf> {
-        if let Some(found) = self.batch.get(handle) {
-            return found.clone();
+        if let Some(path) = self.resolved.get(handle) {
+            return Some(path.clone());
         }
-        let found = match self.open(handle) {
+        match self.open(handle) {
             Some(path) => {
+                if self.resolved.len() >= RESOLVED_CACHE {
+                    self.resolved.clear();
+                }
+                self.resolved.insert(handle.clone(), path.clone());
                 self.remember(handle.clone(), path.clone());
                 Some(path)
             }
             None => self.known.get(handle).cloned(),
+        }
+    }
+
+    /// A directory was renamed somewhere on the filesystem: any resolved path may be stale.
+    fn forget_resolved(&mut self) {
+        self.resolved.clear();
+    }
+
+    /// A directory was renamed: what is remembered below the old name in the watched trees now
+    /// lives below the new one.
+    fn dir_renamed(&mut self, old: Option<&Path>, new: &Path) {
+        self.resolved.clear();
+        let Some(old) = old else {
+            return;
         };
-        self.batch.insert(handle.clone(), found.clone());
-        found
+        for path in self.known.values_mut() {
+            if let Ok(rest) = path.strip_prefix(old) {
+                *path = new.join(rest);
+            }
+        }
     }
 
     fn entry(&mut self, entry: &(Handle, Vec<u8>)) -> Option<PathBuf> {
@@ -331,9 +355,6 @@ impl Resolver {
         // The filesystem mark reports the whole filesystem; only the watched trees are kept.
         if !self.roots.iter().any(|root| path.starts_with(root)) {
             return;
-        }
-        if let Some(slot) = self.batch.get_mut(&handle) {
-            *slot = Some(path.clone());
         }
         if self.known.insert(handle.clone(), path).is_none() {
             self.order.push_back(handle);
@@ -501,9 +522,16 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             PollFd::new(names.as_fd(), PollFlags::POLLIN),
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::from(POLL_MS)) {
+        // Events waiting for their process are looked at again soon, not at the next event.
+        let timeout = if state.observer.waiting() {
+            WAITING_POLL_MS
+        } else {
+            POLL_MS
+        };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
             Ok(0) => {
                 state.settle_moved_from();
+                state.observer.pump();
                 continue;
             }
             Ok(_) | Err(Errno::EINTR) => {}
@@ -541,7 +569,6 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             }
         }
         state.observer.new_batch();
-        state.resolver.new_batch();
         state.drain_writes(&writes);
         for event in events {
             state.handle_name_event(&event, paired_renames);
@@ -632,10 +659,13 @@ impl Loop {
             self.overflow();
             return;
         }
+        let is_dir = mask & libc::FAN_ONDIR != 0;
+        if is_dir && mask & (libc::FAN_RENAME | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO) != 0 {
+            self.resolver.forget_resolved();
+        }
         let Some(pid) = self.pid(event.pid) else {
             return;
         };
-        let is_dir = mask & libc::FAN_ONDIR != 0;
         if !paired_renames && mask & libc::FAN_MOVED_TO == 0 {
             self.settle_moved_from();
         }
@@ -729,6 +759,7 @@ impl Loop {
         object: Option<&Handle>,
     ) {
         if is_dir {
+            self.resolver.dir_renamed(old.as_deref(), &new);
             if let Some(object) = object {
                 self.resolver.remember(object.clone(), new.clone());
             }

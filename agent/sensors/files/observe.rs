@@ -1,14 +1,14 @@
 //! What every backend shares: deciding whether a path is watched, examining a file the moment it
 //! is seen, remembering its size, recognising exports, and turning it all into events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bannin::event::{
-    Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
+    Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
 };
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use tokio::sync::mpsc;
@@ -22,6 +22,11 @@ use crate::pipeline::EventTx;
 
 /// A rescan walks whole trees; under a sustained overflow storm one per this long is enough.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an event whose process is not known yet waits for the process sensor to record it:
+/// a short-lived `rm` may be gone from `/proc` before the process table has heard of its exec.
+const LATE_LOOKUP: Duration = Duration::from_millis(250);
+/// Events held back at most; beyond this the oldest goes out with what is known.
+const MAX_WAITING: usize = 10_000;
 
 /// The watched trees minus the excluded globs.
 #[derive(Clone)]
@@ -97,6 +102,8 @@ pub struct Observer {
     /// Processes looked up in the current batch of kernel events: a burst from one process
     /// reads `/proc` once, not once per file.
     processes: HashMap<u32, Option<ProcessInfo>>,
+    /// File events in order, each with the pid still to be looked up (if any) and until when.
+    waiting: VecDeque<(Instant, Option<u32>, Event)>,
 }
 
 impl Observer {
@@ -120,6 +127,7 @@ impl Observer {
             last_rescan: None,
             closed: false,
             processes: HashMap::new(),
+            waiting: VecDeque::new(),
         }
     }
 
@@ -192,19 +200,12 @@ impl Observer {
         self.processes.clear();
     }
 
-    fn process(&mut self, pid: Option<u32>) -> Option<ProcessInfo> {
-        let pid = pid?;
+    fn process(&mut self, pid: u32) -> Option<ProcessInfo> {
         let lookup = &self.lookup;
-        let found = self
-            .processes
+        self.processes
             .entry(pid)
             .or_insert_with(|| lookup(pid))
-            .clone();
-        // A pid whose process is already gone is still worth reporting on its own.
-        Some(found.unwrap_or(ProcessInfo {
-            pid,
-            ..ProcessInfo::default()
-        }))
+            .clone()
     }
 
     /// Records and emits a create or close-after-write; `seen` is `None` when the file was gone
@@ -291,16 +292,69 @@ impl Observer {
         event.owner = facts.uid.map(|uid| self.users.name(uid));
     }
 
+    /// Emits a file event with its process. When the pid is not known yet the event waits (and
+    /// every later one behind it, to keep the order) until the process turns up or
+    /// [`LATE_LOOKUP`] passes; then it goes out with the pid alone.
     fn emit_file(&mut self, mut event: FileEvent, pid: Option<u32>) {
-        event.process = self.process(pid);
+        let found = pid.and_then(|pid| self.process(pid));
+        // A pid whose process is never found is still worth reporting on its own.
+        event.process = found.clone().or(pid.map(|pid| ProcessInfo {
+            pid,
+            ..ProcessInfo::default()
+        }));
         event.process_known = event.process.is_some();
-        self.emit(event);
+        let event = Event::now(self.tx.host().to_string(), event);
+        let now = Instant::now();
+        match (pid, found) {
+            (Some(pid), None) => self
+                .waiting
+                .push_back((now + LATE_LOOKUP, Some(pid), event)),
+            _ if self.waiting.is_empty() => self.send(event),
+            _ => self.waiting.push_back((now, None, event)),
+        }
+        if self.waiting.len() > MAX_WAITING {
+            if let Some((_, _, oldest)) = self.waiting.pop_front() {
+                self.send(oldest);
+            }
+        }
+        self.pump();
+    }
+
+    /// Whether events are waiting for their process; the backend then calls [`Observer::pump`]
+    /// often.
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Sends the waiting events whose process has turned up or whose wait is over, in order.
+    pub fn pump(&mut self) {
+        let now = Instant::now();
+        while let Some((until, pid, event)) = self.waiting.front_mut() {
+            if let Some(pid) = *pid {
+                match (self.lookup)(pid) {
+                    Some(info) => {
+                        if let Body::File(file) = &mut event.body {
+                            file.process = Some(info.clone());
+                        }
+                        self.processes.insert(pid, Some(info));
+                    }
+                    None if *until > now => return,
+                    None => {}
+                }
+            }
+            if let Some((_, _, event)) = self.waiting.pop_front() {
+                self.send(event);
+            }
+        }
     }
 
     /// Hands an event to the forwarder without blocking the kernel reader; a full queue is a
     /// counted drop.
-    pub fn emit(&mut self, body: impl Into<bannin::event::Body>) {
-        let event = Event::now(self.tx.host().to_string(), body);
+    pub fn emit(&mut self, body: impl Into<Body>) {
+        self.send(Event::now(self.tx.host().to_string(), body));
+    }
+
+    fn send(&mut self, event: Event) {
         match self.out.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.tx.count_drop(1),
@@ -359,6 +413,15 @@ impl Observer {
             );
         }
         seen
+    }
+}
+
+impl Drop for Observer {
+    /// A stopping sensor sends what it holds rather than losing it.
+    fn drop(&mut self) {
+        while let Some((_, _, event)) = self.waiting.pop_front() {
+            self.send(event);
+        }
     }
 }
 

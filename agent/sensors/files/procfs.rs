@@ -181,12 +181,10 @@ mod tests {
             .unwrap();
         let lookup = proc_lookup_from_procfs();
         // Between fork and exec the child still looks like its parent; wait for the exec.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut info = lookup(child.id()).unwrap();
-        for _ in 0..1000 {
-            if info.cmdline == "sleep 30" {
-                break;
-            }
-            std::thread::yield_now();
+        while info.cmdline != "sleep 30" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
             info = lookup(child.id()).unwrap();
         }
         child.kill().unwrap();

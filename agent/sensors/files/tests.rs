@@ -292,6 +292,65 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
     assert_eq!(sensor(&report).sensor, "files");
 }
 
+/// An observer whose process lookup knows pid 4242 only once `known` is set, as the process
+/// table knows a short-lived process only once the process sensor has recorded its exec.
+fn late_observer(dir: &Path, known: Arc<AtomicBool>) -> (Observer, mpsc::Receiver<Event>) {
+    let config = FilesConfig {
+        watch: vec![dir.to_path_buf()],
+        ..FilesConfig::default()
+    };
+    let (scope, _) = observe::Scope::new(&config).unwrap();
+    let (out, rx) = mpsc::channel(16);
+    let (tx, _spool) = pipeline::channel("h");
+    let lookup: ProcessLookup = Arc::new(move |pid| {
+        (pid == 4242 && known.load(Ordering::SeqCst)).then(|| bannin::event::ProcessInfo {
+            pid,
+            exe: "/usr/bin/rm".into(),
+            ..bannin::event::ProcessInfo::default()
+        })
+    });
+    let observer = Observer::new("fanotify", scope, &config, lookup, out, tx);
+    (observer, rx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_waits_briefly_for_its_process_to_become_known_keeping_order() {
+    let (_guard, dir) = tempdir();
+    let known = Arc::new(AtomicBool::new(false));
+    let (mut observer, mut rx) = late_observer(&dir, known.clone());
+    observer.deleted(&dir.join("first"), Some(4242));
+    observer.deleted(&dir.join("second"), None);
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing goes out before the first is known"
+    );
+    assert!(observer.waiting());
+    known.store(true, Ordering::SeqCst);
+    observer.pump();
+    let first = rx.try_recv().unwrap();
+    assert_eq!(first.path(), dir.join("first").to_str());
+    assert_eq!(file(&first).process.as_ref().unwrap().exe, "/usr/bin/rm");
+    assert_eq!(rx.try_recv().unwrap().path(), dir.join("second").to_str());
+    assert!(!observer.waiting());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_whose_process_never_turns_up_goes_out_with_the_pid_alone() {
+    let (_guard, dir) = tempdir();
+    let (mut observer, mut rx) = late_observer(&dir, Arc::new(AtomicBool::new(false)));
+    observer.deleted(&dir.join("gone"), Some(4242));
+    tokio::time::advance(Duration::from_millis(100)).await;
+    observer.pump();
+    assert!(rx.try_recv().is_err());
+    tokio::time::advance(Duration::from_millis(200)).await;
+    observer.pump();
+    let event = rx.try_recv().unwrap();
+    let event = file(&event);
+    assert!(event.process_known);
+    assert_eq!(event.process.as_ref().unwrap().pid, 4242);
+    assert_eq!(event.process.as_ref().unwrap().exe, "");
+}
+
 #[cfg(target_os = "linux")]
 mod as_root {
     use std::io::Write;
@@ -562,6 +621,20 @@ mod as_root {
                 assert_eq!(event.process.as_ref().unwrap().exe, exe_of("/usr/bin/perl"));
             }
         }
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn after_a_directory_is_renamed_events_below_it_carry_the_new_path_and_old_sizes() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        let _first = Script::run(&dir, "mkdir a; echo 1 > a/x");
+        next(&mut rx, is("file.write", &dir.join("a/x"))).await;
+        let _second = Script::run(&dir, "mv a b; echo 2 > b/y");
+        next(&mut rx, is("file.create", &dir.join("b/y"))).await;
+        let _third = Script::run(&dir, "rm b/x");
+        let deleted = next(&mut rx, is("file.delete", &dir.join("b/x"))).await;
+        assert_eq!(file(&deleted).size, Some(2));
         handle.stop().await;
     }
 }
