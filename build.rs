@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/bannin/v1/events.proto",
         "proto/bannin/v1/collector.proto",
+        "proto/bannin/v1/query.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

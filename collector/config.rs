@@ -59,6 +59,8 @@ pub struct CollectorConfig {
     pub alerts: HooksConfig,
     /// `[detection]`: rules, thresholds, allow-lists and de-duplication.
     pub detection: DetectConfig,
+    pub metrics: crate::metrics::MetricsConfig,
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl CollectorConfig {

@@ -6,13 +6,17 @@ mod config;
 mod detect;
 mod detection;
 mod hooks;
+mod metrics;
+mod ocsf;
 mod output;
+mod query;
 mod quickstart;
+mod report;
+mod retention;
 mod serve;
 mod service;
 mod store;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -21,7 +25,6 @@ use bannin::time::{Timestamp, parse_duration};
 use clap::{Parser, Subcommand};
 
 use crate::config::CollectorConfig;
-use crate::output::Format;
 
 #[derive(Parser)]
 #[command(
@@ -44,11 +47,22 @@ enum Command {
         command: TokenCommand,
     },
     /// List enrolled agents with their last contact and chain position.
-    Agents(AgentsArgs),
+    Agents(query::AgentsArgs),
     /// Query stored events.
-    Events(EventsArgs),
-    /// List alerts with their evidence and delivery state.
-    Alerts(AlertsArgs),
+    Events(query::EventsArgs),
+    /// Query stored alerts.
+    Alerts(query::AlertsArgs),
+    /// Everything one host did in a window, in order, with each process's lineage.
+    Timeline(query::TimelineArgs),
+    /// Which hosts read sensitive records, which then sent data out, which files and processes.
+    Scope(query::ScopeArgs),
+    /// Operator credentials for remote queries.
+    Operator {
+        #[command(subcommand)]
+        command: query::OperatorCommand,
+    },
+    /// Refuse an agent or an operator from now on (a running collector applies it within a second).
+    Revoke(query::RevokeArgs),
     /// Re-verify every stored event's hash chain and signatures; exit 1 naming each problem.
     Verify(DataDirArg),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
@@ -87,61 +101,9 @@ pub struct ServeArgs {
     /// Send alerts as JSON to this URL (repeatable), in addition to the config's webhooks.
     #[arg(long)]
     pub webhook: Vec<String>,
-}
-
-#[derive(clap::Args)]
-struct AgentsArgs {
+    /// Serve Prometheus metrics and /healthz on this address (overrides the config's metrics.listen).
     #[arg(long)]
-    data_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-}
-
-#[derive(clap::Args)]
-struct AlertsArgs {
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// Rule id, or a glob over rule ids.
-    #[arg(long)]
-    rule: Option<String>,
-    /// Agent name or host name the alert is about.
-    #[arg(long)]
-    host: Option<String>,
-    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
-    #[arg(long)]
-    since: Option<String>,
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-}
-
-#[derive(clap::Args)]
-struct EventsArgs {
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// Event kind, or a glob over kinds such as file.*.
-    #[arg(long)]
-    kind: Option<String>,
-    /// Agent name or host name.
-    #[arg(long)]
-    host: Option<String>,
-    /// Agent id.
-    #[arg(long)]
-    agent: Option<String>,
-    /// Glob over file paths (* also matches /).
-    #[arg(long)]
-    path: Option<String>,
-    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
-    #[arg(long)]
-    since: Option<String>,
-    #[arg(long)]
-    until: Option<String>,
-    /// Return at most the newest N events.
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+    pub metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -186,6 +148,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut config = load_config(args.config.as_deref())?;
             config.alerts.add_cli_webhooks(args.webhook.clone());
             config.alerts.validate().context("invalid --webhook")?;
+            if let Some(metrics) = &args.metrics_listen {
+                config.metrics.listen = Some(metrics.clone());
+            }
             let listen = args
                 .listen
                 .clone()
@@ -208,72 +173,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(args) => {
-            let conn = store::open_reader(&args.data_dir)?;
-            let rows =
-                store::query::agents(&conn, Timestamp::now(), std::time::Duration::from_secs(60))?;
-            let mut out = std::io::stdout().lock();
-            match args.format {
-                Format::Json => output::json_lines(&mut out, &rows)?,
-                Format::Table => output::agents_table(&mut out, &rows)?,
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
+            query::agents(args, CollectorConfig::default().server.silent_after)
         }
-        Command::Events(args) => {
-            let now = Timestamp::now();
-            let bound = |t: &Option<String>| -> Result<Option<Timestamp>> {
-                Ok(match t {
-                    Some(t) => Some(Timestamp::parse_bound(t, now)?),
-                    None => None,
-                })
-            };
-            let filter = store::query::EventFilter {
-                kind: args.kind,
-                host: args.host,
-                agent: args.agent,
-                path: args.path,
-                since: bound(&args.since)?,
-                until: bound(&args.until)?,
-                limit: args.limit,
-            };
-            let conn = store::open_reader(&args.data_dir)?;
-            let records = store::query::events(&conn, &filter)?;
-            let mut out = std::io::stdout().lock();
-            match args.format {
-                Format::Json => output::json_lines(&mut out, &records)?,
-                Format::Table => output::events_table(&mut out, &records)?,
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Alerts(args) => {
-            let since = match &args.since {
-                Some(t) => Some(Timestamp::parse_bound(t, Timestamp::now())?),
-                None => None,
-            };
-            let conn = store::open_reader(&args.data_dir)?;
-            let alerts = store::alerts::query(
-                &conn,
-                &store::alerts::AlertFilter {
-                    rule: args.rule,
-                    since,
-                    host: args.host,
-                    limit: args.limit,
-                },
-            )?;
-            let mut rows = Vec::with_capacity(alerts.len());
-            for alert in alerts {
-                let deliveries = hooks::delivery_status(&conn, &alert.id)?;
-                rows.push(output::AlertRow { alert, deliveries });
-            }
-            let mut out = std::io::stdout().lock();
-            match args.format {
-                Format::Json => output::json_lines(&mut out, &rows)?,
-                Format::Table => output::alerts_table(&mut out, &rows)?,
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Events(args) => query::events(args),
+        Command::Alerts(args) => query::alerts(args),
+        Command::Timeline(args) => query::timeline(args),
+        Command::Scope(args) => query::scope(args),
+        Command::Operator { command } => query::operator(command),
+        Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
             let conn = store::open_reader(&args.data_dir)?;
             let report = store::verify::verify(&conn)?;

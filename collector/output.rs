@@ -13,6 +13,8 @@ use crate::store::query::AgentRow;
 pub enum Format {
     Table,
     Json,
+    /// OCSF 1.x JSON, one object per line (see `ocsf.rs`).
+    Ocsf,
 }
 
 /// One JSON object per line.

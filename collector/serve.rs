@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::CollectorConfig;
 use crate::detection::{Detection, Observed};
+use crate::query::service::QueryService;
 use crate::service::{Agents, EnrollmentService, IngestService, Limits};
 use crate::store;
 use crate::store::ingest::{CommitNotice, Writer};
@@ -181,6 +182,23 @@ impl Collector {
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let conn = store::open_writer(&self.data_dir)?;
         let agents = Agents::load(store::agent_keys(&conn)?);
+        tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
+        tokio::spawn(crate::retention::run(
+            self.data_dir.clone(),
+            self.config.retention.clone(),
+        ));
+        if let Some(listen) = &self.config.metrics.listen {
+            let (listener, addr) = crate::metrics::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+            tracing::info!("serving metrics on {addr}");
+            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
+            tokio::spawn(async move {
+                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+        }
 
         let mut engine = detect::Engine::new(&self.config.detection)?;
         replay(&conn, &mut engine)?;
@@ -219,6 +237,12 @@ impl Collector {
             },
         })
         .max_decoding_message_size(max);
+        let query = pb::query_server::QueryServer::new(QueryService {
+            data_dir: self.data_dir.clone(),
+            silent_after: self.config.server.silent_after,
+        })
+        .max_decoding_message_size(64 * 1024)
+        .max_encoding_message_size(crate::query::client::MAX_MESSAGE);
 
         let addr = self.local_addr()?;
         tracing::info!(data_dir = %self.data_dir.display(), "listening on {addr}");
@@ -228,6 +252,7 @@ impl Collector {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(enrollment)
             .add_service(ingest)
+            .add_service(query)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .context("gRPC server failed")?;
@@ -236,6 +261,26 @@ impl Collector {
         }
         tracing::info!("collector stopped");
         Ok(())
+    }
+}
+
+/// Re-reads agents' standing every second, so `bannin-collector revoke --agent` applies to a running
+/// collector without a restart.
+async fn refresh_agents(data_dir: PathBuf, agents: Agents) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dir = data_dir.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            store::open_reader(&dir).and_then(|conn| store::agent_keys(&conn))
+        })
+        .await;
+        match keys {
+            Ok(Ok(keys)) => agents.refresh(keys),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot re-read agents' standing"),
+            Err(_) => tracing::warn!("agent refresh task failed"),
+        }
     }
 }
 

@@ -100,6 +100,17 @@ impl Agents {
         }
     }
 
+    /// Takes in the store's current view: a revocation made by `bannin-collector revoke` while
+    /// `serve` runs applies from the next batch. Agents are only added or updated, never removed,
+    /// so an enrollment committed after the snapshot was read is not undone.
+    pub fn refresh(&self, keys: Vec<AgentKey>) {
+        if let Ok(mut map) = self.by_id.write() {
+            for key in keys {
+                map.insert(key.id.clone(), key);
+            }
+        }
+    }
+
     fn get(&self, id: &str) -> Option<AgentKey> {
         self.by_id.read().ok()?.get(id).cloned()
     }
@@ -212,8 +223,12 @@ impl pb::ingest_server::Ingest for IngestService {
         let _guard = span.enter();
         let result = self.accept(&agent_id, request.into_inner()).await;
         match result {
-            Ok(ack) => Ok(Response::new(ack)),
+            Ok(ack) => {
+                crate::metrics::batch_accepted(ack.inserted);
+                Ok(Response::new(ack))
+            }
             Err(error) => {
+                crate::metrics::batch_refused(&error);
                 tracing::warn!(%error, "batch refused");
                 Err(error.into())
             }

@@ -5,6 +5,9 @@
 
 pub mod alerts;
 pub mod ingest;
+pub mod investigate;
+pub mod operators;
+pub mod prune;
 pub mod query;
 pub mod verify;
 
@@ -37,6 +40,10 @@ pub enum StoreError {
     ExpiredToken,
     #[error("store has no agent {agent_id}")]
     UnknownAgent { agent_id: String },
+    #[error("operator {name} already exists; choose another name")]
+    OperatorExists { name: String },
+    #[error("store has no operator {name}")]
+    UnknownOperator { name: String },
     #[error("the ingest thread has stopped")]
     WriterGone,
 }
@@ -96,6 +103,22 @@ CREATE TABLE IF NOT EXISTS findings (
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
     detail TEXT NOT NULL
+);
+-- Host and time-range questions (timeline, scope) read one agent's events in time order.
+CREATE INDEX IF NOT EXISTS events_agent_ts ON events (agent_no, ts);
+-- People who query the collector remotely; their certificates name them, this says if they still may.
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    created_ts INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    revoked_ts INTEGER
+);
+-- Retention: every event up to through_seq was deleted on purpose, whole batches at a time, so verify
+-- starts the agent's chain at the prev_hash of the oldest batch still stored.
+CREATE TABLE IF NOT EXISTS pruned (
+    agent_no INTEGER PRIMARY KEY,
+    through_seq INTEGER NOT NULL,
+    pruned_ts INTEGER NOT NULL
 );
 ";
 

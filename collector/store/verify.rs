@@ -205,7 +205,16 @@ fn verify_agent(
         .collect::<Vec<_>>();
     covered.sort_unstable();
     let is_covered = |seq: u64| covered.iter().any(|(a, b)| *a <= seq && seq <= *b);
-    let mut expected = 1u64;
+    // Retention deletes whole batches from the oldest: the chain then starts at the oldest stored
+    // batch, whose signed prev_hash links it to what was deleted. A store from before retention
+    // existed has no `pruned` table, which means nothing was pruned.
+    let pruned = super::prune::pruned_through(conn, no).unwrap_or(0);
+    if pruned > 0 {
+        report.notes.push(format!(
+            "agent {id} events 1..={pruned}: deleted by retention"
+        ));
+    }
+    let mut expected = pruned + 1;
     for &seq in &present {
         if !is_covered(seq) {
             report.problems.push(format!(

@@ -12,6 +12,7 @@ mod examples;
 mod files;
 mod foundation;
 mod harness;
+mod investigate;
 mod procnet;
 mod refusals;
 mod scenarios;

@@ -1,0 +1,453 @@
+//! The query subcommands (`events`, `agents`, `alerts`, `timeline`, `scope`), operator credentials and
+//! revocation. Each query reads the data directory directly, or a remote collector over gRPC with an
+//! operator identity (`--server URL --identity FILE`); both paths run the same store and report code.
+
+pub mod client;
+pub mod identity;
+pub mod service;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use bannin::event::Record;
+use bannin::pki::Principal;
+use bannin::time::{Timestamp, parse_duration};
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+
+use crate::output::{self, Format};
+use crate::report::{scope, timeline};
+use crate::store::alerts::AlertFilter;
+use crate::store::query::{AgentRow, EventFilter};
+use crate::{ocsf, serve, store};
+
+/// Where a query reads: a data directory, or a remote collector with an operator identity.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Location {
+    /// The collector's data directory (read directly; works while `serve` runs).
+    #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// A remote collector, e.g. https://collector.example:50051 (needs --identity).
+    #[arg(long, requires = "identity")]
+    pub server: Option<String>,
+    /// The operator identity file written by `bannin-collector operator create`.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// Event kind, or a glob over kinds such as file.*.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Agent name or host name.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Agent id.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Glob over file paths (* also matches /).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Return at most the newest N events.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub location: Location,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// Rule id, or a glob over rule ids.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Agent name or host name the alert is about.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// RFC 3339 time or a duration back from now (90s, 10m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most the newest N alerts.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct TimelineArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// The agent name or host name.
+    #[arg(long)]
+    pub host: String,
+    /// RFC 3339 time or a duration back from now.
+    #[arg(long)]
+    pub since: String,
+    /// Default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many events, the oldest first.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(clap::Args)]
+pub struct ScopeArgs {
+    #[command(flatten)]
+    pub location: Location,
+    /// RFC 3339 time or a duration back from now (required unless --alert).
+    #[arg(long, required_unless_present = "alert")]
+    pub since: Option<String>,
+    /// Default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only these agent or host names (repeatable).
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Scope an alert: its time ± --margin and its hosts.
+    #[arg(long, conflicts_with_all = ["since", "until", "host"])]
+    pub alert: Option<String>,
+    /// How far around an alert's time to look.
+    #[arg(long, default_value = "1h")]
+    pub margin: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(clap::Subcommand)]
+pub enum OperatorCommand {
+    /// Issue an operator identity file (client certificate, key and the collector's CA; mode 0600).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The operator's name (letters, digits, . _ @ -).
+        #[arg(long)]
+        name: String,
+        /// Where to write the identity file (default: NAME.pem in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List operators and whether they are active or revoked.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["agent", "operator"])))]
+pub struct RevokeArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The agent id to refuse from now on.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The operator name to refuse from now on.
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+/// Where a query's answers come from.
+enum Source {
+    Local(Connection),
+    Remote(Box<client::Remote>),
+}
+
+impl Source {
+    fn open(location: &Location) -> Result<Source> {
+        match (&location.data_dir, &location.server, &location.identity) {
+            (Some(dir), _, _) => Ok(Source::Local(store::open_reader(dir)?)),
+            (None, Some(server), Some(identity)) => Ok(Source::Remote(Box::new(
+                client::Remote::connect(server, identity)?,
+            ))),
+            _ => bail!("give --data-dir DIR, or --server URL with --identity FILE"),
+        }
+    }
+}
+
+fn bound(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
+    Ok(match text {
+        Some(t) => Some(Timestamp::parse_bound(t, now)?),
+        None => None,
+    })
+}
+
+fn print_lines(values: impl IntoIterator<Item = Value>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for value in values {
+        serde_json::to_writer(&mut out, &value)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_records(records: &[Record], format: Format) -> Result<()> {
+    match format {
+        Format::Ocsf => print_lines(records.iter().map(ocsf::event)),
+        Format::Json => {
+            let mut out = std::io::stdout().lock();
+            output::json_lines(&mut out, records)?;
+            Ok(out.flush()?)
+        }
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            output::events_table(&mut out, records)?;
+            Ok(out.flush()?)
+        }
+    }
+}
+
+pub fn events(args: EventsArgs) -> Result<ExitCode> {
+    let now = Timestamp::now();
+    let filter = EventFilter {
+        kind: args.kind,
+        host: args.host,
+        agent: args.agent,
+        path: args.path,
+        since: bound(args.since.as_deref(), now)?,
+        until: bound(args.until.as_deref(), now)?,
+        limit: args.limit,
+    };
+    let records = match Source::open(&args.location)? {
+        Source::Local(conn) => store::query::events(&conn, &filter)?,
+        Source::Remote(mut remote) => remote.events(&filter)?,
+    };
+    print_records(&records, args.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agents(args: AgentsArgs, silent_after: std::time::Duration) -> Result<ExitCode> {
+    let rows: Vec<AgentRow> = match Source::open(&args.location)? {
+        Source::Local(conn) => store::query::agents(&conn, Timestamp::now(), silent_after)?,
+        Source::Remote(mut remote) => remote.agents()?,
+    };
+    match args.format {
+        Format::Ocsf => print_lines(rows.iter().map(ocsf::agent))?,
+        Format::Json => {
+            let mut out = std::io::stdout().lock();
+            output::json_lines(&mut out, &rows)?;
+            out.flush()?;
+        }
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            output::agents_table(&mut out, &rows)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
+    let filter = AlertFilter {
+        rule: args.rule,
+        since: bound(args.since.as_deref(), Timestamp::now())?,
+        host: args.host,
+        limit: args.limit,
+    };
+    match Source::open(&args.location)? {
+        // Locally, the table shows each sink's delivery state in full.
+        Source::Local(conn) if args.format == Format::Table => {
+            let mut rows = Vec::new();
+            for alert in store::alerts::query(&conn, &filter)? {
+                let deliveries = crate::hooks::delivery_status(&conn, &alert.id)?;
+                rows.push(output::AlertRow { alert, deliveries });
+            }
+            let mut out = std::io::stdout().lock();
+            output::alerts_table(&mut out, &rows)?;
+            out.flush()?;
+        }
+        source => {
+            let alerts = match source {
+                Source::Local(conn) => store::investigate::alerts(&conn, &filter)?,
+                Source::Remote(mut remote) => remote.alerts(&filter)?,
+            };
+            match args.format {
+                Format::Ocsf => print_lines(alerts.iter().map(ocsf::alert))?,
+                Format::Json => print_lines(alerts.into_iter().map(Value::Object))?,
+                Format::Table => alerts_table(&alerts)?,
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The alerts table from alert objects, as a remote collector sends them.
+fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
+        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+    )?;
+    let text = |a: &Map<String, Value>, key: &str| {
+        a.get(key)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    for a in alerts {
+        writeln!(
+            out,
+            "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {} (id {})",
+            text(a, "ts"),
+            text(a, "severity"),
+            text(a, "rule"),
+            text(a, "host"),
+            text(a, "count"),
+            text(a, "summary"),
+            text(a, "id")
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn timeline(args: TimelineArgs) -> Result<ExitCode> {
+    let now = Timestamp::now();
+    let since = Timestamp::parse_bound(&args.since, now)?;
+    let until = bound(args.until.as_deref(), now)?.unwrap_or(now);
+    let query = timeline::Query {
+        host: &args.host,
+        since,
+        until,
+        limit: args.limit,
+    };
+    let entries = match Source::open(&args.location)? {
+        Source::Local(conn) => timeline::timeline(&conn, &query)?,
+        Source::Remote(mut remote) => remote.timeline(&query)?,
+    };
+    match args.format {
+        Format::Ocsf => print_lines(entries.iter().map(|e| ocsf::event(&e.record)))?,
+        Format::Json => {
+            let mut out = std::io::stdout().lock();
+            output::json_lines(&mut out, &entries)?;
+            out.flush()?;
+        }
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            timeline::print_table(&mut out, &entries)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn scope(args: ScopeArgs) -> Result<ExitCode> {
+    let now = Timestamp::now();
+    let query = scope::Query {
+        since: bound(args.since.as_deref(), now)?.unwrap_or(now),
+        until: bound(args.until.as_deref(), now)?.unwrap_or(now),
+        hosts: args.host,
+        alert: args.alert,
+        margin: parse_duration(&args.margin)?,
+    };
+    let (report, evidence) = match Source::open(&args.location)? {
+        Source::Local(conn) => scope::scope(&conn, &query)?,
+        Source::Remote(mut remote) => remote.scope(&query)?,
+    };
+    match args.format {
+        Format::Ocsf => print_lines(evidence.iter().map(ocsf::event))?,
+        Format::Json => print_lines([serde_json::to_value(&report)?])?,
+        Format::Table => {
+            let mut out = std::io::stdout().lock();
+            scope::print_table(&mut out, &report)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn valid_operator_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+}
+
+pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
+    match command {
+        OperatorCommand::Create {
+            data_dir,
+            name,
+            out,
+        } => {
+            if !valid_operator_name(&name) {
+                bail!(
+                    "operator name {name:?} must be 1 to 64 letters, digits, '.', '_', '@' or '-'"
+                );
+            }
+            serve::prepare_data_dir(&data_dir)?;
+            let (authority, _) = serve::load_or_create_pki(&data_dir, &[])?;
+            let material = authority
+                .issue_client(&Principal::Operator(name.clone()))
+                .context("cannot issue the operator certificate")?;
+            let conn = store::open_writer(&data_dir)?;
+            store::operators::add_operator(&conn, &name)?;
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.pem")));
+            let text = identity::bundle(&name, &material, &authority.cert_pem);
+            serve::write_private(&path, &text)?;
+            println!(
+                "wrote the identity of operator {name} to {} (keep it secret: it holds the private key)",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        OperatorCommand::List { data_dir, format } => {
+            let conn = store::open_reader(&data_dir)?;
+            let rows = store::operators::operators(&conn)?;
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Json | Format::Ocsf => output::json_lines(&mut out, &rows)?,
+                Format::Table => {
+                    writeln!(out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
+                    for row in &rows {
+                        writeln!(out, "{:<24}  {:<10}  {}", row.name, row.status, row.created)?;
+                    }
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
+    let conn = store::open_writer(&args.data_dir)?;
+    if let Some(agent) = &args.agent {
+        store::operators::revoke_agent(&conn, agent)?;
+        println!("revoked agent {agent}; a running collector refuses it within a second");
+    }
+    if let Some(name) = &args.operator {
+        store::operators::revoke_operator(&conn, name)?;
+        println!("revoked operator {name}; a running collector refuses it from its next call");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,98 @@
+//! The retention task: deletes events older than `[retention] days`, whole signed batches at a time.
+//!
+//! It runs on its own connection in short transactions of a few batches each (`store::prune`), with a
+//! pause between them, so the ingest writer never waits more than one small step.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bannin::time::Timestamp;
+use serde::Deserialize;
+
+use crate::store::{self, StoreError};
+
+/// Batches deleted per transaction: small, so ingest's wait for the lock stays in milliseconds.
+const STEP_BATCHES: usize = 64;
+/// The pause between steps, leaving the lock to ingest.
+const STEP_PAUSE: Duration = Duration::from_millis(20);
+
+/// `[retention]`: how long events are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Events older than this many days are deleted; 0 keeps everything. Default 90.
+    pub days: u64,
+    /// How often to look for old events. Default "10m".
+    #[serde(with = "bannin::time::duration_str")]
+    pub check_every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            days: 90,
+            check_every: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn keep(&self) -> Option<Duration> {
+        (self.days > 0).then(|| Duration::from_secs(self.days.saturating_mul(86_400)))
+    }
+}
+
+/// Deletes everything older than `keep` in small steps; returns (batches, events) deleted.
+pub async fn prune_once(data_dir: PathBuf, keep: Duration) -> Result<(u64, u64), StoreError> {
+    let cutoff = Timestamp::now().saturating_sub(keep);
+    let mut conn = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || store::prune::open(&dir))
+            .await
+            .map_err(|_| StoreError::WriterGone)??
+    };
+    let (mut batches, mut events) = (0, 0);
+    loop {
+        let (back, step) = tokio::task::spawn_blocking(move || {
+            let step = store::prune::prune_step(&mut conn, cutoff, STEP_BATCHES);
+            (conn, step)
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?;
+        conn = back;
+        let step = step?;
+        crate::metrics::pruned(step.batches, step.events);
+        batches += step.batches;
+        events += step.events;
+        if step.batches < STEP_BATCHES as u64 {
+            break;
+        }
+        tokio::time::sleep(STEP_PAUSE).await;
+    }
+    Ok((batches, events))
+}
+
+/// Runs for the life of `serve`.
+pub async fn run(data_dir: PathBuf, config: RetentionConfig) {
+    let Some(keep) = config.keep() else {
+        tracing::info!("retention disabled; events are kept forever");
+        return;
+    };
+    let mut tick = tokio::time::interval(config.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match prune_once(data_dir.clone(), keep).await {
+            Ok((0, _)) => {}
+            Ok((batches, events)) => {
+                tracing::info!(
+                    batches,
+                    events,
+                    days = config.days,
+                    "retention deleted old events"
+                )
+            }
+            Err(error) => tracing::warn!(%error, "retention failed; will retry"),
+        }
+    }
+}
