@@ -313,3 +313,34 @@ fn verify_names_rows_edited_deleted_or_swapped_in_the_database() {
         "{report}"
     );
 }
+
+#[test]
+fn quickstart_runs_a_collector_and_an_enrolled_local_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let data = tmp.path().join("demo");
+    let mut command = Command::new(COLLECTOR);
+    command
+        .arg("quickstart")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--watch")
+        .arg(&watched);
+    let mut quickstart = Proc::spawn("quickstart", &mut command);
+    quickstart.wait_line("bannin quickstart: collector on", LONG);
+    quickstart.wait_line("agent.start", LONG);
+    let file = watched.join("hello.csv");
+    std::fs::write(&file, "id,email\n1,a@example.jp\n").unwrap();
+    quickstart.wait_line(&file.display().to_string(), LONG);
+    // What it printed is what the store holds, and the store verifies.
+    let stored = events_json(&data, &["--kind", "file.*"]);
+    assert!(
+        stored
+            .iter()
+            .any(|e| e["path"] == file.display().to_string())
+    );
+    quickstart.terminate();
+    let (ok, report) = verify(&data);
+    assert!(ok, "{report}");
+}

@@ -364,7 +364,15 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
             .find(|d| d.action == DbAction::Query && d.statement.starts_with(starts))
             .unwrap_or_else(|| panic!("no {starts:?}; saw:\n{}", summary(&seen).join("\n")))
     };
-    let full = find("SELECT * FROM customers");
+    // The plain read, not the INTO OUTFILE export that starts with the same words.
+    let full = dbs(&seen)
+        .into_iter()
+        .find(|d| {
+            d.action == DbAction::Query
+                && d.statement.starts_with("SELECT * FROM customers")
+                && !d.statement.contains("OUTFILE")
+        })
+        .unwrap_or_else(|| panic!("no full read; saw:\n{}", summary(&seen).join("\n")));
     assert_eq!(full.tables, vec!["shop.customers"]);
     assert_eq!(full.database, "shop");
     assert_eq!(full.rows, Some(3));

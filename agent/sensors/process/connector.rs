@@ -16,7 +16,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent, SensorStatus};
-use nix::sys::socket::{NetlinkAddr, bind, setsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::time::Instant;
 
@@ -333,6 +333,26 @@ impl Gaps {
     }
 }
 
+/// How many messages the reader takes from the socket at once.
+const MAX_BATCH: usize = 512;
+
+/// Reads `/proc` for the execs in a batch before anything else in it: when the reader is behind,
+/// a short-lived program is gone within a millisecond, and forks and exits can wait. A pid that
+/// execs twice in one batch is read in turn instead, so each exec gets its own program.
+fn read_execs_early(table: &ProcessTable, batch: &[Numbered]) -> HashMap<u32, Option<Snapshot>> {
+    let mut execs: HashMap<u32, usize> = HashMap::new();
+    for numbered in batch {
+        if let Message::Exec { tgid } = numbered.message {
+            *execs.entry(tgid).or_default() += 1;
+        }
+    }
+    execs
+        .into_iter()
+        .filter(|(_, count)| *count == 1)
+        .map(|(pid, _)| (pid, table.load(pid)))
+        .collect()
+}
+
 /// What the reader hands the sender: the facts, read in time; the sender turns them into events
 /// with ancestry, which costs the reader nothing.
 enum Job {
@@ -414,9 +434,12 @@ impl Reader {
         while !stop.load(Ordering::Relaxed) {
             match self.connector.read(&mut buf) {
                 Ok(datagram) => {
-                    for numbered in decode(datagram) {
+                    let mut batch = decode(datagram);
+                    self.read_queued(&mut buf, &mut batch);
+                    let mut early = read_execs_early(&self.table, &batch);
+                    for numbered in batch {
                         self.lost += self.gaps.count(numbered.cpu, numbered.seq);
-                        if !self.handle(numbered.message) {
+                        if !self.handle(numbered.message, &mut early) {
                             return;
                         }
                     }
@@ -440,8 +463,24 @@ impl Reader {
         }
     }
 
+    /// Adds whatever else the socket already holds to `batch` (up to [`MAX_BATCH`] messages),
+    /// without waiting.
+    fn read_queued(&mut self, buf: &mut [u8], batch: &mut Vec<Numbered>) {
+        while batch.len() < MAX_BATCH {
+            match recv(
+                self.connector.socket.as_raw_fd(),
+                buf,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => batch.extend(decode(&buf[..n])),
+                Err(nix::errno::Errno::ENOBUFS) => self.overflowed = true,
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Returns false once nobody is listening any more.
-    fn handle(&mut self, message: Message) -> bool {
+    fn handle(&mut self, message: Message, early: &mut HashMap<u32, Option<Snapshot>>) -> bool {
         match message {
             Message::Fork {
                 parent_tgid,
@@ -452,7 +491,7 @@ impl Reader {
                 true
             }
             Message::Exec { tgid } => {
-                let job = self.exec(tgid);
+                let job = self.exec(tgid, early.remove(&tgid));
                 self.queue(job)
             }
             // Threads exit too; only the whole process's exit is an event.
@@ -465,9 +504,11 @@ impl Reader {
     }
 
     /// Reads the new program from `/proc` at once and records it; the event is built later.
-    fn exec(&self, pid: u32) -> Job {
+    /// Records the new program, read from `/proc` now unless `early` already holds the reading.
+    fn exec(&self, pid: u32, early: Option<Option<Snapshot>>) -> Job {
+        let loaded = early.unwrap_or_else(|| self.table.load(pid));
         // Gone before it could be read: the event still counts, with what the fork told us.
-        let mut snapshot = self.table.load(pid).unwrap_or(Snapshot {
+        let mut snapshot = loaded.unwrap_or(Snapshot {
             pid,
             ..Snapshot::default()
         });

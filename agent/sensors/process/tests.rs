@@ -172,6 +172,7 @@ async fn exec_burst() {
     let (handle, _table) = spawn(config, tx).await.unwrap();
     status_message(&mut rx).await;
 
+    let (ticks_before, _) = own_cost();
     let started = tokio::time::Instant::now();
     let mut shell = tokio::process::Command::new("sh")
         .args([
@@ -228,14 +229,16 @@ async fn exec_burst() {
         }
     }
     let elapsed = shell_done.unwrap_or_else(tokio::time::Instant::now) - started;
+    let (ticks_after, rss) = own_cost();
     let captured = starts;
     println!(
         "exec_burst: {count} execs in {:.2}s ({:.0}/s); starts captured {captured} ({:.3}%), \
          exits {exits}, starts with exe unknown {unknown_exe} (of which named by comm only \
-         {only_comm}), overflow reported {overflow}",
+         {only_comm}), overflow reported {overflow}; sensor CPU {:.2}s, rss {rss} kB",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
         captured as f64 * 100.0 / count as f64,
+        (ticks_after - ticks_before) as f64 / 100.0,
     );
     for stray in strays.iter().take(10) {
         let mut stray = stray.clone();

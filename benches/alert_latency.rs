@@ -1,0 +1,210 @@
+//! Time from the `unlink` of a large export file to the webhook's receipt of the alert.
+//!
+//! Real binaries: a `bannin-collector serve` with a JSON webhook pointing at a receiver in this
+//! process, and a `bannin-agent run` watching a temp dir. Each run writes a CSV above the (lowered)
+//! size threshold, waits until the agent has reported it, then times `unlink` → HTTP POST received.
+//!
+//! Run: `cargo bench --bench alert_latency` (options: `-- --runs 100`).
+
+// A benchmark, like a test, stops at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
+const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a child and waits for a stderr line containing `ready`; returns that line.
+fn start(command: &mut Command, ready: &str) -> (Killed, String) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = loop {
+        let line = lines.next().expect("exited before ready").unwrap();
+        if line.contains(ready) {
+            break line;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Killed(child), line)
+}
+
+/// Accepts POSTs and sends the instant each body (an alert) arrived, with its path.
+fn receiver() -> (u16, mpsc::Receiver<(Instant, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut data = Vec::new();
+            let mut buf = [0u8; 16384];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        let now = Instant::now();
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&data[end + 4..end + 4 + length]).unwrap();
+                        let path = body["path"].as_str().unwrap_or("").to_string();
+                        let _ = tx.send((now, path));
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (port, rx)
+}
+
+fn private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn count_events(data: &Path, path: &Path) -> usize {
+    let out = Command::new(COLLECTOR)
+        .args(["events", "--format", "json", "--data-dir"])
+        .arg(data)
+        .args(["--kind", "file.*", "--path"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("collector");
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let (port, arrivals) = receiver();
+    let config = tmp.path().join("collector.toml");
+    private(
+        &config,
+        &format!(
+            "[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/alert\"\nrate_per_minute = 0\n\n\
+             [detection.thresholds]\nlarge_export_min_size = 65536\n"
+        ),
+    );
+    let (_collector, line) = start(
+        Command::new(COLLECTOR)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .env("BANNIN_LOG", "info"),
+        "listening on ",
+    );
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let token = Command::new(COLLECTOR)
+        .args(["token", "create", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let state = tmp.path().join("agent");
+    let status = Command::new(AGENT)
+        .args([
+            "enroll",
+            "--collector",
+            &format!("https://{addr}"),
+            "--token",
+            &token,
+        ])
+        .arg("--ca-cert")
+        .arg(data.join("ca.pem"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let (_agent, _) = start(
+        Command::new(AGENT)
+            .args(["run", "--state-dir"])
+            .arg(&state)
+            .arg("--watch")
+            .arg(&watched)
+            .env("BANNIN_LOG", "info"),
+        "agent running",
+    );
+
+    let row = "4242,name4242,user4242@example.jp,090-1234-5678,TK0004242\n";
+    let content = format!("id,name,email,phone,passport\n{}", row.repeat(2000));
+    let mut latencies = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let path = watched.join(format!("export-{run:04}.csv"));
+        std::fs::write(&path, &content).unwrap();
+        // The create must be stored (detection has seen it) before the clock starts.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count_events(&data, &path) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "create of {} never stored",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let start = Instant::now();
+        std::fs::remove_file(&path).unwrap();
+        let expected = path.display().to_string();
+        loop {
+            let (at, got) = arrivals
+                .recv_timeout(Duration::from_secs(30))
+                .expect("alert arrives");
+            if got == expected {
+                latencies.push(at.duration_since(start));
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    println!("alert latency, unlink -> webhook receipt, {runs} runs (debug info: release build)");
+    println!("p50 {:?}", pick(0.50));
+    println!("p90 {:?}", pick(0.90));
+    println!("p99 {:?}", pick(0.99));
+    println!("max {:?}", latencies[latencies.len() - 1]);
+}
