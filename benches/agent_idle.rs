@@ -1,0 +1,156 @@
+//! The whole agent at idle: `bannin-agent run` watching a tree of 100,000 files with the process and
+//! network sensors on, connected to a real collector. After a settling period, CPU time (utime +
+//! stime from /proc) is measured over a window, and resident memory (VmRSS, VmHWM) is read.
+//!
+//! Run: `cargo bench --bench agent_idle` (options: `-- --files 100000 --settle 20 --window 60`).
+
+// A benchmark, like a test, stops at the first failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
+const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(command: &mut Command, ready: &str) -> (Killed, String) {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = loop {
+        let line = lines.next().expect("exited before ready").unwrap();
+        if line.contains(ready) {
+            break line;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Killed(child), line)
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    ticks / hz
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let files = arg("--files", 100_000);
+    let settle = arg("--settle", 20);
+    let window = arg("--window", 60);
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let started = Instant::now();
+    for i in 0..files {
+        let dir = tree.join(format!("d{:03}", i % 500));
+        if i < 500 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("f{i}.txt")), b"x").unwrap();
+    }
+    println!("created {files} files in {:?}", started.elapsed());
+
+    let data = tmp.path().join("collector");
+    let (_collector, line) = start(
+        Command::new(COLLECTOR)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("BANNIN_LOG", "info"),
+        "listening on ",
+    );
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let token = Command::new(COLLECTOR)
+        .args(["token", "create", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let state = tmp.path().join("agent");
+    let out = Command::new(AGENT)
+        .args([
+            "enroll",
+            "--collector",
+            &format!("https://{addr}"),
+            "--token",
+            &token,
+        ])
+        .arg("--ca-cert")
+        .arg(data.join("ca.pem"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (agent, line) = start(
+        Command::new(AGENT)
+            .args(["run", "--state-dir"])
+            .arg(&state)
+            .arg("--watch")
+            .arg(&tree)
+            .env("BANNIN_LOG", "info"),
+        "agent running",
+    );
+    let pid = agent.0.id();
+    println!(
+        "{}",
+        line.split("bannin_agent::run: ").last().unwrap_or(&line)
+    );
+    std::thread::sleep(Duration::from_secs(settle));
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(window));
+    let cpu = cpu_seconds(pid) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    println!(
+        "idle over {wall:.0} s after {settle} s settling: CPU {:.3}% of one core ({cpu:.2} s)",
+        100.0 * cpu / wall
+    );
+    println!(
+        "resident memory: VmRSS {:.1} MiB, peak VmHWM {:.1} MiB",
+        status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+}
