@@ -2,7 +2,8 @@
 //! network sensors on, connected to a real collector. After a settling period, CPU time (utime +
 //! stime from /proc) is measured over a window, and resident memory (VmRSS, VmHWM) is read.
 //!
-//! Run: `cargo bench --bench agent_idle` (options: `-- --files 100000 --settle 20 --window 60`).
+//! Run: `cargo bench --bench agent_idle` (options: `-- --files 100000 --settle 20 --window 60`;
+//! `BANNIN_IDLE_CONFIG=FILE` runs the agent with that configuration).
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -124,15 +125,18 @@ fn main() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let (agent, line) = start(
-        Command::new(AGENT)
-            .args(["run", "--state-dir"])
-            .arg(&state)
-            .arg("--watch")
-            .arg(&tree)
-            .env("BANNIN_LOG", "info"),
-        "agent running",
-    );
+    let mut command = Command::new(AGENT);
+    command
+        .args(["run", "--state-dir"])
+        .arg(&state)
+        .arg("--watch")
+        .arg(&tree)
+        .env("BANNIN_LOG", "info");
+    // BANNIN_IDLE_CONFIG=FILE runs the agent with that configuration (to compare settings).
+    if let Some(config) = std::env::var_os("BANNIN_IDLE_CONFIG") {
+        command.arg("--config").arg(config);
+    }
+    let (agent, line) = start(&mut command, "agent running");
     let pid = agent.0.id();
     println!(
         "{}",

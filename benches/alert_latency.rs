@@ -202,7 +202,7 @@ fn main() {
     }
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
-    println!("alert latency, unlink -> webhook receipt, {runs} runs (debug info: release build)");
+    println!("alert latency, unlink -> webhook receipt, {runs} runs");
     println!("p50 {:?}", pick(0.50));
     println!("p90 {:?}", pick(0.90));
     println!("p99 {:?}", pick(0.99));

@@ -40,6 +40,12 @@ pub struct FilesConfig {
     /// Whether the watched trees are walked at start so files that existed before the agent still
     /// have a size when they are deleted. Default: true.
     pub scan_on_start: bool,
+    /// The walk at start (and after a queue overflow) remembers only files of at least this many
+    /// bytes, so a tree of many small files costs little memory; a later delete of a smaller
+    /// file that existed before the agent started says `incomplete` instead of its size. Files
+    /// the agent sees created or written are always remembered. 0 remembers every file.
+    /// Default: 65536.
+    pub scan_min_size: u64,
     /// Events buffered between the kernel reader and the spool. When the spool falls this far
     /// behind, further events are dropped and reported in `sensor.overflow`. Default: 32768.
     pub queue_capacity: usize,
@@ -54,6 +60,7 @@ impl Default for FilesConfig {
             sample_bytes: 65_536,
             remembered_paths: 200_000,
             scan_on_start: true,
+            scan_min_size: 65_536,
             queue_capacity: 32_768,
         }
     }

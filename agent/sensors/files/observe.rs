@@ -93,6 +93,7 @@ pub struct Observer {
     scope: Scope,
     sizes: SizeCache,
     sample_bytes: usize,
+    scan_min_size: u64,
     lookup: ProcessLookup,
     users: Arc<UserNames>,
     out: mpsc::Sender<Event>,
@@ -120,6 +121,7 @@ impl Observer {
             scope,
             sizes: SizeCache::new(config.remembered_paths),
             sample_bytes: config.sample_bytes,
+            scan_min_size: config.scan_min_size,
             lookup,
             users: Arc::new(UserNames::default()),
             out,
@@ -394,10 +396,12 @@ impl Observer {
         }
     }
 
-    /// Walks the watched trees and remembers every file's facts; returns how many files it saw.
+    /// Walks the watched trees and remembers the facts of every file of at least `scan_min_size`
+    /// bytes; returns how many files it saw.
     pub fn rescan(&mut self) -> usize {
         self.last_rescan = Some(Instant::now());
         let limit = self.sizes.capacity();
+        let min_size = self.scan_min_size;
         let mut seen = 0;
         let scope = self.scope.clone();
         for root in scope.roots() {
@@ -407,7 +411,11 @@ impl Observer {
                 root,
                 limit.saturating_sub(seen),
                 &mut |path, facts| {
-                    sizes.insert(path, facts);
+                    // Small files are the bulk of any tree and never a bulk export: remembering
+                    // them all would cost the memory of the agent several times over.
+                    if facts.size >= min_size {
+                        sizes.insert(path, facts);
+                    }
                     seen += 1;
                 },
             );

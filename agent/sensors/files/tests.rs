@@ -237,6 +237,7 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let (config, (out, mut rx)) = (
         FilesConfig {
             watch: vec![dir.clone()],
+            scan_min_size: 0,
             ..FilesConfig::default()
         },
         mpsc::channel(16),
@@ -567,15 +568,20 @@ mod as_root {
         let tree = dir.join("exports");
         std::fs::create_dir_all(tree.join("2024/q1")).unwrap();
         std::fs::write(tree.join("a.csv"), vec![b'a'; 100]).unwrap();
-        std::fs::write(tree.join("2024/q1/b.csv"), vec![b'b'; 200]).unwrap();
+        std::fs::write(tree.join("2024/q1/b.csv"), vec![b'b'; 70_000]).unwrap();
         let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
         // rm deletes the files, then the directories, and is gone before the events are read:
-        // the paths come from the directory handles learnt at start, the sizes from the scan.
+        // the paths come from the directory handles learnt at start, the sizes from the scan,
+        // which remembers only files of at least scan_min_size (64 KiB by default).
         let status = Command::new("rm").arg("-r").arg(&tree).status().unwrap();
         assert!(status.success());
-        for (path, size) in [(tree.join("a.csv"), 100), (tree.join("2024/q1/b.csv"), 200)] {
+        for (path, size) in [
+            (tree.join("a.csv"), None),
+            (tree.join("2024/q1/b.csv"), Some(70_000)),
+        ] {
             let deleted = next(&mut rx, is("file.delete", &path)).await;
-            assert_eq!(file(&deleted).size, Some(size), "{deleted:?}");
+            assert_eq!(file(&deleted).size, size, "{deleted:?}");
+            assert_eq!(file(&deleted).incomplete, size.is_none(), "{deleted:?}");
             assert!(file(&deleted).process_known);
         }
         handle.stop().await;
