@@ -299,6 +299,23 @@ impl ExportLifecycle {
         fields.insert("phones".into(), json!(export.phones));
         fields.insert("passports".into(), json!(export.passports));
         fields.insert("cards".into(), json!(export.cards));
+        // The agent counts personal data in a head sample; scaled to the whole file, as the row
+        // count is, it says roughly how many people are in it.
+        let scale = |count: u64| {
+            if export.sampled_bytes == 0 || export.sampled_bytes >= tracked.max_size {
+                count
+            } else {
+                let scaled = u128::from(count) * u128::from(tracked.max_size)
+                    / u128::from(export.sampled_bytes);
+                u64::try_from(scaled).unwrap_or(u64::MAX)
+            }
+        };
+        let est_emails = scale(export.emails);
+        fields.insert("sampled_bytes".into(), json!(export.sampled_bytes));
+        fields.insert("est_emails".into(), json!(est_emails));
+        fields.insert("est_phones".into(), json!(scale(export.phones)));
+        fields.insert("est_passports".into(), json!(scale(export.passports)));
+        fields.insert("est_cards".into(), json!(scale(export.cards)));
         let rows = export
             .est_rows
             .map(|r| format!(", ~{r} rows"))
@@ -313,12 +330,8 @@ impl ExportLifecycle {
             ts,
             host: record.event.host.clone(),
             summary: format!(
-                "{} export {} ({} bytes{rows}, {} e-mail addresses) {how} {lived}s after it was written on {}{by}",
-                export.format,
-                tracked.created_path,
-                tracked.max_size,
-                export.emails,
-                record.event.host
+                "{} export {} ({} bytes{rows}, ~{est_emails} e-mail addresses) {how} {lived}s after it was written on {}{by}",
+                export.format, tracked.created_path, tracked.max_size, record.event.host
             ),
             evidence: tracked.evidence,
             key: tracked.created_path,

@@ -97,6 +97,12 @@ to = ["soc@example.jp", "oncall@example.jp"]
     assert!(alert["exe"].as_str().unwrap().contains("python"), "{alert}");
     assert!(alert["est_rows"].as_u64().unwrap() > 100_000, "{alert}");
     assert!(alert["emails"].as_u64().unwrap() > 0, "{alert}");
+    // One e-mail address per row: the sample's count scaled to the file says about how many.
+    let (rows, emails) = (
+        alert["est_rows"].as_u64().unwrap(),
+        alert["est_emails"].as_u64().unwrap(),
+    );
+    assert!(emails > rows / 2 && emails < rows * 2, "{alert}");
     assert!(!alert["evidence"].as_array().unwrap().is_empty());
     assert!(
         receiver.heads("/json")[0]
