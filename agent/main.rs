@@ -8,7 +8,6 @@ mod pipeline;
 mod run;
 mod sender;
 mod sensors;
-mod signals;
 mod spool;
 
 use std::path::PathBuf;

@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let heartbeat = spawn_heartbeat(tx.clone(), spool.clone(), args.config.agent.heartbeat);
     tracing::info!(%collector, state_dir = %args.state_dir.display(), sensors = ?sensors, "agent running");
 
-    crate::signals::shutdown().await;
+    bannin::signals::shutdown().await;
     tracing::info!("stopping");
     heartbeat.abort();
     files.stop().await;

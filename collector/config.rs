@@ -1,26 +1,12 @@
 //! The collector's TOML configuration: a raw serde struct with defaults, then validated settings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use bannin::config::ConfigError;
 use serde::Deserialize;
 
 use crate::detect::{DetectConfig, Engine};
 use crate::hooks::HooksConfig;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path} is writable by group or others (mode {mode:o}); run chmod go-w on it")]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
 
 /// `[server]`: how the collector listens and what it accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,31 +50,15 @@ pub struct CollectorConfig {
 }
 
 impl CollectorConfig {
-    /// Reads a config file, refusing one that others could have rewritten.
+    /// Reads, parses and validates a config file, refusing one that others could have rewritten.
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
-        check_permissions(path)?;
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    pub fn parse(text: &str, path: &Path) -> Result<CollectorConfig, ConfigError> {
-        let config: CollectorConfig =
-            bannin::config::parse_toml(text).map_err(|message| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        let config: CollectorConfig = bannin::config::load(path)?;
         config.validate(path)?;
         Ok(config)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: message.to_string(),
-        };
+        let invalid = |message: &str| ConfigError::invalid(path, message);
         if self.server.max_batch_events == 0 {
             return Err(invalid("server.max_batch_events must be at least 1"));
         }
@@ -101,26 +71,4 @@ impl CollectorConfig {
         Engine::new(&self.detection).map_err(|error| invalid(&error.to_string()))?;
         Ok(())
     }
-}
-
-#[cfg(unix)]
-pub fn check_permissions(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(ConfigError::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub fn check_permissions(_path: &Path) -> Result<(), ConfigError> {
-    Ok(())
 }

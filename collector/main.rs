@@ -157,7 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| config.server.listen.clone());
             runtime()?.block_on(async {
                 let collector = serve::Collector::bind(&args.data_dir, config, &listen).await?;
-                collector.run(None, serve::shutdown_signal()).await
+                collector.run(None, bannin::signals::shutdown()).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

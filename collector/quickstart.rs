@@ -144,7 +144,7 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     );
 
     tokio::select! {
-        _ = serve::shutdown_signal() => {}
+        _ = bannin::signals::shutdown() => {}
         status = child.wait() => {
             eprintln!("bannin quickstart: the agent exited ({})", status.map(|s| s.to_string()).unwrap_or_default());
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod event;
 pub mod pki;
 pub mod proto;
+pub mod signals;
 pub mod time;
 
 /// Generated protobuf and gRPC types. Only `proto` (conversions) and the services touch them.
