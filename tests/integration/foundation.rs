@@ -344,3 +344,73 @@ fn quickstart_runs_a_collector_and_an_enrolled_local_agent() {
     let (ok, report) = verify(&data);
     assert!(ok, "{report}");
 }
+
+#[test]
+fn a_full_spool_drops_the_oldest_reports_it_and_the_store_still_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "tight1");
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[spool]\nmax_bytes = 1048576\n\n[process]\nenabled = false\n\n[network]\nenabled = false\n",
+    )
+    .unwrap();
+    set_mode(&config, 0o600);
+    let agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            watched.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    wait_for("agent.start stored", LONG, || {
+        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+    });
+    // With the collector away, far more than a megabyte of events piles up in the spool.
+    collector.proc.kill9();
+    write_files(&watched, "f", 4000);
+    wait_for("the spool to overflow", LONG, || {
+        agent.proc.has_line("spool full").then_some(())
+    });
+    collector.restart();
+    let dropped = wait_for("agent.dropped stored", LONG, || {
+        collector
+            .events(&["--kind", "agent.dropped"])
+            .into_iter()
+            .next()
+    });
+    let (first, last) = (
+        dropped["first_dropped_seq"].as_u64().unwrap(),
+        dropped["last_dropped_seq"].as_u64().unwrap(),
+    );
+    assert!(
+        dropped["dropped"].as_u64().unwrap() == last - first + 1,
+        "{dropped}"
+    );
+    // What was dropped is missing, named, and explained; everything else is stored once.
+    let events = collector.events(&[]);
+    let id = agent_id(&state);
+    let seqs: HashSet<u64> = events
+        .iter()
+        .filter(|e| e["agent_id"] == id.as_str())
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!((first..=last).all(|s| !seqs.contains(&s)));
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+    assert!(report.contains("never stored"), "{report}");
+    let alerts = wait_for("the loss raised as an alert", LONG, || {
+        let alerts = alerts_json(&collector.dir, &[]);
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "agent-dropped-events")
+            .then_some(alerts)
+    });
+    assert!(alerts.iter().any(|a| a["host"] == "tight1"));
+}
