@@ -8,38 +8,16 @@
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use support::start;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(command: &mut Command, ready: &str) -> (Killed, String) {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = loop {
-        let line = lines.next().expect("exited before ready").unwrap();
-        if line.contains(ready) {
-            break line;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Killed(child), line)
-}
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -591,3 +591,25 @@ impl Drop for Postgres {
         self.proc.kill9();
     }
 }
+
+/// A TLS channel to the collector that pins its CA, with a client identity (cert, key) or none.
+pub async fn channel(
+    collector: &Collector,
+    identity: Option<(&str, &str)>,
+) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let ca = std::fs::read_to_string(collector.ca()).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(bannin::pki::SERVER_NAME);
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(collector.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

@@ -19,31 +19,14 @@ use bannin::event::{
     ProcessAction, ProcessEvent, ProcessInfo,
 };
 use bannin::pb;
-use bannin::pki::{self, SERVER_NAME};
+use bannin::pki;
 use bannin::time::Timestamp;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use crate::harness::*;
-
-async fn channel(collector: &Collector, identity: Option<(&str, &str)>) -> Channel {
-    let ca = std::fs::read_to_string(collector.ca()).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name(SERVER_NAME);
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(collector.url())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// An agent simulated in the test: enrolled with a real token, submitting signed, chained batches.
 struct SimAgent {

@@ -11,7 +11,7 @@ use bannin::pb;
 use bannin::pki::SERVER_NAME;
 use ed25519_dalek::SigningKey;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::harness::*;
 
@@ -35,23 +35,6 @@ fn agent_files(state: &Path) -> AgentFiles {
         cert: std::fs::read_to_string(state.join("tls.pem")).unwrap(),
         tls_key: std::fs::read_to_string(state.join("tls.key")).unwrap(),
     }
-}
-
-async fn channel(collector: &Collector, identity: Option<(&str, &str)>) -> Channel {
-    let ca = std::fs::read_to_string(collector.ca()).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name(SERVER_NAME);
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(collector.url())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 fn batch(first_seq: u64, count: usize, signer: &SigningKey, agent_id: &str) -> pb::EventBatch {
