@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("bannin-agent: {error:#}");
+            eprintln!("bannin-agent: {}", bannin::error_line(&error));
             ExitCode::from(2)
         }
     }

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("bannin-collector: {error:#}");
+            eprintln!("bannin-collector: {}", bannin::error_line(&error));
             ExitCode::from(2)
         }
     }

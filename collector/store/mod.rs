@@ -22,11 +22,8 @@ pub const DB_FILE: &str = "bannin.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("cannot open the store {path}: {reason} (is --data-dir right? serve creates it)")]
+    Open { path: PathBuf, reason: String },
     #[error("store: {source}")]
     Sql {
         #[from]
@@ -129,9 +126,9 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 /// Opens (creating if needed) the store for writing.
 pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
     let path = db_path(data_dir);
-    let open = |source| StoreError::Open {
+    let open = |error: rusqlite::Error| StoreError::Open {
         path: path.clone(),
-        source,
+        reason: error.to_string(),
     };
     let conn = Connection::open(&path).map_err(open)?;
     // synchronous=FULL: an acknowledgement to an agent means the events survive a power loss.
@@ -152,12 +149,15 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
         &path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|source| StoreError::Open {
+    .map_err(|error| StoreError::Open {
         path: path.clone(),
-        source,
+        reason: error.to_string(),
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(|source| StoreError::Open { path, source })?;
+        .map_err(|error| StoreError::Open {
+            path,
+            reason: error.to_string(),
+        })?;
     Ok(conn)
 }
 
