@@ -4,4 +4,6 @@
 pub mod db;
 pub mod files;
 pub mod net;
+#[cfg(target_os = "linux")]
+mod netlink;
 pub mod process;

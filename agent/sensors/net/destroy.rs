@@ -18,6 +18,8 @@ use nix::sys::socket::{NetlinkAddr, bind};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
+use crate::sensors::netlink::{self, u16_at, u32_at, u64_at};
+
 const AF_NETLINK: i32 = 16;
 const NETLINK_SOCK_DIAG: i32 = 4;
 const AF_INET: u8 = 2;
@@ -26,7 +28,6 @@ const AF_INET6: u8 = 10;
 const TCP_GROUPS: u32 = (1 << 0) | (1 << 2);
 const UDP_GROUPS: u32 = (1 << 1) | (1 << 3);
 
-const NLMSG_HEADER: usize = 16;
 const INET_DIAG_MSG: usize = 72;
 const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_PROTOCOL: u16 = 10;
@@ -49,18 +50,6 @@ pub struct Closed {
     pub bytes_received: Option<u64>,
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-}
-
 fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
     let ip = match family {
         AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(raw.get(..4)?).ok()?)),
@@ -72,19 +61,10 @@ fn address(family: u8, raw: &[u8]) -> Option<IpAddr> {
 
 /// Decodes every `inet_diag_msg` in one datagram.
 pub fn decode(datagram: &[u8]) -> Vec<Closed> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while let Some(len) = u32_at(datagram, offset) {
-        let len = len as usize;
-        if len < NLMSG_HEADER || offset + len > datagram.len() {
-            break;
-        }
-        if let Some(closed) = decode_msg(&datagram[offset + NLMSG_HEADER..offset + len]) {
-            out.push(closed);
-        }
-        offset += (len + 3) & !3;
-    }
-    out
+    netlink::payloads(datagram)
+        .into_iter()
+        .filter_map(decode_msg)
+        .collect()
 }
 
 fn decode_msg(msg: &[u8]) -> Option<Closed> {
@@ -188,6 +168,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensors::netlink::NLMSG_HEADER;
 
     #[test]
     fn decodes_a_destroyed_tcp_socket_with_its_byte_counts() {

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::procfs;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::EventTx;
+use crate::sensors::netlink::{self, NLMSG_HEADER, u16_at, u32_at};
 
 const AF_NETLINK: i32 = 16;
 const NETLINK_CONNECTOR: i32 = 11;
@@ -36,7 +37,6 @@ const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
-const NLMSG_HEADER: usize = 16;
 const CN_MSG_HEADER: usize = 20;
 const PROC_EVENT_HEADER: usize = 16;
 
@@ -94,32 +94,12 @@ struct Numbered {
     message: Message,
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    let raw = bytes.get(at..at + 4)?;
-    Some(u32::from_ne_bytes(raw.try_into().ok()?))
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    let raw = bytes.get(at..at + 2)?;
-    Some(u16::from_ne_bytes(raw.try_into().ok()?))
-}
-
 /// Decodes every netlink message in one datagram; anything malformed ends the datagram.
 fn decode(datagram: &[u8]) -> Vec<Numbered> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    while let Some(len) = u32_at(datagram, offset) {
-        let len = len as usize;
-        if len < NLMSG_HEADER || offset + len > datagram.len() {
-            break;
-        }
-        if let Some(numbered) = decode_cn_msg(&datagram[offset + NLMSG_HEADER..offset + len]) {
-            out.push(numbered);
-        }
-        // Netlink messages are aligned to four bytes.
-        offset += (len + 3) & !3;
-    }
-    out
+    netlink::payloads(datagram)
+        .into_iter()
+        .filter_map(decode_cn_msg)
+        .collect()
 }
 
 fn decode_cn_msg(cn: &[u8]) -> Option<Numbered> {
