@@ -67,42 +67,9 @@ fn main() {
     println!("created {files} files in {:?}", started.elapsed());
 
     let data = tmp.path().join("collector");
-    let (_collector, line) = start(
-        Command::new(COLLECTOR)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("BANNIN_LOG", "info"),
-        "listening on ",
-    );
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let token = Command::new(COLLECTOR)
-        .args(["token", "create", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let collector = support::start_collector(COLLECTOR, &data, None);
     let state = tmp.path().join("agent");
-    let out = Command::new(AGENT)
-        .args([
-            "enroll",
-            "--collector",
-            &format!("https://{addr}"),
-            "--token",
-            &token,
-        ])
-        .arg("--ca-cert")
-        .arg(data.join("ca.pem"))
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    support::enroll(COLLECTOR, AGENT, &data, &collector.addr, &state);
     let mut command = Command::new(AGENT);
     command
         .args(["run", "--state-dir"])

@@ -101,44 +101,9 @@ fn main() {
              [detection.thresholds]\nlarge_export_min_size = 65536\n"
         ),
     );
-    let (_collector, line) = start(
-        Command::new(COLLECTOR)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .env("BANNIN_LOG", "info"),
-        "listening on ",
-    );
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let token = Command::new(COLLECTOR)
-        .args(["token", "create", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let collector = support::start_collector(COLLECTOR, &data, Some(&config));
     let state = tmp.path().join("agent");
-    let status = Command::new(AGENT)
-        .args([
-            "enroll",
-            "--collector",
-            &format!("https://{addr}"),
-            "--token",
-            &token,
-        ])
-        .arg("--ca-cert")
-        .arg(data.join("ca.pem"))
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(status.status.success());
+    support::enroll(COLLECTOR, AGENT, &data, &collector.addr, &state);
     let (_agent, _) = start(
         Command::new(AGENT)
             .args(["run", "--state-dir"])

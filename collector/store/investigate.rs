@@ -2,7 +2,6 @@
 //! events of some kinds in a window, and the stored alerts (when detection's table exists).
 
 use bannin::event::Record;
-use bannin::proto::decode_event;
 use bannin::time::Timestamp;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
@@ -77,19 +76,7 @@ pub fn records(conn: &Connection, range: &Range<'_>) -> Result<Vec<Record>, Stor
         sql.push_str(" LIMIT ?");
         args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
     }
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-    })?;
-    let mut records = Vec::new();
-    for row in rows {
-        let (agent_id, payload) = row?;
-        match decode_event(&payload) {
-            Ok(event) => records.push(Record { agent_id, event }),
-            Err(error) => tracing::warn!(%agent_id, %error, "stored event does not decode"),
-        }
-    }
-    Ok(records)
+    super::query::decode_rows(conn, &sql, args)
 }
 
 fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {

@@ -60,7 +60,18 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<Record>, St
         i64::try_from(filter.limit).unwrap_or(i64::MAX),
     ));
 
-    let mut stmt = conn.prepare(&sql)?;
+    let mut records = decode_rows(conn, &sql, args)?;
+    records.reverse();
+    Ok(records)
+}
+
+/// Runs a query selecting `(agent id, payload)` rows and decodes each event.
+pub(super) fn decode_rows(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<Value>,
+) -> Result<Vec<Record>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
@@ -73,7 +84,6 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<Record>, St
             Err(error) => tracing::warn!(%agent_id, %error, "stored event does not decode"),
         }
     }
-    records.reverse();
     Ok(records)
 }
 
