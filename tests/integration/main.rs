@@ -3,6 +3,7 @@
 // Test helpers, like tests, stop at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adversary;
 mod db;
 // The private database servers the agent's own tests use, shared rather than copied.
 #[path = "../../agent/sensors/db/testsupport.rs"]

@@ -1,0 +1,2 @@
+//! Names chosen by an attacker try to forge what an operator sees in a terminal, a chat channel or
+//! an alert receiver.
