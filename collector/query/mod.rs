@@ -300,10 +300,14 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
 /// The alerts table from alert objects, as a remote collector sends them.
 fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
+    output::row!(
+        &mut out,
         "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
-        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+        "TS",
+        "SEVERITY",
+        "RULE",
+        "HOST",
+        "COUNT"
     )?;
     let text = |a: &Map<String, Value>, key: &str| {
         a.get(key)
@@ -314,8 +318,8 @@ fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
             .unwrap_or_default()
     };
     for a in alerts {
-        writeln!(
-            out,
+        output::row!(
+            &mut out,
             "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {} (id {})",
             text(a, "ts"),
             text(a, "severity"),
@@ -435,9 +439,15 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
             match format {
                 Format::Json | Format::Ocsf => output::json_lines(&mut out, &rows)?,
                 Format::Table => {
-                    writeln!(out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
+                    output::row!(&mut out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
                     for row in &rows {
-                        writeln!(out, "{:<24}  {:<10}  {}", row.name, row.status, row.created)?;
+                        output::row!(
+                            &mut out,
+                            "{:<24}  {:<10}  {}",
+                            row.name,
+                            row.status,
+                            row.created
+                        )?;
                     }
                 }
             }
