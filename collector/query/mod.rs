@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use bannin::event::Record;
 use bannin::pki::Principal;
+use bannin::securefs::{self, Access};
 use bannin::time::{Timestamp, parse_duration};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
@@ -408,6 +409,14 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
                     "operator name {name:?} must be 1 to 64 letters, digits, '.', '_', '@' or '-'"
                 );
             }
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.pem")));
+            // Refused before the name is spent; the write below refuses again, atomically.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                bail!(
+                    "{} already exists; remove it or choose another --out",
+                    path.display()
+                );
+            }
             serve::prepare_data_dir(&data_dir)?;
             let (authority, _) = serve::load_or_create_pki(&data_dir, &[])?;
             let material = authority
@@ -415,9 +424,8 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
                 .context("cannot issue the operator certificate")?;
             let conn = store::open_writer(&data_dir)?;
             store::operators::add_operator(&conn, &name)?;
-            let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.pem")));
             let text = identity::bundle(&name, &material, &authority.cert_pem);
-            serve::write_private(&path, &text)?;
+            securefs::create_new_file(&path, text.as_bytes(), Access::Private)?;
             println!(
                 "wrote the identity of operator {name} to {} (keep it secret: it holds the private key)",
                 path.display()
