@@ -98,10 +98,14 @@ pub async fn run(
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut batch_events = config.batch_events.max(1);
     let mut connected = false;
+    // What the collector has committed. Reading goes on after it even when removing those events
+    // from the spool failed (a full disk), so the sender never resends one batch in a loop.
+    let mut acked = 0u64;
+    let mut unremoved = false;
     loop {
         let limit = batch_events;
         let bytes = config.batch_bytes;
-        let batch = spool::blocking(&spool, move |s| s.read_batch(0, limit, bytes)).await;
+        let batch = spool::blocking(&spool, move |s| s.read_batch(acked, limit, bytes)).await;
         let batch = match batch {
             Ok(Some(batch)) => batch,
             Ok(None) => {
@@ -146,8 +150,14 @@ pub async fn run(
                     connected = true;
                 }
                 let through = ack.committed_through.min(batch.last_seq);
-                if let Err(error) = spool::blocking(&spool, move |s| s.ack(through)).await {
-                    tracing::error!(%error, "cannot remove acknowledged events from the spool");
+                acked = acked.max(through);
+                match spool::blocking(&spool, move |s| s.ack(through)).await {
+                    Ok(()) => unremoved = false,
+                    Err(error) if !unremoved => {
+                        unremoved = true;
+                        tracing::error!(%error, "cannot remove acknowledged events from the spool; they are not sent again");
+                    }
+                    Err(_) => {}
                 }
                 tracing::debug!(
                     first = batch.first_seq,

@@ -62,6 +62,110 @@ struct Inner {
     dropped_total: u64,
     max_bytes: u64,
     host: String,
+    /// Everything through here is committed at the collector, even where deleting it failed.
+    acked: u64,
+    /// Events that could not be numbered at all (the disk was full and nothing was left to drop);
+    /// recorded as `agent.dropped` by the next append that succeeds.
+    lost: u64,
+    reserve: Reserve,
+}
+
+/// Space held in a file beside the spool and given up when the disk fills, so the agent can still
+/// checkpoint, drop its oldest events and record that it did.
+struct Reserve {
+    path: PathBuf,
+    held: bool,
+    /// When holding it again was last tried, so a still-full disk is not probed on every append.
+    last_try: Option<std::time::Instant>,
+}
+
+impl Reserve {
+    /// Takes the space if the filesystem has plenty to spare; writing real bytes, because a sparse
+    /// file would reserve nothing.
+    fn hold(&mut self) {
+        self.hold_if_room(RESERVE_BYTES * 4);
+    }
+
+    fn hold_if_room(&mut self, room: u64) {
+        if self.held || self.last_try.is_some_and(|t| t.elapsed() < RESERVE_RETRY) {
+            return;
+        }
+        self.last_try = Some(std::time::Instant::now());
+        if !room_for(&self.path, room) {
+            return;
+        }
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&self.path)?;
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..RESERVE_BYTES / chunk.len() as u64 {
+                file.write_all(&chunk)?;
+            }
+            file.sync_all()
+        })();
+        match written {
+            Ok(()) => self.held = true,
+            Err(error) => {
+                let _ = std::fs::remove_file(&self.path);
+                tracing::debug!(%error, "cannot hold the spool's disk reserve yet");
+            }
+        }
+    }
+
+    /// Gives the space back to the filesystem; whether there was any to give.
+    fn release(&mut self) -> bool {
+        let released = std::fs::remove_file(&self.path).is_ok();
+        self.held = false;
+        self.last_try = None;
+        released
+    }
+}
+
+/// Whether the filesystem holding `path` has at least `bytes` free.
+#[cfg(unix)]
+// The field types differ between platforms (u32 on some), so the conversions are not useless.
+#[allow(clippy::useless_conversion)]
+fn room_for(path: &Path, bytes: u64) -> bool {
+    let dir = path.parent().unwrap_or(path);
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| {
+            u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())) >= bytes
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn room_for(_path: &Path, _bytes: u64) -> bool {
+    true
+}
+
+/// The file beside `spool.db` that holds the disk reserve.
+pub const RESERVE_FILE: &str = "spool.reserve";
+/// Enough for a checkpoint, the transaction that drops the oldest events, and its notice.
+const RESERVE_BYTES: u64 = 256 * 1024;
+const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether SQLite failed because the filesystem is full.
+fn is_disk_full(error: &SpoolError) -> bool {
+    let source = match error {
+        SpoolError::Sql { source } | SpoolError::Open { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        source,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.code == rusqlite::ErrorCode::DiskFull
+                || e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
+    )
+}
+
+/// Why an append drops the oldest events.
+#[derive(Clone, Copy)]
+enum Shed {
+    /// The spool outgrew `max_bytes`.
+    Bound,
+    /// The disk is full: keep at most this many bytes of older events.
+    DiskFull(u64),
 }
 
 /// Numbers and chains events as they are inserted within one transaction.
@@ -76,10 +180,10 @@ impl Appender {
     fn put(
         &mut self,
         insert: &mut rusqlite::CachedStatement<'_>,
-        mut event: Event,
+        event: &mut Event,
     ) -> Result<(), rusqlite::Error> {
         event.seq = self.next_seq;
-        let bytes = encode_event(&event);
+        let bytes = encode_event(event);
         let hash = chain::link(&self.head, self.next_seq, &bytes);
         insert.execute(params![
             self.next_seq as i64,
@@ -92,6 +196,186 @@ impl Appender {
         self.head = hash;
         self.next_seq += 1;
         Ok(())
+    }
+}
+
+impl Inner {
+    fn append(&mut self, events: &mut [Event], shed: Shed) -> Result<u64, SpoolError> {
+        let inner = self;
+        let tx = inner.conn.transaction()?;
+        let mut chain = Appender {
+            next_seq: inner.next_seq,
+            head: inner.head,
+            added_bytes: 0,
+            added: 0,
+        };
+        let first_new = inner.next_seq;
+        let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
+        let mut dropped_total = inner.dropped_total;
+        let lost = inner.lost;
+        // Logged only once the transaction holding the drop has committed.
+        let mut shed_report = None;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO spool (seq, prev_hash, hash, bytes) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for event in events.iter_mut() {
+                chain.put(&mut insert, event)?;
+            }
+            if lost > 0 {
+                let mut notice = AgentEvent::new(AgentAction::Dropped);
+                notice.dropped = lost;
+                notice.message = format!(
+                    "{lost} events were lost before they could be spooled: the disk holding the state directory was full"
+                );
+                chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
+                dropped_total += lost;
+            }
+            // Events the collector already committed go first and are no loss.
+            let keep = match shed {
+                Shed::Bound => inner.max_bytes / 10 * 9,
+                Shed::DiskFull(keep) => keep,
+            };
+            let total = inner.bytes + chain.added_bytes;
+            let over = match shed {
+                Shed::Bound => total > inner.max_bytes,
+                Shed::DiskFull(_) => true,
+            };
+            if over {
+                let (acked_events, acked_bytes): (i64, i64) = tx.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
+                    [inner.acked as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if acked_events > 0 {
+                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [inner.acked as i64])?;
+                    freed_events += acked_events as u64;
+                    freed_bytes += acked_bytes as u64;
+                }
+                let mut excess = total.saturating_sub(freed_bytes).saturating_sub(keep);
+                let (mut first, mut last, mut count) = (0u64, 0u64, 0u64);
+                {
+                    // Never the events this very call adds.
+                    let mut rows = tx.prepare(
+                        "SELECT seq, LENGTH(bytes) FROM spool WHERE seq < ?1 ORDER BY seq",
+                    )?;
+                    let mut iter = rows.query([first_new as i64])?;
+                    while excess > 0 {
+                        let Some(row) = iter.next()? else { break };
+                        let seq = row.get::<_, i64>(0)? as u64;
+                        let len = row.get::<_, i64>(1)? as u64;
+                        if first == 0 {
+                            first = seq;
+                        }
+                        last = seq;
+                        count += 1;
+                        freed_bytes += len;
+                        excess = excess.saturating_sub(len);
+                    }
+                }
+                if count > 0 {
+                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [last as i64])?;
+                    freed_events += count;
+                    dropped_total += count;
+                    let why = match shed {
+                        Shed::Bound => {
+                            format!("spool reached its bound of {} bytes", inner.max_bytes)
+                        }
+                        Shed::DiskFull(_) => {
+                            "the disk holding the state directory is full".to_string()
+                        }
+                    };
+                    shed_report = Some((count, first, last, why.clone()));
+                    let mut notice = AgentEvent::new(AgentAction::Dropped);
+                    notice.dropped = count;
+                    notice.first_dropped_seq = first;
+                    notice.last_dropped_seq = last;
+                    notice.message = format!("{why}; the oldest {count} events were dropped");
+                    chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
+                }
+            }
+        }
+        let meta = |key: &str, value: &[u8]| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+        };
+        meta("next_seq", &chain.next_seq.to_be_bytes())?;
+        meta("head", &chain.head)?;
+        meta("dropped_total", &dropped_total.to_be_bytes())?;
+        tx.commit()?;
+        inner.next_seq = chain.next_seq;
+        inner.head = chain.head;
+        inner.bytes = (inner.bytes + chain.added_bytes).saturating_sub(freed_bytes);
+        inner.events = (inner.events + chain.added).saturating_sub(freed_events);
+        inner.dropped_total = dropped_total;
+        inner.lost = 0;
+        if let Some((count, first, last, why)) = shed_report {
+            tracing::warn!(dropped = count, first, last, reason = %why, "spool full: dropped the oldest events");
+        }
+        Ok(chain.next_seq - 1)
+    }
+
+    /// [`Self::append`] after it failed for want of disk space.
+    fn append_on_full_disk(
+        &mut self,
+        events: &mut [Event],
+        error: SpoolError,
+    ) -> Result<u64, SpoolError> {
+        let released = self.reserve.release();
+        tracing::warn!(%error, released_reserve = released, "the disk holding the spool is full");
+        self.checkpoint();
+        let result = self.fit(events);
+        // Hold a reserve again at once if dropping gave back enough, for the next time.
+        self.reserve.last_try = None;
+        self.reserve.hold_if_room(RESERVE_BYTES * 2);
+        result
+    }
+
+    /// Appends as many of `events` as the disk can hold, newest kept: first as they are, then
+    /// dropping half and then all of the older events, then in halves (the second half may drop
+    /// the first). An event that fits nowhere is counted as lost.
+    fn fit(&mut self, events: &mut [Event]) -> Result<u64, SpoolError> {
+        // Like a full spool: the oldest go, so the space they held comes back (vacuum below).
+        for shed in [Shed::DiskFull(self.bytes / 2), Shed::DiskFull(0)] {
+            match self.append(events, shed) {
+                Ok(last) => {
+                    // Give the space of what was dropped back to the filesystem, so the next
+                    // appends have room again.
+                    self.checkpoint();
+                    if let Err(error) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
+                        tracing::debug!(%error, "spool vacuum failed");
+                    }
+                    self.checkpoint();
+                    return Ok(last);
+                }
+                Err(error) if is_disk_full(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        if events.len() > 1 {
+            let (older, newer) = events.split_at_mut(events.len() / 2);
+            self.fit(older)?;
+            return self.fit(newer);
+        }
+        self.lost += events.len() as u64;
+        tracing::error!(
+            lost = self.lost,
+            "the disk holding the spool is full even with the spool empty; events are lost until space returns"
+        );
+        Ok(self.next_seq.saturating_sub(1))
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it; best effort.
+    fn checkpoint(&self) {
+        if let Err(error) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(%error, "spool checkpoint failed");
+        }
     }
 }
 
@@ -110,9 +394,14 @@ impl Spool {
         };
         let conn = Connection::open(&path).map_err(open)?;
         // NORMAL in WAL mode survives a crash of the agent process; a power cut may lose the last
-        // transactions, which the collector then sees as a gap rather than as silent loss.
+        // transactions, which the collector then sees as a gap rather than as silent loss. A small
+        // write-ahead log (checkpointed every 64 pages, cut back to 1 MiB) and incremental vacuum
+        // (new spools) keep the spool's disk use close to its contents, so that on a full disk
+        // dropping the oldest events gives space back to the filesystem.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;
+            "PRAGMA busy_timeout=10000; PRAGMA auto_vacuum=INCREMENTAL;
+             PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             PRAGMA wal_autocheckpoint=64; PRAGMA journal_size_limit=1048576;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS spool (
                  seq INTEGER PRIMARY KEY,
@@ -161,6 +450,19 @@ impl Spool {
                 dropped_total,
                 max_bytes,
                 host: host.to_string(),
+                acked: 0,
+                lost: 0,
+                reserve: {
+                    let mut reserve = Reserve {
+                        path: state_dir.join(RESERVE_FILE),
+                        held: false,
+                        last_try: None,
+                    };
+                    reserve.held =
+                        std::fs::metadata(&reserve.path).is_ok_and(|m| m.len() >= RESERVE_BYTES);
+                    reserve.hold();
+                    reserve
+                },
             })),
         })
     }
@@ -174,85 +476,23 @@ impl Spool {
     }
 
     /// Numbers, chains and commits `events` in one transaction. Returns the last sequence number.
-    pub fn append(&self, events: Vec<Event>) -> Result<u64, SpoolError> {
+    ///
+    /// When the disk is full the spool behaves as if it had reached its bound: it gives up its
+    /// disk reserve, checkpoints, and drops its oldest events (recording `agent.dropped` with the
+    /// range) until the new ones fit. If nothing is left to drop, the new events are counted as
+    /// lost and recorded by the next append that succeeds. Either way the call returns, so the
+    /// agent keeps going and recovers by itself when space returns.
+    pub fn append(&self, mut events: Vec<Event>) -> Result<u64, SpoolError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let tx = inner.conn.transaction()?;
-        let mut chain = Appender {
-            next_seq: inner.next_seq,
-            head: inner.head,
-            added_bytes: 0,
-            added: 0,
+        let result = match inner.append(&mut events, Shed::Bound) {
+            Err(error) if is_disk_full(&error) => inner.append_on_full_disk(&mut events, error),
+            other => other,
         };
-        let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
-        let mut dropped_total = inner.dropped_total;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO spool (seq, prev_hash, hash, bytes) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for event in events {
-                chain.put(&mut insert, event)?;
-            }
-            // Over the bound: drop the oldest down to 90% and say so in the chain itself.
-            let total = inner.bytes + chain.added_bytes;
-            if total > inner.max_bytes {
-                let mut excess = total.saturating_sub(inner.max_bytes / 10 * 9);
-                let (mut first, mut last) = (0u64, 0u64);
-                {
-                    let mut rows =
-                        tx.prepare("SELECT seq, LENGTH(bytes) FROM spool ORDER BY seq")?;
-                    let mut iter = rows.query([])?;
-                    while excess > 0 {
-                        let Some(row) = iter.next()? else { break };
-                        let seq = row.get::<_, i64>(0)? as u64;
-                        let len = row.get::<_, i64>(1)? as u64;
-                        if first == 0 {
-                            first = seq;
-                        }
-                        last = seq;
-                        freed_events += 1;
-                        freed_bytes += len;
-                        excess = excess.saturating_sub(len);
-                    }
-                }
-                if freed_events > 0 {
-                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [last as i64])?;
-                    dropped_total += freed_events;
-                    tracing::warn!(
-                        dropped = freed_events,
-                        first,
-                        last,
-                        "spool full: dropped the oldest events"
-                    );
-                    let mut notice = AgentEvent::new(AgentAction::Dropped);
-                    notice.dropped = freed_events;
-                    notice.first_dropped_seq = first;
-                    notice.last_dropped_seq = last;
-                    notice.message = format!(
-                        "spool reached its bound of {} bytes; the oldest {freed_events} events were dropped",
-                        inner.max_bytes
-                    );
-                    chain.put(&mut insert, Event::now(inner.host.clone(), notice))?;
-                }
-            }
+        if result.is_ok() {
+            inner.reserve.hold();
         }
-        let meta = |key: &str, value: &[u8]| {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-        };
-        meta("next_seq", &chain.next_seq.to_be_bytes())?;
-        meta("head", &chain.head)?;
-        meta("dropped_total", &dropped_total.to_be_bytes())?;
-        tx.commit()?;
-        inner.next_seq = chain.next_seq;
-        inner.head = chain.head;
-        inner.bytes = (inner.bytes + chain.added_bytes).saturating_sub(freed_bytes);
-        inner.events = (inner.events + chain.added).saturating_sub(freed_events);
-        inner.dropped_total = dropped_total;
-        Ok(chain.next_seq - 1)
+        result
     }
 
     /// The oldest events after `after_seq`, at most `max_events` and about `max_bytes`.
@@ -306,6 +546,8 @@ impl Spool {
     /// Forgets events the collector has committed.
     pub fn ack(&self, through_seq: u64) -> Result<(), SpoolError> {
         let mut inner = self.lock();
+        // Remembered even if the delete below fails (a full disk): such events are no loss.
+        inner.acked = inner.acked.max(through_seq);
         let (count, bytes): (i64, i64) = inner.conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
             [through_seq as i64],

@@ -513,3 +513,182 @@ fn enroll_takes_the_token_from_bannin_token() {
         stderr(&output)
     );
 }
+
+// ---- Disk full: the agent's state directory sits on a small filesystem that something else fills.
+mod disk_full {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use crate::harness::{Agent, Collector, private_file, wait_for};
+
+    const LONG: Duration = Duration::from_secs(120);
+
+    /// [`wait_for`], with the agent's log in the failure message.
+    fn wait_or_log<T>(agent: &Agent, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let log = agent.proc.log();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                panic!(
+                    "timed out waiting for {what}; agent log, newest first:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped, even after a failure.
+    struct SmallFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallFs {
+        fn mount(size: &str) -> SmallFs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "cannot mount a tmpfs (the test needs root)"
+            );
+            SmallFs { dir }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a ballast file until the filesystem refuses more.
+        fn fill(&self) -> PathBuf {
+            let path = self.path().join("ballast");
+            let mut file = std::fs::File::create(&path).unwrap();
+            let chunk = vec![0xA5u8; 4096];
+            loop {
+                match file.write(&chunk) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                    Err(e) => panic!("ballast: {e}"),
+                }
+            }
+            let _ = file.sync_all();
+            path
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// The agent's state directory fills up (a ballast file takes every free byte) while the
+    /// collector is away. The agent used to retry the same write forever, stop spooling, resend
+    /// one batch every 50 ms and hang on SIGTERM. Now: it drops its oldest events and says so
+    /// (`agent.dropped` with the range), sends what it spooled once the collector is back, recovers
+    /// by itself when space returns, and stops promptly on SIGTERM.
+    #[test]
+    fn a_full_state_disk_drops_the_oldest_says_so_recovers_and_stops_promptly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = SmallFs::mount("2m");
+        let state = small.path().join("agent");
+        let mut collector = Collector::start(&tmp.path().join("collector"));
+        collector.enroll(&state, "full1");
+        let watched = tmp.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        let config = tmp.path().join("agent.toml");
+        private_file(
+            &config,
+            "[process]\nenabled = false\n\n[network]\nenabled = false\n",
+        );
+        let mut agent = Agent::start(
+            &state,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--watch",
+                watched.to_str().unwrap(),
+            ],
+        );
+        // The collector goes away; events wait in the spool.
+        collector.proc.kill9();
+        let ballast = small.fill();
+
+        // Events keep coming until the spool, out of room, drops its oldest.
+        let mut made = 0;
+        wait_or_log(&agent, "the agent to drop its oldest events", || {
+            for _ in 0..50 {
+                made += 1;
+                let name = format!("export-{made:06}-{}.csv", "x".repeat(120));
+                std::fs::write(watched.join(name), b"id,name\n").unwrap();
+            }
+            agent
+                .proc
+                .has_line("dropped the oldest events")
+                .then_some(())
+        });
+
+        // The collector comes back and receives what was spooled, including the drop notice.
+        let addr = collector.addr.clone();
+        collector = Collector::start_with(&collector.dir.clone(), &addr, &[]);
+        let dropped = wait_or_log(&agent, "agent.dropped at the collector", || {
+            collector
+                .events(&["--kind", "agent.dropped", "--host", "full1"])
+                .into_iter()
+                .find(|e| e["first_dropped_seq"].as_u64().is_some_and(|s| s > 0))
+        });
+        let first = dropped["first_dropped_seq"].as_u64().unwrap_or(0);
+        let last = dropped["last_dropped_seq"].as_u64().unwrap_or(0);
+        assert!(first >= 1 && last >= first, "{dropped}");
+        assert!(
+            dropped["dropped"].as_u64().unwrap() > last - first,
+            "{dropped}"
+        );
+
+        // Space returns: new events arrive without a restart.
+        std::fs::remove_file(&ballast).unwrap();
+        let marker = watched.join("after-the-disk-was-freed.csv");
+        std::fs::write(&marker, b"id\n").unwrap();
+        wait_or_log(&agent, "an event from after the recovery", || {
+            collector
+                .events(&["--host", "full1", "--path", "*after-the-disk-was-freed*"])
+                .into_iter()
+                .next()
+        });
+
+        // And it stops promptly, cleanly.
+        let pid = nix::unistd::Pid::from_raw(agent.proc.child.id() as i32);
+        let started = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = wait_for(
+            "the agent to stop after SIGTERM",
+            Duration::from_secs(20),
+            || agent.proc.child.try_wait().unwrap(),
+        );
+        assert!(
+            status.success(),
+            "agent exit: {status}\n{}",
+            agent.proc.log()
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
