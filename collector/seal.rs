@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bannin::securefs::{self, Access};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 pub const KEY_FILE: &str = "collector.key";
@@ -47,8 +48,13 @@ impl Seal {
     /// Loads the key from `dir`, creating it (and `collector.pub`) on first start.
     pub fn load_or_create(dir: &Path) -> Result<Seal, SealError> {
         let path = dir.join(KEY_FILE);
-        let seal = if path.exists() {
-            let text = read(&path)?;
+        let seal = if std::fs::symlink_metadata(&path).is_ok() {
+            let text = securefs::read_owned_string(&path, Access::Private).map_err(|error| {
+                SealError::Read {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
             let seed =
                 parse_hex32(&text).ok_or_else(|| SealError::Malformed { path: path.clone() })?;
             Seal {
@@ -56,11 +62,13 @@ impl Seal {
             }
         } else {
             let key = bannin::chain::generate_signing_key().map_err(|_| SealError::Random)?;
-            crate::serve::write_private(&path, &format!("{}\n", hex::encode(key.to_bytes())))
-                .map_err(|error| SealError::Write {
+            let text = format!("{}\n", hex::encode(key.to_bytes()));
+            securefs::replace_file(dir, KEY_FILE, text.as_bytes(), Access::Private).map_err(
+                |error| SealError::Write {
                     path: path.clone(),
-                    reason: bannin::error_line(&error),
-                })?;
+                    reason: error.to_string(),
+                },
+            )?;
             tracing::info!(path = %path.display(), "created the collector signing key");
             Seal { key }
         };
@@ -68,10 +76,12 @@ impl Seal {
         let public = dir.join(PUBLIC_FILE);
         let text = format!("{}\n", hex::encode(seal.public().key.to_bytes()));
         if std::fs::read_to_string(&public).ok().as_deref() != Some(text.as_str()) {
-            std::fs::write(&public, text).map_err(|error| SealError::Write {
-                path: public.clone(),
-                reason: error.to_string(),
-            })?;
+            securefs::replace_file(dir, PUBLIC_FILE, text.as_bytes(), Access::Public).map_err(
+                |error| SealError::Write {
+                    path: public.clone(),
+                    reason: error.to_string(),
+                },
+            )?;
         }
         Ok(seal)
     }

@@ -64,6 +64,10 @@ struct AgentRow {
 }
 
 pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
+    // One read transaction: every query sees the same snapshot, so batches, events and heads that
+    // `serve` commits meanwhile cannot look half-stored.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let mut report = Report::default();
     integrity(conn, &mut report)?;
     if let Err(error) = &trust.seal {
