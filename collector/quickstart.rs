@@ -64,14 +64,18 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
                 Observed::Committed(notice) => {
                     let _ = output::events_table_rows(&mut out, &notice.records);
                     for finding in notice.findings {
-                        println!(
+                        let _ = output::row!(
+                            &mut out,
                             "finding {} on {}: {}",
-                            finding.kind, finding.host, finding.detail
+                            finding.kind,
+                            finding.host,
+                            finding.detail
                         );
                     }
                 }
                 Observed::Alert(alert) => {
-                    println!(
+                    let _ = output::row!(
+                        &mut out,
                         "ALERT {} {} on {}: {}",
                         alert.severity.as_str().to_uppercase(),
                         alert.rule,
