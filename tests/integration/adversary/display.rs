@@ -157,3 +157,176 @@ fn a_file_name_cannot_forge_rows_or_send_control_sequences_to_the_operators_term
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile webhook receivers
+
+/// A loopback HTTP receiver that reads each request and hands the connection to `answer`, which
+/// writes whatever reply the attack needs. Counts requests.
+struct ScriptedReceiver {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedReceiver {
+    fn start(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> Self {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    // The request head and as much body as it says it has.
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if data.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    answer(&mut stream);
+                });
+            }
+        });
+        ScriptedReceiver { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The collector's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The one alert's delivery to the only sink, once it has been attempted at least `attempts` times
+/// or delivered.
+fn delivery_after(host: &Host, attempts: u64) -> serde_json::Value {
+    wait_for("the delivery attempts to be recorded", LONG, || {
+        alerts_json(&host.collector.dir, &[])
+            .into_iter()
+            .find(|a| a["rule"] == RULE)
+            .and_then(|a| a["deliveries"].as_array().and_then(|d| d.first().cloned()))
+            .filter(|d| {
+                d["attempts"].as_u64().unwrap_or(0) >= attempts || d["state"] == "delivered"
+            })
+    })
+}
+
+fn export_and_delete_plain(host: &Host) {
+    let path = host.watched.join("customers.csv");
+    write_export(&path);
+    let path_text = path.to_str().unwrap().to_string();
+    wait_for("the export's create event", LONG, || {
+        host.collector
+            .events(&["--kind", "file.create"])
+            .into_iter()
+            .find(|e| e["path"] == path_text.as_str())
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_receiver_answering_500_with_an_endless_body_cannot_grow_the_collector() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Streams zeros behind a 2 GiB Content-Length until the collector hangs up, never holding them;
+    // stops at 512 MiB a connection so a collector that reads it all does not starve the machine.
+    let most_sent = std::sync::Arc::new(AtomicU64::new(0));
+    let sent = most_sent.clone();
+    let receiver = ScriptedReceiver::start(move |stream| {
+        let _ = stream.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: 2147483648\r\n\r\n",
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut total = 0u64;
+        while total < 512 * 1024 * 1024 && stream.write_all(&chunk).is_ok() {
+            total += chunk.len() as u64;
+        }
+        sent.fetch_max(total, Ordering::SeqCst);
+    });
+    let host = host(&format!(
+        "[[alerts.webhook]]\nurl = \"{}\"\ntimeout = \"60s\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
+        receiver.url()
+    ));
+    export_and_delete_plain(&host);
+
+    let delivery = delivery_after(&host, 3);
+    assert_eq!(delivery["state"], "failed-retrying", "{delivery}");
+    let error = delivery["last_error"].as_str().unwrap();
+    assert!(error.contains("500"), "{error}");
+    assert!(receiver.requests() >= 3);
+    let peak = peak_rss(host.collector.proc.child.id());
+    assert!(
+        peak < 128 * 1024 * 1024,
+        "the collector peaked at {} MiB",
+        peak >> 20
+    );
+    // It hung up after a few KiB (the rest is what the kernel's socket buffers took).
+    let most = most_sent.load(Ordering::SeqCst);
+    assert!(most < 32 * 1024 * 1024, "the receiver wrote {most} bytes");
+}
+
+#[test]
+fn a_receiver_redirecting_elsewhere_is_not_followed() {
+    use std::io::Write;
+    let elsewhere = HttpReceiver::start(0);
+    let target = elsewhere.url("/stolen");
+    let receiver = ScriptedReceiver::start(move |stream| {
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    });
+    let host = host(&format!(
+        "[[alerts.webhook]]\nurl = \"{}\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
+        receiver.url()
+    ));
+    export_and_delete_plain(&host);
+
+    let delivery = delivery_after(&host, 2);
+    assert_ne!(delivery["state"], "delivered", "{delivery}");
+    let error = delivery["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("307") && error.contains("redirect"),
+        "{error}"
+    );
+    assert!(
+        elsewhere.requests.lock().unwrap().is_empty(),
+        "the alert went to the redirect target"
+    );
+}

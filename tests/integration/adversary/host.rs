@@ -360,3 +360,156 @@ fn collector_keys_planted_before_the_data_dir_was_locked_down_are_replaced() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name} mode");
     }
 }
+
+// ---- A newcomer's first commands: `serve` and the commands typed while it starts never fail with
+// "database is locked" or a half-made store.
+
+#[test]
+fn commands_run_while_serve_creates_the_store_never_fail_on_a_busy_or_half_made_store() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let mut serve = Proc::spawn(
+        "collector",
+        Command::new(COLLECTOR)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let mut outputs = Vec::new();
+    let mut rounds_after_ready = 0;
+    for _ in 0..60 {
+        if serve.has_line("listening on ") {
+            rounds_after_ready += 1;
+            if rounds_after_ready > 3 {
+                break;
+            }
+        }
+        assert!(
+            serve.child.try_wait().unwrap().is_none(),
+            "serve exited while starting:\n{}",
+            serve.log()
+        );
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                let mut command = Command::new(COLLECTOR);
+                if i % 2 == 0 {
+                    command.args(["token", "create", "--data-dir"]).arg(&data);
+                } else {
+                    command
+                        .args(["events", "--format", "json", "--data-dir"])
+                        .arg(&data);
+                }
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        outputs.extend(children.into_iter().map(|c| c.wait_with_output().unwrap()));
+    }
+    serve.wait_line("listening on ", Duration::from_secs(60));
+    assert!(
+        outputs.len() >= 24,
+        "too few commands ran: {}",
+        outputs.len()
+    );
+    for output in &outputs {
+        let message = stderr(output);
+        // Before anything created the store a query may say so; nothing else may go wrong.
+        assert!(
+            output.status.success() || message.contains("no store in"),
+            "a command failed while serve started: {message}"
+        );
+    }
+    assert!(
+        outputs.iter().filter(|o| o.status.success()).count() >= outputs.len() / 2,
+        "most commands should have succeeded"
+    );
+}
+
+// ---- Enrollment tokens stay out of `ps` and cannot be guessed.
+
+#[test]
+fn quickstart_hands_the_agent_a_random_token_outside_its_command_line() {
+    let scratch = tempfile::tempdir().unwrap();
+    let watched = scratch.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // The agent quickstart starts is this wrapper: it records what `ps` would show and the token it
+    // was given through the environment, then runs the real agent.
+    let record = scratch.path().join("seen");
+    let wrapper = scratch.path().join("agent-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"args: $*\" \"env: ${{BANNIN_TOKEN:-}}\" >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            AGENT
+        ),
+    )
+    .unwrap();
+    chmod(&wrapper, 0o755);
+    let mut quickstart = Proc::spawn(
+        "quickstart",
+        Command::new(COLLECTOR)
+            .arg("quickstart")
+            .arg("--data-dir")
+            .arg(scratch.path().join("data"))
+            .arg("--watch")
+            .arg(&watched)
+            .env("BANNIN_AGENT_BIN", &wrapper),
+    );
+    quickstart.wait_line("agent.start", Duration::from_secs(90));
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let enroll = seen
+        .lines()
+        .position(|l| l.starts_with("args: enroll"))
+        .unwrap_or_else(|| panic!("no enroll call: {seen}"));
+    let lines: Vec<&str> = seen.lines().collect();
+    assert!(
+        !lines[enroll].contains("--token") && !lines[enroll].contains("bnt_"),
+        "the token is on the agent's command line, visible in ps: {}",
+        lines[enroll]
+    );
+    let token = lines[enroll + 1].strip_prefix("env: ").unwrap();
+    let secret = token
+        .strip_prefix("bnt_")
+        .unwrap_or_else(|| panic!("{token}"));
+    assert!(
+        secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the token is not 128+ random bits in hex: {token}"
+    );
+}
+
+#[test]
+fn enroll_takes_the_token_from_bannin_token() {
+    let scratch = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let state = scratch.path().join("state");
+    // `enroll` above passes the token only through BANNIN_TOKEN.
+    let output = enroll(&collector, &state);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run_output(
+        Command::new(AGENT)
+            .arg("enroll")
+            .arg("--collector")
+            .arg(collector.url())
+            .arg("--ca-cert")
+            .arg(collector.ca())
+            .arg("--state-dir")
+            .arg(scratch.path().join("other"))
+            .env("BANNIN_TOKEN", "bnt_not-a-token"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("token is unknown"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("bnt_not-a-token"),
+        "{}",
+        stderr(&output)
+    );
+}
