@@ -233,6 +233,7 @@ mod tests {
     fn age_is_when_the_collector_received_a_batch_not_what_the_agent_stamped() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path()).unwrap();
+        let seal = Seal::load_or_create(dir.path()).unwrap();
         conn.execute(
             "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
              VALUES ('a-1', 'pc1', 'pc1', x'00', 0, x'00')",
@@ -245,7 +246,7 @@ mod tests {
         add_received(&conn, 0, 1, future, old);
         // Stamped long ago, received after the cutoff: fresh.
         add_received(&conn, 1, 1, old, Timestamp::from_secs(3_000));
-        let step = prune_step(&mut conn, cutoff, 10).unwrap();
+        let step = prune_step(&mut conn, &seal, cutoff, 10).unwrap();
         assert_eq!(
             step,
             Pruned {
@@ -253,7 +254,7 @@ mod tests {
                 events: 100
             }
         );
-        assert_eq!(pruned_through(&conn, 1).unwrap(), 100);
+        assert_eq!(mark(&conn, 1).unwrap().unwrap().through_seq, 100);
         let left: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();

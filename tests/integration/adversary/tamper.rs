@@ -88,6 +88,7 @@ impl SimAgent {
             events: encoded,
             prev_hash: prev.to_vec(),
             signature: signature.to_vec(),
+            first_seq: first,
         };
         (batch, head)
     }
