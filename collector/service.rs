@@ -188,7 +188,7 @@ impl EnrollmentService {
         // Sign the CSR before spending the token, so a bad CSR does not burn it.
         let cert_pem = self
             .authority
-            .sign_client_csr(&req.csr_der, &Principal::Agent(agent_id.clone()))
+            .sign_agent_csr(&req.csr_der, &agent_id, &req.signing_public_key)
             .map_err(|error| bad(&error.to_string()))?;
         let key = self
             .writer
@@ -199,6 +199,7 @@ impl EnrollmentService {
                     name: req.name,
                     host: req.hostname,
                     signing_key: req.signing_public_key,
+                    certificate: cert_pem.clone(),
                 },
             )
             .await?;
