@@ -3,12 +3,13 @@
 //! Both private keys (the Ed25519 signing key and the TLS key) are generated here and never leave the
 //! machine: the collector receives only a CSR and the public signing key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bannin::pb;
 use bannin::pki::{self, SERVER_NAME};
+use bannin::securefs::{self, Access};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -50,56 +51,13 @@ pub fn host_name() -> String {
     sysinfo::System::host_name().unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Creates the state directory with mode 0700, or checks that an existing one is private.
+/// What `enroll` and `run` call the state directory in errors.
+const STATE_DIR: &str = "state directory";
+
+/// Creates the state directory with mode 0700, or refuses an existing one that someone other than
+/// the running user could have prepared: the keys written into it must not reach anyone else.
 pub fn prepare_state_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set permissions on {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Refuses a key file that others can read or write.
-fn read_private(path: &Path) -> Result<Vec<u8>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "{} is accessible by group or others (mode {mode:o}); run chmod 600 on it",
-                path.display()
-            );
-        }
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    Ok(securefs::prepare_private_dir(dir, STATE_DIR)?)
 }
 
 /// A TLS channel to the collector that trusts only the pinned CA.
@@ -127,8 +85,10 @@ pub async fn enroll(args: EnrollArgs<'_>) -> Result<IdentityFile> {
             args.collector
         );
     }
+    // Checked before the token is spent: a directory refused now is refused for good.
+    prepare_state_dir(args.state_dir)?;
     let identity_path = args.state_dir.join(IDENTITY_FILE);
-    if identity_path.exists() {
+    if std::fs::symlink_metadata(&identity_path).is_ok() {
         bail!(
             "{} is already enrolled ({}); use a new --state-dir to enroll again",
             args.state_dir.display(),
@@ -165,55 +125,68 @@ pub async fn enroll(args: EnrollArgs<'_>) -> Result<IdentityFile> {
         })?
         .into_inner();
 
-    prepare_state_dir(args.state_dir)?;
-    write_private(
-        &args.state_dir.join(SIGNING_KEY_FILE),
+    // Each file goes in under a fresh name and is renamed into place, so whatever an insider may
+    // have left at these names (a symbolic link, a hard link to a file they own) is replaced, never
+    // written through.
+    let dir = args.state_dir;
+    securefs::replace_file(
+        dir,
+        SIGNING_KEY_FILE,
         hex::encode(signing_key.to_bytes()).as_bytes(),
+        Access::Private,
     )?;
-    write_private(&args.state_dir.join(TLS_KEY_FILE), tls_key_pem.as_bytes())?;
-    std::fs::write(
-        args.state_dir.join(TLS_CERT_FILE),
-        &response.certificate_pem,
+    securefs::replace_file(dir, TLS_KEY_FILE, tls_key_pem.as_bytes(), Access::Private)?;
+    securefs::replace_file(
+        dir,
+        TLS_CERT_FILE,
+        response.certificate_pem.as_bytes(),
+        Access::Public,
     )?;
-    std::fs::write(args.state_dir.join(CA_FILE), &ca_pem)?;
+    securefs::replace_file(dir, CA_FILE, ca_pem.as_bytes(), Access::Public)?;
     let file = IdentityFile {
         agent_id: response.agent_id,
         name,
         collector: args.collector.to_string(),
     };
     // Written last: its presence means enrollment finished.
-    std::fs::write(&identity_path, toml::to_string(&file)?)?;
+    securefs::replace_file(
+        dir,
+        IDENTITY_FILE,
+        toml::to_string(&file)?.as_bytes(),
+        Access::Public,
+    )?;
     Ok(file)
 }
 
+/// Reads the identity `enroll` wrote, refusing a state directory or file that others could have
+/// swapped since.
 pub fn load(state_dir: &Path) -> Result<Identity> {
     let path = state_dir.join(IDENTITY_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} is not enrolled (cannot read {}); run bannin-agent enroll first",
+    if state_dir.exists() {
+        securefs::check_private_dir(state_dir, STATE_DIR)?;
+    }
+    if std::fs::symlink_metadata(&path).is_err() {
+        bail!(
+            "{} is not enrolled (no {}); run bannin-agent enroll first",
             state_dir.display(),
             path.display()
-        )
-    })?;
-    let file: IdentityFile =
-        toml::from_str(&text).with_context(|| format!("{} is malformed", path.display()))?;
-    let seed = hex::decode(read_private(&state_dir.join(SIGNING_KEY_FILE))?.trim_ascii())
+        );
+    }
+    let read = |name: &str, access| securefs::read_owned_string(&state_dir.join(name), access);
+    let file: IdentityFile = toml::from_str(&read(IDENTITY_FILE, Access::Public)?)
+        .with_context(|| format!("{} is malformed", path.display()))?;
+    let seed = hex::decode(read(SIGNING_KEY_FILE, Access::Private)?.trim_ascii())
         .context("signing.key is not hex")?;
     let seed: [u8; 32] = seed
         .try_into()
         .map_err(|_| anyhow::anyhow!("signing.key must hold 32 bytes"))?;
-    let read = |name: &str| -> Result<String> {
-        let path: PathBuf = state_dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
     Ok(Identity {
         agent_id: file.agent_id,
         name: file.name,
         collector: file.collector,
         signing_key: SigningKey::from_bytes(&seed),
-        tls_key_pem: String::from_utf8(read_private(&state_dir.join(TLS_KEY_FILE))?)
-            .context("tls.key is not text")?,
-        tls_cert_pem: read(TLS_CERT_FILE)?,
-        ca_pem: read(CA_FILE)?,
+        tls_key_pem: read(TLS_KEY_FILE, Access::Private)?,
+        tls_cert_pem: read(TLS_CERT_FILE, Access::Public)?,
+        ca_pem: read(CA_FILE, Access::Public)?,
     })
 }

@@ -36,7 +36,8 @@ enum Command {
         /// The collector, as https://HOST:PORT.
         #[arg(long)]
         collector: String,
-        /// A one-time token from `bannin-collector token create`.
+        /// A one-time token from `bannin-collector token create`. Prefer the BANNIN_TOKEN variable:
+        /// every local user can read a command line in ps.
         #[arg(long, env = "BANNIN_TOKEN", hide_env_values = true)]
         token: String,
         /// The collector's CA certificate (its data directory's ca.pem), pinned from now on.

@@ -1,5 +1,13 @@
 //! Printing query results as a table for people or JSON lines for tools.
+//!
+//! Every table line goes through [`line`] (the [`row!`] macro), which escapes control characters:
+//! file names, host names, command lines and receivers' error texts come from agents and networks
+//! an attacker may control, and a raw line break would forge a whole row, an ESC or OSC sequence
+//! would recolour, retitle or clear the operator's terminal, and a bidi override would reorder
+//! what is shown.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::Write;
 
 use bannin::event::{Body, Record};
@@ -15,6 +23,60 @@ pub enum Format {
     Json,
     /// OCSF 1.x JSON, one object per line (see `ocsf.rs`).
     Ocsf,
+}
+
+/// Writes one table line: `args` formatted, with every control character escaped
+/// ([`escape_control`]), then a line break.
+pub fn line(out: &mut impl Write, args: fmt::Arguments<'_>) -> std::io::Result<()> {
+    let text = args.to_string();
+    out.write_all(escape_control(&text).as_bytes())?;
+    out.write_all(b"\n")
+}
+
+/// `writeln!` for table lines: `row!(out, "{:<16}  {}", a, b)` escapes what the cells hold.
+macro_rules! row {
+    ($out:expr, $($arg:tt)*) => {
+        $crate::output::line($out, format_args!($($arg)*))
+    };
+}
+pub(crate) use row;
+
+/// True for characters that change how a terminal shows the text around them rather than showing
+/// themselves: C0 and C1 controls and DEL, bidirectional overrides and isolates, line and paragraph
+/// separators, and the invisible joiners that make two different names look the same.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+/// `text` with each unsafe character ([`is_unsafe_char`]) written as a visible escape: `\n`, `\r`,
+/// `\t`, `\x1b` for other ASCII controls, `\u{202e}` beyond ASCII. Escaping again changes nothing,
+/// so a renderer may escape a cell and the line holding it.
+pub fn escape_control(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii() && is_unsafe_char(c) => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if is_unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// One JSON object per line.
@@ -111,10 +173,13 @@ pub fn event_detail(record: &Record) -> String {
 }
 
 pub fn events_table(out: &mut impl Write, records: &[Record]) -> std::io::Result<()> {
-    writeln!(
+    row!(
         out,
         "{:<30}  {:<16}  {:<16}  {:>8}  DETAIL",
-        "TS", "KIND", "HOST", "SEQ"
+        "TS",
+        "KIND",
+        "HOST",
+        "SEQ"
     )?;
     events_table_rows(out, records)
 }
@@ -123,12 +188,13 @@ pub fn events_table(out: &mut impl Write, records: &[Record]) -> std::io::Result
 pub fn events_table_rows(out: &mut impl Write, records: &[Record]) -> std::io::Result<()> {
     for record in records {
         let event = &record.event;
-        writeln!(
+        row!(
             out,
             "{:<30}  {:<16}  {:<16}  {:>8}  {}",
             event.ts.to_rfc3339(),
             event.kind(),
-            event.host,
+            // Escaped before padding, so a hostile name keeps its own column.
+            escape_control(&event.host),
             event.seq,
             event_detail(record)
         )?;
@@ -137,18 +203,24 @@ pub fn events_table_rows(out: &mut impl Write, records: &[Record]) -> std::io::R
 }
 
 pub fn agents_table(out: &mut impl Write, agents: &[AgentRow]) -> std::io::Result<()> {
-    writeln!(
+    row!(
         out,
         "{:<20}  {:<20}  {:<20}  {:<10}  {:<30}  {:>10}  {:>8}",
-        "AGENT", "NAME", "HOST", "STATUS", "LAST SEEN", "LAST SEQ", "SPOOL"
+        "AGENT",
+        "NAME",
+        "HOST",
+        "STATUS",
+        "LAST SEEN",
+        "LAST SEQ",
+        "SPOOL"
     )?;
     for a in agents {
-        writeln!(
+        row!(
             out,
             "{:<20}  {:<20}  {:<20}  {:<10}  {:<30}  {:>10}  {:>8}",
             a.agent_id,
-            a.name,
-            a.host,
+            escape_control(&a.name),
+            escape_control(&a.host),
             a.status,
             a.last_seen.map(|t| t.to_rfc3339()).unwrap_or("-".into()),
             a.last_seq,
@@ -167,14 +239,18 @@ pub struct AlertRow {
 }
 
 pub fn alerts_table(out: &mut impl Write, rows: &[AlertRow]) -> std::io::Result<()> {
-    writeln!(
+    row!(
         out,
         "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
-        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+        "TS",
+        "SEVERITY",
+        "RULE",
+        "HOST",
+        "COUNT"
     )?;
     for row in rows {
         let a = &row.alert;
-        writeln!(
+        row!(
             out,
             "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {}",
             a.ts.to_rfc3339(),
@@ -184,10 +260,53 @@ pub fn alerts_table(out: &mut impl Write, rows: &[AlertRow]) -> std::io::Result<
             a.count,
             a.summary
         )?;
-        writeln!(out, "{:>32}id {}", "", a.id)?;
+        row!(out, "{:>32}id {}", "", a.id)?;
         for delivery in &row.deliveries {
-            writeln!(out, "{:>32}delivery {delivery}", "")?;
+            row!(out, "{:>32}delivery {delivery}", "")?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bannin::time::Timestamp;
+
+    #[test]
+    fn escapes_c0_c1_del_bidi_and_invisible_characters_once() {
+        let hostile = "a\nb\r\tc\x1b]0;t\x07\x7f\u{9b}\u{202e}\u{2066}\u{200b}\u{feff}ä/日本";
+        let shown = escape_control(hostile);
+        assert_eq!(
+            shown,
+            r"a\nb\r\tc\x1b]0;t\x07\x7f\u{9b}\u{202e}\u{2066}\u{200b}\u{feff}ä/日本"
+        );
+        assert!(!shown.chars().any(is_unsafe_char));
+        assert_eq!(
+            escape_control(&shown),
+            shown,
+            "escaping twice changes nothing"
+        );
+        assert!(matches!(escape_control("plain ä"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn an_agent_name_with_a_line_break_stays_in_its_row() {
+        let agent = AgentRow {
+            agent_id: "a-1".into(),
+            name: "web1\na-2  db-prod-1".into(),
+            host: "h\x1b[2J".into(),
+            status: "active".into(),
+            enrolled: Timestamp::from_nanos(0),
+            last_seen: None,
+            last_seq: 0,
+            spool_events: 0,
+            spool_bytes: 0,
+        };
+        let mut out = Vec::new();
+        agents_table(&mut out, &[agent]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains(r"web1\na-2  db-prod-1") && text.contains(r"h\x1b[2J"));
+    }
 }

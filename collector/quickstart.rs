@@ -64,14 +64,18 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
                 Observed::Committed(notice) => {
                     let _ = output::events_table_rows(&mut out, &notice.records);
                     for finding in notice.findings {
-                        println!(
+                        let _ = output::row!(
+                            &mut out,
                             "finding {} on {}: {}",
-                            finding.kind, finding.host, finding.detail
+                            finding.kind,
+                            finding.host,
+                            finding.detail
                         );
                     }
                 }
                 Observed::Alert(alert) => {
-                    println!(
+                    let _ = output::row!(
+                        &mut out,
                         "ALERT {} {} on {}: {}",
                         alert.severity.as_str().to_uppercase(),
                         alert.rule,
@@ -90,7 +94,9 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     let state_dir = args.data_dir.join("agent");
     if !state_dir.join("identity.toml").exists() {
         let conn = store::open_writer(&args.data_dir)?;
-        let token = format!("bnt_quickstart_{}", Timestamp::now().as_nanos());
+        // As random as `token create`'s: a guessable token would let anyone on the network enroll
+        // during the ten minutes it is valid.
+        let token = crate::new_token()?;
         store::add_token(
             &conn,
             &token,
@@ -101,8 +107,8 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
             .arg("enroll")
             .arg("--collector")
             .arg(format!("https://{addr}"))
-            .arg("--token")
-            .arg(&token)
+            // The environment, not the command line, which every local user can read in ps.
+            .env("BANNIN_TOKEN", &token)
             .arg("--ca-cert")
             .arg(args.data_dir.join(CA_CERT))
             .arg("--state-dir")

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bannin::pb;
 use bannin::pki::{Authority, CertifiedKey};
+use bannin::securefs::{self, Access};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -24,91 +25,61 @@ const CA_KEY: &str = "ca.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 
-/// Creates the data directory (0700) if needed and refuses one others can write to.
+/// Creates the data directory (0700) if needed, and refuses one that someone other than the running
+/// user could have prepared or could still change: it holds the CA key.
 pub fn prepare_data_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        set_mode(dir, 0o700)?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
-        if mode & 0o022 != 0 {
-            bail!(
-                "data directory {} is writable by group or others (mode {mode:o}); run chmod 700 on it",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
+    Ok(securefs::prepare_private_dir(dir, "data directory")?)
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set permissions on {}", path.display()))?;
-    }
-    let _ = (path, mode);
-    Ok(())
+fn read(dir: &Path, name: &str, access: Access) -> Result<String> {
+    Ok(securefs::read_owned_string(&dir.join(name), access)?)
 }
 
-/// Writes a private file: created with mode 0600 so the key is never readable by others.
-pub fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    set_mode(path, 0o600)
+/// Whether `dir/name` exists at all (a dangling symbolic link counts: it is replaced, not followed).
+fn present(dir: &Path, name: &str) -> bool {
+    std::fs::symlink_metadata(dir.join(name)).is_ok()
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Loads the CA and server certificate, creating them on first start.
+/// Loads the CA and server certificate, creating them on first start. New files go in under fresh
+/// names and are renamed into place, so nothing left at these names is ever written through.
 pub fn load_or_create_pki(
     dir: &Path,
     server_names: &[String],
 ) -> Result<(Authority, CertifiedKey)> {
-    let (ca_cert, ca_key) = (dir.join(CA_CERT), dir.join(CA_KEY));
-    let authority = if ca_cert.exists() && ca_key.exists() {
-        Authority::load(&read(&ca_cert)?, &read(&ca_key)?)
-            .with_context(|| format!("cannot load the CA from {}", dir.display()))?
+    let authority = if present(dir, CA_CERT) && present(dir, CA_KEY) {
+        Authority::load(
+            &read(dir, CA_CERT, Access::Public)?,
+            &read(dir, CA_KEY, Access::Private)?,
+        )
+        .with_context(|| format!("cannot load the CA from {}", dir.display()))?
     } else {
         let (authority, material) = Authority::create().context("cannot create the CA")?;
-        write_private(&ca_key, &material.key_pem)?;
-        std::fs::write(&ca_cert, &material.cert_pem)
-            .with_context(|| format!("cannot write {}", ca_cert.display()))?;
-        tracing::info!(path = %ca_cert.display(), "created the collector CA");
+        securefs::replace_file(dir, CA_KEY, material.key_pem.as_bytes(), Access::Private)?;
+        securefs::replace_file(dir, CA_CERT, material.cert_pem.as_bytes(), Access::Public)?;
+        tracing::info!(path = %dir.join(CA_CERT).display(), "created the collector CA");
         authority
     };
-    let (server_cert, server_key) = (dir.join(SERVER_CERT), dir.join(SERVER_KEY));
-    let server = if server_cert.exists() && server_key.exists() {
+    let server = if present(dir, SERVER_CERT) && present(dir, SERVER_KEY) {
         CertifiedKey {
-            cert_pem: read(&server_cert)?,
-            key_pem: read(&server_key)?,
+            cert_pem: read(dir, SERVER_CERT, Access::Public)?,
+            key_pem: read(dir, SERVER_KEY, Access::Private)?,
         }
     } else {
         let material = authority
             .issue_server(server_names)
             .context("cannot issue the server certificate")?;
-        write_private(&server_key, &material.key_pem)?;
-        std::fs::write(&server_cert, &material.cert_pem)
-            .with_context(|| format!("cannot write {}", server_cert.display()))?;
+        securefs::replace_file(
+            dir,
+            SERVER_KEY,
+            material.key_pem.as_bytes(),
+            Access::Private,
+        )?;
+        securefs::replace_file(
+            dir,
+            SERVER_CERT,
+            material.cert_pem.as_bytes(),
+            Access::Public,
+        )?;
         material
     };
     Ok((authority, server))

@@ -7,6 +7,7 @@ pub mod config;
 pub mod event;
 pub mod pki;
 pub mod proto;
+pub mod securefs;
 pub mod signals;
 pub mod time;
 

@@ -51,7 +51,9 @@ pub struct WebhookConfig {
     /// Default: 60.
     #[serde(default = "default_webhook_rate")]
     pub rate_per_minute: u32,
-    /// How long one request may take before it counts as failed and is retried. Default: `"10s"`.
+    /// How long one request may take, connecting and reading the reply included, before it counts
+    /// as failed and is retried. Only the first 4 KiB of a reply are read, and redirects are not
+    /// followed (a 3xx is a failed delivery). Default: `"10s"`.
     #[serde(default = "default_webhook_timeout", with = "duration_str")]
     pub timeout: Duration,
     /// A PEM file of extra CA certificates to trust for an `https://` URL (a chat server behind a

@@ -2,13 +2,20 @@
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{Certificate, Client, StatusCode, Url};
+use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::{Certificate, Client, StatusCode, Url, redirect};
 
 use super::DeliveryError;
 use super::HooksError;
 use super::config::WebhookFormat;
 use crate::alert::Alert;
+use crate::output::escape_control;
+
+/// The most of a reply's body the collector reads, to quote in the delivery's error. A receiver may
+/// answer with gigabytes, again on every retry; the rest is never read.
+const MAX_REPLY_BODY: usize = 4096;
+/// How much of that body (and of a redirect's `Location`) the error quotes.
+const QUOTED_CHARS: usize = 200;
 
 pub(crate) struct WebhookSink {
     client: Client,
@@ -23,9 +30,13 @@ impl WebhookSink {
         timeout: Duration,
         extra_roots_pem: Option<&[u8]>,
     ) -> Result<Self, HooksError> {
+        // `timeout` bounds the whole exchange, reading the reply included. Redirects are not
+        // followed: a receiver must not be able to have the alert posted somewhere the operator
+        // did not configure.
         let mut builder = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(redirect::Policy::none())
             .user_agent(concat!("bannin-collector/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = extra_roots_pem {
             let roots = Certificate::from_pem_bundle(pem)
@@ -73,8 +84,18 @@ impl WebhookSink {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.text().await.unwrap_or_default();
-        let snippet: String = body.chars().take(200).collect();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .map(|value| quote(value.as_bytes()))
+                .unwrap_or_default();
+            return Err(DeliveryError::permanent(format!(
+                "HTTP {status}: redirects are not followed; configure the final URL (location \"{location}\")"
+            )));
+        }
+        let body = read_bounded(response, MAX_REPLY_BODY).await;
+        let snippet = quote(&body);
         let message = if snippet.trim().is_empty() {
             format!("HTTP {status}")
         } else {
@@ -89,6 +110,31 @@ impl WebhookSink {
             retry_after,
         })
     }
+}
+
+/// At most `limit` bytes of the reply's body; the rest is left unread and the connection dropped.
+/// A body that fails half-way gives what arrived.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// The first characters of a receiver's text, safe to log and print.
+fn quote(bytes: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(bytes)
+        .chars()
+        .take(QUOTED_CHARS)
+        .collect();
+    escape_control(&text).into_owned()
 }
 
 fn describe_send_error(error: &reqwest::Error) -> String {

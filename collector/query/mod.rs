@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use bannin::event::Record;
 use bannin::pki::Principal;
+use bannin::securefs::{self, Access};
 use bannin::time::{Timestamp, parse_duration};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
@@ -299,10 +300,14 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
 /// The alerts table from alert objects, as a remote collector sends them.
 fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
+    output::row!(
+        &mut out,
         "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
-        "TS", "SEVERITY", "RULE", "HOST", "COUNT"
+        "TS",
+        "SEVERITY",
+        "RULE",
+        "HOST",
+        "COUNT"
     )?;
     let text = |a: &Map<String, Value>, key: &str| {
         a.get(key)
@@ -313,8 +318,8 @@ fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
             .unwrap_or_default()
     };
     for a in alerts {
-        writeln!(
-            out,
+        output::row!(
+            &mut out,
             "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {} (id {})",
             text(a, "ts"),
             text(a, "severity"),
@@ -404,6 +409,14 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
                     "operator name {name:?} must be 1 to 64 letters, digits, '.', '_', '@' or '-'"
                 );
             }
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.pem")));
+            // Refused before the name is spent; the write below refuses again, atomically.
+            if std::fs::symlink_metadata(&path).is_ok() {
+                bail!(
+                    "{} already exists; remove it or choose another --out",
+                    path.display()
+                );
+            }
             serve::prepare_data_dir(&data_dir)?;
             let (authority, _) = serve::load_or_create_pki(&data_dir, &[])?;
             let material = authority
@@ -411,9 +424,8 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
                 .context("cannot issue the operator certificate")?;
             let conn = store::open_writer(&data_dir)?;
             store::operators::add_operator(&conn, &name)?;
-            let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.pem")));
             let text = identity::bundle(&name, &material, &authority.cert_pem);
-            serve::write_private(&path, &text)?;
+            securefs::create_new_file(&path, text.as_bytes(), Access::Private)?;
             println!(
                 "wrote the identity of operator {name} to {} (keep it secret: it holds the private key)",
                 path.display()
@@ -427,9 +439,15 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
             match format {
                 Format::Json | Format::Ocsf => output::json_lines(&mut out, &rows)?,
                 Format::Table => {
-                    writeln!(out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
+                    output::row!(&mut out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
                     for row in &rows {
-                        writeln!(out, "{:<24}  {:<10}  {}", row.name, row.status, row.created)?;
+                        output::row!(
+                            &mut out,
+                            "{:<24}  {:<10}  {}",
+                            row.name,
+                            row.status,
+                            row.created
+                        )?;
                     }
                 }
             }

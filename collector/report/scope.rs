@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::{ProcessTable, ReportError, process_of, short_exe};
+use crate::output::row;
 use crate::store::investigate::{self, HostAgent, Range};
 
 /// The kinds a scope reads; everything else (heartbeats, writes) is left in the store.
@@ -497,7 +498,7 @@ fn opt<T: ToString>(value: Option<T>) -> String {
 }
 
 pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
-    writeln!(
+    row!(
         out,
         "scope {} .. {}{}",
         scope.since,
@@ -510,25 +511,31 @@ pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
     )?;
     writeln!(out)?;
     if scope.read_and_sent.is_empty() {
-        writeln!(
+        row!(
             out,
             "read sensitive records, then connected out: none in this window"
         )?;
     } else {
-        writeln!(
+        row!(
             out,
             "read sensitive records, then connected out: {}",
             scope.read_and_sent.join(", ")
         )?;
     }
     writeln!(out)?;
-    writeln!(
+    row!(
         out,
         "{:<20}  {:>12}  {:<30}  {:>8}  {:>12}  {:>7}  {:>7}",
-        "HOST", "ROWS READ", "TABLES", "OUT", "BYTES SENT", "CREATED", "DELETED"
+        "HOST",
+        "ROWS READ",
+        "TABLES",
+        "OUT",
+        "BYTES SENT",
+        "CREATED",
+        "DELETED"
     )?;
     for h in &scope.hosts {
-        writeln!(
+        row!(
             out,
             "{:<20}  {:>12}  {:<30}  {:>8}  {:>12}  {:>7}  {:>7}",
             h.host,
@@ -544,9 +551,10 @@ pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
         )?;
     }
     if !scope.db_reads.is_empty() {
-        writeln!(out, "\ndatabase reads of sensitive tables:")?;
+        writeln!(out)?;
+        row!(out, "database reads of sensitive tables:")?;
         for r in &scope.db_reads {
-            writeln!(
+            row!(
                 out,
                 "  {} read {} rows of {} ({} queries, session total {}) as {}@{} on {} [{}], session {}, {} .. {}",
                 r.reader,
@@ -565,9 +573,10 @@ pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
         }
     }
     if !scope.files.is_empty() {
-        writeln!(out, "\nexport files created or deleted:")?;
+        writeln!(out)?;
+        row!(out, "export files created or deleted:")?;
         for f in &scope.files {
-            writeln!(
+            row!(
                 out,
                 "  {} {} {} {} size={} format={} rows~{} personal={} by {} (pid {}, user {})",
                 f.ts,
@@ -585,9 +594,10 @@ pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
         }
     }
     if !scope.outbound.is_empty() {
-        writeln!(out, "\nconnections to public addresses:")?;
+        writeln!(out)?;
+        row!(out, "connections to public addresses:")?;
         for o in &scope.outbound {
-            writeln!(
+            row!(
                 out,
                 "  {} {} -> {}:{} sent={} by {} (pid {}){}",
                 o.ts,
@@ -602,11 +612,12 @@ pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
         }
     }
     if !scope.processes.is_empty() {
-        writeln!(out, "\nprocesses involved:")?;
+        writeln!(out)?;
+        row!(out, "processes involved:")?;
         for p in &scope.processes {
             let mut chain = vec![short_exe(&p.exe)];
             chain.extend(p.lineage.iter().map(|e| short_exe(e)));
-            writeln!(
+            row!(
                 out,
                 "  {} pid {} {} user {} ({})",
                 p.host,

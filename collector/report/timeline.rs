@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{ProcessTable, ReportError, process_of, short_exe};
-use crate::output;
+use crate::output::{self, row};
 use crate::store::investigate::{self, Range};
 
 /// One event of the timeline: the event's JSON plus `lineage`, the executables of its process's
@@ -74,10 +74,10 @@ pub fn timeline(conn: &Connection, query: &Query<'_>) -> Result<Vec<Entry>, Repo
 }
 
 pub fn print_table(out: &mut impl Write, entries: &[Entry]) -> std::io::Result<()> {
-    writeln!(out, "{:<30}  {:<16}  {:>8}  DETAIL", "TS", "KIND", "SEQ")?;
+    row!(out, "{:<30}  {:<16}  {:>8}  DETAIL", "TS", "KIND", "SEQ")?;
     for entry in entries {
         let event = &entry.record.event;
-        writeln!(
+        row!(
             out,
             "{:<30}  {:<16}  {:>8}  {}",
             event.ts.to_rfc3339(),
@@ -90,7 +90,7 @@ pub fn print_table(out: &mut impl Write, entries: &[Entry]) -> std::io::Result<(
             let own = process_of(&entry.record)
                 .map(|p| short_exe(&p.exe))
                 .unwrap_or("?");
-            writeln!(
+            row!(
                 out,
                 "{:<30}  {:<16}  {:>8}    └ {own} ← {}",
                 "",

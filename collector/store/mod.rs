@@ -24,6 +24,10 @@ pub const DB_FILE: &str = "bannin.db";
 pub enum StoreError {
     #[error("cannot open the store {path}: {reason} (is --data-dir right? serve creates it)")]
     Open { path: PathBuf, reason: String },
+    #[error(
+        "no store in {dir} yet; `bannin-collector serve --data-dir {dir}` creates it on first start (is --data-dir right?)"
+    )]
+    Missing { dir: PathBuf },
     #[error("store: {source}")]
     Sql {
         #[from]
@@ -130,21 +134,73 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, StoreError> {
         path: path.clone(),
         reason: error.to_string(),
     };
+    if !path.exists() {
+        create(data_dir)?;
+    }
     let conn = Connection::open(&path).map_err(open)?;
+    prepare(&conn).map_err(open)?;
+    Ok(conn)
+}
+
+/// Settings and schema for a writing connection. The busy timeout comes first, so every statement
+/// after it, the switch to WAL included, waits for a concurrent opener instead of failing with
+/// "database is locked"; the schema goes in as one IMMEDIATE transaction, so concurrent openers take
+/// turns and a reader sees all of it or none.
+fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // synchronous=FULL: an acknowledgement to an agent means the events survive a power loss.
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;
-         PRAGMA foreign_keys=ON;",
-    )
-    .map_err(open)?;
-    conn.execute_batch(SCHEMA).map_err(open)?;
-    conn.execute_batch(alerts::SCHEMA).map_err(open)?;
-    Ok(conn)
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA}; {}; COMMIT;",
+        alerts::SCHEMA
+    ))
+}
+
+/// Makes a new store appear whole: it is built under a fresh name and linked into place (which fails
+/// if another process got there first, whose store is then used), so a query started while `serve`
+/// starts finds either no store or a complete one, never an empty file.
+fn create(data_dir: &Path) -> Result<(), StoreError> {
+    let path = db_path(data_dir);
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|error| StoreError::Open {
+        path: path.clone(),
+        reason: format!("no randomness for a temporary name: {error}"),
+    })?;
+    let temp = data_dir.join(format!(".{DB_FILE}.{}.new", hex::encode(random)));
+    let failed = |reason: String| StoreError::Open {
+        path: path.clone(),
+        reason,
+    };
+    let built = Connection::open(&temp).and_then(|conn| {
+        prepare(&conn)?;
+        conn.close().map_err(|(_, error)| error)
+    });
+    let linked = built
+        .map_err(|error| failed(error.to_string()))
+        .and_then(|()| match std::fs::hard_link(&temp, &path) {
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(failed(error.to_string()))
+            }
+            _ => Ok(()),
+        });
+    for leftover in ["", "-wal", "-shm", "-journal"] {
+        let mut name = temp.clone().into_os_string();
+        name.push(leftover);
+        let _ = std::fs::remove_file(name);
+    }
+    linked
 }
 
 /// Opens the store read-only, for queries and verification while `serve` runs.
 pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
     let path = db_path(data_dir);
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            dir: data_dir.to_path_buf(),
+        });
+    }
     let conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -358,6 +358,13 @@ fn draft_query(
     }
 }
 
+/// A server's error text for an event: masked like the statement it belongs to (secrets the
+/// statement held are masked wherever the error repeats them) and cut to the same length.
+fn error_text(message: &str, statement: &str, dialect: Dialect, ctx: &ParseCtx) -> String {
+    let masked = statement::mask_error(message, statement, dialect);
+    statement::truncate(&masked, ctx.max_statement_len).into_owned()
+}
+
 /// One database: its followers, parser state, totals and reporting state.
 struct Source {
     settings: Settings,

@@ -30,6 +30,8 @@ pub struct Entry {
     pub state_code: String,
     pub message: String,
     pub application: String,
+    /// The statement an ERROR belongs to (csvlog `query`, jsonlog `statement`), where logged.
+    pub query: String,
 }
 
 /// A csvlog record (26 columns in PostgreSQL 15; 23 since 13 are enough).
@@ -56,6 +58,7 @@ pub fn entry_from_csv(mut fields: Vec<String>) -> Option<Entry> {
         severity: take(11),
         state_code: take(12),
         message: take(13),
+        query: take(19),
         application: take(22),
     })
 }
@@ -72,6 +75,7 @@ struct JsonLine {
     error_severity: Option<String>,
     state_code: Option<String>,
     message: Option<String>,
+    statement: Option<String>,
     application_name: Option<String>,
 }
 
@@ -88,6 +92,7 @@ impl From<JsonLine> for Entry {
             severity: j.error_severity.unwrap_or_default(),
             state_code: j.state_code.unwrap_or_default(),
             message: j.message.unwrap_or_default(),
+            query: j.statement.unwrap_or_default(),
             application: j.application_name.unwrap_or_default(),
         }
     }
@@ -274,6 +279,9 @@ struct Held {
     audit_statement: Option<u64>,
     /// Polls this has waited for the session's next record.
     age: u32,
+    /// Hash of the statement text as the server logged it, to tell whether an ERROR is its own.
+    #[serde(default)]
+    statement_hash: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -346,6 +354,7 @@ impl Tracker {
                 draft: Draft::new(ts, Action::Connect, event),
                 audit_statement: None,
                 age: 0,
+                statement_hash: 0,
             });
             return Ok(());
         }
@@ -375,7 +384,7 @@ impl Tracker {
                 }
             };
             draft.event.failed = true;
-            draft.event.error = entry.message.clone();
+            draft.event.error = super::error_text(&entry.message, "", Dialect::Postgres, ctx);
             out.push(draft);
             return Ok(());
         }
@@ -392,6 +401,7 @@ impl Tracker {
                 draft: draft_query(ts, event, text, Dialect::Postgres, ctx),
                 audit_statement: None,
                 age: 0,
+                statement_hash: hash,
             });
             return Ok(());
         }
@@ -422,20 +432,36 @@ impl Tracker {
                     draft,
                     audit_statement: Some(audit.statement_id),
                     age: 0,
+                    statement_hash: hash_text(&audit.statement),
                 });
             }
             session.last_audit_statement = Some(audit.statement_id);
             return Ok(());
         }
         if matches!(entry.severity.as_str(), "ERROR" | "FATAL" | "PANIC") {
-            if let Some(held) = session
-                .held
-                .as_mut()
-                .filter(|h| h.draft.action == Action::Query)
-            {
-                held.draft.event.failed = true;
-                held.draft.event.error = entry.message.clone();
+            // An ERROR belongs to the statement its record names, never simply to the one before
+            // it: a statement that fails to parse is not logged by log_statement, so the held
+            // statement is often an earlier, successful one.
+            let query_hash = (!entry.query.is_empty()).then(|| hash_text(&entry.query));
+            let own = session.held.as_ref().is_some_and(|h| {
+                h.draft.action == Action::Query && query_hash == Some(h.statement_hash)
+            });
+            if own {
+                if let Some(held) = session.held.as_mut() {
+                    held.draft.event.failed = true;
+                    held.draft.event.error =
+                        super::error_text(&entry.message, &entry.query, Dialect::Postgres, ctx);
+                }
                 flush(session, out);
+            } else if query_hash.is_some() || entry.severity == "ERROR" {
+                // Recorded as its own failed statement, so the failure is seen and steers nothing.
+                flush(session, out);
+                let event = base_event(&entry, ctx, Action::Query);
+                let mut draft = draft_query(ts, event, &entry.query, Dialect::Postgres, ctx);
+                draft.event.failed = true;
+                draft.event.error =
+                    super::error_text(&entry.message, &entry.query, Dialect::Postgres, ctx);
+                out.push(draft);
             }
         }
         Ok(())
@@ -583,7 +609,10 @@ mod tracker_tests {
             ),
             entry("s1", "LOG", "duration: 0.110 ms  statement: SELECT 2"),
             entry("s1", "LOG", "statement: SELECT 1/0"),
-            entry("s1", "ERROR", "division by zero"),
+            Entry {
+                query: "SELECT 1/0".into(),
+                ..entry("s1", "ERROR", "division by zero")
+            },
             entry(
                 "s2",
                 "LOG",

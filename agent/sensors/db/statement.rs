@@ -199,13 +199,12 @@ fn lex(sql: &str, dialect: Dialect) -> Vec<Token> {
                 while i < bytes.len() && is_word_byte(bytes[i]) {
                     i += 1;
                 }
-                // E'...' is PostgreSQL's string with backslash escapes.
-                if dialect == Dialect::Postgres
-                    && i - start == 1
-                    && matches!(b, b'e' | b'E')
-                    && bytes.get(i) == Some(&b'\'')
-                {
-                    i = end_of_quoted(bytes, i, b'\'', true);
+                // A prefix glued to a quote is part of the string: PostgreSQL's E'' (backslash
+                // escapes), U&'' (Unicode escapes), B'', X'', N''; MariaDB's N'', X'', B'' and
+                // character-set introducers such as _utf8mb4''. Masking must see them as strings.
+                if let Some(open) = string_prefix(&bytes[start..i], &bytes[i..], dialect) {
+                    let escapes = dialect == Dialect::MariaDb || matches!(b, b'e' | b'E');
+                    i = end_of_quoted(bytes, i + open, b'\'', escapes);
                     tokens.push(Token {
                         tok: Tok::Str,
                         start,
@@ -230,6 +229,20 @@ fn lex(sql: &str, dialect: Dialect) -> Vec<Token> {
         }
     }
     tokens
+}
+
+/// When `word` is a string prefix glued to the string that follows in `rest`, how many bytes of
+/// `rest` come before the opening quote.
+fn string_prefix(word: &[u8], rest: &[u8], dialect: Dialect) -> Option<usize> {
+    let lower = word.to_ascii_lowercase();
+    match (dialect, lower.as_slice(), rest) {
+        (_, b"e" | b"b" | b"x" | b"n", [b'\'', ..]) => {
+            (dialect == Dialect::Postgres || lower != b"e").then_some(0)
+        }
+        (Dialect::Postgres, b"u", [b'&', b'\'', ..]) => Some(1),
+        (Dialect::MariaDb, [b'_', ..], [b'\'', ..]) => Some(0),
+        _ => None,
+    }
 }
 
 fn find_byte(bytes: &[u8], from: usize, needle: u8) -> usize {
@@ -713,65 +726,371 @@ fn skip_parens(t: &Tokens, open: usize) -> usize {
 
 /// The masked form of a password literal.
 const MASK: &str = "'***'";
+/// The masked form of a secret that is not a whole literal (a conninfo value, a URI password).
+const MASK_BARE: &str = "***";
+/// Secrets shorter than this are not searched for in error texts: they would mask ordinary words.
+const MIN_ECHOED_SECRET: usize = 3;
 
-/// Replaces literals in password positions (`PASSWORD 'x'`, `PASSWORD('x')`, `IDENTIFIED BY 'x'`,
-/// `IDENTIFIED WITH plugin AS 'x'`) and literals holding `password=` connection strings with
-/// `'***'`.
+/// Replaces secrets in `sql` with `'***'`: literals in password positions (`PASSWORD 'x'`,
+/// `PASSWORD('x')`, `MASTER_PASSWORD = 'x'`, `IDENTIFIED BY|AS|USING 'x'`, `SET PASSWORD ... = 'x'`,
+/// FDW `OPTIONS ("password" 'x')`), whatever the literal's form (E'', U&'', dollar quotes,
+/// introducers, adjacent literals that the server joins); literals whose decoded text holds a
+/// `password=` or `pwd=` setting (conninfo strings) or a URI with a password
+/// (`postgresql://u:secret@h`, FEDERATED's `mysql://u:secret@h`); bare words after PASSWORD in
+/// role statements. Outside literals (comments), `password = x` settings and URI passwords are
+/// masked as text.
 pub fn mask(sql: &str, dialect: Dialect) -> Cow<'_, str> {
-    // Most statements hold neither word; finding that out must be cheap.
+    mask_collecting(sql, dialect).0
+}
+
+/// A server's error text with the same secrets masked: settings and URI passwords in the text
+/// itself, and every secret `statement` held, wherever the error repeats it (a syntax error
+/// quotes the token it stopped at, a cast error the literal it could not cast).
+pub fn mask_error(message: &str, statement: &str, dialect: Dialect) -> String {
+    let (_, secrets) = mask_collecting(statement, dialect);
+    let mut text = message.to_string();
+    let mut secrets: Vec<String> = secrets
+        .into_iter()
+        .filter(|s| s.chars().count() >= MIN_ECHOED_SECRET)
+        .collect();
+    // Longest first, so a whole conninfo goes before the password inside it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in &secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), MASK_BARE);
+        }
+    }
+    mask_text(&text).into_owned()
+}
+
+/// Whether `sql` may hold a secret at all; most statements do not, and finding that out must be
+/// cheap. Backslashes and `u&` stand for escapes that could spell `password` in a literal.
+fn may_hold_secret(sql: &str) -> bool {
     let bytes = sql.as_bytes();
-    let lower_hit = bytes.iter().enumerate().any(|(i, &b)| {
-        let word: &[u8] = match b | 0x20 {
-            b'p' => b"passw",
-            b'i' => b"ident",
-            _ => return false,
+    bytes.iter().enumerate().any(|(i, &b)| {
+        let word: &[u8] = match b {
+            b'\\' => return true,
+            // Adjacent literals, which the server joins into one ('pass' 'word=...').
+            b'\'' => {
+                let gap = bytes[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_whitespace())
+                    .count();
+                return gap > 0 && bytes.get(i + 1 + gap) == Some(&b'\'');
+            }
+            b':' => b"://",
+            _ => match b | 0x20 {
+                b'p' if bytes.get(i + 1).is_some_and(|c| c | 0x20 == b'w') => b"pwd",
+                b'p' => b"passw",
+                b'i' => b"ident",
+                b'u' => b"u&'",
+                _ => return false,
+            },
         };
         bytes
-            .get(i..i + 5)
+            .get(i..i + word.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(word))
-    });
-    if !lower_hit {
-        return Cow::Borrowed(sql);
+    })
+}
+
+/// The masked statement and the secrets it held (raw and decoded), for masking echoes of them.
+fn mask_collecting(sql: &str, dialect: Dialect) -> (Cow<'_, str>, Vec<String>) {
+    if !may_hold_secret(sql) {
+        return (Cow::Borrowed(sql), Vec::new());
     }
     let t = Tokens {
         sql,
         toks: lex(sql, dialect),
     };
-    let mut spans = Vec::new();
-    for (i, token) in t.toks.iter().enumerate() {
-        if token.tok != Tok::Str {
-            continue;
-        }
+    let n = t.toks.len();
+    let ends_in_password = |i: usize| match t.tok(i) {
+        Some(Tok::Word) => t.text(i).to_ascii_lowercase().ends_with("password"),
+        Some(Tok::Quoted) => t
+            .text(i)
+            .trim_matches(|c| c == '"' || c == '`')
+            .to_ascii_lowercase()
+            .ends_with("password"),
+        _ => false,
+    };
+    let identified = (0..n).any(|i| t.is(i, "identified"));
+    let set_password = t.is(0, "set") && t.is(1, "password");
+    let role_statement =
+        t.is_any(0, &["create", "alter"]) && t.is_any(1, &["role", "user", "group"]);
+    // The token before `i`, skipping the `(` and `=` that may stand between a keyword and its
+    // value.
+    let keyword_before = |i: usize| {
         let mut p = i;
         while p > 0 && (t.punct(p - 1, b'(') || t.punct(p - 1, b'=')) {
             p -= 1;
         }
-        let prev = p.checked_sub(1);
-        let secret = prev.is_some_and(|prev| {
-            t.is(prev, "password")
-                || (t.is(prev, "by") && prev > 0 && t.is(prev - 1, "identified"))
-                || (t.is(prev, "as")
-                    && prev > 0
-                    && t.text(prev - 1).to_ascii_lowercase().ends_with("password"))
-        }) || {
-            let text = t.text(i).to_ascii_lowercase();
-            text.contains("password=") || text.contains("password =")
-        };
-        if secret {
-            spans.push((token.start, token.end));
+        (p.checked_sub(1), p < i && t.punct(i - 1, b'='))
+    };
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut secrets = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let token = t.toks[i];
+        match token.tok {
+            Tok::Str => {
+                // Adjacent literals are one string to the server ('pass' 'word=x' included).
+                let mut last = i;
+                while t.tok(last + 1) == Some(Tok::Str) {
+                    last += 1;
+                }
+                // U&'...' UESCAPE '!' names its own escape character.
+                let escape = if t.is(last + 1, "uescape") && t.tok(last + 2) == Some(Tok::Str) {
+                    t.text(last + 2).chars().nth(1).unwrap_or('\\')
+                } else {
+                    '\\'
+                };
+                let decoded: String = (i..=last)
+                    .map(|k| literal_content(t.text(k), dialect, escape))
+                    .collect();
+                let (prev, after_equals) = keyword_before(i);
+                let positional = prev.is_some_and(|p| {
+                    ends_in_password(p) || (identified && t.is_any(p, &["by", "as", "using"]))
+                }) || (set_password && after_equals);
+                if positional || holds_secret_setting(&decoded) {
+                    for k in i..=last {
+                        let tok = t.toks[k];
+                        spans.push((tok.start, tok.end));
+                        secrets.push(t.text(k).to_string());
+                    }
+                    secrets.push(decoded.clone());
+                    secrets.extend(setting_values(&decoded));
+                }
+                i = last + 1;
+                continue;
+            }
+            Tok::Word | Tok::Num if role_statement => {
+                // `ALTER ROLE x PASSWORD secret` fails to parse, and the ERROR record repeats it.
+                let follows_password = i > 0 && t.is(i - 1, "password");
+                let keyword = t.is_any(
+                    i,
+                    &[
+                        "null",
+                        "encrypted",
+                        "valid",
+                        "login",
+                        "nologin",
+                        "expire",
+                        "with",
+                        "in",
+                    ],
+                );
+                if follows_password && !keyword && !t.punct(i + 1, b'(') {
+                    spans.push((token.start, token.end));
+                    secrets.push(t.text(i).to_string());
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let masked = if spans.is_empty() {
+        Cow::Borrowed(sql)
+    } else {
+        let mut out = String::with_capacity(sql.len());
+        let mut last = 0;
+        for (start, end) in spans {
+            out.push_str(&sql[last..start]);
+            out.push_str(MASK);
+            last = end;
+        }
+        out.push_str(&sql[last..]);
+        Cow::Owned(out)
+    };
+    // Whatever the tokens did not show (comments, text the lexer read differently).
+    let masked = match mask_text(&masked) {
+        Cow::Borrowed(_) => masked,
+        Cow::Owned(text) => Cow::Owned(text),
+    };
+    (masked, secrets)
+}
+
+/// The text of a literal token as the server reads it: quotes removed, doubled quotes and the
+/// dialect's escapes decoded (E'' and MariaDB backslashes, U&'' Unicode escapes), dollar quotes
+/// stripped. Good enough to find secrets in; never fails.
+fn literal_content(raw: &str, dialect: Dialect, unicode_escape: char) -> String {
+    if let Some(after) = raw.strip_prefix('$') {
+        let tag_end = after.find('$').map_or(raw.len(), |p| p + 2);
+        let body = &raw[tag_end..];
+        let tag = &raw[..tag_end];
+        return body.strip_suffix(tag).unwrap_or(body).to_string();
+    }
+    let Some(open) = raw.find(['\'', '"']) else {
+        return raw.to_string();
+    };
+    let prefix = raw[..open].to_ascii_lowercase();
+    let quote = raw.as_bytes()[open] as char;
+    let body = &raw[open + 1..];
+    let body = body.strip_suffix(quote).unwrap_or(body);
+    let backslash = dialect == Dialect::MariaDb || prefix == "e";
+    let unicode = prefix == "u&";
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == quote && chars.peek() == Some(&quote) {
+            chars.next();
+            out.push(quote);
+        } else if c == unicode_escape && unicode && chars.peek() == Some(&unicode_escape) {
+            chars.next();
+            out.push(unicode_escape);
+        } else if c == unicode_escape && unicode {
+            let digits = if chars.peek() == Some(&'+') {
+                chars.next();
+                6
+            } else {
+                4
+            };
+            let hex: String = (0..digits).filter_map(|_| chars.next()).collect();
+            match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                Some(decoded) => out.push(decoded),
+                None => out.push_str(&hex),
+            }
+        } else if c == '\\' && backslash {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('x') if dialect == Dialect::Postgres => {
+                    let hex: String = std::iter::from_fn(|| chars.next_if(char::is_ascii_hexdigit))
+                        .take(2)
+                        .collect();
+                    push_code(&mut out, u32::from_str_radix(&hex, 16).ok());
+                }
+                Some(d @ '0'..='7') if dialect == Dialect::Postgres => {
+                    let mut oct = String::from(d);
+                    oct.extend(
+                        std::iter::from_fn(|| chars.next_if(|c| ('0'..='7').contains(c))).take(2),
+                    );
+                    push_code(&mut out, u32::from_str_radix(&oct, 8).ok());
+                }
+                Some(u @ ('u' | 'U')) if dialect == Dialect::Postgres => {
+                    let len = if u == 'u' { 4 } else { 8 };
+                    let hex: String = std::iter::from_fn(|| chars.next_if(char::is_ascii_hexdigit))
+                        .take(len)
+                        .collect();
+                    push_code(&mut out, u32::from_str_radix(&hex, 16).ok());
+                }
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
         }
     }
-    if spans.is_empty() {
-        return Cow::Borrowed(sql);
+    out
+}
+
+fn push_code(out: &mut String, code: Option<u32>) {
+    if let Some(c) = code.and_then(char::from_u32) {
+        out.push(c);
     }
-    let mut out = String::with_capacity(sql.len());
+}
+
+/// Whether decoded literal text carries a credential: a `password=`/`pwd=` setting (any case,
+/// any spacing) or a URI with a password.
+fn holds_secret_setting(text: &str) -> bool {
+    !setting_spans(text).is_empty()
+}
+
+/// The secret values inside `text` (conninfo settings and URI passwords).
+fn setting_values(text: &str) -> Vec<String> {
+    setting_spans(text)
+        .into_iter()
+        .map(|(start, end)| text[start..end].to_string())
+        .collect()
+}
+
+/// Spans of secret values in free text: the value of `password = x` (also `sslpassword`, `pwd`;
+/// quoted values to their closing quote) and the password of `scheme://user:password@host`.
+fn setting_spans(text: &str) -> Vec<(usize, usize)> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut spans = Vec::new();
+    for key in ["password", "pwd"] {
+        let mut from = 0;
+        while let Some(found) = lower[from..].find(key) {
+            let at = from + found;
+            from = at + key.len();
+            let mut v = from;
+            while bytes.get(v).is_some_and(|b| b.is_ascii_whitespace()) {
+                v += 1;
+            }
+            if bytes.get(v) != Some(&b'=') {
+                continue;
+            }
+            v += 1;
+            while bytes.get(v).is_some_and(|b| b.is_ascii_whitespace()) {
+                v += 1;
+            }
+            let end = match bytes.get(v) {
+                Some(&q @ (b'\'' | b'"')) => end_of_quoted(bytes, v, q, true),
+                Some(_) => {
+                    let run = bytes[v..]
+                        .iter()
+                        .position(|&b| b.is_ascii_whitespace() || b"'\",;)&(".contains(&b))
+                        .map_or(bytes.len(), |p| v + p);
+                    // `password = PASSWORD('x')` is a call whose argument is masked as a literal.
+                    if bytes.get(run) == Some(&b'(') {
+                        continue;
+                    }
+                    run
+                }
+                None => continue,
+            };
+            if end > v && lower.is_char_boundary(v) && lower.is_char_boundary(end) {
+                spans.push((v, end));
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("://") {
+        let authority = from + found + 3;
+        from = authority;
+        let end = bytes[authority..]
+            .iter()
+            .position(|&b| b"/?#'\" \t\r\n".contains(&b))
+            .map_or(bytes.len(), |p| authority + p);
+        let Some(at) = lower[authority..end].rfind('@').map(|p| authority + p) else {
+            continue;
+        };
+        if let Some(colon) = lower[authority..at].find(':').map(|p| authority + p) {
+            if colon + 1 < at {
+                spans.push((colon + 1, at));
+            }
+        }
+    }
+    spans.sort_unstable();
+    spans.dedup();
+    spans
+}
+
+/// `text` with every secret value of [`setting_spans`] replaced by `***` (quoted values by `'***'`).
+fn mask_text(text: &str) -> Cow<'_, str> {
+    let spans = setting_spans(text);
+    if spans.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for (start, end) in spans {
-        out.push_str(&sql[last..start]);
-        out.push_str(MASK);
+        if start < last {
+            continue;
+        }
+        out.push_str(&text[last..start]);
+        let value = &text[start..end];
+        if value == MASK || value == MASK_BARE {
+            out.push_str(value);
+        } else if value.starts_with(['\'', '"']) {
+            out.push_str(MASK);
+        } else {
+            out.push_str(MASK_BARE);
+        }
         last = end;
     }
-    out.push_str(&sql[last..]);
+    out.push_str(&text[last..]);
     Cow::Owned(out)
 }
 
@@ -934,6 +1253,102 @@ mod tests {
         assert_eq!(
             mask("SELECT 'password'", Dialect::Postgres),
             "SELECT 'password'"
+        );
+    }
+
+    /// Each variant an insider might use to smuggle a credential past the masking; none of the
+    /// secrets may survive, in the statement or in an error that repeats it.
+    #[test]
+    fn every_spelling_of_a_credential_is_masked() {
+        let pg = |sql: &str| mask(sql, Dialect::Postgres).into_owned();
+        let maria = |sql: &str| mask(sql, Dialect::MariaDb).into_owned();
+        let cases = [
+            pg(r"ALTER ROLE a PASSWORD U&'s\0065cr\+000065t1'"),
+            pg("ALTER ROLE a PASSWORD u&'secret1' UESCAPE '!'"),
+            pg("SELECT dblink_connect(U&'host=h p!0061ssword=secret1' UESCAPE '!')"),
+            pg("ALTER ROLE a PASSWORD $$secret1$$"),
+            pg("ALTER ROLE a PASSWORD $q$secret1$q$"),
+            pg("ALTER ROLE a /* c */ PASSWORD -- c\n 'secret1'"),
+            pg("alter user a with encrypted password 'secret1'"),
+            pg("SELECT dblink_connect('postgresql://u:secret1@db.example/shop')"),
+            pg("SELECT dblink_connect('host=h user=u password  =  secret1')"),
+            pg("SELECT dblink_connect('host=h user=u PassWord = ''secret1''')"),
+            pg(r"SELECT dblink_connect(E'host=h \x70assword=secret1')"),
+            pg(r"SELECT dblink_connect(U&'host=h p\0061ssword=secret1')"),
+            pg("SELECT dblink_connect('host=h pass'\n'word=secret1')"),
+            pg("SELECT dblink_connect($x$host=h sslpassword=secret1$x$)"),
+            pg("CREATE SUBSCRIPTION s CONNECTION 'dbname=shop password=secret1' PUBLICATION p"),
+            pg(
+                "CREATE SUBSCRIPTION s CONNECTION 'postgres://rep:secret1@h:5432/shop' PUBLICATION p",
+            ),
+            pg(r#"CREATE USER MAPPING FOR a SERVER s OPTIONS (user 'u', "password" 'secret1')"#),
+            pg("ALTER ROLE a PASSWORD secret1"),
+            pg("SELECT 1 /* password=secret1 */"),
+            maria(
+                "CREATE TABLE f (id int) ENGINE=FEDERATED CONNECTION='mysql://u:secret1@h:3306/db/t'",
+            ),
+            maria("CREATE USER 'b'@'%' IDENTIFIED BY _utf8mb4'secret1'"),
+            maria("CREATE USER 'b'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('secret1')"),
+            maria("ALTER USER b IDENTIFIED VIA mysql_native_password USING 'secret1'"),
+            maria("SET PASSWORD FOR 'b'@'%' = 'secret1'"),
+            maria(r#"SET PASSWORD = PASSWORD("secret1")"#),
+            maria("CHANGE MASTER TO MASTER_HOST='h', MASTER_PASSWORD='secret1'"),
+            maria(
+                "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (USER 'u', PASSWORD 'secret1')",
+            ),
+            maria(r"SELECT 'host=h pass\word=secret1'"),
+        ];
+        for masked in &cases {
+            assert!(!masked.contains("secret1"), "leaked: {masked}");
+            assert!(masked.contains("***"), "nothing masked: {masked}");
+        }
+        // What is not a secret stays readable.
+        assert_eq!(
+            pg("SELECT dblink_connect('postgresql://u:secret1@db.example/shop')"),
+            "SELECT dblink_connect('***')"
+        );
+        assert_eq!(
+            pg("SELECT 1 /* password=secret1 */"),
+            "SELECT 1 /* password=*** */"
+        );
+        assert_eq!(
+            pg("SELECT password FROM users"),
+            "SELECT password FROM users"
+        );
+        assert_eq!(
+            maria("SET PASSWORD = PASSWORD('x')"),
+            "SET PASSWORD = PASSWORD('***')"
+        );
+        assert_eq!(
+            pg("SELECT 'https://example.jp/a@b'"),
+            "SELECT 'https://example.jp/a@b'"
+        );
+    }
+
+    #[test]
+    fn error_texts_lose_what_their_statement_hid() {
+        let cases = [
+            (
+                r#"invalid input syntax for type integer: "postgresql://u:secret1@h/db""#,
+                "SELECT 'postgresql://u:secret1@h/db'::int",
+            ),
+            (
+                r#"syntax error at or near "secret1""#,
+                "ALTER ROLE a PASSWORD secret1",
+            ),
+            ("could not connect: password=secret1 rejected", "SELECT 1"),
+            (
+                r#"invalid input syntax for type integer: "secret1""#,
+                r"ALTER ROLE a PASSWORD E'secr\x65t1'",
+            ),
+        ];
+        for (error, statement) in cases {
+            let masked = mask_error(error, statement, Dialect::Postgres);
+            assert!(!masked.contains("secret1"), "leaked: {masked}");
+        }
+        assert_eq!(
+            mask_error("division by zero", "SELECT 1/0", Dialect::Postgres),
+            "division by zero"
         );
     }
 

@@ -1,2 +1,332 @@
 //! Names chosen by an attacker try to forge what an operator sees in a terminal, a chat channel or
-//! an alert receiver.
+//! an alert receiver; a hostile webhook receiver tries to exhaust the collector; someone without a
+//! valid token tries to enroll, flood enrollment, or take over an enrolled agent's name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const LONG: Duration = Duration::from_secs(120);
+const RULE: &str = "large-export-created-then-deleted";
+
+/// A whole table row, as `events` prints it, that the file name tries to smuggle in.
+const FORGED_ROW: &str = "2026-11-29T00:00:00.000000000+00:00  file.delete  db-prod-1  1  payroll";
+
+/// A file name that carries a forged row, terminal control sequences (OSC retitle, clear screen,
+/// an 8-bit CSI, a right-to-left override), Slack and Mattermost mentions and links, and a line
+/// break for mail headers.
+fn hostile_name() -> String {
+    format!(
+        "q3\n{FORGED_ROW}\x1b]0;pwned\x07\x1b[2J\u{9b}31m\u{202e}vsc.\r\n<!here> <mailto:x@evil.example|Reset your password> @channel [Reset](evil.example).csv"
+    )
+}
+
+/// Control characters that must never reach an operator's terminal raw.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| {
+            (c.is_control() && *c != '\n')
+                || matches!(*c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+/// A CSV with personal-data-like columns, well over the test collector's export threshold.
+fn write_export(path: &Path) {
+    let mut text = String::from("id,name,email,phone\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "{i},name{i:07},user{i:07}@example.jp,090-{:04}-5678\n",
+            i % 10000
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+struct Host {
+    _tmp: tempfile::TempDir,
+    collector: Collector,
+    watched: PathBuf,
+    _agent: Agent,
+}
+
+const NAME: &str = "files1";
+
+/// A collector with `alerts` configuration (and a 1 KiB export threshold) and an enrolled agent
+/// watching a directory.
+fn host(alerts_toml: &str) -> Host {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let config = tmp.path().join("collector.toml");
+    private_file(
+        &config,
+        &format!("{alerts_toml}\n[detection.thresholds]\nlarge_export_min_size = 1024\n"),
+    );
+    let collector = Collector::start_with(
+        &tmp.path().join("collector"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, NAME);
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    Host {
+        _tmp: tmp,
+        collector,
+        watched,
+        _agent: agent,
+    }
+}
+
+/// Creates and deletes the export with the hostile name; waits until the alert about it is stored.
+fn export_and_delete(host: &Host) -> String {
+    let path = host.watched.join(hostile_name());
+    write_export(&path);
+    let path_text = path.to_str().unwrap().to_string();
+    wait_for("the hostile file's create event", LONG, || {
+        host.collector
+            .events(&["--kind", "file.create"])
+            .into_iter()
+            .find(|e| e["path"] == path_text.as_str())
+    });
+    std::fs::remove_file(&path).unwrap();
+    wait_for("the alert about the hostile file", LONG, || {
+        alerts_json(&host.collector.dir, &[])
+            .into_iter()
+            .find(|a| a["rule"] == RULE)
+    });
+    path_text
+}
+
+fn collector_stdout(args: &[&str], data_dir: &Path) -> String {
+    let (command, rest) = args.split_first().unwrap();
+    run_ok(
+        Command::new(COLLECTOR)
+            .arg(command)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(rest),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal tables
+
+#[test]
+fn a_file_name_cannot_forge_rows_or_send_control_sequences_to_the_operators_terminal() {
+    let host = host("");
+    export_and_delete(&host);
+    let dir = &host.collector.dir;
+
+    for args in [
+        &["events", "--format", "table"][..],
+        &["timeline", "--host", NAME, "--since", "1h"][..],
+        &["scope", "--since", "1h"][..],
+        &["alerts", "--format", "table"][..],
+        &["agents", "--format", "table"][..],
+    ] {
+        let out = collector_stdout(args, dir);
+        assert!(
+            raw_controls(&out).is_empty(),
+            "{args:?} printed raw control characters {:?}:\n{out}",
+            raw_controls(&out)
+        );
+        // The name's line break would start a row of its own that looks like a real event.
+        assert!(
+            !out.lines()
+                .any(|line| line.trim_start().starts_with("2026-11-29T00:00:00")),
+            "{args:?} printed a forged row:\n{out}"
+        );
+    }
+
+    // The operator still sees every character of the name, escaped.
+    let events = collector_stdout(&["events", "--format", "table"], dir);
+    assert!(
+        events.contains(r"q3\n2026-11-29T00:00:00") && events.contains(r"\x1b]0;pwned\x07"),
+        "{events}"
+    );
+    assert!(events.contains(r"\u{202e}vsc."), "{events}");
+    for line in events.lines().skip(1) {
+        assert_eq!(
+            line.split_whitespace().nth(2),
+            Some(NAME),
+            "a row names another host: {line}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile webhook receivers
+
+/// A loopback HTTP receiver that reads each request and hands the connection to `answer`, which
+/// writes whatever reply the attack needs. Counts requests.
+struct ScriptedReceiver {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedReceiver {
+    fn start(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> Self {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let answer = std::sync::Arc::new(answer);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    // The request head and as much body as it says it has.
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if data.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    answer(&mut stream);
+                });
+            }
+        });
+        ScriptedReceiver { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The collector's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The one alert's delivery to the only sink, once it has been attempted at least `attempts` times
+/// or delivered.
+fn delivery_after(host: &Host, attempts: u64) -> serde_json::Value {
+    wait_for("the delivery attempts to be recorded", LONG, || {
+        alerts_json(&host.collector.dir, &[])
+            .into_iter()
+            .find(|a| a["rule"] == RULE)
+            .and_then(|a| a["deliveries"].as_array().and_then(|d| d.first().cloned()))
+            .filter(|d| {
+                d["attempts"].as_u64().unwrap_or(0) >= attempts || d["state"] == "delivered"
+            })
+    })
+}
+
+fn export_and_delete_plain(host: &Host) {
+    let path = host.watched.join("customers.csv");
+    write_export(&path);
+    let path_text = path.to_str().unwrap().to_string();
+    wait_for("the export's create event", LONG, || {
+        host.collector
+            .events(&["--kind", "file.create"])
+            .into_iter()
+            .find(|e| e["path"] == path_text.as_str())
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_receiver_answering_500_with_an_endless_body_cannot_grow_the_collector() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Streams zeros behind a 2 GiB Content-Length until the collector hangs up, never holding them;
+    // stops at 512 MiB a connection so a collector that reads it all does not starve the machine.
+    let most_sent = std::sync::Arc::new(AtomicU64::new(0));
+    let sent = most_sent.clone();
+    let receiver = ScriptedReceiver::start(move |stream| {
+        let _ = stream.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: 2147483648\r\n\r\n",
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut total = 0u64;
+        while total < 512 * 1024 * 1024 && stream.write_all(&chunk).is_ok() {
+            total += chunk.len() as u64;
+        }
+        sent.fetch_max(total, Ordering::SeqCst);
+    });
+    let host = host(&format!(
+        "[[alerts.webhook]]\nurl = \"{}\"\ntimeout = \"60s\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
+        receiver.url()
+    ));
+    export_and_delete_plain(&host);
+
+    let delivery = delivery_after(&host, 3);
+    assert_eq!(delivery["state"], "failed-retrying", "{delivery}");
+    let error = delivery["last_error"].as_str().unwrap();
+    assert!(error.contains("500"), "{error}");
+    assert!(receiver.requests() >= 3);
+    let peak = peak_rss(host.collector.proc.child.id());
+    assert!(
+        peak < 128 * 1024 * 1024,
+        "the collector peaked at {} MiB",
+        peak >> 20
+    );
+    // It hung up after a few KiB (the rest is what the kernel's socket buffers took).
+    let most = most_sent.load(Ordering::SeqCst);
+    assert!(most < 32 * 1024 * 1024, "the receiver wrote {most} bytes");
+}
+
+#[test]
+fn a_receiver_redirecting_elsewhere_is_not_followed() {
+    use std::io::Write;
+    let elsewhere = HttpReceiver::start(0);
+    let target = elsewhere.url("/stolen");
+    let receiver = ScriptedReceiver::start(move |stream| {
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    });
+    let host = host(&format!(
+        "[[alerts.webhook]]\nurl = \"{}\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
+        receiver.url()
+    ));
+    export_and_delete_plain(&host);
+
+    let delivery = delivery_after(&host, 2);
+    assert_ne!(delivery["state"], "delivered", "{delivery}");
+    let error = delivery["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("307") && error.contains("redirect"),
+        "{error}"
+    );
+    assert!(
+        elsewhere.requests.lock().unwrap().is_empty(),
+        "the alert went to the redirect target"
+    );
+}

@@ -1,1 +1,515 @@
 //! The agent's own host is hostile or full: its state directory, keys and disk.
+
+// ---- Keys and directories: an insider with an ordinary account plants links where root writes keys.
+// Each test makes the account `nobody` do the planting, as an insider would, then runs the real
+// binaries as root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{AGENT, COLLECTOR, Collector, Proc, run_output, wait_for};
+
+const NOBODY: u32 = 65534;
+
+/// A scratch directory others may traverse (so `nobody` can reach what the test shares with it).
+fn shared_scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    dir
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A directory with `mode`; owned by `nobody` when `nobodys`.
+fn make_dir(path: &Path, mode: u32, nobodys: bool) -> PathBuf {
+    std::fs::create_dir(path).unwrap();
+    if nobodys {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    chmod(path, mode);
+    path.to_path_buf()
+}
+
+/// Runs a shell script as the unprivileged user `nobody`, in `dir`.
+fn as_nobody(dir: &Path, script: &str) {
+    let output = run_output(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(dir),
+    );
+    assert!(
+        output.status.success(),
+        "nobody could not run {script:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A root-owned file an insider would like root to overwrite.
+fn victim(dir: &Path) -> PathBuf {
+    let path = dir.join("victim");
+    std::fs::write(&path, "precious").unwrap();
+    path
+}
+
+fn enroll(collector: &Collector, state_dir: &Path) -> std::process::Output {
+    run_output(
+        Command::new(AGENT)
+            .arg("enroll")
+            .arg("--collector")
+            .arg(collector.url())
+            .arg("--ca-cert")
+            .arg(collector.ca())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--name")
+            .arg("insider-host")
+            .env("BANNIN_TOKEN", collector.token()),
+    )
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `bannin-agent run` must exit with a usage error instead of running; returns its log.
+fn run_refused(state_dir: &Path) -> String {
+    let mut proc = Proc::spawn(
+        "agent",
+        Command::new(AGENT)
+            .arg("run")
+            .arg("--state-dir")
+            .arg(state_dir),
+    );
+    let status = wait_for("the agent to exit", Duration::from_secs(60), || {
+        assert!(
+            !proc.has_line("agent running"),
+            "the agent ran on {}:\n{}",
+            state_dir.display(),
+            proc.log()
+        );
+        proc.child.try_wait().unwrap()
+    });
+    // Let the reader threads take the last lines.
+    wait_for("the agent's error line", Duration::from_secs(10), || {
+        proc.has_line("bannin-agent:").then_some(())
+    });
+    assert_eq!(status.code(), Some(2), "{}", proc.log());
+    proc.log()
+}
+
+#[test]
+fn enroll_refuses_a_state_dir_others_can_write_and_hands_no_key_to_planted_links() {
+    let scratch = shared_scratch();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let victim = victim(scratch.path());
+    let loot = make_dir(&scratch.path().join("loot"), 0o755, true);
+    let state = make_dir(&scratch.path().join("state"), 0o777, false);
+    as_nobody(
+        scratch.path(),
+        "touch loot/key && chmod 600 loot/key && ln loot/key state/signing.key \
+         && ln -s ../victim state/tls.pem && ln -s ../victim state/tls.key",
+    );
+
+    let output = enroll(&collector, &state);
+    assert!(
+        !output.status.success(),
+        "enrolled into a state directory anyone can write"
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("state directory") && message.contains("writable by group or others"),
+        "{message}"
+    );
+    assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
+    assert_eq!(std::fs::read_to_string(loot.join("key")).unwrap(), "");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[test]
+fn links_planted_before_a_state_dir_was_locked_down_are_replaced_not_followed() {
+    let scratch = shared_scratch();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let victim = victim(scratch.path());
+    let loot = make_dir(&scratch.path().join("loot"), 0o755, true);
+    let state = make_dir(&scratch.path().join("state"), 0o777, false);
+    as_nobody(
+        scratch.path(),
+        "touch loot/key && chmod 600 loot/key && ln loot/key state/signing.key \
+         && ln -s ../victim state/tls.pem && ln -s ../victim state/identity.toml.tmp",
+    );
+    // The administrator notices and locks the directory down, but the links are still inside.
+    chmod(&state, 0o700);
+
+    let output = enroll(&collector, &state);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(loot.join("key")).unwrap(),
+        "",
+        "the signing key went into a file the insider owns"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    for name in [
+        "signing.key",
+        "tls.key",
+        "tls.pem",
+        "ca.pem",
+        "identity.toml",
+    ] {
+        let meta = std::fs::symlink_metadata(state.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a regular file");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&meta),
+            1,
+            "{name} has one link"
+        );
+    }
+    let mode = std::fs::metadata(state.join("signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The agent runs on what enrollment wrote.
+    let mut agent = Proc::spawn(
+        "agent",
+        Command::new(AGENT)
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&state),
+    );
+    agent.wait_line("agent running", Duration::from_secs(60));
+}
+
+#[test]
+fn run_refuses_a_state_dir_or_key_others_could_have_swapped() {
+    let scratch = shared_scratch();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let state = scratch.path().join("state");
+    let output = enroll(&collector, &state);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    chmod(&state, 0o777);
+    let log = run_refused(&state);
+    assert!(
+        log.contains("state directory") && log.contains("writable by group or others"),
+        "{log}"
+    );
+    chmod(&state, 0o700);
+
+    let key = state.join("signing.key");
+    std::os::unix::fs::chown(&key, Some(NOBODY), None).unwrap();
+    let log = run_refused(&state);
+    assert!(
+        log.contains("signing.key") && log.contains("owned by uid 65534"),
+        "{log}"
+    );
+    std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+
+    let second = scratch.path().join("second-name");
+    std::fs::hard_link(&key, &second).unwrap();
+    let log = run_refused(&state);
+    assert!(
+        log.contains("signing.key") && log.contains("hard links"),
+        "{log}"
+    );
+    std::fs::remove_file(&second).unwrap();
+
+    let tls_key = state.join("tls.key");
+    let moved = scratch.path().join("tls.key.elsewhere");
+    std::fs::rename(&tls_key, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &tls_key).unwrap();
+    let log = run_refused(&state);
+    assert!(
+        log.contains("tls.key") && log.contains("symbolic link"),
+        "{log}"
+    );
+    std::fs::remove_file(&tls_key).unwrap();
+    std::fs::rename(&moved, &tls_key).unwrap();
+
+    let mut agent = Proc::spawn(
+        "agent",
+        Command::new(AGENT)
+            .arg("run")
+            .arg("--state-dir")
+            .arg(&state),
+    );
+    agent.wait_line("agent running", Duration::from_secs(60));
+}
+
+#[test]
+fn directories_reached_through_another_users_link_or_owned_by_another_user_are_refused() {
+    let scratch = shared_scratch();
+    let sticky = make_dir(&scratch.path().join("sticky"), 0o1777, false);
+    make_dir(&scratch.path().join("data"), 0o700, false);
+    make_dir(&scratch.path().join("nobodys-data"), 0o700, true);
+    // A link in a shared sticky directory, like /tmp: its owner may point it anywhere at any time.
+    as_nobody(
+        scratch.path(),
+        "ln -s ../data sticky/data && ln -s ../state sticky/state",
+    );
+
+    let token = |dir: &Path| {
+        run_output(
+            Command::new(COLLECTOR)
+                .args(["token", "create", "--data-dir"])
+                .arg(dir),
+        )
+    };
+    let output = token(&sticky.join("data"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("data directory") && message.contains("owned by uid 65534"),
+        "{message}"
+    );
+    assert!(!scratch.path().join("data/bannin.db").exists());
+
+    let output = token(&scratch.path().join("nobodys-data"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("owned by uid 65534"),
+        "{}",
+        stderr(&output)
+    );
+
+    let collector = Collector::start(&scratch.path().join("data"));
+    make_dir(&scratch.path().join("state"), 0o700, false);
+    let output = enroll(&collector, &sticky.join("state"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("state directory") && message.contains("owned by uid 65534"),
+        "{message}"
+    );
+    assert!(!scratch.path().join("state/signing.key").exists());
+}
+
+#[test]
+fn operator_create_neither_follows_nor_reuses_a_planted_out_file() {
+    let scratch = shared_scratch();
+    let victim = victim(scratch.path());
+    let sticky = make_dir(&scratch.path().join("sticky"), 0o1777, false);
+    as_nobody(
+        scratch.path(),
+        "ln -s ../victim sticky/ana.pem && touch sticky/bob.pem && chmod 666 sticky/bob.pem",
+    );
+    let data = scratch.path().join("data");
+    let create = |name: &str, out: &Path| {
+        run_output(
+            Command::new(COLLECTOR)
+                .args(["operator", "create", "--data-dir"])
+                .arg(&data)
+                .args(["--name", name, "--out"])
+                .arg(out),
+        )
+    };
+    for name in ["ana", "bob"] {
+        let out = sticky.join(format!("{name}.pem"));
+        let output = create(name, &out);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("already exists"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(std::fs::read_to_string(sticky.join("bob.pem")).unwrap(), "");
+    // Refusing the planted file did not use up the name.
+    let out = scratch.path().join("ana.pem");
+    let output = create("ana", &out);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn collector_keys_planted_before_the_data_dir_was_locked_down_are_replaced() {
+    let scratch = shared_scratch();
+    let victim = victim(scratch.path());
+    let loot = make_dir(&scratch.path().join("loot"), 0o755, true);
+    let data = make_dir(&scratch.path().join("data"), 0o777, false);
+    as_nobody(
+        scratch.path(),
+        "ln -s ../victim data/ca.key && touch loot/key && chmod 600 loot/key \
+         && ln loot/key data/server.key",
+    );
+    chmod(&data, 0o700);
+
+    let _collector = Collector::start(&data);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(loot.join("key")).unwrap(),
+        "",
+        "the server key went into a file the insider owns"
+    );
+    for name in ["ca.key", "server.key"] {
+        let meta = std::fs::symlink_metadata(data.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a regular file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name} mode");
+    }
+}
+
+// ---- A newcomer's first commands: `serve` and the commands typed while it starts never fail with
+// "database is locked" or a half-made store.
+
+#[test]
+fn commands_run_while_serve_creates_the_store_never_fail_on_a_busy_or_half_made_store() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let mut serve = Proc::spawn(
+        "collector",
+        Command::new(COLLECTOR)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let mut outputs = Vec::new();
+    let mut rounds_after_ready = 0;
+    for _ in 0..60 {
+        if serve.has_line("listening on ") {
+            rounds_after_ready += 1;
+            if rounds_after_ready > 3 {
+                break;
+            }
+        }
+        assert!(
+            serve.child.try_wait().unwrap().is_none(),
+            "serve exited while starting:\n{}",
+            serve.log()
+        );
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                let mut command = Command::new(COLLECTOR);
+                if i % 2 == 0 {
+                    command.args(["token", "create", "--data-dir"]).arg(&data);
+                } else {
+                    command
+                        .args(["events", "--format", "json", "--data-dir"])
+                        .arg(&data);
+                }
+                command
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        outputs.extend(children.into_iter().map(|c| c.wait_with_output().unwrap()));
+    }
+    serve.wait_line("listening on ", Duration::from_secs(60));
+    assert!(
+        outputs.len() >= 24,
+        "too few commands ran: {}",
+        outputs.len()
+    );
+    for output in &outputs {
+        let message = stderr(output);
+        // Before anything created the store a query may say so; nothing else may go wrong.
+        assert!(
+            output.status.success() || message.contains("no store in"),
+            "a command failed while serve started: {message}"
+        );
+    }
+    assert!(
+        outputs.iter().filter(|o| o.status.success()).count() >= outputs.len() / 2,
+        "most commands should have succeeded"
+    );
+}
+
+// ---- Enrollment tokens stay out of `ps` and cannot be guessed.
+
+#[test]
+fn quickstart_hands_the_agent_a_random_token_outside_its_command_line() {
+    let scratch = tempfile::tempdir().unwrap();
+    let watched = scratch.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // The agent quickstart starts is this wrapper: it records what `ps` would show and the token it
+    // was given through the environment, then runs the real agent.
+    let record = scratch.path().join("seen");
+    let wrapper = scratch.path().join("agent-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"args: $*\" \"env: ${{BANNIN_TOKEN:-}}\" >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            AGENT
+        ),
+    )
+    .unwrap();
+    chmod(&wrapper, 0o755);
+    let mut quickstart = Proc::spawn(
+        "quickstart",
+        Command::new(COLLECTOR)
+            .arg("quickstart")
+            .arg("--data-dir")
+            .arg(scratch.path().join("data"))
+            .arg("--watch")
+            .arg(&watched)
+            .env("BANNIN_AGENT_BIN", &wrapper),
+    );
+    quickstart.wait_line("agent.start", Duration::from_secs(90));
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let enroll = seen
+        .lines()
+        .position(|l| l.starts_with("args: enroll"))
+        .unwrap_or_else(|| panic!("no enroll call: {seen}"));
+    let lines: Vec<&str> = seen.lines().collect();
+    assert!(
+        !lines[enroll].contains("--token") && !lines[enroll].contains("bnt_"),
+        "the token is on the agent's command line, visible in ps: {}",
+        lines[enroll]
+    );
+    let token = lines[enroll + 1].strip_prefix("env: ").unwrap();
+    let secret = token
+        .strip_prefix("bnt_")
+        .unwrap_or_else(|| panic!("{token}"));
+    assert!(
+        secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the token is not 128+ random bits in hex: {token}"
+    );
+}
+
+#[test]
+fn enroll_takes_the_token_from_bannin_token() {
+    let scratch = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let state = scratch.path().join("state");
+    // `enroll` above passes the token only through BANNIN_TOKEN.
+    let output = enroll(&collector, &state);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run_output(
+        Command::new(AGENT)
+            .arg("enroll")
+            .arg("--collector")
+            .arg(collector.url())
+            .arg("--ca-cert")
+            .arg(collector.ca())
+            .arg("--state-dir")
+            .arg(scratch.path().join("other"))
+            .env("BANNIN_TOKEN", "bnt_not-a-token"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("token is unknown"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("bnt_not-a-token"),
+        "{}",
+        stderr(&output)
+    );
+}
