@@ -43,7 +43,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         spool.clone(),
         rx,
         wake.clone(),
-        tx.watermark(),
+        tx.tickets(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let sender = tokio::spawn(sender::run(

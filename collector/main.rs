@@ -6,6 +6,7 @@ mod config;
 mod detect;
 mod detection;
 mod hooks;
+mod listen;
 mod metrics;
 mod ocsf;
 mod output;

@@ -63,7 +63,9 @@ fn reason(error: &ServiceError) -> &'static str {
         ServiceError::NotEnrolled { .. } => "not_enrolled",
         ServiceError::Revoked { .. } => "revoked",
         ServiceError::EmptyBatch => "empty",
-        ServiceError::TooManyEvents { .. } => "too_large",
+        ServiceError::TooManyEvents { .. } | ServiceError::TooBigDecoded { .. } => "too_large",
+        ServiceError::SeqOutOfRange { .. } => "out_of_order",
+        ServiceError::WrongHost { .. } => "wrong_host",
         ServiceError::BadEvent { .. } => "malformed",
         ServiceError::OutOfOrder { .. } => "out_of_order",
         ServiceError::Chain {

@@ -1,4 +1,5 @@
-//! The retention task: deletes events older than `[retention] days`, whole signed batches at a time.
+//! The retention task: deletes events the collector received more than `[retention] days` ago,
+//! whole signed batches at a time. Age is the collector's receipt time, never an agent's timestamp.
 //!
 //! It runs on its own connection in short transactions of a few batches each (`store::prune`), with a
 //! pause between them, so the ingest writer never waits more than one small step.
@@ -20,7 +21,7 @@ const STEP_PAUSE: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Events older than this many days are deleted; 0 keeps everything. Default 90.
+    /// Events received more than this many days ago are deleted; 0 keeps everything. Default 90.
     pub days: u64,
     /// How often to look for old events. Default "10m".
     #[serde(with = "bannin::time::duration_str")]

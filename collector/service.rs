@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use bannin::chain::{self, ChainError, Hash};
 use bannin::pb;
 use bannin::pki::{Authority, Principal, principal_of};
-use bannin::proto::{ProtoError, decode_event};
+use bannin::proto::{ProtoError, decode_event, footprint, limits, peek_seq};
 use tonic::{Request, Response, Status};
 
 use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
@@ -37,6 +37,18 @@ pub enum ServiceError {
         got: u64,
         expected: u64,
     },
+    #[error("batch covers seq {first}..={last}; seq must be 1 to {limit}")]
+    SeqOutOfRange { first: u64, last: u64, limit: u64 },
+    #[error(
+        "event {index} of the batch claims host {claimed:?}; this agent enrolled as {enrolled:?}"
+    )]
+    WrongHost {
+        index: usize,
+        claimed: String,
+        enrolled: String,
+    },
+    #[error("batch decodes to more than {limit} bytes; send smaller batches")]
+    TooBigDecoded { limit: usize },
     #[error("batch: {source}")]
     Chain {
         #[from]
@@ -64,8 +76,15 @@ impl From<ServiceError> for Status {
             ServiceError::NotAnAgent { .. } | ServiceError::Revoked { .. } => {
                 Status::permission_denied(message)
             }
-            ServiceError::TooManyEvents { .. } => Status::resource_exhausted(message),
+            ServiceError::TooManyEvents { .. }
+            | ServiceError::TooBigDecoded { .. }
+            | ServiceError::BadEvent {
+                source: ProtoError::TooLarge { .. },
+                ..
+            } => Status::resource_exhausted(message),
+            ServiceError::WrongHost { .. } => Status::permission_denied(message),
             ServiceError::EmptyBatch
+            | ServiceError::SeqOutOfRange { .. }
             | ServiceError::BadEvent { .. }
             | ServiceError::OutOfOrder { .. }
             | ServiceError::Chain { .. }
@@ -119,7 +138,14 @@ impl Agents {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_batch_events: usize,
+    /// The most bytes one batch may occupy once decoded (raw bytes plus decoded events); beyond
+    /// it the batch is refused with RESOURCE_EXHAUSTED and the agent halves its batches.
+    pub max_decoded_bytes: usize,
 }
+
+/// The default decoded-size budget of one batch: with `max_concurrent_batches` of them and the raw
+/// messages, this keeps the collector's memory bounded whatever agents send.
+pub const MAX_DECODED_BATCH_BYTES: usize = 24 * 1024 * 1024;
 
 pub struct EnrollmentService {
     pub writer: Writer,
@@ -267,8 +293,9 @@ impl IngestService {
     }
 }
 
-/// Decodes every event, recomputes the chain from the batch's previous hash, and checks the
-/// signature over its head. Nothing is stored unless all of it holds.
+/// Checks a batch in the order that keeps a hostile one cheap: its shape and sizes, then the chain
+/// and signature over the raw event bytes, and only then decodes each event, within the shared
+/// bounds and a budget for the whole batch. Nothing is stored unless all of it holds.
 pub fn verify_batch(
     agent: &AgentKey,
     batch: pb::EventBatch,
@@ -283,33 +310,43 @@ pub fn verify_batch(
             limit: limits.max_batch_events,
         });
     }
-    let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
-    let mut head: Hash = prev_hash;
-    let mut events = Vec::with_capacity(batch.events.len());
-    let mut first_seq = 0;
-    for (index, bytes) in batch.events.into_iter().enumerate() {
-        let event =
-            decode_event(&bytes).map_err(|source| ServiceError::BadEvent { index, source })?;
-        if index == 0 {
-            first_seq = event.seq;
-        }
-        let expected = first_seq + index as u64;
-        if event.seq != expected || event.seq == 0 {
-            return Err(ServiceError::OutOfOrder {
-                index,
-                got: event.seq,
-                expected,
-            });
-        }
-        head = chain::link(&head, event.seq, &bytes);
-        events.push(VerifiedEvent {
-            seq: event.seq,
-            hash: head,
-            bytes,
-            event,
+    if let Some((index, bytes)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find(|(_, bytes)| bytes.len() > limits::MAX_EVENT_BYTES)
+    {
+        return Err(ServiceError::BadEvent {
+            index,
+            source: ProtoError::TooLarge {
+                bytes: bytes.len(),
+                limit: limits::MAX_EVENT_BYTES,
+            },
         });
     }
-    let last_seq = first_seq + events.len() as u64 - 1;
+    let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
+    // An agent from before `first_seq` existed leaves it 0: read the first event's seq alone,
+    // which allocates nothing whatever the event holds.
+    let first_seq = match batch.first_seq {
+        0 => peek_seq(&batch.events[0])
+            .map_err(|source| ServiceError::BadEvent { index: 0, source })?,
+        seq => seq,
+    };
+    let count = batch.events.len() as u64;
+    let last_seq = first_seq.saturating_add(count - 1);
+    if first_seq == 0 || last_seq > limits::MAX_SEQ {
+        return Err(ServiceError::SeqOutOfRange {
+            first: first_seq,
+            last: last_seq,
+            limit: limits::MAX_SEQ,
+        });
+    }
+    let mut head: Hash = prev_hash;
+    let mut hashes = Vec::with_capacity(batch.events.len());
+    for (seq, bytes) in (first_seq..).zip(&batch.events) {
+        head = chain::link(&head, seq, bytes);
+        hashes.push(head);
+    }
     chain::verify_batch(
         &agent.signing_key,
         &batch.signature,
@@ -319,6 +356,40 @@ pub fn verify_batch(
         &prev_hash,
         &head,
     )?;
+
+    let mut events = Vec::with_capacity(batch.events.len());
+    let mut decoded = 0usize;
+    for (index, ((seq, bytes), hash)) in (first_seq..).zip(batch.events).zip(hashes).enumerate() {
+        let mut event =
+            decode_event(&bytes).map_err(|source| ServiceError::BadEvent { index, source })?;
+        if event.seq != seq {
+            return Err(ServiceError::OutOfOrder {
+                index,
+                got: event.seq,
+                expected: seq,
+            });
+        }
+        // The host is who enrolled, never what the agent writes into an event.
+        if event.host != agent.name {
+            return Err(ServiceError::WrongHost {
+                index,
+                claimed: event.host,
+                enrolled: agent.name.clone(),
+            });
+        }
+        decoded += footprint(&mut event) + bytes.len();
+        if decoded > limits.max_decoded_bytes {
+            return Err(ServiceError::TooBigDecoded {
+                limit: limits.max_decoded_bytes,
+            });
+        }
+        events.push(VerifiedEvent {
+            seq,
+            hash,
+            bytes,
+            event,
+        });
+    }
     Ok(VerifiedBatch {
         agent_no: agent.no,
         agent_id: agent.id.clone(),

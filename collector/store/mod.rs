@@ -239,6 +239,8 @@ pub fn add_token(conn: &Connection, token: &str, expires: Timestamp) -> Result<(
 pub struct AgentKey {
     pub no: i64,
     pub id: String,
+    /// The name the agent enrolled with: the `host` of every event it sends.
+    pub name: String,
     pub signing_key: Vec<u8>,
     pub active: bool,
 }
@@ -293,17 +295,19 @@ pub fn enroll(
     Ok(AgentKey {
         no,
         id: agent.id.to_string(),
+        name: agent.name.to_string(),
         signing_key: agent.signing_key.to_vec(),
         active: true,
     })
 }
 
 pub fn agent_keys(conn: &Connection) -> Result<Vec<AgentKey>, StoreError> {
-    let mut stmt = conn.prepare("SELECT no, id, signing_key, status FROM agents")?;
+    let mut stmt = conn.prepare("SELECT no, id, signing_key, status, name FROM agents")?;
     let rows = stmt.query_map([], |r| {
         Ok(AgentKey {
             no: r.get(0)?,
             id: r.get(1)?,
+            name: r.get(4)?,
             signing_key: r.get(2)?,
             active: r.get::<_, String>(3)? == "active",
         })

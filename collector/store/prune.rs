@@ -23,8 +23,12 @@ pub fn open(data_dir: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Deletes at most `max_batches` of the oldest batches whose every event is older than `cutoff`,
+/// Deletes at most `max_batches` of the oldest batches the collector received before `cutoff`,
 /// with their events and the chain findings they explain, in one transaction.
+///
+/// Age is when the collector received a batch, never the time an agent wrote on its events: an
+/// agent's clock (or a compromised agent) must not be able to have fresh evidence deleted by
+/// stamping it old, nor keep everything forever by stamping one event in the future.
 pub fn prune_step(
     conn: &mut Connection,
     cutoff: Timestamp,
@@ -41,19 +45,16 @@ pub fn prune_step(
         while pruned.batches < max_batches as u64 {
             let oldest: Option<(i64, i64)> = tx
                 .query_row(
-                    "SELECT first_seq, last_seq FROM batches WHERE agent_no = ?1
+                    "SELECT last_seq, received_ts FROM batches WHERE agent_no = ?1
                      ORDER BY first_seq, last_seq LIMIT 1",
                     [agent_no],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let Some((first, last)) = oldest else { break };
-            let newest: Option<i64> = tx.query_row(
-                "SELECT MAX(ts) FROM events WHERE agent_no = ?1 AND seq BETWEEN ?2 AND ?3",
-                params![agent_no, first, last],
-                |r| r.get(0),
-            )?;
-            if newest.is_some_and(|ts| ts >= cutoff.as_nanos()) {
+            let Some((last, received)) = oldest else {
+                break;
+            };
+            if received >= cutoff.as_nanos() {
                 break;
             }
             let events = tx.execute(
@@ -100,6 +101,17 @@ mod tests {
     use super::*;
 
     fn add_batches(conn: &Connection, first_batch: u64, batches: u64, ts: Timestamp) {
+        add_received(conn, first_batch, batches, ts, ts);
+    }
+
+    /// Batches whose events say `ts` and which the collector received at `received`.
+    fn add_received(
+        conn: &Connection,
+        first_batch: u64,
+        batches: u64,
+        ts: Timestamp,
+        received: Timestamp,
+    ) {
         let payload = vec![0x5a_u8; 400];
         for b in first_batch..first_batch + batches {
             let (first, last) = (b * 100 + 1, b * 100 + 100);
@@ -113,8 +125,8 @@ mod tests {
             }
             conn.execute(
                 "INSERT INTO batches (agent_no, last_seq, first_seq, prev_hash, head_hash, signature,
-                     received_ts) VALUES (1, ?1, ?2, ?3, ?3, ?3, 0)",
-                params![last as i64, first as i64, vec![0u8; 32]],
+                     received_ts) VALUES (1, ?1, ?2, ?3, ?3, ?3, ?4)",
+                params![last as i64, first as i64, vec![0u8; 32], received.as_nanos()],
             )
             .unwrap();
         }
@@ -187,5 +199,36 @@ mod tests {
             pages,
             "the store grew although free pages were available"
         );
+    }
+
+    #[test]
+    fn age_is_when_the_collector_received_a_batch_not_what_the_agent_stamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(dir.path()).unwrap();
+        conn.execute(
+            "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
+             VALUES ('a-1', 'pc1', 'pc1', x'00', 0, x'00')",
+            [],
+        )
+        .unwrap();
+        let (old, cutoff) = (Timestamp::from_secs(1_000), Timestamp::from_secs(2_000));
+        let future = Timestamp::from_secs(4_102_444_800);
+        // Received long ago, stamped in 2100: old all the same.
+        add_received(&conn, 0, 1, future, old);
+        // Stamped long ago, received after the cutoff: fresh.
+        add_received(&conn, 1, 1, old, Timestamp::from_secs(3_000));
+        let step = prune_step(&mut conn, cutoff, 10).unwrap();
+        assert_eq!(
+            step,
+            Pruned {
+                batches: 1,
+                events: 100
+            }
+        );
+        assert_eq!(pruned_through(&conn, 1).unwrap(), 100);
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 100);
     }
 }
