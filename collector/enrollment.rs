@@ -146,7 +146,7 @@ impl EnrollGuard {
             .map(|(addr, e)| (*addr, std::mem::take(&mut e.unlogged)))
             .collect();
         entries.retain(|_, e| now.saturating_duration_since(e.window_start) < WINDOW);
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         counts
     }
 
