@@ -5,13 +5,13 @@
 //! would overflow instead) keeps its own bounded queue and counts what it drops with `count_drop`.
 //! The counts are reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bannin::event::{Body, Event, SensorEvent, SensorStatus};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Capacity of the channel between all sensors and the spool writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -25,23 +25,76 @@ struct Drops {
     by_sensor: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-/// How many events were handed to the channel and how many the spool has committed, so a sensor
-/// that keeps a read position (the database sensor) can move it only past committed events.
-#[derive(Default)]
-pub struct Watermark {
-    sent: AtomicU64,
-    committed: AtomicU64,
-    /// Set when a spool writer reports commits; without one, "taken from the channel" stands in.
-    tracked: AtomicBool,
+/// Commit tickets. Every event is numbered when it enters the channel; the number rides in the
+/// event's `seq` (the spool renumbers it into the chain) and is settled by the spool writer once
+/// the event is committed, or once its loss is recorded as `agent.dropped`. A sensor that keeps a
+/// read position waits for the ticket of its own last event before saving the position, with no
+/// polling and no timeout, so a saved position never runs ahead of events a crash could lose.
+///
+/// Numbers are handed out before the channel orders the events, so concurrent senders may enter
+/// it out of number order: `through` is the highest number below which every ticket is settled,
+/// and numbers settled above it wait in `ahead` until the gap closes.
+pub struct Tickets {
+    issued: AtomicU64,
+    settled: Mutex<Settled>,
+    through: watch::Sender<u64>,
 }
 
-impl Watermark {
-    /// Called by the spool writer after a commit of `count` events.
-    pub fn committed(&self, count: u64) {
-        self.tracked.store(true, Ordering::Relaxed);
-        self.committed.fetch_add(count, Ordering::AcqRel);
+#[derive(Default)]
+struct Settled {
+    through: u64,
+    ahead: BTreeSet<u64>,
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets {
+            issued: AtomicU64::new(0),
+            settled: Mutex::new(Settled::default()),
+            through: watch::Sender::new(0),
+        }
     }
 }
+
+impl Tickets {
+    fn issue(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Called by the spool writer with the ticket numbers (pre-spool `seq`) of events it committed
+    /// or recorded as dropped; zero (an event that never went through [`EventTx`]) is ignored.
+    pub fn settle(&self, numbers: impl IntoIterator<Item = u64>) {
+        let mut numbers: Vec<u64> = numbers.into_iter().filter(|&n| n > 0).collect();
+        if numbers.is_empty() {
+            return;
+        }
+        numbers.sort_unstable();
+        let mut settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for n in numbers {
+            if n > settled.through {
+                settled.ahead.insert(n);
+            }
+        }
+        let mut through = settled.through;
+        while settled.ahead.remove(&(through + 1)) {
+            through += 1;
+        }
+        settled.through = through;
+        drop(settled);
+        self.through.send_if_modified(|current| {
+            let moved = through > *current;
+            *current = through;
+            moved
+        });
+    }
+}
+
+/// What [`EventTx::send`] returns: the event's place in the commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
 
 /// A sensor's handle on the spool writer.
 #[derive(Clone)]
@@ -50,7 +103,7 @@ pub struct EventTx {
     host: Arc<str>,
     sensor: &'static str,
     drops: Arc<Drops>,
-    watermark: Arc<Watermark>,
+    tickets: Arc<Tickets>,
 }
 
 impl EventTx {
@@ -68,43 +121,61 @@ impl EventTx {
 
     /// Sends an event that happened now, waiting while the spool is behind.
     pub async fn send(&self, body: impl Into<Body>) -> Result<(), Closed> {
-        self.send_event(Event::now(self.host.to_string(), body))
-            .await
+        self.send_ticketed(body).await.map(drop)
     }
 
     /// Sends a fully built event (its own timestamp), waiting while the spool is behind.
     pub async fn send_event(&self, event: Event) -> Result<(), Closed> {
-        self.tx.send(event).await.map_err(|_| Closed)?;
-        self.watermark.sent.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        self.send_event_ticketed(event).await.map(drop)
+    }
+
+    /// [`Self::send`], returning the event's commit ticket for [`Self::committed`].
+    pub async fn send_ticketed(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
+        self.send_event_ticketed(Event::now(self.host.to_string(), body))
+            .await
+    }
+
+    /// [`Self::send_event`], returning the event's commit ticket for [`Self::committed`].
+    pub async fn send_event_ticketed(&self, mut event: Event) -> Result<Ticket, Closed> {
+        let number = self.tickets.issue();
+        event.seq = number;
+        if self.tx.send(event).await.is_err() {
+            // Never entered the channel: nothing to wait for.
+            self.tickets.settle([number]);
+            return Err(Closed);
+        }
+        Ok(Ticket(number))
     }
 
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<(), Closed> {
-        self.tx
-            .blocking_send(Event::now(self.host.to_string(), body))
-            .map_err(|_| Closed)?;
-        self.watermark.sent.fetch_add(1, Ordering::AcqRel);
+        let number = self.tickets.issue();
+        let mut event = Event::now(self.host.to_string(), body);
+        event.seq = number;
+        if self.tx.blocking_send(event).is_err() {
+            self.tickets.settle([number]);
+            return Err(Closed);
+        }
         Ok(())
     }
 
-    /// Whether the spool writer has taken every event sent so far.
-    pub fn is_drained(&self) -> bool {
-        self.tx.capacity() == self.tx.max_capacity()
-    }
-
-    /// Whether every event sent so far (by any sensor) is committed to the spool.
+    /// Whether every event sent so far (by any sensor) is committed to the spool (or its loss
+    /// recorded).
     pub fn is_committed(&self) -> bool {
-        let w = &self.watermark;
-        if !w.tracked.load(Ordering::Relaxed) {
-            return self.is_drained();
-        }
-        w.committed.load(Ordering::Acquire) >= w.sent.load(Ordering::Acquire)
+        *self.tickets.through.borrow() >= self.tickets.issued.load(Ordering::Acquire)
     }
 
-    /// The counters the spool writer reports its commits to.
-    pub fn watermark(&self) -> Arc<Watermark> {
-        self.watermark.clone()
+    /// Waits until the event of `ticket` (and every event numbered before it) is committed to the
+    /// spool or recorded as dropped. No timeout: the spool writer settles every ticket it takes.
+    pub async fn committed(&self, ticket: Ticket) {
+        let mut through = self.tickets.through.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = through.wait_for(|&n| n >= ticket.0).await;
+    }
+
+    /// The ticket book the spool writer settles.
+    pub fn tickets(&self) -> Arc<Tickets> {
+        self.tickets.clone()
     }
 
     /// Counts events this sensor lost on its own side (a full internal queue).
@@ -123,9 +194,27 @@ pub fn channel(host: &str) -> (EventTx, mpsc::Receiver<Event>) {
         host: Arc::from(host),
         sensor: "agent",
         drops: Arc::new(Drops::default()),
-        watermark: Arc::new(Watermark::default()),
+        tickets: Arc::new(Tickets::default()),
     };
     (tx, rx)
+}
+
+/// For tests without a spool writer: settles each event's ticket once it is handed to the test,
+/// so sensors that wait for their tickets keep going.
+#[cfg(test)]
+pub fn settle_on_take(tx: &EventTx, mut rx: mpsc::Receiver<Event>) -> mpsc::Receiver<Event> {
+    let tickets = tx.tickets();
+    let (forward, taken) = mpsc::channel(CHANNEL_CAPACITY);
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let number = event.seq;
+            if forward.send(event).await.is_err() {
+                return;
+            }
+            tickets.settle([number]);
+        }
+    });
+    taken
 }
 
 /// Every `interval`, turns the drop counts into `sensor.overflow` events, sent with back-pressure so
@@ -159,6 +248,34 @@ mod tests {
     use super::*;
     use bannin::event::{AgentAction, AgentEvent};
 
+    #[tokio::test]
+    async fn a_ticket_is_committed_only_when_every_earlier_number_is_settled() {
+        let (tx, mut rx) = channel("h");
+        let first = tx
+            .send_ticketed(AgentEvent::new(AgentAction::Heartbeat))
+            .await
+            .unwrap();
+        let second = tx
+            .send_ticketed(AgentEvent::new(AgentAction::Heartbeat))
+            .await
+            .unwrap();
+        let numbers = [rx.recv().await.unwrap().seq, rx.recv().await.unwrap().seq];
+        let tickets = tx.tickets();
+        // Settled out of order: the later number alone commits nothing.
+        tickets.settle([numbers[1]]);
+        assert!(!tx.is_committed());
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.committed(second).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tickets.settle([numbers[0]]);
+        waiting.await.unwrap();
+        tx.committed(first).await;
+        assert!(tx.is_committed());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn counted_drops_are_reported_as_sensor_overflow() {
         let (tx, mut rx) = mpsc::channel(1);
@@ -167,7 +284,7 @@ mod tests {
             host: Arc::from("h"),
             sensor: "files",
             drops: Arc::new(Drops::default()),
-            watermark: Arc::new(Watermark::default()),
+            tickets: Arc::new(Tickets::default()),
         };
         tx.send(AgentEvent::new(AgentAction::Heartbeat))
             .await

@@ -136,6 +136,7 @@ pub async fn run(
             events: batch.events,
             prev_hash: batch.prev_hash.to_vec(),
             signature: signature.to_vec(),
+            first_seq: batch.first_seq,
         });
         request.set_timeout(config.request_timeout);
         match client.submit(request).await {

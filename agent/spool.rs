@@ -79,6 +79,8 @@ impl Appender {
         mut event: Event,
     ) -> Result<(), rusqlite::Error> {
         event.seq = self.next_seq;
+        // The collector refuses events beyond the shared bounds; cut them here so none is stuck.
+        bannin::proto::fit(&mut event);
         let bytes = encode_event(&event);
         let hash = chain::link(&self.head, self.next_seq, &bytes);
         insert.execute(params![
@@ -344,13 +346,13 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|_| SpoolError::TaskFailed)?
 }
 
-/// Drains the sensor channel into the spool, one transaction per burst, then reports the commit
-/// and wakes the sender.
+/// Drains the sensor channel into the spool, one transaction per burst, then settles the burst's
+/// commit tickets and wakes the sender.
 pub async fn run_writer(
     spool: Spool,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
     wake: Arc<tokio::sync::Notify>,
-    watermark: Arc<crate::pipeline::Watermark>,
+    tickets: Arc<crate::pipeline::Tickets>,
 ) -> Result<(), SpoolError> {
     const BURST: usize = 4096;
     let mut buffer = Vec::with_capacity(BURST);
@@ -360,19 +362,20 @@ pub async fn run_writer(
             return Ok(());
         }
         let events = std::mem::take(&mut buffer);
+        // Before the spool renumbers them, the events' `seq` are their commit tickets.
+        let numbers: Vec<u64> = events.iter().map(|e| e.seq).collect();
         let mut attempt = 0u32;
         let mut pending = Some(events);
         while let Some(events) = pending.take() {
             let retry = events.clone();
-            let count = events.len() as u64;
             match blocking(&spool, move |s| s.append(events)).await {
                 Ok(_) => {
-                    watermark.committed(count);
+                    tickets.settle(numbers.iter().copied());
                     wake.notify_one();
                 }
                 Err(error) => {
-                    // A full disk or a locked file: keep the events in memory and retry; sensors
-                    // feel back-pressure through the bounded channel meanwhile.
+                    // A locked file: keep the events in memory and retry; sensors feel
+                    // back-pressure through the bounded channel meanwhile.
                     attempt += 1;
                     tracing::error!(%error, attempt, "cannot write to the spool; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(

@@ -90,6 +90,7 @@ fn start_collector(dir: &Path) -> Server {
 
 struct SimAgent {
     id: String,
+    name: String,
     key: SigningKey,
     channel: Channel,
 }
@@ -134,6 +135,7 @@ async fn enroll(server: &Server, dir: &Path, ca_pem: &str, n: usize) -> SimAgent
         .expect("connect");
     SimAgent {
         id: response.agent_id,
+        name: format!("sim{n}"),
         key,
         channel,
     }
@@ -176,7 +178,7 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Ve
         let first = seq;
         let mut events = Vec::with_capacity(BATCH);
         while events.len() < BATCH && (seq as usize) <= count {
-            let bytes = bannin::proto::encode_event(&event(&agent.id, seq));
+            let bytes = bannin::proto::encode_event(&event(&agent.name, seq));
             head = chain::link(&head, seq, &bytes);
             rows.push((seq, bytes.clone()));
             events.push(bytes);
@@ -187,6 +189,7 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Ve
             events,
             prev_hash: prev.to_vec(),
             signature: signature.to_vec(),
+            first_seq: first,
         });
     }
     (out, rows)

@@ -20,6 +20,14 @@ pub struct ServerConfig {
     pub max_batch_events: usize,
     /// The largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// How many batches are read, verified and committed at once, across all agents; each agent
+    /// has at most one in flight. Bounds the memory that batches can take.
+    pub max_concurrent_batches: usize,
+    /// Live connections allowed from one remote address; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// How long a client has to finish the TLS handshake before its connection is closed.
+    #[serde(with = "bannin::time::duration_str")]
+    pub handshake_timeout: std::time::Duration,
     /// An agent with no event for this long is shown as `silent` by `agents`.
     #[serde(with = "bannin::time::duration_str")]
     pub silent_after: std::time::Duration,
@@ -31,7 +39,10 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".into(),
             server_names: Vec::new(),
             max_batch_events: 10_000,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 8 * 1024 * 1024,
+            max_concurrent_batches: 4,
+            max_connections_per_address: 128,
+            handshake_timeout: std::time::Duration::from_secs(10),
             silent_after: std::time::Duration::from_secs(60),
         }
     }
@@ -64,6 +75,20 @@ impl CollectorConfig {
         }
         if self.server.max_message_bytes < 64 * 1024 {
             return Err(invalid("server.max_message_bytes must be at least 65536"));
+        }
+        if self.server.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(invalid("server.max_message_bytes must be at most 67108864"));
+        }
+        if self.server.max_concurrent_batches == 0 || self.server.max_concurrent_batches > 64 {
+            return Err(invalid("server.max_concurrent_batches must be 1 to 64"));
+        }
+        if self.server.max_connections_per_address == 0 {
+            return Err(invalid(
+                "server.max_connections_per_address must be at least 1",
+            ));
+        }
+        if self.server.handshake_timeout.is_zero() {
+            return Err(invalid("server.handshake_timeout must be more than 0s"));
         }
         self.alerts
             .validate()

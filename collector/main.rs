@@ -5,7 +5,9 @@ mod alert;
 mod config;
 mod detect;
 mod detection;
+mod enrollment;
 mod hooks;
+mod listen;
 mod metrics;
 mod ocsf;
 mod output;
@@ -13,6 +15,7 @@ mod query;
 mod quickstart;
 mod report;
 mod retention;
+mod seal;
 mod serve;
 mod service;
 mod store;
@@ -183,7 +186,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
             let conn = store::open_reader(&args.data_dir)?;
-            let report = store::verify::verify(&conn)?;
+            let trust = store::verify::Trust {
+                seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
+            };
+            let report = store::verify::verify(&conn, &trust)?;
             for note in &report.notes {
                 println!("note: {note}");
             }

@@ -1,4 +1,5 @@
-//! The retention task: deletes events older than `[retention] days`, whole signed batches at a time.
+//! The retention task: deletes events the collector received more than `[retention] days` ago,
+//! whole signed batches at a time. Age is the collector's receipt time, never an agent's timestamp.
 //!
 //! It runs on its own connection in short transactions of a few batches each (`store::prune`), with a
 //! pause between them, so the ingest writer never waits more than one small step.
@@ -20,7 +21,7 @@ const STEP_PAUSE: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Events older than this many days are deleted; 0 keeps everything. Default 90.
+    /// Events received more than this many days ago are deleted; 0 keeps everything. Default 90.
     pub days: u64,
     /// How often to look for old events. Default "10m".
     #[serde(with = "bannin::time::duration_str")]
@@ -45,16 +46,20 @@ impl RetentionConfig {
 /// Deletes everything older than `keep` in small steps; returns (batches, events) deleted.
 pub async fn prune_once(data_dir: PathBuf, keep: Duration) -> Result<(u64, u64), StoreError> {
     let cutoff = Timestamp::now().saturating_sub(keep);
-    let mut conn = {
+    let (mut conn, seal) = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || store::prune::open(&dir))
-            .await
-            .map_err(|_| StoreError::WriterGone)??
+        tokio::task::spawn_blocking(move || {
+            let seal = crate::seal::Seal::load_or_create(&dir)?;
+            Ok::<_, StoreError>((store::prune::open(&dir)?, seal))
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)??
     };
     let (mut batches, mut events) = (0, 0);
     loop {
+        let seal = seal.clone();
         let (back, step) = tokio::task::spawn_blocking(move || {
-            let step = store::prune::prune_step(&mut conn, cutoff, STEP_BATCHES);
+            let step = store::prune::prune_step(&mut conn, &seal, cutoff, STEP_BATCHES);
             (conn, step)
         })
         .await

@@ -9,13 +9,12 @@ use bannin::pb;
 use bannin::pki::{Authority, CertifiedKey};
 use bannin::securefs::{self, Access};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::CollectorConfig;
 use crate::detection::{Detection, Observed};
 use crate::query::service::QueryService;
-use crate::service::{Agents, EnrollmentService, IngestService, Limits};
+use crate::service::{Agents, EnrollmentService, IngestService, Limits, MAX_DECODED_BATCH_BYTES};
 use crate::store;
 use crate::store::ingest::{CommitNotice, Writer};
 use crate::{detect, hooks};
@@ -85,6 +84,14 @@ pub fn load_or_create_pki(
     Ok((authority, server))
 }
 
+/// HTTP/2 flow-control windows: what a client may send before the collector reads it.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// Concurrent requests on one connection (an agent sends one batch at a time).
+const MAX_STREAMS: u32 = 8;
+/// The longest one request may take, so a batch trickling in cannot hold a permit for ever.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Everything `serve` needs, prepared before the listener opens.
 pub struct Collector {
     pub data_dir: PathBuf,
@@ -151,6 +158,7 @@ impl Collector {
     ) -> Result<()> {
         let (authority, server) =
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
+        let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
         let conn = store::open_writer(&self.data_dir)?;
         let agents = Agents::load(store::agent_keys(&conn)?);
         tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
@@ -185,29 +193,36 @@ impl Collector {
         }
         .spawn(notices_rx)
         .context("cannot start detection")?;
-        let writer = Writer::spawn(conn, Some(notices)).context("cannot start the store writer")?;
+        let writer = Writer::spawn(conn, seal.clone(), Some(notices))
+            .context("cannot start the store writer")?;
 
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
             .client_ca_root(Certificate::from_pem(&authority.cert_pem))
             // Enrollment happens before the agent has a certificate; the ingest service refuses
             // any call without one.
-            .client_auth_optional(true);
+            .client_auth_optional(true)
+            .timeout(self.config.server.handshake_timeout);
         let max = self.config.server.max_message_bytes;
         let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
             writer: writer.clone(),
             authority: Arc::new(authority),
             agents: agents.clone(),
+            guard: crate::enrollment::EnrollGuard::spawn(),
         })
         .max_decoding_message_size(64 * 1024);
-        let ingest = pb::ingest_server::IngestServer::new(IngestService {
-            writer,
-            agents,
-            limits: Limits {
-                max_batch_events: self.config.server.max_batch_events,
-            },
-        })
-        .max_decoding_message_size(max);
+        let ingest = crate::listen::IngestGate::new(
+            pb::ingest_server::IngestServer::new(IngestService {
+                writer,
+                agents,
+                limits: Limits {
+                    max_batch_events: self.config.server.max_batch_events,
+                    max_decoded_bytes: MAX_DECODED_BATCH_BYTES,
+                },
+            })
+            .max_decoding_message_size(max),
+            self.config.server.max_concurrent_batches,
+        );
         let query = pb::query_server::QueryServer::new(QueryService {
             data_dir: self.data_dir.clone(),
             silent_after: self.config.server.silent_after,
@@ -221,10 +236,23 @@ impl Collector {
             .tls_config(tls)
             .context("invalid TLS configuration")?
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            // What HTTP/2 buffers for a stream before the service reads it is its window: keep it
+            // small, as a batch waiting at the ingest gate sits there.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_STREAMS)
+            .concurrency_limit_per_connection(MAX_STREAMS as usize)
+            .timeout(REQUEST_TIMEOUT)
             .add_service(enrollment)
             .add_service(ingest)
             .add_service(query)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                crate::listen::incoming(
+                    self.listener,
+                    self.config.server.max_connections_per_address,
+                ),
+                shutdown,
+            )
             .await
             .context("gRPC server failed")?;
         if let Err(error) = hooks.shutdown().await {

@@ -7,9 +7,11 @@ use std::sync::{Arc, RwLock};
 use bannin::chain::{self, ChainError, Hash};
 use bannin::pb;
 use bannin::pki::{Authority, Principal, principal_of};
-use bannin::proto::{ProtoError, decode_event};
+use bannin::proto::{ProtoError, decode_event, footprint, limits, peek_seq};
 use tonic::{Request, Response, Status};
 
+use crate::enrollment::{Admission, EnrollGuard};
+use crate::output::{escape_control, is_unsafe_char};
 use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
 use crate::store::{AgentKey, StoreError};
 
@@ -37,6 +39,18 @@ pub enum ServiceError {
         got: u64,
         expected: u64,
     },
+    #[error("batch covers seq {first}..={last}; seq must be 1 to {limit}")]
+    SeqOutOfRange { first: u64, last: u64, limit: u64 },
+    #[error(
+        "event {index} of the batch claims host {claimed:?}; this agent enrolled as {enrolled:?}"
+    )]
+    WrongHost {
+        index: usize,
+        claimed: String,
+        enrolled: String,
+    },
+    #[error("batch decodes to more than {limit} bytes; send smaller batches")]
+    TooBigDecoded { limit: usize },
     #[error("batch: {source}")]
     Chain {
         #[from]
@@ -44,6 +58,8 @@ pub enum ServiceError {
     },
     #[error("enrollment request: {reason}")]
     BadEnrollment { reason: String },
+    #[error("too many failed enrollments from this address; try again in {retry_after_secs}s")]
+    EnrollmentRateLimited { retry_after_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -64,8 +80,17 @@ impl From<ServiceError> for Status {
             ServiceError::NotAnAgent { .. } | ServiceError::Revoked { .. } => {
                 Status::permission_denied(message)
             }
-            ServiceError::TooManyEvents { .. } => Status::resource_exhausted(message),
+            ServiceError::TooManyEvents { .. }
+            | ServiceError::TooBigDecoded { .. }
+            | ServiceError::BadEvent {
+                source: ProtoError::TooLarge { .. },
+                ..
+            }
+            | ServiceError::EnrollmentRateLimited { .. } => Status::resource_exhausted(message),
+            ServiceError::Store(StoreError::NameTaken { .. }) => Status::already_exists(message),
+            ServiceError::WrongHost { .. } => Status::permission_denied(message),
             ServiceError::EmptyBatch
+            | ServiceError::SeqOutOfRange { .. }
             | ServiceError::BadEvent { .. }
             | ServiceError::OutOfOrder { .. }
             | ServiceError::Chain { .. }
@@ -119,12 +144,21 @@ impl Agents {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_batch_events: usize,
+    /// The most bytes one batch may occupy once decoded (raw bytes plus decoded events); beyond
+    /// it the batch is refused with RESOURCE_EXHAUSTED and the agent halves its batches.
+    pub max_decoded_bytes: usize,
 }
+
+/// The default decoded-size budget of one batch: with `max_concurrent_batches` of them and the raw
+/// messages, this keeps the collector's memory bounded whatever agents send.
+pub const MAX_DECODED_BATCH_BYTES: usize = 24 * 1024 * 1024;
 
 pub struct EnrollmentService {
     pub writer: Writer,
     pub authority: Arc<Authority>,
     pub agents: Agents,
+    /// Failed enrollments by remote address: the rate limit and the log's summaries.
+    pub guard: EnrollGuard,
 }
 
 #[tonic::async_trait]
@@ -134,19 +168,39 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let remote = request.remote_addr();
+        let ip = remote.map(|addr| addr.ip());
+        // An address over the limit is refused before its request is looked at, and unlogged.
+        if let Admission::Limited { retry_after } = self.guard.admit(ip) {
+            return Err(ServiceError::EnrollmentRateLimited {
+                retry_after_secs: retry_after.as_secs().max(1),
+            }
+            .into());
+        }
         let req = request.into_inner();
         let result = self.enroll_agent(req).await;
         match &result {
             Ok(response) => {
                 tracing::info!(agent_id = %response.agent_id, ?remote, "agent enrolled")
             }
-            Err(error) => tracing::warn!(?remote, %error, "enrollment refused"),
+            // The store failing is not the caller's doing; refusals of the request are, and count.
+            Err(error @ ServiceError::Store(StoreError::Sql { .. } | StoreError::WriterGone)) => {
+                tracing::error!(?remote, %error, "enrollment failed")
+            }
+            Err(error) => {
+                if self.guard.failed(ip) {
+                    tracing::warn!(?remote, %error, "enrollment refused");
+                }
+            }
         }
         Ok(Response::new(result?))
     }
 }
 
 impl EnrollmentService {
+    /// Checks the request, then the token and name against the store, and only then signs the
+    /// agent's certificate: nobody without a valid token gets the CA to sign anything. The store
+    /// checks token and name again as it spends the token, so of two racing requests only one
+    /// enrolls.
     async fn enroll_agent(
         &self,
         req: pb::EnrollRequest,
@@ -155,11 +209,12 @@ impl EnrollmentService {
             reason: reason.to_string(),
         };
         chain::verifying_key(&req.signing_public_key)?;
-        if req.name.trim().is_empty() || req.name.len() > 253 {
-            return Err(bad("name must be 1 to 253 characters"));
-        }
+        check_name("name", &req.name, false)?;
+        check_name("hostname", &req.hostname, true)?;
+        self.writer
+            .check_enrollment(req.token.clone(), req.name.clone())
+            .await?;
         let agent_id = new_agent_id().map_err(|_| bad("no randomness for an agent id"))?;
-        // Sign the CSR before spending the token, so a bad CSR does not burn it.
         let cert_pem = self
             .authority
             .sign_client_csr(&req.csr_der, &Principal::Agent(agent_id.clone()))
@@ -183,6 +238,24 @@ impl EnrollmentService {
             ca_pem: self.authority.cert_pem.clone(),
         })
     }
+}
+
+/// An agent's name (and host name) becomes every event's and alert's host, shown in terminals, chat
+/// and mail: at most 253 characters (the name at least one), none of them control, bidi or
+/// invisible characters.
+fn check_name(what: &str, name: &str, may_be_empty: bool) -> Result<(), ServiceError> {
+    let bad = |reason: String| ServiceError::BadEnrollment { reason };
+    if (!may_be_empty && name.trim().is_empty()) || name.len() > 253 {
+        return Err(bad(format!("{what} must be 1 to 253 characters")));
+    }
+    if let Some(c) = name.chars().find(|c| is_unsafe_char(*c)) {
+        return Err(bad(format!(
+            "{what} \"{}\" holds the control or invisible character U+{:04X}; choose a printable name",
+            escape_control(name),
+            u32::from(c)
+        )));
+    }
+    Ok(())
 }
 
 fn new_agent_id() -> Result<String, getrandom::Error> {
@@ -257,7 +330,24 @@ impl IngestService {
                 .await
                 .map_err(|_| ServiceError::BadEnrollment {
                     reason: "verification task failed".into(),
-                })??;
+                })?;
+        // A batch with the agent's certificate but not its signature is forged or the agent's
+        // key is in other hands: refused, and recorded as a `chain.tamper` finding.
+        if let Err(
+            error @ ServiceError::Chain {
+                source: ChainError::BadSignature { .. },
+            },
+        ) = &verified
+        {
+            self.writer
+                .refused(
+                    agent.no,
+                    agent.id.clone(),
+                    format!("batch refused: {error}"),
+                )
+                .await;
+        }
+        let verified = verified?;
         let committed = self.writer.ingest(verified).await?;
         Ok(pb::Ack {
             committed_through: committed.committed_through,
@@ -267,8 +357,9 @@ impl IngestService {
     }
 }
 
-/// Decodes every event, recomputes the chain from the batch's previous hash, and checks the
-/// signature over its head. Nothing is stored unless all of it holds.
+/// Checks a batch in the order that keeps a hostile one cheap: its shape and sizes, then the chain
+/// and signature over the raw event bytes, and only then decodes each event, within the shared
+/// bounds and a budget for the whole batch. Nothing is stored unless all of it holds.
 pub fn verify_batch(
     agent: &AgentKey,
     batch: pb::EventBatch,
@@ -283,33 +374,43 @@ pub fn verify_batch(
             limit: limits.max_batch_events,
         });
     }
-    let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
-    let mut head: Hash = prev_hash;
-    let mut events = Vec::with_capacity(batch.events.len());
-    let mut first_seq = 0;
-    for (index, bytes) in batch.events.into_iter().enumerate() {
-        let event =
-            decode_event(&bytes).map_err(|source| ServiceError::BadEvent { index, source })?;
-        if index == 0 {
-            first_seq = event.seq;
-        }
-        let expected = first_seq + index as u64;
-        if event.seq != expected || event.seq == 0 {
-            return Err(ServiceError::OutOfOrder {
-                index,
-                got: event.seq,
-                expected,
-            });
-        }
-        head = chain::link(&head, event.seq, &bytes);
-        events.push(VerifiedEvent {
-            seq: event.seq,
-            hash: head,
-            bytes,
-            event,
+    if let Some((index, bytes)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find(|(_, bytes)| bytes.len() > limits::MAX_EVENT_BYTES)
+    {
+        return Err(ServiceError::BadEvent {
+            index,
+            source: ProtoError::TooLarge {
+                bytes: bytes.len(),
+                limit: limits::MAX_EVENT_BYTES,
+            },
         });
     }
-    let last_seq = first_seq + events.len() as u64 - 1;
+    let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
+    // An agent from before `first_seq` existed leaves it 0: read the first event's seq alone,
+    // which allocates nothing whatever the event holds.
+    let first_seq = match batch.first_seq {
+        0 => peek_seq(&batch.events[0])
+            .map_err(|source| ServiceError::BadEvent { index: 0, source })?,
+        seq => seq,
+    };
+    let count = batch.events.len() as u64;
+    let last_seq = first_seq.saturating_add(count - 1);
+    if first_seq == 0 || last_seq > limits::MAX_SEQ {
+        return Err(ServiceError::SeqOutOfRange {
+            first: first_seq,
+            last: last_seq,
+            limit: limits::MAX_SEQ,
+        });
+    }
+    let mut head: Hash = prev_hash;
+    let mut hashes = Vec::with_capacity(batch.events.len());
+    for (seq, bytes) in (first_seq..).zip(&batch.events) {
+        head = chain::link(&head, seq, bytes);
+        hashes.push(head);
+    }
     chain::verify_batch(
         &agent.signing_key,
         &batch.signature,
@@ -319,6 +420,40 @@ pub fn verify_batch(
         &prev_hash,
         &head,
     )?;
+
+    let mut events = Vec::with_capacity(batch.events.len());
+    let mut decoded = 0usize;
+    for (index, ((seq, bytes), hash)) in (first_seq..).zip(batch.events).zip(hashes).enumerate() {
+        let mut event =
+            decode_event(&bytes).map_err(|source| ServiceError::BadEvent { index, source })?;
+        if event.seq != seq {
+            return Err(ServiceError::OutOfOrder {
+                index,
+                got: event.seq,
+                expected: seq,
+            });
+        }
+        // The host is who enrolled, never what the agent writes into an event.
+        if event.host != agent.name {
+            return Err(ServiceError::WrongHost {
+                index,
+                claimed: event.host,
+                enrolled: agent.name.clone(),
+            });
+        }
+        decoded += footprint(&mut event) + bytes.len();
+        if decoded > limits.max_decoded_bytes {
+            return Err(ServiceError::TooBigDecoded {
+                limit: limits.max_decoded_bytes,
+            });
+        }
+        events.push(VerifiedEvent {
+            seq,
+            hash,
+            bytes,
+            event,
+        });
+    }
     Ok(VerifiedBatch {
         agent_no: agent.no,
         agent_id: agent.id.clone(),

@@ -29,6 +29,231 @@ pub enum ProtoError {
         field: &'static str,
         value: u32,
     },
+    #[error("event is {bytes} bytes; the limit is {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("event {seq} has {count} {field} entries; the limit is {limit}")]
+    TooMany {
+        seq: u64,
+        field: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("event {seq} has a {field} of {len} bytes; the limit is {limit}")]
+    TooLong {
+        seq: u64,
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
+}
+
+/// Bounds on one event, shared by both sides: the agent fits its events to them before spooling
+/// ([`fit`]) and the collector refuses an event that exceeds them ([`decode_event`]). Every repeated
+/// field and string is bounded, so no event can make the collector allocate more than a small
+/// multiple of [`MAX_EVENT_BYTES`], however it is crafted.
+pub mod limits {
+    /// The most bytes of one encoded event. An empty repeated entry costs two bytes on the wire and
+    /// about 80 once decoded, so this also caps what one event can cost before it is checked.
+    pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+    /// The deepest process ancestry kept (the agent's process table stops at 64 as well).
+    pub const MAX_ANCESTRY: usize = 64;
+    /// The most entries of a list of names (tables, sensitive tables, sensors).
+    pub const MAX_LIST: usize = 256;
+    /// The longest single string (paths, command lines, statements).
+    pub const MAX_STRING: usize = 64 * 1024;
+    /// The highest sequence number accepted: far above any real agent's lifetime, and low enough
+    /// that the store's signed 64-bit columns and `seq + 1` never overflow.
+    pub const MAX_SEQ: u64 = 1 << 62;
+}
+
+/// One bounded part of an event, as [`visit`] hands it out.
+enum Part<'a> {
+    Text(&'static str, &'a mut String),
+    List(&'static str, &'a mut Vec<String>),
+    Ancestry(&'a mut Vec<Ancestor>),
+}
+
+fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
+    f(Part::Ancestry(&mut p.ancestry));
+    f(Part::Text("exe", &mut p.exe));
+    f(Part::Text("cmdline", &mut p.cmdline));
+    f(Part::Text("user", &mut p.user));
+    for a in &mut p.ancestry {
+        f(Part::Text("ancestor exe", &mut a.exe));
+        f(Part::Text("ancestor cmdline", &mut a.cmdline));
+        f(Part::Text("ancestor user", &mut a.user));
+    }
+}
+
+/// Every string and list of an event, so the bounds cannot miss a field.
+fn visit(event: &mut Event, f: &mut dyn FnMut(Part<'_>)) {
+    f(Part::Text("host", &mut event.host));
+    match &mut event.body {
+        Body::File(e) => {
+            f(Part::Text("path", &mut e.path));
+            for text in [&mut e.from_path, &mut e.owner].into_iter().flatten() {
+                f(Part::Text("file field", text));
+            }
+            f(Part::Text("backend", &mut e.backend));
+            if let Some(p) = &mut e.process {
+                visit_process(p, f);
+            }
+            if let Some(x) = &mut e.export {
+                f(Part::Text("export class", &mut x.class));
+                f(Part::Text("export format", &mut x.format));
+            }
+        }
+        Body::Process(e) => {
+            visit_process(&mut e.process, f);
+            f(Part::Text("cwd", &mut e.cwd));
+            f(Part::Text("source", &mut e.source));
+        }
+        Body::Net(e) => {
+            if let Some(p) = &mut e.process {
+                visit_process(p, f);
+            }
+            for (name, text) in [
+                ("protocol", &mut e.protocol),
+                ("local_addr", &mut e.local_addr),
+                ("remote_addr", &mut e.remote_addr),
+                ("remote_scope", &mut e.remote_scope),
+            ] {
+                f(Part::Text(name, text));
+            }
+        }
+        Body::Db(e) => {
+            f(Part::List("tables", &mut e.tables));
+            f(Part::List("sensitive_tables", &mut e.sensitive_tables));
+            for (name, text) in [
+                ("db_system", &mut e.db_system),
+                ("db_user", &mut e.db_user),
+                ("database", &mut e.database),
+                ("client_addr", &mut e.client_addr),
+                ("application", &mut e.application),
+                ("session", &mut e.session),
+                ("statement", &mut e.statement),
+                ("statement_kind", &mut e.statement_kind),
+                ("export_method", &mut e.export_method),
+                ("error", &mut e.error),
+                ("server", &mut e.server),
+            ] {
+                f(Part::Text(name, text));
+            }
+            for table in e.tables.iter_mut().chain(e.sensitive_tables.iter_mut()) {
+                f(Part::Text("table", table));
+            }
+        }
+        Body::Agent(e) => {
+            f(Part::List("sensors", &mut e.sensors));
+            f(Part::Text("version", &mut e.version));
+            f(Part::Text("message", &mut e.message));
+            for sensor in &mut e.sensors {
+                f(Part::Text("sensor", sensor));
+            }
+        }
+        Body::Sensor(e) => {
+            f(Part::Text("sensor", &mut e.sensor));
+            f(Part::Text("message", &mut e.message));
+            f(Part::Text("path", &mut e.path));
+        }
+    }
+}
+
+/// The first bound a decoded event exceeds, if any.
+fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
+    use limits::*;
+    let seq = event.seq;
+    let mut found = None;
+    visit(event, &mut |part| {
+        if found.is_some() {
+            return;
+        }
+        found = match part {
+            Part::Ancestry(list) if list.len() > MAX_ANCESTRY => Some(ProtoError::TooMany {
+                seq,
+                field: "ancestry",
+                count: list.len(),
+                limit: MAX_ANCESTRY,
+            }),
+            Part::List(field, list) if list.len() > MAX_LIST => Some(ProtoError::TooMany {
+                seq,
+                field,
+                count: list.len(),
+                limit: MAX_LIST,
+            }),
+            Part::Text(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
+                seq,
+                field,
+                len: text.len(),
+                limit: MAX_STRING,
+            }),
+            _ => None,
+        };
+    });
+    found.map_or(Ok(()), Err)
+}
+
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+}
+
+/// Cuts an event down to the shared bounds, so the collector never refuses what the agent spooled:
+/// lists and ancestry are shortened, then strings, halving their allowance until the encoded event
+/// fits [`limits::MAX_EVENT_BYTES`]. Returns whether anything was cut.
+pub fn fit(event: &mut Event) -> bool {
+    use limits::*;
+    let mut cut = false;
+    let mut max_string = MAX_STRING;
+    loop {
+        visit(event, &mut |part| match part {
+            Part::Ancestry(list) if list.len() > MAX_ANCESTRY => {
+                list.truncate(MAX_ANCESTRY);
+                cut = true;
+            }
+            Part::List(_, list) if list.len() > MAX_LIST => {
+                list.truncate(MAX_LIST);
+                cut = true;
+            }
+            Part::Text(_, text) if text.len() > max_string => {
+                truncate_at_char(text, max_string);
+                cut = true;
+            }
+            _ => {}
+        });
+        if to_pb(event).encoded_len() <= MAX_EVENT_BYTES || max_string == 0 {
+            return cut;
+        }
+        max_string /= 2;
+    }
+}
+
+/// About how many bytes a decoded event occupies, so a batch's decoded size can be budgeted.
+pub fn footprint(event: &mut Event) -> usize {
+    let mut bytes = std::mem::size_of::<Event>();
+    visit(event, &mut |part| {
+        bytes += match part {
+            Part::Text(_, text) => text.capacity(),
+            Part::List(_, list) => list.capacity() * std::mem::size_of::<String>(),
+            Part::Ancestry(list) => list.capacity() * std::mem::size_of::<Ancestor>(),
+        }
+    });
+    bytes
+}
+
+/// Reads only an event's sequence number; every other field is skipped without being allocated.
+pub fn peek_seq(bytes: &[u8]) -> Result<u64, ProtoError> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SeqOnly {
+        #[prost(uint64, tag = "1")]
+        seq: u64,
+    }
+    Ok(SeqOnly::decode(bytes)?.seq)
 }
 
 /// The bytes that are hashed, sent and stored for one event.
@@ -36,8 +261,18 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     to_pb(event).encode_to_vec()
 }
 
+/// Decodes one event within [`limits`]: its size is checked before decoding and every list and
+/// string after, so an oversized or crafted event is a clear error, never a large allocation.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, ProtoError> {
-    from_pb(pb::Event::decode(bytes)?)
+    if bytes.len() > limits::MAX_EVENT_BYTES {
+        return Err(ProtoError::TooLarge {
+            bytes: bytes.len(),
+            limit: limits::MAX_EVENT_BYTES,
+        });
+    }
+    let mut event = from_pb(pb::Event::decode(bytes)?)?;
+    check_bounds(&mut event)?;
+    Ok(event)
 }
 
 fn process_to_pb(p: &ProcessInfo) -> pb::ProcessInfo {
@@ -129,6 +364,12 @@ pub fn to_pb(event: &Event) -> pb::Event {
             backend: f.backend.clone(),
             incomplete: f.incomplete,
             export: f.export.as_ref().map(export_to_pb),
+            rescan: f.rescan,
+            path_escaped: f.path_escaped,
+            replaced_size: f.replaced_size,
+            replaced_export: f.replaced_export.as_ref().map(export_to_pb),
+            exchange: f.exchange,
+            links_left: f.links_left,
         }),
         Body::Process(p) => B::Process(pb::ProcessEvent {
             action: match p.action {
@@ -207,6 +448,7 @@ pub fn to_pb(event: &Event) -> pb::Event {
             message: s.message.clone(),
             count: s.count,
             path: s.path.clone(),
+            count_unknown: s.count_unknown,
         }),
     };
     pb::Event {
@@ -246,6 +488,12 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             backend: f.backend,
             incomplete: f.incomplete,
             export: f.export.map(export_from_pb),
+            rescan: f.rescan,
+            path_escaped: f.path_escaped,
+            replaced_size: f.replaced_size,
+            replaced_export: f.replaced_export.map(export_from_pb),
+            exchange: f.exchange,
+            links_left: f.links_left,
         }),
         B::Process(p) => Body::Process(ProcessEvent {
             action: match pb::ProcessAction::try_from(p.action) {
@@ -329,6 +577,7 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             message: s.message,
             count: s.count,
             path: s.path,
+            count_unknown: s.count_unknown,
         }),
     };
     Ok(Event {
@@ -394,6 +643,64 @@ mod tests {
             let back = decode_event(&encode_event(&event)).unwrap();
             assert_eq!(back, event);
         }
+    }
+
+    #[test]
+    fn events_beyond_the_bounds_are_refused_and_fit_brings_them_within() {
+        let mut process = ProcessInfo {
+            cmdline: "x".repeat(limits::MAX_STRING + 10),
+            ..ProcessInfo::default()
+        };
+        process.ancestry = vec![Ancestor::default(); limits::MAX_ANCESTRY + 1];
+        let mut event = Event {
+            seq: 7,
+            ts: Timestamp::from_nanos(1),
+            host: "h".into(),
+            body: ProcessEvent {
+                action: ProcessAction::Start,
+                process,
+                cwd: "/".into(),
+                start_ts: None,
+                exit_code: None,
+                read_bytes: None,
+                write_bytes: None,
+                source: "poll".into(),
+            }
+            .into(),
+        };
+        let error = decode_event(&encode_event(&event)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ProtoError::TooMany {
+                    field: "ancestry",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(fit(&mut event));
+        let back = decode_event(&encode_event(&event)).unwrap();
+        assert_eq!(back, event);
+
+        let mut db = DbEvent::new(DbAction::Query, "postgresql");
+        db.tables = vec!["t".into(); limits::MAX_LIST + 1];
+        db.statement = "s".repeat(limits::MAX_EVENT_BYTES);
+        let mut event = Event {
+            seq: 8,
+            ts: Timestamp::from_nanos(1),
+            host: "h".into(),
+            body: db.into(),
+        };
+        let bytes = encode_event(&event);
+        assert!(matches!(
+            decode_event(&bytes),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        assert!(fit(&mut event));
+        assert!(encode_event(&event).len() <= limits::MAX_EVENT_BYTES);
+        decode_event(&encode_event(&event)).unwrap();
+        assert_eq!(peek_seq(&bytes).unwrap(), 8);
     }
 
     #[test]

@@ -36,9 +36,10 @@ pub struct WebhookConfig {
     pub name: Option<String>,
     /// Where alerts are POSTed: an `http://` or `https://` URL. Required.
     pub url: String,
-    /// Body format: `"json"` (the alert object, `Content-Type: application/json`) or `"slack"` (a JSON
-    /// body with a top-level `text` string, for Slack, Mattermost and Teams-style incoming webhooks).
-    /// Default: `"json"`.
+    /// Body format: `"json"` (the alert object, `Content-Type: application/json`), `"slack"` (a JSON
+    /// body with a top-level `text` string, markup escaped, for Slack and Mattermost incoming
+    /// webhooks) or `"teams"` (a message with one Adaptive Card, for Microsoft Teams workflows).
+    /// Every body also carries `alert_id` and `delivery_id`. Default: `"json"`.
     #[serde(default)]
     pub format: WebhookFormat,
     /// Only alerts of at least this severity (`low`, `medium`, `high`, `critical`). Default: `"low"`.
@@ -51,7 +52,9 @@ pub struct WebhookConfig {
     /// Default: 60.
     #[serde(default = "default_webhook_rate")]
     pub rate_per_minute: u32,
-    /// How long one request may take before it counts as failed and is retried. Default: `"10s"`.
+    /// How long one request may take, connecting and reading the reply included, before it counts
+    /// as failed and is retried. Only the first 4 KiB of a reply are read, and redirects are not
+    /// followed (a 3xx is a failed delivery). Default: `"10s"`.
     #[serde(default = "default_webhook_timeout", with = "duration_str")]
     pub timeout: Duration,
     /// A PEM file of extra CA certificates to trust for an `https://` URL (a chat server behind a
@@ -82,6 +85,7 @@ pub enum WebhookFormat {
     #[default]
     Json,
     Slack,
+    Teams,
 }
 
 /// `[alerts.email]`.
@@ -330,6 +334,7 @@ fn validate_webhook(index: usize, config: &WebhookConfig) -> Result<SinkSettings
     let format = match config.format {
         WebhookFormat::Json => "json",
         WebhookFormat::Slack => "slack",
+        WebhookFormat::Teams => "teams",
     };
     let id = match &config.name {
         Some(name) => SinkId(name.clone()),

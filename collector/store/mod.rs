@@ -39,6 +39,10 @@ pub enum StoreError {
     UsedToken,
     #[error("enrollment token has expired")]
     ExpiredToken,
+    #[error(
+        "an active agent is already enrolled as {name:?} ({agent_id}); revoke it with `bannin-collector revoke --agent {agent_id}` or choose another --name"
+    )]
+    NameTaken { name: String, agent_id: String },
     #[error("store has no agent {agent_id}")]
     UnknownAgent { agent_id: String },
     #[error("operator {name} already exists; choose another name")]
@@ -47,6 +51,8 @@ pub enum StoreError {
     UnknownOperator { name: String },
     #[error("the ingest thread has stopped")]
     WriterGone,
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
 }
 
 const SCHEMA: &str = "
@@ -123,6 +129,42 @@ CREATE TABLE IF NOT EXISTS pruned (
 );
 ";
 
+/// Columns added after a table was first released; a store made by an older collector gains them
+/// (empty) when a writer opens it.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The agent's certificate as the CA issued it; it binds the agent's signing key.
+    ("agents", "certificate", "TEXT"),
+    // The collector's signature over (agent, last_seq, head_hash).
+    ("agents", "head_signature", "BLOB"),
+    // The newest head the agent says the collector acknowledged to it, signed by the agent.
+    ("agents", "witness_seq", "INTEGER"),
+    ("agents", "witness_hash", "BLOB"),
+    ("agents", "witness_signature", "BLOB"),
+    // The collector's signature over the finding or retention mark; verify trusts no other row.
+    ("findings", "signature", "BLOB"),
+    ("pruned", "signature", "BLOB"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present
+            && let Err(error) =
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+        {
+            // Another connection opening the same old store may have added it first.
+            if !error.to_string().contains("duplicate column") {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
@@ -152,10 +194,14 @@ fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA}; {}; COMMIT;",
-        alerts::SCHEMA
-    ))
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}; {};", alerts::SCHEMA))?;
+    match migrate(conn) {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(error) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
 }
 
 /// Makes a new store appear whole: it is built under a fresh name and linked into place (which fails
@@ -239,6 +285,8 @@ pub fn add_token(conn: &Connection, token: &str, expires: Timestamp) -> Result<(
 pub struct AgentKey {
     pub no: i64,
     pub id: String,
+    /// The name the agent enrolled with: the `host` of every event it sends.
+    pub name: String,
     pub signing_key: Vec<u8>,
     pub active: bool,
 }
@@ -248,44 +296,72 @@ pub struct NewAgent<'a> {
     pub name: &'a str,
     pub host: &'a str,
     pub signing_key: &'a [u8],
+    /// The collector's signature over the empty chain's head (0, genesis), so even an agent that
+    /// never sent anything has a signed head to compare with.
+    pub head_signature: &'a [u8],
 }
 
-/// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent.
+/// Whether `token` may enroll an agent called `name` now: the token is known, unused and unexpired,
+/// and no active agent has the name (compared without regard to ASCII case: `web1` and `WEB1` would
+/// be one host to the people reading alerts). Reads only; [`enroll`] checks again as it writes.
+pub fn check_enrollment(conn: &Connection, token: &str, name: &str) -> Result<(), StoreError> {
+    let row: Option<(i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT expires_ts, used_ts FROM tokens WHERE hash = ?1",
+            [token_hash(token)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => return Err(StoreError::UnknownToken),
+        Some((_, Some(_))) => return Err(StoreError::UsedToken),
+        Some((expires, None)) if expires < Timestamp::now().as_nanos() => {
+            return Err(StoreError::ExpiredToken);
+        }
+        Some(_) => {}
+    }
+    let holder: Option<String> = conn
+        .query_row(
+            "SELECT id FROM agents WHERE name = ?1 COLLATE NOCASE AND status = 'active' LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match holder {
+        Some(agent_id) => Err(StoreError::NameTaken {
+            name: name.to_string(),
+            agent_id,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent, and
+/// a name belongs to one active agent. A refusal spends nothing.
 pub fn enroll(
     conn: &mut Connection,
     token: &str,
     agent: &NewAgent<'_>,
 ) -> Result<AgentKey, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    check_enrollment(&tx, token, agent.name)?;
     let hash = token_hash(token);
-    let row: Option<(i64, Option<i64>)> = tx
-        .query_row(
-            "SELECT expires_ts, used_ts FROM tokens WHERE hash = ?1",
-            [&hash],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
     let now = Timestamp::now();
-    match row {
-        None => return Err(StoreError::UnknownToken),
-        Some((_, Some(_))) => return Err(StoreError::UsedToken),
-        Some((expires, None)) if expires < now.as_nanos() => return Err(StoreError::ExpiredToken),
-        Some(_) => {}
-    }
     tx.execute(
         "UPDATE tokens SET used_ts = ?1, used_by = ?2 WHERE hash = ?3",
         params![now.as_nanos(), agent.id, hash],
     )?;
     tx.execute(
-        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash, head_signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             agent.id,
             agent.name,
             agent.host,
             agent.signing_key,
             now.as_nanos(),
-            GENESIS.to_vec()
+            GENESIS.to_vec(),
+            agent.head_signature
         ],
     )?;
     let no = tx.last_insert_rowid();
@@ -293,17 +369,19 @@ pub fn enroll(
     Ok(AgentKey {
         no,
         id: agent.id.to_string(),
+        name: agent.name.to_string(),
         signing_key: agent.signing_key.to_vec(),
         active: true,
     })
 }
 
 pub fn agent_keys(conn: &Connection) -> Result<Vec<AgentKey>, StoreError> {
-    let mut stmt = conn.prepare("SELECT no, id, signing_key, status FROM agents")?;
+    let mut stmt = conn.prepare("SELECT no, id, signing_key, status, name FROM agents")?;
     let rows = stmt.query_map([], |r| {
         Ok(AgentKey {
             no: r.get(0)?,
             id: r.get(1)?,
+            name: r.get(4)?,
             signing_key: r.get(2)?,
             active: r.get::<_, String>(3)? == "active",
         })

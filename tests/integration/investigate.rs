@@ -96,6 +96,7 @@ impl SimAgent {
             events,
             prev_hash: self.head.to_vec(),
             signature: signature.to_vec(),
+            first_seq: first,
         };
         (batch, head, last)
     }
@@ -799,6 +800,19 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
         .submit(vec![heartbeat(Timestamp::now()); 4])
         .await
         .unwrap();
+    // Retention goes by when the collector received a batch, not by the events' own timestamps:
+    // make the first three batches as old in the store as their events claim to be.
+    {
+        let conn = rusqlite::Connection::open(data.join("bannin.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE batches SET received_ts = ?1 WHERE last_seq <= 15",
+                [old.as_nanos()],
+            )
+            .unwrap();
+        assert_eq!(changed, 3);
+    }
 
     let remaining = wait_for("retention to delete the old batches", LONG, || {
         let events = collector.events(&[]);

@@ -41,7 +41,8 @@ fn batch(first_seq: u64, count: usize, signer: &SigningKey, agent_id: &str) -> p
     let mut head = GENESIS;
     let mut events = Vec::new();
     for i in 0..count {
-        let mut event = Event::now("forged-host", AgentEvent::new(AgentAction::Heartbeat));
+        // The name agent A enrolled with: the collector refuses events that claim another host.
+        let mut event = Event::now("host-a", AgentEvent::new(AgentAction::Heartbeat));
         event.seq = first_seq + i as u64;
         let bytes = bannin::proto::encode_event(&event);
         head = chain::link(&head, event.seq, &bytes);
@@ -49,11 +50,26 @@ fn batch(first_seq: u64, count: usize, signer: &SigningKey, agent_id: &str) -> p
     }
     let last = first_seq + count as u64 - 1;
     let signature = chain::sign_batch(signer, agent_id, first_seq, last, &GENESIS, &head);
+    // first_seq left 0, as an agent from before the field sends it: the collector reads the seq
+    // of the first event instead.
     pb::EventBatch {
         events,
         prev_hash: GENESIS.to_vec(),
         signature: signature.to_vec(),
+        first_seq: 0,
     }
+}
+
+/// Signs `batch`'s events as they now are, as a compromised agent holding the key would.
+fn resign(batch: &mut pb::EventBatch, first_seq: u64, signer: &SigningKey, agent_id: &str) {
+    let mut head = GENESIS;
+    for (i, bytes) in batch.events.iter().enumerate() {
+        head = chain::link(&head, first_seq + i as u64, bytes);
+    }
+    let last = first_seq + batch.events.len() as u64 - 1;
+    batch.signature =
+        chain::sign_batch(signer, agent_id, first_seq, last, &GENESIS, &head).to_vec();
+    batch.first_seq = first_seq;
 }
 
 fn stored(collector: &Collector) -> usize {
@@ -129,9 +145,13 @@ async fn forged_unsigned_unenrolled_and_oversized_batches_store_nothing() {
     let status = as_a.submit(tampered).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // Malformed event bytes.
+    // Malformed event bytes: the signature is checked over the raw bytes first, so unsigned
+    // garbage is refused as unauthenticated, and garbage the agent signed as malformed.
     let mut garbage = batch(1, 2, &a.key, &a.id);
     garbage.events[1] = vec![0xff, 0xff, 0xff, 0x01];
+    let status = as_a.submit(garbage.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    resign(&mut garbage, 1, &a.key, &a.id);
     let status = as_a.submit(garbage).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 

@@ -4,10 +4,10 @@
 //! One task polls every configured database in turn. For each it reads the new records in a
 //! blocking section ([`tail`]), parses them ([`postgres`], [`mariadb`]), classifies statements
 //! ([`statement`]) and keeps running sensitive-row totals ([`totals`]); then it hands the events to
-//! the spool and only after that saves the read positions and parser state
-//! (`state_dir/db-positions.json`, replaced atomically). A restart therefore resumes at the first
-//! record whose events were not handed over: nothing is skipped, and nothing is read twice unless
-//! the agent died between the hand-over and the save.
+//! the spool, waits for the commit ticket of its last event (no timeout), and only then saves the
+//! read positions and parser state (`state_dir/db-positions.json`, replaced atomically). A restart
+//! therefore resumes at the first record whose events were not committed: nothing is skipped, and
+//! nothing is read twice unless the agent died between the commit and the save.
 //!
 //! Bad input is never fatal: unparseable records are counted and reported as `sensor.error` at
 //! most once a minute per database; a log that cannot be read is reported once as `sensor.error`,
@@ -118,6 +118,8 @@ pub async fn spawn(
         .unwrap_or(Duration::from_secs(1));
     let task = tokio::spawn(async move {
         let mut last_saved = String::new();
+        // The ticket of the newest event this sensor sent: positions wait for it.
+        let mut last_ticket = None;
         loop {
             let mut more = false;
             let mut polled = Vec::with_capacity(sources.len());
@@ -142,25 +144,30 @@ pub async fn spawn(
                     body: event.into(),
                 });
                 for body in outcome.sensor {
-                    if tx.send(body).await.is_err() {
-                        return;
+                    match tx.send_ticketed(body).await {
+                        Ok(ticket) => last_ticket = Some(ticket),
+                        Err(_) => return,
                     }
                 }
                 for event in events {
-                    if tx.send_event(event).await.is_err() {
-                        return;
+                    match tx.send_event_ticketed(event).await {
+                        Ok(ticket) => last_ticket = Some(ticket),
+                        Err(_) => return,
                     }
                 }
                 if let Some(report) = source.garbled_report() {
-                    if tx.send(report).await.is_err() {
-                        return;
+                    match tx.send_ticketed(report).await {
+                        Ok(ticket) => last_ticket = Some(ticket),
+                        Err(_) => return,
                     }
                 }
                 polled.push(source);
             }
             sources = polled;
-            // Only now that the events are with the spool may the positions move on.
-            wait_drained(&tx).await;
+            // Only once this sensor's events are committed may the positions move on.
+            if let Some(ticket) = last_ticket {
+                tx.committed(ticket).await;
+            }
             save_state(&path, &sources, &mut last_saved).await;
             let pause = if more { Duration::ZERO } else { interval };
             tokio::select! {
@@ -168,23 +175,13 @@ pub async fn spawn(
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+        // Every ticket was waited for before the last save in the loop; nothing was sent since.
         save_state(&path, &sources, &mut last_saved).await;
     });
     Ok(DbHandle {
         stop: Some(stop_tx),
         task,
     })
-}
-
-/// Waits (a bounded while) until the spool has committed every event sent, so a saved position
-/// never runs ahead of events that a crash could still lose.
-async fn wait_drained(tx: &EventTx) {
-    for _ in 0..500 {
-        if tx.is_committed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -100,7 +100,8 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
         ],
     );
     let state = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let handle = spawn(vec![pg_config(&server.data)], state.path(), tx)
         .await
         .unwrap();
@@ -235,7 +236,8 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
         &["CREATE TABLE customers (id int, name text)"],
     );
     let state = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
         .await
         .unwrap();
@@ -274,7 +276,8 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
 
     // Written while the agent is down: read once after the restart, and nothing before it again.
     server.psql("while-down", "postgres", &["SELECT 5 AS step5"]);
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
         .await
         .unwrap();
@@ -317,7 +320,8 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
          CREATE USER 'bob'@'127.0.0.1' IDENTIFIED BY 'hunter2'; GRANT SELECT ON shop.* TO 'bob'@'127.0.0.1'",
     );
     let state = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let handle = spawn(vec![maria_config(&server)], state.path(), tx)
         .await
         .unwrap();
@@ -425,7 +429,8 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
 
     // While the agent is down.
     server.sql("SELECT 'while down' AS marker");
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let handle = spawn(vec![maria_config(&server)], state.path(), tx)
         .await
         .unwrap();
@@ -463,7 +468,8 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
 async fn a_missing_log_is_reported_retried_and_recovered_and_garbage_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server_audit.log");
-    let (tx, mut rx) = pipeline::channel("h");
+    let (tx, rx) = pipeline::channel("h");
+    let mut rx = pipeline::settle_on_take(&tx, rx);
     let settings = config(&format!(
         "kind = \"mariadb\"\nlog = \"{}\"\npoll_interval = \"50ms\"\nstart_at = \"beginning\"\n",
         log.display()

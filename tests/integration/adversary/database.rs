@@ -189,3 +189,71 @@ fn credentials_never_reach_the_collector_in_statements_or_errors() {
         );
     }
 }
+
+/// Holds a write lock on the agent's spool (as any process that can open it may) until dropped.
+struct SpoolLock {
+    child: std::process::Child,
+}
+
+impl SpoolLock {
+    fn take(state_dir: &Path) -> SpoolLock {
+        use std::io::{BufRead, BufReader};
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+                      c.execute('BEGIN EXCLUSIVE')\n\
+                      print('locked', flush=True)\n\
+                      sys.stdin.read()\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(state_dir.join("spool.db"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        SpoolLock { child }
+    }
+}
+
+impl Drop for SpoolLock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sensor used to save its read position after a 5 s wait even when its events were not yet
+/// committed to the spool. With the spool held busy, a statement is read, its position must not be
+/// saved; a crash (kill -9) and restart must then read it again, so it reaches the collector.
+#[test]
+fn a_read_position_is_never_saved_ahead_of_uncommitted_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = PgServer::start(PgLog::Csv);
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let mut agent = db_agent(tmp.path(), &collector, "db1", &pg_database(&server));
+    server.psql("ready", "postgres", &["SELECT 'before-lock' AS probe"]);
+    events_through(&collector, "db1", "before-lock");
+
+    let lock = SpoolLock::take(&agent.state_dir);
+    server.psql("inflight", "postgres", &["SELECT 'in-flight' AS probe"]);
+    // The spool writer gives up its first attempt only after SQLite's 10 s busy timeout, well
+    // after the old sensor's 5 s wait had saved the position.
+    agent
+        .proc
+        .wait_line("cannot write to the spool", Duration::from_secs(60));
+    agent.proc.kill9();
+    drop(lock);
+    agent.restart();
+    server.psql("after", "postgres", &["SELECT 'after-restart' AS probe"]);
+
+    let events = events_through(&collector, "db1", "after-restart");
+    let count = events
+        .iter()
+        .filter(|e| e.contains("SELECT 'in-flight' AS probe"))
+        .count();
+    assert_eq!(count, 1, "{events:#?}");
+}

@@ -1,1 +1,328 @@
 //! A compromised agent or a hostile network tries to crash, starve or mislead the collector.
+//!
+//! The compromised agent is real: a `bannin-agent enroll` against a real collector, whose certificate
+//! and signing key the test then uses to send hand-made batches over real mutual TLS.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bannin::chain::{self, GENESIS, Hash};
+use bannin::event::{AgentAction, AgentEvent, Event};
+use bannin::pb;
+use bannin::time::Timestamp;
+use ed25519_dalek::SigningKey;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use tonic::Code;
+
+use crate::harness::*;
+
+/// An enrolled agent's stolen identity and the chain position it has reached.
+struct Stolen {
+    id: String,
+    name: String,
+    key: SigningKey,
+    cert: String,
+    tls_key: String,
+    head: Hash,
+    next_seq: u64,
+}
+
+impl Stolen {
+    fn enroll(collector: &Collector, state: &Path, name: &str) -> Stolen {
+        collector.enroll(state, name);
+        let seed = hex::decode(
+            std::fs::read_to_string(state.join("signing.key"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        Stolen {
+            id: agent_id(state),
+            name: name.to_string(),
+            key: SigningKey::from_bytes(&seed.try_into().unwrap()),
+            cert: std::fs::read_to_string(state.join("tls.pem")).unwrap(),
+            tls_key: std::fs::read_to_string(state.join("tls.key")).unwrap(),
+            head: GENESIS,
+            next_seq: 1,
+        }
+    }
+
+    async fn client(
+        &self,
+        collector: &Collector,
+    ) -> pb::ingest_client::IngestClient<tonic::transport::Channel> {
+        pb::ingest_client::IngestClient::new(
+            channel(collector, Some((&self.cert, &self.tls_key))).await,
+        )
+        .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// A correctly signed batch of raw event bytes numbered from `first_seq`, chained on `prev`.
+    fn sign_raw(&self, first_seq: u64, prev: Hash, events: Vec<Vec<u8>>) -> (pb::EventBatch, Hash) {
+        let mut head = prev;
+        for (i, bytes) in events.iter().enumerate() {
+            head = chain::link(&head, first_seq + i as u64, bytes);
+        }
+        let last = first_seq + events.len() as u64 - 1;
+        let signature = chain::sign_batch(&self.key, &self.id, first_seq, last, &prev, &head);
+        (
+            pb::EventBatch {
+                events,
+                prev_hash: prev.to_vec(),
+                signature: signature.to_vec(),
+                first_seq,
+            },
+            head,
+        )
+    }
+
+    /// A batch of `events`, numbered and chained where this agent is, without moving on.
+    fn at(&self, events: Vec<Event>) -> (pb::EventBatch, Hash) {
+        let first = self.next_seq;
+        let raw = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut event)| {
+                event.seq = first + i as u64;
+                bannin::proto::encode_event(&event)
+            })
+            .collect::<Vec<_>>();
+        self.sign_raw(first, self.head, raw)
+    }
+
+    /// The next batch of `events`; the agent's position moves on.
+    fn next(&mut self, events: Vec<Event>) -> pb::EventBatch {
+        let count = events.len() as u64;
+        let (batch, head) = self.at(events);
+        self.next_seq += count;
+        self.head = head;
+        batch
+    }
+
+    fn heartbeat(&self) -> Event {
+        Event::now(self.name.clone(), AgentEvent::new(AgentAction::Heartbeat))
+    }
+}
+
+/// A process-start event whose process has `ancestors` empty ancestry entries, encoded by hand so
+/// the test itself never holds millions of decoded entries.
+fn deep_ancestry_event(seq: u64, host: &str, ancestors: usize) -> Vec<u8> {
+    let mut info = Vec::with_capacity(ancestors * 2);
+    for _ in 0..ancestors {
+        info.extend_from_slice(&[0x3a, 0x00]); // field 7 (ancestry), length 0
+    }
+    let mut process_event = Vec::new();
+    encode_key(1, WireType::Varint, &mut process_event);
+    encode_varint(1, &mut process_event); // PROCESS_ACTION_START
+    encode_key(2, WireType::LengthDelimited, &mut process_event);
+    encode_varint(info.len() as u64, &mut process_event);
+    process_event.extend_from_slice(&info);
+    drop(info);
+    let mut event = Vec::new();
+    encode_key(1, WireType::Varint, &mut event);
+    encode_varint(seq, &mut event);
+    encode_key(2, WireType::Varint, &mut event);
+    encode_varint(Timestamp::now().as_nanos() as u64, &mut event);
+    encode_key(3, WireType::LengthDelimited, &mut event);
+    encode_varint(host.len() as u64, &mut event);
+    event.extend_from_slice(host.as_bytes());
+    encode_key(11, WireType::LengthDelimited, &mut event);
+    encode_varint(process_event.len() as u64, &mut event);
+    event.extend_from_slice(&process_event);
+    event
+}
+
+/// A field of /proc/PID/status in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn alive(collector: &mut Collector) -> bool {
+    matches!(collector.proc.child.try_wait(), Ok(None))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    private_file(&path, text);
+    path.to_str().unwrap().to_string()
+}
+
+/// The issue's numbers: a 7.6 MiB batch with 4,000,000 empty ancestry entries took the collector
+/// from 15 MB to 671 MB, and twelve at once killed it. Now each is refused before it is decoded,
+/// batches that stay within each event's bounds are refused by the batch's decoded budget, and
+/// the collector's peak memory stays far below what one such batch used to cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_batches_are_refused_before_they_cost_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("c"));
+    let mut agent = Stolen::enroll(&collector, &tmp.path().join("a"), "pc-1");
+    let pid = collector.proc.child.id();
+    let mut client = agent.client(&collector).await;
+
+    // One event of 4,000,000 empty ancestors: 7.6 MiB on the wire.
+    let hostile = deep_ancestry_event(1, &agent.name, 4_000_000);
+    assert!(hostile.len() > 7 * 1024 * 1024);
+    let (batch, _) = agent.sign_raw(1, GENESIS, vec![hostile]);
+    let status = client.submit(batch.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limit"), "{status:?}");
+
+    // Many events each just under the size limit, each far over the ancestry bound.
+    let events = (0..30)
+        .map(|i| deep_ancestry_event(1 + i, &agent.name, 120_000))
+        .collect();
+    let (deep, _) = agent.sign_raw(1, GENESIS, events);
+    let status = client.submit(deep).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ancestry"), "{status:?}");
+
+    // Events within every bound whose sum decodes far larger than the message: the batch budget.
+    let events = (0..10_000)
+        .map(|i| deep_ancestry_event(1 + i, &agent.name, 64))
+        .collect();
+    let (wide, _) = agent.sign_raw(1, GENESIS, events);
+    let status = client.submit(wide).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Twelve at once over separate connections, and twelve 15 MiB messages.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut client = agent.client(&collector).await;
+        let mut batch = batch.clone();
+        if i % 2 == 1 {
+            batch.events.push(vec![0u8; 8 * 1024 * 1024]);
+        }
+        tasks.push(tokio::spawn(async move { client.submit(batch).await }));
+    }
+    for task in tasks {
+        let status = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                Code::ResourceExhausted | Code::OutOfRange | Code::Unavailable
+            ),
+            "{status:?}"
+        );
+    }
+    assert!(
+        alive(&mut collector),
+        "collector died:\n{}",
+        collector.proc.log()
+    );
+    let peak = status_kib(pid, "VmHWM:") / 1024;
+    assert!(peak < 256, "collector peak RSS {peak} MiB");
+
+    // Nothing of it was stored, and the same agent's honest batch still goes through.
+    assert!(collector.events(&[]).is_empty());
+    let good = agent.next(vec![agent.heartbeat(), agent.heartbeat()]);
+    let ack = client.submit(good).await.unwrap().into_inner();
+    assert_eq!(ack.committed_through, 2);
+}
+
+/// `host` is the enrolled name, a seq near 2^63 is refused instead of poisoning `verify`, and
+/// retention goes by when the collector received a batch, not by the time the agent wrote on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_seq_and_age_are_the_collectors_not_the_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write(
+        tmp.path(),
+        "collector.toml",
+        "[retention]\ndays = 1\ncheck_every = \"1s\"\n",
+    );
+    let collector =
+        Collector::start_with(&tmp.path().join("c"), "127.0.0.1:0", &["--config", &config]);
+    let mut pc = Stolen::enroll(&collector, &tmp.path().join("pc"), "pc-1");
+    let mut other = Stolen::enroll(&collector, &tmp.path().join("o"), "pc-2");
+    let mut client = pc.client(&collector).await;
+
+    // An event that claims to come from another host is refused, whole batch and all.
+    let mut lie = pc.heartbeat();
+    lie.host = "db-prod-1".into();
+    let status = client
+        .submit(pc.at(vec![pc.heartbeat(), lie]).0)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("db-prod-1"), "{status:?}");
+
+    // A seq of 2^63 is refused; the store keeps verifying.
+    let (huge, _) = pc.sign_raw(
+        1 << 63,
+        GENESIS,
+        vec![bannin::proto::encode_event(&Event {
+            seq: 1 << 63,
+            ..pc.heartbeat()
+        })],
+    );
+    let status = client.submit(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // An event stamped three days ago, received now.
+    let mut old = pc.heartbeat();
+    old.ts = Timestamp::now().saturating_sub(Duration::from_secs(3 * 86_400));
+    let ack = client
+        .submit(pc.next(vec![old]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.inserted, 1);
+
+    // Another agent's event stamped in 2100, in a batch received (as the store records it) two
+    // days ago: retention must remove it, proving retention ran while the old-stamped one stayed.
+    let mut future = other.heartbeat();
+    future.ts = Timestamp::from_secs(4_102_444_800);
+    let mut other_client = other.client(&collector).await;
+    other_client.submit(other.next(vec![future])).await.unwrap();
+    let db = collector.dir.join("bannin.db");
+    assert!(db.exists(), "store file name changed");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        let two_days_ago = Timestamp::now().saturating_sub(Duration::from_secs(2 * 86_400));
+        let changed = conn
+            .execute(
+                "UPDATE batches SET received_ts = ?1
+                 WHERE agent_no = (SELECT no FROM agents WHERE id = ?2)",
+                rusqlite::params![two_days_ago.as_nanos(), other.id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    wait_for(
+        "retention to remove the batch received two days ago",
+        Duration::from_secs(60),
+        || {
+            collector
+                .events(&["--agent", &other.id])
+                .is_empty()
+                .then_some(())
+        },
+    );
+    let kept = collector.events(&["--agent", &pc.id]);
+    assert_eq!(
+        kept.len(),
+        1,
+        "the event received now was deleted: {kept:?}"
+    );
+    assert!(kept.iter().all(|e| e["host"] == "pc-1"));
+
+    let verify = run_output(
+        Command::new(COLLECTOR)
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(&collector.dir),
+    );
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
