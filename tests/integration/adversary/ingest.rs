@@ -326,3 +326,94 @@ async fn host_seq_and_age_are_the_collectors_not_the_agents() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th fields.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Idle TCP connections that never start TLS, from two addresses, while the collector may hold only
+/// 160 descriptors: it must neither spin on `accept` (EMFILE) nor keep the sockets for ever, and a
+/// real agent must still enroll and deliver within a bounded time.
+#[test]
+fn idle_sockets_and_descriptor_exhaustion_neither_pin_the_collector_nor_block_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("c"));
+    let pid = collector.proc.child.id();
+    run_ok(
+        Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg("--nofile=160:160"),
+    );
+    let addr: std::net::SocketAddr = collector.addr.parse().unwrap();
+    let mut idle = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..150 {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(
+                    &format!("{source}:0")
+                        .parse::<std::net::SocketAddr>()
+                        .unwrap()
+                        .into(),
+                )
+                .unwrap();
+            if socket
+                .connect_timeout(&addr.into(), Duration::from_secs(1))
+                .is_ok()
+            {
+                idle.push(socket);
+            }
+        }
+    }
+    assert!(idle.len() > 160, "only {} connections opened", idle.len());
+
+    // Out of descriptors with connections waiting: the collector must wait, not spin.
+    let before = cpu_seconds(pid);
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    let share = used / started.elapsed().as_secs_f64();
+    assert!(
+        share < 0.5,
+        "collector used {:.0}% of a CPU while idle sockets waited",
+        share * 100.0
+    );
+
+    // A real agent enrolls (retrying as an operator would) and delivers, under the same attack.
+    let state = tmp.path().join("agent");
+    let token = collector.token();
+    wait_for("the agent to enroll", Duration::from_secs(90), || {
+        let out = run_output(
+            Command::new(AGENT)
+                .arg("enroll")
+                .arg("--collector")
+                .arg(collector.url())
+                .arg("--token")
+                .arg(&token)
+                .arg("--ca-cert")
+                .arg(collector.ca())
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--name")
+                .arg("pc-1"),
+        );
+        out.status.success().then_some(())
+    });
+    let _agent = Agent::start(&state, &[]);
+    let id = agent_id(&state);
+    wait_for(
+        "the agent's events to arrive",
+        Duration::from_secs(90),
+        || (!collector.events(&["--agent", &id]).is_empty()).then_some(()),
+    );
+    assert!(matches!(collector.proc.child.id(), p if p == pid));
+    drop(idle);
+}
