@@ -30,6 +30,23 @@ pub struct EvidenceRef {
     pub seq: u64,
 }
 
+/// Keys of the alert object itself, and the ones outputs and deliveries add beside a rule's fields:
+/// a rule field of one of these names would repeat a key in the JSON, and the whole alert would no
+/// longer parse ("duplicate field"), so rules may not use them.
+pub const RESERVED_FIELDS: &[&str] = &[
+    "id",
+    "rule",
+    "severity",
+    "ts",
+    "host",
+    "summary",
+    "evidence",
+    "count",
+    "deliveries",
+    "delivery_id",
+    "idempotency_key",
+];
+
 /// The alert object of INTERFACE.md: common fields plus the rule's own (`fields`, flattened).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

@@ -77,53 +77,82 @@ impl Detection {
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = std::time::Instant::now();
                 updates.extend(self.engine.tick(Timestamp::now()));
+                crate::metrics::detection_state_evicted(self.engine.take_evictions());
             }
             if updates.is_empty() {
                 continue;
             }
-            match self.persist(updates) {
-                Ok(raised) => {
-                    self.notifier.notify();
-                    for alert in raised {
-                        // The summary quotes file names: escaped, a line break in one cannot forge a log line.
-                        tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::output::escape_control(&alert.host), "{}", crate::output::escape_control(&alert.summary));
-                        if let Some(tap) = &self.tap {
-                            let _ = tap.try_send(Observed::Alert(alert));
-                        }
-                    }
+            let raised = self.store(&updates);
+            self.notifier.notify();
+            for alert in raised {
+                // The summary quotes file names: escaped, a line break in one cannot forge a log line.
+                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::output::escape_control(&alert.host), "{}", crate::output::escape_control(&alert.summary));
+                if let Some(tap) = &self.tap {
+                    let _ = tap.try_send(Observed::Alert(alert));
                 }
-                Err(error) => tracing::error!(%error, "cannot store alerts"),
             }
         }
     }
 
-    /// Stores new alerts and repeats with their deliveries; returns the new ones.
-    fn persist(&mut self, updates: Vec<AlertUpdate>) -> Result<Vec<Alert>, StoreError> {
-        let tx = self.conn.transaction()?;
+    /// Stores `updates` with their deliveries, retrying until the store takes them: an alert is
+    /// never dropped between detection and delivery. The engine's de-duplication already counts
+    /// these alerts as raised, which holds only once they are stored, so nothing else runs (new
+    /// events wait, and the store writer waits on them) until they are.
+    fn store(&mut self, updates: &[AlertUpdate]) -> Vec<Alert> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.persist(updates) {
+                Ok(raised) => return raised,
+                Err(error) => {
+                    crate::metrics::alert_store_failed();
+                    tracing::error!(%error, alerts = updates.len(), retry_in = ?wait, "cannot store alerts; retrying, nothing is dropped");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Stores new alerts and repeats with their deliveries in one transaction, all or nothing;
+    /// returns the new ones.
+    fn persist(&mut self, updates: &[AlertUpdate]) -> Result<Vec<Alert>, PersistError> {
+        let tx = self.conn.transaction().map_err(StoreError::from)?;
         let mut raised = Vec::new();
         for update in updates {
             let alert = match update {
                 AlertUpdate::New(alert) => {
-                    store::alerts::insert(&tx, &alert)?;
+                    store::alerts::insert(&tx, alert)?;
                     raised.push(alert.clone());
-                    alert
+                    alert.clone()
                 }
                 AlertUpdate::Repeat {
                     id,
                     count,
                     evidence,
+                    fields,
                     ..
-                } => match store::alerts::repeat(&tx, &id, count, &evidence)? {
+                } => match store::alerts::repeat(&tx, id, *count, evidence, fields)? {
                     Some(alert) => alert,
-                    None => continue,
+                    None => {
+                        // Its first occurrence is stored before any repeat (same transaction
+                        // or an earlier one), so this is a store edited underneath us.
+                        tracing::warn!(alert_id = %id, "a repeated alert is missing from the store");
+                        continue;
+                    }
                 },
             };
             let sinks = self.router.route(&alert);
-            if let Err(error) = outbox::enqueue(&tx, &alert, &sinks) {
-                tracing::error!(%error, alert_id = %alert.id, "cannot queue alert deliveries");
-            }
+            outbox::enqueue(&tx, &alert, &sinks)?;
         }
-        tx.commit()?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(raised)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PersistError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot queue alert deliveries: {0}")]
+    Outbox(#[from] crate::hooks::HooksError),
 }

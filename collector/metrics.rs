@@ -42,6 +42,8 @@ struct Registry {
     queries_refused: AtomicU64,
     retention_events: AtomicU64,
     retention_batches: AtomicU64,
+    detection_state_evicted: AtomicU64,
+    alert_store_failures: AtomicU64,
     /// The last scrape's (time, events) for the ingest rate.
     last_scrape: Mutex<Option<(tokio::time::Instant, u64)>>,
 }
@@ -104,6 +106,20 @@ pub fn pruned(batches: u64, events: u64) {
     REGISTRY
         .retention_events
         .fetch_add(events, Ordering::Relaxed);
+}
+
+/// Detection state the limits pushed out (each entry may be a missed alert).
+pub fn detection_state_evicted(entries: u64) {
+    REGISTRY
+        .detection_state_evicted
+        .fetch_add(entries, Ordering::Relaxed);
+}
+
+/// A failed attempt to store alerts (retried until it succeeds).
+pub fn alert_store_failed() {
+    REGISTRY
+        .alert_store_failures
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// Gauges read from the store at scrape time: agents, and alert deliveries from the hooks' outbox
@@ -235,6 +251,18 @@ fn render(gauges: Option<&AgentGauges>) -> String {
         "bannin_retention_batches_deleted_total",
         "Signed batches deleted by retention.",
         r.retention_batches.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "bannin_detection_state_evicted_total",
+        "Detection state entries pushed out by [detection.limits]; each raised detection-state-evicted.",
+        r.detection_state_evicted.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "bannin_alert_store_failures_total",
+        "Failed attempts to store alerts with their deliveries (each is retried).",
+        r.alert_store_failures.load(Ordering::Relaxed),
     );
     if let Some(g) = gauges {
         let _ = writeln!(

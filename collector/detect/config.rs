@@ -88,12 +88,17 @@ impl Default for Thresholds {
     }
 }
 
-/// `[detection.limits]`: caps on detector state, so memory stays bounded under any load.
+/// `[detection.limits]`: caps on detector state, so memory stays bounded under any load. What a
+/// cap pushes out raises `detection-state-evicted` naming the host that lost it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Files tracked for create-then-delete at once. Default 100000.
+    /// Large exports tracked for create-then-delete at once, all hosts together. Default 100000.
     pub tracked_files: usize,
+    /// Entries one host may hold in each detector's state (tracked exports, correlation groups,
+    /// sessions and users adding up reads, de-duplication): a host that floods pushes out only its
+    /// own state. When every cap is full, room is made on the host holding the most. Default 10000.
+    pub per_host: usize,
     /// Correlation groups (one per rule and group-by value) held at once; also the sessions and
     /// users whose recent sensitive reads are added up. Default 100000.
     pub correlation_groups: usize,
@@ -111,6 +116,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             tracked_files: 100_000,
+            per_host: 10_000,
             correlation_groups: 100_000,
             matches_per_group: 10_000,
             seen_destinations: 1_000_000,

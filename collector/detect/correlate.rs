@@ -5,14 +5,14 @@
 //! its matches within the timespan, at most `matches_per_group`. A group that fires is cleared, so a
 //! burst raises one alert, not one per further match.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use bannin::time::Timestamp;
 
 use super::fields::{Field, Subject, Val};
 use super::rules::{CorrelationKind, CorrelationSpec};
-use super::state::Window;
+use super::state::HostWindows;
 use crate::alert::EvidenceRef;
 
 /// At most this many evidence references are attached to one correlation alert.
@@ -62,10 +62,13 @@ pub(crate) struct Hit {
 
 pub(crate) struct Correlator {
     pub(crate) correlations: Vec<Correlation>,
-    groups: Window<(usize, String), VecDeque<Point>>,
+    /// Per host, so one host's flood of distinct groups pushes out only its own; matches dropped
+    /// because a group held `per_group` already are losses of that group's host too.
+    groups: HostWindows<(usize, String), VecDeque<Point>>,
+    /// The host each group is counted against: the one whose match opened it. A group's later
+    /// matches may come from other hosts (a correlation across the fleet).
+    owners: HashMap<(usize, String), String>,
     per_group: usize,
-    /// Matches dropped because a group held `per_group` already.
-    pub(crate) dropped_matches: u64,
 }
 
 impl Correlation {
@@ -84,17 +87,26 @@ impl Correlation {
 }
 
 impl Correlator {
-    pub(crate) fn new(correlations: Vec<Correlation>, groups: usize, per_group: usize) -> Self {
+    pub(crate) fn new(
+        correlations: Vec<Correlation>,
+        groups: usize,
+        per_host: usize,
+        per_group: usize,
+    ) -> Self {
         Correlator {
             correlations,
-            groups: Window::new(groups),
+            groups: HostWindows::new(per_host.min(groups), groups, Duration::ZERO),
+            owners: HashMap::new(),
             per_group: per_group.max(1),
-            dropped_matches: 0,
         }
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.groups.evicted() + self.dropped_matches
+        self.groups.losses.total()
+    }
+
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.groups.losses.take()
     }
 
     /// Feeds one match of rule `rule`; returns the correlations it completes.
@@ -145,20 +157,37 @@ impl Correlator {
                 value,
                 evidence: evidence.to_vec(),
             };
-            if self.groups.touch(&key, ts).is_none() {
-                self.groups.insert(key.clone(), VecDeque::new(), ts);
+            let host = match self.owners.get(&key) {
+                Some(owner) => owner.clone(),
+                None => subject.host().to_string(),
+            };
+            let host = host.as_str();
+            if self.groups.touch(host, &key, ts).is_none() {
+                for gone in self.groups.insert(host, key.clone(), VecDeque::new(), ts) {
+                    self.owners.remove(&gone);
+                }
+                self.owners.insert(key.clone(), host.to_string());
             }
-            let Some(points) = self.groups.get_mut(&key) else {
+            let Some(points) = self.groups.get_mut(host, &key) else {
                 continue;
             };
             let since = ts.saturating_sub(correlation.timespan);
             points.retain(|p| p.ts >= since);
+            let mut dropped = false;
             if points.len() >= self.per_group {
                 points.pop_front();
-                self.dropped_matches += 1;
+                dropped = true;
             }
             points.push_back(point);
-            if let Some(value) = correlation.fires(points) {
+            let fired = correlation.fires(points);
+            if dropped {
+                // Counted against the host whose match pushed the oldest out.
+                self.groups.losses.add(subject.host(), 1);
+            }
+            let Some(points) = self.groups.get_mut(host, &key) else {
+                continue;
+            };
+            if let Some(value) = fired {
                 let first_ts = points.iter().map(|p| p.ts).min().unwrap_or(ts);
                 let mut evidence: Vec<EvidenceRef> = points
                     .iter()
@@ -170,7 +199,8 @@ impl Correlator {
                     evidence.truncate(MAX_EVIDENCE / 2);
                     evidence.extend(tail);
                 }
-                self.groups.remove(&key);
+                self.groups.remove(host, &key);
+                self.owners.remove(&key);
                 hits.push(Hit {
                     correlation: index,
                     value,
@@ -185,7 +215,9 @@ impl Correlator {
 
     /// Forgets groups idle for longer than `idle` before `now`.
     pub(crate) fn expire(&mut self, now: Timestamp, idle: Duration) {
-        self.groups.expire(now.saturating_sub(idle));
+        for (key, _) in self.groups.expire(now.saturating_sub(idle)) {
+            self.owners.remove(&key);
+        }
     }
 }
 

@@ -6,14 +6,14 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record};
+use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record, SensorStatus};
 use bannin::time::Timestamp;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::{Map, Value as Json, json};
 
 use super::config::Limits;
 use super::rules::DetectorSpec;
-use super::state::Window;
+use super::state::{HostWindows, Losses, Window};
 use crate::alert::{EvidenceRef, Severity};
 
 /// At most this many evidence references and renames are kept per tracked file.
@@ -105,11 +105,16 @@ impl Tracked {
     }
 
     fn absorb(&mut self, file: &FileEvent) {
+        // What the agent found in the file at its largest describes the export; a decoy written
+        // over it later must not replace the rows and counts the alert reports.
+        let largest = file.size.is_none_or(|size| size >= self.max_size);
         if let Some(size) = file.size {
             self.max_size = self.max_size.max(size);
         }
         if let Some(export) = &file.export {
-            self.export = Some(export.clone());
+            if largest || self.export.is_none() {
+                self.export = Some(export.clone());
+            }
         }
         if self.creator.is_none() {
             self.creator = file.process.clone();
@@ -117,8 +122,22 @@ impl Tracked {
     }
 }
 
-/// Large export-like files created and then deleted, renamed away and deleted, or truncated, within
-/// a window; tracked by (host, path) and followed through renames.
+/// When an export-like file was created, remembered while it is still small: enough to date the
+/// export if it grows past the threshold, and cheap (no strings), since any number of small files
+/// may come and go. Losing one only makes an alert date the export from its first large write.
+#[derive(Clone, Copy)]
+struct Created {
+    ts: Timestamp,
+    seq: u64,
+}
+
+/// Large export-like files created and then deleted, renamed away and deleted, replaced by a
+/// rename over them, renamed out of the watched trees, or truncated, within a window; tracked by
+/// (host, path) and followed through renames.
+///
+/// Only files that are (or become) at least `min_size` are tracked, so no number of small files
+/// can push a real export out; state is bounded per host ([`HostWindows`]) and what is pushed out
+/// is reported as `detection-state-evicted`.
 pub(crate) struct ExportLifecycle {
     min_size: u64,
     window: Duration,
@@ -128,7 +147,51 @@ pub(crate) struct ExportLifecycle {
     extensions: Vec<String>,
     /// Keyed by a hash of (host, path), so looking a file up costs no allocation; the entry holds
     /// both to rule out collisions.
-    files: Window<u64, Tracked>,
+    files: HostWindows<u64, Tracked>,
+    /// Export-like files created but not (yet) large.
+    created: HostWindows<u64, Created>,
+    /// The trees each agent's file sensor watches, from its status report: a tracked export
+    /// renamed outside them is out of sight, and its delete will never be reported.
+    roots: Window<String, Vec<String>>,
+}
+
+/// What became of a tracked export.
+enum Fate {
+    Deleted,
+    Truncated,
+    /// Another file was renamed over it (or exchanged with it).
+    Replaced,
+    /// Renamed out of the watched trees.
+    Renamed,
+}
+
+impl Fate {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Fate::Deleted => "deleted",
+            Fate::Truncated => "truncated",
+            Fate::Replaced => "replaced",
+            Fate::Renamed => "renamed",
+        }
+    }
+}
+
+/// The watched roots in a files sensor status message: "...; watching [/a, /b]".
+fn watched_roots(message: &str) -> Option<Vec<String>> {
+    let list = message.rsplit_once("watching [")?.1.strip_suffix(']')?;
+    Some(
+        list.split(", ")
+            .filter(|r| !r.is_empty())
+            .map(|r| r.trim_end_matches('/').to_string())
+            .collect(),
+    )
+}
+
+fn under(path: &str, root: &str) -> bool {
+    root.is_empty()
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl ExportLifecycle {
@@ -142,13 +205,16 @@ impl ExportLifecycle {
             .map(String::from)
             .to_vec();
         }
+        let per_host = limits.per_host.min(limits.tracked_files);
         Ok(ExportLifecycle {
             min_size: spec.u64("min_size", 10 * 1024 * 1024)?,
             window: spec.duration("window", Duration::from_secs(86_400))?,
             truncated_below: spec.u64("truncated_below", 64 * 1024)?,
             exclude: globs(&spec.strings("exclude_paths")?)?,
             extensions,
-            files: Window::coarse(limits.tracked_files, Duration::from_secs(1)),
+            files: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
+            created: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
+            roots: Window::new(limits.agents),
         })
     }
 
@@ -157,13 +223,22 @@ impl ExportLifecycle {
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.files.evicted()
+        self.files.losses.total()
+    }
+
+    /// Tracked exports pushed out since the last call, by host. Creation times pushed out of the
+    /// small-file tier are not losses: the export is still tracked once it is large.
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.created.losses.take();
+        self.files.losses.take()
     }
 
     /// Forgets files created longer than the window before `now`, the collector's clock: an agent
     /// whose clock runs ahead must not flush every other host's files.
     pub(crate) fn expire(&mut self, now: Timestamp) {
-        self.files.expire(now.saturating_sub(self.window));
+        let before = now.saturating_sub(self.window);
+        self.files.expire(before);
+        self.created.expire(before);
     }
 
     fn export_like_name(&self, path: &str) -> bool {
@@ -174,60 +249,125 @@ impl ExportLifecycle {
             .any(|ext| self.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
     }
 
-    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
-        let Body::File(file) = &record.event.body else {
-            return None;
+    /// Whether a file not tracked yet is a large export worth tracking.
+    fn worth_tracking(&self, file: &FileEvent) -> bool {
+        file.size.is_some_and(|size| size >= self.min_size)
+            && (file.export.is_some() || self.export_like_name(&file.path))
+            && !self.exclude.is_match(&file.path)
+    }
+
+    /// Starts tracking `file`, dated from its create if that was seen.
+    fn start_tracking(&mut self, host: &str, record: &Record, file: &FileEvent) -> u64 {
+        let key = file_key(host, &file.path);
+        let ts = record.event.ts;
+        let tracked = match self.created.remove(host, &key) {
+            Some(created) => {
+                let mut tracked = Tracked::new(host, file, created.ts, true);
+                tracked.evidence.push(EvidenceRef {
+                    agent_id: record.agent_id.clone(),
+                    seq: created.seq,
+                });
+                tracked
+            }
+            None => Tracked::new(host, file, ts, false),
+        };
+        self.files.insert(host, key, tracked, ts);
+        key
+    }
+
+    fn outside_watch(&self, agent_id: &str, path: &str) -> bool {
+        self.roots
+            .get(&agent_id.to_string())
+            .is_some_and(|roots| !roots.iter().any(|root| under(path, root)))
+    }
+
+    pub(crate) fn observe(&mut self, record: &Record) -> Vec<Candidate> {
+        let mut found = Vec::new();
+        let file = match &record.event.body {
+            Body::File(file) => file,
+            Body::Sensor(sensor)
+                if sensor.sensor == "files" && sensor.status == SensorStatus::Status =>
+            {
+                if let Some(roots) = watched_roots(&sensor.message) {
+                    self.roots
+                        .insert(record.agent_id.clone(), roots, record.event.ts);
+                }
+                return found;
+            }
+            _ => return found,
         };
         let ts = record.event.ts;
         let host = &record.event.host;
         match file.action {
             FileAction::Create => {
-                let export_like = file.export.is_some() || self.export_like_name(&file.path);
-                if export_like && !self.exclude.is_match(&file.path) {
-                    let mut tracked = Tracked::new(host, file, ts, true);
-                    tracked.absorb(file);
-                    tracked.push_evidence(record);
-                    self.files.insert(file_key(host, &file.path), tracked, ts);
+                if self.worth_tracking(file) {
+                    let key = self.start_tracking(host, record, file);
+                    if let Some(tracked) = self.files.get_mut(host, &key) {
+                        tracked.create_seen = true;
+                        tracked.absorb(file);
+                        tracked.push_evidence(record);
+                    }
+                } else if (file.export.is_some() || self.export_like_name(&file.path))
+                    && !self.exclude.is_match(&file.path)
+                {
+                    let created = Created {
+                        ts,
+                        seq: record.event.seq,
+                    };
+                    self.created
+                        .insert(host, file_key(host, &file.path), created, ts);
                 }
-                None
             }
             FileAction::Write => {
                 let key = match self.find(host, &file.path) {
                     Some(key) => {
-                        self.files.touch(&key, ts);
+                        self.files.touch(host, &key, ts);
                         key
                     }
-                    None => {
-                        // Untracked and still not export data: nothing to follow.
-                        file.export.as_ref()?;
-                        if self.exclude.is_match(&file.path) {
-                            return None;
-                        }
-                        let key = file_key(host, &file.path);
-                        self.files
-                            .insert(key, Tracked::new(host, file, ts, false), ts);
-                        key
-                    }
+                    // Untracked and still not a large export: nothing to follow.
+                    None if self.worth_tracking(file) => self.start_tracking(host, record, file),
+                    None => return found,
                 };
-                let tracked = self.files.get_mut(&key)?;
+                let Some(tracked) = self.files.get_mut(host, &key) else {
+                    return found;
+                };
                 let was_large = tracked.max_size >= self.min_size;
                 tracked.absorb(file);
                 tracked.push_evidence(record);
-                let size = file.size?;
+                let Some(size) = file.size else {
+                    return found;
+                };
                 if was_large && size < self.truncated_below && tracked.export.is_some() {
-                    let tracked = self.files.remove(&key)?;
-                    return self.candidate(tracked, record, file, "truncated");
+                    if let Some(tracked) = self.files.remove(host, &key) {
+                        found.extend(self.candidate(tracked, record, file, Fate::Truncated));
+                    }
                 }
-                None
             }
             FileAction::Rename => {
                 let from = file.from_path.as_deref().unwrap_or_default();
-                let mut tracked = match self.find(host, from) {
-                    Some(old) => self.files.remove(&old)?,
-                    None if file.export.is_some() && !self.exclude.is_match(&file.path) => {
-                        Tracked::new(host, file, ts, false)
+                // Whatever was tracked at the destination is gone under that name: a rename over
+                // an export replaces it (and a RENAME_EXCHANGE moves it under the decoy's name).
+                if from != file.path {
+                    if let Some(key) = self.find(host, &file.path) {
+                        if let Some(mut replaced) = self.files.remove(host, &key) {
+                            replaced.push_evidence(record);
+                            found.extend(self.candidate(replaced, record, file, Fate::Replaced));
+                        }
                     }
-                    None => return None,
+                    let to_key = file_key(host, &file.path);
+                    let from_key = file_key(host, from);
+                    self.created.remove(host, &to_key);
+                    if let Some(created) = self.created.remove(host, &from_key) {
+                        self.created.insert(host, to_key, created, ts);
+                    }
+                }
+                let mut tracked = match self.find(host, from) {
+                    Some(old) => match self.files.remove(host, &old) {
+                        Some(tracked) => tracked,
+                        None => return found,
+                    },
+                    None if self.worth_tracking(file) => Tracked::new(host, file, ts, false),
+                    None => return found,
                 };
                 tracked.absorb(file);
                 tracked.push_evidence(record);
@@ -235,24 +375,34 @@ impl ExportLifecycle {
                 if tracked.renames.len() < MAX_FILE_EVIDENCE {
                     tracked.renames.push(file.path.clone());
                 }
-                self.files.insert(file_key(host, &file.path), tracked, ts);
-                None
+                if self.outside_watch(&record.agent_id, &file.path) {
+                    // Out of sight: its delete will never be reported, so this is the last word.
+                    found.extend(self.candidate(tracked, record, file, Fate::Renamed));
+                } else {
+                    self.files
+                        .insert(host, file_key(host, &file.path), tracked, ts);
+                }
             }
             FileAction::Delete => {
-                let key = self.find(host, &file.path)?;
-                let mut tracked = self.files.remove(&key)?;
-                tracked.absorb(file);
-                tracked.push_evidence(record);
-                self.candidate(tracked, record, file, "deleted")
+                self.created.remove(host, &file_key(host, &file.path));
+                let Some(key) = self.find(host, &file.path) else {
+                    return found;
+                };
+                if let Some(mut tracked) = self.files.remove(host, &key) {
+                    tracked.absorb(file);
+                    tracked.push_evidence(record);
+                    found.extend(self.candidate(tracked, record, file, Fate::Deleted));
+                }
             }
         }
+        found
     }
 
     /// The key of the tracked file at `path` on `host`, if there is one.
     fn find(&self, host: &str, path: &str) -> Option<u64> {
         let key = file_key(host, path);
         self.files
-            .get(&key)
+            .get(host, &key)
             .is_some_and(|t| t.host == host && t.path == path)
             .then_some(key)
     }
@@ -262,8 +412,9 @@ impl ExportLifecycle {
         tracked: Tracked,
         record: &Record,
         file: &FileEvent,
-        how: &str,
+        fate: Fate,
     ) -> Option<Candidate> {
+        let how = fate.as_str();
         let ts = record.event.ts;
         let export = tracked.export.as_ref()?;
         let in_window = ts.as_nanos().saturating_sub(tracked.created_ts.as_nanos())
@@ -273,8 +424,8 @@ impl ExportLifecycle {
         }
         let mut fields = Map::new();
         fields.insert("path".into(), json!(tracked.created_path));
-        if file.path != tracked.created_path {
-            fields.insert("final_path".into(), json!(file.path));
+        if tracked.path != tracked.created_path {
+            fields.insert("final_path".into(), json!(tracked.path));
         }
         if !tracked.renames.is_empty() {
             fields.insert("renamed_to".into(), json!(tracked.renames));
@@ -284,6 +435,11 @@ impl ExportLifecycle {
         fields.insert("create_seen".into(), json!(tracked.create_seen));
         fields.insert("deleted_ts".into(), json!(ts));
         fields.insert("how".into(), json!(how));
+        if let Fate::Replaced = fate {
+            if let Some(from) = &file.from_path {
+                fields.insert("replaced_by".into(), json!(from));
+            }
+        }
         if let Some(creator) = &tracked.creator {
             process_fields(&mut fields, "", creator);
         }
@@ -347,7 +503,10 @@ impl ExportLifecycle {
 /// Outbound connections to an address no host of the fleet has connected to before.
 pub(crate) struct FirstSeen {
     scopes: Vec<String>,
+    /// Fleet-wide; a destination pushed out would alert again as new, which is counted against
+    /// the host whose connection pushed it out.
     seen: Window<String, ()>,
+    losses: Losses,
 }
 
 impl FirstSeen {
@@ -359,11 +518,16 @@ impl FirstSeen {
         Ok(FirstSeen {
             scopes,
             seen: Window::new(limits.seen_destinations),
+            losses: Losses::default(),
         })
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.seen.evicted()
+        self.losses.total()
+    }
+
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.losses.take()
     }
 
     pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
@@ -379,7 +543,11 @@ impl FirstSeen {
         if self.seen.get(&net.remote_addr).is_some() {
             return None;
         }
-        self.seen.insert(net.remote_addr.clone(), (), ts);
+        let pushed_out = self.seen.insert(net.remote_addr.clone(), (), ts);
+        self.losses.add(
+            &record.event.host,
+            u64::try_from(pushed_out.len()).unwrap_or(u64::MAX),
+        );
         let mut fields = Map::new();
         fields.insert("remote_addr".into(), json!(net.remote_addr));
         fields.insert("remote_port".into(), json!(net.remote_port));
@@ -433,6 +601,7 @@ pub(crate) struct AgentSilent {
     /// Set by a replay: the next tick restarts every agent's silence from the collector's start.
     grace_pending: bool,
     agents: Window<String, Liveness>,
+    losses: Losses,
 }
 
 impl AgentSilent {
@@ -441,11 +610,16 @@ impl AgentSilent {
             after: spec.duration("after", Duration::from_secs(60))?,
             grace_pending: false,
             agents: Window::coarse(limits.agents, Duration::from_secs(1)),
+            losses: Losses::default(),
         })
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.agents.evicted()
+        self.losses.total()
+    }
+
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.losses.take()
     }
 
     /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
@@ -474,7 +648,9 @@ impl AgentSilent {
                     stopped,
                     alerted: false,
                 };
-                self.agents.insert(record.agent_id.clone(), liveness, at);
+                for (_, lost) in self.agents.insert(record.agent_id.clone(), liveness, at) {
+                    self.losses.add(&lost.host, 1);
+                }
             }
         }
     }
@@ -574,8 +750,8 @@ pub(crate) struct SensitiveReadVolume {
     window: Duration,
     full_table_reads: bool,
     per_key: usize,
-    tracks: Window<u64, ReadTrack>,
-    dropped: u64,
+    /// Per host; reads dropped because a track held `per_key` already are losses too.
+    tracks: HostWindows<u64, ReadTrack>,
 }
 
 impl SensitiveReadVolume {
@@ -593,13 +769,20 @@ impl SensitiveReadVolume {
                 .transpose()?
                 .unwrap_or(true),
             per_key: limits.matches_per_group.max(1),
-            tracks: Window::coarse(limits.correlation_groups, Duration::from_secs(1)),
-            dropped: 0,
+            tracks: HostWindows::new(
+                limits.per_host.min(limits.correlation_groups),
+                limits.correlation_groups,
+                Duration::from_secs(1),
+            ),
         })
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.tracks.evicted() + self.dropped
+        self.tracks.losses.total()
+    }
+
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.tracks.losses.take()
     }
 
     pub(crate) fn expire(&mut self, now: Timestamp) {
@@ -614,6 +797,7 @@ impl SensitiveReadVolume {
             return None;
         }
         let ts = record.event.ts;
+        let host = record.event.host.as_str();
         let since = ts.saturating_sub(self.window);
         let mut best: Option<(&str, u64, Vec<u64>)> = None;
         for (scope, name, total) in [
@@ -626,19 +810,17 @@ impl SensitiveReadVolume {
                 (&record.agent_id, scope, name).hash(&mut hasher);
                 hasher.finish()
             };
-            let track = match self.tracks.touch(&key, ts) {
-                Some(track) => track,
-                None => {
-                    let track = ReadTrack {
-                        // First sight: only this event's own rows are known to be new.
-                        last_total: total.saturating_sub(db.rows.unwrap_or(0)),
-                        points: VecDeque::new(),
-                        sum: 0,
-                    };
-                    self.tracks.insert(key, track, ts);
-                    self.tracks.get_mut(&key)?
-                }
-            };
+            if self.tracks.touch(host, &key, ts).is_none() {
+                let track = ReadTrack {
+                    // First sight: only this event's own rows are known to be new.
+                    last_total: total.saturating_sub(db.rows.unwrap_or(0)),
+                    points: VecDeque::new(),
+                    sum: 0,
+                };
+                self.tracks.insert(host, key, track, ts);
+            }
+            let mut dropped = false;
+            let track = self.tracks.get_mut(host, &key)?;
             // A total that went down is a restarted agent counting afresh.
             let added = total.checked_sub(track.last_total).unwrap_or(total);
             track.last_total = total;
@@ -652,7 +834,7 @@ impl SensitiveReadVolume {
                     if let Some((_, rows, _)) = track.points.pop_front() {
                         track.sum -= rows;
                     }
-                    self.dropped += 1;
+                    dropped = true;
                 }
                 track.points.push_back((ts, added, evidence(record)));
                 track.sum += added;
@@ -663,6 +845,9 @@ impl SensitiveReadVolume {
                 best = Some((scope, track.sum, keys));
             } else if let Some((_, _, keys)) = &mut best {
                 keys.push(key);
+            }
+            if dropped {
+                self.tracks.losses.add(host, 1);
             }
         }
         let full = self.full_table_reads
@@ -677,7 +862,7 @@ impl SensitiveReadVolume {
         let mut proof = Vec::new();
         let mut first_ts = ts;
         for key in keys {
-            if let Some(track) = self.tracks.get_mut(&key) {
+            if let Some(track) = self.tracks.get_mut(host, &key) {
                 for (t, _, e) in track.points.drain(..) {
                     first_ts = first_ts.min(t);
                     if !proof.contains(&e) {

@@ -4,7 +4,7 @@
 //! Field names are resolved once, when a rule is compiled, so a typo in a rule is a load error and
 //! matching an event never looks a name up in a map.
 
-use bannin::event::{Body, ProcessInfo, Record};
+use bannin::event::{Body, ProcessInfo, Record, SensorStatus};
 use serde_json::Value as Json;
 
 use super::Finding;
@@ -168,6 +168,9 @@ fields!(
     SpoolBytes = "spool_bytes",
     Sensor = "sensor",
     Count = "count",
+    // How many events a sensor lost: the count, or "unknown" where the kernel does not say (an
+    // overflow that reports 0). Alerts use it; `count` is the alert's own de-duplication count.
+    Lost = "lost",
     // Collector findings.
     Detail = "detail",
 );
@@ -315,6 +318,10 @@ impl Field {
                 Field::Sensor => Some(Val::Str(&sensor.sensor)),
                 Field::Message => Some(Val::Str(&sensor.message)),
                 Field::Count => Some(num(sensor.count)),
+                Field::Lost if sensor.count == 0 && sensor.status == SensorStatus::Overflow => {
+                    Some(Val::Str("unknown"))
+                }
+                Field::Lost => Some(num(sensor.count)),
                 Field::Path => Some(Val::Str(&sensor.path)),
                 _ => None,
             },

@@ -103,6 +103,8 @@ pub enum AlertUpdate {
         count: u64,
         ts: Timestamp,
         evidence: Vec<EvidenceRef>,
+        /// Fields whose latest value replaces the stored one (running totals); usually none.
+        fields: Map<String, Json>,
     },
 }
 
@@ -136,10 +138,12 @@ impl Proof<'_> {
 }
 
 enum Detector {
-    Lifecycle(ExportLifecycle),
+    Lifecycle(Box<ExportLifecycle>),
     Reads(SensitiveReadVolume),
     FirstSeen(FirstSeen),
     Silent(AgentSilent),
+    /// `detection-state-evicted`: raised from what the other detectors' caps pushed out.
+    Evictions,
 }
 
 impl Detector {
@@ -149,6 +153,18 @@ impl Detector {
             Detector::Reads(d) => d.evicted(),
             Detector::FirstSeen(d) => d.evicted(),
             Detector::Silent(d) => d.evicted(),
+            Detector::Evictions => 0,
+        }
+    }
+
+    /// State pushed out since the last call, by host, and what kind of state it was.
+    fn take_losses(&mut self) -> (&'static str, Vec<(String, u64)>) {
+        match self {
+            Detector::Lifecycle(d) => ("tracked exports", d.take_losses()),
+            Detector::Reads(d) => ("sensitive read totals", d.take_losses()),
+            Detector::FirstSeen(d) => ("seen destinations", d.take_losses()),
+            Detector::Silent(d) => ("agent liveness", d.take_losses()),
+            Detector::Evictions => ("", Vec::new()),
         }
     }
 }
@@ -172,6 +188,12 @@ pub struct Engine {
     replaying: bool,
     suppressed: u64,
     repeats: u64,
+    /// The `detection-state-evicted` rule, if loaded, and per host the entries its current alert
+    /// stands for (its `evicted` field is this running total).
+    evictions_rule: Option<usize>,
+    evicted_since_alert: HashMap<String, u64>,
+    /// Entries pushed out since the collector last read [`Engine::take_evictions`] for its metric.
+    unmetered_evictions: u64,
     /// Evictions already logged, and when, so the log says each loss once a minute at most.
     reported_evicted: u64,
     reported_at: Timestamp,
@@ -223,9 +245,8 @@ impl Engine {
                 Body::Detector(spec) => {
                     let limits = &config.limits;
                     let detector = match spec.name.as_str() {
-                        "export_lifecycle" => {
-                            ExportLifecycle::new(spec, limits).map(Detector::Lifecycle)
-                        }
+                        "export_lifecycle" => ExportLifecycle::new(spec, limits)
+                            .map(|d| Detector::Lifecycle(Box::new(d))),
                         "sensitive_read_volume" => {
                             SensitiveReadVolume::new(spec, limits).map(Detector::Reads)
                         }
@@ -233,6 +254,7 @@ impl Engine {
                             FirstSeen::new(spec, limits).map(Detector::FirstSeen)
                         }
                         "agent_silent" => AgentSilent::new(spec, limits).map(Detector::Silent),
+                        "state_evicted" => Ok(Detector::Evictions),
                         other => Err(format!("unknown detector {other:?}")),
                     };
                     detectors.push((index, detector.map_err(|m| rule_error(rule, m))?));
@@ -247,20 +269,27 @@ impl Engine {
             correlator: Correlator::new(
                 correlations,
                 limits.correlation_groups,
+                limits.per_host,
                 limits.matches_per_group,
             ),
             longest_timespan,
-            detectors,
             allow: AllowList::new(&config.allow)?,
-            dedup: Dedup::new(config.dedup_window, limits.dedup_entries),
+            dedup: Dedup::new(config.dedup_window, limits.dedup_entries, limits.per_host),
             id_prefix: format!("{:x}", Timestamp::now().as_nanos()),
             next_id: 0,
             clock: Timestamp::default(),
             replaying: false,
             suppressed: 0,
             repeats: 0,
+            evictions_rule: detectors
+                .iter()
+                .find(|(_, d)| matches!(d, Detector::Evictions))
+                .map(|(rule, _)| *rule),
+            evicted_since_alert: HashMap::new(),
+            unmetered_evictions: 0,
             reported_evicted: 0,
             reported_at: Timestamp::default(),
+            detectors,
             rules,
         })
     }
@@ -282,16 +311,17 @@ impl Engine {
         for index in 0..self.detectors.len() {
             let (rule, detector) = &mut self.detectors[index];
             let rule = *rule;
-            let candidate = match detector {
+            let candidates = match detector {
                 Detector::Lifecycle(d) => d.observe(record),
-                Detector::Reads(d) => d.observe(record),
-                Detector::FirstSeen(d) => d.observe(record),
+                Detector::Reads(d) => d.observe(record).into_iter().collect(),
+                Detector::FirstSeen(d) => d.observe(record).into_iter().collect(),
                 Detector::Silent(d) => {
                     d.heard(record, heard_at, self.replaying);
-                    None
+                    Vec::new()
                 }
+                Detector::Evictions => Vec::new(),
             };
-            if let Some(candidate) = candidate {
+            for candidate in candidates {
                 self.conclude(rule, subject, candidate, &mut out);
             }
         }
@@ -330,14 +360,78 @@ impl Engine {
                     d.expire(now);
                     Vec::new()
                 }
-                Detector::FirstSeen(_) => Vec::new(),
+                Detector::FirstSeen(_) | Detector::Evictions => Vec::new(),
             };
             for candidate in candidates {
                 self.emit(rule, candidate, &mut out);
             }
         }
+        self.raise_losses(now, &mut out);
         self.report_losses(now);
         out
+    }
+
+    /// Turns state the caps pushed out since the last tick into one `detection-state-evicted`
+    /// alert per host (and the metric): each lost entry may be a missed alert, so it is never
+    /// only a log line. A replay keeps its losses for the first tick after it.
+    fn raise_losses(&mut self, now: Timestamp, out: &mut Vec<AlertUpdate>) {
+        let mut by_host: HashMap<String, (u64, Vec<&'static str>)> = HashMap::new();
+        let mut add = |what: &'static str, losses: Vec<(String, u64)>| {
+            for (host, count) in losses {
+                let entry = by_host.entry(host).or_default();
+                entry.0 += count;
+                if !entry.1.contains(&what) {
+                    entry.1.push(what);
+                }
+            }
+        };
+        add("correlation groups", self.correlator.take_losses());
+        // De-duplication memory pushed out makes repeats into new alerts, so nothing is missed;
+        // it is counted, not alerted, else these very alerts would push out more of it each tick.
+        let dedup: u64 = self.dedup.take_losses().iter().map(|(_, n)| n).sum();
+        self.unmetered_evictions += dedup;
+        for (_, detector) in &mut self.detectors {
+            let (what, losses) = detector.take_losses();
+            add(what, losses);
+        }
+        if by_host.is_empty() {
+            return;
+        }
+        let rule = self.evictions_rule;
+        let mut hosts: Vec<_> = by_host.into_iter().collect();
+        hosts.sort();
+        for (host, (count, what)) in hosts {
+            self.unmetered_evictions += count;
+            tracing::warn!(%host, evicted = count, state = %what.join(", "), "detection state limits pushed out entries; alerts about them may be missed (raise [detection.limits])");
+            let Some(rule) = rule else { continue };
+            let before = self.evicted_since_alert.get(&host).copied().unwrap_or(0);
+            let mut fields = Map::new();
+            fields.insert("evicted".into(), Json::from(before + count));
+            fields.insert("state".into(), Json::from(what.clone()));
+            let candidate = Candidate {
+                ts: now,
+                summary: format!(
+                    "detection state limits pushed out {count} entries of {host} ({}); alerts about them may be missed",
+                    what.join(", ")
+                ),
+                host: host.clone(),
+                evidence: Vec::new(),
+                fields,
+                key: String::new(),
+                severity: None,
+            };
+            let emitted = out.len();
+            self.emit(rule, candidate, out);
+            let total = match out.get_mut(emitted) {
+                // A new alert (the last one is past the de-duplication window) starts afresh.
+                Some(AlertUpdate::New(alert)) => {
+                    alert.fields.insert("evicted".into(), Json::from(count));
+                    count
+                }
+                _ => before + count,
+            };
+            self.evicted_since_alert.insert(host, total);
+        }
     }
 
     /// Logs state the limits pushed out since the last report: each lost entry may be a missed
@@ -374,6 +468,11 @@ impl Engine {
                 d.settle(last);
             }
         }
+    }
+
+    /// State entries pushed out since the last call (for `bannin_detection_state_evicted_total`).
+    pub fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.unmetered_evictions)
     }
 
     pub fn stats(&self) -> DetectStats {
@@ -501,7 +600,10 @@ impl Engine {
             }
         }
         for (field, value) in &hit.group {
-            fields.insert(field.name().to_string(), value.clone());
+            // A group-by on `host` is already the alert's own host.
+            if !crate::alert::RESERVED_FIELDS.contains(&field.name()) {
+                fields.insert(field.name().to_string(), value.clone());
+            }
         }
         fields.insert("value".into(), Json::from(hit.value));
         fields.insert("first_ts".into(), serde_json::json!(hit.first_ts));
@@ -535,22 +637,38 @@ impl Engine {
         allowed
     }
 
-    fn emit(&mut self, rule: usize, candidate: Candidate, out: &mut Vec<AlertUpdate>) {
+    fn emit(&mut self, rule: usize, mut candidate: Candidate, out: &mut Vec<AlertUpdate>) {
         if self.replaying || self.allowed(rule, &candidate) {
             return;
         }
+        // Rules are refused at load for these; a detector's own field must not slip through
+        // either, or the alert's JSON repeats a key and no longer parses anywhere.
+        candidate
+            .fields
+            .retain(|name, _| !crate::alert::RESERVED_FIELDS.contains(&name.as_str()));
         let meta = &self.rules[rule].meta;
         let id = format!("{}-{}", self.id_prefix, self.next_id);
-        let key = format!("{}\u{1f}{}", candidate.host, candidate.key);
-        match self.dedup.check(rule, key, candidate.ts, &id) {
+        match self.dedup.check(
+            rule,
+            &candidate.host,
+            candidate.key.clone(),
+            candidate.ts,
+            &id,
+        ) {
             Verdict::Repeat { id, count } => {
                 self.repeats += 1;
+                let fields = if Some(rule) == self.evictions_rule {
+                    candidate.fields
+                } else {
+                    Map::new()
+                };
                 out.push(AlertUpdate::Repeat {
                     id,
                     rule: meta.id.clone(),
                     count,
                     ts: candidate.ts,
                     evidence: candidate.evidence,
+                    fields,
                 });
             }
             Verdict::New => {

@@ -258,6 +258,20 @@ pub(crate) fn parse(source: &str, text: &str, params: &Params) -> Result<Vec<Rul
     Ok(rules)
 }
 
+/// The fields a rule copies into its alerts: known names, none of the alert's own keys.
+fn alert_fields(names: &[String]) -> Result<Vec<Field>, String> {
+    if let Some(name) = names
+        .iter()
+        .find(|n| crate::alert::RESERVED_FIELDS.contains(&n.as_str()))
+    {
+        return Err(format!(
+            "fields: {name:?} is a key of the alert itself (reserved: {}); match on it in detection, or copy another field",
+            crate::alert::RESERVED_FIELDS.join(", ")
+        ));
+    }
+    fields(names)
+}
+
 fn fields(names: &[String]) -> Result<Vec<Field>, String> {
     names
         .iter()
@@ -305,7 +319,7 @@ fn compile(raw: RawRule, params: &Params) -> Result<Rule, String> {
         title: raw.title,
         severity: severity(raw.level.as_deref())?,
         summary: raw.summary,
-        fields: fields(&raw.fields)?,
+        fields: alert_fields(&raw.fields)?,
         dedup_by: fields(&raw.dedup_by)?,
         generate: raw.generate.unwrap_or(true),
     };

@@ -52,6 +52,7 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
     }
 
     /// Entries pushed out by the cap since the window was made.
+    #[cfg(test)]
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted
     }
@@ -68,14 +69,17 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
         self.map.remove(key).map(|slot| slot.value)
     }
 
-    /// Inserts or replaces `key`, counting it as touched at `now`.
-    pub(crate) fn insert(&mut self, key: K, value: V, now: Timestamp) {
+    /// Inserts or replaces `key`, counting it as touched at `now`; returns the entries the cap
+    /// pushed out to make room, so the caller can say whose state was lost.
+    pub(crate) fn insert(&mut self, key: K, value: V, now: Timestamp) -> Vec<(K, V)> {
+        let mut pushed_out = Vec::new();
         if !self.map.contains_key(&key) {
             while self.map.len() >= self.cap {
-                if self.pop_oldest().is_none() {
+                let Some(entry) = self.pop_oldest() else {
                     break;
-                }
+                };
                 self.evicted += 1;
+                pushed_out.push(entry);
             }
         }
         let generation = self.bump();
@@ -89,6 +93,7 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
             },
         );
         self.compact();
+        pushed_out
     }
 
     /// Marks `key` as touched at `now`, so it expires later; returns its value.
@@ -139,6 +144,13 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
         generation
     }
 
+    /// Removes the least recently touched entry, counting it as evicted.
+    pub(crate) fn evict_oldest(&mut self) -> Option<(K, V)> {
+        let entry = self.pop_oldest()?;
+        self.evicted += 1;
+        Some(entry)
+    }
+
     fn pop_oldest(&mut self) -> Option<(K, V)> {
         while let Some((key, generation)) = self.order.pop_front() {
             if self
@@ -160,6 +172,148 @@ impl<K: Eq + Hash + Clone, V> Window<K, V> {
         let map = &self.map;
         self.order
             .retain(|(key, generation)| map.get(key).is_some_and(|s| s.generation == *generation));
+    }
+}
+
+/// Lost state, by the host it belonged to, until the engine reports it.
+#[derive(Default)]
+pub(crate) struct Losses {
+    by_host: HashMap<String, u64>,
+    total: u64,
+}
+
+impl Losses {
+    pub(crate) fn add(&mut self, host: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.total += count;
+        match self.by_host.get_mut(host) {
+            Some(n) => *n += count,
+            None => {
+                self.by_host.insert(host.to_string(), count);
+            }
+        }
+    }
+
+    /// Everything lost since the last call, by host.
+    pub(crate) fn take(&mut self) -> Vec<(String, u64)> {
+        self.by_host.drain().collect()
+    }
+
+    /// Entries lost since the engine started.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// One [`Window`] per host under two caps: `per_host` entries for any one host, and `total` for
+/// all of them, where making room takes from the host holding the most. So a host that floods the
+/// detector pushes out its own state, never another host's, until every host is as full as it.
+/// Whatever is pushed out is recorded in [`HostWindows::losses`] under the host that lost it.
+pub(crate) struct HostWindows<K, V> {
+    hosts: HashMap<String, Window<K, V>>,
+    per_host: usize,
+    total_cap: usize,
+    total: usize,
+    granularity: std::time::Duration,
+    pub(crate) losses: Losses,
+}
+
+impl<K: Eq + Hash + Clone, V> HostWindows<K, V> {
+    pub(crate) fn new(per_host: usize, total: usize, granularity: std::time::Duration) -> Self {
+        HostWindows {
+            hosts: HashMap::new(),
+            per_host: per_host.max(1),
+            total_cap: total.max(1),
+            total: 0,
+            granularity,
+            losses: Losses::default(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.total
+    }
+
+    pub(crate) fn get(&self, host: &str, key: &K) -> Option<&V> {
+        self.hosts.get(host)?.get(key)
+    }
+
+    pub(crate) fn get_mut(&mut self, host: &str, key: &K) -> Option<&mut V> {
+        self.hosts.get_mut(host)?.get_mut(key)
+    }
+
+    pub(crate) fn touch(&mut self, host: &str, key: &K, now: Timestamp) -> Option<&mut V> {
+        self.hosts.get_mut(host)?.touch(key, now)
+    }
+
+    pub(crate) fn remove(&mut self, host: &str, key: &K) -> Option<V> {
+        let window = self.hosts.get_mut(host)?;
+        let value = window.remove(key)?;
+        self.total -= 1;
+        if window.len() == 0 {
+            self.hosts.remove(host);
+        }
+        Some(value)
+    }
+
+    /// Inserts or replaces `key` of `host`, making room under both caps first; returns the keys
+    /// pushed out (of this host or the largest).
+    pub(crate) fn insert(&mut self, host: &str, key: K, value: V, now: Timestamp) -> Vec<K> {
+        let mut gone = Vec::new();
+        let new = self.get(host, &key).is_none();
+        let host_full = self
+            .hosts
+            .get(host)
+            .is_some_and(|w| w.len() >= self.per_host);
+        if new && self.total >= self.total_cap && !host_full {
+            gone.extend(self.evict_from_largest());
+        }
+        let (per_host, granularity) = (self.per_host, self.granularity);
+        let window = match self.hosts.get_mut(host) {
+            Some(window) => window,
+            None => self
+                .hosts
+                .entry(host.to_string())
+                .or_insert_with(|| Window::coarse(per_host, granularity)),
+        };
+        let before = window.len();
+        let pushed_out = window.insert(key, value, now);
+        self.total = self.total + window.len() - before;
+        self.losses
+            .add(host, u64::try_from(pushed_out.len()).unwrap_or(u64::MAX));
+        gone.extend(pushed_out.into_iter().map(|(key, _)| key));
+        gone
+    }
+
+    fn evict_from_largest(&mut self) -> Option<K> {
+        let host = self
+            .hosts
+            .iter()
+            .max_by_key(|(_, w)| w.len())
+            .map(|(h, _)| h.clone())?;
+        let window = self.hosts.get_mut(&host)?;
+        let evicted = window.evict_oldest().map(|(key, _)| key);
+        if evicted.is_some() {
+            self.total -= 1;
+            self.losses.add(&host, 1);
+        }
+        if window.len() == 0 {
+            self.hosts.remove(&host);
+        }
+        evicted
+    }
+
+    /// Removes and returns every entry, of any host, last touched before `before`.
+    pub(crate) fn expire(&mut self, before: Timestamp) -> Vec<(K, V)> {
+        let mut gone = Vec::new();
+        for window in self.hosts.values_mut() {
+            gone.extend(window.expire(before));
+        }
+        self.total -= gone.len();
+        self.hosts.retain(|_, w| w.len() > 0);
+        gone
     }
 }
 
@@ -218,6 +372,25 @@ mod tests {
             "a touch after 10 s does refresh b"
         );
         assert!(window.get(&"c").is_none());
+    }
+
+    #[test]
+    fn a_flooding_host_pushes_out_only_its_own_entries_and_they_are_counted() {
+        let mut windows = HostWindows::new(3, 5, std::time::Duration::ZERO);
+        windows.insert("victim", 1, "export", Timestamp::from_secs(0));
+        for i in 0..100 {
+            windows.insert("flood", 100 + i, "junk", Timestamp::from_secs(1 + i));
+        }
+        assert_eq!(windows.get("victim", &1), Some(&"export"));
+        assert_eq!(windows.len(), 4);
+        assert_eq!(windows.losses.take(), vec![("flood".to_string(), 97)]);
+        // Full overall: room is made on the host holding the most, here the flood.
+        windows.insert("b", 1, "x", Timestamp::from_secs(200));
+        windows.insert("c", 1, "x", Timestamp::from_secs(201));
+        assert_eq!(windows.len(), 5);
+        assert_eq!(windows.get("victim", &1), Some(&"export"));
+        assert_eq!(windows.losses.take(), vec![("flood".to_string(), 1)]);
+        assert_eq!(windows.losses.total(), 98);
     }
 
     #[test]

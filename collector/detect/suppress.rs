@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 
 use super::DetectError;
 use super::config::AllowEntry;
-use super::state::Window;
+use super::state::HostWindows;
 
 /// Alert fields an allow entry's `user` is checked against.
 const USER_FIELDS: &[&str] = &["user", "db_user"];
@@ -142,7 +142,7 @@ struct Seen {
 /// Remembers recent alerts by (rule, key) so repeats within the window are folded into one.
 pub(crate) struct Dedup {
     window: Duration,
-    seen: Window<(usize, String), Seen>,
+    seen: HostWindows<(usize, String), Seen>,
 }
 
 pub(crate) enum Verdict {
@@ -151,22 +151,33 @@ pub(crate) enum Verdict {
 }
 
 impl Dedup {
-    pub(crate) fn new(window: Duration, cap: usize) -> Self {
+    pub(crate) fn new(window: Duration, cap: usize, per_host: usize) -> Self {
         Dedup {
             window,
-            seen: Window::new(cap),
+            seen: HostWindows::new(per_host.min(cap), cap, Duration::ZERO),
         }
     }
 
     pub(crate) fn evicted(&self) -> u64 {
-        self.seen.evicted()
+        self.seen.losses.total()
     }
 
-    /// Records an occurrence; `id` is used if it starts a new alert.
-    pub(crate) fn check(&mut self, rule: usize, key: String, ts: Timestamp, id: &str) -> Verdict {
+    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.seen.losses.take()
+    }
+
+    /// Records an occurrence on `host`; `id` is used if it starts a new alert.
+    pub(crate) fn check(
+        &mut self,
+        rule: usize,
+        host: &str,
+        key: String,
+        ts: Timestamp,
+        id: &str,
+    ) -> Verdict {
         self.seen.expire(ts.saturating_sub(self.window));
         let key = (rule, key);
-        if let Some(seen) = self.seen.get_mut(&key) {
+        if let Some(seen) = self.seen.get_mut(host, &key) {
             if seen.first_ts.saturating_add(self.window) >= ts {
                 seen.count += 1;
                 return Verdict::Repeat {
@@ -176,6 +187,7 @@ impl Dedup {
             }
         }
         self.seen.insert(
+            host,
             key,
             Seen {
                 id: id.to_string(),

@@ -532,7 +532,13 @@ fn tracked_files_expire_on_the_collector_clock() {
     fleet.send(
         "skewed",
         2 * 86_400,
-        file(FileAction::Create, "/srv/b.csv", Some(0), None, &who),
+        file(
+            FileAction::Write,
+            "/srv/b.csv",
+            Some(64 * MIB),
+            Some(csv(1)),
+            &who,
+        ),
     );
     fleet.engine.tick(at(3600));
     assert_eq!(fleet.engine.stats().tracked_files, 2);
@@ -1209,7 +1215,20 @@ fn chain_findings_and_sensor_overflow_alert() {
     overflow.count = 1200;
     let updates = fleet.send("pc1", 5, overflow.into());
     assert_eq!(rules_of(&updates), vec!["sensor-overflow"]);
-    assert_eq!(new_alerts(&updates)[0].fields["count"], 1200);
+    assert_eq!(new_alerts(&updates)[0].fields["lost"], 1200);
+    assert!(new_alerts(&updates)[0].summary.contains("lost 1200 events"));
+    // The alert object parses back: no rule field repeats one of its own keys.
+    let json = serde_json::to_string(new_alerts(&updates)[0]).unwrap();
+    assert_eq!(serde_json::from_str::<Alert>(&json).unwrap().count, 1);
+    // An overflow the kernel did not count says so, never "0".
+    let unknown = SensorEvent::new(SensorStatus::Overflow, "network", "socket queue overflow");
+    let updates = fleet.send("pc1", 6, unknown.into());
+    assert_eq!(new_alerts(&updates)[0].fields["lost"], "unknown");
+    assert!(
+        new_alerts(&updates)[0]
+            .summary
+            .contains("lost unknown events")
+    );
     let status = SensorEvent::new(SensorStatus::Status, "files", "fanotify");
     assert!(fleet.send("pc1", 6, status.into()).is_empty());
 }
@@ -1382,25 +1401,51 @@ fn state_caps_hold_under_floods_and_evictions_are_counted() {
     let config = DetectConfig {
         limits: Limits {
             tracked_files: 100,
+            per_host: 40,
             correlation_groups: 10,
             matches_per_group: 5,
             seen_destinations: 50,
-            agents: 20,
+            agents: 2000,
             dedup_entries: 10,
         },
         ..DetectConfig::default()
     };
     let mut fleet = Fleet::new(config);
     let who = attacker();
+    // A real export on fs1, then floods from other hosts.
+    fleet.send(
+        "fs1",
+        0,
+        file(
+            FileAction::Write,
+            "/srv/real.csv",
+            Some(64 * MIB),
+            Some(csv(1_000_000)),
+            &who,
+        ),
+    );
     for i in 0..1000 {
+        // Small files take no state at all.
         fleet.send(
             "fs2",
             i,
             file(
                 FileAction::Create,
-                &format!("/srv/f{i}.csv"),
+                &format!("/srv/empty{i}.csv"),
                 Some(0),
                 None,
+                &who,
+            ),
+        );
+        // Large ones do, bounded per host.
+        fleet.send(
+            "fs3",
+            i,
+            file(
+                FileAction::Write,
+                &format!("/srv/big{i}.csv"),
+                Some(64 * MIB),
+                Some(csv(1_000_000)),
                 &who,
             ),
         );
@@ -1413,24 +1458,42 @@ fn state_caps_hold_under_floods_and_evictions_are_counted() {
         fleet.send("db1", i, query("one", "s", 0, None, None));
     }
     let stats = fleet.engine.stats();
-    assert_eq!(stats.tracked_files, 100);
-    // 900 files + 950 destinations + 980 agents + 990 correlation groups + repeats pushed out of
-    // the dedup memory + matches beyond 5 in the "one" group.
-    assert!(stats.evicted >= 900 + 950 + 980 + 990, "{stats:?}");
+    assert_eq!(stats.tracked_files, 41, "{stats:?}");
+    // 960 large files of fs3 + 950 destinations + correlation groups of db1 + dedup entries +
+    // matches beyond 5 in the "one" group.
+    assert!(stats.evicted >= 960 + 950 + 990, "{stats:?}");
 
-    // A file pushed out is forgotten: its delete raises nothing, and nothing panics.
+    // The next tick says so, one alert per host that lost state, naming how much.
+    let updates = fleet.engine.tick(at(1001));
+    let evicted: Vec<&Alert> = new_alerts(&updates)
+        .into_iter()
+        .filter(|a| a.rule == "detection-state-evicted")
+        .collect();
+    let fs3 = evicted.iter().find(|a| a.host == "fs3").expect("fs3 named");
+    assert!(fs3.fields["evicted"].as_u64().unwrap() >= 960, "{fs3:?}");
+    assert!(fs3.summary.contains("tracked exports"), "{}", fs3.summary);
+    assert!(
+        evicted.iter().all(|a| a.host != "fs1" && a.host != "fs2"),
+        "{evicted:#?}"
+    );
+    assert!(fleet.engine.tick(at(1002)).is_empty(), "reported once");
+
+    // The flood pushed out only its own host's state: fs1's export still alerts.
     let updates = fleet.send(
-        "fs2",
+        "fs1",
         2000,
         file(
             FileAction::Delete,
-            "/srv/f0.csv",
+            "/srv/real.csv",
             Some(64 * MIB),
             None,
             &who,
         ),
     );
-    assert!(updates.is_empty());
+    assert_eq!(
+        rules_of(&updates),
+        vec!["large-export-created-then-deleted"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1594,6 +1657,10 @@ detection:
             "nope",
         ),
         ("title: t\nid: bad-det\ndetector: telepathy\n", "telepathy"),
+        (
+            "title: t\nid: bad-reserved\ndetection:\n  s:\n    kind: sensor.overflow\n  condition: s\nfields: [sensor, count]\n",
+            "\"count\" is a key of the alert itself",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("r.yml"), text).unwrap();

@@ -36,9 +36,10 @@ pub struct WebhookConfig {
     pub name: Option<String>,
     /// Where alerts are POSTed: an `http://` or `https://` URL. Required.
     pub url: String,
-    /// Body format: `"json"` (the alert object, `Content-Type: application/json`) or `"slack"` (a JSON
-    /// body with a top-level `text` string, for Slack, Mattermost and Teams-style incoming webhooks).
-    /// Default: `"json"`.
+    /// Body format: `"json"` (the alert object, `Content-Type: application/json`), `"slack"` (a JSON
+    /// body with a top-level `text` string, markup escaped, for Slack and Mattermost incoming
+    /// webhooks) or `"teams"` (a message with one Adaptive Card, for Microsoft Teams workflows).
+    /// Every body also carries `alert_id` and `delivery_id`. Default: `"json"`.
     #[serde(default)]
     pub format: WebhookFormat,
     /// Only alerts of at least this severity (`low`, `medium`, `high`, `critical`). Default: `"low"`.
@@ -84,6 +85,7 @@ pub enum WebhookFormat {
     #[default]
     Json,
     Slack,
+    Teams,
 }
 
 /// `[alerts.email]`.
@@ -332,6 +334,7 @@ fn validate_webhook(index: usize, config: &WebhookConfig) -> Result<SinkSettings
     let format = match config.format {
         WebhookFormat::Json => "json",
         WebhookFormat::Slack => "slack",
+        WebhookFormat::Teams => "teams",
     };
     let id = match &config.name {
         Some(name) => SinkId(name.clone()),

@@ -1,13 +1,14 @@
 //! E-mail delivery over SMTP: STARTTLS, implicit TLS or (for a local relay) plain text, optional AUTH.
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::config::{EmailSettings, SmtpTls};
-use super::{DeliveryError, HooksError};
+use super::{Delivery, DeliveryError, HooksError};
 use crate::alert::Alert;
+use crate::output::escape_control;
 
 pub(crate) struct EmailSink {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -51,8 +52,12 @@ impl EmailSink {
     /// One message to every recipient. SMTP 5xx replies are permanent failures, except the 53x
     /// authentication replies: a wrong password is the operator's to fix, and the alerts should still
     /// go out once it is. Everything else (connection refused, 4xx, timeouts, TLS trouble) is transient.
-    pub(crate) async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
-        let message = self.message(alert)?;
+    pub(crate) async fn deliver(
+        &self,
+        alert: &Alert,
+        delivery: &Delivery,
+    ) -> Result<(), DeliveryError> {
+        let message = self.message(alert, delivery)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
             Err(error) => {
@@ -76,18 +81,31 @@ impl EmailSink {
         }
     }
 
-    fn message(&self, alert: &Alert) -> Result<Message, DeliveryError> {
+    /// The subject and the summary line quote names from agents: escaped, a line break in one can
+    /// neither add a header nor forge a line of the body. The JSON below is escaped by JSON itself.
+    fn message(&self, alert: &Alert, delivery: &Delivery) -> Result<Message, DeliveryError> {
         let json = serde_json::to_string_pretty(alert).map_err(|error| {
             DeliveryError::permanent(format!("cannot encode the alert: {error}"))
         })?;
-        let mut body = format!("{}\n", alert.summary);
+        let mut body = format!("{}\n", escape_control(&alert.summary));
         if alert.count > 1 {
             body.push_str(&format!("\nOccurrences: {}\n", alert.count));
         }
+        body.push_str(&format!(
+            "\nAlert: {}\nDelivery: {}\n",
+            delivery.alert_id, delivery.delivery_id
+        ));
         body.push_str(&format!("\n{json}\n"));
+        let header = |name: &'static str, value: &str| {
+            HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_string())
+        };
         let mut builder = Message::builder()
             .from(self.settings.from.clone())
             .subject(subject(alert))
+            // One Message-ID per delivery: mail systems and people can tell a resend from a new alert.
+            .message_id(Some(format!("<{}@bannin>", delivery.delivery_id)))
+            .raw_header(header("X-Bannin-Alert-Id", &delivery.alert_id))
+            .raw_header(header("X-Bannin-Delivery-Id", &delivery.delivery_id))
             .header(ContentType::TEXT_PLAIN);
         for to in &self.settings.to {
             builder = builder.to(to.clone());
@@ -100,10 +118,11 @@ impl EmailSink {
 
 /// `[bannin] SEVERITY rule on host`, e.g. `[bannin] HIGH large-export-deleted on db1`.
 pub(crate) fn subject(alert: &Alert) -> String {
-    format!(
+    let subject = format!(
         "[bannin] {} {} on {}",
         alert.severity.as_str().to_uppercase(),
         alert.rule,
         alert.host
-    )
+    );
+    escape_control(&subject).into_owned()
 }

@@ -1,4 +1,5 @@
-//! Alert delivery: webhooks (JSON or chat text) and e-mail, from a durable outbox in the store.
+//! Alert delivery: webhooks (JSON, Slack/Mattermost text, Teams cards) and e-mail, from a durable
+//! outbox in the store. Every delivery carries an idempotency key ([`Delivery`]).
 //!
 //! The collector stores an alert and its outbox rows ([`outbox::enqueue`]) in one transaction, then
 //! calls [`HooksHandle::notify`]. One worker task per sink takes its due rows, delivers them, and
@@ -107,6 +108,36 @@ impl DeliveryError {
     }
 }
 
+/// Which delivery an attempt belongs to: the idempotency key every sink sends along, in a header and
+/// in the body. Delivery is at least once (a collector killed while a receiver is slow to answer sends
+/// again after its restart); the key lets a receiver drop the repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub alert_id: String,
+    /// The same for every attempt of one payload version to one sink, and different for another sink
+    /// or for a repeat of the alert with a new count (which the receiver should show).
+    pub delivery_id: String,
+}
+
+impl Delivery {
+    pub(crate) fn new(alert_id: &str, sink: &SinkId, version: i64) -> Delivery {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [
+            alert_id.as_bytes(),
+            sink.0.as_bytes(),
+            &version.to_be_bytes(),
+        ] {
+            hasher.update(part);
+            hasher.update([0]);
+        }
+        Delivery {
+            alert_id: alert_id.to_string(),
+            delivery_id: format!("d-{}", hex::encode(&hasher.finalize()[..16])),
+        }
+    }
+}
+
 /// A configured delivery target.
 pub(crate) enum Deliverer {
     Webhook(webhook::WebhookSink),
@@ -114,10 +145,10 @@ pub(crate) enum Deliverer {
 }
 
 impl Deliverer {
-    async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
+    async fn deliver(&self, alert: &Alert, delivery: &Delivery) -> Result<(), DeliveryError> {
         match self {
-            Deliverer::Webhook(sink) => sink.deliver(alert).await,
-            Deliverer::Email(sink) => sink.deliver(alert).await,
+            Deliverer::Webhook(sink) => sink.deliver(alert, delivery).await,
+            Deliverer::Email(sink) => sink.deliver(alert, delivery).await,
         }
     }
 }

@@ -281,7 +281,13 @@ async fn webhooks_receive_json_and_slack_bodies() {
     let slack = requests.iter().find(|r| r.path == "/slack").unwrap();
     assert_eq!(json.content_type.as_deref(), Some("application/json"));
     assert_eq!(slack.content_type.as_deref(), Some("application/json"));
-    let received: Alert = serde_json::from_slice(&json.body).unwrap();
+    // The alert object, plus the delivery's idempotency key.
+    let mut body = json.json();
+    let object = body.as_object_mut().unwrap();
+    assert_eq!(object.remove("alert_id").unwrap(), "alert-1");
+    let key = object.remove("delivery_id").unwrap();
+    assert!(key.as_str().unwrap().starts_with("d-"));
+    let received: Alert = serde_json::from_value(body).unwrap();
     assert_eq!(received, sent);
     assert_eq!(json.json()["evidence"][0]["seq"], 7);
     assert_eq!(json.json()["path"], "/srv/exports/customers.csv");
@@ -1020,4 +1026,43 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
         let late = outbox::backoff(&retry, 40);
         assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(60));
     }
+}
+
+#[test]
+fn chat_text_escapes_slack_and_mattermost_markup() {
+    let text = webhook::slack_escape(
+        "<!here> <mailto:x@evil.example|Reset> @channel [Reset](evil.example) a&b\n2026 \x1b[2J",
+    );
+    assert_eq!(
+        text,
+        "&lt;!here&gt; &lt;mailto:x@\u{2060}evil.example|Reset&gt; @\u{2060}channel \
+         [Reset]\u{2060}(evil.example) a&amp;b\\n2026 \\x1b[2J"
+    );
+}
+
+#[test]
+fn teams_text_parts_links_and_template_functions() {
+    assert_eq!(
+        webhook::teams_escape("[Reset](evil.example) {{DATE(2017-02-14T06:08:39Z)}}\r\n"),
+        "[Reset]\u{2060}(evil.example) {\u{2060}{DATE(2017-02-14T06:08:39Z)}}\\r\\n"
+    );
+}
+
+#[test]
+fn the_mail_subject_stays_one_line() {
+    let mut hostile = alert("alert-1", 1);
+    hostile.host = "db1\r\nBcc: x@evil.example".into();
+    assert_eq!(
+        email::subject(&hostile),
+        "[bannin] HIGH large_export_created_then_deleted on db1\\r\\nBcc: x@evil.example"
+    );
+}
+
+#[test]
+fn a_delivery_key_is_stable_per_payload_version_and_sink() {
+    let sink = SinkId("hook".into());
+    let key = Delivery::new("alert-1", &sink, 1);
+    assert_eq!(key, Delivery::new("alert-1", &sink, 1));
+    assert_ne!(key, Delivery::new("alert-1", &sink, 2));
+    assert_ne!(key, Delivery::new("alert-1", &SinkId("other".into()), 1));
 }

@@ -1,15 +1,24 @@
-//! Webhook delivery: an HTTP POST of the alert as JSON, or as a chat message with a `text` field.
+//! Webhook delivery: an HTTP POST of the alert as JSON, as a chat message with a `text` field
+//! (Slack, Mattermost), or as an Adaptive Card message (Microsoft Teams workflows).
+//!
+//! Alerts quote names an attacker chooses (file names above all), so every chat body escapes the
+//! receiver's markup: a file named `<!here> <mailto:x@evil.example|Reset your password>.csv` must
+//! arrive as text, not as a channel-wide ping with a phishing link.
 
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Certificate, Client, StatusCode, Url, redirect};
 
-use super::DeliveryError;
-use super::HooksError;
 use super::config::WebhookFormat;
+use super::{Delivery, DeliveryError, HooksError};
 use crate::alert::Alert;
 use crate::output::escape_control;
+
+/// The header receivers de-duplicate on (the IETF httpapi draft's name, as Stripe and others use).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const ALERT_ID_HEADER: &str = "x-bannin-alert-id";
+const DELIVERY_ID_HEADER: &str = "x-bannin-delivery-id";
 
 /// The most of a reply's body the collector reads, to quote in the delivery's error. A receiver may
 /// answer with gigabytes, again on every retry; the rest is never read.
@@ -57,18 +66,23 @@ impl WebhookSink {
 
     /// One POST. 2xx is success; anything else is a failure, permanent for 4xx other than 408 and 429
     /// (the receiver will not take this body), transient otherwise.
-    pub(crate) async fn deliver(&self, alert: &Alert) -> Result<(), DeliveryError> {
-        let body = match self.format {
-            WebhookFormat::Json => serde_json::to_vec(alert),
-            WebhookFormat::Slack => {
-                serde_json::to_vec(&serde_json::json!({ "text": chat_text(alert) }))
-            }
-        }
-        .map_err(|error| DeliveryError::permanent(format!("cannot encode the alert: {error}")))?;
+    pub(crate) async fn deliver(
+        &self,
+        alert: &Alert,
+        delivery: &Delivery,
+    ) -> Result<(), DeliveryError> {
+        let body = serde_json::to_vec(&body(self.format, alert, delivery)).map_err(|error| {
+            DeliveryError::permanent(format!("cannot encode the alert: {error}"))
+        })?;
         let response = self
             .client
             .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
+            // The same key on every attempt of this delivery: a receiver that saw it already (the
+            // collector was killed before it recorded the reply) can drop the repeat.
+            .header(IDEMPOTENCY_KEY, &delivery.delivery_id)
+            .header(ALERT_ID_HEADER, &delivery.alert_id)
+            .header(DELIVERY_ID_HEADER, &delivery.delivery_id)
             .body(body)
             .send()
             .await
@@ -158,18 +172,122 @@ fn describe_send_error(error: &reqwest::Error) -> String {
     }
 }
 
+/// The request body for `format`, carrying the alert id and the delivery id beside the message.
+fn body(format: WebhookFormat, alert: &Alert, delivery: &Delivery) -> serde_json::Value {
+    let ids = |mut value: serde_json::Value| {
+        if let Some(object) = value.as_object_mut() {
+            object.insert("alert_id".into(), delivery.alert_id.clone().into());
+            object.insert("delivery_id".into(), delivery.delivery_id.clone().into());
+        }
+        value
+    };
+    match format {
+        WebhookFormat::Json => ids(serde_json::to_value(alert).unwrap_or_default()),
+        WebhookFormat::Slack => ids(serde_json::json!({ "text": chat_text(alert) })),
+        WebhookFormat::Teams => ids(teams_card(alert, delivery)),
+    }
+}
+
 /// The one-line chat form: `[bannin] HIGH rule on host: summary`, with the count when de-duplication
-/// folded several occurrences into the alert.
+/// folded several occurrences into the alert. Every part is escaped with [`slack_escape`].
 pub(crate) fn chat_text(alert: &Alert) -> String {
     let mut text = format!(
         "[bannin] {} {} on {}: {}",
         alert.severity.as_str().to_uppercase(),
-        alert.rule,
-        alert.host,
-        alert.summary
+        slack_escape(&alert.rule),
+        slack_escape(&alert.host),
+        slack_escape(&alert.summary)
     );
     if alert.count > 1 {
         text.push_str(&format!(" (x{})", alert.count));
     }
     text
+}
+
+/// Text that Slack and Mattermost show as it is. Slack parses `&`, `<` and `>` as control
+/// characters (`<!here>`, `<url|label>`) and wants them as HTML entities, which Mattermost's
+/// Markdown shows as the characters too. Mattermost also turns `@channel`, `@here`, `@all` and
+/// `@user` into mentions and `[label](url)` into links whatever the payload says, so a word joiner
+/// (invisible) follows each `@` and parts each `](`. Control characters are escaped visibly, so a
+/// line break cannot start a Markdown block or a forged line.
+pub(crate) fn slack_escape(text: &str) -> String {
+    let text = escape_control(text);
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut previous = None;
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '@' => out.push_str("@\u{2060}"),
+            '(' if previous == Some(']') => out.push_str("\u{2060}("),
+            c => out.push(c),
+        }
+        previous = Some(c);
+    }
+    out
+}
+
+/// Text that an Adaptive Card's TextBlock shows as it is. Cards render a Markdown subset (links
+/// `[label](url)`, emphasis) and `{{DATE(...)}}`/`{{TIME(...)}}` functions, and do not decode HTML
+/// entities: a word joiner parts each `](` and `{{`, and control characters are escaped visibly.
+pub(crate) fn teams_escape(text: &str) -> String {
+    let text = escape_control(text);
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut previous = None;
+    for c in text.chars() {
+        match c {
+            '(' if previous == Some(']') => out.push_str("\u{2060}("),
+            '{' if previous == Some('{') => out.push_str("\u{2060}{"),
+            c => out.push(c),
+        }
+        previous = Some(c);
+    }
+    out
+}
+
+/// A Teams message with one Adaptive Card: Teams workflows ("When a Teams webhook request is
+/// received") post the card attachments of such a message and reject a bare `text`.
+fn teams_card(alert: &Alert, delivery: &Delivery) -> serde_json::Value {
+    let fact = |title: &str, value: String| serde_json::json!({ "title": title, "value": value });
+    let mut facts = vec![
+        fact("Severity", alert.severity.as_str().to_uppercase()),
+        fact("Rule", teams_escape(&alert.rule)),
+        fact("Host", teams_escape(&alert.host)),
+        fact("Time", alert.ts.to_rfc3339()),
+    ];
+    if alert.count > 1 {
+        facts.push(fact("Occurrences", alert.count.to_string()));
+    }
+    facts.push(fact("Alert", teams_escape(&delivery.alert_id)));
+    facts.push(fact("Delivery", teams_escape(&delivery.delivery_id)));
+    let title = format!(
+        "[bannin] {} {} on {}",
+        alert.severity.as_str().to_uppercase(),
+        alert.rule,
+        alert.host
+    );
+    serde_json::json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {
+                        "type": "TextBlock",
+                        "text": teams_escape(&title),
+                        "weight": "Bolder",
+                        "size": "Medium",
+                        "wrap": true
+                    },
+                    { "type": "TextBlock", "text": teams_escape(&alert.summary), "wrap": true },
+                    { "type": "FactSet", "facts": facts }
+                ]
+            }
+        }]
+    })
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::config::Retry;
 use super::outbox::{self, Due};
-use super::{Deliverer, DeliveryError, HooksError, SinkId};
+use super::{Deliverer, Delivery, DeliveryError, HooksError, SinkId};
 use crate::alert::Alert;
 
 /// How often a worker looks for due rows without being notified: retries and held rows come due
@@ -161,8 +161,9 @@ impl Sink {
             }
             for row in rows {
                 self.rate.record(Instant::now());
+                let delivery = Delivery::new(&row.alert_id, &self.id, row.version);
                 let result = match serde_json::from_str::<Alert>(&row.payload) {
-                    Ok(alert) => self.deliverer.deliver(&alert).await,
+                    Ok(alert) => self.deliverer.deliver(&alert, &delivery).await,
                     Err(error) => Err(DeliveryError::permanent(format!(
                         "the stored alert does not parse: {error}"
                     ))),

@@ -49,6 +49,7 @@ pub fn repeat(
     id: &str,
     count: u64,
     evidence: &[EvidenceRef],
+    fields: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<Alert>, StoreError> {
     let body: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
         "SELECT body FROM alerts WHERE id = ?1",
@@ -59,6 +60,9 @@ pub fn repeat(
         return Ok(None);
     };
     alert.count = count;
+    for (name, value) in fields {
+        alert.fields.insert(name.clone(), value.clone());
+    }
     for item in evidence {
         if alert.evidence.len() >= MAX_EVIDENCE {
             break;

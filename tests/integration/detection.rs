@@ -66,15 +66,18 @@ fn a_large_csv_created_then_deleted_alerts_once_by_webhook_and_mail() {
 [[alerts.webhook]]
 url = "{json}"
 format = "json"
+rules = ["{RULE}"]
 
 [[alerts.webhook]]
 url = "{slack}"
 format = "slack"
+rules = ["{RULE}"]
 
 [alerts.email]
 smtp = "smtp+plain://127.0.0.1:{port}"
 from = "bannin@example.jp"
 to = ["soc@example.jp", "oncall@example.jp"]
+rules = ["{RULE}"]
 "#,
         json = receiver.url("/json"),
         slack = receiver.url("/slack"),
@@ -127,7 +130,7 @@ to = ["soc@example.jp", "oncall@example.jp"]
 
     // Exactly one alert, stored with its delivery state.
     wait_for("deliveries recorded", LONG, || {
-        let alerts = alerts_json(&fleet.collector.dir, &[]);
+        let alerts = alerts_json(&fleet.collector.dir, &["--rule", RULE]);
         let done = alerts.len() == 1
             && alerts[0]["deliveries"]
                 .as_array()
@@ -139,7 +142,10 @@ to = ["soc@example.jp", "oncall@example.jp"]
         done.then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(alerts_json(&fleet.collector.dir, &[]).len(), 1);
+    assert_eq!(
+        alerts_json(&fleet.collector.dir, &["--rule", RULE]).len(),
+        1
+    );
     assert_eq!(receiver.bodies("/json").len(), 1);
     assert_eq!(smtp.messages().len(), 1);
 }
@@ -151,6 +157,7 @@ fn benign_workloads_stay_quiet_and_the_allow_list_silences_etl() {
         r#"
 [[alerts.webhook]]
 url = "{url}"
+rules = ["{RULE}"]
 
 [[detection.allow]]
 comment = "hourly ETL staging, loaded and removed by the loader"
@@ -210,7 +217,7 @@ path = "**/etl/**"
 fn a_hook_that_is_down_receives_the_alert_after_it_comes_back() {
     let port = free_port();
     let config = format!(
-        "[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/late\"\n\n[alerts.retry]\ninitial = \"200ms\"\nmax = \"1s\"\n"
+        "[[alerts.webhook]]\nurl = \"http://127.0.0.1:{port}/late\"\nrules = [\"{RULE}\"]\n\n[alerts.retry]\ninitial = \"200ms\"\nmax = \"1s\"\n"
     );
     let fleet = fleet(&config, "files2");
     let csv = fleet.watched.join("dump.sql");

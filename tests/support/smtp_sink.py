@@ -29,6 +29,7 @@ class Store:
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "subject": message["subject"],
+            "headers": [[name, str(value)] for name, value in message.items()],
             "from": message["from"],
             "to": message["to"],
             "body": body.get_content() if body is not None else "",

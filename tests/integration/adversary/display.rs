@@ -170,6 +170,13 @@ struct ScriptedReceiver {
 
 impl ScriptedReceiver {
     fn start(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> Self {
+        Self::start_recording(move |stream, _, _| answer(stream))
+    }
+
+    /// Like `start`, with the request's head and body handed to `answer` too.
+    fn start_recording(
+        answer: impl Fn(&mut std::net::TcpStream, &str, &[u8]) + Send + Sync + 'static,
+    ) -> Self {
         use std::io::Read;
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -185,7 +192,7 @@ impl ScriptedReceiver {
                     // The request head and as much body as it says it has.
                     let mut data = Vec::new();
                     let mut buf = [0u8; 8192];
-                    loop {
+                    let (head, body) = loop {
                         match stream.read(&mut buf) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => data.extend_from_slice(&buf[..n]),
@@ -200,11 +207,12 @@ impl ScriptedReceiver {
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
                         if data.len() >= end + 4 + length {
-                            break;
+                            let head = String::from_utf8_lossy(&data[..end]).to_string();
+                            break (head, data[end + 4..end + 4 + length].to_vec());
                         }
-                    }
+                    };
                     seen.fetch_add(1, Ordering::SeqCst);
-                    answer(&mut stream);
+                    answer(&mut stream, &head, &body);
                 });
             }
         });
@@ -329,4 +337,191 @@ fn a_receiver_redirecting_elsewhere_is_not_followed() {
         elsewhere.requests.lock().unwrap().is_empty(),
         "the alert went to the redirect target"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat markup, Teams cards, mail and idempotency keys
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Every string anywhere in a JSON value.
+fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn a_file_name_cannot_ping_a_channel_link_a_phish_or_forge_mail_and_each_delivery_has_a_key() {
+    let receiver = HttpReceiver::start(0);
+    let smtp = SmtpSink::start();
+    let host = host(&format!(
+        r#"
+[[alerts.webhook]]
+url = "{json}"
+
+[[alerts.webhook]]
+url = "{slack}"
+format = "slack"
+
+[[alerts.webhook]]
+url = "{teams}"
+format = "teams"
+
+[alerts.email]
+smtp = "smtp+plain://127.0.0.1:{port}"
+from = "bannin@example.jp"
+to = ["soc@example.jp"]
+"#,
+        json = receiver.url("/json"),
+        slack = receiver.url("/slack"),
+        teams = receiver.url("/teams"),
+        port = smtp.port
+    ));
+    let path = export_and_delete(&host);
+    let alert = alerts_json(&host.collector.dir, &[])
+        .into_iter()
+        .find(|a| a["rule"] == RULE)
+        .unwrap();
+    let alert_id = alert["id"].as_str().unwrap().to_string();
+
+    // The delivery of this alert (the export also raises others).
+    let first = |hook: &str| {
+        wait_for(&format!("the {hook} delivery"), LONG, || {
+            let heads = receiver.heads(hook);
+            let bodies = receiver.bodies(hook);
+            heads.into_iter().zip(bodies).find(|(head, body)| {
+                header(head, "x-bannin-alert-id") == Some(alert_id.as_str())
+                    || body["id"] == alert_id.as_str()
+            })
+        })
+    };
+    let mut keys = Vec::new();
+    for hook in ["/json", "/slack", "/teams"] {
+        let (head, body) = first(hook);
+        let key = header(&head, "idempotency-key").unwrap_or_else(|| panic!("{hook}: {head}"));
+        assert_eq!(header(&head, "x-bannin-alert-id"), Some(alert_id.as_str()));
+        assert_eq!(header(&head, "x-bannin-delivery-id"), Some(key));
+        assert_eq!(body["alert_id"], alert_id.as_str(), "{hook}: {body}");
+        assert_eq!(body["delivery_id"], key, "{hook}: {body}");
+        keys.push(key.to_string());
+    }
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "each sink's delivery has its own key");
+
+    // JSON carries the name unchanged: the receiver is a program, and JSON escapes it.
+    let (_, json) = first("/json");
+    assert_eq!(json["path"], path.as_str());
+
+    // Slack and Mattermost: no control sequence, mention, link or line break survives.
+    let (_, slack) = first("/slack");
+    let text = slack["text"].as_str().unwrap();
+    for forbidden in ["<!here>", "<mailto:", "@channel", "](", "\n", "\x1b"] {
+        assert!(!text.contains(forbidden), "{forbidden:?} in {text:?}");
+    }
+    assert!(
+        text.contains("&lt;!here&gt; &lt;mailto:x@\u{2060}evil.example|Reset your password&gt;"),
+        "{text}"
+    );
+    assert!(text.contains(RULE) && text.contains(NAME), "{text}");
+
+    // Teams: an Adaptive Card message, with the same names inert.
+    let (_, teams) = first("/teams");
+    assert_eq!(teams["type"], "message", "{teams}");
+    let attachment = &teams["attachments"][0];
+    assert_eq!(
+        attachment["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let card = &attachment["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert!(card["version"].as_str().unwrap().starts_with("1."));
+    assert_eq!(card["body"][0]["type"], "TextBlock");
+    let mut texts = Vec::new();
+    strings(card, &mut texts);
+    assert!(texts.iter().any(|t| t.contains("[Reset]")), "{texts:?}");
+    for text in &texts {
+        assert!(
+            !text.contains("](") && raw_controls(text).is_empty(),
+            "{text:?}"
+        );
+    }
+
+    // Mail: the subject is one line, the body shows no forged line, and the keys are there.
+    let mail = wait_for("the mail", LONG, || {
+        smtp.messages()
+            .into_iter()
+            .find(|m| m["subject"].as_str().is_some_and(|s| s.contains(RULE)))
+    });
+    let subject = mail["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("[bannin] HIGH") && subject.ends_with(NAME),
+        "{subject}"
+    );
+    let body = mail["body"].as_str().unwrap();
+    assert!(
+        !body.lines().any(|l| l.starts_with("2026-11-29T00:00:00")),
+        "{body}"
+    );
+    assert!(body.contains(&alert_id), "{body}");
+    let headers = mail["headers"].as_array().unwrap();
+    let mail_header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .and_then(|h| h[1].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        mail_header("x-bannin-alert-id").as_deref(),
+        Some(alert_id.as_str())
+    );
+    let mail_key = mail_header("x-bannin-delivery-id").unwrap();
+    assert!(body.contains(&mail_key), "{body}");
+}
+
+#[test]
+fn a_delivery_resent_after_a_crash_carries_the_same_idempotency_key() {
+    use std::io::Write;
+    // The first request hangs until the collector is gone; later ones are answered at once.
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    let tx = std::sync::Mutex::new(tx);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let receiver = ScriptedReceiver::start_recording(move |stream, head, body| {
+        let _ = tx.lock().unwrap().send((head.to_string(), body.to_vec()));
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(stream, &mut buf); // returns when the peer dies
+            return;
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    });
+    let mut host = host(&format!(
+        "[[alerts.webhook]]\nurl = \"{}\"\ntimeout = \"5m\"\n",
+        receiver.url()
+    ));
+    export_and_delete_plain(&host);
+    let (head1, body1) = rx.recv_timeout(LONG).expect("the first attempt");
+    host.collector.restart();
+    let (head2, body2) = rx
+        .recv_timeout(LONG)
+        .expect("the attempt after the restart");
+
+    let key1 = header(&head1, "idempotency-key").expect("a key on the first attempt");
+    assert_eq!(header(&head2, "idempotency-key"), Some(key1));
+    let (body1, body2): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&body1).unwrap(),
+        serde_json::from_slice(&body2).unwrap(),
+    );
+    assert_eq!(body1["id"], body2["id"]);
+    assert_eq!(body1["delivery_id"], key1);
+    assert_eq!(body2["delivery_id"], key1);
 }
