@@ -3,6 +3,7 @@
 //! One writer connection lives on the ingest thread (`ingest.rs`); query commands and `verify` open
 //! their own read-only connections, which WAL lets run while `serve` writes.
 
+pub mod alert_chain;
 pub mod alerts;
 pub mod ingest;
 pub mod investigate;
@@ -194,7 +195,11 @@ fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}; {};", alerts::SCHEMA))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA}; {}; {};",
+        alerts::SCHEMA,
+        alert_chain::SCHEMA
+    ))?;
     match migrate(conn) {
         Ok(()) => conn.execute_batch("COMMIT"),
         Err(error) => {

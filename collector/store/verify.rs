@@ -107,6 +107,9 @@ pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
         verify_agent(conn, trust, agent, &mut report)?;
     }
     spent_tokens(conn, &mut report)?;
+    report
+        .problems
+        .extend(super::alert_chain::verify(conn, trust.seal.as_ref().ok())?);
     Ok(report)
 }
 

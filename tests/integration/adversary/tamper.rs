@@ -435,3 +435,24 @@ fn replacing_an_agents_key_and_re_signing_its_batches_fails_verify() {
     sqlite(&dir, "UPDATE agents SET certificate = NULL;");
     assert_fails(&dir, &[&format!("agent {agent}"), "certificate"]);
 }
+
+#[test]
+fn editing_an_alert_fails_verify() {
+    let (_tmp, dir) = store_copy();
+    let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
+    // Whoever edits an alert edits its JSON and its indexed columns alike.
+    sqlite(
+        &dir,
+        "UPDATE alerts SET host = 'elsewhere', body = replace(body, '\"victim\"', '\"elsewhere\"');",
+    );
+    assert_eq!(sqlite(&dir, "SELECT host FROM alerts"), "elsewhere");
+    assert_fails(&dir, &[&format!("alert {id}"), "edited"]);
+}
+
+#[test]
+fn deleting_an_alert_fails_verify() {
+    let (_tmp, dir) = store_copy();
+    let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
+    sqlite(&dir, "DELETE FROM alerts;");
+    assert_fails(&dir, &[&format!("alert {id}"), "removed"]);
+}
