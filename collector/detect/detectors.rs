@@ -117,7 +117,16 @@ impl Tracked {
             }
         }
         if self.creator.is_none() {
-            self.creator = file.process.clone();
+            // The alert names the process, not its parents: no ancestry kept per tracked file.
+            self.creator = file.process.as_ref().map(|p| ProcessInfo {
+                pid: p.pid,
+                ppid: p.ppid,
+                exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
+                user: p.user.clone(),
+                uid: p.uid,
+                ancestry: Vec::new(),
+            });
         }
     }
 }
@@ -220,6 +229,10 @@ impl ExportLifecycle {
 
     pub(crate) fn tracked(&self) -> usize {
         self.files.len()
+    }
+
+    pub(crate) fn window(&self) -> Duration {
+        self.window
     }
 
     pub(crate) fn evicted(&self) -> u64 {
@@ -622,6 +635,10 @@ impl AgentSilent {
         self.losses.take()
     }
 
+    pub(crate) fn window(&self) -> Duration {
+        self.after
+    }
+
     /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
     /// several agents interleave, so only a later time counts; live, `at` is the collector's clock.
     pub(crate) fn heard(&mut self, record: &Record, at: Timestamp, replaying: bool) {
@@ -787,6 +804,10 @@ impl SensitiveReadVolume {
 
     pub(crate) fn expire(&mut self, now: Timestamp) {
         self.tracks.expire(now.saturating_sub(self.window));
+    }
+
+    pub(crate) fn window(&self) -> Duration {
+        self.window
     }
 
     pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {

@@ -394,3 +394,115 @@ fn an_alert_whose_deliveries_cannot_be_queued_is_not_stored_without_them() {
 fn an_alert_the_store_refuses_is_retried_not_dropped() {
     alert_survives_a_failing_table("alerts", "pc-persist");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay at start in bounded memory (issue 10)
+
+/// The collector's peak resident memory so far, in bytes.
+fn peak_rss(collector: &Collector) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", collector.proc.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn replay_at_start_streams_whatever_the_store_holds() {
+    use bannin::event::{Ancestor, Event, ProcessAction, ProcessEvent, ProcessInfo};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    collector.enroll(&tmp.path().join("bulk"), "pc-bulk");
+    // A real agent's export, written before the restart and deleted after it.
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "pc-replay");
+    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let export = watched.join("customers.csv");
+    write_csv(&export, 11);
+    let path = export.display().to_string();
+    wait_for("the export's write stored", LONG, || {
+        let n = collector
+            .events(&["--kind", "file.write", "--path", &path])
+            .len();
+        (n > 0).then_some(())
+    });
+    // Stopped while the rows are written under it.
+    collector.proc.kill9();
+    // 1,200 stored events of ~200 KiB each (a deep ancestry of long command lines, within the
+    // per-event bounds) from the last hour: 240 MiB that a replay holding them all would need.
+    let conn = rusqlite::Connection::open(collector.dir.join("bannin.db")).unwrap();
+    let agent_no: i64 = conn
+        .query_row("SELECT no FROM agents WHERE name = 'pc-bulk'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let line = "x".repeat(3_000);
+    let ancestry: Vec<Ancestor> = (0..64)
+        .map(|i| Ancestor {
+            pid: 100 + i,
+            exe: format!("/usr/bin/sh{i}"),
+            cmdline: line.clone(),
+            user: "root".into(),
+        })
+        .collect();
+    let now = bannin::time::Timestamp::now();
+    let tx = conn.unchecked_transaction().unwrap();
+    for seq in 1..=1_200u64 {
+        let mut event = Event::now(
+            "pc-bulk",
+            ProcessEvent {
+                action: ProcessAction::Start,
+                process: ProcessInfo {
+                    pid: 5000,
+                    ppid: Some(100),
+                    exe: "/usr/bin/python3".into(),
+                    cmdline: line.clone(),
+                    user: "root".into(),
+                    uid: Some(0),
+                    ancestry: ancestry.clone(),
+                },
+                cwd: "/".into(),
+                start_ts: None,
+                exit_code: None,
+                read_bytes: None,
+                write_bytes: None,
+                source: "proc_connector".into(),
+            },
+        );
+        event.seq = seq;
+        event.ts = now.saturating_sub(Duration::from_secs(3600 - seq));
+        let payload = bannin::proto::encode_event(&event);
+        tx.execute(
+            "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash) VALUES (?1, ?2, ?3, 'process.start', NULL, ?4, ?5)",
+            rusqlite::params![agent_no, seq as i64, event.ts.as_nanos(), payload, vec![0u8; 32]],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+
+    let (dir, addr) = (collector.dir.clone(), collector.addr.clone());
+    drop(collector);
+    let collector = Collector::start_with(&dir, &addr, &[]);
+    assert!(
+        collector.proc.has_line("detection state rebuilt"),
+        "{}",
+        collector.proc.log()
+    );
+    let peak = peak_rss(&collector);
+    assert!(
+        peak < 128 * 1024 * 1024,
+        "replay peaked at {} MiB",
+        peak / 1024 / 1024
+    );
+    // And the replay rebuilt what it must: the export written before the restart still alerts.
+    sh(&format!("rm {}", export.display()));
+    let alert = export_alert(&collector, &export);
+    assert_eq!(alert["host"], "pc-replay");
+}
