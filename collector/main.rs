@@ -14,6 +14,7 @@ mod query;
 mod quickstart;
 mod report;
 mod retention;
+mod seal;
 mod serve;
 mod service;
 mod store;
@@ -184,7 +185,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
             let conn = store::open_reader(&args.data_dir)?;
-            let report = store::verify::verify(&conn)?;
+            let trust = store::verify::Trust {
+                seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
+            };
+            let report = store::verify::verify(&conn, &trust)?;
             for note in &report.notes {
                 println!("note: {note}");
             }

@@ -46,16 +46,20 @@ impl RetentionConfig {
 /// Deletes everything older than `keep` in small steps; returns (batches, events) deleted.
 pub async fn prune_once(data_dir: PathBuf, keep: Duration) -> Result<(u64, u64), StoreError> {
     let cutoff = Timestamp::now().saturating_sub(keep);
-    let mut conn = {
+    let (mut conn, seal) = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || store::prune::open(&dir))
-            .await
-            .map_err(|_| StoreError::WriterGone)??
+        tokio::task::spawn_blocking(move || {
+            let seal = crate::seal::Seal::load_or_create(&dir)?;
+            Ok::<_, StoreError>((store::prune::open(&dir)?, seal))
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)??
     };
     let (mut batches, mut events) = (0, 0);
     loop {
+        let seal = seal.clone();
         let (back, step) = tokio::task::spawn_blocking(move || {
-            let step = store::prune::prune_step(&mut conn, cutoff, STEP_BATCHES);
+            let step = store::prune::prune_step(&mut conn, &seal, cutoff, STEP_BATCHES);
             (conn, step)
         })
         .await

@@ -147,6 +147,7 @@ impl Collector {
     ) -> Result<()> {
         let (authority, server) =
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
+        let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
         let conn = store::open_writer(&self.data_dir)?;
         let agents = Agents::load(store::agent_keys(&conn)?);
         tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
@@ -181,7 +182,8 @@ impl Collector {
         }
         .spawn(notices_rx)
         .context("cannot start detection")?;
-        let writer = Writer::spawn(conn, Some(notices)).context("cannot start the store writer")?;
+        let writer = Writer::spawn(conn, seal.clone(), Some(notices))
+            .context("cannot start the store writer")?;
 
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))

@@ -283,7 +283,24 @@ impl IngestService {
                 .await
                 .map_err(|_| ServiceError::BadEnrollment {
                     reason: "verification task failed".into(),
-                })??;
+                })?;
+        // A batch with the agent's certificate but not its signature is forged or the agent's
+        // key is in other hands: refused, and recorded as a `chain.tamper` finding.
+        if let Err(
+            error @ ServiceError::Chain {
+                source: ChainError::BadSignature { .. },
+            },
+        ) = &verified
+        {
+            self.writer
+                .refused(
+                    agent.no,
+                    agent.id.clone(),
+                    format!("batch refused: {error}"),
+                )
+                .await;
+        }
+        let verified = verified?;
         let committed = self.writer.ingest(verified).await?;
         Ok(pb::Ack {
             committed_through: committed.committed_through,

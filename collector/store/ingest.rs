@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AgentKey, NewAgent, StoreError};
+use crate::seal::{self, Seal};
 
 /// Batches waiting for the writer; beyond this the service waits (back-pressure on agents).
 const QUEUE: usize = 64;
@@ -103,7 +104,20 @@ enum Command {
         agent: OwnedNewAgent,
         reply: oneshot::Sender<Result<AgentKey, StoreError>>,
     },
+    /// The service refused an enrolled agent's batch as forged (its signature does not verify).
+    Refused {
+        agent_no: i64,
+        agent_id: String,
+        detail: String,
+    },
 }
+
+/// Refused batches from one agent within this time share one finding (the next one counts them),
+/// so a hostile agent cannot grow the findings table without bound.
+const REFUSAL_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Per agent: when its last refusal was recorded, and how many came since.
+type Refusals = HashMap<i64, (std::time::Instant, u64)>;
 
 /// The handle the service uses to reach the writer.
 #[derive(Clone)]
@@ -115,12 +129,13 @@ impl Writer {
     /// Starts the writer thread on `conn`. Committed records go to `notices` when given.
     pub fn spawn(
         conn: Connection,
+        seal: Seal,
         notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, rx, notices))?;
+            .spawn(move || run(conn, seal, rx, notices))?;
         Ok(Writer { tx })
     }
 
@@ -149,6 +164,18 @@ impl Writer {
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
+
+    /// Records (as a `chain.tamper` finding) that a batch from an enrolled agent was refused.
+    pub async fn refused(&self, agent_no: i64, agent_id: String, detail: String) {
+        let command = Command::Refused {
+            agent_no,
+            agent_id,
+            detail,
+        };
+        if self.tx.send(command).await.is_err() {
+            tracing::error!("the ingest thread has stopped; a refused batch is not recorded");
+        }
+    }
 }
 
 struct ChainState {
@@ -159,10 +186,12 @@ struct ChainState {
 
 fn run(
     mut conn: Connection,
+    seal: Seal,
     mut rx: mpsc::Receiver<Command>,
     notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
 ) {
     let mut chains: HashMap<i64, ChainState> = HashMap::new();
+    let mut refusals = Refusals::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batches = Vec::new();
         let mut next = Some(first);
@@ -173,15 +202,42 @@ fn run(
                     agent,
                     reply,
                 } => {
+                    let head_signature =
+                        seal.sign(&seal::head_message(&agent.id, 0, GENESIS.as_slice()));
                     let new = NewAgent {
                         id: &agent.id,
                         name: &agent.name,
                         host: &agent.host,
                         signing_key: &agent.signing_key,
+                        head_signature: &head_signature,
                     };
                     let _ = reply.send(super::enroll(&mut conn, &token, &new));
                 }
                 Command::Ingest { batch, reply } => batches.push((batch, reply)),
+                Command::Refused {
+                    agent_no,
+                    agent_id,
+                    detail,
+                } => {
+                    let refusal = Refusal {
+                        agent_no,
+                        agent_id,
+                        seq: 0,
+                        detail,
+                    };
+                    let findings = (|| {
+                        let tx = conn.transaction()?;
+                        let findings =
+                            record_refusal(&tx, &seal, &mut chains, &mut refusals, refusal)?;
+                        tx.commit().map(|()| findings)
+                    })();
+                    match findings {
+                        Ok(findings) => notify(notices.as_ref(), Vec::new(), findings),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot record a refused batch as a finding")
+                        }
+                    }
+                }
             }
             if batches.len() < GROUP {
                 next = rx.try_recv().ok();
@@ -190,7 +246,14 @@ fn run(
         if batches.is_empty() {
             continue;
         }
-        commit_group(&mut conn, &mut chains, batches, notices.as_ref());
+        commit_group(
+            &mut conn,
+            &seal,
+            &mut chains,
+            &mut refusals,
+            batches,
+            notices.as_ref(),
+        );
     }
 }
 
@@ -201,7 +264,9 @@ type Pending = (
 
 fn commit_group(
     conn: &mut Connection,
+    seal: &Seal,
     chains: &mut HashMap<i64, ChainState>,
+    refusals: &mut Refusals,
     batches: Vec<Pending>,
     notices: Option<&std::sync::mpsc::SyncSender<CommitNotice>>,
 ) {
@@ -216,7 +281,7 @@ fn commit_group(
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (batch, reply) in batches {
             let outcome = match tx.savepoint() {
-                Ok(sp) => match store_batch(&sp, chains, &mut staged, &batch, &mut notice) {
+                Ok(sp) => match store_batch(&sp, seal, chains, &mut staged, &batch, &mut notice) {
                     Ok(committed) => sp.commit().map(|()| Ok(committed)),
                     Err(error) => {
                         drop(sp);
@@ -225,6 +290,22 @@ fn commit_group(
                 },
                 Err(error) => Err(error),
             }?;
+            // The batch's own work is rolled back; the record that a fork was refused is not,
+            // so the `chain-tamper` rule sees it.
+            if let Err(error @ IngestError::Fork { seq, .. }) = &outcome {
+                let refusal = Refusal {
+                    agent_no: batch.agent_no,
+                    agent_id: batch.agent_id.clone(),
+                    seq: *seq,
+                    detail: format!(
+                        "batch {}..={} refused: {error}",
+                        batch.first_seq, batch.last_seq
+                    ),
+                };
+                notice
+                    .findings
+                    .extend(record_refusal(&tx, seal, chains, refusals, refusal)?);
+            }
             outcomes.push((reply, outcome));
         }
         tx.commit()
@@ -240,12 +321,7 @@ fn commit_group(
             for (reply, outcome) in outcomes {
                 let _ = reply.send(outcome);
             }
-            if let Some(notices) = notices
-                && (!notice.records.is_empty() || !notice.findings.is_empty())
-                && notices.send(notice).is_err()
-            {
-                tracing::warn!("detection has stopped; committed events are not being evaluated");
-            }
+            notify(notices, notice.records, notice.findings);
         }
         Err(error) => {
             tracing::error!(%error, "store commit failed; batches are not acknowledged");
@@ -256,6 +332,69 @@ fn commit_group(
             }
         }
     }
+}
+
+/// Passes what committed to detection.
+fn notify(
+    notices: Option<&std::sync::mpsc::SyncSender<CommitNotice>>,
+    records: Vec<Record>,
+    findings: Vec<Finding>,
+) {
+    if let Some(notices) = notices
+        && (!records.is_empty() || !findings.is_empty())
+        && notices.send(CommitNotice { records, findings }).is_err()
+    {
+        tracing::warn!("detection has stopped; committed events are not being evaluated");
+    }
+}
+
+/// A batch from an enrolled agent that the collector refused as forged.
+struct Refusal {
+    agent_no: i64,
+    agent_id: String,
+    /// The sequence number the refusal concerns, when known (0: not known).
+    seq: u64,
+    detail: String,
+}
+
+/// Stores a `chain.tamper` finding for a refused batch, unless one for this agent was stored
+/// within `REFUSAL_QUIET`: then the refusal is counted and named in the next finding.
+fn record_refusal(
+    conn: &Connection,
+    seal: &Seal,
+    chains: &mut HashMap<i64, ChainState>,
+    refusals: &mut Refusals,
+    refusal: Refusal,
+) -> Result<Vec<Finding>, rusqlite::Error> {
+    let now = std::time::Instant::now();
+    let since = match refusals.get_mut(&refusal.agent_no) {
+        Some((last, count)) if now.duration_since(*last) < REFUSAL_QUIET => {
+            *count += 1;
+            tracing::warn!(agent_id = %refusal.agent_id, detail = %refusal.detail, "batch refused again");
+            return Ok(Vec::new());
+        }
+        Some((_, count)) => std::mem::take(count),
+        None => 0,
+    };
+    refusals.insert(refusal.agent_no, (now, 0));
+    let host = chain_state(conn, chains, refusal.agent_no)?.host.clone();
+    let mut detail = refusal.detail;
+    if since > 0 {
+        detail.push_str(&format!(
+            " ({since} more refused batches since the last finding)"
+        ));
+    }
+    let finding = Finding {
+        agent_id: refusal.agent_id,
+        host,
+        kind: "chain.tamper",
+        ts: Timestamp::now(),
+        first_seq: refusal.seq,
+        last_seq: refusal.seq,
+        detail,
+    };
+    insert_finding(conn, seal, refusal.agent_no, &finding)?;
+    Ok(vec![finding])
 }
 
 fn chain_state<'a>(
@@ -283,6 +422,7 @@ fn chain_state<'a>(
 
 fn store_batch(
     conn: &Connection,
+    seal: &Seal,
     chains: &mut HashMap<i64, ChainState>,
     staged: &mut HashMap<i64, (u64, Hash)>,
     batch: &VerifiedBatch,
@@ -383,19 +523,7 @@ fn store_batch(
         )?;
     }
     for finding in &findings {
-        conn.execute(
-            "INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                batch.agent_no,
-                finding.ts.as_nanos(),
-                finding.kind,
-                i64::try_from(finding.first_seq).unwrap_or(i64::MAX),
-                i64::try_from(finding.last_seq).unwrap_or(i64::MAX),
-                finding.detail
-            ],
-        )?;
-        tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind, detail = %finding.detail, "chain finding");
+        insert_finding(conn, seal, batch.agent_no, finding)?;
     }
     let (new_last, new_head) = if batch.last_seq > last_seq {
         (batch.last_seq, batch.head_hash)
@@ -410,16 +538,21 @@ fn store_batch(
             Body::Agent(a) => Some((a.spool_events, a.spool_bytes)),
             _ => None,
         });
+    // The collector signs the head it records, so rewinding it after cutting off the tail of the
+    // chain needs its key, not just the database.
+    let head_signature = seal.sign(&seal::head_message(&batch.agent_id, new_last, &new_head));
     conn.execute(
         "UPDATE agents SET last_seq = ?1, head_hash = ?2, last_seen_ts = ?3,
-             spool_events = COALESCE(?4, spool_events), spool_bytes = COALESCE(?5, spool_bytes)
-         WHERE no = ?6",
+             spool_events = COALESCE(?4, spool_events), spool_bytes = COALESCE(?5, spool_bytes),
+             head_signature = ?6
+         WHERE no = ?7",
         params![
             i64::try_from(new_last).unwrap_or(i64::MAX),
             new_head.as_slice(),
             now.as_nanos(),
             spool.map(|s| i64::try_from(s.0).unwrap_or(i64::MAX)),
             spool.map(|s| i64::try_from(s.1).unwrap_or(i64::MAX)),
+            head_signature,
             batch.agent_no
         ],
     )?;
@@ -431,4 +564,37 @@ fn store_batch(
         inserted,
         duplicates,
     })
+}
+
+/// Stores a finding with the collector's signature over it: `verify` accepts no other as an
+/// explanation.
+fn insert_finding(
+    conn: &Connection,
+    seal: &Seal,
+    agent_no: i64,
+    finding: &Finding,
+) -> Result<(), rusqlite::Error> {
+    let signature = seal.sign(&seal::finding_message(
+        &finding.agent_id,
+        finding.kind,
+        finding.first_seq,
+        finding.last_seq,
+        finding.ts.as_nanos(),
+        &finding.detail,
+    ));
+    conn.execute(
+        "INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            agent_no,
+            finding.ts.as_nanos(),
+            finding.kind,
+            i64::try_from(finding.first_seq).unwrap_or(i64::MAX),
+            i64::try_from(finding.last_seq).unwrap_or(i64::MAX),
+            finding.detail,
+            signature
+        ],
+    )?;
+    tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind, detail = %finding.detail, "chain finding");
+    Ok(())
 }

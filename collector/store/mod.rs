@@ -47,6 +47,8 @@ pub enum StoreError {
     UnknownOperator { name: String },
     #[error("the ingest thread has stopped")]
     WriterGone,
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
 }
 
 const SCHEMA: &str = "
@@ -123,6 +125,42 @@ CREATE TABLE IF NOT EXISTS pruned (
 );
 ";
 
+/// Columns added after a table was first released; a store made by an older collector gains them
+/// (empty) when a writer opens it.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The agent's certificate as the CA issued it; it binds the agent's signing key.
+    ("agents", "certificate", "TEXT"),
+    // The collector's signature over (agent, last_seq, head_hash).
+    ("agents", "head_signature", "BLOB"),
+    // The newest head the agent says the collector acknowledged to it, signed by the agent.
+    ("agents", "witness_seq", "INTEGER"),
+    ("agents", "witness_hash", "BLOB"),
+    ("agents", "witness_signature", "BLOB"),
+    // The collector's signature over the finding or retention mark; verify trusts no other row.
+    ("findings", "signature", "BLOB"),
+    ("pruned", "signature", "BLOB"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present
+            && let Err(error) =
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+        {
+            // Another connection opening the same old store may have added it first.
+            if !error.to_string().contains("duplicate column") {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
@@ -152,10 +190,14 @@ fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA}; {}; COMMIT;",
-        alerts::SCHEMA
-    ))
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}; {};", alerts::SCHEMA))?;
+    match migrate(conn) {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(error) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
 }
 
 /// Makes a new store appear whole: it is built under a fresh name and linked into place (which fails
@@ -250,6 +292,9 @@ pub struct NewAgent<'a> {
     pub name: &'a str,
     pub host: &'a str,
     pub signing_key: &'a [u8],
+    /// The collector's signature over the empty chain's head (0, genesis), so even an agent that
+    /// never sent anything has a signed head to compare with.
+    pub head_signature: &'a [u8],
 }
 
 /// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent.
@@ -279,15 +324,16 @@ pub fn enroll(
         params![now.as_nanos(), agent.id, hash],
     )?;
     tx.execute(
-        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash, head_signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             agent.id,
             agent.name,
             agent.host,
             agent.signing_key,
             now.as_nanos(),
-            GENESIS.to_vec()
+            GENESIS.to_vec(),
+            agent.head_signature
         ],
     )?;
     let no = tx.last_insert_rowid();

@@ -8,6 +8,7 @@ use bannin::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
+use crate::seal::{self, Seal};
 
 /// What one step removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +32,18 @@ pub fn open(data_dir: &std::path::Path) -> Result<Connection, StoreError> {
 /// stamping it old, nor keep everything forever by stamping one event in the future.
 pub fn prune_step(
     conn: &mut Connection,
+    seal: &Seal,
     cutoff: Timestamp,
     max_batches: usize,
 ) -> Result<Pruned, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut pruned = Pruned::default();
-    let agents: Vec<i64> = {
-        let mut stmt = tx.prepare("SELECT no FROM agents ORDER BY no")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+    let agents: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare("SELECT no, id FROM agents ORDER BY no")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<Result<_, _>>()?
     };
-    for agent_no in agents {
+    for (agent_no, agent_id) in agents {
         while pruned.batches < max_batches as u64 {
             let oldest: Option<(i64, i64)> = tx
                 .query_row(
@@ -69,12 +71,22 @@ pub fn prune_step(
                 "DELETE FROM findings WHERE agent_no = ?1 AND last_seq <= ?2",
                 params![agent_no, last],
             )?;
+            // Oldest first, so `last` only grows: the new mark replaces the old one whole, and the
+            // collector's signature over it is what lets verify accept the missing events.
+            let now = Timestamp::now().as_nanos();
+            let signature = seal.sign(&seal::pruned_message(
+                &agent_id,
+                u64::try_from(last).unwrap_or(0),
+                now,
+            ));
             tx.execute(
-                "INSERT INTO pruned (agent_no, through_seq, pruned_ts) VALUES (?1, ?2, ?3)
+                "INSERT INTO pruned (agent_no, through_seq, pruned_ts, signature)
+                 VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (agent_no) DO UPDATE SET
-                     through_seq = MAX(through_seq, excluded.through_seq),
-                     pruned_ts = excluded.pruned_ts",
-                params![agent_no, last, Timestamp::now().as_nanos()],
+                     through_seq = excluded.through_seq,
+                     pruned_ts = excluded.pruned_ts,
+                     signature = excluded.signature",
+                params![agent_no, last, now, signature],
             )?;
             pruned.batches += 1;
             pruned.events += events as u64;
@@ -84,16 +96,28 @@ pub fn prune_step(
     Ok(pruned)
 }
 
-/// The sequence number through which an agent's events were deleted on purpose (0: none).
-pub fn pruned_through(conn: &Connection, agent_no: i64) -> Result<u64, StoreError> {
-    let through: Option<i64> = conn
+/// A retention mark as stored: events through `through_seq` were deleted on purpose.
+pub struct Mark {
+    pub through_seq: u64,
+    pub ts: i64,
+    pub signature: Option<Vec<u8>>,
+}
+
+/// An agent's retention mark, if retention ever deleted its events.
+pub fn mark(conn: &Connection, agent_no: i64) -> Result<Option<Mark>, StoreError> {
+    Ok(conn
         .query_row(
-            "SELECT through_seq FROM pruned WHERE agent_no = ?1",
+            "SELECT through_seq, pruned_ts, signature FROM pruned WHERE agent_no = ?1",
             [agent_no],
-            |r| r.get(0),
+            |r| {
+                Ok(Mark {
+                    through_seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    ts: r.get(1)?,
+                    signature: r.get(2)?,
+                })
+            },
         )
-        .optional()?;
-    Ok(through.and_then(|t| u64::try_from(t).ok()).unwrap_or(0))
+        .optional()?)
 }
 
 #[cfg(test)]
@@ -136,6 +160,7 @@ mod tests {
     fn pruning_removes_whole_old_batches_and_the_file_stops_growing() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path()).unwrap();
+        let seal = Seal::load_or_create(dir.path()).unwrap();
         conn.execute(
             "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
              VALUES ('a-1', 'pc1', 'pc1', x'00', 0, x'00')",
@@ -153,7 +178,7 @@ mod tests {
             .unwrap()
         };
 
-        let first = prune_step(&mut conn, Timestamp::from_secs(2_000), 10).unwrap();
+        let first = prune_step(&mut conn, &seal, Timestamp::from_secs(2_000), 10).unwrap();
         assert_eq!(
             first,
             Pruned {
@@ -163,7 +188,7 @@ mod tests {
         );
         let mut total = first;
         loop {
-            let step = prune_step(&mut conn, Timestamp::from_secs(2_000), 10).unwrap();
+            let step = prune_step(&mut conn, &seal, Timestamp::from_secs(2_000), 10).unwrap();
             if step.batches == 0 {
                 break;
             }
@@ -177,7 +202,10 @@ mod tests {
                 events: 3_000
             }
         );
-        assert_eq!(pruned_through(&conn, 1).unwrap(), 3_000);
+        let mark = mark(&conn, 1).unwrap().unwrap();
+        assert_eq!(mark.through_seq, 3_000);
+        let signed = seal::pruned_message("a-1", 3_000, mark.ts);
+        assert!(seal.public().check(&signed, &mark.signature.unwrap()));
         let left: i64 = conn
             .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
             .unwrap();
@@ -205,6 +233,7 @@ mod tests {
     fn age_is_when_the_collector_received_a_batch_not_what_the_agent_stamped() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path()).unwrap();
+        let seal = Seal::load_or_create(dir.path()).unwrap();
         conn.execute(
             "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash)
              VALUES ('a-1', 'pc1', 'pc1', x'00', 0, x'00')",
@@ -217,7 +246,7 @@ mod tests {
         add_received(&conn, 0, 1, future, old);
         // Stamped long ago, received after the cutoff: fresh.
         add_received(&conn, 1, 1, old, Timestamp::from_secs(3_000));
-        let step = prune_step(&mut conn, cutoff, 10).unwrap();
+        let step = prune_step(&mut conn, &seal, cutoff, 10).unwrap();
         assert_eq!(
             step,
             Pruned {
@@ -225,7 +254,7 @@ mod tests {
                 events: 100
             }
         );
-        assert_eq!(pruned_through(&conn, 1).unwrap(), 100);
+        assert_eq!(mark(&conn, 1).unwrap().unwrap().through_seq, 100);
         let left: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();

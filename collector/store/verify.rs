@@ -1,18 +1,39 @@
 //! Offline re-verification of every stored event.
 //!
-//! Each event must decode, agree with its indexed columns, and link to the event before it; every
-//! stored batch signature must verify over the stored hashes; every event must be covered by a signed
-//! batch; and a missing sequence number must be explained by a signed `agent.dropped` event or by a
-//! gap recorded when the batch arrived. Anything else is a problem, named by agent and sequence.
+//! SQLite's own integrity check must pass. Each event must decode, agree with its indexed columns,
+//! and link to the event before it; every stored batch signature must verify over the stored hashes;
+//! every event must be covered by a signed batch; each agent's chain must end exactly at the head the
+//! collector recorded and signed; and a missing sequence number must be explained by a signed
+//! `agent.dropped` event, by a gap finding, or by a retention mark, the last two signed by the
+//! collector's own key. Anything else is a problem, named by agent and sequence.
 
 use std::collections::{BTreeMap, HashMap};
 
-use bannin::chain::{self, Hash};
+use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::Body;
 use bannin::proto::decode_event;
 use rusqlite::Connection;
 
 use super::StoreError;
+use crate::seal::{self, SealKey};
+
+/// What `verify` trusts besides the database: the collector's public key, read from the data
+/// directory (`collector.pub`), never from the store.
+pub struct Trust {
+    pub seal: Result<SealKey, String>,
+}
+
+impl Trust {
+    fn check(&self, message: &[u8], signature: Option<&[u8]>) -> bool {
+        match (&self.seal, signature) {
+            (Ok(key), Some(signature)) => key.check(message, signature),
+            _ => false,
+        }
+    }
+}
+
+/// Integrity-check lines reported at most; a badly damaged file would print thousands.
+const INTEGRITY_LINES: usize = 20;
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -32,27 +53,130 @@ struct Batch {
     signature: Vec<u8>,
 }
 
-pub fn verify(conn: &Connection) -> Result<Report, StoreError> {
+/// An agent row as verify reads it.
+struct AgentRow {
+    no: i64,
+    id: String,
+    key: Vec<u8>,
+    last_seq: u64,
+    head: Vec<u8>,
+    head_signature: Option<Vec<u8>>,
+}
+
+pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
+    // One read transaction: every query sees the same snapshot, so batches, events and heads that
+    // `serve` commits meanwhile cannot look half-stored.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let mut report = Report::default();
-    let agents: Vec<(i64, String, Vec<u8>)> = {
-        let mut stmt = conn.prepare("SELECT no, id, signing_key FROM agents ORDER BY no")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    integrity(conn, &mut report)?;
+    if let Err(error) = &trust.seal {
+        report.problems.push(format!(
+            "cannot check the collector's signatures on heads, findings and retention marks: {error}"
+        ));
+    }
+    let agents: Vec<AgentRow> = {
+        let mut stmt = conn.prepare(
+            "SELECT no, id, signing_key, last_seq, head_hash, head_signature FROM agents ORDER BY no",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentRow {
+                no: r.get(0)?,
+                id: r.get(1)?,
+                key: r.get(2)?,
+                last_seq: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                head: r.get(4)?,
+                head_signature: r.get(5)?,
+            })
+        })?;
         rows.collect::<Result<_, _>>()?
     };
     report.agents = agents.len();
-    for (no, id, key) in agents {
-        verify_agent(conn, no, &id, &key, &mut report)?;
+    for agent in &agents {
+        verify_agent(conn, trust, agent, &mut report)?;
     }
+    spent_tokens(conn, &mut report)?;
     Ok(report)
+}
+
+/// SQLite's own check: a damaged index answers queries wrongly without any row looking edited.
+fn integrity(conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for line in lines.iter().filter(|l| *l != "ok").take(INTEGRITY_LINES) {
+        report
+            .problems
+            .push(format!("sqlite integrity check: {line}"));
+    }
+    Ok(())
+}
+
+/// Every spent token names the agent it enrolled: an agent removed with its whole history still
+/// leaves that trace.
+fn spent_tokens(conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT used_by FROM tokens WHERE used_by IS NOT NULL
+           AND used_by NOT IN (SELECT id FROM agents) ORDER BY used_ts",
+    )?;
+    let missing: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in missing {
+        report.problems.push(format!(
+            "agent {id}: enrolled with a token the store recorded, but the store has no such agent (removed with its history)"
+        ));
+    }
+    Ok(())
+}
+
+/// A finding as stored, with whether the collector's signature over it holds.
+struct StoredFinding {
+    id: i64,
+    kind: String,
+    first: u64,
+    last: u64,
+    detail: String,
+    signed: bool,
+}
+
+fn findings(
+    conn: &Connection,
+    trust: &Trust,
+    agent: &AgentRow,
+) -> Result<Vec<StoredFinding>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, ts, kind, first_seq, last_seq, detail, signature FROM findings
+         WHERE agent_no = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([agent.no], |r| {
+        let (ts, kind, detail): (i64, String, String) = (r.get(1)?, r.get(2)?, r.get(5)?);
+        let (first, last) = (
+            u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+            u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+        );
+        let signature: Option<Vec<u8>> = r.get(6)?;
+        let message = seal::finding_message(&agent.id, &kind, first, last, ts, &detail);
+        Ok(StoredFinding {
+            id: r.get(0)?,
+            signed: trust.check(&message, signature.as_deref()),
+            kind,
+            first,
+            last,
+            detail,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn verify_agent(
     conn: &Connection,
-    no: i64,
-    id: &str,
-    key: &[u8],
+    trust: &Trust,
+    agent: &AgentRow,
     report: &mut Report,
 ) -> Result<(), StoreError> {
+    let (no, id, key) = (agent.no, agent.id.as_str(), agent.key.as_slice());
     let batches: Vec<Batch> = {
         let mut stmt = conn.prepare(
             "SELECT first_seq, last_seq, prev_hash, head_hash, signature FROM batches
@@ -73,15 +197,24 @@ fn verify_agent(
     // Where a batch starts, the previous hash comes from its signed prev_hash, not the row before.
     let starts: HashMap<u64, Vec<u8>> = batches.iter().map(|b| (b.first, b.prev.clone())).collect();
     let mut hashes: BTreeMap<u64, Hash> = BTreeMap::new();
-    let mut explained: Vec<(u64, u64)> = {
-        let mut stmt = conn.prepare(
-            "SELECT first_seq, last_seq FROM findings WHERE agent_no = ?1 AND kind = 'chain.gap'",
-        )?;
-        let rows = stmt.query_map([no], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+    // Only the collector's own signed findings explain a gap: anyone with the database can insert
+    // a row that says "never arrived".
+    let mut explained: Vec<(u64, u64)> = Vec::new();
+    for finding in findings(conn, trust, agent)? {
+        if !finding.signed {
+            report.problems.push(format!(
+                "agent {id} finding {} ({} {}..={}): not signed by the collector, so it explains nothing",
+                finding.id, finding.kind, finding.first, finding.last
+            ));
+        } else if finding.kind == "chain.gap" {
+            explained.push((finding.first, finding.last));
+        } else {
+            report.notes.push(format!(
+                "agent {id} events {}..={}: {} ({})",
+                finding.first, finding.last, finding.kind, finding.detail
+            ));
+        }
+    }
 
     let mut stmt = conn.prepare(
         "SELECT seq, ts, kind, path, payload, hash FROM events WHERE agent_no = ?1 ORDER BY seq",
@@ -208,12 +341,25 @@ fn verify_agent(
     // Retention deletes whole batches from the oldest: the chain then starts at the oldest stored
     // batch, whose signed prev_hash links it to what was deleted. A store from before retention
     // existed has no `pruned` table, which means nothing was pruned.
-    let pruned = super::prune::pruned_through(conn, no).unwrap_or(0);
-    if pruned > 0 {
-        report.notes.push(format!(
-            "agent {id} events 1..={pruned}: deleted by retention"
-        ));
-    }
+    let pruned = match super::prune::mark(conn, no)? {
+        None => 0,
+        Some(mark) => {
+            let message = seal::pruned_message(id, mark.through_seq, mark.ts);
+            if trust.check(&message, mark.signature.as_deref()) {
+                report.notes.push(format!(
+                    "agent {id} events 1..={}: deleted by retention",
+                    mark.through_seq
+                ));
+                mark.through_seq
+            } else {
+                report.problems.push(format!(
+                    "agent {id}: retention mark (deleted through {}) is not signed by the collector, so it explains nothing",
+                    mark.through_seq
+                ));
+                0
+            }
+        }
+    };
     let mut expected = pruned + 1;
     for &seq in &present {
         if !is_covered(seq) {
@@ -241,5 +387,56 @@ fn verify_agent(
         }
         expected = seq + 1;
     }
+    verify_head(trust, agent, &hashes, pruned, report);
     Ok(())
+}
+
+/// The stored chain must end exactly at the head the collector recorded, and that head must carry
+/// the collector's signature: cutting off the last batches, or all of them, leaves the head behind,
+/// and rewinding the head needs the collector's key.
+fn verify_head(
+    trust: &Trust,
+    agent: &AgentRow,
+    hashes: &BTreeMap<u64, Hash>,
+    pruned: u64,
+    report: &mut Report,
+) {
+    let id = &agent.id;
+    let last = agent.last_seq;
+    let message = seal::head_message(id, last, &agent.head);
+    if !trust.check(&message, agent.head_signature.as_deref()) {
+        report.problems.push(format!(
+            "agent {id}: its recorded head (committed through {last}) does not carry the collector's signature (rewound or forged)"
+        ));
+    }
+    let stored_last = hashes.keys().next_back().copied();
+    if let Some(stored_last) = stored_last
+        && stored_last > last
+    {
+        report.problems.push(format!(
+            "agent {id} events {}..={stored_last}: stored beyond the head the collector committed ({last})",
+            last + 1
+        ));
+    }
+    if last == 0 {
+        if agent.head.as_slice() != GENESIS.as_slice() {
+            report.problems.push(format!(
+                "agent {id}: its recorded head names no event but is not the empty chain's"
+            ));
+        }
+        return;
+    }
+    match hashes.get(&last) {
+        Some(hash) if hash.as_slice() == agent.head.as_slice() => {}
+        Some(_) => report.problems.push(format!(
+            "agent {id} event {last}: differs from the head the collector committed"
+        )),
+        None if pruned >= last => {}
+        None => {
+            let from = stored_last.unwrap_or(0).max(pruned) + 1;
+            report.problems.push(format!(
+                "agent {id} events {from}..={last}: missing, but the collector committed through {last} (the chain's tail was cut)"
+            ));
+        }
+    }
 }

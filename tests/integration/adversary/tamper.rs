@@ -1,2 +1,390 @@
 //! Someone with write access to the collector's store tries to change history without `verify`
 //! saying so.
+//!
+//! A pristine store is made once through the real collector (a simulated agent enrolls with a real
+//! token and submits signed, chained batches over mutual TLS; one of its events raises an alert).
+//! Each attack edits its own copy with the `sqlite3` shell, as an attacker holding the database
+//! file would, and then runs `bannin-collector verify` on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bannin::chain::{self, GENESIS, Hash};
+use bannin::event::{AgentAction, AgentEvent, Event};
+use bannin::pb;
+use bannin::pki;
+use ed25519_dalek::SigningKey;
+use tonic::transport::Channel;
+
+use crate::harness::*;
+
+const LONG: Duration = Duration::from_secs(60);
+/// The pristine agent's batches: five of five events each.
+const BATCHES: u64 = 5;
+const PER_BATCH: u64 = 5;
+
+/// An agent simulated in the test, speaking the real protocol to the real collector.
+struct SimAgent {
+    id: String,
+    key: SigningKey,
+    ingest: pb::ingest_client::IngestClient<Channel>,
+    head: Hash,
+    next_seq: u64,
+}
+
+impl SimAgent {
+    async fn enroll(collector: &Collector, name: &str) -> SimAgent {
+        let token = collector.token();
+        let (tls_key, csr_der) = pki::client_key_and_csr(name).unwrap();
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).unwrap();
+        let key = SigningKey::from_bytes(&seed);
+        let mut enrollment =
+            pb::enrollment_client::EnrollmentClient::new(channel(collector, None).await);
+        let reply = enrollment
+            .enroll(pb::EnrollRequest {
+                token,
+                name: name.to_string(),
+                hostname: name.to_string(),
+                csr_der,
+                signing_public_key: key.verifying_key().to_bytes().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ingest = pb::ingest_client::IngestClient::new(
+            channel(collector, Some((&reply.certificate_pem, &tls_key))).await,
+        );
+        SimAgent {
+            id: reply.agent_id,
+            key,
+            ingest,
+            head: GENESIS,
+            next_seq: 1,
+        }
+    }
+
+    /// A batch of `events` continuing this agent's chain at `first`, after `prev`, signed by `key`.
+    fn batch_at(
+        &self,
+        first: u64,
+        prev: Hash,
+        events: Vec<Event>,
+        key: &SigningKey,
+    ) -> (pb::EventBatch, Hash) {
+        let mut head = prev;
+        let mut encoded = Vec::new();
+        for (i, mut event) in events.into_iter().enumerate() {
+            event.seq = first + i as u64;
+            let bytes = bannin::proto::encode_event(&event);
+            head = chain::link(&head, event.seq, &bytes);
+            encoded.push(bytes);
+        }
+        let last = first + encoded.len() as u64 - 1;
+        let signature = chain::sign_batch(key, &self.id, first, last, &prev, &head);
+        let batch = pb::EventBatch {
+            events: encoded,
+            prev_hash: prev.to_vec(),
+            signature: signature.to_vec(),
+            first_seq: first,
+        };
+        (batch, head)
+    }
+
+    async fn submit(&mut self, events: Vec<Event>) {
+        let (batch, head) = self.batch_at(self.next_seq, self.head, events, &self.key.clone());
+        let count = batch.events.len() as u64;
+        let ack = self.ingest.submit(batch).await.unwrap().into_inner();
+        self.next_seq += count;
+        assert_eq!(ack.committed_through, self.next_seq - 1);
+        self.head = head;
+    }
+}
+
+fn heartbeats(count: u64) -> Vec<Event> {
+    (0..count)
+        .map(|_| Event::now("victim", AgentEvent::new(AgentAction::Heartbeat)))
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Pristine {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    agent_id: String,
+}
+
+/// Made once for all the tests in this file: a stopped collector's data directory holding one
+/// agent's five signed batches and one alert.
+fn pristine() -> &'static Pristine {
+    static PRISTINE: OnceLock<Pristine> = OnceLock::new();
+    PRISTINE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("collector");
+        let mut collector = Collector::start(&data);
+        let agent_id = runtime().block_on(async {
+            let mut agent = SimAgent::enroll(&collector, "victim").await;
+            for batch in 0..BATCHES {
+                let mut events = heartbeats(PER_BATCH);
+                if batch == 3 {
+                    // An agent.dropped report raises the `agent-dropped-events` alert.
+                    let mut dropped = AgentEvent::new(AgentAction::Dropped);
+                    dropped.dropped = 2;
+                    dropped.first_dropped_seq = 9_000;
+                    dropped.last_dropped_seq = 9_001;
+                    events[2] = Event::now("victim", dropped);
+                }
+                agent.submit(events).await;
+            }
+            agent.id
+        });
+        wait_for("the alert stored", LONG, || {
+            (!alerts_json(&data, &[]).is_empty()).then_some(())
+        });
+        collector.proc.terminate();
+        let (ok, report) = verify(&data, &[]);
+        assert!(ok, "the untouched store verifies: {report}");
+        Pristine {
+            _tmp: tmp,
+            data,
+            agent_id,
+        }
+    })
+}
+
+/// A private copy of the pristine data directory for one attack.
+fn store_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("collector");
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(&pristine().data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    (tmp, dir)
+}
+
+/// Runs SQL on a store with the `sqlite3` shell, as an attacker with the file would.
+fn sqlite(dir: &Path, sql: &str) -> String {
+    let out = run_output(Command::new("sqlite3").arg(dir.join("bannin.db")).arg(sql));
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `verify`: whether it passed (exit 0) and what it printed. Exit 1 is the only other answer.
+fn verify(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(dir)
+            .args(extra),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => (true, text),
+        Some(1) => (false, text),
+        other => panic!("verify exited {other:?}: {text}"),
+    }
+}
+
+fn assert_fails(dir: &Path, needles: &[&str]) -> String {
+    let (ok, report) = verify(dir, &[]);
+    assert!(!ok, "verify passed a tampered store:\n{report}");
+    for needle in needles {
+        assert!(report.contains(needle), "{needle:?} not named:\n{report}");
+    }
+    report
+}
+
+#[test]
+fn deleting_an_agents_last_batches_with_their_signatures_fails_verify() {
+    let agent = &pristine().agent_id;
+    let cut = 3 * PER_BATCH;
+    let truncate = format!(
+        "DELETE FROM events WHERE seq > {cut}; DELETE FROM batches WHERE first_seq > {cut};"
+    );
+
+    let (_tmp, dir) = store_copy();
+    sqlite(&dir, &truncate);
+    assert_fails(&dir, &[&format!("agent {agent}"), "committed through 25"]);
+
+    // Also rewinding the agent's recorded head to the last kept batch does not help: the head is
+    // signed by the collector, and the signature does not cover the rewound one.
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        &format!(
+            "{truncate} UPDATE agents SET last_seq = {cut},
+                 head_hash = (SELECT head_hash FROM batches WHERE last_seq = {cut});"
+        ),
+    );
+    assert_fails(&dir, &[&format!("agent {agent}"), "head"]);
+
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        &format!(
+            "{truncate} UPDATE agents SET last_seq = {cut}, head_signature = NULL,
+                 head_hash = (SELECT head_hash FROM batches WHERE last_seq = {cut});"
+        ),
+    );
+    assert_fails(&dir, &[&format!("agent {agent}"), "head"]);
+}
+
+#[test]
+fn deleting_an_agents_whole_history_fails_verify() {
+    let agent = &pristine().agent_id;
+    let (_tmp, dir) = store_copy();
+    sqlite(&dir, "DELETE FROM events; DELETE FROM batches;");
+    assert_fails(&dir, &[&format!("agent {agent}")]);
+
+    // The agent row too: the token it spent still names it.
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        "DELETE FROM events; DELETE FROM batches; DELETE FROM agents;",
+    );
+    assert_fails(&dir, &[agent.as_str()]);
+}
+
+#[test]
+fn an_inserted_gap_finding_does_not_explain_deleted_batches() {
+    let agent = &pristine().agent_id;
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        "DELETE FROM events WHERE seq BETWEEN 6 AND 10;
+         DELETE FROM batches WHERE first_seq = 6;
+         INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
+             VALUES (1, 0, 'chain.gap', 6, 10, 'events 6..=10 never arrived');",
+    );
+    assert_fails(&dir, &[&format!("agent {agent}"), "event 6"]);
+
+    // A finding's signature does not carry over to another range.
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        "DELETE FROM events WHERE seq BETWEEN 6 AND 10;
+         DELETE FROM batches WHERE first_seq = 6;
+         INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail, signature)
+             VALUES (1, 0, 'chain.gap', 6, 10, 'events 6..=10 never arrived', zeroblob(64));",
+    );
+    assert_fails(&dir, &[&format!("agent {agent}"), "event 6"]);
+}
+
+#[test]
+fn an_inserted_retention_mark_does_not_explain_deleted_batches() {
+    let agent = &pristine().agent_id;
+    let (_tmp, dir) = store_copy();
+    sqlite(
+        &dir,
+        "DELETE FROM events WHERE seq <= 10;
+         DELETE FROM batches WHERE last_seq <= 10;
+         INSERT INTO pruned (agent_no, through_seq, pruned_ts) VALUES (1, 10, 0);",
+    );
+    assert_fails(&dir, &[&format!("agent {agent}"), "retention"]);
+}
+
+#[test]
+fn corrupting_the_sqlite_index_fails_verify() {
+    let (_tmp, dir) = store_copy();
+    // The index on event times now claims to order events by kind: its entries no longer match
+    // the table, which only SQLite's own integrity check sees.
+    sqlite(
+        &dir,
+        "PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX events_ts ON events (kind)'
+             WHERE name = 'events_ts';",
+    );
+    assert_fails(&dir, &["integrity"]);
+}
+
+/// A collector with one simulated agent that has committed two batches.
+async fn live_agent(tmp: &Path) -> (Collector, SimAgent) {
+    let collector = Collector::start(&tmp.join("collector"));
+    let mut agent = SimAgent::enroll(&collector, "victim").await;
+    agent.submit(heartbeats(3)).await;
+    agent.submit(heartbeats(3)).await;
+    (collector, agent)
+}
+
+/// The `chain.tamper` findings stored, and the `chain-tamper` alerts raised, once both exist.
+fn tamper_recorded(collector: &Collector, agent: &SimAgent) -> (String, Vec<serde_json::Value>) {
+    let alerts = wait_for("the chain-tamper alert", LONG, || {
+        let alerts: Vec<_> = alerts_json(&collector.dir, &["--rule", "chain-tamper"]);
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    assert!(
+        alerts.iter().all(|a| a["severity"] == "critical"),
+        "{alerts:?}"
+    );
+    let findings = sqlite(
+        &collector.dir,
+        "SELECT kind || ' ' || detail FROM findings WHERE kind = 'chain.tamper'",
+    );
+    assert!(!findings.is_empty(), "no chain.tamper finding stored");
+    // Nothing of the refused batch was stored, and the record of the refusal verifies.
+    assert_eq!(collector.events(&["--agent", &agent.id]).len(), 6);
+    let (ok, report) = verify(&collector.dir, &[]);
+    assert!(ok, "{report}");
+    assert!(report.contains("chain.tamper"), "{report}");
+    (findings, alerts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_fork_from_an_enrolled_agent_is_recorded_as_chain_tamper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (collector, mut agent) = live_agent(tmp.path()).await;
+    // The agent's own key signs a different history for events it already sent.
+    let (fork, _) = agent.batch_at(1, GENESIS, heartbeats(2), &agent.key.clone());
+    let status = agent.ingest.submit(fork).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let collector = tokio::task::spawn_blocking(move || {
+        let (findings, _) = tamper_recorded(&collector, &agent);
+        assert!(findings.contains("fork"), "{findings}");
+        collector
+    })
+    .await
+    .unwrap();
+    drop(collector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_bad_signature_from_an_enrolled_agent_is_recorded_as_chain_tamper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (collector, mut agent) = live_agent(tmp.path()).await;
+    // The agent's certificate, but a batch signed by another key.
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let stranger = SigningKey::from_bytes(&seed);
+    let (batch, _) = agent.batch_at(agent.next_seq, agent.head, heartbeats(2), &stranger);
+    let status = agent.ingest.submit(batch).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    tokio::task::spawn_blocking(move || {
+        let (findings, _) = tamper_recorded(&collector, &agent);
+        assert!(findings.contains("signature"), "{findings}");
+    })
+    .await
+    .unwrap();
+}
