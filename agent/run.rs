@@ -58,6 +58,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut files_config = args.config.files.clone();
     files_config.watch.extend(args.watch.iter().cloned());
+    files_config.private_dir = Some(args.state_dir.clone());
     let (process, table) = sensors::process::spawn(args.config.process.clone(), tx.clone())
         .await
         .context("cannot start the process sensor")?;

@@ -5,6 +5,7 @@ mod alert;
 mod config;
 mod detect;
 mod detection;
+mod enrollment;
 mod hooks;
 mod listen;
 mod metrics;

@@ -74,7 +74,9 @@ fn reason(error: &ServiceError) -> &'static str {
             source: bannin::chain::ChainError::BadSignature { .. },
         } => "bad_signature",
         ServiceError::Chain { .. } => "bad_chain",
-        ServiceError::BadEnrollment { .. } => "internal",
+        ServiceError::BadEnrollment { .. } | ServiceError::EnrollmentRateLimited { .. } => {
+            "internal"
+        }
         ServiceError::Ingest(IngestError::Fork { .. }) => "fork",
         ServiceError::Store(_) | ServiceError::Ingest(_) => "store",
     }

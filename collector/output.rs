@@ -168,7 +168,7 @@ pub fn event_detail(record: &Record) -> String {
             }
             text
         }
-        Body::Sensor(s) => format!("{}: {} (count {})", s.sensor, s.message, s.count),
+        Body::Sensor(s) => format!("{}: {} (count {})", s.sensor, s.message, s.count_text()),
     }
 }
 

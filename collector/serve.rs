@@ -197,6 +197,7 @@ impl Collector {
             writer: writer.clone(),
             authority: Arc::new(authority),
             agents: agents.clone(),
+            guard: crate::enrollment::EnrollGuard::spawn(),
         })
         .max_decoding_message_size(64 * 1024);
         let ingest = crate::listen::IngestGate::new(

@@ -10,6 +10,8 @@ use bannin::pki::{Authority, Principal, principal_of};
 use bannin::proto::{ProtoError, decode_event, footprint, limits, peek_seq};
 use tonic::{Request, Response, Status};
 
+use crate::enrollment::{Admission, EnrollGuard};
+use crate::output::{escape_control, is_unsafe_char};
 use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
 use crate::store::{AgentKey, StoreError};
 
@@ -56,6 +58,8 @@ pub enum ServiceError {
     },
     #[error("enrollment request: {reason}")]
     BadEnrollment { reason: String },
+    #[error("too many failed enrollments from this address; try again in {retry_after_secs}s")]
+    EnrollmentRateLimited { retry_after_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -81,7 +85,9 @@ impl From<ServiceError> for Status {
             | ServiceError::BadEvent {
                 source: ProtoError::TooLarge { .. },
                 ..
-            } => Status::resource_exhausted(message),
+            }
+            | ServiceError::EnrollmentRateLimited { .. } => Status::resource_exhausted(message),
+            ServiceError::Store(StoreError::NameTaken { .. }) => Status::already_exists(message),
             ServiceError::WrongHost { .. } => Status::permission_denied(message),
             ServiceError::EmptyBatch
             | ServiceError::SeqOutOfRange { .. }
@@ -151,6 +157,8 @@ pub struct EnrollmentService {
     pub writer: Writer,
     pub authority: Arc<Authority>,
     pub agents: Agents,
+    /// Failed enrollments by remote address: the rate limit and the log's summaries.
+    pub guard: EnrollGuard,
 }
 
 #[tonic::async_trait]
@@ -160,19 +168,39 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let remote = request.remote_addr();
+        let ip = remote.map(|addr| addr.ip());
+        // An address over the limit is refused before its request is looked at, and unlogged.
+        if let Admission::Limited { retry_after } = self.guard.admit(ip) {
+            return Err(ServiceError::EnrollmentRateLimited {
+                retry_after_secs: retry_after.as_secs().max(1),
+            }
+            .into());
+        }
         let req = request.into_inner();
         let result = self.enroll_agent(req).await;
         match &result {
             Ok(response) => {
                 tracing::info!(agent_id = %response.agent_id, ?remote, "agent enrolled")
             }
-            Err(error) => tracing::warn!(?remote, %error, "enrollment refused"),
+            // The store failing is not the caller's doing; refusals of the request are, and count.
+            Err(error @ ServiceError::Store(StoreError::Sql { .. } | StoreError::WriterGone)) => {
+                tracing::error!(?remote, %error, "enrollment failed")
+            }
+            Err(error) => {
+                if self.guard.failed(ip) {
+                    tracing::warn!(?remote, %error, "enrollment refused");
+                }
+            }
         }
         Ok(Response::new(result?))
     }
 }
 
 impl EnrollmentService {
+    /// Checks the request, then the token and name against the store, and only then signs the
+    /// agent's certificate: nobody without a valid token gets the CA to sign anything. The store
+    /// checks token and name again as it spends the token, so of two racing requests only one
+    /// enrolls.
     async fn enroll_agent(
         &self,
         req: pb::EnrollRequest,
@@ -181,11 +209,12 @@ impl EnrollmentService {
             reason: reason.to_string(),
         };
         chain::verifying_key(&req.signing_public_key)?;
-        if req.name.trim().is_empty() || req.name.len() > 253 {
-            return Err(bad("name must be 1 to 253 characters"));
-        }
+        check_name("name", &req.name, false)?;
+        check_name("hostname", &req.hostname, true)?;
+        self.writer
+            .check_enrollment(req.token.clone(), req.name.clone())
+            .await?;
         let agent_id = new_agent_id().map_err(|_| bad("no randomness for an agent id"))?;
-        // Sign the CSR before spending the token, so a bad CSR does not burn it.
         let cert_pem = self
             .authority
             .sign_client_csr(&req.csr_der, &Principal::Agent(agent_id.clone()))
@@ -209,6 +238,24 @@ impl EnrollmentService {
             ca_pem: self.authority.cert_pem.clone(),
         })
     }
+}
+
+/// An agent's name (and host name) becomes every event's and alert's host, shown in terminals, chat
+/// and mail: at most 253 characters (the name at least one), none of them control, bidi or
+/// invisible characters.
+fn check_name(what: &str, name: &str, may_be_empty: bool) -> Result<(), ServiceError> {
+    let bad = |reason: String| ServiceError::BadEnrollment { reason };
+    if (!may_be_empty && name.trim().is_empty()) || name.len() > 253 {
+        return Err(bad(format!("{what} must be 1 to 253 characters")));
+    }
+    if let Some(c) = name.chars().find(|c| is_unsafe_char(*c)) {
+        return Err(bad(format!(
+            "{what} \"{}\" holds the control or invisible character U+{:04X}; choose a printable name",
+            escape_control(name),
+            u32::from(c)
+        )));
+    }
+    Ok(())
 }
 
 fn new_agent_id() -> Result<String, getrandom::Error> {

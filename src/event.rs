@@ -195,6 +195,29 @@ pub struct FileEvent {
     pub incomplete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportInfo>,
+    /// Found by the walk after a kernel queue overflow lost the kernel's own event.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub rescan: bool,
+    /// `path`/`from_path` escape bytes that are not UTF-8 as `\xNN` and a backslash as `\\`, so
+    /// two distinct names never share one path.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub path_escaped: bool,
+    /// A rename onto an existing file: the last size of the file it replaced (for an exchange,
+    /// of the file that now sits at `from_path`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub replaced_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub replaced_export: Option<ExportInfo>,
+    /// The two names swapped places (`RENAME_EXCHANGE`): nothing was replaced or destroyed.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub exchange: bool,
+    /// A delete of one name of a file that is still linked elsewhere: the links left.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub links_left: Option<u64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn default_file_action() -> FileAction {
@@ -218,6 +241,12 @@ impl FileEvent {
             backend: backend.into(),
             incomplete: false,
             export: None,
+            rescan: false,
+            path_escaped: false,
+            replaced_size: None,
+            replaced_export: None,
+            exchange: false,
+            links_left: None,
         }
     }
 }
@@ -426,15 +455,81 @@ pub enum SensorStatus {
     Status,
 }
 
+/// Its JSON says `"count": "unknown"` when the kernel did not count what it lost, never a 0
+/// that reads as "nothing lost".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "SensorEventJson", from = "SensorEventJson")]
 pub struct SensorEvent {
-    #[serde(skip, default = "default_sensor_status")]
     pub status: SensorStatus,
     pub sensor: String,
     pub message: String,
     pub count: u64,
-    #[serde(skip_serializing_if = "String::is_empty", default)]
     pub path: String,
+    /// `count` is not known (a kernel queue overflow says only that events were lost).
+    pub count_unknown: bool,
+}
+
+impl SensorEvent {
+    /// The count as people read it: a number, or `unknown`.
+    pub fn count_text(&self) -> String {
+        if self.count_unknown {
+            "unknown".to_string()
+        } else {
+            self.count.to_string()
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SensorEventJson {
+    #[serde(skip, default = "default_sensor_status")]
+    status: SensorStatus,
+    sensor: String,
+    message: String,
+    count: SensorCount,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    path: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SensorCount {
+    Known(u64),
+    /// Always `"unknown"` when written.
+    Unknown(String),
+}
+
+impl From<SensorEvent> for SensorEventJson {
+    fn from(event: SensorEvent) -> Self {
+        SensorEventJson {
+            status: event.status,
+            sensor: event.sensor,
+            message: event.message,
+            count: if event.count_unknown {
+                SensorCount::Unknown("unknown".to_string())
+            } else {
+                SensorCount::Known(event.count)
+            },
+            path: event.path,
+        }
+    }
+}
+
+impl From<SensorEventJson> for SensorEvent {
+    fn from(json: SensorEventJson) -> Self {
+        let (count, count_unknown) = match json.count {
+            SensorCount::Known(count) => (count, false),
+            SensorCount::Unknown(_) => (0, true),
+        };
+        SensorEvent {
+            status: json.status,
+            sensor: json.sensor,
+            message: json.message,
+            count,
+            path: json.path,
+            count_unknown,
+        }
+    }
 }
 
 fn default_sensor_status() -> SensorStatus {
@@ -453,6 +548,7 @@ impl SensorEvent {
             message: message.into(),
             count: 0,
             path: String::new(),
+            count_unknown: false,
         }
     }
 }
@@ -485,5 +581,21 @@ mod tests {
         assert_eq!(json["exe"], "/usr/bin/rm");
         assert_eq!(json["ts"], "2023-11-14T22:13:20.123456789Z");
         assert_eq!(event.kind(), "file.delete");
+    }
+
+    #[test]
+    fn an_uncounted_loss_reads_unknown_never_zero() {
+        let mut lost = SensorEvent::new(SensorStatus::Overflow, "files", "queue overflowed");
+        lost.count_unknown = true;
+        let json = serde_json::to_value(Body::from(lost.clone())).unwrap();
+        assert_eq!(json["count"], "unknown");
+        let back: SensorEvent = serde_json::from_value(json).unwrap();
+        assert!(back.count_unknown);
+        assert_eq!(lost.count_text(), "unknown");
+        let counted = SensorEvent {
+            count: 3,
+            ..SensorEvent::new(SensorStatus::Overflow, "files", "dropped")
+        };
+        assert_eq!(serde_json::to_value(&counted).unwrap()["count"], 3);
     }
 }

@@ -364,6 +364,12 @@ pub fn to_pb(event: &Event) -> pb::Event {
             backend: f.backend.clone(),
             incomplete: f.incomplete,
             export: f.export.as_ref().map(export_to_pb),
+            rescan: f.rescan,
+            path_escaped: f.path_escaped,
+            replaced_size: f.replaced_size,
+            replaced_export: f.replaced_export.as_ref().map(export_to_pb),
+            exchange: f.exchange,
+            links_left: f.links_left,
         }),
         Body::Process(p) => B::Process(pb::ProcessEvent {
             action: match p.action {
@@ -442,6 +448,7 @@ pub fn to_pb(event: &Event) -> pb::Event {
             message: s.message.clone(),
             count: s.count,
             path: s.path.clone(),
+            count_unknown: s.count_unknown,
         }),
     };
     pb::Event {
@@ -481,6 +488,12 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             backend: f.backend,
             incomplete: f.incomplete,
             export: f.export.map(export_from_pb),
+            rescan: f.rescan,
+            path_escaped: f.path_escaped,
+            replaced_size: f.replaced_size,
+            replaced_export: f.replaced_export.map(export_from_pb),
+            exchange: f.exchange,
+            links_left: f.links_left,
         }),
         B::Process(p) => Body::Process(ProcessEvent {
             action: match pb::ProcessAction::try_from(p.action) {
@@ -564,6 +577,7 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             message: s.message,
             count: s.count,
             path: s.path,
+            count_unknown: s.count_unknown,
         }),
     };
     Ok(Event {

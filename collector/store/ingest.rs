@@ -104,6 +104,11 @@ enum Command {
         agent: OwnedNewAgent,
         reply: oneshot::Sender<Result<AgentKey, StoreError>>,
     },
+    CheckEnrollment {
+        token: String,
+        name: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// The service refused an enrolled agent's batch as forged (its signature does not verify).
     Refused {
         agent_no: i64,
@@ -143,6 +148,17 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Ingest { batch, reply })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Whether `token` may enroll an agent called `name` (see [`super::check_enrollment`]), so the
+    /// service signs nothing for a request that will be refused.
+    pub async fn check_enrollment(&self, token: String, name: String) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::CheckEnrollment { token, name, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -212,6 +228,9 @@ fn run(
                         head_signature: &head_signature,
                     };
                     let _ = reply.send(super::enroll(&mut conn, &token, &new));
+                }
+                Command::CheckEnrollment { token, name, reply } => {
+                    let _ = reply.send(super::check_enrollment(&conn, &token, &name));
                 }
                 Command::Ingest { batch, reply } => batches.push((batch, reply)),
                 Command::Refused {

@@ -39,6 +39,10 @@ pub enum StoreError {
     UsedToken,
     #[error("enrollment token has expired")]
     ExpiredToken,
+    #[error(
+        "an active agent is already enrolled as {name:?} ({agent_id}); revoke it with `bannin-collector revoke --agent {agent_id}` or choose another --name"
+    )]
+    NameTaken { name: String, agent_id: String },
     #[error("store has no agent {agent_id}")]
     UnknownAgent { agent_id: String },
     #[error("operator {name} already exists; choose another name")]
@@ -297,28 +301,52 @@ pub struct NewAgent<'a> {
     pub head_signature: &'a [u8],
 }
 
-/// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent.
+/// Whether `token` may enroll an agent called `name` now: the token is known, unused and unexpired,
+/// and no active agent has the name (compared without regard to ASCII case: `web1` and `WEB1` would
+/// be one host to the people reading alerts). Reads only; [`enroll`] checks again as it writes.
+pub fn check_enrollment(conn: &Connection, token: &str, name: &str) -> Result<(), StoreError> {
+    let row: Option<(i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT expires_ts, used_ts FROM tokens WHERE hash = ?1",
+            [token_hash(token)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => return Err(StoreError::UnknownToken),
+        Some((_, Some(_))) => return Err(StoreError::UsedToken),
+        Some((expires, None)) if expires < Timestamp::now().as_nanos() => {
+            return Err(StoreError::ExpiredToken);
+        }
+        Some(_) => {}
+    }
+    let holder: Option<String> = conn
+        .query_row(
+            "SELECT id FROM agents WHERE name = ?1 COLLATE NOCASE AND status = 'active' LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match holder {
+        Some(agent_id) => Err(StoreError::NameTaken {
+            name: name.to_string(),
+            agent_id,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Spends `token` and records the agent, in one transaction: a token enrolls exactly one agent, and
+/// a name belongs to one active agent. A refusal spends nothing.
 pub fn enroll(
     conn: &mut Connection,
     token: &str,
     agent: &NewAgent<'_>,
 ) -> Result<AgentKey, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    check_enrollment(&tx, token, agent.name)?;
     let hash = token_hash(token);
-    let row: Option<(i64, Option<i64>)> = tx
-        .query_row(
-            "SELECT expires_ts, used_ts FROM tokens WHERE hash = ?1",
-            [&hash],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
     let now = Timestamp::now();
-    match row {
-        None => return Err(StoreError::UnknownToken),
-        Some((_, Some(_))) => return Err(StoreError::UsedToken),
-        Some((expires, None)) if expires < now.as_nanos() => return Err(StoreError::ExpiredToken),
-        Some(_) => {}
-    }
     tx.execute(
         "UPDATE tokens SET used_ts = ?1, used_by = ?2 WHERE hash = ?3",
         params![now.as_nanos(), agent.id, hash],

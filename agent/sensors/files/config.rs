@@ -49,6 +49,10 @@ pub struct FilesConfig {
     /// Events buffered between the kernel reader and the spool. When the spool falls this far
     /// behind, further events are dropped and reported in `sensor.overflow`. Default: 32768.
     pub queue_capacity: usize,
+    /// The agent's state directory, set by `agent run` and never read from the file: the sensor
+    /// never examines or reports its own spool, wherever the watched trees are.
+    #[serde(skip)]
+    pub private_dir: Option<PathBuf>,
 }
 
 impl Default for FilesConfig {
@@ -62,6 +66,7 @@ impl Default for FilesConfig {
             scan_on_start: true,
             scan_min_size: 65_536,
             queue_capacity: 32_768,
+            private_dir: None,
         }
     }
 }

@@ -62,12 +62,18 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
     }
     let base = InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK;
     let fid = InitFlags::from_bits_retain(libc::FAN_REPORT_DFID_NAME | libc::FAN_REPORT_FID);
+    // Since 5.17 the kernel also names the file a create, delete or rename is about, which tells
+    // an exchange from two renames and a deleted name from a deleted file.
+    let target = InitFlags::from_bits_retain(libc::FAN_REPORT_TARGET_FID);
     let event_flags = EventFFlags::O_RDONLY
         | EventFFlags::O_LARGEFILE
         | EventFFlags::O_CLOEXEC
         | EventFFlags::O_NOATIME;
-    let names = Fanotify::init(base | fid, event_flags)
-        .map_err(|errno| format!("fanotify_init with file handles refused: {}", errno.desc()))?;
+    let names = match Fanotify::init(base | fid | target, event_flags) {
+        Err(Errno::EINVAL) => Fanotify::init(base | fid, event_flags),
+        other => other,
+    }
+    .map_err(|errno| format!("fanotify_init with file handles refused: {}", errno.desc()))?;
     let writes = Fanotify::init(base, event_flags)
         .map_err(|errno| format!("fanotify_init refused: {}", errno.desc()))?;
 
@@ -110,12 +116,40 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
         mounts.entry(fsid).or_insert(dir);
         roots.push((root.clone(), fsid));
     }
+    if let Some(private) = scope.private_dir() {
+        ignore_own_state(&writes, private)?;
+    }
     Ok(FanotifyBackend {
         names,
         writes,
         mounts,
         roots,
         paired_renames,
+    })
+}
+
+/// Keeps close-after-writes of the agent's own state files out of the `writes` group. Each such
+/// event would hand the agent a descriptor on its own SQLite file, and closing any descriptor on
+/// a file drops every POSIX lock the process holds on it: another reader of the spool would then
+/// think itself alone, truncate the shared-memory file the agent has mapped, and the agent would
+/// die of SIGBUS. An ignore mark stops the kernel from creating the event at all.
+fn ignore_own_state(writes: &Fanotify, dir: &Path) -> Result<(), String> {
+    let mask = MaskFlags::FAN_CLOSE_WRITE | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR;
+    let ignore = MarkFlags::FAN_MARK_ADD | MarkFlags::from_bits_retain(libc::FAN_MARK_IGNORE_SURV);
+    let legacy = MarkFlags::FAN_MARK_ADD
+        | MarkFlags::FAN_MARK_IGNORED_MASK
+        | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY;
+    let marked = match writes.mark(ignore, mask, nix::fcntl::AT_FDCWD, Some(dir)) {
+        // Kernels before 6.0 know only the older ignored mask.
+        Err(Errno::EINVAL) => writes.mark(legacy, mask, nix::fcntl::AT_FDCWD, Some(dir)),
+        other => other,
+    };
+    marked.map_err(|errno| {
+        format!(
+            "the kernel refused to keep the agent's own state directory {} out of the marks: {}",
+            dir.display(),
+            errno.desc()
+        )
     })
 }
 
@@ -421,8 +455,77 @@ impl Resolver {
         }
         // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        path_of(&fd)
+        path_of(&fd).or_else(|| long_path_of(fd))
     }
+
+    /// Opens the file a handle names, for reading, wherever it is (its path may be too long to
+    /// open by). `None` when the file is gone.
+    fn open_file(&self, handle: &Handle) -> Option<File> {
+        let mount = self.mounts.get(&handle.fsid)?;
+        let words = 2 + handle.bytes.len().div_ceil(4);
+        let mut raw = vec![0u32; words];
+        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
+        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
+        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            raw[2 + i] = u32::from_ne_bytes(word);
+        }
+        // SAFETY: as in `open`: an aligned, initialised struct file_handle the kernel only
+        // reads, and a mount descriptor open for the call. O_NONBLOCK keeps a FIFO from hanging.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                raw.as_mut_ptr().cast::<libc::file_handle>(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOATIME,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
+        Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+/// Directories deeper than this are not climbed.
+const MAX_DEPTH: usize = 4096;
+
+/// The path of a directory too deep for the kernel to print (`PATH_MAX`): climbs to its parents
+/// with `openat("..")`, finding each one's name in its parent by inode, until a parent's path
+/// can be printed, then adds the names back.
+fn long_path_of(dir: OwnedFd) -> Option<PathBuf> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    let mut current = dir;
+    for _ in 0..MAX_DEPTH {
+        if let Some(mut path) = path_of(&current) {
+            names.iter().rev().for_each(|name| path.push(name));
+            return Some(path);
+        }
+        let inode = nix::sys::stat::fstat(&current).ok()?.st_ino;
+        let parent = nix::fcntl::openat(
+            &current,
+            "..",
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        if nix::sys::stat::fstat(&parent).ok()?.st_ino == inode {
+            return None;
+        }
+        // An O_PATH descriptor cannot be listed, but its /proc link opens the directory.
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", parent.as_raw_fd())).ok()?;
+        let name = listing
+            .flatten()
+            .find(|entry| entry.ino() == inode)?
+            .file_name();
+        names.push(name);
+        current = parent;
+    }
+    None
 }
 
 /// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
@@ -496,6 +599,11 @@ struct Loop {
     pending_writes: PendingWrites,
     /// The first half of an unpaired rename (kernels before `FAN_RENAME`).
     moved_from: Option<(PathBuf, Option<u32>)>,
+    /// Writes to files whose path the kernel could not print, by inode, until this batch's
+    /// names events say where they are.
+    unresolved_writes: Vec<(u64, Option<u32>)>,
+    /// Writes to files that could be neither named nor examined, reported as one error.
+    unnamed_writes: u64,
 }
 
 pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) {
@@ -515,6 +623,8 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
         pending_writes: PendingWrites::default(),
         moved_from: None,
+        unresolved_writes: Vec::new(),
+        unnamed_writes: 0,
     };
     let mut buf = vec![0u8; READ_BUFFER];
     while !stop.load(Ordering::Relaxed) && !state.observer.closed() {
@@ -532,6 +642,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
             Ok(0) => {
                 state.settle_moved_from();
                 state.observer.pump();
+                state.observer.rescan_if_due();
                 continue;
             }
             Ok(_) | Err(Errno::EINTR) => {}
@@ -570,11 +681,37 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         }
         state.observer.new_batch();
         state.drain_writes(&writes);
-        for event in events {
+        let mut events = events.into_iter().peekable();
+        while let Some(event) = events.next() {
+            if is_exchange(&event, events.peek()) {
+                events.next();
+                state.exchanged(&event);
+                continue;
+            }
             state.handle_name_event(&event, paired_renames);
         }
+        state.resolve_writes();
         state.flush_writes(None);
+        state.observer.rescan_if_due();
     }
+}
+
+/// Whether `event` and the one after it are the two halves the kernel reports for a
+/// `RENAME_EXCHANGE`: renames in opposite directions between the same two names, each moving a
+/// different file. (A file moved away and straight back is one file moving twice.)
+fn is_exchange(event: &NameEvent, next: Option<&NameEvent>) -> bool {
+    let Some(next) = next else {
+        return false;
+    };
+    event.mask & libc::FAN_RENAME != 0
+        && next.mask & libc::FAN_RENAME != 0
+        && event.pid == next.pid
+        && event.old_entry.is_some()
+        && event.new_entry.is_some()
+        && event.old_entry == next.new_entry
+        && event.new_entry == next.old_entry
+        && event.object.is_some()
+        && event.object != next.object
 }
 
 impl Loop {
@@ -614,6 +751,12 @@ impl Loop {
                     continue;
                 };
                 let Some((path, _deleted)) = path_of_file(&fd.as_raw_fd()) else {
+                    // Too deep for the kernel to print: named by its inode once this batch's
+                    // creates and renames are in, or reported as an error, never dropped.
+                    match nix::sys::stat::fstat(fd) {
+                        Ok(stat) => self.unresolved_writes.push((stat.st_ino, pid)),
+                        Err(_) => self.unnamed_writes += 1,
+                    }
                     continue;
                 };
                 if !self.observer.scope().contains(&path) {
@@ -625,6 +768,29 @@ impl Loop {
                     .and_then(|owned| self.observer.examine_file(&path, File::from(owned)));
                 self.pending_writes.push(Written { path, pid, seen });
             }
+        }
+    }
+
+    /// Names the writes whose path was too long to print by the inode the sensor remembers
+    /// from the file's create or rename, and reports the rest as one counted error.
+    fn resolve_writes(&mut self) {
+        for (inode, pid) in std::mem::take(&mut self.unresolved_writes) {
+            match self.observer.path_of_inode(inode) {
+                Some(path) => {
+                    let seen = self.observer.examine_path(&path);
+                    self.pending_writes.push(Written { path, pid, seen });
+                }
+                None => self.unnamed_writes += 1,
+            }
+        }
+        let unnamed = std::mem::take(&mut self.unnamed_writes);
+        if unnamed > 0 {
+            self.observer.error_count(
+                format!(
+                    "{unnamed} writes to files whose path is longer than the kernel can print and was never seen created (PATH_MAX)"
+                ),
+                unnamed,
+            );
         }
     }
 
@@ -642,8 +808,11 @@ impl Loop {
     }
 
     fn overflow(&mut self) {
-        self.observer
-            .overflow("the fanotify queue overflowed; events were lost", 0);
+        // The kernel drops events past its queue limit without counting them.
+        self.observer.overflow(
+            "the fanotify queue overflowed; an unknown number of events were lost",
+            None,
+        );
     }
 
     fn settle_moved_from(&mut self) {
@@ -696,13 +865,13 @@ impl Loop {
         // back, into a single event; whether the name exists now tells which came first.
         let recreated = created && deleted && std::fs::symlink_metadata(&path).is_ok();
         if deleted && recreated {
-            self.entry_deleted(&path, pid, is_dir);
+            self.entry_deleted(&path, pid, is_dir, None);
         }
         if created {
             self.entry_created(&path, pid, is_dir, event.object.as_ref());
         }
         if deleted && !recreated {
-            self.entry_deleted(&path, pid, is_dir);
+            self.entry_deleted(&path, pid, is_dir, event.object.as_ref());
         }
         if mask & libc::FAN_MOVED_FROM != 0 {
             self.moved_from = Some((path.clone(), pid));
@@ -732,21 +901,81 @@ impl Loop {
                 .latest(path)
                 .or_else(|| self.observer.examine_path(path))
                 .or_else(|| {
-                    self.observer.remembered(path).map(|facts| Seen {
-                        facts,
-                        export: None,
-                    })
-                });
+                    let file = self.resolver.open_file(object?)?;
+                    self.observer.examine_file(path, file)
+                })
+                .or_else(|| self.observer.remembered(path));
             self.observer.changed(FileAction::Create, path, pid, seen);
         }
     }
 
-    fn entry_deleted(&mut self, path: &Path, pid: Option<u32>, is_dir: bool) {
+    fn entry_deleted(
+        &mut self,
+        path: &Path,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
         if is_dir {
             self.observer.dir_deleted(path);
         } else if self.observer.scope().contains(path) {
             self.flush_writes(Some(path));
-            self.observer.deleted(path, pid);
+            // A file still linked under another name opens by its handle: only a name went.
+            let links_left = object
+                .and_then(|object| self.resolver.open_file(object))
+                .and_then(|file| file.metadata().ok())
+                .map(|metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    metadata.nlink()
+                });
+            self.observer.deleted_with(path, pid, links_left);
+        }
+    }
+
+    /// Both halves of a `RENAME_EXCHANGE`, reported as one exchange.
+    fn exchanged(&mut self, event: &NameEvent) {
+        let is_dir = event.mask & libc::FAN_ONDIR != 0;
+        if is_dir {
+            self.resolver.forget_resolved();
+        }
+        let Some(pid) = self.pid(event.pid) else {
+            return;
+        };
+        let (Some(old), Some(new)) = (&event.old_entry, &event.new_entry) else {
+            return;
+        };
+        let (Some(a), Some(b)) = (self.resolver.entry(old), self.resolver.entry(new)) else {
+            return;
+        };
+        if is_dir {
+            // Swapped through a name no real path can have (it holds a NUL byte).
+            let mut parked = a.clone().into_os_string();
+            parked.push("\0exchange");
+            let parked = PathBuf::from(parked);
+            self.resolver.dir_renamed(Some(&a), &parked);
+            self.resolver.dir_renamed(Some(&b), &a);
+            self.resolver.dir_renamed(Some(&parked), &b);
+            self.observer.dir_renamed(&a, &parked);
+            self.observer.dir_renamed(&b, &a);
+            self.observer.dir_renamed(&parked, &b);
+            return;
+        }
+        let scope = self.observer.scope();
+        match (scope.contains(&a), scope.contains(&b)) {
+            (false, false) => {}
+            (true, true) => {
+                self.flush_writes(Some(&a));
+                self.flush_writes(Some(&b));
+                self.observer.exchanged(&a, &b, pid);
+            }
+            // One side outside the watched trees: for the trees, one file left and another
+            // arrived from outside.
+            (inside_a, _) => {
+                let (inside, outside) = if inside_a { (a, b) } else { (b, a) };
+                self.flush_writes(Some(&inside));
+                self.observer.renamed(Some(&inside), &outside, pid);
+                self.observer.renamed(None, &inside, pid);
+            }
         }
     }
 

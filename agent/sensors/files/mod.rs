@@ -163,7 +163,7 @@ fn start(
         observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
     }
     if config.scan_on_start {
-        observer.rescan();
+        observer.scan();
     }
     let thread = std::thread::Builder::new().name("files-sensor".into());
     let span = tracing::info_span!("sensor", sensor = "files", backend);

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 
 use bannin::event::FileAction;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::time::Duration;
 
 use super::observe::{Observer, Scope};
@@ -29,7 +29,10 @@ pub fn open(
 ) -> Result<(NotifyBackend, Vec<(PathBuf, String)>), notify::Error> {
     let (raw_tx, raw) = sync_channel(capacity.max(1));
     let handler = move |event| forward(&raw_tx, event);
-    let mut watcher = notify::recommended_watcher(handler)?;
+    // A symlink in a watched tree (`link -> /usr`, `loop -> ..`) must never add watches outside
+    // it: the tree is watched as it is on disk, links are files.
+    let mut watcher =
+        RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     let mut failed = Vec::new();
     for root in scope.roots() {
         if let Err(error) = watcher.watch(root, RecursiveMode::Recursive) {
@@ -71,6 +74,7 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>
         for action in actions {
             apply(&mut observer, action);
         }
+        observer.rescan_if_due();
     }
     // The receiver goes first so a handler blocked on a full channel wakes up and the watcher
     // thread can shut down.
@@ -175,7 +179,7 @@ impl Translator {
                     });
                 }
             }
-            EventKind::Modify(ModifyKind::Name(_)) => actions.push(if path.exists() {
+            EventKind::Modify(ModifyKind::Name(_)) => actions.push(if exists(&path) {
                 Action::Rename {
                     from: None,
                     to: path,
@@ -184,7 +188,7 @@ impl Translator {
                 Action::Delete(path)
             }),
             EventKind::Create(CreateKind::Folder) => actions.push(Action::DirCreated(path)),
-            EventKind::Create(_) => actions.push(if path.is_dir() {
+            EventKind::Create(_) => actions.push(if is_real_dir(&path) {
                 Action::DirCreated(path)
             } else {
                 Action::Create(path)
@@ -207,6 +211,16 @@ impl Translator {
     }
 }
 
+/// Whether `path` is a directory itself, not a symlink to one.
+fn is_real_dir(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Whether the name exists, even as a dangling symlink.
+fn exists(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
 fn apply(observer: &mut Observer, action: Action) {
     let in_scope = |path: &PathBuf| observer.scope().contains(path);
     match action {
@@ -221,7 +235,7 @@ fn apply(observer: &mut Observer, action: Action) {
         Action::Delete(path) if in_scope(&path) => observer.deleted(&path, None),
         Action::Rename { from, to } => {
             let from = from.filter(|f| in_scope(f));
-            if to.is_dir() {
+            if is_real_dir(&to) {
                 if let Some(from) = from {
                     observer.dir_renamed(&from, &to);
                 } else {
@@ -236,9 +250,10 @@ fn apply(observer: &mut Observer, action: Action) {
         }
         Action::DirCreated(path) => observer.dir_created(&path, None),
         Action::DirDeleted(path) => observer.dir_deleted(&path),
+        // inotify drops events past its queue limit without counting them.
         Action::Overflow => observer.overflow(
-            "the inotify queue overflowed; events were lost (raise fs.inotify.max_queued_events)",
-            0,
+            "the inotify queue overflowed; an unknown number of events were lost (raise fs.inotify.max_queued_events)",
+            None,
         ),
         Action::Error { message, path } => observer.error(message, &path),
         _ => {}

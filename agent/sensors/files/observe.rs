@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bannin::event::{
     Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
@@ -16,7 +17,7 @@ use tokio::time::{Duration, Instant};
 
 use super::classify::{self, MAGIC_BYTES};
 use super::procfs::UserNames;
-use super::sizes::{Facts, SizeCache};
+use super::sizes::{Facts, Remembered, SizeCache};
 use super::{FilesConfig, FilesError, ProcessLookup};
 use crate::pipeline::EventTx;
 
@@ -33,6 +34,9 @@ const MAX_WAITING: usize = 10_000;
 pub struct Scope {
     roots: Vec<PathBuf>,
     excludes: GlobSet,
+    /// The agent's own state directory: never examined, even inside a watched tree, because
+    /// opening and closing its SQLite files would drop the agent's own POSIX locks on them.
+    private: Option<PathBuf>,
 }
 
 impl Scope {
@@ -69,7 +73,22 @@ impl Scope {
             .cloned()
             .collect();
         roots.retain(|r| !nested.contains(r));
-        Ok((Scope { roots, excludes }, missing))
+        let private = config
+            .private_dir
+            .as_ref()
+            .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()));
+        Ok((
+            Scope {
+                roots,
+                excludes,
+                private,
+            },
+            missing,
+        ))
+    }
+
+    pub fn private_dir(&self) -> Option<&Path> {
+        self.private.as_deref()
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -77,7 +96,12 @@ impl Scope {
     }
 
     pub fn contains(&self, path: &Path) -> bool {
-        self.roots.iter().any(|root| path.starts_with(root)) && !self.excludes.is_match(path)
+        self.roots.iter().any(|root| path.starts_with(root))
+            && !self
+                .private
+                .as_ref()
+                .is_some_and(|private| path.starts_with(private))
+            && !self.excludes.is_match(path)
     }
 }
 
@@ -98,7 +122,16 @@ pub struct Observer {
     users: Arc<UserNames>,
     out: mpsc::Sender<Event>,
     tx: EventTx,
+    /// When the last rescan after an overflow ran, and whether one is owed: an overflow within
+    /// [`RESCAN_INTERVAL`] of the last rescan is rescanned when the interval is over, never
+    /// skipped, or a delete lost in the second overflow would stay hidden.
     last_rescan: Option<Instant>,
+    rescan_owed: bool,
+    /// Set while the rescan reports what it found, so those events say so.
+    rescanning: bool,
+    /// Files changed after this were not there when the sensor started: a large one the
+    /// rescan finds unreported was created while the kernel was losing events.
+    started: SystemTime,
     closed: bool,
     /// Processes looked up in the current batch of kernel events: a burst from one process
     /// reads `/proc` once, not once per file.
@@ -127,6 +160,9 @@ impl Observer {
             out,
             tx,
             last_rescan: None,
+            rescan_owed: false,
+            rescanning: false,
+            started: SystemTime::now(),
             closed: false,
             processes: HashMap::new(),
             waiting: VecDeque::new(),
@@ -142,13 +178,37 @@ impl Observer {
         self.closed
     }
 
-    pub fn remembered(&self, path: &Path) -> Option<Facts> {
-        self.sizes.get(path)
+    pub fn remembered(&self, path: &Path) -> Option<Seen> {
+        self.sizes.get(path).map(|known| Seen {
+            facts: known.facts,
+            export: known.export.as_deref().cloned(),
+        })
+    }
+
+    /// A file event about `path`, its path escaped where it is not plain UTF-8.
+    fn file_event(&self, action: FileAction, path: &Path) -> FileEvent {
+        let (text, escaped) = escape_path(path);
+        let mut event = FileEvent::new(action, text, self.backend);
+        event.path_escaped = escaped;
+        event.rescan = self.rescanning;
+        event
     }
 
     /// Examines a file by path, now. `None` when it is already gone.
     pub fn examine_path(&self, path: &Path) -> Option<Seen> {
-        let metadata = std::fs::symlink_metadata(path).ok()?;
+        // A path longer than the kernel takes is examined through its directory, opened one
+        // component at a time; the alias lives as long as that descriptor.
+        #[cfg(target_os = "linux")]
+        if path.as_os_str().len() >= long::PATH_MAX {
+            let (_dir, alias) = long::alias(path)?;
+            return self.examine_at(path, &alias);
+        }
+        self.examine_at(path, path)
+    }
+
+    /// Examines the file at `open`, reported as `path`.
+    fn examine_at(&self, path: &Path, open: &Path) -> Option<Seen> {
+        let metadata = std::fs::symlink_metadata(open).ok()?;
         let facts = Facts::from_metadata(&metadata);
         if !metadata.is_file() {
             return Some(Seen {
@@ -164,7 +224,7 @@ impl Observer {
             use std::os::unix::fs::OpenOptionsExt;
             options.custom_flags(nix::libc::O_NONBLOCK);
         }
-        let export = match options.open(path) {
+        let export = match options.open(open) {
             Ok(file) => self.recognise(path, file, facts.size),
             Err(_) => None,
         };
@@ -219,10 +279,11 @@ impl Observer {
         pid: Option<u32>,
         seen: Option<Seen>,
     ) {
-        let mut event = FileEvent::new(action, path.to_string_lossy(), self.backend);
+        let mut event = self.file_event(action, path);
         match seen {
             Some(seen) => {
-                self.sizes.insert(path, seen.facts);
+                self.sizes
+                    .insert(path, Remembered::new(seen.facts, seen.export.clone()));
                 self.fill(&mut event, seen.facts);
                 event.export = seen.export;
             }
@@ -233,31 +294,93 @@ impl Observer {
 
     /// Emits a delete carrying the last size seen.
     pub fn deleted(&mut self, path: &Path, pid: Option<u32>) {
-        let mut event = FileEvent::new(FileAction::Delete, path.to_string_lossy(), self.backend);
+        self.deleted_with(path, pid, None);
+    }
+
+    /// Emits a delete; `links_left` says how many other names the file still has, when the
+    /// backend can tell it survived.
+    pub fn deleted_with(&mut self, path: &Path, pid: Option<u32>, links_left: Option<u64>) {
+        let mut event = self.file_event(FileAction::Delete, path);
         match self.sizes.remove(path) {
-            Some(facts) => self.fill(&mut event, facts),
+            Some(known) => {
+                self.fill(&mut event, known.facts);
+                event.export = known.export.map(|export| *export);
+            }
             None => event.incomplete = true,
         }
+        event.links_left = links_left.filter(|&links| links > 0);
         self.emit_file(event, pid);
     }
 
     /// Emits a rename; `from` is `None` when the file came from outside the watched trees.
     pub fn renamed(&mut self, from: Option<&Path>, to: &Path, pid: Option<u32>) {
-        let mut event = FileEvent::new(FileAction::Rename, to.to_string_lossy(), self.backend);
-        event.from_path = from.map(|p| p.to_string_lossy().into_owned());
-        let remembered = from.and_then(|from| self.sizes.remove(from));
-        match (self.examine_path(to), remembered) {
+        let mut event = self.file_event(FileAction::Rename, to);
+        if let Some(from) = from {
+            let (text, escaped) = escape_path(from);
+            event.from_path = Some(text);
+            event.path_escaped |= escaped;
+        }
+        let remembered = from
+            .filter(|&from| from != to)
+            .and_then(|from| self.sizes.remove(from));
+        // What was at `to` before is gone now, replaced by the file that moved there: say what
+        // it was, and never let the newcomer inherit its place in memory.
+        let before = self.sizes.remove(to);
+        let seen = self.examine_path(to);
+        let moved_inode = seen
+            .as_ref()
+            .map(|seen| seen.facts.inode)
+            .or(remembered.as_ref().map(|known| known.facts.inode));
+        if let Some(before) = before.filter(|before| Some(before.facts.inode) != moved_inode) {
+            event.replaced_size = Some(before.facts.size);
+            event.replaced_export = before.export.map(|export| *export);
+        }
+        match (seen, remembered) {
             (Some(seen), _) => {
-                self.sizes.insert(to, seen.facts);
+                self.sizes
+                    .insert(to, Remembered::new(seen.facts, seen.export.clone()));
                 self.fill(&mut event, seen.facts);
                 event.export = seen.export;
             }
-            (None, Some(facts)) => {
-                self.sizes.insert(to, facts);
-                self.fill(&mut event, facts);
+            (None, Some(known)) => {
+                self.fill(&mut event, known.facts);
+                event.export = known.export.as_deref().cloned();
+                self.sizes.insert(to, known);
                 event.incomplete = true;
             }
             (None, None) => event.incomplete = true,
+        }
+        self.emit_file(event, pid);
+    }
+
+    /// Two names swapped places (`RENAME_EXCHANGE`): one event, from `a` to `b`, saying so, with
+    /// what now sits at `a` as the `replaced_*` facts, since nothing was destroyed.
+    pub fn exchanged(&mut self, a: &Path, b: &Path, pid: Option<u32>) {
+        let mut event = self.file_event(FileAction::Rename, b);
+        let (text, escaped) = escape_path(a);
+        event.from_path = Some(text);
+        event.path_escaped |= escaped;
+        event.exchange = true;
+        let (was_a, was_b) = (self.sizes.remove(a), self.sizes.remove(b));
+        let now_at = |observer: &Self, path: &Path, was: Option<Remembered>| {
+            observer
+                .examine_path(path)
+                .map(|seen| Remembered::new(seen.facts, seen.export))
+                .or(was)
+        };
+        let (at_b, at_a) = (now_at(self, b, was_a), now_at(self, a, was_b));
+        if let Some(at_a) = at_a {
+            event.replaced_size = Some(at_a.facts.size);
+            event.replaced_export = at_a.export.as_deref().cloned();
+            self.sizes.insert(a, at_a);
+        }
+        match at_b {
+            Some(at_b) => {
+                self.fill(&mut event, at_b.facts);
+                event.export = at_b.export.as_deref().cloned();
+                self.sizes.insert(b, at_b);
+            }
+            None => event.incomplete = true,
         }
         self.emit_file(event, pid);
     }
@@ -371,35 +494,72 @@ impl Observer {
     pub fn error(&mut self, message: String, path: &Path) {
         tracing::warn!(path = %path.display(), "{message}");
         let mut event = SensorEvent::new(SensorStatus::Error, "files", message);
-        event.path = path.to_string_lossy().into_owned();
+        event.path = escape_path(path).0;
         self.emit(event);
     }
 
-    /// The kernel lost events: say so, then rescan so later deletes still carry sizes.
-    pub fn overflow(&mut self, message: &str, count: u64) {
+    /// An error that stands for `count` lost events.
+    pub fn error_count(&mut self, message: String, count: u64) {
         tracing::warn!(count, "{message}");
-        let mut event = SensorEvent::new(SensorStatus::Overflow, "files", message);
+        let mut event = SensorEvent::new(SensorStatus::Error, "files", message);
         event.count = count;
         self.emit(event);
+    }
+
+    /// The remembered path of a file by its inode (a scan, for the rare file whose path the
+    /// kernel cannot print).
+    pub fn path_of_inode(&self, inode: u64) -> Option<PathBuf> {
+        self.sizes
+            .paths()
+            .find(|path| {
+                self.sizes
+                    .get(path)
+                    .is_some_and(|known| known.facts.inode == Some(inode))
+            })
+            .cloned()
+    }
+
+    /// The kernel lost events: say so (with how many, where the kernel counts them, else that
+    /// the number is unknown), then rescan so what the lost events would have said is reported.
+    pub fn overflow(&mut self, message: &str, count: Option<u64>) {
+        tracing::warn!(
+            count = count.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+            "{message}"
+        );
+        let mut event = SensorEvent::new(SensorStatus::Overflow, "files", message);
+        match count {
+            Some(count) => event.count = count,
+            None => event.count_unknown = true,
+        }
+        self.emit(event);
+        self.rescan_owed = true;
+        self.rescan_if_due();
+    }
+
+    /// Runs an owed rescan once the last one is [`RESCAN_INTERVAL`] old; backends call this on
+    /// every turn of their loop.
+    pub fn rescan_if_due(&mut self) {
         let due = self
             .last_rescan
             .is_none_or(|last| last.elapsed() >= RESCAN_INTERVAL);
-        if due {
-            let files = self.rescan();
-            let mut done = SensorEvent::new(
-                SensorStatus::Recovered,
-                "files",
-                format!("rescanned the watched trees after an overflow: {files} files"),
-            );
-            done.count = files as u64;
-            self.emit(done);
+        if !self.rescan_owed || !due {
+            return;
         }
+        self.rescan_owed = false;
+        self.last_rescan = Some(Instant::now());
+        let files = self.reconcile();
+        let mut done = SensorEvent::new(
+            SensorStatus::Recovered,
+            "files",
+            format!("rescanned the watched trees after an overflow: {files} files"),
+        );
+        done.count = files as u64;
+        self.emit(done);
     }
 
-    /// Walks the watched trees and remembers the facts of every file of at least `scan_min_size`
-    /// bytes; returns how many files it saw.
-    pub fn rescan(&mut self) -> usize {
-        self.last_rescan = Some(Instant::now());
+    /// Walks the watched trees at start and remembers the facts of every file of at least
+    /// `scan_min_size` bytes; returns how many files it saw.
+    pub fn scan(&mut self) -> usize {
         let limit = self.sizes.capacity();
         let min_size = self.scan_min_size;
         let mut seen = 0;
@@ -410,11 +570,11 @@ impl Observer {
                 &scope,
                 root,
                 limit.saturating_sub(seen),
-                &mut |path, facts| {
+                &mut |path, metadata| {
                     // Small files are the bulk of any tree and never a bulk export: remembering
                     // them all would cost the memory of the agent several times over.
-                    if facts.size >= min_size {
-                        sizes.insert(path, facts);
+                    if metadata.len() >= min_size {
+                        sizes.insert(path, Remembered::new(Facts::from_metadata(metadata), None));
                     }
                     seen += 1;
                 },
@@ -422,6 +582,195 @@ impl Observer {
         }
         seen
     }
+
+    /// After an overflow: compares the trees with what the sensor remembered and reports, as
+    /// events marked `rescan`, what the lost events would have said. A remembered file that is
+    /// gone is deleted (with its remembered size and export facts), or renamed when its inode
+    /// turns up under another name; one whose inode changed was replaced; one whose size
+    /// changed was written; a large file created since the sensor started and never reported
+    /// is created. Returns how many files the walk saw.
+    fn reconcile(&mut self) -> usize {
+        let limit = self.sizes.capacity();
+        let min_size = self.scan_min_size;
+        let started = self.started;
+        let scope = self.scope.clone();
+        let mut seen = 0;
+        // Files that differ from memory: (path, facts, new since start).
+        let mut differing: Vec<(PathBuf, Facts, bool)> = Vec::new();
+        for root in scope.roots() {
+            let sizes = &self.sizes;
+            walk(
+                &scope,
+                root,
+                limit.saturating_sub(seen),
+                &mut |path, metadata| {
+                    seen += 1;
+                    let facts = Facts::from_metadata(metadata);
+                    let fresh = changed_since(metadata, started);
+                    match sizes.get(path) {
+                        Some(known)
+                            if known.facts.inode == facts.inode
+                                && known.facts.size == facts.size => {}
+                        Some(_) => differing.push((path.to_path_buf(), facts, fresh)),
+                        None if facts.size >= min_size => {
+                            differing.push((path.to_path_buf(), facts, fresh))
+                        }
+                        None => {}
+                    }
+                },
+            );
+        }
+        // Remembered files no longer at their path, taken out of memory first so each is
+        // reported once with what was remembered, even when another moved onto its name.
+        let mut gone: Vec<PathBuf> = self
+            .sizes
+            .paths()
+            .filter(|path| scope.contains(path))
+            .filter(|path| {
+                matches!(std::fs::symlink_metadata(path),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound)
+            })
+            .cloned()
+            .collect();
+        gone.extend(
+            differing
+                .iter()
+                .filter(|(path, facts, _)| {
+                    self.sizes
+                        .get(path)
+                        .is_some_and(|known| known.facts.inode != facts.inode)
+                })
+                .map(|(path, _, _)| path.clone()),
+        );
+        let gone: Vec<(PathBuf, Remembered)> = gone
+            .into_iter()
+            .filter_map(|path| self.sizes.remove(&path).map(|known| (path, known)))
+            .collect();
+        // Files at a name the sensor did not know them under, by inode, so a move is told from
+        // a delete.
+        let arrived: HashMap<u64, PathBuf> = differing
+            .iter()
+            .filter(|(path, _, _)| self.sizes.get(path).is_none())
+            .filter_map(|(path, facts, _)| facts.inode.map(|inode| (inode, path.clone())))
+            .collect();
+        self.rescanning = true;
+        let mut moved_to = Vec::new();
+        for (path, known) in gone {
+            let to = known.facts.inode.and_then(|inode| arrived.get(&inode));
+            self.sizes.insert(&path, known);
+            match to {
+                Some(to) => {
+                    self.renamed(Some(&path), to, None);
+                    moved_to.push(to.clone());
+                }
+                None => self.deleted(&path, None),
+            }
+        }
+        for (path, facts, fresh) in differing {
+            if moved_to.contains(&path) {
+                continue;
+            }
+            match self.sizes.get(&path) {
+                Some(_) => {
+                    let seen = self.examine_path(&path);
+                    self.changed(FileAction::Write, &path, None, seen);
+                }
+                None if fresh => {
+                    let seen = self.examine_path(&path);
+                    self.changed(FileAction::Create, &path, None, seen);
+                }
+                None => {
+                    self.sizes.insert(&path, Remembered::new(facts, None));
+                }
+            }
+        }
+        self.rescanning = false;
+        seen
+    }
+}
+
+/// Whether the inode changed (created, renamed, linked) after `since`.
+fn changed_since(metadata: &std::fs::Metadata, since: SystemTime) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(since) = since.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let ctime =
+            i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec());
+        ctime >= since.as_nanos() as i128
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (metadata, since);
+        false
+    }
+}
+
+/// Paths longer than `PATH_MAX`, which no system call takes whole.
+#[cfg(target_os = "linux")]
+pub mod long {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::{Component, Path, PathBuf};
+
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+
+    /// The kernel's limit on a path passed to a system call, terminating NUL included.
+    pub const PATH_MAX: usize = 4096;
+
+    /// A short name for the long absolute `path`: its directory is opened one component at a
+    /// time (never following a symlink) and the file named through `/proc/self/fd`. The alias
+    /// works while the returned descriptor is open.
+    pub fn alias(path: &Path) -> Option<(OwnedFd, PathBuf)> {
+        let name = path.file_name()?;
+        let parent = path.parent()?;
+        let mut dir: Option<OwnedFd> = None;
+        for component in parent.components() {
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+            let next = match (component, &dir) {
+                (Component::RootDir, _) => {
+                    openat(nix::fcntl::AT_FDCWD, "/", flags, Mode::empty()).ok()?
+                }
+                (Component::Normal(part), Some(current)) => {
+                    openat(current, part, flags, Mode::empty()).ok()?
+                }
+                _ => return None,
+            };
+            dir = Some(next);
+        }
+        let dir = dir?;
+        let alias = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+        Some((dir, alias))
+    }
+}
+
+/// A path as events carry it: unchanged when it is UTF-8 without a backslash; otherwise every
+/// byte that is not UTF-8 is written `\xNN` and every backslash `\\`, so the text can be turned
+/// back into the exact bytes and two distinct names never share one path. The flag says whether
+/// anything was escaped.
+pub fn escape_path(path: &Path) -> (String, bool) {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if !text.contains('\\') {
+            return (text.to_string(), false);
+        }
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    (out, true)
 }
 
 impl Drop for Observer {
@@ -433,8 +782,12 @@ impl Drop for Observer {
     }
 }
 
-/// Visits up to `limit` files below `dir` that are in scope, without following symlinks.
-fn walk(scope: &Scope, dir: &Path, limit: usize, visit: &mut dyn FnMut(&Path, Facts)) {
+/// Visits up to `limit` files below `dir` that are in scope, without following symlinks: not
+/// even `dir` itself, so a symlink planted in a tree never leads a walk out of it.
+fn walk(scope: &Scope, dir: &Path, limit: usize, visit: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let mut stack = vec![dir.to_path_buf()];
     let mut visited = 0;
     while let Some(dir) = stack.pop() {
@@ -443,18 +796,52 @@ fn walk(scope: &Scope, dir: &Path, limit: usize, visit: &mut dyn FnMut(&Path, Fa
         };
         for entry in entries.flatten() {
             let path = entry.path();
+            // DirEntry::metadata does not follow a symlink.
             let Ok(metadata) = entry.metadata() else {
                 continue;
             };
             if metadata.is_dir() {
-                stack.push(path);
+                if scope.private_dir() != Some(path.as_path()) {
+                    stack.push(path);
+                }
             } else if metadata.is_file() && scope.contains(&path) {
                 if visited >= limit {
                     return;
                 }
                 visited += 1;
-                visit(&path, Facts::from_metadata(&metadata));
+                visit(&path, &metadata);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn escaped_paths_keep_distinct_names_distinct() {
+        let escape = |bytes: &[u8]| escape_path(Path::new(OsStr::from_bytes(bytes)));
+        assert_eq!(escape(b"/w/plain.csv"), ("/w/plain.csv".to_string(), false));
+        assert_eq!(
+            escape("/w/名簿.csv".as_bytes()),
+            ("/w/名簿.csv".to_string(), false)
+        );
+        assert_eq!(
+            escape(b"/w/exp_\xff.csv"),
+            (r"/w/exp_\xff.csv".to_string(), true)
+        );
+        assert_eq!(
+            escape(b"/w/exp_\xfe.csv"),
+            (r"/w/exp_\xfe.csv".to_string(), true)
+        );
+        // The ASCII spelling of the escape is escaped itself, so it cannot collide.
+        assert_eq!(
+            escape(br"/w/exp_\xff.csv"),
+            (r"/w/exp_\\xff.csv".to_string(), true)
+        );
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
+use bannin::event::ExportInfo;
+
 /// What the sensor saw of a file the last time it examined it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Facts {
@@ -35,13 +37,30 @@ impl Facts {
     }
 }
 
-/// A map from path to [`Facts`] holding at most `capacity` paths.
+/// What is remembered of a path: its facts and, for a recognised export, what it held. The export
+/// is boxed because few files are exports and every remembered path pays for the slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remembered {
+    pub facts: Facts,
+    pub export: Option<Box<ExportInfo>>,
+}
+
+impl Remembered {
+    pub fn new(facts: Facts, export: Option<ExportInfo>) -> Self {
+        Remembered {
+            facts,
+            export: export.map(Box::new),
+        }
+    }
+}
+
+/// A map from path to [`Remembered`] facts holding at most `capacity` paths.
 ///
 /// Insertion order is kept in a queue of (path, generation); an entry rewritten later gets a new
 /// generation, so the stale queue slot is skipped when it reaches the front.
 pub struct SizeCache {
     capacity: usize,
-    entries: HashMap<PathBuf, (Facts, u64)>,
+    entries: HashMap<PathBuf, (Remembered, u64)>,
     order: VecDeque<(PathBuf, u64)>,
     generation: u64,
 }
@@ -65,14 +84,19 @@ impl SizeCache {
         self.entries.len()
     }
 
-    pub fn get(&self, path: &Path) -> Option<Facts> {
-        self.entries.get(path).map(|(facts, _)| *facts)
+    pub fn get(&self, path: &Path) -> Option<&Remembered> {
+        self.entries.get(path).map(|(known, _)| known)
     }
 
-    pub fn insert(&mut self, path: &Path, facts: Facts) {
+    /// Every remembered path, for the rescan to look for those that are gone.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.entries.keys()
+    }
+
+    pub fn insert(&mut self, path: &Path, known: Remembered) {
         self.generation += 1;
         let generation = self.generation;
-        self.entries.insert(path.to_path_buf(), (facts, generation));
+        self.entries.insert(path.to_path_buf(), (known, generation));
         self.order.push_back((path.to_path_buf(), generation));
         while self.entries.len() > self.capacity {
             let Some((oldest, oldest_generation)) = self.order.pop_front() else {
@@ -90,8 +114,8 @@ impl SizeCache {
         }
     }
 
-    pub fn remove(&mut self, path: &Path) -> Option<Facts> {
-        self.entries.remove(path).map(|(facts, _)| facts)
+    pub fn remove(&mut self, path: &Path) -> Option<Remembered> {
+        self.entries.remove(path).map(|(known, _)| known)
     }
 
     /// Moves what is known under `from` to `to`: the file itself, or for a directory everything
@@ -123,11 +147,14 @@ impl SizeCache {
 mod tests {
     use super::*;
 
-    fn facts(size: u64) -> Facts {
-        Facts {
-            size,
-            ..Facts::default()
-        }
+    fn facts(size: u64) -> Remembered {
+        Remembered::new(
+            Facts {
+                size,
+                ..Facts::default()
+            },
+            None,
+        )
     }
 
     #[test]
@@ -139,13 +166,13 @@ mod tests {
         cache.insert(Path::new("/c"), facts(4));
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(Path::new("/b")), None);
-        assert_eq!(cache.get(Path::new("/a")), Some(facts(3)));
-        assert_eq!(cache.get(Path::new("/c")), Some(facts(4)));
+        assert_eq!(cache.get(Path::new("/a")), Some(&facts(3)));
+        assert_eq!(cache.get(Path::new("/c")), Some(&facts(4)));
         for i in 0..1000 {
             cache.insert(Path::new("/a"), facts(i));
         }
         assert!(cache.order.len() <= 64);
-        assert_eq!(cache.get(Path::new("/a")), Some(facts(999)));
+        assert_eq!(cache.get(Path::new("/a")), Some(&facts(999)));
     }
 
     #[test]
@@ -155,9 +182,9 @@ mod tests {
         cache.insert(Path::new("/d/sub/y.csv"), facts(20));
         cache.insert(Path::new("/dd/z.csv"), facts(30));
         cache.rename(Path::new("/d"), Path::new("/e"));
-        assert_eq!(cache.get(Path::new("/e/x.csv")), Some(facts(10)));
-        assert_eq!(cache.get(Path::new("/e/sub/y.csv")), Some(facts(20)));
-        assert_eq!(cache.get(Path::new("/dd/z.csv")), Some(facts(30)));
+        assert_eq!(cache.get(Path::new("/e/x.csv")), Some(&facts(10)));
+        assert_eq!(cache.get(Path::new("/e/sub/y.csv")), Some(&facts(20)));
+        assert_eq!(cache.get(Path::new("/dd/z.csv")), Some(&facts(30)));
         assert_eq!(cache.get(Path::new("/d/x.csv")), None);
         cache.remove_tree(Path::new("/e"));
         assert_eq!(cache.len(), 1);

@@ -251,10 +251,11 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
         notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan);
     let actions = translator.translate(Ok(overflow));
     assert_eq!(actions, vec![notify_backend::Action::Overflow]);
-    observer.overflow("queue overflowed", 3);
+    observer.overflow("queue overflowed", None);
     let reported = rx.recv().await.unwrap();
     assert_eq!(reported.kind(), "sensor.overflow");
-    assert_eq!(sensor(&reported).count, 3);
+    assert!(sensor(&reported).count_unknown);
+    assert_eq!(serde_json::to_value(&reported).unwrap()["count"], "unknown");
     let recovered = rx.recv().await.unwrap();
     assert_eq!(recovered.kind(), "sensor.recovered");
     assert_eq!(sensor(&recovered).count, 1);

@@ -525,3 +525,200 @@ fn a_delivery_resent_after_a_crash_carries_the_same_idempotency_key() {
     assert_eq!(body1["delivery_id"], key1);
     assert_eq!(body2["delivery_id"], key1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Enrollment
+
+/// A TLS channel to the collector that pins its CA, opened from `local` (any 127.0.0.0/8 address
+/// is this host), so a test can play several remote addresses.
+async fn channel_from(collector: &Collector, local: std::net::IpAddr) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let ca = std::fs::read_to_string(collector.ca()).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(bannin::pki::SERVER_NAME);
+    Endpoint::from_shared(collector.url())
+        .unwrap()
+        .local_address(Some(local))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// An enrollment request with a real key and CSR, or a garbage CSR when `csr` is false.
+fn enroll_request(token: &str, name: &str, csr: bool) -> bannin::pb::EnrollRequest {
+    let (_, csr_der) = bannin::pki::client_key_and_csr(name).unwrap();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    bannin::pb::EnrollRequest {
+        token: token.to_string(),
+        name: name.to_string(),
+        hostname: "h1".to_string(),
+        csr_der: if csr { csr_der } else { b"not a CSR".to_vec() },
+        signing_public_key: key.verifying_key().to_bytes().to_vec(),
+    }
+}
+
+fn enroll_agent(
+    collector: &Collector,
+    state: &Path,
+    token: &str,
+    name: &str,
+) -> std::process::Output {
+    run_output(
+        Command::new(AGENT)
+            .arg("enroll")
+            .arg("--collector")
+            .arg(collector.url())
+            .arg("--ca-cert")
+            .arg(collector.ca())
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--name")
+            .arg(name)
+            .env("BANNIN_TOKEN", token),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_checks_the_token_before_it_signs_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let mut client = bannin::pb::enrollment_client::EnrollmentClient::new(
+        channel_from(&collector, "127.0.0.1".parse().unwrap()).await,
+    );
+    // A CSR the collector cannot sign: refused for the token, never for the CSR.
+    let status = client
+        .enroll(enroll_request("guessed-token", "web1", false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("token"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guessed_token_flood_is_rate_limited_summarized_and_does_not_slow_honest_enrollment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut client = bannin::pb::enrollment_client::EnrollmentClient::new(
+        channel_from(&collector, attacker).await,
+    );
+    let token = collector.token();
+    let flood = tokio::spawn(async move {
+        let mut codes = Vec::new();
+        for i in 0..300 {
+            let request = enroll_request(&format!("guess-{i}"), "web1", true);
+            codes.push(client.enroll(request).await.unwrap_err().code());
+        }
+        codes
+    });
+    // Honest enrollment from another address while the flood runs.
+    let started = std::time::Instant::now();
+    let state = tmp.path().join("agent");
+    let output = tokio::task::block_in_place(|| enroll_agent(&collector, &state, &token, "web1"));
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "honest enrollment took {:?}",
+        started.elapsed()
+    );
+    let codes = flood.await.unwrap();
+    let limited = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    assert!(
+        limited >= 250,
+        "only {limited} of 300 guesses were rate-limited: {codes:?}"
+    );
+    assert!(
+        codes[..3]
+            .iter()
+            .all(|c| *c == tonic::Code::PermissionDenied),
+        "{codes:?}"
+    );
+
+    // The log names the flood in a summary instead of a line per guess.
+    let summary = tokio::task::block_in_place(|| {
+        collector
+            .proc
+            .wait_line("enrollment attempts refused", Duration::from_secs(90))
+    });
+    assert!(summary.contains("127.0.0.2"), "{summary}");
+    let per_guess = collector
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("enrollment refused"))
+        .count();
+    assert!(per_guess <= 10, "{per_guess} log lines for 300 guesses");
+    collector.proc.terminate();
+}
+
+#[test]
+fn an_enrolled_name_is_not_given_twice_until_its_agent_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let first = tmp.path().join("first");
+    collector.enroll(&first, "web1");
+    let first_id = agent_id(&first);
+
+    // Same name, any case, from another state directory: refused, and the token is not spent.
+    let token = collector.token();
+    let second = tmp.path().join("second");
+    for name in ["web1", "WEB1"] {
+        let output = enroll_agent(&collector, &second, &token, name);
+        assert!(!output.status.success(), "{name} enrolled twice");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("already enrolled") && stderr.contains(&first_id),
+            "{stderr}"
+        );
+    }
+    let agents = run_ok(
+        Command::new(COLLECTOR)
+            .args(["agents", "--format", "json", "--data-dir"])
+            .arg(&collector.dir),
+    );
+    assert_eq!(agents.lines().count(), 1, "{agents}");
+
+    // Revoked, the name is free again, with the same token.
+    run_ok(
+        Command::new(COLLECTOR)
+            .args(["revoke", "--agent", &first_id, "--data-dir"])
+            .arg(&collector.dir),
+    );
+    let output = enroll_agent(&collector, &second, &token, "web1");
+    assert!(output.status.success(), "{output:?}");
+    assert_ne!(agent_id(&second), first_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enrollment_name_with_control_characters_is_refused_without_spending_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let token = collector.token();
+    let mut client = bannin::pb::enrollment_client::EnrollmentClient::new(
+        channel_from(&collector, "127.0.0.1".parse().unwrap()).await,
+    );
+    for name in [
+        "web1\n2026-11-29  db-prod-1",
+        "web1\x1b]0;pwned\x07",
+        "web\u{202e}1",
+    ] {
+        let status = client
+            .enroll(enroll_request(&token, name, true))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("name"), "{status:?}");
+    }
+    client
+        .enroll(enroll_request(&token, "web1", true))
+        .await
+        .expect("the token still enrolls");
+}
