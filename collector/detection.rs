@@ -22,6 +22,8 @@ pub enum Observed {
 pub struct Detection {
     pub engine: Engine,
     pub conn: Connection,
+    /// Signs the alert chain.
+    pub seal: crate::seal::Seal,
     pub router: Router,
     pub notifier: Notifier,
     pub tap: Option<SyncSender<Observed>>,
@@ -141,6 +143,9 @@ impl Detection {
                     }
                 },
             };
+            // The same transaction chains it, so no alert is stored, changed or removed
+            // without verify seeing it.
+            store::alert_chain::append(&tx, &self.seal, &alert.id)?;
             let sinks = self.router.route(&alert);
             outbox::enqueue(&tx, &alert, &sinks)?;
         }

@@ -188,6 +188,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let conn = store::open_reader(&args.data_dir)?;
             let trust = store::verify::Trust {
                 seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
+                ca_pem: std::fs::read_to_string(args.data_dir.join(serve::CA_CERT))
+                    .map_err(|error| format!("cannot read {}: {error}", serve::CA_CERT)),
             };
             let report = store::verify::verify(&conn, &trust)?;
             for note in &report.notes {

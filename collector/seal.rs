@@ -8,8 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
+use bannin::chain::Hash;
 use bannin::securefs::{self, Access};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
 
 pub const KEY_FILE: &str = "collector.key";
 pub const PUBLIC_FILE: &str = "collector.pub";
@@ -17,6 +19,7 @@ pub const PUBLIC_FILE: &str = "collector.pub";
 const HEAD_DOMAIN: &[u8] = b"bannin-head-v1\0";
 const FINDING_DOMAIN: &[u8] = b"bannin-finding-v1\0";
 const PRUNED_DOMAIN: &[u8] = b"bannin-pruned-v1\0";
+const ALERT_DOMAIN: &[u8] = b"bannin-alert-v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -164,6 +167,19 @@ pub fn pruned_message(agent_id: &str, through_seq: u64, ts: i64) -> Vec<u8> {
     m.extend_from_slice(&through_seq.to_be_bytes());
     m.extend_from_slice(&ts.to_be_bytes());
     m
+}
+
+/// Entry `n` of the alert chain: alert `alert_id` stored (or updated) with a body hashing to
+/// `body_hash`, after the entry whose hash is `prev`.
+pub fn alert_link(prev: &Hash, n: u64, alert_id: &str, body_hash: &Hash) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(ALERT_DOMAIN);
+    hasher.update(prev);
+    hasher.update(n.to_be_bytes());
+    hasher.update(alert_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(body_hash);
+    hasher.finalize().into()
 }
 
 #[cfg(test)]

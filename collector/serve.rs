@@ -176,6 +176,7 @@ impl Collector {
         Detection {
             engine,
             conn: store::open_writer(&self.data_dir)?,
+            seal: seal.clone(),
             router: hooks.router(),
             notifier: hooks.notifier(),
             tap,

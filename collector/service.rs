@@ -217,7 +217,7 @@ impl EnrollmentService {
         let agent_id = new_agent_id().map_err(|_| bad("no randomness for an agent id"))?;
         let cert_pem = self
             .authority
-            .sign_client_csr(&req.csr_der, &Principal::Agent(agent_id.clone()))
+            .sign_agent_csr(&req.csr_der, &agent_id, &req.signing_public_key)
             .map_err(|error| bad(&error.to_string()))?;
         let key = self
             .writer
@@ -228,6 +228,7 @@ impl EnrollmentService {
                     name: req.name,
                     host: req.hostname,
                     signing_key: req.signing_public_key,
+                    certificate: cert_pem.clone(),
                 },
             )
             .await?;

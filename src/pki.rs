@@ -15,6 +15,8 @@ use time::{Duration, OffsetDateTime};
 pub const SERVER_NAME: &str = "bannin-collector";
 
 const URI_PREFIX: &str = "urn:bannin:";
+/// An agent certificate's second URI: the Ed25519 key that signs its batches, bound by the CA.
+const SIGNING_KEY_PREFIX: &str = "urn:bannin:signing-key:ed25519:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -153,6 +155,27 @@ impl Authority {
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 
+    /// Signs an agent's CSR, binding in the certificate both its identity and the Ed25519 key that
+    /// signs its batches: a key swapped in the store no longer matches a certificate the CA issued.
+    pub fn sign_agent_csr(
+        &self,
+        csr_der: &[u8],
+        agent_id: &str,
+        signing_key: &[u8],
+    ) -> Result<String, PkiError> {
+        let der = CertificateSigningRequestDer::from(csr_der.to_vec());
+        let csr =
+            CertificateSigningRequestParams::from_der(&der).map_err(|error| PkiError::BadCsr {
+                reason: error.to_string(),
+            })?;
+        let mut params = client_params(&Principal::Agent(agent_id.to_string()))?;
+        let uri = format!("{SIGNING_KEY_PREFIX}{}", hex::encode(signing_key))
+            .try_into()
+            .map_err(|error: rcgen::Error| PkiError::Generate { source: error })?;
+        params.subject_alt_names.push(SanType::URI(uri));
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
     /// A client certificate with a key generated here (operators: the credential file holds both).
     pub fn issue_client(&self, principal: &Principal) -> Result<CertifiedKey, PkiError> {
         let key = KeyPair::generate()?;
@@ -210,6 +233,32 @@ pub fn principal_of(cert_der: &[u8]) -> Option<Principal> {
     })
 }
 
+/// The batch-signing key an agent certificate binds, if it names one.
+pub fn signing_key_of(cert_der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            hex::decode(uri.strip_prefix(SIGNING_KEY_PREFIX)?).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Whether the CA in `ca_pem` signed the certificate `cert_der`.
+pub fn issued_by(cert_der: &[u8], ca_pem: &str) -> bool {
+    let Some(ca_der) = first_cert_der(ca_pem) else {
+        return false;
+    };
+    let (Ok((_, ca)), Ok((_, cert))) = (
+        x509_parser::parse_x509_certificate(&ca_der),
+        x509_parser::parse_x509_certificate(cert_der),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// The first certificate in a PEM text, as DER.
 pub fn first_cert_der(pem_text: &str) -> Option<Vec<u8>> {
     use rustls_pki_types::CertificateDer;
@@ -241,5 +290,14 @@ mod tests {
             ca.sign_client_csr(b"garbage", &Principal::Agent("x".into()))
                 .is_err()
         );
+        // An agent certificate binds its signing key, and only its own CA issued it.
+        let (_key, csr) = client_key_and_csr("agent").unwrap();
+        let agent = reloaded.sign_agent_csr(&csr, "a-2", &[7u8; 32]).unwrap();
+        let der = first_cert_der(&agent).unwrap();
+        assert_eq!(principal_of(&der), Some(Principal::Agent("a-2".into())));
+        assert_eq!(signing_key_of(&der), Some(vec![7u8; 32]));
+        assert!(issued_by(&der, &material.cert_pem));
+        let (_other, other_material) = Authority::create().unwrap();
+        assert!(!issued_by(&der, &other_material.cert_pem));
     }
 }

@@ -92,6 +92,7 @@ pub struct OwnedNewAgent {
     pub name: String,
     pub host: String,
     pub signing_key: Vec<u8>,
+    pub certificate: String,
 }
 
 enum Command {
@@ -225,6 +226,7 @@ fn run(
                         name: &agent.name,
                         host: &agent.host,
                         signing_key: &agent.signing_key,
+                        certificate: &agent.certificate,
                         head_signature: &head_signature,
                     };
                     let _ = reply.send(super::enroll(&mut conn, &token, &new));

@@ -3,6 +3,7 @@
 //! One writer connection lives on the ingest thread (`ingest.rs`); query commands and `verify` open
 //! their own read-only connections, which WAL lets run while `serve` writes.
 
+pub mod alert_chain;
 pub mod alerts;
 pub mod ingest;
 pub mod investigate;
@@ -194,7 +195,11 @@ fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}; {};", alerts::SCHEMA))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA}; {}; {};",
+        alerts::SCHEMA,
+        alert_chain::SCHEMA
+    ))?;
     match migrate(conn) {
         Ok(()) => conn.execute_batch("COMMIT"),
         Err(error) => {
@@ -296,6 +301,8 @@ pub struct NewAgent<'a> {
     pub name: &'a str,
     pub host: &'a str,
     pub signing_key: &'a [u8],
+    /// The certificate the CA issued, which binds `signing_key` to the agent's identity.
+    pub certificate: &'a str,
     /// The collector's signature over the empty chain's head (0, genesis), so even an agent that
     /// never sent anything has a signed head to compare with.
     pub head_signature: &'a [u8],
@@ -352,8 +359,9 @@ pub fn enroll(
         params![now.as_nanos(), agent.id, hash],
     )?;
     tx.execute(
-        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash, head_signature)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO agents (id, name, host, signing_key, enrolled_ts, head_hash, head_signature,
+             certificate)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             agent.id,
             agent.name,
@@ -361,7 +369,8 @@ pub fn enroll(
             agent.signing_key,
             now.as_nanos(),
             GENESIS.to_vec(),
-            agent.head_signature
+            agent.head_signature,
+            agent.certificate
         ],
     )?;
     let no = tx.last_insert_rowid();

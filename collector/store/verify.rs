@@ -21,6 +21,8 @@ use crate::seal::{self, SealKey};
 /// directory (`collector.pub`), never from the store.
 pub struct Trust {
     pub seal: Result<SealKey, String>,
+    /// The collector's CA certificate (`ca.pem`), which issued every agent's certificate.
+    pub ca_pem: Result<String, String>,
 }
 
 impl Trust {
@@ -61,6 +63,7 @@ struct AgentRow {
     last_seq: u64,
     head: Vec<u8>,
     head_signature: Option<Vec<u8>>,
+    certificate: Option<String>,
 }
 
 pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
@@ -77,7 +80,8 @@ pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
     }
     let agents: Vec<AgentRow> = {
         let mut stmt = conn.prepare(
-            "SELECT no, id, signing_key, last_seq, head_hash, head_signature FROM agents ORDER BY no",
+            "SELECT no, id, signing_key, last_seq, head_hash, head_signature, certificate
+             FROM agents ORDER BY no",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(AgentRow {
@@ -87,16 +91,56 @@ pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
                 last_seq: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
                 head: r.get(4)?,
                 head_signature: r.get(5)?,
+                certificate: r.get(6)?,
             })
         })?;
         rows.collect::<Result<_, _>>()?
     };
     report.agents = agents.len();
+    if let Err(error) = &trust.ca_pem {
+        report.problems.push(format!(
+            "cannot check agents' signing keys against the CA: {error}"
+        ));
+    }
     for agent in &agents {
+        verify_binding(trust, agent, &mut report);
         verify_agent(conn, trust, agent, &mut report)?;
     }
     spent_tokens(conn, &mut report)?;
+    report
+        .problems
+        .extend(super::alert_chain::verify(conn, trust.seal.as_ref().ok())?);
     Ok(report)
+}
+
+/// The signing key in the agents table must be the one the CA bound into the agent's certificate:
+/// whoever swaps in their own key to re-sign rewritten batches would need the CA's key as well.
+fn verify_binding(trust: &Trust, agent: &AgentRow, report: &mut Report) {
+    let id = &agent.id;
+    let Ok(ca_pem) = &trust.ca_pem else { return };
+    let Some(der) = agent
+        .certificate
+        .as_deref()
+        .and_then(bannin::pki::first_cert_der)
+    else {
+        report.problems.push(format!(
+            "agent {id}: no certificate binds its signing key, so its signatures prove nothing (enrolled before keys were bound, or the certificate was removed)"
+        ));
+        return;
+    };
+    if !bannin::pki::issued_by(&der, ca_pem) {
+        report.problems.push(format!(
+            "agent {id}: its stored certificate was not issued by the collector's CA"
+        ));
+    } else if bannin::pki::principal_of(&der) != Some(bannin::pki::Principal::Agent(id.clone())) {
+        report.problems.push(format!(
+            "agent {id}: its stored certificate names another principal"
+        ));
+    } else if bannin::pki::signing_key_of(&der).as_deref() != Some(agent.key.as_slice()) {
+        report.problems.push(format!(
+            "agent {id}: its signing key in the store is not the one its certificate binds (replaced)"
+        ));
+    }
 }
 
 /// SQLite's own check: a damaged index answers queries wrongly without any row looking edited.

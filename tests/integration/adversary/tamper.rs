@@ -388,3 +388,71 @@ async fn a_refused_bad_signature_from_an_enrolled_agent_is_recorded_as_chain_tam
     .await
     .unwrap();
 }
+
+#[test]
+fn replacing_an_agents_key_and_re_signing_its_batches_fails_verify() {
+    let agent = &pristine().agent_id;
+    let (_tmp, dir) = store_copy();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let forger = SigningKey::from_bytes(&seed);
+    // Every batch signature is remade with the forger's key, which replaces the agent's in the
+    // table: the store is self-consistent again, except for the certificate the CA issued.
+    let conn = rusqlite::Connection::open(dir.join("bannin.db")).unwrap();
+    conn.execute(
+        "UPDATE agents SET signing_key = ?1 WHERE id = ?2",
+        rusqlite::params![forger.verifying_key().to_bytes().to_vec(), agent],
+    )
+    .unwrap();
+    let batches: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = {
+        let mut stmt = conn
+            .prepare("SELECT first_seq, last_seq, prev_hash, head_hash FROM batches")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    for (first, last, prev, head) in batches {
+        let signature = chain::sign_batch(
+            &forger,
+            agent,
+            first as u64,
+            last as u64,
+            &prev.try_into().unwrap(),
+            &head.try_into().unwrap(),
+        );
+        conn.execute(
+            "UPDATE batches SET signature = ?1 WHERE first_seq = ?2 AND last_seq = ?3",
+            rusqlite::params![signature.to_vec(), first, last],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    assert_fails(&dir, &[&format!("agent {agent}"), "certificate"]);
+
+    // Removing the certificate that gives the forger away is no way out either.
+    sqlite(&dir, "UPDATE agents SET certificate = NULL;");
+    assert_fails(&dir, &[&format!("agent {agent}"), "certificate"]);
+}
+
+#[test]
+fn editing_an_alert_fails_verify() {
+    let (_tmp, dir) = store_copy();
+    let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
+    // Whoever edits an alert edits its JSON and its indexed columns alike.
+    sqlite(
+        &dir,
+        "UPDATE alerts SET host = 'elsewhere', body = replace(body, '\"victim\"', '\"elsewhere\"');",
+    );
+    assert_eq!(sqlite(&dir, "SELECT host FROM alerts"), "elsewhere");
+    assert_fails(&dir, &[&format!("alert {id}"), "edited"]);
+}
+
+#[test]
+fn deleting_an_alert_fails_verify() {
+    let (_tmp, dir) = store_copy();
+    let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
+    sqlite(&dir, "DELETE FROM alerts;");
+    assert_fails(&dir, &[&format!("alert {id}"), "removed"]);
+}
