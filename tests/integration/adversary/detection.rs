@@ -506,3 +506,149 @@ fn replay_at_start_streams_whatever_the_store_holds() {
     let alert = export_alert(&collector, &export);
     assert_eq!(alert["host"], "pc-replay");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Health alerts that never arrive
+
+/// An enrolled agent's keys, to send events the real agent only sends when its kernel overflows.
+struct Keys {
+    id: String,
+    signing: ed25519_dalek::SigningKey,
+    cert: String,
+    tls_key: String,
+}
+
+fn keys(state: &Path) -> Keys {
+    let seed = hex::decode(
+        std::fs::read_to_string(state.join("signing.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    Keys {
+        id: agent_id(state),
+        signing: ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap()),
+        cert: std::fs::read_to_string(state.join("tls.pem")).unwrap(),
+        tls_key: std::fs::read_to_string(state.join("tls.key")).unwrap(),
+    }
+}
+
+/// One signed batch of `events` numbered from 1, as the agent's sender makes it.
+fn first_batch(
+    keys: &Keys,
+    host: &str,
+    bodies: Vec<bannin::event::Body>,
+) -> bannin::pb::EventBatch {
+    use bannin::chain::{self, GENESIS};
+    let mut head = GENESIS;
+    let mut events = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let mut event = bannin::event::Event::now(host, body);
+        event.seq = i as u64 + 1;
+        let bytes = bannin::proto::encode_event(&event);
+        head = chain::link(&head, event.seq, &bytes);
+        events.push(bytes);
+    }
+    let last = events.len() as u64;
+    let signature = chain::sign_batch(&keys.signing, &keys.id, 1, last, &GENESIS, &head);
+    bannin::pb::EventBatch {
+        events,
+        prev_hash: GENESIS.to_vec(),
+        signature: signature.to_vec(),
+        first_seq: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_overflow_alerts_reach_every_output_and_say_unknown_when_uncounted() {
+    use bannin::event::{SensorEvent, SensorStatus};
+    const OVERFLOW: &str = "sensor-overflow";
+    let receiver = HttpReceiver::start(0);
+    let smtp = SmtpSink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("collector.toml");
+    private_file(
+        &config,
+        &format!(
+            "[[alerts.webhook]]\nurl = \"{}\"\nrules = [\"{OVERFLOW}\"]\n\n[[alerts.webhook]]\nurl = \"{}\"\nformat = \"slack\"\nrules = [\"{OVERFLOW}\"]\n\n[alerts.email]\nsmtp = \"smtp+plain://127.0.0.1:{}\"\nfrom = \"bannin@example.jp\"\nto = [\"soc@example.jp\"]\nrules = [\"{OVERFLOW}\"]\n",
+            receiver.url("/json"),
+            receiver.url("/slack"),
+            smtp.port
+        ),
+    );
+    let collector = Collector::start_with(
+        &tmp.path().join("collector"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "pc-health");
+    let keys = keys(&state);
+    let mut uncounted =
+        SensorEvent::new(SensorStatus::Overflow, "files", "fanotify queue overflow");
+    uncounted.count_unknown = true;
+    let mut counted = SensorEvent::new(SensorStatus::Overflow, "network", "socket queue full");
+    counted.count = 1200;
+    let batch = first_batch(&keys, "pc-health", vec![uncounted.into(), counted.into()]);
+    let mut client = bannin::pb::ingest_client::IngestClient::new(
+        channel(&collector, Some((&keys.cert, &keys.tls_key))).await,
+    );
+    client.submit(batch).await.unwrap();
+
+    let bodies = wait_for("both webhook deliveries", LONG, || {
+        let bodies = receiver.bodies("/json");
+        (bodies.len() >= 2).then_some(bodies)
+    });
+    let by_sensor = |sensor: &str| {
+        bodies
+            .iter()
+            .find(|b| b["sensor"] == sensor)
+            .unwrap_or_else(|| panic!("{sensor}: {bodies:?}"))
+            .clone()
+    };
+    let files = by_sensor("files");
+    assert_eq!(files["rule"], OVERFLOW);
+    assert_eq!(files["lost"], "unknown", "{files}");
+    assert_eq!(files["count"], 1, "{files}");
+    assert!(
+        files["summary"]
+            .as_str()
+            .unwrap()
+            .contains("lost unknown events")
+    );
+    assert_eq!(by_sensor("network")["lost"], 1200);
+    let slack = wait_for("both slack deliveries", LONG, || {
+        let bodies = receiver.bodies("/slack");
+        (bodies.len() >= 2).then_some(bodies)
+    });
+    assert!(
+        slack
+            .iter()
+            .any(|b| b["text"].as_str().unwrap().contains("lost unknown events")),
+        "{slack:?}"
+    );
+    let mail = wait_for("both mails", LONG, || {
+        let mails = smtp.messages();
+        (mails.len() >= 2).then_some(mails)
+    });
+    assert!(mail[0]["subject"].as_str().unwrap().contains(OVERFLOW));
+
+    // Stored, and every output of `alerts` shows both.
+    let alerts = alerts_json(&collector.dir, &["--rule", OVERFLOW]);
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    for format in ["table", "ocsf"] {
+        let out = run_ok(
+            Command::new(COLLECTOR)
+                .args([
+                    "alerts",
+                    "--rule",
+                    OVERFLOW,
+                    "--format",
+                    format,
+                    "--data-dir",
+                ])
+                .arg(&collector.dir),
+        );
+        assert_eq!(out.matches(OVERFLOW).count().min(2), 2, "{format}: {out}");
+    }
+}
