@@ -16,6 +16,11 @@ pub enum ConfigError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("config {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("config {path}: {source}")]
+    Untrusted {
+        path: PathBuf,
+        source: crate::securefs::SecureFsError,
+    },
 }
 
 impl ConfigError {
@@ -45,7 +50,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<
     })
 }
 
-/// Refuses a file that group or others may write.
+/// Refuses a file that group or others may write, or that belongs to (or is reached through a
+/// directory or link of) a user other than root and the running one: whoever can rewrite the
+/// configuration steers what a root agent reads and where a collector sends alerts.
 #[cfg(unix)]
 pub fn check_permissions(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
@@ -60,7 +67,10 @@ pub fn check_permissions(path: &Path) -> Result<(), ConfigError> {
             mode,
         });
     }
-    Ok(())
+    crate::securefs::check_trusted_file(path).map_err(|source| ConfigError::Untrusted {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(not(unix))]

@@ -269,6 +269,38 @@ fn push_front(pending: &mut VecDeque<OsString>, path: &Path, resolved: &mut Path
     }
 }
 
+/// Refuses a file others could rewrite, such as a configuration file: it must belong to root or the
+/// running user, be writable by nobody else, and be reached only through directories and symbolic
+/// links that belong to root or the running user.
+#[cfg(unix)]
+pub fn check_trusted_file(path: &Path) -> Result<(), SecureFsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let resolved = resolve_trusted(path, "file")?;
+    let meta = std::fs::metadata(&resolved).map_err(io("inspect", path))?;
+    let me = running_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(SecureFsError::NotOwned {
+            what: "file",
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(SecureFsError::FileWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn check_trusted_file(_path: &Path) -> Result<(), SecureFsError> {
+    Ok(())
+}
+
 /// Writes `contents` to `dir/name` without ever opening an existing file: a fresh temporary name is
 /// created with `O_CREAT|O_EXCL|O_NOFOLLOW`, synced, and renamed over `name`. `dir` must have passed
 /// [`check_private_dir`].

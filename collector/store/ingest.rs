@@ -304,9 +304,12 @@ fn commit_group(
     };
     // Chain positions as they would be after this transaction; dropped if it rolls back.
     let mut staged: HashMap<i64, (u64, Hash)> = HashMap::new();
-    let result = (|| -> Result<(), rusqlite::Error> {
-        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for (batch, reply) in batches {
+    let mut pending = batches.into_iter();
+    let result = (|| -> Result<(), String> {
+        let mut tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|error| error.to_string())?;
+        for (batch, reply) in pending.by_ref() {
             let outcome = match tx.savepoint() {
                 Ok(sp) => match store_batch(&sp, seal, chains, &mut staged, &batch, &mut notice) {
                     Ok(committed) => sp.commit().map(|()| Ok(committed)),
@@ -316,7 +319,25 @@ fn commit_group(
                     }
                 },
                 Err(error) => Err(error),
-            }?;
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    outcomes.push((reply, Err(IngestError::from(error))));
+                    return Err("a savepoint could not be taken or released".into());
+                }
+            };
+            // SQLite rolls the whole transaction back on some errors (a full disk, an I/O error):
+            // what earlier batches of this group stored is gone, and a savepoint taken now would
+            // open a transaction of its own that commits alone, behind the other agents' backs.
+            if tx.is_autocommit() {
+                let reason = match &outcome {
+                    Err(error) => error.to_string(),
+                    Ok(_) => "the transaction was rolled back".to_string(),
+                };
+                outcomes.push((reply, outcome));
+                return Err(reason);
+            }
             // The batch's own work is rolled back; the record that a fork was refused is not,
             // so the `chain-tamper` rule sees it.
             if let Err(error @ IngestError::Fork { seq, .. }) = &outcome {
@@ -329,13 +350,17 @@ fn commit_group(
                         batch.first_seq, batch.last_seq
                     ),
                 };
-                notice
-                    .findings
-                    .extend(record_refusal(&tx, seal, chains, refusals, refusal)?);
+                match record_refusal(&tx, seal, chains, refusals, refusal) {
+                    Ok(findings) => notice.findings.extend(findings),
+                    Err(error) => {
+                        outcomes.push((reply, outcome));
+                        return Err(error.to_string());
+                    }
+                }
             }
             outcomes.push((reply, outcome));
         }
-        tx.commit()
+        tx.commit().map_err(|error| error.to_string())
     })();
     match result {
         Ok(()) => {
@@ -350,11 +375,16 @@ fn commit_group(
             }
             notify(notices, notice.records, notice.findings);
         }
-        Err(error) => {
-            tracing::error!(%error, "store commit failed; batches are not acknowledged");
-            for (reply, _) in outcomes {
+        Err(reason) => {
+            // Nothing of this group committed: every batch in it, tried or not, is told so.
+            tracing::error!(error = %reason, "store commit failed; batches are not acknowledged");
+            let replies = outcomes
+                .into_iter()
+                .map(|(reply, _)| reply)
+                .chain(pending.map(|(_, reply)| reply));
+            for reply in replies {
                 let _ = reply.send(Err(IngestError::CommitFailed {
-                    reason: error.to_string(),
+                    reason: reason.clone(),
                 }));
             }
         }

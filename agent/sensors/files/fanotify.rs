@@ -47,6 +47,10 @@ const METADATA_LEN: usize = 24;
 pub struct FanotifyBackend {
     names: Fanotify,
     writes: Fanotify,
+    /// `FAN_MODIFY` with file handles only, in a group of its own: a truncate(2) by path is
+    /// followed by no close-after-write, and a system busy writing cannot overflow the queue
+    /// of creates and deletes with it.
+    modifies: Fanotify,
     /// A descriptor on each marked filesystem, by filesystem id, to resolve handles against.
     mounts: HashMap<[u8; FSID_LEN], File>,
     /// The watched roots and the filesystem each is on.
@@ -76,6 +80,8 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
     .map_err(|errno| format!("fanotify_init with file handles refused: {}", errno.desc()))?;
     let writes = Fanotify::init(base, event_flags)
         .map_err(|errno| format!("fanotify_init refused: {}", errno.desc()))?;
+    let modifies = Fanotify::init(base | fid, event_flags)
+        .map_err(|errno| format!("fanotify_init with file handles refused: {}", errno.desc()))?;
 
     let add = MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM;
     let entries = MaskFlags::FAN_CREATE | MaskFlags::FAN_DELETE | MaskFlags::FAN_ONDIR;
@@ -104,6 +110,14 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
                 Some(root.as_path()),
             )
             .map_err(|errno| mark_refused(root, errno))?;
+        modifies
+            .mark(
+                add,
+                MaskFlags::FAN_MODIFY,
+                nix::fcntl::AT_FDCWD,
+                Some(root.as_path()),
+            )
+            .map_err(|errno| mark_refused(root, errno))?;
         let dir =
             File::open(root).map_err(|error| format!("cannot open {}: {error}", root.display()))?;
         let fsid = filesystem_id(&dir).map_err(|errno| {
@@ -122,6 +136,7 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
     Ok(FanotifyBackend {
         names,
         writes,
+        modifies,
         mounts,
         roots,
         paired_renames,
@@ -610,6 +625,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
     let FanotifyBackend {
         names,
         writes,
+        modifies,
         mounts,
         roots,
         paired_renames,
@@ -631,6 +647,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         let mut fds = [
             PollFd::new(names.as_fd(), PollFlags::POLLIN),
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
+            PollFd::new(modifies.as_fd(), PollFlags::POLLIN),
         ];
         // Events waiting for their process are looked at again soon, not at the next event.
         let timeout = if state.observer.waiting() {
@@ -692,6 +709,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         }
         state.resolve_writes();
         state.flush_writes(None);
+        state.drain_modifies(&modifies, &mut buf);
         state.observer.rescan_if_due();
     }
 }
@@ -767,6 +785,43 @@ impl Loop {
                     .ok()
                     .and_then(|owned| self.observer.examine_file(&path, File::from(owned)));
                 self.pending_writes.push(Written { path, pid, seen });
+            }
+        }
+    }
+
+    /// Reads the queued modifications and reports each remembered file that shrank (a
+    /// truncate(2) by path is followed by no close-after-write); growth waits for the close.
+    fn drain_modifies(&mut self, modifies: &Fanotify, buf: &mut [u8]) {
+        for _ in 0..READS_PER_ROUND {
+            let n = match nix::unistd::read(modifies, buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    self.observer.error(
+                        format!("reading fanotify modify events failed: {}", errno.desc()),
+                        Path::new(""),
+                    );
+                    return;
+                }
+            };
+            for event in parse_names(&buf[..n]) {
+                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    self.overflow();
+                    continue;
+                }
+                let Some(pid) = self.pid(event.pid) else {
+                    continue;
+                };
+                if event.mask & libc::FAN_ONDIR != 0 {
+                    continue;
+                }
+                let Some(path) = event.entry.as_ref().and_then(|e| self.resolver.entry(e)) else {
+                    continue;
+                };
+                if self.observer.scope().contains(&path) {
+                    self.observer.modified(&path, pid);
+                }
             }
         }
     }

@@ -87,6 +87,8 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>
 pub enum Action {
     Create(PathBuf),
     Write(PathBuf),
+    /// Data changed and the file is still open: only a shrink (truncate) is reported.
+    Modified(PathBuf),
     Delete(PathBuf),
     /// `from` is `None` when the file moved in from outside the watched trees.
     Rename {
@@ -197,11 +199,15 @@ impl Translator {
                 actions.push(Action::Write(path))
             }
             // Where the platform has no close-after-write (macOS, Windows), a data change is the
-            // only write signal; on Linux it would repeat every block written.
+            // only write signal; on Linux it would repeat every block written, so there it only
+            // catches a truncate(2), which no close-after-write follows.
             EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
                 if !cfg!(target_os = "linux") =>
             {
                 actions.push(Action::Write(path))
+            }
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                actions.push(Action::Modified(path))
             }
             EventKind::Remove(RemoveKind::Folder) => actions.push(Action::DirDeleted(path)),
             EventKind::Remove(_) => actions.push(Action::Delete(path)),
@@ -232,6 +238,7 @@ fn apply(observer: &mut Observer, action: Action) {
             let seen = observer.examine_path(&path);
             observer.changed(FileAction::Write, &path, None, seen);
         }
+        Action::Modified(path) if in_scope(&path) => observer.modified(&path, None),
         Action::Delete(path) if in_scope(&path) => observer.deleted(&path, None),
         Action::Rename { from, to } => {
             let from = from.filter(|f| in_scope(f));

@@ -292,6 +292,22 @@ impl Observer {
         self.emit_file(event, pid);
     }
 
+    /// A remembered file was modified without being closed yet: reported as a write only when it
+    /// is smaller than remembered (truncated in place, which no close-after-write may follow).
+    pub fn modified(&mut self, path: &Path, pid: Option<u32>) {
+        let Some(known) = self.sizes.get(path).map(|known| known.facts) else {
+            return;
+        };
+        let Ok(metadata) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let now = Facts::from_metadata(&metadata);
+        if now.inode == known.inode && now.size < known.size {
+            let seen = self.examine_path(path);
+            self.changed(FileAction::Write, path, pid, seen);
+        }
+    }
+
     /// Emits a delete carrying the last size seen.
     pub fn deleted(&mut self, path: &Path, pid: Option<u32>) {
         self.deleted_with(path, pid, None);

@@ -611,3 +611,37 @@ fn deleting_a_hard_linked_export_says_the_file_lives_on() {
     assert_eq!(deleted["size"], written["size"], "{deleted}");
     assert_eq!(deleted["links_left"], 1, "{deleted}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Truncation in place.
+
+fn an_export_truncated_in_place_is_reported(backend: &str) {
+    let rig = rig(&format!("truncate-{backend}"), backend);
+    let (export, _decoy, written) = export_and_decoy(&rig);
+    // truncate(2) by path: no descriptor is opened, so no close-after-write ever follows.
+    python(
+        &format!(
+            "import os\nos.truncate({:?}, 0)\n",
+            export.display().to_string()
+        ),
+        &rig.watched,
+    );
+    let path = export.display().to_string();
+    let truncated = rig.wait_event("the truncation", |e| {
+        e["kind"] == "file.write" && e["path"] == path.as_str() && e["size"] == 0
+    });
+    assert_eq!(truncated["inode"], written["inode"], "{truncated}");
+    let alert = rig.wait_alert(&path);
+    assert_eq!(alert["how"], "truncated", "{alert}");
+    assert_eq!(alert["size"], written["size"], "{alert}");
+}
+
+#[test]
+fn an_export_truncated_in_place_is_reported_fanotify() {
+    an_export_truncated_in_place_is_reported("fanotify");
+}
+
+#[test]
+fn an_export_truncated_in_place_is_reported_notify() {
+    an_export_truncated_in_place_is_reported("notify");
+}

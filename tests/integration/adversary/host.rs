@@ -513,3 +513,55 @@ fn enroll_takes_the_token_from_bannin_token() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_configuration_another_user_can_rewrite_is_refused() {
+    let scratch = shared_scratch();
+    let collector = Collector::start(&scratch.path().join("collector"));
+    let state = scratch.path().join("state");
+    let output = enroll(&collector, &state);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Owned by the insider (mode 0644 passes the old group/other-write check), or sitting in a
+    // directory the insider owns and can swap it in.
+    let theirs = scratch.path().join("agent.toml");
+    std::fs::write(&theirs, "[files]\nwatch = []\n").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let their_dir = make_dir(&scratch.path().join("theirs"), 0o755, true);
+    let swappable = their_dir.join("agent.toml");
+    std::fs::write(&swappable, "[files]\nwatch = []\n").unwrap();
+    for config in [&theirs, &swappable] {
+        let mut proc = Proc::spawn(
+            "agent",
+            Command::new(AGENT)
+                .arg("run")
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--config")
+                .arg(config),
+        );
+        let status = wait_for("the agent to exit", Duration::from_secs(60), || {
+            assert!(
+                !proc.has_line("agent running"),
+                "the agent ran with {}",
+                config.display()
+            );
+            proc.child.try_wait().unwrap()
+        });
+        wait_for("the agent's error line", Duration::from_secs(10), || {
+            proc.has_line("bannin-agent:").then_some(())
+        });
+        assert_eq!(status.code(), Some(2), "{}", proc.log());
+        assert!(proc.log().contains("uid 65534"), "{}", proc.log());
+
+        let output = run_output(
+            Command::new(COLLECTOR)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(scratch.path().join("other-collector"))
+                .args(["--listen", "127.0.0.1:0", "--config"])
+                .arg(config),
+        );
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains("uid 65534"), "{}", stderr(&output));
+    }
+}
