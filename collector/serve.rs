@@ -106,35 +106,24 @@ pub struct Collector {
     pub listener: TcpListener,
 }
 
-/// How far back detection state is rebuilt from the store at start (the longest built-in window).
-const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// At most this many events are replayed per query, newest first.
-const REPLAY_LIMIT: usize = 1_000_000;
-
-/// Rebuilds detection state from what the store already holds, raising nothing: recent events for
-/// the windowed rules, and every public destination ever seen for first-seen.
+/// Rebuilds detection state from what the store already holds, raising nothing: the events of the
+/// engine's own window (its longest detector window or correlation timespan), and the public
+/// destinations seen before it for first-seen. Rows are streamed one at a time into the engine,
+/// whose state is capped, so a replay's memory does not depend on what the store holds.
 fn replay(conn: &rusqlite::Connection, engine: &mut detect::Engine) -> Result<()> {
-    let since = bannin::time::Timestamp::now().saturating_sub(REPLAY_WINDOW);
-    let older_destinations = store::query::events(
-        conn,
-        &store::query::EventFilter {
-            kind: Some("net.connect".into()),
-            until: Some(since),
-            limit: REPLAY_LIMIT,
-            ..Default::default()
-        },
-    )?;
-    let recent = store::query::events(
-        conn,
-        &store::query::EventFilter {
-            since: Some(since),
-            limit: REPLAY_LIMIT,
-            ..Default::default()
-        },
-    )?;
-    engine.replay(older_destinations.iter().chain(recent.iter()));
+    let since = bannin::time::Timestamp::now().saturating_sub(engine.replay_window());
+    engine.begin_replay();
+    let older_destinations =
+        store::query::for_each_event(conn, Some("net.connect"), None, Some(since), |record| {
+            engine.replay_event(&record)
+        })?;
+    let recent = store::query::for_each_event(conn, None, Some(since), None, |record| {
+        engine.replay_event(&record)
+    })?;
+    engine.end_replay();
     tracing::info!(
-        events = older_destinations.len() + recent.len(),
+        events = older_destinations + recent,
+        window_secs = engine.replay_window().as_secs(),
         "detection state rebuilt from the store"
     );
     Ok(())

@@ -117,7 +117,16 @@ impl Tracked {
             }
         }
         if self.creator.is_none() {
-            self.creator = file.process.clone();
+            // The alert names the process, not its parents: no ancestry kept per tracked file.
+            self.creator = file.process.as_ref().map(|p| ProcessInfo {
+                pid: p.pid,
+                ppid: p.ppid,
+                exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
+                user: p.user.clone(),
+                uid: p.uid,
+                ancestry: Vec::new(),
+            });
         }
     }
 }
@@ -222,6 +231,10 @@ impl ExportLifecycle {
         self.files.len()
     }
 
+    pub(crate) fn window(&self) -> Duration {
+        self.window
+    }
+
     pub(crate) fn evicted(&self) -> u64 {
         self.files.losses.total()
     }
@@ -273,6 +286,21 @@ impl ExportLifecycle {
         };
         self.files.insert(host, key, tracked, ts);
         key
+    }
+
+    /// The large export a rename replaced, as the agent last knew it (`replaced_size`,
+    /// `replaced_export`), when this detector did not track it.
+    fn replaced_by_agent(&self, host: &str, file: &FileEvent, ts: Timestamp) -> Option<Tracked> {
+        let size = file.replaced_size.filter(|size| *size >= self.min_size)?;
+        let export = file.replaced_export.clone()?;
+        if self.exclude.is_match(&file.path) {
+            return None;
+        }
+        let mut tracked = Tracked::new(host, file, ts, false);
+        tracked.created_path.clone_from(&file.path);
+        tracked.max_size = size;
+        tracked.export = Some(export);
+        Some(tracked)
     }
 
     fn outside_watch(&self, agent_id: &str, path: &str) -> bool {
@@ -343,16 +371,44 @@ impl ExportLifecycle {
                     }
                 }
             }
+            FileAction::Rename if file.exchange => {
+                // RENAME_EXCHANGE: the two names swap their files, nothing is destroyed; each
+                // tracked export is followed to its new name.
+                let from = file.from_path.as_deref().unwrap_or_default();
+                let at_from = self
+                    .find(host, from)
+                    .and_then(|key| self.files.remove(host, &key));
+                let at_path = self
+                    .find(host, &file.path)
+                    .and_then(|key| self.files.remove(host, &key));
+                self.created.remove(host, &file_key(host, from));
+                self.created.remove(host, &file_key(host, &file.path));
+                for (tracked, to) in [(at_from, file.path.as_str()), (at_path, from)] {
+                    let Some(mut tracked) = tracked else { continue };
+                    if to == file.path {
+                        tracked.absorb(file);
+                    }
+                    tracked.push_evidence(record);
+                    tracked.path = to.to_string();
+                    if tracked.renames.len() < MAX_FILE_EVIDENCE {
+                        tracked.renames.push(to.to_string());
+                    }
+                    self.files.insert(host, file_key(host, to), tracked, ts);
+                }
+            }
             FileAction::Rename => {
                 let from = file.from_path.as_deref().unwrap_or_default();
                 // Whatever was tracked at the destination is gone under that name: a rename over
-                // an export replaces it (and a RENAME_EXCHANGE moves it under the decoy's name).
+                // an export replaces it. The agent also says what it replaced, which covers an
+                // export it knew and this detector did not (written before it was watched).
                 if from != file.path {
-                    if let Some(key) = self.find(host, &file.path) {
-                        if let Some(mut replaced) = self.files.remove(host, &key) {
-                            replaced.push_evidence(record);
-                            found.extend(self.candidate(replaced, record, file, Fate::Replaced));
-                        }
+                    let replaced = match self.find(host, &file.path) {
+                        Some(key) => self.files.remove(host, &key),
+                        None => self.replaced_by_agent(host, file, ts),
+                    };
+                    if let Some(mut replaced) = replaced {
+                        replaced.push_evidence(record);
+                        found.extend(self.candidate(replaced, record, file, Fate::Replaced));
                     }
                     let to_key = file_key(host, &file.path);
                     let from_key = file_key(host, from);
@@ -622,6 +678,10 @@ impl AgentSilent {
         self.losses.take()
     }
 
+    pub(crate) fn window(&self) -> Duration {
+        self.after
+    }
+
     /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
     /// several agents interleave, so only a later time counts; live, `at` is the collector's clock.
     pub(crate) fn heard(&mut self, record: &Record, at: Timestamp, replaying: bool) {
@@ -787,6 +847,10 @@ impl SensitiveReadVolume {
 
     pub(crate) fn expire(&mut self, now: Timestamp) {
         self.tracks.expire(now.saturating_sub(self.window));
+    }
+
+    pub(crate) fn window(&self) -> Duration {
+        self.window
     }
 
     pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {

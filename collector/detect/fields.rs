@@ -318,7 +318,10 @@ impl Field {
                 Field::Sensor => Some(Val::Str(&sensor.sensor)),
                 Field::Message => Some(Val::Str(&sensor.message)),
                 Field::Count => Some(num(sensor.count)),
-                Field::Lost if sensor.count == 0 && sensor.status == SensorStatus::Overflow => {
+                Field::Lost
+                    if sensor.count_unknown
+                        || (sensor.count == 0 && sensor.status == SensorStatus::Overflow) =>
+                {
                     Some(Val::Str("unknown"))
                 }
                 Field::Lost => Some(num(sensor.count)),

@@ -186,6 +186,8 @@ pub struct Engine {
     /// The collector's clock as of the last tick; liveness is judged on it.
     clock: Timestamp,
     replaying: bool,
+    /// The newest event time seen by the replay in progress.
+    replay_last: Timestamp,
     suppressed: u64,
     repeats: u64,
     /// The `detection-state-evicted` rule, if loaded, and per host the entries its current alert
@@ -279,6 +281,7 @@ impl Engine {
             next_id: 0,
             clock: Timestamp::default(),
             replaying: false,
+            replay_last: Timestamp::default(),
             suppressed: 0,
             repeats: 0,
             evictions_rule: detectors
@@ -455,14 +458,44 @@ impl Engine {
 
     /// Rebuilds state from stored events after a restart, oldest first, raising no alerts: what
     /// they would have raised was raised before the restart.
+    #[cfg(test)]
     pub fn replay<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {
-        self.replaying = true;
-        let mut last = Timestamp::default();
+        self.begin_replay();
         for record in records {
-            last = last.max(record.event.ts);
-            self.observe(record);
+            self.replay_event(record);
         }
+        self.end_replay();
+    }
+
+    /// How far back a replay must go to rebuild every window: the longest detector window or
+    /// correlation timespan.
+    pub fn replay_window(&self) -> Duration {
+        self.detectors
+            .iter()
+            .map(|(_, d)| match d {
+                Detector::Lifecycle(d) => d.window(),
+                Detector::Reads(d) => d.window(),
+                Detector::Silent(d) => d.window(),
+                Detector::FirstSeen(_) | Detector::Evictions => Duration::ZERO,
+            })
+            .fold(self.longest_timespan, Duration::max)
+    }
+
+    /// Starts a replay: [`Engine::replay_event`] for each stored event, oldest first, then
+    /// [`Engine::end_replay`]. One event at a time, so the caller can stream them.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+        self.replay_last = Timestamp::default();
+    }
+
+    pub fn replay_event(&mut self, record: &Record) {
+        self.replay_last = self.replay_last.max(record.event.ts);
+        self.observe(record);
+    }
+
+    pub fn end_replay(&mut self) {
         self.replaying = false;
+        let last = self.replay_last;
         for (_, detector) in &mut self.detectors {
             if let Detector::Silent(d) = detector {
                 d.settle(last);

@@ -346,6 +346,97 @@ fn export_followed_through_renames_until_deleted() {
 }
 
 #[test]
+fn an_export_replaced_exchanged_or_renamed_out_of_sight_alerts_with_how() {
+    let mut fleet = Fleet::default();
+    let who = attacker();
+    let big = |path: &str| {
+        file(
+            FileAction::Write,
+            path,
+            Some(64 * MIB),
+            Some(csv(1_000_000)),
+            &attacker(),
+        )
+    };
+    // Rename over a tracked export: replaced, with the export's own facts.
+    fleet.send("pc1", 0, big("/srv/a.csv"));
+    let updates = fleet.send("pc1", 10, rename("/srv/notes.csv", "/srv/a.csv", 16, &who));
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["how"], "replaced");
+    assert_eq!(alert.fields["replaced_by"], "/srv/notes.csv");
+    assert_eq!(alert.fields["size"], 64 * MIB);
+    assert_eq!(alert.fields["est_rows"], 1_000_000);
+    // An exchange destroys nothing: the export is followed to the other name until deleted.
+    fleet.send("pc1", 20, big("/srv/b.csv"));
+    let Body::File(mut swap) = rename("/srv/decoy.csv", "/srv/b.csv", 16, &who) else {
+        unreachable!()
+    };
+    swap.exchange = true;
+    assert!(fleet.send("pc1", 21, swap.into()).is_empty());
+    assert!(
+        fleet
+            .send(
+                "pc1",
+                22,
+                file(FileAction::Delete, "/srv/b.csv", Some(16), None, &who)
+            )
+            .is_empty(),
+        "only the decoy sat at b.csv"
+    );
+    let updates = fleet.send(
+        "pc1",
+        23,
+        file(
+            FileAction::Delete,
+            "/srv/decoy.csv",
+            Some(64 * MIB),
+            None,
+            &who,
+        ),
+    );
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["how"], "deleted");
+    assert_eq!(alert.fields["path"], "/srv/b.csv");
+    assert_eq!(alert.fields["final_path"], "/srv/decoy.csv");
+    // What the agent says a rename replaced counts too, tracked here or not.
+    let Body::File(mut over) = rename("/srv/x.txt", "/srv/old.csv", 16, &who) else {
+        unreachable!()
+    };
+    over.replaced_size = Some(50 * MIB);
+    over.replaced_export = Some(csv(700_000));
+    let updates = fleet.send("pc1", 30, over.into());
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["how"], "replaced");
+    assert_eq!(alert.fields["size"], 50 * MIB);
+    // Renamed out of the trees the file sensor watches: its delete will never be seen.
+    let mut status = SensorEvent::new(
+        SensorStatus::Status,
+        "files",
+        "fanotify: root; watching [/srv, /home/a]",
+    );
+    status.count = 0;
+    fleet.send("pc1", 39, status.into());
+    fleet.send("pc1", 40, big("/srv/c.csv"));
+    assert!(
+        fleet
+            .send(
+                "pc1",
+                41,
+                rename("/srv/c.csv", "/home/a/c.csv", 64 * MIB, &who)
+            )
+            .is_empty()
+    );
+    let updates = fleet.send(
+        "pc1",
+        42,
+        rename("/home/a/c.csv", "/tmp/c.csv", 64 * MIB, &who),
+    );
+    let alert = new_alerts(&updates)[0];
+    assert_eq!(alert.fields["how"], "renamed");
+    assert_eq!(alert.fields["final_path"], "/tmp/c.csv");
+}
+
+#[test]
 fn large_export_truncated_counts_as_destroyed() {
     let mut fleet = Fleet::default();
     let who = attacker();

@@ -65,6 +65,41 @@ pub fn events(conn: &Connection, filter: &EventFilter) -> Result<Vec<Record>, St
     Ok(records)
 }
 
+/// Calls `each` with every stored event of `kind` (any when `None`) with `since <= ts < until`,
+/// oldest first, decoding one row at a time: memory stays that of one event whatever the store
+/// holds. Returns how many events were passed on. Rows that do not decode are skipped (logged).
+pub fn for_each_event(
+    conn: &Connection,
+    kind: Option<&str>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    mut each: impl FnMut(Record),
+) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT a.id, e.payload FROM events e JOIN agents a ON a.no = e.agent_no
+         WHERE (?1 IS NULL OR e.kind = ?1) AND e.ts >= ?2 AND e.ts < ?3
+         ORDER BY e.ts, e.agent_no, e.seq",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![
+        kind,
+        since.map_or(i64::MIN, Timestamp::as_nanos),
+        until.map_or(i64::MAX, Timestamp::as_nanos),
+    ])?;
+    let mut passed = 0;
+    while let Some(row) = rows.next()? {
+        let agent_id: String = row.get(0)?;
+        let payload = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        match decode_event(payload) {
+            Ok(event) => {
+                passed += 1;
+                each(Record { agent_id, event });
+            }
+            Err(error) => tracing::warn!(%agent_id, %error, "stored event does not decode"),
+        }
+    }
+    Ok(passed)
+}
+
 /// Runs a query selecting `(agent id, payload)` rows and decodes each event.
 pub(super) fn decode_rows(
     conn: &Connection,

@@ -394,3 +394,261 @@ fn an_alert_whose_deliveries_cannot_be_queued_is_not_stored_without_them() {
 fn an_alert_the_store_refuses_is_retried_not_dropped() {
     alert_survives_a_failing_table("alerts", "pc-persist");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay at start in bounded memory (issue 10)
+
+/// The collector's peak resident memory so far, in bytes.
+fn peak_rss(collector: &Collector) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", collector.proc.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn replay_at_start_streams_whatever_the_store_holds() {
+    use bannin::event::{Ancestor, Event, ProcessAction, ProcessEvent, ProcessInfo};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    collector.enroll(&tmp.path().join("bulk"), "pc-bulk");
+    // A real agent's export, written before the restart and deleted after it.
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "pc-replay");
+    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let export = watched.join("customers.csv");
+    write_csv(&export, 11);
+    let path = export.display().to_string();
+    wait_for("the export's write stored", LONG, || {
+        let n = collector
+            .events(&["--kind", "file.write", "--path", &path])
+            .len();
+        (n > 0).then_some(())
+    });
+    // Stopped while the rows are written under it.
+    collector.proc.kill9();
+    // 1,200 stored events of ~200 KiB each (a deep ancestry of long command lines, within the
+    // per-event bounds) from the last hour: 240 MiB that a replay holding them all would need.
+    let conn = rusqlite::Connection::open(collector.dir.join("bannin.db")).unwrap();
+    let agent_no: i64 = conn
+        .query_row("SELECT no FROM agents WHERE name = 'pc-bulk'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let line = "x".repeat(3_000);
+    let ancestry: Vec<Ancestor> = (0..64)
+        .map(|i| Ancestor {
+            pid: 100 + i,
+            exe: format!("/usr/bin/sh{i}"),
+            cmdline: line.clone(),
+            user: "root".into(),
+        })
+        .collect();
+    let now = bannin::time::Timestamp::now();
+    let tx = conn.unchecked_transaction().unwrap();
+    for seq in 1..=1_200u64 {
+        let mut event = Event::now(
+            "pc-bulk",
+            ProcessEvent {
+                action: ProcessAction::Start,
+                process: ProcessInfo {
+                    pid: 5000,
+                    ppid: Some(100),
+                    exe: "/usr/bin/python3".into(),
+                    cmdline: line.clone(),
+                    user: "root".into(),
+                    uid: Some(0),
+                    ancestry: ancestry.clone(),
+                },
+                cwd: "/".into(),
+                start_ts: None,
+                exit_code: None,
+                read_bytes: None,
+                write_bytes: None,
+                source: "proc_connector".into(),
+            },
+        );
+        event.seq = seq;
+        event.ts = now.saturating_sub(Duration::from_secs(3600 - seq));
+        let payload = bannin::proto::encode_event(&event);
+        tx.execute(
+            "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash) VALUES (?1, ?2, ?3, 'process.start', NULL, ?4, ?5)",
+            rusqlite::params![agent_no, seq as i64, event.ts.as_nanos(), payload, vec![0u8; 32]],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(conn);
+
+    let (dir, addr) = (collector.dir.clone(), collector.addr.clone());
+    drop(collector);
+    let collector = Collector::start_with(&dir, &addr, &[]);
+    assert!(
+        collector.proc.has_line("detection state rebuilt"),
+        "{}",
+        collector.proc.log()
+    );
+    let peak = peak_rss(&collector);
+    assert!(
+        peak < 128 * 1024 * 1024,
+        "replay peaked at {} MiB",
+        peak / 1024 / 1024
+    );
+    // And the replay rebuilt what it must: the export written before the restart still alerts.
+    sh(&format!("rm {}", export.display()));
+    let alert = export_alert(&collector, &export);
+    assert_eq!(alert["host"], "pc-replay");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health alerts that never arrive
+
+/// An enrolled agent's keys, to send events the real agent only sends when its kernel overflows.
+struct Keys {
+    id: String,
+    signing: ed25519_dalek::SigningKey,
+    cert: String,
+    tls_key: String,
+}
+
+fn keys(state: &Path) -> Keys {
+    let seed = hex::decode(
+        std::fs::read_to_string(state.join("signing.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    Keys {
+        id: agent_id(state),
+        signing: ed25519_dalek::SigningKey::from_bytes(&seed.try_into().unwrap()),
+        cert: std::fs::read_to_string(state.join("tls.pem")).unwrap(),
+        tls_key: std::fs::read_to_string(state.join("tls.key")).unwrap(),
+    }
+}
+
+/// One signed batch of `events` numbered from 1, as the agent's sender makes it.
+fn first_batch(
+    keys: &Keys,
+    host: &str,
+    bodies: Vec<bannin::event::Body>,
+) -> bannin::pb::EventBatch {
+    use bannin::chain::{self, GENESIS};
+    let mut head = GENESIS;
+    let mut events = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let mut event = bannin::event::Event::now(host, body);
+        event.seq = i as u64 + 1;
+        let bytes = bannin::proto::encode_event(&event);
+        head = chain::link(&head, event.seq, &bytes);
+        events.push(bytes);
+    }
+    let last = events.len() as u64;
+    let signature = chain::sign_batch(&keys.signing, &keys.id, 1, last, &GENESIS, &head);
+    bannin::pb::EventBatch {
+        events,
+        prev_hash: GENESIS.to_vec(),
+        signature: signature.to_vec(),
+        first_seq: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_overflow_alerts_reach_every_output_and_say_unknown_when_uncounted() {
+    use bannin::event::{SensorEvent, SensorStatus};
+    const OVERFLOW: &str = "sensor-overflow";
+    let receiver = HttpReceiver::start(0);
+    let smtp = SmtpSink::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("collector.toml");
+    private_file(
+        &config,
+        &format!(
+            "[[alerts.webhook]]\nurl = \"{}\"\nrules = [\"{OVERFLOW}\"]\n\n[[alerts.webhook]]\nurl = \"{}\"\nformat = \"slack\"\nrules = [\"{OVERFLOW}\"]\n\n[alerts.email]\nsmtp = \"smtp+plain://127.0.0.1:{}\"\nfrom = \"bannin@example.jp\"\nto = [\"soc@example.jp\"]\nrules = [\"{OVERFLOW}\"]\n",
+            receiver.url("/json"),
+            receiver.url("/slack"),
+            smtp.port
+        ),
+    );
+    let collector = Collector::start_with(
+        &tmp.path().join("collector"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "pc-health");
+    let keys = keys(&state);
+    let mut uncounted =
+        SensorEvent::new(SensorStatus::Overflow, "files", "fanotify queue overflow");
+    uncounted.count_unknown = true;
+    let mut counted = SensorEvent::new(SensorStatus::Overflow, "network", "socket queue full");
+    counted.count = 1200;
+    let batch = first_batch(&keys, "pc-health", vec![uncounted.into(), counted.into()]);
+    let mut client = bannin::pb::ingest_client::IngestClient::new(
+        channel(&collector, Some((&keys.cert, &keys.tls_key))).await,
+    );
+    client.submit(batch).await.unwrap();
+
+    let bodies = wait_for("both webhook deliveries", LONG, || {
+        let bodies = receiver.bodies("/json");
+        (bodies.len() >= 2).then_some(bodies)
+    });
+    let by_sensor = |sensor: &str| {
+        bodies
+            .iter()
+            .find(|b| b["sensor"] == sensor)
+            .unwrap_or_else(|| panic!("{sensor}: {bodies:?}"))
+            .clone()
+    };
+    let files = by_sensor("files");
+    assert_eq!(files["rule"], OVERFLOW);
+    assert_eq!(files["lost"], "unknown", "{files}");
+    assert_eq!(files["count"], 1, "{files}");
+    assert!(
+        files["summary"]
+            .as_str()
+            .unwrap()
+            .contains("lost unknown events")
+    );
+    assert_eq!(by_sensor("network")["lost"], 1200);
+    let slack = wait_for("both slack deliveries", LONG, || {
+        let bodies = receiver.bodies("/slack");
+        (bodies.len() >= 2).then_some(bodies)
+    });
+    assert!(
+        slack
+            .iter()
+            .any(|b| b["text"].as_str().unwrap().contains("lost unknown events")),
+        "{slack:?}"
+    );
+    let mail = wait_for("both mails", LONG, || {
+        let mails = smtp.messages();
+        (mails.len() >= 2).then_some(mails)
+    });
+    assert!(mail[0]["subject"].as_str().unwrap().contains(OVERFLOW));
+
+    // Stored, and every output of `alerts` shows both.
+    let alerts = alerts_json(&collector.dir, &["--rule", OVERFLOW]);
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    for format in ["table", "ocsf"] {
+        let out = run_ok(
+            Command::new(COLLECTOR)
+                .args([
+                    "alerts",
+                    "--rule",
+                    OVERFLOW,
+                    "--format",
+                    format,
+                    "--data-dir",
+                ])
+                .arg(&collector.dir),
+        );
+        assert_eq!(out.matches(OVERFLOW).count().min(2), 2, "{format}: {out}");
+    }
+}
