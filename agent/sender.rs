@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bannin::chain;
 use bannin::pb;
+use ed25519_dalek::Signer;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -132,11 +133,28 @@ pub async fn run(
             &batch.head_hash,
         );
         let count = batch.events.len();
+        // Every batch presents, signed, the newest head the collector acknowledged to us.
+        let witness = match spool::blocking(&spool, |s| s.witness()).await {
+            Ok(witness) => witness.map(|(seq, hash)| pb::Witness {
+                seq,
+                hash: hash.to_vec(),
+                signature: identity
+                    .signing_key
+                    .sign(&chain::witness_message(&identity.agent_id, seq, &hash))
+                    .to_bytes()
+                    .to_vec(),
+            }),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the acknowledged head; sending without it");
+                None
+            }
+        };
         let mut request = tonic::Request::new(pb::EventBatch {
             events: batch.events,
             prev_hash: batch.prev_hash.to_vec(),
             signature: signature.to_vec(),
             first_seq: batch.first_seq,
+            witness,
         });
         request.set_timeout(config.request_timeout);
         match client.submit(request).await {
@@ -147,6 +165,15 @@ pub async fn run(
                     connected = true;
                 }
                 let through = ack.committed_through.min(batch.last_seq);
+                if through == batch.last_seq
+                    && !ack.head_hash.is_empty()
+                    && ack.head_hash != batch.head_hash
+                {
+                    tracing::warn!(
+                        seq = through,
+                        "the collector acknowledged a different chain head than this agent's"
+                    );
+                }
                 if let Err(error) = spool::blocking(&spool, move |s| s.ack(through)).await {
                     tracing::error!(%error, "cannot remove acknowledged events from the spool");
                 }

@@ -316,12 +316,52 @@ impl Spool {
         if count == 0 {
             return Ok(());
         }
-        inner
-            .conn
-            .execute("DELETE FROM spool WHERE seq <= ?1", [through_seq as i64])?;
+        let tx = inner.conn.transaction()?;
+        // The witness: the newest head the collector acknowledged, kept after its events leave,
+        // so a collector store that later lacks them is caught when this agent next sends.
+        let acked: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT hash FROM spool WHERE seq = ?1",
+                [through_seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(hash) = acked {
+            let mut value = through_seq.to_be_bytes().to_vec();
+            value.extend_from_slice(&hash);
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('witness', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [value],
+            )?;
+        }
+        tx.execute("DELETE FROM spool WHERE seq <= ?1", [through_seq as i64])?;
+        tx.commit()?;
         inner.events = inner.events.saturating_sub(count as u64);
         inner.bytes = inner.bytes.saturating_sub(bytes as u64);
         Ok(())
+    }
+
+    /// The newest head the collector acknowledged: its sequence number and chain hash.
+    pub fn witness(&self) -> Result<Option<(u64, Hash)>, SpoolError> {
+        let inner = self.lock();
+        let value: Option<Vec<u8>> = inner
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'witness'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(value) = value else { return Ok(None) };
+        let corrupt = SpoolError::Corrupt { key: "witness" };
+        let (seq, hash) = value
+            .split_at_checked(8)
+            .ok_or(SpoolError::Corrupt { key: "witness" })?;
+        let seq = u64::from_be_bytes(
+            seq.try_into()
+                .map_err(|_| SpoolError::Corrupt { key: "witness" })?,
+        );
+        let hash = chain::to_hash(hash, "witness").map_err(|_| corrupt)?;
+        Ok(Some((seq, hash)))
     }
 
     pub fn stats(&self) -> Stats {

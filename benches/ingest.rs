@@ -190,6 +190,7 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Ve
             prev_hash: prev.to_vec(),
             signature: signature.to_vec(),
             first_seq: first,
+            witness: None,
         });
     }
     (out, rows)

@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ttl = parse_duration(&ttl)?;
             serve::prepare_data_dir(&data_dir)?;
             let conn = store::open_writer(&data_dir)?;
-            let token = new_token()?;
+            let token = serve::new_token()?;
             store::add_token(&conn, &token, Timestamp::now().saturating_add(ttl))?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -216,10 +216,4 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn new_token() -> Result<String> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
-    Ok(format!("bnt_{}", hex::encode(bytes)))
 }

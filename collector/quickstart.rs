@@ -96,7 +96,7 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
         let conn = store::open_writer(&args.data_dir)?;
         // As random as `token create`'s: a guessable token would let anyone on the network enroll
         // during the ten minutes it is valid.
-        let token = crate::new_token()?;
+        let token = serve::new_token()?;
         store::add_token(
             &conn,
             &token,

@@ -30,6 +30,13 @@ pub fn prepare_data_dir(dir: &Path) -> Result<()> {
     Ok(securefs::prepare_private_dir(dir, "data directory")?)
 }
 
+/// A one-time enrollment token: 192 random bits, so it cannot be guessed while it is valid.
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+    Ok(format!("bnt_{}", hex::encode(bytes)))
+}
+
 fn read(dir: &Path, name: &str, access: Access) -> Result<String> {
     Ok(securefs::read_owned_string(&dir.join(name), access)?)
 }

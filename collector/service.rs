@@ -354,6 +354,7 @@ impl IngestService {
             committed_through: committed.committed_through,
             inserted: committed.inserted,
             duplicates: committed.duplicates,
+            head_hash: committed.head_hash.to_vec(),
         })
     }
 }
@@ -390,6 +391,16 @@ pub fn verify_batch(
         });
     }
     let prev_hash = chain::to_hash(&batch.prev_hash, "prev hash")?;
+    // The agent's witness of what the collector acknowledged to it; a forged one is refused
+    // like a forged batch.
+    let witness = match &batch.witness {
+        Some(w) => {
+            let hash = chain::to_hash(&w.hash, "witness hash")?;
+            chain::verify_witness(&agent.signing_key, &w.signature, &agent.id, w.seq, &hash)?;
+            Some((w.seq, hash))
+        }
+        None => None,
+    };
     // An agent from before `first_seq` existed leaves it 0: read the first event's seq alone,
     // which allocates nothing whatever the event holds.
     let first_seq = match batch.first_seq {
@@ -464,5 +475,6 @@ pub fn verify_batch(
         head_hash: head,
         signature: batch.signature,
         events,
+        witness,
     })
 }

@@ -16,6 +16,7 @@ pub const GENESIS: Hash = [0u8; HASH_LEN];
 
 const CHAIN_DOMAIN: &[u8] = b"bannin-chain-v1\0";
 const BATCH_DOMAIN: &[u8] = b"bannin-batch-v1\0";
+const WITNESS_DOMAIN: &[u8] = b"bannin-witness-v1\0";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
@@ -92,6 +93,36 @@ pub fn verify_batch(
     .map_err(|_| ChainError::BadSignature {
         agent_id: agent_id.to_string(),
     })
+}
+
+/// What an agent signs to witness that the collector acknowledged its chain through `seq`.
+pub fn witness_message(agent_id: &str, seq: u64, hash: &Hash) -> Vec<u8> {
+    let mut message = Vec::with_capacity(WITNESS_DOMAIN.len() + agent_id.len() + 1 + 8 + 32);
+    message.extend_from_slice(WITNESS_DOMAIN);
+    message.extend_from_slice(agent_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(hash);
+    message
+}
+
+pub fn verify_witness(
+    public_key: &[u8],
+    signature: &[u8],
+    agent_id: &str,
+    seq: u64,
+    hash: &Hash,
+) -> Result<(), ChainError> {
+    let key = verifying_key(public_key)?;
+    let signature = Signature::from_slice(signature).map_err(|_| ChainError::BadLength {
+        what: "signature",
+        expected: 64,
+        got: signature.len(),
+    })?;
+    key.verify(&witness_message(agent_id, seq, hash), &signature)
+        .map_err(|_| ChainError::BadSignature {
+            agent_id: agent_id.to_string(),
+        })
 }
 
 pub fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey, ChainError> {

@@ -40,6 +40,8 @@ pub struct VerifiedBatch {
     pub head_hash: Hash,
     pub signature: Vec<u8>,
     pub events: Vec<VerifiedEvent>,
+    /// The head the agent says the collector acknowledged to it (seq, hash), its signature checked.
+    pub witness: Option<(u64, Hash)>,
 }
 
 /// Something the collector concluded about an agent's chain while storing it.
@@ -59,6 +61,8 @@ pub struct Finding {
 #[derive(Debug)]
 pub struct Committed {
     pub committed_through: u64,
+    /// The chain hash of event `committed_through`.
+    pub head_hash: Hash,
     pub inserted: u32,
     pub duplicates: u32,
 }
@@ -199,6 +203,8 @@ struct ChainState {
     last_seq: u64,
     head: Hash,
     host: String,
+    /// The highest witnessed head already compared with the store (once per collector run).
+    witnessed: u64,
 }
 
 fn run(
@@ -464,6 +470,7 @@ fn chain_state<'a>(
             last_seq: u64::try_from(last_seq).unwrap_or(0),
             head,
             host,
+            witnessed: 0,
         });
     }
     chains
@@ -487,19 +494,27 @@ fn store_batch(
     let host = state.host.clone();
     let now = Timestamp::now();
     let mut findings = Vec::new();
-    if batch.first_seq > last_seq + 1 {
+    // Events the agent saw acknowledged cannot be a gap that "never arrived".
+    let mut acknowledged = 0;
+    if let Some((seq, hash)) = batch.witness
+        && seq > state.witnessed
+    {
+        state.witnessed = seq;
+        acknowledged = seq;
+        if let Some(finding) = witness_finding(conn, batch, &host, last_seq, seq, &hash, now)? {
+            findings.push(finding);
+        }
+    }
+    let gap_from = last_seq.max(acknowledged) + 1;
+    if batch.first_seq > gap_from {
         findings.push(Finding {
             agent_id: batch.agent_id.clone(),
             host: host.clone(),
             kind: "chain.gap",
             ts: now,
-            first_seq: last_seq + 1,
+            first_seq: gap_from,
             last_seq: batch.first_seq - 1,
-            detail: format!(
-                "events {}..={} never arrived",
-                last_seq + 1,
-                batch.first_seq - 1
-            ),
+            detail: format!("events {gap_from}..={} never arrived", batch.first_seq - 1),
         });
     } else if batch.first_seq == last_seq + 1 && batch.prev_hash != head {
         findings.push(Finding {
@@ -612,8 +627,72 @@ fn store_batch(
     notice.findings.extend(findings);
     Ok(Committed {
         committed_through: new_last,
+        head_hash: new_head,
         inserted,
         duplicates,
+    })
+}
+
+/// Compares the agent's witness (the collector acknowledged its chain through `seq`, ending in
+/// `hash`) with the store: a store that lacks or changed what was acknowledged lost it after the
+/// acknowledgement (a truncated write-ahead log, a restored backup, someone deleting rows).
+fn witness_finding(
+    conn: &Connection,
+    batch: &VerifiedBatch,
+    host: &str,
+    stored_last: u64,
+    seq: u64,
+    hash: &Hash,
+    now: Timestamp,
+) -> Result<Option<Finding>, rusqlite::Error> {
+    let finding = |first_seq: u64, detail: String| Finding {
+        agent_id: batch.agent_id.clone(),
+        host: host.to_string(),
+        kind: "chain.tamper",
+        ts: now,
+        first_seq,
+        last_seq: seq,
+        detail,
+    };
+    if seq > stored_last {
+        return Ok(Some(finding(
+            stored_last + 1,
+            format!(
+                "store lost acknowledged events: the agent holds the collector's acknowledgement through {seq}, the store ends at {stored_last}"
+            ),
+        )));
+    }
+    let pruned: Option<i64> = conn
+        .query_row(
+            "SELECT through_seq FROM pruned WHERE agent_no = ?1",
+            [batch.agent_no],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if pruned.is_some_and(|through| through >= i64::try_from(seq).unwrap_or(i64::MAX)) {
+        return Ok(None);
+    }
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM events WHERE agent_no = ?1 AND seq = ?2",
+            params![batch.agent_no, i64::try_from(seq).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match stored {
+        Some(stored) if stored.as_slice() == hash.as_slice() => None,
+        Some(_) => Some(finding(
+            seq,
+            format!(
+                "store changed an acknowledged event: event {seq} differs from the one the agent saw acknowledged"
+            ),
+        )),
+        None => Some(finding(
+            seq,
+            format!(
+                "store lost acknowledged events: event {seq}, acknowledged to the agent, is missing"
+            ),
+        )),
     })
 }
 

@@ -97,6 +97,7 @@ impl SimAgent {
             prev_hash: self.head.to_vec(),
             signature: signature.to_vec(),
             first_seq: first,
+            witness: None,
         };
         (batch, head, last)
     }

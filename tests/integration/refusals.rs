@@ -57,6 +57,7 @@ fn batch(first_seq: u64, count: usize, signer: &SigningKey, agent_id: &str) -> p
         prev_hash: GENESIS.to_vec(),
         signature: signature.to_vec(),
         first_seq: 0,
+        witness: None,
     }
 }
 

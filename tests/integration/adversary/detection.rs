@@ -556,6 +556,7 @@ fn first_batch(
         prev_hash: GENESIS.to_vec(),
         signature: signature.to_vec(),
         first_seq: 1,
+        witness: None,
     }
 }
 

@@ -72,6 +72,7 @@ impl Stolen {
                 prev_hash: prev.to_vec(),
                 signature: signature.to_vec(),
                 first_seq,
+                witness: None,
             },
             head,
         )

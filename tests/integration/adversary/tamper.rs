@@ -89,6 +89,7 @@ impl SimAgent {
             prev_hash: prev.to_vec(),
             signature: signature.to_vec(),
             first_seq: first,
+            witness: None,
         };
         (batch, head)
     }
@@ -455,4 +456,103 @@ fn deleting_an_alert_fails_verify() {
     let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
     sqlite(&dir, "DELETE FROM alerts;");
     assert_fails(&dir, &[&format!("alert {id}"), "removed"]);
+}
+
+fn write_files(dir: &Path, prefix: &str, count: usize) {
+    for i in 0..count {
+        std::fs::write(dir.join(format!("{prefix}{i}.txt")), "row\n").unwrap();
+    }
+}
+
+fn stored_paths(collector: &Collector, dir: &Path, prefix: &str, count: usize) -> bool {
+    let paths: std::collections::HashSet<String> = collector
+        .events(&["--kind", "file.create"])
+        .iter()
+        .filter_map(|e| e["path"].as_str().map(str::to_string))
+        .collect();
+    (0..count).all(|i| paths.contains(&dir.join(format!("{prefix}{i}.txt")).display().to_string()))
+}
+
+#[test]
+fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("w");
+    std::fs::create_dir(&watched).unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "witness1");
+    let config = tmp.path().join("agent.toml");
+    private_file(
+        &config,
+        "[process]\nenabled = false\n\n[network]\nenabled = false\n",
+    );
+    let _agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            watched.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    write_files(&watched, "a", 5);
+    wait_for("the first files stored", LONG, || {
+        stored_paths(&collector, &watched, "a", 5).then_some(())
+    });
+    // What is stored so far goes into the database file proper; later commits stay in the log.
+    collector.proc.terminate();
+    sqlite(&collector.dir, "PRAGMA wal_checkpoint(TRUNCATE);");
+    collector.restart();
+    // Two bursts: one batch is in flight at a time, so once the second is stored the agent has
+    // the first one's acknowledgement.
+    write_files(&watched, "b", 5);
+    wait_for("the second files stored", LONG, || {
+        stored_paths(&collector, &watched, "b", 5).then_some(())
+    });
+    write_files(&watched, "c", 5);
+    wait_for("the third files stored", LONG, || {
+        stored_paths(&collector, &watched, "c", 5).then_some(())
+    });
+    // A crash, and the write-ahead log holding the acknowledged commits is lost with it.
+    collector.proc.kill9();
+    let wal = collector.dir.join("bannin.db-wal");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let _ = std::fs::remove_file(collector.dir.join("bannin.db-shm"));
+    collector.restart();
+    assert!(
+        !stored_paths(&collector, &watched, "b", 5),
+        "the truncated log took the acknowledged events with it"
+    );
+    write_files(&watched, "d", 1);
+
+    let deadline = std::time::Instant::now() + LONG;
+    let finding = loop {
+        let found = sqlite(
+            &collector.dir,
+            "SELECT detail FROM findings WHERE kind = 'chain.tamper'",
+        );
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no chain.tamper finding; findings: {}\ncollector:\n{}\nagent:\n{}",
+            sqlite(&collector.dir, "SELECT kind, detail FROM findings"),
+            collector.proc.log(),
+            _agent.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(finding.contains("lost acknowledged events"), "{finding}");
+    wait_for("the chain-tamper alert", LONG, || {
+        (!alerts_json(&collector.dir, &["--rule", "chain-tamper"]).is_empty()).then_some(())
+    });
+    let (ok, report) = verify(&collector.dir, &[]);
+    assert!(!ok, "{report}");
+    assert!(report.contains("lost acknowledged events"), "{report}");
 }
