@@ -83,19 +83,12 @@ impl EmailSink {
 
     /// The subject and the summary line quote names from agents: escaped, a line break in one can
     /// neither add a header nor forge a line of the body. The JSON below is escaped by JSON itself.
-    fn message(&self, alert: &Alert, delivery: &Delivery) -> Result<Message, DeliveryError> {
-        let json = serde_json::to_string_pretty(alert).map_err(|error| {
-            DeliveryError::permanent(format!("cannot encode the alert: {error}"))
-        })?;
-        let mut body = format!("{}\n", escape_control(&alert.summary));
-        if alert.count > 1 {
-            body.push_str(&format!("\nOccurrences: {}\n", alert.count));
-        }
-        body.push_str(&format!(
-            "\nAlert: {}\nDelivery: {}\n",
-            delivery.alert_id, delivery.delivery_id
-        ));
-        body.push_str(&format!("\n{json}\n"));
+    pub(super) fn message(
+        &self,
+        alert: &Alert,
+        delivery: &Delivery,
+    ) -> Result<Message, DeliveryError> {
+        let body = text(alert, delivery)?;
         let header = |name: &'static str, value: &str| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_string())
         };
@@ -114,6 +107,22 @@ impl EmailSink {
             .body(body)
             .map_err(|error| DeliveryError::permanent(format!("cannot build the message: {error}")))
     }
+}
+
+/// The mail's text before transfer encoding: the summary, the ids, then the alert as JSON.
+pub(super) fn text(alert: &Alert, delivery: &Delivery) -> Result<String, DeliveryError> {
+    let json = serde_json::to_string_pretty(alert)
+        .map_err(|error| DeliveryError::permanent(format!("cannot encode the alert: {error}")))?;
+    let mut body = format!("{}\n", escape_control(&alert.summary));
+    if alert.count > 1 {
+        body.push_str(&format!("\nOccurrences: {}\n", alert.count));
+    }
+    body.push_str(&format!(
+        "\nAlert: {}\nDelivery: {}\n",
+        delivery.alert_id, delivery.delivery_id
+    ));
+    body.push_str(&format!("\n{json}\n"));
+    Ok(body)
 }
 
 /// `[bannin] SEVERITY rule on host`, e.g. `[bannin] HIGH large-export-deleted on db1`.

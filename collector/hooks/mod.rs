@@ -235,6 +235,45 @@ pub fn spawn(config: HooksConfig, db_path: PathBuf) -> Result<HooksHandle, Hooks
     spawn_with(config.validate()?, db_path)
 }
 
+/// What every sink would send for `alert`, by name: the webhook bodies (json, slack, teams), the
+/// mail's subject, text and whole message. For tests that every rule's alert can be delivered.
+#[cfg(test)]
+pub(crate) fn rendered(alert: &Alert) -> Vec<(&'static str, String)> {
+    use config::{EmailSettings, SmtpTls, WebhookFormat};
+    let delivery = Delivery::new(&alert.id, &SinkId("roundtrip".into()), 1);
+    let mut out = Vec::new();
+    for (name, format) in [
+        ("json", WebhookFormat::Json),
+        ("slack", WebhookFormat::Slack),
+        ("teams", WebhookFormat::Teams),
+    ] {
+        out.push((name, webhook::body(format, alert, &delivery).to_string()));
+    }
+    let mailbox = |text: &str| text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+    let sink = email::EmailSink::new(EmailSettings {
+        host: "localhost".into(),
+        port: 25,
+        tls: SmtpTls::None,
+        extra_roots_pem: None,
+        credentials: None,
+        from: mailbox("bannin@example.jp"),
+        to: vec![mailbox("soc@example.jp")],
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    out.push(("email subject", email::subject(alert)));
+    let text = email::text(alert, &delivery).unwrap_or_else(|e| panic!("{}", e.message));
+    out.push(("email text", text));
+    let message = sink
+        .message(alert, &delivery)
+        .unwrap_or_else(|e| panic!("{}", e.message));
+    out.push((
+        "email message",
+        String::from_utf8_lossy(&message.formatted()).into_owned(),
+    ));
+    out
+}
+
 pub(crate) fn spawn_with(settings: Settings, db_path: PathBuf) -> Result<HooksHandle, HooksError> {
     let conn = outbox::open(&db_path)?;
     let configured: Vec<SinkId> = settings.sinks.iter().map(|s| s.id.clone()).collect();

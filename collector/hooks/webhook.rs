@@ -173,7 +173,7 @@ fn describe_send_error(error: &reqwest::Error) -> String {
 }
 
 /// The request body for `format`, carrying the alert id and the delivery id beside the message.
-fn body(format: WebhookFormat, alert: &Alert, delivery: &Delivery) -> serde_json::Value {
+pub(super) fn body(format: WebhookFormat, alert: &Alert, delivery: &Delivery) -> serde_json::Value {
     let ids = |mut value: serde_json::Value| {
         if let Some(object) = value.as_object_mut() {
             object.insert("alert_id".into(), delivery.alert_id.clone().into());
