@@ -43,6 +43,7 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "evidence",
     "count",
     "deliveries",
+    "alert_id",
     "delivery_id",
     "idempotency_key",
 ];

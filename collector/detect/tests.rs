@@ -1752,6 +1752,10 @@ detection:
             "title: t\nid: bad-reserved\ndetection:\n  s:\n    kind: sensor.overflow\n  condition: s\nfields: [sensor, count]\n",
             "\"count\" is a key of the alert itself",
         ),
+        (
+            "title: t\nid: bad-reserved-id\ndetection:\n  s:\n    kind: sensor.overflow\n  condition: s\nfields: [alert_id]\n",
+            "\"alert_id\" is a key of the alert itself",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("r.yml"), text).unwrap();
