@@ -13,104 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::{
-    Ancestor, Body, DbAction, DbEvent, Event, ExportInfo, FileAction, FileEvent, NetEvent,
-    ProcessAction, ProcessEvent, ProcessInfo,
+    Ancestor, Body, DbAction, DbEvent, ExportInfo, FileAction, FileEvent, NetEvent, ProcessAction,
+    ProcessEvent, ProcessInfo,
 };
 use bannin::pb;
-use bannin::pki;
 use bannin::time::Timestamp;
-use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::harness::*;
-
-/// An agent simulated in the test: enrolled with a real token, submitting signed, chained batches.
-struct SimAgent {
-    name: String,
-    id: String,
-    key: SigningKey,
-    cert: String,
-    tls_key: String,
-    ingest: pb::ingest_client::IngestClient<Channel>,
-    head: Hash,
-    next_seq: u64,
-}
-
-impl SimAgent {
-    async fn enroll(collector: &Collector, name: &str) -> SimAgent {
-        let token = collector.token();
-        let (tls_key, csr_der) = pki::client_key_and_csr(name).unwrap();
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).unwrap();
-        let key = SigningKey::from_bytes(&seed);
-        let mut enrollment =
-            pb::enrollment_client::EnrollmentClient::new(channel(collector, None).await);
-        let reply = enrollment
-            .enroll(pb::EnrollRequest {
-                token,
-                name: name.to_string(),
-                hostname: name.to_string(),
-                csr_der,
-                signing_public_key: key.verifying_key().to_bytes().to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let ingest = pb::ingest_client::IngestClient::new(
-            channel(collector, Some((&reply.certificate_pem, &tls_key))).await,
-        );
-        SimAgent {
-            name: name.to_string(),
-            id: reply.agent_id,
-            key,
-            cert: reply.certificate_pem,
-            tls_key,
-            ingest,
-            head: GENESIS,
-            next_seq: 1,
-        }
-    }
-
-    fn batch(&self, bodies: Vec<(Timestamp, Body)>) -> (pb::EventBatch, Hash, u64) {
-        let first = self.next_seq;
-        let mut head = self.head;
-        let mut events = Vec::new();
-        for (i, (ts, body)) in bodies.into_iter().enumerate() {
-            let event = Event {
-                seq: first + i as u64,
-                ts,
-                host: self.name.clone(),
-                body,
-            };
-            let bytes = bannin::proto::encode_event(&event);
-            head = chain::link(&head, event.seq, &bytes);
-            events.push(bytes);
-        }
-        let last = first + events.len() as u64 - 1;
-        let signature = chain::sign_batch(&self.key, &self.id, first, last, &self.head, &head);
-        let batch = pb::EventBatch {
-            events,
-            prev_hash: self.head.to_vec(),
-            signature: signature.to_vec(),
-            first_seq: first,
-            witness: None,
-        };
-        (batch, head, last)
-    }
-
-    async fn submit(&mut self, bodies: Vec<(Timestamp, Body)>) -> Result<(), tonic::Status> {
-        let (batch, head, last) = self.batch(bodies);
-        let ack = self.ingest.submit(batch).await?.into_inner();
-        assert_eq!(ack.committed_through, last);
-        self.head = head;
-        self.next_seq = last + 1;
-        Ok(())
-    }
-}
+use crate::sim::SimAgent;
 
 fn process(pid: u32, ppid: u32, exe: &str, user: &str) -> ProcessInfo {
     ProcessInfo {
@@ -252,7 +165,7 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
     // Each PC connects to the database server first: that is how its address becomes known.
     for (i, pc) in pcs.iter_mut().enumerate() {
         let bash = process(100, 1, "/bin/bash", "user");
-        pc.submit(vec![
+        pc.submit_bodies(vec![
             (at(1), start(bash)),
             (at(2), start(psql(110))),
             (
@@ -263,7 +176,7 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
         .await
         .unwrap();
     }
-    db1.submit(vec![
+    db1.submit_bodies(vec![
         (at(10), customer_read(&addr(0), "s-pc1", 3_000, 3_000)),
         (at(11), customer_read(&addr(0), "s-pc1", 1_000, 4_000)),
         (at(12), customer_read(&addr(1), "s-pc2", 2_500, 2_500)),
@@ -274,7 +187,7 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
     let curl = |pid| process(pid, 100, "/usr/bin/curl", "user");
     let dump = process(120, 100, "/usr/bin/python3", "user");
     pcs[1]
-        .submit(vec![
+        .submit_bodies(vec![
             (
                 at(20),
                 file(
@@ -326,7 +239,7 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
         },
     ];
     pcs[2]
-        .submit(vec![(
+        .submit_bodies(vec![(
             at(50),
             connect(
                 &addr(2),
@@ -340,7 +253,7 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
         .await
         .unwrap();
     pcs[3]
-        .submit(vec![(
+        .submit_bodies(vec![(
             at(60),
             connect(
                 &addr(3),
@@ -678,7 +591,7 @@ async fn roles_are_enforced_and_revocation_applies_to_a_running_collector() {
             bannin::event::AgentEvent::new(bannin::event::AgentAction::Heartbeat).into(),
         )]
     };
-    agent.submit(heartbeat()).await.unwrap();
+    agent.submit_bodies(heartbeat()).await.unwrap();
     let identity = operator_identity(&data, "ana", tmp.path());
     let bob = operator_identity(&data, "bob", tmp.path());
 
@@ -707,7 +620,7 @@ async fn roles_are_enforced_and_revocation_applies_to_a_running_collector() {
     let key = pem_block(&text, "PRIVATE KEY", 0);
     let mut as_operator =
         pb::ingest_client::IngestClient::new(channel(&collector, Some((&cert, &key))).await);
-    let (batch, _, _) = agent.batch(heartbeat());
+    let batch = agent.next_batch(agent.stamped(heartbeat()));
     let status = as_operator.submit(batch).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let before = collector.events(&[]).len();
@@ -726,7 +639,7 @@ async fn roles_are_enforced_and_revocation_applies_to_a_running_collector() {
     run_ok(collector_cmd(&["revoke", "--agent", &agent.id, "--data-dir"]).arg(&data));
     let mut code = None;
     for _ in 0..100 {
-        match agent.submit(heartbeat()).await {
+        match agent.submit_bodies(heartbeat()).await {
             Ok(()) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(status) => {
                 code = Some(status.code());
@@ -736,7 +649,7 @@ async fn roles_are_enforced_and_revocation_applies_to_a_running_collector() {
     }
     assert_eq!(code, Some(Code::PermissionDenied));
     let after = collector.events(&[]).len();
-    let (batch, _, _) = agent.batch(heartbeat());
+    let batch = agent.next_batch(agent.stamped(heartbeat()));
     let status = agent.ingest.submit(batch).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(collector.events(&[]).len(), after);
@@ -795,10 +708,10 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
         (ts, event.into())
     };
     for _ in 0..3 {
-        agent.submit(vec![heartbeat(old); 5]).await.unwrap();
+        agent.submit_bodies(vec![heartbeat(old); 5]).await.unwrap();
     }
     agent
-        .submit(vec![heartbeat(Timestamp::now()); 4])
+        .submit_bodies(vec![heartbeat(Timestamp::now()); 4])
         .await
         .unwrap();
     // Retention goes by when the collector received a batch, not by the events' own timestamps:
@@ -831,7 +744,7 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
 
     // The chain goes on from where it was.
     agent
-        .submit(vec![heartbeat(Timestamp::now()); 2])
+        .submit_bodies(vec![heartbeat(Timestamp::now()); 2])
         .await
         .unwrap();
     let verify = run_output(collector_cmd(&["verify", "--data-dir"]).arg(&data));

@@ -17,3 +17,4 @@ mod investigate;
 mod procnet;
 mod refusals;
 mod scenarios;
+mod sim;

@@ -11,98 +11,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bannin::chain::{self, GENESIS, Hash};
+use bannin::chain::{self, GENESIS};
 use bannin::event::{AgentAction, AgentEvent, Event};
-use bannin::pb;
-use bannin::pki;
 use ed25519_dalek::SigningKey;
-use tonic::transport::Channel;
 
 use crate::harness::*;
+use crate::sim::SimAgent;
 
 const LONG: Duration = Duration::from_secs(60);
 /// The pristine agent's batches: five of five events each.
 const BATCHES: u64 = 5;
 const PER_BATCH: u64 = 5;
-
-/// An agent simulated in the test, speaking the real protocol to the real collector.
-struct SimAgent {
-    id: String,
-    key: SigningKey,
-    ingest: pb::ingest_client::IngestClient<Channel>,
-    head: Hash,
-    next_seq: u64,
-}
-
-impl SimAgent {
-    async fn enroll(collector: &Collector, name: &str) -> SimAgent {
-        let token = collector.token();
-        let (tls_key, csr_der) = pki::client_key_and_csr(name).unwrap();
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).unwrap();
-        let key = SigningKey::from_bytes(&seed);
-        let mut enrollment =
-            pb::enrollment_client::EnrollmentClient::new(channel(collector, None).await);
-        let reply = enrollment
-            .enroll(pb::EnrollRequest {
-                token,
-                name: name.to_string(),
-                hostname: name.to_string(),
-                csr_der,
-                signing_public_key: key.verifying_key().to_bytes().to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let ingest = pb::ingest_client::IngestClient::new(
-            channel(collector, Some((&reply.certificate_pem, &tls_key))).await,
-        );
-        SimAgent {
-            id: reply.agent_id,
-            key,
-            ingest,
-            head: GENESIS,
-            next_seq: 1,
-        }
-    }
-
-    /// A batch of `events` continuing this agent's chain at `first`, after `prev`, signed by `key`.
-    fn batch_at(
-        &self,
-        first: u64,
-        prev: Hash,
-        events: Vec<Event>,
-        key: &SigningKey,
-    ) -> (pb::EventBatch, Hash) {
-        let mut head = prev;
-        let mut encoded = Vec::new();
-        for (i, mut event) in events.into_iter().enumerate() {
-            event.seq = first + i as u64;
-            let bytes = bannin::proto::encode_event(&event);
-            head = chain::link(&head, event.seq, &bytes);
-            encoded.push(bytes);
-        }
-        let last = first + encoded.len() as u64 - 1;
-        let signature = chain::sign_batch(key, &self.id, first, last, &prev, &head);
-        let batch = pb::EventBatch {
-            events: encoded,
-            prev_hash: prev.to_vec(),
-            signature: signature.to_vec(),
-            first_seq: first,
-            witness: None,
-        };
-        (batch, head)
-    }
-
-    async fn submit(&mut self, events: Vec<Event>) {
-        let (batch, head) = self.batch_at(self.next_seq, self.head, events, &self.key.clone());
-        let count = batch.events.len() as u64;
-        let ack = self.ingest.submit(batch).await.unwrap().into_inner();
-        self.next_seq += count;
-        assert_eq!(ack.committed_through, self.next_seq - 1);
-        self.head = head;
-    }
-}
 
 fn heartbeats(count: u64) -> Vec<Event> {
     (0..count)
@@ -144,7 +63,7 @@ fn pristine() -> &'static Pristine {
                     dropped.last_dropped_seq = 9_001;
                     events[2] = Event::now("victim", dropped);
                 }
-                agent.submit(events).await;
+                agent.submit(events).await.unwrap();
             }
             agent.id
         });
@@ -325,8 +244,8 @@ fn corrupting_the_sqlite_index_fails_verify() {
 async fn live_agent(tmp: &Path) -> (Collector, SimAgent) {
     let collector = Collector::start(&tmp.join("collector"));
     let mut agent = SimAgent::enroll(&collector, "victim").await;
-    agent.submit(heartbeats(3)).await;
-    agent.submit(heartbeats(3)).await;
+    agent.submit(heartbeats(3)).await.unwrap();
+    agent.submit(heartbeats(3)).await.unwrap();
     (collector, agent)
 }
 
