@@ -28,35 +28,6 @@ fn remove(path: &Path) {
     assert!(Command::new("rm").arg(path).status().unwrap().success());
 }
 
-struct Fleet {
-    _tmp: tempfile::TempDir,
-    collector: Collector,
-    watched: std::path::PathBuf,
-    _agent: Agent,
-}
-
-fn fleet(collector_toml: &str, agent_name: &str) -> Fleet {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("exports");
-    std::fs::create_dir(&watched).unwrap();
-    let config = tmp.path().join("collector.toml");
-    private_file(&config, collector_toml);
-    let collector = Collector::start_with(
-        &tmp.path().join("collector"),
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-    );
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, agent_name);
-    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    Fleet {
-        _tmp: tmp,
-        collector,
-        watched,
-        _agent: agent,
-    }
-}
-
 #[test]
 fn a_large_csv_created_then_deleted_alerts_once_by_webhook_and_mail() {
     let receiver = HttpReceiver::start(0);

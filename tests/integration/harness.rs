@@ -613,3 +613,33 @@ pub async fn channel(
         .await
         .unwrap()
 }
+
+/// A collector (with `collector_toml`) and one real agent watching `watched`.
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub collector: Collector,
+    pub watched: PathBuf,
+    _agent: Agent,
+}
+
+pub fn fleet(collector_toml: &str, agent_name: &str) -> Fleet {
+    let tmp = tempfile::tempdir().unwrap();
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let config = tmp.path().join("collector.toml");
+    private_file(&config, collector_toml);
+    let collector = Collector::start_with(
+        &tmp.path().join("collector"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, agent_name);
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    Fleet {
+        tmp,
+        collector,
+        watched,
+        _agent: agent,
+    }
+}

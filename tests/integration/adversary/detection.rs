@@ -1,7 +1,7 @@
 //! An insider tries to steer the collector's detection so a large export created and then removed
 //! raises nothing, or so the alerts about it never arrive.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,36 +28,6 @@ fn write_csv(path: &Path, mib: u64) {
 fn sh(script: &str) {
     let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
     assert!(status.success(), "{script}");
-}
-
-/// A collector (with `collector_toml`) and one real agent watching `watched`.
-struct Fleet {
-    tmp: tempfile::TempDir,
-    collector: Collector,
-    watched: PathBuf,
-    _agent: Agent,
-}
-
-fn fleet(collector_toml: &str, agent_name: &str) -> Fleet {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("exports");
-    std::fs::create_dir(&watched).unwrap();
-    let config = tmp.path().join("collector.toml");
-    private_file(&config, collector_toml);
-    let collector = Collector::start_with(
-        &tmp.path().join("collector"),
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-    );
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, agent_name);
-    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    Fleet {
-        tmp,
-        collector,
-        watched,
-        _agent: agent,
-    }
 }
 
 /// The export alert about `path` once it is stored.
