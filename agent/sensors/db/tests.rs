@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bannin::event::{Body as EventBody, DbEvent, Event, SensorStatus};
+use bannin::event::{Body as EventBody, DbAction, DbEvent, Event, SensorStatus};
 use tokio::sync::mpsc::Receiver;
 
+use super::state::SourceState;
 use super::testsupport::{MariaServer, PgLog, PgServer};
 use super::*;
 use crate::pipeline;

@@ -12,8 +12,8 @@ use bannin::event::DbEvent;
 use serde::{Deserialize, Serialize};
 
 use super::config::Settings;
+use super::draft::{Action, Draft};
 use super::statement::{ExportMethod, Kind};
-use super::{Action, Draft};
 
 /// Application names dump tools connect with.
 const DUMP_APPLICATIONS: &[&str] = &["pg_dump", "pg_dumpall", "mysqldump", "mariadb-dump"];
@@ -133,8 +133,8 @@ impl Totals {
 mod tests {
     use super::*;
     use crate::sensors::db::config::{DatabaseConfig, validate};
+    use crate::sensors::db::draft::{ParseCtx, draft_query};
     use crate::sensors::db::statement::Dialect;
-    use crate::sensors::db::{ParseCtx, draft_query};
     use bannin::event::DbAction;
     use bannin::time::Timestamp;
 
