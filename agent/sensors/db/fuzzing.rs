@@ -54,7 +54,7 @@ pub fn run(log: Log, dir: &Path, bytes: &[u8]) -> usize {
         Ok(config) => config,
         Err(error) => panic!("the fuzz harness's own config is refused: {error}"),
     };
-    let settings = match config::validate(vec![config]) {
+    let settings = match config::settings(vec![config]) {
         Ok(mut settings) => settings.remove(0),
         Err(error) => panic!("the fuzz harness's own config is refused: {error}"),
     };

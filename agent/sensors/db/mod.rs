@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 
 use crate::pipeline::EventTx;
 
-pub use config::DatabaseConfig;
+pub use config::{DatabaseConfig, Settings as DbSettings, settings};
 use source::Source;
 use state::{STATE_FILE, load_state, save_state};
 
@@ -81,11 +81,10 @@ impl Drop for DbHandle {
 
 /// Starts following every configured database log.
 pub async fn spawn(
-    configs: Vec<DatabaseConfig>,
+    settings: Vec<DbSettings>,
     state_dir: &Path,
     tx: EventTx,
 ) -> Result<DbHandle, DbError> {
-    let settings = config::validate(configs)?;
     let tx = tx.for_sensor(SENSOR);
     let path = state_dir.join(STATE_FILE);
     let (saved, load_problem) = load_state(&path).await?;

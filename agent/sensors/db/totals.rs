@@ -132,7 +132,7 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::db::config::{DatabaseConfig, validate};
+    use crate::sensors::db::config::{self, DatabaseConfig};
     use crate::sensors::db::draft::{ParseCtx, draft_query};
     use crate::sensors::db::statement::Dialect;
     use bannin::event::DbAction;
@@ -143,7 +143,7 @@ mod tests {
             "kind = \"postgresql\"\nlog = \"/x\"\nsensitive_tables = [\"public.customers\"]\ndump_users_allowed = [\"backup\"]\n",
         )
         .unwrap();
-        validate(vec![config]).unwrap().remove(0)
+        config::settings(vec![config]).unwrap().remove(0)
     }
 
     fn query(user: &str, session: &str, app: &str, sql: &str, rows: Option<u64>) -> Draft {

@@ -1,10 +1,9 @@
-//! The `[network]` section of the agent's configuration.
+//! The `[network]` section of the agent's configuration, and the settings it is checked into
+//! when the configuration is loaded.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use super::NetError;
 
 /// `[network]`: outbound connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,12 +36,34 @@ impl Default for NetConfig {
 }
 
 impl NetConfig {
-    pub fn validate(&self) -> Result<(), NetError> {
+    /// Checks the section: what the sensor runs with.
+    pub fn settings(self) -> Result<NetSettings, ConfigError> {
         if self.interval < Duration::from_millis(100) {
-            return Err(NetError::IntervalTooShort);
+            return Err(ConfigError::IntervalTooShort);
         }
-        Ok(())
+        Ok(NetSettings {
+            enabled: self.enabled,
+            interval: self.interval,
+            include_udp: self.include_udp,
+            include_loopback: self.include_loopback,
+        })
     }
+}
+
+/// A `[network]` section that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("[network] interval must be at least 100ms")]
+    IntervalTooShort,
+}
+
+/// A checked [`NetConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetSettings {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub include_udp: bool,
+    pub include_loopback: bool,
 }
 
 #[cfg(test)]
@@ -62,6 +83,10 @@ mod tests {
             interval: Duration::from_millis(10),
             ..NetConfig::default()
         };
-        assert!(fast.validate().is_err());
+        let error = fast.settings().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[network] interval must be at least 100ms"
+        );
     }
 }

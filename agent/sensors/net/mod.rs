@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bannin::event::{SensorEvent, SensorStatus};
 
-pub use config::NetConfig;
+pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;
 use crate::pipeline::EventTx;
@@ -31,8 +31,6 @@ const SENSOR: &str = "network";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("[network] interval must be at least 100ms")]
-    IntervalTooShort,
     #[error("the spool writer has stopped")]
     Closed,
 }
@@ -54,11 +52,10 @@ impl Drop for NetHandle {
 
 /// Starts the sensor and reports in a `sensor.status` event what it watches.
 pub async fn spawn(
-    config: NetConfig,
+    config: NetSettings,
     tx: EventTx,
     table: ProcessTable,
 ) -> Result<NetHandle, NetError> {
-    config.validate()?;
     let tx = tx.for_sensor(SENSOR);
     let mut handle = NetHandle {
         task: None,
@@ -72,7 +69,7 @@ pub async fn spawn(
 
 #[cfg(target_os = "linux")]
 async fn start(
-    config: NetConfig,
+    config: NetSettings,
     tx: EventTx,
     table: ProcessTable,
     stop: Arc<AtomicBool>,
@@ -114,7 +111,7 @@ const CLOSED_QUEUE: usize = 4096;
 
 #[cfg(not(target_os = "linux"))]
 async fn start(
-    _config: NetConfig,
+    _config: NetSettings,
     tx: EventTx,
     _table: ProcessTable,
     _stop: Arc<AtomicBool>,
@@ -157,7 +154,9 @@ mod tests {
             let config = NetConfig {
                 interval,
                 ..NetConfig::default()
-            };
+            }
+            .settings()
+            .unwrap();
             let table = ProcessTable::new(100, Duration::from_secs(60));
             let handle = spawn(config, tx, table).await.unwrap();
             let status = rx.recv().await.unwrap();

@@ -12,7 +12,7 @@ use bannin::event::NetEvent;
 use super::destroy;
 use super::scope::remote_scope;
 use super::table::{Key, Services, Socket, TCP_CLOSE, outbound, parse_line, read_table};
-use super::{NetConfig, ProcessTable};
+use super::{NetSettings, ProcessTable};
 use crate::pipeline::EventTx;
 
 /// How long the ends of a connection seen open are remembered, so that its destruction
@@ -38,7 +38,7 @@ pub(super) struct Scanner {
 }
 
 impl Scanner {
-    pub(super) fn new(config: &NetConfig) -> Self {
+    pub(super) fn new(config: &NetSettings) -> Self {
         Scanner {
             include_udp: config.include_udp,
             include_loopback: config.include_loopback,
@@ -174,7 +174,7 @@ fn socket_owners(only: Option<&BTreeSet<u32>>) -> HashMap<u64, u32> {
 }
 
 pub(super) async fn run(
-    config: NetConfig,
+    config: NetSettings,
     tx: EventTx,
     table: ProcessTable,
     mut closed: Option<tokio::sync::mpsc::Receiver<destroy::Closed>>,
