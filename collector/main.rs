@@ -7,6 +7,8 @@ mod detect;
 mod detection;
 mod enrollment;
 mod finding;
+#[cfg(test)]
+mod golden;
 mod hooks;
 mod listen;
 mod metrics;
