@@ -126,7 +126,9 @@ async fn run(backend: BackendChoice, files: u64) {
         scan_on_start: false,
         ..FilesConfig::default()
     };
-    let handle = spawn(config, tx, proc_lookup_from_procfs()).await.unwrap();
+    let handle = spawn_with_lookup(config, tx, proc_lookup_from_procfs())
+        .await
+        .unwrap();
     let counts = Arc::new(Counts::default());
     let counter = {
         let counts = counts.clone();
@@ -174,7 +176,7 @@ async fn run(backend: BackendChoice, files: u64) {
     );
     let _ = inotifywait.kill();
     let _ = inotifywait.wait();
-    let backend_name = handle.backend();
+    let backend_name = handle.source().to_string();
     handle.stop().await;
     counter.abort();
 

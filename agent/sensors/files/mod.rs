@@ -18,7 +18,6 @@ mod procfs;
 mod sizes;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use bannin::event::{Event, ProcessInfo};
@@ -29,7 +28,8 @@ pub use config::{BackendChoice, FilesConfig};
 #[allow(unused_imports)]
 pub use procfs::proc_lookup_from_procfs;
 
-use crate::pipeline::EventTx;
+use crate::pipeline::{self, EventTx, LossySender};
+use crate::sensors::{SensorContext, SensorHandle, Stop};
 use observe::{Observer, Scope};
 
 /// Facts about a process by pid, as late as the event is handled: the process sensor's table
@@ -50,67 +50,48 @@ pub enum FilesError {
     Startup { message: String },
 }
 
-/// The running sensor. Dropping it stops the sensor; [`FilesHandle::stop`] also waits for it.
-pub struct FilesHandle {
-    backend: &'static str,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    forwarder: Option<tokio::task::JoinHandle<()>>,
-}
+/// The sensor's name in `sensor.*` events and drop counts.
+const SENSOR: &str = "files";
 
-impl FilesHandle {
-    /// `"fanotify"` or `"notify"`.
-    pub fn backend(&self) -> &'static str {
-        self.backend
-    }
-
-    /// Stops the sensor and waits until the events it had seen are handed to the spool.
-    pub async fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        if let Some(forwarder) = self.forwarder.take() {
-            let _ = forwarder.await;
-        }
-    }
-}
-
-impl Drop for FilesHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Starts the file sensor on the configured trees.
+/// Starts the file sensor on the configured trees, naming processes from the shared process
+/// table and never looking into the agent's state directory.
 ///
-/// Fails only when the configuration cannot work at all (a bad glob, fanotify forced but
-/// unavailable, no watcher); a watch root that does not exist is reported as `sensor.error` and
-/// skipped, so one stale path does not blind the agent.
+/// Fails only when the configuration cannot work at all (fanotify forced but unavailable, no
+/// watcher); a watch root that does not exist is reported as `sensor.error` and skipped, so one
+/// stale path does not blind the agent.
 pub async fn spawn(
+    mut config: FilesConfig,
+    ctx: &SensorContext,
+) -> Result<SensorHandle, FilesError> {
+    config.private_dir = Some(ctx.state_dir.clone());
+    let table = ctx.processes.clone();
+    let lookup: ProcessLookup = Arc::new(move |pid| table.info(pid));
+    spawn_with_lookup(config, ctx.tx.clone(), lookup).await
+}
+
+/// [`spawn`] with a process lookup of the caller's choosing.
+async fn spawn_with_lookup(
     config: FilesConfig,
     tx: EventTx,
     lookup: ProcessLookup,
-) -> Result<FilesHandle, FilesError> {
-    let tx = tx.for_sensor("files");
-    let (out, rx) = mpsc::channel(config.queue_capacity.max(1));
-    let stop = Arc::new(AtomicBool::new(false));
+) -> Result<SensorHandle, FilesError> {
+    let tx = tx.for_sensor(SENSOR);
+    let (out, rx) = pipeline::lossy(&tx, config.queue_capacity);
+    let stop = Stop::default();
     let thread_stop = stop.clone();
     let thread_tx = tx.clone();
     // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
-    let started =
+    let (backend, thread) =
         tokio::task::spawn_blocking(move || start(config, thread_tx, lookup, out, thread_stop))
             .await
             .map_err(|error| FilesError::Startup {
                 message: error.to_string(),
             })??;
-    let forwarder = tokio::spawn(forward(rx, tx));
-    Ok(FilesHandle {
-        backend: started.0,
-        stop,
-        thread: Some(started.1),
-        forwarder: Some(forwarder),
-    })
+    let mut handle = SensorHandle::new(SENSOR, backend, stop);
+    handle.add_thread(thread);
+    // Ends once the thread is gone and its queue is empty.
+    handle.add_task(tokio::spawn(forward(rx, tx)));
+    Ok(handle)
 }
 
 /// Moves events from the sensor's queue to the spool, waiting while the spool is behind.
@@ -135,8 +116,8 @@ fn start(
     config: FilesConfig,
     tx: EventTx,
     lookup: ProcessLookup,
-    out: mpsc::Sender<Event>,
-    stop: Arc<AtomicBool>,
+    out: LossySender<Event>,
+    stop: Stop,
 ) -> Result<(&'static str, JoinHandle<()>), FilesError> {
     let (scope, missing) = Scope::new(&config)?;
     let (chosen, why) = choose(&config, &scope)?;

@@ -1,6 +1,7 @@
 //! Feature tests of the file sensor on real files in temp dirs, with real child processes.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bannin::event::{Body, Event, FileEvent, SensorEvent};
 use tokio::sync::mpsc;
@@ -19,9 +20,11 @@ fn config(dir: &Path, backend: BackendChoice) -> FilesConfig {
     }
 }
 
-async fn start(config: FilesConfig) -> (FilesHandle, mpsc::Receiver<Event>) {
+async fn start(config: FilesConfig) -> (SensorHandle, mpsc::Receiver<Event>) {
     let (tx, rx) = pipeline::channel("test-host");
-    let handle = spawn(config, tx, proc_lookup_from_procfs()).await.unwrap();
+    let handle = spawn_with_lookup(config, tx, proc_lookup_from_procfs())
+        .await
+        .unwrap();
     (handle, rx)
 }
 
@@ -68,7 +71,7 @@ fn tempdir() -> (tempfile::TempDir, PathBuf) {
 async fn notify_backend_reports_create_write_rename_delete_with_sizes() {
     let (_guard, dir) = tempdir();
     let (handle, mut rx) = start(config(&dir, BackendChoice::Notify)).await;
-    assert_eq!(handle.backend(), "notify");
+    assert_eq!(handle.source(), "notify");
     let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
     assert!(sensor(&status).message.starts_with("notify:"), "{status:?}");
 
@@ -234,16 +237,14 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let (_guard, dir) = tempdir();
     let old = dir.join("old.csv");
     std::fs::write(&old, vec![b'x'; 777]).unwrap();
-    let (config, (out, mut rx)) = (
-        FilesConfig {
-            watch: vec![dir.clone()],
-            scan_min_size: 0,
-            ..FilesConfig::default()
-        },
-        mpsc::channel(16),
-    );
+    let config = FilesConfig {
+        watch: vec![dir.clone()],
+        scan_min_size: 0,
+        ..FilesConfig::default()
+    };
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
+    let (out, mut rx) = pipeline::lossy(&tx, 16);
     let mut observer = Observer::new("notify", scope, &config, proc_lookup_from_procfs(), out, tx);
     // The kernel said it lost events, which the translation turns into an overflow action.
     let mut translator = notify_backend::Translator::default();
@@ -273,17 +274,11 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
         ..FilesConfig::default()
     };
     let (scope, _) = observe::Scope::new(&config).unwrap();
-    let (out, mut rx) = mpsc::channel(1);
     let (tx, mut spool) = pipeline::channel("h");
     let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(10));
-    let mut observer = Observer::new(
-        "notify",
-        scope,
-        &config,
-        proc_lookup_from_procfs(),
-        out,
-        tx.for_sensor("files"),
-    );
+    let tx = tx.for_sensor("files");
+    let (out, mut rx) = pipeline::lossy(&tx, 1);
+    let mut observer = Observer::new("notify", scope, &config, proc_lookup_from_procfs(), out, tx);
     for _ in 0..3 {
         observer.deleted(&dir.join("x"), None);
     }
@@ -302,8 +297,8 @@ fn late_observer(dir: &Path, known: Arc<AtomicBool>) -> (Observer, mpsc::Receive
         ..FilesConfig::default()
     };
     let (scope, _) = observe::Scope::new(&config).unwrap();
-    let (out, rx) = mpsc::channel(16);
     let (tx, _spool) = pipeline::channel("h");
+    let (out, rx) = pipeline::lossy(&tx, 16);
     let lookup: ProcessLookup = Arc::new(move |pid| {
         (pid == 4242 && known.load(Ordering::SeqCst)).then(|| bannin::event::ProcessInfo {
             pid,
@@ -404,7 +399,7 @@ mod as_root {
     async fn auto_chooses_fanotify_as_root_and_names_the_child_behind_each_event() {
         let (_guard, dir) = tempdir();
         let (handle, mut rx) = start(config(&dir, BackendChoice::Auto)).await;
-        assert_eq!(handle.backend(), "fanotify");
+        assert_eq!(handle.source(), "fanotify");
         let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
         assert!(
             sensor(&status).message.starts_with("fanotify:"),
@@ -505,8 +500,8 @@ mod as_root {
             .unwrap();
         assert!(status.success());
 
-        let (out, mut rx) = mpsc::channel(4 * files);
         let (tx, _spool) = pipeline::channel("h");
+        let (out, mut rx) = pipeline::lossy(&tx, 4 * files);
         let observer = Observer::new(
             "fanotify",
             scope,
@@ -515,7 +510,7 @@ mod as_root {
             out,
             tx,
         );
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::default();
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || fanotify::run(backend, observer, stop))
@@ -527,7 +522,7 @@ mod as_root {
         );
         let recovered = next(&mut rx, |e| e.kind() == "sensor.recovered").await;
         assert_eq!(sensor(&recovered).count, files as u64);
-        stop.store(true, Ordering::Relaxed);
+        stop.set();
         thread.join().unwrap();
     }
 
@@ -540,7 +535,7 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (handle, mut rx) = start(config).await;
-        assert_eq!(handle.backend(), "notify");
+        assert_eq!(handle.source(), "notify");
         let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
         let message = &sensor(&status).message;
         assert!(
@@ -555,11 +550,11 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (tx, _rx) = pipeline::channel("h");
-        match spawn(forced, tx, proc_lookup_from_procfs()).await {
+        match spawn_with_lookup(forced, tx, proc_lookup_from_procfs()).await {
             Err(FilesError::FanotifyUnavailable { reason }) => {
                 assert!(reason.contains("/proc/sys/fs"), "{reason}")
             }
-            other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
+            other => panic!("expected a refusal, got {:?}", other.map(|h| h.describe())),
         }
     }
 
