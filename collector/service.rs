@@ -11,7 +11,7 @@ use bannin::proto::{ProtoError, decode_event, footprint, limits, peek_seq};
 use tonic::{Request, Response, Status};
 
 use crate::enrollment::{Admission, EnrollGuard};
-use crate::output::{escape_control, is_unsafe_char};
+use crate::present::{escape_control, is_unsafe_char};
 use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
 use crate::store::{AgentKey, StoreError};
 

@@ -13,7 +13,7 @@ use reqwest::{Certificate, Client, StatusCode, Url, redirect};
 use super::config::WebhookFormat;
 use super::{Delivery, DeliveryError, HooksError};
 use crate::alert::Alert;
-use crate::output::escape_control;
+use crate::present::escape_control;
 
 /// The header receivers de-duplicate on (the IETF httpapi draft's name, as Stripe and others use).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
