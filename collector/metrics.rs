@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 
 use crate::service::ServiceError;
 use crate::store;
-use crate::store::ingest::IngestError;
 
 /// `[metrics]`: where the HTTP endpoint listens.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,40 +56,16 @@ pub fn batch_accepted(inserted: u32) {
     REGISTRY.batches_accepted.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Why a batch was refused, as a label.
-fn reason(error: &ServiceError) -> &'static str {
-    match error {
-        ServiceError::NoCertificate | ServiceError::UnknownPrincipal => "unauthenticated",
-        ServiceError::NotAnAgent { .. } => "not_an_agent",
-        ServiceError::NotEnrolled { .. } => "not_enrolled",
-        ServiceError::Revoked { .. } => "revoked",
-        ServiceError::EmptyBatch => "empty",
-        ServiceError::TooManyEvents { .. } | ServiceError::TooBigDecoded { .. } => "too_large",
-        ServiceError::SeqOutOfRange { .. } => "out_of_order",
-        ServiceError::WrongHost { .. } => "wrong_host",
-        ServiceError::BadEvent { .. } => "malformed",
-        ServiceError::OutOfOrder { .. } => "out_of_order",
-        ServiceError::Chain {
-            source: bannin::chain::ChainError::BadSignature { .. },
-        } => "bad_signature",
-        ServiceError::Chain { .. } => "bad_chain",
-        ServiceError::BadEnrollment { .. } | ServiceError::EnrollmentRateLimited { .. } => {
-            "internal"
-        }
-        ServiceError::Ingest(IngestError::Fork { .. }) => "fork",
-        ServiceError::Store(_) | ServiceError::Ingest(_) => "store",
-    }
-}
-
+/// A refused batch, counted under its reason ([`ServiceError::refusal`]).
 pub fn batch_refused(error: &ServiceError) {
-    let reason = reason(error);
-    if matches!(reason, "bad_signature" | "bad_chain" | "fork") {
+    let refusal = error.refusal();
+    if refusal.is_verification_failure() {
         REGISTRY
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);
     }
     if let Ok(mut map) = REGISTRY.batches_refused.lock() {
-        *map.entry(reason).or_insert(0) += 1;
+        *map.entry(refusal.reason).or_insert(0) += 1;
     }
 }
 
@@ -160,7 +135,11 @@ fn agent_gauges(
                 )
             })
             .collect(),
-        deliveries: store::investigate::delivery_counts(&conn).unwrap_or_default(),
+        // The agents' gauges stay true when the outbox cannot be read; the failure is logged.
+        deliveries: store::investigate::delivery_counts(&conn).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read alert delivery counts for the metrics");
+            Vec::new()
+        }),
     })
 }
 

@@ -38,8 +38,15 @@ pub enum QueryError {
     Read(#[from] ReadError),
     #[error("query task failed")]
     TaskFailed,
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
+/// The one place a query's error becomes a gRPC status; a caller the ingest service would refuse
+/// gets its code.
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Status {
         let message = error.to_string();
@@ -52,6 +59,7 @@ impl From<QueryError> for Status {
             QueryError::Store(_) | QueryError::Read(_) | QueryError::TaskFailed => {
                 Status::unavailable(message)
             }
+            QueryError::Encode { .. } => Status::internal(message),
         }
     }
 }
@@ -191,7 +199,10 @@ impl pb::query_server::Query for QueryService {
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<_, _>>()
-            .map_err(|error| Status::internal(format!("cannot encode an alert: {error}")))?;
+            .map_err(|source| QueryError::Encode {
+                what: "an alert",
+                source,
+            })?;
         Ok(Response::new(pb::AlertsReply { alerts_json }))
     }
 
@@ -239,8 +250,9 @@ impl pb::query_server::Query for QueryService {
                 Ok(local::scope(conn, &query)?)
             })
             .await?;
-        let report_json = serde_json::to_string(&report).map_err(|error| {
-            Status::internal(format!("cannot encode the scope report: {error}"))
+        let report_json = serde_json::to_string(&report).map_err(|source| QueryError::Encode {
+            what: "the scope report",
+            source,
         })?;
         Ok(Response::new(pb::ScopeReply {
             report_json,
