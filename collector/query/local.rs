@@ -189,3 +189,69 @@ fn alert_window(
         hosts.into_iter().collect(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use bannin::time::Timestamp;
+
+    use super::*;
+    use crate::alert::Severity;
+
+    #[test]
+    fn an_unreadable_outbox_fails_the_alerts_instead_of_showing_no_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(dir.path()).unwrap();
+        let alert = Alert {
+            id: "al-1".into(),
+            rule: "r".into(),
+            severity: Severity::High,
+            ts: Timestamp::from_nanos(1),
+            host: "h".into(),
+            summary: "s".into(),
+            evidence: Vec::new(),
+            count: 1,
+            fields: serde_json::Map::new(),
+        };
+        store::alerts::insert(&conn, &alert).unwrap();
+        let filter = AlertFilter {
+            limit: 10,
+            ..AlertFilter::default()
+        };
+        // No outbox yet: the alert, with no deliveries.
+        let rows = alerts(&conn, &filter).unwrap();
+        assert_eq!((rows.len(), rows[0].deliveries.len()), (1, 0));
+        // An outbox that cannot be read is an error, not an alert nobody is told about.
+        conn.execute_batch("CREATE TABLE hook_outbox (alert_id TEXT)")
+            .unwrap();
+        let error = alerts(&conn, &filter).unwrap_err();
+        assert!(matches!(error, ReadError::Deliveries(_)), "{error}");
+    }
+
+    #[test]
+    fn scoping_an_alert_that_is_not_stored_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(dir.path()).unwrap();
+        let query = scope::Query {
+            since: Timestamp::from_nanos(0),
+            until: Timestamp::from_nanos(0),
+            hosts: Vec::new(),
+            alert: Some("al-9".into()),
+            margin: std::time::Duration::from_secs(60),
+        };
+        let error = scope(&conn, &query).unwrap_err();
+        assert_eq!(error.to_string(), "no alert al-9 is stored");
+        conn.execute(
+            "INSERT INTO alerts (id, rule, severity, ts, updated_ts, host, count, body)
+             VALUES ('al-9', 'r', 'high', 0, 0, 'h', 1, 'not json')",
+            [],
+        )
+        .unwrap();
+        let error = scope(&conn, &query).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("stored alert al-9 does not parse"),
+            "{error}"
+        );
+    }
+}

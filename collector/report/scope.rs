@@ -515,3 +515,79 @@ fn summary<'a>(
             ..HostSummary::default()
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use bannin::event::{DbAction, Event};
+
+    use super::*;
+
+    fn record(agent_id: &str, seq: u64, body: impl Into<Body>) -> Record {
+        Record {
+            agent_id: agent_id.into(),
+            event: Event {
+                seq,
+                ts: Timestamp::from_nanos(i64::try_from(seq).unwrap() * 1_000_000_000),
+                host: agent_id.into(),
+                body: body.into(),
+            },
+        }
+    }
+
+    fn agent(no: i64, id: &str, name: &str) -> HostAgent {
+        HostAgent {
+            no,
+            id: id.into(),
+            name: name.into(),
+            host: format!("{name}.lan"),
+        }
+    }
+
+    #[test]
+    fn a_read_is_attributed_to_the_host_whose_later_connection_shows_the_client_address() {
+        let agents = [agent(1, "a-db", "db1"), agent(2, "a-app", "app1")];
+        let mut builder = ScopeBuilder::new(
+            Timestamp::from_nanos(0),
+            Timestamp::from_nanos(i64::MAX),
+            None,
+            &agents,
+            None,
+        );
+        let mut read = DbEvent::new(DbAction::Query, "postgresql");
+        read.client_addr = "10.0.0.7".into();
+        read.session = "s1".into();
+        read.sensitive_tables = vec!["public.customers".into()];
+        read.rows = Some(500);
+        builder.observe(record("a-db", 1, read));
+        // Only afterwards does app1 show that 10.0.0.7 is its address, then it sends data out.
+        builder.observe(record(
+            "a-app",
+            2,
+            NetEvent {
+                local_addr: "10.0.0.7".into(),
+                remote_addr: "203.0.113.9".into(),
+                remote_scope: "public".into(),
+                bytes_sent: Some(4096),
+                ..NetEvent::default()
+            },
+        ));
+        let (scope, evidence) = builder.finish();
+        assert_eq!(scope.read_and_sent, ["app1"]);
+        let read = &scope.db_reads[0];
+        assert_eq!(
+            (
+                read.reader.as_str(),
+                read.reader_agent.as_deref(),
+                read.db_host.as_str()
+            ),
+            ("app1", Some("a-app"), "db1")
+        );
+        let app = scope.hosts.iter().find(|h| h.host == "app1").unwrap();
+        assert_eq!(
+            (app.sensitive_rows_read, app.bytes_sent_after_read),
+            (500, 4096)
+        );
+        let seqs: Vec<u64> = evidence.iter().map(|r| r.event.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+}
