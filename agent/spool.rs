@@ -90,7 +90,12 @@ impl Reserve {
         if self.held || self.last_try.is_some_and(|t| t.elapsed() < RESERVE_RETRY) {
             return;
         }
-        self.last_try = Some(std::time::Instant::now());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the spool works on its own blocking thread, outside the runtime's clock"
+        )]
+        let now = std::time::Instant::now();
+        self.last_try = Some(now);
         if !room_for(&self.path, room) {
             return;
         }
