@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bannin::backoff::Backoff;
 use bannin::time::duration_str;
 use lettre::message::Mailbox;
 use reqwest::Url;
@@ -240,8 +241,10 @@ impl HooksConfig {
         Ok(Settings {
             sinks,
             retry: Retry {
-                initial: self.retry.initial,
-                max: self.retry.max,
+                backoff: Backoff {
+                    initial: self.retry.initial,
+                    max: self.retry.max,
+                },
                 permanent_after: self.retry.permanent_after.max(1),
             },
             rate_window: RATE_WINDOW,
@@ -260,8 +263,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
-    pub initial: Duration,
-    pub max: Duration,
+    pub backoff: Backoff,
     pub permanent_after: u32,
 }
 

