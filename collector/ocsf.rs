@@ -349,7 +349,7 @@ pub fn event(record: &Record) -> Value {
     })
 }
 
-/// One alert (INTERFACE.md's alert object) as a Detection Finding.
+/// One alert (docs/interface.md's alert object) as a Detection Finding.
 pub fn alert(alert: &Map<String, Value>) -> Value {
     let text = |key: &str| {
         alert

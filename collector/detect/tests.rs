@@ -1,5 +1,5 @@
 //! Feature tests: each built-in rule on the incident it exists for, and the benign work of
-//! `shared/scenarios/README.md` that must stay quiet.
+//! `docs/scenarios.md` that must stay quiet.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -283,7 +283,7 @@ fn large_csv_created_then_deleted_the_same_day_alerts_once_with_its_facts() {
     let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert!(alert.summary.contains(path), "{}", alert.summary);
-    // The alert object keeps INTERFACE.md's shape: rule fields flat beside the common ones.
+    // The alert object keeps docs/interface.md's shape: rule fields flat beside the common ones.
     let json = serde_json::to_value(alert).unwrap();
     assert_eq!(json["rule"], "large-export-created-then-deleted");
     assert_eq!(json["size"], 800 * MIB);

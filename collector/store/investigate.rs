@@ -91,7 +91,7 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
 }
 
 /// Stored alerts, oldest first, each with the state of its deliveries to every sink: the alert
-/// object of INTERFACE.md plus `deliveries`, as `alerts --format json` prints it.
+/// object of docs/interface.md plus `deliveries`, as `alerts --format json` prints it.
 pub fn alerts(
     conn: &Connection,
     filter: &super::alerts::AlertFilter,
