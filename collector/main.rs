@@ -6,6 +6,8 @@ mod config;
 mod detect;
 mod detection;
 mod enrollment;
+#[cfg(test)]
+mod golden;
 mod hooks;
 mod listen;
 mod metrics;
