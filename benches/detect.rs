@@ -16,6 +16,9 @@ mod alert;
 #[allow(dead_code)]
 #[path = "../collector/detect/mod.rs"]
 mod detect;
+#[allow(dead_code)]
+#[path = "../collector/finding.rs"]
+mod finding;
 
 use std::time::Instant;
 
