@@ -478,7 +478,12 @@ fn record_refusal(
     refusals: &mut Refusals,
     refusal: Refusal,
 ) -> Result<Option<(Refused, Finding)>, rusqlite::Error> {
-    let Some(before) = refusals.due(refusal.agent_no, std::time::Instant::now()) else {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the store writer is a dedicated thread, outside the runtime's clock"
+    )]
+    let now = std::time::Instant::now();
+    let Some(before) = refusals.due(refusal.agent_no, now) else {
         tracing::warn!(agent_id = %refusal.agent_id, detail = %refusal.detail, "batch refused again");
         return Ok(None);
     };
@@ -815,6 +820,10 @@ mod tests {
     #[test]
     fn a_refusal_finding_that_does_not_commit_leaves_the_clock_as_it_was() {
         let mut refusals = Refusals::default();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "only an origin: the test moves the clock by hand, nothing waits on it"
+        )]
         let t0 = std::time::Instant::now();
         let before = refusals
             .due(7, t0)
