@@ -7,6 +7,7 @@ mod config;
 mod detect;
 mod detection;
 mod enrollment;
+mod finding;
 #[cfg(test)]
 mod golden;
 mod hooks;

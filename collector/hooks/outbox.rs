@@ -365,3 +365,18 @@ pub(crate) fn pending_count(conn: &Connection, sink: &SinkId) -> Result<u64, Hoo
 fn duration_nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_without_an_outbox_has_no_deliveries_to_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bannin.db");
+        Connection::open(&path).unwrap();
+        let reader =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(delivery_status(&reader, "alert-1").unwrap(), []);
+    }
+}
