@@ -106,7 +106,7 @@ impl Detection {
             self.notifier.notify();
             for alert in raised {
                 // The summary quotes file names: escaped, a line break in one cannot forge a log line.
-                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::output::escape_control(&alert.host), "{}", crate::output::escape_control(&alert.summary));
+                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::present::escape_control(&alert.host), "{}", crate::present::escape_control(&alert.summary));
                 if let Some(tap) = &self.tap {
                     let _ = tap.try_send(Observed::Alert(alert));
                 }
