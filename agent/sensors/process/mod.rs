@@ -201,6 +201,7 @@ async fn start_connector(
 async fn send_status(tx: &EventTx, message: String) -> Result<(), ProcessError> {
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
+        .map(drop)
         .map_err(|_| ProcessError::Closed)
 }
 
