@@ -10,7 +10,6 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::AgentConfig;
 use crate::pipeline::{self, EventTx};
-use crate::sensors::files::ProcessLookup;
 use crate::spool::{self, Spool};
 use crate::{identity, sender, sensors};
 
@@ -62,9 +61,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (process, table) = sensors::process::spawn(args.config.process.clone(), tx.clone())
         .await
         .context("cannot start the process sensor")?;
-    let lookup_table = table.clone();
-    let lookup: ProcessLookup = Arc::new(move |pid| lookup_table.info(pid));
-    let files = sensors::files::spawn(files_config, tx.clone(), lookup)
+    let files = sensors::files::spawn(files_config, tx.clone(), table.clone())
         .await
         .context("cannot start the file sensor")?;
     let net = sensors::net::spawn(args.config.network.clone(), tx.clone(), table)

@@ -332,9 +332,9 @@ fn outbound(
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::BTreeSet;
-    use std::path::Path;
 
     use super::*;
+    use crate::sensors::process::os;
 
     /// How long the ends of a connection seen open are remembered, so that its destruction
     /// notice is not reported a second time.
@@ -412,8 +412,7 @@ mod linux {
                 .filter(|inode| !self.owners.contains_key(inode))
                 .collect();
             if !missing.is_empty() {
-                self.connectors
-                    .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                self.connectors.retain(|&pid| os::is_alive(pid));
                 let likely = socket_owners(Some(&self.connectors));
                 if missing.iter().all(|inode| likely.contains_key(inode)) {
                     self.owners.extend(likely);
@@ -488,13 +487,7 @@ mod linux {
         let mut owners = HashMap::new();
         let mut pids: Vec<u32> = match only {
             Some(pids) => pids.iter().copied().collect(),
-            None => {
-                let Ok(proc) = std::fs::read_dir("/proc") else {
-                    return owners;
-                };
-                proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            }
+            None => os::pids(),
         };
         pids.sort_unstable();
         for pid in pids {
