@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bannin::backoff::Backoff;
 use bannin::chain;
 use bannin::pb;
 use ed25519_dalek::Signer;
-use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 use tonic::Code;
@@ -52,35 +52,6 @@ impl Default for SenderConfig {
     }
 }
 
-/// Exponential backoff with full jitter, so a fleet reconnecting after an outage spreads out.
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            failures: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << self.failures.min(20));
-        self.failures = self.failures.saturating_add(1);
-        let cap = exp.min(self.max);
-        let millis = cap.as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 pub async fn run(
     identity: Arc<Identity>,
     collector: String,
@@ -96,7 +67,12 @@ pub async fn run(
     )?;
     let mut client =
         pb::ingest_client::IngestClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let backoff = Backoff {
+        initial: config.backoff_initial,
+        max: config.backoff_max,
+    };
+    // Consecutive failures, reset by a committed batch.
+    let mut failures = 0u32;
     let mut batch_events = config.batch_events.max(1);
     let mut connected = false;
     // What the collector has committed. Reading goes on after it even when removing those events
@@ -124,7 +100,8 @@ pub async fn run(
             }
             Err(error) => {
                 tracing::error!(%error, "cannot read the spool");
-                tokio::time::sleep(backoff.next_delay()).await;
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(backoff.delay(failures)).await;
                 continue;
             }
         };
@@ -194,7 +171,7 @@ pub async fn run(
                     duplicates = ack.duplicates,
                     "batch committed"
                 );
-                backoff.reset();
+                failures = 0;
                 batch_events = config.batch_events.max(1);
             }
             Err(status) if status.code() == Code::ResourceExhausted && count > 1 => {
@@ -202,7 +179,8 @@ pub async fn run(
                 tracing::warn!(error = %status.message(), batch_events, "collector refused the batch size; sending smaller batches");
             }
             Err(status) => {
-                let delay = backoff.next_delay();
+                failures = failures.saturating_add(1);
+                let delay = backoff.delay(failures);
                 if connected || status.code() != Code::Unavailable {
                     tracing::warn!(code = ?status.code(), error = %status.message(), retry_in = ?delay, "batch not delivered; events stay in the spool");
                 }
@@ -217,23 +195,5 @@ pub async fn run(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = backoff.next_delay();
-        assert!(first <= Duration::from_millis(100) && first >= Duration::from_millis(50));
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= Duration::from_secs(2));
-        }
-        assert!(backoff.next_delay() >= Duration::from_secs(1));
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -71,42 +71,64 @@ struct Inner {
 }
 
 /// Space held in a file beside the spool and given up when the disk fills, so the agent can still
-/// checkpoint, drop its oldest events and record that it did.
+/// checkpoint, drop its oldest events and record that it did. Even a delete needs room in the
+/// write-ahead log, so a full disk with no reserve left could drop nothing: after each full-disk
+/// episode the spool takes a reserve back before it keeps new events.
 struct Reserve {
     path: PathBuf,
-    held: bool,
+    /// Bytes held now; 0 when none.
+    held: u64,
     /// When holding it again was last tried, so a still-full disk is not probed on every append.
     last_try: Option<std::time::Instant>,
 }
 
 impl Reserve {
-    /// Takes the space if the filesystem has plenty to spare; writing real bytes, because a sparse
-    /// file would reserve nothing.
+    /// Takes the full reserve if the filesystem has plenty to spare (also to grow back one that a
+    /// full disk left smaller).
     fn hold(&mut self) {
-        self.hold_if_room(RESERVE_BYTES * 4);
-    }
-
-    fn hold_if_room(&mut self, room: u64) {
-        if self.held || self.last_try.is_some_and(|t| t.elapsed() < RESERVE_RETRY) {
+        if self.held >= RESERVE_BYTES || self.last_try.is_some_and(|t| t.elapsed() < RESERVE_RETRY)
+        {
             return;
         }
         self.last_try = Some(std::time::Instant::now());
-        if !room_for(&self.path, room) {
-            return;
+        if free_bytes(&self.path) >= RESERVE_BYTES * 4 {
+            self.write(RESERVE_BYTES);
         }
+    }
+
+    /// After a full-disk episode: takes as much of the reserve as the free space allows while
+    /// leaving [`RESERVE_HEADROOM`] for new events, if that is at least [`RESERVE_MIN`]. Whether a
+    /// reserve is held afterwards.
+    fn regain(&mut self) -> bool {
+        if self.held == 0 {
+            let free = free_bytes(&self.path);
+            let size = free.saturating_sub(RESERVE_HEADROOM).min(RESERVE_BYTES);
+            if size >= RESERVE_MIN {
+                self.write(size);
+            }
+        }
+        self.held > 0
+    }
+
+    /// Writes `size` real bytes (a sparse file would reserve nothing), in place of what is held.
+    fn write(&mut self, size: u64) {
         let written = (|| -> std::io::Result<()> {
             use std::io::Write;
             let mut file = std::fs::File::create(&self.path)?;
             let chunk = vec![0u8; 64 * 1024];
-            for _ in 0..RESERVE_BYTES / chunk.len() as u64 {
-                file.write_all(&chunk)?;
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                file.write_all(&chunk[..n])?;
+                left -= n as u64;
             }
             file.sync_all()
         })();
         match written {
-            Ok(()) => self.held = true,
+            Ok(()) => self.held = size,
             Err(error) => {
                 let _ = std::fs::remove_file(&self.path);
+                self.held = 0;
                 tracing::debug!(%error, "cannot hold the spool's disk reserve yet");
             }
         }
@@ -115,34 +137,36 @@ impl Reserve {
     /// Gives the space back to the filesystem; whether there was any to give.
     fn release(&mut self) -> bool {
         let released = std::fs::remove_file(&self.path).is_ok();
-        self.held = false;
+        self.held = 0;
         self.last_try = None;
         released
     }
 }
 
-/// Whether the filesystem holding `path` has at least `bytes` free.
+/// Free bytes on the filesystem holding `path` (0 when that cannot be read).
 #[cfg(unix)]
 // The field types differ between platforms (u32 on some), so the conversions are not useless.
 #[allow(clippy::useless_conversion)]
-fn room_for(path: &Path, bytes: u64) -> bool {
+fn free_bytes(path: &Path) -> u64 {
     let dir = path.parent().unwrap_or(path);
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| {
-            u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())) >= bytes
-        })
-        .unwrap_or(false)
+        .map(|s| u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())))
+        .unwrap_or(0)
 }
 
 #[cfg(not(unix))]
-fn room_for(_path: &Path, _bytes: u64) -> bool {
-    true
+fn free_bytes(_path: &Path) -> u64 {
+    u64::MAX
 }
 
 /// The file beside `spool.db` that holds the disk reserve.
 pub const RESERVE_FILE: &str = "spool.reserve";
 /// Enough for a checkpoint, the transaction that drops the oldest events, and its notice.
 const RESERVE_BYTES: u64 = 256 * 1024;
+/// The smallest reserve worth holding after a full disk: still room for a drop and its notice.
+const RESERVE_MIN: u64 = 64 * 1024;
+/// Left free for new events when a full disk allows only part of the reserve back.
+const RESERVE_HEADROOM: u64 = 32 * 1024;
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether SQLite failed because the filesystem is full.
@@ -330,10 +354,36 @@ impl Inner {
         tracing::warn!(%error, released_reserve = released, "the disk holding the spool is full");
         self.checkpoint();
         let result = self.fit(events);
-        // Hold a reserve again at once if dropping gave back enough, for the next time.
-        self.reserve.last_try = None;
-        self.reserve.hold_if_room(RESERVE_BYTES * 2);
+        self.regain_reserve();
         result
+    }
+
+    /// Takes a disk reserve back after [`Self::fit`] spent it, dropping the oldest events (half,
+    /// then all) if that is what it takes: without a reserve the next full disk could drop nothing
+    /// and every later event would be lost, which costs more than the oldest events do.
+    fn regain_reserve(&mut self) {
+        for keep in [self.bytes / 2, 0] {
+            if self.reserve.regain() || self.events == 0 {
+                return;
+            }
+            match self.append(&mut [], Shed::DiskFull(keep)) {
+                Ok(_) => self.give_back(),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot drop events to hold a disk reserve again");
+                    return;
+                }
+            }
+        }
+        self.reserve.regain();
+    }
+
+    /// Returns the space of dropped events to the filesystem.
+    fn give_back(&self) {
+        self.checkpoint();
+        if let Err(error) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
+            tracing::debug!(%error, "spool vacuum failed");
+        }
+        self.checkpoint();
     }
 
     /// Appends as many of `events` as the disk can hold, newest kept: first as they are, then
@@ -344,13 +394,8 @@ impl Inner {
         for shed in [Shed::DiskFull(self.bytes / 2), Shed::DiskFull(0)] {
             match self.append(events, shed) {
                 Ok(last) => {
-                    // Give the space of what was dropped back to the filesystem, so the next
-                    // appends have room again.
-                    self.checkpoint();
-                    if let Err(error) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
-                        tracing::debug!(%error, "spool vacuum failed");
-                    }
-                    self.checkpoint();
+                    // So the next appends have room again.
+                    self.give_back();
                     return Ok(last);
                 }
                 Err(error) if is_disk_full(&error) => continue,
@@ -365,7 +410,7 @@ impl Inner {
         self.lost += events.len() as u64;
         tracing::error!(
             lost = self.lost,
-            "the disk holding the spool is full even with the spool empty; events are lost until space returns"
+            "the disk holding the spool is full and nothing is left to drop; events are lost until space returns"
         );
         Ok(self.next_seq.saturating_sub(1))
     }
@@ -457,11 +502,10 @@ impl Spool {
                 reserve: {
                     let mut reserve = Reserve {
                         path: state_dir.join(RESERVE_FILE),
-                        held: false,
+                        held: 0,
                         last_try: None,
                     };
-                    reserve.held =
-                        std::fs::metadata(&reserve.path).is_ok_and(|m| m.len() >= RESERVE_BYTES);
+                    reserve.held = std::fs::metadata(&reserve.path).map_or(0, |m| m.len());
                     reserve.hold();
                     reserve
                 },

@@ -6,6 +6,9 @@ mod config;
 mod detect;
 mod detection;
 mod enrollment;
+mod finding;
+#[cfg(test)]
+mod golden;
 mod hooks;
 mod listen;
 mod metrics;

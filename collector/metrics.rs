@@ -1,15 +1,15 @@
 //! Prometheus text metrics and `/healthz` on a small HTTP listener (`[metrics] listen`).
 //!
-//! Counters live in one process-wide registry, as Prometheus client libraries keep theirs: the
-//! services bump them where things happen without carrying a handle. Gauges about agents are read from
-//! the store at scrape time, so they are true even for changes made by other processes.
+//! Counters live in one process-wide set, as Prometheus client libraries keep theirs: the services
+//! bump them where things happen without carrying a handle. Gauges about agents and alert deliveries
+//! are read from the store at scrape time, so they are true even for changes made by other processes.
+//! Rates are left to the scraper (`rate(bannin_ingest_events_total[1m])`): a rate computed per scrape
+//! would be wrong as soon as two scrapers share the endpoint.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::extract::State;
@@ -17,6 +17,14 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use bannin::time::Timestamp;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -32,29 +40,98 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
-#[derive(Default)]
-struct Registry {
-    events_ingested: AtomicU64,
-    batches_accepted: AtomicU64,
-    batches_refused: Mutex<BTreeMap<&'static str, u64>>,
-    verification_failures: AtomicU64,
-    query_calls: AtomicU64,
-    queries_refused: AtomicU64,
-    retention_events: AtomicU64,
-    retention_batches: AtomicU64,
-    detection_state_evicted: AtomicU64,
-    alert_store_failures: AtomicU64,
-    /// The last scrape's (time, events) for the ingest rate.
-    last_scrape: Mutex<Option<(tokio::time::Instant, u64)>>,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Refusal {
+    reason: &'static str,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+/// The collector's own counters. Each `Counter` is a shared handle, so registering them into a
+/// scrape's registry reads the live values.
+#[derive(Default)]
+struct Counters {
+    events_ingested: Counter,
+    batches_accepted: Counter,
+    batches_refused: Family<Refusal, Counter>,
+    verification_failures: Counter,
+    query_calls: Counter,
+    queries_refused: Counter,
+    retention_events: Counter,
+    retention_batches: Counter,
+    detection_state_evicted: Counter,
+    alert_store_failures: Counter,
+}
+
+impl Counters {
+    /// Adds every counter to `registry`, in exposition order. Names are given without `_total` and
+    /// help without its final period: the encoder adds both.
+    fn register(&self, registry: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 9] = [
+            (
+                "bannin_ingest_events",
+                "Events committed to the store",
+                &self.events_ingested,
+            ),
+            (
+                "bannin_ingest_batches",
+                "Batches accepted and committed",
+                &self.batches_accepted,
+            ),
+            (
+                "bannin_verification_failures",
+                "Batches whose signature or chain did not verify, or that forked a stored chain",
+                &self.verification_failures,
+            ),
+            (
+                "bannin_query_calls",
+                "Calls to the operator query service",
+                &self.query_calls,
+            ),
+            (
+                "bannin_query_calls_refused",
+                "Query calls refused (not an operator, revoked or unknown)",
+                &self.queries_refused,
+            ),
+            (
+                "bannin_retention_events_deleted",
+                "Events deleted by retention",
+                &self.retention_events,
+            ),
+            (
+                "bannin_retention_batches_deleted",
+                "Signed batches deleted by retention",
+                &self.retention_batches,
+            ),
+            (
+                "bannin_detection_state_evicted",
+                "Detection state entries pushed out by [detection.limits]; each raised detection-state-evicted",
+                &self.detection_state_evicted,
+            ),
+            (
+                "bannin_alert_store_failures",
+                "Failed attempts to store alerts with their deliveries (each is retried)",
+                &self.alert_store_failures,
+            ),
+        ];
+        let (ingest, rest) = counters.split_at(2);
+        for (name, help, counter) in ingest {
+            registry.register(*name, *help, (*counter).clone());
+        }
+        registry.register(
+            "bannin_ingest_batches_refused",
+            "Batches refused, by reason",
+            self.batches_refused.clone(),
+        );
+        for (name, help, counter) in rest {
+            registry.register(*name, *help, (*counter).clone());
+        }
+    }
+}
+
+static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
 
 pub fn batch_accepted(inserted: u32) {
-    REGISTRY
-        .events_ingested
-        .fetch_add(u64::from(inserted), Ordering::Relaxed);
-    REGISTRY.batches_accepted.fetch_add(1, Ordering::Relaxed);
+    COUNTERS.events_ingested.inc_by(u64::from(inserted));
+    COUNTERS.batches_accepted.inc();
 }
 
 /// Why a batch was refused, as a label.
@@ -85,58 +162,59 @@ fn reason(error: &ServiceError) -> &'static str {
 pub fn batch_refused(error: &ServiceError) {
     let reason = reason(error);
     if matches!(reason, "bad_signature" | "bad_chain" | "fork") {
-        REGISTRY
-            .verification_failures
-            .fetch_add(1, Ordering::Relaxed);
+        COUNTERS.verification_failures.inc();
     }
-    if let Ok(mut map) = REGISTRY.batches_refused.lock() {
-        *map.entry(reason).or_insert(0) += 1;
-    }
+    COUNTERS
+        .batches_refused
+        .get_or_create(&Refusal { reason })
+        .inc();
 }
 
 pub fn query_call(refused: bool) {
-    REGISTRY.query_calls.fetch_add(1, Ordering::Relaxed);
+    COUNTERS.query_calls.inc();
     if refused {
-        REGISTRY.queries_refused.fetch_add(1, Ordering::Relaxed);
+        COUNTERS.queries_refused.inc();
     }
 }
 
 pub fn pruned(batches: u64, events: u64) {
-    REGISTRY
-        .retention_batches
-        .fetch_add(batches, Ordering::Relaxed);
-    REGISTRY
-        .retention_events
-        .fetch_add(events, Ordering::Relaxed);
+    COUNTERS.retention_batches.inc_by(batches);
+    COUNTERS.retention_events.inc_by(events);
 }
 
 /// Detection state the limits pushed out (each entry may be a missed alert).
 pub fn detection_state_evicted(entries: u64) {
-    REGISTRY
-        .detection_state_evicted
-        .fetch_add(entries, Ordering::Relaxed);
+    COUNTERS.detection_state_evicted.inc_by(entries);
 }
 
 /// A failed attempt to store alerts (retried until it succeeds).
 pub fn alert_store_failed() {
-    REGISTRY
-        .alert_store_failures
-        .fetch_add(1, Ordering::Relaxed);
+    COUNTERS.alert_store_failures.inc();
 }
 
 /// Gauges read from the store at scrape time: agents, and alert deliveries from the hooks' outbox
-/// (durable, so the numbers survive restarts and count deliveries made by any process).
-struct AgentGauges {
+/// (durable, so the numbers survive restarts and count deliveries made by any process). Encoded in
+/// the order of its maps and rows, so a scrape lists series in a stable order.
+#[derive(Debug)]
+struct StoreGauges {
     by_status: BTreeMap<String, u64>,
     enrolled: u64,
-    spool: Vec<(String, String, u64, u64)>,
+    spool: Vec<SpoolGauge>,
     deliveries: Vec<store::investigate::DeliveryCount>,
 }
 
-fn agent_gauges(
+#[derive(Debug)]
+struct SpoolGauge {
+    agent_id: String,
+    name: String,
+    events: u64,
+    bytes: u64,
+}
+
+fn store_gauges(
     data_dir: &std::path::Path,
     silent_after: std::time::Duration,
-) -> Option<AgentGauges> {
+) -> Option<StoreGauges> {
     let conn = store::open_reader(data_dir).ok()?;
     let rows = store::query::agents(&conn, Timestamp::now(), silent_after).ok()?;
     let mut by_status = BTreeMap::new();
@@ -146,215 +224,142 @@ fn agent_gauges(
     for row in &rows {
         *by_status.entry(row.status.clone()).or_insert(0) += 1;
     }
-    Some(AgentGauges {
+    Some(StoreGauges {
         enrolled: rows.len() as u64,
         by_status,
         spool: rows
             .iter()
-            .map(|r| {
-                (
-                    r.agent_id.clone(),
-                    r.name.clone(),
-                    r.spool_events,
-                    r.spool_bytes,
-                )
+            .map(|r| SpoolGauge {
+                agent_id: r.agent_id.clone(),
+                name: r.name.clone(),
+                events: r.spool_events,
+                bytes: r.spool_bytes,
             })
             .collect(),
         deliveries: store::investigate::delivery_counts(&conn).unwrap_or_default(),
     })
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One metric and its samples, each a label set and a value.
+fn encode_samples<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+    metric_type: prometheus_client::metrics::MetricType,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
-/// The exposition text (Prometheus text format 0.0.4).
-fn render(gauges: Option<&AgentGauges>) -> String {
-    let r = &*REGISTRY;
-    let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    };
-    let events = r.events_ingested.load(Ordering::Relaxed);
-    counter(
-        &mut out,
-        "bannin_ingest_events_total",
-        "Events committed to the store.",
-        events,
-    );
-    let rate = match r.last_scrape.lock() {
-        Ok(mut last) => {
-            let now = tokio::time::Instant::now();
-            let rate = match *last {
-                Some((then, before)) if now > then => {
-                    events.saturating_sub(before) as f64 / (now - then).as_secs_f64()
-                }
-                _ => 0.0,
-            };
-            *last = Some((now, events));
-            rate
-        }
-        Err(_) => 0.0,
-    };
-    let _ = writeln!(
-        out,
-        "# HELP bannin_ingest_events_per_second Events committed per second since the previous scrape.\n# TYPE bannin_ingest_events_per_second gauge\nbannin_ingest_events_per_second {rate:.3}"
-    );
-    counter(
-        &mut out,
-        "bannin_ingest_batches_total",
-        "Batches accepted and committed.",
-        r.batches_accepted.load(Ordering::Relaxed),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP bannin_ingest_batches_refused_total Batches refused, by reason.\n# TYPE bannin_ingest_batches_refused_total counter"
-    );
-    if let Ok(map) = r.batches_refused.lock() {
-        for (reason, count) in map.iter() {
-            let _ = writeln!(
-                out,
-                "bannin_ingest_batches_refused_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
-    }
-    counter(
-        &mut out,
-        "bannin_verification_failures_total",
-        "Batches whose signature or chain did not verify, or that forked a stored chain.",
-        r.verification_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_query_calls_total",
-        "Calls to the operator query service.",
-        r.query_calls.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_query_calls_refused_total",
-        "Query calls refused (not an operator, revoked or unknown).",
-        r.queries_refused.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_retention_events_deleted_total",
-        "Events deleted by retention.",
-        r.retention_events.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_retention_batches_deleted_total",
-        "Signed batches deleted by retention.",
-        r.retention_batches.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_detection_state_evicted_total",
-        "Detection state entries pushed out by [detection.limits]; each raised detection-state-evicted.",
-        r.detection_state_evicted.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "bannin_alert_store_failures_total",
-        "Failed attempts to store alerts with their deliveries (each is retried).",
-        r.alert_store_failures.load(Ordering::Relaxed),
-    );
-    if let Some(g) = gauges {
-        let _ = writeln!(
-            out,
-            "# HELP bannin_agents_enrolled Agents enrolled.\n# TYPE bannin_agents_enrolled gauge\nbannin_agents_enrolled {}",
-            g.enrolled
-        );
-        let _ = writeln!(
-            out,
-            "# HELP bannin_agents Agents by status: active (heard from recently), silent, never_seen, revoked.\n# TYPE bannin_agents gauge"
-        );
-        for (status, count) in &g.by_status {
-            let _ = writeln!(
-                out,
-                "bannin_agents{{status=\"{}\"}} {count}",
-                escape(status)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bannin_agent_spool_events Events waiting in an agent's spool, as it last reported.\n# TYPE bannin_agent_spool_events gauge"
-        );
-        for (id, name, events, _) in &g.spool {
-            let _ = writeln!(
-                out,
-                "bannin_agent_spool_events{{agent_id=\"{}\",name=\"{}\"}} {events}",
-                escape(id),
-                escape(name)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bannin_agent_spool_bytes Bytes waiting in an agent's spool, as it last reported.\n# TYPE bannin_agent_spool_bytes gauge"
-        );
-        for (id, name, _, bytes) in &g.spool {
-            let _ = writeln!(
-                out,
-                "bannin_agent_spool_bytes{{agent_id=\"{}\",name=\"{}\"}} {bytes}",
-                escape(id),
-                escape(name)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bannin_alert_deliveries Alerts per sink by delivery state (pending, delivered, failed).\n# TYPE bannin_alert_deliveries gauge"
-        );
-        for d in &g.deliveries {
-            let _ = writeln!(
-                out,
-                "bannin_alert_deliveries{{sink=\"{}\",state=\"{}\"}} {}",
-                escape(&d.sink),
-                escape(&d.state),
-                d.alerts
-            );
-        }
+impl Collector for StoreGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        let none: [(&str, &str); 0] = [];
+        ConstGauge::new(self.enrolled).encode(encoder.encode_descriptor(
+            "bannin_agents_enrolled",
+            "Agents enrolled.",
+            None,
+            Gauge,
+        )?)?;
+        encode_samples(
+            &mut encoder,
+            "bannin_agents",
+            "Agents by status: active (heard from recently), silent, never_seen, revoked.",
+            self.by_status
+                .iter()
+                .map(|(status, n)| ([("status", status.as_str())], ConstGauge::new(*n))),
+            Gauge,
+        )?;
+        encode_samples(
+            &mut encoder,
+            "bannin_agent_spool_events",
+            "Events waiting in an agent's spool, as it last reported.",
+            self.spool.iter().map(|s| {
+                (
+                    [("agent_id", s.agent_id.as_str()), ("name", s.name.as_str())],
+                    ConstGauge::new(s.events),
+                )
+            }),
+            Gauge,
+        )?;
+        encode_samples(
+            &mut encoder,
+            "bannin_agent_spool_bytes",
+            "Bytes waiting in an agent's spool, as it last reported.",
+            self.spool.iter().map(|s| {
+                (
+                    [("agent_id", s.agent_id.as_str()), ("name", s.name.as_str())],
+                    ConstGauge::new(s.bytes),
+                )
+            }),
+            Gauge,
+        )?;
+        encode_samples(
+            &mut encoder,
+            "bannin_alert_deliveries",
+            "Alerts per sink by delivery state (pending, delivered, failed).",
+            self.deliveries.iter().map(|d| {
+                (
+                    [("sink", d.sink.as_str()), ("state", d.state.as_str())],
+                    ConstGauge::new(d.alerts),
+                )
+            }),
+            Gauge,
+        )?;
         let mut per_sink: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for d in &g.deliveries {
+        for d in &self.deliveries {
             let entry = per_sink.entry(d.sink.as_str()).or_default();
             entry.0 += d.attempts;
             entry.1 += d.failures;
         }
-        let _ = writeln!(
-            out,
-            "# HELP bannin_alert_delivery_attempts_total Alert delivery attempts per sink.\n# TYPE bannin_alert_delivery_attempts_total counter"
-        );
-        for (sink, (attempts, _)) in &per_sink {
-            let _ = writeln!(
-                out,
-                "bannin_alert_delivery_attempts_total{{sink=\"{}\"}} {attempts}",
-                escape(sink)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP bannin_alert_delivery_failures_total Failed alert delivery attempts per sink.\n# TYPE bannin_alert_delivery_failures_total counter"
-        );
-        for (sink, (_, failures)) in &per_sink {
-            let _ = writeln!(
-                out,
-                "bannin_alert_delivery_failures_total{{sink=\"{}\"}} {failures}",
-                escape(sink)
-            );
-        }
-        let total: u64 = g.spool.iter().map(|s| s.2).sum();
-        let _ = writeln!(
-            out,
-            "# HELP bannin_spool_backlog_events Events waiting in all agents' spools.\n# TYPE bannin_spool_backlog_events gauge\nbannin_spool_backlog_events {total}"
-        );
+        encode_samples(
+            &mut encoder,
+            "bannin_alert_delivery_attempts",
+            "Alert delivery attempts per sink.",
+            per_sink
+                .iter()
+                .map(|(sink, (attempts, _))| ([("sink", *sink)], ConstCounter::new(*attempts))),
+            Counter,
+        )?;
+        encode_samples(
+            &mut encoder,
+            "bannin_alert_delivery_failures",
+            "Failed alert delivery attempts per sink.",
+            per_sink
+                .iter()
+                .map(|(sink, (_, failures))| ([("sink", *sink)], ConstCounter::new(*failures))),
+            Counter,
+        )?;
+        let backlog: u64 = self.spool.iter().map(|s| s.events).sum();
+        encode_samples(
+            &mut encoder,
+            "bannin_spool_backlog_events",
+            "Events waiting in all agents' spools.",
+            [(none, ConstGauge::new(backlog))],
+            Gauge,
+        )
     }
-    out
+}
+
+/// The exposition text (Prometheus text format 0.0.4): the counters, then, when the store could be
+/// read, its gauges.
+fn render(counters: &Counters, store: Option<StoreGauges>) -> String {
+    let mut registry = Registry::default();
+    counters.register(&mut registry);
+    if let Some(gauges) = store {
+        registry.register_collector(Box::new(gauges));
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail; an encoder error would leave the text cut short, which a
+    // scraper reports.
+    if let Err(error) = prometheus_text::encode(&mut text, &registry) {
+        tracing::error!(%error, "cannot encode the metrics");
+    }
+    text
 }
 
 #[derive(Clone)]
@@ -365,16 +370,13 @@ struct Scrape {
 
 async fn metrics(State(scrape): State<Scrape>) -> impl IntoResponse {
     let gauges =
-        tokio::task::spawn_blocking(move || agent_gauges(&scrape.data_dir, scrape.silent_after))
+        tokio::task::spawn_blocking(move || store_gauges(&scrape.data_dir, scrape.silent_after))
             .await
             .ok()
             .flatten();
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(gauges.as_ref()),
+        [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+        render(&COUNTERS, gauges),
     )
 }
 
@@ -420,19 +422,16 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn exposition_names_refusals_by_reason_and_agent_gauges() {
-        batch_accepted(5);
-        batch_refused(&ServiceError::EmptyBatch);
-        batch_refused(&ServiceError::Chain {
-            source: bannin::chain::ChainError::BadSignature {
-                agent_id: "a".into(),
-            },
-        });
-        let gauges = AgentGauges {
-            by_status: BTreeMap::from([("active".to_string(), 1)]),
+    fn gauges() -> StoreGauges {
+        StoreGauges {
+            by_status: BTreeMap::from([("active".to_string(), 1), ("silent".to_string(), 0)]),
             enrolled: 1,
-            spool: vec![("a-1".into(), "pc\"1".into(), 7, 70)],
+            spool: vec![SpoolGauge {
+                agent_id: "a-1".into(),
+                name: "pc\"1".into(),
+                events: 7,
+                bytes: 70,
+            }],
             deliveries: vec![store::investigate::DeliveryCount {
                 sink: "webhook:soc".into(),
                 state: "delivered".into(),
@@ -440,20 +439,74 @@ mod tests {
                 attempts: 5,
                 failures: 2,
             }],
-        };
-        let text = render(Some(&gauges));
-        assert!(text.contains("bannin_ingest_events_total 5"), "{text}");
-        assert!(text.contains("bannin_ingest_batches_refused_total{reason=\"empty\"} 1"));
-        assert!(text.contains("bannin_verification_failures_total 1"));
+        }
+    }
+
+    #[test]
+    fn exposition_names_refusals_by_reason_and_agent_gauges() {
+        let counters = Counters::default();
+        counters.events_ingested.inc_by(5);
+        for reason in ["empty", "bad_signature", "empty"] {
+            counters
+                .batches_refused
+                .get_or_create(&Refusal { reason })
+                .inc();
+        }
+        let text = render(&counters, Some(gauges()));
+        assert!(text.contains("bannin_ingest_events_total 5\n"), "{text}");
+        assert!(text.contains("bannin_ingest_batches_refused_total{reason=\"empty\"} 2\n"));
+        assert!(text.contains("bannin_ingest_batches_refused_total{reason=\"bad_signature\"} 1\n"));
         assert!(
             text.contains("bannin_alert_deliveries{sink=\"webhook:soc\",state=\"delivered\"} 3")
         );
         assert!(text.contains("bannin_alert_delivery_failures_total{sink=\"webhook:soc\"} 2"));
         assert!(text.contains("bannin_agent_spool_events{agent_id=\"a-1\",name=\"pc\\\"1\"} 7"));
         assert!(text.contains("bannin_spool_backlog_events 7"));
+        assert!(!text.contains("per_second"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line}");
         }
+    }
+
+    /// The whole exposition of a collector that has ingested and refused batches, with one agent
+    /// and one alert sink.
+    #[test]
+    fn exposition_matches_its_golden_file() {
+        let counters = Counters::default();
+        counters.events_ingested.inc_by(21);
+        counters.batches_accepted.inc_by(3);
+        counters
+            .batches_refused
+            .get_or_create(&Refusal {
+                reason: "bad_signature",
+            })
+            .inc();
+        counters.verification_failures.inc();
+        counters.query_calls.inc_by(4);
+        counters.queries_refused.inc();
+        counters.retention_events.inc_by(15);
+        counters.retention_batches.inc_by(2);
+        counters.detection_state_evicted.inc_by(6);
+        counters.alert_store_failures.inc();
+        crate::golden::assert_golden("metrics.txt", &render(&counters, Some(gauges())));
+    }
+
+    #[test]
+    fn the_process_counters_count_what_the_services_report() {
+        let before = COUNTERS.verification_failures.get();
+        batch_refused(&ServiceError::Chain {
+            source: bannin::chain::ChainError::BadSignature {
+                agent_id: "a".into(),
+            },
+        });
+        batch_accepted(5);
+        assert!(COUNTERS.verification_failures.get() > before);
+        let text = render(&COUNTERS, None);
+        assert!(
+            text.contains("bannin_ingest_batches_refused_total{reason=\"bad_signature\"} "),
+            "{text}"
+        );
+        assert!(!text.contains("bannin_agents_enrolled"), "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! What both bannin binaries share: the event model, its wire form, the hash chain and signatures,
-//! TLS material, and configuration helpers.
+//! TLS material, configuration helpers and retry backoff.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod chain;
 pub mod config;
 pub mod event;

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
 use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimeError {
@@ -15,6 +17,11 @@ pub enum TimeError {
     #[error("{input:?} is not a duration such as 500ms, 90s, 10m, 2h or 7d")]
     BadDuration { input: String },
 }
+
+/// How timestamps are printed: UTC, always nine fractional digits, so printed times sort as text.
+/// (`Rfc3339` itself trims trailing zeros from the fraction.)
+const RFC3339_NANOS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// A point in time, Unix nanoseconds UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -53,19 +60,11 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with all nine fractional digits, e.g. `2026-11-21T08:18:20.123456789Z`.
     pub fn to_rfc3339(self) -> String {
-        match OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0)) {
-            Ok(dt) => format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-                dt.year(),
-                u8::from(dt.month()),
-                dt.day(),
-                dt.hour(),
-                dt.minute(),
-                dt.second(),
-                dt.nanosecond()
-            ),
-            Err(_) => self.0.to_string(),
-        }
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0))
+            .ok()
+            .and_then(|dt| dt.format(RFC3339_NANOS).ok())
+            // Every i64 of nanoseconds is a representable date; the fallback is never expected.
+            .unwrap_or_else(|| self.0.to_string())
     }
 
     pub fn parse_rfc3339(input: &str) -> Option<Self> {
@@ -155,6 +154,30 @@ mod tests {
         let text = ts.to_rfc3339();
         assert_eq!(text, "2023-11-14T22:13:20.000000001Z");
         assert_eq!(Timestamp::parse_rfc3339(&text), Some(ts));
+    }
+
+    #[test]
+    fn formats_the_whole_nanosecond_range_with_padded_fields() {
+        assert_eq!(
+            Timestamp::from_nanos(0).to_rfc3339(),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            Timestamp::from_nanos(-1).to_rfc3339(),
+            "1969-12-31T23:59:59.999999999Z"
+        );
+        assert_eq!(
+            Timestamp::from_nanos(i64::MIN).to_rfc3339(),
+            "1677-09-21T00:12:43.145224192Z"
+        );
+        assert_eq!(
+            Timestamp::from_nanos(i64::MAX).to_rfc3339(),
+            "2262-04-11T23:47:16.854775807Z"
+        );
+        assert_eq!(
+            Timestamp::from_nanos(1_780_000_000_120_000_000).to_rfc3339(),
+            "2026-05-28T20:26:40.120000000Z"
+        );
     }
 
     #[test]

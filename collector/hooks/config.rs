@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bannin::backoff::Backoff;
 use bannin::time::duration_str;
 use lettre::message::Mailbox;
 use reqwest::Url;
@@ -240,8 +241,10 @@ impl HooksConfig {
         Ok(Settings {
             sinks,
             retry: Retry {
-                initial: self.retry.initial,
-                max: self.retry.max,
+                backoff: Backoff {
+                    initial: self.retry.initial,
+                    max: self.retry.max,
+                },
                 permanent_after: self.retry.permanent_after.max(1),
             },
             rate_window: RATE_WINDOW,
@@ -260,8 +263,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
-    pub initial: Duration,
-    pub max: Duration,
+    pub backoff: Backoff,
     pub permanent_after: u32,
 }
 
@@ -523,4 +525,112 @@ fn read_password_file(path: &Path) -> Result<String, HooksError> {
         source,
     })?;
     Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alerts_section_parses_with_defaults_and_rejects_unknown_keys() {
+        let config: HooksConfig = toml::from_str(
+            r#"
+            [[webhook]]
+            url = "https://hooks.example/T000/B000/XXXX"
+            format = "slack"
+            min_severity = "high"
+            rules = ["large_export_created_then_deleted"]
+            rate_per_minute = 20
+            timeout = "5s"
+
+            [email]
+            smtp = "smtp://mail.example:587"
+            username = "bannin"
+            password = "pw"
+            from = "bannin@example.jp"
+            to = ["soc@example.jp"]
+
+            [retry]
+            initial = "1s"
+            max = "10m"
+            "#,
+        )
+        .unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.sinks.len(), 2);
+        assert!(
+            !settings.sinks[0].id.0.contains("T000"),
+            "sink names hide webhook paths"
+        );
+        assert_eq!(settings.retry.backoff.max, Duration::from_secs(600));
+        assert_eq!(settings.retry.permanent_after, 5);
+        match &settings.sinks[1].kind {
+            SinkKind::Email(email) => {
+                assert_eq!(email.port, 587);
+                assert_eq!(email.tls, SmtpTls::Starttls);
+                assert_eq!(email.credentials.as_ref().unwrap().0, "bannin");
+            }
+            other => panic!("expected e-mail, got {other:?}"),
+        }
+
+        let error =
+            toml::from_str::<HooksConfig>("[[webhook]]\nurl = \"http://x/\"\nformta = \"json\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("formta"), "{error}");
+
+        let defaults = HooksConfig::default().validate().unwrap();
+        assert!(defaults.sinks.is_empty());
+    }
+
+    #[test]
+    fn invalid_entries_are_refused_with_their_key() {
+        let refuse = |text: &str| -> String {
+            toml::from_str::<HooksConfig>(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refuse("[[webhook]]\nurl = \"ftp://x/\"\n").contains("alerts.webhook[0].url"));
+        assert!(
+            refuse("[email]\nsmtp = \"smtps://m:465\"\ntls = \"none\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n")
+                .contains("alerts.email.tls")
+        );
+        assert!(
+            refuse("[email]\nsmtp = \"smtp://m\"\nfrom = \"a@b.c\"\nto = []\n")
+                .contains("alerts.email.to")
+        );
+        assert!(
+            refuse(
+                "[email]\nsmtp = \"smtp://m\"\nusername = \"u\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n"
+            )
+            .contains("alerts.email.username")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let loose = dir.path().join("password");
+        std::fs::write(&loose, "pw\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let error = refuse(&format!(
+                "[email]\nsmtp = \"smtp://m\"\nusername = \"u\"\npassword_file = \"{}\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n",
+                loose.display()
+            ));
+            assert!(error.contains("chmod 600"), "{error}");
+        }
+        let same_url = "[[webhook]]\nurl = \"http://x/\"\n[[webhook]]\nurl = \"http://x/\"\n";
+        assert!(refuse(same_url).contains("two sinks"));
+    }
+
+    #[test]
+    fn cli_webhooks_are_added_once() {
+        let mut config: HooksConfig = toml::from_str("[[webhook]]\nurl = \"http://a/\"\n").unwrap();
+        config.add_cli_webhooks(["http://a/".to_string(), "http://b/".to_string()]);
+        let urls: Vec<_> = config.webhook.iter().map(|w| w.url.as_str()).collect();
+        assert_eq!(urls, ["http://a/", "http://b/"]);
+        assert_eq!(config.webhook[1].format, WebhookFormat::Json);
+        assert_eq!(config.validate().unwrap().sinks.len(), 2);
+    }
 }

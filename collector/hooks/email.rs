@@ -135,3 +135,18 @@ pub(crate) fn subject(alert: &Alert) -> String {
     );
     escape_control(&subject).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mail_subject_stays_one_line() {
+        let mut hostile = crate::hooks::tests::alert("alert-1", 1);
+        hostile.host = "db1\r\nBcc: x@evil.example".into();
+        assert_eq!(
+            subject(&hostile),
+            "[bannin] HIGH large_export_created_then_deleted on db1\\r\\nBcc: x@evil.example"
+        );
+    }
+}

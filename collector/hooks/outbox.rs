@@ -11,11 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bannin::time::Timestamp;
-use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::config::Retry;
 use super::{HooksError, SinkId};
 use crate::alert::Alert;
 
@@ -364,20 +362,21 @@ pub(crate) fn pending_count(conn: &Connection, sink: &SinkId) -> Result<u64, Hoo
     })
 }
 
-/// The wait before the next attempt after `failures` consecutive failures: `initial * 2^(failures-1)`
-/// capped at `max`, then "equal jitter" (a random point in its upper half) so many deliveries that
-/// failed together do not all retry at the same instant.
-pub(crate) fn backoff(retry: &Retry, failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(30);
-    let base = retry
-        .initial
-        .saturating_mul(1u32 << exponent)
-        .min(retry.max);
-    let half = base / 2;
-    let jitter_nanos = rand::rng().random_range(0..=duration_nanos(half).max(0));
-    half + Duration::from_nanos(u64::try_from(jitter_nanos).unwrap_or(0))
-}
-
 fn duration_nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_without_an_outbox_has_no_deliveries_to_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bannin.db");
+        Connection::open(&path).unwrap();
+        let reader =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(delivery_status(&reader, "alert-1").unwrap(), []);
+    }
 }

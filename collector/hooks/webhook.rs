@@ -291,3 +291,28 @@ fn teams_card(alert: &Alert, delivery: &Delivery) -> serde_json::Value {
         }]
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_text_escapes_slack_and_mattermost_markup() {
+        let text = slack_escape(
+            "<!here> <mailto:x@evil.example|Reset> @channel [Reset](evil.example) a&b\n2026 \x1b[2J",
+        );
+        assert_eq!(
+            text,
+            "&lt;!here&gt; &lt;mailto:x@\u{2060}evil.example|Reset&gt; @\u{2060}channel \
+             [Reset]\u{2060}(evil.example) a&amp;b\\n2026 \\x1b[2J"
+        );
+    }
+
+    #[test]
+    fn teams_text_parts_links_and_template_functions() {
+        assert_eq!(
+            teams_escape("[Reset](evil.example) {{DATE(2017-02-14T06:08:39Z)}}\r\n"),
+            "[Reset]\u{2060}(evil.example) {\u{2060}{DATE(2017-02-14T06:08:39Z)}}\\r\\n"
+        );
+    }
+}

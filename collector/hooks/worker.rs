@@ -200,13 +200,13 @@ impl Sink {
     async fn record_failure(&mut self, row: Due, error: DeliveryError) -> bool {
         let failures = row.failures.saturating_add(1);
         let give_up = error.permanent && failures >= self.retry.permanent_after;
-        let mut delay = outbox::backoff(&self.retry, failures);
+        let mut delay = self.retry.backoff.delay(failures);
         if !error.permanent {
             self.failures = self.failures.saturating_add(1);
-            delay = delay.max(outbox::backoff(&self.retry, self.failures));
+            delay = delay.max(self.retry.backoff.delay(self.failures));
         }
         if let Some(asked) = error.retry_after {
-            delay = delay.max(asked.min(self.retry.max));
+            delay = delay.max(asked.min(self.retry.backoff.max));
         }
         let next = (!give_up).then(|| Timestamp::now().saturating_add(delay));
         let id = self.id.clone();

@@ -12,6 +12,8 @@ pub mod detect;
 pub mod detection;
 #[path = "../../collector/enrollment.rs"]
 pub mod enrollment;
+#[path = "../../collector/finding.rs"]
+pub mod finding;
 #[path = "../../collector/hooks/mod.rs"]
 pub mod hooks;
 #[path = "../../collector/listen.rs"]

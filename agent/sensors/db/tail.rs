@@ -365,13 +365,12 @@ fn drain(
     Ok(total)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CsvState {
-    FieldStart,
-    Unquoted,
-    Quoted,
-    /// A quote inside a quoted field: either the end of the field or the first of `""`.
-    QuoteInQuoted,
+/// csv-core's parser as PostgreSQL writes csvlog: records end at `\n` only (a `\r` is data), `""`
+/// is a quote inside a quoted field, no comments. A blank line is no record.
+fn csv_reader() -> csv_core::Reader {
+    csv_core::ReaderBuilder::new()
+        .terminator(csv_core::Terminator::Any(b'\n'))
+        .build()
 }
 
 /// Cuts a byte stream into records, carrying an unfinished record across reads.
@@ -383,10 +382,13 @@ pub struct Framer {
     // Lines
     head: Vec<u8>,
     tail: Vec<u8>,
-    // Csv
-    state: CsvState,
+    // Csv: csv-core unquotes; the framer caps what it keeps of each field and of the field count.
+    csv: csv_core::Reader,
     fields: Vec<String>,
     field: Vec<u8>,
+    /// Bytes of the current record csv-core has written so far: its field ends count from the
+    /// record's start across calls.
+    record_out: usize,
 }
 
 impl Framer {
@@ -397,9 +399,10 @@ impl Framer {
             truncated: false,
             head: Vec::new(),
             tail: Vec::new(),
-            state: CsvState::FieldStart,
+            csv: csv_reader(),
             fields: Vec::new(),
             field: Vec::new(),
+            record_out: 0,
         }
     }
 
@@ -416,12 +419,8 @@ impl Framer {
         if self.pending > 0 {
             match self.framing {
                 Framing::Lines => self.emit_line(out),
-                Framing::Csv => {
-                    if self.state == CsvState::Quoted {
-                        self.truncated = true;
-                    }
-                    self.emit_csv(out);
-                }
+                // An empty input tells csv-core the data has ended: it hands over the last record.
+                Framing::Csv => self.run_csv(&[], out),
             }
         }
         self.reset();
@@ -481,74 +480,52 @@ impl Framer {
     }
 
     fn feed_csv(&mut self, data: &[u8], out: &mut Vec<Record>) {
-        let mut i = 0;
-        let mut record_start = 0;
-        while i < data.len() {
-            let b = data[i];
-            match self.state {
-                CsvState::FieldStart => match b {
-                    b'"' => self.state = CsvState::Quoted,
-                    b',' => self.end_field(),
-                    b'\n' => {
-                        self.end_field();
-                        self.emit_csv(out);
-                        record_start = i + 1;
-                    }
-                    _ => {
-                        self.push_field(&[b]);
-                        self.state = CsvState::Unquoted;
-                    }
-                },
-                CsvState::Unquoted => {
-                    // Runs of plain bytes are copied in one go.
-                    let run = data[i..]
-                        .iter()
-                        .position(|&c| c == b',' || c == b'\n')
-                        .map_or(data.len(), |p| i + p);
-                    if run > i {
-                        self.push_field(&data[i..run]);
-                        i = run;
-                        continue;
-                    }
-                    self.end_field();
-                    if b == b'\n' {
-                        self.emit_csv(out);
-                        record_start = i + 1;
-                    }
-                }
-                CsvState::Quoted => {
-                    let run = data[i..]
-                        .iter()
-                        .position(|&c| c == b'"')
-                        .map_or(data.len(), |p| i + p);
-                    if run > i {
-                        self.push_field(&data[i..run]);
-                        i = run;
-                        continue;
-                    }
-                    self.state = CsvState::QuoteInQuoted;
-                }
-                CsvState::QuoteInQuoted => match b {
-                    b'"' => {
-                        self.push_field(b"\"");
-                        self.state = CsvState::Quoted;
-                    }
-                    b',' => self.end_field(),
-                    b'\n' => {
-                        self.end_field();
-                        self.emit_csv(out);
-                        record_start = i + 1;
-                    }
-                    // Not valid CSV; keep the byte and let the parser judge the record.
-                    _ => {
-                        self.push_field(&[b]);
-                        self.state = CsvState::Unquoted;
-                    }
-                },
-            }
-            i += 1;
+        // An empty input would mean the end of the data to csv-core.
+        if !data.is_empty() {
+            self.run_csv(data, out);
         }
-        self.pending += (data.len() - record_start) as u64;
+    }
+
+    /// Runs csv-core over `data` (all of it, or the end of the data when empty), keeping each field
+    /// as it is written and emitting each record it completes.
+    fn run_csv(&mut self, mut data: &[u8], out: &mut Vec<Record>) {
+        use csv_core::ReadRecordResult;
+        let at_end = data.is_empty();
+        let mut output = [0u8; 8192];
+        let mut ends = [0usize; 16];
+        loop {
+            // What happened, bytes read, bytes written, field ends written.
+            let (result, read, written, ended) = self.csv.read_record(data, &mut output, &mut ends);
+            data = &data[read..];
+            self.pending += read as u64;
+            self.take_csv_output(&output[..written], &ends[..ended]);
+            match result {
+                ReadRecordResult::Record => {
+                    self.emit_csv(out);
+                    // Called again with nothing left, csv-core would take the data to have ended.
+                    if data.is_empty() && !at_end {
+                        return;
+                    }
+                }
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
+                ReadRecordResult::InputEmpty | ReadRecordResult::End => return,
+            }
+        }
+    }
+
+    /// Splits what csv-core wrote into the current field and the ones it ended.
+    fn take_csv_output(&mut self, bytes: &[u8], ends: &[usize]) {
+        let mut start = 0;
+        for &end in ends {
+            let end = end
+                .saturating_sub(self.record_out)
+                .clamp(start, bytes.len());
+            self.push_field(&bytes[start..end]);
+            self.end_field();
+            start = end;
+        }
+        self.push_field(&bytes[start..]);
+        self.record_out += bytes.len();
     }
 
     fn push_field(&mut self, bytes: &[u8]) {
@@ -571,20 +548,17 @@ impl Framer {
         } else {
             self.truncated = true;
         }
-        self.state = CsvState::FieldStart;
     }
 
+    /// Hands over the record csv-core just completed (it has ended every field of it).
     fn emit_csv(&mut self, out: &mut Vec<Record>) {
-        if !self.field.is_empty() || self.state != CsvState::FieldStart {
-            self.end_field();
-        }
         let fields = std::mem::take(&mut self.fields);
         out.push(Record {
             body: Body::Fields(fields),
             truncated: std::mem::take(&mut self.truncated),
         });
         self.pending = 0;
-        self.state = CsvState::FieldStart;
+        self.record_out = 0;
     }
 }
 
@@ -630,6 +604,61 @@ mod tests {
             records[1].body,
             Body::Fields(vec!["2".into(), "".into(), "".into(), "z".into()])
         );
+    }
+
+    #[test]
+    fn csv_keeps_an_unfinished_record_pending_and_hands_it_over_at_the_end() {
+        let mut records = Vec::new();
+        let mut framer = Framer::new(Framing::Csv);
+        framer.feed(b"1,\"a\"\n2,\"b", &mut records);
+        assert_eq!(records.len(), 1);
+        // `2,"b` is where a restart must resume.
+        assert_eq!(framer.pending_bytes(), 4);
+        framer.feed(b"c\"\nnot csv at all\n\x01,\"\n", &mut records);
+        assert_eq!(framer.pending_bytes(), 4);
+        framer.feed(b"3,x", &mut records);
+        assert_eq!(framer.pending_bytes(), 7);
+        framer.finish(&mut records);
+        let bodies: Vec<_> = records.iter().map(|r| r.body.clone()).collect();
+        assert_eq!(
+            bodies,
+            [
+                Body::Fields(vec!["1".into(), "a".into()]),
+                Body::Fields(vec!["2".into(), "bc".into()]),
+                // Garbage stays a record of its own, for the parser to refuse and count.
+                Body::Fields(vec!["not csv at all".into()]),
+                // A quote left open at the end of the file keeps the rest as the field.
+                Body::Fields(vec!["\u{1}".into(), "\n3,x".into()]),
+            ]
+        );
+        assert_eq!(framer.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn csv_fields_and_field_counts_are_capped_and_marked() {
+        let mut text = b"\"".to_vec();
+        text.extend(std::iter::repeat_n(b'q', MAX_RECORD + 10));
+        text.extend_from_slice(b"\",end\n");
+        text.extend_from_slice(&[b','; 70]);
+        text.extend_from_slice(b"\nok\n");
+        let mut records = Vec::new();
+        let mut framer = Framer::new(Framing::Csv);
+        for chunk in text.chunks(7000) {
+            framer.feed(chunk, &mut records);
+        }
+        assert_eq!(records.len(), 3);
+        assert!(records[0].truncated);
+        match &records[0].body {
+            Body::Fields(fields) => {
+                assert_eq!(fields[0].len(), MAX_RECORD);
+                assert_eq!(fields[1], "end");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(records[1].truncated);
+        assert!(matches!(&records[1].body, Body::Fields(f) if f.len() == MAX_FIELDS));
+        assert!(!records[2].truncated);
+        assert_eq!(records[2].body, Body::Fields(vec!["ok".into()]));
     }
 
     #[test]

@@ -17,6 +17,53 @@ use super::observe::{Observer, Scope};
 /// whose second half never came.
 const TICK: Duration = Duration::from_millis(100);
 
+/// When a new directory is walked again after it was first seen: notify tells of the directory
+/// before it adds its watch, so a file made in between is in neither the first walk nor an event.
+const NEW_DIR_AGAIN: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(2)];
+/// New directories waiting for those walks; past this many, the watched trees are rescanned instead.
+const NEW_DIR_PENDING: usize = 10_000;
+
+/// New directories to walk again, each when due.
+#[derive(Default)]
+struct NewDirs {
+    due: std::collections::VecDeque<(std::time::Instant, PathBuf)>,
+}
+
+impl NewDirs {
+    fn push(&mut self, observer: &mut Observer, dir: &std::path::Path) {
+        if self.due.len() + NEW_DIR_AGAIN.len() > NEW_DIR_PENDING {
+            self.due.clear();
+            observer.overflow(
+                "too many new directories at once to walk each again after its watch was added; rescanning the watched trees",
+                None,
+            );
+            return;
+        }
+        let now = std::time::Instant::now();
+        for after in NEW_DIR_AGAIN {
+            self.due.push_back((now + after, dir.to_path_buf()));
+        }
+    }
+
+    /// Walks the directories whose time has come; files already known are not reported again.
+    fn walk_due(&mut self, observer: &mut Observer) {
+        let now = std::time::Instant::now();
+        // Pushed in batches with the same offsets, so the queue is not sorted by time: take
+        // every due entry, keep the rest in order.
+        let mut later = std::collections::VecDeque::with_capacity(self.due.len());
+        for (when, dir) in self.due.drain(..) {
+            if when <= now {
+                if is_real_dir(&dir) {
+                    observer.dir_created(&dir, None);
+                }
+            } else {
+                later.push_back((when, dir));
+            }
+        }
+        self.due = later;
+    }
+}
+
 pub struct NotifyBackend {
     watcher: RecommendedWatcher,
     raw: Receiver<notify::Result<notify::Event>>,
@@ -65,6 +112,7 @@ fn describe(error: &notify::Error) -> String {
 pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>) {
     let NotifyBackend { watcher, raw } = backend;
     let mut translator = Translator::default();
+    let mut new_dirs = NewDirs::default();
     while !stop.load(Ordering::Relaxed) && !observer.closed() {
         let actions = match raw.recv_timeout(TICK) {
             Ok(event) => translator.translate(event),
@@ -72,8 +120,15 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>
             Err(RecvTimeoutError::Disconnected) => break,
         };
         for action in actions {
+            if let Action::DirCreated(dir) | Action::Rename { to: dir, .. } = &action
+                && is_real_dir(dir)
+                && observer.scope().contains(dir)
+            {
+                new_dirs.push(&mut observer, dir);
+            }
             apply(&mut observer, action);
         }
+        new_dirs.walk_due(&mut observer);
         observer.rescan_if_due();
     }
     // The receiver goes first so a handler blocked on a full channel wakes up and the watcher

@@ -645,3 +645,36 @@ fn an_export_truncated_in_place_is_reported_fanotify() {
 fn an_export_truncated_in_place_is_reported_notify() {
     an_export_truncated_in_place_is_reported("notify");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A file made in a directory the moment it is made.
+
+/// notify tells of a new directory before it adds the directory's watch: a file made in between
+/// was neither in the sensor's first walk of the directory nor in any event. The sensor walks each
+/// new directory again once the watch is surely in place.
+#[test]
+fn files_made_in_new_directories_at_once_are_all_seen_notify() {
+    let rig = rig("newdirs-notify", "notify");
+    python(
+        "import os\nfor i in range(300):\n    os.mkdir(f'd{i}')\n    \
+         open(f'd{i}/export.csv', 'w').write('id,email\\n1,a@example.jp\\n')\n",
+        &rig.watched,
+    );
+    let expected: Vec<String> = (0..300)
+        .map(|i| {
+            rig.watched
+                .join(format!("d{i}/export.csv"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    wait_for("a file event for each of the 300 files", LONG, || {
+        let seen: std::collections::HashSet<String> = rig
+            .events()
+            .into_iter()
+            .filter(|e| e["kind"] == "file.create" || e["kind"] == "file.write")
+            .filter_map(|e| e["path"].as_str().map(str::to_string))
+            .collect();
+        expected.iter().all(|p| seen.contains(p)).then_some(())
+    });
+}

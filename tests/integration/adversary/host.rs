@@ -601,18 +601,39 @@ mod disk_full {
         }
     }
 
+    /// Rows in the agent's spool, read as another process would (SQLite allows readers beside the
+    /// agent's writer).
+    fn spooled(state: &Path) -> u64 {
+        let conn = rusqlite::Connection::open_with_flags(
+            state.join("spool.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM spool", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    }
+
+    /// Whether the disk fills while the spool still holds unsent events, or after it has sent
+    /// everything: with nothing to drop, the agent used to spend its reserve on the first new
+    /// events and then lose every later one.
+    #[derive(Clone, Copy, PartialEq)]
+    enum WhenFull {
+        EventsSpooled,
+        SpoolEmpty,
+    }
+
     /// The agent's state directory fills up (a ballast file takes every free byte) while the
     /// collector is away. The agent used to retry the same write forever, stop spooling, resend
     /// one batch every 50 ms and hang on SIGTERM. Now: it drops its oldest events and says so
     /// (`agent.dropped` with the range), sends what it spooled once the collector is back, recovers
     /// by itself when space returns, and stops promptly on SIGTERM.
-    #[test]
-    fn a_full_state_disk_drops_the_oldest_says_so_recovers_and_stops_promptly() {
+    fn full_state_disk(when: WhenFull, host: &str) {
         let tmp = tempfile::tempdir().unwrap();
         let small = SmallFs::mount("2m");
         let state = small.path().join("agent");
         let mut collector = Collector::start(&tmp.path().join("collector"));
-        collector.enroll(&state, "full1");
+        collector.enroll(&state, host);
         let watched = tmp.path().join("watched");
         std::fs::create_dir(&watched).unwrap();
         let config = tmp.path().join("agent.toml");
@@ -629,18 +650,42 @@ mod disk_full {
                 watched.to_str().unwrap(),
             ],
         );
-        // The collector goes away; events wait in the spool.
-        collector.proc.kill9();
-        let ballast = small.fill();
-
-        // Events keep coming until the spool, out of room, drops its oldest.
         let mut made = 0;
-        wait_or_log(&agent, "the agent to drop its oldest events", || {
-            for _ in 0..50 {
+        let mut make = |count: usize| {
+            for _ in 0..count {
                 made += 1;
                 let name = format!("export-{made:06}-{}.csv", "x".repeat(120));
                 std::fs::write(watched.join(name), b"id,name\n").unwrap();
             }
+        };
+        match when {
+            WhenFull::SpoolEmpty => {
+                make(20);
+                wait_or_log(&agent, "the first events at the collector", || {
+                    collector
+                        .events(&["--host", host, "--path", "*export-000020-*"])
+                        .into_iter()
+                        .next()
+                });
+                wait_or_log(&agent, "an empty spool", || {
+                    (spooled(&state) == 0).then_some(())
+                });
+                collector.proc.kill9();
+            }
+            WhenFull::EventsSpooled => {
+                // The collector goes away; events wait in the spool.
+                collector.proc.kill9();
+                make(100);
+                wait_or_log(&agent, "100 events in the spool", || {
+                    (spooled(&state) >= 100).then_some(())
+                });
+            }
+        }
+        let ballast = small.fill();
+
+        // Events keep coming until the spool, out of room, drops its oldest.
+        wait_or_log(&agent, "the agent to drop its oldest events", || {
+            make(50);
             agent
                 .proc
                 .has_line("dropped the oldest events")
@@ -652,7 +697,7 @@ mod disk_full {
         collector = Collector::start_with(&collector.dir.clone(), &addr, &[]);
         let dropped = wait_or_log(&agent, "agent.dropped at the collector", || {
             collector
-                .events(&["--kind", "agent.dropped", "--host", "full1"])
+                .events(&["--kind", "agent.dropped", "--host", host])
                 .into_iter()
                 .find(|e| e["first_dropped_seq"].as_u64().is_some_and(|s| s > 0))
         });
@@ -670,7 +715,7 @@ mod disk_full {
         std::fs::write(&marker, b"id\n").unwrap();
         wait_or_log(&agent, "an event from after the recovery", || {
             collector
-                .events(&["--host", "full1", "--path", "*after-the-disk-was-freed*"])
+                .events(&["--host", host, "--path", "*after-the-disk-was-freed*"])
                 .into_iter()
                 .next()
         });
@@ -690,6 +735,16 @@ mod disk_full {
             agent.proc.log()
         );
         assert!(started.elapsed() < Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_full_state_disk_drops_the_oldest_says_so_recovers_and_stops_promptly() {
+        full_state_disk(WhenFull::EventsSpooled, "full1");
+    }
+
+    #[test]
+    fn a_disk_that_fills_after_everything_was_sent_still_drops_the_oldest_not_everything_new() {
+        full_state_disk(WhenFull::SpoolEmpty, "full2");
     }
 }
 
