@@ -75,6 +75,10 @@ impl Detection {
             .spawn(move || self.run(notices))
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "detection is a dedicated thread, outside the runtime's clock"
+    )]
     fn run(mut self, notices: Receiver<CommitNotice>) {
         let mut last_tick = std::time::Instant::now();
         loop {
@@ -106,7 +110,7 @@ impl Detection {
             self.notifier.notify();
             for alert in raised {
                 // The summary quotes file names: escaped, a line break in one cannot forge a log line.
-                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::output::escape_control(&alert.host), "{}", crate::output::escape_control(&alert.summary));
+                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::present::escape_control(&alert.host), "{}", crate::present::escape_control(&alert.summary));
                 if let Some(tap) = &self.tap {
                     let _ = tap.try_send(Observed::Alert(alert));
                 }
@@ -118,6 +122,10 @@ impl Detection {
     /// never dropped between detection and delivery. The engine's de-duplication already counts
     /// these alerts as raised, which holds only once they are stored, so nothing else runs (new
     /// events wait, and the store writer waits on them) until they are.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "detection is a dedicated thread: waiting here is meant to hold it back"
+    )]
     fn store(&mut self, updates: &[AlertUpdate]) -> Vec<Alert> {
         let mut wait = Duration::from_millis(100);
         loop {

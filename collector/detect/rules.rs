@@ -795,25 +795,23 @@ detection:
                 vec![alert.clone()],
                 "{rule}: the store lost or changed it"
             );
-            let rows: Vec<crate::output::AlertRow> = stored
-                .into_iter()
-                .map(|alert| crate::output::AlertRow {
-                    deliveries: crate::hooks::delivery_status(&conn, &alert.id).unwrap(),
-                    alert,
-                })
-                .collect();
+            let rows: Vec<crate::query::local::AlertRow> =
+                crate::query::local::alerts(&conn, &filter)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|row| row.alert.id == alert.id)
+                    .collect();
             let mut table = Vec::new();
-            crate::output::alerts_table(&mut table, &rows).unwrap();
+            crate::present::table::alerts(&mut table, &rows).unwrap();
             let table = String::from_utf8(table).unwrap();
             assert!(
                 table.contains(rule) && table.contains(&alert.id),
                 "{rule}: table lacks the row: {table}"
             );
             // `alerts --format json` and `--format ocsf`: what the local store and the query service send.
-            let objects: Vec<_> = crate::store::investigate::alerts(&conn, &filter)
-                .unwrap()
-                .into_iter()
-                .filter(|a| a.get("id") == Some(&Json::from(alert.id.clone())))
+            let objects: Vec<_> = rows
+                .iter()
+                .map(|row| crate::present::json::alert_object(row).unwrap())
                 .collect();
             assert_eq!(objects.len(), 1, "{rule}: `alerts --format json` hides it");
             // The row as serde writes it, before a map could fold a repeated key away.
@@ -826,7 +824,9 @@ detection:
                 *alert,
                 "{rule}: json"
             );
-            let ocsf = crate::ocsf::alert(&objects[0]).to_string();
+            let ocsf = crate::present::ocsf::alert(&objects[0])
+                .unwrap()
+                .to_string();
             assert_deliverable("alerts --format ocsf", rule, &ocsf);
             // Every sink's payload.
             for (sink, text) in crate::hooks::rendered(alert) {

@@ -6,7 +6,6 @@
 //! attempts and drives the backoff; `attempts` counts every attempt. Delivery is at least once: a
 //! worker stopped between sending and recording sends again after a restart.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -114,19 +113,6 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::FailedRetrying => "failed-retrying",
             DeliveryState::Failed => "failed",
-        }
-    }
-}
-
-/// One line for the `alerts` table: `SINK STATE`, then the attempts and last error when it failed.
-impl fmt::Display for DeliveryStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.sink, self.state.as_str())?;
-        match (&self.state, &self.last_error) {
-            (DeliveryState::FailedRetrying | DeliveryState::Failed, Some(error)) => {
-                write!(f, " after {} attempts: {error}", self.attempts)
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -344,22 +330,6 @@ pub(crate) fn orphaned(conn: &Connection, configured: &[SinkId]) -> Result<u64, 
         .filter(|(sink, _)| !configured.iter().any(|c| c.0 == *sink))
         .map(|(_, n)| u64::try_from(n).unwrap_or(0))
         .sum())
-}
-
-/// How many deliveries to `sink` are pending.
-#[allow(dead_code)] // Only tests read it today; a health report may later.
-pub(crate) fn pending_count(conn: &Connection, sink: &SinkId) -> Result<u64, HooksError> {
-    conn.query_row(
-        "SELECT count(*) FROM hook_outbox WHERE sink = ?1 AND state = 'pending'",
-        params![sink.0],
-        |row| row.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|n| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
-    .map_err(|source| HooksError::Sql {
-        action: "count pending deliveries",
-        source,
-    })
 }
 
 fn duration_nanos(duration: Duration) -> i64 {

@@ -20,10 +20,8 @@ pub mod hooks;
 pub mod listen;
 #[path = "../../collector/metrics.rs"]
 pub mod metrics;
-#[path = "../../collector/ocsf.rs"]
-pub mod ocsf;
-#[path = "../../collector/output.rs"]
-pub mod output;
+#[path = "../../collector/present/mod.rs"]
+pub mod present;
 #[path = "../../collector/query/mod.rs"]
 pub mod query;
 #[path = "../../collector/quickstart.rs"]
