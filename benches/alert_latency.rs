@@ -8,6 +8,8 @@
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
+#![allow(clippy::disallowed_methods)]
 
 #[path = "support/mod.rs"]
 mod support;
@@ -28,7 +30,7 @@ const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 fn receiver() -> (u16, mpsc::Receiver<(Instant, String)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(1024);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Sensors build [`Event`]s; the agent's spool numbers and encodes them; the collector decodes them
 //! back into the same types. Protobuf types never appear here: `crate::proto` converts at the edge.
-//! `Serialize` gives the JSON of INTERFACE.md (one flat object per event, `kind` included).
+//! `Serialize` gives the JSON of docs/interface.md (one flat object per event, `kind` included).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +45,8 @@ impl Event {
 
 /// An event as the collector keeps it: which agent sent it, and the event itself.
 ///
-/// Its JSON is the event object of INTERFACE.md: `agent_id`, `host`, `seq`, `ts`, `kind` and the
-/// kind's own fields, flat.
+/// Its JSON is the event object of docs/interface.md: `agent_id`, `host`, `seq`, `ts`, `kind` and
+/// the kind's own fields, flat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub agent_id: String,
@@ -144,7 +144,14 @@ pub struct ProcessInfo {
     pub ppid: Option<u32>,
     pub exe: String,
     pub cmdline: String,
+    /// The account name of `uid` (on Windows, of the process's owner; the number when the
+    /// account database does not know it).
     pub user: String,
+    /// The **real** uid: the account that started the process, not the rights it runs with. A
+    /// setuid program run by alice is alice's; `sudo` itself sets every uid, so its children are
+    /// root's. Every sensor reports the same uid for the same process (one reader, the agent's
+    /// process table). `None` where the platform has no numeric uids (Windows) or the process
+    /// was gone before it could be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// Parent first, then its parent, and so on.
