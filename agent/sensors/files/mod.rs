@@ -14,27 +14,20 @@ mod config;
 mod fanotify;
 mod notify_backend;
 mod observe;
-mod procfs;
 mod sizes;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bannin::event::{Event, ProcessInfo};
+use bannin::event::Event;
 use tokio::sync::mpsc;
 
 pub use config::{BackendChoice, FilesConfig};
-// Re-exported for `agent run`, which passes it to `spawn` unless the process sensor's table is used.
-#[allow(unused_imports)]
-pub use procfs::proc_lookup_from_procfs;
 
+use super::process::ProcessTable;
 use crate::pipeline::{self, EventTx, LossySender};
 use crate::sensors::{SensorContext, SensorHandle, Stop};
 use observe::{Observer, Scope};
-
-/// Facts about a process by pid, as late as the event is handled: the process sensor's table
-/// (which remembers exited processes) or [`proc_lookup_from_procfs`].
-pub type ProcessLookup = Arc<dyn Fn(u32) -> Option<ProcessInfo> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -58,22 +51,21 @@ const SENSOR: &str = "files";
 ///
 /// Fails only when the configuration cannot work at all (fanotify forced but unavailable, no
 /// watcher); a watch root that does not exist is reported as `sensor.error` and skipped, so one
-/// stale path does not blind the agent.
+/// stale path does not blind the agent. The shared process table in `ctx` names the process
+/// behind each event (and file owners), as late as the event is handled.
 pub async fn spawn(
     mut config: FilesConfig,
     ctx: &SensorContext,
 ) -> Result<SensorHandle, FilesError> {
     config.private_dir = Some(ctx.state_dir.clone());
-    let table = ctx.processes.clone();
-    let lookup: ProcessLookup = Arc::new(move |pid| table.info(pid));
-    spawn_with_lookup(config, ctx.tx.clone(), lookup).await
+    spawn_with_table(config, ctx.tx.clone(), ctx.processes.clone()).await
 }
 
-/// [`spawn`] with a process lookup of the caller's choosing.
-async fn spawn_with_lookup(
+/// [`spawn`] without a state directory to keep out of the watch.
+async fn spawn_with_table(
     config: FilesConfig,
     tx: EventTx,
-    lookup: ProcessLookup,
+    processes: ProcessTable,
 ) -> Result<SensorHandle, FilesError> {
     let tx = tx.for_sensor(SENSOR);
     let (out, rx) = pipeline::lossy(&tx, config.queue_capacity);
@@ -82,7 +74,7 @@ async fn spawn_with_lookup(
     let thread_tx = tx.clone();
     // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
     let (backend, thread) =
-        tokio::task::spawn_blocking(move || start(config, thread_tx, lookup, out, thread_stop))
+        tokio::task::spawn_blocking(move || start(config, thread_tx, processes, out, thread_stop))
             .await
             .map_err(|error| FilesError::Startup {
                 message: error.to_string(),
@@ -115,7 +107,7 @@ enum Chosen {
 fn start(
     config: FilesConfig,
     tx: EventTx,
-    lookup: ProcessLookup,
+    processes: ProcessTable,
     out: LossySender<Event>,
     stop: Stop,
 ) -> Result<(&'static str, JoinHandle<()>), FilesError> {
@@ -131,7 +123,7 @@ fn start(
         .iter()
         .map(|root| root.display().to_string())
         .collect();
-    let mut observer = Observer::new(backend, scope, &config, lookup, out, tx);
+    let mut observer = Observer::new(backend, scope, &config, processes, out, tx);
     observer.status(format!(
         "{backend}: {why}; watching [{}]",
         watching.join(", ")
