@@ -16,7 +16,6 @@ mod notify_backend;
 mod observe;
 mod sizes;
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bannin::event::Event;
