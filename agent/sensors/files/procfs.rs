@@ -210,15 +210,15 @@ mod tests {
             .unwrap();
         let pid = child.id();
         let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        while !exe().to_string_lossy().ends_with("sh") {
-            std::thread::yield_now();
-        }
+        crate::testing::wait_until("the child to exec sh", Duration::from_secs(10), || {
+            exe().to_string_lossy().ends_with("sh")
+        });
         let lookup = proc_lookup_from_procfs();
         assert!(lookup(pid).unwrap().exe.ends_with("sh"));
         child.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
-        while !exe().to_string_lossy().ends_with("/sleep") {
-            std::thread::yield_now();
-        }
+        crate::testing::wait_until("the child to exec sleep", Duration::from_secs(10), || {
+            exe().to_string_lossy().ends_with("/sleep")
+        });
         let after = lookup(pid).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
