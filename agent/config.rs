@@ -1,5 +1,6 @@
 //! The agent's TOML configuration: a raw serde struct with defaults (every key optional, unknown keys
-//! refused by name), validated before anything starts.
+//! refused by name), checked into [`Settings`] when it is loaded, before anything starts: each
+//! sensor's `config.rs` turns its own section into that sensor's settings.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use bannin::config::ConfigError;
 use serde::Deserialize;
 
 use crate::sender::SenderConfig;
-use crate::sensors::db::DatabaseConfig;
+use crate::sensors::SensorSettings;
+use crate::sensors::db::{self, DatabaseConfig};
 use crate::sensors::files::FilesConfig;
 use crate::sensors::net::NetConfig;
 use crate::sensors::process::ProcessConfig;
@@ -61,28 +63,55 @@ pub struct AgentConfig {
     pub database: Vec<DatabaseConfig>,
 }
 
+/// A checked configuration: what `agent run` starts with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub agent: AgentSection,
+    pub spool: SpoolSection,
+    pub sender: SenderConfig,
+    pub sensors: SensorSettings,
+}
+
 impl AgentConfig {
-    /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    /// Reads, parses and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let config: AgentConfig = bannin::config::load(path)?;
-        config.validate(path)?;
-        Ok(config)
+        config.settings(path)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: &str| ConfigError::invalid(path, message);
+    /// Checks every section; an error names `path` and the section's key, in one line.
+    pub fn settings(self, path: &Path) -> Result<Settings, ConfigError> {
+        let invalid = |message: String| ConfigError::invalid(path, message);
         if self.spool.max_bytes < 1024 * 1024 {
-            return Err(invalid("spool.max_bytes must be at least 1048576"));
+            return Err(invalid("spool.max_bytes must be at least 1048576".into()));
         }
         if self.sender.batch_events == 0 {
-            return Err(invalid("sender.batch_events must be at least 1"));
+            return Err(invalid("sender.batch_events must be at least 1".into()));
         }
+        if self.agent.heartbeat < Duration::from_secs(1) {
+            return Err(invalid("agent.heartbeat must be at least 1s".into()));
+        }
+        self.files
+            .validate()
+            .map_err(|error| invalid(error.to_string()))?;
         self.process
             .validate()
-            .map_err(|error| invalid(&format!("process: {error}")))?;
-        if self.agent.heartbeat < Duration::from_secs(1) {
-            return Err(invalid("agent.heartbeat must be at least 1s"));
-        }
-        Ok(())
+            .map_err(|error| invalid(error.to_string()))?;
+        let network = self
+            .network
+            .settings()
+            .map_err(|error| invalid(error.to_string()))?;
+        let databases = db::settings(self.database).map_err(|error| invalid(error.to_string()))?;
+        Ok(Settings {
+            agent: self.agent,
+            spool: self.spool,
+            sender: self.sender,
+            sensors: SensorSettings {
+                files: self.files,
+                process: self.process,
+                network,
+                databases,
+            },
+        })
     }
 }

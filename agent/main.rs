@@ -10,7 +10,7 @@ mod sender;
 mod sensors;
 mod spool;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -119,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let config = match config {
                 Some(path) => AgentConfig::load(&path)?,
-                None => AgentConfig::default(),
+                None => AgentConfig::default().settings(Path::new("(defaults)"))?,
             };
             runtime.block_on(run::run(run::RunArgs {
                 state_dir,

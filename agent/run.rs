@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use bannin::event::{AgentAction, AgentEvent};
 use tokio::sync::{Notify, watch};
 
-use crate::config::AgentConfig;
+use crate::config::Settings;
 use crate::pipeline::{self, EventTx};
 use crate::sensors::files::ProcessLookup;
 use crate::spool::{self, Spool};
@@ -16,7 +16,7 @@ use crate::{identity, sender, sensors};
 
 pub struct RunArgs {
     pub state_dir: PathBuf,
-    pub config: AgentConfig,
+    pub config: Settings,
     pub watch: Vec<PathBuf>,
     pub collector: Option<String>,
 }
@@ -56,10 +56,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     ));
     let _drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
 
-    let mut files_config = args.config.files.clone();
+    let configured = &args.config.sensors;
+    let mut files_config = configured.files.clone();
     files_config.watch.extend(args.watch.iter().cloned());
     files_config.private_dir = Some(args.state_dir.clone());
-    let (process, table) = sensors::process::spawn(args.config.process.clone(), tx.clone())
+    let (process, table) = sensors::process::spawn(configured.process.clone(), tx.clone())
         .await
         .context("cannot start the process sensor")?;
     let lookup_table = table.clone();
@@ -67,11 +68,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let files = sensors::files::spawn(files_config, tx.clone(), lookup)
         .await
         .context("cannot start the file sensor")?;
-    let net = sensors::net::spawn(args.config.network.clone(), tx.clone(), table)
+    let net = sensors::net::spawn(configured.network.clone(), tx.clone(), table)
         .await
         .context("cannot start the network sensor")?;
-    let databases = args.config.database.len();
-    let db = sensors::db::spawn(args.config.database.clone(), &args.state_dir, tx.clone())
+    let databases = configured.databases.len();
+    let db = sensors::db::spawn(configured.databases.clone(), &args.state_dir, tx.clone())
         .await
         .context("cannot start the database sensor")?;
     let sensors = vec![
@@ -80,7 +81,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         format!("process:{}", process.source()),
         format!(
             "network:{}",
-            if args.config.network.enabled {
+            if configured.network.enabled {
                 "proc_net"
             } else {
                 "off"

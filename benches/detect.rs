@@ -10,6 +10,9 @@
 #[allow(dead_code)]
 #[path = "../collector/alert.rs"]
 mod alert;
+#[allow(dead_code)]
+#[path = "../collector/finding.rs"]
+mod finding;
 // The bench drives only part of the engine's interface.
 #[allow(dead_code)]
 #[path = "../collector/detect/mod.rs"]

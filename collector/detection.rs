@@ -1,5 +1,7 @@
-//! The detection thread: evaluates committed events in commit order, stores the alerts it raises
-//! together with their deliveries (one transaction), and wakes the hooks.
+//! Detection owns the tail of the store: at start it rebuilds the engine's state from the stored
+//! events of the engine's own window ([`Detection::replay`]), then its thread evaluates committed
+//! events and findings in commit order, stores the alerts it raises together with their
+//! deliveries (one transaction, all or nothing), and wakes the hooks.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
@@ -7,10 +9,10 @@ use std::time::Duration;
 use bannin::time::Timestamp;
 use rusqlite::Connection;
 
-use crate::alert::{Alert, EvidenceRef};
-use crate::detect::{AlertUpdate, Engine, Finding, FindingKind};
+use crate::alert::Alert;
+use crate::detect::{AlertUpdate, Engine};
 use crate::hooks::{Notifier, Router, outbox};
-use crate::store::ingest::{self, CommitNotice};
+use crate::store::ingest::CommitNotice;
 use crate::store::{self, StoreError};
 
 /// What quickstart (or any observer) sees after detection has run.
@@ -29,25 +31,41 @@ pub struct Detection {
     pub tap: Option<SyncSender<Observed>>,
 }
 
-fn finding(f: &ingest::Finding) -> Finding {
-    Finding {
-        agent_id: f.agent_id.clone(),
-        host: f.host.clone(),
-        kind: if f.kind == "chain.gap" {
-            FindingKind::ChainGap
-        } else {
-            FindingKind::ChainTamper
-        },
-        ts: f.ts,
-        detail: f.detail.clone(),
-        evidence: vec![EvidenceRef {
-            agent_id: f.agent_id.clone(),
-            seq: f.last_seq.saturating_add(1),
-        }],
-    }
-}
-
 impl Detection {
+    /// Rebuilds the engine's state from what the store already holds, raising nothing: every
+    /// stored event of the engine's own window (its longest detector window or correlation
+    /// timespan, bounded by time, whatever the number of rows), and before it only the kinds
+    /// whose whole history matters (the destinations first-seen knows). Rows are streamed one at a
+    /// time into the engine, whose state is capped, so its memory does not depend on what the
+    /// store holds. Call it before the store writer starts: an event committed during the replay
+    /// would be seen twice, or never.
+    pub fn replay(&mut self) -> Result<u64, StoreError> {
+        let window = self.engine.replay_window();
+        let since = Timestamp::now().saturating_sub(window);
+        let engine = &mut self.engine;
+        engine.begin_replay();
+        let mut events = 0;
+        for kind in engine.replay_history() {
+            events += store::query::for_each_event(
+                &self.conn,
+                Some(kind),
+                None,
+                Some(since),
+                |record| engine.replay_event(&record),
+            )?;
+        }
+        events += store::query::for_each_event(&self.conn, None, Some(since), None, |record| {
+            engine.replay_event(&record)
+        })?;
+        engine.end_replay();
+        tracing::info!(
+            events,
+            window_secs = window.as_secs(),
+            "detection state rebuilt from the store"
+        );
+        Ok(events)
+    }
+
     pub fn spawn(
         self,
         notices: Receiver<CommitNotice>,
@@ -66,8 +84,8 @@ impl Detection {
                     for record in &notice.records {
                         updates.extend(self.engine.observe(record));
                     }
-                    for f in &notice.findings {
-                        updates.extend(self.engine.observe_finding(&finding(f)));
+                    for finding in &notice.findings {
+                        updates.extend(self.engine.observe_finding(finding));
                     }
                     if let Some(tap) = &self.tap {
                         let _ = tap.try_send(Observed::Committed(notice));
@@ -88,7 +106,7 @@ impl Detection {
             self.notifier.notify();
             for alert in raised {
                 // The summary quotes file names: escaped, a line break in one cannot forge a log line.
-                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::output::escape_control(&alert.host), "{}", crate::output::escape_control(&alert.summary));
+                tracing::warn!(alert_id = %alert.id, rule = %alert.rule, severity = alert.severity.as_str(), host = %crate::present::escape_control(&alert.host), "{}", crate::present::escape_control(&alert.summary));
                 if let Some(tap) = &self.tap {
                     let _ = tap.try_send(Observed::Alert(alert));
                 }

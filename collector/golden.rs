@@ -220,13 +220,13 @@ mod tests {
             record(7, heartbeat),
         ]
         .iter()
-        .map(crate::ocsf::event)
+        .map(crate::present::ocsf::event)
         .collect();
         assert_golden_json("ocsf-events.json", &Value::Array(events));
 
         let alert = serde_json::to_value(alert()).unwrap();
-        let alert = crate::ocsf::alert(alert.as_object().unwrap());
-        let agent = crate::ocsf::agent(&crate::store::query::AgentRow {
+        let alert = crate::present::ocsf::alert(alert.as_object().unwrap()).unwrap();
+        let agent = crate::present::ocsf::agent(&crate::store::query::AgentRow {
             agent_id: "agent-1".into(),
             name: "db1".into(),
             host: "db1".into(),

@@ -28,6 +28,8 @@ use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
+use crate::service::ServiceError;
+
 /// The first pause after the process runs out of descriptors; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -199,12 +201,14 @@ async fn accept_loop(
 }
 
 /// The caller's principal from the TLS connection the request came on, before anything is read.
-fn principal(request: &http::Request<tonic::body::Body>) -> Option<Principal> {
-    let certs = request
+fn caller(request: &http::Request<tonic::body::Body>) -> Result<Principal, ServiceError> {
+    let leaf = request
         .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()?
-        .peer_certs()?;
-    principal_of(certs.first()?.as_ref())
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|certs| certs.first().cloned())
+        .ok_or(ServiceError::NoCertificate)?;
+    principal_of(leaf.as_ref()).ok_or(ServiceError::UnknownPrincipal)
 }
 
 fn remote(request: &http::Request<tonic::body::Body>) -> Option<SocketAddr> {
@@ -213,11 +217,6 @@ fn remote(request: &http::Request<tonic::body::Body>) -> Option<SocketAddr> {
         .get::<TlsConnectInfo<TcpConnectInfo>>()?
         .get_ref()
         .remote_addr()
-}
-
-/// The match above takes agents first; this arm cannot be reached.
-fn unreachable_agent() -> tonic::Status {
-    tonic::Status::internal("agent principal reached the refusal path")
 }
 
 /// Admits batches to the ingest service (see the module comment).
@@ -294,35 +293,73 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (permits, in_flight) = (self.permits.clone(), self.in_flight.clone());
         Box::pin(async move {
-            let agent_id = match principal(&request) {
-                Some(Principal::Agent(id)) => id,
-                other => {
-                    let status = match other {
-                        None => tonic::Status::unauthenticated(
-                            "no agent certificate: enroll this agent first",
-                        ),
-                        Some(Principal::Operator(name)) => tonic::Status::permission_denied(
-                            format!("operator {name} may not submit events"),
-                        ),
-                        Some(Principal::Agent(_)) => unreachable_agent(),
-                    };
-                    tracing::warn!(remote = ?remote(&request), error = %status.message(), "batch refused");
-                    return Ok(status.into_http());
+            let remote = remote(&request);
+            let refuse = |error: ServiceError| {
+                tracing::warn!(?remote, %error, "batch refused");
+                crate::metrics::batch_refused(&error);
+                Ok(tonic::Status::from(error).into_http())
+            };
+            let agent_id = match caller(&request) {
+                Ok(Principal::Agent(id)) => id,
+                Ok(Principal::Operator(name)) => {
+                    return refuse(ServiceError::NotAnAgent {
+                        principal: format!("operator {name}"),
+                    });
                 }
+                Err(error) => return refuse(error),
             };
             let Some(_in_flight) = InFlight::take(&in_flight, agent_id.clone()) else {
-                tracing::warn!(%agent_id, "batch refused: the agent already has a batch in flight");
-                return Ok(tonic::Status::unavailable(format!(
-                    "agent {agent_id} already has a batch in flight; retry after it is acknowledged"
-                ))
-                .into_http());
+                return refuse(ServiceError::AgentBusy { agent_id });
             };
             // Waiting here reads nothing: the batch stays in the agent's HTTP/2 flow-control
             // window until a permit frees.
             let Ok(_permit) = permits.acquire_owned().await else {
-                return Ok(tonic::Status::unavailable("the collector is stopping").into_http());
+                return refuse(ServiceError::Stopping);
             };
             inner.call(request).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The ingest service behind the gate: answers every call, counting them.
+    #[derive(Clone, Default)]
+    struct Behind(Arc<AtomicUsize>);
+
+    impl Service<http::Request<tonic::body::Body>> for Behind {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(http::Response::new(tonic::body::Body::empty())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_gate_refuses_a_caller_without_a_certificate_as_the_service_would() {
+        let behind = Behind::default();
+        let mut gate = IngestGate::new(behind.clone(), 1);
+        let response = gate
+            .call(http::Request::new(tonic::body::Body::empty()))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).unwrap();
+        let expected = tonic::Status::from(ServiceError::NoCertificate);
+        assert_eq!(
+            (status.code(), status.message()),
+            (expected.code(), expected.message())
+        );
+        assert_eq!(behind.0.load(Ordering::SeqCst), 0, "nothing was read");
     }
 }

@@ -6,13 +6,13 @@ mod config;
 mod detect;
 mod detection;
 mod enrollment;
+mod finding;
 #[cfg(test)]
 mod golden;
 mod hooks;
 mod listen;
 mod metrics;
-mod ocsf;
-mod output;
+mod present;
 mod query;
 mod quickstart;
 mod report;
@@ -194,19 +194,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map_err(|error| format!("cannot read {}: {error}", serve::CA_CERT)),
             };
             let report = store::verify::verify(&conn, &trust)?;
-            for note in &report.notes {
-                println!("note: {note}");
-            }
-            for problem in &report.problems {
-                println!("FAIL: {problem}");
-            }
-            println!(
-                "verified {} events in {} batches from {} agents: {} problems",
-                report.events,
-                report.batches,
-                report.agents,
-                report.problems.len()
-            );
+            let mut out = std::io::stdout().lock();
+            present::table::verify(&mut out, &report)?;
+            std::io::Write::flush(&mut out)?;
             Ok(if report.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {

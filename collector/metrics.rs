@@ -30,7 +30,6 @@ use tokio::net::TcpListener;
 
 use crate::service::ServiceError;
 use crate::store;
-use crate::store::ingest::IngestError;
 
 /// `[metrics]`: where the HTTP endpoint listens.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -134,39 +133,17 @@ pub fn batch_accepted(inserted: u32) {
     COUNTERS.batches_accepted.inc();
 }
 
-/// Why a batch was refused, as a label.
-fn reason(error: &ServiceError) -> &'static str {
-    match error {
-        ServiceError::NoCertificate | ServiceError::UnknownPrincipal => "unauthenticated",
-        ServiceError::NotAnAgent { .. } => "not_an_agent",
-        ServiceError::NotEnrolled { .. } => "not_enrolled",
-        ServiceError::Revoked { .. } => "revoked",
-        ServiceError::EmptyBatch => "empty",
-        ServiceError::TooManyEvents { .. } | ServiceError::TooBigDecoded { .. } => "too_large",
-        ServiceError::SeqOutOfRange { .. } => "out_of_order",
-        ServiceError::WrongHost { .. } => "wrong_host",
-        ServiceError::BadEvent { .. } => "malformed",
-        ServiceError::OutOfOrder { .. } => "out_of_order",
-        ServiceError::Chain {
-            source: bannin::chain::ChainError::BadSignature { .. },
-        } => "bad_signature",
-        ServiceError::Chain { .. } => "bad_chain",
-        ServiceError::BadEnrollment { .. } | ServiceError::EnrollmentRateLimited { .. } => {
-            "internal"
-        }
-        ServiceError::Ingest(IngestError::Fork { .. }) => "fork",
-        ServiceError::Store(_) | ServiceError::Ingest(_) => "store",
-    }
-}
-
+/// A refused batch, counted under its reason ([`ServiceError::refusal`]).
 pub fn batch_refused(error: &ServiceError) {
-    let reason = reason(error);
-    if matches!(reason, "bad_signature" | "bad_chain" | "fork") {
+    let refusal = error.refusal();
+    if refusal.is_verification_failure() {
         COUNTERS.verification_failures.inc();
     }
     COUNTERS
         .batches_refused
-        .get_or_create(&Refusal { reason })
+        .get_or_create(&Refusal {
+            reason: refusal.reason,
+        })
         .inc();
 }
 
@@ -236,7 +213,11 @@ fn store_gauges(
                 bytes: r.spool_bytes,
             })
             .collect(),
-        deliveries: store::investigate::delivery_counts(&conn).unwrap_or_default(),
+        // The agents' gauges stay true when the outbox cannot be read; the failure is logged.
+        deliveries: store::investigate::delivery_counts(&conn).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read alert delivery counts for the metrics");
+            Vec::new()
+        }),
     })
 }
 

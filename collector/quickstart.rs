@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::config::CollectorConfig;
 use crate::detection::Observed;
-use crate::output;
+use crate::present;
 use crate::serve::{self, CA_CERT};
 use crate::store;
 
@@ -60,29 +60,8 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     std::thread::spawn(move || {
         while let Ok(observed) = notices_rx.recv() {
             let mut out = std::io::stdout().lock();
-            match observed {
-                Observed::Committed(notice) => {
-                    let _ = output::events_table_rows(&mut out, &notice.records);
-                    for finding in notice.findings {
-                        let _ = output::row!(
-                            &mut out,
-                            "finding {} on {}: {}",
-                            finding.kind,
-                            finding.host,
-                            finding.detail
-                        );
-                    }
-                }
-                Observed::Alert(alert) => {
-                    let _ = output::row!(
-                        &mut out,
-                        "ALERT {} {} on {}: {}",
-                        alert.severity.as_str().to_uppercase(),
-                        alert.rule,
-                        alert.host,
-                        alert.summary
-                    );
-                }
+            if let Err(error) = present::table::observed(&mut out, &observed) {
+                tracing::warn!(%error, "cannot print to standard output");
             }
         }
     });
@@ -152,7 +131,10 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     tokio::select! {
         _ = bannin::signals::shutdown() => {}
         status = child.wait() => {
-            eprintln!("bannin quickstart: the agent exited ({})", status.map(|s| s.to_string()).unwrap_or_default());
+            match status {
+                Ok(status) => eprintln!("bannin quickstart: the agent exited ({status})"),
+                Err(error) => eprintln!("bannin quickstart: cannot wait for the agent: {error}"),
+            }
         }
     }
     let _ = child.start_kill();

@@ -106,29 +106,6 @@ pub struct Collector {
     pub listener: TcpListener,
 }
 
-/// Rebuilds detection state from what the store already holds, raising nothing: the events of the
-/// engine's own window (its longest detector window or correlation timespan), and the public
-/// destinations seen before it for first-seen. Rows are streamed one at a time into the engine,
-/// whose state is capped, so a replay's memory does not depend on what the store holds.
-fn replay(conn: &rusqlite::Connection, engine: &mut detect::Engine) -> Result<()> {
-    let since = bannin::time::Timestamp::now().saturating_sub(engine.replay_window());
-    engine.begin_replay();
-    let older_destinations =
-        store::query::for_each_event(conn, Some("net.connect"), None, Some(since), |record| {
-            engine.replay_event(&record)
-        })?;
-    let recent = store::query::for_each_event(conn, None, Some(since), None, |record| {
-        engine.replay_event(&record)
-    })?;
-    engine.end_replay();
-    tracing::info!(
-        events = older_destinations + recent,
-        window_secs = engine.replay_window().as_secs(),
-        "detection state rebuilt from the store"
-    );
-    Ok(())
-}
-
 impl Collector {
     pub async fn bind(data_dir: &Path, config: CollectorConfig, listen: &str) -> Result<Collector> {
         prepare_data_dir(data_dir)?;
@@ -175,21 +152,25 @@ impl Collector {
             });
         }
 
-        let mut engine = detect::Engine::new(&self.config.detection)?;
-        replay(&conn, &mut engine)?;
+        let engine = detect::Engine::new(&self.config.detection)?;
         let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
             .context("cannot start alert delivery")?;
         let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
-        Detection {
+        let mut detection = Detection {
             engine,
             conn: store::open_writer(&self.data_dir)?,
             seal: seal.clone(),
             router: hooks.router(),
             notifier: hooks.notifier(),
             tap,
-        }
-        .spawn(notices_rx)
-        .context("cannot start detection")?;
+        };
+        // Before the writer starts, so every event is either replayed or in a notice, once.
+        detection
+            .replay()
+            .context("cannot rebuild detection state from the store")?;
+        detection
+            .spawn(notices_rx)
+            .context("cannot start detection")?;
         let writer = Writer::spawn(conn, seal.clone(), Some(notices))
             .context("cannot start the store writer")?;
 

@@ -8,10 +8,10 @@ use bannin::chain::{self, ChainError, Hash};
 use bannin::pb;
 use bannin::pki::{Authority, Principal, principal_of};
 use bannin::proto::{ProtoError, decode_event, footprint, limits, peek_seq};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::enrollment::{Admission, EnrollGuard};
-use crate::output::{escape_control, is_unsafe_char};
+use crate::present::{escape_control, is_unsafe_char};
 use crate::store::ingest::{IngestError, OwnedNewAgent, VerifiedBatch, VerifiedEvent, Writer};
 use crate::store::{AgentKey, StoreError};
 
@@ -60,47 +60,86 @@ pub enum ServiceError {
     BadEnrollment { reason: String },
     #[error("too many failed enrollments from this address; try again in {retry_after_secs}s")]
     EnrollmentRateLimited { retry_after_secs: u64 },
+    #[error("agent {agent_id} already has a batch in flight; retry after it is acknowledged")]
+    AgentBusy { agent_id: String },
+    #[error("the collector is stopping")]
+    Stopping,
+    #[error("internal error: {what}")]
+    Internal { what: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
 
-/// The one place domain errors become gRPC statuses.
-impl From<ServiceError> for Status {
-    fn from(error: ServiceError) -> Status {
-        let message = error.to_string();
-        match error {
-            ServiceError::NoCertificate
-            | ServiceError::UnknownPrincipal
-            | ServiceError::NotEnrolled { .. }
-            | ServiceError::Chain {
-                source: ChainError::BadSignature { .. },
-            } => Status::unauthenticated(message),
-            ServiceError::NotAnAgent { .. } | ServiceError::Revoked { .. } => {
-                Status::permission_denied(message)
+/// How a refusal is told and counted: the gRPC code the caller gets and the `reason` label of
+/// `bannin_ingest_batches_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    /// Whether the collector failed rather than the caller asking for something it may not have.
+    pub fn is_collectors_fault(self) -> bool {
+        matches!(self.code, Code::Unavailable | Code::Internal)
+    }
+
+    /// Whether the batch failed the chain or signature checks (counted apart, too).
+    pub fn is_verification_failure(self) -> bool {
+        matches!(self.reason, "bad_signature" | "bad_chain" | "fork")
+    }
+}
+
+impl ServiceError {
+    /// The one place a domain error becomes a gRPC code and a metric label (the message is the
+    /// error's own text), so the gate, the services and the metrics cannot disagree.
+    pub fn refusal(&self) -> Refusal {
+        let (code, reason) = match self {
+            ServiceError::NoCertificate | ServiceError::UnknownPrincipal => {
+                (Code::Unauthenticated, "unauthenticated")
             }
+            ServiceError::NotAnAgent { .. } => (Code::PermissionDenied, "not_an_agent"),
+            ServiceError::NotEnrolled { .. } => (Code::Unauthenticated, "not_enrolled"),
+            ServiceError::Revoked { .. } => (Code::PermissionDenied, "revoked"),
+            ServiceError::EmptyBatch => (Code::InvalidArgument, "empty"),
             ServiceError::TooManyEvents { .. }
             | ServiceError::TooBigDecoded { .. }
             | ServiceError::BadEvent {
                 source: ProtoError::TooLarge { .. },
                 ..
+            } => (Code::ResourceExhausted, "too_large"),
+            ServiceError::BadEvent { .. } => (Code::InvalidArgument, "malformed"),
+            ServiceError::SeqOutOfRange { .. } | ServiceError::OutOfOrder { .. } => {
+                (Code::InvalidArgument, "out_of_order")
             }
-            | ServiceError::EnrollmentRateLimited { .. } => Status::resource_exhausted(message),
-            ServiceError::Store(StoreError::NameTaken { .. }) => Status::already_exists(message),
-            ServiceError::WrongHost { .. } => Status::permission_denied(message),
-            ServiceError::EmptyBatch
-            | ServiceError::SeqOutOfRange { .. }
-            | ServiceError::BadEvent { .. }
-            | ServiceError::OutOfOrder { .. }
-            | ServiceError::Chain { .. }
-            | ServiceError::BadEnrollment { .. } => Status::invalid_argument(message),
+            ServiceError::WrongHost { .. } => (Code::PermissionDenied, "wrong_host"),
+            ServiceError::Chain {
+                source: ChainError::BadSignature { .. },
+            } => (Code::Unauthenticated, "bad_signature"),
+            ServiceError::Chain { .. } => (Code::InvalidArgument, "bad_chain"),
+            ServiceError::BadEnrollment { .. } => (Code::InvalidArgument, "bad_enrollment"),
+            ServiceError::EnrollmentRateLimited { .. } => (Code::ResourceExhausted, "rate_limited"),
+            ServiceError::AgentBusy { .. } => (Code::Unavailable, "busy"),
+            ServiceError::Stopping => (Code::Unavailable, "stopping"),
+            ServiceError::Internal { .. } => (Code::Internal, "internal"),
+            ServiceError::Store(StoreError::NameTaken { .. }) => {
+                (Code::AlreadyExists, "name_taken")
+            }
             ServiceError::Store(
                 StoreError::UnknownToken | StoreError::UsedToken | StoreError::ExpiredToken,
-            ) => Status::permission_denied(message),
-            ServiceError::Ingest(IngestError::Fork { .. }) => Status::failed_precondition(message),
-            ServiceError::Store(_) | ServiceError::Ingest(_) => Status::unavailable(message),
-        }
+            ) => (Code::PermissionDenied, "bad_token"),
+            ServiceError::Ingest(IngestError::Fork { .. }) => (Code::FailedPrecondition, "fork"),
+            ServiceError::Store(_) | ServiceError::Ingest(_) => (Code::Unavailable, "store"),
+        };
+        Refusal { code, reason }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        Status::new(error.refusal().code, error.to_string())
     }
 }
 
@@ -182,8 +221,9 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             Ok(response) => {
                 tracing::info!(agent_id = %response.agent_id, ?remote, "agent enrolled")
             }
-            // The store failing is not the caller's doing; refusals of the request are, and count.
-            Err(error @ ServiceError::Store(StoreError::Sql { .. } | StoreError::WriterGone)) => {
+            // The collector failing is not the caller's doing; refusals of the request are, and
+            // count.
+            Err(error) if error.refusal().is_collectors_fault() => {
                 tracing::error!(?remote, %error, "enrollment failed")
             }
             Err(error) => {
@@ -214,7 +254,9 @@ impl EnrollmentService {
         self.writer
             .check_enrollment(req.token.clone(), req.name.clone())
             .await?;
-        let agent_id = new_agent_id().map_err(|_| bad("no randomness for an agent id"))?;
+        let agent_id = new_agent_id().map_err(|_| ServiceError::Internal {
+            what: "no randomness for an agent id",
+        })?;
         let cert_pem = self
             .authority
             .sign_agent_csr(&req.csr_der, &agent_id, &req.signing_public_key)
@@ -329,8 +371,8 @@ impl IngestService {
         let verified =
             tokio::task::spawn_blocking(move || verify_batch(&agent_for_check, batch, limits))
                 .await
-                .map_err(|_| ServiceError::BadEnrollment {
-                    reason: "verification task failed".into(),
+                .map_err(|_| ServiceError::Internal {
+                    what: "the verification task failed",
                 })?;
         // A batch with the agent's certificate but not its signature is forged or the agent's
         // key is in other hands: refused, and recorded as a `chain.tamper` finding.
@@ -477,4 +519,64 @@ pub fn verify_batch(
         events,
         witness,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_told_to_the_caller_and_counted_under_one_reason() {
+        // An oversized event is too large on the wire (the agent halves its batches) and in the
+        // metric alike.
+        let error = ServiceError::BadEvent {
+            index: 0,
+            source: ProtoError::TooLarge { bytes: 2, limit: 1 },
+        };
+        let refusal = error.refusal();
+        assert_eq!(
+            refusal,
+            Refusal {
+                code: Code::ResourceExhausted,
+                reason: "too_large"
+            }
+        );
+        assert_eq!(Status::from(error).code(), refusal.code);
+
+        // The collector's own failures are not blamed on the caller.
+        let internal = ServiceError::Internal {
+            what: "the verification task failed",
+        };
+        assert_eq!(Status::from(internal).code(), Code::Internal);
+        for (error, collectors_fault) in [
+            (
+                ServiceError::Internal {
+                    what: "no randomness for an agent id",
+                },
+                true,
+            ),
+            (ServiceError::Store(StoreError::WriterGone), true),
+            (
+                ServiceError::BadEnrollment {
+                    reason: "bad csr".into(),
+                },
+                false,
+            ),
+            (ServiceError::Store(StoreError::UsedToken), false),
+        ] {
+            assert_eq!(
+                error.refusal().is_collectors_fault(),
+                collectors_fault,
+                "{error}"
+            );
+        }
+        assert!(
+            ServiceError::Ingest(IngestError::Fork {
+                agent_id: "a".into(),
+                seq: 1
+            })
+            .refusal()
+            .is_verification_failure()
+        );
+    }
 }

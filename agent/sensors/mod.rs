@@ -7,3 +7,14 @@ pub mod net;
 #[cfg(target_os = "linux")]
 mod netlink;
 pub mod process;
+
+/// Every sensor's checked configuration, made when the configuration is loaded
+/// ([`crate::config::AgentConfig::settings`]), so a section that cannot work stops the agent
+/// before the spool opens.
+#[derive(Debug, Clone)]
+pub struct SensorSettings {
+    pub files: files::FilesConfig,
+    pub process: process::ProcessConfig,
+    pub network: net::NetSettings,
+    pub databases: Vec<db::DbSettings>,
+}

@@ -146,3 +146,82 @@ pub struct AllowEntry {
     /// Time of day in UTC, "HH:MM-HH:MM"; a range may wrap past midnight ("23:00-02:00").
     pub hours: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The `[detection]` section.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn config_section_parses_with_defaults_and_rejects_unknown_keys() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct CollectorToml {
+            detection: DetectConfig,
+        }
+        let parsed: CollectorToml = toml::from_str(
+            r#"
+        [detection]
+        disabled = ["first-seen-public-destination"]
+        dedup_window = "30m"
+        [detection.thresholds]
+        large_export_min_size = 1048576
+        agent_silent_after = "5m"
+        [[detection.allow]]
+        rules = ["agent-silent"]
+        host = "laptop-*"
+        "#,
+        )
+        .unwrap();
+        let config = parsed.detection;
+        assert_eq!(config.dedup_window, Duration::from_secs(1800));
+        assert_eq!(config.thresholds.large_export_min_size, MIB);
+        assert_eq!(config.thresholds.export_window, Duration::from_secs(86_400));
+        assert_eq!(
+            config.thresholds.agent_silent_after,
+            Duration::from_secs(300)
+        );
+        assert!(config.builtin_rules);
+        let error = toml::from_str::<CollectorToml>("[detection]\nbulk_rows = 5\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("bulk_rows"), "{error}");
+
+        // Thresholds reach the rules: a 2 MiB export is large at a 1 MiB threshold.
+        let mut fleet = Fleet::new(config);
+        let who = attacker();
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "fs2",
+                    0,
+                    file(FileAction::Create, "/srv/a.csv", Some(0), None, &who),
+                ),
+                (
+                    "fs2",
+                    1,
+                    file(
+                        FileAction::Write,
+                        "/srv/a.csv",
+                        Some(2 * MIB),
+                        Some(csv(1)),
+                        &who,
+                    ),
+                ),
+                (
+                    "fs2",
+                    2,
+                    file(FileAction::Delete, "/srv/a.csv", Some(2 * MIB), None, &who),
+                ),
+                ("pc1", 3, connect("203.0.113.1", "public", &who)),
+            ],
+        );
+        assert_eq!(
+            rules_of(&updates),
+            vec!["large-export-created-then-deleted"]
+        );
+    }
+}

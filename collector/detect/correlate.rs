@@ -272,3 +272,87 @@ impl Correlation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Correlations of the built-in pack across hosts.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn bulk_read_then_large_export_on_another_host_alerts() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        let mut updates = Vec::new();
+        updates.extend(fleet.send(
+            "db1",
+            0,
+            query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+        ));
+        updates.extend(fleet.send(
+            "fs2",
+            3600,
+            file(FileAction::Create, "/srv/share/c1.csv", Some(0), None, &who),
+        ));
+        updates.extend(fleet.send(
+            "fs2",
+            3700,
+            file(
+                FileAction::Write,
+                "/srv/share/c1.csv",
+                Some(300 * MIB),
+                Some(csv(3_000_000)),
+                &who,
+            ),
+        ));
+        let rules = rules_of(&updates);
+        assert_eq!(rules, vec!["bulk-db-read", "bulk-read-then-export"]);
+        let chain = new_alerts(&updates)[1];
+        assert_eq!(chain.severity, Severity::Critical);
+        assert_eq!(chain.host, "fs2");
+        assert_eq!(chain.fields["path"], "/srv/share/c1.csv");
+        let agents: Vec<&str> = chain.evidence.iter().map(|e| e.agent_id.as_str()).collect();
+        assert_eq!(agents, vec!["agent-db1", "agent-fs2"]);
+
+        // The export long after the read is not linked to it.
+        let mut fleet = Fleet::default();
+        let mut updates = Vec::new();
+        updates.extend(fleet.send(
+            "db1",
+            0,
+            query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+        ));
+        updates.extend(fleet.send(
+            "fs2",
+            7 * 3600,
+            file(
+                FileAction::Write,
+                "/srv/share/c1.csv",
+                Some(300 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        ));
+        assert_eq!(rules_of(&updates), vec!["bulk-db-read"]);
+        // Nor is an export that came first.
+        let mut fleet = Fleet::default();
+        let mut updates = Vec::new();
+        updates.extend(fleet.send(
+            "fs2",
+            0,
+            file(
+                FileAction::Write,
+                "/srv/share/c1.csv",
+                Some(300 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        ));
+        updates.extend(fleet.send(
+            "db1",
+            60,
+            query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+        ));
+        assert_eq!(rules_of(&updates), vec!["bulk-db-read"]);
+    }
+}

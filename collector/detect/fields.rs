@@ -7,7 +7,7 @@
 use bannin::event::{Body, ProcessInfo, Record, SensorStatus};
 use serde_json::Value as Json;
 
-use super::Finding;
+use crate::finding::Finding;
 
 /// What a rule looks at: an agent's event or one of the collector's own findings.
 #[derive(Clone, Copy)]
@@ -368,5 +368,71 @@ impl Field {
         } else {
             values.into_iter().next()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The collector's findings and sensor overflows as rule subjects.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn chain_findings_and_sensor_overflow_alert() {
+        let mut fleet = Fleet::default();
+        let gap = Finding {
+            agent_id: "agent-pc1".into(),
+            host: "pc1".into(),
+            kind: FindingKind::ChainGap,
+            ts: at(0),
+            detail: "seq 41..57 missing".into(),
+            first_seq: 41,
+            last_seq: 57,
+        };
+        let updates = fleet.engine.observe_finding(&gap);
+        assert_eq!(rules_of(&updates), vec!["chain-gap"]);
+        // The alert points at the first stored event after the missing ones.
+        assert_eq!(
+            new_alerts(&updates)[0].evidence,
+            vec![EvidenceRef {
+                agent_id: "agent-pc1".into(),
+                seq: 58,
+            }]
+        );
+        assert!(
+            new_alerts(&updates)[0]
+                .summary
+                .contains("seq 41..57 missing")
+        );
+        let tamper = Finding {
+            kind: FindingKind::ChainTamper,
+            detail: "signature of seq 58 invalid".into(),
+            ..gap
+        };
+        let updates = fleet.engine.observe_finding(&tamper);
+        assert_eq!(rules_of(&updates), vec!["chain-tamper"]);
+        assert_eq!(new_alerts(&updates)[0].severity, Severity::Critical);
+
+        let mut overflow =
+            SensorEvent::new(SensorStatus::Overflow, "files", "fanotify queue overflow");
+        overflow.count = 1200;
+        let updates = fleet.send("pc1", 5, overflow.into());
+        assert_eq!(rules_of(&updates), vec!["sensor-overflow"]);
+        assert_eq!(new_alerts(&updates)[0].fields["lost"], 1200);
+        assert!(new_alerts(&updates)[0].summary.contains("lost 1200 events"));
+        // The alert object parses back: no rule field repeats one of its own keys.
+        let json = serde_json::to_string(new_alerts(&updates)[0]).unwrap();
+        assert_eq!(serde_json::from_str::<Alert>(&json).unwrap().count, 1);
+        // An overflow the kernel did not count says so, never "0".
+        let unknown = SensorEvent::new(SensorStatus::Overflow, "network", "socket queue overflow");
+        let updates = fleet.send("pc1", 6, unknown.into());
+        assert_eq!(new_alerts(&updates)[0].fields["lost"], "unknown");
+        assert!(
+            new_alerts(&updates)[0]
+                .summary
+                .contains("lost unknown events")
+        );
+        let status = SensorEvent::new(SensorStatus::Status, "files", "fanotify");
+        assert!(fleet.send("pc1", 6, status.into()).is_empty());
     }
 }

@@ -18,6 +18,8 @@ mod sigma;
 mod state;
 mod suppress;
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -26,17 +28,18 @@ use std::time::Duration;
 
 use bannin::event::Record;
 use bannin::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use config::DetectConfig;
 
 use self::correlate::{Correlation, Correlator, Hit};
-use self::detectors::{AgentSilent, Candidate, ExportLifecycle, FirstSeen, SensitiveReadVolume};
+use self::detectors::{Candidate, Seen, StatefulDetector};
 use self::fields::{Field, Subject};
 use self::rules::{Body, Rule};
 use self::suppress::{AllowList, Dedup, Verdict};
 use crate::alert::{Alert, EvidenceRef};
+use crate::finding::Finding;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -58,36 +61,6 @@ pub enum DetectError {
     },
     #[error("detection.allow entry {index}: {message}")]
     Allow { index: usize, message: String },
-}
-
-/// A problem the collector itself found in an agent's stream, rather than an event the agent sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
-    pub agent_id: String,
-    pub host: String,
-    pub kind: FindingKind,
-    pub ts: Timestamp,
-    /// What was wrong, for people: e.g. "seq 41..57 missing" or "signature of seq 12 invalid".
-    pub detail: String,
-    /// The stored events around the problem.
-    pub evidence: Vec<EvidenceRef>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FindingKind {
-    #[serde(rename = "chain.gap")]
-    ChainGap,
-    #[serde(rename = "chain.tamper")]
-    ChainTamper,
-}
-
-impl FindingKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::ChainGap => "chain.gap",
-            FindingKind::ChainTamper => "chain.tamper",
-        }
-    }
 }
 
 /// What the engine tells the collector to store.
@@ -137,38 +110,6 @@ impl Proof<'_> {
     }
 }
 
-enum Detector {
-    Lifecycle(Box<ExportLifecycle>),
-    Reads(SensitiveReadVolume),
-    FirstSeen(FirstSeen),
-    Silent(AgentSilent),
-    /// `detection-state-evicted`: raised from what the other detectors' caps pushed out.
-    Evictions,
-}
-
-impl Detector {
-    fn evicted(&self) -> u64 {
-        match self {
-            Detector::Lifecycle(d) => d.evicted(),
-            Detector::Reads(d) => d.evicted(),
-            Detector::FirstSeen(d) => d.evicted(),
-            Detector::Silent(d) => d.evicted(),
-            Detector::Evictions => 0,
-        }
-    }
-
-    /// State pushed out since the last call, by host, and what kind of state it was.
-    fn take_losses(&mut self) -> (&'static str, Vec<(String, u64)>) {
-        match self {
-            Detector::Lifecycle(d) => ("tracked exports", d.take_losses()),
-            Detector::Reads(d) => ("sensitive read totals", d.take_losses()),
-            Detector::FirstSeen(d) => ("seen destinations", d.take_losses()),
-            Detector::Silent(d) => ("agent liveness", d.take_losses()),
-            Detector::Evictions => ("", Vec::new()),
-        }
-    }
-}
-
 pub struct Engine {
     rules: Vec<Rule>,
     /// Sigma rules by the event kind they pin; `any_kind` for rules that pin none.
@@ -178,7 +119,8 @@ pub struct Engine {
     feeds: Vec<bool>,
     correlator: Correlator,
     longest_timespan: Duration,
-    detectors: Vec<(usize, Detector)>,
+    /// The named stateful detectors, each with its rule.
+    detectors: Vec<(usize, Box<dyn StatefulDetector>)>,
     allow: AllowList,
     dedup: Dedup,
     id_prefix: String,
@@ -213,6 +155,7 @@ impl Engine {
         let mut any_kind = Vec::new();
         let mut correlations = Vec::new();
         let mut detectors = Vec::new();
+        let mut evictions_rule = None;
         let mut feeds = vec![false; rules.len()];
         let mut longest_timespan = Duration::ZERO;
         for (index, rule) in rules.iter().enumerate() {
@@ -244,22 +187,13 @@ impl Engine {
                     longest_timespan = longest_timespan.max(spec.timespan);
                     correlations.push(Correlation::new(index, inputs, spec));
                 }
+                Body::Detector(spec) if spec.name == detectors::STATE_EVICTED => {
+                    evictions_rule.get_or_insert(index);
+                }
                 Body::Detector(spec) => {
-                    let limits = &config.limits;
-                    let detector = match spec.name.as_str() {
-                        "export_lifecycle" => ExportLifecycle::new(spec, limits)
-                            .map(|d| Detector::Lifecycle(Box::new(d))),
-                        "sensitive_read_volume" => {
-                            SensitiveReadVolume::new(spec, limits).map(Detector::Reads)
-                        }
-                        "first_seen_destination" => {
-                            FirstSeen::new(spec, limits).map(Detector::FirstSeen)
-                        }
-                        "agent_silent" => AgentSilent::new(spec, limits).map(Detector::Silent),
-                        "state_evicted" => Ok(Detector::Evictions),
-                        other => Err(format!("unknown detector {other:?}")),
-                    };
-                    detectors.push((index, detector.map_err(|m| rule_error(rule, m))?));
+                    let detector =
+                        detectors::build(spec, &config.limits).map_err(|m| rule_error(rule, m))?;
+                    detectors.push((index, detector));
                 }
             }
         }
@@ -284,10 +218,7 @@ impl Engine {
             replay_last: Timestamp::default(),
             suppressed: 0,
             repeats: 0,
-            evictions_rule: detectors
-                .iter()
-                .find(|(_, d)| matches!(d, Detector::Evictions))
-                .map(|(rule, _)| *rule),
+            evictions_rule,
             evicted_since_alert: HashMap::new(),
             unmetered_evictions: 0,
             reported_evicted: 0,
@@ -309,22 +240,16 @@ impl Engine {
         } else {
             self.clock
         };
+        let seen = Seen {
+            at: heard_at,
+            replaying: self.replaying,
+        };
         let subject = Subject::Record(record);
         self.run_sigma(subject, record.event.ts, Proof::Record(record), &mut out);
         for index in 0..self.detectors.len() {
             let (rule, detector) = &mut self.detectors[index];
             let rule = *rule;
-            let candidates = match detector {
-                Detector::Lifecycle(d) => d.observe(record),
-                Detector::Reads(d) => d.observe(record).into_iter().collect(),
-                Detector::FirstSeen(d) => d.observe(record).into_iter().collect(),
-                Detector::Silent(d) => {
-                    d.heard(record, heard_at, self.replaying);
-                    Vec::new()
-                }
-                Detector::Evictions => Vec::new(),
-            };
-            for candidate in candidates {
+            for candidate in detector.observe(record, seen) {
                 self.conclude(rule, subject, candidate, &mut out);
             }
         }
@@ -335,12 +260,8 @@ impl Engine {
     pub fn observe_finding(&mut self, finding: &Finding) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
         let subject = Subject::Finding(finding);
-        self.run_sigma(
-            subject,
-            finding.ts,
-            Proof::Refs(&finding.evidence),
-            &mut out,
-        );
+        let evidence = [finding.evidence()];
+        self.run_sigma(subject, finding.ts, Proof::Refs(&evidence), &mut out);
         out
     }
 
@@ -353,19 +274,7 @@ impl Engine {
         for index in 0..self.detectors.len() {
             let (rule, detector) = &mut self.detectors[index];
             let rule = *rule;
-            let candidates = match detector {
-                Detector::Silent(d) => d.tick(now),
-                Detector::Lifecycle(d) => {
-                    d.expire(now);
-                    Vec::new()
-                }
-                Detector::Reads(d) => {
-                    d.expire(now);
-                    Vec::new()
-                }
-                Detector::FirstSeen(_) | Detector::Evictions => Vec::new(),
-            };
-            for candidate in candidates {
+            for candidate in detector.tick(now) {
                 self.emit(rule, candidate, &mut out);
             }
         }
@@ -394,8 +303,7 @@ impl Engine {
         let dedup: u64 = self.dedup.take_losses().iter().map(|(_, n)| n).sum();
         self.unmetered_evictions += dedup;
         for (_, detector) in &mut self.detectors {
-            let (what, losses) = detector.take_losses();
-            add(what, losses);
+            add(detector.state(), detector.take_losses());
         }
         if by_host.is_empty() {
             return;
@@ -472,13 +380,20 @@ impl Engine {
     pub fn replay_window(&self) -> Duration {
         self.detectors
             .iter()
-            .map(|(_, d)| match d {
-                Detector::Lifecycle(d) => d.window(),
-                Detector::Reads(d) => d.window(),
-                Detector::Silent(d) => d.window(),
-                Detector::FirstSeen(_) | Detector::Evictions => Duration::ZERO,
-            })
+            .map(|(_, d)| d.window())
             .fold(self.longest_timespan, Duration::max)
+    }
+
+    /// Event kinds whose stored history before the window rebuilds state too (the destinations
+    /// first-seen already knows), each kind once.
+    pub fn replay_history(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for kind in self.detectors.iter().flat_map(|(_, d)| d.history()) {
+            if !kinds.contains(kind) {
+                kinds.push(kind);
+            }
+        }
+        kinds
     }
 
     /// Starts a replay: [`Engine::replay_event`] for each stored event, oldest first, then
@@ -497,9 +412,7 @@ impl Engine {
         self.replaying = false;
         let last = self.replay_last;
         for (_, detector) in &mut self.detectors {
-            if let Detector::Silent(d) = detector {
-                d.settle(last);
-            }
+            detector.end_replay(last);
         }
     }
 
@@ -509,14 +422,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> DetectStats {
-        let tracked_files = self
-            .detectors
-            .iter()
-            .map(|(_, d)| match d {
-                Detector::Lifecycle(d) => d.tracked(),
-                _ => 0,
-            })
-            .sum();
+        let tracked_files = self.detectors.iter().map(|(_, d)| d.tracked_files()).sum();
         DetectStats {
             rules: self.rules.len(),
             tracked_files,

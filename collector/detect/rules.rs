@@ -439,3 +439,418 @@ impl DetectorSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Operator rule files, the built-in pack, and every built-in rule's alert through every output.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn operator_rule_files_add_replace_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("local.yml"),
+            r#"
+title: Interpreter from a download directory
+id: exec-from-downloads
+level: low
+detection:
+  selection:
+    kind: process.start
+    exe|contains: '/downloads/'
+  python:
+    exe|re: 'python[0-9.]*$'
+  scripts:
+    cmdline|endswith: ['.py', '.pl']
+  condition: selection and 1 of python or scripts
+fields: [exe, cmdline]
+summary: '{exe} ran from downloads on {host}'
+---
+title: Sensor overflow (replaced)
+id: sensor-overflow
+level: critical
+detection:
+  selection:
+    kind: sensor.overflow
+    count|gte: 1000
+  condition: selection
+"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ignored.txt"), "not a rule").unwrap();
+        let mut config = DetectConfig {
+            rules: vec![dir.path().to_path_buf()],
+            ..DetectConfig::default()
+        };
+        let mut fleet = Fleet::new(config.clone());
+        let who = process(
+            20,
+            "/home/sato/Downloads/python3",
+            "sato",
+            &["/usr/bin/bash"],
+        );
+        let updates = fleet.send("pc1", 0, start(who));
+        assert_eq!(rules_of(&updates), vec!["exec-from-downloads"]);
+        assert_eq!(
+            new_alerts(&updates)[0].summary,
+            "/home/sato/Downloads/python3 ran from downloads on pc1"
+        );
+        let mut small = SensorEvent::new(SensorStatus::Overflow, "files", "overflow");
+        small.count = 10;
+        assert!(
+            fleet.send("pc1", 1, small.into()).is_empty(),
+            "the replacement needs 1000 lost"
+        );
+        let mut big = SensorEvent::new(SensorStatus::Overflow, "files", "overflow");
+        big.count = 5000;
+        let updates = fleet.send("pc1", 2, big.into());
+        assert_eq!(new_alerts(&updates)[0].severity, Severity::Critical);
+
+        // Disabled rules do not run.
+        config.disabled = vec!["exec-from-downloads".into()];
+        let mut fleet = Fleet::new(config);
+        let who = process(20, "/home/sato/Downloads/python3", "sato", &[]);
+        assert!(fleet.send("pc1", 0, start(who)).is_empty());
+
+        // Mistakes are load errors that name the rule and the problem.
+        for (text, expected) in [
+            (
+                "title: t\nid: bad-field\ndetection:\n  s:\n    exe_path: x\n  condition: s\n",
+                "exe_path",
+            ),
+            (
+                "title: t\nid: bad-cond\ndetection:\n  s:\n    exe: x\n  condition: s and t\n",
+                "\"t\"",
+            ),
+            (
+                "title: t\nid: bad-mod\ndetection:\n  s:\n    exe|base64: x\n  condition: s\n",
+                "base64",
+            ),
+            (
+                "title: t\nid: bad-ref\ncorrelation:\n  type: event_count\n  rules: [nope]\n  timespan: 1h\n",
+                "nope",
+            ),
+            ("title: t\nid: bad-det\ndetector: telepathy\n", "telepathy"),
+            (
+                "title: t\nid: bad-reserved\ndetection:\n  s:\n    kind: sensor.overflow\n  condition: s\nfields: [sensor, count]\n",
+                "\"count\" is a key of the alert itself",
+            ),
+            (
+                "title: t\nid: bad-reserved-id\ndetection:\n  s:\n    kind: sensor.overflow\n  condition: s\nfields: [alert_id]\n",
+                "\"alert_id\" is a key of the alert itself",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("r.yml"), text).unwrap();
+            let config = DetectConfig {
+                rules: vec![dir.path().join("r.yml")],
+                ..DetectConfig::default()
+            };
+            let error = Engine::new(&config).err().unwrap().to_string();
+            assert!(error.contains(expected), "{error}");
+            let id = text.lines().nth(1).unwrap().trim_start_matches("id: ");
+            assert!(error.contains(id), "{error}");
+        }
+    }
+
+    #[test]
+    fn builtin_pack_loads_and_every_rule_is_reachable() {
+        let engine = Engine::new(&DetectConfig::default()).unwrap();
+        let ids: Vec<&str> = engine.rules.iter().map(|r| r.meta.id.as_str()).collect();
+        for id in [
+            "large-export-created-then-deleted",
+            "large-export-file",
+            "bulk-db-read",
+            "db-sensitive-read",
+            "bulk-db-read-chunked",
+            "db-export-unlisted-account",
+            "bulk-read-then-export",
+            "document-spawns-shell",
+            "first-seen-public-destination",
+            "agent-silent",
+            "chain-gap",
+            "chain-tamper",
+            "sensor-overflow",
+            "agent-dropped-events",
+        ] {
+            assert!(ids.contains(&id), "{id} missing from {ids:?}");
+        }
+        // Every Sigma rule of the pack pins its kinds, so an event only meets the rules for its kind.
+        assert!(engine.any_kind.is_empty(), "{:?}", engine.any_kind);
+    }
+
+    /// The real engine fed the incident each built-in rule exists for: every alert it raised, and the
+    /// ids of the pack's rules that raise alerts (a new rule is in the second list the day it is added).
+    fn alerts_of_the_builtin_pack() -> (Vec<Alert>, Vec<String>) {
+        let mut updates = Vec::new();
+        let config = DetectConfig {
+            export_accounts: vec!["backup".into()],
+            ..DetectConfig::default()
+        };
+        let mut fleet = Fleet::new(config);
+        let generating = fleet
+            .engine
+            .rules
+            .iter()
+            .filter(|r| r.meta.generate)
+            .map(|r| r.meta.id.clone())
+            .collect();
+        let who = attacker();
+        let path = "/srv/share/c1.csv";
+        let mut dropped = AgentEvent::new(AgentAction::Dropped);
+        dropped.dropped = 7;
+        dropped.message = "spool full".into();
+        let mut overflow =
+            SensorEvent::new(SensorStatus::Overflow, "files", "fanotify queue overflow");
+        overflow.count = 1200;
+        let uncounted =
+            SensorEvent::new(SensorStatus::Overflow, "network", "socket queue overflow");
+        let shell = process(
+            8001,
+            "/usr/bin/bash",
+            "sato",
+            &["/usr/lib/libreoffice/program/soffice.bin"],
+        );
+        let mut events = vec![
+            (
+                "db1",
+                0,
+                query("sales_app", "s-1", 20_000, Some(20_000), Some(20_000)),
+            ),
+            (
+                "fs2",
+                3600,
+                file(FileAction::Create, path, Some(0), None, &who),
+            ),
+            (
+                "fs2",
+                3700,
+                file(
+                    FileAction::Write,
+                    path,
+                    Some(300 * MIB),
+                    Some(csv(3_000_000)),
+                    &who,
+                ),
+            ),
+            (
+                "fs2",
+                3800,
+                file(FileAction::Delete, path, None, None, &who),
+            ),
+            ("db1", 3900, export_query("sales_app", "copy_to_file")),
+            ("pc7", 4000, start(shell)),
+            ("pc7", 4001, connect("203.0.113.50", "public", &who)),
+            ("pc1", 4002, overflow.into()),
+            ("pc1", 4003, uncounted.into()),
+            ("pc1", 4004, dropped.into()),
+        ];
+        for i in 0..5 {
+            events.push(("db1", 5000 + i * 600, query("crm", "s", 3000, None, None)));
+        }
+        updates.extend(run(&mut fleet, events));
+        let gap = Finding {
+            agent_id: "agent-pc1".into(),
+            host: "pc1".into(),
+            kind: FindingKind::ChainGap,
+            ts: at(9000),
+            detail: "seq 41..57 missing".into(),
+            first_seq: 41,
+            last_seq: 57,
+        };
+        updates.extend(fleet.engine.observe_finding(&gap));
+        let tamper = Finding {
+            kind: FindingKind::ChainTamper,
+            detail: "signature of seq 58 invalid".into(),
+            ..gap
+        };
+        updates.extend(fleet.engine.observe_finding(&tamper));
+
+        // Silence: an agent heard once, then not for longer than agent_silent_after.
+        let mut quiet = Fleet::default();
+        quiet.engine.tick(at(0));
+        quiet.send("pc2", 0, heartbeat());
+        for second in 1..=120 {
+            updates.extend(quiet.engine.tick(at(second)));
+        }
+
+        // Evictions: more public destinations than the cap remembers.
+        let mut flooded = Fleet::new(DetectConfig {
+            limits: Limits {
+                seen_destinations: 2,
+                ..Limits::default()
+            },
+            ..DetectConfig::default()
+        });
+        for i in 0..5 {
+            flooded.send("h1", i, connect(&format!("198.51.100.{i}"), "public", &who));
+        }
+        updates.extend(flooded.engine.tick(at(10)));
+
+        let alerts = new_alerts(&updates).into_iter().cloned().collect();
+        (alerts, generating)
+    }
+
+    /// A JSON value that refuses objects repeating a key: `serde_json::Value` keeps the last one
+    /// silently, while the receivers (and `Alert` itself) fail on the whole document.
+    struct UniqueKeys;
+
+    impl<'de> serde::Deserialize<'de> for UniqueKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = UniqueKeys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                    Ok(UniqueKeys)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<UniqueKeys, A::Error> {
+                    while seq.next_element::<UniqueKeys>()?.is_some() {}
+                    Ok(UniqueKeys)
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<UniqueKeys, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        if !seen.insert(key.clone()) {
+                            return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                        }
+                        map.next_value::<UniqueKeys>()?;
+                    }
+                    Ok(UniqueKeys)
+                }
+            }
+            d.deserialize_any(Visitor)
+        }
+    }
+
+    /// Valid JSON with no key repeated, carrying `rule` somewhere.
+    fn assert_deliverable(what: &str, rule: &str, text: &str) {
+        if let Err(error) = serde_json::from_str::<UniqueKeys>(text) {
+            panic!("{rule}: {what} is not valid JSON without repeated keys: {error}\n{text}");
+        }
+        assert!(
+            text.contains(rule),
+            "{rule}: {what} lacks the rule id: {text}"
+        );
+    }
+
+    #[test]
+    fn every_builtin_rule_alert_round_trips_through_the_store_alerts_and_every_sink() {
+        // The check below catches the bug class itself: a rule field named like the alert's own key.
+        assert!(serde_json::from_str::<UniqueKeys>(r#"{"a":[{"rule":1,"rule":2}]}"#).is_err());
+        let (alerts, generating) = alerts_of_the_builtin_pack();
+        let fired: std::collections::BTreeSet<&str> =
+            alerts.iter().map(|a| a.rule.as_str()).collect();
+        let expected: std::collections::BTreeSet<&str> =
+            generating.iter().map(String::as_str).collect();
+        assert_eq!(
+            fired, expected,
+            "every alerting rule of the pack must fire here; add the incident for a new rule"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open_writer(dir.path()).unwrap();
+        for alert in &alerts {
+            crate::store::alerts::insert(&conn, alert).unwrap();
+        }
+        for alert in &alerts {
+            let rule = alert.rule.as_str();
+            let filter = crate::store::alerts::AlertFilter {
+                rule: Some(rule.to_string()),
+                limit: 1000,
+                ..Default::default()
+            };
+            // `alerts --format table` (local): the stored alert, whole, with its deliveries.
+            let stored: Vec<Alert> = crate::store::alerts::query(&conn, &filter)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.id == alert.id)
+                .collect();
+            assert_eq!(
+                stored,
+                vec![alert.clone()],
+                "{rule}: the store lost or changed it"
+            );
+            let rows: Vec<crate::query::local::AlertRow> =
+                crate::query::local::alerts(&conn, &filter)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|row| row.alert.id == alert.id)
+                    .collect();
+            let mut table = Vec::new();
+            crate::present::table::alerts(&mut table, &rows).unwrap();
+            let table = String::from_utf8(table).unwrap();
+            assert!(
+                table.contains(rule) && table.contains(&alert.id),
+                "{rule}: table lacks the row: {table}"
+            );
+            // `alerts --format json` and `--format ocsf`: what the local store and the query service send.
+            let objects: Vec<_> = rows
+                .iter()
+                .map(|row| crate::present::json::alert_object(row).unwrap())
+                .collect();
+            assert_eq!(objects.len(), 1, "{rule}: `alerts --format json` hides it");
+            // The row as serde writes it, before a map could fold a repeated key away.
+            let row = serde_json::to_string(&rows[0]).unwrap();
+            assert_deliverable("alerts --format json", rule, &row);
+            let mut object = objects[0].clone();
+            assert!(object.remove("deliveries").is_some(), "{rule}: {object:?}");
+            assert_eq!(
+                serde_json::from_value::<Alert>(Json::Object(object)).unwrap(),
+                *alert,
+                "{rule}: json"
+            );
+            let ocsf = crate::present::ocsf::alert(&objects[0])
+                .unwrap()
+                .to_string();
+            assert_deliverable("alerts --format ocsf", rule, &ocsf);
+            // Every sink's payload.
+            for (sink, text) in crate::hooks::rendered(alert) {
+                match sink {
+                    "email subject" => assert!(text.contains(rule), "{rule}: {text}"),
+                    "email message" => assert!(text.contains(&alert.id), "{rule}: {text}"),
+                    "email text" => {
+                        let start = text.find("\n{").expect("the alert's JSON") + 1;
+                        assert_deliverable(sink, rule, &text[start..]);
+                        let mailed: Alert = serde_json::from_str(&text[start..]).unwrap();
+                        assert_eq!(mailed, *alert, "{rule}: e-mail");
+                    }
+                    _ => {
+                        assert_deliverable(sink, rule, &text);
+                        let mut sent: Map<String, Json> = serde_json::from_str(&text).unwrap();
+                        assert_eq!(sent.remove("alert_id"), Some(Json::from(alert.id.clone())));
+                        assert!(sent.remove("delivery_id").is_some(), "{rule}: {sink}");
+                        if sink == "json" {
+                            let sent: Alert = serde_json::from_value(Json::Object(sent)).unwrap();
+                            assert_eq!(sent, *alert, "{rule}: json webhook");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

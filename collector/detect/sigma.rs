@@ -585,3 +585,234 @@ impl<'a> Parser<'a> {
         Ok(sels)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Sigma rules of the pack on their incidents, and the subset's semantics.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn export_by_an_account_outside_the_list_alerts() {
+        let config = DetectConfig {
+            export_accounts: vec!["backup".into()],
+            ..DetectConfig::default()
+        };
+        let mut fleet = Fleet::new(config);
+        let updates = fleet.send("db1", 0, export_query("sales_app", "copy_to_file"));
+        assert_eq!(rules_of(&updates), vec!["db-export-unlisted-account"]);
+        assert_eq!(
+            new_alerts(&updates)[0].fields["export_method"],
+            "copy_to_file"
+        );
+        assert!(
+            fleet
+                .send("db1", 5, export_query("backup", "dump_tool"))
+                .is_empty()
+        );
+        assert!(
+            fleet
+                .send("db1", 6, export_query("sales_app", ""))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn document_viewer_starting_a_shell_alerts_with_its_ancestry() {
+        let mut fleet = Fleet::default();
+        let shell = process(
+            8001,
+            "/usr/bin/bash",
+            "sato",
+            &[
+                "/usr/lib/libreoffice/program/soffice.bin",
+                "/usr/bin/gnome-shell",
+            ],
+        );
+        let updates = fleet.send("pc7", 0, start(shell));
+        assert_eq!(rules_of(&updates), vec!["document-spawns-shell"]);
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(
+            alert.fields["parent_exe"],
+            "/usr/lib/libreoffice/program/soffice.bin"
+        );
+        assert_eq!(alert.fields["ancestry"][1]["exe"], "/usr/bin/gnome-shell");
+
+        // A python payload two levels below a mail client, on Windows paths.
+        let payload = process(
+            9001,
+            "C:\\Users\\sato\\AppData\\python.exe",
+            "sato",
+            &[
+                "C:\\Windows\\System32\\cmd.exe",
+                "C:\\Program Files\\Microsoft Office\\OUTLOOK.EXE",
+            ],
+        );
+        let updates = fleet.send("pc8", 0, start(payload));
+        assert_eq!(rules_of(&updates), vec!["document-spawns-shell"]);
+
+        // Shells under terminals and builds, and viewers under shells, are ordinary.
+        let quiet = [
+            process(
+                10,
+                "/usr/bin/bash",
+                "sato",
+                &["/usr/bin/gnome-terminal-server"],
+            ),
+            process(
+                11,
+                "/usr/bin/python3.12",
+                "dev",
+                &["/usr/bin/make", "/usr/bin/bash"],
+            ),
+            process(12, "/usr/bin/evince", "sato", &["/usr/bin/bash"]),
+            process(13, "/usr/bin/ssh", "sato", &["/usr/bin/thunderbird"]),
+        ];
+        for who in quiet {
+            let exe = who.exe.clone();
+            assert!(fleet.send("pc7", 5, start(who)).is_empty(), "{exe}");
+        }
+    }
+
+    #[test]
+    fn sigma_conditions_modifiers_and_correlations_behave_as_specified() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.yml"),
+            r#"
+title: wildcard and all
+id: t-wild
+detection:
+  sel_a:
+    kind: process.start
+    cmdline|contains|all: ['curl', '|', 'sh']
+  sel_b:
+    exe: '*/nc*'
+  filter:
+    user: root
+  empty:
+    cwd: null
+  condition: (1 of sel_* and not filter) or (all of sel_* and empty)
+dedup-by: [exe]
+---
+title: case
+id: t-cased
+detection:
+  sel:
+    kind: process.start
+    exe|endswith|cased: /CURL
+  condition: sel
+---
+title: tries
+id: t-tries
+generate: false
+detection:
+  sel:
+    kind: db.connect
+    failed: true
+  condition: sel
+---
+title: many failed logins
+id: t-count
+correlation:
+  type: event_count
+  rules: [t-tries]
+  group-by: [client_addr]
+  timespan: 5m
+  condition:
+    gte: 3
+---
+title: many users
+id: t-users
+correlation:
+  type: value_count
+  rules: [t-tries]
+  timespan: 1h
+  condition:
+    field: db_user
+    gt: 2
+---
+title: both
+id: t-both
+correlation:
+  type: temporal
+  rules: [t-tries, t-cased]
+  timespan: 1h
+"#,
+        )
+        .unwrap();
+        let config = DetectConfig {
+            builtin_rules: false,
+            rules: vec![dir.path().to_path_buf()],
+            ..DetectConfig::default()
+        };
+        let mut fleet = Fleet::new(config);
+        let with = |exe: &str, cmdline: &str, user: &str| {
+            let mut p = process(50, exe, user, &[]);
+            p.cmdline = cmdline.into();
+            p
+        };
+        let mut cases = vec![
+            (
+                with("/usr/bin/curl", "curl http://x | sh", "sato"),
+                vec!["t-wild"],
+            ),
+            (with("/usr/bin/curl", "curl http://x | sh", "root"), vec![]),
+            (with("/usr/bin/curl", "curl http://x", "sato"), vec![]),
+            (with("/usr/bin/ncat", "ncat -e", "sato"), vec!["t-wild"]),
+            (with("/usr/bin/CURL", "CURL", "root"), vec!["t-cased"]),
+            (with("/usr/bin/curl", "curl", "root"), vec![]),
+        ];
+        for (i, (who, expected)) in cases.drain(..).enumerate() {
+            let exe = who.exe.clone();
+            let updates = fleet.send("pc1", i as i64, start(who));
+            assert_eq!(rules_of(&updates), expected, "{exe}");
+        }
+        // `all of sel_*` with an empty cwd: curl|sh from root matches once cwd is empty.
+        let Body::Process(mut event) = start(with("/usr/bin/nc", "curl x | sh", "root")) else {
+            unreachable!()
+        };
+        event.cwd = String::new();
+        assert_eq!(
+            rules_of(&fleet.send("pc1", 10, event.into())),
+            vec!["t-wild"]
+        );
+
+        let failed = |user: &str, client: &str| {
+            let mut db = DbEvent::new(DbAction::Connect, "mariadb");
+            db.db_user = user.into();
+            db.client_addr = client.into();
+            db.failed = true;
+            Body::from(db)
+        };
+        let mut rules = Vec::new();
+        for (i, (user, client)) in [
+            ("a", "10.0.0.1"),
+            ("b", "10.0.0.2"),
+            ("a", "10.0.0.1"),
+            ("c", "10.0.0.3"),
+            ("a", "10.0.0.1"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rules.push(rules_of(&fleet.send(
+                "db1",
+                100 + i as i64,
+                failed(user, client),
+            )));
+        }
+        // The fourth try is the third distinct user, the fifth the third try from one client.
+        // The first completes t-both with the earlier CURL start.
+        assert_eq!(
+            rules,
+            vec![
+                vec!["t-both"],
+                vec![],
+                vec![],
+                vec!["t-users"],
+                vec!["t-count"]
+            ]
+        );
+    }
+}

@@ -203,6 +203,7 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::testkit::*;
 
     #[test]
     fn hours_ranges_wrap_past_midnight() {
@@ -214,5 +215,257 @@ mod tests {
         assert!(in_range((60, 180), at(2, 59)));
         assert!(!in_range((60, 180), at(3, 0)));
         assert!(hours(0, "25:00-01:00").is_err());
+    }
+
+    fn etl_hour(fleet: &mut Fleet, hour: i64) -> Vec<AlertUpdate> {
+        let job = process(3000, "/opt/etl/bin/extract", "etl", &["/usr/sbin/cron"]);
+        let loader = process(3100, "/opt/etl/bin/load", "etl", &["/usr/sbin/cron"]);
+        let t = hour * 3600;
+        run(
+            fleet,
+            vec![
+                (
+                    "etl1",
+                    t,
+                    file(
+                        FileAction::Create,
+                        "/srv/etl/out/export.csv.tmp",
+                        Some(0),
+                        None,
+                        &job,
+                    ),
+                ),
+                (
+                    "etl1",
+                    t + 60,
+                    file(
+                        FileAction::Write,
+                        "/srv/etl/out/export.csv.tmp",
+                        Some(50 * MIB),
+                        Some(csv(400_000)),
+                        &job,
+                    ),
+                ),
+                (
+                    "etl1",
+                    t + 61,
+                    rename(
+                        "/srv/etl/out/export.csv.tmp",
+                        "/srv/etl/out/export.csv",
+                        50 * MIB,
+                        &job,
+                    ),
+                ),
+                (
+                    "etl1",
+                    t + 600,
+                    file(
+                        FileAction::Delete,
+                        "/srv/etl/out/export.csv",
+                        Some(50 * MIB),
+                        None,
+                        &loader,
+                    ),
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn etl_staging_alerts_until_allowed_by_user_and_path() {
+        let mut fleet = Fleet::default();
+        let updates = etl_hour(&mut fleet, 0);
+        assert_eq!(
+            rules_of(&updates),
+            vec!["large-export-created-then-deleted"]
+        );
+
+        let config: DetectConfig = toml::from_str(
+            r#"
+        [[allow]]
+        comment = "hourly ETL: stages export.csv.tmp, renames it, the loader deletes it"
+        rules = ["large-export-created-then-deleted"]
+        host = "etl*"
+        user = "etl"
+        exe = "/opt/etl/bin/*"
+        path = "/srv/etl/**"
+        "#,
+        )
+        .unwrap();
+        let mut fleet = Fleet::new(config);
+        for hour in 0..24 {
+            let updates = etl_hour(&mut fleet, hour);
+            assert!(updates.is_empty(), "hour {hour}: {:?}", rules_of(&updates));
+        }
+        assert_eq!(fleet.engine.stats().suppressed, 24);
+        // The same file shape from another account is still reported.
+        let who = attacker();
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "etl1",
+                    90_000,
+                    file(
+                        FileAction::Create,
+                        "/srv/etl/out/x.csv",
+                        Some(0),
+                        None,
+                        &who,
+                    ),
+                ),
+                (
+                    "etl1",
+                    90_001,
+                    file(
+                        FileAction::Write,
+                        "/srv/etl/out/x.csv",
+                        Some(50 * MIB),
+                        Some(csv(1)),
+                        &who,
+                    ),
+                ),
+                (
+                    "etl1",
+                    90_002,
+                    file(
+                        FileAction::Delete,
+                        "/srv/etl/out/x.csv",
+                        Some(50 * MIB),
+                        None,
+                        &who,
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(
+            rules_of(&updates),
+            vec!["large-export-created-then-deleted"]
+        );
+    }
+
+    fn nightly_backup(fleet: &mut Fleet, day: i64) -> Vec<AlertUpdate> {
+        let t = day * 86_400 + 2 * 3600;
+        let pg_dump = process(
+            6000,
+            "/usr/lib/postgresql/15/bin/pg_dump",
+            "backup",
+            &["/bin/sh", "/usr/sbin/cron"],
+        );
+        let upload = process(
+            6100,
+            "/usr/bin/rclone",
+            "backup",
+            &["/bin/sh", "/usr/sbin/cron"],
+        );
+        let dump = ExportInfo {
+            class: "data".into(),
+            format: "dump".into(),
+            ..ExportInfo::default()
+        };
+        let path = format!("/var/backups/pg/sales-{day}.dump");
+        run(
+            fleet,
+            vec![
+                ("db1", t, export_query("backup", "dump_tool")),
+                (
+                    "db1",
+                    t,
+                    file(FileAction::Create, &path, Some(0), None, &pg_dump),
+                ),
+                (
+                    "db1",
+                    t + 900,
+                    file(
+                        FileAction::Write,
+                        &path,
+                        Some(2048 * MIB),
+                        Some(dump),
+                        &pg_dump,
+                    ),
+                ),
+                (
+                    "db1",
+                    t + 1800,
+                    file(FileAction::Delete, &path, Some(2048 * MIB), None, &upload),
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn nightly_pg_dump_by_the_backup_user_is_quiet_once_allowed() {
+        let mut fleet = Fleet::default();
+        let mut rules = rules_of(&nightly_backup(&mut fleet, 0));
+        rules.sort();
+        assert_eq!(
+            rules,
+            vec![
+                "db-export-unlisted-account",
+                "large-export-created-then-deleted"
+            ]
+        );
+
+        let config: DetectConfig = toml::from_str(
+            r#"
+        export_accounts = ["backup"]
+
+        [[allow]]
+        comment = "nightly pg_dump, uploaded then deleted"
+        user = "backup"
+        path = "/var/backups/pg/*.dump"
+        hours = "01:00-05:00"
+        "#,
+        )
+        .unwrap();
+        let mut fleet = Fleet::new(config);
+        for day in 0..7 {
+            let updates = nightly_backup(&mut fleet, day);
+            assert!(updates.is_empty(), "day {day}: {:?}", rules_of(&updates));
+        }
+        // Outside its hours the same work is reported.
+        let pg_dump = process(6000, "/usr/lib/postgresql/15/bin/pg_dump", "backup", &[]);
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "db1",
+                    14 * 3600,
+                    file(
+                        FileAction::Create,
+                        "/var/backups/pg/x.dump",
+                        Some(0),
+                        None,
+                        &pg_dump,
+                    ),
+                ),
+                (
+                    "db1",
+                    14 * 3600 + 5,
+                    file(
+                        FileAction::Write,
+                        "/var/backups/pg/x.dump",
+                        Some(20 * MIB),
+                        Some(csv(1)),
+                        &pg_dump,
+                    ),
+                ),
+                (
+                    "db1",
+                    14 * 3600 + 9,
+                    file(
+                        FileAction::Delete,
+                        "/var/backups/pg/x.dump",
+                        Some(20 * MIB),
+                        None,
+                        &pg_dump,
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(
+            rules_of(&updates),
+            vec!["large-export-created-then-deleted"]
+        );
     }
 }

@@ -8,7 +8,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::config::{EmailSettings, SmtpTls};
 use super::{Delivery, DeliveryError, HooksError};
 use crate::alert::Alert;
-use crate::output::escape_control;
+use crate::present::escape_control;
 
 pub(crate) struct EmailSink {
     transport: AsyncSmtpTransport<Tokio1Executor>,

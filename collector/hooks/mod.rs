@@ -247,7 +247,8 @@ pub(crate) fn rendered(alert: &Alert) -> Vec<(&'static str, String)> {
         ("slack", WebhookFormat::Slack),
         ("teams", WebhookFormat::Teams),
     ] {
-        out.push((name, webhook::body(format, alert, &delivery).to_string()));
+        let body = webhook::body(format, alert, &delivery).expect("an alert encodes as JSON");
+        out.push((name, body.to_string()));
     }
     let mailbox = |text: &str| text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
     let sink = email::EmailSink::new(EmailSettings {

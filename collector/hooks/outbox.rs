@@ -6,7 +6,6 @@
 //! attempts and drives the backoff; `attempts` counts every attempt. Delivery is at least once: a
 //! worker stopped between sending and recording sends again after a restart.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -114,19 +113,6 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::FailedRetrying => "failed-retrying",
             DeliveryState::Failed => "failed",
-        }
-    }
-}
-
-/// One line for the `alerts` table: `SINK STATE`, then the attempts and last error when it failed.
-impl fmt::Display for DeliveryStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.sink, self.state.as_str())?;
-        match (&self.state, &self.last_error) {
-            (DeliveryState::FailedRetrying | DeliveryState::Failed, Some(error)) => {
-                write!(f, " after {} attempts: {error}", self.attempts)
-            }
-            _ => Ok(()),
         }
     }
 }

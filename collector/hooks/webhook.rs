@@ -13,7 +13,7 @@ use reqwest::{Certificate, Client, StatusCode, Url, redirect};
 use super::config::WebhookFormat;
 use super::{Delivery, DeliveryError, HooksError};
 use crate::alert::Alert;
-use crate::output::escape_control;
+use crate::present::escape_control;
 
 /// The header receivers de-duplicate on (the IETF httpapi draft's name, as Stripe and others use).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -71,9 +71,11 @@ impl WebhookSink {
         alert: &Alert,
         delivery: &Delivery,
     ) -> Result<(), DeliveryError> {
-        let body = serde_json::to_vec(&body(self.format, alert, delivery)).map_err(|error| {
-            DeliveryError::permanent(format!("cannot encode the alert: {error}"))
-        })?;
+        let body = body(self.format, alert, delivery)
+            .and_then(|body| serde_json::to_vec(&body))
+            .map_err(|error| {
+                DeliveryError::permanent(format!("cannot encode the alert: {error}"))
+            })?;
         let response = self
             .client
             .post(self.url.clone())
@@ -173,7 +175,11 @@ fn describe_send_error(error: &reqwest::Error) -> String {
 }
 
 /// The request body for `format`, carrying the alert id and the delivery id beside the message.
-pub(super) fn body(format: WebhookFormat, alert: &Alert, delivery: &Delivery) -> serde_json::Value {
+pub(super) fn body(
+    format: WebhookFormat,
+    alert: &Alert,
+    delivery: &Delivery,
+) -> serde_json::Result<serde_json::Value> {
     let ids = |mut value: serde_json::Value| {
         if let Some(object) = value.as_object_mut() {
             object.insert("alert_id".into(), delivery.alert_id.clone().into());
@@ -181,11 +187,11 @@ pub(super) fn body(format: WebhookFormat, alert: &Alert, delivery: &Delivery) ->
         }
         value
     };
-    match format {
-        WebhookFormat::Json => ids(serde_json::to_value(alert).unwrap_or_default()),
+    Ok(match format {
+        WebhookFormat::Json => ids(serde_json::to_value(alert)?),
         WebhookFormat::Slack => ids(serde_json::json!({ "text": chat_text(alert) })),
         WebhookFormat::Teams => ids(teams_card(alert, delivery)),
-    }
+    })
 }
 
 /// The one-line chat form: `[bannin] HIGH rule on host: summary`, with the count when de-duplication

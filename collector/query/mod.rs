@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod local;
 pub mod service;
 
 use std::io::Write;
@@ -11,18 +12,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use bannin::event::Record;
 use bannin::pki::Principal;
 use bannin::securefs::{self, Access};
 use bannin::time::{Timestamp, parse_duration};
 use rusqlite::Connection;
-use serde_json::{Map, Value};
 
-use crate::output::{self, Format};
+use crate::present::{self, Alerts, Format};
 use crate::report::{scope, timeline};
 use crate::store::alerts::AlertFilter;
-use crate::store::query::{AgentRow, EventFilter};
-use crate::{ocsf, serve, store};
+use crate::store::query::EventFilter;
+use crate::{serve, store};
 
 /// Where a query reads: a data directory, or a remote collector with an operator identity.
 #[derive(clap::Args, Debug, Clone)]
@@ -197,30 +196,14 @@ fn bound(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
     })
 }
 
-fn print_lines(values: impl IntoIterator<Item = Value>) -> Result<()> {
+/// Writes to standard output through `print`, then flushes.
+fn print(
+    print: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for value in values {
-        serde_json::to_writer(&mut out, &value)?;
-        out.write_all(b"\n")?;
-    }
+    print(&mut out)?;
     out.flush()?;
     Ok(())
-}
-
-fn print_records(records: &[Record], format: Format) -> Result<()> {
-    match format {
-        Format::Ocsf => print_lines(records.iter().map(ocsf::event)),
-        Format::Json => {
-            let mut out = std::io::stdout().lock();
-            output::json_lines(&mut out, records)?;
-            Ok(out.flush()?)
-        }
-        Format::Table => {
-            let mut out = std::io::stdout().lock();
-            output::events_table(&mut out, records)?;
-            Ok(out.flush()?)
-        }
-    }
 }
 
 pub fn events(args: EventsArgs) -> Result<ExitCode> {
@@ -238,28 +221,16 @@ pub fn events(args: EventsArgs) -> Result<ExitCode> {
         Source::Local(conn) => store::query::events(&conn, &filter)?,
         Source::Remote(mut remote) => remote.events(&filter)?,
     };
-    print_records(&records, args.format)?;
+    print(|out| present::events(out, &records, args.format))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn agents(args: AgentsArgs, silent_after: std::time::Duration) -> Result<ExitCode> {
-    let rows: Vec<AgentRow> = match Source::open(&args.location)? {
+    let rows = match Source::open(&args.location)? {
         Source::Local(conn) => store::query::agents(&conn, Timestamp::now(), silent_after)?,
         Source::Remote(mut remote) => remote.agents()?,
     };
-    match args.format {
-        Format::Ocsf => print_lines(rows.iter().map(ocsf::agent))?,
-        Format::Json => {
-            let mut out = std::io::stdout().lock();
-            output::json_lines(&mut out, &rows)?;
-            out.flush()?;
-        }
-        Format::Table => {
-            let mut out = std::io::stdout().lock();
-            output::agents_table(&mut out, &rows)?;
-            out.flush()?;
-        }
-    }
+    print(|out| present::agents(out, &rows, args.format))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,68 +241,12 @@ pub fn alerts(args: AlertsArgs) -> Result<ExitCode> {
         host: args.host,
         limit: args.limit,
     };
-    match Source::open(&args.location)? {
-        // Locally, the table shows each sink's delivery state in full.
-        Source::Local(conn) if args.format == Format::Table => {
-            let mut rows = Vec::new();
-            for alert in store::alerts::query(&conn, &filter)? {
-                let deliveries = crate::hooks::delivery_status(&conn, &alert.id)?;
-                rows.push(output::AlertRow { alert, deliveries });
-            }
-            let mut out = std::io::stdout().lock();
-            output::alerts_table(&mut out, &rows)?;
-            out.flush()?;
-        }
-        source => {
-            let alerts = match source {
-                Source::Local(conn) => store::investigate::alerts(&conn, &filter)?,
-                Source::Remote(mut remote) => remote.alerts(&filter)?,
-            };
-            match args.format {
-                Format::Ocsf => print_lines(alerts.iter().map(ocsf::alert))?,
-                Format::Json => print_lines(alerts.into_iter().map(Value::Object))?,
-                Format::Table => alerts_table(&alerts)?,
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The alerts table from alert objects, as a remote collector sends them.
-fn alerts_table(alerts: &[Map<String, Value>]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    output::row!(
-        &mut out,
-        "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  SUMMARY",
-        "TS",
-        "SEVERITY",
-        "RULE",
-        "HOST",
-        "COUNT"
-    )?;
-    let text = |a: &Map<String, Value>, key: &str| {
-        a.get(key)
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default()
+    let alerts = match Source::open(&args.location)? {
+        Source::Local(conn) => Alerts::Stored(local::alerts(&conn, &filter)?),
+        Source::Remote(mut remote) => Alerts::Remote(remote.alerts(&filter)?),
     };
-    for a in alerts {
-        output::row!(
-            &mut out,
-            "{:<30}  {:<8}  {:<34}  {:<16}  {:>5}  {} (id {})",
-            text(a, "ts"),
-            text(a, "severity"),
-            text(a, "rule"),
-            text(a, "host"),
-            text(a, "count"),
-            text(a, "summary"),
-            text(a, "id")
-        )?;
-    }
-    out.flush()?;
-    Ok(())
+    print(|out| present::alerts(out, &alerts, args.format))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn timeline(args: TimelineArgs) -> Result<ExitCode> {
@@ -345,22 +260,10 @@ pub fn timeline(args: TimelineArgs) -> Result<ExitCode> {
         limit: args.limit,
     };
     let entries = match Source::open(&args.location)? {
-        Source::Local(conn) => timeline::timeline(&conn, &query)?,
+        Source::Local(conn) => local::timeline(&conn, &query)?,
         Source::Remote(mut remote) => remote.timeline(&query)?,
     };
-    match args.format {
-        Format::Ocsf => print_lines(entries.iter().map(|e| ocsf::event(&e.record)))?,
-        Format::Json => {
-            let mut out = std::io::stdout().lock();
-            output::json_lines(&mut out, &entries)?;
-            out.flush()?;
-        }
-        Format::Table => {
-            let mut out = std::io::stdout().lock();
-            timeline::print_table(&mut out, &entries)?;
-            out.flush()?;
-        }
-    }
+    print(|out| present::timeline(out, &entries, args.format))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -374,18 +277,10 @@ pub fn scope(args: ScopeArgs) -> Result<ExitCode> {
         margin: parse_duration(&args.margin)?,
     };
     let (report, evidence) = match Source::open(&args.location)? {
-        Source::Local(conn) => scope::scope(&conn, &query)?,
+        Source::Local(conn) => local::scope(&conn, &query)?,
         Source::Remote(mut remote) => remote.scope(&query)?,
     };
-    match args.format {
-        Format::Ocsf => print_lines(evidence.iter().map(ocsf::event))?,
-        Format::Json => print_lines([serde_json::to_value(&report)?])?,
-        Format::Table => {
-            let mut out = std::io::stdout().lock();
-            scope::print_table(&mut out, &report)?;
-            out.flush()?;
-        }
-    }
+    print(|out| present::scope(out, &report, &evidence, args.format))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -435,23 +330,7 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
         OperatorCommand::List { data_dir, format } => {
             let conn = store::open_reader(&data_dir)?;
             let rows = store::operators::operators(&conn)?;
-            let mut out = std::io::stdout().lock();
-            match format {
-                Format::Json | Format::Ocsf => output::json_lines(&mut out, &rows)?,
-                Format::Table => {
-                    output::row!(&mut out, "{:<24}  {:<10}  CREATED", "NAME", "STATUS")?;
-                    for row in &rows {
-                        output::row!(
-                            &mut out,
-                            "{:<24}  {:<10}  {}",
-                            row.name,
-                            row.status,
-                            row.created
-                        )?;
-                    }
-                }
-            }
-            out.flush()?;
+            print(|out| present::operators(out, &rows, format))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -15,7 +15,8 @@ use bannin::time::Timestamp;
 use rusqlite::Connection;
 use tonic::{Request, Response, Status};
 
-use crate::report::{ReportError, scope, timeline};
+use super::local::{self, ReadError};
+use crate::report::{scope, timeline};
 use crate::service::{ServiceError, caller};
 use crate::store::operators::Standing;
 use crate::store::query::EventFilter;
@@ -34,11 +35,18 @@ pub enum QueryError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Report(#[from] ReportError),
+    Read(#[from] ReadError),
     #[error("query task failed")]
     TaskFailed,
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
+/// The one place a query's error becomes a gRPC status; a caller the ingest service would refuse
+/// gets its code.
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Status {
         let message = error.to_string();
@@ -47,14 +55,11 @@ impl From<QueryError> for Status {
             QueryError::NotAnOperator { .. }
             | QueryError::Revoked { .. }
             | QueryError::UnknownOperator { .. } => Status::permission_denied(message),
-            QueryError::Report(ReportError::UnknownHost { .. })
-            | QueryError::Report(ReportError::UnknownAlert { .. })
-            | QueryError::Report(ReportError::AlertWithoutTime { .. }) => {
-                Status::invalid_argument(message)
-            }
-            QueryError::Store(_) | QueryError::Report(_) | QueryError::TaskFailed => {
+            QueryError::Read(error) if error.is_unknown() => Status::invalid_argument(message),
+            QueryError::Store(_) | QueryError::Read(_) | QueryError::TaskFailed => {
                 Status::unavailable(message)
             }
+            QueryError::Encode { .. } => Status::internal(message),
         }
     }
 }
@@ -187,15 +192,18 @@ impl pb::query_server::Query for QueryService {
                     host: req.host,
                     limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
                 };
-                Ok(store::investigate::alerts(conn, &filter)?)
+                Ok(local::alerts(conn, &filter)?)
             })
             .await?;
-        Ok(Response::new(pb::AlertsReply {
-            alerts_json: alerts
-                .into_iter()
-                .map(|a| serde_json::Value::Object(a).to_string())
-                .collect(),
-        }))
+        let alerts_json = alerts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()
+            .map_err(|source| QueryError::Encode {
+                what: "an alert",
+                source,
+            })?;
+        Ok(Response::new(pb::AlertsReply { alerts_json }))
     }
 
     async fn timeline(
@@ -211,7 +219,7 @@ impl pb::query_server::Query for QueryService {
                     until: Timestamp::from_nanos(req.until_nanos),
                     limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
                 };
-                Ok(timeline::timeline(conn, &query)?)
+                Ok(local::timeline(conn, &query)?)
             })
             .await?;
         Ok(Response::new(pb::TimelineReply {
@@ -239,11 +247,12 @@ impl pb::query_server::Query for QueryService {
                     alert: req.alert,
                     margin: Duration::from_secs(req.margin_secs),
                 };
-                Ok(scope::scope(conn, &query)?)
+                Ok(local::scope(conn, &query)?)
             })
             .await?;
-        let report_json = serde_json::to_string(&report).map_err(|error| {
-            Status::internal(format!("cannot encode the scope report: {error}"))
+        let report_json = serde_json::to_string(&report).map_err(|source| QueryError::Encode {
+            what: "the scope report",
+            source,
         })?;
         Ok(Response::new(pb::ScopeReply {
             report_json,

@@ -1,7 +1,8 @@
-//! Investigation reports built from stored events: a host's `timeline` and an incident's `scope`.
+//! Investigation reports computed from stored events: a host's `timeline` and an incident's `scope`.
 //!
-//! Both read the store through `store::investigate` and fold in process ancestry: from the event's own
-//! ancestry when the agent knew it, otherwise from the `process.start` events stored for that host.
+//! Pure computations, fed one event at a time in time order (`query::local` reads the store and
+//! feeds them). Both fold in process ancestry: from the event's own ancestry when the agent knew
+//! it, otherwise from the `process.start` events seen for that host.
 
 pub mod scope;
 pub mod timeline;
@@ -9,20 +10,6 @@ pub mod timeline;
 use std::collections::HashMap;
 
 use bannin::event::{Body, ProcessInfo, Record};
-
-use crate::store::StoreError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("no agent is named or runs on host {host}")]
-    UnknownHost { host: String },
-    #[error("no alert {id} is stored")]
-    UnknownAlert { id: String },
-    #[error("alert {id} has no usable time")]
-    AlertWithoutTime { id: String },
-}
 
 /// How far before a report's window `process.start` events are read to rebuild ancestry.
 pub const ANCESTRY_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

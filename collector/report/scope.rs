@@ -8,19 +8,17 @@
 //! client address.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 
-use bannin::event::{Body, FileAction, Record};
+use bannin::event::{Body, DbEvent, FileAction, FileEvent, NetEvent, ProcessInfo, Record};
 use bannin::time::Timestamp;
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::{ProcessTable, ReportError, process_of, short_exe};
-use crate::output::row;
-use crate::store::investigate::{self, HostAgent, Range};
+use super::{ProcessTable, process_of};
+use crate::alert::Alert;
+use crate::store::investigate::HostAgent;
 
 /// The kinds a scope reads; everything else (heartbeats, writes) is left in the store.
-const KINDS: &[&str] = &[
+pub const KINDS: &[&str] = &[
     "db.query",
     "file.create",
     "file.delete",
@@ -28,6 +26,9 @@ const KINDS: &[&str] = &[
     "net.connect",
     "process.start",
 ];
+
+/// How far before the window a scope looks for the ancestors of the processes in it.
+pub const LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A file this large is in scope even when the agent did not recognise it as an export.
 const LARGE_FILE: u64 = 1024 * 1024;
@@ -162,318 +163,343 @@ fn is_unspecified(addr: &str) -> bool {
     addr.is_empty() || addr == "0.0.0.0" || addr == "::" || is_local_client(addr)
 }
 
-/// The window and hosts an alert stands for, read from the stored alert.
-fn alert_window(
-    conn: &Connection,
-    id: &str,
-    margin: std::time::Duration,
-    agents: &[HostAgent],
-) -> Result<(Timestamp, Timestamp, Vec<String>), ReportError> {
-    let alerts = investigate::alerts(
-        conn,
-        &crate::store::alerts::AlertFilter {
-            limit: usize::MAX,
-            ..Default::default()
-        },
-    )?;
-    let alert = alerts
-        .iter()
-        .find(|a| match a.get("id") {
-            Some(serde_json::Value::String(s)) => s == id,
-            Some(serde_json::Value::Number(n)) => n.to_string() == id,
-            _ => false,
-        })
-        .ok_or_else(|| ReportError::UnknownAlert { id: id.to_string() })?;
-    let times: Vec<Timestamp> = ["ts", "created_ts", "deleted_ts", "first_ts", "last_ts"]
-        .iter()
-        .filter_map(|key| alert.get(*key)?.as_str())
-        .filter_map(Timestamp::parse_rfc3339)
-        .collect();
-    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
-        return Err(ReportError::AlertWithoutTime { id: id.to_string() });
-    };
-    let mut hosts: BTreeSet<String> = BTreeSet::new();
-    if let Some(host) = alert.get("host").and_then(|h| h.as_str()) {
-        hosts.insert(host.to_string());
-    }
-    if let Some(evidence) = alert.get("evidence").and_then(|e| e.as_array()) {
-        for item in evidence {
-            if let Some(agent) = item.get("agent_id").and_then(|a| a.as_str())
-                && let Some(found) = agents.iter().find(|a| a.id == agent)
-            {
-                hosts.insert(found.name.clone());
-            }
+/// The earliest and latest time an alert names: its own and its rule's `created_ts`, `deleted_ts`,
+/// `first_ts` and `last_ts`.
+pub fn alert_span(alert: &Alert) -> (Timestamp, Timestamp) {
+    let mut span = (alert.ts, alert.ts);
+    for key in ["created_ts", "deleted_ts", "first_ts", "last_ts"] {
+        if let Some(ts) = alert
+            .fields
+            .get(key)
+            .and_then(|v| v.as_str())
+            .and_then(Timestamp::parse_rfc3339)
+        {
+            span = (span.0.min(ts), span.1.max(ts));
         }
     }
-    Ok((
-        first.saturating_sub(margin),
-        last.saturating_add(margin),
-        hosts.into_iter().collect(),
-    ))
+    span
 }
 
-/// The scope report and the events it rests on (for OCSF output and for checking by hand).
-pub fn scope(conn: &Connection, query: &Query) -> Result<(Scope, Vec<Record>), ReportError> {
-    let agents = investigate::all_agents(conn)?;
-    let (since, until, hosts) = match &query.alert {
-        Some(id) => alert_window(conn, id, query.margin, &agents)?,
-        None => (query.since, query.until, query.hosts.clone()),
-    };
-    let name_of: HashMap<&str, &str> = agents
-        .iter()
-        .map(|a| (a.id.as_str(), a.name.as_str()))
-        .collect();
-    let host_of = |agent_id: &str| -> String {
-        name_of
-            .get(agent_id)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| agent_id.to_string())
-    };
-    let mut wanted: Option<BTreeSet<String>> = None;
-    for host in &hosts {
-        let found = investigate::agents_for_host(conn, host)?;
-        if found.is_empty() {
-            return Err(ReportError::UnknownHost { host: host.clone() });
-        }
-        wanted
-            .get_or_insert_with(BTreeSet::new)
-            .extend(found.into_iter().map(|a| a.name));
-    }
+/// Whether an event can put its process in scope: only file and network events do, so only their
+/// agents need the ancestry from before the window.
+pub fn involves_process(record: &Record) -> bool {
+    matches!(record.event.body, Body::File(_) | Body::Net(_))
+}
 
-    let records = investigate::records(
-        conn,
-        &Range {
-            agents: None,
+/// Key of one group of database reads: (reader, database host's agent, session, user, database).
+type ReadKey = (String, String, String, String, String);
+
+/// A scope built from the window's events in time order (of the kinds in [`KINDS`]), after the
+/// `process.start` events from before the window ([`LOOKBACK`]) on the agents whose events
+/// [`involve a process`](involves_process).
+///
+/// A database read is attributed to its reader only in [`finish`](ScopeBuilder::finish): the
+/// connection that shows which host a client address belongs to may come after the read.
+#[derive(Debug)]
+pub struct ScopeBuilder {
+    since: Timestamp,
+    until: Timestamp,
+    alert: Option<String>,
+    /// Agent id → agent name, the name people use for a host.
+    names: HashMap<String, String>,
+    /// Which agent a database client address belongs to: agents' names and host names, then the
+    /// local addresses of their connections (the latest wins).
+    by_addr: HashMap<String, String>,
+    /// Agent names the report is narrowed to; None: every host.
+    wanted: Option<BTreeSet<String>>,
+    table: ProcessTable,
+    /// The events the report rests on, in time order.
+    evidence: Vec<Record>,
+    /// Positions in `evidence` of reads of sensitive tables.
+    reads: Vec<usize>,
+    files: Vec<FileFinding>,
+    outbound: Vec<Outbound>,
+    processes: BTreeMap<(String, u32, String), ProcessFinding>,
+}
+
+impl ScopeBuilder {
+    /// A scope of `since..=until` (around `alert`, when it is an alert's) over the enrolled
+    /// `agents`, narrowed to the hosts named in `wanted`.
+    pub fn new(
+        since: Timestamp,
+        until: Timestamp,
+        alert: Option<String>,
+        agents: &[HostAgent],
+        wanted: Option<BTreeSet<String>>,
+    ) -> ScopeBuilder {
+        let mut by_addr = HashMap::new();
+        for agent in agents {
+            by_addr.insert(agent.name.clone(), agent.id.clone());
+            by_addr.insert(agent.host.clone(), agent.id.clone());
+        }
+        ScopeBuilder {
             since,
             until,
-            kinds: KINDS,
-            limit: None,
-        },
-    )?;
-
-    // Which agent a database client address belongs to, from the addresses its connections use.
-    let mut by_addr: HashMap<String, String> = HashMap::new();
-    for agent in &agents {
-        by_addr.insert(agent.name.clone(), agent.id.clone());
-        by_addr.insert(agent.host.clone(), agent.id.clone());
-    }
-    for record in &records {
-        if let Body::Net(net) = &record.event.body
-            && !is_unspecified(&net.local_addr)
-        {
-            by_addr.insert(net.local_addr.clone(), record.agent_id.clone());
+            alert,
+            names: agents
+                .iter()
+                .map(|a| (a.id.clone(), a.name.clone()))
+                .collect(),
+            by_addr,
+            wanted,
+            table: ProcessTable::default(),
+            evidence: Vec::new(),
+            reads: Vec::new(),
+            files: Vec::new(),
+            outbound: Vec::new(),
+            processes: BTreeMap::new(),
         }
     }
 
-    // Ancestors started shortly before the window, on hosts whose processes will be in scope.
-    let mut table = ProcessTable::default();
-    let acting: BTreeSet<&str> = records
-        .iter()
-        .filter(|r| matches!(r.event.body, Body::File(_) | Body::Net(_)))
-        .map(|r| r.agent_id.as_str())
-        .collect();
-    let acting_nos: Vec<i64> = agents
-        .iter()
-        .filter(|a| acting.contains(a.id.as_str()))
-        .map(|a| a.no)
-        .collect();
-    let earlier = investigate::records(
-        conn,
-        &Range {
-            agents: Some(&acting_nos),
-            since: since.saturating_sub(SCOPE_LOOKBACK),
-            until: Timestamp::from_nanos(since.as_nanos().saturating_sub(1)),
-            kinds: &["process.start"],
-            limit: None,
-        },
-    )?;
-    for record in &earlier {
-        table.observe(record);
+    /// Learns a process that started before the window.
+    pub fn ancestor(&mut self, record: &Record) {
+        self.table.observe(record);
     }
 
-    let mut reads: BTreeMap<(String, String, String, String, String), DbRead> = BTreeMap::new();
-    let mut files = Vec::new();
-    let mut outbound = Vec::new();
-    let mut processes: BTreeMap<(String, u32, String), ProcessFinding> = BTreeMap::new();
-    let mut evidence: BTreeSet<usize> = BTreeSet::new();
-    for (index, record) in records.iter().enumerate() {
-        table.observe(record);
-        let event = &record.event;
-        let mut involved = None;
-        match &event.body {
+    /// Takes in the window's next event.
+    pub fn observe(&mut self, record: Record) {
+        self.table.observe(&record);
+        let involved = match &record.event.body {
             Body::Db(db) if !db.sensitive_tables.is_empty() && !db.failed => {
-                let (reader, reader_agent) = if is_local_client(&db.client_addr) {
-                    (host_of(&record.agent_id), Some(record.agent_id.clone()))
-                } else {
-                    match by_addr.get(&db.client_addr) {
-                        Some(agent) => (host_of(agent), Some(agent.clone())),
-                        None => (db.client_addr.clone(), None),
-                    }
-                };
-                let key = (
-                    reader.clone(),
-                    record.agent_id.clone(),
-                    db.session.clone(),
-                    db.db_user.clone(),
-                    db.database.clone(),
-                );
-                let read = reads.entry(key).or_insert_with(|| DbRead {
-                    reader,
-                    reader_agent,
-                    db_host: host_of(&record.agent_id),
-                    db_system: db.db_system.clone(),
-                    database: db.database.clone(),
-                    db_user: db.db_user.clone(),
-                    client_addr: db.client_addr.clone(),
-                    session: db.session.clone(),
-                    tables: Vec::new(),
-                    queries: 0,
-                    rows: 0,
-                    session_total: None,
-                    first: event.ts,
-                    last: event.ts,
-                    evidence: Vec::new(),
-                });
-                for table in &db.sensitive_tables {
-                    if !read.tables.contains(table) {
-                        read.tables.push(table.clone());
-                    }
+                self.reads.push(self.evidence.len());
+                None
+            }
+            Body::File(file) if in_scope(file) => {
+                let finding = self.file_finding(&record, file);
+                self.files.push(finding);
+                Some(record.event.kind())
+            }
+            Body::Net(net) => {
+                if !is_unspecified(&net.local_addr) {
+                    self.by_addr
+                        .insert(net.local_addr.clone(), record.agent_id.clone());
                 }
-                read.queries += 1;
-                read.rows += db.rows.unwrap_or(0);
-                read.session_total = read.session_total.max(db.session_sensitive_rows);
-                read.last = event.ts;
-                read.evidence.push(EventRef {
-                    agent_id: record.agent_id.clone(),
-                    seq: event.seq,
-                });
-                evidence.insert(index);
+                if net.remote_scope != "public" {
+                    return;
+                }
+                let outbound = self.outbound_of(&record, net);
+                self.outbound.push(outbound);
+                Some(record.event.kind())
             }
-            Body::File(file)
-                if file.action != FileAction::Write
-                    && (file.export.is_some() || file.size.unwrap_or(0) >= LARGE_FILE) =>
-            {
-                let export = file.export.as_ref();
-                files.push(FileFinding {
-                    host: host_of(&record.agent_id),
-                    agent_id: record.agent_id.clone(),
-                    seq: event.seq,
-                    ts: event.ts,
-                    kind: event.kind().to_string(),
-                    path: file.path.clone(),
-                    size: file.size,
-                    format: export.map(|e| e.format.clone()),
-                    est_rows: export.and_then(|e| e.est_rows),
-                    personal: export
-                        .map(|e| e.emails + e.phones + e.passports + e.cards)
-                        .unwrap_or(0),
-                    pid: file.process.as_ref().map(|p| p.pid),
-                    exe: file.process.as_ref().map(|p| p.exe.clone()),
-                    user: file.process.as_ref().map(|p| p.user.clone()),
-                });
-                involved = Some(event.kind());
-                evidence.insert(index);
-            }
-            Body::Net(net) if net.remote_scope == "public" => {
-                outbound.push(Outbound {
-                    host: host_of(&record.agent_id),
-                    agent_id: record.agent_id.clone(),
-                    seq: event.seq,
-                    ts: event.ts,
-                    remote_addr: net.remote_addr.clone(),
-                    remote_port: net.remote_port,
-                    bytes_sent: net.bytes_sent,
-                    pid: net.process.as_ref().map(|p| p.pid),
-                    exe: net.process.as_ref().map(|p| p.exe.clone()),
-                    after_read: false,
-                });
-                involved = Some(event.kind());
-                evidence.insert(index);
-            }
-            _ => {}
+            _ => return,
+        };
+        if let (Some(kind), Some(info)) = (involved, process_of(&record)) {
+            self.involve(&record.agent_id, info, kind);
         }
-        if let (Some(kind), Some(info)) = (involved, process_of(record)) {
-            let key = (record.agent_id.clone(), info.pid, info.exe.clone());
-            let finding = processes.entry(key).or_insert_with(|| ProcessFinding {
-                host: host_of(&record.agent_id),
+        self.evidence.push(record);
+    }
+
+    /// The report, and the events it rests on that concern the hosts in it.
+    pub fn finish(self) -> (Scope, Vec<Record>) {
+        let reads = self.attribute_reads();
+        let mut summaries: BTreeMap<String, HostSummary> = BTreeMap::new();
+        for read in reads.values() {
+            let s = summary(&mut summaries, &read.reader, read.reader_agent.as_ref());
+            s.sensitive_rows_read += read.session_total.unwrap_or(0).max(read.rows);
+            for table in &read.tables {
+                if !s.sensitive_tables.contains(table) {
+                    s.sensitive_tables.push(table.clone());
+                }
+            }
+            s.first_read = Some(s.first_read.map_or(read.first, |t| t.min(read.first)));
+        }
+        for file in &self.files {
+            let s = summary(&mut summaries, &file.host, Some(&file.agent_id));
+            match file.kind.as_str() {
+                "file.create" => s.files_created += 1,
+                "file.delete" => s.files_deleted += 1,
+                _ => {}
+            }
+        }
+        let mut outbound = self.outbound;
+        for out in &mut outbound {
+            let s = summary(&mut summaries, &out.host, Some(&out.agent_id));
+            s.public_connections += 1;
+            if s.first_read.is_some_and(|first| out.ts >= first) {
+                out.after_read = true;
+                s.public_connections_after_read += 1;
+                s.bytes_sent_after_read += out.bytes_sent.unwrap_or(0);
+            }
+        }
+
+        let wanted = self.wanted;
+        let keep = |host: &str| wanted.as_ref().is_none_or(|w| w.contains(host));
+        let mut report = Scope {
+            since: self.since,
+            until: self.until,
+            alert: self.alert,
+            read_and_sent: summaries
+                .values()
+                .filter(|s| keep(&s.host) && s.public_connections_after_read > 0)
+                .map(|s| s.host.clone())
+                .collect(),
+            hosts: summaries.into_values().filter(|s| keep(&s.host)).collect(),
+            db_reads: reads
+                .into_values()
+                .filter(|r| keep(&r.reader) || keep(&r.db_host))
+                .collect(),
+            files: self.files.into_iter().filter(|f| keep(&f.host)).collect(),
+            outbound: outbound.into_iter().filter(|o| keep(&o.host)).collect(),
+            processes: self
+                .processes
+                .into_values()
+                .filter(|p| keep(&p.host))
+                .collect(),
+        };
+        report
+            .processes
+            .sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
+        let in_report: BTreeSet<&str> = report
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .chain(report.db_reads.iter().map(|r| r.db_host.as_str()))
+            .collect();
+        let names = &self.names;
+        let evidence = self
+            .evidence
+            .into_iter()
+            .filter(|r| in_report.contains(host_of(names, &r.agent_id)))
+            .collect();
+        (report, evidence)
+    }
+
+    fn host_of(&self, agent_id: &str) -> String {
+        host_of(&self.names, agent_id).to_string()
+    }
+
+    /// The sensitive reads grouped by reader, database host, session, user and database, each
+    /// reader found from the client address now that every connection has been seen.
+    fn attribute_reads(&self) -> BTreeMap<ReadKey, DbRead> {
+        let mut reads: BTreeMap<ReadKey, DbRead> = BTreeMap::new();
+        for &index in &self.reads {
+            let record = &self.evidence[index];
+            let Body::Db(db) = &record.event.body else {
+                continue;
+            };
+            let (reader, reader_agent) = self.reader(&record.agent_id, db);
+            let key = (
+                reader.clone(),
+                record.agent_id.clone(),
+                db.session.clone(),
+                db.db_user.clone(),
+                db.database.clone(),
+            );
+            let ts = record.event.ts;
+            let read = reads.entry(key).or_insert_with(|| DbRead {
+                reader,
+                reader_agent,
+                db_host: self.host_of(&record.agent_id),
+                db_system: db.db_system.clone(),
+                database: db.database.clone(),
+                db_user: db.db_user.clone(),
+                client_addr: db.client_addr.clone(),
+                session: db.session.clone(),
+                tables: Vec::new(),
+                queries: 0,
+                rows: 0,
+                session_total: None,
+                first: ts,
+                last: ts,
+                evidence: Vec::new(),
+            });
+            for table in &db.sensitive_tables {
+                if !read.tables.contains(table) {
+                    read.tables.push(table.clone());
+                }
+            }
+            read.queries += 1;
+            read.rows += db.rows.unwrap_or(0);
+            read.session_total = read.session_total.max(db.session_sensitive_rows);
+            read.last = ts;
+            read.evidence.push(EventRef {
                 agent_id: record.agent_id.clone(),
+                seq: record.event.seq,
+            });
+        }
+        reads
+    }
+
+    /// The host that issued a read the agent `db_agent` saw: the database's own host for a local
+    /// client, else the agent whose connections use the client address, else the address itself.
+    fn reader(&self, db_agent: &str, db: &DbEvent) -> (String, Option<String>) {
+        if is_local_client(&db.client_addr) {
+            return (self.host_of(db_agent), Some(db_agent.to_string()));
+        }
+        match self.by_addr.get(&db.client_addr) {
+            Some(agent) => (self.host_of(agent), Some(agent.clone())),
+            None => (db.client_addr.clone(), None),
+        }
+    }
+
+    fn file_finding(&self, record: &Record, file: &FileEvent) -> FileFinding {
+        let export = file.export.as_ref();
+        FileFinding {
+            host: self.host_of(&record.agent_id),
+            agent_id: record.agent_id.clone(),
+            seq: record.event.seq,
+            ts: record.event.ts,
+            kind: record.event.kind().to_string(),
+            path: file.path.clone(),
+            size: file.size,
+            format: export.map(|e| e.format.clone()),
+            est_rows: export.and_then(|e| e.est_rows),
+            personal: export.map_or(0, |e| e.emails + e.phones + e.passports + e.cards),
+            pid: file.process.as_ref().map(|p| p.pid),
+            exe: file.process.as_ref().map(|p| p.exe.clone()),
+            user: file.process.as_ref().map(|p| p.user.clone()),
+        }
+    }
+
+    fn outbound_of(&self, record: &Record, net: &NetEvent) -> Outbound {
+        Outbound {
+            host: self.host_of(&record.agent_id),
+            agent_id: record.agent_id.clone(),
+            seq: record.event.seq,
+            ts: record.event.ts,
+            remote_addr: net.remote_addr.clone(),
+            remote_port: net.remote_port,
+            bytes_sent: net.bytes_sent,
+            pid: net.process.as_ref().map(|p| p.pid),
+            exe: net.process.as_ref().map(|p| p.exe.clone()),
+            after_read: false,
+        }
+    }
+
+    /// Records that a process did `kind`; its lineage is the one known when it first appears.
+    fn involve(&mut self, agent_id: &str, info: &ProcessInfo, kind: &str) {
+        let key = (agent_id.to_string(), info.pid, info.exe.clone());
+        if !self.processes.contains_key(&key) {
+            let finding = ProcessFinding {
+                host: self.host_of(agent_id),
+                agent_id: agent_id.to_string(),
                 pid: info.pid,
                 exe: info.exe.clone(),
                 user: info.user.clone(),
                 cmdline: info.cmdline.clone(),
-                lineage: table.lineage(&record.agent_id, info),
+                lineage: self.table.lineage(agent_id, info),
                 involved: Vec::new(),
-            });
-            if !finding.involved.iter().any(|k| k == kind) {
-                finding.involved.push(kind.to_string());
-            }
+            };
+            self.processes.insert(key.clone(), finding);
+        }
+        if let Some(finding) = self.processes.get_mut(&key)
+            && !finding.involved.iter().any(|k| k == kind)
+        {
+            finding.involved.push(kind.to_string());
         }
     }
+}
 
-    let mut summaries: BTreeMap<String, HostSummary> = BTreeMap::new();
-    for read in reads.values() {
-        let s = summary(&mut summaries, &read.reader, read.reader_agent.as_ref());
-        s.sensitive_rows_read += read.session_total.unwrap_or(0).max(read.rows);
-        for table in &read.tables {
-            if !s.sensitive_tables.contains(table) {
-                s.sensitive_tables.push(table.clone());
-            }
-        }
-        s.first_read = Some(s.first_read.map_or(read.first, |t| t.min(read.first)));
-    }
-    for file in &files {
-        let s = summary(&mut summaries, &file.host, Some(&file.agent_id));
-        match file.kind.as_str() {
-            "file.create" => s.files_created += 1,
-            "file.delete" => s.files_deleted += 1,
-            _ => {}
-        }
-    }
-    for out in &mut outbound {
-        let s = summary(&mut summaries, &out.host, Some(&out.agent_id));
-        s.public_connections += 1;
-        if s.first_read.is_some_and(|first| out.ts >= first) {
-            out.after_read = true;
-            s.public_connections_after_read += 1;
-            s.bytes_sent_after_read += out.bytes_sent.unwrap_or(0);
-        }
-    }
+/// A file event that puts its file in scope: a created, deleted or renamed export, or any such
+/// large file.
+fn in_scope(file: &FileEvent) -> bool {
+    file.action != FileAction::Write
+        && (file.export.is_some() || file.size.unwrap_or(0) >= LARGE_FILE)
+}
 
-    let keep = |host: &str| wanted.as_ref().is_none_or(|w| w.contains(host));
-    let mut report = Scope {
-        since,
-        until,
-        alert: query.alert.clone(),
-        read_and_sent: summaries
-            .values()
-            .filter(|s| keep(&s.host) && s.public_connections_after_read > 0)
-            .map(|s| s.host.clone())
-            .collect(),
-        hosts: summaries.into_values().filter(|s| keep(&s.host)).collect(),
-        db_reads: reads
-            .into_values()
-            .filter(|r| keep(&r.reader) || keep(&r.db_host))
-            .collect(),
-        files: files.into_iter().filter(|f| keep(&f.host)).collect(),
-        outbound: outbound.into_iter().filter(|o| keep(&o.host)).collect(),
-        processes: processes.into_values().filter(|p| keep(&p.host)).collect(),
-    };
-    report
-        .processes
-        .sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
-    let in_report: BTreeSet<String> = report
-        .hosts
-        .iter()
-        .map(|h| h.host.clone())
-        .chain(report.db_reads.iter().map(|r| r.db_host.clone()))
-        .collect();
-    let evidence = evidence
-        .into_iter()
-        .filter_map(|i| records.get(i))
-        .filter(|r| in_report.contains(&host_of(&r.agent_id)))
-        .cloned()
-        .collect();
-    Ok((report, evidence))
+/// The name people use for the host an agent runs on; its id when it is not enrolled here.
+fn host_of<'a>(names: &'a HashMap<String, String>, agent_id: &'a str) -> &'a str {
+    names.get(agent_id).map_or(agent_id, String::as_str)
 }
 
 fn summary<'a>(
@@ -490,143 +516,78 @@ fn summary<'a>(
         })
 }
 
-/// How far before the window a scope looks for the ancestors of the processes in it.
-const SCOPE_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(3600);
+#[cfg(test)]
+mod tests {
+    use bannin::event::{DbAction, Event};
 
-fn opt<T: ToString>(value: Option<T>) -> String {
-    value.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
-}
+    use super::*;
 
-pub fn print_table(out: &mut impl Write, scope: &Scope) -> std::io::Result<()> {
-    row!(
-        out,
-        "scope {} .. {}{}",
-        scope.since,
-        scope.until,
-        scope
-            .alert
-            .as_ref()
-            .map(|a| format!(" (alert {a})"))
-            .unwrap_or_default()
-    )?;
-    writeln!(out)?;
-    if scope.read_and_sent.is_empty() {
-        row!(
-            out,
-            "read sensitive records, then connected out: none in this window"
-        )?;
-    } else {
-        row!(
-            out,
-            "read sensitive records, then connected out: {}",
-            scope.read_and_sent.join(", ")
-        )?;
+    fn record(agent_id: &str, seq: u64, body: impl Into<Body>) -> Record {
+        Record {
+            agent_id: agent_id.into(),
+            event: Event {
+                seq,
+                ts: Timestamp::from_nanos(i64::try_from(seq).unwrap() * 1_000_000_000),
+                host: agent_id.into(),
+                body: body.into(),
+            },
+        }
     }
-    writeln!(out)?;
-    row!(
-        out,
-        "{:<20}  {:>12}  {:<30}  {:>8}  {:>12}  {:>7}  {:>7}",
-        "HOST",
-        "ROWS READ",
-        "TABLES",
-        "OUT",
-        "BYTES SENT",
-        "CREATED",
-        "DELETED"
-    )?;
-    for h in &scope.hosts {
-        row!(
-            out,
-            "{:<20}  {:>12}  {:<30}  {:>8}  {:>12}  {:>7}  {:>7}",
-            h.host,
-            h.sensitive_rows_read,
-            h.sensitive_tables.join(","),
-            format!(
-                "{}/{}",
-                h.public_connections_after_read, h.public_connections
+
+    fn agent(no: i64, id: &str, name: &str) -> HostAgent {
+        HostAgent {
+            no,
+            id: id.into(),
+            name: name.into(),
+            host: format!("{name}.lan"),
+        }
+    }
+
+    #[test]
+    fn a_read_is_attributed_to_the_host_whose_later_connection_shows_the_client_address() {
+        let agents = [agent(1, "a-db", "db1"), agent(2, "a-app", "app1")];
+        let mut builder = ScopeBuilder::new(
+            Timestamp::from_nanos(0),
+            Timestamp::from_nanos(i64::MAX),
+            None,
+            &agents,
+            None,
+        );
+        let mut read = DbEvent::new(DbAction::Query, "postgresql");
+        read.client_addr = "10.0.0.7".into();
+        read.session = "s1".into();
+        read.sensitive_tables = vec!["public.customers".into()];
+        read.rows = Some(500);
+        builder.observe(record("a-db", 1, read));
+        // Only afterwards does app1 show that 10.0.0.7 is its address, then it sends data out.
+        builder.observe(record(
+            "a-app",
+            2,
+            NetEvent {
+                local_addr: "10.0.0.7".into(),
+                remote_addr: "203.0.113.9".into(),
+                remote_scope: "public".into(),
+                bytes_sent: Some(4096),
+                ..NetEvent::default()
+            },
+        ));
+        let (scope, evidence) = builder.finish();
+        assert_eq!(scope.read_and_sent, ["app1"]);
+        let read = &scope.db_reads[0];
+        assert_eq!(
+            (
+                read.reader.as_str(),
+                read.reader_agent.as_deref(),
+                read.db_host.as_str()
             ),
-            h.bytes_sent_after_read,
-            h.files_created,
-            h.files_deleted
-        )?;
+            ("app1", Some("a-app"), "db1")
+        );
+        let app = scope.hosts.iter().find(|h| h.host == "app1").unwrap();
+        assert_eq!(
+            (app.sensitive_rows_read, app.bytes_sent_after_read),
+            (500, 4096)
+        );
+        let seqs: Vec<u64> = evidence.iter().map(|r| r.event.seq).collect();
+        assert_eq!(seqs, [1, 2]);
     }
-    if !scope.db_reads.is_empty() {
-        writeln!(out)?;
-        row!(out, "database reads of sensitive tables:")?;
-        for r in &scope.db_reads {
-            row!(
-                out,
-                "  {} read {} rows of {} ({} queries, session total {}) as {}@{} on {} [{}], session {}, {} .. {}",
-                r.reader,
-                r.rows,
-                r.tables.join(","),
-                r.queries,
-                opt(r.session_total),
-                r.db_user,
-                r.database,
-                r.db_host,
-                r.db_system,
-                r.session,
-                r.first,
-                r.last
-            )?;
-        }
-    }
-    if !scope.files.is_empty() {
-        writeln!(out)?;
-        row!(out, "export files created or deleted:")?;
-        for f in &scope.files {
-            row!(
-                out,
-                "  {} {} {} {} size={} format={} rows~{} personal={} by {} (pid {}, user {})",
-                f.ts,
-                f.host,
-                f.kind,
-                f.path,
-                opt(f.size),
-                opt(f.format.clone()),
-                opt(f.est_rows),
-                f.personal,
-                opt(f.exe.as_deref().map(short_exe)),
-                opt(f.pid),
-                opt(f.user.clone())
-            )?;
-        }
-    }
-    if !scope.outbound.is_empty() {
-        writeln!(out)?;
-        row!(out, "connections to public addresses:")?;
-        for o in &scope.outbound {
-            row!(
-                out,
-                "  {} {} -> {}:{} sent={} by {} (pid {}){}",
-                o.ts,
-                o.host,
-                o.remote_addr,
-                o.remote_port,
-                opt(o.bytes_sent),
-                opt(o.exe.as_deref().map(short_exe)),
-                opt(o.pid),
-                if o.after_read { " after reading" } else { "" }
-            )?;
-        }
-    }
-    if !scope.processes.is_empty() {
-        writeln!(out)?;
-        row!(out, "processes involved:")?;
-        for p in &scope.processes {
-            let mut chain = vec![short_exe(&p.exe)];
-            chain.extend(p.lineage.iter().map(|e| short_exe(e)));
-            row!(
-                out,
-                "  {} pid {} {} user {} ({})",
-                p.host,
-                p.pid,
-                chain.join(" ← "),
-                p.user,
-                p.involved.join(", ")
-            )?;
-        }
-    }
-    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use bannin::time::Timestamp;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use crate::alert::{Alert, EvidenceRef};
@@ -22,7 +22,10 @@ CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
 ";
 
 pub fn insert(conn: &Connection, alert: &Alert) -> Result<(), StoreError> {
-    let body = serde_json::to_string(alert).unwrap_or_default();
+    let body = serde_json::to_string(alert).map_err(|source| StoreError::EncodeAlert {
+        id: alert.id.clone(),
+        source,
+    })?;
     conn.execute(
         "INSERT OR REPLACE INTO alerts (id, rule, severity, ts, updated_ts, host, count, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -51,13 +54,20 @@ pub fn repeat(
     evidence: &[EvidenceRef],
     fields: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Option<Alert>, StoreError> {
-    let body: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
-        "SELECT body FROM alerts WHERE id = ?1",
-        [id],
-        |r| r.get(0),
-    ))?;
-    let Some(mut alert) = body.and_then(|b| serde_json::from_str::<Alert>(&b).ok()) else {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    let Some(body) = body else {
         return Ok(None);
+    };
+    // A body that no longer parses cannot be counted again; refusing the whole transaction would
+    // hold detection back for good, so the repeat is logged and left out.
+    let mut alert = match serde_json::from_str::<Alert>(&body) {
+        Ok(alert) => alert,
+        Err(error) => {
+            tracing::warn!(alert_id = %id, %error, "stored alert does not parse; its repeat is not recorded");
+            return Ok(None);
+        }
     };
     alert.count = count;
     for (name, value) in fields {
@@ -114,4 +124,18 @@ pub fn query(conn: &Connection, filter: &AlertFilter) -> Result<Vec<Alert>, Stor
     }
     alerts.reverse();
     Ok(alerts)
+}
+
+/// The stored alert `id`, if there is one.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<Alert>, StoreError> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM alerts WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    body.map(|body| {
+        serde_json::from_str(&body).map_err(|source| StoreError::BadAlert {
+            id: id.to_string(),
+            source,
+        })
+    })
+    .transpose()
 }

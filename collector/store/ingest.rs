@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AgentKey, NewAgent, StoreError};
+use crate::finding::{Finding, FindingKind};
 use crate::seal::{self, Seal};
 
 /// Batches waiting for the writer; beyond this the service waits (back-pressure on agents).
@@ -42,19 +43,6 @@ pub struct VerifiedBatch {
     pub events: Vec<VerifiedEvent>,
     /// The head the agent says the collector acknowledged to it (seq, hash), its signature checked.
     pub witness: Option<(u64, Hash)>,
-}
-
-/// Something the collector concluded about an agent's chain while storing it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub agent_id: String,
-    pub host: String,
-    /// "chain.gap" (sequence numbers missing, or a batch that does not connect) or "chain.fork".
-    pub kind: &'static str,
-    pub ts: Timestamp,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub detail: String,
 }
 
 /// The outcome of one committed batch.
@@ -444,7 +432,7 @@ fn record_refusal(
     let finding = Finding {
         agent_id: refusal.agent_id,
         host,
-        kind: "chain.tamper",
+        kind: FindingKind::ChainTamper,
         ts: Timestamp::now(),
         first_seq: refusal.seq,
         last_seq: refusal.seq,
@@ -510,7 +498,7 @@ fn store_batch(
         findings.push(Finding {
             agent_id: batch.agent_id.clone(),
             host: host.clone(),
-            kind: "chain.gap",
+            kind: FindingKind::ChainGap,
             ts: now,
             first_seq: gap_from,
             last_seq: batch.first_seq - 1,
@@ -520,7 +508,7 @@ fn store_batch(
         findings.push(Finding {
             agent_id: batch.agent_id.clone(),
             host: host.clone(),
-            kind: "chain.gap",
+            kind: FindingKind::ChainGap,
             ts: now,
             first_seq: batch.first_seq,
             last_seq: batch.first_seq,
@@ -648,7 +636,7 @@ fn witness_finding(
     let finding = |first_seq: u64, detail: String| Finding {
         agent_id: batch.agent_id.clone(),
         host: host.to_string(),
-        kind: "chain.tamper",
+        kind: FindingKind::ChainTamper,
         ts: now,
         first_seq,
         last_seq: seq,
@@ -706,7 +694,7 @@ fn insert_finding(
 ) -> Result<(), rusqlite::Error> {
     let signature = seal.sign(&seal::finding_message(
         &finding.agent_id,
-        finding.kind,
+        finding.kind.as_str(),
         finding.first_seq,
         finding.last_seq,
         finding.ts.as_nanos(),
@@ -718,13 +706,13 @@ fn insert_finding(
         params![
             agent_no,
             finding.ts.as_nanos(),
-            finding.kind,
+            finding.kind.as_str(),
             i64::try_from(finding.first_seq).unwrap_or(i64::MAX),
             i64::try_from(finding.last_seq).unwrap_or(i64::MAX),
             finding.detail,
             signature
         ],
     )?;
-    tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind, detail = %finding.detail, "chain finding");
+    tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind.as_str(), detail = %finding.detail, "chain finding");
     Ok(())
 }

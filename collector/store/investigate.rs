@@ -1,5 +1,5 @@
-//! Read-side queries behind `timeline` and `scope`: one host's events in time order, every host's
-//! events of some kinds in a window, and the stored alerts (when detection's table exists).
+//! Read-side queries behind `timeline`, `scope` and the metrics: one host's events in time order,
+//! every host's events of some kinds in a window, the enrolled agents, and delivery counts.
 
 use bannin::event::Record;
 use bannin::time::Timestamp;
@@ -88,24 +88,6 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
         )
         .optional()?
         .is_some())
-}
-
-/// Stored alerts, oldest first, each with the state of its deliveries to every sink: the alert
-/// object of INTERFACE.md plus `deliveries`, as `alerts --format json` prints it.
-pub fn alerts(
-    conn: &Connection,
-    filter: &super::alerts::AlertFilter,
-) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
-    let mut rows = Vec::new();
-    for alert in super::alerts::query(conn, filter)? {
-        // A store without the hooks' outbox (or an unreadable one) shows no deliveries.
-        let deliveries = crate::hooks::delivery_status(conn, &alert.id).unwrap_or_default();
-        let row = crate::output::AlertRow { alert, deliveries };
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&row) {
-            rows.push(map);
-        }
-    }
-    Ok(rows)
 }
 
 /// Every enrolled agent, for resolving ids to the names people use.

@@ -50,6 +50,16 @@ pub enum StoreError {
     OperatorExists { name: String },
     #[error("store has no operator {name}")]
     UnknownOperator { name: String },
+    #[error("cannot encode alert {id}: {source}")]
+    EncodeAlert {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("stored alert {id} does not parse: {source}")]
+    BadAlert {
+        id: String,
+        source: serde_json::Error,
+    },
     #[error("the ingest thread has stopped")]
     WriterGone,
     #[error(transparent)]

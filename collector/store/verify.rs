@@ -15,6 +15,7 @@ use bannin::proto::decode_event;
 use rusqlite::Connection;
 
 use super::StoreError;
+use crate::finding::FindingKind;
 use crate::seal::{self, SealKey};
 
 /// What `verify` trusts besides the database: the collector's public key, read from the data
@@ -250,7 +251,7 @@ fn verify_agent(
                 "agent {id} finding {} ({} {}..={}): not signed by the collector, so it explains nothing",
                 finding.id, finding.kind, finding.first, finding.last
             ));
-        } else if finding.kind == "chain.gap" {
+        } else if finding.kind == FindingKind::ChainGap.as_str() {
             explained.push((finding.first, finding.last));
         } else {
             report.notes.push(format!(

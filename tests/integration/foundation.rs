@@ -110,6 +110,64 @@ fn enrolled_agent_streams_file_events_queryable_as_json() {
     assert!(verify(&collector.dir).0);
 }
 
+/// A section only its sensor can judge (a `[network] interval` too short, an exclude glob that
+/// does not compile, a PostgreSQL database with a MariaDB slow log, a process poll too fast) is
+/// refused when the configuration is loaded: one line naming the file and the key, exit 2, and
+/// nothing started, so the enrolled state directory has no spool yet.
+#[test]
+fn a_sensor_section_that_cannot_work_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("collector"));
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "cfg2");
+    let cases = [
+        (
+            "[network]\ninterval = \"10ms\"\n",
+            "[network] interval must be at least 100ms",
+        ),
+        (
+            "[files]\nexclude = [\"**/*.swp\", \"[unclosed\"]\n",
+            "[files] invalid exclude glob \"[unclosed\"",
+        ),
+        (
+            "[[database]]\nkind = \"postgresql\"\nlog = \"/srv/pg\"\nslow_log = \"/srv/slow.log\"\n",
+            "database postgresql:/srv/pg: slow_log is for mariadb only",
+        ),
+        (
+            "[process]\npoll_interval = \"10ms\"\n",
+            "[process] poll_interval must be at least 100ms",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("sensor{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        set_mode(&path, 0o600);
+        let out = run_output(
+            Command::new(AGENT)
+                .args(["run", "--state-dir"])
+                .arg(&state)
+                .arg("--config")
+                .arg(&path),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "case {i}, one line: {stderr}"
+        );
+        assert!(stderr.contains(needle), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(path.to_str().unwrap()),
+            "case {i}: {stderr}"
+        );
+        assert!(
+            !state.join("spool.db").exists(),
+            "case {i}: the spool was opened before the configuration was refused"
+        );
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -166,6 +166,17 @@ impl Collector {
     }
 
     pub fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> Collector {
+        Self::start_ready_within(dir, listen, extra, Duration::from_secs(30))
+    }
+
+    /// Starts and waits up to `ready` for the readiness line: a store holding millions of events
+    /// takes the replay at start a while.
+    pub fn start_ready_within(
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        ready: Duration,
+    ) -> Collector {
         let mut command = Command::new(COLLECTOR);
         command
             .arg("serve")
@@ -175,7 +186,7 @@ impl Collector {
             .arg(listen)
             .args(extra);
         let mut proc = Proc::spawn("collector", &mut command);
-        let line = proc.wait_line("listening on ", Duration::from_secs(30));
+        let line = proc.wait_line("listening on ", ready);
         let addr = line
             .split("listening on ")
             .nth(1)

@@ -125,7 +125,7 @@ impl Settings {
 }
 
 /// Checks every section and gives each its name; names must be unique.
-pub fn validate(configs: Vec<DatabaseConfig>) -> Result<Vec<Settings>, DbError> {
+pub fn settings(configs: Vec<DatabaseConfig>) -> Result<Vec<Settings>, DbError> {
     let mut names = BTreeSet::new();
     let mut settings = Vec::with_capacity(configs.len());
     for config in configs {
@@ -195,8 +195,8 @@ mod tests {
         assert_eq!(config.max_statement_len, 4096);
         assert_eq!(config.poll_interval, Duration::from_secs(1));
         assert_eq!(config.start_at, StartAt::End);
-        let settings = validate(vec![config]).unwrap();
-        assert_eq!(settings[0].name, "mariadb:/var/lib/mysql");
+        let checked = settings(vec![config]).unwrap();
+        assert_eq!(checked[0].name, "mariadb:/var/lib/mysql");
 
         let error = toml::from_str::<DatabaseConfig>(
             "kind = \"postgresql\"\nlog = \"/x\"\nsensitive_table = []\n",
@@ -212,13 +212,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.poll_interval, Duration::from_millis(250));
-        let settings = validate(vec![config.clone()]).unwrap();
+        let checked = settings(vec![config.clone()]).unwrap();
         let tables = vec![
             "public.customers".to_string(),
             "billing.cards".to_string(),
             "other.customers".to_string(),
         ];
-        assert_eq!(settings[0].sensitive(&tables), vec![&tables[0], &tables[1]]);
-        assert!(validate(vec![config.clone(), config]).is_err());
+        assert_eq!(checked[0].sensitive(&tables), vec![&tables[0], &tables[1]]);
+        assert!(settings(vec![config.clone(), config]).is_err());
     }
 }

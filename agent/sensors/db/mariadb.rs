@@ -12,8 +12,8 @@ use bannin::event::DbEvent;
 use bannin::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::draft::{Action, Draft, ParseCtx, draft_query};
 use super::statement::{Dialect, Kind};
-use super::{Action, Draft, ParseCtx, draft_query};
 
 /// One server_audit line.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,8 +13,8 @@ use bannin::event::DbEvent;
 use bannin::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::draft::{Action, Draft, ParseCtx, draft_query};
 use super::statement::Dialect;
-use super::{Action, Draft, ParseCtx, draft_query};
 
 /// One log record, whichever format it came in.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -384,7 +384,8 @@ impl Tracker {
                 }
             };
             draft.event.failed = true;
-            draft.event.error = super::error_text(&entry.message, "", Dialect::Postgres, ctx);
+            draft.event.error =
+                super::draft::error_text(&entry.message, "", Dialect::Postgres, ctx);
             out.push(draft);
             return Ok(());
         }
@@ -449,8 +450,12 @@ impl Tracker {
             if own {
                 if let Some(held) = session.held.as_mut() {
                     held.draft.event.failed = true;
-                    held.draft.event.error =
-                        super::error_text(&entry.message, &entry.query, Dialect::Postgres, ctx);
+                    held.draft.event.error = super::draft::error_text(
+                        &entry.message,
+                        &entry.query,
+                        Dialect::Postgres,
+                        ctx,
+                    );
                 }
                 flush(session, out);
             } else if query_hash.is_some() || entry.severity == "ERROR" {
@@ -460,7 +465,7 @@ impl Tracker {
                 let mut draft = draft_query(ts, event, &entry.query, Dialect::Postgres, ctx);
                 draft.event.failed = true;
                 draft.event.error =
-                    super::error_text(&entry.message, &entry.query, Dialect::Postgres, ctx);
+                    super::draft::error_text(&entry.message, &entry.query, Dialect::Postgres, ctx);
                 out.push(draft);
             }
         }

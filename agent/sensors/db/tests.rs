@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bannin::event::{Body as EventBody, DbEvent, Event, SensorStatus};
+use bannin::event::{Body as EventBody, DbAction, DbEvent, Event, SensorStatus};
 use tokio::sync::mpsc::Receiver;
 
+use super::state::SourceState;
 use super::testsupport::{MariaServer, PgLog, PgServer};
 use super::*;
 use crate::pipeline;
@@ -102,9 +103,13 @@ async fn postgres_csvlog_sessions_exports_and_failed_logins_become_events() {
     let state = tempfile::tempdir().unwrap();
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let handle = spawn(vec![pg_config(&server.data)], state.path(), tx)
-        .await
-        .unwrap();
+    let handle = spawn(
+        settings(vec![pg_config(&server.data)]).unwrap(),
+        state.path(),
+        tx,
+    )
+    .await
+    .unwrap();
 
     let out_file = server.dir.path().join("out.csv");
     let copy_to_file = format!("COPY customers TO '{}' CSV", out_file.display());
@@ -238,9 +243,13 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
     let state = tempfile::tempdir().unwrap();
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
-        .await
-        .unwrap();
+    let handle = spawn(
+        settings(vec![pg_config(&server.data.join("log"))]).unwrap(),
+        state.path(),
+        tx,
+    )
+    .await
+    .unwrap();
     let list = server.data.join("current_logfiles");
     let before = std::fs::read_to_string(&list).unwrap();
 
@@ -278,9 +287,13 @@ async fn postgres_jsonlog_survives_rotation_and_restart_without_gaps_or_repeats(
     server.psql("while-down", "postgres", &["SELECT 5 AS step5"]);
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let handle = spawn(vec![pg_config(&server.data.join("log"))], state.path(), tx)
-        .await
-        .unwrap();
+    let handle = spawn(
+        settings(vec![pg_config(&server.data.join("log"))]).unwrap(),
+        state.path(),
+        tx,
+    )
+    .await
+    .unwrap();
     server.psql("after", "postgres", &["SELECT 6 AS step6"]);
     let mut again = Vec::new();
     wait_for(&mut rx, &mut again, "sessions after the restart", |seen| {
@@ -322,9 +335,13 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
     let state = tempfile::tempdir().unwrap();
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let handle = spawn(vec![maria_config(&server)], state.path(), tx)
-        .await
-        .unwrap();
+    let handle = spawn(
+        settings(vec![maria_config(&server)]).unwrap(),
+        state.path(),
+        tx,
+    )
+    .await
+    .unwrap();
 
     let outfile = server.dir.path().join("out.csv");
     server.sql(&format!(
@@ -431,9 +448,13 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
     server.sql("SELECT 'while down' AS marker");
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let handle = spawn(vec![maria_config(&server)], state.path(), tx)
-        .await
-        .unwrap();
+    let handle = spawn(
+        settings(vec![maria_config(&server)]).unwrap(),
+        state.path(),
+        tx,
+    )
+    .await
+    .unwrap();
     server.sql("SELECT 'after restart' AS marker");
     let mut again = Vec::new();
     wait_for(
@@ -470,11 +491,13 @@ async fn a_missing_log_is_reported_retried_and_recovered_and_garbage_is_counted(
     let log = dir.path().join("server_audit.log");
     let (tx, rx) = pipeline::channel("h");
     let mut rx = pipeline::settle_on_take(&tx, rx);
-    let settings = config(&format!(
+    let database = config(&format!(
         "kind = \"mariadb\"\nlog = \"{}\"\npoll_interval = \"50ms\"\nstart_at = \"beginning\"\n",
         log.display()
     ));
-    let handle = spawn(vec![settings], dir.path(), tx).await.unwrap();
+    let handle = spawn(settings(vec![database]).unwrap(), dir.path(), tx)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let sensor = |e: &Event, status: SensorStatus| match &e.body {
         EventBody::Sensor(s) => s.status == status,
@@ -576,7 +599,7 @@ fn parse_golden(log: &Path, name: &str) -> Vec<serde_json::Value> {
     if slow.exists() {
         text.push_str(&format!("slow_log = \"{}\"\n", slow.display()));
     }
-    let settings = config::validate(vec![config(&text)]).unwrap().remove(0);
+    let settings = config::settings(vec![config(&text)]).unwrap().remove(0);
     let mut source = Source::new(settings, SourceState::default());
     let mut events = Vec::new();
     for _ in 0..3 {
@@ -629,7 +652,7 @@ fn parse_throughput() {
             "kind = \"{kind}\"\nlog = \"{}\"\nstart_at = \"beginning\"\nsensitive_tables = [\"public.customers\", \"shop.customers\"]\n",
             log.display()
         );
-        let settings = config::validate(vec![config(&text)]).unwrap().remove(0);
+        let settings = config::settings(vec![config(&text)]).unwrap().remove(0);
         let mut source = Source::new(settings, SourceState::default());
         let started = std::time::Instant::now();
         let cpu_started = thread_cpu_seconds();

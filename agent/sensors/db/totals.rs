@@ -12,8 +12,8 @@ use bannin::event::DbEvent;
 use serde::{Deserialize, Serialize};
 
 use super::config::Settings;
+use super::draft::{Action, Draft};
 use super::statement::{ExportMethod, Kind};
-use super::{Action, Draft};
 
 /// Application names dump tools connect with.
 const DUMP_APPLICATIONS: &[&str] = &["pg_dump", "pg_dumpall", "mysqldump", "mariadb-dump"];
@@ -132,9 +132,9 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::db::config::{DatabaseConfig, validate};
+    use crate::sensors::db::config::{self, DatabaseConfig};
+    use crate::sensors::db::draft::{ParseCtx, draft_query};
     use crate::sensors::db::statement::Dialect;
-    use crate::sensors::db::{ParseCtx, draft_query};
     use bannin::event::DbAction;
     use bannin::time::Timestamp;
 
@@ -143,7 +143,7 @@ mod tests {
             "kind = \"postgresql\"\nlog = \"/x\"\nsensitive_tables = [\"public.customers\"]\ndump_users_allowed = [\"backup\"]\n",
         )
         .unwrap();
-        validate(vec![config]).unwrap().remove(0)
+        config::settings(vec![config]).unwrap().remove(0)
     }
 
     fn query(user: &str, session: &str, app: &str, sql: &str, rows: Option<u64>) -> Draft {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Which kernel interface the file sensor uses.
@@ -71,6 +72,40 @@ impl Default for FilesConfig {
     }
 }
 
+/// A `[files]` section that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("[files] invalid exclude glob {glob:?}: {source}")]
+    BadGlob {
+        glob: String,
+        source: globset::Error,
+    },
+}
+
+impl FilesConfig {
+    /// Checks what can be checked before the sensor starts; watch roots that do not exist are
+    /// not an error (they are reported as `sensor.error` when the sensor starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        excludes(&self.exclude).map(drop)
+    }
+}
+
+/// The exclude patterns, compiled.
+pub fn excludes(patterns: &[String]) -> Result<GlobSet, ConfigError> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = Glob::new(pattern).map_err(|source| ConfigError::BadGlob {
+            glob: pattern.clone(),
+            source,
+        })?;
+        builder.add(glob);
+    }
+    builder.build().map_err(|source| ConfigError::BadGlob {
+        glob: patterns.join(", "),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +135,16 @@ mod tests {
         let error = toml::from_str::<FilesConfig>("watchh = []").unwrap_err();
         assert!(error.to_string().contains("watchh"), "{error}");
         assert!(toml::from_str::<FilesConfig>(r#"backend = "ebpf""#).is_err());
+
+        let bad = FilesConfig {
+            exclude: vec!["**/*.swp".into(), "[unclosed".into()],
+            ..FilesConfig::default()
+        };
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("[files] invalid exclude glob \"[unclosed\""),
+            "{error}"
+        );
+        assert!(FilesConfig::default().validate().is_ok());
     }
 }

@@ -38,11 +38,8 @@ pub type ProcessLookup = Arc<dyn Fn(u32) -> Option<ProcessInfo> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    #[error("invalid exclude glob {glob:?}: {source}")]
-    BadGlob {
-        glob: String,
-        source: globset::Error,
-    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("backend = \"fanotify\" was requested but fanotify is unavailable: {reason}")]
     FanotifyUnavailable { reason: String },
     #[error("cannot start the notify watcher: {source}")]

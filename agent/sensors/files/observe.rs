@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use bannin::event::{
     Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
 };
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
@@ -43,18 +43,7 @@ impl Scope {
     /// Canonical roots (the kernel reports resolved paths) and the roots that could not be
     /// resolved, with why.
     pub fn new(config: &FilesConfig) -> Result<(Scope, Vec<(PathBuf, String)>), FilesError> {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in &config.exclude {
-            let glob = Glob::new(pattern).map_err(|source| FilesError::BadGlob {
-                glob: pattern.clone(),
-                source,
-            })?;
-            builder.add(glob);
-        }
-        let excludes = builder.build().map_err(|source| FilesError::BadGlob {
-            glob: config.exclude.join(", "),
-            source,
-        })?;
+        let excludes = super::config::excludes(&config.exclude)?;
         let mut roots: Vec<PathBuf> = Vec::new();
         let mut missing = Vec::new();
         for root in &config.watch {

@@ -292,9 +292,15 @@ async fn sensors_idle() {
     });
     let (_before_ticks, before_rss) = own_cost();
     let (process, table) = spawn(ProcessConfig::default(), tx.clone()).await.unwrap();
-    let net = crate::sensors::net::spawn(crate::sensors::net::NetConfig::default(), tx, table)
-        .await
-        .unwrap();
+    let net = crate::sensors::net::spawn(
+        crate::sensors::net::NetConfig::default()
+            .settings()
+            .unwrap(),
+        tx,
+        table,
+    )
+    .await
+    .unwrap();
     // Start-up (learning the running processes) is not idle cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (start_ticks, _) = own_cost();

@@ -304,7 +304,7 @@ async fn permanent_rejections_stop_but_429_is_retried() {
     assert_eq!(rejected.attempts, 2);
     assert!(rejected.last_error.as_deref().unwrap().contains("400"));
     assert_eq!(
-        rejected.to_string(),
+        crate::present::table::Delivery(rejected).to_string(),
         "rejecting failed after 2 attempts: HTTP 400 Bad Request: scripted"
     );
     let throttled = status.iter().find(|d| d.sink.0 == "throttling").unwrap();

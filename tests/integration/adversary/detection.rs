@@ -477,6 +477,115 @@ fn replay_at_start_streams_whatever_the_store_holds() {
     assert_eq!(alert["host"], "pc-replay");
 }
 
+/// The most events a replay at start once read, newest first: anything older was forgotten.
+const OLD_REPLAY_LIMIT: u64 = 1_000_000;
+
+#[test]
+fn replay_at_start_covers_its_window_by_time_however_many_events_came_after() {
+    use bannin::event::{AgentAction, AgentEvent, Event};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&tmp.path().join("collector"));
+    collector.enroll(&tmp.path().join("chatty"), "pc-chatty");
+    // A real agent's export, written before the restart and deleted after it.
+    let watched = tmp.path().join("exports");
+    std::fs::create_dir(&watched).unwrap();
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "pc-window");
+    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let export = watched.join("customers.csv");
+    write_csv(&export, 11);
+    let path = export.display().to_string();
+    wait_for("the export's write stored", LONG, || {
+        let n = collector
+            .events(&["--kind", "file.write", "--path", &path])
+            .len();
+        (n > 0).then_some(())
+    });
+    collector.proc.kill9();
+
+    // Behind the export, more events than the old row limit, all inside the 24-hour window; and
+    // older than the window, events the replay has no reason to read.
+    let conn = rusqlite::Connection::open(collector.dir.join("bannin.db")).unwrap();
+    let (agent_no, written): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT no FROM agents WHERE name = 'pc-chatty'), MAX(ts) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let after = OLD_REPLAY_LIMIT + 1_000;
+    let outside = 500u64;
+    let now = bannin::time::Timestamp::now().as_nanos();
+    let step = (now - written) / (after as i64 + 1);
+    let day_ago = now - 25 * 3600 * 1_000_000_000;
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash)
+                 VALUES (?1, ?2, ?3, 'agent.heartbeat', NULL, ?4, ?5)",
+            )
+            .unwrap();
+        for seq in 1..=outside + after {
+            let mut event = Event::now(
+                "pc-chatty",
+                AgentEvent {
+                    action: AgentAction::Heartbeat,
+                    version: "0.1.0".into(),
+                    message: String::new(),
+                    dropped: 0,
+                    first_dropped_seq: 0,
+                    last_dropped_seq: 0,
+                    spool_events: 0,
+                    spool_bytes: 0,
+                    sensors: Vec::new(),
+                },
+            );
+            event.seq = seq;
+            event.ts = bannin::time::Timestamp::from_nanos(if seq <= outside {
+                day_ago + seq as i64
+            } else {
+                written + (seq - outside) as i64 * step
+            });
+            let payload = bannin::proto::encode_event(&event);
+            insert
+                .execute(rusqlite::params![
+                    agent_no,
+                    seq as i64,
+                    event.ts.as_nanos(),
+                    payload,
+                    [0u8; 32].as_slice()
+                ])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    let stored: u64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+
+    let (dir, addr) = (collector.dir.clone(), collector.addr.clone());
+    drop(collector);
+    let collector = Collector::start_ready_within(&dir, &addr, &[], Duration::from_secs(600));
+    // Every event of the window was read, and none older.
+    let rebuilt = collector.proc.log();
+    let replayed: u64 = rebuilt
+        .lines()
+        .find(|l| l.contains("detection state rebuilt"))
+        .and_then(|l| l.split("events=").nth(1))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no replay count in the log:\n{rebuilt}"));
+    assert_eq!(replayed, stored - outside, "{rebuilt}");
+    assert!(replayed > OLD_REPLAY_LIMIT);
+    // The export written before all of them is still tracked: its delete alerts.
+    sh(&format!("rm {}", export.display()));
+    let alert = export_alert(&collector, &export);
+    assert_eq!(alert["host"], "pc-window");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Health alerts that never arrive
 

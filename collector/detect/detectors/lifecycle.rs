@@ -1,63 +1,21 @@
-//! Named stateful detectors: rules whose state is richer than Sigma correlations can express.
-//! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
-//! data; only the state machine is code.
+//! `export_lifecycle`: large export-like files destroyed soon after they were written.
 
-use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use bannin::event::{Body, ExportInfo, FileAction, FileEvent, ProcessInfo, Record, SensorStatus};
 use bannin::time::Timestamp;
-use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde_json::{Map, Value as Json, json};
+use globset::GlobSet;
+use serde_json::{Map, json};
 
-use super::config::Limits;
-use super::rules::DetectorSpec;
-use super::state::{HostWindows, Losses, Window};
-use crate::alert::{EvidenceRef, Severity};
+use super::{Candidate, Seen, StatefulDetector, evidence, globs, process_fields};
+use crate::alert::EvidenceRef;
+use crate::detect::config::Limits;
+use crate::detect::rules::DetectorSpec;
+use crate::detect::state::{HostWindows, Window};
 
 /// At most this many evidence references and renames are kept per tracked file.
 const MAX_FILE_EVIDENCE: usize = 16;
-
-/// What a detector concluded, before allow-lists and de-duplication.
-pub(crate) struct Candidate {
-    pub(crate) ts: Timestamp,
-    pub(crate) host: String,
-    pub(crate) summary: String,
-    pub(crate) evidence: Vec<EvidenceRef>,
-    pub(crate) fields: Map<String, Json>,
-    /// What makes two findings "the same alert" for de-duplication (with the rule and host).
-    pub(crate) key: String,
-    /// Overrides the rule's level, e.g. a silence after a clean stop is less alarming.
-    pub(crate) severity: Option<Severity>,
-}
-
-pub(crate) fn evidence(record: &Record) -> EvidenceRef {
-    EvidenceRef {
-        agent_id: record.agent_id.clone(),
-        seq: record.event.seq,
-    }
-}
-
-fn process_fields(fields: &mut Map<String, Json>, prefix: &str, process: &ProcessInfo) {
-    fields.insert(format!("{prefix}pid"), json!(process.pid));
-    fields.insert(format!("{prefix}exe"), json!(process.exe));
-    fields.insert(format!("{prefix}user"), json!(process.user));
-    if !process.cmdline.is_empty() {
-        fields.insert(format!("{prefix}cmdline"), json!(process.cmdline));
-    }
-}
-
-fn globs(patterns: &[String]) -> Result<GlobSet, String> {
-    let mut set = GlobSetBuilder::new();
-    for pattern in patterns {
-        set.add(Glob::new(pattern).map_err(|e| format!("bad glob {pattern:?}: {e}"))?);
-    }
-    set.build().map_err(|e| e.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
-// export_lifecycle
 
 struct Tracked {
     host: String,
@@ -227,33 +185,6 @@ impl ExportLifecycle {
         })
     }
 
-    pub(crate) fn tracked(&self) -> usize {
-        self.files.len()
-    }
-
-    pub(crate) fn window(&self) -> Duration {
-        self.window
-    }
-
-    pub(crate) fn evicted(&self) -> u64 {
-        self.files.losses.total()
-    }
-
-    /// Tracked exports pushed out since the last call, by host. Creation times pushed out of the
-    /// small-file tier are not losses: the export is still tracked once it is large.
-    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
-        self.created.losses.take();
-        self.files.losses.take()
-    }
-
-    /// Forgets files created longer than the window before `now`, the collector's clock: an agent
-    /// whose clock runs ahead must not flush every other host's files.
-    pub(crate) fn expire(&mut self, now: Timestamp) {
-        let before = now.saturating_sub(self.window);
-        self.files.expire(before);
-        self.created.expire(before);
-    }
-
     fn export_like_name(&self, path: &str) -> bool {
         let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
         // "export.csv.tmp" is staged export data too: look at every extension, not just the last.
@@ -309,7 +240,8 @@ impl ExportLifecycle {
             .is_some_and(|roots| !roots.iter().any(|root| under(path, root)))
     }
 
-    pub(crate) fn observe(&mut self, record: &Record) -> Vec<Candidate> {
+    /// Follows one event of a file, or learns the watched trees from a files sensor's status.
+    fn follow(&mut self, record: &Record) -> Vec<Candidate> {
         let mut found = Vec::new();
         let file = match &record.event.body {
             Body::File(file) => file,
@@ -553,445 +485,476 @@ impl ExportLifecycle {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// first_seen_destination
-
-/// Outbound connections to an address no host of the fleet has connected to before.
-pub(crate) struct FirstSeen {
-    scopes: Vec<String>,
-    /// Fleet-wide; a destination pushed out would alert again as new, which is counted against
-    /// the host whose connection pushed it out.
-    seen: Window<String, ()>,
-    losses: Losses,
-}
-
-impl FirstSeen {
-    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
-        let mut scopes = spec.strings("scopes")?;
-        if scopes.is_empty() {
-            scopes.push("public".into());
-        }
-        Ok(FirstSeen {
-            scopes,
-            seen: Window::new(limits.seen_destinations),
-            losses: Losses::default(),
-        })
+impl StatefulDetector for ExportLifecycle {
+    fn state(&self) -> &'static str {
+        "tracked exports"
     }
 
-    pub(crate) fn evicted(&self) -> u64 {
-        self.losses.total()
-    }
-
-    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
-        self.losses.take()
-    }
-
-    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
-        let Body::Net(net) = &record.event.body else {
-            return None;
-        };
-        if !self.scopes.contains(&net.remote_scope) {
-            return None;
-        }
-        let ts = record.event.ts;
-        // Looked up without touching: the cap forgets the destinations first seen longest ago,
-        // and a lookup that allocates nothing keeps the common case (a known address) cheap.
-        if self.seen.get(&net.remote_addr).is_some() {
-            return None;
-        }
-        let pushed_out = self.seen.insert(net.remote_addr.clone(), (), ts);
-        self.losses.add(
-            &record.event.host,
-            u64::try_from(pushed_out.len()).unwrap_or(u64::MAX),
-        );
-        let mut fields = Map::new();
-        fields.insert("remote_addr".into(), json!(net.remote_addr));
-        fields.insert("remote_port".into(), json!(net.remote_port));
-        fields.insert("remote_scope".into(), json!(net.remote_scope));
-        fields.insert("protocol".into(), json!(net.protocol));
-        if let Some(sent) = net.bytes_sent {
-            fields.insert("bytes_sent".into(), json!(sent));
-        }
-        let mut who = String::new();
-        if let Some(process) = &net.process {
-            process_fields(&mut fields, "", process);
-            if !process.ancestry.is_empty() {
-                fields.insert("ancestry".into(), json!(process.ancestry));
-            }
-            let chain: Vec<&str> = std::iter::once(process.exe.as_str())
-                .chain(process.ancestry.iter().map(|a| a.exe.as_str()))
-                .collect();
-            who = format!(" by {}", chain.join(" < "));
-        }
-        Some(Candidate {
-            ts,
-            host: record.event.host.clone(),
-            summary: format!(
-                "first connection of the fleet to {}:{} from {}{who}",
-                net.remote_addr, net.remote_port, record.event.host
-            ),
-            evidence: vec![evidence(record)],
-            key: net.remote_addr.clone(),
-            fields,
-            severity: None,
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// agent_silent
-
-struct Liveness {
-    host: String,
-    last_heard: Timestamp,
-    last_seq: u64,
-    last_event_ts: Timestamp,
-    stopped: bool,
-    alerted: bool,
-}
-
-/// Agents that have sent nothing for a while, measured on the collector's clock so that an agent
-/// with a wrong clock is judged by when its events arrive.
-pub(crate) struct AgentSilent {
-    after: Duration,
-    /// Set by a replay: the next tick restarts every agent's silence from the collector's start.
-    grace_pending: bool,
-    agents: Window<String, Liveness>,
-    losses: Losses,
-}
-
-impl AgentSilent {
-    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
-        Ok(AgentSilent {
-            after: spec.duration("after", Duration::from_secs(60))?,
-            grace_pending: false,
-            agents: Window::coarse(limits.agents, Duration::from_secs(1)),
-            losses: Losses::default(),
-        })
-    }
-
-    pub(crate) fn evicted(&self) -> u64 {
-        self.losses.total()
-    }
-
-    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
-        self.losses.take()
-    }
-
-    pub(crate) fn window(&self) -> Duration {
-        self.after
-    }
-
-    /// Notes that the agent talked at `at`. In a replay `at` is the event's own time and events of
-    /// several agents interleave, so only a later time counts; live, `at` is the collector's clock.
-    pub(crate) fn heard(&mut self, record: &Record, at: Timestamp, replaying: bool) {
-        let stopped = matches!(&record.event.body, Body::Agent(a) if a.action == bannin::event::AgentAction::Stop);
-        match self.agents.touch(&record.agent_id, at) {
-            Some(entry) => {
-                if !replaying || at >= entry.last_heard {
-                    if entry.host != record.event.host {
-                        entry.host.clone_from(&record.event.host);
-                    }
-                    entry.last_heard = at;
-                    entry.last_seq = record.event.seq;
-                    entry.last_event_ts = record.event.ts;
-                    entry.stopped = stopped;
-                    entry.alerted = false;
-                }
-            }
-            None => {
-                let liveness = Liveness {
-                    host: record.event.host.clone(),
-                    last_heard: at,
-                    last_seq: record.event.seq,
-                    last_event_ts: record.event.ts,
-                    stopped,
-                    alerted: false,
-                };
-                for (_, lost) in self.agents.insert(record.agent_id.clone(), liveness, at) {
-                    self.losses.add(&lost.host, 1);
-                }
-            }
-        }
-    }
-
-    /// After a replay: agents already silent when the collector stopped were reported then, so
-    /// they are not reported again until they talk and fall silent anew. The others could not
-    /// talk while the collector was down: their silence is counted from the first tick.
-    pub(crate) fn settle(&mut self, replay_end: Timestamp) {
-        self.grace_pending = true;
-        let after = self.after;
-        let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
-        for key in keys {
-            if let Some(entry) = self.agents.get_mut(&key) {
-                if entry.last_heard.saturating_add(after) <= replay_end {
-                    entry.alerted = true;
-                }
-            }
-        }
-    }
-
-    pub(crate) fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
-        if std::mem::take(&mut self.grace_pending) {
-            let keys: Vec<String> = self.agents.iter().map(|(k, _)| k.clone()).collect();
-            for key in keys {
-                if let Some(entry) = self.agents.get_mut(&key) {
-                    entry.last_heard = entry.last_heard.max(now);
-                }
-            }
-        }
-        let mut findings = Vec::new();
-        let keys: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, l)| !l.alerted && l.last_heard.saturating_add(self.after) <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for agent_id in keys {
-            let Some(entry) = self.agents.get_mut(&agent_id) else {
-                continue;
-            };
-            entry.alerted = true;
-            let silent = (now.as_nanos() - entry.last_heard.as_nanos()) / 1_000_000_000;
-            let mut fields = Map::new();
-            fields.insert("agent_id".into(), json!(agent_id));
-            fields.insert("last_seen".into(), json!(entry.last_heard));
-            fields.insert("last_event_ts".into(), json!(entry.last_event_ts));
-            fields.insert("last_seq".into(), json!(entry.last_seq));
-            fields.insert("silent_secs".into(), json!(silent));
-            fields.insert("stopped".into(), json!(entry.stopped));
-            let why = if entry.stopped {
-                " after a clean stop"
-            } else {
-                ""
-            };
-            findings.push(Candidate {
-                ts: now,
-                host: entry.host.clone(),
-                summary: format!(
-                    "agent {agent_id} on {} silent for {silent}s{why}",
-                    entry.host
-                ),
-                evidence: vec![EvidenceRef {
-                    agent_id: agent_id.clone(),
-                    seq: entry.last_seq,
-                }],
-                key: agent_id,
-                fields,
-                severity: entry.stopped.then_some(Severity::Low),
-            });
-        }
-        findings
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// sensitive_read_volume
-
-/// At most this many evidence references are attached to one bulk-read alert.
-const MAX_READ_EVIDENCE: usize = 32;
-
-struct ReadTrack {
-    last_total: u64,
-    /// Rows added by each event within the window, with the event.
-    points: VecDeque<(Timestamp, u64, EvidenceRef)>,
-    sum: u64,
-}
-
-/// Rows read from sensitive tables by one session or one database user within a window.
-///
-/// The agent's running totals (`session_sensitive_rows`, `user_sensitive_rows`) only grow, over
-/// the agent's whole life, so a threshold on them would end up firing for every ordinary account.
-/// This detector turns them back into rows added per event (the difference from the previous
-/// total of the same session or user) and adds those up over the window. It also reports a read of
-/// a whole sensitive table (`export_method: full_table_read`) at once.
-pub(crate) struct SensitiveReadVolume {
-    rows: u64,
-    window: Duration,
-    full_table_reads: bool,
-    per_key: usize,
-    /// Per host; reads dropped because a track held `per_key` already are losses too.
-    tracks: HostWindows<u64, ReadTrack>,
-}
-
-impl SensitiveReadVolume {
-    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
-        Ok(SensitiveReadVolume {
-            rows: spec.u64("rows", 10_000)?,
-            window: spec.duration("window", Duration::from_secs(3600))?,
-            full_table_reads: spec
-                .parameters
-                .get("full_table_reads")
-                .map(|v| {
-                    v.as_bool()
-                        .ok_or("parameter full_table_reads is not a boolean")
-                })
-                .transpose()?
-                .unwrap_or(true),
-            per_key: limits.matches_per_group.max(1),
-            tracks: HostWindows::new(
-                limits.per_host.min(limits.correlation_groups),
-                limits.correlation_groups,
-                Duration::from_secs(1),
-            ),
-        })
-    }
-
-    pub(crate) fn evicted(&self) -> u64 {
-        self.tracks.losses.total()
-    }
-
-    pub(crate) fn take_losses(&mut self) -> Vec<(String, u64)> {
-        self.tracks.losses.take()
-    }
-
-    pub(crate) fn expire(&mut self, now: Timestamp) {
-        self.tracks.expire(now.saturating_sub(self.window));
-    }
-
-    pub(crate) fn window(&self) -> Duration {
+    fn window(&self) -> Duration {
         self.window
     }
 
-    pub(crate) fn observe(&mut self, record: &Record) -> Option<Candidate> {
-        let Body::Db(db) = &record.event.body else {
-            return None;
+    fn observe(&mut self, record: &Record, _seen: Seen) -> Vec<Candidate> {
+        self.follow(record)
+    }
+
+    /// Forgets files created longer than the window before `now`, the collector's clock: an agent
+    /// whose clock runs ahead must not flush every other host's files.
+    fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
+        let before = now.saturating_sub(self.window);
+        self.files.expire(before);
+        self.created.expire(before);
+        Vec::new()
+    }
+
+    fn tracked_files(&self) -> usize {
+        self.files.len()
+    }
+
+    fn evicted(&self) -> u64 {
+        self.files.losses.total()
+    }
+
+    /// Tracked exports pushed out since the last call, by host. Creation times pushed out of the
+    /// small-file tier are not losses: the export is still tracked once it is large.
+    fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.created.losses.take();
+        self.files.losses.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `large-export-created-then-deleted` rule on the incidents it exists for, and the benign file work that must stay quiet.
+
+    use crate::detect::testkit::*;
+
+    #[test]
+    fn large_csv_created_then_deleted_the_same_day_alerts_once_with_its_facts() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        let rm = process(5000, "/usr/bin/rm", "www-data", &["/bin/sh"]);
+        let path = "/srv/share/tmp/customers_all.csv";
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "fs2",
+                    0,
+                    file(FileAction::Create, path, Some(0), None, &who),
+                ),
+                (
+                    "fs2",
+                    60,
+                    file(
+                        FileAction::Write,
+                        path,
+                        Some(400 * MIB),
+                        Some(csv(6_790_000)),
+                        &who,
+                    ),
+                ),
+                (
+                    "fs2",
+                    61,
+                    file(
+                        FileAction::Write,
+                        path,
+                        Some(800 * MIB),
+                        Some(csv(6_790_000)),
+                        &who,
+                    ),
+                ),
+                (
+                    "fs2",
+                    3 * 3600,
+                    file(FileAction::Delete, path, Some(800 * MIB), None, &rm),
+                ),
+            ],
+        );
+        assert_eq!(
+            rules_of(&updates),
+            vec!["large-export-created-then-deleted"]
+        );
+        assert_eq!(updates.len(), 1);
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(alert.host, "fs2");
+        assert_eq!(alert.severity, Severity::High);
+        assert_eq!(alert.fields["path"], path);
+        assert_eq!(alert.fields["size"], 800 * MIB);
+        assert_eq!(alert.fields["created_ts"], at(0).to_rfc3339());
+        assert_eq!(alert.fields["deleted_ts"], at(3 * 3600).to_rfc3339());
+        assert_eq!(alert.fields["pid"], 4242);
+        assert_eq!(alert.fields["exe"], "/usr/bin/python3");
+        assert_eq!(alert.fields["user"], "www-data");
+        assert_eq!(alert.fields["deleted_by_exe"], "/usr/bin/rm");
+        assert_eq!(alert.fields["est_rows"], 6_790_000);
+        assert_eq!(alert.fields["emails"], 6_790_000);
+        assert_eq!(alert.fields["passports"], 679_000);
+        let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert!(alert.summary.contains(path), "{}", alert.summary);
+        // The alert object keeps INTERFACE.md's shape: rule fields flat beside the common ones.
+        let json = serde_json::to_value(alert).unwrap();
+        assert_eq!(json["rule"], "large-export-created-then-deleted");
+        assert_eq!(json["size"], 800 * MIB);
+    }
+
+    #[test]
+    fn export_followed_through_renames_until_deleted() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "fs2",
+                    0,
+                    file(FileAction::Create, "/srv/out/a.csv", Some(0), None, &who),
+                ),
+                (
+                    "fs2",
+                    5,
+                    file(
+                        FileAction::Write,
+                        "/srv/out/a.csv",
+                        Some(20 * MIB),
+                        Some(csv(200_000)),
+                        &who,
+                    ),
+                ),
+                (
+                    "fs2",
+                    10,
+                    rename("/srv/out/a.csv", "/var/tmp/.cache1", 20 * MIB, &who),
+                ),
+                (
+                    "fs2",
+                    20,
+                    rename("/var/tmp/.cache1", "/var/tmp/.cache2", 20 * MIB, &who),
+                ),
+                (
+                    "fs2",
+                    30,
+                    file(
+                        FileAction::Delete,
+                        "/var/tmp/.cache2",
+                        Some(20 * MIB),
+                        None,
+                        &who,
+                    ),
+                ),
+            ],
+        );
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{updates:?}");
+        assert_eq!(alerts[0].fields["path"], "/srv/out/a.csv");
+        assert_eq!(alerts[0].fields["final_path"], "/var/tmp/.cache2");
+        assert_eq!(
+            alerts[0].fields["renamed_to"],
+            serde_json::json!(["/var/tmp/.cache1", "/var/tmp/.cache2"])
+        );
+    }
+
+    #[test]
+    fn an_export_replaced_exchanged_or_renamed_out_of_sight_alerts_with_how() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        let big = |path: &str| {
+            file(
+                FileAction::Write,
+                path,
+                Some(64 * MIB),
+                Some(csv(1_000_000)),
+                &attacker(),
+            )
         };
-        if db.action != bannin::event::DbAction::Query || db.failed {
-            return None;
-        }
-        let ts = record.event.ts;
-        let host = record.event.host.as_str();
-        let since = ts.saturating_sub(self.window);
-        let mut best: Option<(&str, u64, Vec<u64>)> = None;
-        for (scope, name, total) in [
-            ("session", &db.session, db.session_sensitive_rows),
-            ("user", &db.db_user, db.user_sensitive_rows),
-        ] {
-            let Some(total) = total else { continue };
-            let key = {
-                let mut hasher = std::hash::DefaultHasher::new();
-                (&record.agent_id, scope, name).hash(&mut hasher);
-                hasher.finish()
-            };
-            if self.tracks.touch(host, &key, ts).is_none() {
-                let track = ReadTrack {
-                    // First sight: only this event's own rows are known to be new.
-                    last_total: total.saturating_sub(db.rows.unwrap_or(0)),
-                    points: VecDeque::new(),
-                    sum: 0,
-                };
-                self.tracks.insert(host, key, track, ts);
-            }
-            let mut dropped = false;
-            let track = self.tracks.get_mut(host, &key)?;
-            // A total that went down is a restarted agent counting afresh.
-            let added = total.checked_sub(track.last_total).unwrap_or(total);
-            track.last_total = total;
-            while track.points.front().is_some_and(|(t, _, _)| *t < since) {
-                if let Some((_, rows, _)) = track.points.pop_front() {
-                    track.sum -= rows;
-                }
-            }
-            if added > 0 {
-                if track.points.len() >= self.per_key {
-                    if let Some((_, rows, _)) = track.points.pop_front() {
-                        track.sum -= rows;
-                    }
-                    dropped = true;
-                }
-                track.points.push_back((ts, added, evidence(record)));
-                track.sum += added;
-            }
-            if track.sum >= self.rows && best.as_ref().is_none_or(|(_, sum, _)| track.sum > *sum) {
-                let mut keys = best.map(|(_, _, keys)| keys).unwrap_or_default();
-                keys.push(key);
-                best = Some((scope, track.sum, keys));
-            } else if let Some((_, _, keys)) = &mut best {
-                keys.push(key);
-            }
-            if dropped {
-                self.tracks.losses.add(host, 1);
-            }
-        }
-        let full = self.full_table_reads
-            && db.export_method == "full_table_read"
-            && !db.sensitive_tables.is_empty();
-        let (scope, rows, keys) = match best {
-            Some(found) => found,
-            None if full => ("full_table", db.rows.unwrap_or(0), Vec::new()),
-            None => return None,
+        // Rename over a tracked export: replaced, with the export's own facts.
+        fleet.send("pc1", 0, big("/srv/a.csv"));
+        let updates = fleet.send("pc1", 10, rename("/srv/notes.csv", "/srv/a.csv", 16, &who));
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(alert.fields["how"], "replaced");
+        assert_eq!(alert.fields["replaced_by"], "/srv/notes.csv");
+        assert_eq!(alert.fields["size"], 64 * MIB);
+        assert_eq!(alert.fields["est_rows"], 1_000_000);
+        // An exchange destroys nothing: the export is followed to the other name until deleted.
+        fleet.send("pc1", 20, big("/srv/b.csv"));
+        let Body::File(mut swap) = rename("/srv/decoy.csv", "/srv/b.csv", 16, &who) else {
+            unreachable!()
         };
-        // The window's reads are reported now; the next alert needs another `rows` on top.
-        let mut proof = Vec::new();
-        let mut first_ts = ts;
-        for key in keys {
-            if let Some(track) = self.tracks.get_mut(host, &key) {
-                for (t, _, e) in track.points.drain(..) {
-                    first_ts = first_ts.min(t);
-                    if !proof.contains(&e) {
-                        proof.push(e);
-                    }
-                }
-                track.sum = 0;
-            }
-        }
-        if proof.is_empty() {
-            proof.push(evidence(record));
-        }
-        if proof.len() > MAX_READ_EVIDENCE {
-            let tail = proof.split_off(proof.len() - MAX_READ_EVIDENCE / 2);
-            proof.truncate(MAX_READ_EVIDENCE / 2);
-            proof.extend(tail);
-        }
-        let mut fields = Map::new();
-        for (name, value) in [
-            ("db_system", json!(db.db_system)),
-            ("db_user", json!(db.db_user)),
-            ("database", json!(db.database)),
-            ("client_addr", json!(db.client_addr)),
-            ("application", json!(db.application)),
-            ("session", json!(db.session)),
-            ("tables", json!(db.tables)),
-            ("sensitive_tables", json!(db.sensitive_tables)),
-            ("scope", json!(scope)),
-            ("rows_in_window", json!(rows)),
-            ("window_secs", json!(self.window.as_secs())),
-            ("first_ts", json!(first_ts)),
-            ("statement", json!(db.statement)),
-        ] {
-            fields.insert(name.into(), value);
-        }
-        if let Some(total) = db.session_sensitive_rows {
-            fields.insert("session_sensitive_rows".into(), json!(total));
-        }
-        if let Some(total) = db.user_sensitive_rows {
-            fields.insert("user_sensitive_rows".into(), json!(total));
-        }
-        if !db.export_method.is_empty() {
-            fields.insert("export_method".into(), json!(db.export_method));
-        }
-        let what = match scope {
-            "full_table" => "read all of".to_string(),
-            scope => format!(
-                "read {rows} rows in {}s ({scope}) from",
-                (ts.as_nanos() - first_ts.as_nanos()) / 1_000_000_000
+        swap.exchange = true;
+        assert!(fleet.send("pc1", 21, swap.into()).is_empty());
+        assert!(
+            fleet
+                .send(
+                    "pc1",
+                    22,
+                    file(FileAction::Delete, "/srv/b.csv", Some(16), None, &who)
+                )
+                .is_empty(),
+            "only the decoy sat at b.csv"
+        );
+        let updates = fleet.send(
+            "pc1",
+            23,
+            file(
+                FileAction::Delete,
+                "/srv/decoy.csv",
+                Some(64 * MIB),
+                None,
+                &who,
             ),
+        );
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(alert.fields["how"], "deleted");
+        assert_eq!(alert.fields["path"], "/srv/b.csv");
+        assert_eq!(alert.fields["final_path"], "/srv/decoy.csv");
+        // What the agent says a rename replaced counts too, tracked here or not.
+        let Body::File(mut over) = rename("/srv/x.txt", "/srv/old.csv", 16, &who) else {
+            unreachable!()
         };
-        Some(Candidate {
-            ts,
-            host: record.event.host.clone(),
-            summary: format!(
-                "{} {what} sensitive {} on {} (client {})",
-                db.db_user,
-                db.sensitive_tables.join(","),
-                record.event.host,
-                db.client_addr
+        over.replaced_size = Some(50 * MIB);
+        over.replaced_export = Some(csv(700_000));
+        let updates = fleet.send("pc1", 30, over.into());
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(alert.fields["how"], "replaced");
+        assert_eq!(alert.fields["size"], 50 * MIB);
+        // Renamed out of the trees the file sensor watches: its delete will never be seen.
+        let mut status = SensorEvent::new(
+            SensorStatus::Status,
+            "files",
+            "fanotify: root; watching [/srv, /home/a]",
+        );
+        status.count = 0;
+        fleet.send("pc1", 39, status.into());
+        fleet.send("pc1", 40, big("/srv/c.csv"));
+        assert!(
+            fleet
+                .send(
+                    "pc1",
+                    41,
+                    rename("/srv/c.csv", "/home/a/c.csv", 64 * MIB, &who)
+                )
+                .is_empty()
+        );
+        let updates = fleet.send(
+            "pc1",
+            42,
+            rename("/home/a/c.csv", "/tmp/c.csv", 64 * MIB, &who),
+        );
+        let alert = new_alerts(&updates)[0];
+        assert_eq!(alert.fields["how"], "renamed");
+        assert_eq!(alert.fields["final_path"], "/tmp/c.csv");
+    }
+
+    #[test]
+    fn large_export_truncated_counts_as_destroyed() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        let updates = run(
+            &mut fleet,
+            vec![
+                (
+                    "fs2",
+                    0,
+                    file(FileAction::Create, "/srv/out/b.json", Some(0), None, &who),
+                ),
+                (
+                    "fs2",
+                    5,
+                    file(
+                        FileAction::Write,
+                        "/srv/out/b.json",
+                        Some(30 * MIB),
+                        Some(csv(100_000)),
+                        &who,
+                    ),
+                ),
+                (
+                    "fs2",
+                    50,
+                    file(FileAction::Write, "/srv/out/b.json", Some(0), None, &who),
+                ),
+                (
+                    "fs2",
+                    60,
+                    file(FileAction::Delete, "/srv/out/b.json", Some(0), None, &who),
+                ),
+            ],
+        );
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{updates:?}");
+        assert_eq!(alerts[0].fields["how"], "truncated");
+    }
+
+    #[test]
+    fn small_exports_builds_logs_and_old_files_stay_quiet() {
+        let mut fleet = Fleet::default();
+        let who = process(900, "/usr/bin/cc", "dev", &["/usr/bin/make", "/bin/bash"]);
+        let mut events = Vec::new();
+        // A build: thousands of objects, some large, no export content.
+        for i in 0..2000 {
+            let path = format!("/home/dev/proj/target/obj{i}.o");
+            let size = if i % 100 == 0 { 50 * MIB } else { 4096 };
+            events.push((
+                "pc1",
+                i,
+                file(FileAction::Create, &path, Some(0), None, &who),
+            ));
+            events.push((
+                "pc1",
+                i,
+                file(FileAction::Write, &path, Some(size), None, &who),
+            ));
+            events.push((
+                "pc1",
+                i + 1,
+                file(FileAction::Delete, &path, Some(size), None, &who),
+            ));
+        }
+        // Small exports come and go all day.
+        for i in 0..50 {
+            let path = format!("/home/dev/report{i}.csv");
+            events.push((
+                "pc1",
+                3000 + i,
+                file(FileAction::Create, &path, Some(0), None, &who),
+            ));
+            events.push((
+                "pc1",
+                3000 + i,
+                file(FileAction::Write, &path, Some(MIB), Some(csv(5000)), &who),
+            ));
+            events.push((
+                "pc1",
+                3100 + i,
+                file(FileAction::Delete, &path, Some(MIB), None, &who),
+            ));
+        }
+        // Log rotation: big compressed logs, recognised as archives, deleted on schedule.
+        let gz = ExportInfo {
+            class: "archive".into(),
+            format: "gzip".into(),
+            ..ExportInfo::default()
+        };
+        let logrotate = process(
+            700,
+            "/usr/sbin/logrotate",
+            "root",
+            &["/usr/lib/systemd/systemd"],
+        );
+        for path in [
+            "/var/log/nginx/access.log.2.gz",
+            "/srv/app/logs/app.log.1.gz",
+            "/srv/app/logs/app.log",
+        ] {
+            events.push((
+                "web1",
+                4000,
+                file(FileAction::Create, path, Some(0), None, &logrotate),
+            ));
+            events.push((
+                "web1",
+                4001,
+                file(
+                    FileAction::Write,
+                    path,
+                    Some(300 * MIB),
+                    Some(gz.clone()),
+                    &logrotate,
+                ),
+            ));
+            events.push((
+                "web1",
+                5000,
+                file(FileAction::Delete, path, Some(300 * MIB), None, &logrotate),
+            ));
+        }
+        // A large export deleted after more than a day is retention, not a cover-up.
+        events.push((
+            "fs1",
+            0,
+            file(
+                FileAction::Create,
+                "/srv/reports/q3.csv",
+                Some(0),
+                None,
+                &who,
             ),
-            evidence: proof,
-            key: db.db_user.clone(),
-            fields,
-            severity: None,
-        })
+        ));
+        events.push((
+            "fs1",
+            10,
+            file(
+                FileAction::Write,
+                "/srv/reports/q3.csv",
+                Some(90 * MIB),
+                Some(csv(900_000)),
+                &who,
+            ),
+        ));
+        events.push((
+            "fs1",
+            25 * 3600,
+            file(
+                FileAction::Delete,
+                "/srv/reports/q3.csv",
+                Some(90 * MIB),
+                None,
+                &who,
+            ),
+        ));
+        let updates = run(&mut fleet, events);
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+        // Only the small exports' names were tracked, and their deletes ended that.
+        assert_eq!(fleet.engine.stats().tracked_files, 0);
+    }
+
+    #[test]
+    fn tracked_files_expire_on_the_collector_clock() {
+        let mut fleet = Fleet::default();
+        let who = attacker();
+        fleet.send(
+            "fs2",
+            0,
+            file(FileAction::Create, "/srv/a.csv", Some(0), None, &who),
+        );
+        fleet.send(
+            "fs2",
+            5,
+            file(
+                FileAction::Write,
+                "/srv/a.csv",
+                Some(64 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        );
+        // An agent with a clock two days ahead does not flush other hosts' files.
+        fleet.send(
+            "skewed",
+            2 * 86_400,
+            file(
+                FileAction::Write,
+                "/srv/b.csv",
+                Some(64 * MIB),
+                Some(csv(1)),
+                &who,
+            ),
+        );
+        fleet.engine.tick(at(3600));
+        assert_eq!(fleet.engine.stats().tracked_files, 2);
+        fleet.engine.tick(at(86_400 + 10));
+        assert_eq!(
+            fleet.engine.stats().tracked_files,
+            1,
+            "a.csv is past the 24 h window"
+        );
+        let updates = fleet.send(
+            "fs2",
+            86_400 + 20,
+            file(FileAction::Delete, "/srv/a.csv", Some(64 * MIB), None, &who),
+        );
+        assert!(updates.is_empty());
     }
 }

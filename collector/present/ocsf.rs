@@ -14,6 +14,8 @@ use bannin::event::{
 use bannin::time::Timestamp;
 use serde_json::{Map, Value, json};
 
+use crate::store::query::AgentRow;
+
 /// The OCSF schema version the output follows.
 pub const SCHEMA_VERSION: &str = "1.3.0";
 
@@ -349,22 +351,25 @@ pub fn event(record: &Record) -> Value {
     })
 }
 
-/// One alert (INTERFACE.md's alert object) as a Detection Finding.
-pub fn alert(alert: &Map<String, Value>) -> Value {
-    let text = |key: &str| {
-        alert
-            .get(key)
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default()
+/// One alert (INTERFACE.md's alert object) as a Detection Finding. An object without a readable
+/// `ts` is refused: OCSF's `time` is required, and a made-up one would misplace the finding.
+pub fn alert(alert: &Map<String, Value>) -> std::io::Result<Value> {
+    // A key the object lacks is an empty text, as in the alerts table.
+    let text = |key: &str| match alert.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
     };
     let ts = alert
         .get("ts")
         .and_then(|t| t.as_str())
         .and_then(Timestamp::parse_rfc3339)
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "alert {} has no RFC 3339 ts; OCSF needs its time",
+                text("id")
+            ))
+        })?;
     let severity_id = match text("severity").as_str() {
         "low" => 2,
         "medium" => 3,
@@ -381,11 +386,10 @@ pub fn alert(alert: &Map<String, Value>) -> Value {
         severity_id,
         metadata(id.clone(), "alert"),
     );
-    let evidence = alert
-        .get("evidence")
-        .and_then(|e| e.as_array())
-        .cloned()
-        .unwrap_or_default();
+    let evidence = match alert.get("evidence") {
+        Some(Value::Array(evidence)) => evidence.as_slice(),
+        _ => &[],
+    };
     object.insert(
         "finding_info".into(),
         json!({
@@ -394,7 +398,7 @@ pub fn alert(alert: &Map<String, Value>) -> Value {
             "analytic": { "name": text("rule"), "type_id": 1, "type": "Rule" },
             "related_events": evidence.iter().map(|e| json!({
                 "uid": format!("{}:{}", e.get("agent_id").and_then(|a| a.as_str()).unwrap_or(""),
-                    e.get("seq").map(|s| s.to_string()).unwrap_or_default()),
+                    e.get("seq").map_or(String::new(), |s| s.to_string())),
             })).collect::<Vec<_>>(),
         }),
     );
@@ -406,11 +410,11 @@ pub fn alert(alert: &Map<String, Value>) -> Value {
         json!({ "hostname": text("host"), "type_id": 0, "type": "Unknown" }),
     );
     object.insert("unmapped".into(), Value::Object(alert.clone()));
-    Value::Object(object)
+    Ok(Value::Object(object))
 }
 
 /// An enrolled agent as Device Inventory Info (5001).
-pub fn agent(row: &crate::store::query::AgentRow) -> Value {
+pub fn agent(row: &AgentRow) -> Value {
     let mut object = base(
         (5001, "Device Inventory Info"),
         (5, "Discovery"),
@@ -552,9 +556,25 @@ mod tests {
             "evidence": [{"agent_id": "a-1", "seq": 4}],
         }))
         .unwrap();
-        let value = alert(&alert_json);
+        let value = alert(&alert_json).unwrap();
         check(&value);
         assert_eq!(value["severity_id"], 4);
         assert_eq!(value["type_uid"], 200401);
+    }
+
+    #[test]
+    fn an_alert_without_a_readable_time_is_refused_not_dated_1970() {
+        for ts in [None, Some(json!("yesterday")), Some(json!(12))] {
+            let mut object: Map<String, Value> =
+                serde_json::from_value(json!({"id": "al-2", "rule": "r", "summary": "s"})).unwrap();
+            if let Some(ts) = ts {
+                object.insert("ts".into(), ts);
+            }
+            let error = alert(&object).unwrap_err();
+            assert!(
+                error.to_string().contains("alert al-2 has no RFC 3339 ts"),
+                "{error}"
+            );
+        }
     }
 }

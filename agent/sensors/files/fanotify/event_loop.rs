@@ -1,0 +1,539 @@
+//! The backend's thread: polls the three groups, reads and orders their events, and hands them
+//! to the observer until the sensor stops.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bannin::event::FileAction;
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::fanotify::{Fanotify, MaskFlags};
+
+use super::record::{Handle, NameEvent, parse_names};
+use super::resolve::{Resolver, path_of_file};
+use super::setup::FanotifyBackend;
+use crate::sensors::files::observe::{Observer, Seen};
+
+/// Bytes per read of the `names` group; many events per system call under load.
+const READ_BUFFER: usize = 64 * 1024;
+/// Reads per round, so a flood cannot starve the stop flag or the `writes` group.
+const READS_PER_ROUND: usize = 16;
+/// How long a poll waits before the stop flag is looked at again.
+const POLL_MS: u16 = 200;
+/// How long a poll waits while events wait for their process to be known.
+const WAITING_POLL_MS: u16 = 10;
+
+/// A close-after-write examined at once, waiting to be emitted in order with the names events.
+struct Written {
+    path: PathBuf,
+    pid: Option<u32>,
+    seen: Option<Seen>,
+}
+
+/// Examined writes in arrival order, indexed by path so a create or delete finds its own in
+/// constant time even when a flood leaves thousands pending.
+#[derive(Default)]
+struct PendingWrites {
+    queue: Vec<Option<Written>>,
+    by_path: HashMap<PathBuf, Vec<usize>>,
+}
+
+impl PendingWrites {
+    fn push(&mut self, written: Written) {
+        self.by_path
+            .entry(written.path.clone())
+            .or_default()
+            .push(self.queue.len());
+        self.queue.push(Some(written));
+    }
+
+    /// What the latest write of `path` saw.
+    fn latest(&self, path: &Path) -> Option<Seen> {
+        let &last = self.by_path.get(path)?.last()?;
+        self.queue.get(last)?.as_ref()?.seen.clone()
+    }
+
+    /// Takes the writes of one path, in order.
+    fn take_path(&mut self, path: &Path) -> Vec<Written> {
+        let positions = self.by_path.remove(path).unwrap_or_default();
+        positions
+            .into_iter()
+            .filter_map(|i| self.queue.get_mut(i).and_then(Option::take))
+            .collect()
+    }
+
+    /// Takes every write, in order.
+    fn take_all(&mut self) -> Vec<Written> {
+        self.by_path.clear();
+        std::mem::take(&mut self.queue)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+struct Loop {
+    observer: Observer,
+    resolver: Resolver,
+    own_pid: i32,
+    pending_writes: PendingWrites,
+    /// The first half of an unpaired rename (kernels before `FAN_RENAME`).
+    moved_from: Option<(PathBuf, Option<u32>)>,
+    /// Writes to files whose path the kernel could not print, by inode, until this batch's
+    /// names events say where they are.
+    unresolved_writes: Vec<(u64, Option<u32>)>,
+    /// Writes to files that could be neither named nor examined, reported as one error.
+    unnamed_writes: u64,
+}
+
+pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) {
+    let FanotifyBackend {
+        names,
+        writes,
+        modifies,
+        mounts,
+        roots,
+        paired_renames,
+    } = backend;
+    tracing::debug!(paired_renames, "fanotify backend running");
+    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
+    resolver.learn_existing(&roots);
+    let mut state = Loop {
+        observer,
+        resolver,
+        own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
+        pending_writes: PendingWrites::default(),
+        moved_from: None,
+        unresolved_writes: Vec::new(),
+        unnamed_writes: 0,
+    };
+    let mut buf = vec![0u8; READ_BUFFER];
+    while !stop.load(Ordering::Relaxed) && !state.observer.closed() {
+        let mut fds = [
+            PollFd::new(names.as_fd(), PollFlags::POLLIN),
+            PollFd::new(writes.as_fd(), PollFlags::POLLIN),
+            PollFd::new(modifies.as_fd(), PollFlags::POLLIN),
+        ];
+        // Events waiting for their process are looked at again soon, not at the next event.
+        let timeout = if state.observer.waiting() {
+            WAITING_POLL_MS
+        } else {
+            POLL_MS
+        };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
+            Ok(0) => {
+                state.settle_moved_from();
+                state.observer.pump();
+                state.observer.rescan_if_due();
+                continue;
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(errno) => {
+                state.observer.error(
+                    format!(
+                        "fanotify poll failed, the file sensor stops: {}",
+                        errno.desc()
+                    ),
+                    Path::new(""),
+                );
+                return;
+            }
+        }
+        // The names are read before the writes are drained: every close-after-write that
+        // happened before a delete read here is then in hand when that delete is handled.
+        let mut events = Vec::new();
+        for _ in 0..READS_PER_ROUND {
+            match nix::unistd::read(&names, &mut buf) {
+                Ok(0) | Err(Errno::EAGAIN) => break,
+                Ok(n) => events.extend(parse_names(&buf[..n])),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    // Not a transient condition: the group is unusable, so say so and stop
+                    // rather than repeat the error on every poll.
+                    state.observer.error(
+                        format!(
+                            "reading fanotify events failed, the file sensor stops: {}",
+                            errno.desc()
+                        ),
+                        Path::new(""),
+                    );
+                    return;
+                }
+            }
+        }
+        state.observer.new_batch();
+        state.drain_writes(&writes);
+        let mut events = events.into_iter().peekable();
+        while let Some(event) = events.next() {
+            if is_exchange(&event, events.peek()) {
+                events.next();
+                state.exchanged(&event);
+                continue;
+            }
+            state.handle_name_event(&event, paired_renames);
+        }
+        state.resolve_writes();
+        state.flush_writes(None);
+        state.drain_modifies(&modifies, &mut buf);
+        state.observer.rescan_if_due();
+    }
+}
+
+/// Whether `event` and the one after it are the two halves the kernel reports for a
+/// `RENAME_EXCHANGE`: renames in opposite directions between the same two names, each moving a
+/// different file. (A file moved away and straight back is one file moving twice.)
+fn is_exchange(event: &NameEvent, next: Option<&NameEvent>) -> bool {
+    let Some(next) = next else {
+        return false;
+    };
+    event.mask & libc::FAN_RENAME != 0
+        && next.mask & libc::FAN_RENAME != 0
+        && event.pid == next.pid
+        && event.old_entry.is_some()
+        && event.new_entry.is_some()
+        && event.old_entry == next.new_entry
+        && event.new_entry == next.old_entry
+        && event.object.is_some()
+        && event.object != next.object
+}
+
+impl Loop {
+    fn pid(&self, pid: i32) -> Option<Option<u32>> {
+        if pid == self.own_pid {
+            return None;
+        }
+        Some(u32::try_from(pid).ok().filter(|&p| p != 0))
+    }
+
+    /// Reads every queued close-after-write and examines each file through the descriptor the
+    /// event carries, closing it straight after so a flood cannot exhaust descriptors.
+    fn drain_writes(&mut self, writes: &Fanotify) {
+        for _ in 0..READS_PER_ROUND * 16 {
+            let events = match writes.read_events() {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => events,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    self.observer.error(
+                        format!("reading fanotify write events failed: {}", errno.desc()),
+                        Path::new(""),
+                    );
+                    break;
+                }
+            };
+            for event in events {
+                if event.mask().contains(MaskFlags::FAN_Q_OVERFLOW) {
+                    self.overflow();
+                    continue;
+                }
+                let Some(pid) = self.pid(event.pid()) else {
+                    continue;
+                };
+                let Some(fd) = event.fd() else {
+                    continue;
+                };
+                let Some((path, _deleted)) = path_of_file(&fd.as_raw_fd()) else {
+                    // Too deep for the kernel to print: named by its inode once this batch's
+                    // creates and renames are in, or reported as an error, never dropped.
+                    match nix::sys::stat::fstat(fd) {
+                        Ok(stat) => self.unresolved_writes.push((stat.st_ino, pid)),
+                        Err(_) => self.unnamed_writes += 1,
+                    }
+                    continue;
+                };
+                if !self.observer.scope().contains(&path) {
+                    continue;
+                }
+                let seen = fd
+                    .try_clone_to_owned()
+                    .ok()
+                    .and_then(|owned| self.observer.examine_file(&path, File::from(owned)));
+                self.pending_writes.push(Written { path, pid, seen });
+            }
+        }
+    }
+
+    /// Reads the queued modifications and reports each remembered file that shrank (a
+    /// truncate(2) by path is followed by no close-after-write); growth waits for the close.
+    fn drain_modifies(&mut self, modifies: &Fanotify, buf: &mut [u8]) {
+        for _ in 0..READS_PER_ROUND {
+            let n = match nix::unistd::read(modifies, buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    self.observer.error(
+                        format!("reading fanotify modify events failed: {}", errno.desc()),
+                        Path::new(""),
+                    );
+                    return;
+                }
+            };
+            for event in parse_names(&buf[..n]) {
+                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    self.overflow();
+                    continue;
+                }
+                let Some(pid) = self.pid(event.pid) else {
+                    continue;
+                };
+                if event.mask & libc::FAN_ONDIR != 0 {
+                    continue;
+                }
+                let Some(path) = event.entry.as_ref().and_then(|e| self.resolver.entry(e)) else {
+                    continue;
+                };
+                if self.observer.scope().contains(&path) {
+                    self.observer.modified(&path, pid);
+                }
+            }
+        }
+    }
+
+    /// Names the writes whose path was too long to print by the inode the sensor remembers
+    /// from the file's create or rename, and reports the rest as one counted error.
+    fn resolve_writes(&mut self) {
+        for (inode, pid) in std::mem::take(&mut self.unresolved_writes) {
+            match self.observer.path_of_inode(inode) {
+                Some(path) => {
+                    let seen = self.observer.examine_path(&path);
+                    self.pending_writes.push(Written { path, pid, seen });
+                }
+                None => self.unnamed_writes += 1,
+            }
+        }
+        let unnamed = std::mem::take(&mut self.unnamed_writes);
+        if unnamed > 0 {
+            self.observer.error_count(
+                format!(
+                    "{unnamed} writes to files whose path is longer than the kernel can print and was never seen created (PATH_MAX)"
+                ),
+                unnamed,
+            );
+        }
+    }
+
+    /// Emits the examined writes, all of them or only those of one path (before that path is
+    /// deleted or renamed, so the delete carries the written size).
+    fn flush_writes(&mut self, only: Option<&Path>) {
+        let now = match only {
+            Some(path) => self.pending_writes.take_path(path),
+            None => self.pending_writes.take_all(),
+        };
+        for written in now {
+            self.observer
+                .changed(FileAction::Write, &written.path, written.pid, written.seen);
+        }
+    }
+
+    fn overflow(&mut self) {
+        // The kernel drops events past its queue limit without counting them.
+        self.observer.overflow(
+            "the fanotify queue overflowed; an unknown number of events were lost",
+            None,
+        );
+    }
+
+    fn settle_moved_from(&mut self) {
+        if let Some((path, pid)) = self.moved_from.take() {
+            self.flush_writes(Some(&path));
+            self.observer.deleted(&path, pid);
+        }
+    }
+
+    fn handle_name_event(&mut self, event: &NameEvent, paired_renames: bool) {
+        let mask = event.mask;
+        if mask & libc::FAN_Q_OVERFLOW != 0 {
+            self.overflow();
+            return;
+        }
+        let is_dir = mask & libc::FAN_ONDIR != 0;
+        if is_dir && mask & (libc::FAN_RENAME | libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO) != 0 {
+            self.resolver.forget_resolved();
+        }
+        let Some(pid) = self.pid(event.pid) else {
+            return;
+        };
+        if !paired_renames && mask & libc::FAN_MOVED_TO == 0 {
+            self.settle_moved_from();
+        }
+        if mask & libc::FAN_RENAME != 0 {
+            let (Some(old), Some(new)) = (&event.old_entry, &event.new_entry) else {
+                return;
+            };
+            let old = self.resolver.entry(old);
+            let new = self.resolver.entry(new);
+            if let Some(new) = new {
+                self.renamed(old, new, pid, is_dir, event.object.as_ref());
+            }
+            return;
+        }
+        let Some(entry) = &event.entry else {
+            return;
+        };
+        let Some(path) = self.resolver.entry(entry) else {
+            tracing::debug!(
+                mask,
+                "fanotify event for a directory that cannot be resolved"
+            );
+            return;
+        };
+        let created = mask & libc::FAN_CREATE != 0;
+        let deleted = mask & libc::FAN_DELETE != 0;
+        // The kernel merges a create and a delete of one name by one process, queued back to
+        // back, into a single event; whether the name exists now tells which came first.
+        let recreated = created && deleted && std::fs::symlink_metadata(&path).is_ok();
+        if deleted && recreated {
+            self.entry_deleted(&path, pid, is_dir, None);
+        }
+        if created {
+            self.entry_created(&path, pid, is_dir, event.object.as_ref());
+        }
+        if deleted && !recreated {
+            self.entry_deleted(&path, pid, is_dir, event.object.as_ref());
+        }
+        if mask & libc::FAN_MOVED_FROM != 0 {
+            self.moved_from = Some((path.clone(), pid));
+        }
+        if mask & libc::FAN_MOVED_TO != 0 {
+            let old = self.moved_from.take().map(|(old, _)| old);
+            self.renamed(old, path, pid, is_dir, event.object.as_ref());
+        }
+    }
+
+    fn entry_created(
+        &mut self,
+        path: &Path,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
+        if is_dir {
+            if let Some(object) = object {
+                self.resolver.remember(object.clone(), path.to_path_buf());
+            }
+        } else if self.observer.scope().contains(path) {
+            // A file already gone is described by the write examined through its descriptor,
+            // pending in this batch or already emitted in the previous one.
+            let seen = self
+                .pending_writes
+                .latest(path)
+                .or_else(|| self.observer.examine_path(path))
+                .or_else(|| {
+                    let file = self.resolver.open_file(object?)?;
+                    self.observer.examine_file(path, file)
+                })
+                .or_else(|| self.observer.remembered(path));
+            self.observer.changed(FileAction::Create, path, pid, seen);
+        }
+    }
+
+    fn entry_deleted(
+        &mut self,
+        path: &Path,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
+        if is_dir {
+            self.observer.dir_deleted(path);
+        } else if self.observer.scope().contains(path) {
+            self.flush_writes(Some(path));
+            // A file still linked under another name opens by its handle: only a name went.
+            let links_left = object
+                .and_then(|object| self.resolver.open_file(object))
+                .and_then(|file| file.metadata().ok())
+                .map(|metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    metadata.nlink()
+                });
+            self.observer.deleted_with(path, pid, links_left);
+        }
+    }
+
+    /// Both halves of a `RENAME_EXCHANGE`, reported as one exchange.
+    fn exchanged(&mut self, event: &NameEvent) {
+        let is_dir = event.mask & libc::FAN_ONDIR != 0;
+        if is_dir {
+            self.resolver.forget_resolved();
+        }
+        let Some(pid) = self.pid(event.pid) else {
+            return;
+        };
+        let (Some(old), Some(new)) = (&event.old_entry, &event.new_entry) else {
+            return;
+        };
+        let (Some(a), Some(b)) = (self.resolver.entry(old), self.resolver.entry(new)) else {
+            return;
+        };
+        if is_dir {
+            // Swapped through a name no real path can have (it holds a NUL byte).
+            let mut parked = a.clone().into_os_string();
+            parked.push("\0exchange");
+            let parked = PathBuf::from(parked);
+            self.resolver.dir_renamed(Some(&a), &parked);
+            self.resolver.dir_renamed(Some(&b), &a);
+            self.resolver.dir_renamed(Some(&parked), &b);
+            self.observer.dir_renamed(&a, &parked);
+            self.observer.dir_renamed(&b, &a);
+            self.observer.dir_renamed(&parked, &b);
+            return;
+        }
+        let scope = self.observer.scope();
+        match (scope.contains(&a), scope.contains(&b)) {
+            (false, false) => {}
+            (true, true) => {
+                self.flush_writes(Some(&a));
+                self.flush_writes(Some(&b));
+                self.observer.exchanged(&a, &b, pid);
+            }
+            // One side outside the watched trees: for the trees, one file left and another
+            // arrived from outside.
+            (inside_a, _) => {
+                let (inside, outside) = if inside_a { (a, b) } else { (b, a) };
+                self.flush_writes(Some(&inside));
+                self.observer.renamed(Some(&inside), &outside, pid);
+                self.observer.renamed(None, &inside, pid);
+            }
+        }
+    }
+
+    fn renamed(
+        &mut self,
+        old: Option<PathBuf>,
+        new: PathBuf,
+        pid: Option<u32>,
+        is_dir: bool,
+        object: Option<&Handle>,
+    ) {
+        if is_dir {
+            self.resolver.dir_renamed(old.as_deref(), &new);
+            if let Some(object) = object {
+                self.resolver.remember(object.clone(), new.clone());
+            }
+            if let Some(old) = old {
+                self.observer.dir_renamed(&old, &new);
+            }
+            return;
+        }
+        let scope = self.observer.scope();
+        let old_in = old.as_ref().is_some_and(|old| scope.contains(old));
+        let new_in = scope.contains(&new);
+        if !old_in && !new_in {
+            return;
+        }
+        if let Some(old) = &old {
+            self.flush_writes(Some(old));
+        }
+        // A file leaving the watched trees is still reported with where it went: the kernel
+        // names both ends of the rename.
+        let from = if old_in { old } else { None };
+        self.observer.renamed(from.as_deref(), &new, pid);
+    }
+}

@@ -1,0 +1,283 @@
+//! Turning file handles back into paths (`open_by_handle_at`), with the directories of the
+//! watched trees remembered for events that name a directory already gone.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+
+use super::record::{FSID_LEN, Handle};
+
+/// Directory handles remembered with their paths, for events naming a directory that is gone
+/// by the time the event is read (`rm -r`).
+const DIR_CACHE: usize = 65_536;
+/// Directory handles resolved and kept until a directory rename (anywhere on the filesystem).
+const RESOLVED_CACHE: usize = 65_536;
+
+/// The handle of a directory, as events will name it.
+fn handle_of(path: &Path, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let capacity = libc::MAX_HANDLE_SZ as usize;
+    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
+    raw[0] = u32::try_from(capacity).ok()?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `c_path` is NUL-terminated; `raw` is an aligned struct file_handle whose
+    // handle_bytes says how much room follows; `mount_id` is a valid out pointer. All outlive
+    // the call.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            raw.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let len = (raw[0] as usize).min(capacity);
+    let bytes: Vec<u8> = raw[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
+    Some(Handle {
+        fsid,
+        handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
+        bytes,
+    })
+}
+
+/// Turns directory handles back into paths.
+pub(super) struct Resolver {
+    mounts: HashMap<[u8; FSID_LEN], File>,
+    /// Directories in the watched trees, remembered for when they are gone by the time an event
+    /// naming them is read. Oldest forgotten first.
+    known: HashMap<Handle, PathBuf>,
+    order: std::collections::VecDeque<Handle>,
+    roots: Vec<PathBuf>,
+    /// Every directory resolved since the last directory rename anywhere on the marked
+    /// filesystems. A directory's path only changes when it or a parent is renamed, and the
+    /// filesystem mark reports every such rename, so until then the answer stands and most
+    /// events cost a hash lookup instead of two system calls.
+    resolved: HashMap<Handle, PathBuf>,
+}
+
+impl Resolver {
+    pub(super) fn new(mounts: HashMap<[u8; FSID_LEN], File>, roots: Vec<PathBuf>) -> Self {
+        Resolver {
+            mounts,
+            known: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            roots,
+            resolved: HashMap::new(),
+        }
+    }
+
+    pub(super) fn dir(&mut self, handle: &Handle) -> Option<PathBuf> {
+        if let Some(path) = self.resolved.get(handle) {
+            return Some(path.clone());
+        }
+        match self.open(handle) {
+            Some(path) => {
+                if self.resolved.len() >= RESOLVED_CACHE {
+                    self.resolved.clear();
+                }
+                self.resolved.insert(handle.clone(), path.clone());
+                self.remember(handle.clone(), path.clone());
+                Some(path)
+            }
+            None => self.known.get(handle).cloned(),
+        }
+    }
+
+    /// A directory was renamed somewhere on the filesystem: any resolved path may be stale.
+    pub(super) fn forget_resolved(&mut self) {
+        self.resolved.clear();
+    }
+
+    /// A directory was renamed: what is remembered below the old name in the watched trees now
+    /// lives below the new one.
+    pub(super) fn dir_renamed(&mut self, old: Option<&Path>, new: &Path) {
+        self.resolved.clear();
+        let Some(old) = old else {
+            return;
+        };
+        for path in self.known.values_mut() {
+            if let Ok(rest) = path.strip_prefix(old) {
+                *path = new.join(rest);
+            }
+        }
+    }
+
+    pub(super) fn entry(&mut self, entry: &(Handle, Vec<u8>)) -> Option<PathBuf> {
+        let dir = self.dir(&entry.0)?;
+        if entry.1.is_empty() || entry.1 == b"." {
+            return Some(dir);
+        }
+        Some(dir.join(OsStr::from_bytes(&entry.1)))
+    }
+
+    pub(super) fn remember(&mut self, handle: Handle, path: PathBuf) {
+        // The filesystem mark reports the whole filesystem; only the watched trees are kept.
+        if !self.roots.iter().any(|root| path.starts_with(root)) {
+            return;
+        }
+        if self.known.insert(handle.clone(), path).is_none() {
+            self.order.push_back(handle);
+        }
+        while self.known.len() > DIR_CACHE {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.known.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Remembers the directories that already exist below the roots, so an `rm -r` of a tree
+    /// the sensor never saw an event in still resolves.
+    pub(super) fn learn_existing(&mut self, roots: &[(PathBuf, [u8; FSID_LEN])]) {
+        for (root, fsid) in roots {
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                if self.known.len() >= DIR_CACHE {
+                    return;
+                }
+                if let Some(handle) = handle_of(&dir, *fsid) {
+                    self.remember(handle, dir.clone());
+                }
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+    }
+
+    fn open(&self, handle: &Handle) -> Option<PathBuf> {
+        let mount = self.mounts.get(&handle.fsid)?;
+        // struct file_handle is a u32 length, an i32 type and the opaque bytes; built in u32
+        // words so it has the alignment the kernel's struct expects.
+        let words = 2 + handle.bytes.len().div_ceil(4);
+        let mut raw = vec![0u32; words];
+        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
+        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
+        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            raw[2 + i] = u32::from_ne_bytes(word);
+        }
+        // SAFETY: `raw` is a properly aligned, fully initialised struct file_handle whose
+        // handle_bytes matches the bytes that follow; the kernel only reads it. The mount
+        // descriptor stays open for the call.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                raw.as_mut_ptr().cast::<libc::file_handle>(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        path_of(&fd).or_else(|| long_path_of(fd))
+    }
+
+    /// Opens the file a handle names, for reading, wherever it is (its path may be too long to
+    /// open by). `None` when the file is gone.
+    pub(super) fn open_file(&self, handle: &Handle) -> Option<File> {
+        let mount = self.mounts.get(&handle.fsid)?;
+        let words = 2 + handle.bytes.len().div_ceil(4);
+        let mut raw = vec![0u32; words];
+        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
+        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
+        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            raw[2 + i] = u32::from_ne_bytes(word);
+        }
+        // SAFETY: as in `open`: an aligned, initialised struct file_handle the kernel only
+        // reads, and a mount descriptor open for the call. O_NONBLOCK keeps a FIFO from hanging.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                raw.as_mut_ptr().cast::<libc::file_handle>(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOATIME,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
+        Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+/// Directories deeper than this are not climbed.
+const MAX_DEPTH: usize = 4096;
+
+/// The path of a directory too deep for the kernel to print (`PATH_MAX`): climbs to its parents
+/// with `openat("..")`, finding each one's name in its parent by inode, until a parent's path
+/// can be printed, then adds the names back.
+fn long_path_of(dir: OwnedFd) -> Option<PathBuf> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    let mut current = dir;
+    for _ in 0..MAX_DEPTH {
+        if let Some(mut path) = path_of(&current) {
+            names.iter().rev().for_each(|name| path.push(name));
+            return Some(path);
+        }
+        let inode = nix::sys::stat::fstat(&current).ok()?.st_ino;
+        let parent = nix::fcntl::openat(
+            &current,
+            "..",
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        if nix::sys::stat::fstat(&parent).ok()?.st_ino == inode {
+            return None;
+        }
+        // An O_PATH descriptor cannot be listed, but its /proc link opens the directory.
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", parent.as_raw_fd())).ok()?;
+        let name = listing
+            .flatten()
+            .find(|entry| entry.ino() == inode)?
+            .file_name();
+        names.push(name);
+        current = parent;
+    }
+    None
+}
+
+/// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
+/// files; the second value says whether it was there.
+pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let bytes = link.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(stripped) => Some((PathBuf::from(OsStr::from_bytes(stripped)), true)),
+        None => Some((link, false)),
+    }
+}
+
+fn path_of(fd: &impl AsRawFd) -> Option<PathBuf> {
+    path_of_file(fd).map(|(path, _)| path)
+}

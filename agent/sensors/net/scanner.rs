@@ -1,0 +1,252 @@
+//! The sensor's task on Linux: reads the socket tables every interval, finds the owner of each new
+//! outbound socket, and turns the kernel's destruction notices into events for connections no
+//! read saw open.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bannin::event::NetEvent;
+
+use super::destroy;
+use super::scope::remote_scope;
+use super::table::{Key, Services, Socket, TCP_CLOSE, outbound, parse_line, read_table};
+use super::{NetSettings, ProcessTable};
+use crate::pipeline::EventTx;
+
+/// How long the ends of a connection seen open are remembered, so that its destruction
+/// notice is not reported a second time.
+const REMEMBER_ENDS: Duration = Duration::from_secs(60);
+
+/// Both ends of a connection, with its protocol (`true` for UDP).
+type Ends = (bool, (IpAddr, u16), (IpAddr, u16));
+
+/// Reads the socket tables and remembers what it has reported and who owns which socket.
+pub(super) struct Scanner {
+    include_udp: bool,
+    include_loopback: bool,
+    reported: HashSet<Key>,
+    owners: HashMap<u64, u32>,
+    /// Processes that owned outbound connections before: daemons that connect again and
+    /// again are looked at first, so a new connection rarely needs a walk of every process.
+    connectors: BTreeSet<u32>,
+    /// Reused for reading the socket tables.
+    buffer: Vec<u8>,
+    services: Services,
+    seen_open: HashMap<Ends, tokio::time::Instant>,
+}
+
+impl Scanner {
+    pub(super) fn new(config: &NetSettings) -> Self {
+        Scanner {
+            include_udp: config.include_udp,
+            include_loopback: config.include_loopback,
+            reported: HashSet::new(),
+            owners: HashMap::new(),
+            connectors: BTreeSet::new(),
+            buffer: Vec::new(),
+            services: Services::default(),
+            seen_open: HashMap::new(),
+        }
+    }
+
+    /// New outbound connections since the last scan, each with its owner's pid if found.
+    pub(super) fn scan(&mut self) -> Vec<(Socket, Option<u32>)> {
+        let mut sockets = Vec::new();
+        let mut tables = vec![("/proc/net/tcp", false), ("/proc/net/tcp6", false)];
+        if self.include_udp {
+            tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
+        }
+        for (path, udp) in tables {
+            // A host without IPv6 has no tcp6 table; that is not an error.
+            if let Some(text) = read_table(path, &mut self.buffer) {
+                sockets.extend(text.lines().skip(1).filter_map(|l| parse_line(l, udp)));
+            }
+        }
+        self.services = Services::of(&sockets);
+        let current = outbound(
+            &sockets,
+            &self.services,
+            self.include_udp,
+            self.include_loopback,
+        );
+        let now = tokio::time::Instant::now();
+        self.seen_open
+            .retain(|_, seen| now.saturating_duration_since(*seen) < REMEMBER_ENDS);
+        for socket in &current {
+            self.seen_open
+                .insert((socket.udp, socket.local, socket.remote), now);
+        }
+        let fresh: Vec<Socket> = current
+            .iter()
+            .filter(|s| !self.reported.contains(&s.key()))
+            .copied()
+            .collect();
+        // Forgetting closed connections keeps memory bounded by what is open now.
+        self.reported = current.iter().map(Socket::key).collect();
+        let missing: HashSet<u64> = fresh
+            .iter()
+            .map(|s| s.inode)
+            .filter(|inode| !self.owners.contains_key(inode))
+            .collect();
+        if !missing.is_empty() {
+            self.connectors
+                .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            let likely = socket_owners(Some(&self.connectors));
+            if missing.iter().all(|inode| likely.contains_key(inode)) {
+                self.owners.extend(likely);
+            } else {
+                self.owners = socket_owners(None);
+            }
+        }
+        let found: Vec<(Socket, Option<u32>)> = fresh
+            .into_iter()
+            .map(|s| (s, self.owners.get(&s.inode).copied()))
+            .collect();
+        self.connectors
+            .extend(found.iter().filter_map(|(_, pid)| *pid));
+        found
+    }
+
+    /// A destroyed socket that was an outbound connection no scan saw open, as an event.
+    pub(super) fn closed(&mut self, closed: destroy::Closed) -> Option<NetEvent> {
+        if closed.udp && !self.include_udp
+            || !self.include_loopback && closed.remote.0.is_loopback()
+            || !self
+                .services
+                .opened_here(closed.udp, closed.local, closed.remote)
+            || self
+                .seen_open
+                .remove(&(closed.udp, closed.local, closed.remote))
+                .is_some()
+        {
+            return None;
+        }
+        let socket = Socket {
+            udp: closed.udp,
+            local: closed.local,
+            remote: closed.remote,
+            state: TCP_CLOSE,
+            inode: 0,
+        };
+        let mut event = event(socket, None);
+        event.bytes_sent = closed.bytes_sent;
+        event.bytes_received = closed.bytes_received;
+        Some(event)
+    }
+}
+
+/// Every socket inode open in the given processes (all of them for `None`), with the process.
+/// Sockets shared after a fork go to the lowest pid, usually the parent that opened them.
+fn socket_owners(only: Option<&BTreeSet<u32>>) -> HashMap<u64, u32> {
+    let mut owners = HashMap::new();
+    let mut pids: Vec<u32> = match only {
+        Some(pids) => pids.iter().copied().collect(),
+        None => {
+            let Ok(proc) = std::fs::read_dir("/proc") else {
+                return owners;
+            };
+            proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        }
+    };
+    pids.sort_unstable();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            if let Some(inode) = inode {
+                owners.entry(inode).or_insert(pid);
+            }
+        }
+    }
+    owners
+}
+
+pub(super) async fn run(
+    config: NetSettings,
+    tx: EventTx,
+    table: ProcessTable,
+    mut closed: Option<tokio::sync::mpsc::Receiver<destroy::Closed>>,
+) {
+    let mut scanner = Scanner::new(&config);
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Notices wait for the next scan, which first learns the host's current listeners: a
+    // connection accepted by a listener opened since the last scan is not outbound.
+    let mut pending = Vec::new();
+    loop {
+        let notice = async {
+            match closed.as_mut() {
+                Some(closed) => closed.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            notice = notice => {
+                match notice {
+                    Some(notice) if pending.len() < MAX_PENDING => pending.push(notice),
+                    Some(_) => tx.count_drop(1),
+                    None => closed = None,
+                }
+                continue;
+            }
+        }
+        let table = table.clone();
+        let notices = std::mem::take(&mut pending);
+        let scanned = tokio::task::spawn_blocking(move || {
+            let found = scanner.scan();
+            // Asking the table may read /proc, so it happens off the runtime too.
+            let mut events: Vec<NetEvent> = found
+                .into_iter()
+                .map(|(socket, pid)| event(socket, pid.and_then(|pid| table.info(pid))))
+                .collect();
+            events.extend(notices.into_iter().filter_map(|n| scanner.closed(n)));
+            (scanner, events)
+        })
+        .await;
+        let events = match scanned {
+            Ok((back, events)) => {
+                scanner = back;
+                events
+            }
+            Err(error) => {
+                tracing::error!(%error, "reading the socket tables failed; the sensor stops");
+                return;
+            }
+        };
+        for event in events {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Destruction notices held until the next scan; more are counted as dropped.
+const MAX_PENDING: usize = 65_536;
+
+fn event(socket: Socket, process: Option<bannin::event::ProcessInfo>) -> NetEvent {
+    NetEvent {
+        process,
+        protocol: if socket.udp { "udp" } else { "tcp" }.to_string(),
+        local_addr: socket.local.0.to_string(),
+        local_port: socket.local.1,
+        remote_addr: socket.remote.0.to_string(),
+        remote_port: socket.remote.1,
+        remote_scope: remote_scope(socket.remote.0).to_string(),
+        bytes_sent: None,
+        bytes_received: None,
+    }
+}
