@@ -9,6 +9,8 @@ mod run;
 mod sender;
 mod sensors;
 mod spool;
+#[cfg(test)]
+mod testing;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -90,7 +90,12 @@ impl Reserve {
         {
             return;
         }
-        self.last_try = Some(std::time::Instant::now());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the spool works on its own blocking thread, outside the runtime's clock"
+        )]
+        let now = std::time::Instant::now();
+        self.last_try = Some(now);
         if free_bytes(&self.path) >= RESERVE_BYTES * 4 {
             self.write(RESERVE_BYTES);
         }

@@ -8,6 +8,8 @@
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
+#![allow(clippy::disallowed_methods)]
 
 #[path = "support/mod.rs"]
 mod support;
@@ -29,7 +31,7 @@ const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 
 /// Accepts POSTs and sends the instant each body (an alert) arrived, with its path.
 fn receiver() -> (HttpReceiver, mpsc::Receiver<(Instant, String)>) {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(1024);
     let tx = Mutex::new(tx);
     let receiver = HttpReceiver::scripted(0, move |request, stream| {
         let now = Instant::now();

@@ -7,6 +7,8 @@
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -48,7 +48,7 @@ pub const RESERVED_FIELDS: &[&str] = &[
     "idempotency_key",
 ];
 
-/// The alert object of INTERFACE.md: common fields plus the rule's own (`fields`, flattened).
+/// The alert object of docs/interface.md: common fields plus the rule's own (`fields`, flattened).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub id: String,

@@ -75,6 +75,10 @@ impl Detection {
             .spawn(move || self.run(notices))
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "detection is a dedicated thread, outside the runtime's clock"
+    )]
     fn run(mut self, notices: Receiver<CommitNotice>) {
         let mut last_tick = std::time::Instant::now();
         loop {
@@ -118,6 +122,10 @@ impl Detection {
     /// never dropped between detection and delivery. The engine's de-duplication already counts
     /// these alerts as raised, which holds only once they are stored, so nothing else runs (new
     /// events wait, and the store writer waits on them) until they are.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "detection is a dedicated thread: waiting here is meant to hold it back"
+    )]
     fn store(&mut self, updates: &[AlertUpdate]) -> Vec<Alert> {
         let mut wait = Duration::from_millis(100);
         loop {

@@ -2,7 +2,7 @@
 //!
 //! Sensors build [`Event`]s; the agent's spool numbers and encodes them; the collector decodes them
 //! back into the same types. Protobuf types never appear here: `crate::proto` converts at the edge.
-//! `Serialize` gives the JSON of INTERFACE.md (one flat object per event, `kind` included).
+//! `Serialize` gives the JSON of docs/interface.md (one flat object per event, `kind` included).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +45,8 @@ impl Event {
 
 /// An event as the collector keeps it: which agent sent it, and the event itself.
 ///
-/// Its JSON is the event object of INTERFACE.md: `agent_id`, `host`, `seq`, `ts`, `kind` and the
-/// kind's own fields, flat.
+/// Its JSON is the event object of docs/interface.md: `agent_id`, `host`, `seq`, `ts`, `kind` and
+/// the kind's own fields, flat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub agent_id: String,

@@ -1,5 +1,5 @@
-//! The field taxonomy rules match on: the flat JSON names of an event (INTERFACE.md), plus a few
-//! derived names for nested data (`parent_exe`, `ancestry.exe`, `export.format`...).
+//! The field taxonomy rules match on: the flat JSON names of an event (docs/interface.md), plus a
+//! few derived names for nested data (`parent_exe`, `ancestry.exe`, `export.format`...).
 //!
 //! Field names are resolved once, when a rule is compiled, so a typo in a rule is a load error and
 //! matching an event never looks a name up in a map.

@@ -11,9 +11,6 @@
 //! dropped or folded. A repeat of an alert already delivered is sent again at most once a minute,
 //! carrying its latest count.
 
-// Until `serve` and `alerts` call into this module, only the tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub mod config;
 mod email;
 pub mod outbox;
@@ -33,7 +30,6 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use config::HooksConfig;
-#[allow(unused_imports)] // Re-exported for the `alerts` subcommand the lead wires.
 pub use outbox::{DeliveryState, DeliveryStatus, delivery_status};
 
 use crate::alert::Alert;
@@ -194,17 +190,8 @@ pub struct HooksHandle {
 }
 
 impl HooksHandle {
-    /// Wakes every sink's worker to look for new rows; call after committing alerts. Never blocks.
-    pub fn notify(&self) {
-        self.notifier.notify();
-    }
-
     pub fn notifier(&self) -> Notifier {
         self.notifier.clone()
-    }
-
-    pub fn route(&self, alert: &Alert) -> Vec<SinkId> {
-        self.router.route(alert)
     }
 
     pub fn router(&self) -> Router {

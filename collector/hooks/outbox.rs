@@ -332,22 +332,6 @@ pub(crate) fn orphaned(conn: &Connection, configured: &[SinkId]) -> Result<u64, 
         .sum())
 }
 
-/// How many deliveries to `sink` are pending.
-#[allow(dead_code)] // Only tests read it today; a health report may later.
-pub(crate) fn pending_count(conn: &Connection, sink: &SinkId) -> Result<u64, HooksError> {
-    conn.query_row(
-        "SELECT count(*) FROM hook_outbox WHERE sink = ?1 AND state = 'pending'",
-        params![sink.0],
-        |row| row.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|n| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
-    .map_err(|source| HooksError::Sql {
-        action: "count pending deliveries",
-        source,
-    })
-}
-
 fn duration_nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }

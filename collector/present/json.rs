@@ -20,9 +20,9 @@ pub fn lines<T: Serialize>(
     Ok(())
 }
 
-/// An alert with its deliveries as the alert object of INTERFACE.md plus `deliveries`: what
-/// `alerts --format json` prints, what the Query service sends, and what OCSF output maps. Keys
-/// come out in name order, as a JSON map holds them.
+/// An alert with its deliveries as the alert object of docs/interface.md plus `deliveries`:
+/// what `alerts --format json` prints, what the Query service sends, and what OCSF output maps.
+/// Keys come out in name order, as a JSON map holds them.
 pub fn alert_object(row: &AlertRow) -> io::Result<Map<String, Value>> {
     match serde_json::to_value(row)? {
         Value::Object(object) => Ok(object),

@@ -351,8 +351,9 @@ pub fn event(record: &Record) -> Value {
     })
 }
 
-/// One alert (INTERFACE.md's alert object) as a Detection Finding. An object without a readable
-/// `ts` is refused: OCSF's `time` is required, and a made-up one would misplace the finding.
+/// One alert (docs/interface.md's alert object) as a Detection Finding. An object without a
+/// readable `ts` is refused: OCSF's `time` is required, and a made-up one would misplace the
+/// finding.
 pub fn alert(alert: &Map<String, Value>) -> std::io::Result<Value> {
     // A key the object lacks is an empty text, as in the alerts table.
     let text = |key: &str| match alert.get(key) {

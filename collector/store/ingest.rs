@@ -411,6 +411,10 @@ fn record_refusal(
     refusals: &mut Refusals,
     refusal: Refusal,
 ) -> Result<Vec<Finding>, rusqlite::Error> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the store writer is a dedicated thread, outside the runtime's clock"
+    )]
     let now = std::time::Instant::now();
     let since = match refusals.get_mut(&refusal.agent_no) {
         Some((last, count)) if now.duration_since(*last) < REFUSAL_QUIET => {

@@ -17,3 +17,6 @@ pub mod sender;
 pub mod sensors;
 #[path = "../../agent/spool.rs"]
 pub mod spool;
+#[cfg(test)]
+#[path = "../../agent/testing.rs"]
+pub mod testing;

@@ -99,26 +99,37 @@ rules = ["{RULE}"]
     );
     assert_eq!(mail["rcpt_tos"].as_array().unwrap().len(), 2);
 
-    // Exactly one alert, stored with its delivery state.
+    // Exactly one alert, stored with its delivery state. A second export is the barrier: detection
+    // sees events in commit order, so once the second alert has reached every sink, any repeat of
+    // the first would have been stored and delivered before it.
+    let delivered = |path: &Path| {
+        let path = path.display().to_string();
+        alerts_json(&fleet.collector.dir, &["--rule", RULE])
+            .iter()
+            .filter(|alert| alert["path"] == path.as_str())
+            .flat_map(|alert| alert["deliveries"].as_array().unwrap().clone())
+            .filter(|d| d["state"] == "delivered")
+            .count()
+    };
     wait_for("deliveries recorded", LONG, || {
-        let alerts = alerts_json(&fleet.collector.dir, &["--rule", RULE]);
-        let done = alerts.len() == 1
-            && alerts[0]["deliveries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|d| d["state"] == "delivered")
-                .count()
-                == 3;
-        done.then_some(())
+        (delivered(&csv) == 3).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    let barrier = fleet.watched.join("barrier.csv");
+    write_csv(&barrier, 12);
+    remove(&barrier);
+    wait_for("the second alert's deliveries", LONG, || {
+        (delivered(&barrier) == 3).then_some(())
+    });
+    let alerts = alerts_json(&fleet.collector.dir, &["--rule", RULE]);
+    let mut paths: Vec<&str> = alerts.iter().filter_map(|a| a["path"].as_str()).collect();
+    paths.sort_unstable();
     assert_eq!(
-        alerts_json(&fleet.collector.dir, &["--rule", RULE]).len(),
-        1
+        paths,
+        [barrier.display().to_string(), csv.display().to_string()],
+        "{alerts:?}"
     );
-    assert_eq!(receiver.bodies("/json").len(), 1);
-    assert_eq!(smtp.messages().len(), 1);
+    assert_eq!(receiver.bodies("/json").len(), 2);
+    assert_eq!(smtp.messages().len(), 2);
 }
 
 #[test]
@@ -179,7 +190,8 @@ path = "**/etl/**"
         receiver.bodies("/hook").into_iter().next()
     });
     assert_eq!(alert["path"], csv.display().to_string());
-    std::thread::sleep(Duration::from_secs(2));
+    // The control came last and detection sees events in commit order: any alert the benign work
+    // raised is stored before the control's.
     let alerts = alerts_json(&fleet.collector.dir, &["--rule", RULE]);
     assert_eq!(alerts.len(), 1, "only the control alerted: {alerts:?}");
 }

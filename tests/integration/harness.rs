@@ -5,23 +5,50 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 pub const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 
-/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+/// Polls `check` until it returns `Some`, or returns `None` once `timeout` has passed. The one
+/// place the tests wait on a clock: every wait has a deadline, and none is a fixed sleep.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the tests drive the binaries from plain threads, where std's clock and sleep are right"
+)]
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, check, String::new)
+}
+
+/// [`wait_for`], with what `explain` says (logs, tables) in the failure message.
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    match poll(timeout, check) {
+        Some(value) => value,
+        None => panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            explain()
+        ),
     }
 }
 
@@ -30,6 +57,8 @@ pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
     pub name: String,
+    /// The output streams still being read; a reader that reaches the end has taken every line.
+    open_streams: Arc<AtomicUsize>,
 }
 
 impl Proc {
@@ -43,6 +72,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let open_streams = Arc::new(AtomicUsize::new(0));
         for stream in [
             child
                 .stderr
@@ -57,16 +87,20 @@ impl Proc {
         .flatten()
         {
             let lines = lines.clone();
+            let open = open_streams.clone();
+            open.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().unwrap().push(line);
                 }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
         Proc {
             child,
             lines,
             name: name.to_string(),
+            open_streams,
         }
     }
 
@@ -80,8 +114,12 @@ impl Proc {
                 return Some(Some(line.clone()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader threads take the last lines before the exit is reported.
-                std::thread::sleep(Duration::from_millis(200));
+                // Let the readers take the last lines before the exit is reported (a grandchild
+                // may hold the pipes open, hence the deadline).
+                let open = &self.open_streams;
+                poll(Duration::from_secs(5), || {
+                    (open.load(Ordering::SeqCst) == 0).then_some(())
+                });
                 exited = Some(status);
                 return Some(None);
             }
@@ -118,14 +156,10 @@ impl Proc {
     pub fn terminate(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        if poll(Duration::from_secs(15), || child.try_wait().ok().flatten()).is_none() {
+            self.kill9();
         }
-        self.kill9();
     }
 }
 

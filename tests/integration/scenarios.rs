@@ -1,4 +1,4 @@
-//! The incidents of shared/scenarios/README.md replayed on one machine, several agents standing in
+//! The incidents of docs/scenarios.md replayed on one machine, several agents standing in
 //! for several hosts.
 
 use std::path::Path;

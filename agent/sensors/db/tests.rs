@@ -654,6 +654,10 @@ fn parse_throughput() {
         );
         let settings = config::settings(vec![config(&text)]).unwrap().remove(0);
         let mut source = Source::new(settings, SourceState::default());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a benchmark measures real elapsed time, which tokio's clock may pause"
+        )]
         let started = std::time::Instant::now();
         let cpu_started = thread_cpu_seconds();
         let mut events = 0;

@@ -223,6 +223,12 @@ impl MariaServer {
         server
     }
 
+    /// Pings every 100 ms, 300 times at most. This file is shared with the integration tests
+    /// (`#[path]`), so it keeps its own bounded loop instead of either binary's wait helper.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a synchronous test polls a server from a plain thread, a bounded number of times"
+    )]
     fn wait_ready(&mut self) {
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -181,12 +181,11 @@ mod tests {
             .unwrap();
         let lookup = proc_lookup_from_procfs();
         // Between fork and exec the child still looks like its parent; wait for the exec.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut info = lookup(child.id()).unwrap();
-        while info.cmdline != "sleep 30" && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        crate::testing::wait_until("the child to exec sleep", Duration::from_secs(10), || {
             info = lookup(child.id()).unwrap();
-        }
+            info.cmdline == "sleep 30"
+        });
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(info.pid, child.id());

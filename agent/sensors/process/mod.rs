@@ -40,7 +40,6 @@ pub enum ProcessError {
     },
     #[cfg(not(target_os = "linux"))]
     #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
-    #[cfg_attr(target_os = "linux", allow(dead_code))]
     Unsupported,
     #[error("cannot start the process sensor's threads: {source}")]
     Thread {

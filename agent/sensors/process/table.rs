@@ -440,6 +440,10 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
+    use crate::testing::wait_until;
+
+    /// Long enough for a fork and exec on a loaded machine.
+    const WAIT: Duration = Duration::from_secs(20);
 
     struct KillOnDrop(std::process::Child);
 
@@ -470,12 +474,11 @@ mod tests {
         let (shell, sleeper) = grandchild();
         let shell_pid = shell.0.id();
         // The shell prints the pid as soon as it forks; the child becomes `sleep` a moment later.
-        while !std::fs::read(format!("/proc/{sleeper}/cmdline"))
-            .unwrap()
-            .starts_with(b"sleep")
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the child to exec sleep", WAIT, || {
+            std::fs::read(format!("/proc/{sleeper}/cmdline"))
+                .unwrap()
+                .starts_with(b"sleep")
+        });
 
         let info = table.info(sleeper).unwrap();
         assert_eq!(info.pid, sleeper);
@@ -496,9 +499,7 @@ mod tests {
         )
         .unwrap();
         drop(shell);
-        while procfs_alive(sleeper) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until("the sleeper to be reaped", WAIT, || !procfs_alive(sleeper));
         table.record_exit(sleeper, None);
         let remembered = table.info(sleeper).unwrap();
         assert_eq!(remembered.ppid, Some(shell_pid));
@@ -521,24 +522,22 @@ mod tests {
                 .unwrap(),
         );
         let pid = child.0.id();
-        while !std::fs::read(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .starts_with(b"sh\0-c\0read")
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the child to exec sh", WAIT, || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap()
+                .starts_with(b"sh\0-c\0read")
+        });
         let before = table.info(pid).unwrap();
         assert!(before.cmdline.contains("read line"), "{before:?}");
         {
             use std::io::Write;
             child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
         }
-        while !std::fs::read(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .starts_with(b"sleep")
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the shell to exec sleep", WAIT, || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap()
+                .starts_with(b"sleep")
+        });
         let after = table.info(pid).unwrap();
         assert_eq!(after.cmdline, "sleep 30");
     }

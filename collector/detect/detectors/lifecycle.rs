@@ -594,7 +594,8 @@ mod tests {
         let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
         assert!(alert.summary.contains(path), "{}", alert.summary);
-        // The alert object keeps INTERFACE.md's shape: rule fields flat beside the common ones.
+        // The alert object keeps docs/interface.md's shape: rule fields flat beside the common
+        // ones.
         let json = serde_json::to_value(alert).unwrap();
         assert_eq!(json["rule"], "large-export-created-then-deleted");
         assert_eq!(json["size"], 800 * MIB);

@@ -425,7 +425,7 @@ to = ["soc@example.jp"]
 fn a_delivery_resent_after_a_crash_carries_the_same_idempotency_key() {
     use std::io::Write;
     // The first request hangs until the collector is gone; later ones are answered at once.
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(16);
     let tx = std::sync::Mutex::new(tx);
     let first = std::sync::atomic::AtomicBool::new(true);
     let receiver = HttpReceiver::scripted(0, move |request, stream| {
@@ -553,6 +553,10 @@ async fn a_guessed_token_flood_is_rate_limited_summarized_and_does_not_slow_hone
         codes
     });
     // Honest enrollment from another address while the flood runs.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a bound on how long the flood may delay an honest enrollment, in real time"
+    )]
     let started = std::time::Instant::now();
     let state = tmp.path().join("agent");
     let output = tokio::task::block_in_place(|| enroll_agent(&collector, &state, &token, "web1"));

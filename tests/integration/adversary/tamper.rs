@@ -449,24 +449,25 @@ fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper(
     );
     write_files(&watched, "d", 1);
 
-    let deadline = std::time::Instant::now() + LONG;
-    let finding = loop {
-        let found = sqlite(
-            &collector.dir,
-            "SELECT detail FROM findings WHERE kind = 'chain.tamper'",
-        );
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no chain.tamper finding; findings: {}\ncollector:\n{}\nagent:\n{}",
-            sqlite(&collector.dir, "SELECT kind, detail FROM findings"),
-            collector.proc.log(),
-            _agent.proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let finding = wait_for_explained(
+        "a chain.tamper finding",
+        LONG,
+        || {
+            let found = sqlite(
+                &collector.dir,
+                "SELECT detail FROM findings WHERE kind = 'chain.tamper'",
+            );
+            (!found.is_empty()).then_some(found)
+        },
+        || {
+            format!(
+                "findings: {}\ncollector:\n{}\nagent:\n{}",
+                sqlite(&collector.dir, "SELECT kind, detail FROM findings"),
+                collector.proc.log(),
+                _agent.proc.log()
+            )
+        },
+    );
     assert!(finding.contains("lost acknowledged events"), "{finding}");
     wait_for("the chain-tamper alert", LONG, || {
         (!alerts_json(&collector.dir, &["--rule", "chain-tamper"]).is_empty()).then_some(())
