@@ -4,6 +4,10 @@
 //! spool is behind (back-pressure, nothing lost). A sensor that must not block (a kernel queue that
 //! would overflow instead) keeps its own bounded queue and counts what it drops with `count_drop`.
 //! The counts are reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
+//!
+//! Sending returns a [`Ticket`]; [`EventTx::committed`] waits until the spool holds that event. The
+//! database sensor waits on its own tickets before saving read positions, and a stopping agent on
+//! the ticket of its `agent.stop`, its last event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bannin::event::{Body, Event, SensorEvent, SensorStatus};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Capacity of the channel between all sensors and the spool writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -119,24 +123,15 @@ impl EventTx {
         }
     }
 
-    /// Sends an event that happened now, waiting while the spool is behind.
-    pub async fn send(&self, body: impl Into<Body>) -> Result<(), Closed> {
-        self.send_ticketed(body).await.map(drop)
-    }
-
-    /// Sends a fully built event (its own timestamp), waiting while the spool is behind.
-    pub async fn send_event(&self, event: Event) -> Result<(), Closed> {
-        self.send_event_ticketed(event).await.map(drop)
-    }
-
-    /// [`Self::send`], returning the event's commit ticket for [`Self::committed`].
-    pub async fn send_ticketed(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
-        self.send_event_ticketed(Event::now(self.host.to_string(), body))
+    /// Sends an event that happened now, waiting while the spool is behind. The ticket says when it
+    /// is committed ([`Self::committed`]); most senders need not ask.
+    pub async fn send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
+        self.send_event(Event::now(self.host.to_string(), body))
             .await
     }
 
-    /// [`Self::send_event`], returning the event's commit ticket for [`Self::committed`].
-    pub async fn send_event_ticketed(&self, mut event: Event) -> Result<Ticket, Closed> {
+    /// Sends a fully built event (its own timestamp), waiting while the spool is behind.
+    pub async fn send_event(&self, mut event: Event) -> Result<Ticket, Closed> {
         let number = self.tickets.issue();
         event.seq = number;
         if self.tx.send(event).await.is_err() {
@@ -148,7 +143,7 @@ impl EventTx {
     }
 
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
-    pub fn blocking_send(&self, body: impl Into<Body>) -> Result<(), Closed> {
+    pub fn blocking_send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
         let number = self.tickets.issue();
         let mut event = Event::now(self.host.to_string(), body);
         event.seq = number;
@@ -156,13 +151,7 @@ impl EventTx {
             self.tickets.settle([number]);
             return Err(Closed);
         }
-        Ok(())
-    }
-
-    /// Whether every event sent so far (by any sensor) is committed to the spool (or its loss
-    /// recorded).
-    pub fn is_committed(&self) -> bool {
-        *self.tickets.through.borrow() >= self.tickets.issued.load(Ordering::Acquire)
+        Ok(Ticket(number))
     }
 
     /// Waits until the event of `ticket` (and every event numbered before it) is committed to the
@@ -217,30 +206,63 @@ pub fn settle_on_take(tx: &EventTx, mut rx: mpsc::Receiver<Event>) -> mpsc::Rece
     taken
 }
 
+/// The task that turns drop counts into `sensor.overflow` events. [`DropReporter::stop`] reports
+/// what was counted since the last tick, so a stopping agent reports every drop before its
+/// `agent.stop`; dropping the handle does the same without waiting.
+pub struct DropReporter {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DropReporter {
+    /// Reports the counts not yet reported and waits until those reports are in the channel.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
 /// Every `interval`, turns the drop counts into `sensor.overflow` events, sent with back-pressure so
 /// the report itself is never dropped.
-pub fn spawn_drop_reporter(tx: EventTx, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn spawn_drop_reporter(tx: EventTx, interval: Duration) -> DropReporter {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         loop {
-            tick.tick().await;
-            let taken = match tx.drops.by_sensor.lock() {
-                Ok(mut map) => std::mem::take(&mut *map),
-                Err(_) => continue,
+            // Only the wait is raced: a report, once its counts are taken, is always sent.
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut stopped => true,
             };
-            for (sensor, count) in taken {
-                let mut event = SensorEvent::new(
-                    SensorStatus::Overflow,
-                    sensor,
-                    format!("{count} events dropped because the spool could not keep up"),
-                );
-                event.count = count;
-                if tx.send(event).await.is_err() {
-                    return;
-                }
+            if report_drops(&tx).await.is_err() || last {
+                return;
             }
         }
-    })
+    });
+    DropReporter {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Sends one `sensor.overflow` event per sensor that counted drops since the last report.
+async fn report_drops(tx: &EventTx) -> Result<(), Closed> {
+    let taken = match tx.drops.by_sensor.lock() {
+        Ok(mut map) => std::mem::take(&mut *map),
+        Err(_) => return Ok(()),
+    };
+    for (sensor, count) in taken {
+        let mut event = SensorEvent::new(
+            SensorStatus::Overflow,
+            sensor,
+            format!("{count} events dropped because the spool could not keep up"),
+        );
+        event.count = count;
+        tx.send(event).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -252,28 +274,28 @@ mod tests {
     async fn a_ticket_is_committed_only_when_every_earlier_number_is_settled() {
         let (tx, mut rx) = channel("h");
         let first = tx
-            .send_ticketed(AgentEvent::new(AgentAction::Heartbeat))
+            .send(AgentEvent::new(AgentAction::Heartbeat))
             .await
             .unwrap();
         let second = tx
-            .send_ticketed(AgentEvent::new(AgentAction::Heartbeat))
+            .send(AgentEvent::new(AgentAction::Heartbeat))
             .await
             .unwrap();
         let numbers = [rx.recv().await.unwrap().seq, rx.recv().await.unwrap().seq];
         let tickets = tx.tickets();
         // Settled out of order: the later number alone commits nothing.
         tickets.settle([numbers[1]]);
-        assert!(!tx.is_committed());
         let waiting = tokio::spawn({
             let tx = tx.clone();
             async move { tx.committed(second).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
+        assert_eq!(*tickets.through.borrow(), 0);
         tickets.settle([numbers[0]]);
         waiting.await.unwrap();
         tx.committed(first).await;
-        assert!(tx.is_committed());
+        assert_eq!(*tickets.through.borrow(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,5 +323,24 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_reporter_reports_what_was_counted_since_its_last_tick() {
+        let (tx, mut rx) = channel("h");
+        let reporter = spawn_drop_reporter(tx.for_sensor("net"), Duration::from_secs(3600));
+        // The first tick fires at once and finds nothing; the next is an hour away.
+        tokio::task::yield_now().await;
+        tx.for_sensor("net").count_drop(3);
+        reporter.stop().await;
+        let report = rx.try_recv().unwrap();
+        match report.body {
+            Body::Sensor(s) => {
+                assert_eq!(s.count, 3);
+                assert_eq!(s.sensor, "net");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
     }
 }

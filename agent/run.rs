@@ -10,7 +10,6 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Settings;
 use crate::pipeline::{self, EventTx};
-use crate::sensors::files::ProcessLookup;
 use crate::spool::{self, Spool};
 use crate::{identity, sender, sensors};
 
@@ -39,7 +38,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .context("cannot open the spool")?;
     let (tx, rx) = pipeline::channel(&host);
     let wake = Arc::new(Notify::new());
-    let writer = tokio::spawn(spool::run_writer(
+    let mut writer = tokio::spawn(spool::run_writer(
         spool.clone(),
         rx,
         wake.clone(),
@@ -54,7 +53,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.config.sender.clone(),
         stop_rx,
     ));
-    let _drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
+    let drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
 
     let configured = &args.config.sensors;
     let mut files_config = configured.files.clone();
@@ -63,9 +62,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (process, table) = sensors::process::spawn(configured.process.clone(), tx.clone())
         .await
         .context("cannot start the process sensor")?;
-    let lookup_table = table.clone();
-    let lookup: ProcessLookup = Arc::new(move |pid| lookup_table.info(pid));
-    let files = sensors::files::spawn(files_config, tx.clone(), lookup)
+    let files = sensors::files::spawn(files_config, tx.clone(), table.clone())
         .await
         .context("cannot start the file sensor")?;
     let net = sensors::net::spawn(configured.network.clone(), tx.clone(), table)
@@ -102,12 +99,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     process.shutdown().await;
     drop(net);
     db.stop().await;
+    drops.stop().await;
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();
     stop.spool_events = stats.events;
     stop.spool_bytes = stats.bytes;
-    tx.send(stop).await?;
-    drain(&tx).await;
+    let last = tx.send(stop).await?;
+    // Nothing is sent after `agent.stop`, and tickets commit in order: once it is in the spool, so
+    // is every event before it. The writer retries a spool it cannot write for as long as it takes;
+    // giving up here would lose events silently.
+    tokio::select! {
+        () = tx.committed(last) => {}
+        ended = &mut writer => {
+            tracing::error!(?ended, "the spool writer ended before the last event was committed");
+        }
+    }
     drop(tx);
     let _ = stop_tx.send(true);
     if tokio::time::timeout(FLUSH_ON_STOP, sender).await.is_err() {
@@ -118,16 +124,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     writer.abort();
     Ok(())
-}
-
-/// Waits (a bounded while) until everything sent so far is committed to the spool.
-async fn drain(tx: &EventTx) {
-    for _ in 0..100 {
-        if tx.is_committed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn spawn_heartbeat(tx: EventTx, spool: Spool, every: Duration) -> tokio::task::JoinHandle<()> {

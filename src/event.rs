@@ -144,7 +144,14 @@ pub struct ProcessInfo {
     pub ppid: Option<u32>,
     pub exe: String,
     pub cmdline: String,
+    /// The account name of `uid` (on Windows, of the process's owner; the number when the
+    /// account database does not know it).
     pub user: String,
+    /// The **real** uid: the account that started the process, not the rights it runs with. A
+    /// setuid program run by alice is alice's; `sudo` itself sets every uid, so its children are
+    /// root's. Every sensor reports the same uid for the same process (one reader, the agent's
+    /// process table). `None` where the platform has no numeric uids (Windows) or the process
+    /// was gone before it could be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// Parent first, then its parent, and so on.

@@ -114,8 +114,47 @@ enum Command {
 /// so a hostile agent cannot grow the findings table without bound.
 const REFUSAL_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Per agent: when its last refusal was recorded, and how many came since.
-type Refusals = HashMap<i64, (std::time::Instant, u64)>;
+/// Per agent: when its last refusal finding was stored, and how many refusals came since.
+#[derive(Default)]
+struct Refusals(HashMap<i64, Refused>);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Refused {
+    recorded: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    /// Whether a refusal at `now` gets a finding of its own; if so, the finding is taken as
+    /// recorded and the state before it is returned, for [`Refusals::rolled_back`]. Otherwise the
+    /// refusal is counted, and the next finding names it.
+    fn due(&mut self, agent_no: i64, now: std::time::Instant) -> Option<Refused> {
+        let entry = self.0.entry(agent_no).or_default();
+        if let Some(last) = entry.recorded
+            && now.duration_since(last) < REFUSAL_QUIET
+        {
+            entry.since += 1;
+            return None;
+        }
+        Some(std::mem::replace(
+            entry,
+            Refused {
+                recorded: Some(now),
+                since: 0,
+            },
+        ))
+    }
+
+    /// The transaction holding the finding `due` allowed did not commit: the clock goes back, and
+    /// the next finding names this refusal and those counted after it.
+    fn rolled_back(&mut self, agent_no: i64, before: Refused) {
+        let entry = self.0.entry(agent_no).or_default();
+        *entry = Refused {
+            recorded: before.recorded,
+            since: before.since + 1 + entry.since,
+        };
+    }
+}
 
 /// The handle the service uses to reach the writer.
 #[derive(Clone)]
@@ -187,6 +226,15 @@ impl Writer {
     }
 }
 
+/// Where an agent's chain stands after a transaction, applied to its [`ChainState`] only once the
+/// transaction commits: a finding rolled back with it must be found again by the next batch.
+#[derive(Clone, Copy)]
+struct Staged {
+    last_seq: u64,
+    head: Hash,
+    witnessed: u64,
+}
+
 struct ChainState {
     last_seq: u64,
     head: Hash,
@@ -202,7 +250,7 @@ fn run(
     notices: Option<std::sync::mpsc::SyncSender<CommitNotice>>,
 ) {
     let mut chains: HashMap<i64, ChainState> = HashMap::new();
-    let mut refusals = Refusals::new();
+    let mut refusals = Refusals::default();
     while let Some(first) = rx.blocking_recv() {
         let mut batches = Vec::new();
         let mut next = Some(first);
@@ -240,15 +288,21 @@ fn run(
                         seq: 0,
                         detail,
                     };
-                    let findings = (|| {
+                    let mut recorded = None;
+                    let stored = (|| {
                         let tx = conn.transaction()?;
-                        let findings =
-                            record_refusal(&tx, &seal, &mut chains, &mut refusals, refusal)?;
-                        tx.commit().map(|()| findings)
+                        recorded = record_refusal(&tx, &seal, &mut chains, &mut refusals, refusal)?;
+                        tx.commit()
                     })();
-                    match findings {
-                        Ok(findings) => notify(notices.as_ref(), Vec::new(), findings),
-                        Err(error) => {
+                    match (stored, recorded) {
+                        (Ok(()), Some((_, finding))) => {
+                            notify(notices.as_ref(), Vec::new(), vec![finding])
+                        }
+                        (Ok(()), None) => {}
+                        (Err(error), recorded) => {
+                            if let Some((before, _)) = recorded {
+                                refusals.rolled_back(agent_no, before);
+                            }
                             tracing::error!(%error, "cannot record a refused batch as a finding")
                         }
                     }
@@ -291,7 +345,9 @@ fn commit_group(
         findings: Vec::new(),
     };
     // Chain positions as they would be after this transaction; dropped if it rolls back.
-    let mut staged: HashMap<i64, (u64, Hash)> = HashMap::new();
+    let mut staged: HashMap<i64, Staged> = HashMap::new();
+    // Refusal findings this transaction holds, with each agent's refusal clock before them.
+    let mut refused: Vec<(i64, Refused)> = Vec::new();
     let mut pending = batches.into_iter();
     let result = (|| -> Result<(), String> {
         let mut tx = conn
@@ -339,7 +395,11 @@ fn commit_group(
                     ),
                 };
                 match record_refusal(&tx, seal, chains, refusals, refusal) {
-                    Ok(findings) => notice.findings.extend(findings),
+                    Ok(Some((before, finding))) => {
+                        refused.push((batch.agent_no, before));
+                        notice.findings.push(finding);
+                    }
+                    Ok(None) => {}
                     Err(error) => {
                         outcomes.push((reply, outcome));
                         return Err(error.to_string());
@@ -352,10 +412,11 @@ fn commit_group(
     })();
     match result {
         Ok(()) => {
-            for (agent_no, (last_seq, head)) in staged {
+            for (agent_no, staged) in staged {
                 if let Some(state) = chains.get_mut(&agent_no) {
-                    state.last_seq = last_seq;
-                    state.head = head;
+                    state.last_seq = staged.last_seq;
+                    state.head = staged.head;
+                    state.witnessed = staged.witnessed;
                 }
             }
             for (reply, outcome) in outcomes {
@@ -364,7 +425,11 @@ fn commit_group(
             notify(notices, notice.records, notice.findings);
         }
         Err(reason) => {
-            // Nothing of this group committed: every batch in it, tried or not, is told so.
+            // Nothing of this group committed: every batch in it, tried or not, is told so, and
+            // no finding it held counts as recorded.
+            for (agent_no, before) in refused.into_iter().rev() {
+                refusals.rolled_back(agent_no, before);
+            }
             tracing::error!(error = %reason, "store commit failed; batches are not acknowledged");
             let replies = outcomes
                 .into_iter()
@@ -403,29 +468,41 @@ struct Refusal {
 }
 
 /// Stores a `chain.tamper` finding for a refused batch, unless one for this agent was stored
-/// within `REFUSAL_QUIET`: then the refusal is counted and named in the next finding.
+/// within `REFUSAL_QUIET`: then the refusal is counted and named in the next finding. Returns
+/// the finding with the refusal clock before it: if the transaction does not commit, the caller
+/// puts the clock back ([`Refusals::rolled_back`]).
 fn record_refusal(
     conn: &Connection,
     seal: &Seal,
     chains: &mut HashMap<i64, ChainState>,
     refusals: &mut Refusals,
     refusal: Refusal,
-) -> Result<Vec<Finding>, rusqlite::Error> {
+) -> Result<Option<(Refused, Finding)>, rusqlite::Error> {
     #[expect(
         clippy::disallowed_methods,
         reason = "the store writer is a dedicated thread, outside the runtime's clock"
     )]
     let now = std::time::Instant::now();
-    let since = match refusals.get_mut(&refusal.agent_no) {
-        Some((last, count)) if now.duration_since(*last) < REFUSAL_QUIET => {
-            *count += 1;
-            tracing::warn!(agent_id = %refusal.agent_id, detail = %refusal.detail, "batch refused again");
-            return Ok(Vec::new());
-        }
-        Some((_, count)) => std::mem::take(count),
-        None => 0,
+    let Some(before) = refusals.due(refusal.agent_no, now) else {
+        tracing::warn!(agent_id = %refusal.agent_id, detail = %refusal.detail, "batch refused again");
+        return Ok(None);
     };
-    refusals.insert(refusal.agent_no, (now, 0));
+    let agent_no = refusal.agent_no;
+    let stored = refusal_finding(conn, seal, chains, refusal, before.since);
+    if stored.is_err() {
+        refusals.rolled_back(agent_no, before);
+    }
+    stored.map(|finding| Some((before, finding)))
+}
+
+/// The `chain.tamper` finding for a refusal, naming the `since` refusals counted before it, stored.
+fn refusal_finding(
+    conn: &Connection,
+    seal: &Seal,
+    chains: &mut HashMap<i64, ChainState>,
+    refusal: Refusal,
+    since: u64,
+) -> Result<Finding, rusqlite::Error> {
     let host = chain_state(conn, chains, refusal.agent_no)?.host.clone();
     let mut detail = refusal.detail;
     if since > 0 {
@@ -443,7 +520,7 @@ fn record_refusal(
         detail,
     };
     insert_finding(conn, seal, refusal.agent_no, &finding)?;
-    Ok(vec![finding])
+    Ok(finding)
 }
 
 fn chain_state<'a>(
@@ -474,24 +551,29 @@ fn store_batch(
     conn: &Connection,
     seal: &Seal,
     chains: &mut HashMap<i64, ChainState>,
-    staged: &mut HashMap<i64, (u64, Hash)>,
+    staged: &mut HashMap<i64, Staged>,
     batch: &VerifiedBatch,
     notice: &mut CommitNotice,
 ) -> Result<Committed, IngestError> {
     let state = chain_state(conn, chains, batch.agent_no)?;
-    let (last_seq, head) = staged
-        .get(&batch.agent_no)
-        .copied()
-        .unwrap_or((state.last_seq, state.head));
+    let Staged {
+        last_seq,
+        head,
+        mut witnessed,
+    } = staged.get(&batch.agent_no).copied().unwrap_or(Staged {
+        last_seq: state.last_seq,
+        head: state.head,
+        witnessed: state.witnessed,
+    });
     let host = state.host.clone();
     let now = Timestamp::now();
     let mut findings = Vec::new();
     // Events the agent saw acknowledged cannot be a gap that "never arrived".
     let mut acknowledged = 0;
     if let Some((seq, hash)) = batch.witness
-        && seq > state.witnessed
+        && seq > witnessed
     {
-        state.witnessed = seq;
+        witnessed = seq;
         acknowledged = seq;
         if let Some(finding) = witness_finding(conn, batch, &host, last_seq, seq, &hash, now)? {
             findings.push(finding);
@@ -614,7 +696,14 @@ fn store_batch(
             batch.agent_no
         ],
     )?;
-    staged.insert(batch.agent_no, (new_last, new_head));
+    staged.insert(
+        batch.agent_no,
+        Staged {
+            last_seq: new_last,
+            head: new_head,
+            witnessed,
+        },
+    );
     notice.records.extend(records);
     notice.findings.extend(findings);
     Ok(Committed {
@@ -719,4 +808,151 @@ fn insert_finding(
     )?;
     tracing::warn!(agent_id = %finding.agent_id, kind = finding.kind.as_str(), detail = %finding.detail, "chain finding");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bannin::chain::link;
+    use bannin::event::{SensorEvent, SensorStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_finding_that_does_not_commit_leaves_the_clock_as_it_was() {
+        let mut refusals = Refusals::default();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "only an origin: the test moves the clock by hand, nothing waits on it"
+        )]
+        let t0 = std::time::Instant::now();
+        let before = refusals
+            .due(7, t0)
+            .expect("the first refusal gets a finding");
+        assert_eq!(before, Refused::default());
+        // Refused again within the quiet time: counted, no finding.
+        assert!(refusals.due(7, t0 + REFUSAL_QUIET / 2).is_none());
+        // The first finding's transaction rolls back: the next refusal gets a finding, naming both.
+        refusals.rolled_back(7, before);
+        let next = refusals
+            .due(7, t0 + REFUSAL_QUIET / 2)
+            .expect("nothing was recorded");
+        assert_eq!(next.since, 2);
+        // Once that one is stored, the quiet time counts from it.
+        assert!(refusals.due(7, t0 + REFUSAL_QUIET).is_none());
+        assert!(refusals.due(7, t0 + REFUSAL_QUIET * 2).is_some());
+    }
+
+    /// One event numbered `seq`, its bytes telling it apart from another with the same number.
+    fn event(seq: u64, message: &str) -> VerifiedEvent {
+        let mut event = Event::now(
+            "pc1",
+            SensorEvent::new(SensorStatus::Status, "files", message),
+        );
+        event.seq = seq;
+        let bytes = bannin::proto::encode_event(&event);
+        VerifiedEvent {
+            seq,
+            hash: GENESIS,
+            bytes,
+            event,
+        }
+    }
+
+    /// A batch of `events` following `prev`, their chain hashes filled in.
+    fn batch(
+        agent_no: i64,
+        prev: Hash,
+        mut events: Vec<VerifiedEvent>,
+        witness: Option<(u64, Hash)>,
+    ) -> VerifiedBatch {
+        let mut head = prev;
+        for ev in &mut events {
+            head = link(&head, ev.seq, &ev.bytes);
+            ev.hash = head;
+        }
+        VerifiedBatch {
+            agent_no,
+            agent_id: "a-1".into(),
+            first_seq: events[0].seq,
+            last_seq: events[events.len() - 1].seq,
+            prev_hash: prev,
+            head_hash: head,
+            signature: Vec::new(),
+            events,
+            witness,
+        }
+    }
+
+    #[test]
+    fn a_witness_finding_rolled_back_with_its_batch_is_found_by_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open_writer(dir.path()).unwrap();
+        let seal = Seal::load_or_create(dir.path()).unwrap();
+        let tomorrow = Timestamp::now().saturating_add(std::time::Duration::from_secs(86_400));
+        crate::store::add_token(&conn, "t", tomorrow).unwrap();
+        let agent = NewAgent {
+            id: "a-1",
+            name: "pc1",
+            host: "pc1",
+            signing_key: &[0; 32],
+            certificate: "",
+            head_signature: &[],
+        };
+        let agent_no = crate::store::enroll(&mut conn, "t", &agent).unwrap().no;
+        let mut chains = HashMap::new();
+        let mut refusals = Refusals::default();
+        let mut send = |conn: &mut Connection, batch: VerifiedBatch| {
+            let (reply, mut answer) = oneshot::channel();
+            commit_group(
+                conn,
+                &seal,
+                &mut chains,
+                &mut refusals,
+                vec![(batch, reply)],
+                None,
+            );
+            answer.try_recv().unwrap()
+        };
+        let first = batch(
+            agent_no,
+            GENESIS,
+            vec![event(1, "one"), event(2, "two")],
+            None,
+        );
+        let (acknowledged, head) = (first.events[0].hash, first.head_hash);
+        send(&mut conn, first).unwrap();
+        // After the acknowledgement, someone changes event 1 in the store.
+        conn.execute("UPDATE events SET hash = zeroblob(32) WHERE seq = 1", [])
+            .unwrap();
+        let changed = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT COUNT(*) FROM findings WHERE detail LIKE 'store changed an acknowledged event%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        // The agent's next batch carries its witness but forks at event 2: refused, its work
+        // (the witness finding with it) rolled back.
+        let fork = batch(
+            agent_no,
+            acknowledged,
+            vec![event(2, "other"), event(3, "three")],
+            Some((1, acknowledged)),
+        );
+        assert!(matches!(
+            send(&mut conn, fork),
+            Err(IngestError::Fork { seq: 2, .. })
+        ));
+        assert_eq!(changed(&conn), 0);
+        // So the next batch with the same witness must still find it.
+        let next = batch(
+            agent_no,
+            head,
+            vec![event(3, "three")],
+            Some((1, acknowledged)),
+        );
+        send(&mut conn, next).unwrap();
+        assert_eq!(changed(&conn), 1);
+    }
 }

@@ -138,19 +138,19 @@ pub async fn spawn(
                     body: event.into(),
                 });
                 for body in outcome.sensor {
-                    match tx.send_ticketed(body).await {
+                    match tx.send(body).await {
                         Ok(ticket) => last_ticket = Some(ticket),
                         Err(_) => return,
                     }
                 }
                 for event in events {
-                    match tx.send_event_ticketed(event).await {
+                    match tx.send_event(event).await {
                         Ok(ticket) => last_ticket = Some(ticket),
                         Err(_) => return,
                     }
                 }
                 if let Some(report) = source.garbled_report() {
-                    match tx.send_ticketed(report).await {
+                    match tx.send(report).await {
                         Ok(ticket) => last_ticket = Some(ticket),
                         Err(_) => return,
                     }

@@ -126,7 +126,8 @@ async fn run(backend: BackendChoice, files: u64) {
         scan_on_start: false,
         ..FilesConfig::default()
     };
-    let handle = spawn(config, tx, proc_lookup_from_procfs()).await.unwrap();
+    let processes = ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default());
+    let handle = spawn(config, tx, processes).await.unwrap();
     let counts = Arc::new(Counts::default());
     let counter = {
         let counts = counts.clone();

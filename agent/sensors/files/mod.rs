@@ -14,27 +14,20 @@ mod config;
 mod fanotify;
 mod notify_backend;
 mod observe;
-mod procfs;
 mod sizes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use bannin::event::{Event, ProcessInfo};
+use bannin::event::Event;
 use tokio::sync::mpsc;
 
 pub use config::{BackendChoice, FilesConfig};
-// Re-exported for `agent run`, which passes it to `spawn` unless the process sensor's table is used.
-#[allow(unused_imports)]
-pub use procfs::proc_lookup_from_procfs;
 
+use super::process::ProcessTable;
 use crate::pipeline::EventTx;
 use observe::{Observer, Scope};
-
-/// Facts about a process by pid, as late as the event is handled: the process sensor's table
-/// (which remembers exited processes) or [`proc_lookup_from_procfs`].
-pub type ProcessLookup = Arc<dyn Fn(u32) -> Option<ProcessInfo> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -86,11 +79,12 @@ impl Drop for FilesHandle {
 ///
 /// Fails only when the configuration cannot work at all (a bad glob, fanotify forced but
 /// unavailable, no watcher); a watch root that does not exist is reported as `sensor.error` and
-/// skipped, so one stale path does not blind the agent.
+/// skipped, so one stale path does not blind the agent. `processes` names the process behind
+/// each event (and file owners), as late as the event is handled.
 pub async fn spawn(
     config: FilesConfig,
     tx: EventTx,
-    lookup: ProcessLookup,
+    processes: ProcessTable,
 ) -> Result<FilesHandle, FilesError> {
     let tx = tx.for_sensor("files");
     let (out, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -99,7 +93,7 @@ pub async fn spawn(
     let thread_tx = tx.clone();
     // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
     let started =
-        tokio::task::spawn_blocking(move || start(config, thread_tx, lookup, out, thread_stop))
+        tokio::task::spawn_blocking(move || start(config, thread_tx, processes, out, thread_stop))
             .await
             .map_err(|error| FilesError::Startup {
                 message: error.to_string(),
@@ -134,7 +128,7 @@ enum Chosen {
 fn start(
     config: FilesConfig,
     tx: EventTx,
-    lookup: ProcessLookup,
+    processes: ProcessTable,
     out: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) -> Result<(&'static str, JoinHandle<()>), FilesError> {
@@ -150,7 +144,7 @@ fn start(
         .iter()
         .map(|root| root.display().to_string())
         .collect();
-    let mut observer = Observer::new(backend, scope, &config, lookup, out, tx);
+    let mut observer = Observer::new(backend, scope, &config, processes, out, tx);
     observer.status(format!(
         "{backend}: {why}; watching [{}]",
         watching.join(", ")

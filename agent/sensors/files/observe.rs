@@ -5,7 +5,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bannin::event::{
@@ -16,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use super::classify::{self, MAGIC_BYTES};
-use super::procfs::UserNames;
 use super::sizes::{Facts, Remembered, SizeCache};
-use super::{FilesConfig, FilesError, ProcessLookup};
+use super::{FilesConfig, FilesError};
 use crate::pipeline::EventTx;
+use crate::sensors::process::ProcessTable;
 
 /// A rescan walks whole trees; under a sustained overflow storm one per this long is enough.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -107,8 +106,7 @@ pub struct Observer {
     sizes: SizeCache,
     sample_bytes: usize,
     scan_min_size: u64,
-    lookup: ProcessLookup,
-    users: Arc<UserNames>,
+    processes: ProcessTable,
     out: mpsc::Sender<Event>,
     tx: EventTx,
     /// When the last rescan after an overflow ran, and whether one is owed: an overflow within
@@ -123,8 +121,8 @@ pub struct Observer {
     started: SystemTime,
     closed: bool,
     /// Processes looked up in the current batch of kernel events: a burst from one process
-    /// reads `/proc` once, not once per file.
-    processes: HashMap<u32, Option<ProcessInfo>>,
+    /// asks the table once, not once per file.
+    looked_up: HashMap<u32, Option<ProcessInfo>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
 }
@@ -134,7 +132,7 @@ impl Observer {
         backend: &'static str,
         scope: Scope,
         config: &FilesConfig,
-        lookup: ProcessLookup,
+        processes: ProcessTable,
         out: mpsc::Sender<Event>,
         tx: EventTx,
     ) -> Self {
@@ -144,8 +142,7 @@ impl Observer {
             sizes: SizeCache::new(config.remembered_paths),
             sample_bytes: config.sample_bytes,
             scan_min_size: config.scan_min_size,
-            lookup,
-            users: Arc::new(UserNames::default()),
+            processes,
             out,
             tx,
             last_rescan: None,
@@ -153,7 +150,7 @@ impl Observer {
             rescanning: false,
             started: SystemTime::now(),
             closed: false,
-            processes: HashMap::new(),
+            looked_up: HashMap::new(),
             waiting: VecDeque::new(),
         }
     }
@@ -248,14 +245,14 @@ impl Observer {
     /// Starts a new batch of kernel events: processes are looked up afresh, since one may have
     /// exec'd another program since the last batch.
     pub fn new_batch(&mut self) {
-        self.processes.clear();
+        self.looked_up.clear();
     }
 
     fn process(&mut self, pid: u32) -> Option<ProcessInfo> {
-        let lookup = &self.lookup;
-        self.processes
+        let table = &self.processes;
+        self.looked_up
             .entry(pid)
-            .or_insert_with(|| lookup(pid))
+            .or_insert_with(|| table.info(pid))
             .clone()
     }
 
@@ -419,7 +416,7 @@ impl Observer {
         event.inode = facts.inode;
         event.mode = facts.mode;
         event.owner_uid = facts.uid;
-        event.owner = facts.uid.map(|uid| self.users.name(uid));
+        event.owner = facts.uid.map(|uid| self.processes.user_name(uid));
     }
 
     /// Emits a file event with its process. When the pid is not known yet the event waits (and
@@ -461,12 +458,12 @@ impl Observer {
         let now = Instant::now();
         while let Some((until, pid, event)) = self.waiting.front_mut() {
             if let Some(pid) = *pid {
-                match (self.lookup)(pid) {
+                match self.processes.info(pid) {
                     Some(info) => {
                         if let Body::File(file) = &mut event.body {
                             file.process = Some(info.clone());
                         }
-                        self.processes.insert(pid, Some(info));
+                        self.looked_up.insert(pid, Some(info));
                     }
                     None if *until > now => return,
                     None => {}

@@ -19,9 +19,14 @@ fn config(dir: &Path, backend: BackendChoice) -> FilesConfig {
     }
 }
 
+/// The table `agent run` builds when the process sensor is off: it reads processes as events ask.
+fn processes() -> ProcessTable {
+    ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default())
+}
+
 async fn start(config: FilesConfig) -> (FilesHandle, mpsc::Receiver<Event>) {
     let (tx, rx) = pipeline::channel("test-host");
-    let handle = spawn(config, tx, proc_lookup_from_procfs()).await.unwrap();
+    let handle = spawn(config, tx, processes()).await.unwrap();
     (handle, rx)
 }
 
@@ -244,7 +249,7 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     );
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
-    let mut observer = Observer::new("notify", scope, &config, proc_lookup_from_procfs(), out, tx);
+    let mut observer = Observer::new("notify", scope, &config, processes(), out, tx);
     // The kernel said it lost events, which the translation turns into an overflow action.
     let mut translator = notify_backend::Translator::default();
     let overflow =
@@ -280,7 +285,7 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
         "notify",
         scope,
         &config,
-        proc_lookup_from_procfs(),
+        processes(),
         out,
         tx.for_sensor("files"),
     );
@@ -294,9 +299,13 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
     assert_eq!(sensor(&report).sensor, "files");
 }
 
-/// An observer whose process lookup knows pid 4242 only once `known` is set, as the process
+/// A pid no Linux process can have (pids stay below `PID_MAX_LIMIT`, 2^22), so that only what a
+/// test tells the table is known about it.
+const UNBORN: u32 = (1 << 22) + 42;
+
+/// An observer whose process table knows [`UNBORN`] only once [`learn_unborn`] tells it, as the
 /// table knows a short-lived process only once the process sensor has recorded its exec.
-fn late_observer(dir: &Path, known: Arc<AtomicBool>) -> (Observer, mpsc::Receiver<Event>) {
+fn late_observer(dir: &Path) -> (Observer, mpsc::Receiver<Event>, ProcessTable) {
     let config = FilesConfig {
         watch: vec![dir.to_path_buf()],
         ..FilesConfig::default()
@@ -304,30 +313,32 @@ fn late_observer(dir: &Path, known: Arc<AtomicBool>) -> (Observer, mpsc::Receive
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (out, rx) = mpsc::channel(16);
     let (tx, _spool) = pipeline::channel("h");
-    let lookup: ProcessLookup = Arc::new(move |pid| {
-        (pid == 4242 && known.load(Ordering::SeqCst)).then(|| bannin::event::ProcessInfo {
-            pid,
-            exe: "/usr/bin/rm".into(),
-            ..bannin::event::ProcessInfo::default()
-        })
+    let table = processes();
+    let observer = Observer::new("fanotify", scope, &config, table.clone(), out, tx);
+    (observer, rx, table)
+}
+
+fn learn_unborn(table: &ProcessTable) {
+    table.insert_live(crate::sensors::process::Snapshot {
+        pid: UNBORN,
+        exe: "/usr/bin/rm".into(),
+        cmdline: "rm first".into(),
+        ..Default::default()
     });
-    let observer = Observer::new("fanotify", scope, &config, lookup, out, tx);
-    (observer, rx)
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_event_waits_briefly_for_its_process_to_become_known_keeping_order() {
     let (_guard, dir) = tempdir();
-    let known = Arc::new(AtomicBool::new(false));
-    let (mut observer, mut rx) = late_observer(&dir, known.clone());
-    observer.deleted(&dir.join("first"), Some(4242));
+    let (mut observer, mut rx, table) = late_observer(&dir);
+    observer.deleted(&dir.join("first"), Some(UNBORN));
     observer.deleted(&dir.join("second"), None);
     assert!(
         rx.try_recv().is_err(),
         "nothing goes out before the first is known"
     );
     assert!(observer.waiting());
-    known.store(true, Ordering::SeqCst);
+    learn_unborn(&table);
     observer.pump();
     let first = rx.try_recv().unwrap();
     assert_eq!(first.path(), dir.join("first").to_str());
@@ -339,8 +350,8 @@ async fn an_event_waits_briefly_for_its_process_to_become_known_keeping_order() 
 #[tokio::test(start_paused = true)]
 async fn an_event_whose_process_never_turns_up_goes_out_with_the_pid_alone() {
     let (_guard, dir) = tempdir();
-    let (mut observer, mut rx) = late_observer(&dir, Arc::new(AtomicBool::new(false)));
-    observer.deleted(&dir.join("gone"), Some(4242));
+    let (mut observer, mut rx, _table) = late_observer(&dir);
+    observer.deleted(&dir.join("gone"), Some(UNBORN));
     tokio::time::advance(Duration::from_millis(100)).await;
     observer.pump();
     assert!(rx.try_recv().is_err());
@@ -349,7 +360,7 @@ async fn an_event_whose_process_never_turns_up_goes_out_with_the_pid_alone() {
     let event = rx.try_recv().unwrap();
     let event = file(&event);
     assert!(event.process_known);
-    assert_eq!(event.process.as_ref().unwrap().pid, 4242);
+    assert_eq!(event.process.as_ref().unwrap().pid, UNBORN);
     assert_eq!(event.process.as_ref().unwrap().exe, "");
 }
 
@@ -507,14 +518,7 @@ mod as_root {
 
         let (out, mut rx) = mpsc::channel(4 * files);
         let (tx, _spool) = pipeline::channel("h");
-        let observer = Observer::new(
-            "fanotify",
-            scope,
-            &config,
-            proc_lookup_from_procfs(),
-            out,
-            tx,
-        );
+        let observer = Observer::new("fanotify", scope, &config, processes(), out, tx);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
@@ -555,7 +559,7 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (tx, _rx) = pipeline::channel("h");
-        match spawn(forced, tx, proc_lookup_from_procfs()).await {
+        match spawn(forced, tx, processes()).await {
             Err(FilesError::FanotifyUnavailable { reason }) => {
                 assert!(reason.contains("/proc/sys/fs"), "{reason}")
             }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use bannin::event::NetEvent;
@@ -14,6 +13,7 @@ use super::scope::remote_scope;
 use super::table::{Key, Services, Socket, TCP_CLOSE, outbound, parse_line, read_table};
 use super::{NetSettings, ProcessTable};
 use crate::pipeline::EventTx;
+use crate::sensors::process::os;
 
 /// How long the ends of a connection seen open are remembered, so that its destruction
 /// notice is not reported a second time.
@@ -91,8 +91,7 @@ impl Scanner {
             .filter(|inode| !self.owners.contains_key(inode))
             .collect();
         if !missing.is_empty() {
-            self.connectors
-                .retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            self.connectors.retain(|&pid| os::is_alive(pid));
             let likely = socket_owners(Some(&self.connectors));
             if missing.iter().all(|inode| likely.contains_key(inode)) {
                 self.owners.extend(likely);
@@ -143,13 +142,7 @@ fn socket_owners(only: Option<&BTreeSet<u32>>) -> HashMap<u64, u32> {
     let mut owners = HashMap::new();
     let mut pids: Vec<u32> = match only {
         Some(pids) => pids.iter().copied().collect(),
-        None => {
-            let Ok(proc) = std::fs::read_dir("/proc") else {
-                return owners;
-            };
-            proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        }
+        None => os::pids(),
     };
     pids.sort_unstable();
     for pid in pids {

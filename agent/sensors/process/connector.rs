@@ -20,7 +20,7 @@ use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::time::Instant;
 
-use super::procfs;
+use super::os;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::EventTx;
 use crate::sensors::netlink::{self, NLMSG_HEADER, u16_at, u32_at};
@@ -402,7 +402,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 impl Reader {
     /// Puts every process already running into the table, so their exits can name them.
     fn learn_running(&self) {
-        for pid in procfs::pids() {
+        for pid in os::pids() {
             if let Some(snapshot) = self.table.load(pid) {
                 self.table.insert_live(snapshot);
             }
@@ -501,7 +501,7 @@ impl Reader {
 
     fn exit(&self, pid: u32, status: u32) -> Job {
         // A zombie still has its counters until its parent reaps it; otherwise the last sample.
-        let io = procfs::read_io(pid);
+        let io = os::io(pid);
         let mut entry = self.table.record_exit(pid, io);
         if entry.is_none()
             && let Some(snapshot) = self.table.load(pid)
@@ -576,10 +576,10 @@ impl Reader {
     /// Keeps the I/O counters of running processes fresh and retires processes whose exit was lost.
     fn sample(&self) {
         for pid in self.table.live_pids() {
-            match procfs::read_io(pid) {
+            match os::io(pid) {
                 Some(io) if !self.sample_every.is_zero() => self.table.set_io(pid, io),
                 Some(_) => {}
-                None if !procfs::is_alive(pid) => {
+                None if !os::is_alive(pid) => {
                     self.table.record_exit(pid, None);
                 }
                 None => {}

@@ -2,16 +2,15 @@
 //! file and network sensors ask "who is pid N, and who started it".
 //!
 //! On Linux as root it listens to the kernel's process-events connector ([`connector`]), which sees
-//! every exec and exit however brief. Elsewhere, or without privilege, it polls the process list with
-//! `sysinfo` ([`poll`]) and says in its `sensor.status` event that short-lived processes may be
-//! missed.
+//! every exec and exit however brief. Elsewhere, or without privilege, it polls the process list
+//! ([`poll`]) and says in its `sensor.status` event that short-lived processes may be missed. Both,
+//! and the table, read processes through [`os`]: `/proc` on Linux, `sysinfo` elsewhere.
 
 mod config;
 #[cfg(target_os = "linux")]
 mod connector;
+pub mod os;
 mod poll;
-#[cfg(target_os = "linux")]
-mod procfs;
 mod table;
 
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use std::time::Duration;
 use bannin::event::{SensorEvent, SensorStatus};
 
 pub use config::{Backend, ConfigError, ProcessConfig};
-pub use table::ProcessTable;
+pub use table::{ProcessTable, Snapshot};
 
 use crate::pipeline::EventTx;
 
@@ -200,6 +199,7 @@ async fn start_connector(
 async fn send_status(tx: &EventTx, message: String) -> Result<(), ProcessError> {
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
+        .map(drop)
         .map_err(|_| ProcessError::Closed)
 }
 

@@ -1,4 +1,4 @@
-//! The portable backend: list processes with `sysinfo` every `poll_interval` and report the
+//! The portable backend: list processes every `poll_interval` ([`os::running`]) and report the
 //! differences. A process that starts and exits between two looks is never seen, and an exit code
 //! cannot be known; the sensor's status event says so.
 
@@ -6,112 +6,34 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bannin::event::{ProcessAction, ProcessEvent};
-use bannin::time::Timestamp;
-use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
+use super::os;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::EventTx;
 
 pub const SOURCE: &str = "poll";
 
-/// What `sysinfo` knows of one process, as a table snapshot (user name not yet filled in).
-pub fn snapshot_of(process: &sysinfo::Process) -> Snapshot {
-    let cmdline = process
-        .cmd()
+/// What one look found: every running process's start mark and I/O counters, and a snapshot of
+/// each process the look before did not know.
+struct Look {
+    running: Vec<os::Running>,
+    fresh: Vec<Snapshot>,
+}
+
+/// Lists the running processes and reads those not in `known` (pid to start mark).
+fn look(table: &ProcessTable, known: &HashMap<u32, u64>) -> Look {
+    let running = os::running();
+    let fresh = running
         .iter()
-        .map(|arg| arg.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let start_secs = i64::try_from(process.start_time()).unwrap_or(i64::MAX);
-    Snapshot {
-        pid: process.pid().as_u32(),
-        ppid: process.parent().map(|pid| pid.as_u32()),
-        exe: process
-            .exe()
-            .map(|exe| exe.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        cmdline,
-        uid: uid_of(process),
-        user: String::new(),
-        cwd: process
-            .cwd()
-            .map(|cwd| cwd.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        comm: process.name().to_string_lossy().into_owned(),
-        start_ts: (start_secs > 0).then(|| Timestamp::from_secs(start_secs)),
-        start_ticks: start_ticks(process.pid().as_u32()),
-    }
-}
-
-#[cfg(unix)]
-fn uid_of(process: &sysinfo::Process) -> Option<u32> {
-    process.user_id().map(|uid| **uid)
-}
-
-#[cfg(not(unix))]
-fn uid_of(_process: &sysinfo::Process) -> Option<u32> {
-    None
-}
-
-#[cfg(target_os = "linux")]
-fn start_ticks(pid: u32) -> Option<u64> {
-    super::procfs::read_stat(pid).map(|stat| stat.start_ticks)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_ticks(_pid: u32) -> Option<u64> {
-    None
-}
-
-/// Bytes read and written; on Linux the same counters the connector backend reports.
-#[cfg(target_os = "linux")]
-fn io_of(process: &sysinfo::Process) -> Option<(u64, u64)> {
-    super::procfs::read_io(process.pid().as_u32())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn io_of(process: &sysinfo::Process) -> Option<(u64, u64)> {
-    let usage = process.disk_usage();
-    Some((usage.total_read_bytes, usage.total_written_bytes))
-}
-
-fn refresh_kind() -> ProcessRefreshKind {
-    let kind = ProcessRefreshKind::nothing()
-        .with_exe(UpdateKind::OnlyIfNotSet)
-        .with_cmd(UpdateKind::OnlyIfNotSet)
-        .with_cwd(UpdateKind::OnlyIfNotSet)
-        .with_user(UpdateKind::OnlyIfNotSet)
-        .without_tasks();
-    if cfg!(target_os = "linux") {
-        kind
-    } else {
-        kind.with_disk_usage()
-    }
-}
-
-/// Each process by pid: its start time (to tell a reused pid), snapshot and I/O counters.
-type Listing = HashMap<u32, (u64, Snapshot, Option<(u64, u64)>)>;
-
-/// One look at the process list.
-fn look(system: &mut System) -> Listing {
-    system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
-    system
-        .processes()
-        .values()
-        // Threads and kernel threads are not programs anyone started.
-        .filter(|process| process.thread_kind().is_none())
-        .map(|process| {
-            (
-                process.pid().as_u32(),
-                (process.start_time(), snapshot_of(process), io_of(process)),
-            )
-        })
-        .collect()
+        .filter(|process| known.get(&process.pid) != Some(&process.started))
+        .filter_map(|process| table.load(process.pid))
+        .collect();
+    Look { running, fresh }
 }
 
 /// The poll backend between two looks: what it saw last.
 pub struct Poller {
-    system: System,
+    /// Each process seen by the last look, by pid: its start mark.
     known: HashMap<u32, u64>,
     table: ProcessTable,
 }
@@ -121,7 +43,6 @@ impl Poller {
     /// the table but not reported as new.
     pub async fn start(table: ProcessTable) -> Option<Poller> {
         let mut poller = Poller {
-            system: System::new(),
             known: HashMap::new(),
             table,
         };
@@ -150,54 +71,57 @@ impl Poller {
 
     /// One look: updates the table and returns the events for what changed since the last one.
     async fn step(&mut self) -> Option<Vec<ProcessEvent>> {
-        let mut system = std::mem::take(&mut self.system);
+        let table = self.table.clone();
+        let known = std::mem::take(&mut self.known);
         let looked = tokio::task::spawn_blocking(move || {
-            let current = look(&mut system);
-            (system, current)
+            let look = look(&table, &known);
+            (known, look)
         })
         .await;
-        let current = match looked {
-            Ok((system, current)) => {
-                self.system = system;
-                current
-            }
+        let (known, look) = match looked {
+            Ok(looked) => looked,
             Err(error) => {
                 tracing::error!(%error, "listing processes failed; the poll backend stops");
                 return None;
             }
         };
         let table = &self.table;
-        let first = self.known.is_empty();
+        let first = known.is_empty();
+        let current: HashMap<u32, u64> = look
+            .running
+            .iter()
+            .map(|process| (process.pid, process.started))
+            .collect();
 
         // Exits first: a reused pid's old process exited before its successor started.
-        let exits: Vec<u32> = self
-            .known
-            .iter()
-            .filter(|(pid, started)| current.get(pid).map(|(s, _, _)| s) != Some(started))
-            .map(|(pid, _)| *pid)
-            .collect();
         let mut events = Vec::new();
-        for pid in exits {
-            let entry = table.record_exit(pid, None);
-            events.push(exit_event(table, pid, entry));
-        }
-        for (pid, (started, snapshot, io)) in &current {
-            if self.known.get(pid) != Some(started) {
-                let mut snapshot = snapshot.clone();
-                table.name_user(&mut snapshot);
-                table.insert_live(snapshot);
-                if !first && let Some(event) = start_event(table, *pid) {
-                    events.push(event);
-                }
-            }
-            if let Some(io) = io {
-                table.set_io(*pid, *io);
+        for (&pid, started) in &known {
+            if current.get(&pid) != Some(started) {
+                let entry = table.record_exit(pid, None);
+                events.push(exit_event(table, pid, entry));
             }
         }
-        self.known = current
-            .iter()
-            .map(|(pid, (started, _, _))| (*pid, *started))
+        let mut seen: HashMap<u32, u64> = known
+            .into_iter()
+            .filter(|(pid, started)| current.get(pid) == Some(started))
             .collect();
+        // A new process gone before it could be read was never seen: no start, and no exit.
+        for snapshot in look.fresh {
+            let pid = snapshot.pid;
+            if let Some(&started) = current.get(&pid) {
+                seen.insert(pid, started);
+            }
+            table.insert_live(snapshot);
+            if !first && let Some(event) = start_event(table, pid) {
+                events.push(event);
+            }
+        }
+        for process in &look.running {
+            if let Some(io) = process.io {
+                table.set_io(process.pid, io);
+            }
+        }
+        self.known = seen;
         Some(events)
     }
 }

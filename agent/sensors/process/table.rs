@@ -2,7 +2,7 @@
 //!
 //! The process sensor's backend keeps it current (every exec, fork and exit from the connector, or
 //! every poll); other sensors only ask. A question about a pid the table has never seen is answered
-//! from `/proc` and the answer kept. Exited processes are remembered for a while, so an event that
+//! from the operating system ([`super::os`]) and the answer kept. Exited processes are remembered for a while, so an event that
 //! arrives after its process has gone (a file deleted by a one-second `rm`) still names it, and so do
 //! the ancestry lines of its children.
 
@@ -15,6 +15,7 @@ use bannin::time::Timestamp;
 use tokio::time::Instant;
 
 use super::config::ProcessConfig;
+use super::os;
 
 /// Ancestry lines longer than this are cut: real trees are shallow, and a loop in remembered data
 /// must not hang a caller.
@@ -37,8 +38,10 @@ pub struct Snapshot {
     /// The kernel's short command name, readable even from a zombie.
     pub comm: String,
     pub start_ts: Option<Timestamp>,
-    /// Clock ticks after boot (Linux): tells a reused pid from the process the table remembers.
-    pub start_ticks: Option<u64>,
+    /// When it started, in the platform's own unit (clock ticks after boot on Linux, seconds after
+    /// the epoch elsewhere): tells a reused pid from the process the table remembers, and a later
+    /// parent from a real one. Only ever compared with marks read on the same host.
+    pub started: Option<u64>,
 }
 
 impl Snapshot {
@@ -75,8 +78,8 @@ impl Snapshot {
     }
 
     /// Whether `other` can be this very process: a snapshot without a start time cannot tell.
-    fn same_process(&self, start_ticks: Option<u64>) -> bool {
-        match (self.start_ticks, start_ticks) {
+    fn same_process(&self, started: Option<u64>) -> bool {
+        match (self.started, started) {
             (Some(mine), Some(theirs)) => mine == theirs,
             _ => true,
         }
@@ -95,8 +98,12 @@ struct Inner {
     entries: HashMap<u32, Entry>,
     /// Exited processes, oldest first: when each exited and which process it was.
     exited: VecDeque<(Instant, u32, Option<u64>)>,
+    /// Account names by uid: the account database is far slower than the events asking.
     users: HashMap<u32, String>,
 }
+
+/// More distinct uids than this and the name cache starts again.
+const MAX_USERS: usize = 4096;
 
 /// A shared, cheap-to-clone view of the host's processes, present and recently exited.
 #[derive(Clone)]
@@ -142,20 +149,20 @@ impl ProcessTable {
 
     /// Who pid `pid` is (or was, if it exited recently), with its ancestry, parent first.
     ///
-    /// A running process is checked against `/proc` (one small read) so that a reused pid, or a
-    /// program replaced by exec, is not mistaken for what the table remembers; an exited one is
+    /// A running process is checked against the system (one small read) so that a reused pid, or
+    /// a program replaced by exec, is not mistaken for what the table remembers; an exited one is
     /// answered from memory.
     pub fn info(&self, pid: u32) -> Option<ProcessInfo> {
-        let live = live_identity(pid);
+        let live = os::identity(pid);
         let known = {
             let inner = self.lock();
             match inner.entries.get(&pid) {
                 // A changed command name means an exec the table has not heard of; an empty
                 // command line, a snapshot taken in the middle of one.
                 Some(entry) => match &live {
-                    Some((ticks, comm)) => {
-                        entry.snapshot.same_process(Some(*ticks))
-                            && entry.snapshot.comm == *comm
+                    Some(live) => {
+                        entry.snapshot.same_process(Some(live.started))
+                            && entry.snapshot.comm == live.comm
                             && !entry.snapshot.cmdline.is_empty()
                     }
                     None => true,
@@ -184,7 +191,7 @@ impl ProcessTable {
         describe(&self.lock(), snapshot)
     }
 
-    /// Reads each ancestor the table does not know yet from `/proc`, outside the lock.
+    /// Reads each ancestor the table does not know yet from the system, outside the lock.
     fn load_missing_ancestors(&self, pid: u32) {
         let mut current = pid;
         for _ in 0..MAX_ANCESTRY {
@@ -214,23 +221,26 @@ impl ProcessTable {
 
     /// A fresh snapshot of a running process, with its user's name.
     pub(crate) fn load(&self, pid: u32) -> Option<Snapshot> {
-        let mut snapshot = read_live(pid)?;
-        self.name_user(&mut snapshot);
+        let mut snapshot = os::snapshot(pid)?;
+        if let Some(uid) = snapshot.uid {
+            snapshot.user = self.user_name(uid);
+        }
         Some(snapshot)
     }
 
-    /// Fills in `user` from `uid`, asking the system's user database once per uid.
-    pub(crate) fn name_user(&self, snapshot: &mut Snapshot) {
-        let Some(uid) = snapshot.uid else {
-            return;
-        };
+    /// The account name of `uid` (a process's or a file owner's), asking the system's account
+    /// database once per uid; the number when the database does not know it.
+    pub fn user_name(&self, uid: u32) -> String {
         if let Some(name) = self.lock().users.get(&uid) {
-            snapshot.user = name.clone();
-            return;
+            return name.clone();
         }
-        let name = user_name(uid);
-        self.lock().users.insert(uid, name.clone());
-        snapshot.user = name;
+        let name = os::user_name(uid);
+        let mut inner = self.lock();
+        if inner.users.len() >= MAX_USERS {
+            inner.users.clear();
+        }
+        inner.users.insert(uid, name.clone());
+        name
     }
 
     /// Records a process that exec'd or was found running, replacing whatever had its pid.
@@ -239,7 +249,7 @@ impl ProcessTable {
         let io = inner
             .entries
             .get(&snapshot.pid)
-            .filter(|old| !old.exited && old.snapshot.same_process(snapshot.start_ticks))
+            .filter(|old| !old.exited && old.snapshot.same_process(snapshot.started))
             .and_then(|old| old.io);
         inner.entries.insert(
             snapshot.pid,
@@ -266,7 +276,7 @@ impl ProcessTable {
         snapshot.pid = child;
         snapshot.ppid = Some(parent);
         snapshot.start_ts = Some(Timestamp::now());
-        snapshot.start_ticks = None;
+        snapshot.started = None;
         inner.entries.insert(
             child,
             Entry {
@@ -304,9 +314,7 @@ impl ProcessTable {
             entry.io = io;
         }
         let copy = entry.clone();
-        inner
-            .exited
-            .push_back((now, pid, copy.snapshot.start_ticks));
+        inner.exited.push_back((now, pid, copy.snapshot.started));
         self.prune(&mut inner, now);
         Some(copy)
     }
@@ -337,7 +345,7 @@ impl ProcessTable {
     }
 
     fn prune(&self, inner: &mut Inner, now: Instant) {
-        while let Some(&(when, pid, ticks)) = inner.exited.front() {
+        while let Some(&(when, pid, started)) = inner.exited.front() {
             let too_many = inner.exited.len() > self.remember_exited;
             let too_old = now.saturating_duration_since(when) > self.remember_for;
             if !too_many && !too_old {
@@ -348,7 +356,7 @@ impl ProcessTable {
             if inner
                 .entries
                 .get(&pid)
-                .is_some_and(|e| e.exited && e.snapshot.start_ticks == ticks)
+                .is_some_and(|e| e.exited && e.snapshot.started == started)
             {
                 inner.entries.remove(&pid);
             }
@@ -374,9 +382,9 @@ fn describe(inner: &Inner, snapshot: &Snapshot) -> ProcessInfo {
             break;
         };
         // A parent that started after its child is a later process that reused the pid.
-        if let (Some(parent_ticks), Some(child_ticks)) =
-            (parent.snapshot.start_ticks, child.start_ticks)
-            && parent_ticks > child_ticks
+        if let (Some(parent_started), Some(child_started)) =
+            (parent.snapshot.started, child.started)
+            && parent_started > child_started
         {
             break;
         }
@@ -384,53 +392,6 @@ fn describe(inner: &Inner, snapshot: &Snapshot) -> ProcessInfo {
         child = &parent.snapshot;
     }
     info
-}
-
-#[cfg(target_os = "linux")]
-fn live_identity(pid: u32) -> Option<(u64, String)> {
-    super::procfs::read_stat(pid).map(|stat| (stat.start_ticks, stat.comm))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn live_identity(_pid: u32) -> Option<(u64, String)> {
-    None
-}
-
-#[cfg(target_os = "linux")]
-fn read_live(pid: u32) -> Option<Snapshot> {
-    super::procfs::read_snapshot(pid)
-}
-
-/// Elsewhere the poll backend fills the table; a pid it has not listed yet is read through sysinfo.
-#[cfg(not(target_os = "linux"))]
-fn read_live(pid: u32) -> Option<Snapshot> {
-    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
-    let mut system = System::new();
-    let target = Pid::from_u32(pid);
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::Some(&[target]),
-        true,
-        ProcessRefreshKind::nothing()
-            .with_exe(UpdateKind::Always)
-            .with_cmd(UpdateKind::Always)
-            .with_cwd(UpdateKind::Always)
-            .with_user(UpdateKind::Always),
-    );
-    system.process(target).map(super::poll::snapshot_of)
-}
-
-#[cfg(unix)]
-fn user_name(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => user.name,
-        // An account missing from the user database is still worth naming.
-        _ => uid.to_string(),
-    }
-}
-
-#[cfg(not(unix))]
-fn user_name(uid: u32) -> String {
-    uid.to_string()
 }
 
 #[cfg(test)]
@@ -486,7 +447,7 @@ mod tests {
         assert!(info.cmdline.contains("sleep 30"), "{info:?}");
         assert!(info.exe.ends_with("sleep"), "{info:?}");
         assert_eq!(info.uid, Some(nix::unistd::getuid().as_raw()));
-        assert_eq!(info.user, user_name(nix::unistd::getuid().as_raw()));
+        assert_eq!(info.user, os::user_name(nix::unistd::getuid().as_raw()));
         let ancestry: Vec<u32> = info.ancestry.iter().map(|a| a.pid).collect();
         assert_eq!(ancestry[..2], [shell_pid, std::process::id()], "{info:?}");
         assert!(info.ancestry[0].cmdline.contains("sleep 30 & echo"));
@@ -499,16 +460,12 @@ mod tests {
         )
         .unwrap();
         drop(shell);
-        wait_until("the sleeper to be reaped", WAIT, || !procfs_alive(sleeper));
+        // A zombie still counts as alive; only a reaped process is gone.
+        wait_until("the sleeper to be reaped", WAIT, || !os::is_alive(sleeper));
         table.record_exit(sleeper, None);
         let remembered = table.info(sleeper).unwrap();
         assert_eq!(remembered.ppid, Some(shell_pid));
         assert_eq!(remembered.ancestry[0].pid, shell_pid);
-    }
-
-    fn procfs_alive(pid: u32) -> bool {
-        // A zombie still has a stat file; only a reaped process is gone.
-        super::super::procfs::read_stat(pid).is_some()
     }
 
     #[test]
@@ -546,7 +503,7 @@ mod tests {
     fn a_snapshot_taken_mid_exec_is_read_again() {
         let table = ProcessTable::new(100, Duration::from_secs(60));
         let me = std::process::id();
-        let mut partial = read_live(me).unwrap();
+        let mut partial = os::snapshot(me).unwrap();
         partial.cmdline.clear();
         table.insert_live(partial);
         assert!(!table.info(me).unwrap().cmdline.is_empty());
@@ -559,7 +516,7 @@ mod tests {
         table.insert_live(Snapshot {
             pid: me,
             exe: "/old/program".into(),
-            start_ticks: Some(1),
+            started: Some(1),
             ..Snapshot::default()
         });
         let info = table.info(me).unwrap();
@@ -594,7 +551,7 @@ mod tests {
         for pid in 4_000_000..4_000_010 {
             table.insert_live(Snapshot {
                 pid,
-                start_ticks: Some(u64::from(pid)),
+                started: Some(u64::from(pid)),
                 ..Snapshot::default()
             });
             table.record_exit(pid, Some((1, 2)));

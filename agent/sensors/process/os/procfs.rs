@@ -1,4 +1,4 @@
-//! Reading one process from Linux's `/proc`.
+//! Processes from Linux's `/proc`.
 //!
 //! Every reader tolerates the process vanishing half-way: a short-lived process is often gone (or a
 //! zombie without memory) by the time anyone looks, and whatever could be read is still worth keeping.
@@ -8,26 +8,31 @@ use std::sync::OnceLock;
 
 use bannin::time::Timestamp;
 
-use super::table::Snapshot;
+use super::{Identity, Running};
+use crate::sensors::process::Snapshot;
 
 /// `/proc` reports times in USER_HZ, which the kernel fixes at 100 for this ABI on every architecture
 /// Linux runs on, whatever its internal HZ.
 const USER_HZ: u64 = 100;
 
+/// `PF_KTHREAD` in the `flags` field of `stat`: a kernel thread, which no one started.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// What `/proc/<pid>/stat` says, which stays readable even for a zombie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stat {
-    pub comm: String,
-    pub ppid: u32,
+struct Stat {
+    comm: String,
+    ppid: u32,
+    kernel_thread: bool,
     /// Clock ticks after boot: with the pid, it names one process for the machine's uptime.
-    pub start_ticks: u64,
+    start_ticks: u64,
 }
 
 fn proc_path(pid: u32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
-pub fn read_stat(pid: u32) -> Option<Stat> {
+fn read_stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(proc_path(pid, "stat")).ok()?;
     parse_stat(&text)
 }
@@ -41,16 +46,26 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     // rest[0] is field 3 (state), so field N is rest[N - 3].
     let ppid = rest.get(1)?.parse().ok()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
     let start_ticks = rest.get(19)?.parse().ok()?;
     Some(Stat {
         comm,
         ppid,
+        kernel_thread: flags & PF_KTHREAD != 0,
         start_ticks,
     })
 }
 
+/// The start time and command name of a running (or zombie) process: one small read.
+pub fn identity(pid: u32) -> Option<Identity> {
+    read_stat(pid).map(|stat| Identity {
+        started: stat.start_ticks,
+        comm: stat.comm,
+    })
+}
+
 /// Everything the process sensor records about a process, or `None` when even its `stat` is gone.
-pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
+pub fn snapshot(pid: u32) -> Option<Snapshot> {
     // The program and its arguments first: a short-lived process may be gone a moment later,
     // and they are what an audit needs most.
     let exe = std::fs::read_link(proc_path(pid, "exe"))
@@ -77,7 +92,7 @@ pub fn read_snapshot(pid: u32) -> Option<Snapshot> {
         cwd,
         comm: stat.comm,
         start_ts: start_time(stat.start_ticks),
-        start_ticks: Some(stat.start_ticks),
+        started: Some(stat.start_ticks),
     })
 }
 
@@ -94,7 +109,7 @@ fn join_cmdline(raw: &[u8]) -> String {
     joined
 }
 
-/// The real uid, the first of the four on the `Uid:` line.
+/// The real uid, the first of the four on the `Uid:` line (real, effective, saved, filesystem).
 fn parse_uid(status: &str) -> Option<u32> {
     status
         .lines()
@@ -106,7 +121,7 @@ fn parse_uid(status: &str) -> Option<u32> {
 /// Bytes passed through read and write system calls (`rchar`, `wchar`): unlike `read_bytes`, these
 /// count data served from the page cache, pipes and sockets, which is what "how much did it read"
 /// means for an audit.
-pub fn read_io(pid: u32) -> Option<(u64, u64)> {
+pub fn io(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(proc_path(pid, "io")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -120,12 +135,28 @@ pub fn is_alive(pid: u32) -> bool {
     proc_path(pid, "stat").exists()
 }
 
-/// Every process id in `/proc` (threads are not listed there, only under `task/`).
+/// Every process id in `/proc`, kernel threads included (threads are not listed there, only
+/// under `task/`).
 pub fn pids() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every process running now, without kernel threads: programs someone started.
+pub fn running() -> Vec<Running> {
+    pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = read_stat(pid).filter(|stat| !stat.kernel_thread)?;
+            Some(Running {
+                pid,
+                started: stat.start_ticks,
+                io: io(pid),
+            })
+        })
         .collect()
 }
 
@@ -157,13 +188,34 @@ mod tests {
         let stat = parse_stat(line).unwrap();
         assert_eq!(stat.comm, "we (ird) name");
         assert_eq!(stat.ppid, 17);
+        assert!(!stat.kernel_thread);
         assert_eq!(stat.start_ticks, 987_654);
+    }
+
+    #[test]
+    fn kernel_threads_are_not_running_programs() {
+        let kernel_threads: std::collections::HashSet<u32> = pids()
+            .into_iter()
+            .filter(|&pid| read_stat(pid).is_some_and(|stat| stat.kernel_thread))
+            .collect();
+        // Outside a pid namespace the kernel's threads are visible, kthreadd as pid 2.
+        if read_stat(2).is_some_and(|stat| stat.comm == "kthreadd") {
+            assert!(kernel_threads.contains(&2));
+        }
+        let running = running();
+        assert!(running.iter().all(|p| !kernel_threads.contains(&p.pid)));
+        let me = running
+            .iter()
+            .find(|process| process.pid == std::process::id())
+            .unwrap();
+        assert_eq!(me.started, identity(me.pid).unwrap().started);
+        assert!(me.io.is_some());
     }
 
     #[test]
     fn reads_this_very_process() {
         let me = std::process::id();
-        let snapshot = read_snapshot(me).unwrap();
+        let snapshot = snapshot(me).unwrap();
         assert_eq!(snapshot.pid, me);
         assert_eq!(snapshot.ppid, Some(std::os::unix::process::parent_id()));
         assert_eq!(
@@ -173,7 +225,7 @@ mod tests {
         assert!(snapshot.cmdline.contains(&snapshot.exe) || !snapshot.cmdline.is_empty());
         assert_eq!(snapshot.uid, Some(nix::unistd::getuid().as_raw()));
         assert!(snapshot.start_ts.unwrap() <= Timestamp::now());
-        let (read, _written) = read_io(me).unwrap();
+        let (read, _written) = io(me).unwrap();
         assert!(read > 0, "this test binary has read its own files");
         assert!(pids().contains(&me));
     }
