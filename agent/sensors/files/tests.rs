@@ -255,16 +255,16 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let actions = translator.translate(Ok(overflow));
     assert_eq!(actions, vec![notify_backend::Action::Overflow]);
     observer.overflow("queue overflowed", None);
-    let reported = rx.recv().await.unwrap();
+    let reported = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(reported.kind(), "sensor.overflow");
     assert!(sensor(&reported).count_unknown);
     assert_eq!(serde_json::to_value(&reported).unwrap()["count"], "unknown");
-    let recovered = rx.recv().await.unwrap();
+    let recovered = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(recovered.kind(), "sensor.recovered");
     assert_eq!(sensor(&recovered).count, 1);
     std::fs::remove_file(&old).unwrap();
     observer.deleted(&old, None);
-    let deleted = rx.recv().await.unwrap();
+    let deleted = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(file(&deleted).size, Some(777));
 }
 
@@ -284,7 +284,7 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
     for _ in 0..3 {
         observer.deleted(&dir.join("x"), None);
     }
-    assert!(rx.recv().await.is_some());
+    assert!(timeout(WAIT, rx.recv()).await.unwrap().is_some());
     let report = timeout(WAIT, spool.recv()).await.unwrap().unwrap();
     assert_eq!(report.kind(), "sensor.overflow");
     assert_eq!(sensor(&report).count, 2);
