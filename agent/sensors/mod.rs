@@ -8,9 +8,11 @@ mod handle;
 pub mod net;
 #[cfg(target_os = "linux")]
 mod netlink;
+mod notice;
 pub mod process;
 
 pub use handle::{SensorContext, SensorHandle, Stop};
+pub use notice::Notice;
 
 /// Every sensor's checked configuration, made when the configuration is loaded
 /// ([`crate::config::AgentConfig::settings`]), so a section that cannot work stops the agent

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use bannin::event::{Event, SensorEvent, SensorStatus};
 
-use crate::sensors::{SensorContext, SensorHandle, Stop};
+use crate::sensors::{Notice, SensorContext, SensorHandle, Stop};
 
 pub use config::{DatabaseConfig, Settings as DbSettings, settings};
 use source::Source;
@@ -76,9 +76,8 @@ pub async fn spawn(
         })
         .collect();
     if let Some(problem) = load_problem {
-        let mut event = SensorEvent::new(SensorStatus::Error, SENSOR, problem);
-        event.path = path.display().to_string();
-        let _ = tx.send(event).await;
+        let notice = Notice::error(SENSOR, problem).path(path.display());
+        let _ = tx.send(notice.logged()).await;
     }
     let stop = Stop::default();
     let task_stop = stop.clone();

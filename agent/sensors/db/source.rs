@@ -9,6 +9,7 @@ use bannin::time::Timestamp;
 use tokio::time::Instant;
 
 use super::SENSOR;
+use crate::sensors::Notice;
 use super::config::{DbKind, Settings, StartAt};
 use super::draft::{Draft, ParseCtx};
 use super::locator::postgres_locator;
@@ -228,17 +229,19 @@ impl Source {
         }
         self.garbled_reported = Some(now);
         let count = std::mem::take(&mut self.garbled);
-        let mut event = SensorEvent::new(
-            SensorStatus::Error,
+        let notice = Notice::error(
             SENSOR,
             format!(
                 "{count} unparseable records in the log of database {}",
                 self.settings.name
             ),
         );
-        event.count = count;
-        event.path = self.settings.log.display().to_string();
-        Some(event)
+        Some(
+            notice
+                .count(count)
+                .path(self.settings.log.display())
+                .logged(),
+        )
     }
 }
 
@@ -253,28 +256,17 @@ fn report_failing(
     if failing.as_deref() == Some(message.as_str()) {
         return;
     }
-    tracing::warn!(database = name, %error, "cannot read database log; retrying");
-    let mut event = SensorEvent::new(
-        SensorStatus::Error,
-        SENSOR,
-        format!("database {name}: {message}; retrying"),
-    );
-    event.count = 1;
-    event.path = path.display().to_string();
-    outcome.sensor.push(event);
+    let notice = Notice::error(SENSOR, format!("database {name}: {message}; retrying"));
+    outcome
+        .sensor
+        .push(notice.count(1).path(path.display()).logged());
     *failing = Some(message);
 }
 
 fn report_recovered(failing: &mut Option<String>, name: &str, path: &Path, outcome: &mut Outcome) {
     if failing.take().is_some() {
-        tracing::info!(database = name, "database log readable again");
-        let mut event = SensorEvent::new(
-            SensorStatus::Recovered,
-            SENSOR,
-            format!("database {name}: log readable again"),
-        );
-        event.path = path.display().to_string();
-        outcome.sensor.push(event);
+        let notice = Notice::recovered(SENSOR, format!("database {name}: log readable again"));
+        outcome.sensor.push(notice.path(path.display()).logged());
     }
 }
 
@@ -285,24 +277,20 @@ fn note_event(name: &str, note: Note) -> Option<SensorEvent> {
             None
         }
         Note::Truncated { path } => {
-            let mut event = SensorEvent::new(
-                SensorStatus::Status,
+            let notice = Notice::status(
                 SENSOR,
                 format!("database {name}: log was truncated; reading it from the beginning"),
             );
-            event.path = path.display().to_string();
-            Some(event)
+            Some(notice.path(path.display()).logged())
         }
         Note::PositionLost { path } => {
-            let mut event = SensorEvent::new(
-                SensorStatus::Error,
+            let notice = Notice::error(
                 SENSOR,
                 format!(
                     "database {name}: the saved log file is gone; lines written to it after the last save may be lost"
                 ),
             );
-            event.path = path.display().to_string();
-            Some(event)
+            Some(notice.path(path.display()).logged())
         }
     }
 }

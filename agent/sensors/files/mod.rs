@@ -127,7 +127,6 @@ fn start(
         "{backend}: {why}; watching [{}]",
         watching.join(", ")
     ));
-    tracing::info!(backend, "file sensor: {why}");
     for (root, reason) in missing {
         observer.error(format!("cannot watch {}: {reason}", root.display()), &root);
     }

@@ -15,8 +15,9 @@ use tokio::time::{Duration, Instant};
 
 use super::classify::{self, MAGIC_BYTES};
 use super::sizes::{Facts, Remembered, SizeCache};
-use super::{FilesConfig, FilesError};
+use super::{FilesConfig, FilesError, SENSOR};
 use crate::pipeline::{EventTx, LossySender};
+use crate::sensors::Notice;
 use crate::sensors::process::ProcessTable;
 
 /// A rescan walks whole trees; under a sustained overflow storm one per this long is enough.
@@ -487,22 +488,20 @@ impl Observer {
     }
 
     pub fn status(&mut self, message: String) {
-        self.emit(SensorEvent::new(SensorStatus::Status, "files", message));
+        self.emit(Notice::status(SENSOR, message).logged());
     }
 
     pub fn error(&mut self, message: String, path: &Path) {
-        tracing::warn!(path = %path.display(), "{message}");
-        let mut event = SensorEvent::new(SensorStatus::Error, "files", message);
-        event.path = escape_path(path).0;
-        self.emit(event);
+        self.emit(
+            Notice::error(SENSOR, message)
+                .path(escape_path(path).0)
+                .logged(),
+        );
     }
 
     /// An error that stands for `count` lost events.
     pub fn error_count(&mut self, message: String, count: u64) {
-        tracing::warn!(count, "{message}");
-        let mut event = SensorEvent::new(SensorStatus::Error, "files", message);
-        event.count = count;
-        self.emit(event);
+        self.emit(Notice::error(SENSOR, message).count(count).logged());
     }
 
     /// The remembered path of a file by its inode (a scan, for the rare file whose path the
@@ -521,16 +520,12 @@ impl Observer {
     /// The kernel lost events: say so (with how many, where the kernel counts them, else that
     /// the number is unknown), then rescan so what the lost events would have said is reported.
     pub fn overflow(&mut self, message: &str, count: Option<u64>) {
-        tracing::warn!(
-            count = count.map_or_else(|| "unknown".to_string(), |c| c.to_string()),
-            "{message}"
-        );
-        let mut event = SensorEvent::new(SensorStatus::Overflow, "files", message);
-        match count {
-            Some(count) => event.count = count,
-            None => event.count_unknown = true,
-        }
-        self.emit(event);
+        let notice = Notice::overflow(SENSOR, message);
+        let notice = match count {
+            Some(count) => notice.count(count),
+            None => notice.count_unknown(),
+        };
+        self.emit(notice.logged());
         self.rescan_owed = true;
         self.rescan_if_due();
     }
@@ -547,13 +542,14 @@ impl Observer {
         self.rescan_owed = false;
         self.last_rescan = Some(Instant::now());
         let files = self.reconcile();
-        let mut done = SensorEvent::new(
-            SensorStatus::Recovered,
-            "files",
-            format!("rescanned the watched trees after an overflow: {files} files"),
+        self.emit(
+            Notice::recovered(
+                SENSOR,
+                format!("rescanned the watched trees after an overflow: {files} files"),
+            )
+            .count(files as u64)
+            .logged(),
         );
-        done.count = files as u64;
-        self.emit(done);
     }
 
     /// Walks the watched trees at start and remembers the facts of every file of at least

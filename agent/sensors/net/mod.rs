@@ -17,13 +17,12 @@ mod scanner;
 mod scope;
 mod table;
 
-use bannin::event::{SensorEvent, SensorStatus};
 
 pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;
 use crate::pipeline::{self, EventTx};
-use crate::sensors::{SensorContext, SensorHandle, Stop};
+use crate::sensors::{Notice, SensorContext, SensorHandle, Stop};
 
 const SENSOR: &str = "network";
 
@@ -74,8 +73,7 @@ async fn start(
             None,
         ),
     };
-    tracing::info!(backend = "procfs", %message, "network sensor started");
-    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+    tx.send(Notice::status(SENSOR, message).logged())
         .await
         .map_err(|_| NetError::Closed)?;
     // The scanner holds nothing that needs handing on: the stop signal drops it where it waits.
@@ -95,8 +93,7 @@ async fn start(
     _handle: &mut SensorHandle,
 ) -> Result<(), NetError> {
     let message = "outbound connections are only watched on Linux";
-    tracing::warn!(message);
-    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+    tx.send(Notice::status(SENSOR, message).logged())
         .await
         .map_err(|_| NetError::Closed)?;
     Ok(())

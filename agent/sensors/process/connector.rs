@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::os;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::{self, EventTx, LossySender};
-use crate::sensors::Stop;
+use crate::sensors::{Notice, Stop};
 use crate::sensors::netlink::{self, NLMSG_HEADER, u16_at, u32_at};
 
 const AF_NETLINK: i32 = 16;
@@ -424,13 +424,11 @@ impl Reader {
                 Err(error) if is_timeout(&error) => {}
                 Err(error) if is_overflow(&error) => self.overflowed = true,
                 Err(error) => {
-                    tracing::error!(%error, "reading process events failed; the sensor stops");
-                    let event = SensorEvent::new(
-                        SensorStatus::Error,
+                    let notice = Notice::error(
                         "process",
                         format!("reading process events failed: {error}"),
                     );
-                    self.queue(Job::Report(event));
+                    self.queue(Job::Report(notice.logged()));
                     return;
                 }
             }
@@ -534,16 +532,15 @@ impl Reader {
         if now >= self.next_report {
             self.next_report = now + REPORT_EVERY;
             if self.lost > 0 || self.overflowed {
-                let mut event = SensorEvent::new(
-                    SensorStatus::Overflow,
+                let event = Notice::overflow(
                     "process",
                     format!(
                         "the kernel dropped {} process events because the agent's socket was full",
                         self.lost
                     ),
-                );
-                event.count = self.lost;
-                tracing::warn!(lost = self.lost, "process events lost");
+                )
+                .count(self.lost)
+                .logged();
                 self.lost = 0;
                 self.overflowed = false;
                 if !self.queue(Job::Report(event)) {

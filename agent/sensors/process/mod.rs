@@ -15,13 +15,12 @@ mod table;
 
 use std::time::Duration;
 
-use bannin::event::{SensorEvent, SensorStatus};
 
 pub use config::{Backend, ConfigError, ProcessConfig};
 pub use table::{ProcessTable, Snapshot};
 
 use crate::pipeline::EventTx;
-use crate::sensors::{SensorContext, SensorHandle, Stop};
+use crate::sensors::{Notice, SensorContext, SensorHandle, Stop};
 
 /// The sensor's name in `sensor.*` events and drop counts.
 const SENSOR: &str = "process";
@@ -72,7 +71,6 @@ pub async fn spawn(
                 handle.add_thread(thread);
             }
             let message = "process events from the kernel's proc connector: every exec and exit";
-            tracing::info!(backend = "proc_connector", "process sensor started");
             send_status(&tx, message.to_string()).await?;
             return Ok(handle);
         }
@@ -90,7 +88,6 @@ pub async fn spawn(
             human(interval)
         ),
     };
-    tracing::info!(backend = "poll", %message, "process sensor started");
     let mut handle = SensorHandle::new(SENSOR, poll::SOURCE, stop);
     let poller = poll::Poller::start(table.clone())
         .await
@@ -155,7 +152,7 @@ async fn start_connector(
 }
 
 async fn send_status(tx: &EventTx, message: String) -> Result<(), ProcessError> {
-    tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
+    tx.send(Notice::status(SENSOR, message).logged())
         .await
         .map(drop)
         .map_err(|_| ProcessError::Closed)
