@@ -32,7 +32,7 @@ mod totals;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bannin::event::{Event, SensorEvent, SensorStatus};
+use bannin::event::Event;
 
 use crate::sensors::{Notice, SensorContext, SensorHandle, Stop};
 

@@ -4,18 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bannin::event::{DbEvent, SensorEvent, SensorStatus};
+use bannin::event::{DbEvent, SensorEvent};
 use bannin::time::Timestamp;
 use tokio::time::Instant;
 
 use super::SENSOR;
-use crate::sensors::Notice;
 use super::config::{DbKind, Settings, StartAt};
 use super::draft::{Draft, ParseCtx};
 use super::locator::postgres_locator;
 use super::state::SourceState;
 use super::tail::{Body, Follower, Framing, Locator, Note, TailError};
 use super::{mariadb, postgres};
+use crate::sensors::Notice;
 
 /// Unparseable records are reported at most this often per database.
 const GARBLED_REPORT_INTERVAL: Duration = Duration::from_secs(60);

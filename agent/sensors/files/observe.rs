@@ -7,9 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use bannin::event::{
-    Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
-};
+use bannin::event::{Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo};
 use globset::GlobSet;
 use tokio::time::{Duration, Instant};
 

@@ -17,7 +17,6 @@ mod scanner;
 mod scope;
 mod table;
 
-
 pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;

@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent, SensorStatus};
+use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent};
 use nix::sys::socket::{MsgFlags, NetlinkAddr, bind, recv, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::time::Instant;
@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use super::os;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::{self, EventTx, LossySender};
-use crate::sensors::{Notice, Stop};
 use crate::sensors::netlink::{self, NLMSG_HEADER, u16_at, u32_at};
+use crate::sensors::{Notice, Stop};
 
 const AF_NETLINK: i32 = 16;
 const NETLINK_CONNECTOR: i32 = 11;
@@ -424,10 +424,8 @@ impl Reader {
                 Err(error) if is_timeout(&error) => {}
                 Err(error) if is_overflow(&error) => self.overflowed = true,
                 Err(error) => {
-                    let notice = Notice::error(
-                        "process",
-                        format!("reading process events failed: {error}"),
-                    );
+                    let notice =
+                        Notice::error("process", format!("reading process events failed: {error}"));
                     self.queue(Job::Report(notice.logged()));
                     return;
                 }
@@ -579,6 +577,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bannin::event::SensorStatus;
 
     fn cn_message(seq: u32, ack: u32, what: u32, cpu: u32, data: &[u32]) -> Vec<u8> {
         let mut event = Vec::new();

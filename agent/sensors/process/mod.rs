@@ -15,7 +15,6 @@ mod table;
 
 use std::time::Duration;
 
-
 pub use config::{Backend, ConfigError, ProcessConfig};
 pub use table::{ProcessTable, Snapshot};
 
