@@ -143,6 +143,7 @@ impl EventTx {
     }
 
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
+    #[cfg(target_os = "linux")]
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
         let number = self.tickets.issue();
         let mut event = Event::now(self.host.to_string(), body);

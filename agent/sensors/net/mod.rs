@@ -14,7 +14,10 @@ mod config;
 mod destroy;
 #[cfg(target_os = "linux")]
 mod scanner;
+// Only Linux's socket tables are read; elsewhere the sensor says so and watches nothing.
+#[cfg(target_os = "linux")]
 mod scope;
+#[cfg(target_os = "linux")]
 mod table;
 
 use std::sync::Arc;
