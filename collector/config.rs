@@ -58,6 +58,8 @@ pub struct CollectorConfig {
     pub detection: DetectConfig,
     pub metrics: crate::metrics::MetricsConfig,
     pub retention: crate::retention::RetentionConfig,
+    /// `[checkpoints]`: signed statements of what the store holds, sent off the box.
+    pub checkpoints: crate::checkpoint::CheckpointConfig,
 }
 
 impl CollectorConfig {
@@ -90,6 +92,9 @@ impl CollectorConfig {
         if self.server.handshake_timeout.is_zero() {
             return Err(invalid("server.handshake_timeout must be more than 0s"));
         }
+        self.checkpoints
+            .validate()
+            .map_err(|message| invalid(&message))?;
         self.alerts
             .validate()
             .map_err(|error| invalid(&error.to_string()))?;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod alert;
+mod checkpoint;
 mod config;
 mod detect;
 mod detection;
@@ -69,7 +70,7 @@ enum Command {
     /// Refuse an agent or an operator from now on (a running collector applies it within a second).
     Revoke(query::RevokeArgs),
     /// Re-verify every stored event's hash chain and signatures; exit 1 naming each problem.
-    Verify(DataDirArg),
+    Verify(VerifyArgs),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -87,10 +88,14 @@ enum TokenCommand {
 }
 
 #[derive(clap::Args)]
-struct DataDirArg {
+struct VerifyArgs {
     /// The collector's data directory.
     #[arg(long)]
     data_dir: PathBuf,
+    /// A file of signed checkpoints (`[checkpoints] file`): also prove the store still holds
+    /// everything they vouch for.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -193,7 +198,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ca_pem: std::fs::read_to_string(args.data_dir.join(serve::CA_CERT))
                     .map_err(|error| format!("cannot read {}: {error}", serve::CA_CERT)),
             };
-            let report = store::verify::verify(&conn, &trust)?;
+            // Read before the store, so a file that cannot be read is a usage error, not a finding.
+            let checkpoints = args
+                .checkpoints
+                .as_deref()
+                .map(checkpoint::read)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let mut report = store::verify::verify(&conn, &trust)?;
+            if let Some(lines) = &checkpoints {
+                store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
+            }
             let mut out = std::io::stdout().lock();
             present::table::verify(&mut out, &report)?;
             std::io::Write::flush(&mut out)?;

@@ -58,13 +58,15 @@ struct Counters {
     retention_batches: Counter,
     detection_state_evicted: Counter,
     alert_store_failures: Counter,
+    checkpoints_written: Counter,
+    checkpoint_failures: Counter,
 }
 
 impl Counters {
     /// Adds every counter to `registry`, in exposition order. Names are given without `_total` and
     /// help without its final period: the encoder adds both.
     fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 9] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "bannin_ingest_events",
                 "Events committed to the store",
@@ -109,6 +111,16 @@ impl Counters {
                 "bannin_alert_store_failures",
                 "Failed attempts to store alerts with their deliveries (each is retried)",
                 &self.alert_store_failures,
+            ),
+            (
+                "bannin_checkpoints_written",
+                "Signed checkpoints written to every configured destination",
+                &self.checkpoints_written,
+            ),
+            (
+                "bannin_checkpoint_failures",
+                "Checkpoints that could not be taken, written or delivered",
+                &self.checkpoint_failures,
             ),
         ];
         let (ingest, rest) = counters.split_at(2);
@@ -167,6 +179,14 @@ pub fn detection_state_evicted(entries: u64) {
 /// A failed attempt to store alerts (retried until it succeeds).
 pub fn alert_store_failed() {
     COUNTERS.alert_store_failures.inc();
+}
+
+pub fn checkpoint_written() {
+    COUNTERS.checkpoints_written.inc();
+}
+
+pub fn checkpoint_failed() {
+    COUNTERS.checkpoint_failures.inc();
 }
 
 /// Gauges read from the store at scrape time: agents, and alert deliveries from the hooks' outbox

@@ -110,6 +110,10 @@ impl SealKey {
         Ok(SealKey { key })
     }
 
+    pub fn hex(&self) -> String {
+        hex::encode(self.key.to_bytes())
+    }
+
     pub fn check(&self, message: &[u8], signature: &[u8]) -> bool {
         Signature::from_slice(signature).is_ok_and(|sig| self.key.verify(message, &sig).is_ok())
     }

@@ -139,6 +139,11 @@ impl Collector {
             self.data_dir.clone(),
             self.config.retention.clone(),
         ));
+        tokio::spawn(crate::checkpoint::run(
+            self.data_dir.clone(),
+            self.config.checkpoints.clone(),
+            seal.clone(),
+        ));
         if let Some(listen) = &self.config.metrics.listen {
             let (listener, addr) = crate::metrics::bind(listen)
                 .await

@@ -172,3 +172,26 @@ pub fn agents(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// An agent's committed head: what a checkpoint vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub agent_id: String,
+    pub name: String,
+    pub seq: u64,
+    pub hash: Vec<u8>,
+}
+
+/// Every enrolled agent's committed head (revoked agents too: their history is still evidence).
+pub fn heads(conn: &Connection) -> Result<Vec<Head>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, name, last_seq, head_hash FROM agents ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Head {
+            agent_id: r.get(0)?,
+            name: r.get(1)?,
+            seq: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            hash: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

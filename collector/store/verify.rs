@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::Body;
 use bannin::proto::decode_event;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 use crate::finding::FindingKind;
@@ -484,4 +484,167 @@ fn verify_head(
             ));
         }
     }
+}
+
+/// What the newest checkpoint in a file vouches for, per agent and for the alert chain, and when.
+#[derive(Default)]
+struct Vouched {
+    agents: BTreeMap<String, (crate::checkpoint::AgentHead, String)>,
+    alerts: Option<(crate::checkpoint::ChainHead, String)>,
+    checkpoints: usize,
+}
+
+/// `verify --checkpoints FILE`: every checkpoint must carry this collector's signature, and the
+/// store must still hold each agent's head and the alert chain's entry as the newest checkpoint
+/// naming them vouches for (chains link, so holding the newest holds the older). An agent the
+/// store no longer has, a head rolled back before a checkpoint, a cut tail or alert chain are named.
+pub fn verify_checkpoints(
+    conn: &Connection,
+    trust: &Trust,
+    lines: &[crate::checkpoint::Line],
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
+    let mut vouched = Vouched::default();
+    for (line, parsed) in lines {
+        let checkpoint = match parsed {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                report.problems.push(format!(
+                    "checkpoint file line {line}: not a checkpoint: {error}"
+                ));
+                continue;
+            }
+        };
+        let signed = trust
+            .seal
+            .as_ref()
+            .is_ok_and(|key| checkpoint.signed_by(key));
+        if !signed {
+            report.problems.push(format!(
+                "checkpoint file line {line} ({}): not signed by this collector's key, so it vouches for nothing",
+                checkpoint.ts
+            ));
+            continue;
+        }
+        vouched.checkpoints += 1;
+        for head in &checkpoint.agents {
+            let newer = vouched
+                .agents
+                .get(&head.agent_id)
+                .is_none_or(|(known, _)| head.seq >= known.seq);
+            if newer {
+                vouched
+                    .agents
+                    .insert(head.agent_id.clone(), (head.clone(), checkpoint.ts.clone()));
+            }
+        }
+        if vouched
+            .alerts
+            .as_ref()
+            .is_none_or(|(known, _)| checkpoint.alert_chain.n >= known.n)
+        {
+            vouched.alerts = Some((checkpoint.alert_chain.clone(), checkpoint.ts.clone()));
+        }
+    }
+    if lines.is_empty() {
+        report
+            .problems
+            .push("the checkpoint file holds no checkpoint".to_string());
+    }
+    for (head, ts) in vouched.agents.values() {
+        check_vouched_head(conn, trust, head, ts, report)?;
+    }
+    if let Some((chain, ts)) = &vouched.alerts
+        && chain.n > 0
+    {
+        let stored: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT hash FROM alert_chain WHERE n = ?1",
+                [i64::try_from(chain.n).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match stored {
+            Some(hash) if hex::encode(&hash) == chain.hash => {}
+            Some(_) => report.problems.push(format!(
+                "alert chain entry {}: differs from the entry the checkpoint of {ts} vouches for",
+                chain.n
+            )),
+            None => report.problems.push(format!(
+                "alert chain entries through {}: the checkpoint of {ts} vouches for them, the store lacks them (alerts removed)",
+                chain.n
+            )),
+        }
+    }
+    if vouched.checkpoints > 0 {
+        report.notes.push(format!(
+            "checkpoints: {} signed checkpoints vouch for {} agents",
+            vouched.checkpoints,
+            vouched.agents.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_vouched_head(
+    conn: &Connection,
+    trust: &Trust,
+    head: &crate::checkpoint::AgentHead,
+    ts: &str,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let id = &head.agent_id;
+    let agent: Option<(i64, i64)> = conn
+        .query_row("SELECT no, last_seq FROM agents WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((no, last_seq)) = agent else {
+        report.problems.push(format!(
+            "agent {id} ({}): the checkpoint of {ts} vouches for its events through {}, the store has no such agent (removed with its history)",
+            head.name, head.seq
+        ));
+        return Ok(());
+    };
+    if head.seq == 0 {
+        return Ok(());
+    }
+    if u64::try_from(last_seq).unwrap_or(0) < head.seq {
+        report.problems.push(format!(
+            "agent {id}: its recorded head ({last_seq}) is behind the checkpoint of {ts}, which vouches for events through {} (rolled back)",
+            head.seq
+        ));
+    }
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM events WHERE agent_no = ?1 AND seq = ?2",
+            rusqlite::params![no, i64::try_from(head.seq).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match stored {
+        Some(hash) if hex::encode(&hash) == head.hash => {}
+        Some(_) => report.problems.push(format!(
+            "agent {id} event {}: differs from the event the checkpoint of {ts} vouches for",
+            head.seq
+        )),
+        None => {
+            let pruned = super::prune::mark(conn, no)?.is_some_and(|mark| {
+                mark.through_seq >= head.seq
+                    && trust.check(
+                        &seal::pruned_message(id, mark.through_seq, mark.ts),
+                        mark.signature.as_deref(),
+                    )
+            });
+            if !pruned {
+                report.problems.push(format!(
+                    "agent {id} event {}: the checkpoint of {ts} vouches for it, the store lacks it (the chain was cut)",
+                    head.seq
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,8 @@
 
 #[path = "../../collector/alert.rs"]
 pub mod alert;
+#[path = "../../collector/checkpoint.rs"]
+pub mod checkpoint;
 #[path = "../../collector/config.rs"]
 pub mod config;
 #[path = "../../collector/detect/mod.rs"]

@@ -476,3 +476,199 @@ fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper(
     assert!(!ok, "{report}");
     assert!(report.contains("lost acknowledged events"), "{report}");
 }
+
+// ---- Signed checkpoints: what leaves the box vouches for what the store must still hold.
+
+fn beats(host: &str, count: u64) -> Vec<Event> {
+    (0..count)
+        .map(|_| Event::now(host, AgentEvent::new(AgentAction::Heartbeat)))
+        .collect()
+}
+
+/// The newest checkpoint in `file` (one JSON object per line), once it satisfies `ready`.
+fn checkpoint_where(file: &Path, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for("a checkpoint that vouches for it all", LONG, || {
+        let text = std::fs::read_to_string(file).ok()?;
+        let last = text.lines().last()?;
+        let checkpoint: serde_json::Value = serde_json::from_str(last).unwrap();
+        ready(&checkpoint).then_some(checkpoint)
+    })
+}
+
+fn vouched_seq(checkpoint: &serde_json::Value, agent_id: &str) -> u64 {
+    checkpoint["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == agent_id)
+        .and_then(|a| a["seq"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A private copy of a stopped collector's data directory.
+fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("collector");
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    (tmp, dir)
+}
+
+/// Three attacks that leave a store consistent in itself, so `verify` alone passes it: an agent
+/// deleted with its whole history (and the token that names it), a backup from before the newest
+/// batches restored over the store, and the newest alert cut off the alert chain. The collector's
+/// signed checkpoints, written to a file and POSTed to a webhook, catch each one.
+#[test]
+fn signed_checkpoints_catch_what_a_self_consistent_store_hides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("collector");
+    let file = tmp.path().join("checkpoints.jsonl");
+    let receiver = HttpReceiver::start(0);
+    let config = tmp.path().join("collector.toml");
+    private_file(
+        &config,
+        &format!(
+            "[checkpoints]\ninterval = \"1s\"\nfile = {:?}\nwebhook = {:?}\n",
+            file.display().to_string(),
+            receiver.url("/checkpoints")
+        ),
+    );
+    let mut collector = Collector::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let backup = tmp.path().join("backup.db");
+    let (kept, gone) = runtime().block_on(async {
+        let mut kept = SimAgent::enroll(&collector, "kept").await;
+        let mut gone = SimAgent::enroll(&collector, "gone").await;
+        for _ in 0..2 {
+            kept.submit(beats("kept", PER_BATCH)).await.unwrap();
+        }
+        gone.submit(beats("gone", PER_BATCH)).await.unwrap();
+        // The insider's copy, taken while the collector runs, as a backup job would.
+        let out = run_output(
+            Command::new("sqlite3")
+                .arg(data.join("bannin.db"))
+                .arg(format!(".backup {}", backup.display())),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut events = beats("kept", PER_BATCH);
+        let mut dropped = AgentEvent::new(AgentAction::Dropped);
+        dropped.dropped = 2;
+        dropped.first_dropped_seq = 9_000;
+        dropped.last_dropped_seq = 9_001;
+        events[0] = Event::now("kept", dropped);
+        kept.submit(events).await.unwrap();
+        (kept.id.clone(), gone.id.clone())
+    });
+    wait_for("the alert stored", LONG, || {
+        (!alerts_json(&data, &[]).is_empty()).then_some(())
+    });
+    let checkpoint = checkpoint_where(&file, |c| {
+        vouched_seq(c, &kept) == 3 * PER_BATCH
+            && vouched_seq(c, &gone) == PER_BATCH
+            && c["alert_chain"]["n"].as_u64() >= Some(1)
+    });
+    let posted = wait_for("a checkpoint at the webhook", LONG, || {
+        receiver
+            .bodies("/checkpoints")
+            .into_iter()
+            .find(|b| b["ts_ns"] == checkpoint["ts_ns"])
+    });
+    assert_eq!(posted, checkpoint);
+    collector.proc.terminate();
+    let checkpoints = ["--checkpoints", file.to_str().unwrap()];
+    let (ok, report) = verify(&data, &checkpoints);
+    assert!(
+        ok,
+        "the untouched store fails against its checkpoints:\n{report}"
+    );
+
+    // 1. The agent that will not come back, removed with everything that names it.
+    let (_t, dir) = copy_dir(&data);
+    sqlite(
+        &dir,
+        &format!(
+            "DELETE FROM events WHERE agent_no = (SELECT no FROM agents WHERE id = '{gone}');
+             DELETE FROM batches WHERE agent_no = (SELECT no FROM agents WHERE id = '{gone}');
+             DELETE FROM findings WHERE agent_no = (SELECT no FROM agents WHERE id = '{gone}');
+             DELETE FROM tokens WHERE used_by = '{gone}';
+             DELETE FROM agents WHERE id = '{gone}';"
+        ),
+    );
+    let (ok, report) = verify(&dir, &[]);
+    assert!(ok, "the store alone should look whole here:\n{report}");
+    let (ok, report) = verify(&dir, &checkpoints);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!("agent {gone} (gone)")) && report.contains("no such agent"),
+        "{report}"
+    );
+
+    // 2. A backup from before the last batch restored over the store.
+    let (_t, dir) = copy_dir(&data);
+    for stale in ["bannin.db-wal", "bannin.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    std::fs::copy(&backup, dir.join("bannin.db")).unwrap();
+    let (ok, report) = verify(&dir, &[]);
+    assert!(ok, "the restored backup alone should look whole:\n{report}");
+    let (ok, report) = verify(&dir, &checkpoints);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!("agent {kept}: its recorded head (10) is behind"))
+            && report.contains("alert chain"),
+        "{report}"
+    );
+
+    // 3. The newest alert cut off the alert chain.
+    let (_t, dir) = copy_dir(&data);
+    sqlite(
+        &dir,
+        "DELETE FROM alerts WHERE id = (SELECT alert_id FROM alert_chain ORDER BY n DESC LIMIT 1);
+         DELETE FROM alert_chain WHERE n = (SELECT MAX(n) FROM alert_chain);",
+    );
+    let (ok, report) = verify(&dir, &checkpoints);
+    assert!(!ok, "{report}");
+    assert!(report.contains("alert chain entries through"), "{report}");
+
+    // A checkpoint edited to vouch for less (or more) vouches for nothing, and says so.
+    let forged = tmp.path().join("forged.jsonl");
+    let mut edited = checkpoint.clone();
+    edited["agents"] = serde_json::json!([]);
+    std::fs::write(&forged, format!("{edited}\nnot json\n")).unwrap();
+    let (ok, report) = verify(&data, &["--checkpoints", forged.to_str().unwrap()]);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("line 1") && report.contains("not signed by this collector's key"),
+        "{report}"
+    );
+    assert!(report.contains("line 2: not a checkpoint"), "{report}");
+
+    // A checkpoint file that cannot be read is a usage error, with one line.
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(&data)
+            .args(["--checkpoints", "/nonexistent/checkpoints.jsonl"]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot read the checkpoint file"),
+        "{stderr}"
+    );
+}
