@@ -220,6 +220,7 @@ impl<T> LossySender<T> {
     }
 
     /// Counts items lost before they reached the queue (a kernel buffer that overflowed).
+    #[cfg(any(target_os = "linux", test))]
     pub fn count_drop(&self, count: u64) {
         self.tx.count_drop(count);
     }

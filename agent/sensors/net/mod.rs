@@ -25,7 +25,7 @@ use bannin::event::{SensorEvent, SensorStatus};
 pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;
-use crate::pipeline::{self, EventTx};
+use crate::pipeline::EventTx;
 use crate::sensors::{SensorContext, SensorHandle, Stop};
 
 const SENSOR: &str = "network";
@@ -55,7 +55,7 @@ async fn start(
     table: ProcessTable,
     handle: &mut SensorHandle,
 ) -> Result<(), NetError> {
-    let (closed_tx, closed_rx) = pipeline::lossy(&tx, CLOSED_QUEUE);
+    let (closed_tx, closed_rx) = crate::pipeline::lossy(&tx, CLOSED_QUEUE);
     let notices = destroy::spawn(config.include_udp, closed_tx, handle.stop_signal());
     let every = config.interval.as_millis();
     let (message, closed_rx) = match notices {
