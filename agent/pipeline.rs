@@ -2,7 +2,7 @@
 //!
 //! Every sensor holds an [`EventTx`]: a bounded channel into the spool writer. `send` waits when the
 //! spool is behind (back-pressure, nothing lost). A sensor that must not block (a kernel queue that
-//! would overflow instead) keeps its own bounded queue and counts what it drops with `count_drop`.
+//! would overflow instead) puts its events in a [`lossy`] queue, which counts what it drops.
 //! The counts are reported as `sensor.overflow` events by [`spawn_drop_reporter`]: no loss is silent.
 //!
 //! Sending returns a [`Ticket`]; [`EventTx::committed`] waits until the spool holds that event. The
@@ -175,6 +175,55 @@ impl EventTx {
     }
 }
 
+/// A bounded queue for a sensor that must never wait on the spool (a kernel reader whose own
+/// buffer would overflow instead): a full queue drops the item and counts it under the sensor's
+/// name, so the loss is reported as `sensor.overflow`. The receiving end is a plain
+/// [`mpsc::Receiver`], read with back-pressure towards the spool (`recv` in a task,
+/// `blocking_recv` in a thread).
+pub fn lossy<T>(tx: &EventTx, capacity: usize) -> (LossySender<T>, mpsc::Receiver<T>) {
+    let (queue, rx) = mpsc::channel(capacity.max(1));
+    let sender = LossySender {
+        queue,
+        tx: tx.clone(),
+    };
+    (sender, rx)
+}
+
+/// The sending end of [`lossy`].
+pub struct LossySender<T> {
+    queue: mpsc::Sender<T>,
+    tx: EventTx,
+}
+
+impl<T> Clone for LossySender<T> {
+    fn clone(&self) -> Self {
+        LossySender {
+            queue: self.queue.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T> LossySender<T> {
+    /// Queues `item` without waiting; a full queue is a counted drop. Fails only once the
+    /// receiving end is gone.
+    pub fn push(&self, item: T) -> Result<(), Closed> {
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.tx.count_drop(1);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+        }
+    }
+
+    /// Counts items lost before they reached the queue (a kernel buffer that overflowed).
+    pub fn count_drop(&self, count: u64) {
+        self.tx.count_drop(count);
+    }
+}
+
 /// The channel every sensor sends into and the receiving end for the spool writer.
 pub fn channel(host: &str) -> (EventTx, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -296,6 +345,27 @@ mod tests {
         waiting.await.unwrap();
         tx.committed(first).await;
         assert_eq!(*tickets.through.borrow(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_lossy_queue_counts_the_drop_and_a_closed_one_says_so() {
+        let (tx, mut spool) = channel("h");
+        let (queue, mut rx) = lossy::<u32>(&tx.for_sensor("network"), 1);
+        queue.push(1).unwrap();
+        queue.push(2).unwrap();
+        queue.count_drop(3);
+        assert_eq!(rx.recv().await, Some(1));
+        let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
+        let report = spool.recv().await.unwrap();
+        match report.body {
+            Body::Sensor(s) => {
+                assert_eq!(s.count, 4);
+                assert_eq!(s.sensor, "network");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(rx);
+        assert!(queue.push(5).is_err());
     }
 
     #[tokio::test(start_paused = true)]

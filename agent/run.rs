@@ -10,6 +10,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Settings;
 use crate::pipeline::{self, EventTx};
+use crate::sensors::process::ProcessTable;
+use crate::sensors::{SensorContext, SensorHandle};
 use crate::spool::{self, Spool};
 use crate::{identity, sender, sensors};
 
@@ -56,35 +58,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let drops = pipeline::spawn_drop_reporter(tx.for_sensor("agent"), Duration::from_secs(1));
 
     let configured = &args.config.sensors;
-    let mut files_config = configured.files.clone();
-    files_config.watch.extend(args.watch.iter().cloned());
-    files_config.private_dir = Some(args.state_dir.clone());
-    let (process, table) = sensors::process::spawn(configured.process.clone(), tx.clone())
-        .await
-        .context("cannot start the process sensor")?;
-    let files = sensors::files::spawn(files_config, tx.clone(), table.clone())
-        .await
-        .context("cannot start the file sensor")?;
-    let net = sensors::net::spawn(configured.network.clone(), tx.clone(), table)
-        .await
-        .context("cannot start the network sensor")?;
-    let databases = configured.databases.len();
-    let db = sensors::db::spawn(configured.databases.clone(), &args.state_dir, tx.clone())
-        .await
-        .context("cannot start the database sensor")?;
-    let sensors = vec![
-        format!("databases:{databases}"),
-        format!("files:{}", files.backend()),
-        format!("process:{}", process.source()),
-        format!(
-            "network:{}",
-            if configured.network.enabled {
-                "proc_net"
-            } else {
-                "off"
-            }
-        ),
+    let mut files = configured.files.clone();
+    files.watch.extend(args.watch.iter().cloned());
+    let ctx = SensorContext {
+        tx: tx.clone(),
+        state_dir: args.state_dir.clone(),
+        processes: ProcessTable::from_config(&configured.process),
+    };
+    // The process sensor first, so the table knows the running processes before the others ask.
+    let handles = vec![
+        sensors::process::spawn(configured.process.clone(), &ctx)
+            .await
+            .context("cannot start the process sensor")?,
+        sensors::files::spawn(files, &ctx)
+            .await
+            .context("cannot start the file sensor")?,
+        sensors::net::spawn(configured.network.clone(), &ctx)
+            .await
+            .context("cannot start the network sensor")?,
+        sensors::db::spawn(configured.databases.clone(), &ctx)
+            .await
+            .context("cannot start the database sensor")?,
     ];
+    drop(ctx);
+    let sensors: Vec<String> = handles.iter().map(SensorHandle::describe).collect();
     let mut start = AgentEvent::new(AgentAction::Start);
     start.sensors = sensors.clone();
     start.message = format!("agent {} started", identity.agent_id);
@@ -95,10 +92,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     bannin::signals::shutdown().await;
     tracing::info!("stopping");
     heartbeat.abort();
-    files.stop().await;
-    process.shutdown().await;
-    drop(net);
-    db.stop().await;
+    for handle in handles {
+        handle.stop().await;
+    }
     drops.stop().await;
     let mut stop = AgentEvent::new(AgentAction::Stop);
     let stats = spool.stats();

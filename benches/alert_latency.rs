@@ -13,56 +13,33 @@
 
 #[path = "support/mod.rs"]
 mod support;
+// The test suites' HTTP receiver.
+#[allow(dead_code)] // The benchmark uses a part of it.
+#[path = "../tests/support/http_receiver.rs"]
+mod http_receiver;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use http_receiver::{HttpReceiver, reply};
 use support::start;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 
 /// Accepts POSTs and sends the instant each body (an alert) arrived, with its path.
-fn receiver() -> (u16, mpsc::Receiver<(Instant, String)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+fn receiver() -> (HttpReceiver, mpsc::Receiver<(Instant, String)>) {
     let (tx, rx) = mpsc::sync_channel(1024);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut data = Vec::new();
-            let mut buf = [0u8; 16384];
-            loop {
-                let n = stream.read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                data.extend_from_slice(&buf[..n]);
-                if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if data.len() >= end + 4 + length {
-                        let now = Instant::now();
-                        let body: serde_json::Value =
-                            serde_json::from_slice(&data[end + 4..end + 4 + length]).unwrap();
-                        let path = body["path"].as_str().unwrap_or("").to_string();
-                        let _ = tx.send((now, path));
-                        break;
-                    }
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
+    let tx = Mutex::new(tx);
+    let receiver = HttpReceiver::scripted(0, move |request, stream| {
+        let now = Instant::now();
+        let path = request.json()["path"].as_str().unwrap_or("").to_string();
+        let _ = tx.lock().unwrap().send((now, path));
+        reply(stream, 200);
     });
-    (port, rx)
+    (receiver, rx)
 }
 
 fn private(path: &Path, text: &str) {
@@ -94,7 +71,8 @@ fn main() {
     let data = tmp.path().join("collector");
     let watched = tmp.path().join("exports");
     std::fs::create_dir(&watched).unwrap();
-    let (port, arrivals) = receiver();
+    let (receiver, arrivals) = receiver();
+    let port = receiver.port;
     let config = tmp.path().join("collector.toml");
     private(
         &config,

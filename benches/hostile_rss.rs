@@ -14,6 +14,8 @@
 //! (options: `-- --agents 8 --seconds 30`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
+#![allow(clippy::disallowed_methods)]
 
 #[path = "support/mod.rs"]
 // Each benchmark uses its part of the shared support; this one starts the collector itself, for its pid.

@@ -1,12 +1,16 @@
-//! The agent's sensors. Each one is a module with a config struct (serde defaults), a `spawn`
-//! function that takes an [`crate::pipeline::EventTx`], and the events it emits.
+//! The agent's sensors. Each one is a module with a config struct (serde defaults) checked into
+//! settings when the configuration is loaded, a `spawn(settings, &SensorContext)` that returns a
+//! [`SensorHandle`], and the events it emits.
 
 pub mod db;
 pub mod files;
+mod handle;
 pub mod net;
 #[cfg(target_os = "linux")]
 mod netlink;
 pub mod process;
+
+pub use handle::{SensorContext, SensorHandle, Stop};
 
 /// Every sensor's checked configuration, made when the configuration is loaded
 /// ([`crate::config::AgentConfig::settings`]), so a section that cannot work stops the agent

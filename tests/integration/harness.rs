@@ -353,106 +353,11 @@ pub fn agent_id(state_dir: &Path) -> String {
     value["agent_id"].as_str().unwrap().to_string()
 }
 
-/// Each request's head (request line and headers) and body.
-pub type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A real HTTP receiver on loopback that records each request's headers and body and answers 200.
-pub struct HttpReceiver {
-    pub port: u16,
-    pub requests: Requests,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl HttpReceiver {
-    /// Listens on `port` (0: any free port).
-    pub fn start(port: u16) -> HttpReceiver {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen, stopped) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(mut stream) = stream else { continue };
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                let (head, body) = loop {
-                    let n = match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break (String::new(), Vec::new()),
-                        Ok(n) => n,
-                    };
-                    data.extend_from_slice(&buf[..n]);
-                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&data[..end]).to_string();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0usize);
-                    while data.len() < end + 4 + length {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => data.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    break (head, data[end + 4..].to_vec());
-                };
-                if !head.is_empty() {
-                    seen.lock().unwrap().push((head, body));
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        HttpReceiver {
-            port,
-            requests,
-            stop,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Bodies received on `path`, as JSON.
-    pub fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
-            .map(|(_, body)| serde_json::from_slice(body).expect("json body"))
-            .collect()
-    }
-
-    pub fn heads(&self, path: &str) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(head, _)| head.starts_with(&format!("POST {path} ")))
-            .map(|(head, _)| head.clone())
-            .collect()
-    }
-}
-
-impl Drop for HttpReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
+// The suites' one HTTP receiver, shared with the collector's delivery tests.
+#[allow(dead_code)] // Each suite uses a part of it.
+#[path = "../support/http_receiver.rs"]
+mod http_receiver;
+pub use http_receiver::HttpReceiver;
 
 /// A free loopback port, released for someone else to bind.
 pub fn free_port() -> u16 {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bannin::chain::{self, GENESIS};
+use bannin::chain::GENESIS;
 use bannin::event::{AgentAction, AgentEvent, Event};
 use bannin::pb;
 use bannin::pki::SERVER_NAME;
@@ -14,6 +14,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::harness::*;
+use crate::sim::{forge_batch, numbered};
 
 struct AgentFiles {
     id: String,
@@ -38,38 +39,27 @@ fn agent_files(state: &Path) -> AgentFiles {
 }
 
 fn batch(first_seq: u64, count: usize, signer: &SigningKey, agent_id: &str) -> pb::EventBatch {
-    let mut head = GENESIS;
-    let mut events = Vec::new();
-    for i in 0..count {
-        // The name agent A enrolled with: the collector refuses events that claim another host.
-        let mut event = Event::now("host-a", AgentEvent::new(AgentAction::Heartbeat));
-        event.seq = first_seq + i as u64;
-        let bytes = bannin::proto::encode_event(&event);
-        head = chain::link(&head, event.seq, &bytes);
-        events.push(bytes);
-    }
-    let last = first_seq + count as u64 - 1;
-    let signature = chain::sign_batch(signer, agent_id, first_seq, last, &GENESIS, &head);
+    // The name agent A enrolled with: the collector refuses events that claim another host.
+    let events = (0..count)
+        .map(|_| Event::now("host-a", AgentEvent::new(AgentAction::Heartbeat)))
+        .collect();
+    let (mut batch, _) = forge_batch(
+        agent_id,
+        signer,
+        first_seq,
+        GENESIS,
+        numbered(first_seq, events),
+    );
     // first_seq left 0, as an agent from before the field sends it: the collector reads the seq
     // of the first event instead.
-    pb::EventBatch {
-        events,
-        prev_hash: GENESIS.to_vec(),
-        signature: signature.to_vec(),
-        first_seq: 0,
-        witness: None,
-    }
+    batch.first_seq = 0;
+    batch
 }
 
 /// Signs `batch`'s events as they now are, as a compromised agent holding the key would.
 fn resign(batch: &mut pb::EventBatch, first_seq: u64, signer: &SigningKey, agent_id: &str) {
-    let mut head = GENESIS;
-    for (i, bytes) in batch.events.iter().enumerate() {
-        head = chain::link(&head, first_seq + i as u64, bytes);
-    }
-    let last = first_seq + batch.events.len() as u64 - 1;
-    batch.signature =
-        chain::sign_batch(signer, agent_id, first_seq, last, &GENESIS, &head).to_vec();
+    let (signed, _) = forge_batch(agent_id, signer, first_seq, GENESIS, batch.events.clone());
+    batch.signature = signed.signature;
     batch.first_seq = first_seq;
 }
 

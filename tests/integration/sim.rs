@@ -82,24 +82,7 @@ impl SimAgent {
         events: Vec<Event>,
         key: &SigningKey,
     ) -> (pb::EventBatch, Hash) {
-        let mut head = prev;
-        let mut encoded = Vec::new();
-        for (i, mut event) in events.into_iter().enumerate() {
-            event.seq = first + i as u64;
-            let bytes = bannin::proto::encode_event(&event);
-            head = chain::link(&head, event.seq, &bytes);
-            encoded.push(bytes);
-        }
-        let last = first + encoded.len() as u64 - 1;
-        let signature = chain::sign_batch(key, &self.id, first, last, &prev, &head);
-        let batch = pb::EventBatch {
-            events: encoded,
-            prev_hash: prev.to_vec(),
-            signature: signature.to_vec(),
-            first_seq: first,
-            witness: None,
-        };
-        (batch, head)
+        forge_batch(&self.id, key, first, prev, numbered(first, events))
     }
 
     /// The next batch of this agent's own chain.
@@ -126,4 +109,42 @@ impl SimAgent {
         let events = self.stamped(bodies);
         self.submit(events).await
     }
+}
+
+/// The tests' one batch forger: encoded `events` numbered from `first`, chained after `prev` and
+/// signed by `key` for agent `agent_id`, as the agent's sender makes a batch (or as a thief holding
+/// the key would); with the chain's hash after its last event.
+pub fn forge_batch(
+    agent_id: &str,
+    key: &SigningKey,
+    first: u64,
+    prev: Hash,
+    events: Vec<Vec<u8>>,
+) -> (pb::EventBatch, Hash) {
+    let mut head = prev;
+    for (i, bytes) in events.iter().enumerate() {
+        head = chain::link(&head, first + i as u64, bytes);
+    }
+    let last = first + events.len() as u64 - 1;
+    let signature = chain::sign_batch(key, agent_id, first, last, &prev, &head);
+    let batch = pb::EventBatch {
+        events,
+        prev_hash: prev.to_vec(),
+        signature: signature.to_vec(),
+        first_seq: first,
+        witness: None,
+    };
+    (batch, head)
+}
+
+/// `events` numbered from `first` and encoded as an agent sends them.
+pub fn numbered(first: u64, events: Vec<Event>) -> Vec<Vec<u8>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut event)| {
+            event.seq = first + i as u64;
+            bannin::proto::encode_event(&event)
+        })
+        .collect()
 }

@@ -29,13 +29,12 @@ mod tests;
 mod testsupport;
 mod totals;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bannin::event::{Event, SensorEvent, SensorStatus};
-use tokio::sync::oneshot;
 
-use crate::pipeline::EventTx;
+use crate::sensors::{SensorContext, SensorHandle, Stop};
 
 pub use config::{DatabaseConfig, Settings as DbSettings, settings};
 use source::Source;
@@ -55,38 +54,15 @@ pub enum DbError {
     },
 }
 
-/// The running sensor. Dropping it stops the task at its next await; [`DbHandle::stop`] also
-/// saves the positions one last time and waits for that.
-pub struct DbHandle {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DbHandle {
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for DbHandle {
-    fn drop(&mut self) {
-        if self.stop.is_some() {
-            self.task.abort();
-        }
-    }
-}
-
-/// Starts following every configured database log.
+/// Starts following every configured database log, keeping read positions in the state
+/// directory. The handle's `stop` saves the positions one last time and waits for that.
 pub async fn spawn(
     settings: Vec<DbSettings>,
-    state_dir: &Path,
-    tx: EventTx,
-) -> Result<DbHandle, DbError> {
-    let tx = tx.for_sensor(SENSOR);
-    let path = state_dir.join(STATE_FILE);
+    ctx: &SensorContext,
+) -> Result<SensorHandle, DbError> {
+    let databases = settings.len();
+    let tx = ctx.tx.for_sensor(SENSOR);
+    let path = ctx.state_dir.join(STATE_FILE);
     let (saved, load_problem) = load_state(&path).await?;
     let mut sources: Vec<Source> = settings
         .into_iter()
@@ -104,7 +80,8 @@ pub async fn spawn(
         event.path = path.display().to_string();
         let _ = tx.send(event).await;
     }
-    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let stop = Stop::default();
+    let task_stop = stop.clone();
     let interval = sources
         .iter()
         .map(|s| s.settings.poll_interval)
@@ -165,15 +142,15 @@ pub async fn spawn(
             save_state(&path, &sources, &mut last_saved).await;
             let pause = if more { Duration::ZERO } else { interval };
             tokio::select! {
-                _ = &mut stop_rx => break,
+                () = task_stop.wait() => break,
                 _ = tokio::time::sleep(pause) => {}
             }
         }
         // Every ticket was waited for before the last save in the loop; nothing was sent since.
         save_state(&path, &sources, &mut last_saved).await;
     });
-    Ok(DbHandle {
-        stop: Some(stop_tx),
-        task,
-    })
+    // Listed in `agent.start` as `databases:N`.
+    let mut handle = SensorHandle::new("databases", databases.to_string(), stop);
+    handle.add_task(task);
+    Ok(handle)
 }

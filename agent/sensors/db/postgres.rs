@@ -218,38 +218,39 @@ pub fn parse_audit(text: &str) -> Option<Audit> {
     })
 }
 
+/// pgaudit's fields, split by csv-core. The message is UTF-8 text, in which the byte 0xFF never
+/// occurs: with it as the record terminator the whole message is one record, and a line break (a
+/// statement's, quoted) stays data.
 fn split_csv(text: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if at_start => {
-                quoted = true;
-                at_start = false;
-            }
-            '"' if quoted => {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    quoted = false;
-                }
-            }
-            ',' if !quoted => {
-                fields.push(std::mem::take(&mut field));
-                at_start = true;
-            }
-            _ => {
-                field.push(c);
-                at_start = false;
-            }
+    use csv_core::ReadRecordResult;
+    let mut reader = csv_core::ReaderBuilder::new()
+        .terminator(csv_core::Terminator::Any(0xFF))
+        .build();
+    // Room for more than it can write (unquoting never lengthens a field, and there is at most one
+    // field more than there are bytes), so neither buffer ever runs full.
+    let mut output = vec![0u8; text.len() + 1];
+    let mut ends = vec![0usize; text.len() + 2];
+    let (mut input, mut written, mut ended) = (text.as_bytes(), 0, 0);
+    loop {
+        let (result, read, nout, nend) =
+            reader.read_record(input, &mut output[written..], &mut ends[ended..]);
+        input = &input[read..];
+        written += nout;
+        ended += nend;
+        // With all of the text read, the next call (with no input) ends the record.
+        if result != ReadRecordResult::InputEmpty {
+            break;
         }
     }
-    fields.push(field);
-    fields
+    let mut start = 0;
+    ends[..ended]
+        .iter()
+        .map(|&end| {
+            let field = String::from_utf8_lossy(&output[start..end]).into_owned();
+            start = end;
+            field
+        })
+        .collect()
 }
 
 /// The statement text of `statement: X`, `execute NAME: X` and their `duration: N ms  ` forms,
@@ -538,6 +539,16 @@ mod tests {
         let offset = parse_time("2026-11-21 17:26:55.414 +09").unwrap();
         assert_eq!(offset, utc);
         assert_eq!(parse_time("garbage"), None);
+    }
+
+    #[test]
+    fn audit_fields_split_like_csv_with_line_breaks_as_data() {
+        assert_eq!(
+            split_csv("SESSION,1,\"a,\"\"b\"\"\nc\",,x\"y\",last\n"),
+            ["SESSION", "1", "a,\"b\"\nc", "", "x\"y\"", "last\n"]
+        );
+        assert_eq!(split_csv("a,"), ["a", ""]);
+        assert!(split_csv("").len() <= 1);
     }
 
     #[test]

@@ -12,6 +12,20 @@ use super::testsupport::{MariaServer, PgLog, PgServer};
 use super::*;
 use crate::pipeline;
 
+/// The sensor started as `agent run` starts it, keeping its positions in `state_dir`.
+async fn spawn(
+    settings: Vec<DbSettings>,
+    state_dir: &Path,
+    tx: crate::pipeline::EventTx,
+) -> Result<SensorHandle, DbError> {
+    let ctx = crate::sensors::SensorContext {
+        tx,
+        state_dir: state_dir.to_path_buf(),
+        processes: crate::sensors::process::ProcessTable::new(100, Duration::from_secs(60)),
+    };
+    super::spawn(settings, &ctx).await
+}
+
 fn config(text: &str) -> DatabaseConfig {
     toml::from_str(text).unwrap()
 }

@@ -127,7 +127,7 @@ async fn run(backend: BackendChoice, files: u64) {
         ..FilesConfig::default()
     };
     let processes = ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default());
-    let handle = spawn(config, tx, processes).await.unwrap();
+    let handle = spawn_with_table(config, tx, processes).await.unwrap();
     let counts = Arc::new(Counts::default());
     let counter = {
         let counts = counts.clone();
@@ -175,7 +175,7 @@ async fn run(backend: BackendChoice, files: u64) {
     );
     let _ = inotifywait.kill();
     let _ = inotifywait.wait();
-    let backend_name = handle.backend();
+    let backend_name = handle.source().to_string();
     handle.stop().await;
     counter.abort();
 

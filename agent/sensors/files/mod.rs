@@ -16,8 +16,6 @@ mod notify_backend;
 mod observe;
 mod sizes;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use bannin::event::Event;
@@ -26,7 +24,8 @@ use tokio::sync::mpsc;
 pub use config::{BackendChoice, FilesConfig};
 
 use super::process::ProcessTable;
-use crate::pipeline::EventTx;
+use crate::pipeline::{self, EventTx, LossySender};
+use crate::sensors::{SensorContext, SensorHandle, Stop};
 use observe::{Observer, Scope};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,68 +42,47 @@ pub enum FilesError {
     Startup { message: String },
 }
 
-/// The running sensor. Dropping it stops the sensor; [`FilesHandle::stop`] also waits for it.
-pub struct FilesHandle {
-    backend: &'static str,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    forwarder: Option<tokio::task::JoinHandle<()>>,
-}
+/// The sensor's name in `sensor.*` events and drop counts.
+const SENSOR: &str = "files";
 
-impl FilesHandle {
-    /// `"fanotify"` or `"notify"`.
-    pub fn backend(&self) -> &'static str {
-        self.backend
-    }
-
-    /// Stops the sensor and waits until the events it had seen are handed to the spool.
-    pub async fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        if let Some(forwarder) = self.forwarder.take() {
-            let _ = forwarder.await;
-        }
-    }
-}
-
-impl Drop for FilesHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Starts the file sensor on the configured trees.
+/// Starts the file sensor on the configured trees, naming processes from the shared process
+/// table and never looking into the agent's state directory.
 ///
-/// Fails only when the configuration cannot work at all (a bad glob, fanotify forced but
-/// unavailable, no watcher); a watch root that does not exist is reported as `sensor.error` and
-/// skipped, so one stale path does not blind the agent. `processes` names the process behind
-/// each event (and file owners), as late as the event is handled.
+/// Fails only when the configuration cannot work at all (fanotify forced but unavailable, no
+/// watcher); a watch root that does not exist is reported as `sensor.error` and skipped, so one
+/// stale path does not blind the agent. The shared process table in `ctx` names the process
+/// behind each event (and file owners), as late as the event is handled.
 pub async fn spawn(
+    mut config: FilesConfig,
+    ctx: &SensorContext,
+) -> Result<SensorHandle, FilesError> {
+    config.private_dir = Some(ctx.state_dir.clone());
+    spawn_with_table(config, ctx.tx.clone(), ctx.processes.clone()).await
+}
+
+/// [`spawn`] without a state directory to keep out of the watch.
+async fn spawn_with_table(
     config: FilesConfig,
     tx: EventTx,
     processes: ProcessTable,
-) -> Result<FilesHandle, FilesError> {
-    let tx = tx.for_sensor("files");
-    let (out, rx) = mpsc::channel(config.queue_capacity.max(1));
-    let stop = Arc::new(AtomicBool::new(false));
+) -> Result<SensorHandle, FilesError> {
+    let tx = tx.for_sensor(SENSOR);
+    let (out, rx) = pipeline::lossy(&tx, config.queue_capacity);
+    let stop = Stop::default();
     let thread_stop = stop.clone();
     let thread_tx = tx.clone();
     // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
-    let started =
+    let (backend, thread) =
         tokio::task::spawn_blocking(move || start(config, thread_tx, processes, out, thread_stop))
             .await
             .map_err(|error| FilesError::Startup {
                 message: error.to_string(),
             })??;
-    let forwarder = tokio::spawn(forward(rx, tx));
-    Ok(FilesHandle {
-        backend: started.0,
-        stop,
-        thread: Some(started.1),
-        forwarder: Some(forwarder),
-    })
+    let mut handle = SensorHandle::new(SENSOR, backend, stop);
+    handle.add_thread(thread);
+    // Ends once the thread is gone and its queue is empty.
+    handle.add_task(tokio::spawn(forward(rx, tx)));
+    Ok(handle)
 }
 
 /// Moves events from the sensor's queue to the spool, waiting while the spool is behind.
@@ -129,8 +107,8 @@ fn start(
     config: FilesConfig,
     tx: EventTx,
     processes: ProcessTable,
-    out: mpsc::Sender<Event>,
-    stop: Arc<AtomicBool>,
+    out: LossySender<Event>,
+    stop: Stop,
 ) -> Result<(&'static str, JoinHandle<()>), FilesError> {
     let (scope, missing) = Scope::new(&config)?;
     let (chosen, why) = choose(&config, &scope)?;

@@ -2,8 +2,6 @@
 //! changed it, so its events carry no process.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 
 use bannin::event::FileAction;
@@ -12,6 +10,7 @@ use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::time::Duration;
 
 use super::observe::{Observer, Scope};
+use crate::sensors::Stop;
 
 /// How long the loop waits for an event before it looks at the stop flag and settles a rename
 /// whose second half never came.
@@ -117,11 +116,11 @@ fn describe(error: &notify::Error) -> String {
     }
 }
 
-pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Arc<AtomicBool>) {
+pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
     let NotifyBackend { watcher, raw } = backend;
     let mut translator = Translator::default();
     let mut new_dirs = NewDirs::default();
-    while !stop.load(Ordering::Relaxed) && !observer.closed() {
+    while !stop.is_set() && !observer.closed() {
         let actions = match raw.recv_timeout(TICK) {
             Ok(event) => translator.translate(event),
             Err(RecvTimeoutError::Timeout) => translator.flush(),

@@ -11,13 +11,12 @@ use bannin::event::{
     Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo, SensorEvent, SensorStatus,
 };
 use globset::GlobSet;
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use super::classify::{self, MAGIC_BYTES};
 use super::sizes::{Facts, Remembered, SizeCache};
 use super::{FilesConfig, FilesError};
-use crate::pipeline::EventTx;
+use crate::pipeline::{EventTx, LossySender};
 use crate::sensors::process::ProcessTable;
 
 /// A rescan walks whole trees; under a sustained overflow storm one per this long is enough.
@@ -107,7 +106,7 @@ pub struct Observer {
     sample_bytes: usize,
     scan_min_size: u64,
     processes: ProcessTable,
-    out: mpsc::Sender<Event>,
+    out: LossySender<Event>,
     tx: EventTx,
     /// When the last rescan after an overflow ran, and whether one is owed: an overflow within
     /// [`RESCAN_INTERVAL`] of the last rescan is rescanned when the interval is over, never
@@ -133,7 +132,7 @@ impl Observer {
         scope: Scope,
         config: &FilesConfig,
         processes: ProcessTable,
-        out: mpsc::Sender<Event>,
+        out: LossySender<Event>,
         tx: EventTx,
     ) -> Self {
         Observer {
@@ -482,10 +481,8 @@ impl Observer {
     }
 
     fn send(&mut self, event: Event) {
-        match self.out.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.tx.count_drop(1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.closed = true,
+        if self.out.push(event).is_err() {
+            self.closed = true;
         }
     }
 

@@ -24,9 +24,9 @@ fn processes() -> ProcessTable {
     ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default())
 }
 
-async fn start(config: FilesConfig) -> (FilesHandle, mpsc::Receiver<Event>) {
+async fn start(config: FilesConfig) -> (SensorHandle, mpsc::Receiver<Event>) {
     let (tx, rx) = pipeline::channel("test-host");
-    let handle = spawn(config, tx, processes()).await.unwrap();
+    let handle = spawn_with_table(config, tx, processes()).await.unwrap();
     (handle, rx)
 }
 
@@ -73,7 +73,7 @@ fn tempdir() -> (tempfile::TempDir, PathBuf) {
 async fn notify_backend_reports_create_write_rename_delete_with_sizes() {
     let (_guard, dir) = tempdir();
     let (handle, mut rx) = start(config(&dir, BackendChoice::Notify)).await;
-    assert_eq!(handle.backend(), "notify");
+    assert_eq!(handle.source(), "notify");
     let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
     assert!(sensor(&status).message.starts_with("notify:"), "{status:?}");
 
@@ -239,16 +239,14 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let (_guard, dir) = tempdir();
     let old = dir.join("old.csv");
     std::fs::write(&old, vec![b'x'; 777]).unwrap();
-    let (config, (out, mut rx)) = (
-        FilesConfig {
-            watch: vec![dir.clone()],
-            scan_min_size: 0,
-            ..FilesConfig::default()
-        },
-        mpsc::channel(16),
-    );
+    let config = FilesConfig {
+        watch: vec![dir.clone()],
+        scan_min_size: 0,
+        ..FilesConfig::default()
+    };
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
+    let (out, mut rx) = pipeline::lossy(&tx, 16);
     let mut observer = Observer::new("notify", scope, &config, processes(), out, tx);
     // The kernel said it lost events, which the translation turns into an overflow action.
     let mut translator = notify_backend::Translator::default();
@@ -257,16 +255,16 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let actions = translator.translate(Ok(overflow));
     assert_eq!(actions, vec![notify_backend::Action::Overflow]);
     observer.overflow("queue overflowed", None);
-    let reported = rx.recv().await.unwrap();
+    let reported = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(reported.kind(), "sensor.overflow");
     assert!(sensor(&reported).count_unknown);
     assert_eq!(serde_json::to_value(&reported).unwrap()["count"], "unknown");
-    let recovered = rx.recv().await.unwrap();
+    let recovered = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(recovered.kind(), "sensor.recovered");
     assert_eq!(sensor(&recovered).count, 1);
     std::fs::remove_file(&old).unwrap();
     observer.deleted(&old, None);
-    let deleted = rx.recv().await.unwrap();
+    let deleted = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
     assert_eq!(file(&deleted).size, Some(777));
 }
 
@@ -278,21 +276,15 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
         ..FilesConfig::default()
     };
     let (scope, _) = observe::Scope::new(&config).unwrap();
-    let (out, mut rx) = mpsc::channel(1);
     let (tx, mut spool) = pipeline::channel("h");
     let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(10));
-    let mut observer = Observer::new(
-        "notify",
-        scope,
-        &config,
-        processes(),
-        out,
-        tx.for_sensor("files"),
-    );
+    let tx = tx.for_sensor("files");
+    let (out, mut rx) = pipeline::lossy(&tx, 1);
+    let mut observer = Observer::new("notify", scope, &config, processes(), out, tx);
     for _ in 0..3 {
         observer.deleted(&dir.join("x"), None);
     }
-    assert!(rx.recv().await.is_some());
+    assert!(timeout(WAIT, rx.recv()).await.unwrap().is_some());
     let report = timeout(WAIT, spool.recv()).await.unwrap().unwrap();
     assert_eq!(report.kind(), "sensor.overflow");
     assert_eq!(sensor(&report).count, 2);
@@ -311,8 +303,8 @@ fn late_observer(dir: &Path) -> (Observer, mpsc::Receiver<Event>, ProcessTable) 
         ..FilesConfig::default()
     };
     let (scope, _) = observe::Scope::new(&config).unwrap();
-    let (out, rx) = mpsc::channel(16);
     let (tx, _spool) = pipeline::channel("h");
+    let (out, rx) = pipeline::lossy(&tx, 16);
     let table = processes();
     let observer = Observer::new("fanotify", scope, &config, table.clone(), out, tx);
     (observer, rx, table)
@@ -415,7 +407,7 @@ mod as_root {
     async fn auto_chooses_fanotify_as_root_and_names_the_child_behind_each_event() {
         let (_guard, dir) = tempdir();
         let (handle, mut rx) = start(config(&dir, BackendChoice::Auto)).await;
-        assert_eq!(handle.backend(), "fanotify");
+        assert_eq!(handle.source(), "fanotify");
         let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
         assert!(
             sensor(&status).message.starts_with("fanotify:"),
@@ -516,10 +508,10 @@ mod as_root {
             .unwrap();
         assert!(status.success());
 
-        let (out, mut rx) = mpsc::channel(4 * files);
         let (tx, _spool) = pipeline::channel("h");
+        let (out, mut rx) = pipeline::lossy(&tx, 4 * files);
         let observer = Observer::new("fanotify", scope, &config, processes(), out, tx);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::default();
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || fanotify::run(backend, observer, stop))
@@ -531,7 +523,7 @@ mod as_root {
         );
         let recovered = next(&mut rx, |e| e.kind() == "sensor.recovered").await;
         assert_eq!(sensor(&recovered).count, files as u64);
-        stop.store(true, Ordering::Relaxed);
+        stop.set();
         thread.join().unwrap();
     }
 
@@ -544,7 +536,7 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (handle, mut rx) = start(config).await;
-        assert_eq!(handle.backend(), "notify");
+        assert_eq!(handle.source(), "notify");
         let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
         let message = &sensor(&status).message;
         assert!(
@@ -559,11 +551,11 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (tx, _rx) = pipeline::channel("h");
-        match spawn(forced, tx, processes()).await {
+        match spawn_with_table(forced, tx, processes()).await {
             Err(FilesError::FanotifyUnavailable { reason }) => {
                 assert!(reason.contains("/proc/sys/fs"), "{reason}")
             }
-            other => panic!("expected a refusal, got {:?}", other.map(|h| h.backend())),
+            other => panic!("expected a refusal, got {:?}", other.map(|h| h.describe())),
         }
     }
 

@@ -10,14 +10,13 @@
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{NetlinkAddr, bind};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::mpsc;
 
+use crate::pipeline::LossySender;
+use crate::sensors::Stop;
 use crate::sensors::netlink::{self, u16_at, u32_at, u64_at};
 
 const AF_NETLINK: i32 = 16;
@@ -106,12 +105,11 @@ fn decode_msg(msg: &[u8]) -> Option<Closed> {
 }
 
 /// Subscribes to destruction notices and forwards them from a dedicated thread until `stop` is
-/// set. Notices the channel has no room for are counted in `dropped`.
+/// set. Notices lost in the kernel or with no room in `out` are counted as dropped.
 pub fn spawn(
     include_udp: bool,
-    out: mpsc::Sender<Closed>,
-    stop: Arc<AtomicBool>,
-    dropped: impl Fn(u64) + Send + 'static,
+    out: LossySender<Closed>,
+    stop: Stop,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let mut socket = Socket::new(
         Domain::from(AF_NETLINK),
@@ -129,7 +127,7 @@ pub fn spawn(
         .name("bannin-sock-destroy".into())
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.is_set() {
                 let n = match socket.read(&mut buf) {
                     Ok(n) => n,
                     Err(error)
@@ -146,7 +144,7 @@ pub fn spawn(
                     Err(error)
                         if error.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) =>
                     {
-                        dropped(1);
+                        out.count_drop(1);
                         continue;
                     }
                     Err(error) => {
@@ -155,10 +153,8 @@ pub fn spawn(
                     }
                 };
                 for closed in decode(&buf[..n]) {
-                    match out.try_send(closed) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => dropped(1),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    if out.push(closed).is_err() {
+                        return;
                     }
                 }
             }

@@ -17,15 +17,13 @@ mod scanner;
 mod scope;
 mod table;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use bannin::event::{SensorEvent, SensorStatus};
 
 pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;
-use crate::pipeline::EventTx;
+use crate::pipeline::{self, EventTx};
+use crate::sensors::{SensorContext, SensorHandle, Stop};
 
 const SENSOR: &str = "network";
 
@@ -35,34 +33,14 @@ pub enum NetError {
     Closed,
 }
 
-/// The running sensor; dropping it stops the sensor (it holds nothing that needs flushing).
-pub struct NetHandle {
-    task: Option<tokio::task::JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for NetHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Starts the sensor and reports in a `sensor.status` event what it watches.
-pub async fn spawn(
-    config: NetSettings,
-    tx: EventTx,
-    table: ProcessTable,
-) -> Result<NetHandle, NetError> {
-    let tx = tx.for_sensor(SENSOR);
-    let mut handle = NetHandle {
-        task: None,
-        stop: Arc::new(AtomicBool::new(false)),
-    };
+/// Starts the sensor, which names owners from the shared process table in `ctx`, and reports in a
+/// `sensor.status` event what it watches.
+pub async fn spawn(config: NetSettings, ctx: &SensorContext) -> Result<SensorHandle, NetError> {
+    let tx = ctx.tx.for_sensor(SENSOR);
+    let source = if config.enabled { "proc_net" } else { "off" };
+    let mut handle = SensorHandle::new(SENSOR, source, Stop::default());
     if config.enabled {
-        handle.task = start(config, tx, table, handle.stop.clone()).await?;
+        start(config, tx, ctx.processes.clone(), &mut handle).await?;
     }
     Ok(handle)
 }
@@ -72,22 +50,22 @@ async fn start(
     config: NetSettings,
     tx: EventTx,
     table: ProcessTable,
-    stop: Arc<AtomicBool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NetError> {
-    let (closed_tx, closed_rx) = tokio::sync::mpsc::channel(CLOSED_QUEUE);
-    let drops = tx.clone();
-    let notices = destroy::spawn(config.include_udp, closed_tx, stop, move |n| {
-        drops.count_drop(n)
-    });
+    handle: &mut SensorHandle,
+) -> Result<(), NetError> {
+    let (closed_tx, closed_rx) = pipeline::lossy(&tx, CLOSED_QUEUE);
+    let notices = destroy::spawn(config.include_udp, closed_tx, handle.stop_signal());
     let every = config.interval.as_millis();
     let (message, closed_rx) = match notices {
-        Ok(_thread) => (
-            format!(
-                "reading the kernel's socket tables every {every}ms; connections closed before a \
-                 read are reported from the kernel's socket destruction notices, without their process"
-            ),
-            Some(closed_rx),
-        ),
+        Ok(thread) => {
+            handle.add_thread(thread);
+            (
+                format!(
+                    "reading the kernel's socket tables every {every}ms; connections closed before a \
+                     read are reported from the kernel's socket destruction notices, without their process"
+                ),
+                Some(closed_rx),
+            )
+        }
         Err(error) => (
             format!(
                 "reading the kernel's socket tables every {every}ms; connections shorter than that \
@@ -100,9 +78,9 @@ async fn start(
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
         .map_err(|_| NetError::Closed)?;
-    Ok(Some(tokio::spawn(scanner::run(
-        config, tx, table, closed_rx,
-    ))))
+    // The scanner holds nothing that needs handing on: the stop signal drops it where it waits.
+    handle.spawn_until_stopped(scanner::run(config, tx, table, closed_rx));
+    Ok(())
 }
 
 /// Destruction notices waiting for the sensor's task; more are counted as dropped.
@@ -114,14 +92,14 @@ async fn start(
     _config: NetSettings,
     tx: EventTx,
     _table: ProcessTable,
-    _stop: Arc<AtomicBool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NetError> {
+    _handle: &mut SensorHandle,
+) -> Result<(), NetError> {
     let message = "outbound connections are only watched on Linux";
     tracing::warn!(message);
     tx.send(SensorEvent::new(SensorStatus::Status, SENSOR, message))
         .await
         .map_err(|_| NetError::Closed)?;
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -144,12 +122,14 @@ mod tests {
 
         const PATIENCE: Duration = Duration::from_secs(15);
 
-        async fn started() -> (NetHandle, mpsc::Receiver<Event>) {
+        async fn started() -> (SensorHandle, mpsc::Receiver<Event>) {
             started_with(Duration::from_millis(100)).await.0
         }
 
         /// The sensor reading every `interval`, and its status message.
-        async fn started_with(interval: Duration) -> ((NetHandle, mpsc::Receiver<Event>), String) {
+        async fn started_with(
+            interval: Duration,
+        ) -> ((SensorHandle, mpsc::Receiver<Event>), String) {
             let (tx, mut rx) = pipeline::channel("test-host");
             let config = NetConfig {
                 interval,
@@ -157,8 +137,12 @@ mod tests {
             }
             .settings()
             .unwrap();
-            let table = ProcessTable::new(100, Duration::from_secs(60));
-            let handle = spawn(config, tx, table).await.unwrap();
+            let ctx = SensorContext {
+                tx,
+                state_dir: std::env::temp_dir(),
+                processes: ProcessTable::new(100, Duration::from_secs(60)),
+            };
+            let handle = spawn(config, &ctx).await.unwrap();
             let status = rx.recv().await.unwrap();
             let Body::Sensor(status) = status.body else {
                 panic!("expected the sensor's status first, got {status:?}");

@@ -11,8 +11,6 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent, SensorStatus};
@@ -22,7 +20,8 @@ use tokio::time::Instant;
 
 use super::os;
 use super::table::{ProcessTable, Snapshot};
-use crate::pipeline::EventTx;
+use crate::pipeline::{self, EventTx, LossySender};
+use crate::sensors::Stop;
 use crate::sensors::netlink::{self, NLMSG_HEADER, u16_at, u32_at};
 
 const AF_NETLINK: i32 = 16;
@@ -256,15 +255,15 @@ pub fn spawn(
     settings: Settings,
     table: ProcessTable,
     tx: EventTx,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let (queue, queued) = mpsc::sync_channel::<Job>(settings.queue_capacity);
+    let (queue, mut queued) = pipeline::lossy::<Job>(&tx, settings.queue_capacity);
     let sender_tx = tx.clone();
     let sender_table = table.clone();
     let sender = std::thread::Builder::new()
         .name("bannin-proc-send".into())
         .spawn(move || {
-            for job in queued {
+            while let Some(job) = queued.blocking_recv() {
                 if sender_tx.blocking_send(job.event(&sender_table)).is_err() {
                     return;
                 }
@@ -276,7 +275,6 @@ pub fn spawn(
             let mut reader = Reader {
                 connector,
                 table,
-                tx,
                 queue,
                 gaps: Gaps::default(),
                 lost: 0,
@@ -386,8 +384,7 @@ fn process_event(table: &ProcessTable, snapshot: &Snapshot, action: ProcessActio
 struct Reader {
     connector: Connector,
     table: ProcessTable,
-    tx: EventTx,
-    queue: mpsc::SyncSender<Job>,
+    queue: LossySender<Job>,
     gaps: Gaps,
     lost: u64,
     overflowed: bool,
@@ -409,9 +406,9 @@ impl Reader {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) {
+    fn run(&mut self, stop: &Stop) {
         let mut buf = vec![0u8; 256 * 1024];
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_set() {
             match self.connector.read(&mut buf) {
                 Ok(datagram) => {
                     let mut batch = decode(datagram);
@@ -529,14 +526,7 @@ impl Reader {
     /// Hands an event to the sender thread without waiting: the socket must keep being read. A
     /// full queue counts the event as dropped. Returns false once the sender has gone.
     fn queue(&self, job: Job) -> bool {
-        match self.queue.try_send(job) {
-            Ok(()) => true,
-            Err(mpsc::TrySendError::Full(_)) => {
-                self.tx.count_drop(1);
-                true
-            }
-            Err(mpsc::TrySendError::Disconnected(_)) => false,
-        }
+        self.queue.push(job).is_ok()
     }
 
     fn housekeeping(&mut self) -> bool {
@@ -672,7 +662,7 @@ mod tests {
             std::process::Command::new("/bin/true").status().unwrap();
         }
         let (tx, mut rx) = crate::pipeline::channel("test-host");
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::default();
         let settings = Settings {
             queue_capacity: 1024,
             io_sample_interval: Duration::ZERO,
@@ -693,7 +683,7 @@ mod tests {
             }
             lost > 0
         });
-        stop.store(true, Ordering::Relaxed);
+        stop.set();
         drop(rx);
         for thread in threads {
             thread.join().unwrap();

@@ -13,8 +13,6 @@ pub mod os;
 mod poll;
 mod table;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bannin::event::{SensorEvent, SensorStatus};
@@ -23,6 +21,7 @@ pub use config::{Backend, ConfigError, ProcessConfig};
 pub use table::{ProcessTable, Snapshot};
 
 use crate::pipeline::EventTx;
+use crate::sensors::{SensorContext, SensorHandle, Stop};
 
 /// The sensor's name in `sensor.*` events and drop counts.
 const SENSOR: &str = "process";
@@ -51,72 +50,31 @@ pub enum ProcessError {
     Closed,
 }
 
-/// The running sensor. Dropping it stops the sensor; [`ProcessHandle::shutdown`] also waits for it.
-pub struct ProcessHandle {
-    source: &'static str,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl ProcessHandle {
-    /// "proc_connector", "poll", or "off" when the sensor is disabled.
-    pub fn source(&self) -> &'static str {
-        self.source
-    }
-
-    /// Stops the sensor and waits until the events it had read are handed to the spool.
-    pub async fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-        let threads = std::mem::take(&mut self.threads);
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for ProcessHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Starts the process sensor with the best backend the host allows and reports which one in a
-/// `sensor.status` event. The table works (from `/proc`, lazily) even when the sensor is disabled.
+/// Starts the process sensor with the best backend the host allows, feeding the shared process
+/// table in `ctx`, and reports which backend in a `sensor.status` event. The table works (from
+/// `/proc`, lazily) even when the sensor is disabled.
 pub async fn spawn(
     config: ProcessConfig,
-    tx: EventTx,
-) -> Result<(ProcessHandle, ProcessTable), ProcessError> {
+    ctx: &SensorContext,
+) -> Result<SensorHandle, ProcessError> {
     config.validate()?;
-    let tx = tx.for_sensor(SENSOR);
-    let table = ProcessTable::from_config(&config);
-    let mut handle = ProcessHandle {
-        source: "off",
-        stop: Arc::new(AtomicBool::new(false)),
-        threads: Vec::new(),
-        task: None,
-    };
+    let tx = ctx.tx.for_sensor(SENSOR);
+    let table = &ctx.processes;
+    let stop = Stop::default();
     if !config.enabled {
-        return Ok((handle, table));
+        return Ok(SensorHandle::new(SENSOR, "off", stop));
     }
 
-    let fallback = match start_connector(&config, &table, &tx, &handle.stop).await? {
+    let fallback = match start_connector(&config, table, &tx, &stop).await? {
         Ok(threads) => {
-            handle.source = "proc_connector";
-            handle.threads = threads;
+            let mut handle = SensorHandle::new(SENSOR, "proc_connector", stop);
+            for thread in threads {
+                handle.add_thread(thread);
+            }
             let message = "process events from the kernel's proc connector: every exec and exit";
             tracing::info!(backend = "proc_connector", "process sensor started");
             send_status(&tx, message.to_string()).await?;
-            return Ok((handle, table));
+            return Ok(handle);
         }
         Err(reason) => reason,
     };
@@ -133,13 +91,13 @@ pub async fn spawn(
         ),
     };
     tracing::info!(backend = "poll", %message, "process sensor started");
-    handle.source = poll::SOURCE;
+    let mut handle = SensorHandle::new(SENSOR, poll::SOURCE, stop);
     let poller = poll::Poller::start(table.clone())
         .await
         .ok_or(ProcessError::Poll)?;
-    handle.task = Some(tokio::spawn(poller.run(tx.clone(), interval)));
+    handle.spawn_until_stopped(poller.run(tx.clone(), interval));
     send_status(&tx, message).await?;
-    Ok((handle, table))
+    Ok(handle)
 }
 
 /// Tries the connector as configured: the outer error is fatal, the inner one says why the sensor
@@ -149,7 +107,7 @@ async fn start_connector(
     config: &ProcessConfig,
     table: &ProcessTable,
     tx: &EventTx,
-    stop: &Arc<AtomicBool>,
+    stop: &Stop,
 ) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
     if config.backend == Backend::Poll {
         return Ok(Err(None));
@@ -187,7 +145,7 @@ async fn start_connector(
     config: &ProcessConfig,
     _table: &ProcessTable,
     _tx: &EventTx,
-    _stop: &Arc<AtomicBool>,
+    _stop: &Stop,
 ) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
     match config.backend {
         Backend::Connector => Err(ProcessError::Unsupported),

@@ -11,6 +11,22 @@ use crate::pipeline;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
+/// The sensor started as `agent run` starts it, with the table it feeds.
+async fn spawn(
+    config: ProcessConfig,
+    tx: crate::pipeline::EventTx,
+) -> Result<(SensorHandle, ProcessTable), ProcessError> {
+    let table = ProcessTable::from_config(&config);
+    let ctx = SensorContext {
+        tx,
+        state_dir: std::env::temp_dir(),
+        processes: table.clone(),
+    };
+    super::spawn(config, &ctx)
+        .await
+        .map(|handle| (handle, table))
+}
+
 /// Process events as they arrive, kept so that a test can ask for them in any order.
 struct Seen {
     rx: mpsc::Receiver<Event>,
@@ -100,7 +116,7 @@ async fn as_root_the_connector_sees_short_lived_children_and_their_exit_codes() 
     assert_eq!(exit.exit_code, Some(7));
     assert!(exit.process.cmdline.contains(&marker), "{exit:?}");
     assert!(exit.read_bytes.is_some_and(|read| read > 0), "{exit:?}");
-    handle.shutdown().await;
+    handle.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +148,7 @@ async fn the_poll_backend_sees_a_process_that_lives_long_enough() {
     assert!(exit.process.cmdline.contains("sleep 3"), "{exit:?}");
     // The table still answers for the process after it is gone.
     assert!(table.info(pid).unwrap().cmdline.contains("sleep 3"));
-    handle.shutdown().await;
+    handle.stop().await;
 }
 
 #[tokio::test]
@@ -249,7 +265,7 @@ async fn exec_burst() {
         captured * 1000 >= count * 999,
         "captured {captured} of {count}"
     );
-    handle.shutdown().await;
+    handle.stop().await;
 }
 
 /// CPU time (user + system, in clock ticks of 10ms) and resident memory (kB) of this process.
@@ -292,12 +308,16 @@ async fn sensors_idle() {
     });
     let (_before_ticks, before_rss) = own_cost();
     let (process, table) = spawn(ProcessConfig::default(), tx.clone()).await.unwrap();
+    let ctx = SensorContext {
+        tx,
+        state_dir: std::env::temp_dir(),
+        processes: table,
+    };
     let net = crate::sensors::net::spawn(
         crate::sensors::net::NetConfig::default()
             .settings()
             .unwrap(),
-        tx,
-        table,
+        &ctx,
     )
     .await
     .unwrap();
@@ -308,8 +328,9 @@ async fn sensors_idle() {
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let (end_ticks, end_rss) = own_cost();
     let elapsed = started.elapsed().as_secs_f64();
-    process.shutdown().await;
+    process.stop().await;
     drop(net);
+    drop(ctx);
     let events = drain.await.unwrap();
     println!(
         "sensors_idle: {secs}s, cpu {:.2}% of one core ({} ticks), rss {} kB (test binary alone \

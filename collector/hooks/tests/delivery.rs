@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn webhooks_receive_json_and_slack_bodies() {
-    let receiver = Receiver::start(&[], 200).await;
+    let receiver = HttpReceiver::start(0);
     let mut store = Store::new();
     let settings = settings(&format!(
         r#"
@@ -21,11 +21,11 @@ async fn webhooks_receive_json_and_slack_bodies() {
     let sent = alert("alert-1", 1);
     store.enqueue(&hooks, &sent);
 
-    let requests = receiver.wait_for(2).await;
-    let json = requests.iter().find(|r| r.path == "/json").unwrap();
-    let slack = requests.iter().find(|r| r.path == "/slack").unwrap();
-    assert_eq!(json.content_type.as_deref(), Some("application/json"));
-    assert_eq!(slack.content_type.as_deref(), Some("application/json"));
+    let requests = wait_requests(&receiver, 2).await;
+    let json = requests.iter().find(|r| r.path() == "/json").unwrap();
+    let slack = requests.iter().find(|r| r.path() == "/slack").unwrap();
+    assert_eq!(json.header("content-type"), Some("application/json"));
+    assert_eq!(slack.header("content-type"), Some("application/json"));
     // The alert object, plus the delivery's idempotency key.
     let mut body = json.json();
     let object = body.as_object_mut().unwrap();
@@ -113,8 +113,8 @@ async fn delivery_waits_for_a_receiver_that_comes_back() {
     let error = status[0].last_error.clone().unwrap();
     assert!(error.contains("connect"), "{error}");
 
-    let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), &[], 200);
-    let requests = receiver.wait_for(1).await;
+    let receiver = HttpReceiver::start(addr.port());
+    let requests = wait_requests(&receiver, 1).await;
     assert_eq!(requests[0].json()["id"], "alert-1");
     let status = store
         .wait_status("alert-1", |s| s[0].state == DeliveryState::Delivered)
@@ -126,7 +126,7 @@ async fn delivery_waits_for_a_receiver_that_comes_back() {
 
 #[tokio::test]
 async fn a_503_is_retried_until_accepted() {
-    let receiver = Receiver::start(&[503, 503], 200).await;
+    let receiver = HttpReceiver::statuses(0, &[503, 503], 200);
     let mut store = Store::new();
     let settings = settings(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\n",
@@ -188,9 +188,9 @@ async fn pending_deliveries_survive_a_worker_restart() {
     first.shutdown().await.unwrap();
 
     // A new worker with its own connection finds the row on disk.
-    let receiver = Receiver::on(TcpListener::bind(addr).await.unwrap(), &[], 200);
+    let receiver = HttpReceiver::start(addr.port());
     let second = spawn_with(settings(&config), store.path.clone()).unwrap();
-    let requests = receiver.wait_for(1).await;
+    let requests = wait_requests(&receiver, 1).await;
     assert_eq!(requests[0].json()["id"], "alert-1");
     store
         .wait_status("alert-1", |s| s[0].state == DeliveryState::Delivered)
@@ -200,7 +200,7 @@ async fn pending_deliveries_survive_a_worker_restart() {
 
 #[tokio::test]
 async fn rate_limit_holds_extra_alerts_until_the_window_frees() {
-    let receiver = Receiver::start(&[], 200).await;
+    let receiver = HttpReceiver::start(0);
     let mut store = Store::new();
     let mut settings = settings(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\nrate_per_minute = 2\n",
@@ -213,7 +213,7 @@ async fn rate_limit_holds_extra_alerts_until_the_window_frees() {
         store.enqueue(&hooks, &alert(&format!("alert-{n}"), 1));
     }
 
-    receiver.wait_for(2).await;
+    wait_requests(&receiver, 2).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         receiver.requests().len(),
@@ -225,7 +225,7 @@ async fn rate_limit_holds_extra_alerts_until_the_window_frees() {
     assert_eq!(held[0].attempts, 0);
 
     // Held, not dropped: the rest go out once the window frees, in order.
-    let requests = receiver.wait_for(4).await;
+    let requests = wait_requests(&receiver, 4).await;
     let ids: Vec<_> = requests.iter().map(|r| r.json()["id"].clone()).collect();
     assert_eq!(ids, ["alert-1", "alert-2", "alert-3", "alert-4"]);
     hooks.shutdown().await.unwrap();
@@ -233,7 +233,7 @@ async fn rate_limit_holds_extra_alerts_until_the_window_frees() {
 
 #[tokio::test]
 async fn a_repeat_is_sent_again_at_most_once_a_window() {
-    let receiver = Receiver::start(&[], 200).await;
+    let receiver = HttpReceiver::start(0);
     let mut store = Store::new();
     let mut settings = settings(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\nrate_per_minute = 0\n",
@@ -242,7 +242,7 @@ async fn a_repeat_is_sent_again_at_most_once_a_window() {
     settings.rate_window = Duration::from_secs(2);
     let hooks = spawn_with(settings, store.path.clone()).unwrap();
     store.enqueue(&hooks, &alert("alert-1", 1));
-    receiver.wait_for(1).await;
+    wait_requests(&receiver, 1).await;
     store
         .wait_status("alert-1", |s| s[0].state == DeliveryState::Delivered)
         .await;
@@ -250,7 +250,7 @@ async fn a_repeat_is_sent_again_at_most_once_a_window() {
     store.enqueue(&hooks, &alert("alert-1", 2));
     store.enqueue(&hooks, &alert("alert-1", 3));
     assert_eq!(store.status("alert-1")[0].state, DeliveryState::Pending);
-    let requests = receiver.wait_for(2).await;
+    let requests = wait_requests(&receiver, 2).await;
     assert_eq!(
         requests[1].json()["count"],
         3,
@@ -271,8 +271,8 @@ async fn a_repeat_is_sent_again_at_most_once_a_window() {
 
 #[tokio::test]
 async fn permanent_rejections_stop_but_429_is_retried() {
-    let rejecting = Receiver::start(&[], 400).await;
-    let throttling = Receiver::start(&[429, 429, 429], 200).await;
+    let rejecting = HttpReceiver::statuses(0, &[], 400);
+    let throttling = HttpReceiver::statuses(0, &[429, 429, 429], 200);
     let mut store = Store::new();
     let settings = settings(&format!(
         r#"

@@ -1,25 +1,21 @@
-//! Alert delivery through the sink workers against real receivers: an HTTP server on 127.0.0.1 that
-//! records requests (`delivery.rs`), and the Python sinks of tests/support/ for HTTPS and plain,
-//! STARTTLS and implicit TLS mail (`tls_and_email.rs`). What one alert renders to is pinned by the
+//! Alert delivery through the sink workers against real receivers from tests/support/: the HTTP
+//! receiver (`delivery.rs`), and the Python sinks for HTTPS and for plain, STARTTLS and implicit TLS
+//! mail (`tls_and_email.rs`). What one alert renders to is pinned by the
 //! golden files (`collector/golden.rs`); configuration, escaping and subject tests sit beside their
 //! code.
 
 mod delivery;
 mod tls_and_email;
 
-use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bannin::time::Timestamp;
 use rusqlite::Connection;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
 
 use super::config::Settings;
 use super::outbox::{self, DeliveryState, DeliveryStatus};
@@ -118,144 +114,27 @@ fn settings(toml_text: &str) -> Settings {
     settings
 }
 
-#[derive(Debug, Clone)]
-struct Request {
-    path: String,
-    content_type: Option<String>,
-    body: Vec<u8>,
-}
+// The suites' one HTTP receiver, shared with the integration tests.
+#[allow(dead_code)] // Each suite uses a part of it.
+#[path = "../../../tests/support/http_receiver.rs"]
+mod http_receiver;
+use http_receiver::{HttpReceiver, Request};
 
-impl Request {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-/// A minimal HTTP/1.1 server that records every request and answers with scripted status codes
-/// (then `fallback`). Stops when dropped.
-struct Receiver {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
-    task: JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start(script: &[u16], fallback: u16) -> Self {
-        Self::on(
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            script,
-            fallback,
-        )
-    }
-
-    fn on(listener: TcpListener, script: &[u16], fallback: u16) -> Self {
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
-        let recorded = requests.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let recorded = recorded.clone();
-                let script = script.clone();
-                tokio::spawn(async move {
-                    if let Some(request) = read_request(stream, &script, fallback).await {
-                        recorded.lock().unwrap().push(request);
-                    }
-                });
-            }
-        });
-        Receiver {
-            addr,
-            requests,
-            task,
+/// Waits until `receiver` has had `count` requests, yielding to the sink workers in between.
+async fn wait_requests(receiver: &HttpReceiver, count: usize) -> Vec<Request> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let requests = receiver.requests();
+        if requests.len() >= count {
+            return requests;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} requests arrived",
+            requests.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, count: usize) -> Vec<Request> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let requests = self.requests();
-            if requests.len() >= count {
-                return requests;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {count} requests arrived",
-                requests.len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn read_request(
-    mut stream: TcpStream,
-    script: &Mutex<VecDeque<u16>>,
-    fallback: u16,
-) -> Option<Request> {
-    let mut buffer = Vec::new();
-    let header_end = loop {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let path = lines.next()?.split(' ').nth(1)?.to_string();
-    let mut content_type = None;
-    let mut length = 0;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-type" => content_type = Some(value.trim().to_string()),
-                "content-length" => length = value.trim().parse().ok()?,
-                _ => {}
-            }
-        }
-    }
-    let mut body = buffer[header_end..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    let status = script.lock().unwrap().pop_front().unwrap_or(fallback);
-    let response = format!(
-        "HTTP/1.1 {status} Scripted\r\nContent-Length: 8\r\nConnection: close\r\n\r\nscripted"
-    );
-    stream.write_all(response.as_bytes()).await.ok()?;
-    let _ = stream.shutdown().await;
-    Some(Request {
-        path,
-        content_type,
-        body,
-    })
 }
 
 /// A port with nothing listening on it (bound and released), for a receiver that is down.

@@ -618,25 +618,12 @@ fn first_batch(
     host: &str,
     bodies: Vec<bannin::event::Body>,
 ) -> bannin::pb::EventBatch {
-    use bannin::chain::{self, GENESIS};
-    let mut head = GENESIS;
-    let mut events = Vec::new();
-    for (i, body) in bodies.into_iter().enumerate() {
-        let mut event = bannin::event::Event::now(host, body);
-        event.seq = i as u64 + 1;
-        let bytes = bannin::proto::encode_event(&event);
-        head = chain::link(&head, event.seq, &bytes);
-        events.push(bytes);
-    }
-    let last = events.len() as u64;
-    let signature = chain::sign_batch(&keys.signing, &keys.id, 1, last, &GENESIS, &head);
-    bannin::pb::EventBatch {
-        events,
-        prev_hash: GENESIS.to_vec(),
-        signature: signature.to_vec(),
-        first_seq: 1,
-        witness: None,
-    }
+    let events = bodies
+        .into_iter()
+        .map(|body| bannin::event::Event::now(host, body))
+        .collect();
+    let encoded = crate::sim::numbered(1, events);
+    crate::sim::forge_batch(&keys.id, &keys.signing, 1, bannin::chain::GENESIS, encoded).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,73 +161,6 @@ fn a_file_name_cannot_forge_rows_or_send_control_sequences_to_the_operators_term
 // ---------------------------------------------------------------------------------------------
 // Hostile webhook receivers
 
-/// A loopback HTTP receiver that reads each request and hands the connection to `answer`, which
-/// writes whatever reply the attack needs. Counts requests.
-struct ScriptedReceiver {
-    port: u16,
-    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl ScriptedReceiver {
-    fn start(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> Self {
-        Self::start_recording(move |stream, _, _| answer(stream))
-    }
-
-    /// Like `start`, with the request's head and body handed to `answer` too.
-    fn start_recording(
-        answer: impl Fn(&mut std::net::TcpStream, &str, &[u8]) + Send + Sync + 'static,
-    ) -> Self {
-        use std::io::Read;
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = requests.clone();
-        let answer = std::sync::Arc::new(answer);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let (seen, answer) = (seen.clone(), answer.clone());
-                std::thread::spawn(move || {
-                    // The request head and as much body as it says it has.
-                    let mut data = Vec::new();
-                    let mut buf = [0u8; 8192];
-                    let (head, body) = loop {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => data.extend_from_slice(&buf[..n]),
-                        }
-                        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if data.len() >= end + 4 + length {
-                            let head = String::from_utf8_lossy(&data[..end]).to_string();
-                            break (head, data[end + 4..end + 4 + length].to_vec());
-                        }
-                    };
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    answer(&mut stream, &head, &body);
-                });
-            }
-        });
-        ScriptedReceiver { port, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// The collector's peak resident memory (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -274,7 +207,7 @@ fn a_receiver_answering_500_with_an_endless_body_cannot_grow_the_collector() {
     // stops at 512 MiB a connection so a collector that reads it all does not starve the machine.
     let most_sent = std::sync::Arc::new(AtomicU64::new(0));
     let sent = most_sent.clone();
-    let receiver = ScriptedReceiver::start(move |stream| {
+    let receiver = HttpReceiver::scripted(0, move |_, stream| {
         let _ = stream.write_all(
             b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: 2147483648\r\n\r\n",
         );
@@ -287,7 +220,7 @@ fn a_receiver_answering_500_with_an_endless_body_cannot_grow_the_collector() {
     });
     let host = host(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\ntimeout = \"60s\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
-        receiver.url()
+        receiver.url("/hook")
     ));
     export_and_delete_plain(&host);
 
@@ -295,7 +228,7 @@ fn a_receiver_answering_500_with_an_endless_body_cannot_grow_the_collector() {
     assert_eq!(delivery["state"], "failed-retrying", "{delivery}");
     let error = delivery["last_error"].as_str().unwrap();
     assert!(error.contains("500"), "{error}");
-    assert!(receiver.requests() >= 3);
+    assert!(receiver.count() >= 3);
     let peak = peak_rss(host.collector.proc.child.id());
     assert!(
         peak < 128 * 1024 * 1024,
@@ -312,7 +245,7 @@ fn a_receiver_redirecting_elsewhere_is_not_followed() {
     use std::io::Write;
     let elsewhere = HttpReceiver::start(0);
     let target = elsewhere.url("/stolen");
-    let receiver = ScriptedReceiver::start(move |stream| {
+    let receiver = HttpReceiver::scripted(0, move |_, stream| {
         let _ = stream.write_all(
             format!(
                 "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -322,7 +255,7 @@ fn a_receiver_redirecting_elsewhere_is_not_followed() {
     });
     let host = host(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\n[alerts.retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
-        receiver.url()
+        receiver.url("/hook")
     ));
     export_and_delete_plain(&host);
 
@@ -334,7 +267,7 @@ fn a_receiver_redirecting_elsewhere_is_not_followed() {
         "{error}"
     );
     assert!(
-        elsewhere.requests.lock().unwrap().is_empty(),
+        elsewhere.count() == 0,
         "the alert went to the redirect target"
     );
 }
@@ -495,8 +428,11 @@ fn a_delivery_resent_after_a_crash_carries_the_same_idempotency_key() {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(16);
     let tx = std::sync::Mutex::new(tx);
     let first = std::sync::atomic::AtomicBool::new(true);
-    let receiver = ScriptedReceiver::start_recording(move |stream, head, body| {
-        let _ = tx.lock().unwrap().send((head.to_string(), body.to_vec()));
+    let receiver = HttpReceiver::scripted(0, move |request, stream| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send((request.head.clone(), request.body.clone()));
         if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
             let mut buf = [0u8; 1];
             let _ = std::io::Read::read(stream, &mut buf); // returns when the peer dies
@@ -506,7 +442,7 @@ fn a_delivery_resent_after_a_crash_carries_the_same_idempotency_key() {
     });
     let mut host = host(&format!(
         "[[alerts.webhook]]\nurl = \"{}\"\ntimeout = \"5m\"\n",
-        receiver.url()
+        receiver.url("/hook")
     ));
     export_and_delete_plain(&host);
     let (head1, body1) = rx.recv_timeout(LONG).expect("the first attempt");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bannin::chain::{self, GENESIS, Hash};
+use bannin::chain::{GENESIS, Hash};
 use bannin::event::{AgentAction, AgentEvent, Event};
 use bannin::pb;
 use bannin::time::Timestamp;
@@ -60,36 +60,13 @@ impl Stolen {
 
     /// A correctly signed batch of raw event bytes numbered from `first_seq`, chained on `prev`.
     fn sign_raw(&self, first_seq: u64, prev: Hash, events: Vec<Vec<u8>>) -> (pb::EventBatch, Hash) {
-        let mut head = prev;
-        for (i, bytes) in events.iter().enumerate() {
-            head = chain::link(&head, first_seq + i as u64, bytes);
-        }
-        let last = first_seq + events.len() as u64 - 1;
-        let signature = chain::sign_batch(&self.key, &self.id, first_seq, last, &prev, &head);
-        (
-            pb::EventBatch {
-                events,
-                prev_hash: prev.to_vec(),
-                signature: signature.to_vec(),
-                first_seq,
-                witness: None,
-            },
-            head,
-        )
+        crate::sim::forge_batch(&self.id, &self.key, first_seq, prev, events)
     }
 
     /// A batch of `events`, numbered and chained where this agent is, without moving on.
     fn at(&self, events: Vec<Event>) -> (pb::EventBatch, Hash) {
         let first = self.next_seq;
-        let raw = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut event)| {
-                event.seq = first + i as u64;
-                bannin::proto::encode_event(&event)
-            })
-            .collect::<Vec<_>>();
-        self.sign_raw(first, self.head, raw)
+        self.sign_raw(first, self.head, crate::sim::numbered(first, events))
     }
 
     /// The next batch of `events`; the agent's position moves on.

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bannin::event::FileAction;
 use nix::errno::Errno;
@@ -17,6 +15,7 @@ use nix::sys::fanotify::{Fanotify, MaskFlags};
 use super::record::{Handle, NameEvent, parse_names};
 use super::resolve::{Resolver, path_of_file};
 use super::setup::FanotifyBackend;
+use crate::sensors::Stop;
 use crate::sensors::files::observe::{Observer, Seen};
 
 /// Bytes per read of the `names` group; many events per system call under load.
@@ -91,7 +90,7 @@ struct Loop {
     unnamed_writes: u64,
 }
 
-pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) {
+pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
     let FanotifyBackend {
         names,
         writes,
@@ -113,7 +112,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Arc<AtomicBool>) 
         unnamed_writes: 0,
     };
     let mut buf = vec![0u8; READ_BUFFER];
-    while !stop.load(Ordering::Relaxed) && !state.observer.closed() {
+    while !stop.is_set() && !state.observer.closed() {
         let mut fds = [
             PollFd::new(names.as_fd(), PollFlags::POLLIN),
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
