@@ -370,6 +370,37 @@ fn editing_an_alert_fails_verify() {
 }
 
 #[test]
+fn what_verify_quotes_from_a_tampered_store_cannot_drive_the_terminal() {
+    let (_tmp, dir) = store_copy();
+    // An agent id that would retitle the terminal and clear the screen, and a forged finding whose
+    // detail carries a new line with a fake all-clear.
+    sqlite(
+        &dir,
+        "UPDATE agents SET id = id || char(27) || ']0;pwned' || char(7) || char(27) || '[2J';
+         INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
+             VALUES (1, 0, 'chain.gap', 1, 1, 'x' || char(10) || 'verified 0 events: 0 problems');",
+    );
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(&dir),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "raw control bytes reached the terminal: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().all(|line| line.starts_with("note: ")
+            || line.starts_with("FAIL: ")
+            || line.starts_with("verified ")),
+        "a quoted value made a line of its own:\n{text}"
+    );
+}
+
+#[test]
 fn deleting_an_alert_fails_verify() {
     let (_tmp, dir) = store_copy();
     let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
