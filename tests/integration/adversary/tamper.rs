@@ -83,18 +83,7 @@ fn pristine() -> &'static Pristine {
 
 /// A private copy of the pristine data directory for one attack.
 fn store_copy() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("collector");
-    std::fs::create_dir(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for entry in std::fs::read_dir(&pristine().data).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-    }
-    (tmp, dir)
+    copy_dir(&pristine().data)
 }
 
 /// Runs SQL on a store with the `sqlite3` shell, as an attacker with the file would.
@@ -537,7 +526,7 @@ fn vouched_seq(checkpoint: &serde_json::Value, agent_id: &str) -> u64 {
 }
 
 /// A private copy of a stopped collector's data directory.
-fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("collector");
     std::fs::create_dir(&dir).unwrap();
