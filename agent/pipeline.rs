@@ -143,6 +143,7 @@ impl EventTx {
     }
 
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
+    #[cfg(target_os = "linux")]
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
         let number = self.tickets.issue();
         let mut event = Event::now(self.host.to_string(), body);
@@ -219,6 +220,7 @@ impl<T> LossySender<T> {
     }
 
     /// Counts items lost before they reached the queue (a kernel buffer that overflowed).
+    #[cfg(any(target_os = "linux", test))]
     pub fn count_drop(&self, count: u64) {
         self.tx.count_drop(count);
     }

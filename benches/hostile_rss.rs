@@ -23,7 +23,9 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::{Ancestor, Event, ProcessAction, ProcessEvent, ProcessInfo};

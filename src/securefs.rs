@@ -8,12 +8,17 @@
 //! `O_CREAT|O_EXCL|O_NOFOLLOW` and then renamed into place, so a planted symlink or hard link at the
 //! final name is replaced rather than followed.
 
+#[cfg(unix)]
 use std::collections::VecDeque;
+#[cfg(unix)]
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+#[cfg(unix)]
+use std::path::Component;
+use std::path::{Path, PathBuf};
 
 /// Symbolic links followed while resolving one path before giving up (Linux's own limit).
+#[cfg(unix)]
 const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
@@ -478,6 +483,9 @@ pub fn read_owned(path: &Path, access: Access) -> Result<Vec<u8>, SecureFsError>
             });
         }
     }
+    // Owners, modes and link counts are what `access` asks about; elsewhere there are none.
+    #[cfg(not(unix))]
+    let _ = access;
     let mut contents = Vec::new();
     file.read_to_end(&mut contents).map_err(io("read", path))?;
     Ok(contents)

@@ -89,7 +89,9 @@ impl SensorHandle {
         &self.source
     }
 
-    /// The signal the sensor's threads and tasks watch.
+    /// The signal the sensor's threads and tasks watch (today only the network sensor's
+    /// Linux-only notice thread needs it).
+    #[cfg(target_os = "linux")]
     pub fn stop_signal(&self) -> Stop {
         self.stop.clone()
     }

@@ -414,11 +414,13 @@ pub fn operators(out: &mut impl Write, rows: &[OperatorRow]) -> io::Result<()> {
 
 /// What `verify` found: explained gaps as notes, then every problem, then the totals.
 pub fn verify(out: &mut impl Write, report: &Report) -> io::Result<()> {
+    // Notes and problems quote what the store and the checkpoint file hold (agent ids, finding
+    // details, parse errors), which whoever tampered with them chose.
     for note in &report.notes {
-        writeln!(out, "note: {note}")?;
+        writeln!(out, "note: {}", escape_control(note))?;
     }
     for problem in &report.problems {
-        writeln!(out, "FAIL: {problem}")?;
+        writeln!(out, "FAIL: {}", escape_control(problem))?;
     }
     writeln!(
         out,

@@ -162,6 +162,7 @@ impl Observer {
         self.closed
     }
 
+    #[cfg(target_os = "linux")]
     pub fn remembered(&self, path: &Path) -> Option<Seen> {
         self.sizes.get(path).map(|known| Seen {
             facts: known.facts,
@@ -217,6 +218,7 @@ impl Observer {
 
     /// Examines a file through a descriptor the backend holds, which works even after the file
     /// was unlinked.
+    #[cfg(target_os = "linux")]
     pub fn examine_file(&self, path: &Path, file: File) -> Option<Seen> {
         let metadata = file.metadata().ok()?;
         let facts = Facts::from_metadata(&metadata);
@@ -242,6 +244,7 @@ impl Observer {
 
     /// Starts a new batch of kernel events: processes are looked up afresh, since one may have
     /// exec'd another program since the last batch.
+    #[cfg(target_os = "linux")]
     pub fn new_batch(&mut self) {
         self.looked_up.clear();
     }
@@ -355,6 +358,7 @@ impl Observer {
 
     /// Two names swapped places (`RENAME_EXCHANGE`): one event, from `a` to `b`, saying so, with
     /// what now sits at `a` as the `replaced_*` facts, since nothing was destroyed.
+    #[cfg(target_os = "linux")]
     pub fn exchanged(&mut self, a: &Path, b: &Path, pid: Option<u32>) {
         let mut event = self.file_event(FileAction::Rename, b);
         let (text, escaped) = escape_path(a);
@@ -447,6 +451,7 @@ impl Observer {
 
     /// Whether events are waiting for their process; the backend then calls [`Observer::pump`]
     /// often.
+    #[cfg(any(target_os = "linux", test))]
     pub fn waiting(&self) -> bool {
         !self.waiting.is_empty()
     }
@@ -498,12 +503,14 @@ impl Observer {
     }
 
     /// An error that stands for `count` lost events.
+    #[cfg(target_os = "linux")]
     pub fn error_count(&mut self, message: String, count: u64) {
         self.emit(Notice::error(SENSOR, message).count(count).logged());
     }
 
     /// The remembered path of a file by its inode (a scan, for the rare file whose path the
     /// kernel cannot print).
+    #[cfg(target_os = "linux")]
     pub fn path_of_inode(&self, inode: u64) -> Option<PathBuf> {
         self.sizes
             .paths()

@@ -14,13 +14,16 @@ mod config;
 mod destroy;
 #[cfg(target_os = "linux")]
 mod scanner;
+// Only Linux's socket tables are read; elsewhere the sensor says so and watches nothing.
+#[cfg(target_os = "linux")]
 mod scope;
+#[cfg(target_os = "linux")]
 mod table;
 
 pub use config::{NetConfig, NetSettings};
 
 use super::process::ProcessTable;
-use crate::pipeline::{self, EventTx};
+use crate::pipeline::EventTx;
 use crate::sensors::{Notice, SensorContext, SensorHandle, Stop};
 
 const SENSOR: &str = "network";
@@ -50,7 +53,7 @@ async fn start(
     table: ProcessTable,
     handle: &mut SensorHandle,
 ) -> Result<(), NetError> {
-    let (closed_tx, closed_rx) = pipeline::lossy(&tx, CLOSED_QUEUE);
+    let (closed_tx, closed_rx) = crate::pipeline::lossy(&tx, CLOSED_QUEUE);
     let notices = destroy::spawn(config.include_udp, closed_tx, handle.stop_signal());
     let every = config.interval.as_millis();
     let (message, closed_rx) = match notices {

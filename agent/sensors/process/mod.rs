@@ -37,6 +37,7 @@ pub enum ProcessError {
     #[cfg(not(target_os = "linux"))]
     #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
     Unsupported,
+    #[cfg(target_os = "linux")]
     #[error("cannot start the process sensor's threads: {source}")]
     Thread {
         #[source]

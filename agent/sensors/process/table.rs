@@ -187,6 +187,7 @@ impl ProcessTable {
     }
 
     /// `snapshot` as event fields, with the ancestry the table remembers.
+    #[cfg(target_os = "linux")]
     pub(crate) fn describe(&self, snapshot: &Snapshot) -> ProcessInfo {
         describe(&self.lock(), snapshot)
     }
@@ -262,6 +263,7 @@ impl ProcessTable {
     }
 
     /// Records a fork: until it execs, the child runs its parent's program.
+    #[cfg(target_os = "linux")]
     pub(crate) fn record_fork(&self, child: u32, parent: u32) {
         if !self.lock().entries.contains_key(&parent)
             && let Some(snapshot) = self.load(parent)
@@ -293,6 +295,7 @@ impl ProcessTable {
     }
 
     /// The parent a fork recorded for `pid`, for an exec whose `/proc` entry is already gone.
+    #[cfg(target_os = "linux")]
     pub(crate) fn ppid_of(&self, pid: u32) -> Option<u32> {
         self.lock()
             .entries
@@ -329,6 +332,7 @@ impl ProcessTable {
     }
 
     /// Pids the table believes are running.
+    #[cfg(target_os = "linux")]
     pub(crate) fn live_pids(&self) -> Vec<u32> {
         self.lock()
             .entries

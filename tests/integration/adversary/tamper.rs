@@ -83,18 +83,7 @@ fn pristine() -> &'static Pristine {
 
 /// A private copy of the pristine data directory for one attack.
 fn store_copy() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("collector");
-    std::fs::create_dir(&dir).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for entry in std::fs::read_dir(&pristine().data).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-    }
-    (tmp, dir)
+    copy_dir(&pristine().data)
 }
 
 /// Runs SQL on a store with the `sqlite3` shell, as an attacker with the file would.
@@ -370,6 +359,37 @@ fn editing_an_alert_fails_verify() {
 }
 
 #[test]
+fn what_verify_quotes_from_a_tampered_store_cannot_drive_the_terminal() {
+    let (_tmp, dir) = store_copy();
+    // An agent id that would retitle the terminal and clear the screen, and a forged finding whose
+    // detail carries a new line with a fake all-clear.
+    sqlite(
+        &dir,
+        "UPDATE agents SET id = id || char(27) || ']0;pwned' || char(7) || char(27) || '[2J';
+         INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
+             VALUES (1, 0, 'chain.gap', 1, 1, 'x' || char(10) || 'verified 0 events: 0 problems');",
+    );
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(&dir),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !out.stdout.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "raw control bytes reached the terminal: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().all(|line| line.starts_with("note: ")
+            || line.starts_with("FAIL: ")
+            || line.starts_with("verified ")),
+        "a quoted value made a line of its own:\n{text}"
+    );
+}
+
+#[test]
 fn deleting_an_alert_fails_verify() {
     let (_tmp, dir) = store_copy();
     let id = sqlite(&dir, "SELECT id FROM alerts LIMIT 1");
@@ -506,7 +526,7 @@ fn vouched_seq(checkpoint: &serde_json::Value, agent_id: &str) -> u64 {
 }
 
 /// A private copy of a stopped collector's data directory.
-fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn copy_dir(from: &Path) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("collector");
     std::fs::create_dir(&dir).unwrap();
