@@ -96,11 +96,11 @@ fn travel_company_2016_is_visible_within_seconds() {
     // 1. The attachment: a document viewer starts a shell.
     let viewer = tmp.path().join("soffice.bin");
     std::fs::copy("/bin/sh", &viewer).unwrap();
-    let status = Command::new(&viewer)
-        .arg("-c")
-        .arg("/bin/sh -c 'echo payload > /dev/null; sleep 0.3'")
-        .status()
-        .unwrap();
+    let status = status_of_fresh_copy(
+        Command::new(&viewer)
+            .arg("-c")
+            .arg("/bin/sh -c 'echo payload > /dev/null; sleep 0.3'"),
+    );
     assert!(status.success());
 
     // 3. The sales database read in bulk by a client.
@@ -170,4 +170,19 @@ fn travel_company_2016_is_visible_within_seconds() {
     )
     .len();
     assert_eq!(count, 1);
+}
+
+/// Runs a program that was just copied into place. Another test thread forking at the moment of the
+/// copy can hold the copy's write descriptor for an instant, so exec may fail with ETXTBSY ("text
+/// file busy") until that child has exec'd or exited; that, and only that, is tried again.
+fn status_of_fresh_copy(command: &mut Command) -> std::process::ExitStatus {
+    wait_for(
+        "the copied program to start",
+        Duration::from_secs(30),
+        || match command.status() {
+            Ok(status) => Some(status),
+            Err(error) if error.raw_os_error() == Some(nix::libc::ETXTBSY) => None,
+            Err(error) => panic!("cannot run {command:?}: {error}"),
+        },
+    )
 }
