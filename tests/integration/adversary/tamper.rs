@@ -23,10 +23,9 @@ const LONG: Duration = Duration::from_secs(60);
 const BATCHES: u64 = 5;
 const PER_BATCH: u64 = 5;
 
+/// The pristine agent's events.
 fn heartbeats(count: u64) -> Vec<Event> {
-    (0..count)
-        .map(|_| Event::now("victim", AgentEvent::new(AgentAction::Heartbeat)))
-        .collect()
+    beats("victim", count)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -499,6 +498,7 @@ fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper(
 
 // ---- Signed checkpoints: what leaves the box vouches for what the store must still hold.
 
+/// `count` heartbeats from `host`.
 fn beats(host: &str, count: u64) -> Vec<Event> {
     (0..count)
         .map(|_| Event::now(host, AgentEvent::new(AgentAction::Heartbeat)))
