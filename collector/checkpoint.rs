@@ -259,12 +259,20 @@ pub async fn run(data_dir: PathBuf, config: CheckpointConfig, seal: Seal) {
     }
 }
 
-/// Appends one line and makes it durable.
+/// Appends one line and makes it durable. A link planted at the path is not followed (the
+/// collector often runs as root), and only a regular file is written.
 fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(nix::libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     file.write_all(line.as_bytes())?;
     file.sync_data()
 }
@@ -400,6 +408,21 @@ mod tests {
         )
         .unwrap();
         assert!(!checkpoint.signed_by(&other_key));
+    }
+
+    #[test]
+    fn a_link_planted_at_the_checkpoint_path_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("passwd");
+        std::fs::write(&target, "root:x:0:0\n").unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(append(&path, "{}\n").is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+        std::fs::remove_file(&path).unwrap();
+        append(&path, "{}\n").unwrap();
+        append(&path, "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n{}\n");
     }
 
     #[test]
