@@ -67,7 +67,12 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        command.env("BANNIN_LOG", "info,bannin_agent=debug");
+        // The store writer's debug lines say when a batch is queued and when a group commit
+        // begins, so a test can order batches into groups by waiting, not sleeping.
+        command.env(
+            "BANNIN_LOG",
+            "info,bannin_agent=debug,bannin_collector::store::ingest=debug",
+        );
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
