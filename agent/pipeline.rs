@@ -316,7 +316,7 @@ async fn report_drops(tx: &EventTx) -> Result<(), Closed> {
     );
     for (sensor, count) in taken {
         let message = format!("{count} events dropped because the spool could not keep up");
-        let event = Notice::overflow(&sensor, message).count(count).logged();
+        let event = Notice::overflow(sensor, message).count(count).logged();
         tx.send(event).await?;
     }
     Ok(())
