@@ -335,6 +335,34 @@ impl Agent {
     }
 }
 
+/// Where most end-to-end tests begin: in a temp dir, a running collector (`collector/`), an
+/// agent state directory enrolled under `name` but not started (`agent/`), and an empty directory
+/// for it to watch. Destructure it; `tmp` owns the files, so keep it bound.
+pub struct Site {
+    pub tmp: tempfile::TempDir,
+    pub watched: PathBuf,
+    pub collector: Collector,
+    pub state: PathBuf,
+}
+
+impl Site {
+    /// `watched` is the watched directory's name in the temp dir.
+    pub fn new(name: &str, watched: &str) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(watched);
+        std::fs::create_dir(&dir).unwrap();
+        let collector = Collector::start(&tmp.path().join("collector"));
+        let state = tmp.path().join("agent");
+        collector.enroll(&state, name);
+        Site {
+            tmp,
+            watched: dir,
+            collector,
+            state,
+        }
+    }
+}
+
 /// Every stored event's seq for one agent must be 1..=n exactly once.
 pub fn assert_contiguous(events: &[serde_json::Value], agent_id: &str) -> u64 {
     let mut seqs: Vec<u64> = events

@@ -550,12 +550,18 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
     let large = send(1, &agents, &clients);
     wait(
         &mut collector,
-        format!("batch queued for the store writer agent_id={}", agents[1].id),
+        format!(
+            "batch queued for the store writer agent_id={}",
+            agents[1].id
+        ),
     );
     let small = send(2, &agents, &clients);
     wait(
         &mut collector,
-        format!("batch queued for the store writer agent_id={}", agents[2].id),
+        format!(
+            "batch queued for the store writer agent_id={}",
+            agents[2].id
+        ),
     );
     lock.execute_batch("ROLLBACK").unwrap();
 

@@ -413,12 +413,12 @@ fn stored_paths(collector: &Collector, dir: &Path, prefix: &str, count: usize) -
 
 #[test]
 fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "witness1");
+    let Site {
+        tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("witness1", "w");
     let config = tmp.path().join("agent.toml");
     private_file(
         &config,
