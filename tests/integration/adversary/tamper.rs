@@ -576,6 +576,7 @@ fn signed_checkpoints_catch_what_a_self_consistent_store_hides() {
         // The insider's copy, taken while the collector runs, as a backup job would.
         let out = run_output(
             Command::new("sqlite3")
+                .args(["-cmd", ".timeout 10000"])
                 .arg(data.join("bannin.db"))
                 .arg(format!(".backup {}", backup.display())),
         );
