@@ -10,10 +10,8 @@
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
 #![allow(clippy::disallowed_methods)]
 
-// Each benchmark uses its part of the shared support; this one only its option parsing.
-#[allow(dead_code)]
-#[path = "support/mod.rs"]
-mod support;
+#[path = "support/options.rs"]
+mod options;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -38,9 +36,9 @@ struct Options {
 
 fn options() -> Options {
     Options {
-        agents: support::option("--agents").unwrap_or(8),
-        events: support::option("--events").unwrap_or(400_000),
-        rounds: support::option("--rounds").unwrap_or(5),
+        agents: options::option("--agents").unwrap_or(8),
+        events: options::option("--events").unwrap_or(400_000),
+        rounds: options::option("--rounds").unwrap_or(5),
     }
 }
 

@@ -13,10 +13,8 @@
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
 #![allow(clippy::disallowed_methods)]
 
-// Each benchmark uses its part of the shared support; this one only its option parsing.
-#[allow(dead_code)]
-#[path = "support/mod.rs"]
-mod support;
+#[path = "support/options.rs"]
+mod options;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,15 +46,15 @@ struct Options {
 
 fn options() -> Options {
     Options {
-        events: support::option("--events").unwrap_or(1_000_000),
-        agents: support::option("--agents").unwrap_or(100),
-        rounds: support::option("--rounds").unwrap_or(21),
-        days: support::option("--days").unwrap_or(30),
-        window: support::option::<String>("--window")
+        events: options::option("--events").unwrap_or(1_000_000),
+        agents: options::option("--agents").unwrap_or(100),
+        rounds: options::option("--rounds").unwrap_or(21),
+        days: options::option("--days").unwrap_or(30),
+        window: options::option::<String>("--window")
             .map(|w| parse_duration(&w).unwrap())
             .unwrap_or(Duration::from_secs(3600)),
-        dir: support::option("--dir"),
-        index_cost: support::option("--index-cost").unwrap_or(500_000),
+        dir: options::option("--dir"),
+        index_cost: options::option("--index-cost").unwrap_or(500_000),
     }
 }
 

@@ -4,20 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// The value of `--name VALUE` on the benchmark's command line, if given; a value that does not
-/// parse stops the benchmark naming the option.
-pub fn option<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = args.iter().position(|a| a == name).map(|i| {
-        args.get(i + 1)
-            .unwrap_or_else(|| panic!("{name} needs a value"))
-    })?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} {value}: not a valid value")),
-    )
-}
+#[path = "options.rs"]
+mod options;
+pub use options::option;
 
 /// A child process killed when dropped.
 pub struct Killed(pub Child);
