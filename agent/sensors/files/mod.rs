@@ -142,8 +142,9 @@ fn start(
     let span = tracing::info_span!("sensor", sensor = "files", backend);
     let spawned = match chosen {
         #[cfg(target_os = "linux")]
-        Chosen::Fanotify(kernel) => thread
-            .spawn(move || span.in_scope(|| fanotify::run(kernel, reads, observer, stop))),
+        Chosen::Fanotify(kernel) => {
+            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, reads, observer, stop)))
+        }
         Chosen::Notify(watcher, failed) => {
             for (root, reason) in failed {
                 observer.error(format!("cannot watch {}: {reason}", root.display()), &root);

@@ -773,7 +773,10 @@ mod as_root {
             next(&mut rx, is("file.write", &dir.join("a.csv"))).await;
             settle(&dir, &mut rx, 1).await;
             let moved = dir.join("moved.csv");
-            let _mv = Script::run(&dir, "mv a.csv moved.csv && exec cat moved.csv - > /dev/null");
+            let _mv = Script::run(
+                &dir,
+                "mv a.csv moved.csv && exec cat moved.csv - > /dev/null",
+            );
             let read = next(&mut rx, |e| e.kind() == "file.read").await;
             assert_eq!(read.path(), moved.to_str());
             // A second name outside the watched trees: a read under it is still a read of the
@@ -803,7 +806,12 @@ mod as_root {
             let (handle, mut rx) = start(reads_config(&dir, 1)).await;
             let _write = Script::run(
                 &dir,
-                &format!("{}; {}; {}", export("a.csv"), export("b.csv"), export("c.csv")),
+                &format!(
+                    "{}; {}; {}",
+                    export("a.csv"),
+                    export("b.csv"),
+                    export("c.csv")
+                ),
             );
             let mut refused = 0;
             while refused < 2 {
