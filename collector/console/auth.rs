@@ -91,9 +91,9 @@ fn session_cookie(value: &str, max_age: u64) -> String {
     format!("{COOKIE}={value}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict")
 }
 
-/// `GET /signin?token=...`: spends the link and starts a fresh session. Any session the browser
-/// already had is ended first: the console only ever accepts sessions it created at a sign-in,
-/// never one the browser brought along.
+/// `GET /signin?token=...`: spends the link and starts a fresh session, and ends any session the
+/// browser already had: the console only ever accepts sessions it created at a sign-in, never one
+/// the browser brought along (session fixation).
 pub async fn sign_in(
     State(console): State<Shared>,
     headers: HeaderMap,
@@ -129,10 +129,12 @@ pub async fn sign_in(
     let new = session.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut conn = store::open_writer(&dir)?;
-        if let Some(previous) = previous {
+        let signed_in = store::console::sign_in(&mut conn, &token, &new, lifetime)?;
+        // Only a sign-in that worked replaces the browser's session: a bad link changes nothing.
+        if let (Ok(_), Some(previous)) = (&signed_in, previous) {
             store::console::end_session(&conn, &previous)?;
         }
-        store::console::sign_in(&mut conn, &token, &new, lifetime)
+        Ok::<_, store::StoreError>(signed_in)
     })
     .await;
     match outcome {

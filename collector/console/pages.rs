@@ -401,19 +401,6 @@ pub async fn alert(
             " · "
             a id="timeline-link" href=(format!("/timeline?alert={id}")) { (ctx.tr("Timeline around this alert")) }
         }
-        table.fields {
-            tbody {
-                tr { th { "id" } td { (text(&alert.id)) } }
-                tr { th { (ctx.tr("Rule")) } td { (text(&alert.rule)) } }
-                tr { th { (ctx.tr("Host")) } td { (text(&alert.host)) } }
-                tr { th { (ctx.tr("First seen")) } td { (ts(first)) } }
-                tr { th { (ctx.tr("Last seen")) } td { (ts(last)) } }
-                tr { th { (ctx.tr("Count")) } td { (alert.count) } }
-                @for (key, value) in &alert.fields {
-                    tr { th { (text(key)) } td { (text(&match value { serde_json::Value::String(s) => s.clone(), other => other.to_string() })) } }
-                }
-            }
-        }
         h2 { (ctx.tr("Evidence")) }
         table.evidence {
             thead { tr {
@@ -458,6 +445,20 @@ pub async fn alert(
                             td { (text(d.last_error.as_deref().unwrap_or(""))) }
                         }
                     }
+                }
+            }
+        }
+        h2 { (ctx.tr("Fields")) }
+        table.fields {
+            tbody {
+                tr { th { "id" } td { (text(&alert.id)) } }
+                tr { th { (ctx.tr("Rule")) } td { (text(&alert.rule)) } }
+                tr { th { (ctx.tr("Host")) } td { (text(&alert.host)) } }
+                tr { th { (ctx.tr("First seen")) } td { (ts(first)) } }
+                tr { th { (ctx.tr("Last seen")) } td { (ts(last)) } }
+                tr { th { (ctx.tr("Count")) } td { (alert.count) } }
+                @for (key, value) in &alert.fields {
+                    tr { th { (text(key)) } td { (text(&match value { serde_json::Value::String(s) => s.clone(), other => other.to_string() })) } }
                 }
             }
         }

@@ -49,7 +49,12 @@ pub fn lineage(exe: Option<&str>, ancestors: &[String]) -> String {
     if let Some(exe) = exe {
         names.push(crate::report::short_exe(exe));
     }
-    names.extend(ancestors.iter().map(|a| crate::report::short_exe(a)));
+    names.extend(
+        ancestors
+            .iter()
+            .map(|a| crate::report::short_exe(a))
+            .filter(|name| !name.is_empty()),
+    );
     text(&names.join(" ← "))
 }
 

@@ -168,7 +168,7 @@ pub fn end_session(conn: &Connection, session: &str) -> Result<(), StoreError> {
 pub struct Health {
     /// The sensors the latest `agent.start` listed.
     pub sensors: Vec<String>,
-    /// `sensor.status` messages since that start (which backend runs, and why).
+    /// The newest `sensor.status` message of each sensor (which backend runs, and why).
     pub backends: Vec<(String, String)>,
     /// Events the agent reported dropping (`agent.dropped`), and overflow reports.
     pub dropped: u64,
@@ -222,7 +222,6 @@ pub fn health(conn: &Connection) -> Result<HashMap<String, Health>, StoreError> 
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        let started = start.as_ref().map_or(i64::MIN, |(ts, _)| *ts);
         if let Some((_, payload)) = &start
             && let Ok(event) = decode_event(payload)
             && let Body::Agent(agent) = event.body
@@ -232,11 +231,10 @@ pub fn health(conn: &Connection) -> Result<HashMap<String, Health>, StoreError> 
         let rows = newest.query_map(params![no, "sensor.status", 32], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
         })?;
+        // The newest report of each sensor (they come just before `agent.start`, and again when
+        // a backend changes).
         for row in rows {
-            let (ts, payload) = row?;
-            if ts < started {
-                break;
-            }
+            let (_, payload) = row?;
             if let Ok(event) = decode_event(&payload)
                 && let Body::Sensor(sensor) = event.body
                 && !health
