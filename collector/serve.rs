@@ -102,6 +102,7 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// Everything `serve` needs, prepared before the listener opens.
 pub struct Collector {
     pub data_dir: PathBuf,
+    /// The configuration; `store.url` chooses the store.
     pub config: CollectorConfig,
     pub listener: TcpListener,
 }
@@ -132,6 +133,95 @@ impl Collector {
         let (authority, server) =
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
+        let at = store::StoreAt::new(self.config.store.url.as_deref(), &self.data_dir)?;
+        let (writer, agents, hooks) = match &at {
+            store::StoreAt::Sqlite(_) => {
+                let (writer, agents, hooks) = self.start_sqlite(tap, &seal).await?;
+                (writer, agents, Some(hooks))
+            }
+            store::StoreAt::Postgres(target) => {
+                let (writer, agents) = self.start_postgres(target, &seal).await?;
+                (writer, agents, None)
+            }
+        };
+
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+            .client_ca_root(Certificate::from_pem(&authority.cert_pem))
+            // Enrollment happens before the agent has a certificate; the ingest service refuses
+            // any call without one.
+            .client_auth_optional(true)
+            .timeout(self.config.server.handshake_timeout);
+        let max = self.config.server.max_message_bytes;
+        let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
+            writer: writer.clone(),
+            authority: Arc::new(authority),
+            agents: agents.clone(),
+            guard: crate::enrollment::EnrollGuard::spawn(),
+        })
+        .max_decoding_message_size(64 * 1024);
+        let ingest = crate::listen::IngestGate::new(
+            pb::ingest_server::IngestServer::new(IngestService {
+                writer,
+                agents,
+                limits: Limits {
+                    max_batch_events: self.config.server.max_batch_events,
+                    max_decoded_bytes: MAX_DECODED_BATCH_BYTES,
+                },
+            })
+            .max_decoding_message_size(max),
+            self.config.server.max_concurrent_batches,
+        );
+        let query = pb::query_server::QueryServer::new(QueryService {
+            store: at,
+            silent_after: self.config.server.silent_after,
+        })
+        .max_decoding_message_size(64 * 1024)
+        .max_encoding_message_size(crate::query::client::MAX_MESSAGE);
+
+        let addr = self.local_addr()?;
+        tracing::info!(data_dir = %self.data_dir.display(), "listening on {addr}");
+        Server::builder()
+            .tls_config(tls)
+            .context("invalid TLS configuration")?
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            // What HTTP/2 buffers for a stream before the service reads it is its window: keep it
+            // small, as a batch waiting at the ingest gate sits there.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_STREAMS)
+            .concurrency_limit_per_connection(MAX_STREAMS as usize)
+            .timeout(REQUEST_TIMEOUT)
+            .add_service(enrollment)
+            .add_service(ingest)
+            .add_service(query)
+            .serve_with_incoming_shutdown(
+                crate::listen::incoming(
+                    self.listener,
+                    self.config.server.max_connections_per_address,
+                ),
+                shutdown,
+            )
+            .await
+            .context("gRPC server failed")?;
+        if let Some(hooks) = hooks
+            && let Err(error) = hooks.shutdown().await
+        {
+            tracing::warn!(%error, "alert delivery did not stop cleanly");
+        }
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
+
+impl Collector {
+    /// The SQLite store: one writer thread, detection fed by its commit notices, the retention,
+    /// checkpoint and metrics tasks reading the data directory.
+    async fn start_sqlite(
+        &self,
+        tap: Option<std::sync::mpsc::SyncSender<Observed>>,
+        seal: &crate::seal::Seal,
+    ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
         let conn = store::open_writer(&self.data_dir)?;
         let agents = Agents::load(store::agent_keys(&conn)?);
         tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
@@ -178,71 +268,75 @@ impl Collector {
             .context("cannot start detection")?;
         let writer = Writer::spawn(conn, seal.clone(), Some(notices))
             .context("cannot start the store writer")?;
+        Ok((writer, agents, hooks))
+    }
 
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
-            .client_ca_root(Certificate::from_pem(&authority.cert_pem))
-            // Enrollment happens before the agent has a certificate; the ingest service refuses
-            // any call without one.
-            .client_auth_optional(true)
-            .timeout(self.config.server.handshake_timeout);
-        let max = self.config.server.max_message_bytes;
-        let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService {
-            writer: writer.clone(),
-            authority: Arc::new(authority),
-            agents: agents.clone(),
-            guard: crate::enrollment::EnrollGuard::spawn(),
-        })
-        .max_decoding_message_size(64 * 1024);
-        let ingest = crate::listen::IngestGate::new(
-            pb::ingest_server::IngestServer::new(IngestService {
-                writer,
-                agents,
-                limits: Limits {
-                    max_batch_events: self.config.server.max_batch_events,
-                    max_decoded_bytes: MAX_DECODED_BATCH_BYTES,
-                },
-            })
-            .max_decoding_message_size(max),
-            self.config.server.max_concurrent_batches,
-        );
-        let query = pb::query_server::QueryServer::new(QueryService {
-            data_dir: self.data_dir.clone(),
-            silent_after: self.config.server.silent_after,
-        })
-        .max_decoding_message_size(64 * 1024)
-        .max_encoding_message_size(crate::query::client::MAX_MESSAGE);
-
-        let addr = self.local_addr()?;
-        tracing::info!(data_dir = %self.data_dir.display(), "listening on {addr}");
-        Server::builder()
-            .tls_config(tls)
-            .context("invalid TLS configuration")?
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            // What HTTP/2 buffers for a stream before the service reads it is its window: keep it
-            // small, as a batch waiting at the ingest gate sits there.
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(MAX_STREAMS)
-            .concurrency_limit_per_connection(MAX_STREAMS as usize)
-            .timeout(REQUEST_TIMEOUT)
-            .add_service(enrollment)
-            .add_service(ingest)
-            .add_service(query)
-            .serve_with_incoming_shutdown(
-                crate::listen::incoming(
-                    self.listener,
-                    self.config.server.max_connections_per_address,
-                ),
-                shutdown,
-            )
-            .await
-            .context("gRPC server failed")?;
-        if let Err(error) = hooks.shutdown().await {
-            tracing::warn!(%error, "alert delivery did not stop cleanly");
+    /// A PostgreSQL store shared with other collectors: ingest and enrollment through a pool, one
+    /// transaction per batch.
+    async fn start_postgres(
+        &self,
+        target: &store::pg::Target,
+        seal: &crate::seal::Seal,
+    ) -> Result<(Writer, Agents)> {
+        if self.config.checkpoints.enabled() {
+            anyhow::bail!(
+                "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
+            );
         }
-        tracing::info!("collector stopped");
-        Ok(())
+        if self.config.metrics.listen.is_some() {
+            anyhow::bail!(
+                "the metrics endpoint is not built for a PostgreSQL store yet; remove [metrics] listen and --metrics-listen, or use the SQLite store"
+            );
+        }
+        tracing::warn!(
+            store = target.shown(),
+            "PostgreSQL store: this collector ingests and answers queries; detection, alert delivery and retention do not run on a PostgreSQL store yet"
+        );
+        let client = store::pg::open(target).await?;
+        let agents = Agents::load(store::pg::agent_keys(&client).await?);
+        tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
+        let pool = target.pool()?;
+        let writer = Writer::Postgres(std::sync::Arc::new(store::pg::ingest::PgWriter::new(
+            pool,
+            seal.clone(),
+        )));
+        Ok((writer, agents))
+    }
+}
+
+/// For a PostgreSQL store: re-reads agents' standing every second (a revocation made through any
+/// collector applies to all), and keeps the coming days' partitions in place. A lost session is
+/// opened again.
+async fn maintain_postgres(
+    target: store::pg::Target,
+    mut client: tokio_postgres::Client,
+    agents: Agents,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        if client.is_closed() {
+            match target.connect().await {
+                Ok(fresh) => client = fresh,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot re-read agents' standing");
+                    continue;
+                }
+            }
+        }
+        match store::pg::agent_keys(&client).await {
+            Ok(keys) => agents.refresh(keys),
+            Err(error) => tracing::warn!(%error, "cannot re-read agents' standing"),
+        }
+        if ticks % 3600 == 0
+            && let Err(error) =
+                store::pg::ensure_partitions(&mut client, bannin::time::Timestamp::now()).await
+        {
+            tracing::error!(%error, "cannot create the coming days' partitions");
+        }
     }
 }
 
