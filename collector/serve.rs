@@ -140,8 +140,8 @@ impl Collector {
                 (writer, agents, Some(hooks))
             }
             store::StoreAt::Postgres(target) => {
-                let (writer, agents) = self.start_postgres(target, &seal).await?;
-                (writer, agents, None)
+                let (writer, agents, hooks) = self.start_postgres(target, &seal).await?;
+                (writer, agents, Some(hooks))
             }
         };
 
@@ -272,12 +272,12 @@ impl Collector {
     }
 
     /// A PostgreSQL store shared with other collectors: ingest and enrollment through a pool, one
-    /// transaction per batch.
+    /// transaction per batch; every collector delivers alerts and contends for detection's lead.
     async fn start_postgres(
         &self,
         target: &store::pg::Target,
         seal: &crate::seal::Seal,
-    ) -> Result<(Writer, Agents)> {
+    ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
         if self.config.checkpoints.enabled() {
             anyhow::bail!(
                 "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
@@ -290,17 +290,30 @@ impl Collector {
         }
         tracing::warn!(
             store = target.shown(),
-            "PostgreSQL store: this collector ingests and answers queries; detection, alert delivery and retention do not run on a PostgreSQL store yet"
+            "PostgreSQL store: retention does not run on a PostgreSQL store yet; events are kept"
         );
+        // Checked before anything starts, as the SQLite path does.
+        detect::Engine::new(&self.config.detection)?;
         let client = store::pg::open(target).await?;
         let agents = Agents::load(store::pg::agent_keys(&client).await?);
         tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
         let pool = target.pool()?;
+        let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
+            .context("cannot start alert delivery")?;
+        store::pg::leader::Leader {
+            target: target.clone(),
+            detection: self.config.detection.clone(),
+            seal: seal.clone(),
+            router: hooks.router(),
+            notifier: hooks.notifier(),
+        }
+        .spawn()
+        .context("cannot start detection")?;
         let writer = Writer::Postgres(std::sync::Arc::new(store::pg::ingest::PgWriter::new(
             pool,
             seal.clone(),
         )));
-        Ok((writer, agents))
+        Ok((writer, agents, hooks))
     }
 }
 

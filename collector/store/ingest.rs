@@ -227,6 +227,15 @@ impl Writer {
         }
     }
 
+    /// An agent another collector sharing the store enrolled since this one last read the
+    /// agents (always none for the SQLite store, which only this collector enrolls into).
+    pub async fn enrolled_elsewhere(&self, agent_id: &str) -> Result<Option<AgentKey>, StoreError> {
+        match self {
+            Writer::Sqlite(_) => Ok(None),
+            Writer::Postgres(pg) => pg.agent(agent_id).await,
+        }
+    }
+
     /// Records (as a `chain.tamper` finding) that a batch from an enrolled agent was refused.
     pub async fn refused(&self, agent_no: i64, agent_id: String, detail: String) {
         match self {

@@ -14,6 +14,7 @@ mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod pgstore;
 mod procnet;
 mod refusals;
 mod scenarios;

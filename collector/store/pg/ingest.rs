@@ -95,6 +95,24 @@ impl PgWriter {
         super::enroll(&mut client, token, &new).await
     }
 
+    /// The agent `agent_id` as the store has it now.
+    pub async fn agent(&self, agent_id: &str) -> Result<Option<AgentKey>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT no, id, signing_key, status, name FROM agents WHERE id = $1",
+                &[&agent_id],
+            )
+            .await?;
+        Ok(row.map(|r| AgentKey {
+            no: r.get(0),
+            id: r.get(1),
+            signing_key: r.get(2),
+            active: r.get::<_, &str>(3) == "active",
+            name: r.get(4),
+        }))
+    }
+
     /// Stores one verified batch in its own transaction; returns once it committed.
     pub async fn ingest(&self, batch: VerifiedBatch) -> Result<Committed, IngestError> {
         let mut client = self.pool.get().await?;

@@ -10,6 +10,8 @@
 //! batches take turns and each sees the other's commit. The read commands use `read.rs`.
 
 pub mod ingest;
+pub mod leader;
+pub mod outbox;
 pub mod read;
 
 use std::path::PathBuf;
@@ -262,7 +264,10 @@ CREATE TABLE IF NOT EXISTS events (
     path text,
     payload bytea NOT NULL,
     hash bytea NOT NULL,
-    received_ts bigint NOT NULL
+    received_ts bigint NOT NULL,
+    -- The transaction that stored it (COPY leaves it to the default): detection reads a batch's
+    -- events by it.
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 ) PARTITION BY RANGE (received_ts);
 CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT;
 CREATE INDEX IF NOT EXISTS events_agent_seq ON events (agent_no, seq);
@@ -339,6 +344,14 @@ CREATE TABLE IF NOT EXISTS hook_outbox (
     PRIMARY KEY (alert_id, sink)
 );
 CREATE INDEX IF NOT EXISTS hook_outbox_due ON hook_outbox (sink, state, next_attempt_ns);
+-- Where the detection leader has read to (leader.rs): one row.
+CREATE TABLE IF NOT EXISTS detection_cursor (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    xid xid8 NOT NULL,
+    kind integer NOT NULL,
+    agent_no bigint NOT NULL,
+    n bigint NOT NULL
+);
 ";
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
