@@ -194,7 +194,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let expires = Timestamp::now().saturating_add(ttl);
             match (url, data_dir) {
                 (Some(url), _) => {
-                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(&url)?)?;
+                    let reader =
+                        store::pg::read::Reader::open_writer(&store::pg::Target::parse(&url)?)?;
                     reader.block_on(store::pg::add_token(reader.client(), &token, expires))?;
                 }
                 (None, Some(data_dir)) => {

@@ -338,7 +338,8 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
                 .context("cannot issue the operator certificate")?;
             match &url {
                 Some(url) => {
-                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+                    let reader =
+                        store::pg::read::Reader::open_writer(&store::pg::Target::parse(url)?)?;
                     reader.block_on(store::pg::add_operator(reader.client(), &name))?;
                 }
                 None => {

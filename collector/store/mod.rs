@@ -47,6 +47,10 @@ pub enum StoreError {
     },
     #[error("invalid store URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(
+        "no bannin store in {url} yet; `bannin-collector serve --store {url}` or `token create --store {url}` creates it"
+    )]
+    NoPgStore { url: String },
     #[error("cannot reach the store {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("enrollment token is unknown")]

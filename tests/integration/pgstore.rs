@@ -382,7 +382,8 @@ fn a_leader_killed_mid_stream_is_replaced_and_no_alert_is_lost_or_doubled() {
         .iter()
         .map(|a| a["id"].as_str().unwrap().to_string())
         .collect();
-    let delivered = wait_for("every alert delivered", LONG, || {
+    // A delivery the killed collector had claimed waits out its lease (45 s).
+    let delivered = wait_for("every alert delivered", LONG * 2, || {
         let bodies = receiver.bodies("/hook");
         let seen: BTreeSet<String> = bodies
             .iter()
@@ -396,9 +397,229 @@ fn a_leader_killed_mid_stream_is_replaced_and_no_alert_is_lost_or_doubled() {
             .entry(body["id"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
-    assert!(per_id.values().all(|n| *n == 1), "{per_id:?}");
+    // At least once: a collector killed between sending and recording sends again after its
+    // claim's lease, one row per claim, so at most one extra delivery per kill (same id, which
+    // the receiver dedupes on).
+    let extra: usize = per_id.values().map(|n| n - 1).sum();
+    assert!(extra <= 2, "{per_id:?}");
     // Two leaders were killed; the one collector left took over.
     assert_eq!(dead.len(), 2);
     let survivor = (0..3).find(|i| !dead.contains(i)).unwrap();
     assert_eq!(leader_of(&collectors, &dead), Some(survivor));
+}
+
+#[test]
+fn an_export_created_through_one_collector_and_deleted_through_another_alerts_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let receiver = HttpReceiver::start(0);
+    let config = webhook_config(tmp.path(), &receiver.url("/hook"));
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let mut a = start(&dirs[0], &db, Some(&config), &[]);
+    let b = start(&dirs[1], &db, Some(&config), &[]);
+    let rt = runtime();
+    let mut agent = rt.block_on(SimAgent::enroll(&a, "files1"));
+    let path = "/srv/exports/customers.csv";
+    let t = Timestamp::now();
+    // The create is acknowledged by A, then A dies.
+    rt.block_on(agent.submit_bodies(vec![(t, export(FileAction::Create, path))]))
+        .unwrap();
+    a.proc.kill9();
+    // The delete lands on B.
+    rt.block_on(agent.connect_to(&b));
+    rt.block_on(agent.submit_bodies(vec![(
+        t.saturating_add(Duration::from_secs(30)),
+        export(FileAction::Delete, path),
+    )]))
+    .unwrap();
+    let delivered = wait_for("the alert at the receiver", LONG, || {
+        receiver.bodies("/hook").into_iter().next()
+    });
+    assert_eq!(delivered["rule"], RULE);
+    assert_eq!(delivered["path"], path);
+    let stored = alerts(&db);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["id"], delivered["id"]);
+    // Delivered once: the outbox row is done, and nothing else arrives.
+    wait_for("the delivery recorded", LONG, || {
+        (db.query("SELECT state FROM hook_outbox") == "delivered").then_some(())
+    });
+    assert_eq!(receiver.bodies("/hook").len(), 1);
+}
+
+/// The transaction ids of sessions sitting inside a transaction with an id (writers).
+fn open_writers(db: &PgDb) -> Vec<u64> {
+    db.query(&format!(
+        "SELECT backend_xid FROM pg_stat_activity WHERE datname = '{}' AND backend_xid IS NOT NULL
+           AND state = 'idle in transaction'",
+        db.name
+    ))
+    .lines()
+    .map(|l| l.trim().parse().unwrap())
+    .collect()
+}
+
+fn cursor_xid(db: &PgDb) -> u64 {
+    db.query("SELECT xid::text FROM detection_cursor")
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_batch_held_uncommitted_is_not_passed_and_is_detected_once_it_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let spec = format!("ingest.before_commit:hold:{}", hold.display());
+    // H holds every batch it ingests before its commit while the file exists; L does not.
+    let held = start(&dirs[0], &db, None, &[("BANNIN_FAILPOINT", &spec)]);
+    let free = start(&dirs[1], &db, None, &[]);
+    let rt = runtime();
+    let mut x = rt.block_on(SimAgent::enroll(&free, "pcx"));
+    let mut y = rt.block_on(SimAgent::enroll(&free, "pcy"));
+    let t = Timestamp::now();
+    // Y sends a first batch, committed before anything is held: the leader reads it.
+    rt.block_on(y.submit_bodies(vec![(t, status(1))])).unwrap();
+    wait_for("the leader to read Y's first batch", LONG, || {
+        (cursor_xid(&db) > 0).then_some(())
+    });
+    // X's create goes through H, and waits there uncommitted.
+    rt.block_on(x.connect_to(&held));
+    let x_path = "/home/x/x.csv";
+    let (x_batch, x_head) = x.batch_at(
+        x.next_seq,
+        x.head,
+        x.stamped(vec![(t, export(FileAction::Create, x_path))]),
+        &x.key.clone(),
+    );
+    let mut x_ingest = x.ingest.clone();
+    let x_send = rt.spawn(async move { x_ingest.submit(x_batch).await });
+    let held_xid = wait_for("the held transaction", LONG, || {
+        open_writers(&db).into_iter().next()
+    });
+    // Y's export is created and deleted through L, committed after X's transaction began.
+    let y_path = "/home/y/y.csv";
+    rt.block_on(y.submit_bodies(vec![
+        (t, export(FileAction::Create, y_path)),
+        (
+            t.saturating_add(Duration::from_secs(5)),
+            export(FileAction::Delete, y_path),
+        ),
+    ]))
+    .unwrap();
+    let y_xid: u64 = db
+        .query("SELECT max(xid)::text FROM batches")
+        .parse()
+        .unwrap();
+    assert!(y_xid > held_xid);
+    // The leader, running, does not pass the open transaction: Y's committed batch waits behind
+    // it, unread, for as long as it is open (here, some twenty-five of the leader's polls).
+    let passed = poll(Duration::from_secs(5), || {
+        (cursor_xid(&db) >= held_xid || !alerts(&db).is_empty()).then_some(())
+    });
+    assert!(
+        passed.is_none(),
+        "the leader passed the open transaction {held_xid}: cursor {}, batches {}",
+        db.query("SELECT xid, kind, agent_no, n FROM detection_cursor"),
+        db.query("SELECT xid, agent_no, first_seq, last_seq FROM batches"),
+    );
+    assert_eq!(
+        open_writers(&db),
+        [held_xid],
+        "the held transaction is still open"
+    );
+    // X's transaction commits; then X deletes its export through L.
+    std::fs::remove_file(&hold).unwrap();
+    let ack = rt.block_on(x_send).unwrap().unwrap().into_inner();
+    assert_eq!(ack.committed_through, x.next_seq);
+    x.head = x_head;
+    x.next_seq += 1;
+    rt.block_on(x.connect_to(&free));
+    rt.block_on(x.submit_bodies(vec![(
+        t.saturating_add(Duration::from_secs(9)),
+        export(FileAction::Delete, x_path),
+    )]))
+    .unwrap();
+    let got = wait_for("both alerts", LONG, || {
+        let alerts = alerts(&db);
+        (alerts.len() >= 2).then_some(alerts)
+    });
+    let mut paths: Vec<&str> = got.iter().map(|a| a["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, [x_path, y_path]);
+    // Once detected, each event is detected once: a later batch raises nothing more.
+    wait_for("the leader past everything", LONG, || {
+        let behind = db.query(
+            "SELECT count(*) FROM batches b, detection_cursor c
+             WHERE (b.xid, 0, b.agent_no, b.last_seq) > (c.xid, c.kind, c.agent_no, c.n)",
+        );
+        (behind == "0").then_some(())
+    });
+    assert_eq!(alerts(&db).len(), 2);
+}
+
+/// The session holding the detection leader's lock.
+fn leader_session(db: &PgDb) -> Option<i64> {
+    db.query(&format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = {LOCK_CLASSID} AND objid = {LOCK_OBJID} AND objsubid = 1
+           AND database = (SELECT oid FROM pg_database WHERE datname = '{}')",
+        db.name
+    ))
+    .parse()
+    .ok()
+}
+
+#[test]
+fn a_leader_whose_session_is_terminated_cannot_write_and_another_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let spec = format!("leader.before_commit:hold:{}", hold.display());
+    // A leads (it starts alone), and holds its writes before their commit while the file exists.
+    let mut a = start(&dirs[0], &db, None, &[("BANNIN_FAILPOINT", &spec)]);
+    a.proc.wait_line("this collector leads detection", LONG);
+    let b = start(&dirs[1], &db, None, &[]);
+    let rt = runtime();
+    let mut agent = rt.block_on(SimAgent::enroll(&b, "pc1"));
+    let path = "/home/u/fenced.csv";
+    let t = Timestamp::now();
+    rt.block_on(agent.submit_bodies(vec![
+        (t, export(FileAction::Create, path)),
+        (
+            t.saturating_add(Duration::from_secs(5)),
+            export(FileAction::Delete, path),
+        ),
+    ]))
+    .unwrap();
+    // A has raised the alert and holds its write; its session is terminated under it.
+    wait_for("A's write held", LONG, || {
+        let writers = db.query(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'
+               AND state = 'idle in transaction' AND backend_xid IS NOT NULL",
+            db.name
+        ));
+        (writers == "1").then_some(())
+    });
+    let pid = leader_session(&db).expect("A holds the lock");
+    db.query(&format!("SELECT pg_terminate_backend({pid})"));
+    // B takes the lock, replays and stores the alert; A's held write then fails.
+    let mut b = b;
+    b.proc.wait_line("this collector leads detection", LONG);
+    let got = wait_for("the alert", LONG, || {
+        let alerts = alerts(&db);
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    std::fs::remove_file(&hold).unwrap();
+    a.proc.wait_line("detection leadership lost", LONG);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["path"], path);
+    // Nothing A held reached the store: one alert, one chain entry.
+    assert_eq!(alerts(&db).len(), 1);
+    assert_eq!(db.query("SELECT count(*) FROM alert_chain"), "1");
+    assert_ne!(leader_session(&db), Some(pid));
 }

@@ -356,30 +356,53 @@ CREATE TABLE IF NOT EXISTS detection_cursor (
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
-/// Creates the tables (if missing) and the partitions for the coming days. Collectors starting
-/// together take turns.
+/// Whether the store's tables are there (the last table the schema creates).
+async fn schema_present(client: &impl GenericClient) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one("SELECT to_regclass('detection_cursor') IS NOT NULL", &[])
+        .await?
+        .get(0))
+}
+
+/// Creates the tables if they are missing (collectors starting together take turns), and the
+/// partitions for the coming days. A store already made takes no DDL, and so no lock: `CREATE …
+/// IF NOT EXISTS` still locks the table it names, and would queue behind (and then block) ingest.
 pub async fn prepare(client: &mut Client) -> Result<(), StoreError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .await?;
-    tx.batch_execute(SCHEMA).await?;
-    tx.commit().await?;
+    if !schema_present(client).await? {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        if !schema_present(&tx).await? {
+            tx.batch_execute(SCHEMA).await?;
+        }
+        tx.commit().await?;
+    }
     ensure_partitions(client, Timestamp::now()).await
 }
 
 /// Makes sure `events` and `batches` have a partition for the day of `now` and the two after it, so
 /// ingest never writes into the default partition (which a later day's partition could not be
-/// carved out of).
+/// carved out of). Only a missing partition is created, waiting at most a few seconds for the lock
+/// on its table (a long ingest transaction makes it try again on the next round, a day early).
 pub async fn ensure_partitions(client: &mut Client, now: Timestamp) -> Result<(), StoreError> {
     let today = now.as_nanos().div_euclid(NANOS_PER_DAY);
     for day in today..today + 3 {
         let (from, to) = (day * NANOS_PER_DAY, (day + 1) * NANOS_PER_DAY);
         for table in ["events", "batches"] {
+            let name = format!("{table}_d{day}");
+            let present: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await?
+                .get(0);
+            if present {
+                continue;
+            }
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .await?;
             tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {table}_d{day} PARTITION OF {table}
+                "SET LOCAL lock_timeout = '5s';
+                 CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table}
                  FOR VALUES FROM ({from}) TO ({to})"
             ))
             .await?;
@@ -389,10 +412,21 @@ pub async fn ensure_partitions(client: &mut Client, now: Timestamp) -> Result<()
     Ok(())
 }
 
-/// Opens the store for a command: connects and makes sure the schema is there.
+/// Opens the store for a command that writes: connects and makes sure the schema is there.
 pub async fn open(target: &Target) -> Result<Client, StoreError> {
     let mut client = target.connect().await?;
     prepare(&mut client).await?;
+    Ok(client)
+}
+
+/// Opens the store for a command that only reads: no DDL, and a store not made yet is an error.
+pub async fn open_existing(target: &Target) -> Result<Client, StoreError> {
+    let client = target.connect().await?;
+    if !schema_present(&client).await? {
+        return Err(StoreError::NoPgStore {
+            url: target.shown().to_string(),
+        });
+    }
     Ok(client)
 }
 

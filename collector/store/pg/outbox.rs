@@ -14,8 +14,10 @@ use super::pg_message;
 use crate::hooks::outbox::Due;
 use crate::hooks::{HooksError, SinkId};
 
-/// How long a claimed row is left to the collector that claimed it.
-pub const LEASE: Duration = Duration::from_secs(120);
+/// How long a claimed row is left to the collector that claimed it: longer than one delivery
+/// (the webhook timeout is 10 s by default, SMTP's 30 s). A collector that dies holding a claim
+/// delays that one delivery by at most this.
+pub const LEASE: Duration = Duration::from_secs(45);
 
 fn failed(action: &'static str) -> impl Fn(tokio_postgres::Error) -> HooksError {
     move |error| HooksError::Pg {
@@ -35,7 +37,8 @@ fn nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Claims up to `limit` due rows of `sink` (as the SQLite outbox's `due`), leasing them.
+/// Claims the next due row of `sink` (as the SQLite outbox's `due`), leasing it. One row at a
+/// time, so a lease covers one delivery, not a queue of them.
 pub async fn claim(
     pool: &Pool,
     sink: &SinkId,
@@ -44,7 +47,7 @@ pub async fn claim(
     limit: usize,
 ) -> Result<Vec<Due>, HooksError> {
     let client = session(pool).await?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit.min(1)).unwrap_or(1);
     let rows = client
         .query(
             "UPDATE hook_outbox o SET next_attempt_ns = $5

@@ -23,9 +23,17 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Connects, creating the schema if the store is new (so a query of an empty store answers
-    /// with nothing rather than an error).
+    /// Connects to a store that exists, for reading.
     pub fn open(target: &Target) -> Result<Reader, StoreError> {
+        Self::connect(target, false)
+    }
+
+    /// Connects, creating the schema if the store is new, for a command that writes.
+    pub fn open_writer(target: &Target) -> Result<Reader, StoreError> {
+        Self::connect(target, true)
+    }
+
+    fn connect(target: &Target, create: bool) -> Result<Reader, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -33,7 +41,11 @@ impl Reader {
                 url: target.shown().to_string(),
                 reason: format!("no runtime: {error}"),
             })?;
-        let client = runtime.block_on(super::open(target))?;
+        let client = if create {
+            runtime.block_on(super::open(target))?
+        } else {
+            runtime.block_on(super::open_existing(target))?
+        };
         Ok(Reader { runtime, client })
     }
 
