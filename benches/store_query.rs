@@ -13,6 +13,9 @@
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/options.rs"]
+mod options;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,35 +45,17 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        events: 1_000_000,
-        agents: 100,
-        rounds: 21,
-        days: 30,
-        window: Duration::from_secs(3600),
-        dir: None,
-        index_cost: 500_000,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--events" => o.events = value.parse().unwrap(),
-            "--agents" => o.agents = value.parse().unwrap(),
-            "--rounds" => o.rounds = value.parse().unwrap(),
-            "--days" => o.days = value.parse().unwrap(),
-            "--window" => o.window = parse_duration(&value).unwrap(),
-            "--dir" => o.dir = Some(PathBuf::from(value)),
-            "--index-cost" => o.index_cost = value.parse().unwrap(),
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
+    Options {
+        events: options::option("--events").unwrap_or(1_000_000),
+        agents: options::option("--agents").unwrap_or(100),
+        rounds: options::option("--rounds").unwrap_or(21),
+        days: options::option("--days").unwrap_or(30),
+        window: options::option::<String>("--window")
+            .map(|w| parse_duration(&w).unwrap())
+            .unwrap_or(Duration::from_secs(3600)),
+        dir: options::option("--dir"),
+        index_cost: options::option("--index-cost").unwrap_or(500_000),
     }
-    o
 }
 
 /// A small deterministic generator, so every run builds the same store.
