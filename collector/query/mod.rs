@@ -194,7 +194,7 @@ enum Source {
 impl Source {
     fn open(location: &Location) -> Result<Source> {
         if let Some(url) = &location.store {
-            let at = store::StoreAt::Postgres(store::pg::Target::parse(url)?);
+            let at = store::StoreAt::Postgres(Box::new(store::pg::Target::parse(url)?));
             return Ok(Source::Local(ReadConn::open(&at)?));
         }
         match (&location.data_dir, &location.server, &location.identity) {

@@ -200,14 +200,14 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
 #[derive(Debug, Clone)]
 pub enum StoreAt {
     Sqlite(PathBuf),
-    Postgres(pg::Target),
+    Postgres(Box<pg::Target>),
 }
 
 impl StoreAt {
     /// `--store URL` when given (a PostgreSQL URL), else the data directory's SQLite store.
     pub fn new(url: Option<&str>, data_dir: &Path) -> Result<StoreAt, StoreError> {
         match url {
-            Some(url) => Ok(StoreAt::Postgres(pg::Target::parse(url)?)),
+            Some(url) => Ok(StoreAt::Postgres(Box::new(pg::Target::parse(url)?))),
             None => Ok(StoreAt::Sqlite(data_dir.to_path_buf())),
         }
     }

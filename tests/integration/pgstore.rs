@@ -181,7 +181,7 @@ fn alerts(db: &PgDb) -> Vec<Value> {
 }
 
 fn status(n: u64) -> Body {
-    SensorEvent::new(SensorStatus::Status, "sim", &format!("event {n}")).into()
+    SensorEvent::new(SensorStatus::Status, "sim", format!("event {n}")).into()
 }
 
 fn writer() -> ProcessInfo {
