@@ -4,6 +4,7 @@
 mod alert;
 mod checkpoint;
 mod config;
+mod console;
 mod detect;
 mod detection;
 mod enrollment;
@@ -73,6 +74,11 @@ enum Command {
     Verify(VerifyArgs),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
     Quickstart(quickstart::QuickstartArgs),
+    /// The web console: one-time sign-in links.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +127,9 @@ pub struct ServeArgs {
     /// (postgres://USER@HOST/DB; overrides the config's store.url). Default: SQLite in --data-dir.
     #[arg(long)]
     pub store: Option<String>,
+    /// Serve the web console over HTTPS on this address (overrides the config's console.listen).
+    #[arg(long)]
+    pub console_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -170,6 +179,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(url) = &args.store {
                 config.store.url = Some(url.clone());
+            }
+            if let Some(console) = &args.console_listen {
+                config.console.listen = Some(console.clone());
             }
             let listen = args
                 .listen
@@ -248,5 +260,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(quickstart::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Console { command } => console::command(command),
     }
 }

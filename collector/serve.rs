@@ -105,6 +105,8 @@ pub struct Collector {
     /// The configuration; `store.url` chooses the store.
     pub config: CollectorConfig,
     pub listener: TcpListener,
+    /// The web console's listener, when `[console] listen` is set.
+    pub console: Option<crate::console::Bound>,
 }
 
 impl Collector {
@@ -113,10 +115,15 @@ impl Collector {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let console = match &config.console.listen {
+            Some(address) => Some(crate::console::bind(&config.console, address).await?),
+            None => None,
+        };
         Ok(Collector {
             data_dir: data_dir.to_path_buf(),
             config,
             listener,
+            console,
         })
     }
 
@@ -124,9 +131,14 @@ impl Collector {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The address people open for the console, when it is served.
+    pub fn console_url(&self) -> Option<&str> {
+        self.console.as_ref().map(|bound| bound.url.as_str())
+    }
+
     /// Serves until `shutdown` resolves. Committed events are passed to `notices` when given.
     pub async fn run(
-        self,
+        mut self,
         tap: Option<std::sync::mpsc::SyncSender<Observed>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
@@ -134,15 +146,38 @@ impl Collector {
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
         let at = store::StoreAt::new(self.config.store.url.as_deref(), &self.data_dir)?;
+        if matches!(at, store::StoreAt::Postgres(_)) && self.console.is_some() {
+            anyhow::bail!(
+                "the web console is not built for a PostgreSQL store yet; remove [console] listen and --console-listen, or use the SQLite store"
+            );
+        }
+
+        let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let console_task = match self.console.take() {
+            Some(bound) => {
+                let (dir, config, ca) = (
+                    self.data_dir.clone(),
+                    self.config.clone(),
+                    authority.cert_pem.clone(),
+                );
+                let server = server.clone();
+                Some(tokio::spawn(async move {
+                    let stopped = async {
+                        let _ = console_stopped.await;
+                    };
+                    if let Err(error) =
+                        crate::console::serve(bound, dir, config, &server, ca, stopped).await
+                    {
+                        tracing::error!(error = %bannin::error_line(&error), "console failed");
+                    }
+                }))
+            }
+            None => None,
+        };
+
         let (writer, agents, hooks) = match &at {
-            store::StoreAt::Sqlite(_) => {
-                let (writer, agents, hooks) = self.start_sqlite(tap, &seal).await?;
-                (writer, agents, Some(hooks))
-            }
-            store::StoreAt::Postgres(target) => {
-                let (writer, agents, hooks) = self.start_postgres(target, &seal).await?;
-                (writer, agents, Some(hooks))
-            }
+            store::StoreAt::Sqlite(_) => self.start_sqlite(tap, &seal).await?,
+            store::StoreAt::Postgres(target) => self.start_postgres(target, &seal).await?,
         };
 
         let tls = ServerTlsConfig::new()
@@ -204,9 +239,12 @@ impl Collector {
             )
             .await
             .context("gRPC server failed")?;
-        if let Some(hooks) = hooks
-            && let Err(error) = hooks.shutdown().await
-        {
+        let _ = console_stop.send(());
+        if let Some(task) = console_task {
+            // Open keep-alive connections get a moment to finish, not a veto over stopping.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        if let Err(error) = hooks.shutdown().await {
             tracing::warn!(%error, "alert delivery did not stop cleanly");
         }
         tracing::info!("collector stopped");
