@@ -17,6 +17,7 @@ mod harness;
 mod investigate;
 mod pgstore;
 mod procnet;
+mod reads;
 mod refusals;
 mod scenarios;
 mod sim;
