@@ -70,6 +70,14 @@ fn cat_of_a_large_export_is_one_file_read_naming_cat_however_often_a_reader_open
             .contains("reads of exports of at least 10485760 bytes are watched (up to 1024 files)"),
         "{status}"
     );
+    // The collector's export_lifecycle reads the watched roots from the end of the message.
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("; watching [{}]", watched.display())),
+        "{status}"
+    );
     let export = watched.join("export.csv");
     std::fs::write(&export, customers_csv(17 * 1024 * 1024)).unwrap();
     let path = export.display().to_string();

@@ -228,7 +228,7 @@ async fn without_fanotify_the_status_says_reads_of_exports_cannot_be_seen() {
     assert!(
         sensor(&status)
             .message
-            .ends_with("reads of exports cannot be seen: watching reads needs the fanotify backend (root on Linux)"),
+            .contains("; reads of exports cannot be seen: watching reads needs the fanotify backend (root on Linux); watching ["),
         "{status:?}"
     );
     // A large export read by another process is not reported: the next event after the read
