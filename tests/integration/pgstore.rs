@@ -660,3 +660,52 @@ fn a_leader_whose_session_is_terminated_cannot_write_and_another_continues() {
     assert_eq!(db.query("SELECT count(*) FROM alert_chain"), "1");
     assert_ne!(leader_session(&db), Some(pid));
 }
+
+#[test]
+fn an_agent_given_two_collectors_fails_over_when_one_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let mut a = start(&dirs[0], &db, None, &[]);
+    let b = start(&dirs[1], &db, None, &[]);
+    let state = tmp.path().join("agent");
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // Enrolled through A; told about both.
+    a.enroll(&state, "files1");
+    let watch = watched.display().to_string();
+    let mut agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            &watch,
+            "--collector",
+            &a.url(),
+            "--collector",
+            &b.url(),
+        ],
+    );
+    let file_events = |name: &str| {
+        events(&db)
+            .into_iter()
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            .count()
+    };
+    std::fs::write(watched.join("before.txt"), "one").unwrap();
+    wait_for("the first file's events through A", LONG, || {
+        (file_events("before.txt") > 0).then_some(())
+    });
+    a.proc.kill9();
+    std::fs::write(watched.join("after.txt"), "two").unwrap();
+    wait_for("the second file's events through B", LONG, || {
+        (file_events("after.txt") > 0).then_some(())
+    });
+    assert!(agent.proc.has_line("failing over to the next collector"));
+    agent.proc.terminate();
+    let stored = events(&db);
+    let id = agent_id(&state);
+    assert_contiguous(&stored, &id);
+    let (code, out) = verify(&db, &dirs[1]);
+    assert_eq!(code, 0, "{out}");
+    drop(b);
+}
