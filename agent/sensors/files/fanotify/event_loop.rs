@@ -2,7 +2,6 @@
 //! to the observer until the sensor stops.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -118,13 +117,16 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
             PollFd::new(modifies.as_fd(), PollFlags::POLLIN),
         ];
+        state.observer.end_round();
         // Events waiting for their process are looked at again soon, not at the next event.
         let timeout = if state.observer.waiting() {
             WAITING_POLL_MS
         } else {
             POLL_MS
         };
-        match poll(&mut fds, PollTimeout::from(timeout)) {
+        let polled = poll(&mut fds, PollTimeout::from(timeout));
+        state.observer.begin_round();
+        match polled {
             Ok(0) => {
                 state.settle_moved_from();
                 state.observer.pump();
@@ -249,10 +251,7 @@ impl Loop {
                 if !self.observer.scope().contains(&path) {
                     continue;
                 }
-                let seen = fd
-                    .try_clone_to_owned()
-                    .ok()
-                    .and_then(|owned| self.observer.examine_file(&path, File::from(owned)));
+                let seen = self.observer.examine_file(&path, fd);
                 self.pending_writes.push(Written { path, pid, seen });
             }
         }
@@ -426,7 +425,7 @@ impl Loop {
                 .or_else(|| self.observer.examine_path(path))
                 .or_else(|| {
                     let file = self.resolver.open_file(object?)?;
-                    self.observer.examine_file(path, file)
+                    self.observer.examine_file(path, file.as_fd())
                 })
                 .or_else(|| self.observer.remembered(path));
             self.observer.changed(FileAction::Create, path, pid, seen);
