@@ -4,6 +4,7 @@
 mod alert;
 mod checkpoint;
 mod config;
+mod console;
 mod detect;
 mod detection;
 mod enrollment;
@@ -73,6 +74,11 @@ enum Command {
     Verify(VerifyArgs),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
     Quickstart(quickstart::QuickstartArgs),
+    /// The web console: one-time sign-in links.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +120,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics and /healthz on this address (overrides the config's metrics.listen).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Serve the web console over HTTPS on this address (overrides the config's console.listen).
+    #[arg(long)]
+    pub console_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +169,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.alerts.validate().context("invalid --webhook")?;
             if let Some(metrics) = &args.metrics_listen {
                 config.metrics.listen = Some(metrics.clone());
+            }
+            if let Some(console) = &args.console_listen {
+                config.console.listen = Some(console.clone());
             }
             let listen = args
                 .listen
@@ -222,5 +234,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(quickstart::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Console { command } => console::command(command),
     }
 }
