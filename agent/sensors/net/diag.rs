@@ -267,4 +267,50 @@ mod tests {
             Parsed::Error(2)
         ));
     }
+
+    /// This thread's run time so far, in nanoseconds (kernel time on its behalf included).
+    fn thread_cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU per scan: one dump of TCP sockets of both families against one read of
+    /// `/proc/net/tcp` and `tcp6`, alternated in the same run.
+    ///
+    /// `cargo test --release --bin bannin-agent bench_socket_listing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark: run by hand with --ignored --nocapture"]
+    fn bench_socket_listing_dump_against_proc_net() {
+        let rounds = 200;
+        let mut diag = Diag::open().unwrap();
+        let mut buffer = Vec::new();
+        let (mut dump_ns, mut proc_ns) = (0u64, 0u64);
+        let (mut dumped, mut listed) = (0, 0);
+        for _ in 0..rounds {
+            let t = thread_cpu_ns();
+            dumped = diag.sockets(false).unwrap().len();
+            dump_ns += thread_cpu_ns() - t;
+            let t = thread_cpu_ns();
+            listed = 0;
+            for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                if let Some(text) = read_table(path, &mut buffer) {
+                    listed += text
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| parse_line(l, false))
+                        .count();
+                }
+            }
+            proc_ns += thread_cpu_ns() - t;
+        }
+        let per = |ns: u64| ns as f64 / rounds as f64 / 1e6;
+        println!(
+            "per scan: inet_diag dump {:.3} ms ({dumped} sockets), /proc/net/tcp{{,6}} {:.3} ms ({listed} sockets), ratio {:.2}",
+            per(dump_ns),
+            per(proc_ns),
+            proc_ns as f64 / dump_ns.max(1) as f64
+        );
+    }
 }
