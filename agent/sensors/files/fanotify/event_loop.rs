@@ -94,13 +94,10 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
         names,
         writes,
         modifies,
-        mounts,
-        roots,
+        resolver,
         paired_renames,
     } = backend;
     tracing::debug!(paired_renames, "fanotify backend running");
-    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
-    resolver.learn_existing(&roots);
     let mut state = Loop {
         observer,
         resolver,

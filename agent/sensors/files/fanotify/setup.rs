@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 
 use super::record::FSID_LEN;
+use super::resolve::Resolver;
 use crate::sensors::files::observe::Scope;
 
 pub struct FanotifyBackend {
@@ -20,10 +21,9 @@ pub struct FanotifyBackend {
     /// followed by no close-after-write, and a system busy writing cannot overflow the queue
     /// of creates and deletes with it.
     pub(super) modifies: Fanotify,
-    /// A descriptor on each marked filesystem, by filesystem id, to resolve handles against.
-    pub(super) mounts: HashMap<[u8; FSID_LEN], File>,
-    /// The watched roots and the filesystem each is on.
-    pub(super) roots: Vec<(PathBuf, [u8; FSID_LEN])>,
+    /// Turns handles into paths; it has learnt the directories already in the watched trees
+    /// before the sensor reports itself started, so a tree removed straight after still resolves.
+    pub(super) resolver: Resolver,
     /// Whether the kernel reports renames as one event with both names (`FAN_RENAME`, 5.17+).
     pub(super) paired_renames: bool,
 }
@@ -105,12 +105,13 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
         // its own writes and resolve each only to find it out of scope.
         ignore_own_state(&modifies, MaskFlags::FAN_MODIFY, private)?;
     }
+    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
+    resolver.learn_existing(&roots);
     Ok(FanotifyBackend {
         names,
         writes,
         modifies,
-        mounts,
-        roots,
+        resolver,
         paired_renames,
     })
 }
