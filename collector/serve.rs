@@ -158,6 +158,7 @@ impl Collector {
         }
 
         let engine = detect::Engine::new(&self.config.detection)?;
+        engine.log_report();
         let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
             .context("cannot start alert delivery")?;
         let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);

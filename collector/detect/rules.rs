@@ -8,17 +8,31 @@
 //!   renames until it is deleted, remembering every destination ever seen, noticing silence).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Visitor};
 use yaml_serde::{Mapping, Value as Yaml};
 
 use super::DetectError;
 use super::config::DetectConfig;
 use super::fields::Field;
 use super::sigma::{Cmp, Detection, placeholder};
+use super::taxonomy::Taxonomy;
 use crate::alert::Severity;
+
+/// The largest rule file read; the public rules are a few kilobytes each.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The most YAML nodes, and bytes of text, one file may stand for once its aliases are expanded:
+/// a few anchors referring to each other can otherwise stand for billions ("billion laughs").
+const MAX_NODES: usize = 200_000;
+const MAX_TEXT_BYTES: usize = 8 << 20;
+/// How deep `rule_dirs` are walked.
+const MAX_DIR_DEPTH: usize = 16;
+/// The longest message of a rule error: a hostile file's names are cut short.
+const MAX_MESSAGE_CHARS: usize = 300;
 
 /// The built-in pack, so the collector works from any directory.
 const BUILTIN: &[(&str, &str)] = &[
@@ -95,6 +109,10 @@ pub(crate) struct Meta {
     pub(crate) dedup_by: Vec<Field>,
     /// Whether matches become alerts (false for rules that only feed correlations).
     pub(crate) generate: bool,
+    /// Sigma's `tags` (ATT&CK techniques and tactics, CVEs...), copied into each alert.
+    pub(crate) tags: Vec<String>,
+    /// The rule's `level` as written: `informational` is said in the alert, whose severity is low.
+    pub(crate) informational: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,6 +183,10 @@ struct RawRule {
     dedup_by: Vec<String>,
     #[serde(default)]
     generate: Option<bool>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    logsource: Option<Mapping>,
 }
 
 #[derive(Deserialize)]
@@ -180,12 +202,24 @@ struct RawCorrelation {
     condition: Option<Mapping>,
 }
 
+/// What loading one rule of a `rule_dirs` directory came to: loaded, or the one reason it cannot
+/// run. A file that cannot be read or parsed at all is one entry without an id.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RuleReport {
+    pub(crate) file: PathBuf,
+    pub(crate) id: Option<String>,
+    pub(crate) title: Option<String>,
+    pub(crate) outcome: Result<(), String>,
+}
+
 /// Loads the rule pack the configuration asks for: built-in rules, then the extra files (a rule with
-/// a built-in rule's id replaces it), less the disabled ids.
-pub(crate) fn load(config: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
+/// a built-in rule's id replaces it), then the `rule_dirs`, less the disabled ids. A mistake in
+/// the built-in pack or a `rules` file is an error; a rule of `rule_dirs` that cannot run is left
+/// out and said in the report.
+pub(crate) fn load(config: &DetectConfig) -> Result<(Vec<Rule>, Vec<RuleReport>), DetectError> {
     let params = params(config);
     let mut rules: Vec<Rule> = Vec::new();
-    let mut add = |new: Vec<Rule>| {
+    let add = |rules: &mut Vec<Rule>, new: Vec<Rule>| {
         for rule in new {
             rules.retain(|r| r.meta.id != rule.meta.id);
             rules.push(rule);
@@ -193,20 +227,166 @@ pub(crate) fn load(config: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
     };
     if config.builtin_rules {
         for (name, text) in BUILTIN {
-            add(parse(name, text, &params)?);
+            add(&mut rules, parse(name, text, &params)?);
         }
     }
     for path in &config.rules {
         for file in rule_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|source| DetectError::Read {
+            let text = read_rule_file(&file).map_err(|source| DetectError::Read {
                 path: file.clone(),
                 source,
             })?;
-            add(parse(&file.display().to_string(), &text, &params)?);
+            add(
+                &mut rules,
+                parse(&file.display().to_string(), &text, &params)?,
+            );
         }
     }
+    let mut report = Vec::new();
+    for dir in &config.rule_dirs {
+        let (loaded, entries) = load_dir(dir, &params);
+        add(&mut rules, loaded);
+        report.extend(entries);
+    }
+    drop_dangling_correlations(&mut rules, &mut report);
     rules.retain(|r| !config.disabled.contains(&r.meta.id));
-    Ok(rules)
+    Ok((rules, report))
+}
+
+/// Loads every rule of a directory (or one file) that can run, and reports on each.
+pub(crate) fn load_dir(path: &Path, params: &Params) -> (Vec<Rule>, Vec<RuleReport>) {
+    let mut rules = Vec::new();
+    let mut report = Vec::new();
+    let mut files = Vec::new();
+    let file_failure = |file: &Path, message: String| RuleReport {
+        file: file.to_path_buf(),
+        id: None,
+        title: None,
+        outcome: Err(short(&message)),
+    };
+    if let Err(error) = walk(path, 0, &mut files) {
+        report.push(file_failure(path, format!("cannot read: {error}")));
+    }
+    for file in files {
+        let text = match read_rule_file(&file) {
+            Ok(text) => text,
+            Err(error) => {
+                report.push(file_failure(&file, format!("cannot read: {error}")));
+                continue;
+            }
+        };
+        let documents = match documents(&text) {
+            Ok(documents) => documents,
+            Err(error) => {
+                report.push(file_failure(
+                    &file,
+                    format!("not a valid rule document: {error}"),
+                ));
+                continue;
+            }
+        };
+        for value in documents {
+            let id = value.get("id").and_then(|v| v.as_str()).map(short);
+            let title = value.get("title").and_then(|v| v.as_str()).map(short);
+            let outcome = yaml_serde::from_value::<RawRule>(value)
+                .map_err(|e| format!("not a valid rule document: {e}"))
+                .and_then(|raw| compile(raw, params));
+            report.push(RuleReport {
+                file: file.clone(),
+                id,
+                title,
+                outcome: match outcome {
+                    Ok(rule) => {
+                        rules.push(rule);
+                        Ok(())
+                    }
+                    Err(message) => Err(short(&message)),
+                },
+            });
+        }
+    }
+    (rules, report)
+}
+
+/// Correlations of `rule_dirs` whose rules are not loaded cannot run: they are refused, not fatal.
+pub(crate) fn drop_dangling_correlations(rules: &mut Vec<Rule>, report: &mut [RuleReport]) {
+    loop {
+        let dangling = rules.iter().enumerate().find_map(|(index, rule)| {
+            let Body::Correlation(spec) = &rule.body else {
+                return None;
+            };
+            let missing = spec.rules.iter().find(|reference| {
+                !rules.iter().any(|r| {
+                    (r.meta.id == **reference || r.name.as_deref() == Some(reference.as_str()))
+                        && !matches!(r.body, Body::Correlation(_))
+                })
+            })?;
+            let entry = report.iter().rposition(|e| {
+                e.id.as_deref() == Some(rule.meta.id.as_str()) && e.outcome.is_ok()
+            })?;
+            Some((index, entry, missing.clone()))
+        });
+        let Some((index, entry, missing)) = dangling else {
+            return;
+        };
+        report[entry].outcome = Err(short(&format!(
+            "correlation: {missing:?} names no loaded Sigma rule or detector"
+        )));
+        rules.remove(index);
+    }
+}
+
+/// A message cut to [`MAX_MESSAGE_CHARS`] on one line: names in it come from the rule file.
+fn short(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= MAX_MESSAGE_CHARS {
+        line
+    } else {
+        format!(
+            "{}...",
+            line.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
+        )
+    }
+}
+
+/// The `*.yml`/`*.yaml` files under `path`, sorted, not following links to directories nor
+/// entering hidden ones (a repository's `.github`).
+fn walk(path: &Path, depth: usize, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(path)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort();
+    for entry in entries {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(kind) = std::fs::symlink_metadata(&entry) else {
+            continue;
+        };
+        if kind.is_dir() {
+            if depth + 1 < MAX_DIR_DEPTH {
+                // A subdirectory that cannot be read is reported as its own file.
+                if let Err(error) = walk(&entry, depth + 1, files) {
+                    return Err(std::io::Error::new(
+                        error.kind(),
+                        format!("{}: {error}", entry.display()),
+                    ));
+                }
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yml" | "yaml")
+        ) {
+            files.push(entry);
+        }
+    }
+    Ok(())
 }
 
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, DetectError> {
@@ -232,26 +412,135 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, DetectError> {
     Ok(files)
 }
 
-/// Parses every YAML document of one rule file.
-pub(crate) fn parse(source: &str, text: &str, params: &Params) -> Result<Vec<Rule>, DetectError> {
-    let mut rules = Vec::new();
-    for document in yaml_serde::Deserializer::from_str(text) {
-        let value = Yaml::deserialize(document).map_err(|error| DetectError::Yaml {
-            source_name: source.to_string(),
-            error,
-        })?;
-        if value.is_null() {
-            continue;
+/// A rule file's text: a regular file (never a FIFO or a device, whose read could block the
+/// collector), at most [`MAX_FILE_BYTES`], in UTF-8.
+fn read_rule_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", error.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// Counts the nodes and text a YAML document stands for, aliases expanded, and stops at the
+/// limits before anything is built.
+struct Measure<'a>(&'a mut (usize, usize));
+
+impl Measure<'_> {
+    fn take<E: serde::de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        self.0.0 += 1;
+        self.0.1 = self.0.1.saturating_add(bytes);
+        if self.0.0 > MAX_NODES || self.0.1 > MAX_TEXT_BYTES {
+            return Err(E::custom(format!(
+                "stands for more than {MAX_NODES} values or {MAX_TEXT_BYTES} bytes once its aliases are expanded"
+            )));
         }
-        let raw: RawRule = yaml_serde::from_value(value).map_err(|error| DetectError::Yaml {
-            source_name: source.to_string(),
-            error,
-        })?;
-        let id = raw.id.clone();
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Measure<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Measure<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("YAML")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.take(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while seq.next_element_seed(Measure(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while map.next_key_seed(Measure(&mut *self.0))?.is_some() {
+            map.next_value_seed(Measure(&mut *self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.take(0)?;
+        let (_, variant) = data.variant::<serde::de::IgnoredAny>()?;
+        variant.newtype_variant_seed(Measure(&mut *self.0))
+    }
+}
+
+/// The YAML documents of a rule file, each checked against the size limits before it is built.
+fn documents(text: &str) -> Result<Vec<Yaml>, yaml_serde::Error> {
+    let mut budget = (0, 0);
+    for document in yaml_serde::Deserializer::from_str(text) {
+        Measure(&mut budget).deserialize(document)?;
+    }
+    let mut values = Vec::new();
+    for document in yaml_serde::Deserializer::from_str(text) {
+        let value = Yaml::deserialize(document)?;
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    Ok(values)
+}
+
+/// Parses every YAML document of one rule file; the first mistake is the error.
+pub(crate) fn parse(source: &str, text: &str, params: &Params) -> Result<Vec<Rule>, DetectError> {
+    let yaml_error = |error| DetectError::Yaml {
+        source_name: source.to_string(),
+        error,
+    };
+    let mut rules = Vec::new();
+    for value in documents(text).map_err(yaml_error)? {
+        let raw: RawRule = yaml_serde::from_value(value).map_err(yaml_error)?;
+        let id = short(&raw.id);
         let rule = compile(raw, params).map_err(|message| DetectError::Rule {
             source_name: source.to_string(),
             rule: id,
-            message,
+            message: short(&message),
         })?;
         rules.push(rule);
     }
@@ -314,19 +603,53 @@ pub(crate) fn number(value: &Yaml, params: &Params) -> Result<i64, String> {
 }
 
 fn compile(raw: RawRule, params: &Params) -> Result<Rule, String> {
-    let meta = Meta {
+    let taxonomy = Taxonomy::of(raw.logsource.as_ref()).map_err(|e| e.to_string())?;
+    let mut meta = Meta {
+        severity: severity(raw.level.as_deref())?,
+        informational: raw.level.as_deref() == Some("informational"),
+        summary: raw.summary,
+        generate: raw.generate.unwrap_or(true),
+        tags: raw.tags,
+        fields: Vec::new(),
+        dedup_by: Vec::new(),
         id: raw.id,
         title: raw.title,
-        severity: severity(raw.level.as_deref())?,
-        summary: raw.summary,
-        fields: alert_fields(&raw.fields)?,
-        dedup_by: fields(&raw.dedup_by)?,
-        generate: raw.generate.unwrap_or(true),
     };
-    let body = match (raw.detection, raw.correlation, raw.detector) {
-        (Some(detection), None, None) => {
-            Body::Sigma(Detection::compile(&detection, params).map_err(|e| e.to_string())?)
+    match taxonomy {
+        Taxonomy::Bannin => {
+            meta.fields = alert_fields(&raw.fields)?;
+            meta.dedup_by = fields(&raw.dedup_by)?;
         }
+        // Sigma's `fields` lists what an analyst may want to see, in the rule's taxonomy: the
+        // names bannin's events carry are copied (under bannin's names) beside the category's
+        // own, the others are left out rather than refusing a rule that can run.
+        Taxonomy::Sigma(category) => {
+            meta.fields = category.alert_fields().to_vec();
+            for name in &raw.fields {
+                if let Ok(field) = taxonomy.field(name) {
+                    if !meta.fields.contains(&field)
+                        && !crate::alert::RESERVED_FIELDS.contains(&field.name())
+                    {
+                        meta.fields.push(field);
+                    }
+                }
+            }
+            meta.dedup_by = if raw.dedup_by.is_empty() {
+                category.dedup_by().to_vec()
+            } else {
+                raw.dedup_by
+                    .iter()
+                    .map(|n| taxonomy.field(n))
+                    .collect::<Result<_, _>>()?
+            };
+            meta.summary
+                .get_or_insert_with(|| category.summary(&meta.title));
+        }
+    }
+    let body = match (raw.detection, raw.correlation, raw.detector) {
+        (Some(detection), None, None) => Body::Sigma(
+            Detection::compile(&detection, params, taxonomy).map_err(|e| e.to_string())?,
+        ),
         (None, Some(correlation), None) => {
             Body::Correlation(correlation_spec(correlation, params)?)
         }
@@ -357,9 +680,13 @@ fn correlation_spec(raw: RawCorrelation, params: &Params) -> Result<CorrelationS
     let mut threshold = 1;
     let mut field = None;
     for (key, value) in raw.condition.iter().flatten() {
-        let key = key.as_str().unwrap_or_default();
+        let key = key
+            .as_str()
+            .ok_or_else(|| format!("correlation condition key {key:?} is not text"))?;
         if key == "field" {
-            let name = value.as_str().unwrap_or_default();
+            let name = value
+                .as_str()
+                .ok_or_else(|| format!("correlation condition field {value:?} is not text"))?;
             field = Some(Field::parse(name).ok_or_else(|| format!("unknown field {name:?}"))?);
         } else {
             cmp = Cmp::parse(key).ok_or_else(|| format!("unknown condition {key:?}"))?;

@@ -487,3 +487,29 @@ mod tests {
         assert!(text.contains(r"web1\na-2  db-prod-1") && text.contains(r"h\x1b[2J"));
     }
 }
+
+/// `rules check`: each rule loaded with its title, or the one reason it cannot run, then totals.
+/// Names and reasons quote the rule files, which may be hostile.
+pub fn rules_check(out: &mut impl Write, report: &[crate::detect::RuleReport]) -> io::Result<()> {
+    let mut refused = 0;
+    for entry in report {
+        let file = entry.file.display();
+        let id = entry.id.as_deref().unwrap_or("-");
+        match &entry.outcome {
+            Ok(()) => row!(
+                out,
+                "loaded   {file}  {id}  {}",
+                entry.title.as_deref().unwrap_or("")
+            )?,
+            Err(reason) => {
+                refused += 1;
+                row!(out, "refused  {file}  {id}  {reason}")?;
+            }
+        }
+    }
+    row!(
+        out,
+        "{} rules loaded, {refused} cannot run",
+        report.len() - refused
+    )
+}
