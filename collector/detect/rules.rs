@@ -29,6 +29,8 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 /// a few anchors referring to each other can otherwise stand for billions ("billion laughs").
 const MAX_NODES: usize = 200_000;
 const MAX_TEXT_BYTES: usize = 8 << 20;
+/// How deep flow collections (`[...]`, `{...}`) may nest in a rule file.
+const MAX_FLOW_DEPTH: usize = 64;
 /// How deep `rule_dirs` are walked.
 const MAX_DIR_DEPTH: usize = 16;
 /// The longest message of a rule error: a hostile file's names are cut short.
@@ -416,6 +418,11 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, DetectError> {
 /// collector), at most [`MAX_FILE_BYTES`], in UTF-8.
 fn read_rule_file(path: &Path) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
+    // Checked before opening: opening a FIFO waits for a writer. (Whoever could swap the file
+    // between the two checks can write the rule directory, and so decide the rules anyway.)
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
     let file = std::fs::File::open(path)?;
     if !file.metadata()?.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
@@ -511,8 +518,40 @@ impl<'de> Visitor<'de> for Measure<'_> {
     }
 }
 
+/// How deep `[` and `{` nest outside quoted scalars and comments: the YAML parser takes time
+/// quadratic in that depth (minutes for a 200 KB file of brackets) before its own limit of 128
+/// applies, so deeper files are refused first.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') if comment => comment = false,
+            _ if comment => {}
+            (None, '#') if previous.is_whitespace() => comment = true,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    deepest
+}
+
 /// The YAML documents of a rule file, each checked against the size limits before it is built.
 fn documents(text: &str) -> Result<Vec<Yaml>, yaml_serde::Error> {
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(<yaml_serde::Error as serde::de::Error>::custom(format!(
+            "brackets nest more than {MAX_FLOW_DEPTH} deep"
+        )));
+    }
     let mut budget = (0, 0);
     for document in yaml_serde::Deserializer::from_str(text) {
         Measure(&mut budget).deserialize(document)?;
@@ -879,6 +918,307 @@ detection:
             let id = text.lines().nth(1).unwrap().trim_start_matches("id: ");
             assert!(error.contains(id), "{error}");
         }
+    }
+
+    /// A Sigma rule in the standard taxonomy with `detection` as given (indented by four).
+    fn sigma_rule(id: &str, logsource: &str, detection: &str) -> String {
+        format!(
+            "title: t {id}\nid: {id}\nlogsource:\n{logsource}\ndetection:\n{detection}\nlevel: high\n"
+        )
+    }
+
+    #[test]
+    fn rule_dirs_report_each_rule_loaded_or_the_one_reason_it_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let linux = "    product: linux\n    category: process_creation";
+        let files = [
+            (
+                "a_ok.yml",
+                sigma_rule(
+                    "ok",
+                    linux,
+                    "    sel:\n        Image|endswith: /nc\n    condition: sel",
+                ),
+                Ok(()),
+            ),
+            (
+                "b_field.yml",
+                sigma_rule(
+                    "hash",
+                    linux,
+                    "    sel:\n        Hashes|contains: abc\n    condition: sel",
+                ),
+                Err("field \"Hashes\" is not carried by bannin's events"),
+            ),
+            (
+                "c_typo.yml",
+                sigma_rule(
+                    "typo",
+                    linux,
+                    "    sel:\n        Imagee: /nc\n    condition: sel",
+                ),
+                Err("unknown field \"Imagee\" for category process_creation"),
+            ),
+            (
+                "d_modifier.yml",
+                sigma_rule(
+                    "b64",
+                    linux,
+                    "    sel:\n        CommandLine|base64offset|contains: id\n    condition: sel",
+                ),
+                Err("unsupported modifier \"base64offset\""),
+            ),
+            (
+                "e_windows.yml",
+                sigma_rule(
+                    "win",
+                    "    product: windows\n    category: process_creation",
+                    "    sel:\n        Image|endswith: \\\\cmd.exe\n    condition: sel",
+                ),
+                Err("unsupported logsource {product: windows, category: process_creation}"),
+            ),
+            (
+                "f_auditd.yml",
+                sigma_rule(
+                    "auditd",
+                    "    product: linux\n    service: auditd",
+                    "    sel:\n        type: EXECVE\n    condition: sel",
+                ),
+                Err("unsupported logsource {product: linux, service: auditd}"),
+            ),
+            (
+                "g_hostname.yml",
+                sigma_rule(
+                    "dns",
+                    "    product: linux\n    category: network_connection",
+                    "    sel:\n        DestinationHostname|endswith: .ngrok.io\n    condition: sel",
+                ),
+                Err("not the DNS names it looked up"),
+            ),
+            (
+                "h_key.yml",
+                sigma_rule("key", linux, "    sel:\n        1: x\n    condition: sel"),
+                Err("detection key 1 is not text"),
+            ),
+            (
+                "i_keyword.yml",
+                sigma_rule(
+                    "kw",
+                    linux,
+                    "    keywords:\n        - evil\n    condition: keywords",
+                ),
+                Err("keyword selections are not supported"),
+            ),
+        ];
+        for (name, text, _) in &files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = DetectConfig::default();
+        let report = crate::detect::check_rules(dir.path(), &config);
+        assert_eq!(report.len(), files.len(), "{report:?}");
+        for (entry, (name, _, expected)) in report.iter().zip(&files) {
+            assert!(entry.file.ends_with(name), "{entry:?}");
+            match (expected, &entry.outcome) {
+                (Ok(()), Ok(())) => {}
+                (Err(expected), Err(reason)) => {
+                    assert!(reason.contains(expected), "{name}: {reason}")
+                }
+                _ => panic!("{name}: {:?}", entry.outcome),
+            }
+        }
+        // Loaded at start, the refused rules are left out and the rest runs beside the pack.
+        let mut fleet = Fleet::new(DetectConfig {
+            rule_dirs: vec![dir.path().to_path_buf()],
+            ..DetectConfig::default()
+        });
+        let who = process(70, "/usr/bin/nc", "sato", &["/usr/bin/bash"]);
+        assert_eq!(rules_of(&fleet.send("pc1", 0, start(who))), vec!["ok"]);
+        // bannin's own rules refuse a non-text key as plainly, correlations too.
+        for (text, expected) in [
+            (
+                "title: t\nid: k1\ndetection:\n  s:\n    [exe, cmdline]: x\n  condition: s\n",
+                "detection key [\"exe\",\"cmdline\"] is not text",
+            ),
+            (
+                "title: t\nid: k2\ndetection:\n  s:\n    exe: x\n  7: s\n  condition: s\n",
+                "detection key 7 is not text",
+            ),
+            (
+                "title: t\nid: k3\ndetection:\n  s:\n    exe: x\n  condition: [s, 3]\n",
+                "a list item is not text",
+            ),
+            (
+                "title: t\nid: k4\ncorrelation:\n  type: event_count\n  rules: [x]\n  timespan: 1h\n  condition:\n    5: 3\n",
+                "correlation condition key",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("r.yml"), text).unwrap();
+            let error = Engine::new(&DetectConfig {
+                rules: vec![dir.path().join("r.yml")],
+                ..DetectConfig::default()
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn hostile_rule_files_are_one_line_errors_not_crashes_or_hangs() {
+        let linux = "    product: linux\n    category: process_creation";
+        let laughs = {
+            let mut text = String::from(
+                "title: lol\nid: lol\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+            );
+            for i in 1..10 {
+                let p = i - 1;
+                text.push_str(&format!("x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]\n"));
+            }
+            text.into_bytes()
+        };
+        // Few aliases (under the YAML parser's own limit), each standing for many values.
+        let wide = format!(
+            "title: t\nid: wide\nx0: &x0 [{}]\nx1: [{}]\n",
+            vec!["lol"; 5000].join(", "),
+            vec!["*x0"; 1000].join(", ")
+        );
+        let deep_yaml = format!(
+            "title: t\nid: deep\nx: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        // Nesting by indentation: as deep as 1 MiB of spaces allows.
+        let mut deep_block = String::from("title: t\nid: deepblock\nx:\n");
+        for level in 1..1400 {
+            deep_block.push_str(&" ".repeat(level));
+            deep_block.push_str("- \n");
+        }
+        let deep_condition = sigma_rule(
+            "deepcond",
+            linux,
+            &format!(
+                "    sel:\n        Image: x\n    condition: {}sel{}",
+                "( ".repeat(100_000),
+                " )".repeat(100_000)
+            ),
+        );
+        let nots = sigma_rule(
+            "nots",
+            linux,
+            &format!(
+                "    sel:\n        Image: x\n    condition: {}sel",
+                "not ".repeat(100_000)
+            ),
+        );
+        let huge_regex = sigma_rule(
+            "regex",
+            linux,
+            "    sel:\n        CommandLine|re: '(?:(?:a{1000}){1000}){1000}'\n    condition: sel",
+        );
+        let lookaround = sigma_rule(
+            "look",
+            linux,
+            "    sel:\n        CommandLine|re: '(?<=x)y'\n    condition: sel",
+        );
+        let dashes = sigma_rule(
+            "dashes",
+            linux,
+            "    sel:\n        CommandLine|windash|contains: ' -a -b -c -d '\n    condition: sel",
+        );
+        let wildcards = sigma_rule(
+            "stars",
+            linux,
+            &format!(
+                "    sel:\n        CommandLine: '{}'\n    condition: sel",
+                "*a?".repeat(100_000)
+            ),
+        );
+        let mut big = sigma_rule(
+            "big",
+            linux,
+            "    sel:\n        Image: x\n    condition: sel",
+        );
+        big.push_str(&format!("# {}\n", "x".repeat(2 << 20)));
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("laughs.yml", laughs, "repetition limit exceeded"),
+            (
+                "wide.yml",
+                wide.into_bytes(),
+                "once its aliases are expanded",
+            ),
+            (
+                "deep.yml",
+                deep_yaml.into_bytes(),
+                "brackets nest more than 64 deep",
+            ),
+            ("deepblock.yml", deep_block.into_bytes(), "recursion limit"),
+            (
+                "deepcond.yml",
+                deep_condition.into_bytes(),
+                "nested more than 64 deep",
+            ),
+            ("nots.yml", nots.into_bytes(), "nested more than 64 deep"),
+            ("regex.yml", huge_regex.into_bytes(), "size limit"),
+            ("look.yml", lookaround.into_bytes(), "look-around"),
+            (
+                "dashes.yml",
+                dashes.into_bytes(),
+                "windash expands at most 3 dashes",
+            ),
+            ("stars.yml", wildcards.into_bytes(), ""),
+            ("big.yml", big.into_bytes(), "larger than 1048576 bytes"),
+            (
+                "latin1.yml",
+                b"title: caf\xe9\nid: x\n".to_vec(),
+                "not UTF-8 (byte 10)",
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            // As `rule_dirs` (and `rules check`) report it.
+            let report = crate::detect::check_rules(dir.path(), &DetectConfig::default());
+            assert_eq!(report.len(), 1, "{name}: {report:?}");
+            let reason = match &report[0].outcome {
+                Err(reason) => reason.clone(),
+                // A long pattern of wildcards is no attack: it compiles within the limits.
+                Ok(()) if expected.is_empty() => continue,
+                Ok(()) => panic!("{name} loaded"),
+            };
+            assert!(reason.contains(expected), "{name}: {reason}");
+            assert!(
+                !reason.contains('\n') && reason.len() < 400,
+                "{name}: {reason}"
+            );
+            // As a `rules` file: the collector refuses to start, with one line.
+            let error = Engine::new(&DetectConfig {
+                rules: vec![path],
+                ..DetectConfig::default()
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{name} loaded"));
+            let line = bannin::error_line(&anyhow::Error::new(error));
+            assert!(
+                line.contains(expected) && !line.contains('\n'),
+                "{name}: {line}"
+            );
+        }
+        // A FIFO named like a rule is not opened (opening it would wait for a writer).
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.yml");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let report = crate::detect::check_rules(dir.path(), &DetectConfig::default());
+        assert_eq!(
+            report[0].outcome,
+            Err("cannot read: not a regular file".into())
+        );
     }
 
     #[test]

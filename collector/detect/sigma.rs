@@ -307,13 +307,8 @@ pub(crate) struct Detection {
 
 /// A YAML key as text: a number or a list as a key is a mistake in the rule, never a field.
 fn key_text(key: &Yaml) -> Result<&str, SigmaError> {
-    key.as_str().ok_or_else(|| {
-        SigmaError::KeyNotText(
-            yaml_serde::to_string(key)
-                .map(|s| s.trim().replace('\n', " "))
-                .unwrap_or_else(|_| "?".into()),
-        )
-    })
+    key.as_str()
+        .ok_or_else(|| SigmaError::KeyNotText(shown(key)))
 }
 
 impl Detection {
@@ -571,8 +566,8 @@ fn scalar_text(value: &Yaml) -> Option<String> {
 
 /// A value for an error message, on one line and short.
 fn shown(value: &Yaml) -> String {
-    let text = yaml_serde::to_string(value).unwrap_or_else(|_| "?".into());
-    let text = text.trim().replace('\n', " ");
+    // JSON is YAML's one-line form.
+    let text = serde_json::to_string(value).unwrap_or_else(|_| "?".into());
     if text.chars().count() > 80 {
         format!("{}...", text.chars().take(80).collect::<String>())
     } else {

@@ -462,32 +462,6 @@ pub fn observed(out: &mut impl Write, observed: &Observed) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bannin::time::Timestamp;
-
-    #[test]
-    fn an_agent_name_with_a_line_break_stays_in_its_row() {
-        let agent = AgentRow {
-            agent_id: "a-1".into(),
-            name: "web1\na-2  db-prod-1".into(),
-            host: "h\x1b[2J".into(),
-            status: "active".into(),
-            enrolled: Timestamp::from_nanos(0),
-            last_seen: None,
-            last_seq: 0,
-            spool_events: 0,
-            spool_bytes: 0,
-        };
-        let mut out = Vec::new();
-        agents(&mut out, &[agent]).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().count(), 2, "{text}");
-        assert!(text.contains(r"web1\na-2  db-prod-1") && text.contains(r"h\x1b[2J"));
-    }
-}
-
 /// `rules check`: each rule loaded with its title, or the one reason it cannot run, then totals.
 /// Names and reasons quote the rule files, which may be hostile.
 pub fn rules_check(out: &mut impl Write, report: &[crate::detect::RuleReport]) -> io::Result<()> {
@@ -512,4 +486,30 @@ pub fn rules_check(out: &mut impl Write, report: &[crate::detect::RuleReport]) -
         "{} rules loaded, {refused} cannot run",
         report.len() - refused
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bannin::time::Timestamp;
+
+    #[test]
+    fn an_agent_name_with_a_line_break_stays_in_its_row() {
+        let agent = AgentRow {
+            agent_id: "a-1".into(),
+            name: "web1\na-2  db-prod-1".into(),
+            host: "h\x1b[2J".into(),
+            status: "active".into(),
+            enrolled: Timestamp::from_nanos(0),
+            last_seen: None,
+            last_seq: 0,
+            spool_events: 0,
+            spool_bytes: 0,
+        };
+        let mut out = Vec::new();
+        agents(&mut out, &[agent]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains(r"web1\na-2  db-prod-1") && text.contains(r"h\x1b[2J"));
+    }
 }

@@ -17,4 +17,5 @@ mod investigate;
 mod procnet;
 mod refusals;
 mod scenarios;
+mod sigma;
 mod sim;
