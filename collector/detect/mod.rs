@@ -657,7 +657,6 @@ impl Engine {
 /// rules of `config` they may refer to, and reports on each: `bannin-collector rules check`.
 pub(crate) fn check_rules(path: &std::path::Path, config: &DetectConfig) -> Vec<RuleReport> {
     let params = rules::params(config);
-    let (loaded, mut report) = rules::load_dir(path, &params);
     let mut known = match rules::load(&DetectConfig {
         rule_dirs: Vec::new(),
         ..config.clone()
@@ -665,7 +664,7 @@ pub(crate) fn check_rules(path: &std::path::Path, config: &DetectConfig) -> Vec<
         Ok((rules, _)) => rules,
         Err(_) => Vec::new(),
     };
-    known.extend(loaded);
+    let mut report = rules::load_dir(path, &params, &mut known);
     rules::drop_dangling_correlations(&mut known, &mut report);
     report
 }

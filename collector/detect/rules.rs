@@ -246,18 +246,18 @@ pub(crate) fn load(config: &DetectConfig) -> Result<(Vec<Rule>, Vec<RuleReport>)
     }
     let mut report = Vec::new();
     for dir in &config.rule_dirs {
-        let (loaded, entries) = load_dir(dir, &params);
-        add(&mut rules, loaded);
-        report.extend(entries);
+        report.extend(load_dir(dir, &params, &mut rules));
     }
     drop_dangling_correlations(&mut rules, &mut report);
     rules.retain(|r| !config.disabled.contains(&r.meta.id));
     Ok((rules, report))
 }
 
-/// Loads every rule of a directory (or one file) that can run, and reports on each.
-pub(crate) fn load_dir(path: &Path, params: &Params) -> (Vec<Rule>, Vec<RuleReport>) {
-    let mut rules = Vec::new();
+/// Adds to `rules` every rule of a directory (or one file) that can run, and reports on each. A
+/// rule of such a directory never replaces one already loaded (the built-in pack's are replaced
+/// through `rules`), and bannin's stateful detectors are not loaded from it: these directories
+/// hold other people's Sigma rules.
+pub(crate) fn load_dir(path: &Path, params: &Params, rules: &mut Vec<Rule>) -> Vec<RuleReport> {
     let mut report = Vec::new();
     let mut files = Vec::new();
     let file_failure = |file: &Path, message: String| RuleReport {
@@ -292,7 +292,22 @@ pub(crate) fn load_dir(path: &Path, params: &Params) -> (Vec<Rule>, Vec<RuleRepo
             let title = value.get("title").and_then(|v| v.as_str()).map(short);
             let outcome = yaml_serde::from_value::<RawRule>(value)
                 .map_err(|e| format!("not a valid rule document: {e}"))
-                .and_then(|raw| compile(raw, params));
+                .and_then(|raw| compile(raw, params))
+                .and_then(|rule| {
+                    if matches!(rule.body, Body::Detector(_)) {
+                        return Err(
+                            "bannin detectors are loaded from [detection] rules, not rule_dirs"
+                                .into(),
+                        );
+                    }
+                    if rules.iter().any(|r| r.meta.id == rule.meta.id) {
+                        return Err(format!(
+                            "id {:?} is already a loaded rule's (replace rules through [detection] rules)",
+                            rule.meta.id
+                        ));
+                    }
+                    Ok(rule)
+                });
             report.push(RuleReport {
                 file: file.clone(),
                 id,
@@ -307,10 +322,12 @@ pub(crate) fn load_dir(path: &Path, params: &Params) -> (Vec<Rule>, Vec<RuleRepo
             });
         }
     }
-    (rules, report)
+    report
 }
 
 /// Correlations of `rule_dirs` whose rules are not loaded cannot run: they are refused, not fatal.
+/// (Those of the built-in pack and `rules` files have no report entry; for them a missing rule
+/// stays an error when the engine is built.)
 pub(crate) fn drop_dangling_correlations(rules: &mut Vec<Rule>, report: &mut [RuleReport]) {
     loop {
         let dangling = rules.iter().enumerate().find_map(|(index, rule)| {
@@ -323,9 +340,11 @@ pub(crate) fn drop_dangling_correlations(rules: &mut Vec<Rule>, report: &mut [Ru
                         && !matches!(r.body, Body::Correlation(_))
                 })
             })?;
-            let entry = report.iter().rposition(|e| {
-                e.id.as_deref() == Some(rule.meta.id.as_str()) && e.outcome.is_ok()
-            })?;
+            // Reports name rules as `short` cut their ids.
+            let id = short(&rule.meta.id);
+            let entry = report
+                .iter()
+                .rposition(|e| e.id.as_deref() == Some(id.as_str()) && e.outcome.is_ok())?;
             Some((index, entry, missing.clone()))
         });
         let Some((index, entry, missing)) = dangling else {
@@ -1008,6 +1027,26 @@ detection:
                     "    keywords:\n        - evil\n    condition: keywords",
                 ),
                 Err("keyword selections are not supported"),
+            ),
+            (
+                "j_duplicate.yml",
+                sigma_rule("ok", linux, "    sel:\n        Image: /x\n    condition: sel"),
+                Err("id \"ok\" is already a loaded rule's"),
+            ),
+            (
+                "k_builtin.yml",
+                sigma_rule("chain-tamper", linux, "    sel:\n        Image: /x\n    condition: sel"),
+                Err("id \"chain-tamper\" is already a loaded rule's"),
+            ),
+            (
+                "l_detector.yml",
+                "title: t\nid: det\ndetector: agent_silent\nparameters:\n  after: 1s\n".to_string(),
+                Err("bannin detectors are loaded from [detection] rules, not rule_dirs"),
+            ),
+            (
+                "m_correlation.yml",
+                "title: t\nid: corr\ncorrelation:\n  type: event_count\n  rules: [hash]\n  timespan: 1h\n".to_string(),
+                Err("correlation: \"hash\" names no loaded Sigma rule or detector"),
             ),
         ];
         for (name, text, _) in &files {
