@@ -94,8 +94,9 @@ impl AgentConfig {
         self.files
             .validate()
             .map_err(|error| invalid(error.to_string()))?;
-        self.process
-            .validate()
+        let process = self
+            .process
+            .settings()
             .map_err(|error| invalid(error.to_string()))?;
         let network = self
             .network
@@ -108,7 +109,7 @@ impl AgentConfig {
             sender: self.sender,
             sensors: SensorSettings {
                 files: self.files,
-                process: self.process,
+                process,
                 network,
                 databases,
             },

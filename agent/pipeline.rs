@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bannin::event::{Body, Event, SensorEvent, SensorStatus};
+use bannin::event::{Body, Event};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::sensors::Notice;
 
 /// Capacity of the channel between all sensors and the spool writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -170,9 +172,13 @@ impl EventTx {
 
     /// Counts events this sensor lost on its own side (a full internal queue).
     pub fn count_drop(&self, count: u64) {
-        if let Ok(mut map) = self.drops.by_sensor.lock() {
-            *map.entry(self.sensor).or_default() += count;
-        }
+        // A panic elsewhere while the map was held leaves plain counts: still counted.
+        let mut map = self
+            .drops
+            .by_sensor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *map.entry(self.sensor).or_default() += count;
     }
 }
 
@@ -300,17 +306,17 @@ pub fn spawn_drop_reporter(tx: EventTx, interval: Duration) -> DropReporter {
 
 /// Sends one `sensor.overflow` event per sensor that counted drops since the last report.
 async fn report_drops(tx: &EventTx) -> Result<(), Closed> {
-    let taken = match tx.drops.by_sensor.lock() {
-        Ok(mut map) => std::mem::take(&mut *map),
-        Err(_) => return Ok(()),
-    };
+    // A panic elsewhere while the map was held leaves plain counts behind: still reported.
+    let taken = std::mem::take(
+        &mut *tx
+            .drops
+            .by_sensor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
     for (sensor, count) in taken {
-        let mut event = SensorEvent::new(
-            SensorStatus::Overflow,
-            sensor,
-            format!("{count} events dropped because the spool could not keep up"),
-        );
-        event.count = count;
+        let message = format!("{count} events dropped because the spool could not keep up");
+        let event = Notice::overflow(sensor, message).count(count).logged();
         tx.send(event).await?;
     }
     Ok(())

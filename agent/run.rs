@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ctx = SensorContext {
         tx: tx.clone(),
         state_dir: args.state_dir.clone(),
-        processes: ProcessTable::from_config(&configured.process),
+        processes: ProcessTable::from_settings(&configured.process),
     };
     // The process sensor first, so the table knows the running processes before the others ask.
     let handles = vec![

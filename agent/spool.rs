@@ -14,6 +14,9 @@ use bannin::event::{AgentAction, AgentEvent, Event};
 use bannin::proto::encode_event;
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod lost;
+use lost::{LostFile, Recorded};
+
 pub const SPOOL_FILE: &str = "spool.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +67,74 @@ struct Inner {
     host: String,
     /// Everything through here is committed at the collector, even where deleting it failed.
     acked: u64,
-    /// Events that could not be numbered at all (the disk was full and nothing was left to drop);
-    /// recorded as `agent.dropped` by the next append that succeeds.
-    lost: u64,
+    /// Events lost before they could be numbered (a full disk with nothing left to drop, a spool
+    /// that kept failing), not yet reported; recorded as `agent.dropped` by the next append that
+    /// succeeds. The running total is kept durably in [`LostFile`].
+    lost: Lost,
     reserve: Reserve,
+}
+
+/// The count of events lost before they reached the spool.
+struct Lost {
+    /// Not yet reported.
+    pending: u64,
+    /// A damaged `spool.lost` left how many unknown: reported once as such.
+    unknown: bool,
+    /// Why the latest were lost.
+    reason: String,
+    /// Lost since the spool began; what `spool.lost` holds.
+    total: u64,
+    file: LostFile,
+}
+
+impl Lost {
+    /// Reads `spool.lost` against what the spool's notices have already reported.
+    fn restore(state_dir: &Path, reported: u64) -> Lost {
+        let (file, recorded) = LostFile::open(state_dir);
+        let mut lost = Lost {
+            pending: 0,
+            unknown: false,
+            reason: String::new(),
+            total: reported,
+            file,
+        };
+        match recorded {
+            Recorded::Total { total, reason } if total > reported => {
+                lost.pending = total - reported;
+                lost.total = total;
+                lost.reason = reason;
+                tracing::warn!(
+                    lost = lost.pending,
+                    reason = %lost.reason,
+                    "events were lost before the agent restarted; reporting them"
+                );
+            }
+            Recorded::Total { .. } => {}
+            Recorded::Nothing => lost.file.ensure(reported, ""),
+            Recorded::Damaged => {
+                tracing::error!(
+                    path = %lost.file.path().display(),
+                    "the count of lost events is damaged; reporting an unknown number"
+                );
+                lost.unknown = true;
+            }
+        }
+        lost
+    }
+
+    fn count(&mut self, count: u64, reason: &str) {
+        self.pending += count;
+        self.total += count;
+        reason.clone_into(&mut self.reason);
+        if let Err(error) = self.file.write(self.total, reason) {
+            tracing::error!(
+                %error,
+                path = %self.file.path().display(),
+                pending = self.pending,
+                "cannot record the count of lost events durably; it is reported only if the agent runs until the spool can be written"
+            );
+        }
+    }
 }
 
 /// Space held in a file beside the spool and given up when the disk fills, so the agent can still
@@ -174,18 +241,69 @@ const RESERVE_MIN: u64 = 64 * 1024;
 const RESERVE_HEADROOM: u64 = 32 * 1024;
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Why the spool could not be written, as far as SQLite tells: what the agent does about it and
+/// what it says depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No room: handled inside the spool by dropping the oldest events.
+    DiskFull,
+    /// Another process holds the database's write lock (past the busy timeout).
+    Locked,
+    /// The file or its filesystem refuses writes.
+    ReadOnly,
+    /// The disk reports input/output errors.
+    Io,
+    /// The database is damaged; it will not heal by itself.
+    Corrupt,
+    /// The files cannot be opened (permissions, a missing directory).
+    CannotOpen,
+    Other,
+}
+
+impl Failure {
+    pub fn of(error: &SpoolError) -> Failure {
+        use rusqlite::ErrorCode as C;
+        let source = match error {
+            SpoolError::Sql { source } | SpoolError::Open { source, .. } => source,
+            SpoolError::Corrupt { .. } => return Failure::Corrupt,
+            SpoolError::TaskFailed => return Failure::Other,
+        };
+        let rusqlite::Error::SqliteFailure(e, _) = source else {
+            return Failure::Other;
+        };
+        if e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE {
+            return Failure::DiskFull;
+        }
+        match e.code {
+            C::DiskFull => Failure::DiskFull,
+            C::DatabaseBusy | C::DatabaseLocked => Failure::Locked,
+            C::ReadOnly => Failure::ReadOnly,
+            C::SystemIoFailure => Failure::Io,
+            C::DatabaseCorrupt | C::NotADatabase => Failure::Corrupt,
+            C::CannotOpen | C::PermissionDenied => Failure::CannotOpen,
+            _ => Failure::Other,
+        }
+    }
+
+    /// What happened, as the log line and the `agent.dropped` notice say it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::DiskFull => "the disk holding the state directory is full",
+            Failure::Locked => "another process holds the spool's write lock",
+            Failure::ReadOnly => "the spool or its filesystem is read-only",
+            Failure::Io => "the disk holding the spool reports I/O errors",
+            Failure::Corrupt => {
+                "the spool database is corrupt (stop the agent, move spool.db aside, start it again)"
+            }
+            Failure::CannotOpen => "the spool's files cannot be opened",
+            Failure::Other => "the spool cannot be written",
+        }
+    }
+}
+
 /// Whether SQLite failed because the filesystem is full.
 fn is_disk_full(error: &SpoolError) -> bool {
-    let source = match error {
-        SpoolError::Sql { source } | SpoolError::Open { source, .. } => source,
-        _ => return false,
-    };
-    matches!(
-        source,
-        rusqlite::Error::SqliteFailure(e, _)
-            if e.code == rusqlite::ErrorCode::DiskFull
-                || e.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
-    )
+    Failure::of(error) == Failure::DiskFull
 }
 
 /// Why an append drops the oldest events.
@@ -243,7 +361,8 @@ impl Inner {
         let first_new = inner.next_seq;
         let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
         let mut dropped_total = inner.dropped_total;
-        let lost = inner.lost;
+        let lost = inner.lost.pending;
+        let lost_unknown = inner.lost.unknown;
         // Logged only once the transaction holding the drop has committed.
         let mut shed_report = None;
         {
@@ -257,10 +376,19 @@ impl Inner {
                 let mut notice = AgentEvent::new(AgentAction::Dropped);
                 notice.dropped = lost;
                 notice.message = format!(
-                    "{lost} events were lost before they could be spooled: the disk holding the state directory was full"
+                    "{lost} events were lost before they could be spooled: {}",
+                    inner.lost.reason
                 );
                 chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
                 dropped_total += lost;
+            }
+            if lost_unknown {
+                let mut notice = AgentEvent::new(AgentAction::Dropped);
+                notice.message = format!(
+                    "an unknown number of events may have been lost before they could be spooled: the count in {} was damaged",
+                    inner.lost.file.path().display()
+                );
+                chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
             }
             // Events the collector already committed go first and are no loss.
             let keep = match shed {
@@ -336,13 +464,24 @@ impl Inner {
         meta("next_seq", &chain.next_seq.to_be_bytes())?;
         meta("head", &chain.head)?;
         meta("dropped_total", &dropped_total.to_be_bytes())?;
+        if lost > 0 || lost_unknown {
+            meta("lost_reported", &inner.lost.total.to_be_bytes())?;
+        }
         tx.commit()?;
         inner.next_seq = chain.next_seq;
         inner.head = chain.head;
         inner.bytes = (inner.bytes + chain.added_bytes).saturating_sub(freed_bytes);
         inner.events = (inner.events + chain.added).saturating_sub(freed_events);
         inner.dropped_total = dropped_total;
-        inner.lost = 0;
+        inner.lost.pending = 0;
+        if lost_unknown {
+            inner.lost.unknown = false;
+            // Only now that the notice is committed may the damaged record go.
+            let (total, reason) = (inner.lost.total, inner.lost.reason.clone());
+            if let Err(error) = inner.lost.file.write(total, &reason) {
+                tracing::error!(%error, "cannot rewrite the damaged count of lost events");
+            }
+        }
         if let Some((count, first, last, why)) = shed_report {
             tracing::warn!(dropped = count, first, last, reason = %why, "spool full: dropped the oldest events");
         }
@@ -412,9 +551,11 @@ impl Inner {
             self.fit(older)?;
             return self.fit(newer);
         }
-        self.lost += events.len() as u64;
+        self.lost
+            .count(events.len() as u64, Failure::DiskFull.reason());
         tracing::error!(
-            lost = self.lost,
+            lost = self.lost.pending,
+            lost_total = self.lost.total,
             "the disk holding the spool is full and nothing is left to drop; events are lost until space returns"
         );
         Ok(self.next_seq.saturating_sub(1))
@@ -428,6 +569,46 @@ impl Inner {
         {
             tracing::debug!(%error, "spool checkpoint failed");
         }
+    }
+}
+
+/// Gives a spool made before incremental vacuum was set (SQLite applies `auto_vacuum` only to new
+/// files, or through `VACUUM`) the same ability to return dropped events' space to a full disk.
+/// `VACUUM` writes a copy of the whole database through the write-ahead log, so it runs only when
+/// the disk has room for twice the spool; otherwise the next start tries again.
+fn convert_to_incremental_vacuum(conn: &Connection, path: &Path) {
+    let mode: i64 = match conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)) {
+        Ok(mode) => mode,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the spool's vacuum mode");
+            return;
+        }
+    };
+    // 2 is INCREMENTAL.
+    if mode == 2 {
+        return;
+    }
+    let size = std::fs::metadata(path).map_or(0, |m| m.len())
+        + std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len());
+    let needed = size.saturating_mul(2).saturating_add(RESERVE_BYTES);
+    let free = free_bytes(path);
+    if free < needed {
+        tracing::warn!(
+            size,
+            free,
+            needed,
+            "the spool lacks incremental vacuum and the disk has no room to convert it now; trying again at the next start"
+        );
+        return;
+    }
+    let converted = conn
+        .execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+        .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+        .and_then(|()| conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)));
+    match converted {
+        Ok(2) => tracing::info!(size, "converted the spool to incremental vacuum"),
+        Ok(mode) => tracing::warn!(mode, "the spool's vacuum mode did not change"),
+        Err(error) => tracing::warn!(%error, "cannot convert the spool to incremental vacuum"),
     }
 }
 
@@ -463,6 +644,7 @@ impl Spool {
              );",
         )
         .map_err(open)?;
+        convert_to_incremental_vacuum(&conn, &path);
         let meta = |key: &'static str| -> Result<Option<Vec<u8>>, SpoolError> {
             Ok(conn
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -487,11 +669,18 @@ impl Spool {
             })?),
             None => 0,
         };
+        let lost_reported = match meta("lost_reported")? {
+            Some(v) => u64::from_be_bytes(v.try_into().map_err(|_| SpoolError::Corrupt {
+                key: "lost_reported",
+            })?),
+            None => 0,
+        };
         let (events, bytes): (i64, i64) = conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let lost = Lost::restore(state_dir, lost_reported);
         Ok(Spool {
             inner: Arc::new(Mutex::new(Inner {
                 conn,
@@ -503,7 +692,7 @@ impl Spool {
                 max_bytes,
                 host: host.to_string(),
                 acked: 0,
-                lost: 0,
+                lost,
                 reserve: {
                     let mut reserve = Reserve {
                         path: state_dir.join(RESERVE_FILE),
@@ -533,17 +722,28 @@ impl Spool {
     /// range) until the new ones fit. If nothing is left to drop, the new events are counted as
     /// lost and recorded by the next append that succeeds. Either way the call returns, so the
     /// agent keeps going and recovers by itself when space returns.
-    pub fn append(&self, mut events: Vec<Event>) -> Result<u64, SpoolError> {
+    pub fn append(&self, events: &mut [Event]) -> Result<u64, SpoolError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let result = match inner.append(&mut events, Shed::Bound) {
-            Err(error) if is_disk_full(&error) => inner.append_on_full_disk(&mut events, error),
+        let result = match inner.append(events, Shed::Bound) {
+            Err(error) if is_disk_full(&error) => inner.append_on_full_disk(events, error),
             other => other,
         };
         if result.is_ok() {
             inner.reserve.hold();
+            let (total, reason) = (inner.lost.total, &inner.lost.reason);
+            inner.lost.file.ensure(total, reason);
         }
         result
+    }
+
+    /// Counts `count` events that could not be spooled (durably, in `spool.lost`), to be recorded
+    /// as `agent.dropped` by the next append that succeeds. Returns how many are not reported
+    /// yet and how many were lost in all.
+    pub fn record_lost(&self, count: u64, reason: &str) -> (u64, u64) {
+        let mut inner = self.lock();
+        inner.lost.count(count, reason);
+        (inner.lost.pending, inner.lost.total)
     }
 
     /// The oldest events after `after_seq`, at most `max_events` and about `max_bytes`.
@@ -677,8 +877,21 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|_| SpoolError::TaskFailed)?
 }
 
+/// How long the writer keeps retrying one burst the spool refuses (other than for a full disk,
+/// which the spool handles itself) before it counts the burst as lost. At least two attempts are
+/// made whatever the time, as a locked spool spends the busy timeout on each.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// While the spool keeps failing, how often the writer repeats its error line.
+const FAILING_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Drains the sensor channel into the spool, one transaction per burst, then settles the burst's
 /// commit tickets and wakes the sender.
+///
+/// A burst the spool refuses is retried with a growing delay for [`RETRY_FOR`] (sensors feel
+/// back-pressure through the bounded channel meanwhile); then it is counted as lost, durably in
+/// `spool.lost`, its tickets settled so that nothing waits on it forever (a stopping agent
+/// included), and while the spool still fails each later burst gets one attempt. The first append
+/// that succeeds records the loss as `agent.dropped` with its reason: never silent, never stuck.
 pub async fn run_writer(
     spool: Spool,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
@@ -687,37 +900,87 @@ pub async fn run_writer(
 ) -> Result<(), SpoolError> {
     const BURST: usize = 4096;
     let mut buffer = Vec::with_capacity(BURST);
+    let mut numbers = Vec::with_capacity(BURST);
+    // Since when the spool has been failing, and when that was last said.
+    let mut failing: Option<(Failure, tokio::time::Instant)> = None;
+    let mut last_said: Option<tokio::time::Instant> = None;
     loop {
         let received = rx.recv_many(&mut buffer, BURST).await;
         if received == 0 {
             return Ok(());
         }
-        let events = std::mem::take(&mut buffer);
         // Before the spool renumbers them, the events' `seq` are their commit tickets.
-        let numbers: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        numbers.clear();
+        numbers.extend(buffer.iter().map(|e| e.seq));
+        let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
-        let mut pending = Some(events);
-        while let Some(events) = pending.take() {
-            let retry = events.clone();
-            match blocking(&spool, move |s| s.append(events)).await {
+        loop {
+            let events = std::mem::take(&mut buffer);
+            let (events, result) = blocking_append(&spool, events).await?;
+            buffer = events;
+            let error = match result {
                 Ok(_) => {
+                    if let Some((failure, since)) = failing.take() {
+                        tracing::info!(reason = failure.reason(), failing_for = ?since.elapsed(), "the spool can be written again");
+                    }
                     tickets.settle(numbers.iter().copied());
                     wake.notify_one();
+                    break;
                 }
-                Err(error) => {
-                    // A locked file: keep the events in memory and retry; sensors feel
-                    // back-pressure through the bounded channel meanwhile.
-                    attempt += 1;
-                    tracing::error!(%error, attempt, "cannot write to the spool; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        (100 * u64::from(attempt)).min(5000),
-                    ))
-                    .await;
-                    pending = Some(retry);
-                }
+                Err(error) => error,
+            };
+            attempt += 1;
+            let failure = Failure::of(&error);
+            let give_up = failing.is_some() || (attempt >= 2 && started.elapsed() >= RETRY_FOR);
+            if !give_up {
+                tracing::error!(%error, reason = failure.reason(), attempt, "cannot write to the spool; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    (100u64 << attempt.min(6)).min(2000),
+                ))
+                .await;
+                continue;
             }
+            let count = buffer.len() as u64;
+            let reason = format!("{}: {error}", failure.reason());
+            let s = spool.clone();
+            let (pending, total) =
+                tokio::task::spawn_blocking(move || s.record_lost(count, &reason))
+                    .await
+                    .map_err(|_| SpoolError::TaskFailed)?;
+            tickets.settle(numbers.iter().copied());
+            if failing.is_none() {
+                failing = Some((failure, started));
+            }
+            let now = tokio::time::Instant::now();
+            if last_said.is_none_or(|t| now - t >= FAILING_LOG_EVERY) || attempt > 1 {
+                last_said = Some(now);
+                tracing::error!(
+                    %error,
+                    reason = failure.reason(),
+                    lost = count,
+                    unreported = pending,
+                    lost_total = total,
+                    "cannot write to the spool: events lost, counted in spool.lost and reported as agent.dropped once the spool can be written"
+                );
+            }
+            break;
         }
+        buffer.clear();
     }
+}
+
+/// [`Spool::append`] on a blocking thread, handing the events back for a retry.
+async fn blocking_append(
+    spool: &Spool,
+    mut events: Vec<Event>,
+) -> Result<(Vec<Event>, Result<u64, SpoolError>), SpoolError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = spool.append(&mut events);
+        (events, result)
+    })
+    .await
+    .map_err(|_| SpoolError::TaskFailed)
 }
 
 #[cfg(test)]
@@ -740,11 +1003,16 @@ mod tests {
     fn numbering_and_chain_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        assert_eq!(spool.append((0..3).map(event).collect()).unwrap(), 3);
+        assert_eq!(
+            spool
+                .append(&mut (0..3).map(event).collect::<Vec<_>>())
+                .unwrap(),
+            3
+        );
         let batch = spool.read_batch(0, 100, 1 << 20).unwrap().unwrap();
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        assert_eq!(spool.append(vec![event(4)]).unwrap(), 4);
+        assert_eq!(spool.append(&mut [event(4)]).unwrap(), 4);
         let next = spool.read_batch(3, 100, 1 << 20).unwrap().unwrap();
         assert_eq!((next.first_seq, next.last_seq), (4, 4));
         assert_eq!(next.prev_hash, batch.head_hash);
@@ -761,7 +1029,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
         for _ in 0..10 {
-            spool.append((0..20).map(event).collect()).unwrap();
+            spool
+                .append(&mut (0..20).map(event).collect::<Vec<_>>())
+                .unwrap();
         }
         let stats = spool.stats();
         assert!(stats.bytes <= 20_000, "spool holds {} bytes", stats.bytes);
@@ -780,5 +1050,146 @@ mod tests {
         }
         assert!(dropped_seen > 0);
         assert_eq!(stats.next_seq, 201 + dropped_seen);
+    }
+
+    /// Every `agent.dropped` in the spool: (dropped, message).
+    fn notices(spool: &Spool) -> Vec<(u64, String)> {
+        let mut found = Vec::new();
+        let mut after = 0;
+        while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
+            for bytes in &batch.events {
+                let event = bannin::proto::decode_event(bytes).unwrap();
+                if let bannin::event::Body::Agent(agent) = &event.body
+                    && agent.action == AgentAction::Dropped
+                {
+                    found.push((agent.dropped, agent.message.clone()));
+                }
+            }
+            after = batch.last_seq;
+        }
+        found
+    }
+
+    #[test]
+    fn events_lost_before_a_restart_are_reported_after_it_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(1)]).unwrap();
+        spool.record_lost(5, "another process holds the spool's write lock");
+        spool.record_lost(2, "another process holds the spool's write lock");
+        // The agent stops (or dies) before anything else reaches the spool.
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(2)]).unwrap();
+        let found = notices(&spool);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 7);
+        assert!(found[0].1.contains("write lock"), "{found:?}");
+        assert_eq!(spool.stats().dropped_total, 7);
+        drop(spool);
+        // Reported once: a later restart has nothing to add.
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(3)]).unwrap();
+        assert_eq!(notices(&spool).len(), 1);
+        spool.record_lost(1, "the disk holding the state directory is full");
+        spool.append(&mut [event(4)]).unwrap();
+        let found = notices(&spool);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[1].0, 1);
+    }
+
+    #[test]
+    fn a_damaged_count_is_reported_as_unknown_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.record_lost(3, "x");
+        drop(spool);
+        let path = dir.path().join(lost::LOST_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(1)]).unwrap();
+        let found = notices(&spool);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1.contains("unknown number"), "{found:?}");
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(2)]).unwrap();
+        assert_eq!(notices(&spool).len(), 1);
+    }
+
+    #[test]
+    fn an_old_spool_is_converted_to_incremental_vacuum_keeping_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool
+            .append(&mut (0..50).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let before = spool.read_batch(0, 1000, 1 << 20).unwrap().unwrap();
+        drop(spool);
+        // What a spool made before auto_vacuum was set looks like.
+        let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+        conn.execute_batch("PRAGMA auto_vacuum=NONE; VACUUM;")
+            .unwrap();
+        let mode = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(mode(&conn), 0);
+        drop(conn);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        assert_eq!(mode(&spool.lock().conn), 2);
+        let after = spool.read_batch(0, 1000, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            (after.first_seq, after.last_seq, after.head_hash),
+            (before.first_seq, before.last_seq, before.head_hash)
+        );
+        assert_eq!(after.events, before.events);
+        assert_eq!(spool.append(&mut [event(51)]).unwrap(), 51);
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let failure = |code: i32| {
+            Failure::of(&SpoolError::Sql {
+                source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+            })
+        };
+        use rusqlite::ffi;
+        assert_eq!(failure(ffi::SQLITE_FULL), Failure::DiskFull);
+        assert_eq!(failure(ffi::SQLITE_IOERR_SHMSIZE), Failure::DiskFull);
+        assert_eq!(failure(ffi::SQLITE_BUSY), Failure::Locked);
+        assert_eq!(failure(ffi::SQLITE_READONLY), Failure::ReadOnly);
+        assert_eq!(failure(ffi::SQLITE_IOERR_WRITE), Failure::Io);
+        assert_eq!(failure(ffi::SQLITE_CORRUPT), Failure::Corrupt);
+        assert_eq!(failure(ffi::SQLITE_NOTADB), Failure::Corrupt);
+        assert_eq!(failure(ffi::SQLITE_CANTOPEN), Failure::CannotOpen);
+    }
+
+    /// A database damaged under the running agent (here through a schema pointing at a page
+    /// that is no table) fails as corrupt, and the spool says so rather than hang.
+    #[test]
+    fn a_spool_damaged_under_the_agent_fails_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool
+            .append(&mut (0..50).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let other = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+        let version: i64 = other
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        other
+            .execute_batch(&format!(
+                "PRAGMA writable_schema=ON;
+                 UPDATE sqlite_schema SET rootpage = 1 WHERE name = 'spool';
+                 PRAGMA schema_version = {};",
+                version + 1
+            ))
+            .unwrap();
+        drop(other);
+        let error = spool.append(&mut [event(51)]).unwrap_err();
+        assert_eq!(Failure::of(&error), Failure::Corrupt, "{error}");
     }
 }

@@ -16,19 +16,10 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::start;
+use support::{option, start};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -53,9 +44,9 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 }
 
 fn main() {
-    let files = arg("--files", 100_000);
-    let settle = arg("--settle", 20);
-    let window = arg("--window", 60);
+    let files: u64 = option("--files").unwrap_or(100_000);
+    let settle: u64 = option("--settle").unwrap_or(20);
+    let window: u64 = option("--window").unwrap_or(60);
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     let started = Instant::now();

@@ -60,13 +60,7 @@ fn count_events(data: &Path, path: &Path) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let runs: usize = support::option("--runs").unwrap_or(100);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("collector");
     let watched = tmp.path().join("exports");

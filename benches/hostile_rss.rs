@@ -38,15 +38,6 @@ const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 /// The collector's default `server.max_message_bytes`, less room for the batch's own fields.
 const BATCH_BYTES: usize = 8 * 1024 * 1024 - 64 * 1024;
 
-fn option(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Agent {
     id: String,
     name: String,
@@ -210,8 +201,8 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 fn main() {
-    let agents = option("--agents", 8) as usize;
-    let seconds = option("--seconds", 30);
+    let agents: usize = support::option("--agents").unwrap_or(8);
+    let seconds: u64 = support::option("--seconds").unwrap_or(30);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("collector");
     let (process, line) = support::start(

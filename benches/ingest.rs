@@ -10,6 +10,9 @@
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/options.rs"]
+mod options;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,28 +35,11 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        agents: 8,
-        events: 400_000,
-        rounds: 5,
-    };
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-    };
-    if let Some(v) = value("--agents") {
-        options.agents = v;
+    Options {
+        agents: options::option("--agents").unwrap_or(8),
+        events: options::option("--events").unwrap_or(400_000),
+        rounds: options::option("--rounds").unwrap_or(5),
     }
-    if let Some(v) = value("--events") {
-        options.events = v;
-    }
-    if let Some(v) = value("--rounds") {
-        options.rounds = v;
-    }
-    options
 }
 
 struct Server {

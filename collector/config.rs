@@ -60,6 +60,8 @@ pub struct CollectorConfig {
     pub retention: crate::retention::RetentionConfig,
     /// `[checkpoints]`: signed statements of what the store holds, sent off the box.
     pub checkpoints: crate::checkpoint::CheckpointConfig,
+    /// `[console]`: the web console.
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl CollectorConfig {
@@ -92,6 +94,9 @@ impl CollectorConfig {
         if self.server.handshake_timeout.is_zero() {
             return Err(invalid("server.handshake_timeout must be more than 0s"));
         }
+        self.console
+            .validate()
+            .map_err(|message| invalid(&message))?;
         self.checkpoints
             .validate()
             .map_err(|message| invalid(&message))?;

@@ -4,6 +4,7 @@
 mod alert;
 mod checkpoint;
 mod config;
+mod console;
 mod detect;
 mod detection;
 mod enrollment;
@@ -78,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The web console: one-time sign-in links.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +138,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics and /healthz on this address (overrides the config's metrics.listen).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Serve the web console over HTTPS on this address (overrides the config's console.listen).
+    #[arg(long)]
+    pub console_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +187,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.alerts.validate().context("invalid --webhook")?;
             if let Some(metrics) = &args.metrics_listen {
                 config.metrics.listen = Some(metrics.clone());
+            }
+            if let Some(console) = &args.console_listen {
+                config.console.listen = Some(console.clone());
             }
             let listen = args
                 .listen
@@ -258,5 +270,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Console { command } => console::command(command),
     }
 }

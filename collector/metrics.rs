@@ -53,7 +53,7 @@ struct Counters {
     batches_refused: Family<Refusal, Counter>,
     verification_failures: Counter,
     query_calls: Counter,
-    queries_refused: Counter,
+    queries_refused: Family<Refusal, Counter>,
     retention_events: Counter,
     retention_batches: Counter,
     detection_state_evicted: Counter,
@@ -66,7 +66,7 @@ impl Counters {
     /// Adds every counter to `registry`, in exposition order. Names are given without `_total` and
     /// help without its final period: the encoder adds both.
     fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 10] = [
             (
                 "bannin_ingest_events",
                 "Events committed to the store",
@@ -86,11 +86,6 @@ impl Counters {
                 "bannin_query_calls",
                 "Calls to the operator query service",
                 &self.query_calls,
-            ),
-            (
-                "bannin_query_calls_refused",
-                "Query calls refused (not an operator, revoked or unknown)",
-                &self.queries_refused,
             ),
             (
                 "bannin_retention_events_deleted",
@@ -124,6 +119,7 @@ impl Counters {
             ),
         ];
         let (ingest, rest) = counters.split_at(2);
+        let (verification_and_queries, rest) = rest.split_at(2);
         for (name, help, counter) in ingest {
             registry.register(*name, *help, (*counter).clone());
         }
@@ -131,6 +127,14 @@ impl Counters {
             "bannin_ingest_batches_refused",
             "Batches refused, by reason",
             self.batches_refused.clone(),
+        );
+        for (name, help, counter) in verification_and_queries {
+            registry.register(*name, *help, (*counter).clone());
+        }
+        registry.register(
+            "bannin_query_calls_refused",
+            "Query calls refused or failed, by reason",
+            self.queries_refused.clone(),
         );
         for (name, help, counter) in rest {
             registry.register(*name, *help, (*counter).clone());
@@ -159,10 +163,18 @@ pub fn batch_refused(error: &ServiceError) {
         .inc();
 }
 
-pub fn query_call(refused: bool) {
+/// A query call, and when it was refused or failed, why ([`QueryError::refusal`]).
+///
+/// [`QueryError::refusal`]: crate::query::service::QueryError::refusal
+pub fn query_call(refused: Option<crate::service::Refusal>) {
     COUNTERS.query_calls.inc();
-    if refused {
-        COUNTERS.queries_refused.inc();
+    if let Some(refusal) = refused {
+        COUNTERS
+            .queries_refused
+            .get_or_create(&Refusal {
+                reason: refusal.reason,
+            })
+            .inc();
     }
 }
 
@@ -485,7 +497,10 @@ mod tests {
             .inc();
         counters.verification_failures.inc();
         counters.query_calls.inc_by(4);
-        counters.queries_refused.inc();
+        counters
+            .queries_refused
+            .get_or_create(&Refusal { reason: "revoked" })
+            .inc();
         counters.retention_events.inc_by(15);
         counters.retention_batches.inc_by(2);
         counters.detection_state_evicted.inc_by(6);
@@ -502,8 +517,15 @@ mod tests {
             },
         });
         batch_accepted(5);
+        query_call(Some(
+            crate::query::service::QueryError::Revoked { name: "o".into() }.refusal(),
+        ));
         assert!(COUNTERS.verification_failures.get() > before);
         let text = render(&COUNTERS, None);
+        assert!(
+            text.contains("bannin_query_calls_refused_total{reason=\"revoked\"} "),
+            "{text}"
+        );
         assert!(
             text.contains("bannin_ingest_batches_refused_total{reason=\"bad_signature\"} "),
             "{text}"

@@ -27,7 +27,13 @@ pub struct QuickstartArgs {
     /// Address for the collector (default: a free port on loopback).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Address for the web console (default: a free port on loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    console_listen: String,
 }
+
+/// The operator quickstart signs in to the console.
+const OPERATOR: &str = "quickstart";
 
 fn agent_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("BANNIN_AGENT_BIN") {
@@ -51,9 +57,11 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
             bail!("watch path {} does not exist", path.display());
         }
     }
-    let config = CollectorConfig::default();
+    let mut config = CollectorConfig::default();
+    config.console.listen = Some(args.console_listen.clone());
     let collector = serve::Collector::bind(&args.data_dir, config.clone(), &args.listen).await?;
     let addr = collector.local_addr()?;
+    let console_url = collector.console_url().map(str::to_string);
     serve::load_or_create_pki(&args.data_dir, &config.server.server_names)?;
 
     let (notices_tx, notices_rx) = std::sync::mpsc::sync_channel::<Observed>(1024);
@@ -127,6 +135,25 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
         "try: touch a file under a watched path; query with: bannin-collector events --data-dir {}",
         args.data_dir.display()
     );
+    if let Some(base) = console_url {
+        let dir = args.data_dir.clone();
+        let link = tokio::task::spawn_blocking(move || {
+            crate::console::issue_link(&dir, OPERATOR, std::time::Duration::from_secs(600), &base)
+        })
+        .await
+        .context("the sign-in link task failed")?;
+        match link {
+            Ok(url) => println!(
+                "console: sign in within 10 minutes at {url} (the browser will warn about the collector's own CA, {}; a new link: bannin-collector console link --data-dir {} --operator {OPERATOR})",
+                args.data_dir.join(CA_CERT).display(),
+                args.data_dir.display()
+            ),
+            Err(error) => eprintln!(
+                "bannin quickstart: no console sign-in link: {}",
+                bannin::error_line(&error)
+            ),
+        }
+    }
 
     tokio::select! {
         _ = bannin::signals::shutdown() => {}

@@ -104,6 +104,8 @@ pub struct Collector {
     pub data_dir: PathBuf,
     pub config: CollectorConfig,
     pub listener: TcpListener,
+    /// The web console's listener, when `[console] listen` is set.
+    pub console: Option<crate::console::Bound>,
 }
 
 impl Collector {
@@ -112,10 +114,15 @@ impl Collector {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let console = match &config.console.listen {
+            Some(address) => Some(crate::console::bind(&config.console, address).await?),
+            None => None,
+        };
         Ok(Collector {
             data_dir: data_dir.to_path_buf(),
             config,
             listener,
+            console,
         })
     }
 
@@ -123,9 +130,14 @@ impl Collector {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The address people open for the console, when it is served.
+    pub fn console_url(&self) -> Option<&str> {
+        self.console.as_ref().map(|bound| bound.url.as_str())
+    }
+
     /// Serves until `shutdown` resolves. Committed events are passed to `notices` when given.
     pub async fn run(
-        self,
+        mut self,
         tap: Option<std::sync::mpsc::SyncSender<Observed>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
@@ -156,6 +168,29 @@ impl Collector {
                 }
             });
         }
+
+        let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let console_task = match self.console.take() {
+            Some(bound) => {
+                let (dir, config, ca) = (
+                    self.data_dir.clone(),
+                    self.config.clone(),
+                    authority.cert_pem.clone(),
+                );
+                let server = server.clone();
+                Some(tokio::spawn(async move {
+                    let stopped = async {
+                        let _ = console_stopped.await;
+                    };
+                    if let Err(error) =
+                        crate::console::serve(bound, dir, config, &server, ca, stopped).await
+                    {
+                        tracing::error!(error = %bannin::error_line(&error), "console failed");
+                    }
+                }))
+            }
+            None => None,
+        };
 
         let engine = detect::Engine::new(&self.config.detection)?;
         engine.log_report();
@@ -239,6 +274,11 @@ impl Collector {
             )
             .await
             .context("gRPC server failed")?;
+        let _ = console_stop.send(());
+        if let Some(task) = console_task {
+            // Open keep-alive connections get a moment to finish, not a veto over stopping.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
         if let Err(error) = hooks.shutdown().await {
             tracing::warn!(%error, "alert delivery did not stop cleanly");
         }

@@ -19,7 +19,8 @@ pub enum ConfigError {
     #[error("config {path}: {source}")]
     Untrusted {
         path: PathBuf,
-        source: crate::securefs::SecureFsError,
+        // Boxed: it is the largest variant by far (several paths, larger still on Windows).
+        source: Box<crate::securefs::SecureFsError>,
     },
 }
 
@@ -69,7 +70,7 @@ pub fn check_permissions(path: &Path) -> Result<(), ConfigError> {
     }
     crate::securefs::check_trusted_file(path).map_err(|source| ConfigError::Untrusted {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -20,7 +20,7 @@ pub use notice::Notice;
 #[derive(Debug, Clone)]
 pub struct SensorSettings {
     pub files: files::FilesConfig,
-    pub process: process::ProcessConfig,
+    pub process: process::ProcessSettings,
     pub network: net::NetSettings,
     pub databases: Vec<db::DbSettings>,
 }

@@ -4,6 +4,10 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+#[path = "options.rs"]
+mod options;
+pub use options::option;
+
 /// A child process killed when dropped.
 pub struct Killed(pub Child);
 

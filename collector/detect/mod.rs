@@ -43,6 +43,37 @@ use self::suppress::{AllowList, Dedup, Verdict};
 use crate::alert::{Alert, EvidenceRef};
 use crate::finding::Finding;
 
+/// A loaded rule as the console lists it.
+#[derive(Debug, Clone)]
+pub struct RuleInfo {
+    pub id: String,
+    pub title: String,
+    pub severity: crate::alert::Severity,
+    /// "sigma", "correlation" or "detector".
+    pub shape: &'static str,
+    /// Whether its matches become alerts (false: it only feeds correlations).
+    pub generate: bool,
+}
+
+/// The rules `config` loads, in load order.
+pub fn rule_list(config: &DetectConfig) -> Result<Vec<RuleInfo>, DetectError> {
+    Ok(rules::load(config)?
+        .0
+        .into_iter()
+        .map(|rule| RuleInfo {
+            shape: match rule.body {
+                Body::Sigma(_) => "sigma",
+                Body::Correlation(_) => "correlation",
+                Body::Detector(_) => "detector",
+            },
+            id: rule.meta.id,
+            title: rule.meta.title,
+            severity: rule.meta.severity,
+            generate: rule.meta.generate,
+        })
+        .collect())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error("cannot read rules from {path}: {source}")]

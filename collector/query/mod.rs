@@ -284,7 +284,7 @@ pub fn scope(args: ScopeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn valid_operator_name(name: &str) -> bool {
+pub(crate) fn valid_operator_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -13,11 +13,11 @@ use bannin::pki::Principal;
 use bannin::proto::encode_event;
 use bannin::time::Timestamp;
 use rusqlite::Connection;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::local::{self, ReadError};
 use crate::report::{scope, timeline};
-use crate::service::{ServiceError, caller};
+use crate::service::{Refusal, ServiceError, caller};
 use crate::store::operators::Standing;
 use crate::store::query::EventFilter;
 use crate::store::{self, StoreError};
@@ -45,22 +45,27 @@ pub enum QueryError {
     },
 }
 
-/// The one place a query's error becomes a gRPC status; a caller the ingest service would refuse
-/// gets its code.
+impl QueryError {
+    /// The one place a query's error becomes a gRPC code and the metric's refusal reason; a
+    /// caller the ingest service would refuse gets that service's code and reason.
+    pub fn refusal(&self) -> Refusal {
+        let (code, reason) = match self {
+            QueryError::Caller(inner) => return inner.refusal(),
+            QueryError::NotAnOperator { .. } => (Code::PermissionDenied, "not_an_operator"),
+            QueryError::Revoked { .. } => (Code::PermissionDenied, "revoked"),
+            QueryError::UnknownOperator { .. } => (Code::PermissionDenied, "unknown_operator"),
+            QueryError::Read(error) if error.is_unknown() => (Code::InvalidArgument, "bad_request"),
+            QueryError::Store(_) | QueryError::Read(_) => (Code::Unavailable, "store"),
+            QueryError::TaskFailed => (Code::Unavailable, "internal"),
+            QueryError::Encode { .. } => (Code::Internal, "internal"),
+        };
+        Refusal { code, reason }
+    }
+}
+
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Status {
-        let message = error.to_string();
-        match error {
-            QueryError::Caller(inner) => inner.into(),
-            QueryError::NotAnOperator { .. }
-            | QueryError::Revoked { .. }
-            | QueryError::UnknownOperator { .. } => Status::permission_denied(message),
-            QueryError::Read(error) if error.is_unknown() => Status::invalid_argument(message),
-            QueryError::Store(_) | QueryError::Read(_) | QueryError::TaskFailed => {
-                Status::unavailable(message)
-            }
-            QueryError::Encode { .. } => Status::internal(message),
-        }
+        Status::new(error.refusal().code, error.to_string())
     }
 }
 
@@ -116,7 +121,7 @@ impl QueryService {
         if let Err(error) = &result {
             tracing::warn!(?remote, call, %error, "query refused");
         }
-        crate::metrics::query_call(result.is_err());
+        crate::metrics::query_call(result.as_ref().err().map(QueryError::refusal));
         result.map_err(Status::from)
     }
 }

@@ -178,10 +178,14 @@ impl Writer {
 
     pub async fn ingest(&self, batch: VerifiedBatch) -> Result<Committed, IngestError> {
         let (reply, answer) = oneshot::channel();
+        let agent_id = tracing::enabled!(tracing::Level::DEBUG).then(|| batch.agent_id.clone());
         self.tx
             .send(Command::Ingest { batch, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
+        if let Some(agent_id) = agent_id {
+            tracing::debug!(%agent_id, "batch queued for the store writer");
+        }
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -348,6 +352,10 @@ fn commit_group(
     let mut staged: HashMap<i64, Staged> = HashMap::new();
     // Refusal findings this transaction holds, with each agent's refusal clock before them.
     let mut refused: Vec<(i64, Refused)> = Vec::new();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let agents: Vec<&str> = batches.iter().map(|(b, _)| b.agent_id.as_str()).collect();
+        tracing::debug!(agents = %agents.join(","), "group commit begins");
+    }
     let mut pending = batches.into_iter();
     let result = (|| -> Result<(), String> {
         let mut tx = conn

@@ -5,6 +5,7 @@
 
 pub mod alert_chain;
 pub mod alerts;
+pub mod console;
 pub mod ingest;
 pub mod investigate;
 pub mod operators;
@@ -60,6 +61,8 @@ pub enum StoreError {
         id: String,
         source: serde_json::Error,
     },
+    #[error("bad pattern {pattern:?}: {reason}")]
+    BadPattern { pattern: String, reason: String },
     #[error("the ingest thread has stopped")]
     WriterGone,
     #[error(transparent)]
@@ -206,9 +209,10 @@ fn prepare(conn: &Connection) -> Result<(), rusqlite::Error> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     )?;
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {SCHEMA}; {}; {};",
+        "BEGIN IMMEDIATE; {SCHEMA}; {}; {}; {};",
         alerts::SCHEMA,
-        alert_chain::SCHEMA
+        alert_chain::SCHEMA,
+        console::SCHEMA
     ))?;
     match migrate(conn) {
         Ok(()) => conn.execute_batch("COMMIT"),

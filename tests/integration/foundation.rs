@@ -55,12 +55,12 @@ fn verify(dir: &Path) -> (bool, String) {
 
 #[test]
 fn enrolled_agent_streams_file_events_queryable_as_json() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("exports");
-    std::fs::create_dir(&watched).unwrap();
-    let collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "web1");
+    let Site {
+        tmp,
+        watched,
+        collector,
+        state,
+    } = Site::new("web1", "exports");
     let config = tmp.path().join("agent.toml");
     std::fs::write(&config, "[files]\nexclude = [\"**/*.swp\"]\n").unwrap();
     set_mode(&config, 0o600);
@@ -220,12 +220,12 @@ fn bad_configuration_is_refused_in_one_line_with_exit_2() {
 
 #[test]
 fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "app1");
+    let Site {
+        tmp: _tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("app1", "w");
     let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
 
     let writer = {
@@ -249,12 +249,12 @@ fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
 
 #[test]
 fn agent_killed_and_restarted_continues_its_chain_without_gaps() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "app2");
+    let Site {
+        tmp: _tmp,
+        watched,
+        collector,
+        state,
+    } = Site::new("app2", "w");
     let mut agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     write_files(&watched, "b", 1500);
     wait_for("some events stored", LONG, || {
@@ -275,12 +275,12 @@ fn agent_killed_and_restarted_continues_its_chain_without_gaps() {
 
 #[test]
 fn events_made_while_the_collector_is_down_wait_in_the_spool() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "app3");
+    let Site {
+        tmp: _tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("app3", "w");
     let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     wait_for("agent.start stored", LONG, || {
         (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
@@ -298,12 +298,12 @@ fn events_made_while_the_collector_is_down_wait_in_the_spool() {
 
 #[test]
 fn verify_names_rows_edited_deleted_or_swapped_in_the_database() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "app4");
+    let Site {
+        tmp,
+        watched,
+        collector,
+        state,
+    } = Site::new("app4", "w");
     let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     write_files(&watched, "e", 30);
     wait_for_paths(&collector, &watched, "e", 30);
@@ -405,12 +405,12 @@ fn quickstart_runs_a_collector_and_an_enrolled_local_agent() {
 
 #[test]
 fn a_full_spool_drops_the_oldest_reports_it_and_the_store_still_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "tight1");
+    let Site {
+        tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("tight1", "w");
     let config = tmp.path().join("agent.toml");
     std::fs::write(
         &config,

@@ -67,7 +67,12 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        command.env("BANNIN_LOG", "info,bannin_agent=debug");
+        // The store writer's debug lines say when a batch is queued and when a group commit
+        // begins, so a test can order batches into groups by waiting, not sleeping.
+        command.env(
+            "BANNIN_LOG",
+            "info,bannin_agent=debug,bannin_collector::store::ingest=debug",
+        );
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -327,6 +332,34 @@ impl Agent {
         self.proc.kill9();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         *self = Agent::start(&self.state_dir, &args);
+    }
+}
+
+/// Where most end-to-end tests begin: in a temp dir, a running collector (`collector/`), an
+/// agent state directory enrolled under `name` but not started (`agent/`), and an empty directory
+/// for it to watch. Destructure it; `tmp` owns the files, so keep it bound.
+pub struct Site {
+    pub tmp: tempfile::TempDir,
+    pub watched: PathBuf,
+    pub collector: Collector,
+    pub state: PathBuf,
+}
+
+impl Site {
+    /// `watched` is the watched directory's name in the temp dir.
+    pub fn new(name: &str, watched: &str) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(watched);
+        std::fs::create_dir(&dir).unwrap();
+        let collector = Collector::start(&tmp.path().join("collector"));
+        let state = tmp.path().join("agent");
+        collector.enroll(&state, name);
+        Site {
+            tmp,
+            watched: dir,
+            collector,
+            state,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adversary;
+mod console;
 mod db;
 // The private database servers the agent's own tests use, shared rather than copied.
 #[path = "../../agent/sensors/db/testsupport.rs"]

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 pub struct Request {
     pub head: String,
     pub body: Vec<u8>,
+    /// When the request's head had arrived, for tests of how deliveries are spaced.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -157,9 +159,15 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
             break end;
         }
     };
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the receiver serves each connection on a plain thread, where std's clock is right"
+    )]
+    let at = std::time::Instant::now();
     let mut request = Request {
         head: String::from_utf8_lossy(&data[..end]).into_owned(),
         body: Vec::new(),
+        at,
     };
     let length: usize = request
         .header("content-length")

@@ -126,7 +126,8 @@ async fn run(backend: BackendChoice, files: u64) {
         scan_on_start: false,
         ..FilesConfig::default()
     };
-    let processes = ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default());
+    let processes =
+        ProcessTable::from_settings(&crate::sensors::process::ProcessSettings::default());
     let handle = spawn_with_table(config, tx, processes).await.unwrap();
     let counts = Arc::new(Counts::default());
     let counter = {

@@ -21,7 +21,7 @@ fn config(dir: &Path, backend: BackendChoice) -> FilesConfig {
 
 /// The table `agent run` builds when the process sensor is off: it reads processes as events ask.
 fn processes() -> ProcessTable {
-    ProcessTable::from_config(&crate::sensors::process::ProcessConfig::default())
+    ProcessTable::from_settings(&crate::sensors::process::ProcessSettings::default())
 }
 
 async fn start(config: FilesConfig) -> (SensorHandle, mpsc::Receiver<Event>) {

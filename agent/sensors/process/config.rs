@@ -1,4 +1,5 @@
-//! The `[process]` section of the agent's configuration.
+//! The `[process]` section of the agent's configuration, and the settings it is checked into
+//! when the configuration is loaded.
 
 use std::time::Duration;
 
@@ -65,14 +66,51 @@ pub enum ConfigError {
 }
 
 impl ProcessConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the section: what the sensor and the process table run with.
+    pub fn settings(self) -> Result<ProcessSettings, ConfigError> {
         if self.poll_interval < Duration::from_millis(100) {
             return Err(ConfigError::PollIntervalTooShort);
         }
         if self.queue_capacity == 0 {
             return Err(ConfigError::EmptyQueue);
         }
-        Ok(())
+        Ok(ProcessSettings {
+            enabled: self.enabled,
+            backend: self.backend,
+            poll_interval: self.poll_interval,
+            remember_exited: self.remember_exited,
+            remember_for: self.remember_for,
+            queue_capacity: self.queue_capacity,
+            io_sample_interval: self.io_sample_interval,
+        })
+    }
+}
+
+/// A checked [`ProcessConfig`]: the poll interval is at least 100 ms and the queue holds at least
+/// one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    pub enabled: bool,
+    pub backend: Backend,
+    pub poll_interval: Duration,
+    pub remember_exited: usize,
+    pub remember_for: Duration,
+    pub queue_capacity: usize,
+    /// Zero: the connector backend does not sample I/O counters.
+    pub io_sample_interval: Duration,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        ProcessSettings {
+            enabled: true,
+            backend: Backend::Auto,
+            poll_interval: Duration::from_secs(2),
+            remember_exited: 10_000,
+            remember_for: Duration::from_secs(300),
+            queue_capacity: 16_384,
+            io_sample_interval: Duration::from_secs(10),
+        }
     }
 }
 
@@ -101,12 +139,23 @@ mod tests {
     }
 
     #[test]
-    fn too_short_a_poll_interval_is_refused() {
+    fn too_short_a_poll_interval_and_an_empty_queue_are_refused() {
         let config = ProcessConfig {
             poll_interval: Duration::from_millis(10),
             ..ProcessConfig::default()
         };
-        assert!(config.validate().is_err());
-        assert!(ProcessConfig::default().validate().is_ok());
+        assert!(matches!(
+            config.settings(),
+            Err(ConfigError::PollIntervalTooShort)
+        ));
+        let config = ProcessConfig {
+            queue_capacity: 0,
+            ..ProcessConfig::default()
+        };
+        assert!(matches!(config.settings(), Err(ConfigError::EmptyQueue)));
+        assert_eq!(
+            ProcessConfig::default().settings().unwrap(),
+            ProcessSettings::default()
+        );
     }
 }

@@ -15,7 +15,7 @@ mod table;
 
 use std::time::Duration;
 
-pub use config::{Backend, ConfigError, ProcessConfig};
+pub use config::{Backend, ProcessConfig, ProcessSettings};
 pub use table::{ProcessTable, Snapshot};
 
 use crate::pipeline::EventTx;
@@ -26,8 +26,6 @@ const SENSOR: &str = "process";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[cfg(target_os = "linux")]
     #[error("[process] backend = \"connector\" but {source}")]
     Connector {
@@ -53,10 +51,9 @@ pub enum ProcessError {
 /// table in `ctx`, and reports which backend in a `sensor.status` event. The table works (from
 /// `/proc`, lazily) even when the sensor is disabled.
 pub async fn spawn(
-    config: ProcessConfig,
+    config: ProcessSettings,
     ctx: &SensorContext,
 ) -> Result<SensorHandle, ProcessError> {
-    config.validate()?;
     let tx = ctx.tx.for_sensor(SENSOR);
     let table = &ctx.processes;
     let stop = Stop::default();
@@ -101,7 +98,7 @@ pub async fn spawn(
 /// polls instead (`None`: polling was asked for).
 #[cfg(target_os = "linux")]
 async fn start_connector(
-    config: &ProcessConfig,
+    config: &ProcessSettings,
     table: &ProcessTable,
     tx: &EventTx,
     stop: &Stop,
@@ -139,7 +136,7 @@ async fn start_connector(
 
 #[cfg(not(target_os = "linux"))]
 async fn start_connector(
-    config: &ProcessConfig,
+    config: &ProcessSettings,
     _table: &ProcessTable,
     _tx: &EventTx,
     _stop: &Stop,

@@ -14,7 +14,7 @@ use bannin::event::{Ancestor, ProcessInfo};
 use bannin::time::Timestamp;
 use tokio::time::Instant;
 
-use super::config::ProcessConfig;
+use super::config::ProcessSettings;
 use super::os;
 
 /// Ancestry lines longer than this are cut: real trees are shallow, and a loop in remembered data
@@ -136,7 +136,7 @@ impl ProcessTable {
         }
     }
 
-    pub fn from_config(config: &ProcessConfig) -> Self {
+    pub fn from_settings(config: &ProcessSettings) -> Self {
         ProcessTable::new(config.remember_exited, config.remember_for)
     }
 

@@ -16,7 +16,8 @@ async fn spawn(
     config: ProcessConfig,
     tx: crate::pipeline::EventTx,
 ) -> Result<(SensorHandle, ProcessTable), ProcessError> {
-    let table = ProcessTable::from_config(&config);
+    let config = config.settings().expect("a valid [process] section");
+    let table = ProcessTable::from_settings(&config);
     let ctx = SensorContext {
         tx,
         state_dir: std::env::temp_dir(),

@@ -289,10 +289,16 @@ fn a_host_flooding_large_exports_pushes_out_only_its_own_state_and_it_is_reporte
 // ---------------------------------------------------------------------------------------------
 // Alerts are never lost between detection and delivery
 
-/// Runs `sql` on the collector's live store with the sqlite3 shell.
+/// Runs `sql` on the collector's live store with the sqlite3 shell, waiting (up to 10 s) for the
+/// collector's writer as any other writer would.
 fn store_sql(collector: &Collector, sql: &str) {
     let db = collector.dir.join("bannin.db");
-    let output = run_output(Command::new("sqlite3").arg(&db).arg(sql));
+    let output = run_output(
+        Command::new("sqlite3")
+            .args(["-cmd", ".timeout 10000"])
+            .arg(&db)
+            .arg(sql),
+    );
     assert!(
         output.status.success(),
         "{sql}: {}",

@@ -566,7 +566,12 @@ mod disk_full {
 
         /// Writes a ballast file until the filesystem refuses more.
         fn fill(&self) -> PathBuf {
-            let path = self.path().join("ballast");
+            self.fill_as("ballast")
+        }
+
+        /// [`Self::fill`] into a file of that name.
+        fn fill_as(&self, name: &str) -> PathBuf {
+            let path = self.path().join(name);
             let mut file = std::fs::File::create(&path).unwrap();
             let chunk = vec![0xA5u8; 4096];
             loop {
@@ -733,6 +738,296 @@ mod disk_full {
     #[test]
     fn a_disk_that_fills_after_everything_was_sent_still_drops_the_oldest_not_everything_new() {
         full_state_disk(WhenFull::SpoolEmpty, "full2");
+    }
+
+    /// The largest `lost_total=N` the agent logged: how many events it counted as lost.
+    fn lost_total(log: &str) -> u64 {
+        log.lines()
+            .filter_map(|line| line.split("lost_total=").nth(1))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The disk stays full until even an empty spool has no room, so events are lost outright,
+    /// and the agent crashes before space returns. The count used to live only in memory and died
+    /// with the process: the loss went unreported. Now it is kept in `spool.lost` and every lost
+    /// event is reported by an `agent.dropped` after the restart, exactly once.
+    #[test]
+    fn events_lost_on_a_full_disk_are_reported_after_a_crash() {
+        let host = "full3";
+        let tmp = tempfile::tempdir().unwrap();
+        let small = SmallFs::mount("2m");
+        let state = small.path().join("agent");
+        let collector = Collector::start(&tmp.path().join("collector"));
+        collector.enroll(&state, host);
+        let watched = tmp.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        let config = tmp.path().join("agent.toml");
+        private_file(
+            &config,
+            "[process]\nenabled = false\n\n[network]\nenabled = false\n",
+        );
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--watch",
+            watched.to_str().unwrap(),
+        ];
+        let mut agent = Agent::start(&state, &args);
+        let mut made = 0;
+        let mut make = |count: usize| {
+            for _ in 0..count {
+                made += 1;
+                std::fs::write(watched.join(format!("export-{made:06}.csv")), b"id\n").unwrap();
+            }
+        };
+        // Every time the agent gives up space (its reserve, dropped events), ballast takes it.
+        let mut ballast = Vec::new();
+        wait_or_log(&agent, "events lost outright", || {
+            ballast.push(small.fill_as(&format!("ballast-{}", ballast.len())));
+            make(20);
+            (lost_total(&agent.proc.log()) > 0).then_some(())
+        });
+        // A few more losses, then the crash.
+        wait_or_log(&agent, "the later events counted", || {
+            ballast.push(small.fill_as(&format!("ballast-{}", ballast.len())));
+            make(20);
+            let log = agent.proc.log();
+            (log.matches("events are lost until space returns").count() >= 2).then_some(())
+        });
+        agent.proc.kill9();
+        let lost = lost_total(&agent.proc.log());
+        assert!(lost > 0);
+
+        for path in &ballast {
+            std::fs::remove_file(path).unwrap();
+        }
+        let agent = Agent::start(&state, &args);
+        let reported = wait_or_log(&agent, "every lost event reported", || {
+            let notices: Vec<u64> = collector
+                .events(&["--kind", "agent.dropped", "--host", host])
+                .into_iter()
+                .filter(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("lost before they could be spooled"))
+                })
+                .map(|e| e["dropped"].as_u64().unwrap())
+                .collect();
+            (notices.iter().sum::<u64>() >= lost).then_some(notices)
+        });
+        assert_eq!(reported.iter().sum::<u64>(), lost, "{reported:?}");
+        assert!(
+            agent
+                .proc
+                .log()
+                .contains("events were lost before the agent restarted")
+                || reported.len() > 1,
+            "{}",
+            agent.proc.log()
+        );
+    }
+}
+
+// ---- The spool fails for another reason than a full disk: every such error used to be retried
+// forever, holding every sensor back and hanging SIGTERM.
+mod spool_failures {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::harness::{Agent, Collector, private_file, wait_for, wait_for_explained};
+
+    const LONG: Duration = Duration::from_secs(120);
+
+    fn wait_or_log<T>(agent: &Agent, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        wait_for_explained(what, LONG, check, || {
+            let log = agent.proc.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            format!("agent log, newest first:\n{}", tail.join("\n"))
+        })
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        collector: Collector,
+        state: std::path::PathBuf,
+        watched: std::path::PathBuf,
+        args: Vec<String>,
+    }
+
+    fn setup(host: &str) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let collector = Collector::start(&tmp.path().join("collector"));
+        let state = tmp.path().join("state");
+        collector.enroll(&state, host);
+        let watched = tmp.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        let config = tmp.path().join("agent.toml");
+        private_file(
+            &config,
+            "[process]\nenabled = false\n\n[network]\nenabled = false\n",
+        );
+        let args = vec![
+            "--config".to_string(),
+            config.to_str().unwrap().to_string(),
+            "--watch".to_string(),
+            watched.to_str().unwrap().to_string(),
+        ];
+        Setup {
+            _tmp: tmp,
+            collector,
+            state,
+            watched,
+            args,
+        }
+    }
+
+    impl Setup {
+        fn agent(&self) -> Agent {
+            let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+            Agent::start(&self.state, &args)
+        }
+
+        fn stored(&self, host: &str, glob: &str) -> usize {
+            self.collector
+                .events(&["--host", host, "--path", glob])
+                .len()
+        }
+    }
+
+    fn sigterm(agent: &mut Agent) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(agent.proc.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_for(
+            "the agent to stop after SIGTERM",
+            Duration::from_secs(60),
+            || agent.proc.child.try_wait().unwrap(),
+        )
+    }
+
+    fn spool_conn(state: &Path) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(state.join("spool.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        conn
+    }
+
+    /// Another process takes the spool's write lock and keeps it. The agent used to retry the
+    /// same write forever: sensors stalled behind it and SIGTERM never returned. Now it retries
+    /// for a bounded time, then counts what it could not spool (durably, outside SQLite), says so
+    /// in one line, stops promptly, and reports the loss as `agent.dropped` once it can write.
+    #[test]
+    fn a_spool_locked_by_another_process_loses_nothing_silently_and_stops_promptly() {
+        let host = "locked1";
+        let setup = setup(host);
+        let mut agent = setup.agent();
+        std::fs::write(setup.watched.join("before-0001.csv"), b"id\n").unwrap();
+        wait_or_log(&agent, "the first event at the collector", || {
+            (setup.stored(host, "*before-0001*") > 0).then_some(())
+        });
+
+        let holder = spool_conn(&setup.state);
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for n in 0..10 {
+            std::fs::write(setup.watched.join(format!("locked-{n:04}.csv")), b"id\n").unwrap();
+        }
+        let line = wait_or_log(&agent, "the agent to count the burst as lost", || {
+            agent
+                .proc
+                .log()
+                .lines()
+                .find(|l| l.contains("cannot write to the spool: events lost"))
+                .map(str::to_string)
+        });
+        assert!(line.contains("write lock"), "{line}");
+        let status = sigterm(&mut agent);
+        assert!(
+            status.success(),
+            "agent exit: {status}\n{}",
+            agent.proc.log()
+        );
+        assert!(
+            setup.state.join("spool.lost").exists(),
+            "no durable count of the lost events"
+        );
+
+        // The lock goes; the next run reports what the last one could not spool.
+        holder.execute_batch("ROLLBACK").unwrap();
+        drop(holder);
+        let mut agent = setup.agent();
+        let notice = wait_or_log(&agent, "agent.dropped at the collector", || {
+            setup
+                .collector
+                .events(&["--kind", "agent.dropped", "--host", host])
+                .into_iter()
+                .find(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("write lock"))
+                })
+        });
+        // At least the ten files' events, and the first run's agent.stop.
+        assert!(notice["dropped"].as_u64().unwrap() >= 11, "{notice}");
+        std::fs::write(setup.watched.join("after-0001.csv"), b"id\n").unwrap();
+        wait_or_log(&agent, "an event after the lock went", || {
+            (setup.stored(host, "*after-0001*") > 0).then_some(())
+        });
+        assert!(sigterm(&mut agent).success(), "{}", agent.proc.log());
+    }
+
+    /// A spool made before incremental vacuum was set up could not give a full disk back the
+    /// space of the events it dropped. The agent converts it at start, keeping its events.
+    #[test]
+    fn an_old_spool_is_converted_to_incremental_vacuum_at_start() {
+        let host = "oldspool1";
+        let mut setup = setup(host);
+        setup.collector.proc.kill9();
+        let mut agent = setup.agent();
+        for n in 0..20 {
+            std::fs::write(setup.watched.join(format!("waiting-{n:04}.csv")), b"id\n").unwrap();
+        }
+        wait_or_log(&agent, "the events in the spool", || {
+            let conn = spool_conn(&setup.state);
+            let rows: i64 = conn
+                .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
+                .unwrap();
+            (rows >= 20).then_some(())
+        });
+        assert!(sigterm(&mut agent).success(), "{}", agent.proc.log());
+        // What an older agent's spool looks like.
+        let conn = spool_conn(&setup.state);
+        conn.execute_batch("PRAGMA auto_vacuum=NONE; VACUUM;")
+            .unwrap();
+        let mode = |conn: &rusqlite::Connection| -> i64 {
+            conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(mode(&conn), 0);
+        drop(conn);
+
+        let addr = setup.collector.addr.clone();
+        setup.collector = Collector::start_with(&setup.collector.dir.clone(), &addr, &[]);
+        let mut agent = setup.agent();
+        assert!(
+            agent
+                .proc
+                .has_line("converted the spool to incremental vacuum"),
+            "{}",
+            agent.proc.log()
+        );
+        assert_eq!(mode(&spool_conn(&setup.state)), 2);
+        wait_or_log(&agent, "the spooled events at the collector", || {
+            (setup.stored(host, "*waiting-*") >= 20).then_some(())
+        });
+        let events = setup.collector.events(&["--host", host]);
+        let agent_id = crate::harness::agent_id(&setup.state);
+        crate::harness::assert_contiguous(&events, &agent_id);
+        assert!(sigterm(&mut agent).success(), "{}", agent.proc.log());
     }
 }
 

@@ -506,7 +506,7 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&tmp.path().join("c"), "24m");
     let config = write(tmp.path(), "collector.toml", "[retention]\ndays = 0\n");
-    let collector = Collector::start_with(&disk.path, "127.0.0.1:0", &["--config", &config]);
+    let mut collector = Collector::start_with(&disk.path, "127.0.0.1:0", &["--config", &config]);
     let db = disk.path.join("bannin.db");
     let mut agents: Vec<Stolen> = ["pilot", "large", "small"]
         .iter()
@@ -536,14 +536,33 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
             clients[i].clone();
         tokio::spawn(async move { client.submit(batch).await })
     };
+    // Each step waits for the writer's word before the next batch is sent: the pilot's group
+    // has begun (and waits for the lock), then the large batch and the small one are queued
+    // behind it, in that order, so the two form the next group.
+    let wait = |collector: &mut Collector, needle: String| {
+        tokio::task::block_in_place(|| collector.proc.wait_line(&needle, Duration::from_secs(60)))
+    };
     let pilot = send(0, &agents, &clients);
-    // Give each batch time to be verified and queued before the next is sent: this only orders
-    // the attack; if the machine is too slow for it the test proves less, it does not fail.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait(
+        &mut collector,
+        format!("group commit begins agents={}", agents[0].id),
+    );
     let large = send(1, &agents, &clients);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait(
+        &mut collector,
+        format!(
+            "batch queued for the store writer agent_id={}",
+            agents[1].id
+        ),
+    );
     let small = send(2, &agents, &clients);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait(
+        &mut collector,
+        format!(
+            "batch queued for the store writer agent_id={}",
+            agents[2].id
+        ),
+    );
     lock.execute_batch("ROLLBACK").unwrap();
 
     let results = [

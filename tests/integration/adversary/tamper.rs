@@ -413,12 +413,12 @@ fn stored_paths(collector: &Collector, dir: &Path, prefix: &str, count: usize) -
 
 #[test]
 fn a_store_that_lost_acknowledged_events_in_a_truncated_wal_raises_chain_tamper() {
-    let tmp = tempfile::tempdir().unwrap();
-    let watched = tmp.path().join("w");
-    std::fs::create_dir(&watched).unwrap();
-    let mut collector = Collector::start(&tmp.path().join("collector"));
-    let state = tmp.path().join("agent");
-    collector.enroll(&state, "witness1");
+    let Site {
+        tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("witness1", "w");
     let config = tmp.path().join("agent.toml");
     private_file(
         &config,
@@ -576,6 +576,7 @@ fn signed_checkpoints_catch_what_a_self_consistent_store_hides() {
         // The insider's copy, taken while the collector runs, as a backup job would.
         let out = run_output(
             Command::new("sqlite3")
+                .args(["-cmd", ".timeout 10000"])
                 .arg(data.join("bannin.db"))
                 .arg(format!(".backup {}", backup.display())),
         );
