@@ -123,6 +123,10 @@ struct VerifyArgs {
     /// everything they vouch for.
     #[arg(long)]
     checkpoints: Option<PathBuf>,
+    /// Verify this PostgreSQL store (postgres://USER@HOST/DB); --data-dir still supplies the keys
+    /// it is checked against (collector.pub, ca.pem).
+    #[arg(long, conflicts_with = "checkpoints")]
+    store: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -248,7 +252,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Operator { command } => query::operator(command),
         Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
-            let conn = store::open_reader(&args.data_dir)?;
             let trust = store::verify::Trust {
                 seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
                 ca_pem: std::fs::read_to_string(args.data_dir.join(serve::CA_CERT))
@@ -261,10 +264,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(checkpoint::read)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let mut report = store::verify::verify(&conn, &trust)?;
-            if let Some(lines) = &checkpoints {
-                store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
-            }
+            let report = match &args.store {
+                Some(url) => {
+                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+                    let source = store::pg::verify::PgSource::begin(&reader)?;
+                    store::verify::verify_source(&source, &trust)?
+                }
+                None => {
+                    let conn = store::open_reader(&args.data_dir)?;
+                    let mut report = store::verify::verify(&conn, &trust)?;
+                    if let Some(lines) = &checkpoints {
+                        store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
+                    }
+                    report
+                }
+            };
             let mut out = std::io::stdout().lock();
             present::table::verify(&mut out, &report)?;
             std::io::Write::flush(&mut out)?;
