@@ -345,6 +345,7 @@ impl Collector {
             seal: seal.clone(),
             router: hooks.router(),
             notifier: hooks.notifier(),
+            lag_alert_after: self.config.store.lag_alert_after,
         }
         .spawn()
         .context("cannot start detection")?;
