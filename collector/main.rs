@@ -74,10 +74,28 @@ enum Command {
     Verify(VerifyArgs),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
     Quickstart(quickstart::QuickstartArgs),
+    /// Sigma rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// The web console: one-time sign-in links.
     Console {
         #[command(subcommand)]
         command: console::ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Load a directory of Sigma rules as `[detection] rule_dirs` would and print, per rule,
+    /// `loaded` or the one reason it cannot run; exit 1 if any cannot.
+    Check {
+        /// A directory (walked recursively) or one rule file.
+        path: PathBuf,
+        /// The collector's configuration, for the `[detection]` thresholds rules may refer to.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -105,6 +123,10 @@ struct VerifyArgs {
     /// everything they vouch for.
     #[arg(long)]
     checkpoints: Option<PathBuf>,
+    /// Verify this PostgreSQL store (postgres://USER@HOST/DB); --data-dir still supplies the keys
+    /// it is checked against (collector.pub, ca.pem).
+    #[arg(long, conflicts_with = "checkpoints")]
+    store: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -230,7 +252,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Operator { command } => query::operator(command),
         Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
-            let conn = store::open_reader(&args.data_dir)?;
             let trust = store::verify::Trust {
                 seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
                 ca_pem: std::fs::read_to_string(args.data_dir.join(serve::CA_CERT))
@@ -243,10 +264,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(checkpoint::read)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let mut report = store::verify::verify(&conn, &trust)?;
-            if let Some(lines) = &checkpoints {
-                store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
-            }
+            let report = match &args.store {
+                Some(url) => {
+                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+                    let source = store::pg::verify::PgSource::begin(&reader)?;
+                    store::verify::verify_source(&source, &trust)?
+                }
+                None => {
+                    let conn = store::open_reader(&args.data_dir)?;
+                    let mut report = store::verify::verify(&conn, &trust)?;
+                    if let Some(lines) = &checkpoints {
+                        store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
+                    }
+                    report
+                }
+            };
             let mut out = std::io::stdout().lock();
             present::table::verify(&mut out, &report)?;
             std::io::Write::flush(&mut out)?;
@@ -259,6 +291,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quickstart(args) => {
             runtime()?.block_on(quickstart::run(args))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules {
+            command: RulesCommand::Check { path, config },
+        } => {
+            let config = load_config(config.as_deref())?;
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let report = detect::check_rules(&path, &config.detection);
+            if report.is_empty() {
+                anyhow::bail!("no rule files (*.yml, *.yaml) under {}", path.display());
+            }
+            let mut out = std::io::stdout().lock();
+            present::table::rules_check(&mut out, &report)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(if report.iter().all(|entry| entry.outcome.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Console { command } => console::command(command),
     }

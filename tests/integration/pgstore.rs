@@ -180,6 +180,23 @@ fn alerts(db: &PgDb) -> Vec<Value> {
         .collect()
 }
 
+/// `verify --store` against the keys in `data_dir`: its exit code and output.
+fn verify(db: &PgDb, data_dir: &Path) -> (i32, String) {
+    let output = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--store", &db.url, "--data-dir"])
+            .arg(data_dir),
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
 fn status(n: u64) -> Body {
     SensorEvent::new(SensorStatus::Status, "sim", format!("event {n}")).into()
 }
@@ -319,6 +336,23 @@ fn three_collectors_take_eight_agents_with_failover_and_store_every_event_once()
     }
     // Nothing was found wrong with any chain: resends were duplicates, not forks or gaps.
     assert_eq!(db.query("SELECT count(*) FROM findings"), "0");
+    let (code, out) = verify(&db, &dirs[2]);
+    assert_eq!(code, 0, "{out}");
+    // Whoever can write to the database still cannot change an event unseen, nor drop a chain's tail.
+    db.query(
+        "UPDATE events SET payload = payload || '\\x00'::bytea WHERE seq = 7 AND agent_no = 1",
+    );
+    db.query("DELETE FROM events WHERE agent_no = 2 AND seq > 140");
+    let (code, out) = verify(&db, &dirs[0]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("agent {} event 7: altered", agents[0].id)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("agent {} events 141..=150: missing", agents[1].id)),
+        "{out}"
+    );
     let listed = run_ok(Command::new(COLLECTOR).args(["agents", "--store", &db.url]));
     for i in 0..8 {
         assert!(listed.contains(&format!("pc{i}")), "{listed}");
@@ -402,6 +436,9 @@ fn a_leader_killed_mid_stream_is_replaced_and_no_alert_is_lost_or_doubled() {
     // the receiver dedupes on).
     let extra: usize = per_id.values().map(|n| n - 1).sum();
     assert!(extra <= 2, "{per_id:?}");
+    // The alerts and their chain verify, whoever of the leaders wrote them.
+    let (code, out) = verify(&db, &dirs[0]);
+    assert_eq!(code, 0, "{out}");
     // Two leaders were killed; the one collector left took over.
     assert_eq!(dead.len(), 2);
     let survivor = (0..3).find(|i| !dead.contains(i)).unwrap();
@@ -622,4 +659,112 @@ fn a_leader_whose_session_is_terminated_cannot_write_and_another_continues() {
     assert_eq!(alerts(&db).len(), 1);
     assert_eq!(db.query("SELECT count(*) FROM alert_chain"), "1");
     assert_ne!(leader_session(&db), Some(pid));
+}
+
+#[test]
+fn an_agent_given_two_collectors_fails_over_when_one_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let mut a = start(&dirs[0], &db, None, &[]);
+    let b = start(&dirs[1], &db, None, &[]);
+    let state = tmp.path().join("agent");
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    // Enrolled through A; told about both.
+    a.enroll(&state, "files1");
+    let watch = watched.display().to_string();
+    let mut agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            &watch,
+            "--collector",
+            &a.url(),
+            "--collector",
+            &b.url(),
+        ],
+    );
+    let file_events = |name: &str| {
+        events(&db)
+            .into_iter()
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            .count()
+    };
+    std::fs::write(watched.join("before.txt"), "one").unwrap();
+    wait_for("the first file's events through A", LONG, || {
+        (file_events("before.txt") > 0).then_some(())
+    });
+    a.proc.kill9();
+    std::fs::write(watched.join("after.txt"), "two").unwrap();
+    wait_for("the second file's events through B", LONG, || {
+        (file_events("after.txt") > 0).then_some(())
+    });
+    assert!(agent.proc.has_line("failing over to the next collector"));
+    agent.proc.terminate();
+    let stored = events(&db);
+    let id = agent_id(&state);
+    assert_contiguous(&stored, &id);
+    let (code, out) = verify(&db, &dirs[1]);
+    assert_eq!(code, 0, "{out}");
+    drop(b);
+}
+
+#[test]
+fn detection_held_back_by_an_open_transaction_raises_a_lag_alert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let config = tmp.path().join("lag.toml");
+    private_file(&config, "[store]\nlag_alert_after = \"2s\"\n");
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let spec = format!("ingest.before_commit:hold:{}", hold.display());
+    let held = start(&dirs[0], &db, Some(&config), &[("BANNIN_FAILPOINT", &spec)]);
+    let free = start(&dirs[1], &db, Some(&config), &[]);
+    let rt = runtime();
+    let mut x = rt.block_on(SimAgent::enroll(&free, "pcx"));
+    let mut y = rt.block_on(SimAgent::enroll(&free, "pcy"));
+    rt.block_on(x.connect_to(&held));
+    let batch = x.next_batch(x.stamped(vec![(Timestamp::now(), status(1))]));
+    let mut ingest = x.ingest.clone();
+    let x_send = rt.spawn(async move { ingest.submit(batch).await });
+    wait_for("the held transaction", LONG, || {
+        open_writers(&db).into_iter().next()
+    });
+    // A batch committed behind it waits; past the threshold, the leader says so.
+    rt.block_on(y.submit_bodies(vec![(Timestamp::now(), status(1))]))
+        .unwrap();
+    let lag = |db: &PgDb| -> Vec<Value> {
+        let out = run_ok(Command::new(COLLECTOR).args([
+            "alerts",
+            "--store",
+            &db.url,
+            "--format",
+            "json",
+            "--rule",
+            "detection-lag",
+        ]));
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let raised = wait_for("the lag alert", Duration::from_secs(20), || {
+        let alerts = lag(&db);
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    assert_eq!(raised.len(), 1, "one alert per stall: {raised:?}");
+    assert!(
+        raised[0]["waiting_batches"].as_u64().unwrap() >= 1,
+        "{raised:?}"
+    );
+    assert!(
+        raised[0]["oldest_writer_secs"].as_u64().unwrap() >= 2,
+        "{raised:?}"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    rt.block_on(x_send).unwrap().unwrap();
+    // Caught up, the alert chain and every event still verify.
+    let (code, out) = verify(&db, &dirs[0]);
+    assert_eq!(code, 0, "{out}");
 }

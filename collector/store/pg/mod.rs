@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod leader;
 pub mod outbox;
 pub mod read;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
