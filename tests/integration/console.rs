@@ -682,7 +682,15 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
         site.base
     );
     browser.goto(&attack).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The form lands on the console, which refuses it.
+    browser.wait_title("Sign out").await;
+    assert!(
+        browser
+            .text("p.message")
+            .await
+            .contains("did not come from the console")
+    );
+    browser.screenshot("csrf-refused").await;
     browser.goto(&site.url("/alerts")).await;
     browser.wait_title("Alerts").await;
     assert_eq!(browser.text("#operator").await, "victim");
