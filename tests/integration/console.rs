@@ -741,6 +741,18 @@ async fn strict_headers_no_path_traversal_and_huge_requests_are_refused() {
     assert_eq!(header("cache-control"), "no-store");
     let body = reply.text().await.unwrap();
     assert!(!body.contains("<script"), "no page carries a script");
+    // The browser's language picks Japanese.
+    let japanese = http
+        .get(site.url("/alerts"))
+        .header("cookie", format!("__Host-bannin_session={session}"))
+        .header("accept-language", "ja-JP,ja;q=0.9,en;q=0.5")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(japanese.contains("<h1>アラート</h1>"), "{japanese}");
 
     // Path traversal toward the static files, as a client sends it byte for byte.
     for path in [
