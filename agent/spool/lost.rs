@@ -68,7 +68,6 @@ impl LostFile {
 
     /// Records the running `total` and the last `reason`; durable when it returns `Ok`.
     pub fn write(&mut self, total: u64, reason: &str) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let record = encode(total, reason);
         if self.file.is_none() {
             self.file = Some(create(&self.path, &record)?);
@@ -78,7 +77,7 @@ impl LostFile {
             .file
             .as_ref()
             .ok_or_else(|| io::Error::other("no file"))?;
-        file.write_all_at(&record, 0)?;
+        write_at(file, &record, 0)?;
         file.sync_data()
     }
 
@@ -105,13 +104,7 @@ impl LostFile {
 
 /// Opens the file without following a link planted at its name; `None` when there is none.
 fn open_existing(path: &Path) -> io::Result<Option<(File, Recorded)>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-    {
+    let mut file = match no_follow().read(true).write(true).open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
@@ -140,15 +133,12 @@ fn open_existing(path: &Path) -> io::Result<Option<(File, Recorded)>> {
 /// the old file or the complete new one.
 fn create(path: &Path, record: &[u8]) -> io::Result<File> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let fresh = path.with_extension("lost.new");
     let _ = std::fs::remove_file(&fresh);
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = no_follow()
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&fresh)?;
     let mut block = vec![0u8; FILE_SIZE];
     block[..record.len()].copy_from_slice(record);
@@ -161,9 +151,51 @@ fn create(path: &Path, record: &[u8]) -> io::Result<File> {
         return Err(error);
     }
     if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(file)
+}
+
+/// Options that do not follow a link planted at the name and create the file for its owner only
+/// (on Unix; Windows has neither concern for a file in the agent's own state directory).
+fn no_follow() -> std::fs::OpenOptions {
+    #[cfg_attr(not(unix), expect(unused_mut, reason = "only Unix adds flags"))]
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+    }
+    options
+}
+
+/// Writes all of `buf` at `offset` without moving the file's cursor.
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.seek_write(&buf[done..], offset + done as u64)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable (Unix; NTFS journals the rename itself).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 fn encode(total: u64, reason: &str) -> [u8; RECORD] {
