@@ -91,6 +91,7 @@ impl Body {
                 FileAction::Write => "file.write",
                 FileAction::Rename => "file.rename",
                 FileAction::Delete => "file.delete",
+                FileAction::Read => "file.read",
             },
             Body::Process(p) => match p.action {
                 ProcessAction::Start => "process.start",
@@ -174,6 +175,8 @@ pub enum FileAction {
     Write,
     Rename,
     Delete,
+    /// A process read a watched export: once per process and file (see the files sensor).
+    Read,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

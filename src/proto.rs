@@ -352,6 +352,7 @@ pub fn to_pb(event: &Event) -> pb::Event {
                 FileAction::Write => pb::FileAction::Write,
                 FileAction::Rename => pb::FileAction::Rename,
                 FileAction::Delete => pb::FileAction::Delete,
+                FileAction::Read => pb::FileAction::Read,
             } as i32,
             path: f.path.clone(),
             from_path: f.from_path.clone(),
@@ -474,6 +475,7 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
                 Ok(pb::FileAction::Write) => FileAction::Write,
                 Ok(pb::FileAction::Rename) => FileAction::Rename,
                 Ok(pb::FileAction::Delete) => FileAction::Delete,
+                Ok(pb::FileAction::Read) => FileAction::Read,
                 _ => return Err(unknown("file action", f.action)),
             },
             path: f.path,
@@ -608,8 +610,16 @@ mod tests {
         let mut db = DbEvent::new(DbAction::Query, "postgresql");
         db.tables = vec!["public.customers".into()];
         db.client_port = Some(5432);
+        let mut read = FileEvent::new(FileAction::Read, "/a/b.csv", "fanotify");
+        read.process_known = true;
+        read.process = Some(ProcessInfo {
+            pid: 9,
+            exe: "/usr/bin/cat".into(),
+            ..ProcessInfo::default()
+        });
         let bodies: Vec<Body> = vec![
             file.into(),
+            read.into(),
             ProcessEvent {
                 action: ProcessAction::Exit,
                 process: ProcessInfo {

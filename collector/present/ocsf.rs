@@ -157,6 +157,7 @@ fn actor(process: Option<&ProcessInfo>, sensor: &str) -> Value {
 fn file_activity(record: &Record, file: &FileEvent) -> Map<String, Value> {
     let activity = match file.action {
         FileAction::Create => (1, "Create"),
+        FileAction::Read => (2, "Read"),
         FileAction::Write => (3, "Update"),
         FileAction::Delete => (4, "Delete"),
         FileAction::Rename => (5, "Rename"),

@@ -16,6 +16,7 @@ mod foundation;
 mod harness;
 mod investigate;
 mod procnet;
+mod reads;
 mod refusals;
 mod scenarios;
 mod sim;

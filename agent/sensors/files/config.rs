@@ -50,6 +50,15 @@ pub struct FilesConfig {
     /// Events buffered between the kernel reader and the spool. When the spool falls this far
     /// behind, further events are dropped and reported in `sensor.overflow`. Default: 32768.
     pub queue_capacity: usize,
+    /// Exports (files recognised as bulk data or archives) of at least this many bytes are
+    /// watched for reads: each process that reads one is reported once as `file.read`. Needs the
+    /// fanotify backend; under notify reads cannot be seen, and the `sensor.status` event says so.
+    /// Default: 10485760 (10 MiB, the collector's `large_export_min_size`).
+    pub read_watch_min_size: u64,
+    /// At most this many exports are watched for reads at once (one kernel inode mark each); an
+    /// export past the bound is not watched, counted and reported in a `sensor.error` event.
+    /// 0 watches none. Default: 1024.
+    pub read_watch_max: usize,
     /// The agent's state directory, set by `agent run` and never read from the file: the sensor
     /// never examines or reports its own spool, wherever the watched trees are.
     #[serde(skip)]
@@ -67,6 +76,8 @@ impl Default for FilesConfig {
             scan_on_start: true,
             scan_min_size: 65_536,
             queue_capacity: 32_768,
+            read_watch_min_size: 10 * 1024 * 1024,
+            read_watch_max: 1024,
             private_dir: None,
         }
     }

@@ -4,7 +4,8 @@
 //! Two backends. As root on Linux, fanotify marks the filesystems of the watched trees and names
 //! the process behind each event; elsewhere the portable `notify` watcher reports the same events
 //! without a process (`process_known = false`). The sensor says which one runs, and why, in a
-//! `sensor.status` event when it starts. Every file is examined the moment it is reported (size,
+//! `sensor.status` event when it starts, and whether reads of large exports are watched
+//! (`file.read`, fanotify only: one inode mark per export, see `fanotify/reads.rs`). Every file is examined the moment it is reported (size,
 //! owner, mode, inode, a bounded head sample for export recognition) and its size remembered, so a
 //! delete still carries the size of the file that is gone.
 
@@ -123,8 +124,12 @@ fn start(
         .map(|root| root.display().to_string())
         .collect();
     let mut observer = Observer::new(backend, scope, &config, processes, out, tx);
+    let (reads, reads_why) = reads(&config, &chosen);
+    if reads.is_some() {
+        observer.watch_reads(config.read_watch_min_size);
+    }
     observer.status(format!(
-        "{backend}: {why}; watching [{}]",
+        "{backend}: {why}; watching [{}]; {reads_why}",
         watching.join(", ")
     ));
     for (root, reason) in missing {
@@ -138,7 +143,7 @@ fn start(
     let spawned = match chosen {
         #[cfg(target_os = "linux")]
         Chosen::Fanotify(kernel) => {
-            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, observer, stop)))
+            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, reads, observer, stop)))
         }
         Chosen::Notify(watcher, failed) => {
             for (root, reason) in failed {
@@ -150,6 +155,34 @@ fn start(
     spawned
         .map(|handle| (backend, handle))
         .map_err(|source| FilesError::Thread { source })
+}
+
+/// The reads group, when reads of exports can be watched, with how many exports it may hold;
+/// and what the `sensor.status` event says about reads either way.
+#[cfg(target_os = "linux")]
+type Reads = Option<(fanotify::ReadGroup, usize)>;
+#[cfg(not(target_os = "linux"))]
+type Reads = Option<std::convert::Infallible>;
+
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+fn reads(config: &FilesConfig, chosen: &Chosen) -> (Reads, String) {
+    let unseen = |why: &str| (None, format!("reads of exports cannot be seen: {why}"));
+    match chosen {
+        Chosen::Notify(..) => unseen("watching reads needs the fanotify backend (root on Linux)"),
+        #[cfg(target_os = "linux")]
+        Chosen::Fanotify(_) if config.read_watch_max == 0 => unseen("read_watch_max = 0"),
+        #[cfg(target_os = "linux")]
+        Chosen::Fanotify(_) => match fanotify::open_reads() {
+            Ok(group) => (
+                Some((group, config.read_watch_max)),
+                format!(
+                    "reads of exports of at least {} bytes are watched (up to {} files)",
+                    config.read_watch_min_size, config.read_watch_max
+                ),
+            ),
+            Err(reason) => unseen(&reason),
+        },
+    }
 }
 
 /// Picks the backend and says why, the way the `sensor.status` event will.

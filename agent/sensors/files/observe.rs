@@ -25,6 +25,9 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 const LATE_LOOKUP: Duration = Duration::from_millis(250);
 /// Events held back at most; beyond this the oldest goes out with what is known.
 const MAX_WAITING: usize = 10_000;
+/// The walk at start examines at most this many times `read_watch_max` large files for exports
+/// to watch for reads, so a tree of many large files cannot make the start slow.
+const SCAN_READ_CANDIDATES_PER_WATCH: usize = 4;
 
 /// The watched trees minus the excluded globs.
 #[derive(Clone)]
@@ -123,6 +126,12 @@ pub struct Observer {
     looked_up: HashMap<u32, Option<ProcessInfo>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
+    /// Exports at least this big are handed to the backend to watch for reads; `None` while
+    /// the backend cannot watch reads.
+    read_watch_min_size: Option<u64>,
+    read_watch_max: usize,
+    /// Large exports seen since the backend last took them ([`Observer::take_exports`]).
+    exports: Vec<(PathBuf, Seen)>,
 }
 
 impl Observer {
@@ -150,7 +159,45 @@ impl Observer {
             closed: false,
             looked_up: HashMap::new(),
             waiting: VecDeque::new(),
+            read_watch_min_size: None,
+            read_watch_max: config.read_watch_max,
+            exports: Vec::new(),
         }
+    }
+
+    /// The backend watches reads: from now on large exports are kept for it to take.
+    pub fn watch_reads(&mut self, min_size: u64) {
+        self.read_watch_min_size = Some(min_size);
+    }
+
+    /// Large exports seen since the last call, to be watched for reads.
+    #[cfg(target_os = "linux")]
+    pub fn take_exports(&mut self) -> Vec<(PathBuf, Seen)> {
+        std::mem::take(&mut self.exports)
+    }
+
+    /// Keeps a file seen as a large export for the backend to watch for reads.
+    fn consider_for_reads(&mut self, path: &Path, seen: &Seen) {
+        let Some(min_size) = self.read_watch_min_size else {
+            return;
+        };
+        if seen.export.is_some() && seen.facts.size >= min_size && self.read_watch_max > 0 {
+            self.exports.push((path.to_path_buf(), seen.clone()));
+        }
+    }
+
+    /// Emits a `file.read`: `pid` read the watched export `path`, examined as `seen`.
+    #[cfg(target_os = "linux")]
+    pub fn read(&mut self, path: &Path, pid: u32, seen: Option<Seen>) {
+        let mut event = self.file_event(FileAction::Read, path);
+        match seen {
+            Some(seen) => {
+                self.fill(&mut event, seen.facts);
+                event.export = seen.export;
+            }
+            None => event.incomplete = true,
+        }
+        self.emit_file(event, Some(pid));
     }
 
     pub fn scope(&self) -> &Scope {
@@ -269,6 +316,7 @@ impl Observer {
         let mut event = self.file_event(action, path);
         match seen {
             Some(seen) => {
+                self.consider_for_reads(path, &seen);
                 self.sizes
                     .insert(path, Remembered::new(seen.facts, seen.export.clone()));
                 self.fill(&mut event, seen.facts);
@@ -340,6 +388,7 @@ impl Observer {
         }
         match (seen, remembered) {
             (Some(seen), _) => {
+                self.consider_for_reads(to, &seen);
                 self.sizes
                     .insert(to, Remembered::new(seen.facts, seen.export.clone()));
                 self.fill(&mut event, seen.facts);
@@ -522,6 +571,12 @@ impl Observer {
             .cloned()
     }
 
+    /// The kernel lost events that no rescan can recover (reads): say so, count unknown.
+    #[cfg(target_os = "linux")]
+    pub fn lost(&mut self, message: &str) {
+        self.emit(Notice::overflow(SENSOR, message).count_unknown().logged());
+    }
+
     /// The kernel lost events: say so (with how many, where the kernel counts them, else that
     /// the number is unknown), then rescan so what the lost events would have said is reported.
     pub fn overflow(&mut self, message: &str, count: Option<u64>) {
@@ -558,10 +613,17 @@ impl Observer {
     }
 
     /// Walks the watched trees at start and remembers the facts of every file of at least
-    /// `scan_min_size` bytes; returns how many files it saw.
+    /// `scan_min_size` bytes; returns how many files it saw. When reads are watched, files big
+    /// enough to be watched are examined, so exports that were there before the agent started
+    /// are watched too (at most [`SCAN_READ_CANDIDATES_PER_WATCH`] times `read_watch_max`).
     pub fn scan(&mut self) -> usize {
         let limit = self.sizes.capacity();
         let min_size = self.scan_min_size;
+        let read_min = self.read_watch_min_size;
+        let read_limit = self
+            .read_watch_max
+            .saturating_mul(SCAN_READ_CANDIDATES_PER_WATCH);
+        let mut candidates = Vec::new();
         let mut seen = 0;
         let scope = self.scope.clone();
         for root in scope.roots() {
@@ -576,9 +638,23 @@ impl Observer {
                     if metadata.len() >= min_size {
                         sizes.insert(path, Remembered::new(Facts::from_metadata(metadata), None));
                     }
+                    if read_min.is_some_and(|read_min| metadata.len() >= read_min)
+                        && candidates.len() < read_limit
+                    {
+                        candidates.push(path.to_path_buf());
+                    }
                     seen += 1;
                 },
             );
+        }
+        for path in candidates {
+            if let Some(found) = self.examine_path(&path) {
+                if found.export.is_some() {
+                    self.consider_for_reads(&path, &found);
+                    self.sizes
+                        .insert(&path, Remembered::new(found.facts, found.export));
+                }
+            }
         }
         seen
     }

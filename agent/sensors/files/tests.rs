@@ -221,6 +221,34 @@ async fn a_csv_export_is_recognised_with_rows_and_personal_data_counted() {
 }
 
 #[tokio::test]
+async fn without_fanotify_the_status_says_reads_of_exports_cannot_be_seen() {
+    let (_guard, dir) = tempdir();
+    let (handle, mut rx) = start(config(&dir, BackendChoice::Notify)).await;
+    let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+    assert!(
+        sensor(&status)
+            .message
+            .ends_with("reads of exports cannot be seen: watching reads needs the fanotify backend (root on Linux)"),
+        "{status:?}"
+    );
+    // A large export read by another process is not reported: the next event after the read
+    // is the barrier's write.
+    let export = dir.join("big.csv");
+    std::fs::write(&export, vec![b'a'; 11 * 1024 * 1024]).unwrap();
+    next(&mut rx, is("file.write", &export)).await;
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat big.csv > /dev/null && echo done > barrier")
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let after = next(&mut rx, |e| e.path().is_some()).await;
+    assert_eq!(after.path(), dir.join("barrier").to_str(), "{after:?}");
+    handle.stop().await;
+}
+
+#[tokio::test]
 async fn a_missing_root_is_reported_and_the_others_still_watched() {
     let (_guard, dir) = tempdir();
     let mut config = config(&dir, BackendChoice::Notify);
@@ -514,7 +542,7 @@ mod as_root {
         let stop = Stop::default();
         let thread = {
             let stop = stop.clone();
-            std::thread::spawn(move || fanotify::run(backend, observer, stop))
+            std::thread::spawn(move || fanotify::run(backend, None, observer, stop))
         };
         let overflow = next(&mut rx, |e| e.kind() == "sensor.overflow").await;
         assert!(
@@ -639,5 +667,173 @@ mod as_root {
         let deleted = next(&mut rx, is("file.delete", &dir.join("b/x"))).await;
         assert_eq!(file(&deleted).size, Some(2));
         handle.stop().await;
+    }
+
+    /// Reads of large exports: `file.read` once per process and file, with the rename, hard
+    /// link and bound an attacker would try.
+    mod reads {
+        use super::*;
+
+        const MIB: u64 = 1024 * 1024;
+
+        fn reads_config(dir: &Path, max: usize) -> FilesConfig {
+            FilesConfig {
+                read_watch_min_size: MIB,
+                read_watch_max: max,
+                ..config(dir, BackendChoice::Fanotify)
+            }
+        }
+
+        /// A shell line writing a 2 MiB CSV (a large export at a 1 MiB threshold) to `name`.
+        fn export(name: &str) -> String {
+            format!("head -c 2097152 /dev/zero | tr '\\0' 'a' > {name}")
+        }
+
+        /// Waits until the exports written so far are watched: a write seen after theirs was
+        /// handled in a later turn of the backend, after the turn that marked them.
+        async fn settle(dir: &Path, rx: &mut mpsc::Receiver<Event>, n: usize) {
+            let barrier = dir.join(format!("barrier{n}"));
+            let _script = Script::run(dir, &format!("echo {n} > barrier{n}"));
+            next(rx, is("file.write", &barrier)).await;
+        }
+
+        fn is_read_of(path: &Path) -> impl Fn(&Event) -> bool {
+            is("file.read", path)
+        }
+
+        #[tokio::test]
+        async fn each_process_reading_an_export_is_reported_once_however_often_it_reads() {
+            let (_guard, dir) = tempdir();
+            let (handle, mut rx) = start(reads_config(&dir, 16)).await;
+            let status = next(&mut rx, |e| e.kind() == "sensor.status").await;
+            assert!(
+                sensor(&status)
+                    .message
+                    .contains("reads of exports of at least 1048576 bytes are watched"),
+                "{status:?}"
+            );
+            let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
+            let _write = Script::run(&dir, &format!("{}; {}", export("a.csv"), export("b.csv")));
+            next(&mut rx, is("file.write", &b)).await;
+            settle(&dir, &mut rx, 1).await;
+            // Two cats, then one process opening and reading the file three thousand times,
+            // each staying alive (on stdin) so it is named; then a read of the other export as
+            // the barrier that ends the count.
+            let cat = "exec cat a.csv - > /dev/null";
+            let first = Script::run(&dir, cat);
+            let second = Script::run(&dir, cat);
+            let perl = Script::run(
+                &dir,
+                "exec perl -e 'for (1..3000) { open(my $f, \"<\", \"a.csv\") or die; read($f, my $b, 100); close $f } <STDIN>'",
+            );
+            let mut readers = vec![first.pid(), second.pid(), perl.pid()];
+            let mut reads_of_a = Vec::new();
+            while reads_of_a.len() < 3 {
+                let event = next(&mut rx, is_read_of(&a)).await;
+                reads_of_a.push(file(&event).clone());
+            }
+            let _barrier = Script::run(&dir, "exec cat b.csv - > /dev/null");
+            loop {
+                let event = next(&mut rx, |e| e.kind() == "file.read").await;
+                if event.path() == b.to_str() {
+                    break;
+                }
+                reads_of_a.push(file(&event).clone());
+            }
+            let mut pids: Vec<u32> = reads_of_a
+                .iter()
+                .map(|read| read.process.as_ref().unwrap().pid)
+                .collect();
+            pids.sort();
+            readers.sort();
+            assert_eq!(pids, readers, "{reads_of_a:?}");
+            for read in &reads_of_a {
+                assert_eq!(read.path, a.to_str().unwrap());
+                assert_eq!(read.size, Some(2 * MIB));
+                assert_eq!(read.export.as_ref().unwrap().format, "csv");
+                let reader = read.process.as_ref().unwrap();
+                let expected = if reader.pid == perl.pid() {
+                    "/usr/bin/perl"
+                } else {
+                    "/bin/cat"
+                };
+                assert_eq!(reader.exe, exe_of(expected));
+                assert_eq!(reader.user, "root");
+                assert_eq!(reader.ancestry[0].pid, std::process::id());
+            }
+            handle.stop().await;
+        }
+
+        #[tokio::test]
+        async fn the_watch_follows_the_file_through_a_rename_and_a_hard_link() {
+            let (_guard, dir) = tempdir();
+            let (outside_guard, outside) = tempdir();
+            let (handle, mut rx) = start(reads_config(&dir, 16)).await;
+            let _write = Script::run(&dir, &export("a.csv"));
+            next(&mut rx, is("file.write", &dir.join("a.csv"))).await;
+            settle(&dir, &mut rx, 1).await;
+            let moved = dir.join("moved.csv");
+            let _mv = Script::run(
+                &dir,
+                "mv a.csv moved.csv && exec cat moved.csv - > /dev/null",
+            );
+            let read = next(&mut rx, |e| e.kind() == "file.read").await;
+            assert_eq!(read.path(), moved.to_str());
+            // A second name outside the watched trees: a read under it is still a read of the
+            // export, named as the reader opened it.
+            let link = outside.join("innocent.txt");
+            let _ln = Script::run(
+                &dir,
+                &format!(
+                    "ln moved.csv {link} && exec cat {link} - > /dev/null",
+                    link = link.display()
+                ),
+            );
+            let read = next(&mut rx, |e| e.kind() == "file.read").await;
+            assert_eq!(read.path(), link.to_str());
+            assert_eq!(file(&read).export.as_ref().unwrap().format, "csv");
+            assert_eq!(
+                file(&read).process.as_ref().unwrap().exe,
+                exe_of("/bin/cat")
+            );
+            drop(outside_guard);
+            handle.stop().await;
+        }
+
+        #[tokio::test]
+        async fn exports_past_the_bound_are_counted_and_a_deleted_export_frees_its_place() {
+            let (_guard, dir) = tempdir();
+            let (handle, mut rx) = start(reads_config(&dir, 1)).await;
+            let _write = Script::run(
+                &dir,
+                &format!(
+                    "{}; {}; {}",
+                    export("a.csv"),
+                    export("b.csv"),
+                    export("c.csv")
+                ),
+            );
+            let mut refused = 0;
+            while refused < 2 {
+                let error = next(&mut rx, |e| e.kind() == "sensor.error").await;
+                let error = sensor(&error);
+                assert!(error.message.contains("read_watch_max = 1"), "{error:?}");
+                refused += error.count;
+            }
+            assert_eq!(refused, 2);
+            // b and c are not watched; a is, so its read is the first to be reported.
+            let _read = Script::run(&dir, "cat c.csv b.csv a.csv > /dev/null");
+            let read = next(&mut rx, |e| e.kind() == "file.read").await;
+            assert_eq!(read.path(), dir.join("a.csv").to_str());
+            // Deleting a frees its place: b, written again, is watched now.
+            let _rm = Script::run(&dir, "rm a.csv");
+            next(&mut rx, is("file.delete", &dir.join("a.csv"))).await;
+            let _again = Script::run(&dir, "echo more >> b.csv");
+            next(&mut rx, is("file.write", &dir.join("b.csv"))).await;
+            settle(&dir, &mut rx, 1).await;
+            let _read = Script::run(&dir, "cat b.csv > /dev/null");
+            next(&mut rx, is_read_of(&dir.join("b.csv"))).await;
+            handle.stop().await;
+        }
     }
 }

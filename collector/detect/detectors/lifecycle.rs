@@ -382,6 +382,8 @@ impl ExportLifecycle {
                     found.extend(self.candidate(tracked, record, file, Fate::Deleted));
                 }
             }
+            // A read changes nothing in a file's life; `export_read` follows reads.
+            FileAction::Read => {}
         }
         found
     }

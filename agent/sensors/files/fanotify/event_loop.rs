@@ -12,6 +12,7 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::fanotify::{Fanotify, MaskFlags};
 
+use super::reads::{ReadGroup, ReadWatch};
 use super::record::{Handle, NameEvent, parse_names};
 use super::resolve::{Resolver, path_of_file};
 use super::setup::FanotifyBackend;
@@ -88,9 +89,18 @@ struct Loop {
     unresolved_writes: Vec<(u64, Option<u32>)>,
     /// Writes to files that could be neither named nor examined, reported as one error.
     unnamed_writes: u64,
+    /// The exports watched for reads, when the reads group could be opened.
+    reads: Option<ReadWatch>,
 }
 
-pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
+/// Runs the backend until the sensor stops; `reads` is the reads group and how many exports it
+/// may watch, when reads are watched.
+pub fn run(
+    backend: FanotifyBackend,
+    reads: Option<(ReadGroup, usize)>,
+    observer: Observer,
+    stop: Stop,
+) {
     let FanotifyBackend {
         names,
         writes,
@@ -110,14 +120,19 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
         moved_from: None,
         unresolved_writes: Vec::new(),
         unnamed_writes: 0,
+        reads: reads.map(|(group, max)| ReadWatch::new(group, max)),
     };
     let mut buf = vec![0u8; READ_BUFFER];
     while !stop.is_set() && !state.observer.closed() {
-        let mut fds = [
+        state.reads_turn(&mut buf);
+        let mut fds = vec![
             PollFd::new(names.as_fd(), PollFlags::POLLIN),
             PollFd::new(writes.as_fd(), PollFlags::POLLIN),
             PollFd::new(modifies.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(reads) = &state.reads {
+            fds.push(PollFd::new(reads.fanotify().as_fd(), PollFlags::POLLIN));
+        }
         // Events waiting for their process are looked at again soon, not at the next event.
         let timeout = if state.observer.waiting() {
             WAITING_POLL_MS
@@ -179,6 +194,7 @@ pub fn run(backend: FanotifyBackend, observer: Observer, stop: Stop) {
         state.resolve_writes();
         state.flush_writes(None);
         state.drain_modifies(&modifies, &mut buf);
+        state.reads_turn(&mut buf);
         state.observer.rescan_if_due();
     }
 }
@@ -202,6 +218,13 @@ fn is_exchange(event: &NameEvent, next: Option<&NameEvent>) -> bool {
 }
 
 impl Loop {
+    /// Watches the exports found since the last turn and reports reads of those watched.
+    fn reads_turn(&mut self, buf: &mut [u8]) {
+        if let Some(reads) = &mut self.reads {
+            reads.turn(&mut self.observer, &self.resolver, buf);
+        }
+    }
+
     fn pid(&self, pid: i32) -> Option<Option<u32>> {
         if pid == self.own_pid {
             return None;

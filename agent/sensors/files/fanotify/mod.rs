@@ -7,16 +7,21 @@
 //! - `writes` reports close-after-write the classic way, with an open descriptor to the file, so
 //!   the file can be examined even when it was deleted a microsecond later.
 //!
-//! Events of both are filtered to the watched trees and to other processes than the agent.
+//! - `modifies` reports `FAN_MODIFY` with file handles, for truncates no close follows.
+//! - `reads` ([`reads`]) holds one inode mark per large export, for `file.read`.
+//!
+//! Events of all are filtered to the watched trees and to other processes than the agent.
 //!
 //! [`setup`] initialises the groups and marks the filesystems, [`record`] parses what a read of
 //! the `names` group returns, [`resolve`] turns file handles back into paths, and [`event_loop`]
 //! reads the groups and hands what they report to the observer.
 
 mod event_loop;
+mod reads;
 mod record;
 mod resolve;
 mod setup;
 
 pub use event_loop::run;
+pub use reads::{ReadGroup, open as open_reads};
 pub use setup::{FanotifyBackend, open};

@@ -227,6 +227,37 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// An `O_PATH` descriptor on the file a handle names, wherever it is now; `None` when it is
+    /// gone or on a filesystem the sensor holds no descriptor for.
+    pub(super) fn open_path(&self, handle: &Handle) -> Option<OwnedFd> {
+        let mount = self.mounts.get(&handle.fsid)?;
+        let words = 2 + handle.bytes.len().div_ceil(4);
+        let mut raw = vec![0u32; words];
+        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
+        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
+        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            raw[2 + i] = u32::from_ne_bytes(word);
+        }
+        // SAFETY: as in `open`: an aligned, initialised struct file_handle the kernel only
+        // reads, and a mount descriptor open for the call.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                raw.as_mut_ptr().cast::<libc::file_handle>(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
 /// Directories deeper than this are not climbed.
 const MAX_DEPTH: usize = 4096;
 

@@ -150,7 +150,7 @@ fn mark_refused(root: &Path, errno: Errno) -> String {
     )
 }
 
-fn filesystem_id(file: &File) -> nix::Result<[u8; FSID_LEN]> {
+pub(super) fn filesystem_id(file: &File) -> nix::Result<[u8; FSID_LEN]> {
     let fsid = nix::sys::statfs::fstatfs(file)?.filesystem_id();
     // SAFETY: fsid_t is two c_ints with no padding, the same 8 bytes the kernel puts in the
     // fsid of an event's file handle record; reading them as bytes is a plain copy.

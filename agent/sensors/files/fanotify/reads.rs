@@ -1,0 +1,384 @@
+//! Reads of large exports: a notification group of its own holding one inode mark per watched
+//! export, so the cost of watching reads grows with the number of exports, never with the rest
+//! of the filesystem.
+//!
+//! The group reports file handles (`FAN_REPORT_FID`), which identify the inode whatever its name:
+//! a watched export renamed, or read through a hard link under another name, is still the same
+//! file. `FAN_ACCESS` is a read(2) (or sendfile, splice, copy_file_range) and
+//! `FAN_CLOSE_NOWRITE` the close of a descriptor opened without write access, which also covers a
+//! reader that maps the file instead of reading it; `FAN_OPEN` is left out because a writer's
+//! open raises it too. `FAN_DELETE_SELF` says the last name is gone: the file stops counting
+//! against the bound, and the kernel drops the mark with the inode.
+//!
+//! Each process is reported once per file (`file.read`); the set of readers already reported is
+//! bounded, so a reader that opens a file thousands of times costs one entry.
+#![allow(unsafe_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use bannin::event::ExportInfo;
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use tokio::time::{Duration, Instant};
+
+use super::record::{FSID_LEN, Handle, parse_names};
+use super::resolve::Resolver;
+use super::setup::filesystem_id;
+use crate::sensors::files::observe::{Observer, Seen};
+use crate::sensors::files::sizes::Facts;
+use crate::sensors::process::os;
+
+/// Readers (process and file) remembered as reported; the oldest are forgotten first, after
+/// which a forgotten reader reading again is reported again.
+const REPORTED_READERS: usize = 65_536;
+/// Reads of the group per turn, so a flood of reads cannot starve the other groups.
+const READS_PER_TURN: usize = 16;
+/// Exports refused for the bound remembered, so each is counted once however often it is
+/// written; past this, refusals are counted again.
+const REMEMBERED_REFUSALS: usize = 65_536;
+/// Descriptors of a reader looked through for the name it opened the export by.
+const READER_FDS: usize = 4096;
+/// After the first, exports refused for the bound are reported together at most this often.
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the watch reports as: the read and close events, and the removal of the last name.
+fn watched_mask() -> MaskFlags {
+    MaskFlags::FAN_ACCESS | MaskFlags::FAN_CLOSE_NOWRITE | MaskFlags::FAN_DELETE_SELF
+}
+
+/// The group, opened at start so the sensor's status can say whether reads are seen.
+pub struct ReadGroup(Fanotify);
+
+/// Opens the reads group, or says why it cannot be opened.
+pub fn open() -> Result<ReadGroup, String> {
+    let flags = InitFlags::FAN_CLASS_NOTIF
+        | InitFlags::FAN_CLOEXEC
+        | InitFlags::FAN_NONBLOCK
+        | InitFlags::from_bits_retain(libc::FAN_REPORT_FID);
+    Fanotify::init(flags, EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC)
+        .map(ReadGroup)
+        .map_err(|errno| {
+            format!(
+                "fanotify_init for the reads group refused: {}",
+                errno.desc()
+            )
+        })
+}
+
+impl ReadGroup {
+    pub(super) fn fanotify(&self) -> &Fanotify {
+        &self.0
+    }
+}
+
+/// A watched export: where it was last seen and what it holds.
+struct Watched {
+    path: PathBuf,
+    export: Option<ExportInfo>,
+}
+
+/// A process (pid and start time, so a reused pid is another reader) reading one file.
+type Reader = (u32, Option<u64>, Handle);
+
+pub(super) struct ReadWatch {
+    group: ReadGroup,
+    max: usize,
+    own_pid: i32,
+    watched: HashMap<Handle, Watched>,
+    reported: HashSet<Reader>,
+    reported_order: VecDeque<Reader>,
+    /// Exports not watched because `max` were: distinct ones, and how many since the last report.
+    refused_files: HashSet<Handle>,
+    refused: u64,
+    refused_total: u64,
+    last_refusal_report: Option<Instant>,
+}
+
+impl ReadWatch {
+    pub(super) fn new(group: ReadGroup, max: usize) -> Self {
+        ReadWatch {
+            group,
+            max,
+            own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
+            watched: HashMap::new(),
+            reported: HashSet::new(),
+            reported_order: VecDeque::new(),
+            refused_files: HashSet::new(),
+            refused: 0,
+            refused_total: 0,
+            last_refusal_report: None,
+        }
+    }
+
+    pub(super) fn fanotify(&self) -> &Fanotify {
+        self.group.fanotify()
+    }
+
+    /// One turn of the backend's loop: marks the exports the observer found since the last turn,
+    /// reads what the group reported, and reports refusals that are due.
+    pub(super) fn turn(&mut self, observer: &mut Observer, resolver: &Resolver, buf: &mut [u8]) {
+        for (path, seen) in observer.take_exports() {
+            self.watch(observer, &path, seen);
+        }
+        self.drain(observer, resolver, buf);
+        self.report_refusals(observer);
+    }
+
+    /// Marks the export at `path`, if it is still the file the observer examined.
+    fn watch(&mut self, observer: &mut Observer, path: &Path, seen: Seen) {
+        // Opened without following a link planted at the name, without blocking on a FIFO
+        // swapped in, and checked to be the very file examined: the mark goes on what the
+        // descriptor holds, so nothing can move it to another file between check and mark.
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOATIME);
+        }
+        let Ok(file) = options.open(path).or_else(|_| {
+            // O_NOATIME is refused for files the agent does not own unless it has CAP_FOWNER.
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true);
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+            options.open(path)
+        }) else {
+            return;
+        };
+        let Ok(metadata) = file.metadata() else {
+            return;
+        };
+        if !metadata.is_file() || Facts::from_metadata(&metadata).inode != seen.facts.inode {
+            return;
+        }
+        let Ok(fsid) = filesystem_id(&file) else {
+            return;
+        };
+        let Some(handle) = handle_of_file(&file, fsid) else {
+            observer.error(
+                format!(
+                    "cannot watch reads of {}: its filesystem does not give file handles",
+                    path.display()
+                ),
+                path,
+            );
+            return;
+        };
+        if let Some(watched) = self.watched.get_mut(&handle) {
+            watched.path = path.to_path_buf();
+            watched.export = seen.export;
+            return;
+        }
+        if self.watched.len() >= self.max {
+            if self.refused_files.len() >= REMEMBERED_REFUSALS {
+                self.refused_files.clear();
+            }
+            if self.refused_files.insert(handle) {
+                self.refused += 1;
+                self.refused_total += 1;
+            }
+            return;
+        }
+        self.refused_files.remove(&handle);
+        match self.group.0.mark(
+            MarkFlags::FAN_MARK_ADD,
+            watched_mask(),
+            &file,
+            None::<&Path>,
+        ) {
+            Ok(()) => {
+                self.watched.insert(
+                    handle,
+                    Watched {
+                        path: path.to_path_buf(),
+                        export: seen.export,
+                    },
+                );
+            }
+            Err(errno) => observer.error(
+                format!(
+                    "the kernel refused to watch reads of {}: {}",
+                    path.display(),
+                    errno.desc()
+                ),
+                path,
+            ),
+        }
+    }
+
+    fn drain(&mut self, observer: &mut Observer, resolver: &Resolver, buf: &mut [u8]) {
+        for _ in 0..READS_PER_TURN {
+            let n = match nix::unistd::read(&self.group.0, buf) {
+                Ok(0) | Err(Errno::EAGAIN) => return,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    observer.error(
+                        format!("reading fanotify read events failed: {}", errno.desc()),
+                        Path::new(""),
+                    );
+                    return;
+                }
+            };
+            for event in parse_names(&buf[..n]) {
+                if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    observer.lost(
+                        "the fanotify queue of reads of exports overflowed; an unknown number of readers were not reported",
+                    );
+                    continue;
+                }
+                let Some(object) = event.object else {
+                    continue;
+                };
+                if event.mask & (libc::FAN_ACCESS | libc::FAN_CLOSE_NOWRITE) != 0
+                    && event.pid != self.own_pid
+                {
+                    if let Ok(pid) = u32::try_from(event.pid) {
+                        self.read(observer, resolver, pid, &object);
+                    }
+                }
+                if event.mask & libc::FAN_DELETE_SELF != 0 {
+                    // The last name is gone; the kernel drops the mark with the inode, once
+                    // the last reader holding it open closes it.
+                    self.watched.remove(&object);
+                }
+            }
+        }
+    }
+
+    /// Reports `pid` reading the file `object`, unless it was reported already.
+    fn read(&mut self, observer: &mut Observer, resolver: &Resolver, pid: u32, object: &Handle) {
+        let started = os::identity(pid).map(|identity| identity.started);
+        let reader = (pid, started, object.clone());
+        if self.reported.contains(&reader) {
+            return;
+        }
+        if self.reported_order.len() >= REPORTED_READERS {
+            if let Some(oldest) = self.reported_order.pop_front() {
+                self.reported.remove(&oldest);
+            }
+        }
+        self.reported.insert(reader.clone());
+        self.reported_order.push_back(reader);
+        let watched = self.watched.get(object);
+        let export = watched.and_then(|watched| watched.export.clone());
+        // The name the reader opened it by (a hard link under another name), else the name it
+        // has now (after a rename), else the name it was watched under.
+        let examined = resolver.examine_handle(object);
+        let by_reader = examined
+            .as_ref()
+            .and_then(|(_, metadata)| reader_path(pid, metadata));
+        match examined {
+            Some((path, metadata)) => {
+                let path = by_reader.unwrap_or(path);
+                let seen = Seen {
+                    facts: Facts::from_metadata(&metadata),
+                    export,
+                };
+                observer.read(&path, pid, Some(seen));
+            }
+            None => {
+                let path = watched
+                    .map(|watched| watched.path.clone())
+                    .unwrap_or_default();
+                observer.read(&path, pid, None);
+            }
+        }
+    }
+
+    /// Says how many exports were not watched because the bound was reached: the first at once,
+    /// later ones together at most every [`REFUSAL_INTERVAL`].
+    fn report_refusals(&mut self, observer: &mut Observer) {
+        if self.refused == 0 {
+            return;
+        }
+        if self
+            .last_refusal_report
+            .is_some_and(|last| last.elapsed() < REFUSAL_INTERVAL)
+        {
+            return;
+        }
+        self.last_refusal_report = Some(Instant::now());
+        let refused = std::mem::take(&mut self.refused);
+        observer.error_count(
+            format!(
+                "{refused} large exports are not watched for reads: read_watch_max = {} exports are watched already ({} refused since start)",
+                self.max, self.refused_total
+            ),
+            refused,
+        );
+    }
+}
+
+/// The path by which `pid` holds the file described by `metadata` open, from its descriptors
+/// in `/proc` (at most [`READER_FDS`] of them); `None` when it holds none (it closed the file,
+/// or exited).
+fn reader_path(pid: u32, metadata: &std::fs::Metadata) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    for entry in fds.take(READER_FDS).flatten() {
+        // stat follows the link to the open file itself, whatever its name.
+        let Ok(target) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if target.dev() == metadata.dev() && target.ino() == metadata.ino() {
+            let link = std::fs::read_link(entry.path()).ok()?;
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str());
+            if bytes.ends_with(b" (deleted)") {
+                return None;
+            }
+            return Some(link);
+        }
+    }
+    None
+}
+
+/// The handle of an open file, as the group's events name it.
+fn handle_of_file(file: &File, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+    let capacity = libc::MAX_HANDLE_SZ as usize;
+    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
+    raw[0] = u32::try_from(capacity).ok()?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the empty path is NUL-terminated; `raw` is an aligned struct file_handle whose
+    // handle_bytes says how much room follows; `mount_id` is a valid out pointer; the descriptor
+    // is open for the call. All outlive it.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            raw.as_mut_ptr().cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let len = (raw[0] as usize).min(capacity);
+    let bytes: Vec<u8> = raw[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
+    Some(Handle {
+        fsid,
+        handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
+        bytes,
+    })
+}
+
+impl Resolver {
+    /// The path and metadata of the file a handle names, wherever it is now. `None` when it is
+    /// gone (or on a filesystem the sensor holds no descriptor for).
+    pub(super) fn examine_handle(&self, handle: &Handle) -> Option<(PathBuf, std::fs::Metadata)> {
+        let fd = self.open_path(handle)?;
+        let file = File::from(fd);
+        let metadata = file.metadata().ok()?;
+        let (path, _deleted) = super::resolve::path_of_file(&file)?;
+        Some((path, metadata))
+    }
+}
