@@ -24,6 +24,9 @@ pub struct AgentSection {
     pub heartbeat: Duration,
     /// The collector URL; defaults to the one the agent enrolled with.
     pub collector: Option<String>,
+    /// Several collectors sharing one store: the agent sends to the first that answers and moves
+    /// on to the next when one fails. Instead of `collector`.
+    pub collectors: Vec<String>,
 }
 
 impl Default for AgentSection {
@@ -31,6 +34,7 @@ impl Default for AgentSection {
         AgentSection {
             heartbeat: Duration::from_secs(15),
             collector: None,
+            collectors: Vec::new(),
         }
     }
 }
@@ -88,6 +92,22 @@ impl AgentConfig {
         if self.sender.batch_events == 0 {
             return Err(invalid("sender.batch_events must be at least 1".into()));
         }
+        if self.agent.collector.is_some() && !self.agent.collectors.is_empty() {
+            return Err(invalid(
+                "agent.collector and agent.collectors are both set; list every collector in agent.collectors".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .agent
+            .collectors
+            .iter()
+            .chain(self.agent.collector.iter())
+            .find(|url| !(url.starts_with("https://") || url.starts_with("http://")))
+        {
+            return Err(invalid(format!(
+                "agent.collectors: {bad:?} is not a collector URL (https://HOST:PORT)"
+            )));
+        }
         if self.agent.heartbeat < Duration::from_secs(1) {
             return Err(invalid("agent.heartbeat must be at least 1s".into()));
         }
@@ -114,5 +134,30 @@ impl AgentConfig {
                 databases,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod collectors_tests {
+    use super::*;
+
+    fn settings(agent: &str) -> Result<Settings, ConfigError> {
+        let config: AgentConfig = toml::from_str(&format!("[agent]\n{agent}")).unwrap();
+        config.settings(Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn collectors_are_urls_and_exclude_collector() {
+        let ok = settings("collectors = [\"https://c1:50051\", \"https://c2:50051\"]").unwrap();
+        assert_eq!(ok.agent.collectors.len(), 2);
+        let both =
+            settings("collector = \"https://c1:50051\"\ncollectors = [\"https://c2:50051\"]")
+                .unwrap_err()
+                .to_string();
+        assert!(both.contains("both set"), "{both}");
+        let bad = settings("collectors = [\"c1:50051\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("is not a collector URL"), "{bad}");
     }
 }

@@ -62,9 +62,10 @@ enum Command {
         /// Watch this path recursively, on top of the configuration's [files] watch list.
         #[arg(long)]
         watch: Vec<PathBuf>,
-        /// Send to this collector instead of the one enrolled with.
+        /// Send to this collector instead of the one enrolled with; repeat it for several
+        /// collectors sharing one store (the agent fails over between them).
         #[arg(long)]
-        collector: Option<String>,
+        collector: Vec<String>,
     },
 }
 

@@ -19,7 +19,8 @@ pub struct RunArgs {
     pub state_dir: PathBuf,
     pub config: Settings,
     pub watch: Vec<PathBuf>,
-    pub collector: Option<String>,
+    /// `--collector`, repeatable: the collectors to send to, in order of preference.
+    pub collector: Vec<String>,
 }
 
 /// How long a stopping agent keeps trying to deliver what is spooled.
@@ -27,11 +28,20 @@ const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let identity = Arc::new(identity::load(&args.state_dir)?);
-    let collector = args
-        .collector
-        .clone()
-        .or_else(|| args.config.agent.collector.clone())
-        .unwrap_or_else(|| identity.collector.clone());
+    let collectors = if !args.collector.is_empty() {
+        args.collector.clone()
+    } else if !args.config.agent.collectors.is_empty() {
+        args.config.agent.collectors.clone()
+    } else {
+        vec![
+            args.config
+                .agent
+                .collector
+                .clone()
+                .unwrap_or_else(|| identity.collector.clone()),
+        ]
+    };
+    let collector = collectors.join(", ");
     let host = identity.name.clone();
     let span = tracing::info_span!("agent", agent_id = %identity.agent_id, name = %host);
     let _guard = span.enter();
@@ -49,7 +59,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let sender = tokio::spawn(sender::run(
         identity.clone(),
-        collector.clone(),
+        collectors,
         spool.clone(),
         wake,
         args.config.sender.clone(),

@@ -52,21 +52,31 @@ impl Default for SenderConfig {
     }
 }
 
+/// Sends to the first of `collectors` until it fails, then to the next (collectors sharing one
+/// store take any agent's batches): a failed batch goes at once to the next collector, and the
+/// backoff applies once every collector has failed in turn.
 pub async fn run(
     identity: Arc<Identity>,
-    collector: String,
+    collectors: Vec<String>,
     spool: Spool,
     wake: Arc<Notify>,
     config: SenderConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let channel = identity::channel(
-        &collector,
-        &identity.ca_pem,
-        Some((&identity.tls_cert_pem, &identity.tls_key_pem)),
-    )?;
-    let mut client =
-        pb::ingest_client::IngestClient::new(channel).max_encoding_message_size(64 * 1024 * 1024);
+    let mut clients = Vec::with_capacity(collectors.len());
+    for collector in &collectors {
+        let channel = identity::channel(
+            collector,
+            &identity.ca_pem,
+            Some((&identity.tls_cert_pem, &identity.tls_key_pem)),
+        )?;
+        clients.push(
+            pb::ingest_client::IngestClient::new(channel)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        );
+    }
+    anyhow::ensure!(!clients.is_empty(), "no collector to send to");
+    let mut current = 0usize;
     let backoff = Backoff {
         initial: config.backoff_initial,
         max: config.backoff_max,
@@ -138,7 +148,8 @@ pub async fn run(
             witness,
         });
         request.set_timeout(config.request_timeout);
-        match client.submit(request).await {
+        let collector = &collectors[current];
+        match clients[current].submit(request).await {
             Ok(ack) => {
                 let ack = ack.into_inner();
                 if !connected {
@@ -180,9 +191,19 @@ pub async fn run(
             }
             Err(status) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff.delay(failures);
+                // The next collector at once; after a whole round of failures, the backoff.
+                let round = u32::try_from(clients.len()).unwrap_or(u32::MAX);
+                let delay = if failures % round == 0 {
+                    backoff.delay(failures / round)
+                } else {
+                    Duration::ZERO
+                };
                 if connected || status.code() != Code::Unavailable {
-                    tracing::warn!(code = ?status.code(), error = %status.message(), retry_in = ?delay, "batch not delivered; events stay in the spool");
+                    tracing::warn!(%collector, code = ?status.code(), error = %status.message(), retry_in = ?delay, "batch not delivered; events stay in the spool");
+                }
+                if clients.len() > 1 {
+                    current = (current + 1) % clients.len();
+                    tracing::info!(collector = %collectors[current], "failing over to the next collector");
                 }
                 connected = false;
                 tokio::select! {

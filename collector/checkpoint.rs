@@ -74,7 +74,7 @@ impl CheckpointConfig {
         Ok(())
     }
 
-    fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.file.is_some() || self.webhook.is_some()
     }
 }

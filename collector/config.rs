@@ -48,10 +48,20 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[store]`: where the collector keeps what it stores.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A PostgreSQL store several collectors share (`postgres://USER@HOST/DB`); unset: the SQLite
+    /// store in the data directory. `serve --store` overrides it.
+    pub url: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     pub server: ServerConfig,
+    pub store: StoreConfig,
     /// `[alerts]`: where alerts are delivered (webhooks, e-mail) and how.
     pub alerts: HooksConfig,
     /// `[detection]`: rules, thresholds, allow-lists and de-duplication.
@@ -74,6 +84,11 @@ impl CollectorConfig {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: &str| ConfigError::invalid(path, message);
+        if let Some(url) = &self.store.url
+            && let Err(error) = crate::store::pg::Target::parse(url)
+        {
+            return Err(invalid(&format!("store.url: {error}")));
+        }
         if self.server.max_batch_events == 0 {
             return Err(invalid("server.max_batch_events must be at least 1"));
         }

@@ -85,8 +85,11 @@ enum Command {
 enum TokenCommand {
     /// Issue a one-time enrollment token (printed on one line).
     Create {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        data_dir: Option<PathBuf>,
+        /// A PostgreSQL store (postgres://USER@HOST/DB) instead of the data directory's.
+        #[arg(long, conflicts_with = "data_dir")]
+        store: Option<String>,
         /// How long the token stays valid (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h")]
         ttl: String,
@@ -102,6 +105,10 @@ struct VerifyArgs {
     /// everything they vouch for.
     #[arg(long)]
     checkpoints: Option<PathBuf>,
+    /// Verify this PostgreSQL store (postgres://USER@HOST/DB); --data-dir still supplies the keys
+    /// it is checked against (collector.pub, ca.pem).
+    #[arg(long, conflicts_with = "checkpoints")]
+    store: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +127,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics and /healthz on this address (overrides the config's metrics.listen).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Keep events in this PostgreSQL store, shared with other collectors
+    /// (postgres://USER@HOST/DB; overrides the config's store.url). Default: SQLite in --data-dir.
+    #[arg(long)]
+    pub store: Option<String>,
     /// Serve the web console over HTTPS on this address (overrides the config's console.listen).
     #[arg(long)]
     pub console_listen: Option<String>,
@@ -170,6 +181,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(metrics) = &args.metrics_listen {
                 config.metrics.listen = Some(metrics.clone());
             }
+            if let Some(url) = &args.store {
+                config.store.url = Some(url.clone());
+            }
             if let Some(console) = &args.console_listen {
                 config.console.listen = Some(console.clone());
             }
@@ -184,13 +198,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
-            command: TokenCommand::Create { data_dir, ttl },
+            command:
+                TokenCommand::Create {
+                    data_dir,
+                    store: url,
+                    ttl,
+                },
         } => {
             let ttl = parse_duration(&ttl)?;
-            serve::prepare_data_dir(&data_dir)?;
-            let conn = store::open_writer(&data_dir)?;
             let token = serve::new_token()?;
-            store::add_token(&conn, &token, Timestamp::now().saturating_add(ttl))?;
+            let expires = Timestamp::now().saturating_add(ttl);
+            match (url, data_dir) {
+                (Some(url), _) => {
+                    let reader =
+                        store::pg::read::Reader::open_writer(&store::pg::Target::parse(&url)?)?;
+                    reader.block_on(store::pg::add_token(reader.client(), &token, expires))?;
+                }
+                (None, Some(data_dir)) => {
+                    serve::prepare_data_dir(&data_dir)?;
+                    let conn = store::open_writer(&data_dir)?;
+                    store::add_token(&conn, &token, expires)?;
+                }
+                (None, None) => anyhow::bail!("give --data-dir DIR or --store URL"),
+            }
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -204,7 +234,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Operator { command } => query::operator(command),
         Command::Revoke(args) => query::revoke(args),
         Command::Verify(args) => {
-            let conn = store::open_reader(&args.data_dir)?;
             let trust = store::verify::Trust {
                 seal: seal::SealKey::load(&args.data_dir).map_err(|error| error.to_string()),
                 ca_pem: std::fs::read_to_string(args.data_dir.join(serve::CA_CERT))
@@ -217,10 +246,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(checkpoint::read)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let mut report = store::verify::verify(&conn, &trust)?;
-            if let Some(lines) = &checkpoints {
-                store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
-            }
+            let report = match &args.store {
+                Some(url) => {
+                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+                    let source = store::pg::verify::PgSource::begin(&reader)?;
+                    store::verify::verify_source(&source, &trust)?
+                }
+                None => {
+                    let conn = store::open_reader(&args.data_dir)?;
+                    let mut report = store::verify::verify(&conn, &trust)?;
+                    if let Some(lines) = &checkpoints {
+                        store::verify::verify_checkpoints(&conn, &trust, lines, &mut report)?;
+                    }
+                    report
+                }
+            };
             let mut out = std::io::stdout().lock();
             present::table::verify(&mut out, &report)?;
             std::io::Write::flush(&mut out)?;

@@ -102,6 +102,7 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 /// Everything `serve` needs, prepared before the listener opens.
 pub struct Collector {
     pub data_dir: PathBuf,
+    /// The configuration; `store.url` chooses the store.
     pub config: CollectorConfig,
     pub listener: TcpListener,
     /// The web console's listener, when `[console] listen` is set.
@@ -144,29 +145,11 @@ impl Collector {
         let (authority, server) =
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
-        let conn = store::open_writer(&self.data_dir)?;
-        let agents = Agents::load(store::agent_keys(&conn)?);
-        tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
-        tokio::spawn(crate::retention::run(
-            self.data_dir.clone(),
-            self.config.retention.clone(),
-        ));
-        tokio::spawn(crate::checkpoint::run(
-            self.data_dir.clone(),
-            self.config.checkpoints.clone(),
-            seal.clone(),
-        ));
-        if let Some(listen) = &self.config.metrics.listen {
-            let (listener, addr) = crate::metrics::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-            tracing::info!("serving metrics on {addr}");
-            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
-            tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
-                    tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
+        let at = store::StoreAt::new(self.config.store.url.as_deref(), &self.data_dir)?;
+        if matches!(at, store::StoreAt::Postgres(_)) && self.console.is_some() {
+            anyhow::bail!(
+                "the web console is not built for a PostgreSQL store yet; remove [console] listen and --console-listen, or use the SQLite store"
+            );
         }
 
         let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -192,27 +175,10 @@ impl Collector {
             None => None,
         };
 
-        let engine = detect::Engine::new(&self.config.detection)?;
-        let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
-            .context("cannot start alert delivery")?;
-        let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
-        let mut detection = Detection {
-            engine,
-            conn: store::open_writer(&self.data_dir)?,
-            seal: seal.clone(),
-            router: hooks.router(),
-            notifier: hooks.notifier(),
-            tap,
+        let (writer, agents, hooks) = match &at {
+            store::StoreAt::Sqlite(_) => self.start_sqlite(tap, &seal).await?,
+            store::StoreAt::Postgres(target) => self.start_postgres(target, &seal).await?,
         };
-        // Before the writer starts, so every event is either replayed or in a notice, once.
-        detection
-            .replay()
-            .context("cannot rebuild detection state from the store")?;
-        detection
-            .spawn(notices_rx)
-            .context("cannot start detection")?;
-        let writer = Writer::spawn(conn, seal.clone(), Some(notices))
-            .context("cannot start the store writer")?;
 
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
@@ -242,7 +208,7 @@ impl Collector {
             self.config.server.max_concurrent_batches,
         );
         let query = pb::query_server::QueryServer::new(QueryService {
-            data_dir: self.data_dir.clone(),
+            store: at,
             silent_after: self.config.server.silent_after,
         })
         .max_decoding_message_size(64 * 1024)
@@ -283,6 +249,145 @@ impl Collector {
         }
         tracing::info!("collector stopped");
         Ok(())
+    }
+}
+
+impl Collector {
+    /// The SQLite store: one writer thread, detection fed by its commit notices, the retention,
+    /// checkpoint and metrics tasks reading the data directory.
+    async fn start_sqlite(
+        &self,
+        tap: Option<std::sync::mpsc::SyncSender<Observed>>,
+        seal: &crate::seal::Seal,
+    ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
+        let conn = store::open_writer(&self.data_dir)?;
+        let agents = Agents::load(store::agent_keys(&conn)?);
+        tokio::spawn(refresh_agents(self.data_dir.clone(), agents.clone()));
+        tokio::spawn(crate::retention::run(
+            self.data_dir.clone(),
+            self.config.retention.clone(),
+        ));
+        tokio::spawn(crate::checkpoint::run(
+            self.data_dir.clone(),
+            self.config.checkpoints.clone(),
+            seal.clone(),
+        ));
+        if let Some(listen) = &self.config.metrics.listen {
+            let (listener, addr) = crate::metrics::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+            tracing::info!("serving metrics on {addr}");
+            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
+            tokio::spawn(async move {
+                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
+                    tracing::error!(%error, "metrics endpoint failed");
+                }
+            });
+        }
+
+        let engine = detect::Engine::new(&self.config.detection)?;
+        let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
+            .context("cannot start alert delivery")?;
+        let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
+        let mut detection = Detection {
+            engine,
+            conn: store::open_writer(&self.data_dir)?,
+            seal: seal.clone(),
+            router: hooks.router(),
+            notifier: hooks.notifier(),
+            tap,
+        };
+        // Before the writer starts, so every event is either replayed or in a notice, once.
+        detection
+            .replay()
+            .context("cannot rebuild detection state from the store")?;
+        detection
+            .spawn(notices_rx)
+            .context("cannot start detection")?;
+        let writer = Writer::spawn(conn, seal.clone(), Some(notices))
+            .context("cannot start the store writer")?;
+        Ok((writer, agents, hooks))
+    }
+
+    /// A PostgreSQL store shared with other collectors: ingest and enrollment through a pool, one
+    /// transaction per batch; every collector delivers alerts and contends for detection's lead.
+    async fn start_postgres(
+        &self,
+        target: &store::pg::Target,
+        seal: &crate::seal::Seal,
+    ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
+        if self.config.checkpoints.enabled() {
+            anyhow::bail!(
+                "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
+            );
+        }
+        if self.config.metrics.listen.is_some() {
+            anyhow::bail!(
+                "the metrics endpoint is not built for a PostgreSQL store yet; remove [metrics] listen and --metrics-listen, or use the SQLite store"
+            );
+        }
+        tracing::warn!(
+            store = target.shown(),
+            "PostgreSQL store: retention does not run on a PostgreSQL store yet; events are kept"
+        );
+        // Checked before anything starts, as the SQLite path does.
+        detect::Engine::new(&self.config.detection)?;
+        let client = store::pg::open(target).await?;
+        let agents = Agents::load(store::pg::agent_keys(&client).await?);
+        tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
+        let pool = target.pool()?;
+        let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
+            .context("cannot start alert delivery")?;
+        store::pg::leader::Leader {
+            target: target.clone(),
+            detection: self.config.detection.clone(),
+            seal: seal.clone(),
+            router: hooks.router(),
+            notifier: hooks.notifier(),
+        }
+        .spawn()
+        .context("cannot start detection")?;
+        let writer = Writer::Postgres(std::sync::Arc::new(store::pg::ingest::PgWriter::new(
+            pool,
+            seal.clone(),
+        )));
+        Ok((writer, agents, hooks))
+    }
+}
+
+/// For a PostgreSQL store: re-reads agents' standing every second (a revocation made through any
+/// collector applies to all), and keeps the coming days' partitions in place. A lost session is
+/// opened again.
+async fn maintain_postgres(
+    target: store::pg::Target,
+    mut client: tokio_postgres::Client,
+    agents: Agents,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        if client.is_closed() {
+            match target.connect().await {
+                Ok(fresh) => client = fresh,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot re-read agents' standing");
+                    continue;
+                }
+            }
+        }
+        match store::pg::agent_keys(&client).await {
+            Ok(keys) => agents.refresh(keys),
+            Err(error) => tracing::warn!(%error, "cannot re-read agents' standing"),
+        }
+        if ticks % 3600 == 0
+            && let Err(error) =
+                store::pg::ensure_partitions(&mut client, bannin::time::Timestamp::now()).await
+        {
+            tracing::error!(%error, "cannot create the coming days' partitions");
+        }
     }
 }
 

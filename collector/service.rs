@@ -354,12 +354,21 @@ impl pb::ingest_server::Ingest for IngestService {
 
 impl IngestService {
     async fn accept(&self, agent_id: &str, batch: pb::EventBatch) -> Result<pb::Ack, ServiceError> {
-        let agent = self
-            .agents
-            .get(agent_id)
-            .ok_or_else(|| ServiceError::NotEnrolled {
-                agent_id: agent_id.to_string(),
-            })?;
+        let agent = match self.agents.get(agent_id) {
+            Some(agent) => agent,
+            // Enrolled through another collector sharing the store since the last refresh.
+            None => match self.writer.enrolled_elsewhere(agent_id).await? {
+                Some(agent) => {
+                    self.agents.insert(agent.clone());
+                    agent
+                }
+                None => {
+                    return Err(ServiceError::NotEnrolled {
+                        agent_id: agent_id.to_string(),
+                    });
+                }
+            },
+        };
         if !agent.active {
             return Err(ServiceError::Revoked {
                 agent_id: agent_id.to_string(),

@@ -49,6 +49,11 @@ pub enum HooksError {
         action: &'static str,
         source: rusqlite::Error,
     },
+    #[error("cannot {action}: {reason}")]
+    Pg {
+        action: &'static str,
+        reason: String,
+    },
     #[error("cannot encode an alert: {source}")]
     Encode { source: serde_json::Error },
     #[error("cannot set up the webhook HTTP client: {source}")]
@@ -272,7 +277,22 @@ pub(crate) fn spawn_with(settings: Settings, db_path: PathBuf) -> Result<HooksHa
             "pending alert deliveries name sinks that are no longer configured; they wait until a sink of that name returns"
         );
     }
-    let db = Arc::new(Mutex::new(conn));
+    start(
+        settings,
+        worker::OutboxDb::Sqlite(Arc::new(Mutex::new(conn))),
+    )
+}
+
+/// As [`spawn`], the outbox in a PostgreSQL store shared with other collectors: every collector's
+/// workers take due rows, each row claimed by one of them at a time.
+pub fn spawn_postgres(
+    config: HooksConfig,
+    pool: deadpool_postgres::Pool,
+) -> Result<HooksHandle, HooksError> {
+    start(config.validate()?, worker::OutboxDb::Postgres(pool))
+}
+
+fn start(settings: Settings, db: worker::OutboxDb) -> Result<HooksHandle, HooksError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut wakers = Vec::new();
     let mut tasks = Vec::new();

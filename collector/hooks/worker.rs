@@ -28,9 +28,17 @@ pub(crate) struct SinkWorker {
     pub rate_per_minute: u32,
     pub rate_window: Duration,
     pub retry: Retry,
-    pub db: Arc<Mutex<Connection>>,
+    pub db: OutboxDb,
     pub wake: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where the outbox is: the SQLite store (one connection, used off the async threads) or a
+/// PostgreSQL store (a pool; rows claimed with a lease).
+#[derive(Clone)]
+pub(crate) enum OutboxDb {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(deadpool_postgres::Pool),
 }
 
 struct Sink {
@@ -38,7 +46,7 @@ struct Sink {
     deliverer: Deliverer,
     retry: Retry,
     rate: RateWindow,
-    db: Arc<Mutex<Connection>>,
+    db: OutboxDb,
     /// Consecutive transient failures of the sink as a whole (a receiver that is down), so its pause
     /// grows even when each attempt picks a different row.
     failures: u32,
@@ -92,12 +100,12 @@ impl SinkWorker {
 }
 
 impl Sink {
-    async fn db<T, F>(&self, work: F) -> Result<T, HooksError>
+    async fn db<T, F>(&self, db: &Arc<Mutex<Connection>>, work: F) -> Result<T, HooksError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, HooksError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = db.clone();
         tokio::task::spawn_blocking(move || {
             let conn = db.lock().map_err(|_| HooksError::Poisoned)?;
             work(&conn)
@@ -110,10 +118,16 @@ impl Sink {
     async fn seed_rate(&mut self) {
         let id = self.id.clone();
         let since = Timestamp::now().saturating_sub(self.rate.window);
-        match self
-            .db(move |conn| outbox::deliveries_since(conn, &id, since))
-            .await
-        {
+        let times = match &self.db {
+            OutboxDb::Sqlite(db) => {
+                self.db(db, move |conn| outbox::deliveries_since(conn, &id, since))
+                    .await
+            }
+            OutboxDb::Postgres(pool) => {
+                crate::store::pg::outbox::deliveries_since(pool, &id, since).await
+            }
+        };
+        match times {
             Ok(times) => {
                 let now_wall = Timestamp::now().as_nanos();
                 let now = Instant::now();
@@ -145,10 +159,19 @@ impl Sink {
             }
             let id = self.id.clone();
             let window = self.rate.window;
-            let rows = match self
-                .db(move |conn| outbox::due(conn, &id, Timestamp::now(), window, budget))
-                .await
-            {
+            let rows = match &self.db {
+                OutboxDb::Sqlite(db) => {
+                    self.db(db, move |conn| {
+                        outbox::due(conn, &id, Timestamp::now(), window, budget)
+                    })
+                    .await
+                }
+                OutboxDb::Postgres(pool) => {
+                    crate::store::pg::outbox::claim(pool, &id, Timestamp::now(), window, budget)
+                        .await
+                }
+            };
+            let rows = match rows {
                 Ok(rows) => rows,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the alert outbox; trying again shortly");
@@ -186,10 +209,18 @@ impl Sink {
         self.failures = 0;
         let id = self.id.clone();
         let alert_id = row.alert_id.clone();
-        match self
-            .db(move |conn| outbox::mark_delivered(conn, &id, &row, Timestamp::now()))
-            .await
-        {
+        let recorded = match &self.db {
+            OutboxDb::Sqlite(db) => {
+                self.db(db, move |conn| {
+                    outbox::mark_delivered(conn, &id, &row, Timestamp::now())
+                })
+                .await
+            }
+            OutboxDb::Postgres(pool) => {
+                crate::store::pg::outbox::mark_delivered(pool, &id, &row, Timestamp::now()).await
+            }
+        };
+        match recorded {
             Ok(()) => tracing::info!(alert_id, "alert delivered"),
             // The row stays pending and is sent again: at least once, never lost.
             Err(error) => tracing::error!(alert_id, %error, "alert delivered but not recorded"),
@@ -212,9 +243,18 @@ impl Sink {
         let id = self.id.clone();
         let alert_id = row.alert_id.clone();
         let message = error.message.clone();
-        let recorded = self
-            .db(move |conn| outbox::mark_failed(conn, &id, &row.alert_id, &message, next))
-            .await;
+        let recorded = match &self.db {
+            OutboxDb::Sqlite(db) => {
+                self.db(db, move |conn| {
+                    outbox::mark_failed(conn, &id, &row.alert_id, &message, next)
+                })
+                .await
+            }
+            OutboxDb::Postgres(pool) => {
+                crate::store::pg::outbox::mark_failed(pool, &id, &row.alert_id, &message, next)
+                    .await
+            }
+        };
         if let Err(db_error) = recorded {
             tracing::error!(alert_id, error = %db_error, "cannot record a failed delivery");
         }

@@ -16,6 +16,7 @@ use crate::report::scope::{self, Scope, ScopeBuilder};
 use crate::report::timeline::{self, Entry, Timeline};
 use crate::store::alerts::{self, AlertFilter};
 use crate::store::investigate::{self, HostAgent, Range};
+use crate::store::pg::read as pg;
 use crate::store::{self, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,132 @@ impl ReadError {
     }
 }
 
+/// The reads the combined answers rest on, from either store: the SQLite connection or a
+/// PostgreSQL reader.
+pub trait Reads {
+    fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError>;
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError>;
+    fn delivery_status(&self, alert_id: &str) -> Result<Vec<DeliveryStatus>, ReadError>;
+    fn agents_for_host(&self, host: &str) -> Result<Vec<HostAgent>, StoreError>;
+    fn all_agents(&self) -> Result<Vec<HostAgent>, StoreError>;
+    fn records(&self, range: &Range<'_>) -> Result<Vec<Record>, StoreError>;
+}
+
+impl Reads for Connection {
+    fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        alerts::query(self, filter)
+    }
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        store::alerts::get(self, id)
+    }
+    fn delivery_status(&self, alert_id: &str) -> Result<Vec<DeliveryStatus>, ReadError> {
+        Ok(hooks::delivery_status(self, alert_id)?)
+    }
+    fn agents_for_host(&self, host: &str) -> Result<Vec<HostAgent>, StoreError> {
+        investigate::agents_for_host(self, host)
+    }
+    fn all_agents(&self) -> Result<Vec<HostAgent>, StoreError> {
+        investigate::all_agents(self)
+    }
+    fn records(&self, range: &Range<'_>) -> Result<Vec<Record>, StoreError> {
+        investigate::records(self, range)
+    }
+}
+
+impl Reads for pg::Reader {
+    fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        self.block_on(pg::alerts(self.client(), filter))
+    }
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        self.block_on(pg::alert(self.client(), id))
+    }
+    fn delivery_status(&self, alert_id: &str) -> Result<Vec<DeliveryStatus>, ReadError> {
+        Ok(self.block_on(pg::delivery_status(self.client(), alert_id))?)
+    }
+    fn agents_for_host(&self, host: &str) -> Result<Vec<HostAgent>, StoreError> {
+        self.block_on(pg::agents_for_host(self.client(), host))
+    }
+    fn all_agents(&self) -> Result<Vec<HostAgent>, StoreError> {
+        self.block_on(pg::all_agents(self.client()))
+    }
+    fn records(&self, range: &Range<'_>) -> Result<Vec<Record>, StoreError> {
+        self.block_on(pg::records(self.client(), range))
+    }
+}
+
+/// A read session on either store.
+pub enum ReadConn {
+    Sqlite(Connection),
+    Postgres(Box<pg::Reader>),
+}
+
+impl ReadConn {
+    /// Opens a read session where the store is.
+    pub fn open(at: &store::StoreAt) -> Result<ReadConn, StoreError> {
+        Ok(match at {
+            store::StoreAt::Sqlite(dir) => ReadConn::Sqlite(store::open_reader(dir)?),
+            store::StoreAt::Postgres(target) => {
+                ReadConn::Postgres(Box::new(pg::Reader::open(target)?))
+            }
+        })
+    }
+
+    pub fn events(&self, filter: &store::query::EventFilter) -> Result<Vec<Record>, StoreError> {
+        match self {
+            ReadConn::Sqlite(conn) => store::query::events(conn, filter),
+            ReadConn::Postgres(reader) => reader.events(filter),
+        }
+    }
+
+    pub fn agents(
+        &self,
+        now: Timestamp,
+        silent_after: std::time::Duration,
+    ) -> Result<Vec<store::query::AgentRow>, StoreError> {
+        match self {
+            ReadConn::Sqlite(conn) => store::query::agents(conn, now, silent_after),
+            ReadConn::Postgres(reader) => reader.agents(now, silent_after),
+        }
+    }
+
+    pub fn operator_standing(&self, name: &str) -> Result<store::operators::Standing, StoreError> {
+        match self {
+            ReadConn::Sqlite(conn) => store::operators::operator_standing(conn, name),
+            ReadConn::Postgres(reader) => {
+                reader.block_on(store::pg::operator_standing(reader.client(), name))
+            }
+        }
+    }
+
+    fn reads(&self) -> &dyn Reads {
+        match self {
+            ReadConn::Sqlite(conn) => conn,
+            ReadConn::Postgres(reader) => &**reader,
+        }
+    }
+}
+
+impl Reads for ReadConn {
+    fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        self.reads().alerts(filter)
+    }
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        self.reads().alert(id)
+    }
+    fn delivery_status(&self, alert_id: &str) -> Result<Vec<DeliveryStatus>, ReadError> {
+        self.reads().delivery_status(alert_id)
+    }
+    fn agents_for_host(&self, host: &str) -> Result<Vec<HostAgent>, StoreError> {
+        self.reads().agents_for_host(host)
+    }
+    fn all_agents(&self) -> Result<Vec<HostAgent>, StoreError> {
+        self.reads().all_agents()
+    }
+    fn records(&self, range: &Range<'_>) -> Result<Vec<Record>, StoreError> {
+        self.reads().records(range)
+    }
+}
+
 /// An alert with the state of its deliveries, as `alerts` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertRow {
@@ -51,19 +178,19 @@ pub struct AlertRow {
 
 /// Stored alerts, oldest first, each with the state of its delivery to every sink (none where
 /// the store has no outbox yet).
-pub fn alerts(conn: &Connection, filter: &AlertFilter) -> Result<Vec<AlertRow>, ReadError> {
-    alerts::query(conn, filter)?
+pub fn alerts(conn: &impl Reads, filter: &AlertFilter) -> Result<Vec<AlertRow>, ReadError> {
+    conn.alerts(filter)?
         .into_iter()
         .map(|alert| {
-            let deliveries = hooks::delivery_status(conn, &alert.id)?;
+            let deliveries = conn.delivery_status(&alert.id)?;
             Ok(AlertRow { alert, deliveries })
         })
         .collect()
 }
 
 /// The agents whose name or machine host name is `host`; none is an error.
-fn agents_for_host(conn: &Connection, host: &str) -> Result<Vec<HostAgent>, ReadError> {
-    let agents = investigate::agents_for_host(conn, host)?;
+fn agents_for_host(conn: &impl Reads, host: &str) -> Result<Vec<HostAgent>, ReadError> {
+    let agents = conn.agents_for_host(host)?;
     if agents.is_empty() {
         return Err(ReadError::UnknownHost {
             host: host.to_string(),
@@ -73,33 +200,27 @@ fn agents_for_host(conn: &Connection, host: &str) -> Result<Vec<HostAgent>, Read
 }
 
 /// Everything the host did in the window, each process event with its lineage.
-pub fn timeline(conn: &Connection, query: &timeline::Query<'_>) -> Result<Vec<Entry>, ReadError> {
+pub fn timeline(conn: &impl Reads, query: &timeline::Query<'_>) -> Result<Vec<Entry>, ReadError> {
     let agents = agents_for_host(conn, query.host)?;
     let nos: Vec<i64> = agents.iter().map(|a| a.no).collect();
     let mut timeline = Timeline::default();
-    let ancestors = investigate::records(
-        conn,
-        &Range {
-            agents: Some(&nos),
-            since: query.since.saturating_sub(ANCESTRY_LOOKBACK),
-            until: just_before(query.since),
-            kinds: &["process.start"],
-            limit: None,
-        },
-    )?;
+    let ancestors = conn.records(&Range {
+        agents: Some(&nos),
+        since: query.since.saturating_sub(ANCESTRY_LOOKBACK),
+        until: just_before(query.since),
+        kinds: &["process.start"],
+        limit: None,
+    })?;
     for record in &ancestors {
         timeline.ancestor(record);
     }
-    let records = investigate::records(
-        conn,
-        &Range {
-            agents: Some(&nos),
-            since: query.since,
-            until: query.until,
-            kinds: &[],
-            limit: Some(query.limit),
-        },
-    )?;
+    let records = conn.records(&Range {
+        agents: Some(&nos),
+        since: query.since,
+        until: query.until,
+        kinds: &[],
+        limit: Some(query.limit),
+    })?;
     Ok(records
         .into_iter()
         .map(|record| timeline.entry(record))
@@ -107,8 +228,8 @@ pub fn timeline(conn: &Connection, query: &timeline::Query<'_>) -> Result<Vec<En
 }
 
 /// The scope of the window, or of an alert's window and hosts, and the events it rests on.
-pub fn scope(conn: &Connection, query: &scope::Query) -> Result<(Scope, Vec<Record>), ReadError> {
-    let agents = investigate::all_agents(conn)?;
+pub fn scope(conn: &impl Reads, query: &scope::Query) -> Result<(Scope, Vec<Record>), ReadError> {
+    let agents = conn.all_agents()?;
     let (since, until, hosts) = match &query.alert {
         Some(id) => alert_window(conn, id, query.margin, &agents)?,
         None => (query.since, query.until, query.hosts.clone()),
@@ -120,16 +241,13 @@ pub fn scope(conn: &Connection, query: &scope::Query) -> Result<(Scope, Vec<Reco
             .get_or_insert_with(BTreeSet::new)
             .extend(found.into_iter().map(|a| a.name));
     }
-    let records = investigate::records(
-        conn,
-        &Range {
-            agents: None,
-            since,
-            until,
-            kinds: scope::KINDS,
-            limit: None,
-        },
-    )?;
+    let records = conn.records(&Range {
+        agents: None,
+        since,
+        until,
+        kinds: scope::KINDS,
+        limit: None,
+    })?;
     // Ancestors started shortly before the window, on hosts whose processes can be in scope.
     let acting: BTreeSet<&str> = records
         .iter()
@@ -141,16 +259,13 @@ pub fn scope(conn: &Connection, query: &scope::Query) -> Result<(Scope, Vec<Reco
         .filter(|a| acting.contains(a.id.as_str()))
         .map(|a| a.no)
         .collect();
-    let ancestors = investigate::records(
-        conn,
-        &Range {
-            agents: Some(&acting_nos),
-            since: since.saturating_sub(scope::LOOKBACK),
-            until: just_before(since),
-            kinds: &["process.start"],
-            limit: None,
-        },
-    )?;
+    let ancestors = conn.records(&Range {
+        agents: Some(&acting_nos),
+        since: since.saturating_sub(scope::LOOKBACK),
+        until: just_before(since),
+        kinds: &["process.start"],
+        limit: None,
+    })?;
     let mut builder = ScopeBuilder::new(since, until, query.alert.clone(), &agents, wanted);
     for record in &ancestors {
         builder.ancestor(record);
@@ -168,12 +283,13 @@ fn just_before(ts: Timestamp) -> Timestamp {
 /// The window and hosts an alert stands for: its times ± `margin`, its host and the hosts of its
 /// evidence.
 fn alert_window(
-    conn: &Connection,
+    conn: &impl Reads,
     id: &str,
     margin: std::time::Duration,
     agents: &[HostAgent],
 ) -> Result<(Timestamp, Timestamp, Vec<String>), ReadError> {
-    let alert = store::alerts::get(conn, id)?
+    let alert = conn
+        .alert(id)?
         .ok_or_else(|| ReadError::UnknownAlert { id: id.to_string() })?;
     let (first, last) = scope::alert_span(&alert);
     let mut hosts: BTreeSet<String> = BTreeSet::new();

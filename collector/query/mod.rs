@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use bannin::pki::Principal;
 use bannin::securefs::{self, Access};
 use bannin::time::{Timestamp, parse_duration};
-use rusqlite::Connection;
+use local::ReadConn;
 
 use crate::present::{self, Alerts, Format};
 use crate::report::{scope, timeline};
@@ -27,8 +27,11 @@ use crate::{serve, store};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Location {
     /// The collector's data directory (read directly; works while `serve` runs).
-    #[arg(long, required_unless_present = "server", conflicts_with = "server")]
+    #[arg(long, required_unless_present_any = ["server", "store"], conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store shared by several collectors (postgres://USER@HOST/DB).
+    #[arg(long, conflicts_with_all = ["server", "data_dir"])]
+    pub store: Option<String>,
     /// A remote collector, e.g. https://collector.example:50051 (needs --identity).
     #[arg(long, requires = "identity")]
     pub server: Option<String>,
@@ -140,8 +143,13 @@ pub struct ScopeArgs {
 pub enum OperatorCommand {
     /// Issue an operator identity file (client certificate, key and the collector's CA; mode 0600).
     Create {
+        /// The collector's data directory (its CA signs the identity).
         #[arg(long)]
         data_dir: PathBuf,
+        /// A PostgreSQL store (postgres://USER@HOST/DB) to record the operator in, instead of the
+        /// data directory's SQLite store.
+        #[arg(long)]
+        store: Option<String>,
         /// The operator's name (letters, digits, . _ @ -).
         #[arg(long)]
         name: String,
@@ -151,8 +159,11 @@ pub enum OperatorCommand {
     },
     /// List operators and whether they are active or revoked.
     List {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        data_dir: Option<PathBuf>,
+        /// A PostgreSQL store (postgres://USER@HOST/DB).
+        #[arg(long, conflicts_with = "data_dir")]
+        store: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -161,8 +172,11 @@ pub enum OperatorCommand {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("who").required(true).args(["agent", "operator"])))]
 pub struct RevokeArgs {
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required_unless_present = "store")]
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store (postgres://USER@HOST/DB).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub store: Option<String>,
     /// The agent id to refuse from now on.
     #[arg(long)]
     pub agent: Option<String>,
@@ -173,14 +187,18 @@ pub struct RevokeArgs {
 
 /// Where a query's answers come from.
 enum Source {
-    Local(Connection),
+    Local(ReadConn),
     Remote(Box<client::Remote>),
 }
 
 impl Source {
     fn open(location: &Location) -> Result<Source> {
+        if let Some(url) = &location.store {
+            let at = store::StoreAt::Postgres(Box::new(store::pg::Target::parse(url)?));
+            return Ok(Source::Local(ReadConn::open(&at)?));
+        }
         match (&location.data_dir, &location.server, &location.identity) {
-            (Some(dir), _, _) => Ok(Source::Local(store::open_reader(dir)?)),
+            (Some(dir), _, _) => Ok(Source::Local(ReadConn::Sqlite(store::open_reader(dir)?))),
             (None, Some(server), Some(identity)) => Ok(Source::Remote(Box::new(
                 client::Remote::connect(server, identity)?,
             ))),
@@ -218,7 +236,7 @@ pub fn events(args: EventsArgs) -> Result<ExitCode> {
         limit: args.limit,
     };
     let records = match Source::open(&args.location)? {
-        Source::Local(conn) => store::query::events(&conn, &filter)?,
+        Source::Local(conn) => conn.events(&filter)?,
         Source::Remote(mut remote) => remote.events(&filter)?,
     };
     print(|out| present::events(out, &records, args.format))?;
@@ -227,7 +245,7 @@ pub fn events(args: EventsArgs) -> Result<ExitCode> {
 
 pub fn agents(args: AgentsArgs, silent_after: std::time::Duration) -> Result<ExitCode> {
     let rows = match Source::open(&args.location)? {
-        Source::Local(conn) => store::query::agents(&conn, Timestamp::now(), silent_after)?,
+        Source::Local(conn) => conn.agents(Timestamp::now(), silent_after)?,
         Source::Remote(mut remote) => remote.agents()?,
     };
     print(|out| present::agents(out, &rows, args.format))?;
@@ -296,6 +314,7 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
     match command {
         OperatorCommand::Create {
             data_dir,
+            store: url,
             name,
             out,
         } => {
@@ -317,8 +336,17 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
             let material = authority
                 .issue_client(&Principal::Operator(name.clone()))
                 .context("cannot issue the operator certificate")?;
-            let conn = store::open_writer(&data_dir)?;
-            store::operators::add_operator(&conn, &name)?;
+            match &url {
+                Some(url) => {
+                    let reader =
+                        store::pg::read::Reader::open_writer(&store::pg::Target::parse(url)?)?;
+                    reader.block_on(store::pg::add_operator(reader.client(), &name))?;
+                }
+                None => {
+                    let conn = store::open_writer(&data_dir)?;
+                    store::operators::add_operator(&conn, &name)?;
+                }
+            }
             let text = identity::bundle(&name, &material, &authority.cert_pem);
             securefs::create_new_file(&path, text.as_bytes(), Access::Private)?;
             println!(
@@ -327,9 +355,19 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        OperatorCommand::List { data_dir, format } => {
-            let conn = store::open_reader(&data_dir)?;
-            let rows = store::operators::operators(&conn)?;
+        OperatorCommand::List {
+            data_dir,
+            store: url,
+            format,
+        } => {
+            let rows = match (&url, &data_dir) {
+                (Some(url), _) => {
+                    let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+                    reader.block_on(store::pg::operators(reader.client()))?
+                }
+                (None, Some(dir)) => store::operators::operators(&store::open_reader(dir)?)?,
+                (None, None) => bail!("give --data-dir DIR or --store URL"),
+            };
             print(|out| present::operators(out, &rows, format))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -337,7 +375,22 @@ pub fn operator(command: OperatorCommand) -> Result<ExitCode> {
 }
 
 pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
-    let conn = store::open_writer(&args.data_dir)?;
+    if let Some(url) = &args.store {
+        let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
+        if let Some(agent) = &args.agent {
+            reader.block_on(store::pg::revoke_agent(reader.client(), agent))?;
+            println!("revoked agent {agent}; running collectors refuse it within a second");
+        }
+        if let Some(name) = &args.operator {
+            reader.block_on(store::pg::revoke_operator(reader.client(), name))?;
+            println!("revoked operator {name}; running collectors refuse it from its next call");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(data_dir) = &args.data_dir else {
+        bail!("give --data-dir DIR or --store URL");
+    };
+    let conn = store::open_writer(data_dir)?;
     if let Some(agent) = &args.agent {
         store::operators::revoke_agent(&conn, agent)?;
         println!("revoked agent {agent}; a running collector refuses it within a second");

@@ -4,7 +4,6 @@
 //! and an operator must be recorded as active in the store at the moment of the call, so a revocation
 //! by `bannin-collector revoke` applies to the very next call without a restart.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bannin::event::Record;
@@ -12,10 +11,9 @@ use bannin::pb;
 use bannin::pki::Principal;
 use bannin::proto::encode_event;
 use bannin::time::Timestamp;
-use rusqlite::Connection;
 use tonic::{Code, Request, Response, Status};
 
-use super::local::{self, ReadError};
+use super::local::{self, ReadConn, ReadError};
 use crate::report::{scope, timeline};
 use crate::service::{Refusal, ServiceError, caller};
 use crate::store::operators::Standing;
@@ -70,7 +68,7 @@ impl From<QueryError> for Status {
 }
 
 pub struct QueryService {
-    pub data_dir: PathBuf,
+    pub store: store::StoreAt,
     pub silent_after: Duration,
 }
 
@@ -96,16 +94,16 @@ impl QueryService {
         &self,
         request: &Request<T>,
         call: &'static str,
-        work: impl FnOnce(&Connection) -> Result<R, QueryError> + Send + 'static,
+        work: impl FnOnce(&ReadConn) -> Result<R, QueryError> + Send + 'static,
     ) -> Result<R, Status> {
         let remote = request.remote_addr();
         let result = match operator_name(request) {
             Ok(name) => {
-                let dir = self.data_dir.clone();
+                let at = self.store.clone();
                 let checked = name.clone();
                 tokio::task::spawn_blocking(move || {
-                    let conn = store::open_reader(&dir)?;
-                    match store::operators::operator_standing(&conn, &checked)? {
+                    let conn = ReadConn::open(&at)?;
+                    match conn.operator_standing(&checked)? {
                         Standing::Active => work(&conn),
                         Standing::Revoked => Err(QueryError::Revoked { name: checked }),
                         Standing::Unknown => Err(QueryError::UnknownOperator { name: checked }),
@@ -147,9 +145,7 @@ impl pb::query_server::Query for QueryService {
             limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
         };
         let records = self
-            .run(&request, "events", move |conn| {
-                Ok(store::query::events(conn, &filter)?)
-            })
+            .run(&request, "events", move |conn| Ok(conn.events(&filter)?))
             .await?;
         Ok(Response::new(pb::EventsReply {
             events: records.iter().map(stored).collect(),
@@ -163,7 +159,7 @@ impl pb::query_server::Query for QueryService {
         let silent_after = self.silent_after;
         let rows = self
             .run(&request, "agents", move |conn| {
-                Ok(store::query::agents(conn, Timestamp::now(), silent_after)?)
+                Ok(conn.agents(Timestamp::now(), silent_after)?)
             })
             .await?;
         Ok(Response::new(pb::AgentsReply {

@@ -63,53 +63,82 @@ pub fn head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
     })
 }
 
+/// One entry of the alert chain as stored.
+pub struct Entry {
+    pub n: u64,
+    pub alert_id: String,
+    pub body_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
 /// Checks the chain's links and signatures and that every stored alert is its latest entry;
 /// returns one line per problem.
 pub fn verify(conn: &Connection, key: Option<&seal::SealKey>) -> Result<Vec<String>, StoreError> {
-    let mut problems = Vec::new();
-    let mut latest: std::collections::BTreeMap<String, Hash> = std::collections::BTreeMap::new();
-    {
+    let entries: Vec<Entry> = {
         let mut stmt = conn.prepare(
             "SELECT n, alert_id, body_hash, hash, signature FROM alert_chain ORDER BY n",
         )?;
-        let mut rows = stmt.query([])?;
-        let mut prev = GENESIS;
-        let mut expected = 1u64;
-        while let Some(row) = rows.next()? {
-            let n = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
-            let alert_id: String = row.get(1)?;
-            let body_hash: Vec<u8> = row.get(2)?;
-            let hash: Vec<u8> = row.get(3)?;
-            let signature: Vec<u8> = row.get(4)?;
-            if n != expected {
-                problems.push(format!(
-                    "alert chain entries {expected}..={}: removed",
-                    n.saturating_sub(1)
-                ));
-            }
-            let body_hash: Hash =
-                bannin::chain::to_hash(&body_hash, "body hash").unwrap_or(GENESIS);
-            let computed = seal::alert_link(&prev, n, &alert_id, &body_hash);
-            if computed.as_slice() != hash.as_slice() {
-                problems.push(format!(
-                    "alert chain entry {n} (alert {alert_id}): altered (its hash does not follow from the entry before it)"
-                ));
-            }
-            if !key.is_some_and(|key| key.check(&hash, &signature)) {
-                problems.push(format!(
-                    "alert chain entry {n} (alert {alert_id}): not signed by the collector"
-                ));
-            }
-            latest.insert(alert_id, body_hash);
-            prev = computed;
-            expected = n + 1;
-        }
-    }
+        stmt.query_map([], |row| {
+            Ok(Entry {
+                n: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                alert_id: row.get(1)?,
+                body_hash: row.get(2)?,
+                hash: row.get(3)?,
+                signature: row.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?
+    };
     let mut stmt = conn.prepare("SELECT id, body FROM alerts ORDER BY ts")?;
     let stored: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    for (id, body) in &stored {
+    Ok(verify_rows(entries, &stored, key))
+}
+
+/// [`verify`] over rows read from either store: the chain's entries in order, and every stored
+/// alert's id and body.
+pub fn verify_rows(
+    entries: Vec<Entry>,
+    stored: &[(String, String)],
+    key: Option<&seal::SealKey>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut latest: std::collections::BTreeMap<String, Hash> = std::collections::BTreeMap::new();
+    let mut prev = GENESIS;
+    let mut expected = 1u64;
+    for Entry {
+        n,
+        alert_id,
+        body_hash,
+        hash,
+        signature,
+    } in entries
+    {
+        if n != expected {
+            problems.push(format!(
+                "alert chain entries {expected}..={}: removed",
+                n.saturating_sub(1)
+            ));
+        }
+        let body_hash: Hash = bannin::chain::to_hash(&body_hash, "body hash").unwrap_or(GENESIS);
+        let computed = seal::alert_link(&prev, n, &alert_id, &body_hash);
+        if computed.as_slice() != hash.as_slice() {
+            problems.push(format!(
+                "alert chain entry {n} (alert {alert_id}): altered (its hash does not follow from the entry before it)"
+            ));
+        }
+        if !key.is_some_and(|key| key.check(&hash, &signature)) {
+            problems.push(format!(
+                "alert chain entry {n} (alert {alert_id}): not signed by the collector"
+            ));
+        }
+        latest.insert(alert_id, body_hash);
+        prev = computed;
+        expected = n + 1;
+    }
+    for (id, body) in stored {
         let hash: Hash = Sha256::digest(body.as_bytes()).into();
         match latest.remove(id) {
             Some(chained) if chained == hash => {}
@@ -126,5 +155,5 @@ pub fn verify(conn: &Connection, key: Option<&seal::SealKey>) -> Result<Vec<Stri
             "alert {id}: removed (the alert chain holds it, the store lacks it)"
         ));
     }
-    Ok(problems)
+    problems
 }

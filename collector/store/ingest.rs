@@ -87,7 +87,8 @@ pub struct OwnedNewAgent {
     pub certificate: String,
 }
 
-enum Command {
+/// A request to the SQLite writer thread.
+pub enum Command {
     Ingest {
         batch: VerifiedBatch,
         reply: oneshot::Sender<Result<Committed, IngestError>>,
@@ -112,23 +113,24 @@ enum Command {
 
 /// Refused batches from one agent within this time share one finding (the next one counts them),
 /// so a hostile agent cannot grow the findings table without bound.
-const REFUSAL_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const REFUSAL_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Per agent: when its last refusal finding was stored, and how many refusals came since.
 #[derive(Default)]
-struct Refusals(HashMap<i64, Refused>);
+pub(super) struct Refusals(HashMap<i64, Refused>);
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Refused {
-    recorded: Option<std::time::Instant>,
-    since: u64,
+pub(super) struct Refused {
+    /// When the last finding was stored.
+    pub(super) recorded: Option<std::time::Instant>,
+    pub(super) since: u64,
 }
 
 impl Refusals {
     /// Whether a refusal at `now` gets a finding of its own; if so, the finding is taken as
     /// recorded and the state before it is returned, for [`Refusals::rolled_back`]. Otherwise the
     /// refusal is counted, and the next finding names it.
-    fn due(&mut self, agent_no: i64, now: std::time::Instant) -> Option<Refused> {
+    pub(super) fn due(&mut self, agent_no: i64, now: std::time::Instant) -> Option<Refused> {
         let entry = self.0.entry(agent_no).or_default();
         if let Some(last) = entry.recorded
             && now.duration_since(last) < REFUSAL_QUIET
@@ -147,7 +149,7 @@ impl Refusals {
 
     /// The transaction holding the finding `due` allowed did not commit: the clock goes back, and
     /// the next finding names this refusal and those counted after it.
-    fn rolled_back(&mut self, agent_no: i64, before: Refused) {
+    pub(super) fn rolled_back(&mut self, agent_no: i64, before: Refused) {
         let entry = self.0.entry(agent_no).or_default();
         *entry = Refused {
             recorded: before.recorded,
@@ -156,10 +158,12 @@ impl Refusals {
     }
 }
 
-/// The handle the service uses to reach the writer.
+/// The handle the service uses to reach the writer: the SQLite writer thread, or the PostgreSQL
+/// writer's pool.
 #[derive(Clone)]
-pub struct Writer {
-    tx: mpsc::Sender<Command>,
+pub enum Writer {
+    Sqlite(mpsc::Sender<Command>),
+    Postgres(std::sync::Arc<super::pg::ingest::PgWriter>),
 }
 
 impl Writer {
@@ -173,31 +177,47 @@ impl Writer {
         thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run(conn, seal, rx, notices))?;
-        Ok(Writer { tx })
+        Ok(Writer::Sqlite(tx))
+    }
+
+    async fn call<T>(
+        tx: &mpsc::Sender<Command>,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        tx.send(command(reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)
     }
 
     pub async fn ingest(&self, batch: VerifiedBatch) -> Result<Committed, IngestError> {
-        let (reply, answer) = oneshot::channel();
-        let agent_id = tracing::enabled!(tracing::Level::DEBUG).then(|| batch.agent_id.clone());
-        self.tx
-            .send(Command::Ingest { batch, reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        if let Some(agent_id) = agent_id {
-            tracing::debug!(%agent_id, "batch queued for the store writer");
+        match self {
+            Writer::Sqlite(tx) => {
+                let agent_id =
+                    tracing::enabled!(tracing::Level::DEBUG).then(|| batch.agent_id.clone());
+                let (reply, answer) = oneshot::channel();
+                tx.send(Command::Ingest { batch, reply })
+                    .await
+                    .map_err(|_| StoreError::WriterGone)?;
+                if let Some(agent_id) = agent_id {
+                    tracing::debug!(%agent_id, "batch queued for the store writer");
+                }
+                answer.await.map_err(|_| StoreError::WriterGone)?
+            }
+            Writer::Postgres(pg) => pg.ingest(batch).await,
         }
-        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Whether `token` may enroll an agent called `name` (see [`super::check_enrollment`]), so the
     /// service signs nothing for a request that will be refused.
     pub async fn check_enrollment(&self, token: String, name: String) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::CheckEnrollment { token, name, reply })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        match self {
+            Writer::Sqlite(tx) => {
+                Self::call(tx, |reply| Command::CheckEnrollment { token, name, reply }).await?
+            }
+            Writer::Postgres(pg) => pg.check_enrollment(&token, &name).await,
+        }
     }
 
     pub async fn enroll(
@@ -205,27 +225,44 @@ impl Writer {
         token: String,
         agent: OwnedNewAgent,
     ) -> Result<AgentKey, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Enroll {
-                token,
-                agent,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        match self {
+            Writer::Sqlite(tx) => {
+                Self::call(tx, |reply| Command::Enroll {
+                    token,
+                    agent,
+                    reply,
+                })
+                .await?
+            }
+            Writer::Postgres(pg) => pg.enroll(&token, agent).await,
+        }
+    }
+
+    /// An agent another collector sharing the store enrolled since this one last read the
+    /// agents (always none for the SQLite store, which only this collector enrolls into).
+    pub async fn enrolled_elsewhere(&self, agent_id: &str) -> Result<Option<AgentKey>, StoreError> {
+        match self {
+            Writer::Sqlite(_) => Ok(None),
+            Writer::Postgres(pg) => pg.agent(agent_id).await,
+        }
     }
 
     /// Records (as a `chain.tamper` finding) that a batch from an enrolled agent was refused.
     pub async fn refused(&self, agent_no: i64, agent_id: String, detail: String) {
-        let command = Command::Refused {
-            agent_no,
-            agent_id,
-            detail,
-        };
-        if self.tx.send(command).await.is_err() {
-            tracing::error!("the ingest thread has stopped; a refused batch is not recorded");
+        match self {
+            Writer::Sqlite(tx) => {
+                let command = Command::Refused {
+                    agent_no,
+                    agent_id,
+                    detail,
+                };
+                if tx.send(command).await.is_err() {
+                    tracing::error!(
+                        "the ingest thread has stopped; a refused batch is not recorded"
+                    );
+                }
+            }
+            Writer::Postgres(pg) => pg.refused(agent_no, agent_id, detail).await,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod console;
 pub mod ingest;
 pub mod investigate;
 pub mod operators;
+pub mod pg;
 pub mod prune;
 pub mod query;
 pub mod verify;
@@ -35,6 +36,24 @@ pub enum StoreError {
         #[from]
         source: rusqlite::Error,
     },
+    #[error("store: {}", pg::pg_message(source))]
+    Pg {
+        #[from]
+        source: tokio_postgres::Error,
+    },
+    #[error("store: no session: {source}")]
+    Pool {
+        #[from]
+        source: deadpool_postgres::PoolError,
+    },
+    #[error("invalid store URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "no bannin store in {url} yet; `bannin-collector serve --store {url}` or `token create --store {url}` creates it"
+    )]
+    NoPgStore { url: String },
+    #[error("cannot reach the store {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("enrollment token is unknown")]
     UnknownToken,
     #[error("enrollment token was already used")]
@@ -177,6 +196,24 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
         }
     }
     Ok(())
+}
+
+/// Where a store is: the SQLite file in a data directory (the default), or a PostgreSQL database
+/// several collectors share.
+#[derive(Debug, Clone)]
+pub enum StoreAt {
+    Sqlite(PathBuf),
+    Postgres(Box<pg::Target>),
+}
+
+impl StoreAt {
+    /// `--store URL` when given (a PostgreSQL URL), else the data directory's SQLite store.
+    pub fn new(url: Option<&str>, data_dir: &Path) -> Result<StoreAt, StoreError> {
+        match url {
+            Some(url) => Ok(StoreAt::Postgres(Box::new(pg::Target::parse(url)?))),
+            None => Ok(StoreAt::Sqlite(data_dir.to_path_buf())),
+        }
+    }
 }
 
 pub fn db_path(data_dir: &Path) -> PathBuf {

@@ -48,39 +48,79 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-struct Batch {
-    first: u64,
-    last: u64,
-    prev: Vec<u8>,
-    head: Vec<u8>,
-    signature: Vec<u8>,
+pub struct Batch {
+    pub first: u64,
+    pub last: u64,
+    pub prev: Vec<u8>,
+    pub head: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 /// An agent row as verify reads it.
-struct AgentRow {
-    no: i64,
-    id: String,
-    key: Vec<u8>,
-    last_seq: u64,
-    head: Vec<u8>,
-    head_signature: Option<Vec<u8>>,
-    certificate: Option<String>,
+pub struct AgentRow {
+    pub no: i64,
+    pub id: String,
+    pub key: Vec<u8>,
+    pub last_seq: u64,
+    pub head: Vec<u8>,
+    pub head_signature: Option<Vec<u8>>,
+    pub certificate: Option<String>,
 }
 
-pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
-    // One read transaction: every query sees the same snapshot, so batches, events and heads that
-    // `serve` commits meanwhile cannot look half-stored.
-    let snapshot = conn.unchecked_transaction()?;
-    let conn: &Connection = &snapshot;
-    let mut report = Report::default();
-    integrity(conn, &mut report)?;
-    if let Err(error) = &trust.seal {
-        report.problems.push(format!(
-            "cannot check the collector's signatures on heads, findings and retention marks: {error}"
-        ));
+/// One stored event as verify reads it.
+pub struct EventRow {
+    pub seq: u64,
+    pub ts: i64,
+    pub kind: String,
+    pub path: Option<String>,
+    pub payload: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// One stored finding as verify reads it.
+pub struct FindingRow {
+    pub id: i64,
+    pub ts: i64,
+    pub kind: String,
+    pub first: u64,
+    pub last: u64,
+    pub detail: String,
+    pub signature: Option<Vec<u8>>,
+}
+
+/// The rows verify reads, from either store, all from one snapshot of it.
+pub trait Source {
+    /// The store's own consistency check: the lines that are not "ok".
+    fn integrity(&self) -> Result<Vec<String>, StoreError>;
+    fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+    /// Agents a spent token names that the store does not have.
+    fn missing_token_agents(&self) -> Result<Vec<String>, StoreError>;
+    fn findings(&self, agent_no: i64) -> Result<Vec<FindingRow>, StoreError>;
+    fn batches(&self, agent_no: i64) -> Result<Vec<Batch>, StoreError>;
+    /// The agent's events in sequence order, one at a time.
+    fn events(&self, agent_no: i64, each: &mut dyn FnMut(EventRow)) -> Result<(), StoreError>;
+    fn pruned(&self, agent_no: i64) -> Result<Option<super::prune::Mark>, StoreError>;
+    /// The alert chain's problems (see `alert_chain::verify_rows`).
+    fn alert_chain(&self, key: Option<&SealKey>) -> Result<Vec<String>, StoreError>;
+    /// A text column as this store holds a derived value (PostgreSQL's `text` holds no NUL).
+    fn column(&self, text: &str) -> String {
+        text.to_string()
     }
-    let agents: Vec<AgentRow> = {
-        let mut stmt = conn.prepare(
+}
+
+struct Sqlite<'a>(&'a Connection);
+
+impl Source for Sqlite<'_> {
+    fn integrity(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare("PRAGMA integrity_check")?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(lines.into_iter().filter(|l| l != "ok").collect())
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let mut stmt = self.0.prepare(
             "SELECT no, id, signing_key, last_seq, head_hash, head_signature, certificate
              FROM agents ORDER BY no",
         )?;
@@ -95,8 +135,104 @@ pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
                 certificate: r.get(6)?,
             })
         })?;
-        rows.collect::<Result<_, _>>()?
-    };
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn missing_token_agents(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT used_by FROM tokens WHERE used_by IS NOT NULL
+               AND used_by NOT IN (SELECT id FROM agents) ORDER BY used_ts",
+        )?;
+        Ok(stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn findings(&self, agent_no: i64) -> Result<Vec<FindingRow>, StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT id, ts, kind, first_seq, last_seq, detail, signature FROM findings
+             WHERE agent_no = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([agent_no], |r| {
+            Ok(FindingRow {
+                id: r.get(0)?,
+                ts: r.get(1)?,
+                kind: r.get(2)?,
+                first: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                last: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                detail: r.get(5)?,
+                signature: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn batches(&self, agent_no: i64) -> Result<Vec<Batch>, StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT first_seq, last_seq, prev_hash, head_hash, signature FROM batches
+             WHERE agent_no = ?1 ORDER BY first_seq, last_seq",
+        )?;
+        let rows = stmt.query_map([agent_no], |r| {
+            Ok(Batch {
+                first: r.get::<_, i64>(0)? as u64,
+                last: r.get::<_, i64>(1)? as u64,
+                prev: r.get(2)?,
+                head: r.get(3)?,
+                signature: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn events(&self, agent_no: i64, each: &mut dyn FnMut(EventRow)) -> Result<(), StoreError> {
+        let mut stmt = self.0.prepare(
+            "SELECT seq, ts, kind, path, payload, hash FROM events WHERE agent_no = ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([agent_no])?;
+        while let Some(row) = rows.next()? {
+            each(EventRow {
+                seq: row.get::<_, i64>(0)? as u64,
+                ts: row.get(1)?,
+                kind: row.get(2)?,
+                path: row.get(3)?,
+                payload: row.get(4)?,
+                hash: row.get(5)?,
+            });
+        }
+        Ok(())
+    }
+
+    fn pruned(&self, agent_no: i64) -> Result<Option<super::prune::Mark>, StoreError> {
+        super::prune::mark(self.0, agent_no)
+    }
+
+    fn alert_chain(&self, key: Option<&SealKey>) -> Result<Vec<String>, StoreError> {
+        super::alert_chain::verify(self.0, key)
+    }
+}
+
+pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
+    // One read transaction: every query sees the same snapshot, so batches, events and heads that
+    // `serve` commits meanwhile cannot look half-stored.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
+    verify_source(&Sqlite(conn), trust)
+}
+
+/// Verifies the store `source` reads (see the module's description).
+pub fn verify_source(source: &dyn Source, trust: &Trust) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    for line in source.integrity()?.iter().take(INTEGRITY_LINES) {
+        report
+            .problems
+            .push(format!("sqlite integrity check: {line}"));
+    }
+    if let Err(error) = &trust.seal {
+        report.problems.push(format!(
+            "cannot check the collector's signatures on heads, findings and retention marks: {error}"
+        ));
+    }
+    let agents = source.agents()?;
     report.agents = agents.len();
     if let Err(error) = &trust.ca_pem {
         report.problems.push(format!(
@@ -105,12 +241,16 @@ pub fn verify(conn: &Connection, trust: &Trust) -> Result<Report, StoreError> {
     }
     for agent in &agents {
         verify_binding(trust, agent, &mut report);
-        verify_agent(conn, trust, agent, &mut report)?;
+        verify_agent(source, trust, agent, &mut report)?;
     }
-    spent_tokens(conn, &mut report)?;
+    for id in source.missing_token_agents()? {
+        report.problems.push(format!(
+            "agent {id}: enrolled with a token the store recorded, but the store has no such agent (removed with its history)"
+        ));
+    }
     report
         .problems
-        .extend(super::alert_chain::verify(conn, trust.seal.as_ref().ok())?);
+        .extend(source.alert_chain(trust.seal.as_ref().ok())?);
     Ok(report)
 }
 
@@ -144,38 +284,6 @@ fn verify_binding(trust: &Trust, agent: &AgentRow, report: &mut Report) {
     }
 }
 
-/// SQLite's own check: a damaged index answers queries wrongly without any row looking edited.
-fn integrity(conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for line in lines.iter().filter(|l| *l != "ok").take(INTEGRITY_LINES) {
-        report
-            .problems
-            .push(format!("sqlite integrity check: {line}"));
-    }
-    Ok(())
-}
-
-/// Every spent token names the agent it enrolled: an agent removed with its whole history still
-/// leaves that trace.
-fn spent_tokens(conn: &Connection, report: &mut Report) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT used_by FROM tokens WHERE used_by IS NOT NULL
-           AND used_by NOT IN (SELECT id FROM agents) ORDER BY used_ts",
-    )?;
-    let missing: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in missing {
-        report.problems.push(format!(
-            "agent {id}: enrolled with a token the store recorded, but the store has no such agent (removed with its history)"
-        ));
-    }
-    Ok(())
-}
-
 /// A finding as stored, with whether the collector's signature over it holds.
 struct StoredFinding {
     id: i64,
@@ -187,57 +295,36 @@ struct StoredFinding {
 }
 
 fn findings(
-    conn: &Connection,
+    source: &dyn Source,
     trust: &Trust,
     agent: &AgentRow,
 ) -> Result<Vec<StoredFinding>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, ts, kind, first_seq, last_seq, detail, signature FROM findings
-         WHERE agent_no = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([agent.no], |r| {
-        let (ts, kind, detail): (i64, String, String) = (r.get(1)?, r.get(2)?, r.get(5)?);
-        let (first, last) = (
-            u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-            u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-        );
-        let signature: Option<Vec<u8>> = r.get(6)?;
-        let message = seal::finding_message(&agent.id, &kind, first, last, ts, &detail);
-        Ok(StoredFinding {
-            id: r.get(0)?,
-            signed: trust.check(&message, signature.as_deref()),
-            kind,
-            first,
-            last,
-            detail,
+    Ok(source
+        .findings(agent.no)?
+        .into_iter()
+        .map(|f| {
+            let message =
+                seal::finding_message(&agent.id, &f.kind, f.first, f.last, f.ts, &f.detail);
+            StoredFinding {
+                id: f.id,
+                signed: trust.check(&message, f.signature.as_deref()),
+                kind: f.kind,
+                first: f.first,
+                last: f.last,
+                detail: f.detail,
+            }
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        .collect())
 }
 
 fn verify_agent(
-    conn: &Connection,
+    source: &dyn Source,
     trust: &Trust,
     agent: &AgentRow,
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let (no, id, key) = (agent.no, agent.id.as_str(), agent.key.as_slice());
-    let batches: Vec<Batch> = {
-        let mut stmt = conn.prepare(
-            "SELECT first_seq, last_seq, prev_hash, head_hash, signature FROM batches
-             WHERE agent_no = ?1 ORDER BY first_seq, last_seq",
-        )?;
-        let rows = stmt.query_map([no], |r| {
-            Ok(Batch {
-                first: r.get::<_, i64>(0)? as u64,
-                last: r.get::<_, i64>(1)? as u64,
-                prev: r.get(2)?,
-                head: r.get(3)?,
-                signature: r.get(4)?,
-            })
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let batches = source.batches(no)?;
     report.batches += batches.len() as u64;
     // Where a batch starts, the previous hash comes from its signed prev_hash, not the row before.
     let starts: HashMap<u64, Vec<u8>> = batches.iter().map(|b| (b.first, b.prev.clone())).collect();
@@ -245,7 +332,7 @@ fn verify_agent(
     // Only the collector's own signed findings explain a gap: anyone with the database can insert
     // a row that says "never arrived".
     let mut explained: Vec<(u64, u64)> = Vec::new();
-    for finding in findings(conn, trust, agent)? {
+    for finding in findings(source, trust, agent)? {
         if !finding.signed {
             report.problems.push(format!(
                 "agent {id} finding {} ({} {}..={}): not signed by the collector, so it explains nothing",
@@ -261,26 +348,24 @@ fn verify_agent(
         }
     }
 
-    let mut stmt = conn.prepare(
-        "SELECT seq, ts, kind, path, payload, hash FROM events WHERE agent_no = ?1 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([no])?;
     let mut prev: Option<(u64, Hash)> = None;
     let mut present: Vec<u64> = Vec::new();
-    while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)? as u64;
-        let ts: i64 = row.get(1)?;
-        let kind: String = row.get(2)?;
-        let path: Option<String> = row.get(3)?;
-        let payload: Vec<u8> = row.get(4)?;
-        let stored: Vec<u8> = row.get(5)?;
+    source.events(no, &mut |row| {
+        let EventRow {
+            seq,
+            ts,
+            kind,
+            path,
+            payload,
+            hash: stored,
+        } = row;
         report.events += 1;
         present.push(seq);
         let Ok(stored) = chain::to_hash(&stored, "hash") else {
             report
                 .problems
                 .push(format!("agent {id} event {seq}: stored hash is malformed"));
-            continue;
+            return;
         };
         hashes.insert(seq, stored);
         match decode_event(&payload) {
@@ -288,7 +373,7 @@ fn verify_agent(
                 if event.seq != seq
                     || event.ts.as_nanos() != ts
                     || event.kind() != kind
-                    || event.path() != path.as_deref()
+                    || event.path().map(|p| source.column(p)) != path
                 {
                     report.problems.push(format!(
                         "agent {id} event {seq}: indexed columns (seq, ts, kind, path) do not match the signed event"
@@ -322,7 +407,7 @@ fn verify_agent(
             )),
         }
         prev = Some((seq, stored));
-    }
+    })?;
 
     for batch in &batches {
         let (Ok(prev), Ok(head)) = (
@@ -386,7 +471,7 @@ fn verify_agent(
     // Retention deletes whole batches from the oldest: the chain then starts at the oldest stored
     // batch, whose signed prev_hash links it to what was deleted. A store from before retention
     // existed has no `pruned` table, which means nothing was pruned.
-    let pruned = match super::prune::mark(conn, no)? {
+    let pruned = match source.pruned(no)? {
         None => 0,
         Some(mark) => {
             let message = seal::pruned_message(id, mark.through_seq, mark.ts);

@@ -252,14 +252,23 @@ impl Collector {
         format!("https://{}", self.addr)
     }
 
+    /// The `--store URL` this collector was started with (a shared PostgreSQL store), if any.
+    pub fn store_url(&self) -> Option<&str> {
+        self.extra_args
+            .windows(2)
+            .find(|pair| pair[0] == "--store")
+            .map(|pair| pair[1].as_str())
+    }
+
+    /// A token in the store this collector uses.
     pub fn token(&self) -> String {
-        run_ok(
-            Command::new(COLLECTOR)
-                .args(["token", "create", "--data-dir"])
-                .arg(&self.dir),
-        )
-        .trim()
-        .to_string()
+        let mut command = Command::new(COLLECTOR);
+        command.args(["token", "create"]);
+        match self.store_url() {
+            Some(url) => command.args(["--store", url]),
+            None => command.arg("--data-dir").arg(&self.dir),
+        };
+        run_ok(&mut command).trim().to_string()
     }
 
     pub fn ca(&self) -> PathBuf {

@@ -60,6 +60,13 @@ impl SimAgent {
         }
     }
 
+    /// Sends from now on to `collector` (one that shares the store and CA it enrolled with).
+    pub async fn connect_to(&mut self, collector: &Collector) {
+        self.ingest = pb::ingest_client::IngestClient::new(
+            channel(collector, Some((&self.cert, &self.tls_key))).await,
+        );
+    }
+
     /// Events with these times and bodies, stamped with the agent's enrolled name.
     pub fn stamped(&self, bodies: Vec<(Timestamp, Body)>) -> Vec<Event> {
         bodies
