@@ -49,12 +49,25 @@ impl Default for ServerConfig {
 }
 
 /// `[store]`: where the collector keeps what it stores.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// A PostgreSQL store several collectors share (`postgres://USER@HOST/DB`); unset: the SQLite
     /// store in the data directory. `serve --store` overrides it.
     pub url: Option<String>,
+    /// On a PostgreSQL store, detection waits behind the oldest transaction open anywhere on the
+    /// server; a wait longer than this raises a `detection-lag` alert. Default "60s".
+    #[serde(with = "bannin::time::duration_str")]
+    pub lag_alert_after: std::time::Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            lag_alert_after: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

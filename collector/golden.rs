@@ -64,6 +64,21 @@ mod tests {
         );
         fields.insert("size".into(), 104_857_600.into());
         fields.insert("how".into(), "deleted".into());
+        // What a Sigma rule's alert carries about the rule: its title and tags (ATT&CK, a CVE).
+        fields.insert(
+            "title".into(),
+            "Large export created then deleted <b>{{DATE(x)}}".into(),
+        );
+        fields.insert(
+            "tags".into(),
+            serde_json::json!([
+                "attack.exfiltration",
+                "attack.t1048",
+                "attack.defense-evasion",
+                "attack.t1070.004",
+                "cve.2026-0001"
+            ]),
+        );
         Alert {
             id: "al-0001".into(),
             rule: "large_export_created_then_deleted".into(),

@@ -74,10 +74,28 @@ enum Command {
     Verify(VerifyArgs),
     /// Development mode: a collector and an enrolled local agent watching PATHs, printing events.
     Quickstart(quickstart::QuickstartArgs),
+    /// Sigma rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// The web console: one-time sign-in links.
     Console {
         #[command(subcommand)]
         command: console::ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Load a directory of Sigma rules as `[detection] rule_dirs` would and print, per rule,
+    /// `loaded` or the one reason it cannot run; exit 1 if any cannot.
+    Check {
+        /// A directory (walked recursively) or one rule file.
+        path: PathBuf,
+        /// The collector's configuration, for the `[detection]` thresholds rules may refer to.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -273,6 +291,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quickstart(args) => {
             runtime()?.block_on(quickstart::run(args))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules {
+            command: RulesCommand::Check { path, config },
+        } => {
+            let config = load_config(config.as_deref())?;
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let report = detect::check_rules(&path, &config.detection);
+            if report.is_empty() {
+                anyhow::bail!("no rule files (*.yml, *.yaml) under {}", path.display());
+            }
+            let mut out = std::io::stdout().lock();
+            present::table::rules_check(&mut out, &report)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(if report.iter().all(|entry| entry.outcome.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Console { command } => console::command(command),
     }

@@ -286,6 +286,7 @@ impl Collector {
         }
 
         let engine = detect::Engine::new(&self.config.detection)?;
+        engine.log_report();
         let hooks = hooks::spawn(self.config.alerts.clone(), store::db_path(&self.data_dir))
             .context("cannot start alert delivery")?;
         let (notices, notices_rx) = std::sync::mpsc::sync_channel::<CommitNotice>(256);
@@ -331,7 +332,7 @@ impl Collector {
             "PostgreSQL store: retention does not run on a PostgreSQL store yet; events are kept"
         );
         // Checked before anything starts, as the SQLite path does.
-        detect::Engine::new(&self.config.detection)?;
+        detect::Engine::new(&self.config.detection)?.log_report();
         let client = store::pg::open(target).await?;
         let agents = Agents::load(store::pg::agent_keys(&client).await?);
         tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
@@ -344,6 +345,7 @@ impl Collector {
             seal: seal.clone(),
             router: hooks.router(),
             notifier: hooks.notifier(),
+            lag_alert_after: self.config.store.lag_alert_after,
         }
         .spawn()
         .context("cannot start detection")?;

@@ -15,6 +15,10 @@ pub struct DetectConfig {
     /// Extra rule files or directories (every `*.yml`/`*.yaml` inside). A rule whose `id` equals a
     /// built-in rule's replaces it. Default none.
     pub rules: Vec<PathBuf>,
+    /// Directories (or files) of Sigma rules as published, e.g. SigmaHQ's `rules/linux`, walked
+    /// recursively: each rule that can run is loaded, each that cannot is left out with its reason
+    /// in the log (`bannin-collector rules check DIR` prints the same report). Default none.
+    pub rule_dirs: Vec<PathBuf>,
     /// Rule ids that do not run. Default none.
     pub disabled: Vec<String>,
     /// Repeats of one alert (same rule, same key) within this time raise its `count` instead of
@@ -37,6 +41,7 @@ impl Default for DetectConfig {
         DetectConfig {
             builtin_rules: true,
             rules: Vec::new(),
+            rule_dirs: Vec::new(),
             disabled: Vec::new(),
             dedup_window: Duration::from_secs(600),
             export_accounts: Vec::new(),

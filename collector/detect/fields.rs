@@ -108,6 +108,7 @@ fields!(
     Uid = "uid",
     ParentExe = "parent_exe",
     ParentCmdline = "parent_cmdline",
+    ParentUser = "parent_user",
     Ancestry = "ancestry",
     AncestryExe = "ancestry.exe",
     AncestryCmdline = "ancestry.cmdline",
@@ -141,6 +142,10 @@ fields!(
     RemoteScope = "remote_scope",
     BytesSent = "bytes_sent",
     BytesReceived = "bytes_received",
+    // Derived for Sigma's network_connection taxonomy: the agent reports outbound connections only.
+    Initiated = "initiated",
+    RemoteIsIpv6 = "remote_is_ipv6",
+    LocalIsIpv6 = "local_is_ipv6",
     // Databases.
     DbSystem = "db_system",
     DbUser = "db_user",
@@ -207,6 +212,7 @@ impl Field {
             | Field::Uid
             | Field::ParentExe
             | Field::ParentCmdline
+            | Field::ParentUser
             | Field::Ancestry
             | Field::AncestryExe
             | Field::AncestryCmdline => match subject.process() {
@@ -236,6 +242,10 @@ impl Field {
                 .ancestry
                 .first()
                 .is_some_and(|a| f(Val::Str(&a.cmdline))),
+            Field::ParentUser => process
+                .ancestry
+                .first()
+                .is_some_and(|a| f(Val::Str(&a.user))),
             Field::Ancestry | Field::AncestryExe => {
                 process.ancestry.iter().any(|a| f(Val::Str(&a.exe)))
             }
@@ -285,6 +295,9 @@ impl Field {
                 Field::RemoteScope => Some(Val::Str(&net.remote_scope)),
                 Field::BytesSent => opt(net.bytes_sent),
                 Field::BytesReceived => opt(net.bytes_received),
+                Field::Initiated => Some(Val::Bool(true)),
+                Field::RemoteIsIpv6 => Some(Val::Bool(net.remote_addr.contains(':'))),
+                Field::LocalIsIpv6 => Some(Val::Bool(net.local_addr.contains(':'))),
                 _ => None,
             },
             Body::Db(db) => match self {

@@ -17,6 +17,7 @@ mod rules;
 mod sigma;
 mod state;
 mod suppress;
+mod taxonomy;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 pub use config::DetectConfig;
+pub(crate) use rules::RuleReport;
 
 use self::correlate::{Correlation, Correlator, Hit};
 use self::detectors::{Candidate, Seen, StatefulDetector};
@@ -56,6 +58,7 @@ pub struct RuleInfo {
 /// The rules `config` loads, in load order.
 pub fn rule_list(config: &DetectConfig) -> Result<Vec<RuleInfo>, DetectError> {
     Ok(rules::load(config)?
+        .0
         .into_iter()
         .map(|rule| RuleInfo {
             shape: match rule.body {
@@ -171,11 +174,13 @@ pub struct Engine {
     /// Evictions already logged, and when, so the log says each loss once a minute at most.
     reported_evicted: u64,
     reported_at: Timestamp,
+    /// What became of each rule of `rule_dirs`.
+    report: Vec<RuleReport>,
 }
 
 impl Engine {
     pub fn new(config: &DetectConfig) -> Result<Engine, DetectError> {
-        let rules = rules::load(config)?;
+        let (rules, report) = rules::load(config)?;
         let rule_error = |rule: &Rule, message: String| DetectError::Rule {
             source_name: "rule pack".into(),
             rule: rule.meta.id.clone(),
@@ -255,7 +260,13 @@ impl Engine {
             reported_at: Timestamp::default(),
             detectors,
             rules,
+            report,
         })
+    }
+
+    /// Says in the log what became of each rule of `rule_dirs`: loaded, or why it cannot run.
+    pub fn log_report(&self) {
+        log_report(&self.report);
     }
 
     /// Runs every rule over one committed event.
@@ -616,6 +627,21 @@ impl Engine {
             .fields
             .retain(|name, _| !crate::alert::RESERVED_FIELDS.contains(&name.as_str()));
         let meta = &self.rules[rule].meta;
+        // What the rule is, for whoever reads the alert without the rule file: its title, its
+        // ATT&CK and other tags, and a level the severity cannot say.
+        candidate
+            .fields
+            .insert("title".into(), Json::from(meta.title.clone()));
+        if !meta.tags.is_empty() {
+            candidate
+                .fields
+                .insert("tags".into(), Json::from(meta.tags.clone()));
+        }
+        if meta.informational {
+            candidate
+                .fields
+                .insert("level".into(), Json::from("informational"));
+        }
         let id = format!("{}-{}", self.id_prefix, self.next_id);
         match self.dedup.check(
             rule,
@@ -656,6 +682,43 @@ impl Engine {
             }
         }
     }
+}
+
+/// Loads the Sigma rules of one directory (or file) as `[detection] rule_dirs` would, with the
+/// rules of `config` they may refer to, and reports on each: `bannin-collector rules check`.
+pub(crate) fn check_rules(path: &std::path::Path, config: &DetectConfig) -> Vec<RuleReport> {
+    let params = rules::params(config);
+    let mut known = match rules::load(&DetectConfig {
+        rule_dirs: Vec::new(),
+        ..config.clone()
+    }) {
+        Ok((rules, _)) => rules,
+        Err(_) => Vec::new(),
+    };
+    let mut report = rules::load_dir(path, &params, &mut known);
+    rules::drop_dangling_correlations(&mut known, &mut report);
+    report
+}
+
+/// The load report of `rule_dirs` in the log: each rule loaded or why it cannot run, then totals.
+/// Names from rule files are logged with `?`, which escapes control and invisible characters.
+fn log_report(report: &[RuleReport]) {
+    if report.is_empty() {
+        return;
+    }
+    let mut refused = 0;
+    for entry in report {
+        let file = entry.file.display().to_string();
+        let rule = entry.id.as_deref().unwrap_or("-");
+        match &entry.outcome {
+            Ok(()) => tracing::info!(file = ?file, rule = ?rule, "sigma rule loaded"),
+            Err(reason) => {
+                refused += 1;
+                tracing::warn!(file = ?file, rule = ?rule, reason = ?reason, "sigma rule cannot run; left out");
+            }
+        }
+    }
+    tracing::info!(loaded = report.len() - refused, refused, "rule_dirs loaded");
 }
 
 /// Fills a `{field}` template from the alert's fields, then the event's; the title if none.

@@ -8,17 +8,33 @@
 //!   renames until it is deleted, remembering every destination ever seen, noticing silence).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Visitor};
 use yaml_serde::{Mapping, Value as Yaml};
 
 use super::DetectError;
 use super::config::DetectConfig;
 use super::fields::Field;
 use super::sigma::{Cmp, Detection, placeholder};
+use super::taxonomy::Taxonomy;
 use crate::alert::Severity;
+
+/// The largest rule file read; the public rules are a few kilobytes each.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The most YAML nodes, and bytes of text, one file may stand for once its aliases are expanded:
+/// a few anchors referring to each other can otherwise stand for billions ("billion laughs").
+const MAX_NODES: usize = 200_000;
+const MAX_TEXT_BYTES: usize = 8 << 20;
+/// How deep flow collections (`[...]`, `{...}`) may nest in a rule file.
+const MAX_FLOW_DEPTH: usize = 64;
+/// How deep `rule_dirs` are walked.
+const MAX_DIR_DEPTH: usize = 16;
+/// The longest message of a rule error: a hostile file's names are cut short.
+const MAX_MESSAGE_CHARS: usize = 300;
 
 /// The built-in pack, so the collector works from any directory.
 const BUILTIN: &[(&str, &str)] = &[
@@ -95,6 +111,10 @@ pub(crate) struct Meta {
     pub(crate) dedup_by: Vec<Field>,
     /// Whether matches become alerts (false for rules that only feed correlations).
     pub(crate) generate: bool,
+    /// Sigma's `tags` (ATT&CK techniques and tactics, CVEs...), copied into each alert.
+    pub(crate) tags: Vec<String>,
+    /// The rule's `level` as written: `informational` is said in the alert, whose severity is low.
+    pub(crate) informational: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,6 +185,10 @@ struct RawRule {
     dedup_by: Vec<String>,
     #[serde(default)]
     generate: Option<bool>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    logsource: Option<Mapping>,
 }
 
 #[derive(Deserialize)]
@@ -180,12 +204,24 @@ struct RawCorrelation {
     condition: Option<Mapping>,
 }
 
+/// What loading one rule of a `rule_dirs` directory came to: loaded, or the one reason it cannot
+/// run. A file that cannot be read or parsed at all is one entry without an id.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RuleReport {
+    pub(crate) file: PathBuf,
+    pub(crate) id: Option<String>,
+    pub(crate) title: Option<String>,
+    pub(crate) outcome: Result<(), String>,
+}
+
 /// Loads the rule pack the configuration asks for: built-in rules, then the extra files (a rule with
-/// a built-in rule's id replaces it), less the disabled ids.
-pub(crate) fn load(config: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
+/// a built-in rule's id replaces it), then the `rule_dirs`, less the disabled ids. A mistake in
+/// the built-in pack or a `rules` file is an error; a rule of `rule_dirs` that cannot run is left
+/// out and said in the report.
+pub(crate) fn load(config: &DetectConfig) -> Result<(Vec<Rule>, Vec<RuleReport>), DetectError> {
     let params = params(config);
     let mut rules: Vec<Rule> = Vec::new();
-    let mut add = |new: Vec<Rule>| {
+    let add = |rules: &mut Vec<Rule>, new: Vec<Rule>| {
         for rule in new {
             rules.retain(|r| r.meta.id != rule.meta.id);
             rules.push(rule);
@@ -193,20 +229,185 @@ pub(crate) fn load(config: &DetectConfig) -> Result<Vec<Rule>, DetectError> {
     };
     if config.builtin_rules {
         for (name, text) in BUILTIN {
-            add(parse(name, text, &params)?);
+            add(&mut rules, parse(name, text, &params)?);
         }
     }
     for path in &config.rules {
         for file in rule_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|source| DetectError::Read {
+            let text = read_rule_file(&file).map_err(|source| DetectError::Read {
                 path: file.clone(),
                 source,
             })?;
-            add(parse(&file.display().to_string(), &text, &params)?);
+            add(
+                &mut rules,
+                parse(&file.display().to_string(), &text, &params)?,
+            );
         }
     }
+    let mut report = Vec::new();
+    for dir in &config.rule_dirs {
+        report.extend(load_dir(dir, &params, &mut rules));
+    }
+    drop_dangling_correlations(&mut rules, &mut report);
     rules.retain(|r| !config.disabled.contains(&r.meta.id));
-    Ok(rules)
+    Ok((rules, report))
+}
+
+/// Adds to `rules` every rule of a directory (or one file) that can run, and reports on each. A
+/// rule of such a directory never replaces one already loaded (the built-in pack's are replaced
+/// through `rules`), and bannin's stateful detectors are not loaded from it: these directories
+/// hold other people's Sigma rules.
+pub(crate) fn load_dir(path: &Path, params: &Params, rules: &mut Vec<Rule>) -> Vec<RuleReport> {
+    let mut report = Vec::new();
+    let mut files = Vec::new();
+    let file_failure = |file: &Path, message: String| RuleReport {
+        file: file.to_path_buf(),
+        id: None,
+        title: None,
+        outcome: Err(short(&message)),
+    };
+    if let Err(error) = walk(path, 0, &mut files) {
+        report.push(file_failure(path, format!("cannot read: {error}")));
+    }
+    for file in files {
+        let text = match read_rule_file(&file) {
+            Ok(text) => text,
+            Err(error) => {
+                report.push(file_failure(&file, format!("cannot read: {error}")));
+                continue;
+            }
+        };
+        let documents = match documents(&text) {
+            Ok(documents) => documents,
+            Err(error) => {
+                report.push(file_failure(
+                    &file,
+                    format!("not a valid rule document: {error}"),
+                ));
+                continue;
+            }
+        };
+        for value in documents {
+            let id = value.get("id").and_then(|v| v.as_str()).map(short);
+            let title = value.get("title").and_then(|v| v.as_str()).map(short);
+            let outcome = yaml_serde::from_value::<RawRule>(value)
+                .map_err(|e| format!("not a valid rule document: {e}"))
+                .and_then(|raw| compile(raw, params))
+                .and_then(|rule| {
+                    if matches!(rule.body, Body::Detector(_)) {
+                        return Err(
+                            "bannin detectors are loaded from [detection] rules, not rule_dirs"
+                                .into(),
+                        );
+                    }
+                    if rules.iter().any(|r| r.meta.id == rule.meta.id) {
+                        return Err(format!(
+                            "id {:?} is already a loaded rule's (replace rules through [detection] rules)",
+                            rule.meta.id
+                        ));
+                    }
+                    Ok(rule)
+                });
+            report.push(RuleReport {
+                file: file.clone(),
+                id,
+                title,
+                outcome: match outcome {
+                    Ok(rule) => {
+                        rules.push(rule);
+                        Ok(())
+                    }
+                    Err(message) => Err(short(&message)),
+                },
+            });
+        }
+    }
+    report
+}
+
+/// Correlations of `rule_dirs` whose rules are not loaded cannot run: they are refused, not fatal.
+/// (Those of the built-in pack and `rules` files have no report entry; for them a missing rule
+/// stays an error when the engine is built.)
+pub(crate) fn drop_dangling_correlations(rules: &mut Vec<Rule>, report: &mut [RuleReport]) {
+    loop {
+        let dangling = rules.iter().enumerate().find_map(|(index, rule)| {
+            let Body::Correlation(spec) = &rule.body else {
+                return None;
+            };
+            let missing = spec.rules.iter().find(|reference| {
+                !rules.iter().any(|r| {
+                    (r.meta.id == **reference || r.name.as_deref() == Some(reference.as_str()))
+                        && !matches!(r.body, Body::Correlation(_))
+                })
+            })?;
+            // Reports name rules as `short` cut their ids.
+            let id = short(&rule.meta.id);
+            let entry = report
+                .iter()
+                .rposition(|e| e.id.as_deref() == Some(id.as_str()) && e.outcome.is_ok())?;
+            Some((index, entry, missing.clone()))
+        });
+        let Some((index, entry, missing)) = dangling else {
+            return;
+        };
+        report[entry].outcome = Err(short(&format!(
+            "correlation: {missing:?} names no loaded Sigma rule or detector"
+        )));
+        rules.remove(index);
+    }
+}
+
+/// A message cut to [`MAX_MESSAGE_CHARS`] on one line: names in it come from the rule file.
+fn short(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= MAX_MESSAGE_CHARS {
+        line
+    } else {
+        format!(
+            "{}...",
+            line.chars().take(MAX_MESSAGE_CHARS).collect::<String>()
+        )
+    }
+}
+
+/// The `*.yml`/`*.yaml` files under `path`, sorted, not following links to directories nor
+/// entering hidden ones (a repository's `.github`).
+fn walk(path: &Path, depth: usize, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(path)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort();
+    for entry in entries {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(kind) = std::fs::symlink_metadata(&entry) else {
+            continue;
+        };
+        if kind.is_dir() {
+            if depth + 1 < MAX_DIR_DEPTH {
+                // A subdirectory that cannot be read is reported as its own file.
+                if let Err(error) = walk(&entry, depth + 1, files) {
+                    return Err(std::io::Error::new(
+                        error.kind(),
+                        format!("{}: {error}", entry.display()),
+                    ));
+                }
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yml" | "yaml")
+        ) {
+            files.push(entry);
+        }
+    }
+    Ok(())
 }
 
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, DetectError> {
@@ -232,26 +433,172 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, DetectError> {
     Ok(files)
 }
 
-/// Parses every YAML document of one rule file.
-pub(crate) fn parse(source: &str, text: &str, params: &Params) -> Result<Vec<Rule>, DetectError> {
-    let mut rules = Vec::new();
-    for document in yaml_serde::Deserializer::from_str(text) {
-        let value = Yaml::deserialize(document).map_err(|error| DetectError::Yaml {
-            source_name: source.to_string(),
-            error,
-        })?;
-        if value.is_null() {
-            continue;
+/// A rule file's text: a regular file (never a FIFO or a device, whose read could block the
+/// collector), at most [`MAX_FILE_BYTES`], in UTF-8.
+fn read_rule_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    // Checked before opening: opening a FIFO waits for a writer. (Whoever could swap the file
+    // between the two checks can write the rule directory, and so decide the rules anyway.)
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", error.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// Counts the nodes and text a YAML document stands for, aliases expanded, and stops at the
+/// limits before anything is built.
+struct Measure<'a>(&'a mut (usize, usize));
+
+impl Measure<'_> {
+    fn take<E: serde::de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        self.0.0 += 1;
+        self.0.1 = self.0.1.saturating_add(bytes);
+        if self.0.0 > MAX_NODES || self.0.1 > MAX_TEXT_BYTES {
+            return Err(E::custom(format!(
+                "stands for more than {MAX_NODES} values or {MAX_TEXT_BYTES} bytes once its aliases are expanded"
+            )));
         }
-        let raw: RawRule = yaml_serde::from_value(value).map_err(|error| DetectError::Yaml {
-            source_name: source.to_string(),
-            error,
-        })?;
-        let id = raw.id.clone();
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Measure<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Measure<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("YAML")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.take(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.take(0)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while seq.next_element_seed(Measure(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.take(0)?;
+        while map.next_key_seed(Measure(&mut *self.0))?.is_some() {
+            map.next_value_seed(Measure(&mut *self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(mut self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.take(0)?;
+        let (_, variant) = data.variant::<serde::de::IgnoredAny>()?;
+        variant.newtype_variant_seed(Measure(&mut *self.0))
+    }
+}
+
+/// How deep `[` and `{` nest outside quoted scalars and comments: the YAML parser takes time
+/// quadratic in that depth (minutes for a 200 KB file of brackets) before its own limit of 128
+/// applies, so deeper files are refused first.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') if comment => comment = false,
+            _ if comment => {}
+            (None, '#') if previous.is_whitespace() => comment = true,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    deepest
+}
+
+/// The YAML documents of a rule file, each checked against the size limits before it is built.
+fn documents(text: &str) -> Result<Vec<Yaml>, yaml_serde::Error> {
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(<yaml_serde::Error as serde::de::Error>::custom(format!(
+            "brackets nest more than {MAX_FLOW_DEPTH} deep"
+        )));
+    }
+    let mut budget = (0, 0);
+    for document in yaml_serde::Deserializer::from_str(text) {
+        Measure(&mut budget).deserialize(document)?;
+    }
+    let mut values = Vec::new();
+    for document in yaml_serde::Deserializer::from_str(text) {
+        let value = Yaml::deserialize(document)?;
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    Ok(values)
+}
+
+/// Parses every YAML document of one rule file; the first mistake is the error.
+pub(crate) fn parse(source: &str, text: &str, params: &Params) -> Result<Vec<Rule>, DetectError> {
+    let yaml_error = |error| DetectError::Yaml {
+        source_name: source.to_string(),
+        error,
+    };
+    let mut rules = Vec::new();
+    for value in documents(text).map_err(yaml_error)? {
+        let raw: RawRule = yaml_serde::from_value(value).map_err(yaml_error)?;
+        let id = short(&raw.id);
         let rule = compile(raw, params).map_err(|message| DetectError::Rule {
             source_name: source.to_string(),
             rule: id,
-            message,
+            message: short(&message),
         })?;
         rules.push(rule);
     }
@@ -314,19 +661,53 @@ pub(crate) fn number(value: &Yaml, params: &Params) -> Result<i64, String> {
 }
 
 fn compile(raw: RawRule, params: &Params) -> Result<Rule, String> {
-    let meta = Meta {
+    let taxonomy = Taxonomy::of(raw.logsource.as_ref()).map_err(|e| e.to_string())?;
+    let mut meta = Meta {
+        severity: severity(raw.level.as_deref())?,
+        informational: raw.level.as_deref() == Some("informational"),
+        summary: raw.summary,
+        generate: raw.generate.unwrap_or(true),
+        tags: raw.tags,
+        fields: Vec::new(),
+        dedup_by: Vec::new(),
         id: raw.id,
         title: raw.title,
-        severity: severity(raw.level.as_deref())?,
-        summary: raw.summary,
-        fields: alert_fields(&raw.fields)?,
-        dedup_by: fields(&raw.dedup_by)?,
-        generate: raw.generate.unwrap_or(true),
     };
-    let body = match (raw.detection, raw.correlation, raw.detector) {
-        (Some(detection), None, None) => {
-            Body::Sigma(Detection::compile(&detection, params).map_err(|e| e.to_string())?)
+    match taxonomy {
+        Taxonomy::Bannin => {
+            meta.fields = alert_fields(&raw.fields)?;
+            meta.dedup_by = fields(&raw.dedup_by)?;
         }
+        // Sigma's `fields` lists what an analyst may want to see, in the rule's taxonomy: the
+        // names bannin's events carry are copied (under bannin's names) beside the category's
+        // own, the others are left out rather than refusing a rule that can run.
+        Taxonomy::Sigma(category) => {
+            meta.fields = category.alert_fields().to_vec();
+            for name in &raw.fields {
+                if let Ok(field) = taxonomy.field(name) {
+                    if !meta.fields.contains(&field)
+                        && !crate::alert::RESERVED_FIELDS.contains(&field.name())
+                    {
+                        meta.fields.push(field);
+                    }
+                }
+            }
+            meta.dedup_by = if raw.dedup_by.is_empty() {
+                category.dedup_by().to_vec()
+            } else {
+                raw.dedup_by
+                    .iter()
+                    .map(|n| taxonomy.field(n))
+                    .collect::<Result<_, _>>()?
+            };
+            meta.summary
+                .get_or_insert_with(|| category.summary(&meta.title));
+        }
+    }
+    let body = match (raw.detection, raw.correlation, raw.detector) {
+        (Some(detection), None, None) => Body::Sigma(
+            Detection::compile(&detection, params, taxonomy).map_err(|e| e.to_string())?,
+        ),
         (None, Some(correlation), None) => {
             Body::Correlation(correlation_spec(correlation, params)?)
         }
@@ -357,9 +738,13 @@ fn correlation_spec(raw: RawCorrelation, params: &Params) -> Result<CorrelationS
     let mut threshold = 1;
     let mut field = None;
     for (key, value) in raw.condition.iter().flatten() {
-        let key = key.as_str().unwrap_or_default();
+        let key = key
+            .as_str()
+            .ok_or_else(|| format!("correlation condition key {key:?} is not text"))?;
         if key == "field" {
-            let name = value.as_str().unwrap_or_default();
+            let name = value
+                .as_str()
+                .ok_or_else(|| format!("correlation condition field {value:?} is not text"))?;
             field = Some(Field::parse(name).ok_or_else(|| format!("unknown field {name:?}"))?);
         } else {
             cmp = Cmp::parse(key).ok_or_else(|| format!("unknown condition {key:?}"))?;
@@ -552,6 +937,327 @@ detection:
             let id = text.lines().nth(1).unwrap().trim_start_matches("id: ");
             assert!(error.contains(id), "{error}");
         }
+    }
+
+    /// A Sigma rule in the standard taxonomy with `detection` as given (indented by four).
+    fn sigma_rule(id: &str, logsource: &str, detection: &str) -> String {
+        format!(
+            "title: t {id}\nid: {id}\nlogsource:\n{logsource}\ndetection:\n{detection}\nlevel: high\n"
+        )
+    }
+
+    #[test]
+    fn rule_dirs_report_each_rule_loaded_or_the_one_reason_it_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let linux = "    product: linux\n    category: process_creation";
+        let files = [
+            (
+                "a_ok.yml",
+                sigma_rule(
+                    "ok",
+                    linux,
+                    "    sel:\n        Image|endswith: /nc\n    condition: sel",
+                ),
+                Ok(()),
+            ),
+            (
+                "b_field.yml",
+                sigma_rule(
+                    "hash",
+                    linux,
+                    "    sel:\n        Hashes|contains: abc\n    condition: sel",
+                ),
+                Err("field \"Hashes\" is not carried by bannin's events"),
+            ),
+            (
+                "c_typo.yml",
+                sigma_rule(
+                    "typo",
+                    linux,
+                    "    sel:\n        Imagee: /nc\n    condition: sel",
+                ),
+                Err("unknown field \"Imagee\" for category process_creation"),
+            ),
+            (
+                "d_modifier.yml",
+                sigma_rule(
+                    "b64",
+                    linux,
+                    "    sel:\n        CommandLine|base64offset|contains: id\n    condition: sel",
+                ),
+                Err("unsupported modifier \"base64offset\""),
+            ),
+            (
+                "e_windows.yml",
+                sigma_rule(
+                    "win",
+                    "    product: windows\n    category: process_creation",
+                    "    sel:\n        Image|endswith: \\\\cmd.exe\n    condition: sel",
+                ),
+                Err("unsupported logsource {product: windows, category: process_creation}"),
+            ),
+            (
+                "f_auditd.yml",
+                sigma_rule(
+                    "auditd",
+                    "    product: linux\n    service: auditd",
+                    "    sel:\n        type: EXECVE\n    condition: sel",
+                ),
+                Err("unsupported logsource {product: linux, service: auditd}"),
+            ),
+            (
+                "g_hostname.yml",
+                sigma_rule(
+                    "dns",
+                    "    product: linux\n    category: network_connection",
+                    "    sel:\n        DestinationHostname|endswith: .ngrok.io\n    condition: sel",
+                ),
+                Err("not the DNS names it looked up"),
+            ),
+            (
+                "h_key.yml",
+                sigma_rule("key", linux, "    sel:\n        1: x\n    condition: sel"),
+                Err("detection key 1 is not text"),
+            ),
+            (
+                "i_keyword.yml",
+                sigma_rule(
+                    "kw",
+                    linux,
+                    "    keywords:\n        - evil\n    condition: keywords",
+                ),
+                Err("keyword selections are not supported"),
+            ),
+            (
+                "j_duplicate.yml",
+                sigma_rule("ok", linux, "    sel:\n        Image: /x\n    condition: sel"),
+                Err("id \"ok\" is already a loaded rule's"),
+            ),
+            (
+                "k_builtin.yml",
+                sigma_rule("chain-tamper", linux, "    sel:\n        Image: /x\n    condition: sel"),
+                Err("id \"chain-tamper\" is already a loaded rule's"),
+            ),
+            (
+                "l_detector.yml",
+                "title: t\nid: det\ndetector: agent_silent\nparameters:\n  after: 1s\n".to_string(),
+                Err("bannin detectors are loaded from [detection] rules, not rule_dirs"),
+            ),
+            (
+                "m_correlation.yml",
+                "title: t\nid: corr\ncorrelation:\n  type: event_count\n  rules: [hash]\n  timespan: 1h\n".to_string(),
+                Err("correlation: \"hash\" names no loaded Sigma rule or detector"),
+            ),
+        ];
+        for (name, text, _) in &files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = DetectConfig::default();
+        let report = crate::detect::check_rules(dir.path(), &config);
+        assert_eq!(report.len(), files.len(), "{report:?}");
+        for (entry, (name, _, expected)) in report.iter().zip(&files) {
+            assert!(entry.file.ends_with(name), "{entry:?}");
+            match (expected, &entry.outcome) {
+                (Ok(()), Ok(())) => {}
+                (Err(expected), Err(reason)) => {
+                    assert!(reason.contains(expected), "{name}: {reason}")
+                }
+                _ => panic!("{name}: {:?}", entry.outcome),
+            }
+        }
+        // Loaded at start, the refused rules are left out and the rest runs beside the pack.
+        let mut fleet = Fleet::new(DetectConfig {
+            rule_dirs: vec![dir.path().to_path_buf()],
+            ..DetectConfig::default()
+        });
+        let who = process(70, "/usr/bin/nc", "sato", &["/usr/bin/bash"]);
+        assert_eq!(rules_of(&fleet.send("pc1", 0, start(who))), vec!["ok"]);
+        // bannin's own rules refuse a non-text key as plainly, correlations too.
+        for (text, expected) in [
+            (
+                "title: t\nid: k1\ndetection:\n  s:\n    [exe, cmdline]: x\n  condition: s\n",
+                "detection key [\"exe\",\"cmdline\"] is not text",
+            ),
+            (
+                "title: t\nid: k2\ndetection:\n  s:\n    exe: x\n  7: s\n  condition: s\n",
+                "detection key 7 is not text",
+            ),
+            (
+                "title: t\nid: k3\ndetection:\n  s:\n    exe: x\n  condition: [s, 3]\n",
+                "a list item is not text",
+            ),
+            (
+                "title: t\nid: k4\ncorrelation:\n  type: event_count\n  rules: [x]\n  timespan: 1h\n  condition:\n    5: 3\n",
+                "correlation condition key",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("r.yml"), text).unwrap();
+            let error = Engine::new(&DetectConfig {
+                rules: vec![dir.path().join("r.yml")],
+                ..DetectConfig::default()
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn hostile_rule_files_are_one_line_errors_not_crashes_or_hangs() {
+        let linux = "    product: linux\n    category: process_creation";
+        let laughs = {
+            let mut text = String::from(
+                "title: lol\nid: lol\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+            );
+            for i in 1..10 {
+                let p = i - 1;
+                text.push_str(&format!("x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]\n"));
+            }
+            text.into_bytes()
+        };
+        // Few aliases (under the YAML parser's own limit), each standing for many values.
+        let wide = format!(
+            "title: t\nid: wide\nx0: &x0 [{}]\nx1: [{}]\n",
+            vec!["lol"; 5000].join(", "),
+            vec!["*x0"; 1000].join(", ")
+        );
+        let deep_yaml = format!(
+            "title: t\nid: deep\nx: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        // Nesting by indentation: as deep as 1 MiB of spaces allows.
+        let mut deep_block = String::from("title: t\nid: deepblock\nx:\n");
+        for level in 1..1400 {
+            deep_block.push_str(&" ".repeat(level));
+            deep_block.push_str("- \n");
+        }
+        let deep_condition = sigma_rule(
+            "deepcond",
+            linux,
+            &format!(
+                "    sel:\n        Image: x\n    condition: {}sel{}",
+                "( ".repeat(100_000),
+                " )".repeat(100_000)
+            ),
+        );
+        let nots = sigma_rule(
+            "nots",
+            linux,
+            &format!(
+                "    sel:\n        Image: x\n    condition: {}sel",
+                "not ".repeat(100_000)
+            ),
+        );
+        let huge_regex = sigma_rule(
+            "regex",
+            linux,
+            "    sel:\n        CommandLine|re: '(?:(?:a{1000}){1000}){1000}'\n    condition: sel",
+        );
+        let lookaround = sigma_rule(
+            "look",
+            linux,
+            "    sel:\n        CommandLine|re: '(?<=x)y'\n    condition: sel",
+        );
+        let dashes = sigma_rule(
+            "dashes",
+            linux,
+            "    sel:\n        CommandLine|windash|contains: ' -a -b -c -d '\n    condition: sel",
+        );
+        let wildcards = sigma_rule(
+            "stars",
+            linux,
+            &format!(
+                "    sel:\n        CommandLine: '{}'\n    condition: sel",
+                "*a?".repeat(100_000)
+            ),
+        );
+        let mut big = sigma_rule(
+            "big",
+            linux,
+            "    sel:\n        Image: x\n    condition: sel",
+        );
+        big.push_str(&format!("# {}\n", "x".repeat(2 << 20)));
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("laughs.yml", laughs, "repetition limit exceeded"),
+            (
+                "wide.yml",
+                wide.into_bytes(),
+                "once its aliases are expanded",
+            ),
+            (
+                "deep.yml",
+                deep_yaml.into_bytes(),
+                "brackets nest more than 64 deep",
+            ),
+            ("deepblock.yml", deep_block.into_bytes(), "recursion limit"),
+            (
+                "deepcond.yml",
+                deep_condition.into_bytes(),
+                "nested more than 64 deep",
+            ),
+            ("nots.yml", nots.into_bytes(), "nested more than 64 deep"),
+            ("regex.yml", huge_regex.into_bytes(), "size limit"),
+            ("look.yml", lookaround.into_bytes(), "look-around"),
+            (
+                "dashes.yml",
+                dashes.into_bytes(),
+                "windash expands at most 3 dashes",
+            ),
+            ("stars.yml", wildcards.into_bytes(), ""),
+            ("big.yml", big.into_bytes(), "larger than 1048576 bytes"),
+            (
+                "latin1.yml",
+                b"title: caf\xe9\nid: x\n".to_vec(),
+                "not UTF-8 (byte 10)",
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            // As `rule_dirs` (and `rules check`) report it.
+            let report = crate::detect::check_rules(dir.path(), &DetectConfig::default());
+            assert_eq!(report.len(), 1, "{name}: {report:?}");
+            let reason = match &report[0].outcome {
+                Err(reason) => reason.clone(),
+                // A long pattern of wildcards is no attack: it compiles within the limits.
+                Ok(()) if expected.is_empty() => continue,
+                Ok(()) => panic!("{name} loaded"),
+            };
+            assert!(reason.contains(expected), "{name}: {reason}");
+            assert!(
+                !reason.contains('\n') && reason.len() < 400,
+                "{name}: {reason}"
+            );
+            // As a `rules` file: the collector refuses to start, with one line.
+            let error = Engine::new(&DetectConfig {
+                rules: vec![path],
+                ..DetectConfig::default()
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{name} loaded"));
+            let line = bannin::error_line(&anyhow::Error::new(error));
+            assert!(
+                line.contains(expected) && !line.contains('\n'),
+                "{name}: {line}"
+            );
+        }
+        // A FIFO named like a rule is not opened (opening it would wait for a writer).
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.yml");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let report = crate::detect::check_rules(dir.path(), &DetectConfig::default());
+        assert_eq!(
+            report[0].outcome,
+            Err("cannot read: not a regular file".into())
+        );
     }
 
     #[test]

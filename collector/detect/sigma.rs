@@ -1,39 +1,60 @@
-//! A compact Sigma subset: detection selections with field modifiers, and their conditions.
+//! A Sigma engine for one event at a time: detection selections with field modifiers, and their
+//! conditions, in bannin's own field names or in Sigma's standard Linux taxonomy
+//! ([`super::taxonomy`]).
 //!
 //! Supported: selections as maps (every field matches) or lists of maps (any map matches); a list
 //! of values means any of them (all of them with `|all`); modifiers `contains`, `startswith`,
-//! `endswith`, `re`, `gt`, `gte`, `lt`, `lte`, `exists`, `cased`, `all` and `expand` (a `%name%`
-//! placeholder from the configuration); `*` and `?` wildcards in plain values; `null` for a missing
-//! or empty field. Matching is case-insensitive unless `|cased`. Conditions use `and`, `or`, `not`,
-//! parentheses, `1 of sel*`, `all of sel*`, `N of ...` and `them`. Keyword (field-less) selections
-//! are refused: bannin events are structured, and a keyword search over them would be guesswork.
+//! `endswith`, `re` (with `i`, `m`, `s`), `cidr`, `windash`, `gt`, `gte`, `lt`, `lte`, `exists`,
+//! `cased`, `all` and `expand` (a `%name%` placeholder from the configuration); `*` and `?`
+//! wildcards in every string value, `\` escaping them as Sigma specifies; `null` for a missing or
+//! empty field. Strings compare case-insensitively unless `|cased`. Conditions use `and`, `or`,
+//! `not`, parentheses, `1 of sel*`, `all of sel*`, `N of ...` and `them`. Keyword (field-less)
+//! selections are refused: bannin events are structured, and a keyword search over them would be
+//! guesswork.
+//!
+//! A rule file may be hostile: regular expressions are compiled within a size limit (and the
+//! `regex` crate matches in linear time), conditions nest at most [`CONDITION_DEPTH`] deep and
+//! `windash` expands at most three dashes, so a rule costs bounded time and memory to load and run.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use yaml_serde::{Mapping, Value as Yaml};
 
 use super::fields::{Field, Subject, Val};
 use super::rules::Params;
+use super::taxonomy::Taxonomy;
+
+/// The most memory one compiled regular expression may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// How deep parentheses and `not`s may nest in a condition.
+const CONDITION_DEPTH: usize = 64;
+/// How many dashes of one value `windash` expands (5^3 variants), as pySigma allows.
+const WINDASH_MAX: usize = 3;
 
 /// Why a rule's detection cannot be compiled; the caller adds the rule id.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SigmaError {
-    #[error("unknown field {0:?} (see rules/README.md for the field names)")]
-    UnknownField(String),
-    #[error("unknown modifier {0:?}")]
+    /// An unknown field, or one bannin's events do not carry (the message says which).
+    #[error("{0}")]
+    Field(String),
+    #[error("unsupported modifier {0:?}")]
+    UnsupportedModifier(String),
+    #[error("unsupported modifier {0:?} (not a Sigma modifier)")]
     UnknownModifier(String),
+    #[error("unsupported modifier combination {0}")]
+    ModifierCombination(String),
     #[error(
         "selection {0:?} is not a map or a list of maps (keyword selections are not supported)"
     )]
     BadSelection(String),
-    #[error("value {0:?} does not suit the modifier")]
+    #[error("detection key {0} is not text")]
+    KeyNotText(String),
+    #[error("value {0} does not suit the modifier")]
     BadValue(String),
     #[error("bad regular expression {pattern:?}: {error}")]
-    BadRegex {
-        pattern: String,
-        error: regex::Error,
-    },
+    BadRegex { pattern: String, error: String },
     #[error("unknown placeholder %{0}%")]
     UnknownPlaceholder(String),
     #[error("condition: {0}")]
@@ -41,6 +62,25 @@ pub(crate) enum SigmaError {
     #[error("detection has no condition")]
     NoCondition,
 }
+
+/// Sigma's modifiers that bannin does not implement (they transform values for Windows or
+/// encoded logs, compare fields with each other, or pick parts of timestamps).
+const UNSUPPORTED_MODIFIERS: &[&str] = &[
+    "base64",
+    "base64offset",
+    "utf16",
+    "utf16le",
+    "utf16be",
+    "wide",
+    "fieldref",
+    "neq",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+];
 
 #[derive(Debug)]
 enum Matcher {
@@ -52,6 +92,12 @@ enum Matcher {
     Regex(Regex),
     Num(Cmp, i64),
     Bool(bool),
+    /// An address inside a network (`|cidr`).
+    Cidr(IpAddr, u8),
+    /// Any value at all (`*`, `contains: ''`).
+    Any,
+    /// One of several spellings of one value (`|windash`).
+    AnyOf(Vec<Matcher>),
     /// The field is missing or empty (`null` in YAML).
     Null,
     Exists(bool),
@@ -120,23 +166,61 @@ fn contains_ci(hay: &str, needle: &str, cased: bool) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// Whether `ip` lies in `net/bits`; an IPv4 address is never inside an IPv6 network.
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    let (ip, net, width) = match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            (u128::from(u32::from(ip)), u128::from(u32::from(net)), 32u32)
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => (u128::from(ip), u128::from(net), 128),
+        _ => return false,
+    };
+    let host_bits = width - u32::from(bits);
+    let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+    ip & mask == net & mask
+}
+
 impl Matcher {
     fn matches(&self, value: Val<'_>, cased: bool) -> bool {
         match (self, value) {
-            (Matcher::Eq(p), Val::Str(s)) => eq_ci(s, p, cased),
-            (Matcher::Eq(p), Val::Num(n)) => p.parse::<i64>().is_ok_and(|p| p == n),
-            (Matcher::Eq(p), Val::Bool(b)) => {
-                p.eq_ignore_ascii_case(if b { "true" } else { "false" })
-            }
-            (Matcher::Contains(p), Val::Str(s)) => contains_ci(s, p, cased),
-            (Matcher::StartsWith(p), Val::Str(s)) => starts_ci(s, p, cased),
-            (Matcher::EndsWith(p), Val::Str(s)) => ends_ci(s, p, cased),
-            (Matcher::Regex(re), Val::Str(s)) => re.is_match(s),
-            (Matcher::Num(cmp, bound), Val::Num(n)) => cmp.holds(n, *bound),
+            (Matcher::Num(cmp, bound), Val::Num(n)) => return cmp.holds(n, *bound),
             (Matcher::Num(cmp, bound), Val::Str(s)) => {
-                s.parse::<i64>().is_ok_and(|n| cmp.holds(n, *bound))
+                return s.parse::<i64>().is_ok_and(|n| cmp.holds(n, *bound));
             }
-            (Matcher::Bool(p), Val::Bool(b)) => *p == b,
+            (Matcher::Bool(p), Val::Bool(b)) => return *p == b,
+            (Matcher::Bool(p), Val::Str(s)) => {
+                return s.eq_ignore_ascii_case(if *p { "true" } else { "false" });
+            }
+            (Matcher::Num(..) | Matcher::Bool(_), _) => return false,
+            (Matcher::AnyOf(all), value) => return all.iter().any(|m| m.matches(value, cased)),
+            _ => {}
+        }
+        // A string pattern meets a number or a flag as its text, as a log's text column would.
+        let number;
+        let text = match value {
+            Val::Str(s) => s,
+            Val::Num(n) => {
+                number = n.to_string();
+                number.as_str()
+            }
+            Val::Bool(b) => {
+                if b {
+                    "true"
+                } else {
+                    "false"
+                }
+            }
+        };
+        match self {
+            Matcher::Eq(p) => eq_ci(text, p, cased),
+            Matcher::Contains(p) => contains_ci(text, p, cased),
+            Matcher::StartsWith(p) => starts_ci(text, p, cased),
+            Matcher::EndsWith(p) => ends_ci(text, p, cased),
+            Matcher::Regex(re) => re.is_match(text),
+            Matcher::Cidr(net, bits) => text
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| in_network(ip, *net, *bits)),
+            Matcher::Any => true,
             _ => false,
         }
     }
@@ -217,33 +301,48 @@ enum Cond {
 pub(crate) struct Detection {
     selections: Vec<Selection>,
     condition: Cond,
+    /// The event kinds the rule's log source stands for (Sigma's taxonomy); any kind if none.
+    only: Option<&'static [&'static str]>,
+}
+
+/// A YAML key as text: a number or a list as a key is a mistake in the rule, never a field.
+fn key_text(key: &Yaml) -> Result<&str, SigmaError> {
+    key.as_str()
+        .ok_or_else(|| SigmaError::KeyNotText(shown(key)))
 }
 
 impl Detection {
-    pub(crate) fn compile(block: &Mapping, params: &Params) -> Result<Detection, SigmaError> {
+    pub(crate) fn compile(
+        block: &Mapping,
+        params: &Params,
+        taxonomy: Taxonomy,
+    ) -> Result<Detection, SigmaError> {
         let mut selections = Vec::new();
         let mut condition = None;
         for (key, value) in block {
-            let name = key.as_str().unwrap_or_default().to_string();
+            let name = key_text(key)?.to_string();
             if name == "condition" {
                 condition = Some(match value {
                     Yaml::String(text) => text.clone(),
                     Yaml::Sequence(list) => list
                         .iter()
-                        .filter_map(|v| v.as_str())
-                        .map(|c| format!("({c})"))
-                        .collect::<Vec<_>>()
+                        .map(|v| {
+                            v.as_str().map(|c| format!("({c})")).ok_or_else(|| {
+                                SigmaError::Condition("a list item is not text".into())
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
                         .join(" or "),
                     _ => return Err(SigmaError::Condition("not a string".into())),
                 });
                 continue;
             }
             let alternatives = match value {
-                Yaml::Mapping(map) => vec![compile_map(map, params)?],
+                Yaml::Mapping(map) => vec![compile_map(map, params, taxonomy)?],
                 Yaml::Sequence(list) if list.iter().all(|v| v.is_mapping()) => list
                     .iter()
                     .filter_map(|v| v.as_mapping())
-                    .map(|map| compile_map(map, params))
+                    .map(|map| compile_map(map, params, taxonomy))
                     .collect::<Result<_, _>>()?,
                 _ => return Err(SigmaError::BadSelection(name)),
             };
@@ -255,10 +354,16 @@ impl Detection {
         Ok(Detection {
             selections,
             condition,
+            only: taxonomy.kinds(),
         })
     }
 
     pub(crate) fn matches(&self, subject: Subject<'_>) -> bool {
+        if let Some(kinds) = self.only {
+            if !kinds.contains(&subject.kind()) {
+                return false;
+            }
+        }
         self.eval(&self.condition, subject)
     }
 
@@ -283,9 +388,12 @@ impl Detection {
         }
     }
 
-    /// The event kinds that can possibly match, if the condition pins them; lets the engine skip
-    /// the rule for every other kind.
+    /// The event kinds that can possibly match, if the log source or the condition pins them;
+    /// lets the engine skip the rule for every other kind.
     pub(crate) fn kinds(&self) -> Option<Vec<String>> {
+        if let Some(kinds) = self.only {
+            return Some(kinds.iter().map(|k| k.to_string()).collect());
+        }
         self.cond_kinds(&self.condition)
     }
 
@@ -309,42 +417,118 @@ impl Detection {
     }
 }
 
-fn compile_map(map: &Mapping, params: &Params) -> Result<Vec<FieldTest>, SigmaError> {
+/// What a field's modifiers ask of each of its values.
+#[derive(Debug, Default)]
+struct Modifiers {
+    /// `contains`, `startswith`, `endswith`, `re`, `cidr`, a comparison or `exists`.
+    op: Option<&'static str>,
+    all: bool,
+    cased: bool,
+    expand: bool,
+    windash: bool,
+    /// Regular expression flags (`i`, `m`, `s`).
+    ignore_case: bool,
+    multi_line: bool,
+    dot_all: bool,
+}
+
+impl Modifiers {
+    fn parse<'a>(parts: impl Iterator<Item = &'a str>) -> Result<Modifiers, SigmaError> {
+        let mut m = Modifiers::default();
+        for part in parts {
+            let op = match part {
+                "all" => {
+                    m.all = true;
+                    continue;
+                }
+                "cased" => {
+                    m.cased = true;
+                    continue;
+                }
+                "expand" => {
+                    m.expand = true;
+                    continue;
+                }
+                "windash" => {
+                    m.windash = true;
+                    continue;
+                }
+                "i" | "ignorecase" => {
+                    m.ignore_case = true;
+                    continue;
+                }
+                "m" | "multiline" => {
+                    m.multi_line = true;
+                    continue;
+                }
+                "s" | "dotall" => {
+                    m.dot_all = true;
+                    continue;
+                }
+                "contains" => "contains",
+                "startswith" => "startswith",
+                "endswith" => "endswith",
+                "re" => "re",
+                "cidr" => "cidr",
+                "gt" => "gt",
+                "gte" => "gte",
+                "lt" => "lt",
+                "lte" => "lte",
+                "exists" => "exists",
+                other if UNSUPPORTED_MODIFIERS.contains(&other) => {
+                    return Err(SigmaError::UnsupportedModifier(other.into()));
+                }
+                other => return Err(SigmaError::UnknownModifier(other.into())),
+            };
+            if let Some(previous) = m.op {
+                return Err(SigmaError::ModifierCombination(format!("{previous}|{op}")));
+            }
+            m.op = Some(op);
+        }
+        let flags = m.ignore_case || m.multi_line || m.dot_all;
+        if flags && m.op != Some("re") {
+            return Err(SigmaError::ModifierCombination(
+                "i, m and s apply only to re".into(),
+            ));
+        }
+        if let Some(op) =
+            m.op.filter(|op| m.windash && !["contains", "startswith", "endswith"].contains(op))
+        {
+            return Err(SigmaError::ModifierCombination(format!("windash|{op}")));
+        }
+        Ok(m)
+    }
+}
+
+fn compile_map(
+    map: &Mapping,
+    params: &Params,
+    taxonomy: Taxonomy,
+) -> Result<Vec<FieldTest>, SigmaError> {
     let mut tests = Vec::new();
     for (key, value) in map {
-        let key = key.as_str().unwrap_or_default();
+        let key = key_text(key)?;
         let mut parts = key.split('|');
-        let name = parts.next().unwrap_or_default();
-        let field = Field::parse(name).ok_or_else(|| SigmaError::UnknownField(name.into()))?;
-        let mut modifier = None;
-        let (mut all, mut cased, mut expand) = (false, false, false);
-        for part in parts {
-            match part {
-                "all" => all = true,
-                "cased" => cased = true,
-                "expand" => expand = true,
-                "contains" | "startswith" | "endswith" | "re" | "gt" | "gte" | "lt" | "lte"
-                | "exists" => modifier = Some(part),
-                other => return Err(SigmaError::UnknownModifier(other.into())),
-            }
-        }
+        let name = parts.next().unwrap_or(key);
+        let field = taxonomy.field(name).map_err(SigmaError::Field)?;
+        let modifiers = Modifiers::parse(parts)?;
         let mut values = Vec::new();
         match value {
             Yaml::Sequence(list) => values.extend(list.iter().cloned()),
             other => values.push(other.clone()),
         }
-        if expand {
+        if modifiers.expand {
             values = expand_placeholders(values, params)?;
         }
         let matchers = values
             .iter()
-            .map(|v| compile_value(modifier, v, cased))
+            .map(|v| compile_value(&modifiers, v, taxonomy))
             .collect::<Result<Vec<_>, _>>()?;
         tests.push(FieldTest {
             field,
             matchers,
-            all,
-            cased,
+            all: modifiers.all,
+            cased: modifiers.cased,
         });
     }
     Ok(tests)
@@ -380,13 +564,42 @@ fn scalar_text(value: &Yaml) -> Option<String> {
     }
 }
 
-fn compile_value(modifier: Option<&str>, value: &Yaml, cased: bool) -> Result<Matcher, SigmaError> {
-    let bad = || SigmaError::BadValue(format!("{value:?}"));
+/// A value for an error message, on one line and short.
+fn shown(value: &Yaml) -> String {
+    // JSON is YAML's one-line form.
+    let text = serde_json::to_string(value).unwrap_or_else(|_| "?".into());
+    if text.chars().count() > 80 {
+        format!("{}...", text.chars().take(80).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn regex(pattern: &str, case_insensitive: bool, m: &Modifiers) -> Result<Regex, SigmaError> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .multi_line(m.multi_line)
+        .dot_matches_new_line(m.dot_all)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|error| SigmaError::BadRegex {
+            pattern: pattern.chars().take(80).collect(),
+            // The crate's message spans lines (the pattern, a caret, the reason).
+            error: error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+}
+
+fn compile_value(m: &Modifiers, value: &Yaml, taxonomy: Taxonomy) -> Result<Matcher, SigmaError> {
+    let bad = || SigmaError::BadValue(shown(value));
     if value.is_null() {
         return Ok(Matcher::Null);
     }
-    let fold = |s: String| if cased { s } else { s.to_ascii_lowercase() };
-    match modifier {
+    match m.op {
         Some("exists") => value.as_bool().map(Matcher::Exists).ok_or_else(bad),
         Some(op @ ("gt" | "gte" | "lt" | "lte")) => {
             let bound = value
@@ -397,63 +610,189 @@ fn compile_value(modifier: Option<&str>, value: &Yaml, cased: bool) -> Result<Ma
         }
         Some("re") => {
             let pattern = value.as_str().ok_or_else(bad)?;
-            let regex = if cased {
-                Regex::new(pattern)
-            } else {
-                Regex::new(&format!("(?i){pattern}"))
+            // Sigma's regular expressions are case-sensitive unless `|i`; bannin's own rules have
+            // always matched them without case unless `|cased`.
+            let ignore_case = match taxonomy {
+                Taxonomy::Sigma(_) => m.ignore_case,
+                Taxonomy::Bannin => m.ignore_case || !m.cased,
             };
-            regex
-                .map(Matcher::Regex)
-                .map_err(|error| SigmaError::BadRegex {
-                    pattern: pattern.into(),
-                    error,
-                })
+            regex(pattern, ignore_case, m).map(Matcher::Regex)
         }
-        Some(op) => {
-            let text = fold(scalar_text(value).ok_or_else(bad)?);
-            Ok(match op {
-                "contains" => Matcher::Contains(text),
-                "startswith" => Matcher::StartsWith(text),
-                _ => Matcher::EndsWith(text),
-            })
-        }
-        None => match value {
-            Yaml::Bool(b) => Ok(Matcher::Bool(*b)),
-            Yaml::Number(_) => Ok(Matcher::Num(Cmp::Eq, value.as_i64().ok_or_else(bad)?)),
-            _ => {
-                let text = scalar_text(value).ok_or_else(bad)?;
-                if text.contains(['*', '?']) {
-                    wildcard(&text, cased)
-                } else {
-                    Ok(Matcher::Eq(fold(text)))
+        Some("cidr") => cidr(value.as_str().ok_or_else(bad)?).ok_or_else(bad),
+        op => {
+            if op.is_none() {
+                match value {
+                    Yaml::Bool(b) => return Ok(Matcher::Bool(*b)),
+                    Yaml::Number(_) => {
+                        return Ok(Matcher::Num(Cmp::Eq, value.as_i64().ok_or_else(bad)?));
+                    }
+                    _ => {}
                 }
             }
-        },
+            let text = scalar_text(value).ok_or_else(bad)?;
+            let spellings = if m.windash {
+                windash(&text).ok_or_else(|| {
+                    SigmaError::BadValue(format!(
+                        "{} (windash expands at most {WINDASH_MAX} dashes)",
+                        shown(value)
+                    ))
+                })?
+            } else {
+                vec![text]
+            };
+            let mut matchers = spellings
+                .iter()
+                .map(|text| {
+                    let mut pieces = pieces(text);
+                    if matches!(op, Some("contains" | "endswith")) {
+                        pieces.insert(0, Piece::Star);
+                    }
+                    if matches!(op, Some("contains" | "startswith")) {
+                        pieces.push(Piece::Star);
+                    }
+                    string_matcher(&pieces, m.cased, text)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if matchers.len() == 1 {
+                matchers.remove(0)
+            } else {
+                Matcher::AnyOf(matchers)
+            })
+        }
     }
 }
 
-/// Sigma's plain-value wildcards: `*` any run, `?` one character, `\` escapes.
-fn wildcard(text: &str, cased: bool) -> Result<Matcher, SigmaError> {
-    let mut pattern = String::from(if cased { "^" } else { "(?i)^" });
-    let mut chars = text.chars();
+/// `10.0.0.0/8`, `fe80::/10`, or one address.
+fn cidr(text: &str) -> Option<Matcher> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((addr, bits)) => (addr.parse::<IpAddr>().ok()?, Some(bits.parse::<u8>().ok()?)),
+        None => (text.parse::<IpAddr>().ok()?, None),
+    };
+    let width = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = bits.unwrap_or(width);
+    (bits <= width).then_some(Matcher::Cidr(addr, bits))
+}
+
+/// Every spelling of a command-line switch: a `-` or `/` that starts a word (after a non-word
+/// character) may be written `-`, `/`, en dash, em dash or horizontal bar, as pySigma expands it.
+fn windash(text: &str) -> Option<Vec<String>> {
+    const DASHES: [char; 5] = ['-', '/', '\u{2013}', '\u{2014}', '\u{2015}'];
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let chars: Vec<char> = text.chars().collect();
+    let positions: Vec<usize> = (0..chars.len())
+        .filter(|&i| {
+            matches!(chars[i], '-' | '/')
+                && (i == 0 || !word(chars[i - 1]))
+                && chars.get(i + 1).is_some_and(|&c| word(c))
+        })
+        .collect();
+    if positions.len() > WINDASH_MAX {
+        return None;
+    }
+    let mut out = vec![chars];
+    for &at in &positions {
+        out = out
+            .into_iter()
+            .flat_map(|chars| {
+                DASHES.iter().map(move |&dash| {
+                    let mut chars = chars.clone();
+                    chars[at] = dash;
+                    chars
+                })
+            })
+            .collect();
+    }
+    Some(out.into_iter().map(|c| c.into_iter().collect()).collect())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Lit(char),
+    Star,
+    One,
+}
+
+/// A Sigma string value: `*` any run, `?` one character; `\*`, `\?` and `\\` are the characters
+/// themselves, and any other backslash is a backslash.
+fn pieces(text: &str) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '*' => pattern.push_str(".*"),
-            '?' => pattern.push('.'),
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    pattern.push_str(&regex::escape(&next.to_string()));
+            '*' => out.push(Piece::Star),
+            '?' => out.push(Piece::One),
+            '\\' => match chars.peek() {
+                Some(&next @ ('*' | '?' | '\\')) => {
+                    chars.next();
+                    out.push(Piece::Lit(next));
                 }
-            }
-            c => pattern.push_str(&regex::escape(&c.to_string())),
+                _ => out.push(Piece::Lit('\\')),
+            },
+            c => out.push(Piece::Lit(c)),
+        }
+    }
+    out
+}
+
+/// The cheapest matcher for a pattern: equality, a prefix, a suffix or a substring when the only
+/// wildcards are runs at its ends, else an anchored regular expression.
+fn string_matcher(pieces: &[Piece], cased: bool, text: &str) -> Result<Matcher, SigmaError> {
+    let lead = pieces.iter().take_while(|p| **p == Piece::Star).count();
+    if lead == pieces.len() {
+        return Ok(if lead == 0 {
+            Matcher::Eq(String::new())
+        } else {
+            Matcher::Any
+        });
+    }
+    let trail = pieces
+        .iter()
+        .rev()
+        .take_while(|p| **p == Piece::Star)
+        .count();
+    let inner = &pieces[lead..pieces.len() - trail];
+    let literal: Option<String> = inner
+        .iter()
+        .map(|p| match p {
+            Piece::Lit(c) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    if let Some(literal) = literal {
+        let literal = if cased {
+            literal
+        } else {
+            literal.to_ascii_lowercase()
+        };
+        return Ok(match (lead > 0, trail > 0) {
+            (false, false) => Matcher::Eq(literal),
+            (true, true) => Matcher::Contains(literal),
+            (true, false) => Matcher::EndsWith(literal),
+            (false, true) => Matcher::StartsWith(literal),
+        });
+    }
+    // Wildcards match across line breaks, as they do in a log store's LIKE.
+    let mut pattern = String::from("^");
+    for piece in pieces {
+        match piece {
+            Piece::Star => pattern.push_str(".*"),
+            Piece::One => pattern.push('.'),
+            Piece::Lit(c) => pattern.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
         }
     }
     pattern.push('$');
-    Regex::new(&pattern)
+    let flags = Modifiers {
+        dot_all: true,
+        ..Modifiers::default()
+    };
+    regex(&pattern, !cased, &flags)
         .map(Matcher::Regex)
-        .map_err(|error| SigmaError::BadRegex {
-            pattern: text.into(),
-            error,
+        .map_err(|error| match error {
+            SigmaError::BadRegex { error, .. } => SigmaError::BadRegex {
+                pattern: text.chars().take(80).collect(),
+                error,
+            },
+            other => other,
         })
 }
 
@@ -461,6 +800,8 @@ fn wildcard(text: &str, cased: bool) -> Result<Matcher, SigmaError> {
 struct Parser<'a> {
     tokens: Vec<String>,
     pos: usize,
+    /// Parentheses and `not`s open at this point, at most [`CONDITION_DEPTH`].
+    depth: usize,
     names: &'a [&'a str],
     index: HashMap<&'a str, usize>,
 }
@@ -471,6 +812,7 @@ impl<'a> Parser<'a> {
         Parser {
             tokens: spaced.split_whitespace().map(str::to_string).collect(),
             pos: 0,
+            depth: 0,
             names,
             index: names.iter().enumerate().map(|(i, n)| (*n, i)).collect(),
         }
@@ -523,9 +865,22 @@ impl<'a> Parser<'a> {
     fn not(&mut self) -> Result<Cond, SigmaError> {
         if self.peek() == Some("not") {
             self.pos += 1;
-            return Ok(Cond::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let inner = self.not()?;
+            self.depth -= 1;
+            return Ok(Cond::Not(Box::new(inner)));
         }
         self.atom()
+    }
+
+    fn enter(&mut self) -> Result<(), SigmaError> {
+        self.depth += 1;
+        if self.depth > CONDITION_DEPTH {
+            return Err(SigmaError::Condition(format!(
+                "nested more than {CONDITION_DEPTH} deep"
+            )));
+        }
+        Ok(())
     }
 
     fn atom(&mut self) -> Result<Cond, SigmaError> {
@@ -533,7 +888,9 @@ impl<'a> Parser<'a> {
             .next()
             .ok_or_else(|| SigmaError::Condition("ends too early".into()))?;
         if token == "(" {
+            self.enter()?;
             let inner = self.or()?;
+            self.depth -= 1;
             return match self.next().as_deref() {
                 Some(")") => Ok(inner),
                 _ => Err(SigmaError::Condition("missing )".into())),

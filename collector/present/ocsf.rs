@@ -392,18 +392,30 @@ pub fn alert(alert: &Map<String, Value>) -> std::io::Result<Value> {
         Some(Value::Array(evidence)) => evidence.as_slice(),
         _ => &[],
     };
-    object.insert(
-        "finding_info".into(),
-        json!({
-            "uid": id,
-            "title": text("summary"),
-            "analytic": { "name": text("rule"), "type_id": 1, "type": "Rule" },
-            "related_events": evidence.iter().map(|e| json!({
-                "uid": format!("{}:{}", e.get("agent_id").and_then(|a| a.as_str()).unwrap_or(""),
-                    e.get("seq").map_or(String::new(), |s| s.to_string())),
-            })).collect::<Vec<_>>(),
-        }),
-    );
+    let tags: Vec<&str> = match alert.get("tags") {
+        Some(Value::Array(tags)) => tags.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    // The analytic is the rule: its id, and its title where the alert carries one.
+    let mut analytic =
+        json!({ "uid": text("rule"), "name": text("rule"), "type_id": 1, "type": "Rule" });
+    if let Some(Value::String(title)) = alert.get("title") {
+        analytic["name"] = title.clone().into();
+    }
+    let mut finding_info = json!({
+        "uid": id,
+        "title": text("summary"),
+        "analytic": analytic,
+        "related_events": evidence.iter().map(|e| json!({
+            "uid": format!("{}:{}", e.get("agent_id").and_then(|a| a.as_str()).unwrap_or(""),
+                e.get("seq").map_or(String::new(), |s| s.to_string())),
+        })).collect::<Vec<_>>(),
+    });
+    let attacks = attacks(&tags);
+    if !attacks.is_empty() {
+        finding_info["attacks"] = Value::Array(attacks);
+    }
+    object.insert("finding_info".into(), finding_info);
     object.insert("message".into(), text("summary").into());
     object.insert("status_id".into(), 1.into());
     object.insert("is_alert".into(), true.into());
@@ -413,6 +425,81 @@ pub fn alert(alert: &Map<String, Value>) -> std::io::Result<Value> {
     );
     object.insert("unmapped".into(), Value::Object(alert.clone()));
     Ok(Value::Object(object))
+}
+
+/// MITRE ATT&CK Enterprise tactics by the name Sigma tags them with (`attack.defense-evasion`).
+const TACTICS: &[(&str, &str, &str)] = &[
+    ("reconnaissance", "TA0043", "Reconnaissance"),
+    ("resource-development", "TA0042", "Resource Development"),
+    ("initial-access", "TA0001", "Initial Access"),
+    ("execution", "TA0002", "Execution"),
+    ("persistence", "TA0003", "Persistence"),
+    ("privilege-escalation", "TA0004", "Privilege Escalation"),
+    ("defense-evasion", "TA0005", "Defense Evasion"),
+    ("credential-access", "TA0006", "Credential Access"),
+    ("discovery", "TA0007", "Discovery"),
+    ("lateral-movement", "TA0008", "Lateral Movement"),
+    ("collection", "TA0009", "Collection"),
+    ("command-and-control", "TA0011", "Command and Control"),
+    ("exfiltration", "TA0010", "Exfiltration"),
+    ("impact", "TA0040", "Impact"),
+];
+
+/// OCSF `attacks` from a Sigma rule's tags: each technique (`attack.t1059.004`, a sub-technique
+/// under its technique) and tactic (`attack.execution`). Other tags (CVEs, groups, software) stay
+/// in `unmapped.tags` only.
+fn attacks(tags: &[&str]) -> Vec<Value> {
+    let mut tactics = Vec::new();
+    let mut techniques = Vec::new();
+    for tag in tags {
+        let Some(name) = tag
+            .to_ascii_lowercase()
+            .strip_prefix("attack.")
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if let Some((_, uid, title)) = TACTICS.iter().find(|(n, _, _)| *n == name) {
+            tactics.push(json!({ "uid": uid, "name": title }));
+            continue;
+        }
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let Some(number) = name.strip_prefix('t') else {
+            continue;
+        };
+        match number.split_once('.') {
+            Some((technique, sub)) if digits(technique) && digits(sub) => {
+                techniques.push((format!("T{technique}"), Some(format!("T{technique}.{sub}"))))
+            }
+            None if digits(number) => techniques.push((format!("T{number}"), None)),
+            _ => {}
+        }
+    }
+    // Sigma's tags do not say which technique serves which tactic: a technique is paired with a
+    // tactic only when the rule names one tactic, else each stands alone.
+    let single = match tactics.as_slice() {
+        [tactic] => Some(tactic.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (technique, sub) in &techniques {
+        let mut attack = json!({ "technique": { "uid": technique } });
+        if let Some(sub) = sub {
+            attack["sub_technique"] = json!({ "uid": sub });
+        }
+        if let Some(tactic) = &single {
+            attack["tactic"] = tactic.clone();
+        }
+        out.push(attack);
+    }
+    if single.is_none() || techniques.is_empty() {
+        out.extend(
+            tactics
+                .into_iter()
+                .map(|tactic| json!({ "tactic": tactic })),
+        );
+    }
+    out
 }
 
 /// An enrolled agent as Device Inventory Info (5001).

@@ -462,6 +462,32 @@ pub fn observed(out: &mut impl Write, observed: &Observed) -> io::Result<()> {
     Ok(())
 }
 
+/// `rules check`: each rule loaded with its title, or the one reason it cannot run, then totals.
+/// Names and reasons quote the rule files, which may be hostile.
+pub fn rules_check(out: &mut impl Write, report: &[crate::detect::RuleReport]) -> io::Result<()> {
+    let mut refused = 0;
+    for entry in report {
+        let file = entry.file.display();
+        let id = entry.id.as_deref().unwrap_or("-");
+        match &entry.outcome {
+            Ok(()) => row!(
+                out,
+                "loaded   {file}  {id}  {}",
+                entry.title.as_deref().unwrap_or("")
+            )?,
+            Err(reason) => {
+                refused += 1;
+                row!(out, "refused  {file}  {id}  {reason}")?;
+            }
+        }
+    }
+    row!(
+        out,
+        "{} rules loaded, {refused} cannot run",
+        report.len() - refused
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,9 +275,20 @@ impl Collector {
         self.dir.join("ca.pem")
     }
 
-    /// `events --format json` with extra filter arguments.
+    /// `events --format json` with extra filter arguments, from the store this collector uses.
     pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
-        events_json(&self.dir, args)
+        match self.store_url() {
+            Some(url) => store_json(url, "events", &[&["--limit", "10000000"], args].concat()),
+            None => events_json(&self.dir, args),
+        }
+    }
+
+    /// `alerts --format json` with extra filter arguments, from the store this collector uses.
+    pub fn alerts(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        match self.store_url() {
+            Some(url) => store_json(url, "alerts", args),
+            None => alerts_json(&self.dir, args),
+        }
     }
 
     pub fn enroll(&self, state_dir: &Path, name: &str) {
@@ -297,6 +308,18 @@ impl Collector {
                 .arg(name),
         );
     }
+}
+
+/// A query command's JSON lines from a PostgreSQL store.
+pub fn store_json(url: &str, command: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(COLLECTOR)
+            .args([command, "--store", url, "--format", "json"])
+            .args(args),
+    );
+    out.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad json {line}: {e}")))
+        .collect()
 }
 
 pub fn events_json(data_dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {

@@ -20,4 +20,5 @@ mod procnet;
 mod reads;
 mod refusals;
 mod scenarios;
+mod sigma;
 mod sim;

@@ -709,3 +709,62 @@ fn an_agent_given_two_collectors_fails_over_when_one_dies() {
     assert_eq!(code, 0, "{out}");
     drop(b);
 }
+
+#[test]
+fn detection_held_back_by_an_open_transaction_raises_a_lag_alert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let config = tmp.path().join("lag.toml");
+    private_file(&config, "[store]\nlag_alert_after = \"2s\"\n");
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let spec = format!("ingest.before_commit:hold:{}", hold.display());
+    let held = start(&dirs[0], &db, Some(&config), &[("BANNIN_FAILPOINT", &spec)]);
+    let free = start(&dirs[1], &db, Some(&config), &[]);
+    let rt = runtime();
+    let mut x = rt.block_on(SimAgent::enroll(&free, "pcx"));
+    let mut y = rt.block_on(SimAgent::enroll(&free, "pcy"));
+    rt.block_on(x.connect_to(&held));
+    let batch = x.next_batch(x.stamped(vec![(Timestamp::now(), status(1))]));
+    let mut ingest = x.ingest.clone();
+    let x_send = rt.spawn(async move { ingest.submit(batch).await });
+    wait_for("the held transaction", LONG, || {
+        open_writers(&db).into_iter().next()
+    });
+    // A batch committed behind it waits; past the threshold, the leader says so.
+    rt.block_on(y.submit_bodies(vec![(Timestamp::now(), status(1))]))
+        .unwrap();
+    let lag = |db: &PgDb| -> Vec<Value> {
+        let out = run_ok(Command::new(COLLECTOR).args([
+            "alerts",
+            "--store",
+            &db.url,
+            "--format",
+            "json",
+            "--rule",
+            "detection-lag",
+        ]));
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let raised = wait_for("the lag alert", Duration::from_secs(20), || {
+        let alerts = lag(&db);
+        (!alerts.is_empty()).then_some(alerts)
+    });
+    assert_eq!(raised.len(), 1, "one alert per stall: {raised:?}");
+    assert!(
+        raised[0]["waiting_batches"].as_u64().unwrap() >= 1,
+        "{raised:?}"
+    );
+    assert!(
+        raised[0]["oldest_writer_secs"].as_u64().unwrap() >= 2,
+        "{raised:?}"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    rt.block_on(x_send).unwrap().unwrap();
+    // Caught up, the alert chain and every event still verify.
+    let (code, out) = verify(&db, &dirs[0]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -33,6 +33,17 @@ fn rules_by_host(alerts: &[serde_json::Value]) -> Vec<(String, String)> {
 /// bulk on one server; CSVs are written on another server and deleted the same day.
 #[test]
 fn travel_company_2016_is_visible_within_seconds() {
+    travel_company_2016(None);
+}
+
+/// The same, with the collector's store in PostgreSQL (its detection leader, its outbox).
+#[test]
+fn travel_company_2016_is_visible_within_seconds_on_postgresql() {
+    let db = crate::pgstore::PgDb::create();
+    travel_company_2016(Some(&db.url));
+}
+
+fn travel_company_2016(store: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let receiver = HttpReceiver::start(0);
     let collector_config = tmp.path().join("collector.toml");
@@ -43,11 +54,11 @@ fn travel_company_2016_is_visible_within_seconds() {
             receiver.url("/soc")
         ),
     );
-    let collector = Collector::start_with(
-        &tmp.path().join("collector"),
-        "127.0.0.1:0",
-        &["--config", collector_config.to_str().unwrap()],
-    );
+    let mut args = vec!["--config", collector_config.to_str().unwrap()];
+    if let Some(url) = store {
+        args.extend(["--store", url]);
+    }
+    let collector = Collector::start_with(&tmp.path().join("collector"), "127.0.0.1:0", &args);
 
     // The sales database on db1, with customer records.
     let pg = Postgres::start();
@@ -131,7 +142,7 @@ fn travel_company_2016_is_visible_within_seconds() {
         ("bulk-read-then-export", "files1"),
     ];
     let alerts = wait_for("the four alerts of the 2016 chain", LONG, || {
-        let alerts = alerts_json(&collector.dir, &[]);
+        let alerts = collector.alerts(&[]);
         let pairs = rules_by_host(&alerts);
         expected
             .iter()
@@ -164,11 +175,9 @@ fn travel_company_2016_is_visible_within_seconds() {
     // The SOC heard about it without asking.
     assert!(!receiver.bodies("/soc").is_empty());
     // No more than one create-then-delete alert for the one CSV.
-    let count = alerts_json(
-        &collector.dir,
-        &["--rule", "large-export-created-then-deleted"],
-    )
-    .len();
+    let count = collector
+        .alerts(&["--rule", "large-export-created-then-deleted"])
+        .len();
     assert_eq!(count, 1);
 }
 

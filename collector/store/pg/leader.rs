@@ -57,6 +57,36 @@ pub struct Leader {
     pub seal: Seal,
     pub router: Router,
     pub notifier: Notifier,
+    /// Detection held back longer than this raises a `detection-lag` alert.
+    pub lag_alert_after: Duration,
+}
+
+/// The rule id of the alert a stalled detection raises.
+pub const LAG_RULE: &str = "detection-lag";
+/// How often the leader measures its lag.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// How far detection is held back: the oldest transaction open anywhere on the server (every one
+/// of them holds the horizon), and the batches committed above the horizon, waiting behind it.
+struct Lag {
+    oldest_writer: Duration,
+    waiting_batches: i64,
+}
+
+async fn lag(client: &Client) -> Result<Lag, LeadError> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE((SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8
+                              FROM pg_stat_activity WHERE backend_xid IS NOT NULL), 0),
+                    (SELECT count(*) FROM batches
+                     WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))",
+            &[],
+        )
+        .await?;
+    Ok(Lag {
+        oldest_writer: Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)),
+        waiting_batches: row.get(1),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +168,10 @@ impl Leader {
             reason = "the leader's own thread: ticks are spaced by wall time"
         )]
         let mut last_tick = std::time::Instant::now();
+        let mut last_lag = last_tick;
+        // Whether the current stall has been alerted on (once per stall).
+        let mut lagging = false;
+        let mut lag_alerts = 0u64;
         loop {
             let (rows, next) = page(&client, cursor).await?;
             let mut updates = Vec::new();
@@ -156,6 +190,22 @@ impl Leader {
                 let now = std::time::Instant::now();
                 last_tick = now;
                 updates.extend(engine.tick(Timestamp::now()));
+            }
+            if last_lag.elapsed() >= LAG_EVERY {
+                #[expect(clippy::disallowed_methods, reason = "as above")]
+                let now = std::time::Instant::now();
+                last_lag = now;
+                let lag = lag(&client).await?;
+                if lag.oldest_writer >= self.lag_alert_after && lag.waiting_batches > 0 {
+                    if !lagging {
+                        lagging = true;
+                        lag_alerts += 1;
+                        updates.push(AlertUpdate::New(lag_alert(&lag, pid, lag_alerts)));
+                    }
+                } else if lagging && lag.oldest_writer < self.lag_alert_after {
+                    lagging = false;
+                    tracing::info!("detection caught up");
+                }
             }
             if updates.is_empty() && next == cursor {
                 // Nothing new: check the session still holds the lock, and wait.
@@ -221,6 +271,41 @@ impl Leader {
         failpoint("leader.before_commit").await?;
         tx.commit().await?;
         Ok(raised)
+    }
+}
+
+/// The alert a stalled detection raises: what holds it back, in the alert's fields.
+fn lag_alert(lag: &Lag, session: i32, n: u64) -> Alert {
+    let now = Timestamp::now();
+    let mut fields = serde_json::Map::new();
+    fields.insert(
+        "oldest_writer_secs".into(),
+        serde_json::Value::from(lag.oldest_writer.as_secs()),
+    );
+    fields.insert(
+        "waiting_batches".into(),
+        serde_json::Value::from(lag.waiting_batches),
+    );
+    let summary = format!(
+        "detection is held back: a transaction has been open on the store's server for {}s, and {} committed batches wait behind it",
+        lag.oldest_writer.as_secs(),
+        lag.waiting_batches
+    );
+    tracing::error!(
+        oldest_writer_secs = lag.oldest_writer.as_secs(),
+        waiting_batches = lag.waiting_batches,
+        "detection lag"
+    );
+    Alert {
+        id: format!("lag-{session}-{}-{n}", now.as_nanos()),
+        rule: LAG_RULE.into(),
+        severity: crate::alert::Severity::High,
+        ts: now,
+        host: "collector".into(),
+        summary,
+        evidence: Vec::new(),
+        count: 1,
+        fields,
     }
 }
 
