@@ -323,7 +323,13 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     );
     browser.screenshot("alerts").await;
 
-    // The alert: every evidence event verified by chain and signature, with its lineage.
+    // The alert (filtered in the URL: other rules may fire meanwhile): every evidence event
+    // verified by chain and signature, with its lineage.
+    browser
+        .goto(&site.url(&format!("/alerts?rule={RULE}&host=files1&severity=high")))
+        .await;
+    browser.wait_title("Alerts").await;
+    assert_eq!(browser.count("a.alert-link").await, 1);
     browser.click("a.alert-link").await;
     browser.wait_title(RULE).await;
     browser.assert_inert().await;
