@@ -280,3 +280,57 @@ fn zip_of_an_export_raises_export_archived() {
     assert!(alert["exe"].as_str().unwrap().ends_with("/zip"), "{alert}");
     drop(site.tmp);
 }
+
+#[test]
+fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reported() {
+    let site = watched_site(
+        "reads4",
+        "",
+        "[files]\nread_watch_min_size = 1048576\nread_watch_max = 1\n",
+    );
+    let first = site.watched.join("first.csv");
+    std::fs::write(&first, customers_csv(2 * 1024 * 1024)).unwrap();
+    let path = first.display().to_string();
+    wait_until_watched(&site.collector, &site.watched, &path);
+    for name in ["second.csv", "third.csv"] {
+        std::fs::write(site.watched.join(name), customers_csv(2 * 1024 * 1024)).unwrap();
+    }
+    // Both are counted, never silently left out (the second notice may come 10 s later).
+    wait_for("two refusals reported", LONG, || {
+        let refused: u64 = site
+            .collector
+            .events(&["--kind", "sensor.error"])
+            .iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("read_watch_max = 1")
+            })
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        (refused == 2).then_some(())
+    });
+    // The watched export read under a second name outside the watched tree.
+    let link = site.tmp.path().join("innocent.txt");
+    std::fs::hard_link(&first, &link).unwrap();
+    // The reader keeps the file open until told, so the agent sees which name it opened.
+    let mut reader = Command::new(python())
+        .arg("-c")
+        .arg("import sys\nf = open(sys.argv[1], 'rb')\nf.read(100)\nsys.stdin.read()")
+        .arg(&link)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader_pid = u64::from(reader.id());
+    let read = wait_for("the read through the link stored", LONG, || {
+        site.collector
+            .events(&["--kind", "file.read"])
+            .into_iter()
+            .find(|r| r["pid"] == reader_pid)
+    });
+    drop(reader.stdin.take());
+    assert!(reader.wait().unwrap().success());
+    assert_eq!(read["path"], link.display().to_string(), "{read}");
+    assert_eq!(read["export"]["format"], "csv", "{read}");
+}
