@@ -26,7 +26,8 @@ fn processes() -> ProcessTable {
 
 async fn start(config: FilesConfig) -> (SensorHandle, mpsc::Receiver<Event>) {
     let (tx, rx) = pipeline::channel("test-host");
-    let handle = spawn_with_table(config, tx, processes()).await.unwrap();
+    let settings = config.settings().expect("a valid [files] section");
+    let handle = spawn_with_table(settings, tx, processes()).await.unwrap();
     (handle, rx)
 }
 
@@ -272,6 +273,7 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
         scan_min_size: 0,
         ..FilesConfig::default()
     };
+    let config = config.settings().unwrap();
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
     let (out, mut rx) = pipeline::lossy(&tx, 16);
@@ -303,6 +305,7 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
         watch: vec![dir.clone()],
         ..FilesConfig::default()
     };
+    let config = config.settings().unwrap();
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, mut spool) = pipeline::channel("h");
     let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(10));
@@ -330,6 +333,7 @@ fn late_observer(dir: &Path) -> (Observer, mpsc::Receiver<Event>, ProcessTable) 
         watch: vec![dir.to_path_buf()],
         ..FilesConfig::default()
     };
+    let config = config.settings().unwrap();
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
     let (out, rx) = pipeline::lossy(&tx, 16);
@@ -517,6 +521,7 @@ mod as_root {
             scan_on_start: false,
             ..FilesConfig::default()
         };
+        let config = config.settings().unwrap();
         let (scope, _) = observe::Scope::new(&config).unwrap();
         let backend = fanotify::open(&scope).unwrap();
         // Nobody reads the groups yet, so more creates than a group may queue overflow it;
@@ -579,7 +584,7 @@ mod as_root {
             ..FilesConfig::default()
         };
         let (tx, _rx) = pipeline::channel("h");
-        match spawn_with_table(forced, tx, processes()).await {
+        match spawn_with_table(forced.settings().unwrap(), tx, processes()).await {
             Err(FilesError::FanotifyUnavailable { reason }) => {
                 assert!(reason.contains("/proc/sys/fs"), "{reason}")
             }
@@ -818,9 +823,12 @@ mod as_root {
             }
             assert_eq!(refused, 2);
             // b and c are not watched; a is, so its read is the first to be reported.
-            let _read = Script::run(&dir, "cat c.csv b.csv a.csv > /dev/null");
+            let _read = Script::run(&dir, "cat c.csv b.csv a.csv > /dev/null; echo > cat-done");
             let read = next(&mut rx, |e| e.kind() == "file.read").await;
             assert_eq!(read.path(), dir.join("a.csv").to_str());
+            // cat has closed a: a reader still holding it would keep the file, and its place,
+            // until it closed it.
+            next(&mut rx, is("file.write", &dir.join("cat-done"))).await;
             // Deleting a frees its place: b, written again, is watched now.
             let _rm = Script::run(&dir, "rm a.csv");
             next(&mut rx, is("file.delete", &dir.join("a.csv"))).await;

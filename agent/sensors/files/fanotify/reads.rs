@@ -119,13 +119,14 @@ impl ReadWatch {
         self.group.fanotify()
     }
 
-    /// One turn of the backend's loop: marks the exports the observer found since the last turn,
-    /// reads what the group reported, and reports refusals that are due.
+    /// One turn of the backend's loop: reads what the group reported (so the places of exports
+    /// deleted meanwhile are free), marks the exports the observer found since the last turn,
+    /// and reports refusals that are due.
     pub(super) fn turn(&mut self, observer: &mut Observer, resolver: &Resolver, buf: &mut [u8]) {
+        self.drain(observer, resolver, buf);
         for (path, seen) in observer.take_exports() {
             self.watch(observer, &path, seen);
         }
-        self.drain(observer, resolver, buf);
         self.report_refusals(observer);
     }
 
