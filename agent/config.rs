@@ -111,8 +111,9 @@ impl AgentConfig {
         if self.agent.heartbeat < Duration::from_secs(1) {
             return Err(invalid("agent.heartbeat must be at least 1s".into()));
         }
-        self.files
-            .validate()
+        let files = self
+            .files
+            .settings()
             .map_err(|error| invalid(error.to_string()))?;
         let process = self
             .process
@@ -128,7 +129,7 @@ impl AgentConfig {
             spool: self.spool,
             sender: self.sender,
             sensors: SensorSettings {
-                files: self.files,
+                files,
                 process,
                 network,
                 databases,

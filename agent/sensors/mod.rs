@@ -19,7 +19,7 @@ pub use notice::Notice;
 /// before the spool opens.
 #[derive(Debug, Clone)]
 pub struct SensorSettings {
-    pub files: files::FilesConfig,
+    pub files: files::FilesSettings,
     pub process: process::ProcessSettings,
     pub network: net::NetSettings,
     pub databases: Vec<db::DbSettings>,

@@ -125,7 +125,9 @@ async fn run(backend: BackendChoice, files: u64) {
         backend,
         scan_on_start: false,
         ..FilesConfig::default()
-    };
+    }
+    .settings()
+    .unwrap();
     let processes =
         ProcessTable::from_settings(&crate::sensors::process::ProcessSettings::default());
     let handle = spawn_with_table(config, tx, processes).await.unwrap();

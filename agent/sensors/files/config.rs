@@ -1,4 +1,5 @@
-//! The `[files]` section of the agent's configuration.
+//! The `[files]` section of the agent's configuration, and the settings it is checked into when
+//! the configuration is loaded.
 
 use std::path::PathBuf;
 
@@ -94,15 +95,46 @@ pub enum ConfigError {
 }
 
 impl FilesConfig {
-    /// Checks what can be checked before the sensor starts; watch roots that do not exist are
-    /// not an error (they are reported as `sensor.error` when the sensor starts).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        excludes(&self.exclude).map(drop)
+    /// Checks the section and compiles its exclude patterns: what the sensor runs with. Watch
+    /// roots that do not exist are not an error (they are reported as `sensor.error` when the
+    /// sensor starts, so one stale path does not stop the agent).
+    pub fn settings(self) -> Result<FilesSettings, ConfigError> {
+        Ok(FilesSettings {
+            excludes: excludes(&self.exclude)?,
+            watch: self.watch,
+            backend: self.backend,
+            sample_bytes: self.sample_bytes,
+            remembered_paths: self.remembered_paths,
+            scan_on_start: self.scan_on_start,
+            scan_min_size: self.scan_min_size,
+            queue_capacity: self.queue_capacity,
+            read_watch_min_size: self.read_watch_min_size,
+            read_watch_max: self.read_watch_max,
+            private_dir: self.private_dir,
+        })
     }
 }
 
+/// A checked [`FilesConfig`], its exclude patterns compiled; each field means what the section's
+/// key of the same name says.
+#[derive(Debug, Clone)]
+pub struct FilesSettings {
+    pub watch: Vec<PathBuf>,
+    pub excludes: GlobSet,
+    pub backend: BackendChoice,
+    pub sample_bytes: usize,
+    pub remembered_paths: usize,
+    pub scan_on_start: bool,
+    pub scan_min_size: u64,
+    pub queue_capacity: usize,
+    pub read_watch_min_size: u64,
+    pub read_watch_max: usize,
+    /// The agent's state directory, set by `agent run`.
+    pub private_dir: Option<PathBuf>,
+}
+
 /// The exclude patterns, compiled.
-pub fn excludes(patterns: &[String]) -> Result<GlobSet, ConfigError> {
+fn excludes(patterns: &[String]) -> Result<GlobSet, ConfigError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let glob = Glob::new(pattern).map_err(|source| ConfigError::BadGlob {
@@ -151,11 +183,18 @@ mod tests {
             exclude: vec!["**/*.swp".into(), "[unclosed".into()],
             ..FilesConfig::default()
         };
-        let error = bad.validate().unwrap_err().to_string();
+        let error = bad.settings().unwrap_err().to_string();
         assert!(
             error.starts_with("[files] invalid exclude glob \"[unclosed\""),
             "{error}"
         );
-        assert!(FilesConfig::default().validate().is_ok());
+        let settings = FilesConfig {
+            exclude: vec!["**/*.swp".into()],
+            ..FilesConfig::default()
+        }
+        .settings()
+        .unwrap();
+        assert!(settings.excludes.is_match("/srv/exports/.a.csv.swp"));
+        assert!(!settings.excludes.is_match("/srv/exports/a.csv"));
     }
 }

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use bannin::event::Event;
 use tokio::sync::mpsc;
 
-pub use config::{BackendChoice, FilesConfig};
+pub use config::{BackendChoice, FilesConfig, FilesSettings};
 
 use super::process::ProcessTable;
 use crate::pipeline::{self, EventTx, LossySender};
@@ -54,7 +54,7 @@ const SENSOR: &str = "files";
 /// stale path does not blind the agent. The shared process table in `ctx` names the process
 /// behind each event (and file owners), as late as the event is handled.
 pub async fn spawn(
-    mut config: FilesConfig,
+    mut config: FilesSettings,
     ctx: &SensorContext,
 ) -> Result<SensorHandle, FilesError> {
     config.private_dir = Some(ctx.state_dir.clone());
@@ -63,7 +63,7 @@ pub async fn spawn(
 
 /// [`spawn`] without a state directory to keep out of the watch.
 async fn spawn_with_table(
-    config: FilesConfig,
+    config: FilesSettings,
     tx: EventTx,
     processes: ProcessTable,
 ) -> Result<SensorHandle, FilesError> {
@@ -105,7 +105,7 @@ enum Chosen {
 }
 
 fn start(
-    config: FilesConfig,
+    config: FilesSettings,
     tx: EventTx,
     processes: ProcessTable,
     out: LossySender<Event>,
@@ -166,7 +166,7 @@ type Reads = Option<(fanotify::ReadGroup, usize)>;
 type Reads = Option<std::convert::Infallible>;
 
 #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
-fn reads(config: &FilesConfig, chosen: &Chosen) -> (Reads, String) {
+fn reads(config: &FilesSettings, chosen: &Chosen) -> (Reads, String) {
     let unseen = |why: &str| (None, format!("reads of exports cannot be seen: {why}"));
     match chosen {
         Chosen::Notify(..) => unseen("watching reads needs the fanotify backend (root on Linux)"),
@@ -187,7 +187,7 @@ fn reads(config: &FilesConfig, chosen: &Chosen) -> (Reads, String) {
 }
 
 /// Picks the backend and says why, the way the `sensor.status` event will.
-fn choose(config: &FilesConfig, scope: &Scope) -> Result<(Chosen, String), FilesError> {
+fn choose(config: &FilesSettings, scope: &Scope) -> Result<(Chosen, String), FilesError> {
     let open_notify = |why: String| {
         notify_backend::open(scope, config.queue_capacity)
             .map(|(watcher, failed)| (Chosen::Notify(watcher, failed), why))

@@ -12,7 +12,7 @@ use tokio::time::{Duration, Instant};
 
 use super::classify::{self, MAGIC_BYTES};
 use super::sizes::{Facts, Remembered, SizeCache};
-use super::{FilesConfig, FilesError, SENSOR};
+use super::{FilesError, FilesSettings, SENSOR};
 use crate::pipeline::{EventTx, LossySender};
 use crate::sensors::Notice;
 use crate::sensors::process::ProcessTable;
@@ -41,8 +41,8 @@ pub struct Scope {
 impl Scope {
     /// Canonical roots (the kernel reports resolved paths) and the roots that could not be
     /// resolved, with why.
-    pub fn new(config: &FilesConfig) -> Result<(Scope, Vec<(PathBuf, String)>), FilesError> {
-        let excludes = super::config::excludes(&config.exclude)?;
+    pub fn new(config: &FilesSettings) -> Result<(Scope, Vec<(PathBuf, String)>), FilesError> {
+        let excludes = config.excludes.clone();
         let mut roots: Vec<PathBuf> = Vec::new();
         let mut missing = Vec::new();
         for root in &config.watch {
@@ -156,7 +156,7 @@ impl Observer {
     pub fn new(
         backend: &'static str,
         scope: Scope,
-        config: &FilesConfig,
+        config: &FilesSettings,
         processes: ProcessTable,
         out: LossySender<Event>,
         tx: EventTx,
