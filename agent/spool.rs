@@ -454,12 +454,13 @@ impl Inner {
                 }
             }
         }
+        // Cached: every commit writes these, and parsing the statement cost as much as running it.
         let meta = |key: &str, value: &[u8]| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
+            )?
+            .execute(params![key, value])
         };
         meta("next_seq", &chain.next_seq.to_be_bytes())?;
         meta("head", &chain.head)?;

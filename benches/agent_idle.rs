@@ -82,6 +82,7 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(settle));
     let cpu0 = cpu_seconds(pid);
+    let threads0 = thread_cpu(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(window));
     let cpu = cpu_seconds(pid) - cpu0;
@@ -90,9 +91,45 @@ fn main() {
         "idle over {wall:.0} s after {settle} s settling: CPU {:.3}% of one core ({cpu:.2} s)",
         100.0 * cpu / wall
     );
+    // Where the time went, by thread name (run time in nanoseconds from schedstat).
+    let threads = thread_cpu(pid);
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    for (tid, (name, ns)) in &threads {
+        let before = threads0.get(tid).map_or(0, |(_, ns)| *ns);
+        *by_name.entry(name.clone()).or_default() += (ns - before) as f64 / 1e9;
+    }
+    let parts: Vec<String> = by_name
+        .iter()
+        .filter(|(_, s)| **s > 0.0)
+        .map(|(name, s)| format!("{name} {:.3}%", 100.0 * s / wall))
+        .collect();
+    println!("  by thread: {}", parts.join(", "));
     println!(
-        "resident memory: VmRSS {:.1} MiB, peak VmHWM {:.1} MiB",
+        "resident memory: VmRSS {:.1} MiB (anonymous {:.1}, file {:.1}), peak VmHWM {:.1} MiB, {} threads",
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
-        status_kib(pid, "VmHWM:") as f64 / 1024.0
+        status_kib(pid, "RssAnon:") as f64 / 1024.0,
+        status_kib(pid, "RssFile:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        threads.len()
     );
+}
+
+/// Each thread's name and run time in nanoseconds (`/proc/PID/task/TID/schedstat`).
+fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        out.insert(tid, (name.trim().to_string(), ns));
+    }
+    out
 }

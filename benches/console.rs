@@ -106,9 +106,9 @@ fn serve(dir: &Path) -> (Serve, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut console = None;
-    for line in BufReader::new(stderr).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.split("serving the console on ").nth(1) {
             console = rest.split_whitespace().next().map(str::to_string);
@@ -117,6 +117,12 @@ fn serve(dir: &Path) -> (Serve, String) {
             break;
         }
     }
+    // Keep reading, so the collector's log never meets a closed pipe; warnings are shown.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("collector: {line}");
+        }
+    });
     (Serve(child), console.expect("the console's address"))
 }
 

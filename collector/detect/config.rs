@@ -28,6 +28,16 @@ pub struct DetectConfig {
     /// Database accounts allowed to export (COPY TO, INTO OUTFILE, dump tools) without an alert;
     /// rules see this list as the `%export_accounts%` placeholder. Default none.
     pub export_accounts: Vec<String>,
+    /// Address ranges (CIDR, e.g. "203.0.113.0/24") that count as private destinations even
+    /// where the agent calls them public: partner networks, the organisation's own public ranges.
+    /// Rules see them as `%private_networks%`. Default none.
+    pub private_networks: Vec<String>,
+    /// Address ranges (CIDR) that count as public destinations even where the agent calls them
+    /// private or loopback (a cloud provider's range inside RFC 1918, a test). Where ranges of
+    /// both lists hold an address the longer prefix decides, private on a tie; an address in
+    /// neither list keeps the agent's `remote_scope`. Rules see them as `%public_networks%`.
+    /// Default none.
+    pub public_networks: Vec<String>,
     /// Values rules refer to as `%name%` placeholders.
     pub thresholds: Thresholds,
     /// How much state each detector may hold; the oldest entries go first and are counted.
@@ -45,6 +55,8 @@ impl Default for DetectConfig {
             disabled: Vec::new(),
             dedup_window: Duration::from_secs(600),
             export_accounts: Vec::new(),
+            private_networks: Vec::new(),
+            public_networks: Vec::new(),
             thresholds: Thresholds::default(),
             limits: Limits::default(),
             allow: Vec::new(),
@@ -74,6 +86,14 @@ pub struct Thresholds {
     /// Default "6h".
     #[serde(with = "duration_str")]
     pub bulk_then_export_window: Duration,
+    /// A process (or a descendant) that read a large export and connects to a public address
+    /// within this time raises `export-read-then-sent`. Default "1h".
+    #[serde(with = "duration_str")]
+    pub export_sent_window: Duration,
+    /// An archive written within this time after an archiver read a large export raises
+    /// `export-archived`. Default "10m".
+    #[serde(with = "duration_str")]
+    pub archive_window: Duration,
     /// An agent that sends nothing for this long is reported silent. Default "60s".
     #[serde(with = "duration_str")]
     pub agent_silent_after: Duration,
@@ -88,6 +108,8 @@ impl Default for Thresholds {
             bulk_read_rows: 10_000,
             bulk_read_window: Duration::from_secs(3600),
             bulk_then_export_window: Duration::from_secs(6 * 3600),
+            export_sent_window: Duration::from_secs(3600),
+            archive_window: Duration::from_secs(600),
             agent_silent_after: Duration::from_secs(60),
         }
     }

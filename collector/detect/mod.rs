@@ -13,6 +13,7 @@ mod config;
 mod correlate;
 mod detectors;
 mod fields;
+mod networks;
 mod rules;
 mod sigma;
 mod state;

@@ -94,6 +94,19 @@ pub(crate) fn params(config: &DetectConfig) -> Params {
             "export_accounts".into(),
             Param::List(config.export_accounts.clone()),
         ),
+        (
+            "export_sent_window".into(),
+            Param::Duration(t.export_sent_window),
+        ),
+        ("archive_window".into(), Param::Duration(t.archive_window)),
+        (
+            "private_networks".into(),
+            Param::List(config.private_networks.clone()),
+        ),
+        (
+            "public_networks".into(),
+            Param::List(config.public_networks.clone()),
+        ),
     ])
 }
 
@@ -1279,6 +1292,8 @@ detection:
             "chain-tamper",
             "sensor-overflow",
             "agent-dropped-events",
+            "export-read-then-sent",
+            "export-archived",
         ] {
             assert!(ids.contains(&id), "{id} missing from {ids:?}");
         }
@@ -1318,6 +1333,7 @@ detection:
             "sato",
             &["/usr/lib/libreoffice/program/soffice.bin"],
         );
+        let zip = process(8101, "/usr/bin/zip", "www-data", &["/bin/sh"]);
         let mut events = vec![
             (
                 "db1",
@@ -1351,6 +1367,35 @@ detection:
             ("pc1", 4002, overflow.into()),
             ("pc1", 4003, uncounted.into()),
             ("pc1", 4004, dropped.into()),
+            // An export read, then sent out; another packed by zip.
+            (
+                "fs3",
+                4100,
+                file(
+                    FileAction::Read,
+                    path,
+                    Some(300 * MIB),
+                    Some(csv(3_000_000)),
+                    &who,
+                ),
+            ),
+            ("fs3", 4101, connect("203.0.113.60", "public", &who)),
+            (
+                "fs3",
+                4102,
+                file(
+                    FileAction::Read,
+                    path,
+                    Some(300 * MIB),
+                    Some(csv(3_000_000)),
+                    &zip,
+                ),
+            ),
+            (
+                "fs3",
+                4103,
+                rename("/srv/share/zi0001", "/srv/share/c1.zip", MIB, &zip),
+            ),
         ];
         for i in 0..5 {
             events.push(("db1", 5000 + i * 600, query("crm", "s", 3000, None, None)));

@@ -7,7 +7,7 @@ use bannin::chain;
 use bannin::event::{Body, Record};
 use bannin::proto::decode_event;
 use bannin::time::Timestamp;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{StoreError, token_hash};
@@ -356,8 +356,6 @@ pub fn evidence(
             });
         let proof = if payload.is_none() {
             Proof::Unverified("not stored (pruned by retention?)".into())
-        } else if !bound {
-            Proof::Unverified("the agent's key is not bound by a certificate from this CA".into())
         } else {
             let batch = batch_of(conn, no, *seq)?;
             match batch {
@@ -371,6 +369,14 @@ pub fn evidence(
                     }
                 },
             }
+        };
+        // A chain that holds proves nothing when the key that signed it is not the one this CA
+        // certified for the agent.
+        let proof = match proof {
+            Proof::Verified if !bound => Proof::Unverified(
+                "the agent's key is not bound by a certificate from this CA".into(),
+            ),
+            proof => proof,
         };
         out.push(Evidence {
             agent_id: agent_id.clone(),
@@ -451,9 +457,15 @@ fn prove_batch(
                 "event {expected} of its batch is missing"
             )));
         }
-        let payload = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        // Whatever an edit left in these columns is compared as bytes, never trusted to be a blob.
+        let (ValueRef::Blob(payload) | ValueRef::Text(payload)) = row.get_ref(1)? else {
+            return Ok(Proof::Unverified(format!("event {seq} has no payload")));
+        };
         running = chain::link(&running, seq, payload);
-        let stored = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+        let stored = match row.get_ref(2)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+            _ => &[],
+        };
         if stored != running {
             return Ok(Proof::Unverified(format!(
                 "event {seq}'s hash does not follow from the one before it"
@@ -583,7 +595,9 @@ pub fn search(
         };
         last = Some(cursor);
         let agent_id: String = row.get(0)?;
-        let payload = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let (ValueRef::Blob(payload) | ValueRef::Text(payload)) = row.get_ref(1)? else {
+            continue;
+        };
         let Ok(event) = decode_event(payload) else {
             continue;
         };
@@ -702,6 +716,82 @@ mod tests {
         sign_in(&mut conn, "third", "s3", HOUR).unwrap().unwrap();
         end_session(&conn, "s3").unwrap();
         assert_eq!(session_operator(&conn, "s3").unwrap(), None, "signed out");
+    }
+
+    /// A store holding one agent (certified by a fresh CA) with one signed batch of three events;
+    /// returns the CA's certificate.
+    fn store_with_batch(conn: &Connection) -> String {
+        use bannin::event::{AgentAction, AgentEvent, Event};
+        let (authority, material) = bannin::pki::Authority::create().unwrap();
+        let key = bannin::chain::generate_signing_key().unwrap();
+        let public = key.verifying_key().to_bytes().to_vec();
+        let (_, csr) = bannin::pki::client_key_and_csr("h1").unwrap();
+        let certificate = authority.sign_agent_csr(&csr, "a-1", &public).unwrap();
+        conn.execute(
+            "INSERT INTO agents (no, id, name, host, signing_key, enrolled_ts, head_hash, certificate)
+             VALUES (1, 'a-1', 'h1', 'h1', ?1, 0, ?2, ?3)",
+            params![public, chain::GENESIS.to_vec(), certificate],
+        )
+        .unwrap();
+        let mut head = chain::GENESIS;
+        for seq in 1..=3u64 {
+            let event = Event {
+                seq,
+                ts: Timestamp::from_nanos(i64::try_from(seq).unwrap()),
+                host: "h1".into(),
+                body: AgentEvent::new(AgentAction::Heartbeat).into(),
+            };
+            let bytes = bannin::proto::encode_event(&event);
+            head = chain::link(&head, seq, &bytes);
+            conn.execute(
+                "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash)
+                 VALUES (1, ?1, ?1, 'agent.heartbeat', NULL, ?2, ?3)",
+                params![i64::try_from(seq).unwrap(), bytes, head.to_vec()],
+            )
+            .unwrap();
+        }
+        let signature = chain::sign_batch(&key, "a-1", 1, 3, &chain::GENESIS, &head);
+        conn.execute(
+            "INSERT INTO batches (agent_no, last_seq, first_seq, prev_hash, head_hash, signature,
+                 received_ts) VALUES (1, 3, 1, ?1, ?2, ?3, 0)",
+            params![chain::GENESIS.to_vec(), head.to_vec(), signature.to_vec()],
+        )
+        .unwrap();
+        material.cert_pem
+    }
+
+    #[test]
+    fn evidence_is_verified_only_with_its_whole_signed_batch_and_a_certified_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(dir.path()).unwrap();
+        let ca = store_with_batch(&conn);
+        let refs = [("a-1".to_string(), 2u64), ("a-9".to_string(), 1u64)];
+        let found = evidence(&conn, &refs, Some(&ca)).unwrap();
+        assert_eq!(found[0].proof, Proof::Verified);
+        assert!(found[0].record.is_some());
+        assert_eq!(found[1].proof, Proof::Unverified("no such agent".into()));
+        // Another CA certified nothing here.
+        let (_, other) = bannin::pki::Authority::create().unwrap();
+        let unbound = evidence(&conn, &refs[..1], Some(&other.cert_pem)).unwrap();
+        assert!(matches!(&unbound[0].proof, Proof::Unverified(why) if why.contains("not bound")));
+        // An edit to another event of the batch unproves this one too.
+        conn.execute(
+            "UPDATE events SET payload = payload || x'00' WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+        let edited = evidence(&conn, &refs[..1], Some(&ca)).unwrap();
+        assert!(
+            matches!(&edited[0].proof, Proof::Unverified(why) if why.contains("event 3")),
+            "{:?}",
+            edited[0].proof
+        );
+        conn.execute("DELETE FROM batches", []).unwrap();
+        let unsigned = evidence(&conn, &refs[..1], Some(&ca)).unwrap();
+        assert_eq!(
+            unsigned[0].proof,
+            Proof::Unverified("no signed batch holds it".into())
+        );
     }
 
     #[test]

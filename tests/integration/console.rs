@@ -323,7 +323,13 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     );
     browser.screenshot("alerts").await;
 
-    // The alert: every evidence event verified by chain and signature, with its lineage.
+    // The alert (filtered in the URL: other rules may fire meanwhile): every evidence event
+    // verified by chain and signature, with its lineage.
+    browser
+        .goto(&site.url(&format!("/alerts?rule={RULE}&host=files1&severity=high")))
+        .await;
+    browser.wait_title("Alerts").await;
+    assert_eq!(browser.count("a.alert-link").await, 1);
     browser.click("a.alert-link").await;
     browser.wait_title(RULE).await;
     browser.assert_inert().await;
@@ -682,7 +688,15 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
         site.base
     );
     browser.goto(&attack).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The form lands on the console, which refuses it.
+    browser.wait_title("Sign out").await;
+    assert!(
+        browser
+            .text("p.message")
+            .await
+            .contains("did not come from the console")
+    );
+    browser.screenshot("csrf-refused").await;
     browser.goto(&site.url("/alerts")).await;
     browser.wait_title("Alerts").await;
     assert_eq!(browser.text("#operator").await, "victim");
@@ -733,6 +747,18 @@ async fn strict_headers_no_path_traversal_and_huge_requests_are_refused() {
     assert_eq!(header("cache-control"), "no-store");
     let body = reply.text().await.unwrap();
     assert!(!body.contains("<script"), "no page carries a script");
+    // The browser's language picks Japanese.
+    let japanese = http
+        .get(site.url("/alerts"))
+        .header("cookie", format!("__Host-bannin_session={session}"))
+        .header("accept-language", "ja-JP,ja;q=0.9,en;q=0.5")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(japanese.contains("<h1>アラート</h1>"), "{japanese}");
 
     // Path traversal toward the static files, as a client sends it byte for byte.
     for path in [

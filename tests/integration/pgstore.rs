@@ -768,3 +768,72 @@ fn detection_held_back_by_an_open_transaction_raises_a_lag_alert() {
     let (code, out) = verify(&db, &dirs[0]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_revocation_in_the_shared_store_is_refused_by_every_collector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let a = start(&dirs[0], &db, None, &[]);
+    let b = start(&dirs[1], &db, None, &[]);
+    let rt = runtime();
+    let mut agent = rt.block_on(SimAgent::enroll(&a, "pc1"));
+    rt.block_on(agent.submit_bodies(vec![(Timestamp::now(), status(1))]))
+        .unwrap();
+    // An operator recorded in the shared store, listed from it.
+    let identity = tmp.path().join("alice.pem");
+    run_ok(
+        Command::new(COLLECTOR)
+            .args([
+                "operator",
+                "create",
+                "--name",
+                "alice",
+                "--store",
+                &db.url,
+                "--data-dir",
+            ])
+            .arg(&dirs[0])
+            .arg("--out")
+            .arg(&identity),
+    );
+    let listed = run_ok(Command::new(COLLECTOR).args(["operator", "list", "--store", &db.url]));
+    assert!(
+        listed.contains("alice") && listed.contains("active"),
+        "{listed}"
+    );
+    // The agent revoked once, through the store: neither collector takes its batches any more.
+    run_ok(Command::new(COLLECTOR).args(["revoke", "--store", &db.url, "--agent", &agent.id]));
+    for collector in [&a, &b] {
+        rt.block_on(agent.connect_to(collector));
+        // Until the collector re-reads the agents (within a second) batches may still go in.
+        let refused = wait_for("the revocation to apply", LONG, || {
+            let events = agent.stamped(vec![(Timestamp::now(), status(2))]);
+            let key = agent.key.clone();
+            let (batch, head) = agent.batch_at(agent.next_seq, agent.head, events, &key);
+            match rt.block_on(agent.ingest.submit(batch)) {
+                Err(status) => Some(status),
+                Ok(_) => {
+                    agent.head = head;
+                    agent.next_seq += 1;
+                    None
+                }
+            }
+        });
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    run_ok(Command::new(COLLECTOR).args(["revoke", "--store", &db.url, "--operator", "alice"]));
+    let listed = run_ok(Command::new(COLLECTOR).args(["operator", "list", "--store", &db.url]));
+    assert!(listed.contains("revoked"), "{listed}");
+    // A store that does not exist yet is named, in one line, not created by a read.
+    let empty = PgDb::create();
+    let out = run_output(Command::new(COLLECTOR).args(["agents", "--store", &empty.url]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no bannin store in"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        empty.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+}

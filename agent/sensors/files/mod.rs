@@ -128,8 +128,9 @@ fn start(
     if reads.is_some() {
         observer.watch_reads(config.read_watch_min_size);
     }
+    // The watched roots end the message: the collector reads them from there.
     observer.status(format!(
-        "{backend}: {why}; watching [{}]; {reads_why}",
+        "{backend}: {why}; {reads_why}; watching [{}]",
         watching.join(", ")
     ));
     for (root, reason) in missing {

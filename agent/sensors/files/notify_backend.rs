@@ -116,16 +116,28 @@ fn describe(error: &notify::Error) -> String {
     }
 }
 
+/// Events taken from the watcher's queue per round at most.
+const ROUND: usize = 256;
+
 pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
     let NotifyBackend { watcher, raw } = backend;
     let mut translator = Translator::default();
     let mut new_dirs = NewDirs::default();
     while !stop.is_set() && !observer.closed() {
-        let actions = match raw.recv_timeout(TICK) {
+        observer.end_round();
+        let mut actions = match raw.recv_timeout(TICK) {
             Ok(event) => translator.translate(event),
             Err(RecvTimeoutError::Timeout) => translator.flush(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        observer.begin_round();
+        // What else is queued already is handled in the same round.
+        for _ in 0..ROUND {
+            match raw.try_recv() {
+                Ok(event) => actions.extend(translator.translate(event)),
+                Err(_) => break,
+            }
+        }
         for action in actions {
             if let Action::DirCreated(dir) | Action::Rename { to: dir, .. } = &action
                 && is_real_dir(dir)

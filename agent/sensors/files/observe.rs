@@ -2,7 +2,6 @@
 //! is seen, remembering its size, recognising exports, and turning it all into events.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -94,6 +93,17 @@ impl Scope {
     }
 }
 
+/// Reads a borrowed descriptor.
+#[cfg(target_os = "linux")]
+struct FdReader<'a>(std::os::fd::BorrowedFd<'a>);
+
+#[cfg(target_os = "linux")]
+impl Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        nix::unistd::read(self.0, buf).map_err(std::io::Error::from)
+    }
+}
+
 /// A file as the sensor saw it when it examined it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
@@ -126,6 +136,11 @@ pub struct Observer {
     looked_up: HashMap<u32, Option<ProcessInfo>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
+    /// Events ready for the forwarder, handed over together at the end of each round of kernel
+    /// events ([`Observer::end_round`]): the forwarder is woken once per round, not once per
+    /// event. Outside a round (start-up, tests) events go at once.
+    outbox: Vec<Event>,
+    in_round: bool,
     /// Exports at least this big are handed to the backend to watch for reads; `None` while
     /// the backend cannot watch reads.
     read_watch_min_size: Option<u64>,
@@ -133,6 +148,9 @@ pub struct Observer {
     /// Large exports seen since the backend last took them ([`Observer::take_exports`]).
     exports: Vec<(PathBuf, Seen)>,
 }
+
+/// Events held in the outbox at most before they are handed over anyway.
+const OUTBOX: usize = 256;
 
 impl Observer {
     pub fn new(
@@ -159,6 +177,8 @@ impl Observer {
             closed: false,
             looked_up: HashMap::new(),
             waiting: VecDeque::new(),
+            outbox: Vec::with_capacity(OUTBOX),
+            in_round: false,
             read_watch_min_size: None,
             read_watch_max: config.read_watch_max,
             exports: Vec::new(),
@@ -248,6 +268,12 @@ impl Observer {
                 export: None,
             });
         }
+        if facts.size == 0 {
+            return Some(Seen {
+                facts,
+                export: Self::recognise_empty(path),
+            });
+        }
         // Opened without blocking so a FIFO swapped in after the stat cannot hang the sensor.
         let mut options = std::fs::OpenOptions::new();
         options.read(true);
@@ -264,20 +290,35 @@ impl Observer {
     }
 
     /// Examines a file through a descriptor the backend holds, which works even after the file
-    /// was unlinked.
+    /// was unlinked. Borrowed, so the kernel's event descriptor is read as it is, not duplicated.
     #[cfg(target_os = "linux")]
-    pub fn examine_file(&self, path: &Path, file: File) -> Option<Seen> {
-        let metadata = file.metadata().ok()?;
-        let facts = Facts::from_metadata(&metadata);
-        let export = if metadata.is_file() {
-            self.recognise(path, file, facts.size)
+    pub fn examine_file(&self, path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Option<Seen> {
+        let stat = nix::sys::stat::fstat(fd).ok()?;
+        let facts = Facts {
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            inode: Some(stat.st_ino),
+            mode: Some(stat.st_mode),
+            uid: Some(stat.st_uid),
+        };
+        let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
+        let export = if regular {
+            self.recognise(path, FdReader(fd), facts.size)
         } else {
             None
         };
         Some(Seen { facts, export })
     }
 
-    fn recognise(&self, path: &Path, file: File, size: u64) -> Option<ExportInfo> {
+    /// An empty file is recognised by its name alone: nothing to open or read.
+    fn recognise_empty(path: &Path) -> Option<ExportInfo> {
+        let (class, format) = classify::recognise(path, &[])?;
+        Some(classify::export_info(class, format, &[], 0))
+    }
+
+    fn recognise(&self, path: &Path, file: impl Read, size: u64) -> Option<ExportInfo> {
+        if size == 0 {
+            return Self::recognise_empty(path);
+        }
         let mut head = Vec::with_capacity(MAGIC_BYTES);
         let mut reader = file.take(MAGIC_BYTES as u64);
         reader.read_to_end(&mut head).ok()?;
@@ -534,8 +575,29 @@ impl Observer {
     }
 
     fn send(&mut self, event: Event) {
-        if self.out.push(event).is_err() {
-            self.closed = true;
+        self.outbox.push(event);
+        if !self.in_round || self.outbox.len() >= OUTBOX {
+            self.flush();
+        }
+    }
+
+    /// A backend starts handling a round of kernel events: what they produce is handed over
+    /// together by [`Self::end_round`].
+    pub fn begin_round(&mut self) {
+        self.in_round = true;
+    }
+
+    /// Hands the round's events to the forwarder; backends call it before they wait again.
+    pub fn end_round(&mut self) {
+        self.in_round = false;
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        for event in self.outbox.drain(..) {
+            if self.out.push(event).is_err() {
+                self.closed = true;
+            }
         }
     }
 
@@ -855,6 +917,7 @@ impl Drop for Observer {
         while let Some((_, _, event)) = self.waiting.pop_front() {
             self.send(event);
         }
+        self.flush();
     }
 }
 

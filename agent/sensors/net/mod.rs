@@ -1,8 +1,10 @@
 //! The outbound-connection sensor: one `net.connect` event for each new outbound TCP connection or
 //! connected UDP flow, with the process that owns it.
 //!
-//! On Linux it reads `/proc/net/{tcp,tcp6,udp,udp6}` every `interval` and finds each socket's owner
-//! by the socket inode in `/proc/<pid>/fd`, scanning only when a socket it does not know appears.
+//! On Linux it lists the host's sockets every `interval` (inet_diag dumps over netlink, filtered by
+//! state in the kernel; the text tables of `/proc/net/{tcp,tcp6,udp,udp6}` where the kernel
+//! refuses those) and finds each socket's owner by the socket inode in `/proc/<pid>/fd`, scanning
+//! only when a socket it does not know appears.
 //! Connections that open and close between two reads are caught from the kernel's socket
 //! destruction notices ([`destroy`], root only), with their byte counts but without their process,
 //! which is gone from the socket by then. Only sockets in the agent's own network namespace are
@@ -12,6 +14,8 @@
 mod config;
 #[cfg(target_os = "linux")]
 mod destroy;
+#[cfg(target_os = "linux")]
+mod diag;
 #[cfg(target_os = "linux")]
 mod scanner;
 // Only Linux's socket tables are read; elsewhere the sensor says so and watches nothing.
@@ -38,7 +42,7 @@ pub enum NetError {
 /// `sensor.status` event what it watches.
 pub async fn spawn(config: NetSettings, ctx: &SensorContext) -> Result<SensorHandle, NetError> {
     let tx = ctx.tx.for_sensor(SENSOR);
-    let source = if config.enabled { "proc_net" } else { "off" };
+    let source = if config.enabled { "sock_diag" } else { "off" };
     let mut handle = SensorHandle::new(SENSOR, source, Stop::default());
     if config.enabled {
         start(config, tx, ctx.processes.clone(), &mut handle).await?;

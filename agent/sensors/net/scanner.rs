@@ -9,6 +9,7 @@ use std::time::Duration;
 use bannin::event::NetEvent;
 
 use super::destroy;
+use super::diag::Diag;
 use super::scope::remote_scope;
 use super::table::{Key, Services, Socket, TCP_CLOSE, outbound, parse_line, read_table};
 use super::{NetSettings, ProcessTable};
@@ -31,7 +32,10 @@ pub(super) struct Scanner {
     /// Processes that owned outbound connections before: daemons that connect again and
     /// again are looked at first, so a new connection rarely needs a walk of every process.
     connectors: BTreeSet<u32>,
-    /// Reused for reading the socket tables.
+    /// Socket dumps over netlink; `None` where the kernel refuses them, and then the text tables
+    /// of `/proc/net` are read instead.
+    diag: Option<Diag>,
+    /// Reused for reading the text tables.
     buffer: Vec<u8>,
     services: Services,
     seen_open: HashMap<Ends, tokio::time::Instant>,
@@ -45,6 +49,13 @@ impl Scanner {
             reported: HashSet::new(),
             owners: HashMap::new(),
             connectors: BTreeSet::new(),
+            diag: match Diag::open() {
+                Ok(diag) => Some(diag),
+                Err(error) => {
+                    tracing::warn!(%error, "socket dumps unavailable; reading /proc/net instead");
+                    None
+                }
+            },
             buffer: Vec::new(),
             services: Services::default(),
             seen_open: HashMap::new(),
@@ -53,17 +64,19 @@ impl Scanner {
 
     /// New outbound connections since the last scan, each with its owner's pid if found.
     pub(super) fn scan(&mut self) -> Vec<(Socket, Option<u32>)> {
-        let mut sockets = Vec::new();
-        let mut tables = vec![("/proc/net/tcp", false), ("/proc/net/tcp6", false)];
-        if self.include_udp {
-            tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
-        }
-        for (path, udp) in tables {
-            // A host without IPv6 has no tcp6 table; that is not an error.
-            if let Some(text) = read_table(path, &mut self.buffer) {
-                sockets.extend(text.lines().skip(1).filter_map(|l| parse_line(l, udp)));
+        let dumped = self
+            .diag
+            .as_mut()
+            .map(|diag| diag.sockets(self.include_udp));
+        let sockets = match dumped {
+            Some(Ok(sockets)) => sockets,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "socket dump failed; reading /proc/net from now on");
+                self.diag = None;
+                self.read_tables()
             }
-        }
+            None => self.read_tables(),
+        };
         self.services = Services::of(&sockets);
         let current = outbound(
             &sockets,
@@ -106,6 +119,22 @@ impl Scanner {
         self.connectors
             .extend(found.iter().filter_map(|(_, pid)| *pid));
         found
+    }
+
+    /// The sockets listed in `/proc/net/{tcp,tcp6,udp,udp6}`.
+    fn read_tables(&mut self) -> Vec<Socket> {
+        let mut sockets = Vec::new();
+        let mut tables = vec![("/proc/net/tcp", false), ("/proc/net/tcp6", false)];
+        if self.include_udp {
+            tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
+        }
+        for (path, udp) in tables {
+            // A host without IPv6 has no tcp6 table; that is not an error.
+            if let Some(text) = read_table(path, &mut self.buffer) {
+                sockets.extend(text.lines().skip(1).filter_map(|l| parse_line(l, udp)));
+            }
+        }
+        sockets
     }
 
     /// A destroyed socket that was an outbound connection no scan saw open, as an event.

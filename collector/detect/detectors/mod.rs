@@ -2,6 +2,8 @@
 //! Each is parameterised from its rule document (`detector:` + `parameters:`), so thresholds stay
 //! data; only the state machine is code, one file per detector behind [`StatefulDetector`].
 
+mod archived;
+mod export_sent;
 mod first_seen;
 mod lifecycle;
 mod reads;
@@ -32,6 +34,8 @@ pub(crate) fn build(
         "sensitive_read_volume" => Box::new(reads::SensitiveReadVolume::new(spec, limits)?),
         "first_seen_destination" => Box::new(first_seen::FirstSeen::new(spec, limits)?),
         "agent_silent" => Box::new(silent::AgentSilent::new(spec, limits)?),
+        "export_read_then_sent" => Box::new(export_sent::ExportReadThenSent::new(spec, limits)?),
+        "export_archived" => Box::new(archived::ExportArchived::new(spec, limits)?),
         other => return Err(format!("unknown detector {other:?}")),
     })
 }

@@ -371,17 +371,21 @@ async fn replay(client: &Client, engine: &mut Engine, cursor: Cursor) -> Result<
         .collect();
     passes.push((None, since.as_nanos(), i64::MAX));
     for (kind, from, to) in passes {
+        // Streamed a row at a time: memory stays that of one event whatever the window holds.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&kind, &from, &to, &bound, &agent_no, &seq];
         let rows = client
-            .query(
+            .query_raw(
                 "SELECT a.id, e.payload FROM events e JOIN agents a ON a.no = e.agent_no
                  WHERE ($1::text IS NULL OR e.kind = $1) AND e.ts >= $2 AND e.ts < $3
                    AND (e.xid, e.agent_no, e.seq) <= ($4::text::xid8, $5, $6)
                  ORDER BY e.ts, e.agent_no, e.seq",
-                &[&kind, &from, &to, &bound, &agent_no, &seq],
+                params,
             )
             .await?;
-        for row in rows {
-            if let Some(record) = record(&row) {
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = tokio_stream::StreamExt::next(&mut rows).await {
+            if let Some(record) = record(&row?) {
                 events += 1;
                 engine.replay_event(&record);
             }

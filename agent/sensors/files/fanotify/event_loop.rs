@@ -2,7 +2,6 @@
 //! to the observer until the sensor stops.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -105,13 +104,10 @@ pub fn run(
         names,
         writes,
         modifies,
-        mounts,
-        roots,
+        resolver,
         paired_renames,
     } = backend;
     tracing::debug!(paired_renames, "fanotify backend running");
-    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
-    resolver.learn_existing(&roots);
     let mut state = Loop {
         observer,
         resolver,
@@ -133,13 +129,16 @@ pub fn run(
         if let Some(reads) = &state.reads {
             fds.push(PollFd::new(reads.fanotify().as_fd(), PollFlags::POLLIN));
         }
+        state.observer.end_round();
         // Events waiting for their process are looked at again soon, not at the next event.
         let timeout = if state.observer.waiting() {
             WAITING_POLL_MS
         } else {
             POLL_MS
         };
-        match poll(&mut fds, PollTimeout::from(timeout)) {
+        let polled = poll(&mut fds, PollTimeout::from(timeout));
+        state.observer.begin_round();
+        match polled {
             Ok(0) => {
                 state.settle_moved_from();
                 state.observer.pump();
@@ -272,10 +271,7 @@ impl Loop {
                 if !self.observer.scope().contains(&path) {
                     continue;
                 }
-                let seen = fd
-                    .try_clone_to_owned()
-                    .ok()
-                    .and_then(|owned| self.observer.examine_file(&path, File::from(owned)));
+                let seen = self.observer.examine_file(&path, fd);
                 self.pending_writes.push(Written { path, pid, seen });
             }
         }
@@ -449,7 +445,7 @@ impl Loop {
                 .or_else(|| self.observer.examine_path(path))
                 .or_else(|| {
                     let file = self.resolver.open_file(object?)?;
-                    self.observer.examine_file(path, file)
+                    self.observer.examine_file(path, file.as_fd())
                 })
                 .or_else(|| self.observer.remembered(path));
             self.observer.changed(FileAction::Create, path, pid, seen);

@@ -81,15 +81,16 @@ struct Watched {
     export: Option<ExportInfo>,
 }
 
-/// A process (pid and start time, so a reused pid is another reader) reading one file.
-type Reader = (u32, Option<u64>, Handle);
+/// A process reading one file: its pid and the file, with the process's start time beside it
+/// (so a reused pid is another reader).
+type Reader = (u32, Handle);
 
 pub(super) struct ReadWatch {
     group: ReadGroup,
     max: usize,
     own_pid: i32,
     watched: HashMap<Handle, Watched>,
-    reported: HashSet<Reader>,
+    reported: HashMap<Reader, Option<u64>>,
     reported_order: VecDeque<Reader>,
     /// Exports not watched because `max` were: distinct ones, and how many since the last report.
     refused_files: HashSet<Handle>,
@@ -105,7 +106,7 @@ impl ReadWatch {
             max,
             own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
             watched: HashMap::new(),
-            reported: HashSet::new(),
+            reported: HashMap::new(),
             reported_order: VecDeque::new(),
             refused_files: HashSet::new(),
             refused: 0,
@@ -253,17 +254,22 @@ impl ReadWatch {
     /// Reports `pid` reading the file `object`, unless it was reported already.
     fn read(&mut self, observer: &mut Observer, resolver: &Resolver, pid: u32, object: &Handle) {
         let started = os::identity(pid).map(|identity| identity.started);
-        let reader = (pid, started, object.clone());
-        if self.reported.contains(&reader) {
-            return;
-        }
-        if self.reported_order.len() >= REPORTED_READERS {
-            if let Some(oldest) = self.reported_order.pop_front() {
-                self.reported.remove(&oldest);
+        let reader = (pid, object.clone());
+        match self.reported.get_mut(&reader) {
+            // The same process, or one already gone (whose later events are still queued).
+            Some(known) if started.is_none() || *known == started => return,
+            // A later process under the same pid.
+            Some(known) => *known = started,
+            None => {
+                if self.reported_order.len() >= REPORTED_READERS {
+                    if let Some(oldest) = self.reported_order.pop_front() {
+                        self.reported.remove(&oldest);
+                    }
+                }
+                self.reported.insert(reader.clone(), started);
+                self.reported_order.push_back(reader);
             }
         }
-        self.reported.insert(reader.clone());
-        self.reported_order.push_back(reader);
         let watched = self.watched.get(object);
         let export = watched.and_then(|watched| watched.export.clone());
         // The name the reader opened it by (a hard link under another name), else the name it

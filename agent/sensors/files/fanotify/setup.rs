@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 
 use super::record::FSID_LEN;
+use super::resolve::Resolver;
 use crate::sensors::files::observe::Scope;
 
 pub struct FanotifyBackend {
@@ -20,10 +21,9 @@ pub struct FanotifyBackend {
     /// followed by no close-after-write, and a system busy writing cannot overflow the queue
     /// of creates and deletes with it.
     pub(super) modifies: Fanotify,
-    /// A descriptor on each marked filesystem, by filesystem id, to resolve handles against.
-    pub(super) mounts: HashMap<[u8; FSID_LEN], File>,
-    /// The watched roots and the filesystem each is on.
-    pub(super) roots: Vec<(PathBuf, [u8; FSID_LEN])>,
+    /// Turns handles into paths; it has learnt the directories already in the watched trees
+    /// before the sensor reports itself started, so a tree removed straight after still resolves.
+    pub(super) resolver: Resolver,
     /// Whether the kernel reports renames as one event with both names (`FAN_RENAME`, 5.17+).
     pub(super) paired_renames: bool,
 }
@@ -100,32 +100,37 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
         roots.push((root.clone(), fsid));
     }
     if let Some(private) = scope.private_dir() {
-        ignore_own_state(&writes, private)?;
+        ignore_own_state(&writes, MaskFlags::FAN_CLOSE_WRITE, private)?;
+        // Every spool commit writes the write-ahead log: without this the agent would wake for
+        // its own writes and resolve each only to find it out of scope.
+        ignore_own_state(&modifies, MaskFlags::FAN_MODIFY, private)?;
     }
+    let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
+    resolver.learn_existing(&roots);
     Ok(FanotifyBackend {
         names,
         writes,
         modifies,
-        mounts,
-        roots,
+        resolver,
         paired_renames,
     })
 }
 
-/// Keeps close-after-writes of the agent's own state files out of the `writes` group. Each such
+/// Keeps events of the agent's own state files out of a group (`event`: close-after-writes of the
+/// `writes` group, modifications of the `modifies` group). Each close-after-write
 /// event would hand the agent a descriptor on its own SQLite file, and closing any descriptor on
 /// a file drops every POSIX lock the process holds on it: another reader of the spool would then
 /// think itself alone, truncate the shared-memory file the agent has mapped, and the agent would
 /// die of SIGBUS. An ignore mark stops the kernel from creating the event at all.
-fn ignore_own_state(writes: &Fanotify, dir: &Path) -> Result<(), String> {
-    let mask = MaskFlags::FAN_CLOSE_WRITE | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR;
+fn ignore_own_state(group: &Fanotify, event: MaskFlags, dir: &Path) -> Result<(), String> {
+    let mask = event | MaskFlags::FAN_EVENT_ON_CHILD | MaskFlags::FAN_ONDIR;
     let ignore = MarkFlags::FAN_MARK_ADD | MarkFlags::from_bits_retain(libc::FAN_MARK_IGNORE_SURV);
     let legacy = MarkFlags::FAN_MARK_ADD
         | MarkFlags::FAN_MARK_IGNORED_MASK
         | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY;
-    let marked = match writes.mark(ignore, mask, nix::fcntl::AT_FDCWD, Some(dir)) {
+    let marked = match group.mark(ignore, mask, nix::fcntl::AT_FDCWD, Some(dir)) {
         // Kernels before 6.0 know only the older ignored mask.
-        Err(Errno::EINVAL) => writes.mark(legacy, mask, nix::fcntl::AT_FDCWD, Some(dir)),
+        Err(Errno::EINVAL) => group.mark(legacy, mask, nix::fcntl::AT_FDCWD, Some(dir)),
         other => other,
     };
     marked.map_err(|errno| {

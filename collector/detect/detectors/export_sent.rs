@@ -1,0 +1,301 @@
+//! `export_read_then_sent`: a process, or one of its descendants, read a large export and then
+//! connected to a public address.
+
+use std::time::Duration;
+
+use bannin::event::{Body, FileAction, FileEvent, ProcessInfo, Record};
+use bannin::time::Timestamp;
+use serde_json::{Map, json};
+
+use super::{Candidate, Seen, StatefulDetector, evidence, process_fields};
+use crate::alert::EvidenceRef;
+use crate::detect::config::Limits;
+use crate::detect::networks::Networks;
+use crate::detect::rules::DetectorSpec;
+use crate::detect::state::HostWindows;
+
+/// How many ancestors of a connecting process are looked up as possible readers.
+const MAX_LINEAGE: usize = 16;
+
+/// A large export one process read.
+struct Read {
+    ts: Timestamp,
+    file: FileEvent,
+    reader: ProcessInfo,
+    proof: EvidenceRef,
+}
+
+/// Reads of large exports by process (agent and pid), so a connection by the reader or by a
+/// descendant (whose ancestry names the reader) finds what was read.
+pub(crate) struct ExportReadThenSent {
+    min_size: u64,
+    window: Duration,
+    networks: Networks,
+    reads: HostWindows<(String, u32), Read>,
+}
+
+impl ExportReadThenSent {
+    pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
+        Ok(ExportReadThenSent {
+            min_size: spec.u64("min_size", 10 * 1024 * 1024)?,
+            window: spec.duration("window", Duration::from_secs(3600))?,
+            networks: Networks::new(
+                &spec.strings("public_networks")?,
+                &spec.strings("private_networks")?,
+            )?,
+            reads: HostWindows::new(
+                limits.per_host.min(limits.tracked_files),
+                limits.tracked_files,
+                Duration::from_secs(1),
+            ),
+        })
+    }
+
+    fn read(&mut self, record: &Record, file: &FileEvent) {
+        let Some(reader) = &file.process else {
+            return;
+        };
+        if file.size.unwrap_or(0) < self.min_size || file.export.is_none() {
+            return;
+        }
+        let read = Read {
+            ts: record.event.ts,
+            file: file.clone(),
+            reader: reader.clone(),
+            proof: evidence(record),
+        };
+        // The latest large read of a process is what it would send.
+        self.reads.insert(
+            &record.event.host,
+            (record.agent_id.clone(), reader.pid),
+            read,
+            record.event.ts,
+        );
+    }
+
+    fn connect(&mut self, record: &Record) -> Option<Candidate> {
+        let Body::Net(net) = &record.event.body else {
+            return None;
+        };
+        let process = net.process.as_ref()?;
+        if !self.networks.is_public(&net.remote_addr, &net.remote_scope) {
+            return None;
+        }
+        let ts = record.event.ts;
+        let host = record.event.host.as_str();
+        // The connecting process itself, then its ancestors: a reader that handed the data to
+        // a child (curl, scp) to send is found through the child's ancestry. An ancestor whose
+        // program differs from the reader's is a later process that reused the pid.
+        let lineage = std::iter::once((process.pid, process.exe.as_str())).chain(
+            process
+                .ancestry
+                .iter()
+                .map(|ancestor| (ancestor.pid, ancestor.exe.as_str())),
+        );
+        let read = lineage.take(MAX_LINEAGE).find_map(|(pid, exe)| {
+            let read = self.reads.get(host, &(record.agent_id.clone(), pid))?;
+            let same_program =
+                exe.is_empty() || read.reader.exe.is_empty() || read.reader.exe == exe;
+            let in_window = ts >= read.ts
+                && ts.as_nanos() - read.ts.as_nanos()
+                    <= i64::try_from(self.window.as_nanos()).unwrap_or(i64::MAX);
+            (same_program && in_window).then_some(read)
+        })?;
+        let mut fields = Map::new();
+        fields.insert("path".into(), json!(read.file.path));
+        if let Some(size) = read.file.size {
+            fields.insert("size".into(), json!(size));
+        }
+        if let Some(export) = &read.file.export {
+            fields.insert("export".into(), json!(export));
+        }
+        fields.insert("read_ts".into(), json!(read.ts));
+        process_fields(&mut fields, "reader_", &read.reader);
+        process_fields(&mut fields, "", process);
+        let chain: Vec<String> = std::iter::once(process)
+            .map(|p| format!("{}[{}]", p.exe, p.pid))
+            .chain(
+                process
+                    .ancestry
+                    .iter()
+                    .map(|a| format!("{}[{}]", a.exe, a.pid)),
+            )
+            .collect();
+        fields.insert("lineage".into(), json!(chain));
+        if !process.ancestry.is_empty() {
+            fields.insert("ancestry".into(), json!(process.ancestry));
+        }
+        fields.insert("remote_addr".into(), json!(net.remote_addr));
+        fields.insert("remote_port".into(), json!(net.remote_port));
+        fields.insert("remote_scope".into(), json!(net.remote_scope));
+        fields.insert("protocol".into(), json!(net.protocol));
+        if let Some(sent) = net.bytes_sent {
+            fields.insert("bytes_sent".into(), json!(sent));
+        }
+        if let Some(received) = net.bytes_received {
+            fields.insert("bytes_received".into(), json!(received));
+        }
+        let by = if read.reader.pid == process.pid {
+            format!("{}[{}]", process.exe, process.pid)
+        } else {
+            format!(
+                "{}[{}], a descendant of reader {}[{}],",
+                process.exe, process.pid, read.reader.exe, read.reader.pid
+            )
+        };
+        let bytes = net
+            .bytes_sent
+            .map(|sent| format!(" ({sent} bytes sent)"))
+            .unwrap_or_default();
+        Some(Candidate {
+            ts,
+            host: host.to_string(),
+            summary: format!(
+                "{by} read {} ({} bytes) then connected to {}:{}{bytes} on {host}",
+                read.file.path,
+                read.file.size.unwrap_or(0),
+                net.remote_addr,
+                net.remote_port
+            ),
+            evidence: vec![read.proof.clone(), evidence(record)],
+            key: format!("{}\u{0}{}", read.file.path, net.remote_addr),
+            fields,
+            severity: None,
+        })
+    }
+}
+
+impl StatefulDetector for ExportReadThenSent {
+    fn state(&self) -> &'static str {
+        "export reads"
+    }
+
+    fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn observe(&mut self, record: &Record, _seen: Seen) -> Vec<Candidate> {
+        match &record.event.body {
+            Body::File(file) if file.action == FileAction::Read => {
+                self.read(record, file);
+                Vec::new()
+            }
+            Body::Net(_) => self.connect(record).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp) -> Vec<Candidate> {
+        self.reads.expire(now.saturating_sub(self.window));
+        Vec::new()
+    }
+
+    fn evicted(&self) -> u64 {
+        self.reads.losses.total()
+    }
+
+    fn take_losses(&mut self) -> Vec<(String, u64)> {
+        self.reads.losses.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `export-read-then-sent`: the reader or its descendants, public destinations only.
+
+    use crate::detect::testkit::*;
+
+    fn read(path: &str, size: u64, who: &ProcessInfo) -> Body {
+        file(FileAction::Read, path, Some(size), Some(csv(100_000)), who)
+    }
+
+    /// The engine without the rule that alerts on every new public address, to keep the
+    /// alerts these tests count to this rule's.
+    fn fleet(mut config: DetectConfig) -> Fleet {
+        config.disabled = vec!["first-seen-public-destination".into()];
+        Fleet::new(config)
+    }
+
+    #[test]
+    fn a_descendant_of_the_reader_sending_to_a_public_address_alerts_with_the_lineage() {
+        let mut fleet = fleet(DetectConfig::default());
+        let python = process(7001, "/usr/bin/python3.11", "sato", &["/usr/bin/bash"]);
+        let mut curl = process(7100, "/usr/bin/curl", "sato", &[]);
+        curl.ancestry = std::iter::once(Ancestor {
+            pid: 7001,
+            exe: "/usr/bin/python3.11".into(),
+            cmdline: "python3 up.py".into(),
+            user: "sato".into(),
+        })
+        .chain(python.ancestry.clone())
+        .collect();
+        let mut updates = fleet.send("web1", 0, read("/srv/exports/c.csv", 17 * MIB, &python));
+        // Private and loopback destinations are ordinary.
+        updates.extend(fleet.send("web1", 5, connect("10.0.0.9", "private", &curl)));
+        updates.extend(fleet.send("web1", 6, connect("127.0.0.1", "loopback", &curl)));
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+        let updates = fleet.send("web1", 10, connect("203.0.113.50", "public", &curl));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        let alert = alerts[0];
+        assert_eq!(alert.rule, "export-read-then-sent");
+        assert_eq!(alert.severity, Severity::High);
+        assert_eq!(alert.fields["path"], "/srv/exports/c.csv");
+        assert_eq!(alert.fields["size"], 17 * MIB);
+        assert_eq!(alert.fields["reader_exe"], "/usr/bin/python3.11");
+        assert_eq!(alert.fields["exe"], "/usr/bin/curl");
+        assert_eq!(alert.fields["remote_addr"], "203.0.113.50");
+        assert_eq!(alert.fields["bytes_sent"], 1_000_000);
+        assert_eq!(
+            alert.fields["lineage"],
+            serde_json::json!([
+                "/usr/bin/curl[7100]",
+                "/usr/bin/python3.11[7001]",
+                "/usr/bin/bash[7000]"
+            ])
+        );
+        let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 4]);
+    }
+
+    #[test]
+    fn small_files_old_reads_other_processes_and_reused_pids_do_not_alert() {
+        let mut fleet = fleet(DetectConfig::default());
+        let reader = process(7001, "/usr/bin/python3.11", "sato", &["/usr/bin/bash"]);
+        let other = process(8001, "/usr/bin/curl", "sato", &["/usr/bin/bash"]);
+        let reused = process(7001, "/usr/bin/wget", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web1", 0, read("/srv/small.csv", MIB, &reader));
+        updates.extend(fleet.send("web1", 1, connect("203.0.113.1", "public", &reader)));
+        updates.extend(fleet.send("web1", 2, read("/srv/big.csv", 64 * MIB, &reader)));
+        updates.extend(fleet.send("web1", 3, connect("203.0.113.2", "public", &other)));
+        updates.extend(fleet.send("web1", 4, connect("203.0.113.3", "public", &reused)));
+        // Past the window (1h by default).
+        updates.extend(fleet.send("web1", 4000, connect("203.0.113.4", "public", &reader)));
+        // Another host's pid 7001 is another process.
+        updates.extend(fleet.send("web2", 5, connect("203.0.113.5", "public", &reader)));
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+    }
+
+    #[test]
+    fn configured_networks_decide_what_is_public() {
+        let config: DetectConfig = toml::from_str(
+            r#"
+            public_networks = ["127.0.0.0/8"]
+            private_networks = ["198.51.100.0/24"]
+            "#,
+        )
+        .unwrap();
+        let mut fleet = fleet(config);
+        let reader = process(7001, "/usr/bin/python3.11", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web1", 0, read("/srv/big.csv", 64 * MIB, &reader));
+        // A partner's public range is private.
+        updates.extend(fleet.send("web1", 1, connect("198.51.100.7", "public", &reader)));
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+        let updates = fleet.send("web1", 2, connect("127.0.0.1", "loopback", &reader));
+        assert_eq!(rules_of(&updates), vec!["export-read-then-sent"]);
+
+        let bad: DetectConfig = toml::from_str(r#"private_networks = ["10.0.0/8"]"#).unwrap();
+        let error = Engine::new(&bad).err().unwrap().to_string();
+        assert!(error.contains("private_networks: \"10.0.0/8\""), "{error}");
+    }
+}
