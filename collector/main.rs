@@ -12,6 +12,7 @@ mod finding;
 #[cfg(test)]
 mod golden;
 mod hooks;
+mod leader;
 mod listen;
 mod metrics;
 mod present;

@@ -339,7 +339,7 @@ impl Collector {
         let pool = target.pool()?;
         let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
             .context("cannot start alert delivery")?;
-        store::pg::leader::Leader {
+        crate::leader::Leader {
             target: target.clone(),
             detection: self.config.detection.clone(),
             seal: seal.clone(),

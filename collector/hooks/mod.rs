@@ -14,6 +14,7 @@
 pub mod config;
 mod email;
 pub mod outbox;
+mod pg_outbox;
 mod webhook;
 mod worker;
 

@@ -123,9 +123,7 @@ impl Sink {
                 self.db(db, move |conn| outbox::deliveries_since(conn, &id, since))
                     .await
             }
-            OutboxDb::Postgres(pool) => {
-                crate::store::pg::outbox::deliveries_since(pool, &id, since).await
-            }
+            OutboxDb::Postgres(pool) => super::pg_outbox::deliveries_since(pool, &id, since).await,
         };
         match times {
             Ok(times) => {
@@ -167,8 +165,7 @@ impl Sink {
                     .await
                 }
                 OutboxDb::Postgres(pool) => {
-                    crate::store::pg::outbox::claim(pool, &id, Timestamp::now(), window, budget)
-                        .await
+                    super::pg_outbox::claim(pool, &id, Timestamp::now(), window, budget).await
                 }
             };
             let rows = match rows {
@@ -217,7 +214,7 @@ impl Sink {
                 .await
             }
             OutboxDb::Postgres(pool) => {
-                crate::store::pg::outbox::mark_delivered(pool, &id, &row, Timestamp::now()).await
+                super::pg_outbox::mark_delivered(pool, &id, &row, Timestamp::now()).await
             }
         };
         match recorded {
@@ -251,8 +248,7 @@ impl Sink {
                 .await
             }
             OutboxDb::Postgres(pool) => {
-                crate::store::pg::outbox::mark_failed(pool, &id, &row.alert_id, &message, next)
-                    .await
+                super::pg_outbox::mark_failed(pool, &id, &row.alert_id, &message, next).await
             }
         };
         if let Err(db_error) = recorded {

@@ -10,8 +10,6 @@
 //! batches take turns and each sees the other's commit. The read commands use `read.rs`.
 
 pub mod ingest;
-pub mod leader;
-pub mod outbox;
 pub mod read;
 pub mod verify;
 

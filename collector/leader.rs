@@ -20,13 +20,13 @@ use bannin::time::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use super::{Target, pg_message};
 use crate::alert::{Alert, EvidenceRef};
 use crate::detect::{AlertUpdate, DetectConfig, Engine};
 use crate::finding::{Finding, FindingKind};
 use crate::hooks::{Notifier, Router, SinkId};
 use crate::seal::{self, Seal};
 use crate::store::StoreError;
+use crate::store::pg::{Target, pg_message};
 
 /// The advisory lock the detection leader holds (any 64-bit key no other tool uses).
 pub const LEADER_LOCK: i64 = 0x6261_6e6e_696e_0010;

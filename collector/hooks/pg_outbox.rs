@@ -10,9 +10,9 @@ use std::time::Duration;
 use bannin::time::Timestamp;
 use deadpool_postgres::Pool;
 
-use super::pg_message;
-use crate::hooks::outbox::Due;
-use crate::hooks::{HooksError, SinkId};
+use super::outbox::Due;
+use super::{HooksError, SinkId};
+use crate::store::pg::pg_message;
 
 /// How long a claimed row is left to the collector that claimed it: longer than one delivery
 /// (the webhook timeout is 10 s by default, SMTP's 30 s). A collector that dies holding a claim
