@@ -624,31 +624,14 @@ fn store_batch(
             findings.push(finding);
         }
     }
-    let gap_from = last_seq.max(acknowledged) + 1;
-    if batch.first_seq > gap_from {
-        findings.push(Finding {
-            agent_id: batch.agent_id.clone(),
-            host: host.clone(),
-            kind: FindingKind::ChainGap,
-            ts: now,
-            first_seq: gap_from,
-            last_seq: batch.first_seq - 1,
-            detail: format!("events {gap_from}..={} never arrived", batch.first_seq - 1),
-        });
-    } else if batch.first_seq == last_seq + 1 && batch.prev_hash != head {
-        findings.push(Finding {
-            agent_id: batch.agent_id.clone(),
-            host: host.clone(),
-            kind: FindingKind::ChainGap,
-            ts: now,
-            first_seq: batch.first_seq,
-            last_seq: batch.first_seq,
-            detail: format!(
-                "event {} does not follow the stored event {last_seq}: the chain does not connect",
-                batch.first_seq
-            ),
-        });
-    }
+    findings.extend(gap_finding(
+        batch,
+        &host,
+        last_seq,
+        acknowledged,
+        &head,
+        now,
+    ));
 
     let mut inserted = 0u32;
     let mut duplicates = 0u32;
@@ -771,22 +754,15 @@ fn witness_finding(
     hash: &Hash,
     now: Timestamp,
 ) -> Result<Option<Finding>, rusqlite::Error> {
-    let finding = |first_seq: u64, detail: String| Finding {
-        agent_id: batch.agent_id.clone(),
-        host: host.to_string(),
-        kind: FindingKind::ChainTamper,
-        ts: now,
-        first_seq,
-        last_seq: seq,
-        detail,
+    let witness = Witness {
+        batch,
+        host,
+        seq,
+        hash,
+        now,
     };
-    if seq > stored_last {
-        return Ok(Some(finding(
-            stored_last + 1,
-            format!(
-                "store lost acknowledged events: the agent holds the collector's acknowledgement through {seq}, the store ends at {stored_last}"
-            ),
-        )));
+    if let Some(finding) = witness.beyond(stored_last) {
+        return Ok(Some(finding));
     }
     let pruned: Option<i64> = conn
         .query_row(
@@ -805,21 +781,107 @@ fn witness_finding(
             |r| r.get(0),
         )
         .optional()?;
-    Ok(match stored {
-        Some(stored) if stored.as_slice() == hash.as_slice() => None,
-        Some(_) => Some(finding(
-            seq,
+    Ok(witness.against(stored.as_slice()))
+}
+
+/// A `chain.gap` when a batch's start does not meet the stored chain, for either store: events
+/// between the stored head (or what the agent saw acknowledged, `acknowledged`) and the batch
+/// never arrived, or the batch follows the stored head by number but not by hash.
+pub(crate) fn gap_finding(
+    batch: &VerifiedBatch,
+    host: &str,
+    last_seq: u64,
+    acknowledged: u64,
+    head: &Hash,
+    now: Timestamp,
+) -> Option<Finding> {
+    let finding = |first_seq: u64, last: u64, detail: String| Finding {
+        agent_id: batch.agent_id.clone(),
+        host: host.to_string(),
+        kind: FindingKind::ChainGap,
+        ts: now,
+        first_seq,
+        last_seq: last,
+        detail,
+    };
+    let gap_from = last_seq.max(acknowledged) + 1;
+    if batch.first_seq > gap_from {
+        Some(finding(
+            gap_from,
+            batch.first_seq - 1,
+            format!("events {gap_from}..={} never arrived", batch.first_seq - 1),
+        ))
+    } else if batch.first_seq == last_seq + 1 && batch.prev_hash != *head {
+        Some(finding(
+            batch.first_seq,
+            batch.first_seq,
             format!(
-                "store changed an acknowledged event: event {seq} differs from the one the agent saw acknowledged"
+                "event {} does not follow the stored event {last_seq}: the chain does not connect",
+                batch.first_seq
             ),
-        )),
-        None => Some(finding(
-            seq,
-            format!(
-                "store lost acknowledged events: event {seq}, acknowledged to the agent, is missing"
-            ),
-        )),
-    })
+        ))
+    } else {
+        None
+    }
+}
+
+/// The agent's witness (the last event it saw acknowledged, and its hash) held against the
+/// store, for either store: a `chain.tamper` when the store lost or changed what it acknowledged.
+pub(crate) struct Witness<'a> {
+    pub batch: &'a VerifiedBatch,
+    pub host: &'a str,
+    pub seq: u64,
+    pub hash: &'a Hash,
+    pub now: Timestamp,
+}
+
+impl Witness<'_> {
+    fn finding(&self, first_seq: u64, detail: String) -> Finding {
+        Finding {
+            agent_id: self.batch.agent_id.clone(),
+            host: self.host.to_string(),
+            kind: FindingKind::ChainTamper,
+            ts: self.now,
+            first_seq,
+            last_seq: self.seq,
+            detail,
+        }
+    }
+
+    /// The witness lies past the stored chain's end: acknowledged events are gone from the store.
+    pub fn beyond(&self, stored_last: u64) -> Option<Finding> {
+        let seq = self.seq;
+        (seq > stored_last).then(|| {
+            self.finding(
+                stored_last + 1,
+                format!(
+                    "store lost acknowledged events: the agent holds the collector's acknowledgement through {seq}, the store ends at {stored_last}"
+                ),
+            )
+        })
+    }
+
+    /// The witnessed event against the hashes the store holds for it (none: lost).
+    pub fn against(&self, stored: &[Vec<u8>]) -> Option<Finding> {
+        let seq = self.seq;
+        if stored.is_empty() {
+            Some(self.finding(
+                seq,
+                format!(
+                    "store lost acknowledged events: event {seq}, acknowledged to the agent, is missing"
+                ),
+            ))
+        } else if stored.iter().all(|s| s.as_slice() == self.hash.as_slice()) {
+            None
+        } else {
+            Some(self.finding(
+                seq,
+                format!(
+                    "store changed an acknowledged event: event {seq} differs from the one the agent saw acknowledged"
+                ),
+            ))
+        }
+    }
 }
 
 /// Stores a finding with the collector's signature over it: `verify` accepts no other as an

@@ -20,7 +20,9 @@ use tokio_postgres::types::Type;
 
 use crate::finding::{Finding, FindingKind};
 use crate::seal::{self, Seal};
-use crate::store::ingest::{Committed, IngestError, OwnedNewAgent, Refusals, VerifiedBatch};
+use crate::store::ingest::{
+    Committed, IngestError, OwnedNewAgent, Refusals, VerifiedBatch, Witness, gap_finding,
+};
 use crate::store::{AgentKey, NewAgent, StoreError};
 
 /// A failure point for tests: `BANNIN_FAILPOINT=ingest.before_commit:hold:FILE` makes the ingest
@@ -222,31 +224,14 @@ impl PgWriter {
                 findings.push(finding);
             }
         }
-        let gap_from = last_seq.max(acknowledged) + 1;
-        if batch.first_seq > gap_from {
-            findings.push(Finding {
-                agent_id: batch.agent_id.clone(),
-                host: host.clone(),
-                kind: FindingKind::ChainGap,
-                ts: now,
-                first_seq: gap_from,
-                last_seq: batch.first_seq - 1,
-                detail: format!("events {gap_from}..={} never arrived", batch.first_seq - 1),
-            });
-        } else if batch.first_seq == last_seq + 1 && batch.prev_hash != head {
-            findings.push(Finding {
-                agent_id: batch.agent_id.clone(),
-                host: host.clone(),
-                kind: FindingKind::ChainGap,
-                ts: now,
-                first_seq: batch.first_seq,
-                last_seq: batch.first_seq,
-                detail: format!(
-                    "event {} does not follow the stored event {last_seq}: the chain does not connect",
-                    batch.first_seq
-                ),
-            });
-        }
+        findings.extend(gap_finding(
+            batch,
+            &host,
+            last_seq,
+            acknowledged,
+            &head,
+            now,
+        ));
 
         // Events at or below the head may be stored already: a resend (duplicates) or a fork.
         let mut stored: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -438,22 +423,15 @@ async fn witness_finding(
     hash: &Hash,
     now: Timestamp,
 ) -> Result<Option<Finding>, tokio_postgres::Error> {
-    let finding = |first_seq: u64, detail: String| Finding {
-        agent_id: batch.agent_id.clone(),
-        host: host.to_string(),
-        kind: FindingKind::ChainTamper,
-        ts: now,
-        first_seq,
-        last_seq: seq,
-        detail,
+    let witness = Witness {
+        batch,
+        host,
+        seq,
+        hash,
+        now,
     };
-    if seq > stored_last {
-        return Ok(Some(finding(
-            stored_last + 1,
-            format!(
-                "store lost acknowledged events: the agent holds the collector's acknowledgement through {seq}, the store ends at {stored_last}"
-            ),
-        )));
+    if let Some(finding) = witness.beyond(stored_last) {
+        return Ok(Some(finding));
     }
     let pruned = client
         .query_opt(
@@ -472,23 +450,7 @@ async fn witness_finding(
         )
         .await?;
     let stored: Vec<Vec<u8>> = stored.iter().map(|r| r.get(0)).collect();
-    Ok(if stored.is_empty() {
-        Some(finding(
-            seq,
-            format!(
-                "store lost acknowledged events: event {seq}, acknowledged to the agent, is missing"
-            ),
-        ))
-    } else if stored.iter().all(|s| s.as_slice() == hash.as_slice()) {
-        None
-    } else {
-        Some(finding(
-            seq,
-            format!(
-                "store changed an acknowledged event: event {seq} differs from the one the agent saw acknowledged"
-            ),
-        ))
-    })
+    Ok(witness.against(&stored))
 }
 
 /// Stores a finding with the collector's signature over it.
