@@ -63,3 +63,30 @@ pub struct Alert {
     #[serde(flatten)]
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
+
+/// Evidence kept per alert; repeats beyond this add to `count` only.
+const MAX_EVIDENCE: usize = 200;
+
+impl Alert {
+    /// Folds a repeat of a de-duplicated alert in, for either store: the new count, the repeat's
+    /// fields over the old, and its evidence added up to [`MAX_EVIDENCE`] items.
+    pub fn repeat(
+        &mut self,
+        count: u64,
+        evidence: &[EvidenceRef],
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.count = count;
+        for (name, value) in fields {
+            self.fields.insert(name.clone(), value.clone());
+        }
+        for item in evidence {
+            if self.evidence.len() >= MAX_EVIDENCE {
+                break;
+            }
+            if !self.evidence.contains(item) {
+                self.evidence.push(item.clone());
+            }
+        }
+    }
+}

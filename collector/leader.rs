@@ -34,8 +34,6 @@ pub const LEADER_LOCK: i64 = 0x6261_6e6e_696e_0010;
 const PAGE: i64 = 500;
 /// How often a follower tries for the lock, and an idle leader looks for new rows.
 const POLL: Duration = Duration::from_millis(200);
-/// Evidence kept per alert, as in the SQLite store.
-const MAX_EVIDENCE: usize = 200;
 /// A failure point for tests: `BANNIN_FAILPOINT=leader.before_commit:abort` fails the leader's
 /// write; `…:hold:FILE` holds it while FILE exists.
 const FAILPOINT: &str = "BANNIN_FAILPOINT";
@@ -566,18 +564,7 @@ async fn repeat_alert(
             return Ok(None);
         }
     };
-    alert.count = count;
-    for (name, value) in fields {
-        alert.fields.insert(name.clone(), value.clone());
-    }
-    for item in evidence {
-        if alert.evidence.len() >= MAX_EVIDENCE {
-            break;
-        }
-        if !alert.evidence.contains(item) {
-            alert.evidence.push(item.clone());
-        }
-    }
+    alert.repeat(count, evidence, fields);
     insert_alert(tx, &alert).await?;
     Ok(Some(alert))
 }

@@ -43,9 +43,6 @@ pub fn insert(conn: &Connection, alert: &Alert) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Evidence kept per alert; repeats beyond this add to `count` only.
-const MAX_EVIDENCE: usize = 200;
-
 /// Records that a de-duplicated alert happened again, with the new evidence.
 pub fn repeat(
     conn: &Connection,
@@ -69,18 +66,7 @@ pub fn repeat(
             return Ok(None);
         }
     };
-    alert.count = count;
-    for (name, value) in fields {
-        alert.fields.insert(name.clone(), value.clone());
-    }
-    for item in evidence {
-        if alert.evidence.len() >= MAX_EVIDENCE {
-            break;
-        }
-        if !alert.evidence.contains(item) {
-            alert.evidence.push(item.clone());
-        }
-    }
+    alert.repeat(count, evidence, fields);
     insert(conn, &alert)?;
     Ok(Some(alert))
 }
