@@ -12,11 +12,9 @@
 //!
 //! Each process is reported once per file (`file.read`); the set of readers already reported is
 //! bounded, so a reader that opens a file thousands of times costs one entry.
-#![allow(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bannin::event::ExportInfo;
@@ -25,8 +23,8 @@ use nix::libc;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use tokio::time::{Duration, Instant};
 
-use super::record::{FSID_LEN, Handle, parse_names};
-use super::resolve::Resolver;
+use super::record::{Handle, parse_names};
+use super::resolve::{Resolver, handle_of_file};
 use super::setup::filesystem_id;
 use crate::sensors::files::observe::{Observer, Seen};
 use crate::sensors::files::sizes::Facts;
@@ -342,40 +340,6 @@ fn reader_path(pid: u32, metadata: &std::fs::Metadata) -> Option<PathBuf> {
         }
     }
     None
-}
-
-/// The handle of an open file, as the group's events name it.
-fn handle_of_file(file: &File, fsid: [u8; FSID_LEN]) -> Option<Handle> {
-    let capacity = libc::MAX_HANDLE_SZ as usize;
-    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
-    raw[0] = u32::try_from(capacity).ok()?;
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: the empty path is NUL-terminated; `raw` is an aligned struct file_handle whose
-    // handle_bytes says how much room follows; `mount_id` is a valid out pointer; the descriptor
-    // is open for the call. All outlive it.
-    let rc = unsafe {
-        libc::name_to_handle_at(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            raw.as_mut_ptr().cast::<libc::file_handle>(),
-            &mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let len = (raw[0] as usize).min(capacity);
-    let bytes: Vec<u8> = raw[2..]
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .take(len)
-        .collect();
-    Some(Handle {
-        fsid,
-        handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
-        bytes,
-    })
 }
 
 impl Resolver {

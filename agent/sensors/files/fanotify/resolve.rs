@@ -22,20 +22,35 @@ const RESOLVED_CACHE: usize = 65_536;
 /// The handle of a directory, as events will name it.
 fn handle_of(path: &Path, fsid: [u8; FSID_LEN]) -> Option<Handle> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    name_to_handle(libc::AT_FDCWD, &c_path, 0, fsid)
+}
+
+/// The handle of an open file, as events name it.
+pub(super) fn handle_of_file(file: &File, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+    name_to_handle(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH, fsid)
+}
+
+/// `name_to_handle_at(dirfd, path, flags)`, as a [`Handle`] on the filesystem `fsid`.
+fn name_to_handle(
+    dirfd: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    fsid: [u8; FSID_LEN],
+) -> Option<Handle> {
     let capacity = libc::MAX_HANDLE_SZ as usize;
     let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
     raw[0] = u32::try_from(capacity).ok()?;
     let mut mount_id: libc::c_int = 0;
-    // SAFETY: `c_path` is NUL-terminated; `raw` is an aligned struct file_handle whose
-    // handle_bytes says how much room follows; `mount_id` is a valid out pointer. All outlive
-    // the call.
+    // SAFETY: `path` is NUL-terminated; `raw` is an aligned struct file_handle whose
+    // handle_bytes says how much room follows; `mount_id` is a valid out pointer; `dirfd` is
+    // AT_FDCWD or a descriptor the caller holds open. All outlive the call.
     let rc = unsafe {
         libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
+            dirfd,
+            path.as_ptr(),
             raw.as_mut_ptr().cast::<libc::file_handle>(),
             &mut mount_id,
-            0,
+            flags,
         )
     };
     if rc != 0 {
