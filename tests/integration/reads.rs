@@ -83,19 +83,21 @@ fn cat_of_a_large_export_is_one_file_read_naming_cat_however_often_a_reader_open
     let path = export.display().to_string();
     wait_until_watched(&collector, &watched, &path);
 
-    // `nice` execs cat at the lowest priority, so on a loaded machine the agent still finds it
-    // in /proc before it is gone (a process that has exited before the agent hears of it may go
-    // without its exe: the process sensor's known limit).
-    let status = Command::new("nice")
-        .args(["-n", "19", "cat"])
+    // cat reads the export, then waits on its stdin until the read is stored, so the agent finds
+    // it in /proc however loaded the machine (a process that has exited before the agent hears
+    // of it may go without its exe: the process sensor's known limit, issue 14's eBPF part).
+    let mut cat = Command::new("cat")
         .arg(&export)
+        .arg("-")
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
-    assert!(status.success());
     let read = wait_for("cat's read stored", LONG, || {
         reads_of(&collector, &path).into_iter().next()
     });
+    drop(cat.stdin.take());
+    assert!(cat.wait().unwrap().success());
     assert_eq!(read["kind"], "file.read");
     assert!(read["exe"].as_str().unwrap().ends_with("/cat"), "{read}");
     assert_eq!(read["user"], "root", "{read}");
