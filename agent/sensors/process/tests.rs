@@ -81,7 +81,11 @@ async fn status_message(rx: &mut mpsc::Receiver<Event>) -> String {
 async fn as_root_the_connector_sees_short_lived_children_and_their_exit_codes() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root");
     let (tx, mut rx) = pipeline::channel("test-host");
-    let (handle, _table) = spawn(ProcessConfig::default(), tx).await.unwrap();
+    let config = ProcessConfig {
+        backend: Backend::Connector,
+        ..ProcessConfig::default()
+    };
+    let (handle, _table) = spawn(config, tx).await.unwrap();
     assert_eq!(handle.source(), "proc_connector");
     assert!(status_message(&mut rx).await.contains("proc connector"));
     let mut seen = Seen::new(rx);
@@ -117,6 +121,39 @@ async fn as_root_the_connector_sees_short_lived_children_and_their_exit_codes() 
     assert_eq!(exit.exit_code, Some(7));
     assert!(exit.process.cmdline.contains(&marker), "{exit:?}");
     assert!(exit.read_bytes.is_some_and(|read| read > 0), "{exit:?}");
+    handle.stop().await;
+}
+
+/// As root on a kernel with BTF, "auto" runs the eBPF programs: every exec of a program gone
+/// within a millisecond still carries its executable and arguments, which `/proc` no longer has.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_root_auto_runs_ebpf_and_every_short_lived_exec_has_its_exe() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+    let (tx, mut rx) = pipeline::channel("test-host");
+    let (handle, _table) = spawn(ProcessConfig::default(), tx).await.unwrap();
+    assert_eq!(handle.source(), "ebpf");
+    assert!(status_message(&mut rx).await.contains("eBPF programs"));
+    let mut seen = Seen::new(rx);
+
+    let marker = format!("bannin-test-{}", std::process::id());
+    let mut pids = Vec::new();
+    for _ in 0..20 {
+        let mut truthy = Command::new("/bin/true").arg(&marker).spawn().unwrap();
+        pids.push(truthy.id());
+        truthy.wait().unwrap();
+    }
+    let real = std::fs::canonicalize("/bin/true").unwrap();
+    for pid in pids {
+        let start = seen.find(pid, ProcessAction::Start).await;
+        assert_eq!(start.source, "ebpf");
+        assert_eq!(start.process.exe, real.to_string_lossy(), "{start:?}");
+        assert_eq!(start.process.cmdline, format!("/bin/true {marker}"));
+        assert_eq!(start.process.ancestry[0].pid, std::process::id());
+        let exit = seen.find(pid, ProcessAction::Exit).await;
+        assert_eq!(exit.exit_code, Some(0));
+        assert_eq!(exit.process.exe, start.process.exe);
+    }
     handle.stop().await;
 }
 
