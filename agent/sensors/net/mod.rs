@@ -337,6 +337,148 @@ mod tests {
             drop(handle);
         }
 
+        /// Benchmark: N outbound connections (default 1,000, `BANNIN_BENCH_CONNECTIONS`), each
+        /// opened by its own short-lived bash process that sends a byte, reads two and exits,
+        /// watched side by side by the eBPF backend (with the eBPF process sensor feeding its
+        /// table, as in the agent) and the socket-table backend. At least 99.9% must be reported
+        /// by the eBPF backend with their process (its executable) and bytes. Run as root with
+        /// `cargo test --release --bin bannin-agent connect_burst -- --ignored --nocapture`.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "benchmark; run on purpose"]
+        async fn connect_burst() {
+            use std::io::{Read, Write};
+
+            let count: usize = std::env::var("BANNIN_BENCH_CONNECTIONS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                let mut lifetimes = Vec::new();
+                for _ in 0..count {
+                    let (mut accepted, _) = listener.accept().unwrap();
+                    let opened = std::time::Instant::now();
+                    let mut byte = [0; 1];
+                    accepted.read_exact(&mut byte).unwrap();
+                    accepted.write_all(b"ok").unwrap();
+                    // The client closes after reading the answer.
+                    let _ = accepted.read(&mut byte);
+                    lifetimes.push(opened.elapsed());
+                }
+                lifetimes
+            });
+
+            let mut observers = Vec::new();
+            for backend in [Backend::Ebpf, Backend::SockDiag] {
+                let (tx, mut rx) = pipeline::channel("bench-host");
+                let table = ProcessTable::new(100_000, Duration::from_secs(300));
+                let ctx = SensorContext {
+                    tx: tx.clone(),
+                    state_dir: std::env::temp_dir(),
+                    processes: table,
+                };
+                let process = if backend == Backend::Ebpf {
+                    let config = crate::sensors::process::ProcessConfig {
+                        backend: crate::sensors::process::Backend::Ebpf,
+                        ..Default::default()
+                    }
+                    .settings()
+                    .unwrap();
+                    let (ptx, mut prx) = pipeline::channel("bench-host");
+                    let pctx = SensorContext {
+                        tx: ptx,
+                        state_dir: std::env::temp_dir(),
+                        processes: ctx.processes.clone(),
+                    };
+                    let handle = crate::sensors::process::spawn(config, &pctx).await.unwrap();
+                    // The process events are not counted here; they only need draining.
+                    tokio::spawn(async move { while prx.recv().await.is_some() {} });
+                    Some(handle)
+                } else {
+                    None
+                };
+                let config = NetConfig {
+                    backend,
+                    interval: Duration::from_secs(5),
+                    ..NetConfig::default()
+                }
+                .settings()
+                .unwrap();
+                let handle = spawn(config, &ctx).await.unwrap();
+                rx.recv().await.unwrap();
+                observers.push((backend, handle, process, rx));
+            }
+
+            let started = tokio::time::Instant::now();
+            let script = format!(
+                "for i in $(seq {count}); do bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; \
+                 printf x >&3; head -c 2 <&3 >/dev/null'; done"
+            );
+            let mut shell = tokio::process::Command::new("bash")
+                .args(["-c", &script])
+                .spawn()
+                .unwrap();
+            let shell_pid = shell.id().unwrap();
+            assert!(shell.wait().await.unwrap().success());
+            let done = tokio::time::Instant::now();
+            let mut lifetimes = server.join().unwrap();
+            lifetimes.sort();
+            let median = lifetimes[lifetimes.len() / 2];
+            let longest = lifetimes[lifetimes.len() - 1];
+
+            let mut ebpf_attributed = 0;
+            for (backend, handle, process, mut rx) in observers {
+                let (mut seen, mut attributed, mut with_pid, mut with_bytes) = (0, 0, 0, 0);
+                let mut overflow = 0;
+                let deadline = done + Duration::from_secs(15);
+                while seen < count {
+                    let event = tokio::select! {
+                        event = rx.recv() => event,
+                        () = tokio::time::sleep_until(deadline) => None,
+                    };
+                    let Some(event) = event else { break };
+                    match event.body {
+                        Body::Net(net) if net.remote_port == port => {
+                            seen += 1;
+                            let bytes = net.bytes_sent.is_some() && net.bytes_received.is_some();
+                            with_bytes += usize::from(bytes);
+                            if let Some(p) = &net.process {
+                                with_pid += usize::from(p.pid != shell_pid);
+                                let own = p.ppid == Some(shell_pid) && p.exe.ends_with("/bash");
+                                attributed += usize::from(own && bytes);
+                            }
+                        }
+                        Body::Sensor(s) if s.status == bannin::event::SensorStatus::Overflow => {
+                            overflow += s.count;
+                        }
+                        _ => {}
+                    }
+                }
+                println!(
+                    "connect_burst {backend:?}: reported {seen}, with a process {with_pid}, \
+                     with bytes {with_bytes}, with their own bash process and bytes {attributed} \
+                     ({:.2}%), lost (reported) {overflow}",
+                    attributed as f64 * 100.0 / count as f64
+                );
+                if backend == Backend::Ebpf {
+                    ebpf_attributed = attributed;
+                }
+                drop(handle);
+                drop(process);
+            }
+            println!(
+                "connect_burst: {count} connections in {:.2}s, each from its own process; \
+                 lifetime at the server: median {median:?}, longest {longest:?}",
+                (done - started).as_secs_f64()
+            );
+            assert!(longest < Duration::from_millis(100), "{longest:?}");
+            assert!(
+                ebpf_attributed * 1000 >= count * 999,
+                "eBPF: {ebpf_attributed} of {count} attributed with bytes"
+            );
+        }
+
         /// Net events until one matches, returning all of them.
         async fn until(
             rx: &mut mpsc::Receiver<Event>,
