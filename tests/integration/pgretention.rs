@@ -319,3 +319,69 @@ fn retention_keeps_a_day_until_its_held_batch_commits_and_detection_has_read_it(
         );
     }
 }
+
+/// Collectors' clocks disagree: an agent's first batch lands in a younger day than its second.
+/// Dropping the older day alone would cut the chain's middle out, so retention keeps it until
+/// the younger day can go with it.
+#[test]
+fn a_day_holding_a_later_batch_than_a_younger_day_waits_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 3);
+    let rt = runtime();
+    let mut two_ago = start(&dirs[0], &db, None, &[(SHIFT, "-2d")]);
+    let mut p = rt.block_on(SimAgent::enroll(&two_ago, "skewed"));
+    let beats = |from: u64| {
+        (from..from + 3)
+            .map(|n| (Timestamp::now(), status(n)))
+            .collect()
+    };
+    rt.block_on(p.submit_bodies(beats(0))).unwrap();
+    two_ago.proc.terminate();
+    let mut three_ago = start(&dirs[1], &db, None, &[(SHIFT, "-3d")]);
+    rt.block_on(p.connect_to(&three_ago));
+    rt.block_on(p.submit_bodies(beats(3))).unwrap();
+    three_ago.proc.terminate();
+    let days = batch_partitions(&db, &p.id);
+    assert_eq!(days.len(), 2, "{days:?}");
+    let (older, younger) = (days[0].clone(), days[1].clone());
+    // The older day holds seq 4..=6, the younger 1..=3.
+    assert_eq!(
+        db.query(&format!("SELECT first_seq FROM {older}")),
+        "4",
+        "{days:?}"
+    );
+
+    // Keeping two days: only the older day is past the cutoff, and it cannot go alone.
+    let config = tmp.path().join("two.toml");
+    private_file(&config, "[retention]\ndays = 2\ncheck_every = \"1s\"\n");
+    let mut keeper = start(&dirs[2], &db, Some(&config), &[]);
+    keeper.proc.wait_line(
+        &format!(
+            "holds batches of agent {} later than some it does not hold",
+            p.id
+        ),
+        LONG,
+    );
+    keeper.proc.terminate();
+    assert!(exists(&db, &older) && exists(&db, &younger));
+    assert_eq!(seqs(&db, &p.id), (1..=6).collect::<Vec<_>>());
+    let (code, out) = verify(&db, &dirs[2]);
+    assert_eq!(code, 0, "{out}");
+
+    // Keeping one day: both days are past the cutoff and go together.
+    private_file(&config, "[retention]\ndays = 1\ncheck_every = \"1s\"\n");
+    let mut keeper = start(&dirs[2], &db, Some(&config), &[]);
+    keeper.proc.wait_line("retention deleted old events", LONG);
+    assert!(!exists(&db, &older) && !exists(&db, &younger));
+    assert!(seqs(&db, &p.id).is_empty());
+    let (code, out) = verify(&db, &dirs[2]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "agent {} events 1..=6: deleted by retention",
+            p.id
+        )),
+        "{out}"
+    );
+}
