@@ -404,7 +404,7 @@ fn retention_waits_out_an_uncommitted_batch_it_cannot_see() {
         &[("BANNIN_FAILPOINT", &spec), (SHIFT, "-3d")],
     );
     let rt = runtime();
-    let mut x = rt.block_on(SimAgent::enroll(&held, "pcx"));
+    let x = rt.block_on(SimAgent::enroll(&held, "pcx"));
     let t = Timestamp::now();
     let (batch, _) = x.batch_at(
         x.next_seq,
