@@ -101,7 +101,7 @@ const SHARED: &[&str] = &[
 ];
 
 /// `n` data directories under `tmp` holding the same keys, made by a first collector's start.
-fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
+pub fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
     let first = tmp.join("c0");
     let mut c0 = Collector::start_with(&first, "127.0.0.1:0", &["--store", &db.url]);
     c0.proc.terminate();
