@@ -385,3 +385,75 @@ fn a_day_holding_a_later_batch_than_a_younger_day_waits_for_it() {
         "{out}"
     );
 }
+
+/// The only batch of an old day is still uncommitted, so nothing visible keeps the day: the drop's
+/// exclusive lock waits for the writer instead, gives up, and the day goes only after the batch
+/// committed and detection read it.
+#[test]
+fn retention_waits_out_an_uncommitted_batch_it_cannot_see() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    let dirs = shared_dirs(tmp.path(), &db, 2);
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let spec = format!("ingest.before_commit:hold:{}", hold.display());
+    let held = start(
+        &dirs[0],
+        &db,
+        None,
+        &[("BANNIN_FAILPOINT", &spec), (SHIFT, "-3d")],
+    );
+    let rt = runtime();
+    let x = rt.block_on(SimAgent::enroll(&held, "pcx"));
+    let t = Timestamp::now();
+    let (batch, _) = x.batch_at(
+        x.next_seq,
+        x.head,
+        x.stamped(vec![
+            (t, export(FileAction::Create, "/home/x/x.csv")),
+            (
+                t.saturating_add(Duration::from_secs(5)),
+                export(FileAction::Delete, "/home/x/x.csv"),
+            ),
+        ]),
+        &x.key.clone(),
+    );
+    let mut ingest = x.ingest.clone();
+    let send = rt.spawn(async move { ingest.submit(batch).await });
+    wait_for("the held transaction", LONG, || {
+        open_writers(&db).into_iter().next()
+    });
+    // The oldest day partition: H made the three days before today's, the first collector today's.
+    let day = db.query(
+        "SELECT relname FROM pg_class WHERE relname ~ '^batches_d[0-9]+$'
+         ORDER BY substr(relname, 10)::bigint LIMIT 1",
+    );
+    assert!(exists(&db, &day), "{day}");
+
+    let config = tmp.path().join("today.toml");
+    private_file(&config, "[retention]\ndays = 1\ncheck_every = \"1s\"\n");
+    let mut today = start(&dirs[1], &db, Some(&config), &[]);
+    today
+        .proc
+        .wait_line("ingest kept the tables busy; trying again later", LONG);
+    assert!(exists(&db, &day), "{day} dropped under an open transaction");
+    assert_eq!(log_count(&today, "retention deleted old events"), 0);
+
+    std::fs::remove_file(&hold).unwrap();
+    let ack = rt.block_on(send).unwrap().unwrap().into_inner();
+    assert_eq!(ack.committed_through, 2);
+    today.proc.wait_line("retention deleted old events", LONG);
+    assert!(!exists(&db, &day));
+    let got = alerts(&db);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["path"], "/home/x/x.csv");
+    let (code, out) = verify(&db, &dirs[1]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "agent {} events 1..=2: deleted by retention",
+            x.id
+        )),
+        "{out}"
+    );
+}
