@@ -31,8 +31,11 @@ const RING_BYTES: u32 = 2 << 20;
 /// connections due.
 const WAIT: Duration = Duration::from_millis(100);
 /// A closed connection waits this long before it is reported, so that the exec of a process that
-/// connected at once has reached the process table (another thread reads it).
-const SETTLE: Duration = Duration::from_millis(150);
+/// connected at once has reached the process table (the process sensor's thread records it).
+const SETTLE: Duration = Duration::from_millis(100);
+/// How long a connection due for reporting waits, at most, for the process table to learn of its
+/// process: on a loaded host the process sensor can be that far behind.
+const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
 /// Connections waiting for their close; past this, a new one is reported at once without bytes.
 const MAX_PENDING: usize = 65_536;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -71,6 +74,8 @@ pub fn spawn(
 /// A connection seen open, waiting for its close or for its hold to run out.
 struct Pending {
     record: ConnRecord,
+    /// When the record arrived.
+    seen: Instant,
     due: Instant,
     /// Bytes sent and received, once it closed.
     closed: Option<(u64, u64)>,
@@ -132,6 +137,7 @@ impl Reader {
                 record.sock,
                 Pending {
                     record,
+                    seen: now,
                     due: now + self.hold,
                     closed: None,
                 },
@@ -151,6 +157,7 @@ impl Reader {
                     record.sock,
                     Pending {
                         record,
+                        seen: now,
                         due: now + SETTLE,
                         closed: bytes,
                     },
@@ -178,6 +185,18 @@ impl Reader {
             let Some(pending) = self.pending.remove(&sock) else {
                 continue;
             };
+            if !self.table_knows(&pending.record)
+                && now.saturating_duration_since(pending.seen) < MAX_WAIT_FOR_PROCESS
+            {
+                self.pending.insert(
+                    sock,
+                    Pending {
+                        due: now + SETTLE,
+                        ..pending
+                    },
+                );
+                continue;
+            }
             let event = self.event(&pending.record, pending.closed);
             if self.tx.blocking_send(event).is_err() {
                 return false;
@@ -225,6 +244,14 @@ impl Reader {
             bytes_sent: bytes.map(|(sent, _)| sent),
             bytes_received: bytes.map(|(_, received)| received),
         }
+    }
+
+    /// Whether the process table has recorded the process that connected (the same pid and start).
+    fn table_knows(&self, record: &ConnRecord) -> bool {
+        let started = record.started_ns / (1_000_000_000 / os::USER_HZ);
+        self.table
+            .entry(record.pid)
+            .is_some_and(|entry| entry.snapshot.started.is_none_or(|s| s == started))
     }
 
     /// The process that connected: from the process table when it holds that very process (its

@@ -358,7 +358,7 @@ mod tests {
                 let mut lifetimes = Vec::new();
                 for _ in 0..count {
                     let (mut accepted, _) = listener.accept().unwrap();
-                    let opened = std::time::Instant::now();
+                    let opened = tokio::time::Instant::now();
                     let mut byte = [0; 1];
                     accepted.read_exact(&mut byte).unwrap();
                     accepted.write_all(b"ok").unwrap();
