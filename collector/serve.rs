@@ -273,16 +273,11 @@ impl Collector {
             seal.clone(),
         ));
         if let Some(listen) = &self.config.metrics.listen {
-            let (listener, addr) = crate::metrics::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-            tracing::info!("serving metrics on {addr}");
-            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
-            tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
-                    tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
+            let source = crate::metrics::Source::Sqlite {
+                data_dir: self.data_dir.clone(),
+                silent_after: self.config.server.silent_after,
+            };
+            spawn_metrics(listen, source).await?;
         }
 
         let engine = detect::Engine::new(&self.config.detection)?;
@@ -322,10 +317,14 @@ impl Collector {
                 "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
             );
         }
-        if self.config.metrics.listen.is_some() {
-            anyhow::bail!(
-                "the metrics endpoint is not built for a PostgreSQL store yet; remove [metrics] listen and --metrics-listen, or use the SQLite store"
-            );
+        if let Some(listen) = &self.config.metrics.listen {
+            let gauges = crate::metrics::PgGauges::default();
+            tokio::spawn(crate::metrics::measure_postgres(
+                target.clone(),
+                self.config.server.silent_after,
+                gauges.clone(),
+            ));
+            spawn_metrics(listen, crate::metrics::Source::Postgres(gauges)).await?;
         }
         tracing::warn!(
             store = target.shown(),
@@ -355,6 +354,20 @@ impl Collector {
         )));
         Ok((writer, agents, hooks))
     }
+}
+
+/// Opens the metrics listener (`[metrics] listen`) and serves it for as long as the collector runs.
+async fn spawn_metrics(listen: &str, source: crate::metrics::Source) -> Result<()> {
+    let (listener, addr) = crate::metrics::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+    tracing::info!("serving metrics on {addr}");
+    tokio::spawn(async move {
+        if let Err(error) = crate::metrics::serve(listener, source).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 /// For a PostgreSQL store: re-reads agents' standing every second (a revocation made through any

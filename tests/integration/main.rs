@@ -15,6 +15,7 @@ mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod pgmetrics;
 mod pgstore;
 mod procnet;
 mod reads;
