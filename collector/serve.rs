@@ -268,7 +268,7 @@ impl Collector {
             self.config.retention.clone(),
         ));
         tokio::spawn(crate::checkpoint::run(
-            self.data_dir.clone(),
+            crate::checkpoint::Origin::Sqlite(self.data_dir.clone()),
             self.config.checkpoints.clone(),
             seal.clone(),
         ));
@@ -312,11 +312,6 @@ impl Collector {
         target: &store::pg::Target,
         seal: &crate::seal::Seal,
     ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
-        if self.config.checkpoints.enabled() {
-            anyhow::bail!(
-                "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
-            );
-        }
         if let Some(listen) = &self.config.metrics.listen {
             let gauges = crate::metrics::PgGauges::default();
             tokio::spawn(crate::metrics::measure_postgres(
@@ -326,15 +321,23 @@ impl Collector {
             ));
             spawn_metrics(listen, crate::metrics::Source::Postgres(gauges)).await?;
         }
-        tracing::warn!(
-            store = target.shown(),
-            "PostgreSQL store: retention does not run on a PostgreSQL store yet; events are kept"
-        );
         // Checked before anything starts, as the SQLite path does.
         detect::Engine::new(&self.config.detection)?.log_report();
         let client = store::pg::open(target).await?;
         let agents = Agents::load(store::pg::agent_keys(&client).await?);
         tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
+        // Every collector runs both: retention one at a time (it locks), checkpoints each to its
+        // own `[checkpoints]` destination.
+        tokio::spawn(crate::retention::run_postgres(
+            target.clone(),
+            self.config.retention.clone(),
+            seal.clone(),
+        ));
+        tokio::spawn(crate::checkpoint::run(
+            crate::checkpoint::Origin::Postgres(Box::new(target.clone())),
+            self.config.checkpoints.clone(),
+            seal.clone(),
+        ));
         let pool = target.pool()?;
         let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
             .context("cannot start alert delivery")?;
@@ -399,7 +402,7 @@ async fn maintain_postgres(
         }
         if ticks % 3600 == 0
             && let Err(error) =
-                store::pg::ensure_partitions(&mut client, bannin::time::Timestamp::now()).await
+                store::pg::ensure_partitions(&mut client, store::pg::receipt_now()).await
         {
             tracing::error!(%error, "cannot create the coming days' partitions");
         }
