@@ -146,11 +146,6 @@ impl Collector {
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
         let at = store::StoreAt::new(self.config.store.url.as_deref(), &self.data_dir)?;
-        if matches!(at, store::StoreAt::Postgres(_)) && self.console.is_some() {
-            anyhow::bail!(
-                "the web console is not built for a PostgreSQL store yet; remove [console] listen and --console-listen, or use the SQLite store"
-            );
-        }
 
         let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
         let console_task = match self.console.take() {

@@ -9,6 +9,7 @@
 //! is the chain's head, locked with `SELECT … FOR UPDATE`, so two collectors given the same agent's
 //! batches take turns and each sees the other's commit. The read commands use `read.rs`.
 
+pub mod console;
 pub mod ingest;
 pub mod prune;
 pub mod read;
@@ -423,6 +424,7 @@ pub async fn prepare(client: &mut Client) -> Result<(), StoreError> {
         }
         tx.commit().await?;
     }
+    console::prepare(client).await?;
     ensure_partitions(client, receipt_now()).await
 }
 
