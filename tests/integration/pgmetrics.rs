@@ -288,6 +288,26 @@ fn every_collector_reports_detection_lag_while_a_batch_is_held_and_one_reports_l
         .map(|t| value(t, "bannin_detection_leader_acquired_total").unwrap())
         .sum();
     assert_eq!(taken, 1.0, "one lead taken, never lost: {texts:?}");
+
+    // The leader dies: the other takes the lead, and its series say so.
+    let leader = texts
+        .iter()
+        .position(|t| value(t, "bannin_detection_leader") == Some(1.0))
+        .unwrap();
+    let mut collectors = [held, free];
+    collectors[leader].proc.kill9();
+    let other = both[1 - leader];
+    wait_for_explained(
+        "the other collector to report leading",
+        LONG,
+        || {
+            let text = scrape(other);
+            (value(&text, "bannin_detection_leader") == Some(1.0)
+                && value(&text, "bannin_detection_leader_acquired_total") == Some(1.0))
+            .then_some(())
+        },
+        || scrape(other),
+    );
 }
 
 /// Whether the server has closed `stream` (end of file or reset), waiting up to `wait`.
