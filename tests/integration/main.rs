@@ -16,6 +16,7 @@ mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod pgmetrics;
 mod pgretention;
 mod pgstore;
 mod procnet;
