@@ -33,8 +33,6 @@ use bannin::pki::{self, SERVER_NAME};
 use bannin::time::Timestamp;
 use ed25519_dalek::SigningKey;
 use support::pg_db::{PgDb, share_keys};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
@@ -315,26 +313,7 @@ async fn copy_round(rows: &[Vec<Row>]) -> f64 {
         tasks.push(tokio::spawn(async move {
             for chunk in agent_rows.chunks(BATCH) {
                 let tx = client.transaction().await.expect("begin");
-                let sink = tx
-                    .copy_in(
-                        "COPY events (agent_no, seq, ts, kind, path, payload, hash, received_ts)
-                         FROM STDIN (FORMAT binary)",
-                    )
-                    .await
-                    .expect("copy");
-                let writer = BinaryCopyInWriter::new(
-                    sink,
-                    &[
-                        Type::INT8,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::TEXT,
-                        Type::TEXT,
-                        Type::BYTEA,
-                        Type::BYTEA,
-                        Type::INT8,
-                    ],
-                );
+                let writer = support::pg_copy::events(&tx).await;
                 let mut writer = std::pin::pin!(writer);
                 for row in chunk {
                     writer
@@ -367,16 +346,6 @@ async fn copy_round(rows: &[Vec<Row>]) -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values[values.len() / 2]
-}
-
-/// The load average over the last minute, as `/proc/loadavg` has it.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_string()
 }
 
 fn main() {
@@ -423,7 +392,7 @@ fn postgres(options: &Options, runtime: &tokio::runtime::Runtime) {
     let mut sqlite_rates = Vec::new();
     for round in 0..options.rounds {
         let db = PgDb::create();
-        let before = load();
+        let before = support::options::load();
         let (pg, rows) = runtime.block_on(bannin_round(options, Some(&db)));
         drop(db);
         let copy = runtime.block_on(copy_round(&rows));
@@ -437,7 +406,7 @@ fn postgres(options: &Options, runtime: &tokio::runtime::Runtime) {
             options.collectors,
             pg / copy,
             pg / sqlite,
-            load()
+            support::options::load()
         );
         pg_rates.push(pg);
         copy_rates.push(copy);

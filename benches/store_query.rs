@@ -178,16 +178,6 @@ fn index_cost(rows: u64) {
 /// The arguments of one query case for round `i` on a store (the arguments naming it).
 type ArgsFor<'a> = Box<dyn Fn(usize, &[String]) -> Vec<String> + 'a>;
 
-/// The load average over the last minute, as `/proc/loadavg` has it.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or("?")
-        .to_string()
-}
-
 fn main() {
     let o = options();
     let keep = o.dir.is_some();
@@ -289,7 +279,7 @@ fn main() {
     let mut examples = Vec::new();
     for (name, args) in &cases {
         let measured = measure(o.rounds, &stores, args.as_ref());
-        let load = load();
+        let load = options::load();
         for (m, store) in measured.iter().zip(&names) {
             println!(
                 "| `{name}` | {store} | {:.1?} | {:.1?} | {} | {load} |",

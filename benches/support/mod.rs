@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 #[path = "options.rs"]
-mod options;
+pub mod options;
 pub use options::option;
+#[allow(dead_code)] // Each benchmark uses its part.
+#[path = "pg_copy.rs"]
+pub mod pg_copy;
 // A private database on the machine's PostgreSQL, as the PostgreSQL store's tests take one.
 #[allow(dead_code)] // Each benchmark uses its part.
 #[path = "../../tests/support/pg_db.rs"]

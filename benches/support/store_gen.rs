@@ -19,12 +19,12 @@ use ed25519_dalek::SigningKey;
 use pg_db::PgDb;
 
 // A private database on the machine's PostgreSQL, as the PostgreSQL store's tests take one.
+#[path = "pg_copy.rs"]
+mod pg_copy;
 #[allow(dead_code)] // The generator uses a part of it.
 #[path = "../../tests/support/pg_db.rs"]
 pub mod pg_db;
 use rusqlite::{Connection, params};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 
 pub const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
 const BATCH: u64 = 1000;
@@ -371,32 +371,6 @@ impl PgSink {
             batches: Vec::new(),
         }
     }
-
-    /// Sends `rows` to `table`'s `columns` by binary COPY inside `tx`.
-    async fn copy(
-        tx: &tokio_postgres::Transaction<'_>,
-        table: &str,
-        columns: &str,
-        types: &[Type],
-        rows: impl Iterator<Item = Vec<Box<dyn ToSql + Sync + Send>>>,
-    ) {
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
-            ))
-            .await
-            .unwrap();
-        let writer = BinaryCopyInWriter::new(sink, types);
-        let mut writer = std::pin::pin!(writer);
-        for row in rows {
-            let values: Vec<&(dyn ToSql + Sync)> = row
-                .iter()
-                .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            writer.as_mut().write(&values).await.unwrap();
-        }
-        writer.as_mut().finish().await.unwrap();
-    }
 }
 
 impl Sink for PgSink {
@@ -424,64 +398,43 @@ impl Sink for PgSink {
         let client = &mut self.client;
         self.runtime.block_on(async move {
             let tx = client.transaction().await.unwrap();
-            PgSink::copy(
-                &tx,
-                "events",
-                "agent_no, seq, ts, kind, path, payload, hash, received_ts",
-                &[
-                    Type::INT8,
-                    Type::INT8,
-                    Type::INT8,
-                    Type::TEXT,
-                    Type::TEXT,
-                    Type::BYTEA,
-                    Type::BYTEA,
-                    Type::INT8,
-                ],
-                events
-                    .into_iter()
-                    .map(|e| -> Vec<Box<dyn ToSql + Sync + Send>> {
-                        vec![
-                            Box::new(e.agent_no),
-                            Box::new(e.seq),
-                            Box::new(e.ts),
-                            Box::new(e.kind),
-                            Box::new(e.path),
-                            Box::new(e.payload),
-                            Box::new(e.hash.to_vec()),
-                            Box::new(e.ts),
-                        ]
-                    }),
-            )
-            .await;
-            PgSink::copy(
-                &tx,
-                "batches",
-                "agent_no, last_seq, first_seq, prev_hash, head_hash, signature, received_ts",
-                &[
-                    Type::INT8,
-                    Type::INT8,
-                    Type::INT8,
-                    Type::BYTEA,
-                    Type::BYTEA,
-                    Type::BYTEA,
-                    Type::INT8,
-                ],
-                batches
-                    .into_iter()
-                    .map(|b| -> Vec<Box<dyn ToSql + Sync + Send>> {
-                        vec![
-                            Box::new(b.agent_no),
-                            Box::new(b.last_seq),
-                            Box::new(b.first_seq),
-                            Box::new(b.prev_hash.to_vec()),
-                            Box::new(b.head_hash.to_vec()),
-                            Box::new(b.signature),
-                            Box::new(b.received_ts),
-                        ]
-                    }),
-            )
-            .await;
+            let writer = pg_copy::events(&tx).await;
+            let mut writer = std::pin::pin!(writer);
+            for e in &events {
+                writer
+                    .as_mut()
+                    .write(&[
+                        &e.agent_no,
+                        &e.seq,
+                        &e.ts,
+                        &e.kind,
+                        &e.path,
+                        &e.payload.as_slice(),
+                        &e.hash.as_slice(),
+                        &e.ts,
+                    ])
+                    .await
+                    .unwrap();
+            }
+            writer.as_mut().finish().await.unwrap();
+            let writer = pg_copy::batches(&tx).await;
+            let mut writer = std::pin::pin!(writer);
+            for b in &batches {
+                writer
+                    .as_mut()
+                    .write(&[
+                        &b.agent_no,
+                        &b.last_seq,
+                        &b.first_seq,
+                        &b.prev_hash.as_slice(),
+                        &b.head_hash.as_slice(),
+                        &b.signature.as_slice(),
+                        &b.received_ts,
+                    ])
+                    .await
+                    .unwrap();
+            }
+            writer.as_mut().finish().await.unwrap();
             tx.commit().await.unwrap();
         });
     }
