@@ -118,7 +118,7 @@ impl Checkpoint {
     /// What the collector reads from its store now, signed.
     pub fn take(conn: &rusqlite::Connection, seal: &Seal) -> Result<Checkpoint, StoreError> {
         let snapshot = conn.unchecked_transaction()?;
-        let mut agents: Vec<AgentHead> = store::query::heads(&snapshot)?
+        let agents: Vec<AgentHead> = store::query::heads(&snapshot)?
             .into_iter()
             .map(|head| AgentHead {
                 agent_id: head.agent_id,
@@ -127,9 +127,59 @@ impl Checkpoint {
                 hash: hex::encode(head.hash),
             })
             .collect();
-        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        let (n, hash) = store::alert_chain::head(&snapshot)?;
+        let chain = store::alert_chain::head(&snapshot)?;
         drop(snapshot);
+        Ok(Checkpoint::sign(agents, chain, seal))
+    }
+
+    /// As [`Checkpoint::take`], from a PostgreSQL store: the heads and the alert chain's head in
+    /// one snapshot (a head moves in the same transaction as the events it vouches for).
+    pub async fn take_pg(
+        client: &mut tokio_postgres::Client,
+        seal: &Seal,
+    ) -> Result<Checkpoint, StoreError> {
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let agents: Vec<AgentHead> = tx
+            .query("SELECT id, name, last_seq, head_hash FROM agents", &[])
+            .await?
+            .iter()
+            .map(|r| AgentHead {
+                agent_id: r.get(0),
+                name: r.get(1),
+                seq: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                hash: hex::encode(r.get::<_, &[u8]>(3)),
+            })
+            .collect();
+        let chain = match tx
+            .query_opt(
+                "SELECT n, hash FROM alert_chain ORDER BY n DESC LIMIT 1",
+                &[],
+            )
+            .await?
+        {
+            Some(row) => (
+                u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                bannin::chain::to_hash(row.get::<_, &[u8]>(1), "alert chain hash")
+                    .unwrap_or(bannin::chain::GENESIS),
+            ),
+            None => (0, bannin::chain::GENESIS),
+        };
+        tx.commit().await?;
+        Ok(Checkpoint::sign(agents, chain, seal))
+    }
+
+    /// The checkpoint of these heads, taken now and signed.
+    fn sign(
+        mut agents: Vec<AgentHead>,
+        (n, hash): (u64, bannin::chain::Hash),
+        seal: &Seal,
+    ) -> Checkpoint {
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         let ts = Timestamp::now();
         let mut checkpoint = Checkpoint {
             checkpoint: VERSION,
@@ -144,7 +194,7 @@ impl Checkpoint {
             signature: String::new(),
         };
         checkpoint.signature = hex::encode(seal.sign(&checkpoint.message()));
-        Ok(checkpoint)
+        checkpoint
     }
 
     /// The signed bytes: every field but the signature and the RFC 3339 copy of the time.
@@ -178,9 +228,50 @@ impl Checkpoint {
     }
 }
 
+/// The store checkpoints are taken from.
+pub enum Origin {
+    /// The SQLite store in this data directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL store, possibly shared with other collectors.
+    Postgres(Box<store::pg::Target>),
+}
+
+impl Origin {
+    /// Takes a checkpoint; `session` keeps a PostgreSQL session between calls (opened again when
+    /// lost).
+    async fn take(
+        &self,
+        seal: &Seal,
+        session: &mut Option<tokio_postgres::Client>,
+    ) -> Result<Checkpoint, String> {
+        match self {
+            Origin::Sqlite(dir) => {
+                let (dir, seal) = (dir.clone(), seal.clone());
+                tokio::task::spawn_blocking(move || {
+                    let conn = store::open_reader(&dir)?;
+                    Checkpoint::take(&conn, &seal)
+                })
+                .await
+                .map_err(|_| "the checkpoint task failed".to_string())?
+                .map_err(|error| error.to_string())
+            }
+            Origin::Postgres(target) => {
+                let client = match session.take() {
+                    Some(client) if !client.is_closed() => client,
+                    _ => target.connect().await.map_err(|error| error.to_string())?,
+                };
+                let client = session.insert(client);
+                Checkpoint::take_pg(client, seal)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+        }
+    }
+}
+
 /// Writes a checkpoint every interval until the process ends. Each failure is logged and counted;
 /// the next checkpoint vouches for everything the missed one would have.
-pub async fn run(data_dir: PathBuf, config: CheckpointConfig, seal: Seal) {
+pub async fn run(origin: Origin, config: CheckpointConfig, seal: Seal) {
     if !config.enabled() {
         return;
     }
@@ -200,25 +291,13 @@ pub async fn run(data_dir: PathBuf, config: CheckpointConfig, seal: Seal) {
     };
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut session = None;
     loop {
         ticker.tick().await;
-        let taken = {
-            let (dir, seal) = (data_dir.clone(), seal.clone());
-            tokio::task::spawn_blocking(move || {
-                let conn = store::open_reader(&dir)?;
-                Checkpoint::take(&conn, &seal)
-            })
-            .await
-        };
-        let checkpoint = match taken {
-            Ok(Ok(checkpoint)) => checkpoint,
-            Ok(Err(error)) => {
+        let checkpoint = match origin.take(&seal, &mut session).await {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
                 tracing::error!(%error, "cannot take a checkpoint");
-                crate::metrics::checkpoint_failed();
-                continue;
-            }
-            Err(_) => {
-                tracing::error!("the checkpoint task failed");
                 crate::metrics::checkpoint_failed();
                 continue;
             }

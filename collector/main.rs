@@ -126,7 +126,7 @@ struct VerifyArgs {
     checkpoints: Option<PathBuf>,
     /// Verify this PostgreSQL store (postgres://USER@HOST/DB); --data-dir still supplies the keys
     /// it is checked against (collector.pub, ca.pem).
-    #[arg(long, conflicts_with = "checkpoints")]
+    #[arg(long)]
     store: Option<String>,
 }
 
@@ -269,7 +269,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(url) => {
                     let reader = store::pg::read::Reader::open(&store::pg::Target::parse(url)?)?;
                     let source = store::pg::verify::PgSource::begin(&reader)?;
-                    store::verify::verify_source(&source, &trust)?
+                    let mut report = store::verify::verify_source(&source, &trust)?;
+                    if let Some(lines) = &checkpoints {
+                        store::verify::verify_checkpoints_source(
+                            &source,
+                            &trust,
+                            lines,
+                            &mut report,
+                        )?;
+                    }
+                    report
                 }
                 None => {
                     let conn = store::open_reader(&args.data_dir)?;

@@ -138,7 +138,12 @@ pub async fn run(args: QuickstartArgs) -> Result<()> {
     if let Some(base) = console_url {
         let dir = args.data_dir.clone();
         let link = tokio::task::spawn_blocking(move || {
-            crate::console::issue_link(&dir, OPERATOR, std::time::Duration::from_secs(600), &base)
+            crate::console::issue_link(
+                &crate::store::StoreAt::Sqlite(dir),
+                OPERATOR,
+                std::time::Duration::from_secs(600),
+                &base,
+            )
         })
         .await
         .context("the sign-in link task failed")?;

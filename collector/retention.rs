@@ -2,7 +2,8 @@
 //! whole signed batches at a time. Age is the collector's receipt time, never an agent's timestamp.
 //!
 //! It runs on its own connection in short transactions of a few batches each (`store::prune`), with a
-//! pause between them, so the ingest writer never waits more than one small step.
+//! pause between them, so the ingest writer never waits more than one small step. On a PostgreSQL
+//! store it drops whole day partitions instead (`store::pg::prune`), on one collector at a time.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,6 +97,59 @@ pub async fn run(data_dir: PathBuf, config: RetentionConfig) {
                     days = config.days,
                     "retention deleted old events"
                 )
+            }
+            Err(error) => tracing::warn!(%error, "retention failed; will retry"),
+        }
+    }
+}
+
+/// Runs for the life of `serve` on a PostgreSQL store. Every collector runs it; each round one of
+/// them (an advisory lock) drops the day partitions that ended more than `days` ago, once
+/// detection has read them. A lost session is opened again at the next round.
+pub async fn run_postgres(
+    target: store::pg::Target,
+    config: RetentionConfig,
+    seal: crate::seal::Seal,
+) {
+    let Some(keep) = config.keep() else {
+        tracing::info!("retention disabled; events are kept forever");
+        return;
+    };
+    let mut tick = tokio::time::interval(config.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        tick.tick().await;
+        let session = match client.take() {
+            Some(session) if !session.is_closed() => session,
+            _ => match target.connect().await {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::warn!(%error, "retention failed; will retry");
+                    continue;
+                }
+            },
+        };
+        let session = client.insert(session);
+        let cutoff = store::pg::receipt_now().saturating_sub(keep);
+        match store::pg::prune::prune(session, &seal, cutoff).await {
+            Ok(outcome) => {
+                if !outcome.days.is_empty() {
+                    crate::metrics::pruned(outcome.batches, outcome.events);
+                    tracing::info!(
+                        batches = outcome.batches,
+                        events = outcome.events,
+                        partitions = ?outcome.days,
+                        days = config.days,
+                        "retention deleted old events"
+                    );
+                }
+                match outcome.kept {
+                    None | Some(store::pg::prune::Kept::Busy) => {}
+                    Some(kept) => {
+                        tracing::info!(reason = %kept, "retention keeps old days for now")
+                    }
+                }
             }
             Err(error) => tracing::warn!(%error, "retention failed; will retry"),
         }

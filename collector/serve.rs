@@ -146,11 +146,6 @@ impl Collector {
             load_or_create_pki(&self.data_dir, &self.config.server.server_names)?;
         let seal = crate::seal::Seal::load_or_create(&self.data_dir)?;
         let at = store::StoreAt::new(self.config.store.url.as_deref(), &self.data_dir)?;
-        if matches!(at, store::StoreAt::Postgres(_)) && self.console.is_some() {
-            anyhow::bail!(
-                "the web console is not built for a PostgreSQL store yet; remove [console] listen and --console-listen, or use the SQLite store"
-            );
-        }
 
         let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
         let console_task = match self.console.take() {
@@ -268,21 +263,16 @@ impl Collector {
             self.config.retention.clone(),
         ));
         tokio::spawn(crate::checkpoint::run(
-            self.data_dir.clone(),
+            crate::checkpoint::Origin::Sqlite(self.data_dir.clone()),
             self.config.checkpoints.clone(),
             seal.clone(),
         ));
         if let Some(listen) = &self.config.metrics.listen {
-            let (listener, addr) = crate::metrics::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-            tracing::info!("serving metrics on {addr}");
-            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
-            tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
-                    tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
+            let source = crate::metrics::Source::Sqlite {
+                data_dir: self.data_dir.clone(),
+                silent_after: self.config.server.silent_after,
+            };
+            spawn_metrics(listen, source).await?;
         }
 
         let engine = detect::Engine::new(&self.config.detection)?;
@@ -317,25 +307,32 @@ impl Collector {
         target: &store::pg::Target,
         seal: &crate::seal::Seal,
     ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
-        if self.config.checkpoints.enabled() {
-            anyhow::bail!(
-                "[checkpoints] is not built for a PostgreSQL store yet; remove it or use the SQLite store"
-            );
+        if let Some(listen) = &self.config.metrics.listen {
+            let gauges = crate::metrics::PgGauges::default();
+            tokio::spawn(crate::metrics::measure_postgres(
+                target.clone(),
+                self.config.server.silent_after,
+                gauges.clone(),
+            ));
+            spawn_metrics(listen, crate::metrics::Source::Postgres(gauges)).await?;
         }
-        if self.config.metrics.listen.is_some() {
-            anyhow::bail!(
-                "the metrics endpoint is not built for a PostgreSQL store yet; remove [metrics] listen and --metrics-listen, or use the SQLite store"
-            );
-        }
-        tracing::warn!(
-            store = target.shown(),
-            "PostgreSQL store: retention does not run on a PostgreSQL store yet; events are kept"
-        );
         // Checked before anything starts, as the SQLite path does.
         detect::Engine::new(&self.config.detection)?.log_report();
         let client = store::pg::open(target).await?;
         let agents = Agents::load(store::pg::agent_keys(&client).await?);
         tokio::spawn(maintain_postgres(target.clone(), client, agents.clone()));
+        // Every collector runs both: retention one at a time (it locks), checkpoints each to its
+        // own `[checkpoints]` destination.
+        tokio::spawn(crate::retention::run_postgres(
+            target.clone(),
+            self.config.retention.clone(),
+            seal.clone(),
+        ));
+        tokio::spawn(crate::checkpoint::run(
+            crate::checkpoint::Origin::Postgres(Box::new(target.clone())),
+            self.config.checkpoints.clone(),
+            seal.clone(),
+        ));
         let pool = target.pool()?;
         let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
             .context("cannot start alert delivery")?;
@@ -358,6 +355,20 @@ impl Collector {
         )));
         Ok((writer, agents, hooks))
     }
+}
+
+/// Opens the metrics listener (`[metrics] listen`) and serves it for as long as the collector runs.
+async fn spawn_metrics(listen: &str, source: crate::metrics::Source) -> Result<()> {
+    let (listener, addr) = crate::metrics::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+    tracing::info!("serving metrics on {addr}");
+    tokio::spawn(async move {
+        if let Err(error) = crate::metrics::serve(listener, source).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 /// For a PostgreSQL store: re-reads agents' standing every second (a revocation made through any
@@ -389,7 +400,7 @@ async fn maintain_postgres(
         }
         if ticks % 3600 == 0
             && let Err(error) =
-                store::pg::ensure_partitions(&mut client, bannin::time::Timestamp::now()).await
+                store::pg::ensure_partitions(&mut client, store::pg::receipt_now()).await
         {
             tracing::error!(%error, "cannot create the coming days' partitions");
         }

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use super::i18n::Lang;
 use super::view::{self, Ctx};
 use super::{Shared, secret};
-use crate::store;
 
 /// `__Host-`: the browser keeps it only if Secure, for this host and path `/`, so a neighbouring
 /// host cannot plant one for the console (session fixation by cookie tossing).
@@ -53,11 +52,7 @@ pub async fn require_session(
     let Some(session) = session else {
         return not_signed_in(lang);
     };
-    let dir = console.data_dir.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        store::open_reader(&dir).and_then(|conn| store::console::session_operator(&conn, &session))
-    })
-    .await;
+    let found = tokio::task::spawn_blocking(move || console.store.session_operator(&session)).await;
     match found {
         Ok(Ok(Some(operator))) => {
             request.extensions_mut().insert(Operator(operator));
@@ -122,19 +117,13 @@ pub async fn sign_in(
     let previous = cookie(&headers, COOKIE)
         .filter(|s| s.len() <= MAX_SECRET)
         .map(str::to_string);
-    let (dir, lifetime) = (
-        console.data_dir.clone(),
-        console.config.console.session_lifetime,
-    );
+    let lifetime = console.config.console.session_lifetime;
     let new = session.clone();
+    // Only a sign-in that worked replaces the browser's session: a bad link changes nothing.
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut conn = store::open_writer(&dir)?;
-        let signed_in = store::console::sign_in(&mut conn, &token, &new, lifetime)?;
-        // Only a sign-in that worked replaces the browser's session: a bad link changes nothing.
-        if let (Ok(_), Some(previous)) = (&signed_in, previous) {
-            store::console::end_session(&conn, &previous)?;
-        }
-        Ok::<_, store::StoreError>(signed_in)
+        console
+            .store
+            .sign_in(&token, &new, lifetime, previous.as_deref())
     })
     .await;
     match outcome {
@@ -205,11 +194,7 @@ pub async fn sign_out(State(console): State<Shared>, headers: HeaderMap) -> Resp
         .filter(|s| s.len() <= MAX_SECRET)
         .map(str::to_string)
     {
-        let dir = console.data_dir.clone();
-        let ended = tokio::task::spawn_blocking(move || {
-            store::open_writer(&dir).and_then(|conn| store::console::end_session(&conn, &session))
-        })
-        .await;
+        let ended = tokio::task::spawn_blocking(move || console.store.end_session(&session)).await;
         match ended {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return view::error_page(lang, &error.to_string()),

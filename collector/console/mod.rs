@@ -7,6 +7,7 @@
 //! the Content-Security-Policy forbids any (`headers`).
 
 mod auth;
+mod backend;
 mod export;
 mod i18n;
 mod pages;
@@ -104,7 +105,9 @@ pub async fn bind(config: &ConsoleConfig, listen: &str) -> Result<Bound> {
 
 /// What every request handler shares.
 pub struct Console {
-    pub data_dir: PathBuf,
+    /// The store pages read and sessions are kept in: SQLite in the data directory, or the
+    /// PostgreSQL store the collector shares with others.
+    pub store: backend::Backend,
     pub config: CollectorConfig,
     /// The collector's CA, against which evidence's agent keys are checked.
     pub ca_pem: Option<String>,
@@ -123,8 +126,9 @@ pub async fn serve(
 ) -> Result<()> {
     let acceptor = tls_acceptor(server)?;
     securefs_write_url(&data_dir, &bound.url);
+    let at = store::StoreAt::new(config.store.url.as_deref(), &data_dir)?;
     let console = Arc::new(Console {
-        data_dir,
+        store: backend::Backend::new(&at)?,
         config,
         ca_pem: Some(ca_pem),
     });
@@ -337,8 +341,14 @@ pub fn secret(prefix: &str) -> Result<String> {
 /// `console link`: issues a one-time sign-in link for an operator and prints its URL.
 #[derive(clap::Args)]
 pub struct LinkArgs {
+    /// The collector's data directory: its SQLite store, and where a running `serve` recorded the
+    /// console's address.
+    #[arg(long, required_unless_present_any = ["store", "config"])]
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store (postgres://USER@HOST/DB) shared by collectors: the link works on every
+    /// console serving from it (default: `[store] url` in --config).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub store: Option<String>,
     /// The operator signing in (created for the console if new; a revoked operator is refused).
     #[arg(long)]
     pub operator: String,
@@ -366,24 +376,38 @@ pub fn command(command: ConsoleCommand) -> Result<std::process::ExitCode> {
             if ttl.is_zero() || ttl > MAX_LINK_TTL {
                 bail!("--ttl {} must be more than 0s and at most 24h", args.ttl);
             }
-            let configured = match &args.config {
-                Some(path) => CollectorConfig::load(path)?.console.url,
+            let config = match &args.config {
+                Some(path) => Some(CollectorConfig::load(path)?),
                 None => None,
             };
-            let base = match (args.base_url, configured) {
-                (Some(url), _) | (None, Some(url)) => url,
-                (None, None) => std::fs::read_to_string(args.data_dir.join(URL_FILE))
+            let (configured, store_url) = match config {
+                Some(config) => (config.console.url, config.store.url),
+                None => (None, None),
+            };
+            let recorded = || {
+                args.data_dir
+                    .as_ref()
+                    .and_then(|dir| std::fs::read_to_string(dir.join(URL_FILE)).ok())
                     .map(|text| text.trim().to_string())
-                    .map_err(|_| {
+                    .ok_or_else(|| {
                         anyhow::anyhow!(
                             "no console address known: start `serve --console-listen ADDR`, or give --base-url https://HOST:PORT"
                         )
-                    })?,
+                    })
+            };
+            let base = match (args.base_url, configured) {
+                (Some(url), _) | (None, Some(url)) => url,
+                (None, None) => recorded()?,
             };
             if !base.starts_with("https://") {
                 bail!("the console address {base:?} must start with https://");
             }
-            let url = issue_link(&args.data_dir, &args.operator, ttl, &base)?;
+            let at = match (args.store.or(store_url), &args.data_dir) {
+                (Some(url), _) => store::StoreAt::new(Some(&url), Path::new(""))?,
+                (None, Some(dir)) => store::StoreAt::Sqlite(dir.clone()),
+                (None, None) => bail!("give --data-dir DIR or --store postgres://USER@HOST/DB"),
+            };
+            let url = issue_link(&at, &args.operator, ttl, &base)?;
             println!("{url}");
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -391,25 +415,47 @@ pub fn command(command: ConsoleCommand) -> Result<std::process::ExitCode> {
 }
 
 /// Stores a one-time link for `operator` (adding the operator if new) and returns its URL.
-pub fn issue_link(data_dir: &Path, operator: &str, ttl: Duration, base: &str) -> Result<String> {
+pub fn issue_link(
+    at: &store::StoreAt,
+    operator: &str,
+    ttl: Duration,
+    base: &str,
+) -> Result<String> {
     if !crate::query::valid_operator_name(operator) {
         bail!("operator name {operator:?} must be 1 to 64 letters, digits, '.', '_', '@' or '-'");
     }
-    let conn = store::open_writer(data_dir)?;
-    match store::operators::operator_standing(&conn, operator)? {
-        store::operators::Standing::Active => {}
-        store::operators::Standing::Revoked => {
-            bail!("operator {operator} is revoked; a revoked name cannot sign in again")
-        }
-        store::operators::Standing::Unknown => store::operators::add_operator(&conn, operator)?,
-    }
     let token = secret("bcl_")?;
-    store::console::add_link(
-        &conn,
-        &token,
-        operator,
-        Timestamp::now().saturating_add(ttl),
-    )?;
+    let expires = Timestamp::now().saturating_add(ttl);
+    let standing = match at {
+        store::StoreAt::Sqlite(dir) => {
+            let conn = store::open_writer(dir)?;
+            let standing = store::operators::operator_standing(&conn, operator)?;
+            if standing == store::operators::Standing::Unknown {
+                store::operators::add_operator(&conn, operator)?;
+            }
+            if standing != store::operators::Standing::Revoked {
+                store::console::add_link(&conn, &token, operator, expires)?;
+            }
+            standing
+        }
+        store::StoreAt::Postgres(target) => {
+            let reader = store::pg::read::Reader::open_writer(target)?;
+            let client = reader.client();
+            reader.block_on(async {
+                let standing = store::pg::operator_standing(client, operator).await?;
+                if standing == store::operators::Standing::Unknown {
+                    store::pg::add_operator(client, operator).await?;
+                }
+                if standing != store::operators::Standing::Revoked {
+                    store::pg::console::add_link(client, &token, operator, expires).await?;
+                }
+                Ok::<_, store::StoreError>(standing)
+            })?
+        }
+    };
+    if standing == store::operators::Standing::Revoked {
+        bail!("operator {operator} is revoked; a revoked name cannot sign in again");
+    }
     Ok(format!(
         "{}/signin?token={token}",
         base.trim_end_matches('/')

@@ -1,6 +1,6 @@
 //! The pages. Each handler reads on a blocking thread (`read`) through the same functions as the
-//! query commands (`query::local`, `store::query`), or `store::console` for what only the console
-//! asks, and renders the result with maud.
+//! query commands (`query::local` over either store), or `store::console` for what only the
+//! console asks, and renders the result with maud. No page knows which store it reads.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use bannin::event::Record;
 use bannin::time::{Timestamp, parse_duration};
 use maud::{Markup, html};
-use rusqlite::Connection;
 use serde::Deserialize;
 
 use super::auth::Operator;
@@ -20,13 +19,13 @@ use super::i18n::Lang;
 use super::view::{self, Ctx, text, ts};
 use super::{Console, Shared};
 use crate::alert::{Alert, Severity};
-use crate::hooks::{self, DeliveryStatus};
-use crate::query::local::{self, ReadError};
+use crate::hooks::DeliveryStatus;
+use crate::query::local::{self, ReadConn, ReadError, Reads};
 use crate::report::scope::{self, Scope};
 use crate::report::{ANCESTRY_LOOKBACK, ProcessTable, process_of, timeline};
 use crate::store::alerts::AlertFilter;
 use crate::store::console::{self as store_console, Cursor, Evidence, Health, Proof, Search};
-use crate::store::investigate::{self, Range};
+use crate::store::investigate::Range;
 use crate::store::query::AgentRow;
 use crate::{present, store};
 
@@ -77,15 +76,15 @@ impl PageError {
     }
 }
 
-/// Runs `read` with a read-only connection on a blocking thread: rusqlite never runs on the
-/// async runtime.
+/// Runs `read` with a read session of the console's store on a blocking thread: neither store's
+/// calls run on the async runtime.
 async fn read<T: Send + 'static>(
     console: &Shared,
-    read: impl FnOnce(&Connection, &Console) -> Result<T, PageError> + Send + 'static,
+    read: impl FnOnce(&ReadConn, &Console) -> Result<T, PageError> + Send + 'static,
 ) -> Result<T, PageError> {
     let console = console.clone();
     tokio::task::spawn_blocking(move || {
-        let conn = store::open_reader(&console.data_dir)?;
+        let conn = console.store.reader()?;
         read(&conn, &console)
     })
     .await
@@ -306,11 +305,8 @@ struct AlertPage {
 
 /// Lineage for each evidence event: its own ancestry where the agent knew it, otherwise the
 /// `process.start` events of its host up to a day before it.
-fn evidence_lineage(
-    conn: &Connection,
-    evidence: &[Evidence],
-) -> Result<Vec<Vec<String>>, PageError> {
-    let agents = investigate::all_agents(conn)?;
+fn evidence_lineage(conn: &ReadConn, evidence: &[Evidence]) -> Result<Vec<Vec<String>>, PageError> {
+    let agents = conn.all_agents()?;
     let mut tables: HashMap<String, ProcessTable> = HashMap::new();
     let mut out = Vec::new();
     for item in evidence {
@@ -335,16 +331,13 @@ fn evidence_lineage(
                     .filter_map(|e| e.record.as_ref().map(|r| r.event.ts))
                     .max()
                     .unwrap_or(record.event.ts);
-                let starts = investigate::records(
-                    conn,
-                    &Range {
-                        agents: Some(&[agent.no]),
-                        since: record.event.ts.saturating_sub(ANCESTRY_LOOKBACK),
-                        until,
-                        kinds: &["process.start"],
-                        limit: Some(100_000),
-                    },
-                )?;
+                let starts = conn.records(&Range {
+                    agents: Some(&[agent.no]),
+                    since: record.event.ts.saturating_sub(ANCESTRY_LOOKBACK),
+                    until,
+                    kinds: &["process.start"],
+                    limit: Some(100_000),
+                })?;
                 for start in &starts {
                     table.observe(start);
                 }
@@ -370,15 +363,17 @@ pub async fn alert(
     let ctx = ctx(&headers, &operator, &uri);
     let lang = ctx.lang;
     let page = read(&console, move |conn, console| {
-        let alert = store::alerts::get(conn, &id)?
+        let alert = conn
+            .alert(&id)?
             .ok_or_else(|| PageError::NotFound(format!("no alert {id} is stored")))?;
-        let deliveries = hooks::delivery_status(conn, &alert.id)?;
+        let deliveries = conn.delivery_status(&alert.id)?;
         let refs: Vec<(String, u64)> = alert
             .evidence
             .iter()
             .map(|e| (e.agent_id.clone(), e.seq))
             .collect();
-        let evidence = store_console::evidence(conn, &refs, console.ca_pem.as_deref())?;
+        let evidence =
+            store_console::evidence(conn.console_rows(), &refs, console.ca_pem.as_deref())?;
         let lineages = evidence_lineage(conn, &evidence)?;
         Ok(AlertPage {
             alert,
@@ -482,9 +477,8 @@ pub async fn agents(
     let ctx = ctx(&headers, &operator, &uri);
     let lang = ctx.lang;
     let result = read(&console, |conn, console| {
-        let rows =
-            store::query::agents(conn, Timestamp::now(), console.config.server.silent_after)?;
-        let health = store_console::health(conn)?;
+        let rows = conn.agents(Timestamp::now(), console.config.server.silent_after)?;
+        let health = store_console::health(conn.console_rows())?;
         Ok((rows, health))
     })
     .await;
@@ -585,7 +579,8 @@ pub async fn timeline(
         read(&console, move |conn, _| {
             let (host, since, until) = match &alert {
                 Some(id) => {
-                    let alert = store::alerts::get(conn, id)?
+                    let alert = conn
+                        .alert(id)?
                         .ok_or_else(|| PageError::NotFound(format!("no alert {id} is stored")))?;
                     let (first, last) = scope::alert_span(&alert);
                     (
@@ -601,10 +596,7 @@ pub async fn timeline(
                 ),
             };
             let Some(host) = host else {
-                let hosts: Vec<String> = investigate::all_agents(conn)?
-                    .into_iter()
-                    .map(|a| a.name)
-                    .collect();
+                let hosts: Vec<String> = conn.all_agents()?.into_iter().map(|a| a.name).collect();
                 return Ok((None, since, until, Vec::new(), hosts));
             };
             let entries = local::timeline(
@@ -744,7 +736,7 @@ pub async fn search(
         };
         read(&console, move |conn, _| {
             Ok(store_console::search(
-                conn,
+                conn.console_rows(),
                 &search,
                 cursor,
                 SEARCH_PAGE,
@@ -821,7 +813,8 @@ pub async fn export(
             .ok_or_else(|| PageError::BadRequest("format must be csv, json or ocsf".into()))?;
         let search = q.search()?;
         let bytes = read(&console, move |conn, _| {
-            let page = store_console::search(conn, &search, None, EXPORT_MAX, EXPORT_SCAN)?;
+            let page =
+                store_console::search(conn.console_rows(), &search, None, EXPORT_MAX, EXPORT_SCAN)?;
             let mut records = page.records;
             records.reverse();
             let mut out = Vec::new();

@@ -139,6 +139,14 @@ impl ReadConn {
         }
     }
 
+    /// The rows the console's health, proofs and searches rest on (`store::console`).
+    pub fn console_rows(&self) -> &dyn store::console::ConsoleRows {
+        match self {
+            ReadConn::Sqlite(conn) => conn,
+            ReadConn::Postgres(reader) => &**reader,
+        }
+    }
+
     fn reads(&self) -> &dyn Reads {
         match self {
             ReadConn::Sqlite(conn) => conn,

@@ -1,5 +1,9 @@
 //! The web console's reads and its only writes: one-time sign-in links and sessions (kept as
 //! hashes only), agents' health, one event with the proof that it verifies, and paged searches.
+//!
+//! What the console concludes from the rows (health, proofs, pages) is computed here once, over
+//! [`ConsoleRows`]: the few row reads each store answers in its own SQL (this file for SQLite,
+//! `pg/console.rs` for PostgreSQL).
 
 use std::collections::HashMap;
 
@@ -38,7 +42,7 @@ CREATE INDEX IF NOT EXISTS events_health ON events (agent_no, kind, ts) WHERE ki
 
 /// The health kinds, exactly as the partial index's WHERE clause says them: a query repeats the
 /// clause verbatim so that SQLite may use the index.
-const HEALTH_KINDS: &str =
+pub const HEALTH_KINDS: &str =
     "kind IN ('agent.start', 'agent.dropped', 'sensor.status', 'sensor.overflow', 'sensor.error')";
 
 /// Why a sign-in link or a session is refused. The console shows one message for all of them
@@ -59,6 +63,23 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::OperatorRevoked => "operator revoked or unknown",
         }
+    }
+}
+
+/// Why the link whose row (operator, expires, used, operator's status) was read is refused at
+/// `now`, if it is: the same rule for both stores.
+pub fn link_refusal(
+    row: Option<&(String, i64, Option<i64>, Option<String>)>,
+    now: Timestamp,
+) -> Option<Refusal> {
+    match row {
+        None => Some(Refusal::Unknown),
+        Some((_, _, Some(_), _)) => Some(Refusal::Used),
+        Some((_, expires, None, _)) if *expires <= now.as_nanos() => Some(Refusal::Expired),
+        Some((_, _, None, status)) if status.as_deref() != Some("active") => {
+            Some(Refusal::OperatorRevoked)
+        }
+        Some(_) => None,
     }
 }
 
@@ -100,15 +121,7 @@ pub fn sign_in(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let refusal = match &row {
-        None => Some(Refusal::Unknown),
-        Some((_, _, Some(_), _)) => Some(Refusal::Used),
-        Some((_, expires, None, _)) if *expires <= now.as_nanos() => Some(Refusal::Expired),
-        Some((_, _, None, status)) if status.as_deref() != Some("active") => {
-            Some(Refusal::OperatorRevoked)
-        }
-        Some(_) => None,
-    };
+    let refusal = link_refusal(row.as_ref(), now);
     if let (Some(refusal), Some(_)) = (refusal, &row) {
         // A link that was tried is spent whatever the outcome, so it cannot be retried later (after
         // the operator is reinstated, say).
@@ -162,6 +175,51 @@ pub fn end_session(conn: &Connection, session: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The row reads the console's health, proofs and searches rest on, from either store. Each
+/// answers in its store's SQL; what the rows mean is decided once, in this module.
+pub trait ConsoleRows {
+    /// Every agent: its number, id, and whether the collector signed its current head.
+    fn health_agents(&self) -> Result<Vec<(i64, String, bool)>, StoreError>;
+    /// How many events of the health kind `kind` agent `no` sent.
+    fn health_count(&self, no: i64, kind: &str) -> Result<u64, StoreError>;
+    /// The payloads of agent `no`'s newest `limit` events of the health kind `kind`, newest first.
+    fn health_newest(&self, no: i64, kind: &str, limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The collector's findings about agent `no`'s chain, counted by kind, in kind order.
+    fn findings(&self, no: i64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// The agent `agent_id`: its number, signing key and certificate.
+    fn agent_key(&self, agent_id: &str) -> Result<Option<AgentKeyRow>, StoreError>;
+    /// The payload of agent `no`'s event `seq`, if stored.
+    fn payload(&self, no: i64, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The signed batch that holds agent `no`'s event `seq`.
+    fn batch_of(&self, no: i64, seq: u64) -> Result<Option<BatchRow>, StoreError>;
+    /// Agent `no`'s stored events `first..=last` in seq order, each as (seq, payload, hash), to
+    /// `visit` until it returns false.
+    fn batch_events(
+        &self,
+        no: i64,
+        first: u64,
+        last: u64,
+        visit: &mut ChainVisit<'_>,
+    ) -> Result<(), StoreError>;
+    /// The events the search's stored columns admit (kind, host, path, time), newest first after
+    /// `after`, at most `max_scan` of them, to `visit` until it returns false.
+    fn scan(
+        &self,
+        search: &Search,
+        after: Option<Cursor>,
+        max_scan: usize,
+        visit: &mut ScanVisit<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Takes one stored event of a batch (seq, payload, hash); false stops the walk.
+pub type ChainVisit<'v> = dyn FnMut(u64, &[u8], &[u8]) -> bool + 'v;
+/// Takes one event a search's scan found (its cursor, agent id, payload); false stops the scan.
+pub type ScanVisit<'v> = dyn FnMut(Cursor, String, &[u8]) -> bool + 'v;
+
+/// An agent's key as stored: its number, signing key and certificate (PEM).
+pub type AgentKeyRow = (i64, Vec<u8>, Option<String>);
+
 /// What the agents page shows beside `agents`' row: what the agent's own signed chain said about
 /// its sensors and losses, and what the collector concluded about the chain.
 #[derive(Debug, Clone, Default)]
@@ -180,61 +238,27 @@ pub struct Health {
     pub head_signed: bool,
 }
 
-/// Health of every agent, by agent id. The counts use the `events_health` index; the messages are
+/// Health of every agent, by agent id. The counts use the stores' health index; the messages are
 /// the newest few.
-pub fn health(conn: &Connection) -> Result<HashMap<String, Health>, StoreError> {
-    let agents: Vec<(i64, String, bool)> = {
-        let mut stmt =
-            conn.prepare("SELECT no, id, head_signature IS NOT NULL FROM agents ORDER BY no")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut count = conn.prepare(&format!(
-        "SELECT COUNT(*) FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2"
-    ))?;
-    let mut newest = conn.prepare(&format!(
-        "SELECT ts, payload FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2
-         ORDER BY ts DESC LIMIT ?3"
-    ))?;
-    let mut dropped_sum = conn.prepare(&format!(
-        "SELECT payload FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = 'agent.dropped'
-         ORDER BY ts DESC LIMIT 10000"
-    ))?;
-    let mut findings = conn.prepare(
-        "SELECT kind, COUNT(*) FROM findings WHERE agent_no = ?1 GROUP BY kind ORDER BY kind",
-    )?;
+pub fn health(conn: &(impl ConsoleRows + ?Sized)) -> Result<HashMap<String, Health>, StoreError> {
     let mut out = HashMap::new();
-    for (no, id, head_signed) in agents {
+    for (no, id, head_signed) in conn.health_agents()? {
         let mut health = Health {
             head_signed,
+            overflows: conn.health_count(no, "sensor.overflow")?,
+            sensor_errors: conn.health_count(no, "sensor.error")?,
+            findings: conn.findings(no)?,
             ..Health::default()
         };
-        let counted = |kind: &str, stmt: &mut rusqlite::Statement<'_>| -> Result<u64, StoreError> {
-            Ok(
-                u64::try_from(stmt.query_row(params![no, kind], |r| r.get::<_, i64>(0))?)
-                    .unwrap_or(0),
-            )
-        };
-        health.overflows = counted("sensor.overflow", &mut count)?;
-        health.sensor_errors = counted("sensor.error", &mut count)?;
-        let start: Option<(i64, Vec<u8>)> = newest
-            .query_row(params![no, "agent.start", 1], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((_, payload)) = &start
+        if let Some(payload) = conn.health_newest(no, "agent.start", 1)?.first()
             && let Ok(event) = decode_event(payload)
             && let Body::Agent(agent) = event.body
         {
             health.sensors = agent.sensors;
         }
-        let rows = newest.query_map(params![no, "sensor.status", 32], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
         // The newest report of each sensor (they come just before `agent.start`, and again when
         // a backend changes).
-        for row in rows {
-            let (_, payload) = row?;
+        for payload in conn.health_newest(no, "sensor.status", 32)? {
             if let Ok(event) = decode_event(&payload)
                 && let Body::Sensor(sensor) = event.body
                 && !health
@@ -246,19 +270,12 @@ pub fn health(conn: &Connection) -> Result<HashMap<String, Health>, StoreError> 
             }
         }
         health.backends.sort();
-        let rows = dropped_sum.query_map([no], |r| r.get::<_, Vec<u8>>(0))?;
-        for payload in rows {
-            if let Ok(event) = decode_event(&payload?)
+        for payload in conn.health_newest(no, "agent.dropped", 10_000)? {
+            if let Ok(event) = decode_event(&payload)
                 && let Body::Agent(agent) = event.body
             {
                 health.dropped = health.dropped.saturating_add(agent.dropped);
             }
-        }
-        let rows =
-            findings.query_map([no], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (kind, n) = row?;
-            health.findings.push((kind, u64::try_from(n).unwrap_or(0)));
         }
         out.insert(id, health);
     }
@@ -285,18 +302,30 @@ pub struct Evidence {
     pub proof: Proof,
 }
 
-struct BatchRow {
-    first: u64,
-    last: u64,
-    prev: Vec<u8>,
-    head: Vec<u8>,
-    signature: Vec<u8>,
+/// A signed batch as stored.
+pub struct BatchRow {
+    pub first: u64,
+    pub last: u64,
+    pub prev: Vec<u8>,
+    pub head: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Whether the agent's stored certificate was issued by `ca_pem` and binds `key`.
+fn key_bound(certificate: Option<&str>, ca_pem: Option<&str>, key: &[u8]) -> bool {
+    match (certificate, ca_pem) {
+        (Some(pem), Some(ca)) => bannin::pki::first_cert_der(pem).is_some_and(|der| {
+            bannin::pki::issued_by(&der, ca)
+                && bannin::pki::signing_key_of(&der).as_deref() == Some(key)
+        }),
+        _ => false,
+    }
 }
 
 /// The events `refs` (agent id, seq), each with its proof. `ca_pem` is the collector's CA, read
 /// from the data directory: an agent key the CA did not certify proves nothing.
 pub fn evidence(
-    conn: &Connection,
+    conn: &(impl ConsoleRows + ?Sized),
     refs: &[(String, u64)],
     ca_pem: Option<&str>,
 ) -> Result<Vec<Evidence>, StoreError> {
@@ -307,24 +336,8 @@ pub fn evidence(
         let agent = match keys.get(agent_id) {
             Some(found) => found.clone(),
             None => {
-                let row: Option<(i64, Vec<u8>, Option<String>)> = conn
-                    .query_row(
-                        "SELECT no, signing_key, certificate FROM agents WHERE id = ?1",
-                        [agent_id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let found = row.map(|(no, key, certificate)| {
-                    let bound = match (certificate, ca_pem) {
-                        (Some(pem), Some(ca)) => {
-                            bannin::pki::first_cert_der(&pem).is_some_and(|der| {
-                                bannin::pki::issued_by(&der, ca)
-                                    && bannin::pki::signing_key_of(&der).as_deref()
-                                        == Some(&key[..])
-                            })
-                        }
-                        _ => false,
-                    };
+                let found = conn.agent_key(agent_id)?.map(|(no, key, certificate)| {
+                    let bound = key_bound(certificate.as_deref(), ca_pem, &key);
                     (no, key, bound)
                 });
                 keys.insert(agent_id.clone(), found.clone());
@@ -340,13 +353,7 @@ pub fn evidence(
             });
             continue;
         };
-        let payload: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT payload FROM events WHERE agent_no = ?1 AND seq = ?2",
-                params![no, i64::try_from(*seq).unwrap_or(i64::MAX)],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let payload = conn.payload(no, *seq)?;
         let record = payload
             .as_deref()
             .and_then(|p| decode_event(p).ok())
@@ -357,8 +364,7 @@ pub fn evidence(
         let proof = if payload.is_none() {
             Proof::Unverified("not stored (pruned by retention?)".into())
         } else {
-            let batch = batch_of(conn, no, *seq)?;
-            match batch {
+            match conn.batch_of(no, *seq)? {
                 None => Proof::Unverified("no signed batch holds it".into()),
                 Some(batch) => match batches.get(&(no, batch.first)) {
                     Some(proof) => proof.clone(),
@@ -388,31 +394,10 @@ pub fn evidence(
     Ok(out)
 }
 
-fn batch_of(conn: &Connection, no: i64, seq: u64) -> Result<Option<BatchRow>, StoreError> {
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    Ok(conn
-        .query_row(
-            "SELECT first_seq, last_seq, prev_hash, head_hash, signature FROM batches
-             WHERE agent_no = ?1 AND last_seq >= ?2 AND first_seq <= ?2
-             ORDER BY last_seq LIMIT 1",
-            params![no, seq],
-            |r| {
-                Ok(BatchRow {
-                    first: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    last: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                    prev: r.get(2)?,
-                    head: r.get(3)?,
-                    signature: r.get(4)?,
-                })
-            },
-        )
-        .optional()?)
-}
-
 /// Re-hashes every event of a batch from its signed start and checks the agent's signature over
 /// the result: an event is proven only with the whole batch it was signed in.
 fn prove_batch(
-    conn: &Connection,
+    conn: &(impl ConsoleRows + ?Sized),
     no: i64,
     agent_id: &str,
     key: &[u8],
@@ -439,39 +424,26 @@ fn prove_batch(
             "the batch signature does not verify".into(),
         ));
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, payload, hash FROM events WHERE agent_no = ?1 AND seq >= ?2 AND seq <= ?3
-         ORDER BY seq",
-    )?;
-    let mut rows = stmt.query(params![
-        no,
-        i64::try_from(batch.first).unwrap_or(i64::MAX),
-        i64::try_from(batch.last).unwrap_or(i64::MAX)
-    ])?;
     let mut running = prev;
     let mut expected = batch.first;
-    while let Some(row) = rows.next()? {
-        let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+    let mut broken = None;
+    conn.batch_events(no, batch.first, batch.last, &mut |seq, payload, stored| {
         if seq != expected {
-            return Ok(Proof::Unverified(format!(
-                "event {expected} of its batch is missing"
-            )));
+            broken = Some(format!("event {expected} of its batch is missing"));
+            return false;
         }
-        // Whatever an edit left in these columns is compared as bytes, never trusted to be a blob.
-        let (ValueRef::Blob(payload) | ValueRef::Text(payload)) = row.get_ref(1)? else {
-            return Ok(Proof::Unverified(format!("event {seq} has no payload")));
-        };
         running = chain::link(&running, seq, payload);
-        let stored = match row.get_ref(2)? {
-            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
-            _ => &[],
-        };
         if stored != running {
-            return Ok(Proof::Unverified(format!(
+            broken = Some(format!(
                 "event {seq}'s hash does not follow from the one before it"
-            )));
+            ));
+            return false;
         }
         expected += 1;
+        true
+    })?;
+    if let Some(why) = broken {
+        return Ok(Proof::Unverified(why));
     }
     if expected != batch.last + 1 || running != head {
         return Ok(Proof::Unverified(
@@ -538,82 +510,38 @@ pub fn user_of(record: &Record) -> Option<&str> {
 
 /// One page of `search`, newest first, starting after `after`, reading at most `max_scan` rows.
 pub fn search(
-    conn: &Connection,
+    conn: &(impl ConsoleRows + ?Sized),
     search: &Search,
     after: Option<Cursor>,
     page: usize,
     max_scan: usize,
 ) -> Result<Page, StoreError> {
-    let mut sql = String::from(
-        "SELECT a.id, e.payload, e.ts, e.agent_no, e.seq FROM events e
-         JOIN agents a ON a.no = e.agent_no WHERE 1=1",
-    );
-    let mut args: Vec<Value> = Vec::new();
-    if let Some(kind) = &search.kind {
-        sql.push_str(" AND e.kind GLOB ?");
-        args.push(Value::Text(kind.clone()));
-    }
-    if let Some(host) = &search.host {
-        sql.push_str(" AND (a.name = ? OR a.host = ?)");
-        args.push(Value::Text(host.clone()));
-        args.push(Value::Text(host.clone()));
-    }
-    if let Some(path) = &search.path {
-        sql.push_str(" AND e.path GLOB ?");
-        args.push(Value::Text(path.clone()));
-    }
-    if let Some(since) = search.since {
-        sql.push_str(" AND e.ts >= ?");
-        args.push(Value::Integer(since.as_nanos()));
-    }
-    if let Some(until) = search.until {
-        sql.push_str(" AND e.ts <= ?");
-        args.push(Value::Integer(until.as_nanos()));
-    }
-    if let Some(after) = after {
-        sql.push_str(" AND (e.ts, e.agent_no, e.seq) < (?, ?, ?)");
-        args.extend([
-            Value::Integer(after.ts),
-            Value::Integer(after.agent_no),
-            Value::Integer(after.seq),
-        ]);
-    }
-    sql.push_str(" ORDER BY e.ts DESC, e.agent_no DESC, e.seq DESC LIMIT ?");
-    args.push(Value::Integer(i64::try_from(max_scan).unwrap_or(i64::MAX)));
     let user = search.user.as_deref().map(glob_matcher).transpose()?;
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Page::default();
     let mut scanned = 0usize;
     let mut last = None;
-    while let Some(row) = rows.next()? {
+    let mut full = false;
+    conn.scan(search, after, max_scan, &mut |cursor, agent_id, payload| {
         scanned += 1;
-        let cursor = Cursor {
-            ts: row.get(2)?,
-            agent_no: row.get(3)?,
-            seq: row.get(4)?,
-        };
         last = Some(cursor);
-        let agent_id: String = row.get(0)?;
-        let (ValueRef::Blob(payload) | ValueRef::Text(payload)) = row.get_ref(1)? else {
-            continue;
-        };
         let Ok(event) = decode_event(payload) else {
-            continue;
+            return true;
         };
         let record = Record { agent_id, event };
         if let Some(user) = &user
             && !user_of(&record).is_some_and(|u| user.is_match(u))
         {
-            continue;
+            return true;
         }
         out.records.push(record);
         if out.records.len() == page {
             out.next = Some(cursor);
-            return Ok(out);
+            full = true;
+            return false;
         }
-    }
-    if scanned == max_scan {
+        true
+    })?;
+    if !full && scanned == max_scan {
         out.scan_limited = true;
         out.next = last;
     }
@@ -627,6 +555,184 @@ fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, StoreError> {
             pattern: pattern.to_string(),
             reason: error.to_string(),
         })
+}
+
+impl ConsoleRows for Connection {
+    fn health_agents(&self) -> Result<Vec<(i64, String, bool)>, StoreError> {
+        let mut stmt =
+            self.prepare("SELECT no, id, head_signature IS NOT NULL FROM agents ORDER BY no")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn health_count(&self, no: i64, kind: &str) -> Result<u64, StoreError> {
+        let mut stmt = self.prepare_cached(&format!(
+            "SELECT COUNT(*) FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2"
+        ))?;
+        let n: i64 = stmt.query_row(params![no, kind], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn health_newest(&self, no: i64, kind: &str, limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.prepare_cached(&format!(
+            "SELECT payload FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2
+             ORDER BY ts DESC LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![no, kind, limit], |r| r.get::<_, Vec<u8>>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn findings(&self, no: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.prepare_cached(
+            "SELECT kind, COUNT(*) FROM findings WHERE agent_no = ?1 GROUP BY kind ORDER BY kind",
+        )?;
+        let rows = stmt.query_map([no], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn agent_key(&self, agent_id: &str) -> Result<Option<AgentKeyRow>, StoreError> {
+        Ok(self
+            .query_row(
+                "SELECT no, signing_key, certificate FROM agents WHERE id = ?1",
+                [agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    fn payload(&self, no: i64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .query_row(
+                "SELECT payload FROM events WHERE agent_no = ?1 AND seq = ?2",
+                params![no, i64::try_from(seq).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn batch_of(&self, no: i64, seq: u64) -> Result<Option<BatchRow>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        Ok(self
+            .query_row(
+                "SELECT first_seq, last_seq, prev_hash, head_hash, signature FROM batches
+                 WHERE agent_no = ?1 AND last_seq >= ?2 AND first_seq <= ?2
+                 ORDER BY last_seq LIMIT 1",
+                params![no, seq],
+                |r| {
+                    Ok(BatchRow {
+                        first: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        last: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                        prev: r.get(2)?,
+                        head: r.get(3)?,
+                        signature: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn batch_events(
+        &self,
+        no: i64,
+        first: u64,
+        last: u64,
+        visit: &mut ChainVisit<'_>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.prepare_cached(
+            "SELECT seq, payload, hash FROM events WHERE agent_no = ?1 AND seq >= ?2 AND seq <= ?3
+             ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![
+            no,
+            i64::try_from(first).unwrap_or(i64::MAX),
+            i64::try_from(last).unwrap_or(i64::MAX)
+        ])?;
+        while let Some(row) = rows.next()? {
+            let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+            // Whatever an edit left in these columns is compared as bytes, never trusted to be a
+            // blob.
+            let payload = match row.get_ref(1)? {
+                ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+                _ => &[],
+            };
+            let stored = match row.get_ref(2)? {
+                ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+                _ => &[],
+            };
+            if !visit(seq, payload, stored) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        search: &Search,
+        after: Option<Cursor>,
+        max_scan: usize,
+        visit: &mut ScanVisit<'_>,
+    ) -> Result<(), StoreError> {
+        let mut sql = String::from(
+            "SELECT a.id, e.payload, e.ts, e.agent_no, e.seq FROM events e
+             JOIN agents a ON a.no = e.agent_no WHERE 1=1",
+        );
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(kind) = &search.kind {
+            sql.push_str(" AND e.kind GLOB ?");
+            args.push(Value::Text(kind.clone()));
+        }
+        if let Some(host) = &search.host {
+            sql.push_str(" AND (a.name = ? OR a.host = ?)");
+            args.push(Value::Text(host.clone()));
+            args.push(Value::Text(host.clone()));
+        }
+        if let Some(path) = &search.path {
+            sql.push_str(" AND e.path GLOB ?");
+            args.push(Value::Text(path.clone()));
+        }
+        if let Some(since) = search.since {
+            sql.push_str(" AND e.ts >= ?");
+            args.push(Value::Integer(since.as_nanos()));
+        }
+        if let Some(until) = search.until {
+            sql.push_str(" AND e.ts <= ?");
+            args.push(Value::Integer(until.as_nanos()));
+        }
+        if let Some(after) = after {
+            sql.push_str(" AND (e.ts, e.agent_no, e.seq) < (?, ?, ?)");
+            args.extend([
+                Value::Integer(after.ts),
+                Value::Integer(after.agent_no),
+                Value::Integer(after.seq),
+            ]);
+        }
+        sql.push_str(" ORDER BY e.ts DESC, e.agent_no DESC, e.seq DESC LIMIT ?");
+        args.push(Value::Integer(i64::try_from(max_scan).unwrap_or(i64::MAX)));
+        let mut stmt = self.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            let cursor = Cursor {
+                ts: row.get(2)?,
+                agent_no: row.get(3)?,
+                seq: row.get(4)?,
+            };
+            let agent_id: String = row.get(0)?;
+            let payload = match row.get_ref(1)? {
+                ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+                _ => &[],
+            };
+            if !visit(cursor, agent_id, payload) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,16 @@ pub trait Source {
     fn column(&self, text: &str) -> String {
         text.to_string()
     }
+    /// For `verify --checkpoints`: the agent's row number and recorded head, by its id.
+    fn agent_by_id(&self, agent_id: &str) -> Result<Option<(i64, u64)>, StoreError>;
+    /// For `verify --checkpoints`: the stored chain hash of one event.
+    fn event_hash(&self, agent_no: i64, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// For `verify --checkpoints`: the stored hash of alert chain entry `n`.
+    fn alert_chain_hash(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 struct Sqlite<'a>(&'a Connection);
@@ -208,6 +218,39 @@ impl Source for Sqlite<'_> {
 
     fn alert_chain(&self, key: Option<&SealKey>) -> Result<Vec<String>, StoreError> {
         super::alert_chain::verify(self.0, key)
+    }
+
+    fn agent_by_id(&self, agent_id: &str) -> Result<Option<(i64, u64)>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT no, last_seq FROM agents WHERE id = ?1",
+                [agent_id],
+                |r| Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0))),
+            )
+            .optional()?)
+    }
+
+    fn event_hash(&self, agent_no: i64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT hash FROM events WHERE agent_no = ?1 AND seq = ?2",
+                rusqlite::params![agent_no, seq_param(seq)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn alert_chain_hash(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT hash FROM alert_chain WHERE n = ?1",
+                [seq_param(n)],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }
 
@@ -591,6 +634,16 @@ pub fn verify_checkpoints(
 ) -> Result<(), StoreError> {
     let snapshot = conn.unchecked_transaction()?;
     let conn: &Connection = &snapshot;
+    verify_checkpoints_source(&Sqlite(conn), trust, lines, report)
+}
+
+/// [`verify_checkpoints`] against either store, read through `source`.
+pub fn verify_checkpoints_source(
+    source: &dyn Source,
+    trust: &Trust,
+    lines: &[crate::checkpoint::Line],
+    report: &mut Report,
+) -> Result<(), StoreError> {
     let mut vouched = Vouched::default();
     for (line, parsed) in lines {
         let checkpoint = match parsed {
@@ -639,19 +692,12 @@ pub fn verify_checkpoints(
             .push("the checkpoint file holds no checkpoint".to_string());
     }
     for (head, ts) in vouched.agents.values() {
-        check_vouched_head(conn, trust, head, ts, report)?;
+        check_vouched_head(source, trust, head, ts, report)?;
     }
     if let Some((chain, ts)) = &vouched.alerts
         && chain.n > 0
     {
-        let stored: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT hash FROM alert_chain WHERE n = ?1",
-                [i64::try_from(chain.n).unwrap_or(i64::MAX)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match stored {
+        match source.alert_chain_hash(chain.n)? {
             Some(hash) if hex::encode(&hash) == chain.hash => {}
             Some(_) => report.problems.push(format!(
                 "alert chain entry {}: differs from the entry the checkpoint of {ts} vouches for",
@@ -674,19 +720,14 @@ pub fn verify_checkpoints(
 }
 
 fn check_vouched_head(
-    conn: &Connection,
+    source: &dyn Source,
     trust: &Trust,
     head: &crate::checkpoint::AgentHead,
     ts: &str,
     report: &mut Report,
 ) -> Result<(), StoreError> {
     let id = &head.agent_id;
-    let agent: Option<(i64, i64)> = conn
-        .query_row("SELECT no, last_seq FROM agents WHERE id = ?1", [id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    let Some((no, last_seq)) = agent else {
+    let Some((no, last_seq)) = source.agent_by_id(id)? else {
         report.problems.push(format!(
             "agent {id} ({}): the checkpoint of {ts} vouches for its events through {}, the store has no such agent (removed with its history)",
             head.name, head.seq
@@ -696,27 +737,20 @@ fn check_vouched_head(
     if head.seq == 0 {
         return Ok(());
     }
-    if u64::try_from(last_seq).unwrap_or(0) < head.seq {
+    if last_seq < head.seq {
         report.problems.push(format!(
             "agent {id}: its recorded head ({last_seq}) is behind the checkpoint of {ts}, which vouches for events through {} (rolled back)",
             head.seq
         ));
     }
-    let stored: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT hash FROM events WHERE agent_no = ?1 AND seq = ?2",
-            rusqlite::params![no, i64::try_from(head.seq).unwrap_or(i64::MAX)],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match stored {
+    match source.event_hash(no, head.seq)? {
         Some(hash) if hex::encode(&hash) == head.hash => {}
         Some(_) => report.problems.push(format!(
             "agent {id} event {}: differs from the event the checkpoint of {ts} vouches for",
             head.seq
         )),
         None => {
-            let pruned = super::prune::mark(conn, no)?.is_some_and(|mark| {
+            let pruned = source.pruned(no)?.is_some_and(|mark| {
                 mark.through_seq >= head.seq
                     && trust.check(
                         &seal::pruned_message(id, mark.through_seq, mark.ts),

@@ -4,7 +4,11 @@
 //! used link and a revoked operator are refused; and what an attacker tries (hostile names in every
 //! field, session fixation, cross-site sign-out, path traversal, huge requests) fails.
 //!
-//! Screenshots of every page go to `target/console-screenshots/`.
+//! The same tests run on a PostgreSQL store shared by two collectors (a database of its own on
+//! the machine's PostgreSQL): links are issued for collector A, every page is read on collector
+//! B, and signing out or revoking through one collector ends the session on the other at once.
+//!
+//! Screenshots of every page go to `target/console-screenshots/` (`pg-` before a PostgreSQL run's).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +22,7 @@ use bannin::time::Timestamp;
 use fantoccini::{Client, ClientBuilder, Locator};
 
 use crate::harness::*;
+use crate::pgstore::{PgDb, shared_dirs};
 use crate::sim::SimAgent;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -25,67 +30,134 @@ const RULE: &str = "large-export-created-then-deleted";
 /// A file name that is an HTML element with an event handler: it must show as text and run nothing.
 const HOSTILE_FILE: &str = "<img src=x onerror=alert(1)>.csv";
 
-/// A collector with the console on a free port and a 1 KiB export threshold.
+/// Which store the console runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Sqlite,
+    /// Two collectors sharing a PostgreSQL store.
+    Postgres,
+}
+
+/// Collectors with the console on free ports and a 1 KiB export threshold: one on SQLite, or A
+/// and B sharing a PostgreSQL store. Links are issued for the first (A), pages are read on the
+/// last (B).
 struct Site {
     tmp: tempfile::TempDir,
-    collector: Collector,
-    /// `https://127.0.0.1:PORT`
-    base: String,
+    collectors: Vec<Collector>,
+    /// `https://127.0.0.1:PORT` of each collector's console.
+    bases: Vec<String>,
+    db: Option<PgDb>,
 }
 
 fn site() -> Site {
+    site_on(Store::Sqlite)
+}
+
+fn console_base(collector: &mut Collector) -> String {
+    let line = collector
+        .proc
+        .wait_line("serving the console on ", Duration::from_secs(30));
+    line.split("serving the console on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
+fn site_on(store: Store) -> Site {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("collector.toml");
     private_file(
         &config,
         "[detection.thresholds]\nlarge_export_min_size = 1024\n",
     );
-    let mut collector = Collector::start_with(
-        &tmp.path().join("collector"),
+    let console_args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--console-listen",
         "127.0.0.1:0",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--console-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    let line = collector
-        .proc
-        .wait_line("serving the console on ", Duration::from_secs(30));
-    let base = line
-        .split("serving the console on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    ];
+    let (dirs, db) = match store {
+        Store::Sqlite => (vec![tmp.path().join("collector")], None),
+        Store::Postgres => {
+            let db = PgDb::create();
+            (shared_dirs(tmp.path(), &db, 2), Some(db))
+        }
+    };
+    let mut collectors = Vec::new();
+    let mut bases = Vec::new();
+    for dir in &dirs {
+        let mut args: Vec<&str> = console_args.to_vec();
+        if let Some(db) = &db {
+            args.extend(["--store", db.url.as_str()]);
+        }
+        let mut collector = Collector::start_with(dir, "127.0.0.1:0", &args);
+        bases.push(console_base(&mut collector));
+        collectors.push(collector);
+    }
     Site {
         tmp,
-        collector,
-        base,
+        collectors,
+        bases,
+        db,
     }
 }
 
 impl Site {
-    /// `console link --operator NAME`: the printed URL.
-    fn link(&self, operator: &str) -> String {
-        run_ok(
-            Command::new(COLLECTOR)
-                .args(["console", "link", "--operator", operator, "--data-dir"])
-                .arg(&self.collector.dir),
-        )
-        .trim()
-        .to_string()
+    /// The collector links are issued for, agents enroll with and the CLI runs against.
+    fn a(&self) -> &Collector {
+        &self.collectors[0]
     }
 
+    /// The store arguments of a CLI command: the shared store, or the data directory.
+    fn store_args(&self, command: &mut Command) {
+        match &self.db {
+            Some(db) => command.args(["--store", &db.url]),
+            None => command.arg("--data-dir").arg(&self.a().dir),
+        };
+    }
+
+    /// `console link --operator NAME`, with the store and collector A's data directory (where A
+    /// recorded its console's address).
+    fn link_command(&self, operator: &str) -> Command {
+        let mut command = Command::new(COLLECTOR);
+        command.args(["console", "link", "--operator", operator]);
+        self.store_args(&mut command);
+        if self.db.is_some() {
+            command.arg("--data-dir").arg(&self.a().dir);
+        }
+        command
+    }
+
+    /// `console link --operator NAME`: the printed URL, on collector A's console.
+    fn link(&self, operator: &str) -> String {
+        let link = run_ok(&mut self.link_command(operator)).trim().to_string();
+        assert!(link.starts_with(&self.bases[0]), "{link}");
+        link
+    }
+
+    /// `path` on the console of collector B (the only one on SQLite).
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.bases[self.bases.len() - 1])
+    }
+
+    /// `path` on the console of collector A.
+    fn url_a(&self, path: &str) -> String {
+        format!("{}{path}", self.bases[0])
+    }
+
+    /// A screenshot's name, marked for a PostgreSQL run.
+    fn shot(&self, name: &str) -> String {
+        match self.db {
+            Some(_) => format!("pg-{name}"),
+            None => name.to_string(),
+        }
     }
 
     /// An HTTPS client that trusts only the collector's CA: the console serves the collector's
     /// own server certificate.
     fn http(&self) -> reqwest::Client {
-        let ca = std::fs::read(self.collector.ca()).unwrap();
+        let ca = std::fs::read(self.a().ca()).unwrap();
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
             .tls_built_in_root_certs(false)
@@ -94,17 +166,22 @@ impl Site {
             .unwrap()
     }
 
-    /// Signs in over HTTP with a fresh link; the session cookie's value.
+    /// Signs in over HTTP with a fresh link (on A); the session cookie's value.
     async fn session(&self, operator: &str) -> String {
         let reply = self.http().get(self.link(operator)).send().await.unwrap();
         assert_eq!(reply.status(), 200);
         session_of(&reply).expect("a session cookie")
     }
 
+    /// `path` on B with the session cookie: the status and body.
     async fn get(&self, path: &str, session: &str) -> (u16, String) {
+        self.get_url(&self.url(path), session).await
+    }
+
+    async fn get_url(&self, url: &str, session: &str) -> (u16, String) {
         let reply = self
             .http()
-            .get(self.url(path))
+            .get(url)
             .header("cookie", format!("__Host-bannin_session={session}"))
             .send()
             .await
@@ -289,11 +366,22 @@ fn write_export(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scope_and_exports_csv()
 {
-    let site = site();
+    follow_a_real_alert(Store::Sqlite).await;
+}
+
+/// Signed in through collector A's link, the operator reads the alert, its verified evidence,
+/// scope, timeline, search and export on collector B; signing out on B ends the session on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_postgresql_store_a_session_from_one_collector_reads_every_page_on_another() {
+    follow_a_real_alert(Store::Postgres).await;
+}
+
+async fn follow_a_real_alert(store: Store) {
+    let site = site_on(store);
     let watched = site.tmp.path().join("exports");
     std::fs::create_dir(&watched).unwrap();
     let state = site.tmp.path().join("agent");
-    site.collector.enroll(&state, "files1");
+    site.a().enroll(&state, "files1");
     let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     // A real create-then-delete of an export whose name is an HTML element.
     let csv = watched.join(HOSTILE_FILE);
@@ -301,7 +389,8 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     std::fs::remove_file(&csv).unwrap();
     let path = csv.display().to_string();
     wait_for("the create-then-delete alert", LONG, || {
-        alerts_json(&site.collector.dir, &["--rule", RULE])
+        site.a()
+            .alerts(&["--rule", RULE])
             .into_iter()
             .find(|a| a["path"] == path.as_str())
     });
@@ -321,7 +410,7 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
         row.contains(HOSTILE_FILE),
         "the file name shows as text: {row}"
     );
-    browser.screenshot("alerts").await;
+    browser.screenshot(&site.shot("alerts")).await;
 
     // The alert (filtered in the URL: other rules may fire meanwhile): every evidence event
     // verified by chain and signature, with its lineage.
@@ -344,7 +433,7 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     assert!(detail.contains(HOSTILE_FILE), "{detail}");
     let lineage = browser.text("tr.evidence-row td.lineage").await;
     assert!(lineage.starts_with("python3"), "{lineage}");
-    browser.screenshot("alert").await;
+    browser.screenshot(&site.shot("alert")).await;
     let alert_url = browser.client.current_url().await.unwrap();
 
     // Its scope: the export file created and deleted, by python3.
@@ -356,7 +445,7 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
         files.contains(HOSTILE_FILE) && files.contains("file.delete"),
         "{files}"
     );
-    browser.screenshot("scope").await;
+    browser.screenshot(&site.shot("scope")).await;
 
     // The host's timeline around it.
     browser.goto(alert_url.as_str()).await;
@@ -368,7 +457,7 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
         timeline.contains("file.create") && timeline.contains(HOSTILE_FILE),
         "{timeline}"
     );
-    browser.screenshot("timeline").await;
+    browser.screenshot(&site.shot("timeline")).await;
 
     // Search and export the result as CSV, through the browser's own download.
     browser
@@ -377,7 +466,7 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     browser.wait_title("Search").await;
     browser.assert_inert().await;
     assert!(browser.count("table.events tbody tr").await >= 2);
-    browser.screenshot("search").await;
+    browser.screenshot(&site.shot("search")).await;
     browser.click("#export-csv").await;
     let downloaded = browser.downloads.join("bannin-events.csv");
     let csv_text = wait_for("the CSV download", Duration::from_secs(30), || {
@@ -408,12 +497,12 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
         agents.contains("files1") && agents.contains("active"),
         "{agents}"
     );
-    browser.screenshot("agents").await;
+    browser.screenshot(&site.shot("agents")).await;
 
     browser.goto(&site.url("/rules")).await;
     browser.wait_title("Rules").await;
     assert!(browser.text("table.rules").await.contains(RULE));
-    browser.screenshot("rules").await;
+    browser.screenshot(&site.shot("rules")).await;
 
     // A used link is refused, and the session it opened goes on.
     browser.goto(&link).await;
@@ -425,48 +514,64 @@ async fn an_operator_signs_in_follows_a_real_alert_to_verified_evidence_and_scop
     browser.click("a[lang=ja]").await;
     browser.wait_title("アラート").await;
     assert!(browser.text("nav").await.contains("エージェント"));
-    browser.screenshot("alerts-ja").await;
+    browser.screenshot(&site.shot("alerts-ja")).await;
     browser.goto(alert_url.as_str()).await;
     browser.wait_title("アラート").await;
     assert!(browser.text("table.evidence").await.contains("検証済み"));
-    browser.screenshot("alert-ja").await;
+    browser.screenshot(&site.shot("alert-ja")).await;
 
-    // Signing out from the console's own button ends the session.
+    // Signing out from the console's own button (on B) ends the session; its token replayed on
+    // A afterwards is refused.
+    let token = browser.cookie("__Host-bannin_session").await.unwrap();
+    assert_eq!(site.get_url(&site.url_a("/alerts"), &token).await.0, 200);
     browser.click("a[lang=en]").await;
     browser.click("#signout").await;
     browser.wait_title("Signed out").await;
     browser.goto(&site.url("/alerts")).await;
     browser.wait_title("Not signed in").await;
+    for url in [site.url_a("/alerts"), site.url("/alerts")] {
+        let (status, body) = site.get_url(&url, &token).await;
+        assert_eq!(status, 401, "{url}: {body}");
+    }
     browser.client.clone().close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_operator_ends_the_session_at_once_and_refuses_its_links() {
-    let site = site();
+    revoke_ends_sessions(Store::Sqlite).await;
+}
+
+/// A revocation in the shared store ends the session, opened through A and used on B, on both
+/// collectors at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_postgresql_store_revoking_the_operator_ends_the_session_on_every_collector() {
+    revoke_ends_sessions(Store::Postgres).await;
+}
+
+async fn revoke_ends_sessions(store: Store) {
+    let site = site_on(store);
     let browser = Browser::start().await;
     let unused = site.link("bob");
     browser.goto(&site.link("bob")).await;
     browser.wait_title("Alerts").await;
     browser.goto(&site.url("/agents")).await;
     browser.wait_title("Agents").await;
+    let token = browser.cookie("__Host-bannin_session").await.unwrap();
+    assert_eq!(site.get_url(&site.url_a("/agents"), &token).await.0, 200);
 
-    run_ok(
-        Command::new(COLLECTOR)
-            .args(["revoke", "--operator", "bob", "--data-dir"])
-            .arg(&site.collector.dir),
-    );
-    // The very next request is refused: nothing about the session was cached.
+    let mut revoke = Command::new(COLLECTOR);
+    revoke.args(["revoke", "--operator", "bob"]);
+    site.store_args(&mut revoke);
+    run_ok(&mut revoke);
+    // The very next request is refused, on every collector: nothing about the session was cached.
     browser.goto(&site.url("/agents")).await;
     browser.wait_title("Not signed in").await;
-    browser.screenshot("revoked").await;
+    browser.screenshot(&site.shot("revoked")).await;
+    assert_eq!(site.get_url(&site.url_a("/agents"), &token).await.0, 401);
     // A link issued before the revocation is refused too, and no new one is issued.
     browser.goto(&unused).await;
     browser.wait_title("Sign-in refused").await;
-    let refused = run_output(
-        Command::new(COLLECTOR)
-            .args(["console", "link", "--operator", "bob", "--data-dir"])
-            .arg(&site.collector.dir),
-    );
+    let refused = run_output(&mut site.link_command("bob"));
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("operator bob is revoked"), "{stderr}");
@@ -563,8 +668,18 @@ fn hostile_bodies(now: Timestamp) -> Vec<(Timestamp, Body)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_in_every_field_render_as_text_and_run_nothing() {
-    let site = site();
-    let mut agent = SimAgent::enroll(&site.collector, "pc-hostile").await;
+    hostile_values_are_text(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_postgresql_store_hostile_values_render_as_text_and_run_nothing() {
+    hostile_values_are_text(Store::Postgres).await;
+}
+
+/// The events go in through collector A; every page is read on B.
+async fn hostile_values_are_text(store: Store) {
+    let site = site_on(store);
+    let mut agent = SimAgent::enroll(site.a(), "pc-hostile").await;
     agent
         .submit_bodies(hostile_bodies(Timestamp::now()))
         .await
@@ -582,7 +697,7 @@ async fn hostile_values_in_every_field_render_as_text_and_run_nothing() {
         browser.goto(&site.url(path)).await;
         browser.wait_title("").await;
         browser.assert_inert().await;
-        browser.screenshot(name).await;
+        browser.screenshot(&site.shot(name)).await;
     }
     browser
         .goto(&site.url("/timeline?host=pc-hostile&since=1h"))
@@ -616,7 +731,18 @@ async fn hostile_values_in_every_field_render_as_text_and_run_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
-    let site = site();
+    links_and_sessions_resist_replay(Store::Sqlite).await;
+}
+
+/// As on SQLite, across two collectors: a link spent on A is refused on B, one link raced to both
+/// opens one session, and a session signed out on B is refused on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_postgresql_store_links_are_single_use_and_sessions_end_everywhere() {
+    links_and_sessions_resist_replay(Store::Postgres).await;
+}
+
+async fn links_and_sessions_resist_replay(store: Store) {
+    let site = site_on(store);
     let http = site.http();
     // Token reuse, and a near miss of a real token.
     let link = site.link("mallory");
@@ -640,6 +766,20 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
         assert!(cookie_line.contains(attribute), "{cookie_line}");
     }
     assert_eq!(http.get(&link).send().await.unwrap().status(), 403);
+    // Spent on A, it is spent on B too.
+    let on_b = link.replacen(&site.url_a(""), &site.url(""), 1);
+    let replayed = http.get(&on_b).send().await.unwrap();
+    assert_eq!(replayed.status(), 403, "{on_b}");
+    assert!(session_of(&replayed).is_none());
+    // One link handed to A and B at once opens exactly one session.
+    for _ in 0..5 {
+        let raced = site.link("mallory");
+        let raced_b = raced.replacen(&site.url_a(""), &site.url(""), 1);
+        let (ra, rb) = tokio::join!(http.get(&raced).send(), http.get(&raced_b).send());
+        let mut statuses = [ra.unwrap().status().as_u16(), rb.unwrap().status().as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 403], "{raced}");
+    }
     let other = site.link("mallory");
     let mut near = other.clone();
     let last = near.pop().unwrap();
@@ -647,12 +787,35 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
     let refused = http.get(&near).send().await.unwrap();
     assert_eq!(refused.status(), 403);
     assert!(session_of(&refused).is_none());
-    // Neither the link's token nor the session's secret is anywhere in the store's files.
+    // Neither the link's token nor the session's secret is anywhere in the store, which holds
+    // their SHA-256 hashes.
     let token = link.split("token=").nth(1).unwrap();
-    for name in ["bannin.db", "bannin.db-wal"] {
-        let bytes = std::fs::read(site.collector.dir.join(name)).unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(token) && !text.contains(&session), "{name}");
+    match &site.db {
+        None => {
+            for name in ["bannin.db", "bannin.db-wal"] {
+                let bytes = std::fs::read(site.a().dir.join(name)).unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains(token) && !text.contains(&session), "{name}");
+            }
+        }
+        Some(db) => {
+            let stored = db.query(
+                "SELECT encode(hash, 'escape') || ' ' || operator FROM console_links
+                 UNION ALL SELECT encode(hash, 'escape') || ' ' || operator FROM console_sessions",
+            );
+            assert!(stored.contains("mallory"), "{stored}");
+            assert!(
+                !stored.contains(token) && !stored.contains(&session),
+                "{stored}"
+            );
+            let hashed = |table: &str, secret: &str| {
+                db.query(&format!(
+                    "SELECT count(*) FROM {table} WHERE hash = sha256(convert_to('{secret}', 'UTF8'))"
+                ))
+            };
+            assert_eq!(hashed("console_links", token), "1");
+            assert_eq!(hashed("console_sessions", &session), "1");
+        }
     }
 
     // Session fixation: the attacker's own valid session, planted in the victim's browser, is
@@ -685,7 +848,7 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
     // A cross-site form posting to /signout: refused, the session goes on.
     let attack = format!(
         "data:text/html,<form id=f method=post action='{}/signout'></form><script>document.getElementById('f').submit()</script>",
-        site.base
+        site.url("")
     );
     browser.goto(&attack).await;
     // The form lands on the console, which refuses it.
@@ -696,7 +859,7 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
             .await
             .contains("did not come from the console")
     );
-    browser.screenshot("csrf-refused").await;
+    browser.screenshot(&site.shot("csrf-refused")).await;
     browser.goto(&site.url("/alerts")).await;
     browser.wait_title("Alerts").await;
     assert_eq!(browser.text("#operator").await, "victim");
@@ -711,8 +874,11 @@ async fn links_are_single_use_stored_as_hashes_and_sessions_cannot_be_fixed() {
     let get = site.get("/signout", &fresh).await;
     assert_eq!(get.0, 405);
     assert_eq!(site.get("/alerts", &fresh).await.0, 200, "still signed in");
-    assert_eq!(signout(&site.base).await.unwrap().status(), 200);
+    assert_eq!(signout(&site.url("")).await.unwrap().status(), 200);
     assert_eq!(site.get("/alerts", &fresh).await.0, 401, "signed out");
+    // Replayed on the other collector after signing out: refused there too.
+    let replayed = site.get_url(&site.url_a("/alerts"), &fresh).await;
+    assert_eq!(replayed.0, 401, "{}", replayed.1);
     browser.client.clone().close().await.unwrap();
 }
 

@@ -19,6 +19,8 @@ mod investigate;
 #[allow(dead_code)] // The benchmarks use the rest of it.
 #[path = "../support/pg_db.rs"]
 mod pg_db;
+mod pgmetrics;
+mod pgretention;
 mod pgstore;
 mod procnet;
 mod reads;

@@ -17,17 +17,17 @@ use serde_json::Value;
 use crate::harness::*;
 use crate::sim::SimAgent;
 
-const RULE: &str = "large-export-created-then-deleted";
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const RULE: &str = "large-export-created-then-deleted";
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 /// The detection leader's advisory lock (`LEADER_LOCK` in collector/store/pg/leader.rs), as
 /// `pg_locks` shows a 64-bit key: its high and low halves.
 const LOCK_CLASSID: i64 = 0x6261_6e6e;
 const LOCK_OBJID: i64 = 0x696e_0010;
 
-pub use crate::pg_db::{PgDb, psql, share_keys};
+pub use crate::pg_db::{PgDb, SHARED_KEYS as SHARED, psql, share_keys};
 
 /// `n` data directories under `tmp` holding the same keys, made by a first collector's start.
-fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
+pub(crate) fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
     let first = tmp.join("c0");
     let mut c0 = Collector::start_with(&first, "127.0.0.1:0", &["--store", &db.url]);
     c0.proc.terminate();
@@ -40,7 +40,12 @@ fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
     dirs
 }
 
-fn start(dir: &Path, db: &PgDb, config: Option<&Path>, env: &[(&str, &str)]) -> Collector {
+pub(crate) fn start(
+    dir: &Path,
+    db: &PgDb,
+    config: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Collector {
     let mut args = vec!["--store".to_string(), db.url.clone()];
     if let Some(config) = config {
         args.push("--config".into());
@@ -74,7 +79,7 @@ fn start(dir: &Path, db: &PgDb, config: Option<&Path>, env: &[(&str, &str)]) -> 
     }
 }
 
-fn webhook_config(dir: &Path, url: &str) -> PathBuf {
+pub(crate) fn webhook_config(dir: &Path, url: &str) -> PathBuf {
     let path = dir.join("collector.toml");
     private_file(
         &path,
@@ -83,7 +88,7 @@ fn webhook_config(dir: &Path, url: &str) -> PathBuf {
     path
 }
 
-fn events(db: &PgDb) -> Vec<Value> {
+pub(crate) fn events(db: &PgDb) -> Vec<Value> {
     let out = run_ok(Command::new(COLLECTOR).args([
         "events", "--store", &db.url, "--format", "json", "--limit", "10000000",
     ]));
@@ -92,7 +97,7 @@ fn events(db: &PgDb) -> Vec<Value> {
         .collect()
 }
 
-fn alerts(db: &PgDb) -> Vec<Value> {
+pub(crate) fn alerts(db: &PgDb) -> Vec<Value> {
     let out = run_ok(Command::new(COLLECTOR).args([
         "alerts", "--store", &db.url, "--format", "json", "--rule", RULE,
     ]));
@@ -102,7 +107,7 @@ fn alerts(db: &PgDb) -> Vec<Value> {
 }
 
 /// `verify --store` against the keys in `data_dir`: its exit code and output.
-fn verify(db: &PgDb, data_dir: &Path) -> (i32, String) {
+pub(crate) fn verify(db: &PgDb, data_dir: &Path) -> (i32, String) {
     let output = run_output(
         Command::new(COLLECTOR)
             .args(["verify", "--store", &db.url, "--data-dir"])
@@ -118,7 +123,7 @@ fn verify(db: &PgDb, data_dir: &Path) -> (i32, String) {
     )
 }
 
-fn status(n: u64) -> Body {
+pub(crate) fn status(n: u64) -> Body {
     SensorEvent::new(SensorStatus::Status, "sim", format!("event {n}")).into()
 }
 
@@ -134,7 +139,7 @@ fn writer() -> ProcessInfo {
     }
 }
 
-fn export(action: FileAction, path: &str) -> Body {
+pub(crate) fn export(action: FileAction, path: &str) -> Body {
     let mut file = FileEvent::new(action, path, "fanotify");
     file.size = Some(40 * 1024 * 1024);
     file.process = Some(writer());
@@ -153,7 +158,7 @@ fn export(action: FileAction, path: &str) -> Body {
 }
 
 /// The running collector whose log says it leads detection now.
-fn leader_of(collectors: &[Collector], dead: &BTreeSet<usize>) -> Option<usize> {
+pub(crate) fn leader_of(collectors: &[Collector], dead: &BTreeSet<usize>) -> Option<usize> {
     (0..collectors.len()).find(|i| {
         let c = &collectors[*i];
         !dead.contains(i)
@@ -170,7 +175,7 @@ fn leader_of(collectors: &[Collector], dead: &BTreeSet<usize>) -> Option<usize> 
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -406,7 +411,7 @@ fn an_export_created_through_one_collector_and_deleted_through_another_alerts_on
 }
 
 /// The transaction ids of sessions sitting inside a transaction with an id (writers).
-fn open_writers(db: &PgDb) -> Vec<u64> {
+pub(crate) fn open_writers(db: &PgDb) -> Vec<u64> {
     db.query(&format!(
         "SELECT backend_xid FROM pg_stat_activity WHERE datname = '{}' AND backend_xid IS NOT NULL
            AND state = 'idle in transaction'",

@@ -212,7 +212,7 @@ impl PgWriter {
             .get(&batch.agent_no)
             .copied()
             .unwrap_or(0);
-        let now = Timestamp::now();
+        let now = super::receipt_now();
         let mut findings = Vec::new();
         let mut witnessed = None;
         let mut acknowledged = 0;

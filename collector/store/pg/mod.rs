@@ -9,7 +9,9 @@
 //! is the chain's head, locked with `SELECT … FOR UPDATE`, so two collectors given the same agent's
 //! batches take turns and each sees the other's commit. The read commands use `read.rs`.
 
+pub mod console;
 pub mod ingest;
+pub mod prune;
 pub mod read;
 pub mod verify;
 
@@ -355,6 +357,52 @@ CREATE TABLE IF NOT EXISTS detection_cursor (
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
+/// A test hook: `BANNIN_TEST_CLOCK_SHIFT=-3d` (any `parse_duration` text, optionally negative)
+/// moves this collector's receipt clock, the one that stamps `received_ts`, names the partitions
+/// it creates and ages batches for retention, so a test can store batches "received" on earlier
+/// days through the real binaries without waiting days. Nothing else reads it; unset, the clock
+/// is the system's.
+pub const CLOCK_SHIFT: &str = "BANNIN_TEST_CLOCK_SHIFT";
+
+/// The shift [`CLOCK_SHIFT`] asks for, in nanoseconds (read once).
+fn clock_shift() -> i64 {
+    static SHIFT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SHIFT.get_or_init(|| {
+        let Ok(text) = std::env::var(CLOCK_SHIFT) else {
+            return 0;
+        };
+        let (sign, magnitude) = match text.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, text.as_str()),
+        };
+        match bannin::time::parse_duration(magnitude) {
+            Ok(shift) => {
+                tracing::warn!(shift = %text, "test clock shift in effect: receipt times are moved");
+                sign * i64::try_from(shift.as_nanos()).unwrap_or(i64::MAX)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "{CLOCK_SHIFT} ignored");
+                0
+            }
+        }
+    })
+}
+
+/// The collector's receipt clock on a PostgreSQL store: now, moved only by [`CLOCK_SHIFT`].
+pub fn receipt_now() -> Timestamp {
+    Timestamp::from_nanos(Timestamp::now().as_nanos().saturating_add(clock_shift()))
+}
+
+/// The day partition holding what was received at `ts`: `events_d{day}` and `batches_d{day}`.
+pub fn day_of(ts: Timestamp) -> i64 {
+    ts.as_nanos().div_euclid(NANOS_PER_DAY)
+}
+
+/// When day `day` ends (its partitions take receipt times below this).
+pub fn day_end(day: i64) -> Timestamp {
+    Timestamp::from_nanos(day.saturating_add(1).saturating_mul(NANOS_PER_DAY))
+}
+
 /// Whether the store's tables are there (the last table the schema creates).
 async fn schema_present(client: &impl GenericClient) -> Result<bool, StoreError> {
     Ok(client
@@ -376,7 +424,8 @@ pub async fn prepare(client: &mut Client) -> Result<(), StoreError> {
         }
         tx.commit().await?;
     }
-    ensure_partitions(client, Timestamp::now()).await
+    console::prepare(client).await?;
+    ensure_partitions(client, receipt_now()).await
 }
 
 /// Makes sure `events` and `batches` have a partition for the day of `now` and the two after it, so
@@ -384,7 +433,7 @@ pub async fn prepare(client: &mut Client) -> Result<(), StoreError> {
 /// carved out of). Only a missing partition is created, waiting at most a few seconds for the lock
 /// on its table (a long ingest transaction makes it try again on the next round, a day early).
 pub async fn ensure_partitions(client: &mut Client, now: Timestamp) -> Result<(), StoreError> {
-    let today = now.as_nanos().div_euclid(NANOS_PER_DAY);
+    let today = day_of(now);
     for day in today..today + 3 {
         let (from, to) = (day * NANOS_PER_DAY, (day + 1) * NANOS_PER_DAY);
         for table in ["events", "batches"] {

@@ -13,13 +13,25 @@ use super::Target;
 use crate::alert::Alert;
 use crate::hooks::{DeliveryState, DeliveryStatus, SinkId};
 use crate::store::StoreError;
-use crate::store::investigate::{HostAgent, Range};
+use crate::store::investigate::{DeliveryCount, HostAgent, Range};
 use crate::store::query::{AgentRow, EventFilter};
 
-/// One session to a PostgreSQL store, for synchronous callers (the query commands).
+/// One session to a PostgreSQL store, for synchronous callers: the query commands (a runtime and
+/// a connection of their own), and the console's pages (a session from the console's pool, run on
+/// the serving runtime from a blocking thread).
 pub struct Reader {
-    runtime: tokio::runtime::Runtime,
-    client: Client,
+    runtime: Runner,
+    client: Session,
+}
+
+enum Runner {
+    Own(tokio::runtime::Runtime),
+    Shared(tokio::runtime::Handle),
+}
+
+enum Session {
+    Own(Client),
+    Pooled(deadpool_postgres::Object),
 }
 
 impl Reader {
@@ -46,20 +58,56 @@ impl Reader {
         } else {
             runtime.block_on(super::open_existing(target))?
         };
-        Ok(Reader { runtime, client })
+        Ok(Reader {
+            runtime: Runner::Own(runtime),
+            client: Session::Own(client),
+        })
+    }
+
+    /// A session taken from `pool`, for a blocking thread of the runtime the pool's connections
+    /// run on (`tokio::task::spawn_blocking`); it goes back to the pool when the reader is dropped.
+    pub fn pooled(pool: &deadpool_postgres::Pool) -> Result<Reader, StoreError> {
+        let handle = tokio::runtime::Handle::current();
+        let client = handle.block_on(pool.get())?;
+        Ok(Reader {
+            runtime: Runner::Shared(handle),
+            client: Session::Pooled(client),
+        })
     }
 
     /// Runs `work` to completion on this reader's runtime.
     pub fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
-        self.runtime.block_on(work)
+        match &self.runtime {
+            Runner::Own(runtime) => runtime.block_on(work),
+            Runner::Shared(handle) => handle.block_on(work),
+        }
     }
 
     pub fn client(&self) -> &Client {
-        &self.client
+        match &self.client {
+            Session::Own(client) => client,
+            Session::Pooled(client) => client,
+        }
+    }
+
+    /// Runs `work`, which needs the session to itself (a transaction), to completion.
+    pub fn block_on_mut<'a, F: std::future::Future>(
+        &'a mut self,
+        work: impl FnOnce(&'a mut Client) -> F,
+    ) -> F::Output {
+        let client: &mut Client = match &mut self.client {
+            Session::Own(client) => client,
+            Session::Pooled(client) => client,
+        };
+        let future = work(client);
+        match &self.runtime {
+            Runner::Own(runtime) => runtime.block_on(future),
+            Runner::Shared(handle) => handle.block_on(future),
+        }
     }
 
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<Record>, StoreError> {
-        self.block_on(events(&self.client, filter))
+        self.block_on(events(self.client(), filter))
     }
 
     pub fn agents(
@@ -67,7 +115,7 @@ impl Reader {
         now: Timestamp,
         silent_after: std::time::Duration,
     ) -> Result<Vec<AgentRow>, StoreError> {
-        self.block_on(agents(&self.client, now, silent_after))
+        self.block_on(agents(self.client(), now, silent_after))
     }
 }
 
@@ -141,16 +189,16 @@ fn records_from(rows: &[tokio_postgres::Row]) -> Vec<Record> {
 
 /// SQL parameters built up with the text that refers to them.
 #[derive(Default)]
-struct Params(Vec<Box<dyn ToSql + Sync + Send>>);
+pub(super) struct Params(Vec<Box<dyn ToSql + Sync + Send>>);
 
 impl Params {
     /// Adds `value`, returning its placeholder.
-    fn add(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+    pub(super) fn add(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
         self.0.push(Box::new(value));
         format!("${}", self.0.len())
     }
 
-    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub(super) fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.0
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
@@ -361,6 +409,31 @@ pub async fn delivery_status(
                 last_error: row.get(4),
                 delivered_ts: row.get::<_, Option<i64>>(5).map(Timestamp::from_nanos),
             }
+        })
+        .collect())
+}
+
+/// As the SQLite store's `investigate::delivery_counts`: alerts per sink and delivery state, with
+/// their attempts and failures.
+pub async fn delivery_counts(client: &Client) -> Result<Vec<DeliveryCount>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT sink, state, count(*), COALESCE(sum(attempts), 0)::bigint,
+                    COALESCE(sum(failures), 0)::bigint
+             FROM hook_outbox GROUP BY sink, state ORDER BY sink COLLATE \"C\", state COLLATE \"C\"",
+            &[],
+        )
+        .await?;
+    let count =
+        |row: &tokio_postgres::Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(rows
+        .iter()
+        .map(|row| DeliveryCount {
+            sink: row.get(0),
+            state: row.get(1),
+            alerts: count(row, 2),
+            attempts: count(row, 3),
+            failures: count(row, 4),
         })
         .collect())
 }

@@ -193,4 +193,33 @@ impl Source for PgSource<'_> {
     fn column(&self, text: &str) -> String {
         super::ingest::storable(text).into_owned()
     }
+
+    fn agent_by_id(&self, agent_id: &str) -> Result<Option<(i64, u64)>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT no, last_seq FROM agents WHERE id = $1",
+                &[&agent_id],
+            )?
+            .first()
+            .map(|r| (r.get(0), seq(r.get(1)))))
+    }
+
+    fn event_hash(&self, agent_no: i64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        Ok(self
+            .query(
+                "SELECT hash FROM events WHERE agent_no = $1 AND seq = $2",
+                &[&agent_no, &seq],
+            )?
+            .first()
+            .map(|r| r.get(0)))
+    }
+
+    fn alert_chain_hash(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(self
+            .query("SELECT hash FROM alert_chain WHERE n = $1", &[&n])?
+            .first()
+            .map(|r| r.get(0)))
+    }
 }
