@@ -334,12 +334,8 @@ pub struct PgSink {
 
 impl PgSink {
     pub fn create(url: &str, start: Timestamp, span: Duration) -> PgSink {
-        let scratch = tempfile::tempdir().unwrap();
-        run_ok(
-            Command::new(COLLECTOR)
-                .args(["token", "create", "--store", url, "--data-dir"])
-                .arg(scratch.path()),
-        );
+        // The real binary creates the schema, indexes included.
+        run_ok(Command::new(COLLECTOR).args(["token", "create", "--store", url]));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
