@@ -24,7 +24,7 @@ pub(crate) const LONG: Duration = Duration::from_secs(60);
 const LOCK_CLASSID: i64 = 0x6261_6e6e;
 const LOCK_OBJID: i64 = 0x696e_0010;
 
-pub use crate::pg_db::{PgDb, SHARED_KEYS as SHARED, psql, share_keys};
+pub use crate::pg_db::{PgDb, SHARED_KEYS as SHARED, share_keys};
 
 /// `n` data directories under `tmp` holding the same keys, made by a first collector's start.
 pub(crate) fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
