@@ -10,6 +10,7 @@ mod db;
 #[path = "../../agent/sensors/db/testsupport.rs"]
 mod db_servers;
 mod detection;
+mod ebpf;
 mod examples;
 mod files;
 mod foundation;
