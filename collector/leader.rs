@@ -65,25 +65,33 @@ pub const LAG_RULE: &str = "detection-lag";
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
 /// How far detection is held back: the oldest transaction open anywhere on the server (every one
-/// of them holds the horizon), and the batches committed above the horizon, waiting behind it.
-struct Lag {
-    oldest_writer: Duration,
-    waiting_batches: i64,
+/// of them holds the horizon), and the batches committed above the horizon, waiting behind it,
+/// with their events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lag {
+    pub oldest_writer: Duration,
+    pub waiting_batches: i64,
+    pub waiting_events: i64,
 }
 
-async fn lag(client: &Client) -> Result<Lag, LeadError> {
+/// Measures [`Lag`] in one statement: the leader for its alert, and every collector for its
+/// metrics. Cheap: the count reads the end of the `batches_xid` index above the horizon.
+pub async fn lag(client: &Client) -> Result<Lag, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT COALESCE((SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8
                               FROM pg_stat_activity WHERE backend_xid IS NOT NULL), 0),
-                    (SELECT count(*) FROM batches
-                     WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))",
+                    w.batches, w.events
+             FROM (SELECT count(*) AS batches,
+                          COALESCE(sum(last_seq - first_seq + 1), 0)::bigint AS events
+                   FROM batches WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())) w",
             &[],
         )
         .await?;
     Ok(Lag {
         oldest_writer: Duration::from_secs_f64(row.get::<_, f64>(0).max(0.0)),
         waiting_batches: row.get(1),
+        waiting_events: row.get(2),
     })
 }
 
@@ -121,7 +129,10 @@ impl Leader {
 
     async fn run(self) {
         loop {
-            match self.lead().await {
+            let led = self.lead().await;
+            // Whatever ended the lead dropped its session, and the lock with it.
+            crate::metrics::leading(false);
+            match led {
                 Ok(()) => {}
                 Err(error) => {
                     tracing::error!(%error, "detection leadership lost; contending again")
@@ -149,6 +160,7 @@ impl Leader {
             .await?
             .get(0);
         tracing::info!(session = pid, "this collector leads detection");
+        crate::metrics::leading(true);
         let mut engine =
             crate::detect::Engine::new(&self.detection).map_err(|error| StoreError::Connect {
                 url: self.target.shown().to_string(),
@@ -188,6 +200,7 @@ impl Leader {
                 let now = std::time::Instant::now();
                 last_tick = now;
                 updates.extend(engine.tick(Timestamp::now()));
+                crate::metrics::detection_state_evicted(engine.take_evictions());
             }
             if last_lag.elapsed() >= LAG_EVERY {
                 #[expect(clippy::disallowed_methods, reason = "as above")]
@@ -198,6 +211,7 @@ impl Leader {
                     if !lagging {
                         lagging = true;
                         lag_alerts += 1;
+                        crate::metrics::lag_alert_raised();
                         updates.push(AlertUpdate::New(lag_alert(&lag, pid, lag_alerts)));
                     }
                 } else if lagging && lag.oldest_writer < self.lag_alert_after {
@@ -211,7 +225,14 @@ impl Leader {
                 tokio::time::sleep(POLL).await;
                 continue;
             }
-            let raised = self.persist(&mut client, &updates, next).await?;
+            let raised = self
+                .persist(&mut client, &updates, next)
+                .await
+                .inspect_err(|_| {
+                    if !updates.is_empty() {
+                        crate::metrics::alert_store_failed();
+                    }
+                })?;
             cursor = next;
             if !updates.is_empty() {
                 self.notifier.notify();

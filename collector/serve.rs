@@ -268,16 +268,11 @@ impl Collector {
             seal.clone(),
         ));
         if let Some(listen) = &self.config.metrics.listen {
-            let (listener, addr) = crate::metrics::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-            tracing::info!("serving metrics on {addr}");
-            let (dir, silent) = (self.data_dir.clone(), self.config.server.silent_after);
-            tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, dir, silent).await {
-                    tracing::error!(%error, "metrics endpoint failed");
-                }
-            });
+            let source = crate::metrics::Source::Sqlite {
+                data_dir: self.data_dir.clone(),
+                silent_after: self.config.server.silent_after,
+            };
+            spawn_metrics(listen, source).await?;
         }
 
         let engine = detect::Engine::new(&self.config.detection)?;
@@ -312,10 +307,14 @@ impl Collector {
         target: &store::pg::Target,
         seal: &crate::seal::Seal,
     ) -> Result<(Writer, Agents, hooks::HooksHandle)> {
-        if self.config.metrics.listen.is_some() {
-            anyhow::bail!(
-                "the metrics endpoint is not built for a PostgreSQL store yet; remove [metrics] listen and --metrics-listen, or use the SQLite store"
-            );
+        if let Some(listen) = &self.config.metrics.listen {
+            let gauges = crate::metrics::PgGauges::default();
+            tokio::spawn(crate::metrics::measure_postgres(
+                target.clone(),
+                self.config.server.silent_after,
+                gauges.clone(),
+            ));
+            spawn_metrics(listen, crate::metrics::Source::Postgres(gauges)).await?;
         }
         // Checked before anything starts, as the SQLite path does.
         detect::Engine::new(&self.config.detection)?.log_report();
@@ -353,6 +352,20 @@ impl Collector {
         )));
         Ok((writer, agents, hooks))
     }
+}
+
+/// Opens the metrics listener (`[metrics] listen`) and serves it for as long as the collector runs.
+async fn spawn_metrics(listen: &str, source: crate::metrics::Source) -> Result<()> {
+    let (listener, addr) = crate::metrics::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {listen}"))?;
+    tracing::info!("serving metrics on {addr}");
+    tokio::spawn(async move {
+        if let Err(error) = crate::metrics::serve(listener, source).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 /// For a PostgreSQL store: re-reads agents' standing every second (a revocation made through any

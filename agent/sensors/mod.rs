@@ -3,6 +3,8 @@
 //! [`SensorHandle`], and the events it emits.
 
 pub mod db;
+#[cfg(target_os = "linux")]
+pub mod ebpf;
 pub mod files;
 mod handle;
 pub mod net;

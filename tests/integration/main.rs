@@ -10,11 +10,13 @@ mod db;
 #[path = "../../agent/sensors/db/testsupport.rs"]
 mod db_servers;
 mod detection;
+mod ebpf;
 mod examples;
 mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod pgmetrics;
 mod pgretention;
 mod pgstore;
 mod procnet;

@@ -92,7 +92,7 @@ impl Drop for PgDb {
 
 /// The files collectors sharing a store share (README: "Several collectors"): the CA, the server
 /// certificate and the collector's signing key.
-const SHARED: &[&str] = &[
+pub const SHARED: &[&str] = &[
     "ca.pem",
     "ca.key",
     "server.pem",

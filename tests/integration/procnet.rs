@@ -62,7 +62,9 @@ fn agent_reports_a_process_and_its_connection_end_to_end() {
         "{exit}"
     );
     assert_eq!(exit["ppid"], u64::from(std::process::id()));
-    assert_eq!(exit["source"], "proc_connector");
+    // As root on a kernel with BTF, the agent runs its eBPF programs (tests/integration/ebpf.rs
+    // covers the fallbacks).
+    assert_eq!(exit["source"], "ebpf");
 
     let start = collector
         .events(&["--kind", "process.start"])
@@ -85,7 +87,7 @@ fn agent_reports_a_process_and_its_connection_end_to_end() {
         status["message"]
             .as_str()
             .unwrap()
-            .contains("proc connector"),
+            .contains("eBPF programs"),
         "{status}"
     );
 }

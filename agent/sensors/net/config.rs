@@ -5,17 +5,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Where the sensor learns about TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The eBPF program when it can be loaded (Linux, root, a kernel with BTF), else the socket
+    /// tables.
+    #[default]
+    Auto,
+    /// Only the eBPF program; the sensor fails to start without it.
+    Ebpf,
+    /// Only the socket tables and the kernel's socket-destruction notices.
+    SockDiag,
+}
+
 /// `[network]`: outbound connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetConfig {
     /// Whether to emit `net.connect` events. Default: true.
     pub enabled: bool,
+    /// "auto" (default), "ebpf" or "sock_diag".
+    pub backend: Backend,
     /// How often the socket tables are read. A connection that lives longer is reported with its
     /// process; a shorter one is still reported when it closes (as root, from the kernel's
     /// socket-destruction notices), with its bytes but without its process. Every read makes the
     /// kernel walk its whole connection table, the agent's largest idle cost (about 1.1% of a
-    /// core at "1s" on a 24 GiB machine). Default: "5s".
+    /// core at "1s" on a 24 GiB machine). With the eBPF backend, TCP connections are not read from
+    /// the tables: a connection that closes within this time of its handshake is reported at its
+    /// close with its process and bytes, a longer one when this time is up, with its process.
+    /// Default: "5s".
     #[serde(with = "bannin::time::duration_str")]
     pub interval: Duration,
     /// Whether connected UDP sockets (DNS lookups, QUIC) are reported too. Default: true.
@@ -28,6 +47,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             enabled: true,
+            backend: Backend::Auto,
             interval: Duration::from_secs(5),
             include_udp: true,
             include_loopback: true,
@@ -43,6 +63,7 @@ impl NetConfig {
         }
         Ok(NetSettings {
             enabled: self.enabled,
+            backend: self.backend,
             interval: self.interval,
             include_udp: self.include_udp,
             include_loopback: self.include_loopback,
@@ -61,6 +82,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetSettings {
     pub enabled: bool,
+    pub backend: Backend,
     pub interval: Duration,
     pub include_udp: bool,
     pub include_loopback: bool,
@@ -77,6 +99,9 @@ mod tests {
         let set: NetConfig = toml::from_str("interval = \"250ms\"\ninclude_udp = false").unwrap();
         assert_eq!(set.interval, Duration::from_millis(250));
         assert!(!set.include_udp);
+        assert_eq!(set.backend, Backend::Auto);
+        let set: NetConfig = toml::from_str("backend = \"sock_diag\"").unwrap();
+        assert_eq!(set.backend, Backend::SockDiag);
         let error = toml::from_str::<NetConfig>("intervall = \"1s\"").unwrap_err();
         assert!(error.to_string().contains("intervall"), "{error}");
         let fast = NetConfig {

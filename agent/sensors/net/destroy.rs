@@ -104,10 +104,11 @@ fn decode_msg(msg: &[u8]) -> Option<Closed> {
     Some(closed)
 }
 
-/// Subscribes to destruction notices and forwards them from a dedicated thread until `stop` is
+/// Subscribes to destruction notices of TCP or UDP sockets or both and forwards them from a dedicated thread until `stop` is
 /// set. Notices lost in the kernel or with no room in `out` are counted as dropped.
 pub fn spawn(
-    include_udp: bool,
+    tcp: bool,
+    udp: bool,
     out: LossySender<Closed>,
     stop: Stop,
 ) -> io::Result<std::thread::JoinHandle<()>> {
@@ -116,11 +117,7 @@ pub fn spawn(
         Type::DGRAM,
         Some(Protocol::from(NETLINK_SOCK_DIAG)),
     )?;
-    let groups = if include_udp {
-        TCP_GROUPS | UDP_GROUPS
-    } else {
-        TCP_GROUPS
-    };
+    let groups = if tcp { TCP_GROUPS } else { 0 } | if udp { UDP_GROUPS } else { 0 };
     bind(socket.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(io::Error::from)?;
     socket.set_read_timeout(Some(READ_TIMEOUT))?;
     std::thread::Builder::new()

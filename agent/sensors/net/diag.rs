@@ -71,11 +71,13 @@ impl Diag {
         })
     }
 
-    /// Every TCP socket (and UDP when asked) of both families in a state the scanner uses.
-    pub(super) fn sockets(&mut self, udp: bool) -> io::Result<Vec<Socket>> {
+    /// Every TCP and UDP socket (as asked) of both families in a state the scanner uses.
+    pub(super) fn sockets(&mut self, tcp: bool, udp: bool) -> io::Result<Vec<Socket>> {
         let mut sockets = Vec::new();
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, IPPROTO_TCP, TCP_STATES, &mut sockets)?;
+            if tcp {
+                self.dump(family, IPPROTO_TCP, TCP_STATES, &mut sockets)?;
+            }
             if udp {
                 self.dump(family, IPPROTO_UDP, UDP_STATES, &mut sockets)?;
             }
@@ -197,7 +199,7 @@ mod tests {
         };
 
         let mut diag = Diag::open().unwrap();
-        let dumped = diag.sockets(false).unwrap();
+        let dumped = diag.sockets(true, false).unwrap();
         let mut buffer = Vec::new();
         let text = read_table("/proc/net/tcp", &mut buffer)
             .unwrap()
@@ -221,7 +223,7 @@ mod tests {
         );
         // Repeated dumps on the same socket stay in step.
         for _ in 0..3 {
-            assert!(diag.sockets(true).unwrap().iter().any(ends));
+            assert!(diag.sockets(true, true).unwrap().iter().any(ends));
         }
     }
 
@@ -290,7 +292,7 @@ mod tests {
         let (mut dumped, mut listed) = (0, 0);
         for _ in 0..rounds {
             let t = thread_cpu_ns();
-            dumped = diag.sockets(false).unwrap().len();
+            dumped = diag.sockets(true, false).unwrap().len();
             dump_ns += thread_cpu_ns() - t;
             let t = thread_cpu_ns();
             listed = 0;

@@ -25,6 +25,8 @@ type Ends = (bool, (IpAddr, u16), (IpAddr, u16));
 
 /// Reads the socket tables and remembers what it has reported and who owns which socket.
 pub(super) struct Scanner {
+    /// False when the eBPF program reports TCP connections: the tables are read for UDP only.
+    include_tcp: bool,
     include_udp: bool,
     include_loopback: bool,
     reported: HashSet<Key>,
@@ -42,8 +44,9 @@ pub(super) struct Scanner {
 }
 
 impl Scanner {
-    pub(super) fn new(config: &NetSettings) -> Self {
+    pub(super) fn new(config: &NetSettings, include_tcp: bool) -> Self {
         Scanner {
+            include_tcp,
             include_udp: config.include_udp,
             include_loopback: config.include_loopback,
             reported: HashSet::new(),
@@ -67,7 +70,7 @@ impl Scanner {
         let dumped = self
             .diag
             .as_mut()
-            .map(|diag| diag.sockets(self.include_udp));
+            .map(|diag| diag.sockets(self.include_tcp, self.include_udp));
         let sockets = match dumped {
             Some(Ok(sockets)) => sockets,
             Some(Err(error)) => {
@@ -124,7 +127,10 @@ impl Scanner {
     /// The sockets listed in `/proc/net/{tcp,tcp6,udp,udp6}`.
     fn read_tables(&mut self) -> Vec<Socket> {
         let mut sockets = Vec::new();
-        let mut tables = vec![("/proc/net/tcp", false), ("/proc/net/tcp6", false)];
+        let mut tables = Vec::new();
+        if self.include_tcp {
+            tables.extend([("/proc/net/tcp", false), ("/proc/net/tcp6", false)]);
+        }
         if self.include_udp {
             tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
         }
@@ -140,6 +146,7 @@ impl Scanner {
     /// A destroyed socket that was an outbound connection no scan saw open, as an event.
     pub(super) fn closed(&mut self, closed: destroy::Closed) -> Option<NetEvent> {
         if closed.udp && !self.include_udp
+            || !closed.udp && !self.include_tcp
             || !self.include_loopback && closed.remote.0.is_loopback()
             || !self
                 .services
@@ -197,11 +204,12 @@ fn socket_owners(only: Option<&BTreeSet<u32>>) -> HashMap<u64, u32> {
 
 pub(super) async fn run(
     config: NetSettings,
+    include_tcp: bool,
     tx: EventTx,
     table: ProcessTable,
     mut closed: Option<tokio::sync::mpsc::Receiver<destroy::Closed>>,
 ) {
-    let mut scanner = Scanner::new(&config);
+    let mut scanner = Scanner::new(&config, include_tcp);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Notices wait for the next scan, which first learns the host's current listeners: a

@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// The kernel's process-events connector when it can be opened (Linux, root), polling otherwise.
+    /// eBPF programs when they can be loaded (Linux, root, a kernel with BTF), else the kernel's
+    /// process-events connector when it can be opened (Linux, root), else polling.
     #[default]
     Auto,
+    /// Only the eBPF programs; the sensor fails to start without them.
+    Ebpf,
     /// Only the process-events connector; the sensor fails to start without it.
     Connector,
     /// Only polling the process list; short-lived processes may be missed.
@@ -24,7 +27,7 @@ pub enum Backend {
 pub struct ProcessConfig {
     /// Whether to emit `process.start` and `process.exit` events. Default: true.
     pub enabled: bool,
-    /// "auto" (default), "connector" or "poll".
+    /// "auto" (default), "ebpf", "connector" or "poll".
     pub backend: Backend,
     /// How often the poll backend lists processes. Default: "2s".
     #[serde(with = "bannin::time::duration_str")]
@@ -40,7 +43,13 @@ pub struct ProcessConfig {
     /// report them even when the process is already gone; "0s" turns sampling off. Default: "10s".
     #[serde(with = "bannin::time::duration_str")]
     pub io_sample_interval: Duration,
+    /// The eBPF backend's kernel-to-agent ring buffer, in bytes: a power of two, at least 4096.
+    /// Events that find it full are counted by the kernel and reported. Default: 8388608 (8 MiB).
+    pub ebpf_ring_buffer_bytes: u32,
 }
+
+/// 8 MiB: about 40,000 exec records of a typical command line.
+const EBPF_RING_BUFFER_BYTES: u32 = 8 << 20;
 
 impl Default for ProcessConfig {
     fn default() -> Self {
@@ -52,6 +61,7 @@ impl Default for ProcessConfig {
             remember_for: Duration::from_secs(300),
             queue_capacity: 16_384,
             io_sample_interval: Duration::from_secs(10),
+            ebpf_ring_buffer_bytes: EBPF_RING_BUFFER_BYTES,
         }
     }
 }
@@ -63,6 +73,8 @@ pub enum ConfigError {
     PollIntervalTooShort,
     #[error("[process] queue_capacity must be at least 1")]
     EmptyQueue,
+    #[error("[process] ebpf_ring_buffer_bytes must be a power of two of at least 4096, not {0}")]
+    RingBuffer(u32),
 }
 
 impl ProcessConfig {
@@ -74,6 +86,9 @@ impl ProcessConfig {
         if self.queue_capacity == 0 {
             return Err(ConfigError::EmptyQueue);
         }
+        if self.ebpf_ring_buffer_bytes < 4096 || !self.ebpf_ring_buffer_bytes.is_power_of_two() {
+            return Err(ConfigError::RingBuffer(self.ebpf_ring_buffer_bytes));
+        }
         Ok(ProcessSettings {
             enabled: self.enabled,
             backend: self.backend,
@@ -82,6 +97,7 @@ impl ProcessConfig {
             remember_for: self.remember_for,
             queue_capacity: self.queue_capacity,
             io_sample_interval: self.io_sample_interval,
+            ebpf_ring_buffer_bytes: self.ebpf_ring_buffer_bytes,
         })
     }
 }
@@ -98,6 +114,7 @@ pub struct ProcessSettings {
     pub queue_capacity: usize,
     /// Zero: the connector backend does not sample I/O counters.
     pub io_sample_interval: Duration,
+    pub ebpf_ring_buffer_bytes: u32,
 }
 
 impl Default for ProcessSettings {
@@ -110,6 +127,7 @@ impl Default for ProcessSettings {
             remember_for: Duration::from_secs(300),
             queue_capacity: 16_384,
             io_sample_interval: Duration::from_secs(10),
+            ebpf_ring_buffer_bytes: EBPF_RING_BUFFER_BYTES,
         }
     }
 }
@@ -134,8 +152,10 @@ mod tests {
 
         let error = toml::from_str::<ProcessConfig>("pol_interval = \"1s\"").unwrap_err();
         assert!(error.to_string().contains("pol_interval"), "{error}");
-        let error = toml::from_str::<ProcessConfig>("backend = \"ebpf\"").unwrap_err();
-        assert!(error.to_string().contains("ebpf"), "{error}");
+        let set: ProcessConfig = toml::from_str("backend = \"ebpf\"").unwrap();
+        assert_eq!(set.backend, Backend::Ebpf);
+        let error = toml::from_str::<ProcessConfig>("backend = \"bpf\"").unwrap_err();
+        assert!(error.to_string().contains("bpf"), "{error}");
     }
 
     #[test]
@@ -153,6 +173,13 @@ mod tests {
             ..ProcessConfig::default()
         };
         assert!(matches!(config.settings(), Err(ConfigError::EmptyQueue)));
+        for bytes in [0, 2048, 5000] {
+            let config = ProcessConfig {
+                ebpf_ring_buffer_bytes: bytes,
+                ..ProcessConfig::default()
+            };
+            assert!(matches!(config.settings(), Err(ConfigError::RingBuffer(b)) if b == bytes));
+        }
         assert_eq!(
             ProcessConfig::default().settings().unwrap(),
             ProcessSettings::default()

@@ -137,7 +137,7 @@ fn decode_cn_msg(cn: &[u8]) -> Option<Numbered> {
 
 /// The kernel reports a wait status: an exit code in the second byte, or the killing signal in the
 /// low seven bits. A death by signal N is reported as -N.
-fn exit_code(status: u32) -> i32 {
+pub(super) fn exit_code(status: u32) -> i32 {
     let signal = status & 0x7f;
     if signal == 0 {
         ((status >> 8) & 0xff) as i32
@@ -257,18 +257,7 @@ pub fn spawn(
     tx: EventTx,
     stop: Stop,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let (queue, mut queued) = pipeline::lossy::<Job>(&tx, settings.queue_capacity);
-    let sender_tx = tx.clone();
-    let sender_table = table.clone();
-    let sender = std::thread::Builder::new()
-        .name("bannin-proc-send".into())
-        .spawn(move || {
-            while let Some(job) = queued.blocking_recv() {
-                if sender_tx.blocking_send(job.event(&sender_table)).is_err() {
-                    return;
-                }
-            }
-        })?;
+    let (queue, sender) = spawn_sender(&tx, table.clone(), settings.queue_capacity, SOURCE)?;
     let reader = std::thread::Builder::new()
         .name("bannin-proc-read".into())
         .spawn(move || {
@@ -280,13 +269,35 @@ pub fn spawn(
                 lost: 0,
                 overflowed: false,
                 next_report: Instant::now() + REPORT_EVERY,
-                sample_every: settings.io_sample_interval,
-                next_sample: Instant::now(),
+                sampler: Sampler::new(settings.io_sample_interval),
             };
-            reader.learn_running();
+            learn_running(&reader.table);
             reader.run(&stop);
         })?;
     Ok(vec![reader, sender])
+}
+
+/// Starts the thread that turns a kernel-fed backend's jobs into events for the spool, and
+/// returns the queue that feeds it: the reader must never wait on the spool, so a full queue
+/// counts the event as dropped instead.
+pub(super) fn spawn_sender(
+    tx: &EventTx,
+    table: ProcessTable,
+    capacity: usize,
+    source: &'static str,
+) -> io::Result<(LossySender<Job>, std::thread::JoinHandle<()>)> {
+    let (queue, mut queued) = pipeline::lossy::<Job>(tx, capacity);
+    let sender_tx = tx.clone();
+    let sender = std::thread::Builder::new()
+        .name("bannin-proc-send".into())
+        .spawn(move || {
+            while let Some(job) = queued.blocking_recv() {
+                if sender_tx.blocking_send(job.event(&table, source)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok((queue, sender))
 }
 
 /// Each CPU numbers its messages 0, 1, 2...: a jump means messages the socket had no room for.
@@ -333,7 +344,7 @@ fn read_execs_early(table: &ProcessTable, batch: &[Numbered]) -> HashMap<u32, Op
 
 /// What the reader hands the sender: the facts, read in time; the sender turns them into events
 /// with ancestry, which costs the reader nothing.
-enum Job {
+pub(super) enum Job {
     Start(Snapshot),
     Exit {
         snapshot: Snapshot,
@@ -344,15 +355,17 @@ enum Job {
 }
 
 impl Job {
-    fn event(self, table: &ProcessTable) -> Body {
+    fn event(self, table: &ProcessTable, source: &str) -> Body {
         match self {
-            Job::Start(snapshot) => process_event(table, &snapshot, ProcessAction::Start).into(),
+            Job::Start(snapshot) => {
+                process_event(table, &snapshot, ProcessAction::Start, source).into()
+            }
             Job::Exit {
                 snapshot,
                 io,
                 status,
             } => {
-                let mut event = process_event(table, &snapshot, ProcessAction::Exit);
+                let mut event = process_event(table, &snapshot, ProcessAction::Exit, source);
                 event.exit_code = Some(exit_code(status));
                 event.read_bytes = io.map(|(read, _)| read);
                 event.write_bytes = io.map(|(_, written)| written);
@@ -363,7 +376,12 @@ impl Job {
     }
 }
 
-fn process_event(table: &ProcessTable, snapshot: &Snapshot, action: ProcessAction) -> ProcessEvent {
+fn process_event(
+    table: &ProcessTable,
+    snapshot: &Snapshot,
+    action: ProcessAction,
+    source: &str,
+) -> ProcessEvent {
     let mut process = table.describe(snapshot);
     // Like ps, show the kernel's short name in brackets when the command line is gone.
     if process.cmdline.is_empty() && !snapshot.comm.is_empty() {
@@ -377,7 +395,7 @@ fn process_event(table: &ProcessTable, snapshot: &Snapshot, action: ProcessActio
         exit_code: None,
         read_bytes: None,
         write_bytes: None,
-        source: SOURCE.to_string(),
+        source: source.to_string(),
     }
 }
 
@@ -389,23 +407,13 @@ struct Reader {
     lost: u64,
     overflowed: bool,
     next_report: Instant,
-    sample_every: Duration,
-    next_sample: Instant,
+    sampler: Sampler,
 }
 
 /// With sampling off, the table is still checked this often for processes whose exit was lost.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Reader {
-    /// Puts every process already running into the table, so their exits can name them.
-    fn learn_running(&self) {
-        for pid in os::pids() {
-            if let Some(snapshot) = self.table.load(pid) {
-                self.table.insert_live(snapshot);
-            }
-        }
-    }
-
     fn run(&mut self, stop: &Stop) {
         let mut buf = vec![0u8; 256 * 1024];
         while !stop.is_set() {
@@ -469,7 +477,7 @@ impl Reader {
             }
             // Threads exit too; only the whole process's exit is an event.
             Message::Exit { pid, tgid, code } if pid == tgid => {
-                let job = self.exit(pid, code);
+                let job = exit_job(&self.table, pid, code);
                 self.queue(job)
             }
             _ => true,
@@ -490,33 +498,6 @@ impl Reader {
         }
         self.table.insert_live(snapshot.clone());
         Job::Start(snapshot)
-    }
-
-    fn exit(&self, pid: u32, status: u32) -> Job {
-        // A zombie still has its counters until its parent reaps it; otherwise the last sample.
-        let io = os::io(pid);
-        let mut entry = self.table.record_exit(pid, io);
-        if entry.is_none()
-            && let Some(snapshot) = self.table.load(pid)
-        {
-            self.table.insert_live(snapshot);
-            entry = self.table.record_exit(pid, io);
-        }
-        let (snapshot, io) = match entry {
-            Some(entry) => (entry.snapshot, entry.io),
-            None => (
-                Snapshot {
-                    pid,
-                    ..Snapshot::default()
-                },
-                io,
-            ),
-        };
-        Job::Exit {
-            snapshot,
-            io,
-            status,
-        }
     }
 
     /// Hands an event to the sender thread without waiting: the socket must keep being read. A
@@ -546,31 +527,83 @@ impl Reader {
                 }
             }
         }
-        if now >= self.next_sample {
-            let every = if self.sample_every.is_zero() {
-                SWEEP_EVERY
-            } else {
-                self.sample_every
-            };
-            self.next_sample = now + every;
-            self.sample();
-        }
+        self.sampler.tick(&self.table, now);
         true
     }
+}
 
-    /// Keeps the I/O counters of running processes fresh and retires processes whose exit was lost.
-    fn sample(&self) {
-        for pid in self.table.live_pids() {
+/// Puts every process already running into the table, so their exits can name them.
+pub(super) fn learn_running(table: &ProcessTable) {
+    for pid in os::pids() {
+        if let Some(snapshot) = table.load(pid) {
+            table.insert_live(snapshot);
+        }
+    }
+}
+
+/// Records `pid`'s exit (wait status `status`) and returns the job naming it, with its I/O counters:
+/// a zombie still has them until its parent reaps it; otherwise the last sample.
+pub(super) fn exit_job(table: &ProcessTable, pid: u32, status: u32) -> Job {
+    let io = os::io(pid);
+    let mut entry = table.record_exit(pid, io);
+    if entry.is_none()
+        && let Some(snapshot) = table.load(pid)
+    {
+        table.insert_live(snapshot);
+        entry = table.record_exit(pid, io);
+    }
+    let (snapshot, io) = match entry {
+        Some(entry) => (entry.snapshot, entry.io),
+        None => (
+            Snapshot {
+                pid,
+                ..Snapshot::default()
+            },
+            io,
+        ),
+    };
+    Job::Exit {
+        snapshot,
+        io,
+        status,
+    }
+}
+
+/// Keeps the I/O counters of running processes fresh and retires processes whose exit was lost.
+pub(super) struct Sampler {
+    every: Duration,
+    next: Instant,
+}
+
+impl Sampler {
+    pub(super) fn new(every: Duration) -> Sampler {
+        Sampler {
+            every,
+            next: Instant::now(),
+        }
+    }
+
+    pub(super) fn tick(&mut self, table: &ProcessTable, now: Instant) {
+        if now < self.next {
+            return;
+        }
+        self.next = now
+            + if self.every.is_zero() {
+                SWEEP_EVERY
+            } else {
+                self.every
+            };
+        for pid in table.live_pids() {
             match os::io(pid) {
-                Some(io) if !self.sample_every.is_zero() => self.table.set_io(pid, io),
+                Some(io) if !self.every.is_zero() => table.set_io(pid, io),
                 Some(_) => {}
                 None if !os::is_alive(pid) => {
-                    self.table.record_exit(pid, None);
+                    table.record_exit(pid, None);
                 }
                 None => {}
             }
         }
-        self.table.expire();
+        table.expire();
     }
 }
 

@@ -1,14 +1,19 @@
 //! The process sensor: `process.start` and `process.exit` events, and the process table that the
 //! file and network sensors ask "who is pid N, and who started it".
 //!
-//! On Linux as root it listens to the kernel's process-events connector ([`connector`]), which sees
-//! every exec and exit however brief. Elsewhere, or without privilege, it polls the process list
-//! ([`poll`]) and says in its `sensor.status` event that short-lived processes may be missed. Both,
+//! On Linux as root it loads eBPF programs on the kernel's exec, fork and exit tracepoints
+//! ([`ebpf`]), which hand over each exec with its executable and arguments read at exec time.
+//! Where BPF cannot be loaded (no privilege, no BTF, a refusing verifier) it listens to the
+//! kernel's process-events connector ([`connector`]), which sees every exec and exit however brief
+//! but reads the program from `/proc` afterwards. Elsewhere, or without privilege, it polls the
+//! process list ([`poll`]). Its `sensor.status` event says which, and why not the better one. All,
 //! and the table, read processes through [`os`]: `/proc` on Linux, `sysinfo` elsewhere.
 
 mod config;
 #[cfg(target_os = "linux")]
 mod connector;
+#[cfg(target_os = "linux")]
+mod ebpf;
 pub mod os;
 mod poll;
 mod table;
@@ -32,9 +37,15 @@ pub enum ProcessError {
         #[source]
         source: connector::ConnectorError,
     },
+    #[cfg(target_os = "linux")]
+    #[error("[process] backend = \"ebpf\" but the eBPF programs cannot run: {source}")]
+    Ebpf {
+        #[source]
+        source: crate::sensors::ebpf::EbpfError,
+    },
     #[cfg(not(target_os = "linux"))]
-    #[error("[process] backend = \"connector\" needs Linux; use \"auto\" or \"poll\"")]
-    Unsupported,
+    #[error("[process] backend = \"{backend}\" needs Linux; use \"auto\" or \"poll\"")]
+    Unsupported { backend: &'static str },
     #[cfg(target_os = "linux")]
     #[error("cannot start the process sensor's threads: {source}")]
     Thread {
@@ -61,14 +72,13 @@ pub async fn spawn(
         return Ok(SensorHandle::new(SENSOR, "off", stop));
     }
 
-    let fallback = match start_connector(&config, table, &tx, &stop).await? {
-        Ok(threads) => {
-            let mut handle = SensorHandle::new(SENSOR, "proc_connector", stop);
+    let fallback = match start_kernel(&config, table, &tx, &stop).await? {
+        Ok((source, threads, message)) => {
+            let mut handle = SensorHandle::new(SENSOR, source, stop);
             for thread in threads {
                 handle.add_thread(thread);
             }
-            let message = "process events from the kernel's proc connector: every exec and exit";
-            send_status(&tx, message.to_string()).await?;
+            send_status(&tx, message).await?;
             return Ok(handle);
         }
         Err(reason) => reason,
@@ -94,23 +104,53 @@ pub async fn spawn(
     Ok(handle)
 }
 
-/// Tries the connector as configured: the outer error is fatal, the inner one says why the sensor
-/// polls instead (`None`: polling was asked for).
+/// A kernel-fed backend that started: its source name, its threads and its status message.
+type Started = (&'static str, Vec<std::thread::JoinHandle<()>>, String);
+
+/// Tries eBPF, then the connector, as configured: the outer error is fatal, the inner one says why
+/// the sensor polls instead (`None`: polling was asked for).
 #[cfg(target_os = "linux")]
-async fn start_connector(
+async fn start_kernel(
     config: &ProcessSettings,
     table: &ProcessTable,
     tx: &EventTx,
     stop: &Stop,
-) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
+) -> Result<Result<Started, Option<String>>, ProcessError> {
+    let settings = || connector::Settings {
+        queue_capacity: config.queue_capacity,
+        io_sample_interval: config.io_sample_interval,
+    };
+    let thread_error = |error: tokio::task::JoinError| ProcessError::Thread {
+        source: std::io::Error::other(error),
+    };
+    let mut why_not_ebpf = None;
+    if matches!(config.backend, Backend::Auto | Backend::Ebpf) {
+        let ring = config.ebpf_ring_buffer_bytes;
+        match tokio::task::spawn_blocking(move || ebpf::open(ring))
+            .await
+            .map_err(thread_error)?
+        {
+            Ok(loaded) => {
+                let threads =
+                    ebpf::spawn(loaded, settings(), table.clone(), tx.clone(), stop.clone())
+                        .map_err(|source| ProcessError::Thread { source })?;
+                let message = "process events from eBPF programs on the kernel's exec, fork and \
+                               exit tracepoints: every exec with its executable and arguments \
+                               read at exec time";
+                return Ok(Ok((ebpf::SOURCE, threads, message.to_string())));
+            }
+            Err(source) if config.backend == Backend::Ebpf => {
+                return Err(ProcessError::Ebpf { source });
+            }
+            Err(error) => why_not_ebpf = Some(format!("eBPF unavailable: {error}")),
+        }
+    }
     if config.backend == Backend::Poll {
         return Ok(Err(None));
     }
     let opened = tokio::task::spawn_blocking(connector::Connector::open)
         .await
-        .map_err(|error| ProcessError::Thread {
-            source: std::io::Error::other(error),
-        })?;
+        .map_err(thread_error)?;
     let connector = match opened {
         Ok(connector) => connector,
         Err(source) if config.backend == Backend::Connector => {
@@ -122,29 +162,46 @@ async fn start_connector(
             } else {
                 "proc connector unavailable: not root".to_string()
             };
+            let reason = match why_not_ebpf {
+                Some(why) => format!("{why}; {reason}"),
+                None => reason,
+            };
             return Ok(Err(Some(reason)));
         }
     };
-    let settings = connector::Settings {
-        queue_capacity: config.queue_capacity,
-        io_sample_interval: config.io_sample_interval,
-    };
-    connector::spawn(connector, settings, table.clone(), tx.clone(), stop.clone())
-        .map(Ok)
-        .map_err(|source| ProcessError::Thread { source })
+    let threads = connector::spawn(
+        connector,
+        settings(),
+        table.clone(),
+        tx.clone(),
+        stop.clone(),
+    )
+    .map_err(|source| ProcessError::Thread { source })?;
+    let mut message = "process events from the kernel's proc connector: every exec and exit, \
+                       with the program read from /proc after the exec"
+        .to_string();
+    if let Some(why) = why_not_ebpf {
+        message = format!("{why}; {message}");
+    }
+    Ok(Ok((connector::SOURCE, threads, message)))
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn start_connector(
+async fn start_kernel(
     config: &ProcessSettings,
     _table: &ProcessTable,
     _tx: &EventTx,
     _stop: &Stop,
-) -> Result<Result<Vec<std::thread::JoinHandle<()>>, Option<String>>, ProcessError> {
+) -> Result<Result<Started, Option<String>>, ProcessError> {
     match config.backend {
-        Backend::Connector => Err(ProcessError::Unsupported),
+        Backend::Connector => Err(ProcessError::Unsupported {
+            backend: "connector",
+        }),
+        Backend::Ebpf => Err(ProcessError::Unsupported { backend: "ebpf" }),
         Backend::Poll => Ok(Err(None)),
-        Backend::Auto => Ok(Err(Some("proc connector is Linux-only".to_string()))),
+        Backend::Auto => Ok(Err(Some(
+            "eBPF and the proc connector are Linux-only".to_string(),
+        ))),
     }
 }
 

@@ -249,10 +249,18 @@ pub async fn prune(
             return Ok(outcome);
         }
     };
+    // A day's count may take longer than the sessions' statement timeout; nothing waits on it.
+    tx.batch_execute("SET LOCAL statement_timeout = '10min'")
+        .await?;
     let mut counts: HashMap<i64, i64> = HashMap::new();
     for day in &days[..planned] {
         counts.insert(day.day, count_events(&tx, day.day).await?);
     }
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {}",
+        super::STATEMENT_TIMEOUT.as_millis()
+    ))
+    .await?;
     // Ingest writes events, then batches: locked in that order, so neither waits on the other
     // in a cycle. Every ingest transaction that began before has ended once this returns.
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"))

@@ -13,7 +13,7 @@ use super::Target;
 use crate::alert::Alert;
 use crate::hooks::{DeliveryState, DeliveryStatus, SinkId};
 use crate::store::StoreError;
-use crate::store::investigate::{HostAgent, Range};
+use crate::store::investigate::{DeliveryCount, HostAgent, Range};
 use crate::store::query::{AgentRow, EventFilter};
 
 /// One session to a PostgreSQL store, for synchronous callers: the query commands (a runtime and
@@ -409,6 +409,31 @@ pub async fn delivery_status(
                 last_error: row.get(4),
                 delivered_ts: row.get::<_, Option<i64>>(5).map(Timestamp::from_nanos),
             }
+        })
+        .collect())
+}
+
+/// As the SQLite store's `investigate::delivery_counts`: alerts per sink and delivery state, with
+/// their attempts and failures.
+pub async fn delivery_counts(client: &Client) -> Result<Vec<DeliveryCount>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT sink, state, count(*), COALESCE(sum(attempts), 0)::bigint,
+                    COALESCE(sum(failures), 0)::bigint
+             FROM hook_outbox GROUP BY sink, state ORDER BY sink COLLATE \"C\", state COLLATE \"C\"",
+            &[],
+        )
+        .await?;
+    let count =
+        |row: &tokio_postgres::Row, i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(rows
+        .iter()
+        .map(|row| DeliveryCount {
+            sink: row.get(0),
+            state: row.get(1),
+            alerts: count(row, 2),
+            attempts: count(row, 3),
+            failures: count(row, 4),
         })
         .collect())
 }

@@ -23,6 +23,9 @@ pub use procfs::{identity, running, snapshot};
 // finds socket owners among them.
 #[cfg(target_os = "linux")]
 pub use procfs::{io, is_alive, pids};
+// The eBPF backend turns what the kernel hands it into the same fields `/proc` gives.
+#[cfg(target_os = "linux")]
+pub use procfs::{USER_HZ, join_cmdline, start_time};
 
 /// What tells one process from a later one under the same pid, and an exec from the program
 /// before it.

@@ -13,7 +13,7 @@ use crate::sensors::process::Snapshot;
 
 /// `/proc` reports times in USER_HZ, which the kernel fixes at 100 for this ABI on every architecture
 /// Linux runs on, whatever its internal HZ.
-const USER_HZ: u64 = 100;
+pub const USER_HZ: u64 = 100;
 
 /// `PF_KTHREAD` in the `flags` field of `stat`: a kernel thread, which no one started.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -99,7 +99,7 @@ pub fn snapshot(pid: u32) -> Option<Snapshot> {
 /// Command lines can run to megabytes; events keep the first few kilobytes.
 const MAX_CMDLINE: usize = 4096;
 
-fn join_cmdline(raw: &[u8]) -> String {
+pub fn join_cmdline(raw: &[u8]) -> String {
     let trimmed = raw.strip_suffix(&[0]).unwrap_or(raw);
     let kept = &trimmed[..trimmed.len().min(MAX_CMDLINE)];
     let mut joined = String::from_utf8_lossy(kept).replace('\0', " ");
@@ -170,7 +170,7 @@ fn boot_time() -> Option<u64> {
     })
 }
 
-fn start_time(start_ticks: u64) -> Option<Timestamp> {
+pub fn start_time(start_ticks: u64) -> Option<Timestamp> {
     let boot = boot_time()?;
     let nanos = u128::from(boot) * 1_000_000_000
         + u128::from(start_ticks) * 1_000_000_000 / u128::from(USER_HZ);

@@ -1,0 +1,224 @@
+//! The eBPF sensor's shared half: loading the programs in `bpf/` against the running kernel's BTF,
+//! reading their ring buffer, and counting what the kernel could not hand over. The process
+//! sensor ([`crate::sensors::process`]) and the network sensor ([`crate::sensors::net`]) each load
+//! their own object and decode their own records ([`records`]).
+//!
+//! The programs are C, compiled by clang into the objects committed beside their source
+//! (`bpf/build.sh`; a test proves the objects are what the source compiles to), and embedded in the
+//! agent, so building the agent needs no clang. They attach as raw tracepoints, which need neither
+//! tracefs nor fentry support, and read kernel structs through CO-RE relocations that aya applies
+//! from `/sys/kernel/btf/vmlinux`. aya's API is safe: ring buffer records are parsed from bytes.
+
+pub mod records;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::programs::RawTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// The process sensor's programs (`bpf/process.bpf.c`).
+pub static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/process.bpf.o");
+/// The network sensor's program (`bpf/network.bpf.c`).
+pub static NETWORK_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/network.bpf.o");
+
+/// Why the programs could not run; the sensor falls back to its older source and says this.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("not root")]
+    NotRoot,
+    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux): {source}")]
+    NoBtf { source: aya::BtfError },
+    #[error("cannot load the BPF object: {source}")]
+    Load { source: aya::EbpfError },
+    #[error("the object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("the kernel refused program {name}: {detail}")]
+    Program { name: &'static str, detail: String },
+    #[error("cannot use map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot watch the ring buffer: {source}")]
+    Fd { source: io::Error },
+}
+
+/// Loaded and attached programs with their ring buffer and loss counters. The programs stay
+/// attached as long as this lives.
+pub struct Loaded {
+    /// Holds the programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    /// A duplicate of the ring buffer's descriptor, to wait on it with `poll`.
+    ring_fd: OwnedFd,
+    lost: Array<MapData, u64>,
+    /// What each loss counter said when last read.
+    lost_seen: Vec<u64>,
+}
+
+/// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
+/// pair.
+pub fn load(
+    object: &[u8],
+    programs: &[(&'static str, &'static str)],
+    ring_bytes: u32,
+) -> Result<Loaded, EbpfError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(EbpfError::NotRoot);
+    }
+    let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .set_max_entries("events", ring_bytes)
+        .load(object)
+        .map_err(|source| EbpfError::Load { source })?;
+    for &(name, tracepoint) in programs {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram { name })?
+            .try_into()
+            .map_err(|error: aya::programs::ProgramError| EbpfError::Program {
+                name,
+                detail: error.to_string(),
+            })?;
+        // The verifier gives up with EAGAIN when a signal arrives while it works (a child's
+        // SIGCHLD); libbpf tries again, and so does this.
+        let mut tries = 0;
+        while let Err(error) = program.load() {
+            tries += 1;
+            if tries == 5 || !interrupted(&error) {
+                return Err(EbpfError::Program {
+                    name,
+                    detail: program_error(&error),
+                });
+            }
+        }
+        program
+            .attach(tracepoint)
+            .map_err(|error| EbpfError::Program {
+                name,
+                detail: program_error(&error),
+            })?;
+    }
+    let ring = ebpf
+        .take_map("events")
+        .ok_or(EbpfError::MissingMap { name: "events" })?;
+    // A duplicate of the descriptor, taken before aya wraps the map, is what `poll` waits on.
+    let ring_fd = match &ring {
+        Map::RingBuf(data) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::Fd { source })?,
+        _ => return Err(EbpfError::MissingMap { name: "events" }),
+    };
+    let ring = RingBuf::try_from(ring).map_err(|source| EbpfError::Map {
+        name: "events",
+        source,
+    })?;
+    let lost = ebpf
+        .take_map("lost")
+        .ok_or(EbpfError::MissingMap { name: "lost" })?;
+    let lost: Array<MapData, u64> = Array::try_from(lost).map_err(|source| EbpfError::Map {
+        name: "lost",
+        source,
+    })?;
+    let lost_seen = vec![0; lost.len() as usize];
+    Ok(Loaded {
+        _ebpf: ebpf,
+        ring,
+        ring_fd,
+        lost,
+        lost_seen,
+    })
+}
+
+fn interrupted(error: &aya::programs::ProgramError) -> bool {
+    matches!(error, aya::programs::ProgramError::LoadError { io_error, .. }
+        if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32))
+}
+
+/// The verifier's log is long; its last lines say why a program was refused.
+fn program_error(error: &aya::programs::ProgramError) -> String {
+    match error {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}: {}", tail.join(" / "))
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Loaded {
+    /// Waits up to `timeout` for records, then hands every waiting record to `each`.
+    pub fn drain(&mut self, timeout: Duration, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.ring_fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(io::Error::from(errno)),
+        }
+        let mut count = 0;
+        while let Some(item) = self.ring.next() {
+            each(&item);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// How much each of the programs' loss counters grew since the last call.
+    pub fn new_losses(&mut self) -> Vec<u64> {
+        self.lost_seen
+            .iter_mut()
+            .enumerate()
+            .map(|(index, seen)| {
+                let now = self.lost.get(&(index as u32), 0).unwrap_or(*seen);
+                let grown = now.saturating_sub(*seen);
+                *seen = now;
+                grown
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed objects are what `bpf/build.sh` makes of the committed source: rebuilt here
+    /// with the pinned Debian compiler (scripts/test installs clang, llvm and libbpf-dev), they must
+    /// be byte for byte the objects the agent embeds.
+    #[test]
+    fn objects_match_their_source() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("agent/sensors/ebpf/bpf");
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .arg(out.path())
+            .status()
+            .expect("bash runs");
+        assert!(
+            status.success(),
+            "bpf/build.sh failed: it needs clang, llvm and libbpf-dev (scripts/test installs them)"
+        );
+        for (name, embedded) in [
+            ("process.bpf.o", super::PROCESS_OBJECT),
+            ("network.bpf.o", super::NETWORK_OBJECT),
+        ] {
+            let built = std::fs::read(out.path().join(name)).unwrap();
+            assert!(
+                built == embedded,
+                "{name} differs from what its source compiles to: run agent/sensors/ebpf/bpf/build.sh and commit the result"
+            );
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The eBPF backend for TCP: a program on the `inet_sock_set_state` tracepoint
+//! (`agent/sensors/ebpf/bpf/network.bpf.c`) remembers the process that called connect() when the
+//! socket enters SYN_SENT, in that process's own context, and reports the connection when its
+//! handshake completes and again when it closes, with the bytes that went each way. So a
+//! connection of a few milliseconds from a process that is gone a moment later still names it.
+//!
+//! One event per connection, as with the socket tables: a connection that closes within the
+//! sensor's `interval` of its handshake is reported at its close, with its bytes; one still open
+//! then is reported then, without them. A connection attempt that never completed its handshake is
+//! reported at its close too. Losses in the kernel (ring buffer or connection table full) are
+//! counted there and reported as `sensor.overflow`.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use bannin::event::{NetEvent, ProcessInfo};
+use tokio::time::Instant;
+
+use super::scope::remote_scope;
+use super::{NetSettings, ProcessTable, SENSOR};
+use crate::pipeline::EventTx;
+use crate::sensors::ebpf::records::ConnRecord;
+use crate::sensors::ebpf::{self, EbpfError, Loaded};
+use crate::sensors::process::os;
+use crate::sensors::{Notice, Stop};
+
+/// The ring buffer: at 104 bytes a record, room for about 20,000 opens and closes.
+const RING_BYTES: u32 = 2 << 20;
+/// How long a wait on the ring buffer lasts before the thread looks at its stop flag and the
+/// connections due.
+const WAIT: Duration = Duration::from_millis(100);
+/// A closed connection waits this long before it is reported, so that the exec of a process that
+/// connected at once has reached the process table (the process sensor's thread records it).
+const SETTLE: Duration = Duration::from_millis(100);
+/// How long a connection due for reporting waits, at most, for the process table to learn of its
+/// process: on a loaded host the process sensor can be that far behind.
+const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
+/// Connections waiting for their close; past this, a new one is reported at once without bytes.
+const MAX_PENDING: usize = 65_536;
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Loads and attaches the program.
+pub fn open() -> Result<Loaded, EbpfError> {
+    ebpf::load(
+        ebpf::NETWORK_OBJECT,
+        &[("inet_sock_set_state", "inet_sock_set_state")],
+        RING_BYTES,
+    )
+}
+
+/// Starts the reader thread, which stops when `stop` is set or the spool goes away.
+pub fn spawn(
+    loaded: Loaded,
+    config: &NetSettings,
+    table: ProcessTable,
+    tx: EventTx,
+    stop: Stop,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let mut reader = Reader {
+        loaded,
+        table,
+        tx,
+        hold: config.interval,
+        include_loopback: config.include_loopback,
+        pending: HashMap::new(),
+        next_report: Instant::now() + REPORT_EVERY,
+    };
+    std::thread::Builder::new()
+        .name("bannin-ebpf-net".into())
+        .spawn(move || reader.run(&stop))
+}
+
+/// A connection seen open, waiting for its close or for its hold to run out.
+struct Pending {
+    record: ConnRecord,
+    /// When the record arrived.
+    seen: Instant,
+    due: Instant,
+    /// Bytes sent and received, once it closed.
+    closed: Option<(u64, u64)>,
+}
+
+struct Reader {
+    loaded: Loaded,
+    table: ProcessTable,
+    tx: EventTx,
+    hold: Duration,
+    include_loopback: bool,
+    pending: HashMap<u64, Pending>,
+    next_report: Instant,
+}
+
+impl Reader {
+    fn run(&mut self, stop: &Stop) {
+        let mut records = Vec::new();
+        while !stop.is_set() {
+            let drained = self
+                .loaded
+                .drain(WAIT, |bytes| records.push(ConnRecord::decode(bytes)));
+            if let Err(error) = drained {
+                let notice = Notice::error(
+                    SENSOR,
+                    format!("reading the eBPF ring buffer failed: {error}"),
+                );
+                let _ = self.tx.blocking_send(notice.logged());
+                return;
+            }
+            for record in records.drain(..) {
+                match record {
+                    Some(record) => {
+                        if !self.handle(record) {
+                            return;
+                        }
+                    }
+                    None => self.tx.count_drop(1),
+                }
+            }
+            if !self.report_due() || !self.report_losses() {
+                return;
+            }
+        }
+    }
+
+    /// Returns false once nobody is listening any more.
+    fn handle(&mut self, record: ConnRecord) -> bool {
+        if !self.include_loopback && record.remote.0.is_loopback() {
+            return true;
+        }
+        let now = Instant::now();
+        if !record.closed {
+            if self.pending.len() >= MAX_PENDING {
+                let event = self.event(&record, None);
+                return self.tx.blocking_send(event).is_ok();
+            }
+            self.pending.insert(
+                record.sock,
+                Pending {
+                    record,
+                    seen: now,
+                    due: now + self.hold,
+                    closed: None,
+                },
+            );
+            return true;
+        }
+        let bytes = Some((record.bytes_sent, record.bytes_received));
+        let room = self.pending.len() < MAX_PENDING;
+        match self.pending.get_mut(&record.sock) {
+            Some(pending) => {
+                pending.closed = bytes;
+                pending.due = now + SETTLE;
+            }
+            // An attempt whose handshake never completed.
+            None if !record.established && room => {
+                self.pending.insert(
+                    record.sock,
+                    Pending {
+                        record,
+                        seen: now,
+                        due: now + SETTLE,
+                        closed: bytes,
+                    },
+                );
+            }
+            None if !record.established => {
+                let event = self.event(&record, bytes);
+                return self.tx.blocking_send(event).is_ok();
+            }
+            // Reported when its hold ran out.
+            None => {}
+        }
+        true
+    }
+
+    fn report_due(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.due <= now)
+            .map(|(sock, _)| *sock)
+            .collect();
+        for sock in due {
+            let Some(pending) = self.pending.remove(&sock) else {
+                continue;
+            };
+            if !self.table_knows(&pending.record)
+                && now.saturating_duration_since(pending.seen) < MAX_WAIT_FOR_PROCESS
+            {
+                self.pending.insert(
+                    sock,
+                    Pending {
+                        due: now + SETTLE,
+                        ..pending
+                    },
+                );
+                continue;
+            }
+            let event = self.event(&pending.record, pending.closed);
+            if self.tx.blocking_send(event).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn report_losses(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next_report {
+            return true;
+        }
+        self.next_report = now + REPORT_EVERY;
+        let losses = self.loaded.new_losses();
+        let ring = losses.first().copied().unwrap_or(0);
+        let table = losses.get(1).copied().unwrap_or(0);
+        let mut notices = Vec::new();
+        if ring > 0 {
+            notices.push(Notice::overflow(
+                SENSOR,
+                format!("the kernel dropped {ring} connection records because the eBPF ring buffer was full"),
+            ).count(ring));
+        }
+        if table > 0 {
+            notices.push(Notice::overflow(
+                SENSOR,
+                format!("{table} connections were not followed: the kernel's table of connecting processes was full"),
+            ).count(table));
+        }
+        notices
+            .into_iter()
+            .all(|notice| self.tx.blocking_send(notice.logged()).is_ok())
+    }
+
+    fn event(&self, record: &ConnRecord, bytes: Option<(u64, u64)>) -> NetEvent {
+        NetEvent {
+            process: Some(self.process(record)),
+            protocol: "tcp".to_string(),
+            local_addr: record.local.0.to_string(),
+            local_port: record.local.1,
+            remote_addr: record.remote.0.to_string(),
+            remote_port: record.remote.1,
+            remote_scope: remote_scope(record.remote.0).to_string(),
+            bytes_sent: bytes.map(|(sent, _)| sent),
+            bytes_received: bytes.map(|(_, received)| received),
+        }
+    }
+
+    /// Whether the process table has recorded the process that connected (the same pid and start).
+    fn table_knows(&self, record: &ConnRecord) -> bool {
+        let started = record.started_ns / (1_000_000_000 / os::USER_HZ);
+        self.table
+            .entry(record.pid)
+            .is_some_and(|entry| entry.snapshot.started.is_none_or(|s| s == started))
+    }
+
+    /// The process that connected: from the process table when it holds that very process (its
+    /// start time matches), else what the kernel said at connect time.
+    fn process(&self, record: &ConnRecord) -> ProcessInfo {
+        let started = record.started_ns / (1_000_000_000 / os::USER_HZ);
+        if let Some(info) = self.table.info(record.pid) {
+            let same = self
+                .table
+                .entry(record.pid)
+                .is_none_or(|entry| entry.snapshot.started.is_none_or(|s| s == started));
+            if same {
+                return info;
+            }
+        }
+        ProcessInfo {
+            pid: record.pid,
+            ppid: None,
+            exe: String::new(),
+            cmdline: format!("[{}]", record.comm),
+            user: self.table.user_name(record.uid),
+            uid: Some(record.uid),
+            ancestry: Vec::new(),
+        }
+    }
+}
