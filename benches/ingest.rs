@@ -138,7 +138,7 @@ fn event(host: &str, seq: u64) -> Event {
         cmdline: "python3 /opt/etl/export.py --out /srv/exports".into(),
         user: "etl".into(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     });
     let mut event = Event::now(host, file);
     event.seq = seq;

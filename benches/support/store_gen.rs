@@ -58,7 +58,7 @@ pub fn process(rng: &mut Rng, exe: &str) -> ProcessInfo {
         cmdline: format!("{exe} --job {}", rng.below(100)),
         user: "svc".into(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     }
 }
 

@@ -135,7 +135,7 @@ fn writer() -> ProcessInfo {
         cmdline: "python3 dump.py".into(),
         user: "user".into(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     }
 }
 
