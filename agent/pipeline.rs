@@ -144,6 +144,22 @@ impl EventTx {
         Ok(Ticket(number))
     }
 
+    /// Sends fully built events in order, taking them out of `events`, waiting while the spool
+    /// is behind. The spool writer is woken once for the lot, not once per event.
+    pub async fn send_events(&self, events: &mut Vec<Event>) -> Result<(), Closed> {
+        while !events.is_empty() {
+            let count = events.len().min(self.tx.max_capacity());
+            // Nothing is numbered before room for all of them is held: a closed channel leaves
+            // no ticket unsettled.
+            let permits = self.tx.reserve_many(count).await.map_err(|_| Closed)?;
+            for (permit, mut event) in permits.zip(events.drain(..count)) {
+                event.seq = self.tickets.issue();
+                permit.send(event);
+            }
+        }
+        Ok(())
+    }
+
     /// Sends from a thread outside the runtime, waiting while the spool is behind.
     #[cfg(target_os = "linux")]
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {

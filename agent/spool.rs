@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::{AgentAction, AgentEvent, Event};
-use bannin::proto::encode_event;
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod lost;
@@ -331,8 +330,7 @@ impl Appender {
     ) -> Result<(), rusqlite::Error> {
         event.seq = self.next_seq;
         // The collector refuses events beyond the shared bounds; cut them here so none is stuck.
-        bannin::proto::fit(event);
-        let bytes = encode_event(event);
+        let bytes = bannin::proto::fit_and_encode(event);
         let hash = chain::link(&self.head, self.next_seq, &bytes);
         insert.execute(params![
             self.next_seq as i64,

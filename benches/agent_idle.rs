@@ -60,9 +60,9 @@ fn main() {
     println!("created {files} files in {:?}", started.elapsed());
 
     let data = tmp.path().join("collector");
-    let collector = support::start_collector(COLLECTOR, &data, None);
+    let collector = support::start_collector(COLLECTOR, &data, None, None);
     let state = tmp.path().join("agent");
-    support::enroll(COLLECTOR, AGENT, &data, &collector.addr, &state);
+    support::enroll(COLLECTOR, AGENT, &data, None, &collector.addr, &state);
     let mut command = Command::new(AGENT);
     command
         .args(["run", "--state-dir"])

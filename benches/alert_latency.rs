@@ -4,7 +4,9 @@
 //! process, and a `bannin-agent run` watching a temp dir. Each run writes a CSV above the (lowered)
 //! size threshold, waits until the agent has reported it, then times `unlink` → HTTP POST received.
 //!
-//! Run: `cargo bench --bench alert_latency` (options: `-- --runs 100`).
+//! Run: `cargo bench --bench alert_latency` (options: `-- --runs 100`; `--store postgres` keeps the
+//! collector's store in a private database on the machine's PostgreSQL, 127.0.0.1:5432, dropped
+//! afterwards).
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -48,10 +50,10 @@ fn private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn count_events(data: &Path, path: &Path) -> usize {
+fn count_events(data: &Path, store: Option<&str>, path: &Path) -> usize {
     let out = Command::new(COLLECTOR)
-        .args(["events", "--format", "json", "--data-dir"])
-        .arg(data)
+        .args(["events", "--format", "json"])
+        .args(support::store_args(data, store))
         .args(["--kind", "file.*", "--path"])
         .arg(path)
         .output()
@@ -61,6 +63,12 @@ fn count_events(data: &Path, path: &Path) -> usize {
 
 fn main() {
     let runs: usize = support::option("--runs").unwrap_or(100);
+    let db = match support::option::<String>("--store").as_deref() {
+        None | Some("sqlite") => None,
+        Some("postgres") => Some(support::pg_db::PgDb::create()),
+        Some(other) => panic!("--store {other}: give sqlite or postgres"),
+    };
+    let store = db.as_ref().map(|db| db.url.as_str());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("collector");
     let watched = tmp.path().join("exports");
@@ -75,9 +83,9 @@ fn main() {
              [detection.thresholds]\nlarge_export_min_size = 65536\n"
         ),
     );
-    let collector = support::start_collector(COLLECTOR, &data, Some(&config));
+    let collector = support::start_collector(COLLECTOR, &data, Some(&config), store);
     let state = tmp.path().join("agent");
-    support::enroll(COLLECTOR, AGENT, &data, &collector.addr, &state);
+    support::enroll(COLLECTOR, AGENT, &data, store, &collector.addr, &state);
     let (_agent, _) = start(
         Command::new(AGENT)
             .args(["run", "--state-dir"])
@@ -96,7 +104,7 @@ fn main() {
         std::fs::write(&path, &content).unwrap();
         // The create must be stored (detection has seen it) before the clock starts.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while count_events(&data, &path) == 0 {
+        while count_events(&data, store, &path) == 0 {
             assert!(
                 Instant::now() < deadline,
                 "create of {} never stored",
@@ -119,7 +127,12 @@ fn main() {
     }
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
-    println!("alert latency, unlink -> webhook receipt, {runs} runs");
+    let kind = if store.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!("alert latency, unlink -> webhook receipt, {runs} runs, {kind} store");
     println!("p50 {:?}", pick(0.50));
     println!("p90 {:?}", pick(0.90));
     println!("p99 {:?}", pick(0.99));

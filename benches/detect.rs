@@ -56,7 +56,8 @@ fn process(pid: u32, exe: &str, parent: &str) -> ProcessInfo {
                 cmdline: "/sbin/init".into(),
                 user: "root".into(),
             },
-        ],
+        ]
+        .into(),
     }
 }
 

@@ -112,7 +112,7 @@ fn big_event(host: &str) -> Event {
         cmdline: "y".repeat(4_000),
         user: "etl".into(),
         uid: Some(1000),
-        ancestry: vec![ancestor; 64],
+        ancestry: vec![ancestor; 64].into(),
     };
     Event::now(host, exec(process))
 }
@@ -135,7 +135,7 @@ fn hostile_event(host: &str) -> Event {
     let process = ProcessInfo {
         pid: 4242,
         exe: "/bin/sh".into(),
-        ancestry: vec![Ancestor::default(); 4_000_000],
+        ancestry: vec![Ancestor::default(); 4_000_000].into(),
         ..ProcessInfo::default()
     };
     Event::now(host, exec(process))

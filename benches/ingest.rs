@@ -3,19 +3,28 @@
 //! (synchronous=FULL) before acknowledging. The same rows are then inserted into a fresh SQLite
 //! database by a plain batched insert, in the same run, for the ratio.
 //!
-//! Run: `cargo bench --bench ingest` (options: `-- --agents 8 --events 400000 --rounds 5`).
+//! With `--store postgres`, each round runs three measurements in turn: `--collectors` (3) real
+//! collectors sharing one PostgreSQL store (a private database on the machine's PostgreSQL,
+//! 127.0.0.1:5432, dropped afterwards), the agents spread across them; the same rows by plain binary
+//! COPY into the same tables of a fresh database, one session per agent, one transaction per batch;
+//! and one collector on SQLite, as above.
+//!
+//! Run: `cargo bench --bench ingest` (options: `-- --agents 8 --events 400000 --rounds 5`,
+//! `--store postgres --collectors 3`).
 
 // A benchmark, like a test, stops at the first failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "support/options.rs"]
-mod options;
+// Each benchmark uses its part of the shared support; this one enrolls its simulated agents itself.
+#[allow(dead_code)]
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::{Event, FileAction, FileEvent, ProcessInfo};
@@ -23,6 +32,7 @@ use bannin::pb;
 use bannin::pki::{self, SERVER_NAME};
 use bannin::time::Timestamp;
 use ed25519_dalek::SigningKey;
+use support::pg_db::{PgDb, share_keys};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
@@ -32,48 +42,33 @@ struct Options {
     agents: usize,
     events: usize,
     rounds: usize,
+    postgres: bool,
+    collectors: usize,
 }
 
 fn options() -> Options {
-    Options {
-        agents: options::option("--agents").unwrap_or(8),
-        events: options::option("--events").unwrap_or(400_000),
-        rounds: options::option("--rounds").unwrap_or(5),
-    }
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_collector(dir: &Path) -> Server {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(COLLECTOR)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("BANNIN_LOG", "warn,bannin_collector::serve=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the collector");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("collector exited").expect("read");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().expect("addr").to_string();
-        }
+    let postgres = match support::option::<String>("--store").as_deref() {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => panic!("--store {other}: give sqlite or postgres"),
     };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    Options {
+        agents: support::option("--agents").unwrap_or(8),
+        events: support::option("--events").unwrap_or(400_000),
+        rounds: support::option("--rounds").unwrap_or(5),
+        postgres,
+        collectors: support::option("--collectors").unwrap_or(3),
+    }
+}
+
+/// One event as the store keeps it, for the plain inserts.
+#[derive(Clone)]
+struct Row {
+    seq: u64,
+    ts: i64,
+    path: String,
+    bytes: Vec<u8>,
+    hash: Hash,
 }
 
 struct SimAgent {
@@ -83,16 +78,11 @@ struct SimAgent {
     channel: Channel,
 }
 
-async fn enroll(server: &Server, dir: &Path, ca_pem: &str, n: usize) -> SimAgent {
-    let token = Command::new(COLLECTOR)
-        .args(["token", "create", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("token");
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+async fn enroll(addr: &str, dir: &Path, store: Option<&str>, ca_pem: &str, n: usize) -> SimAgent {
+    let token = support::token(COLLECTOR, dir, store);
     let key = chain::generate_signing_key().expect("key");
     let (tls_key, csr) = pki::client_key_and_csr(&format!("sim{n}")).expect("csr");
-    let url = format!("https://{}", server.addr);
+    let url = format!("https://{addr}");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(SERVER_NAME);
@@ -148,7 +138,7 @@ fn event(host: &str, seq: u64) -> Event {
         cmdline: "python3 /opt/etl/export.py --out /srv/exports".into(),
         user: "etl".into(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     });
     let mut event = Event::now(host, file);
     event.seq = seq;
@@ -156,7 +146,7 @@ fn event(host: &str, seq: u64) -> Event {
 }
 
 /// Pre-built, pre-signed batches for one agent, so the timed part is transport, verify and commit.
-fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Vec<u8>)>) {
+fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<Row>) {
     let mut head: Hash = GENESIS;
     let mut out = Vec::new();
     let mut rows = Vec::new();
@@ -166,9 +156,16 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Ve
         let first = seq;
         let mut events = Vec::with_capacity(BATCH);
         while events.len() < BATCH && (seq as usize) <= count {
-            let bytes = bannin::proto::encode_event(&event(&agent.name, seq));
+            let event = event(&agent.name, seq);
+            let bytes = bannin::proto::encode_event(&event);
             head = chain::link(&head, seq, &bytes);
-            rows.push((seq, bytes.clone()));
+            rows.push(Row {
+                seq,
+                ts: event.ts.as_nanos(),
+                path: event.path().unwrap_or_default().to_string(),
+                bytes: bytes.clone(),
+                hash: head,
+            });
             events.push(bytes);
             seq += 1;
         }
@@ -184,14 +181,26 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<(u64, Ve
     (out, rows)
 }
 
-async fn bannin_round(options: &Options) -> (f64, Vec<Vec<(u64, Vec<u8>)>>) {
+/// One round of real ingest: `collectors` collectors on `db`'s store (one on SQLite without it),
+/// the agents enrolled and sending round-robin across them. Returns events/s and the rows sent.
+async fn bannin_round(options: &Options, db: Option<&PgDb>) -> (f64, Vec<Vec<Row>>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("collector");
-    let server = start_collector(&data);
+    let store = db.map(|db| db.url.as_str());
+    let mut servers = vec![support::start_collector(COLLECTOR, &data, None, store)];
+    for n in 1..options.collectors.max(1) {
+        if store.is_none() {
+            break;
+        }
+        let other = dir.path().join(format!("collector{n}"));
+        share_keys(&data, &other);
+        servers.push(support::start_collector(COLLECTOR, &other, None, store));
+    }
     let ca = std::fs::read_to_string(data.join("ca.pem")).expect("ca");
     let mut agents = Vec::new();
     for n in 0..options.agents {
-        agents.push(enroll(&server, &data, &ca, n).await);
+        let addr = &servers[n % servers.len()].addr;
+        agents.push(enroll(addr, &data, store, &ca, n).await);
     }
     let per_agent = options.events / options.agents;
     let mut work = Vec::new();
@@ -218,18 +227,23 @@ async fn bannin_round(options: &Options) -> (f64, Vec<Vec<(u64, Vec<u8>)>>) {
     }
     let elapsed = start.elapsed();
     let total = per_agent * options.agents;
-    let out = Command::new(COLLECTOR)
-        .args(["verify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("verify");
-    assert!(out.status.success(), "stored events verify");
+    let mut verify = Command::new(COLLECTOR);
+    verify.args(["verify", "--data-dir"]).arg(&data);
+    if let Some(url) = store {
+        verify.args(["--store", url]);
+    }
+    let out = verify.output().expect("verify");
+    assert!(
+        out.status.success(),
+        "stored events verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     (total as f64 / elapsed.as_secs_f64(), all_rows)
 }
 
 /// The same rows, batched into the collector's table shape (same key and indexes), with the same
 /// durability, and nothing else.
-fn plain_round(rows: &[Vec<(u64, Vec<u8>)>]) -> f64 {
+fn plain_round(rows: &[Vec<Row>]) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let conn = rusqlite::Connection::open(dir.path().join("plain.db")).expect("open");
     conn.execute_batch(
@@ -256,14 +270,14 @@ fn plain_round(rows: &[Vec<(u64, Vec<u8>)>]) -> f64 {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .expect("prepare");
-                for (seq, bytes) in chunk {
+                for row in chunk {
                     stmt.execute(rusqlite::params![
                         agent_no as i64,
-                        *seq as i64,
-                        now + *seq as i64,
+                        row.seq as i64,
+                        now + row.seq as i64,
                         "file.write",
                         "/srv/exports/x.csv",
-                        bytes,
+                        row.bytes,
                         hash.as_slice()
                     ])
                     .expect("insert");
@@ -273,6 +287,59 @@ fn plain_round(rows: &[Vec<(u64, Vec<u8>)>]) -> f64 {
             tx.commit().expect("commit");
         }
     }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same rows by plain binary COPY into the same tables (a fresh database, its schema made by
+/// the real binary), one session per agent as the agents send, one transaction per batch,
+/// PostgreSQL's default durable commit; nothing else.
+async fn copy_round(rows: &[Vec<Row>]) -> f64 {
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::token(COLLECTOR, dir.path(), Some(&db.url));
+    let received = Timestamp::now().as_nanos();
+    // Sessions and rows ready before the clock starts.
+    let mut work = Vec::new();
+    for (agent_no, agent_rows) in rows.iter().enumerate() {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        work.push((client, agent_no as i64 + 1, agent_rows.to_vec()));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut client, agent_no, agent_rows) in work {
+        tasks.push(tokio::spawn(async move {
+            for chunk in agent_rows.chunks(BATCH) {
+                let tx = client.transaction().await.expect("begin");
+                let writer = support::pg_copy::events(&tx).await;
+                let mut writer = std::pin::pin!(writer);
+                for row in chunk {
+                    writer
+                        .as_mut()
+                        .write(&[
+                            &agent_no,
+                            &(row.seq as i64),
+                            &row.ts,
+                            &"file.write",
+                            &row.path.as_str(),
+                            &row.bytes.as_slice(),
+                            &row.hash.as_slice(),
+                            &received,
+                        ])
+                        .await
+                        .expect("row");
+                }
+                writer.as_mut().finish().await.expect("copy done");
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("copy task");
+    }
+    let total: usize = rows.iter().map(Vec::len).sum();
     total as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -289,10 +356,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if options.postgres {
+        return postgres(&options, &runtime);
+    }
     let mut bannin_rates = Vec::new();
     let mut plain_rates = Vec::new();
     for round in 0..options.rounds {
-        let (rate, rows) = runtime.block_on(bannin_round(&options));
+        let (rate, rows) = runtime.block_on(bannin_round(&options, None));
         let plain = plain_round(&rows);
         println!(
             "round {}: bannin {:.0} events/s, plain insert {:.0} rows/s, ratio {:.2}",
@@ -312,5 +382,61 @@ fn main() {
     println!("median bannin ingest (mTLS + verify + durable commit): {b:.0} events/s");
     println!("median plain batched SQLite insert of the same rows:   {p:.0} rows/s");
     println!("ratio bannin / plain: {:.2}", b / p);
-    let _ = Duration::from_secs(0);
+}
+
+/// The PostgreSQL rounds: N collectors on one store, plain COPY of the same rows, and one
+/// collector on SQLite, in turn.
+fn postgres(options: &Options, runtime: &tokio::runtime::Runtime) {
+    let mut pg_rates = Vec::new();
+    let mut copy_rates = Vec::new();
+    let mut sqlite_rates = Vec::new();
+    for round in 0..options.rounds {
+        let db = PgDb::create();
+        let before = support::options::load();
+        let (pg, rows) = runtime.block_on(bannin_round(options, Some(&db)));
+        drop(db);
+        let copy = runtime.block_on(copy_round(&rows));
+        drop(rows);
+        let (sqlite, _) = runtime.block_on(bannin_round(options, None));
+        println!(
+            "round {}: {} collectors on PostgreSQL {pg:.0} events/s, plain COPY {copy:.0} rows/s \
+             (ratio {:.2}), 1 collector on SQLite {sqlite:.0} events/s (PostgreSQL / SQLite {:.2}); \
+             load average {before} before, {} after",
+            round + 1,
+            options.collectors,
+            pg / copy,
+            pg / sqlite,
+            support::options::load()
+        );
+        pg_rates.push(pg);
+        copy_rates.push(copy);
+        sqlite_rates.push(sqlite);
+    }
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+    let (mut to_copy, mut to_sqlite) = (
+        ratios(&pg_rates, &copy_rates),
+        ratios(&pg_rates, &sqlite_rates),
+    );
+    println!(
+        "ingest: {} agents over {} collectors, {} events per round, {} rounds, batches of {BATCH}",
+        options.agents, options.collectors, options.events, options.rounds
+    );
+    println!(
+        "median bannin on PostgreSQL (mTLS + verify + durable commit): {:.0} events/s",
+        median(&mut pg_rates)
+    );
+    println!(
+        "median plain binary COPY of the same rows:                    {:.0} rows/s",
+        median(&mut copy_rates)
+    );
+    println!(
+        "median bannin on SQLite, one collector:                       {:.0} events/s",
+        median(&mut sqlite_rates)
+    );
+    println!(
+        "median of the rounds' ratios: PostgreSQL / COPY {:.2}, PostgreSQL / SQLite {:.2}",
+        median(&mut to_copy),
+        median(&mut to_sqlite)
+    );
 }

@@ -7,7 +7,10 @@
 //! Run: `cargo bench --bench store_query -- --events 10000000 --agents 100`
 //! Options: `--dir DIR` (keep and reuse the store there), `--rounds N`, `--days D` (span of the data),
 //! `--window 1h` (query window), `--index-cost N` (also time N inserts with and without the
-//! `(agent_no, ts)` index; 0 skips it).
+//! `(agent_no, ts)` index; 0 skips it). `--store postgres` also loads the same events into a
+//! PostgreSQL store (binary COPY; a private database on the machine's PostgreSQL, 127.0.0.1:5432,
+//! dropped afterwards unless `--pg-db NAME` names it, when it is kept and reused) and runs every
+//! query on both stores, alternating, with the same windows and hosts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // It measures real elapsed time: std's clock (tokio's can be paused) and sleep are right here.
@@ -35,6 +38,8 @@ struct Options {
     window: Duration,
     dir: Option<PathBuf>,
     index_cost: u64,
+    postgres: bool,
+    pg_db: Option<String>,
 }
 
 fn options() -> Options {
@@ -48,6 +53,12 @@ fn options() -> Options {
             .unwrap_or(Duration::from_secs(3600)),
         dir: options::option("--dir"),
         index_cost: options::option("--index-cost").unwrap_or(500_000),
+        postgres: match options::option::<String>("--store").as_deref() {
+            None | Some("sqlite") => false,
+            Some("postgres") => true,
+            Some(other) => panic!("--store {other}: give sqlite or postgres"),
+        },
+        pg_db: options::option("--pg-db"),
     }
 }
 
@@ -56,31 +67,51 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-/// Runs `args` `rounds` times with windows from `window_at`; returns (p50, p90, mean output lines).
+/// One store's figures for one query: p50, p90, mean output lines, the first command.
+struct Measured {
+    p50: Duration,
+    p90: Duration,
+    lines: usize,
+    example: String,
+}
+
+/// Runs the query `rounds` times on each store (the arguments naming it in `stores`), the stores
+/// alternating within each round so they see the same machine load; the arguments of round `i` on
+/// a store come from `args_for(i, store)`.
 fn measure(
     rounds: usize,
-    mut args_for: impl FnMut(usize) -> Vec<String>,
-) -> (Duration, Duration, usize, String) {
-    let mut times = Vec::new();
-    let mut lines = 0;
-    let mut example = String::new();
+    stores: &[Vec<String>],
+    args_for: &dyn Fn(usize, &[String]) -> Vec<String>,
+) -> Vec<Measured> {
+    let mut times = vec![Vec::new(); stores.len()];
+    let mut lines = vec![0; stores.len()];
+    let mut examples = vec![String::new(); stores.len()];
     for round in 0..rounds {
-        let args = args_for(round);
-        if round == 0 {
-            example = format!("bannin-collector {}", args.join(" "));
+        for (n, store) in stores.iter().enumerate() {
+            let args = args_for(round, store);
+            if round == 0 {
+                examples[n] = format!("bannin-collector {}", args.join(" "));
+            }
+            let began = Instant::now();
+            let out = run_ok(Command::new(COLLECTOR).args(&args));
+            times[n].push(began.elapsed());
+            lines[n] += out.lines().count();
         }
-        let began = Instant::now();
-        let out = run_ok(Command::new(COLLECTOR).args(&args));
-        times.push(began.elapsed());
-        lines += out.lines().count();
     }
-    times.sort_unstable();
-    (
-        percentile(&times, 0.5),
-        percentile(&times, 0.9),
-        lines / rounds.max(1),
-        example,
-    )
+    times
+        .iter_mut()
+        .zip(lines)
+        .zip(examples)
+        .map(|((times, lines), example)| {
+            times.sort_unstable();
+            Measured {
+                p50: percentile(times, 0.5),
+                p90: percentile(times, 0.9),
+                lines: lines / rounds.max(1),
+                example,
+            }
+        })
+        .collect()
 }
 
 /// Times `rows` inserts of small events into a fresh store with and without the (agent_no, ts) index.
@@ -144,8 +175,8 @@ fn index_cost(rows: u64) {
     );
 }
 
-/// The arguments of one query case for round `i`.
-type ArgsFor<'a> = Box<dyn Fn(usize) -> Vec<String> + 'a>;
+/// The arguments of one query case for round `i` on a store (the arguments naming it).
+type ArgsFor<'a> = Box<dyn Fn(usize, &[String]) -> Vec<String> + 'a>;
 
 fn main() {
     let o = options();
@@ -157,6 +188,9 @@ fn main() {
     let dir = o.dir.clone().unwrap_or_else(|| tmp.path().join("store"));
     let span = Duration::from_secs(o.days * 86_400);
     let start = store_gen::build_or_reuse(&dir, o.events, o.agents, span);
+    let pg = o
+        .postgres
+        .then(|| store_gen::build_or_reuse_pg(o.pg_db.as_deref(), o.events, o.agents, start, span));
 
     let mut rng = Rng(0x5eed);
     let mut windows = Vec::new();
@@ -169,17 +203,21 @@ fn main() {
             rng.below(o.agents as u64),
         ));
     }
-    let data_dir = dir.display().to_string();
+    let mut stores = vec![vec!["--data-dir".to_string(), dir.display().to_string()]];
+    let mut names = vec!["SQLite"];
+    if let Some(pg) = &pg {
+        stores.push(vec!["--store".to_string(), pg.url.clone()]);
+        names.push("PostgreSQL");
+    }
     let window = |i: usize| windows[i];
     let cases: Vec<(&str, ArgsFor)> = vec![
         (
             "events --host H --since --until",
-            Box::new(|i| {
+            Box::new(|i, store| {
                 let (since, until, host) = window(i);
-                vec![
-                    "events".into(),
-                    "--data-dir".into(),
-                    data_dir.clone(),
+                let mut args = vec!["events".to_string()];
+                args.extend_from_slice(store);
+                args.extend([
                     "--host".into(),
                     format!("host-{host:03}"),
                     "--since".into(),
@@ -190,17 +228,17 @@ fn main() {
                     "100000".into(),
                     "--format".into(),
                     "json".into(),
-                ]
+                ]);
+                args
             }),
         ),
         (
             "timeline --host H --since --until",
-            Box::new(|i| {
+            Box::new(|i, store| {
                 let (since, until, host) = window(i);
-                vec![
-                    "timeline".into(),
-                    "--data-dir".into(),
-                    data_dir.clone(),
+                let mut args = vec!["timeline".to_string()];
+                args.extend_from_slice(store);
+                args.extend([
                     "--host".into(),
                     format!("host-{host:03}"),
                     "--since".into(),
@@ -209,24 +247,25 @@ fn main() {
                     until.to_rfc3339(),
                     "--format".into(),
                     "json".into(),
-                ]
+                ]);
+                args
             }),
         ),
         (
             "scope --since --until (all hosts)",
-            Box::new(|i| {
+            Box::new(|i, store| {
                 let (since, until, _) = window(i);
-                vec![
-                    "scope".into(),
-                    "--data-dir".into(),
-                    data_dir.clone(),
+                let mut args = vec!["scope".to_string()];
+                args.extend_from_slice(store);
+                args.extend([
                     "--since".into(),
                     since.to_rfc3339(),
                     "--until".into(),
                     until.to_rfc3339(),
                     "--format".into(),
                     "json".into(),
-                ]
+                ]);
+                args
             }),
         ),
     ];
@@ -234,12 +273,27 @@ fn main() {
         "\n{} rounds, window {:?}, each a separate run of the release binary (process start included)",
         o.rounds, o.window
     );
-    println!("| query | p50 | p90 | output lines (mean) |\n| --- | --- | --- | --- |");
+    println!(
+        "| query | store | p50 | p90 | output lines (mean) | load average after |\n| --- | --- | --- | --- | --- | --- |"
+    );
     let mut examples = Vec::new();
     for (name, args) in &cases {
-        let (p50, p90, lines, example) = measure(o.rounds, args);
-        println!("| `{name}` | {p50:.1?} | {p90:.1?} | {lines} |");
-        examples.push(example);
+        let measured = measure(o.rounds, &stores, args.as_ref());
+        let load = options::load();
+        for (m, store) in measured.iter().zip(&names) {
+            println!(
+                "| `{name}` | {store} | {:.1?} | {:.1?} | {} | {load} |",
+                m.p50, m.p90, m.lines
+            );
+        }
+        if let [sqlite, pg] = &measured[..] {
+            println!(
+                "| | PostgreSQL / SQLite | {:.2} | {:.2} | | |",
+                pg.p50.as_secs_f64() / sqlite.p50.as_secs_f64(),
+                pg.p90.as_secs_f64() / sqlite.p90.as_secs_f64()
+            );
+        }
+        examples.extend(measured.into_iter().map(|m| m.example));
     }
     println!("\nexample commands:");
     for example in examples {

@@ -136,7 +136,8 @@ mod tests {
                 exe: "/usr/bin/bash".into(),
                 cmdline: "-bash".into(),
                 user: "alice".into(),
-            }],
+            }]
+            .into(),
         }
     }
 

@@ -32,8 +32,12 @@ use crate::store::pg::{Target, pg_message};
 pub const LEADER_LOCK: i64 = 0x6261_6e6e_696e_0010;
 /// Rows one page reads from each of batches and findings.
 const PAGE: i64 = 500;
-/// How often a follower tries for the lock, and an idle leader looks for new rows.
+/// How often a follower tries for the lock.
 const POLL: Duration = Duration::from_millis(200);
+/// How often an idle leader looks for rows committed through other collectors (a batch committed
+/// through its own collector wakes it at once): the most such a batch waits before detection. At
+/// 200 ms, the wait made most of the unlink-to-webhook time (BENCHMARKS.md).
+const IDLE_POLL: Duration = Duration::from_millis(50);
 /// A failure point for tests: `BANNIN_FAILPOINT=leader.before_commit:abort` fails the leader's
 /// write; `…:hold:FILE` holds it while FILE exists.
 const FAILPOINT: &str = "BANNIN_FAILPOINT";
@@ -57,6 +61,10 @@ pub struct Leader {
     pub notifier: Notifier,
     /// Detection held back longer than this raises a `detection-lag` alert.
     pub lag_alert_after: Duration,
+    /// Signalled by this collector's ingest after each commit, so an idle leader reads the batch
+    /// at once instead of at its next poll. (Not a NOTIFY in the ingest transaction: that would
+    /// serialise every collector's commits.)
+    pub committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The rule id of the alert a stalled detection raises.
@@ -220,9 +228,13 @@ impl Leader {
                 }
             }
             if updates.is_empty() && next == cursor {
-                // Nothing new: check the session still holds the lock, and wait.
+                // Nothing new: check the session still holds the lock, and wait for a commit here
+                // or the next poll.
                 client.query_one("SELECT 1", &[]).await?;
-                tokio::time::sleep(POLL).await;
+                tokio::select! {
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    () = self.committed.notified() => {}
+                }
                 continue;
             }
             let raised = self

@@ -336,6 +336,7 @@ impl Collector {
         let pool = target.pool()?;
         let hooks = hooks::spawn_postgres(self.config.alerts.clone(), pool.clone())
             .context("cannot start alert delivery")?;
+        let committed = std::sync::Arc::new(tokio::sync::Notify::new());
         crate::leader::Leader {
             target: target.clone(),
             detection: self.config.detection.clone(),
@@ -343,12 +344,14 @@ impl Collector {
             router: hooks.router(),
             notifier: hooks.notifier(),
             lag_alert_after: self.config.store.lag_alert_after,
+            committed: committed.clone(),
         }
         .spawn()
         .context("cannot start detection")?;
         let writer = Writer::Postgres(std::sync::Arc::new(store::pg::ingest::PgWriter::new(
             pool,
             seal.clone(),
+            committed,
         )));
         Ok((writer, agents, hooks))
     }

@@ -156,8 +156,65 @@ pub struct ProcessInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// Parent first, then its parent, and so on.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub ancestry: Vec<Ancestor>,
+    #[serde(skip_serializing_if = "Ancestry::is_empty", default)]
+    pub ancestry: Ancestry,
+}
+
+/// A process's ancestry, parent first. Shared rather than copied: a sensor hands the same line to
+/// every event of one process, so cloning an event costs a reference count, not a string per
+/// ancestor. Changing it (through `DerefMut`) copies it first if another event holds it too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ancestry(std::sync::Arc<Vec<Ancestor>>);
+
+impl Ancestry {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for Ancestry {
+    type Target = Vec<Ancestor>;
+
+    fn deref(&self) -> &Vec<Ancestor> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ancestry {
+    fn deref_mut(&mut self) -> &mut Vec<Ancestor> {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<Vec<Ancestor>> for Ancestry {
+    fn from(line: Vec<Ancestor>) -> Self {
+        Ancestry(std::sync::Arc::new(line))
+    }
+}
+
+impl FromIterator<Ancestor> for Ancestry {
+    fn from_iter<I: IntoIterator<Item = Ancestor>>(iter: I) -> Self {
+        Ancestry::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl IntoIterator for Ancestry {
+    type Item = Ancestor;
+    type IntoIter = std::vec::IntoIter<Ancestor>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::sync::Arc::unwrap_or_clone(self.0).into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Ancestry {
+    type Item = &'a Ancestor;
+    type IntoIter = std::slice::Iter<'a, Ancestor>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

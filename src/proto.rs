@@ -70,7 +70,9 @@ pub mod limits {
 enum Part<'a> {
     Text(&'static str, &'a mut String),
     List(&'static str, &'a mut Vec<String>),
-    Ancestry(&'a mut Vec<Ancestor>),
+    /// An ancestry with its ancestors' strings. It is shared between events, so a visitor reads
+    /// it and changes it (making it this event's own copy) only when a bound requires.
+    Ancestry(&'a mut Ancestry),
 }
 
 fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
@@ -78,11 +80,15 @@ fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
     f(Part::Text("exe", &mut p.exe));
     f(Part::Text("cmdline", &mut p.cmdline));
     f(Part::Text("user", &mut p.user));
-    for a in &mut p.ancestry {
-        f(Part::Text("ancestor exe", &mut a.exe));
-        f(Part::Text("ancestor cmdline", &mut a.cmdline));
-        f(Part::Text("ancestor user", &mut a.user));
-    }
+}
+
+/// Each ancestor's strings, named as the bounds report them.
+fn ancestor_texts(a: &Ancestor) -> [(&'static str, &String); 3] {
+    [
+        ("ancestor exe", &a.exe),
+        ("ancestor cmdline", &a.cmdline),
+        ("ancestor user", &a.user),
+    ]
 }
 
 /// Every string and list of an event, so the bounds cannot miss a field.
@@ -175,6 +181,16 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
                 count: list.len(),
                 limit: MAX_ANCESTRY,
             }),
+            Part::Ancestry(list) => list
+                .iter()
+                .flat_map(ancestor_texts)
+                .find(|(_, text)| text.len() > MAX_STRING)
+                .map(|(field, text)| ProtoError::TooLong {
+                    seq,
+                    field,
+                    len: text.len(),
+                    limit: MAX_STRING,
+                }),
             Part::List(field, list) if list.len() > MAX_LIST => Some(ProtoError::TooMany {
                 seq,
                 field,
@@ -212,9 +228,24 @@ pub fn fit(event: &mut Event) -> bool {
     let mut max_string = MAX_STRING;
     loop {
         visit(event, &mut |part| match part {
-            Part::Ancestry(list) if list.len() > MAX_ANCESTRY => {
-                list.truncate(MAX_ANCESTRY);
-                cut = true;
+            Part::Ancestry(list) => {
+                if list.len() > MAX_ANCESTRY {
+                    list.truncate(MAX_ANCESTRY);
+                    cut = true;
+                }
+                let too_long = |a: &Ancestor| {
+                    ancestor_texts(a)
+                        .iter()
+                        .any(|(_, text)| text.len() > max_string)
+                };
+                if list.iter().any(too_long) {
+                    for a in list.iter_mut() {
+                        for text in [&mut a.exe, &mut a.cmdline, &mut a.user] {
+                            truncate_at_char(text, max_string);
+                        }
+                    }
+                    cut = true;
+                }
             }
             Part::List(_, list) if list.len() > MAX_LIST => {
                 list.truncate(MAX_LIST);
@@ -233,6 +264,19 @@ pub fn fit(event: &mut Event) -> bool {
     }
 }
 
+/// The bytes that are hashed, sent and stored for `event`, cut to the shared bounds first if it
+/// exceeds them ([`fit`]). An event within them (nearly all) is encoded once.
+pub fn fit_and_encode(event: &mut Event) -> Vec<u8> {
+    if check_bounds(event).is_ok() {
+        let bytes = encode_event(event);
+        if bytes.len() <= limits::MAX_EVENT_BYTES {
+            return bytes;
+        }
+    }
+    fit(event);
+    encode_event(event)
+}
+
 /// About how many bytes a decoded event occupies, so a batch's decoded size can be budgeted.
 pub fn footprint(event: &mut Event) -> usize {
     let mut bytes = std::mem::size_of::<Event>();
@@ -240,7 +284,14 @@ pub fn footprint(event: &mut Event) -> usize {
         bytes += match part {
             Part::Text(_, text) => text.capacity(),
             Part::List(_, list) => list.capacity() * std::mem::size_of::<String>(),
-            Part::Ancestry(list) => list.capacity() * std::mem::size_of::<Ancestor>(),
+            Part::Ancestry(list) => {
+                list.capacity() * std::mem::size_of::<Ancestor>()
+                    + list
+                        .iter()
+                        .flat_map(ancestor_texts)
+                        .map(|(_, text)| text.capacity())
+                        .sum::<usize>()
+            }
         }
     });
     bytes
@@ -661,7 +712,7 @@ mod tests {
             cmdline: "x".repeat(limits::MAX_STRING + 10),
             ..ProcessInfo::default()
         };
-        process.ancestry = vec![Ancestor::default(); limits::MAX_ANCESTRY + 1];
+        process.ancestry = vec![Ancestor::default(); limits::MAX_ANCESTRY + 1].into();
         let mut event = Event {
             seq: 7,
             ts: Timestamp::from_nanos(1),
@@ -711,6 +762,75 @@ mod tests {
         assert!(encode_event(&event).len() <= limits::MAX_EVENT_BYTES);
         decode_event(&encode_event(&event)).unwrap();
         assert_eq!(peek_seq(&bytes).unwrap(), 8);
+    }
+
+    fn start_of(process: ProcessInfo) -> Event {
+        Event {
+            seq: 9,
+            ts: Timestamp::from_nanos(1),
+            host: "h".into(),
+            body: ProcessEvent {
+                action: ProcessAction::Start,
+                process,
+                cwd: "/".into(),
+                start_ts: None,
+                exit_code: None,
+                read_bytes: None,
+                write_bytes: None,
+                source: "connector".into(),
+            }
+            .into(),
+        }
+    }
+
+    #[test]
+    fn an_ancestor_beyond_the_string_bound_is_refused_and_cut_in_this_event_only() {
+        let line: Ancestry = vec![Ancestor {
+            pid: 1,
+            cmdline: "y".repeat(limits::MAX_STRING + 1),
+            ..Ancestor::default()
+        }]
+        .into();
+        let shared = line.clone();
+        let mut event = start_of(ProcessInfo {
+            ancestry: line,
+            ..ProcessInfo::default()
+        });
+        let error = decode_event(&encode_event(&event)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ProtoError::TooLong {
+                    field: "ancestor cmdline",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let bytes = fit_and_encode(&mut event);
+        let back = decode_event(&bytes).unwrap();
+        assert_eq!(back, event);
+        let Body::Process(start) = &event.body else {
+            unreachable!()
+        };
+        assert_eq!(start.process.ancestry[0].cmdline.len(), limits::MAX_STRING);
+        // The line another event holds is untouched.
+        assert_eq!(shared[0].cmdline.len(), limits::MAX_STRING + 1);
+    }
+
+    #[test]
+    fn encoding_an_event_within_bounds_keeps_its_ancestry_shared() {
+        let line: Ancestry = vec![Ancestor::default(); 3].into();
+        let mut event = start_of(ProcessInfo {
+            ancestry: line.clone(),
+            ..ProcessInfo::default()
+        });
+        let bytes = fit_and_encode(&mut event);
+        assert_eq!(bytes, encode_event(&event));
+        let Body::Process(start) = &event.body else {
+            unreachable!()
+        };
+        assert!(std::ptr::eq(start.process.ancestry.as_ptr(), line.as_ptr()));
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! What the benchmarks that start the real binaries share.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 #[path = "options.rs"]
-mod options;
+pub mod options;
 pub use options::option;
+#[allow(dead_code)] // Each benchmark uses its part.
+#[path = "pg_copy.rs"]
+pub mod pg_copy;
+// A private database on the machine's PostgreSQL, as the PostgreSQL store's tests take one.
+#[allow(dead_code)] // Each benchmark uses its part.
+#[path = "../../tests/support/pg_db.rs"]
+pub mod pg_db;
 
 /// A child process killed when dropped.
 pub struct Killed(pub Child);
@@ -44,8 +52,23 @@ pub struct Collector {
     pub addr: String,
 }
 
-/// Starts `serve` on `data` (with `config` when given) and waits for its `listening on` line.
-pub fn start_collector(collector: &str, data: &Path, config: Option<&Path>) -> Collector {
+/// The arguments that name a command's store: the PostgreSQL store `store` when given, the SQLite
+/// store in `data` otherwise.
+pub fn store_args(data: &Path, store: Option<&str>) -> Vec<OsString> {
+    match store {
+        Some(url) => vec!["--store".into(), url.into()],
+        None => vec!["--data-dir".into(), data.into()],
+    }
+}
+
+/// Starts `serve` on `data` (with `config` when given, and on the PostgreSQL store `store` when
+/// given) and waits for its `listening on` line.
+pub fn start_collector(
+    collector: &str,
+    data: &Path,
+    config: Option<&Path>,
+    store: Option<&str>,
+) -> Collector {
     let mut command = Command::new(collector);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -53,6 +76,9 @@ pub fn start_collector(collector: &str, data: &Path, config: Option<&Path>) -> C
         .env("BANNIN_LOG", "info");
     if let Some(config) = config {
         command.arg("--config").arg(config);
+    }
+    if let Some(url) = store {
+        command.args(["--store", url]);
     }
     let (process, line) = start(&mut command, "listening on ");
     let addr = line
@@ -67,14 +93,31 @@ pub fn start_collector(collector: &str, data: &Path, config: Option<&Path>) -> C
     }
 }
 
-/// Issues a token with the real CLI and enrolls an agent state directory with it.
-pub fn enroll(collector: &str, agent: &str, data: &Path, addr: &str, state: &Path) {
-    let token = Command::new(collector)
-        .args(["token", "create", "--data-dir"])
-        .arg(data)
+/// Issues an enrollment token with the real CLI (on `store` when given, else in `data`).
+pub fn token(collector: &str, data: &Path, store: Option<&str>) -> String {
+    let out = Command::new(collector)
+        .args(["token", "create"])
+        .args(store_args(data, store))
         .output()
         .unwrap();
-    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issues a token with the real CLI and enrolls an agent state directory with it.
+pub fn enroll(
+    collector: &str,
+    agent: &str,
+    data: &Path,
+    store: Option<&str>,
+    addr: &str,
+    state: &Path,
+) {
+    let token = token(collector, data, store);
     let out = Command::new(agent)
         .args([
             "enroll",

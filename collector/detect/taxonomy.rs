@@ -327,7 +327,8 @@ mod tests {
                     exe: self.parent_exe.clone().unwrap_or("/usr/bin/bash".into()),
                     cmdline: self.parent_cmdline.clone().unwrap_or("-bash".into()),
                     user: self.parent_user.clone().unwrap_or("sato".into()),
-                }],
+                }]
+                .into(),
             };
             let path = self.path.clone().unwrap_or_default();
             let mut body = match self.kind.as_str() {

@@ -590,7 +590,7 @@ fn hostile_bodies(now: Timestamp) -> Vec<(Timestamp, Body)> {
         cmdline: "sh -c '</td><script>alert(3)</script>'".into(),
         user: "<b onmouseover=alert(4)>root</b>".into(),
         uid: Some(0),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     };
     let at = |s: u64| now.saturating_sub(Duration::from_secs(600 - s));
     let mut file = FileEvent::new(

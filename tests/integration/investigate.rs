@@ -33,7 +33,7 @@ fn process(pid: u32, ppid: u32, exe: &str, user: &str) -> ProcessInfo {
         cmdline: exe.to_string(),
         user: user.to_string(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     }
 }
 
@@ -237,7 +237,8 @@ async fn replay_2014(collector: &Collector) -> Vec<SimAgent> {
             cmdline: "init".into(),
             user: "root".into(),
         },
-    ];
+    ]
+    .into();
     pcs[2]
         .submit_bodies(vec![(
             at(50),

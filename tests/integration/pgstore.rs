@@ -24,81 +24,7 @@ pub(crate) const LONG: Duration = Duration::from_secs(60);
 const LOCK_CLASSID: i64 = 0x6261_6e6e;
 const LOCK_OBJID: i64 = 0x696e_0010;
 
-/// A database of its own on the machine's PostgreSQL, dropped afterwards.
-pub struct PgDb {
-    pub name: String,
-    pub url: String,
-}
-
-pub fn psql(database: &str, sql: &str) -> String {
-    run_ok(Command::new("psql").args([
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-h",
-        "127.0.0.1",
-        "-U",
-        "postgres",
-        "-d",
-        database,
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        sql,
-    ]))
-    .trim()
-    .to_string()
-}
-
-impl PgDb {
-    pub fn create() -> PgDb {
-        let mut random = [0u8; 6];
-        getrandom::fill(&mut random).unwrap();
-        let name = format!("bannin_test_{}", hex::encode(random));
-        psql("postgres", &format!("CREATE DATABASE {name}"));
-        PgDb {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-
-    pub fn query(&self, sql: &str) -> String {
-        psql(&self.name, sql)
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-            ])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
-}
-
-/// The files collectors sharing a store share (README: "Several collectors"): the CA, the server
-/// certificate and the collector's signing key.
-pub const SHARED: &[&str] = &[
-    "ca.pem",
-    "ca.key",
-    "server.pem",
-    "server.key",
-    "collector.key",
-];
+pub use crate::pg_db::{PgDb, SHARED_KEYS as SHARED, share_keys};
 
 /// `n` data directories under `tmp` holding the same keys, made by a first collector's start.
 pub(crate) fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
@@ -108,12 +34,7 @@ pub(crate) fn shared_dirs(tmp: &Path, db: &PgDb, n: usize) -> Vec<PathBuf> {
     let mut dirs = vec![first.clone()];
     for i in 1..n {
         let dir = tmp.join(format!("c{i}"));
-        std::fs::create_dir(&dir).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        for name in SHARED {
-            std::fs::copy(first.join(name), dir.join(name)).unwrap();
-        }
+        share_keys(&first, &dir);
         dirs.push(dir);
     }
     dirs
@@ -214,7 +135,7 @@ fn writer() -> ProcessInfo {
         cmdline: "python3 dump.py".into(),
         user: "user".into(),
         uid: Some(1000),
-        ancestry: Vec::new(),
+        ancestry: Default::default(),
     }
 }
 

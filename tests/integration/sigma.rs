@@ -132,7 +132,8 @@ fn process(pid: u32, exe: &str, cmdline: &str, parent: &str) -> ProcessInfo {
             exe: parent.into(),
             cmdline: parent.into(),
             user: "www-data".into(),
-        }],
+        }]
+        .into(),
     }
 }
 

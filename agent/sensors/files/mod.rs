@@ -86,14 +86,19 @@ async fn spawn_with_table(
     Ok(handle)
 }
 
-/// Moves events from the sensor's queue to the spool, waiting while the spool is behind.
+/// Moves events from the sensor's queue to the spool, waiting while the spool is behind; what
+/// has gathered in the queue goes on together.
 async fn forward(mut rx: mpsc::Receiver<Event>, tx: EventTx) {
-    while let Some(event) = rx.recv().await {
-        if tx.send_event(event).await.is_err() {
+    let mut events = Vec::with_capacity(FORWARD_BATCH);
+    while rx.recv_many(&mut events, FORWARD_BATCH).await > 0 {
+        if tx.send_events(&mut events).await.is_err() {
             return;
         }
     }
 }
+
+/// Events moved to the spool together at most.
+const FORWARD_BATCH: usize = 256;
 
 enum Chosen {
     #[cfg(target_os = "linux")]

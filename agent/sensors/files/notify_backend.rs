@@ -118,6 +118,11 @@ fn describe(error: &notify::Error) -> String {
 
 /// Events taken from the watcher's queue per round at most.
 const ROUND: usize = 256;
+/// After a round, how long the watcher's queue gathers before the next (see the fanotify
+/// backend's `GATHER`); the queue holds [`QUEUE`] events, far more than arrive meanwhile.
+const GATHER: Duration = Duration::from_millis(2);
+/// Rounds of fewer events than this are followed by a [`GATHER`].
+const GATHER_BELOW: usize = 64;
 
 pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
     let NotifyBackend { watcher, raw } = backend;
@@ -125,18 +130,22 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
     let mut new_dirs = NewDirs::default();
     while !stop.is_set() && !observer.closed() {
         observer.end_round();
-        let mut actions = match raw.recv_timeout(TICK) {
-            Ok(event) => translator.translate(event),
-            Err(RecvTimeoutError::Timeout) => translator.flush(),
+        let wait = observer.wait_at_most(TICK);
+        let (mut actions, mut taken) = match raw.recv_timeout(wait) {
+            Ok(event) => (translator.translate(event), 1),
+            // Only the outbox's linger was over: hand it over, then wait again.
+            Err(RecvTimeoutError::Timeout) if wait < TICK => continue,
+            Err(RecvTimeoutError::Timeout) => (translator.flush(), 0),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         observer.begin_round();
         // What else is queued already is handled in the same round.
-        for _ in 0..ROUND {
+        while taken <= ROUND {
             match raw.try_recv() {
                 Ok(event) => actions.extend(translator.translate(event)),
                 Err(_) => break,
             }
+            taken += 1;
         }
         for action in actions {
             if let Action::DirCreated(dir) | Action::Rename { to: dir, .. } = &action
@@ -149,6 +158,15 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
         }
         new_dirs.walk_due(&mut observer);
         observer.rescan_if_due();
+        // A burst the sensor keeps up with: let the next round gather rather than wake for
+        // every event. A sensor behind (a large round) goes straight on.
+        if (1..GATHER_BELOW).contains(&taken) {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the notify backend runs on its own thread, never a runtime worker"
+            )]
+            std::thread::sleep(GATHER);
+        }
     }
     // The receiver goes first so a handler blocked on a full channel wakes up and the watcher
     // thread can shut down.
@@ -264,6 +282,9 @@ impl Translator {
                 Action::Delete(path)
             }),
             EventKind::Create(CreateKind::Folder) => actions.push(Action::DirCreated(path)),
+            // The watcher said what was created (inotify does); only a vaguer kind (Windows)
+            // needs a look.
+            EventKind::Create(CreateKind::File) => actions.push(Action::Create(path)),
             EventKind::Create(_) => actions.push(if is_real_dir(&path) {
                 Action::DirCreated(path)
             } else {

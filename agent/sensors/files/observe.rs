@@ -136,10 +136,14 @@ pub struct Observer {
     looked_up: HashMap<u32, Option<ProcessInfo>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
-    /// Events ready for the forwarder, handed over together at the end of each round of kernel
-    /// events ([`Observer::end_round`]): the forwarder is woken once per round, not once per
-    /// event. Outside a round (start-up, tests) events go at once.
+    /// Events ready for the forwarder, handed over together ([`Observer::end_round`]) once the
+    /// oldest has waited [`LINGER`] or [`OUTBOX`] have gathered: in a burst the forwarder is
+    /// woken once per few hundred events, not once per event or per small round of kernel
+    /// events (each wake-up costs a thread switch on both sides, more than the event). Outside
+    /// a round (start-up, tests) events go at once.
     outbox: Vec<Event>,
+    /// When the oldest event in the outbox was put there.
+    outbox_since: Option<Instant>,
     in_round: bool,
     /// Exports at least this big are handed to the backend to watch for reads; `None` while
     /// the backend cannot watch reads.
@@ -151,6 +155,8 @@ pub struct Observer {
 
 /// Events held in the outbox at most before they are handed over anyway.
 const OUTBOX: usize = 256;
+/// How long an event waits in the outbox at most for others to join it.
+const LINGER: Duration = Duration::from_millis(5);
 
 impl Observer {
     pub fn new(
@@ -178,6 +184,7 @@ impl Observer {
             looked_up: HashMap::new(),
             waiting: VecDeque::new(),
             outbox: Vec::with_capacity(OUTBOX),
+            outbox_since: None,
             in_round: false,
             read_watch_min_size: None,
             read_watch_max: config.read_watch_max,
@@ -575,6 +582,9 @@ impl Observer {
     }
 
     fn send(&mut self, event: Event) {
+        if self.outbox.is_empty() {
+            self.outbox_since = Some(Instant::now());
+        }
         self.outbox.push(event);
         if !self.in_round || self.outbox.len() >= OUTBOX {
             self.flush();
@@ -587,13 +597,29 @@ impl Observer {
         self.in_round = true;
     }
 
-    /// Hands the round's events to the forwarder; backends call it before they wait again.
+    /// Hands the gathered events to the forwarder once the oldest has lingered long enough;
+    /// backends call it before they wait again, and wait no longer than [`Self::wait_at_most`].
     pub fn end_round(&mut self) {
         self.in_round = false;
-        self.flush();
+        if self
+            .outbox_since
+            .is_some_and(|since| since.elapsed() >= LINGER)
+        {
+            self.flush();
+        }
+    }
+
+    /// How long a backend may wait for the kernel before it must call [`Self::end_round`]
+    /// again: `wait`, or less while events linger in the outbox.
+    pub fn wait_at_most(&self, wait: Duration) -> Duration {
+        match self.outbox_since {
+            Some(since) => wait.min(LINGER.saturating_sub(since.elapsed())),
+            None => wait,
+        }
     }
 
     fn flush(&mut self) {
+        self.outbox_since = None;
         for event in self.outbox.drain(..) {
             if self.out.push(event).is_err() {
                 self.closed = true;

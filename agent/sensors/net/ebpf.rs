@@ -273,7 +273,7 @@ impl Reader {
             cmdline: format!("[{}]", record.comm),
             user: self.table.user_name(record.uid),
             uid: Some(record.uid),
-            ancestry: Vec::new(),
+            ancestry: Default::default(),
         }
     }
 }

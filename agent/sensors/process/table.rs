@@ -53,7 +53,7 @@ impl Snapshot {
             cmdline: self.cmdline.clone(),
             user: self.user.clone(),
             uid: self.uid,
-            ancestry: Vec::new(),
+            ancestry: Default::default(),
         }
     }
 

@@ -83,7 +83,7 @@ impl Tracked {
                 cmdline: p.cmdline.clone(),
                 user: p.user.clone(),
                 uid: p.uid,
-                ancestry: Vec::new(),
+                ancestry: Default::default(),
             });
         }
     }

@@ -49,6 +49,8 @@ pub struct PgWriter {
     /// Per agent, the highest witnessed head already compared with the store by this collector.
     witnessed: Mutex<HashMap<i64, u64>>,
     refusals: Mutex<Refusals>,
+    /// Signalled after each commit: wakes this collector's detection leader, if it leads.
+    committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// `text` as PostgreSQL can hold it: a `text` column refuses NUL, so NULs in a derived column
@@ -66,12 +68,13 @@ fn seq_i64(seq: u64) -> i64 {
 }
 
 impl PgWriter {
-    pub fn new(pool: Pool, seal: Seal) -> PgWriter {
+    pub fn new(pool: Pool, seal: Seal, committed: std::sync::Arc<tokio::sync::Notify>) -> PgWriter {
         PgWriter {
             pool,
             seal,
             witnessed: Mutex::new(HashMap::new()),
             refusals: Mutex::new(Refusals::default()),
+            committed,
         }
     }
 
@@ -361,6 +364,7 @@ impl PgWriter {
             .map_err(|error| IngestError::CommitFailed {
                 reason: super::pg_message(&error),
             })?;
+        self.committed.notify_one();
         if let Some(seq) = witnessed {
             let mut map = lock(&self.witnessed);
             let entry = map.entry(batch.agent_no).or_default();

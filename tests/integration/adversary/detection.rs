@@ -419,7 +419,7 @@ fn replay_at_start_streams_whatever_the_store_holds() {
         })
         .unwrap();
     let line = "x".repeat(3_000);
-    let ancestry: Vec<Ancestor> = (0..64)
+    let ancestry: bannin::event::Ancestry = (0..64)
         .map(|i| Ancestor {
             pid: 100 + i,
             exe: format!("/usr/bin/sh{i}"),

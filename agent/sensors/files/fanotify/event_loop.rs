@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bannin::event::FileAction;
 use nix::errno::Errno;
@@ -26,6 +27,12 @@ const READS_PER_ROUND: usize = 16;
 const POLL_MS: u16 = 200;
 /// How long a poll waits while events wait for their process to be known.
 const WAITING_POLL_MS: u16 = 10;
+/// After a round that had events, how long the kernel gathers more before the next: in a burst
+/// the sensor then reads a few dozen events per wake-up rather than one, and every wake-up costs
+/// a poll and a read of each group. Far below what fills a group's queue (16,384 events).
+const GATHER: Duration = Duration::from_millis(2);
+/// Rounds of fewer name events than this are followed by a [`GATHER`].
+const GATHER_BELOW: usize = 64;
 
 /// A close-after-write examined at once, waiting to be emitted in order with the names events.
 struct Written {
@@ -119,6 +126,9 @@ pub fn run(
         reads: reads.map(|(group, max)| ReadWatch::new(group, max)),
     };
     let mut buf = vec![0u8; READ_BUFFER];
+    // Reused round after round: a burst's rounds are large, and a fresh list each time costs
+    // the allocator more than the events.
+    let mut events = Vec::new();
     while !stop.is_set() && !state.observer.closed() {
         state.reads_turn(&mut buf);
         let mut fds = vec![
@@ -136,9 +146,18 @@ pub fn run(
         } else {
             POLL_MS
         };
-        let polled = poll(&mut fds, PollTimeout::from(timeout));
+        // Rounded up, so a wait for the outbox's linger never ends just short of it.
+        let wait = state
+            .observer
+            .wait_at_most(Duration::from_millis(u64::from(timeout)))
+            .as_micros()
+            .div_ceil(1000);
+        let wait = u16::try_from(wait).unwrap_or(timeout).min(timeout);
+        let polled = poll(&mut fds, PollTimeout::from(wait));
         state.observer.begin_round();
         match polled {
+            // Only the outbox's linger was over: hand it over, then wait again.
+            Ok(0) if wait < timeout => continue,
             Ok(0) => {
                 state.settle_moved_from();
                 state.observer.pump();
@@ -159,7 +178,6 @@ pub fn run(
         }
         // The names are read before the writes are drained: every close-after-write that
         // happened before a delete read here is then in hand when that delete is handled.
-        let mut events = Vec::new();
         for _ in 0..READS_PER_ROUND {
             match nix::unistd::read(&names, &mut buf) {
                 Ok(0) | Err(Errno::EAGAIN) => break,
@@ -181,10 +199,12 @@ pub fn run(
         }
         state.observer.new_batch();
         state.drain_writes(&writes);
-        let mut events = events.into_iter().peekable();
-        while let Some(event) = events.next() {
-            if is_exchange(&event, events.peek()) {
-                events.next();
+        // Kept up with, but not idle: gather (see GATHER). Behind: go straight on.
+        let gather = (1..GATHER_BELOW).contains(&events.len());
+        let mut round = events.drain(..).peekable();
+        while let Some(event) = round.next() {
+            if is_exchange(&event, round.peek()) {
+                round.next();
                 state.exchanged(&event);
                 continue;
             }
@@ -195,6 +215,13 @@ pub fn run(
         state.drain_modifies(&modifies, &mut buf);
         state.reads_turn(&mut buf);
         state.observer.rescan_if_due();
+        if gather {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the fanotify backend runs on its own thread, never a runtime worker"
+            )]
+            std::thread::sleep(GATHER);
+        }
     }
 }
 
