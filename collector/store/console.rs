@@ -180,12 +180,18 @@ pub fn end_session(conn: &Connection, session: &str) -> Result<(), StoreError> {
 pub trait ConsoleRows {
     /// Every agent: its number, id, and whether the collector signed its current head.
     fn health_agents(&self) -> Result<Vec<(i64, String, bool)>, StoreError>;
-    /// How many events of the health kind `kind` agent `no` sent.
-    fn health_count(&self, no: i64, kind: &str) -> Result<u64, StoreError>;
-    /// The payloads of agent `no`'s newest `limit` events of the health kind `kind`, newest first.
-    fn health_newest(&self, no: i64, kind: &str, limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
-    /// The collector's findings about agent `no`'s chain, counted by kind, in kind order.
-    fn findings(&self, no: i64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// How many events of the health kind `kind` each agent sent, by agent number.
+    fn health_counts(&self, kind: &str) -> Result<HashMap<i64, u64>, StoreError>;
+    /// The payloads of each agent's newest `limit` events of the health kind `kind`, newest first,
+    /// by agent number.
+    fn health_newest(
+        &self,
+        kind: &str,
+        limit: u32,
+    ) -> Result<HashMap<i64, Vec<Vec<u8>>>, StoreError>;
+    /// The collector's findings about each agent's chain, counted by kind in kind order, by agent
+    /// number.
+    fn findings(&self) -> Result<HashMap<i64, Vec<(String, u64)>>, StoreError>;
     /// The agent `agent_id`: its number, signing key and certificate.
     fn agent_key(&self, agent_id: &str) -> Result<Option<AgentKeyRow>, StoreError>;
     /// The payload of agent `no`'s event `seq`, if stored.
@@ -241,16 +247,24 @@ pub struct Health {
 /// Health of every agent, by agent id. The counts use the stores' health index; the messages are
 /// the newest few.
 pub fn health(conn: &(impl ConsoleRows + ?Sized)) -> Result<HashMap<String, Health>, StoreError> {
+    // A few questions for every agent at once: on a store across the network, a question per
+    // agent would be a round trip each.
+    let overflows = conn.health_counts("sensor.overflow")?;
+    let errors = conn.health_counts("sensor.error")?;
+    let mut findings = conn.findings()?;
+    let mut starts = conn.health_newest("agent.start", 1)?;
+    let mut statuses = conn.health_newest("sensor.status", 32)?;
+    let mut drops = conn.health_newest("agent.dropped", 10_000)?;
     let mut out = HashMap::new();
     for (no, id, head_signed) in conn.health_agents()? {
         let mut health = Health {
             head_signed,
-            overflows: conn.health_count(no, "sensor.overflow")?,
-            sensor_errors: conn.health_count(no, "sensor.error")?,
-            findings: conn.findings(no)?,
+            overflows: overflows.get(&no).copied().unwrap_or(0),
+            sensor_errors: errors.get(&no).copied().unwrap_or(0),
+            findings: findings.remove(&no).unwrap_or_default(),
             ..Health::default()
         };
-        if let Some(payload) = conn.health_newest(no, "agent.start", 1)?.first()
+        if let Some(payload) = starts.remove(&no).unwrap_or_default().first()
             && let Ok(event) = decode_event(payload)
             && let Body::Agent(agent) = event.body
         {
@@ -258,7 +272,7 @@ pub fn health(conn: &(impl ConsoleRows + ?Sized)) -> Result<HashMap<String, Heal
         }
         // The newest report of each sensor (they come just before `agent.start`, and again when
         // a backend changes).
-        for payload in conn.health_newest(no, "sensor.status", 32)? {
+        for payload in statuses.remove(&no).unwrap_or_default() {
             if let Ok(event) = decode_event(&payload)
                 && let Body::Sensor(sensor) = event.body
                 && !health
@@ -270,7 +284,7 @@ pub fn health(conn: &(impl ConsoleRows + ?Sized)) -> Result<HashMap<String, Heal
             }
         }
         health.backends.sort();
-        for payload in conn.health_newest(no, "agent.dropped", 10_000)? {
+        for payload in drops.remove(&no).unwrap_or_default() {
             if let Ok(event) = decode_event(&payload)
                 && let Body::Agent(agent) = event.body
             {
@@ -565,34 +579,58 @@ impl ConsoleRows for Connection {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn health_count(&self, no: i64, kind: &str) -> Result<u64, StoreError> {
+    fn health_counts(&self, kind: &str) -> Result<HashMap<i64, u64>, StoreError> {
         let mut stmt = self.prepare_cached(&format!(
-            "SELECT COUNT(*) FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2"
+            "SELECT agent_no, COUNT(*) FROM events WHERE {HEALTH_KINDS} AND kind = ?1
+             GROUP BY agent_no"
         ))?;
-        let n: i64 = stmt.query_row(params![no, kind], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    fn health_newest(&self, no: i64, kind: &str, limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut stmt = self.prepare_cached(&format!(
-            "SELECT payload FROM events WHERE {HEALTH_KINDS} AND agent_no = ?1 AND kind = ?2
-             ORDER BY ts DESC LIMIT ?3"
-        ))?;
-        let rows = stmt.query_map(params![no, kind, limit], |r| r.get::<_, Vec<u8>>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn findings(&self, no: i64) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut stmt = self.prepare_cached(
-            "SELECT kind, COUNT(*) FROM findings WHERE agent_no = ?1 GROUP BY kind ORDER BY kind",
-        )?;
-        let rows = stmt.query_map([no], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-            ))
+        let rows = stmt.query_map([kind], |r| {
+            Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn health_newest(
+        &self,
+        kind: &str,
+        limit: u32,
+    ) -> Result<HashMap<i64, Vec<Vec<u8>>>, StoreError> {
+        let mut stmt = self.prepare_cached(&format!(
+            "SELECT agent_no, payload FROM (
+                 SELECT agent_no, payload, row_number() OVER (
+                     PARTITION BY agent_no ORDER BY ts DESC) AS n
+                 FROM events WHERE {HEALTH_KINDS} AND kind = ?1)
+             WHERE n <= ?2 ORDER BY agent_no, n"
+        ))?;
+        let rows = stmt.query_map(params![kind, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
+        for row in rows {
+            let (no, payload) = row?;
+            out.entry(no).or_default().push(payload);
+        }
+        Ok(out)
+    }
+
+    fn findings(&self) -> Result<HashMap<i64, Vec<(String, u64)>>, StoreError> {
+        let mut stmt = self.prepare_cached(
+            "SELECT agent_no, kind, COUNT(*) FROM findings GROUP BY agent_no, kind
+             ORDER BY agent_no, kind",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?;
+        let mut out: HashMap<i64, Vec<(String, u64)>> = HashMap::new();
+        for row in rows {
+            let (no, kind, n) = row?;
+            out.entry(no).or_default().push((kind, n));
+        }
+        Ok(out)
     }
 
     fn agent_key(&self, agent_id: &str) -> Result<Option<AgentKeyRow>, StoreError> {
@@ -898,6 +936,78 @@ mod tests {
             unsigned[0].proof,
             Proof::Unverified("no signed batch holds it".into())
         );
+    }
+
+    #[test]
+    fn health_answers_every_agent_from_its_own_reports() {
+        use bannin::event::{AgentAction, AgentEvent, Event, SensorEvent, SensorStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(dir.path()).unwrap();
+        store_with_batch(&conn);
+        conn.execute(
+            "INSERT INTO agents (no, id, name, host, signing_key, enrolled_ts, head_hash)
+             VALUES (2, 'a-2', 'h2', 'h2', x'00', 0, x'00')",
+            [],
+        )
+        .unwrap();
+        let put = |seq: i64, body: Body| {
+            let event = Event {
+                seq: u64::try_from(seq).unwrap(),
+                ts: Timestamp::from_nanos(seq),
+                host: "h1".into(),
+                body,
+            };
+            conn.execute(
+                "INSERT INTO events (agent_no, seq, ts, kind, path, payload, hash)
+                 VALUES (1, ?1, ?1, ?2, NULL, ?3, x'00')",
+                params![seq, event.kind(), bannin::proto::encode_event(&event)],
+            )
+            .unwrap();
+        };
+        let sensor = |status, message: &str| {
+            Body::from(SensorEvent {
+                status,
+                sensor: "files".into(),
+                message: message.into(),
+                count: 0,
+                path: String::new(),
+                count_unknown: false,
+            })
+        };
+        let dropped = |n| {
+            let mut agent = AgentEvent::new(AgentAction::Dropped);
+            agent.dropped = n;
+            Body::from(agent)
+        };
+        let mut start = AgentEvent::new(AgentAction::Start);
+        start.sensors = vec!["files".into()];
+        put(10, sensor(SensorStatus::Overflow, "queue full"));
+        put(11, sensor(SensorStatus::Overflow, "queue full"));
+        put(12, dropped(5));
+        put(13, dropped(7));
+        put(14, start.into());
+        put(15, sensor(SensorStatus::Status, "fanotify"));
+        put(16, sensor(SensorStatus::Status, "portable"));
+        for _ in 0..2 {
+            conn.execute(
+                "INSERT INTO findings (agent_no, ts, kind, first_seq, last_seq, detail)
+                 VALUES (1, 0, 'chain.gap', 1, 2, 'gap')",
+                [],
+            )
+            .unwrap();
+        }
+        let health = health(&conn).unwrap();
+        let one = &health["a-1"];
+        assert_eq!((one.overflows, one.dropped, one.sensor_errors), (2, 12, 0));
+        assert_eq!(one.sensors, ["files"]);
+        assert_eq!(
+            one.backends,
+            [("files".to_string(), "portable".to_string())]
+        );
+        assert_eq!(one.findings, [("chain.gap".to_string(), 2)]);
+        let two = &health["a-2"];
+        assert_eq!((two.overflows, two.dropped), (0, 0));
+        assert!(two.findings.is_empty() && two.backends.is_empty() && two.sensors.is_empty());
     }
 
     #[test]

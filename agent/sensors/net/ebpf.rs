@@ -10,7 +10,7 @@
 //! reported at its close too. Losses in the kernel (ring buffer or connection table full) are
 //! counted there and reported as `sensor.overflow`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// How long a connection due for reporting waits, at most, for the process table to learn of its
 /// process: on a loaded host the process sensor can be that far behind.
 const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
-/// Connections waiting for their close; past this, a new one is reported at once without bytes.
+/// Connections open or settling; past this, a new one is reported at once without bytes.
 const MAX_PENDING: usize = 65_536;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -64,6 +64,7 @@ pub fn spawn(
         hold: config.interval,
         include_loopback: config.include_loopback,
         pending: HashMap::new(),
+        settling: VecDeque::new(),
         next_report: Instant::now() + REPORT_EVERY,
     };
     std::thread::Builder::new()
@@ -87,7 +88,10 @@ struct Reader {
     tx: EventTx,
     hold: Duration,
     include_loopback: bool,
+    /// Open connections by socket address, until they close or their hold runs out.
     pending: HashMap<u64, Pending>,
+    /// Connections due for reporting, waiting for the process table to learn their process.
+    settling: VecDeque<Pending>,
     next_report: Instant,
 }
 
@@ -129,72 +133,67 @@ impl Reader {
         }
         let now = Instant::now();
         if !record.closed {
-            if self.pending.len() >= MAX_PENDING {
+            if self.pending.len() + self.settling.len() >= MAX_PENDING {
                 let event = self.event(&record, None);
                 return self.tx.blocking_send(event).is_ok();
             }
-            self.pending.insert(
-                record.sock,
-                Pending {
-                    record,
-                    seen: now,
-                    due: now + self.hold,
-                    closed: None,
-                },
-            );
+            let pending = Pending {
+                record,
+                seen: now,
+                due: now + self.hold,
+                closed: None,
+            };
+            // The kernel reuses a freed socket's memory at once: an address still open here
+            // means its close record was lost (and counted); report the old one as it is.
+            if let Some(old) = self.pending.insert(pending.record.sock, pending) {
+                self.settling.push_back(Pending { due: now, ..old });
+            }
             return true;
         }
         let bytes = Some((record.bytes_sent, record.bytes_received));
-        let room = self.pending.len() < MAX_PENDING;
-        match self.pending.get_mut(&record.sock) {
-            Some(pending) => {
-                pending.closed = bytes;
-                pending.due = now + SETTLE;
-            }
+        match self.pending.remove(&record.sock) {
+            Some(open) => self.settling.push_back(Pending {
+                due: now + SETTLE,
+                closed: bytes,
+                ..open
+            }),
             // An attempt whose handshake never completed.
-            None if !record.established && room => {
-                self.pending.insert(
-                    record.sock,
-                    Pending {
-                        record,
-                        seen: now,
-                        due: now + SETTLE,
-                        closed: bytes,
-                    },
-                );
-            }
-            None if !record.established => {
-                let event = self.event(&record, bytes);
-                return self.tx.blocking_send(event).is_ok();
-            }
+            None if !record.established => self.settling.push_back(Pending {
+                record,
+                seen: now,
+                due: now + SETTLE,
+                closed: bytes,
+            }),
             // Reported when its hold ran out.
             None => {}
         }
         true
     }
 
+    /// Reports the connections whose close has settled or whose hold ran out, once the process
+    /// table knows their process (or it has been too long).
     fn report_due(&mut self) -> bool {
         let now = Instant::now();
-        let due: Vec<u64> = self
+        let expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, pending)| pending.due <= now)
             .map(|(sock, _)| *sock)
             .collect();
-        for sock in due {
-            let Some(pending) = self.pending.remove(&sock) else {
-                continue;
+        for sock in expired {
+            if let Some(open) = self.pending.remove(&sock) {
+                self.settling.push_back(open);
+            }
+        }
+        for _ in 0..self.settling.len() {
+            let Some(pending) = self.settling.pop_front() else {
+                break;
             };
-            if !self.table_knows(&pending.record)
-                && now.saturating_duration_since(pending.seen) < MAX_WAIT_FOR_PROCESS
+            let waited = now.saturating_duration_since(pending.seen);
+            if pending.due > now
+                || !self.table_knows(&pending.record) && waited < MAX_WAIT_FOR_PROCESS
             {
-                self.pending.insert(
-                    sock,
-                    Pending {
-                        due: now + SETTLE,
-                        ..pending
-                    },
-                );
+                self.settling.push_back(pending);
                 continue;
             }
             let event = self.event(&pending.record, pending.closed);

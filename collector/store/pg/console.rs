@@ -5,6 +5,7 @@
 //! opened through one collector works on all of them, and signing out or revoking the operator
 //! through any of them ends it everywhere at once.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bannin::time::Timestamp;
@@ -203,37 +204,55 @@ impl ConsoleRows for Reader {
             .collect())
     }
 
-    fn health_count(&self, no: i64, kind: &str) -> Result<u64, StoreError> {
-        let row = self.block_on(self.client().query_one(
-            &format!(
-                "SELECT COUNT(*) FROM events WHERE {HEALTH_KINDS} AND agent_no = $1 AND kind = $2"
-            ),
-            &[&no, &kind],
-        ))?;
-        Ok(unsigned(row.get(0)))
-    }
-
-    fn health_newest(&self, no: i64, kind: &str, limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn health_counts(&self, kind: &str) -> Result<HashMap<i64, u64>, StoreError> {
         let rows = self.block_on(self.client().query(
             &format!(
-                "SELECT payload FROM events WHERE {HEALTH_KINDS} AND agent_no = $1 AND kind = $2
-                 ORDER BY ts DESC LIMIT $3"
+                "SELECT agent_no, COUNT(*) FROM events WHERE {HEALTH_KINDS} AND kind = $1
+                 GROUP BY agent_no"
             ),
-            &[&no, &kind, &i64::from(limit)],
-        ))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    fn findings(&self, no: i64) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self.block_on(self.client().query(
-            "SELECT kind, COUNT(*) FROM findings WHERE agent_no = $1
-             GROUP BY kind ORDER BY kind COLLATE \"C\"",
-            &[&no],
+            &[&kind],
         ))?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), unsigned(r.get(1))))
             .collect())
+    }
+
+    fn health_newest(
+        &self,
+        kind: &str,
+        limit: u32,
+    ) -> Result<HashMap<i64, Vec<Vec<u8>>>, StoreError> {
+        let rows = self.block_on(self.client().query(
+            &format!(
+                "SELECT agent_no, payload FROM (
+                     SELECT agent_no, payload, row_number() OVER (
+                         PARTITION BY agent_no ORDER BY ts DESC) AS n
+                     FROM events WHERE {HEALTH_KINDS} AND kind = $1) newest
+                 WHERE n <= $2 ORDER BY agent_no, n"
+            ),
+            &[&kind, &i64::from(limit)],
+        ))?;
+        let mut out: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
+        for row in &rows {
+            out.entry(row.get(0)).or_default().push(row.get(1));
+        }
+        Ok(out)
+    }
+
+    fn findings(&self) -> Result<HashMap<i64, Vec<(String, u64)>>, StoreError> {
+        let rows = self.block_on(self.client().query(
+            "SELECT agent_no, kind, COUNT(*) FROM findings GROUP BY agent_no, kind
+             ORDER BY agent_no, kind COLLATE \"C\"",
+            &[],
+        ))?;
+        let mut out: HashMap<i64, Vec<(String, u64)>> = HashMap::new();
+        for row in &rows {
+            out.entry(row.get(0))
+                .or_default()
+                .push((row.get(1), unsigned(row.get(2))));
+        }
+        Ok(out)
     }
 
     fn agent_key(&self, agent_id: &str) -> Result<Option<AgentKeyRow>, StoreError> {
