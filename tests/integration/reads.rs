@@ -257,29 +257,87 @@ fn a_python_process_reading_an_export_and_posting_it_raises_export_read_then_sen
 }
 
 #[test]
-fn zip_of_an_export_raises_export_archived() {
+fn zip_tar_and_gzip_of_an_export_each_raise_one_export_archived_naming_the_final_archive() {
     let site = watched_site("reads3", "", "");
     let export = site.watched.join("customers.csv");
-    std::fs::write(&export, customers_csv(12 * 1024 * 1024)).unwrap();
+    std::fs::write(&export, customers_csv(17 * 1024 * 1024)).unwrap();
     let path = export.display().to_string();
     wait_until_watched(&site.collector, &site.watched, &path);
-    let zip = Command::new("zip")
-        .args(["-q", "customers.zip", "customers.csv"])
-        .current_dir(&site.watched)
-        .status()
-        .unwrap();
-    assert!(zip.success());
-    // zip writes a temporary file and renames it into place: the alert names the archive
-    // where it ends up (the temporary name may raise one too).
-    let archive = site.watched.join("customers.zip").display().to_string();
-    let alert = wait_for("export-archived raised", LONG, || {
-        alerts_json(&site.collector.dir, &["--rule", "export-archived"])
-            .into_iter()
-            .find(|alert| alert["archive_path"] == archive.as_str())
-    });
-    assert_eq!(alert["path"], path.as_str(), "{alert}");
-    assert_eq!(alert["archive_format"], "zip", "{alert}");
-    assert!(alert["exe"].as_str().unwrap().ends_with("/zip"), "{alert}");
+    let dir = site.watched.display().to_string();
+    let jobs: [(&[&str], &str, &str); 3] = [
+        (
+            &["zip", "-q", "customers.zip", "customers.csv"],
+            "customers.zip",
+            "/zip",
+        ),
+        (
+            &["tar", "czf", "customers.tgz", "customers.csv"],
+            "customers.tgz",
+            "/tar",
+        ),
+        (
+            &["gzip", "-k", "customers.csv"],
+            "customers.csv.gz",
+            "/gzip",
+        ),
+    ];
+    for (argv, archive, exe) in jobs {
+        let status = Command::new(argv[0])
+            .args(&argv[1..])
+            .current_dir(&site.watched)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{argv:?}");
+        let archive = format!("{dir}/{archive}");
+        let alert = wait_for(&format!("export-archived for {archive}"), LONG, || {
+            alerts_json(&site.collector.dir, &["--rule", "export-archived"])
+                .into_iter()
+                .find(|alert| alert["archive_path"] == archive.as_str())
+        });
+        assert_eq!(alert["path"], path.as_str(), "{alert}");
+        assert!(alert["exe"].as_str().unwrap().ends_with(exe), "{alert}");
+        assert!(
+            alert["summary"].as_str().unwrap().contains(&archive),
+            "{alert}"
+        );
+        if exe == "/zip" {
+            assert_eq!(alert["archive_format"], "zip", "{alert}");
+            // zip wrote the archive under a temporary name (ziXXXXXX) and renamed it into
+            // place; the agent reported the temporary name too, and it made no alert of its own.
+            let temporary: Vec<String> = site
+                .collector
+                .events(&["--kind", "file.create"])
+                .iter()
+                .filter_map(|e| e["path"].as_str())
+                .filter(|p| p.starts_with(&format!("{dir}/zi")))
+                .map(str::to_string)
+                .collect();
+            assert!(
+                !temporary.is_empty(),
+                "zip's temporary file was not reported"
+            );
+        }
+    }
+    // The agent may report zip's temporary file with its content (a zip) before the final
+    // name, in the same order the events happened; before the detector held such a match for
+    // its final name, an alert under the temporary name was stored by now in about one run of
+    // four. (One it would raise once its 5 s wait is over is left to the unit tests: a test
+    // never waits a fixed time.)
+    let alerts = alerts_json(&site.collector.dir, &["--rule", "export-archived"]);
+    let mut names: Vec<&str> = alerts
+        .iter()
+        .map(|alert| alert["archive_path"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            format!("{dir}/customers.csv.gz"),
+            format!("{dir}/customers.tgz"),
+            format!("{dir}/customers.zip"),
+        ],
+        "{alerts:?}"
+    );
     drop(site.tmp);
 }
 

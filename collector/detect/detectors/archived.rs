@@ -48,7 +48,19 @@ pub(crate) struct ExportArchived {
     /// The latest archiver read per host, for an archive written by another process of the
     /// pipe (`tar c export.csv | gzip > out.tgz`).
     latest: HostWindows<String, Sighting>,
+    /// Reads, by agent and pid, that an alert was raised for: not lent to another writer.
+    used: HostWindows<(String, u32), ()>,
+    /// Matches whose archive is known only by its content, under a name that is not an
+    /// archive's (`zip` writes `ziXXXXXX` and renames it to `out.zip`), by agent and that name:
+    /// raised on the rename under the final name, or after `RENAME_GRACE` without writes.
+    pending: HostWindows<(String, String), (Sighting, Sighting)>,
+    /// (agent, writer pid, export path) already raised: one alert per archiver and export.
+    raised: HostWindows<(String, u32, String), ()>,
 }
+
+/// How long a match under a temporary name waits, after its last write, for the rename that
+/// gives the archive its final name.
+const RENAME_GRACE: Duration = Duration::from_secs(5);
 
 impl ExportArchived {
     pub(crate) fn new(spec: &DetectorSpec, limits: &Limits) -> Result<Self, String> {
@@ -64,6 +76,9 @@ impl ExportArchived {
             reads: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
             archives: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
             latest: HostWindows::new(16, limits.agents, Duration::from_secs(1)),
+            used: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
+            pending: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
+            raised: HostWindows::new(per_host, limits.tracked_files, Duration::from_secs(1)),
         })
     }
 
@@ -100,10 +115,26 @@ impl ExportArchived {
                     .insert(&host, record.agent_id.clone(), seen.clone(), seen.ts);
                 // Written before its read was reported: the same process, so the same job.
                 let archive = self.archives.get(&host, &key)?.clone();
-                self.within(archive.ts, seen.ts)
-                    .then(|| self.candidate(&seen, &archive))
+                if !self.within(archive.ts, seen.ts) {
+                    return None;
+                }
+                self.matched(&record.agent_id, seen, archive)
             }
             FileAction::Create | FileAction::Write | FileAction::Rename => {
+                if file.action == FileAction::Rename
+                    && let Some(from) = &file.from_path
+                    && let Some((read, mut archive)) = self
+                        .pending
+                        .remove(&host, &(record.agent_id.clone(), from.clone()))
+                {
+                    // The archive under its final name: its content is the pending one's.
+                    let export = archive.file.export.take();
+                    archive.file = file.clone();
+                    archive.file.export = archive.file.export.take().or(export);
+                    archive.ts = seen.ts;
+                    archive.proof = seen.proof;
+                    return self.raise_once(&record.agent_id, &read, &archive);
+                }
                 if !is_archive(file) {
                     return None;
                 }
@@ -112,15 +143,66 @@ impl ExportArchived {
                 let read = match self.reads.get(&host, &key) {
                     Some(read) => read.clone(),
                     None => {
+                        // Not a read that made an archive already, its reader's own or its
+                        // pipe's: `zip` then `gzip -k`, whose read may be reported after its
+                        // archive, is gzip's job, not zip's.
                         let latest = self.latest.get(&host, &record.agent_id)?;
-                        (latest.ts <= seen.ts).then(|| latest.clone())?
+                        let reader = (record.agent_id.clone(), latest.process.pid);
+                        if latest.ts > seen.ts
+                            || self.archives.get(&host, &reader).is_some()
+                            || self.used.get(&host, &reader).is_some()
+                        {
+                            return None;
+                        }
+                        latest.clone()
                     }
                 };
-                self.within(read.ts, seen.ts)
-                    .then(|| self.candidate(&read, &seen))
+                if !self.within(read.ts, seen.ts) {
+                    return None;
+                }
+                self.matched(&record.agent_id, read, seen)
             }
             FileAction::Delete => None,
         }
+    }
+
+    /// An archiver's read and an archive matched: raised now, or held for the rename when the
+    /// archive's name is not an archive's (a temporary name).
+    fn matched(&mut self, agent: &str, read: Sighting, archive: Sighting) -> Option<Candidate> {
+        if archive.file.action != FileAction::Rename && !has_archive_name(&archive.file.path) {
+            let key = (agent.to_string(), archive.file.path.clone());
+            let (host, ts) = (archive.host.clone(), archive.ts);
+            self.pending.insert(&host, key, (read, archive), ts);
+            return None;
+        }
+        self.raise_once(agent, &read, &archive)
+    }
+
+    /// The alert for this writer and export, unless it was raised already.
+    fn raise_once(
+        &mut self,
+        agent: &str,
+        read: &Sighting,
+        archive: &Sighting,
+    ) -> Option<Candidate> {
+        let key = (
+            agent.to_string(),
+            archive.process.pid,
+            read.file.path.clone(),
+        );
+        if self.raised.get(&archive.host, &key).is_some() {
+            return None;
+        }
+        self.raised.insert(&archive.host, key, (), archive.ts);
+        Some(self.raise(agent, read, archive))
+    }
+
+    /// The alert for `read` and `archive`; the read is marked as having made an archive.
+    fn raise(&mut self, agent: &str, read: &Sighting, archive: &Sighting) -> Candidate {
+        let reader = (agent.to_string(), read.process.pid);
+        self.used
+            .insert(&read.host, reader, (), archive.ts.max(read.ts));
+        self.candidate(read, archive)
     }
 
     fn candidate(&self, read: &Sighting, archive: &Sighting) -> Candidate {
@@ -172,7 +254,12 @@ fn is_archive(file: &FileEvent) -> bool {
     if let Some(export) = &file.export {
         return export.class == "archive";
     }
-    Path::new(&file.path)
+    has_archive_name(&file.path)
+}
+
+/// Whether `path` is named as an archive is (`out.zip`, not `ziXXXXXX`).
+fn has_archive_name(path: &str) -> bool {
+    Path::new(path)
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| ARCHIVE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
@@ -199,17 +286,31 @@ impl StatefulDetector for ExportArchived {
         self.reads.expire(before);
         self.archives.expire(before);
         self.latest.expire(before);
-        Vec::new()
+        self.used.expire(before);
+        self.raised.expire(before);
+        // No rename came: the archive keeps the name it was written under.
+        let due = self.pending.expire(now.saturating_sub(RENAME_GRACE));
+        due.into_iter()
+            .filter_map(|((agent, _), (read, archive))| self.raise_once(&agent, &read, &archive))
+            .collect()
     }
 
     fn evicted(&self) -> u64 {
-        self.reads.losses.total() + self.archives.losses.total() + self.latest.losses.total()
+        self.reads.losses.total()
+            + self.archives.losses.total()
+            + self.latest.losses.total()
+            + self.used.losses.total()
+            + self.pending.losses.total()
+            + self.raised.losses.total()
     }
 
     fn take_losses(&mut self) -> Vec<(String, u64)> {
         let mut losses = self.reads.losses.take();
         losses.extend(self.archives.losses.take());
         losses.extend(self.latest.losses.take());
+        losses.extend(self.used.losses.take());
+        losses.extend(self.pending.losses.take());
+        losses.extend(self.raised.losses.take());
         losses
     }
 }
@@ -304,5 +405,180 @@ mod tests {
             ),
         );
         assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+    }
+
+    #[test]
+    fn an_archivers_archive_written_before_its_read_is_not_pinned_on_an_earlier_archiver() {
+        // zip packs the export, then tar czf does; tar's archive reaches the collector before
+        // tar's read of the export. The alerts name zip for the zip and tar for the tgz.
+        let mut fleet = Fleet::default();
+        let zip = process(8001, "/usr/bin/zip", "sato", &["/usr/bin/bash"]);
+        let tar = process(8002, "/usr/bin/tar", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web1", 0, read("/srv/c.csv", 17 * MIB, &zip));
+        updates.extend(fleet.send(
+            "web1",
+            1,
+            file(
+                FileAction::Write,
+                "/srv/c.zip",
+                Some(MIB),
+                Some(zip_info()),
+                &zip,
+            ),
+        ));
+        updates.extend(fleet.send(
+            "web1",
+            2,
+            file(FileAction::Create, "/srv/c.tgz", Some(0), None, &tar),
+        ));
+        updates.extend(fleet.send("web1", 2, read("/srv/c.csv", 17 * MIB, &tar)));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 2, "{updates:?}");
+        assert_eq!(alerts[0].fields["archive_path"], "/srv/c.zip");
+        assert_eq!(alerts[0].fields["exe"], "/usr/bin/zip");
+        assert_eq!(alerts[1].fields["archive_path"], "/srv/c.tgz");
+        assert_eq!(alerts[1].fields["exe"], "/usr/bin/tar");
+        assert!(
+            !alerts[1].fields.contains_key("writer_exe"),
+            "{:?}",
+            alerts[1]
+        );
+        // tar czf's gzip child writes the tgz with tar's read; then gzip -k writes its archive
+        // before its read is reported. tar's read made its archive already.
+        let tar = process(8003, "/usr/bin/tar", "sato", &["/usr/bin/bash"]);
+        let child = process(8004, "/usr/bin/gzip", "sato", &["/usr/bin/tar"]);
+        let gzip = process(8005, "/usr/bin/gzip", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web1", 10, read("/srv/c.csv", 17 * MIB, &tar));
+        updates.extend(fleet.send(
+            "web1",
+            11,
+            file(FileAction::Write, "/srv/d.tgz", Some(MIB), None, &child),
+        ));
+        updates.extend(fleet.send(
+            "web1",
+            12,
+            file(FileAction::Create, "/srv/c.csv.gz", Some(0), None, &gzip),
+        ));
+        updates.extend(fleet.send("web1", 12, read("/srv/c.csv", 17 * MIB, &gzip)));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 2, "{updates:?}");
+        assert_eq!(alerts[0].fields["archive_path"], "/srv/d.tgz");
+        assert_eq!(alerts[0].fields["writer_exe"], "/usr/bin/gzip");
+        assert_eq!(alerts[1].fields["archive_path"], "/srv/c.csv.gz");
+        assert_eq!(alerts[1].fields["pid"], 8005);
+        assert_eq!(updates.len(), 2, "no repeat either: {updates:?}");
+    }
+
+    #[test]
+    fn an_archive_written_under_a_temporary_name_alerts_once_under_its_final_name() {
+        let mut fleet = Fleet::default();
+        let zip = process(7001, "/usr/bin/zip", "sato", &["/usr/bin/bash"]);
+        let tmp = "/srv/exports/ziAb12Cd";
+        let mut updates = fleet.send("web1", 0, read("/srv/exports/c.csv", 17 * MIB, &zip));
+        updates.extend(fleet.send(
+            "web1",
+            0,
+            file(FileAction::Create, tmp, Some(0), None, &zip),
+        ));
+        for (secs, size) in [(1, MIB), (2, 2 * MIB)] {
+            updates.extend(fleet.send(
+                "web1",
+                secs,
+                file(FileAction::Write, tmp, Some(size), Some(zip_info()), &zip),
+            ));
+        }
+        // Held for the rename: nothing yet, not even when ticks come within the grace.
+        updates.extend(archiving(fleet.engine.tick(at(3))));
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+        updates.extend(fleet.send("web1", 4, rename(tmp, "/srv/exports/c.zip", 2 * MIB, &zip)));
+        // zip writing the same export again into another archive is the same job.
+        updates.extend(fleet.send(
+            "web1",
+            5,
+            file(
+                FileAction::Write,
+                "/srv/exports/d.zip",
+                Some(MIB),
+                Some(zip_info()),
+                &zip,
+            ),
+        ));
+        updates.extend(archiving(fleet.engine.tick(at(60))));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        assert_eq!(alerts[0].fields["archive_path"], "/srv/exports/c.zip");
+        assert_eq!(alerts[0].fields["archive_format"], "zip");
+        assert!(
+            alerts[0].summary.contains("/srv/exports/c.zip"),
+            "{}",
+            alerts[0].summary
+        );
+        assert_eq!(updates.len(), 1, "no repeat either: {updates:?}");
+
+        // An archive known only by its content and never renamed still alerts, under its name,
+        // once the grace after its last write is over.
+        let tar = process(7101, "/usr/bin/tar", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web2", 100, read("/srv/exports/e.csv", 20 * MIB, &tar));
+        updates.extend(fleet.send(
+            "web2",
+            101,
+            file(
+                FileAction::Write,
+                "/tmp/notes.dat",
+                Some(MIB),
+                Some(zip_info()),
+                &tar,
+            ),
+        ));
+        updates.extend(archiving(fleet.engine.tick(at(103))));
+        assert!(updates.is_empty(), "{:?}", rules_of(&updates));
+        updates.extend(archiving(fleet.engine.tick(at(107))));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        assert_eq!(alerts[0].fields["archive_path"], "/tmp/notes.dat");
+        assert!(archiving(fleet.engine.tick(at(120))).is_empty());
+
+        // The agent reports the rename as a create under the final name (zip's temporary file
+        // renamed before the agent looked): the final name's alert, and the held one dropped.
+        let zip = process(7201, "/usr/bin/zip", "sato", &["/usr/bin/bash"]);
+        let mut updates = fleet.send("web3", 200, read("/srv/exports/f.csv", 17 * MIB, &zip));
+        updates.extend(fleet.send(
+            "web3",
+            200,
+            file(
+                FileAction::Write,
+                "/srv/exports/ziQq",
+                Some(MIB),
+                Some(zip_info()),
+                &zip,
+            ),
+        ));
+        updates.extend(fleet.send(
+            "web3",
+            201,
+            file(
+                FileAction::Create,
+                "/srv/exports/f.zip",
+                Some(MIB),
+                Some(zip_info()),
+                &zip,
+            ),
+        ));
+        updates.extend(archiving(fleet.engine.tick(at(260))));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{updates:?}");
+        assert_eq!(alerts[0].fields["archive_path"], "/srv/exports/f.zip");
+        assert_eq!(updates.len(), 1, "{updates:?}");
+    }
+
+    /// The `export-archived` updates of a tick (agent silence also ticks).
+    fn archiving(updates: Vec<AlertUpdate>) -> Vec<AlertUpdate> {
+        updates
+            .into_iter()
+            .filter(|update| match update {
+                AlertUpdate::New(alert) => alert.rule == "export-archived",
+                AlertUpdate::Repeat { rule, .. } => rule == "export-archived",
+            })
+            .collect()
     }
 }
