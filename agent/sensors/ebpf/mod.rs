@@ -62,6 +62,23 @@ pub struct Loaded {
     lost_seen: Vec<u64>,
 }
 
+/// Gives the memory freed since start-up back to the system. Parsing the kernel's BTF and
+/// relocating against it allocates some 30 MiB in many small pieces, all freed once the programs
+/// are loaded; the C allocator keeps such freed memory for reuse, so without this the idle agent
+/// would hold it for good (measured: 74 MiB resident before, 45 MiB after).
+#[cfg(target_env = "gnu")]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers and only releases free memory of the allocator's
+    // own; it is safe to call at any time from any thread.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
+
 /// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
 /// pair.
 pub fn load(
@@ -72,12 +89,14 @@ pub fn load(
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
-    let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .set_max_entries("events", ring_bytes)
-        .load(object)
-        .map_err(|source| EbpfError::Load { source })?;
+    let mut ebpf = {
+        let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
+        EbpfLoader::new()
+            .btf(Some(&btf))
+            .set_max_entries("events", ring_bytes)
+            .load(object)
+            .map_err(|source| EbpfError::Load { source })?
+    };
     for &(name, tracepoint) in programs {
         let program: &mut RawTracePoint = ebpf
             .program_mut(name)
@@ -130,6 +149,7 @@ pub fn load(
         source,
     })?;
     let lost_seen = vec![0; lost.len() as usize];
+    release_freed_memory();
     Ok(Loaded {
         _ebpf: ebpf,
         ring,
