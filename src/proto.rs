@@ -713,22 +713,7 @@ mod tests {
             ..ProcessInfo::default()
         };
         process.ancestry = vec![Ancestor::default(); limits::MAX_ANCESTRY + 1].into();
-        let mut event = Event {
-            seq: 7,
-            ts: Timestamp::from_nanos(1),
-            host: "h".into(),
-            body: ProcessEvent {
-                action: ProcessAction::Start,
-                process,
-                cwd: "/".into(),
-                start_ts: None,
-                exit_code: None,
-                read_bytes: None,
-                write_bytes: None,
-                source: "poll".into(),
-            }
-            .into(),
-        };
+        let mut event = start_of(process);
         let error = decode_event(&encode_event(&event)).unwrap_err();
         assert!(
             matches!(
@@ -764,6 +749,7 @@ mod tests {
         assert_eq!(peek_seq(&bytes).unwrap(), 8);
     }
 
+    /// A `process.start` of `process`, numbered 9.
     fn start_of(process: ProcessInfo) -> Event {
         Event {
             seq: 9,
