@@ -1,7 +1,8 @@
 //! Issue 14, every TCP connection with its process at connect time and its bytes at close: a
 //! connection still open when the agent reports it (a long upload) is reported again at its close
 //! as `net.close`, naming the same process and the bytes that went each way, with either
-//! backend.
+//! backend; and a kernel socket address that many short connections from different processes
+//! reuse in turn names each connection's own process.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -128,4 +129,62 @@ fn a_long_upload_is_reported_open_then_at_its_close_with_its_bytes_ebpf() {
 #[test]
 fn a_long_upload_is_reported_open_then_at_its_close_with_its_bytes_sock_diag() {
     a_long_upload_is_reported_open_then_at_its_close_with_its_bytes("close2", "sock_diag");
+}
+
+/// The kernel hands a freed socket's memory to the next socket at once, so sequential short
+/// connections share a few socket addresses: each of 100 connections, from its own short-lived
+/// shell, must be stored once and name the shell that opened it (which tells the receiver its
+/// pid over the connection), never the previous owner of its socket address.
+#[test]
+fn sequential_short_connections_from_different_processes_each_name_their_own() {
+    const COUNT: usize = 100;
+    let site = setup("close3", "[network]\nbackend = \"ebpf\"\n", None);
+    assert!(status_of(&site.collector, "network").contains("eBPF program"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || {
+        let mut owners = std::collections::HashMap::new();
+        for _ in 0..COUNT {
+            let (accepted, peer) = listener.accept().unwrap();
+            let mut reader = BufReader::new(accepted);
+            let mut pid = String::new();
+            reader.read_line(&mut pid).unwrap();
+            reader.get_mut().write_all(b"ok").unwrap();
+            owners.insert(u64::from(peer.port()), pid.trim().parse::<u64>().unwrap());
+        }
+        owners
+    });
+    let script = format!(
+        "for i in $(seq {COUNT}); do bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; \
+         echo $$ >&3; head -c 2 <&3 >/dev/null'; done"
+    );
+    assert!(
+        Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let owners = receiver.join().unwrap();
+    assert_eq!(owners.len(), COUNT);
+
+    let connects = wait_for("every connection stored", LONG, || {
+        let connects: Vec<serde_json::Value> = site
+            .collector
+            .events(&["--kind", "net.connect"])
+            .into_iter()
+            .filter(|e| e["remote_port"] == port)
+            .collect();
+        (connects.len() >= COUNT).then_some(connects)
+    });
+    assert_eq!(connects.len(), COUNT, "each connection once");
+    for connect in &connects {
+        let local_port = connect["local_port"].as_u64().unwrap();
+        assert_eq!(connect["pid"], owners[&local_port], "{connect}");
+        assert!(
+            connect["exe"].as_str().unwrap().ends_with("bash"),
+            "{connect}"
+        );
+        assert!(connect["bytes_sent"].as_u64().is_some(), "{connect}");
+    }
 }
