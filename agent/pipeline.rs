@@ -29,6 +29,8 @@ pub struct Closed;
 #[derive(Default)]
 struct Drops {
     by_sensor: Mutex<BTreeMap<&'static str, u64>>,
+    /// Wakes a reporter when a drop is counted: no reporter wakes while nothing is lost.
+    counted: tokio::sync::Notify,
 }
 
 /// Commit tickets. Every event is numbered when it enters the channel; the number rides in the
@@ -195,6 +197,8 @@ impl EventTx {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *map.entry(self.sensor).or_default() += count;
+        drop(map);
+        self.drops.counted.notify_one();
     }
 }
 
@@ -297,20 +301,28 @@ impl DropReporter {
     }
 }
 
-/// Every `interval`, turns the drop counts into `sensor.overflow` events, sent with back-pressure so
-/// the report itself is never dropped.
+/// Turns the drop counts into `sensor.overflow` events as drops are counted, at most once every
+/// `interval`, sent with back-pressure so the report itself is never dropped. Asleep while
+/// nothing is lost.
 pub fn spawn_drop_reporter(tx: EventTx, interval: Duration) -> DropReporter {
     let (stop, mut stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
         loop {
-            // Only the wait is raced: a report, once its counts are taken, is always sent.
+            // Only the waits are raced: a report, once its counts are taken, is always sent.
             let last = tokio::select! {
-                _ = tick.tick() => false,
+                () = tx.drops.counted.notified() => false,
                 _ = &mut stopped => true,
             };
             if report_drops(&tx).await.is_err() || last {
                 return;
+            }
+            // Drops counted meanwhile wait for the next report (their wake is kept).
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = &mut stopped => {
+                    let _ = report_drops(&tx).await;
+                    return;
+                }
             }
         }
     });

@@ -100,9 +100,10 @@ pub async fn run(
                 if *shutdown.borrow() {
                     return Ok(());
                 }
+                // The spool writer wakes us after each commit (a wake before this wait is kept):
+                // no polling.
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => {}
                 }
                 // Let a burst gather into one batch.

@@ -91,19 +91,33 @@ fn main() {
         "idle over {wall:.0} s after {settle} s settling: CPU {:.3}% of one core ({cpu:.2} s)",
         100.0 * cpu / wall
     );
-    // Where the time went, by thread name (run time in nanoseconds from schedstat).
+    // Where the time went, by thread name (run time in nanoseconds and times the thread was
+    // scheduled in, from schedstat): wake-ups do not depend on the machine's load as CPU does.
     let threads = thread_cpu(pid);
-    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
-    for (tid, (name, ns)) in &threads {
-        let before = threads0.get(tid).map_or(0, |(_, ns)| *ns);
-        *by_name.entry(name.clone()).or_default() += (ns - before) as f64 / 1e9;
+    let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    for (tid, (name, ns, runs)) in &threads {
+        let (ns0, runs0) = threads0.get(tid).map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
+        let entry = by_name.entry(name.clone()).or_default();
+        entry.0 += (ns - ns0) as f64 / 1e9;
+        entry.1 += runs - runs0;
     }
     let parts: Vec<String> = by_name
         .iter()
-        .filter(|(_, s)| **s > 0.0)
-        .map(|(name, s)| format!("{name} {:.3}%", 100.0 * s / wall))
+        .filter(|(_, (s, _))| *s > 0.0)
+        .map(|(name, (s, _))| format!("{name} {:.3}%", 100.0 * s / wall))
         .collect();
     println!("  by thread: {}", parts.join(", "));
+    let wakeups: u64 = by_name.values().map(|(_, runs)| runs).sum();
+    let parts: Vec<String> = by_name
+        .iter()
+        .filter(|(_, (_, runs))| *runs > 0)
+        .map(|(name, (_, runs))| format!("{name} {:.2}", *runs as f64 / wall))
+        .collect();
+    println!(
+        "  wake-ups per second: {:.2} ({})",
+        wakeups as f64 / wall,
+        parts.join(", ")
+    );
     println!(
         "resident memory: VmRSS {:.1} MiB (anonymous {:.1}, file {:.1}), peak VmHWM {:.1} MiB, {} threads",
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
@@ -114,8 +128,9 @@ fn main() {
     );
 }
 
-/// Each thread's name and run time in nanoseconds (`/proc/PID/task/TID/schedstat`).
-fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
+/// Each thread's name, run time in nanoseconds and number of times it was scheduled in
+/// (`/proc/PID/task/TID/schedstat`).
+fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
     let mut out = std::collections::HashMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -125,11 +140,11 @@ fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
             continue;
         };
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        out.insert(tid, (name.trim().to_string(), ns));
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let mut fields = schedstat.split_whitespace();
+        let ns = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let runs = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+        out.insert(tid, (name.trim().to_string(), ns, runs));
     }
     out
 }

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -23,11 +23,44 @@ pub struct SensorContext {
     pub processes: ProcessTable,
 }
 
-/// The one way a sensor is told to stop: its threads look at it between reads, its tasks await it.
-#[derive(Clone, Default)]
+/// The one way a sensor is told to stop: its tasks await it; its threads wait on their own
+/// descriptors and on it together ([`Stop::wait_readable`]), so an idle thread sleeps with no
+/// timeout instead of waking now and then to look at a flag.
+#[derive(Clone)]
 pub struct Stop {
     set: Arc<AtomicBool>,
     notify: Arc<Notify>,
+    /// Readable from the moment the stop is set (never read, so it stays readable). `None` when
+    /// the kernel refused an eventfd (out of descriptors): waits then end every [`FALLBACK_WAIT`]
+    /// to look at the flag, as they all did before.
+    #[cfg(target_os = "linux")]
+    wake: Arc<Option<nix::sys::eventfd::EventFd>>,
+    /// Called once when the stop is set: wakes a thread asleep on something else (a channel).
+    hooks: Arc<Mutex<Vec<Hook>>>,
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// Without an eventfd to wait on, how long a thread's wait lasts before it looks at the flag.
+#[cfg(target_os = "linux")]
+const FALLBACK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Default for Stop {
+    fn default() -> Stop {
+        Stop {
+            set: Arc::default(),
+            notify: Arc::default(),
+            hooks: Arc::default(),
+            #[cfg(target_os = "linux")]
+            wake: Arc::new(
+                nix::sys::eventfd::EventFd::from_flags(
+                    nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                        | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+                )
+                .ok(),
+            ),
+        }
+    }
 }
 
 impl Stop {
@@ -39,6 +72,71 @@ impl Stop {
     pub fn set(&self) {
         self.set.store(true, Ordering::Release);
         self.notify.notify_waiters();
+        #[cfg(target_os = "linux")]
+        if let Some(wake) = self.wake.as_ref() {
+            // Only fails once the counter is near overflow, which a stop never brings it to.
+            let _ = wake.write(1);
+        }
+        let hooks = std::mem::take(&mut *self.hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        for hook in hooks {
+            hook();
+        }
+    }
+
+    /// Runs `hook` when the stop is set (at once if it is set already): how a thread asleep on a
+    /// channel is woken to see it.
+    pub fn on_set(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked at under the lock `set` drains under: a stop in between runs the hook there.
+        if self.is_set() {
+            drop(hooks);
+            hook();
+        } else {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    /// Waits until one of `fds` has something to read (or an error to report, which a read then
+    /// says), the stop is set, or `timeout` passes (`None`: no timeout). True when one of `fds`
+    /// is ready; false when the wait ended otherwise, which the caller tells apart with
+    /// [`Stop::is_set`] and its own clock.
+    #[cfg(target_os = "linux")]
+    pub fn wait_readable(
+        &self,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        let timeout = match self.wake.as_ref() {
+            Some(wake) => {
+                polled.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
+                timeout
+            }
+            None => Some(timeout.map_or(FALLBACK_WAIT, |t| t.min(FALLBACK_WAIT))),
+        };
+        // Rounded up to whole milliseconds, so a wait for a deadline never ends just short of it.
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let millis = t.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut polled, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Err(errno) => return Err(std::io::Error::from(errno)),
+        }
+        Ok(polled
+            .iter()
+            .take(fds.len())
+            .any(|fd| fd.revents().is_some_and(|r| !r.is_empty())))
     }
 
     /// Returns once the sensor is told to stop.

@@ -372,6 +372,7 @@ impl Engine {
                 fields,
                 key: String::new(),
                 severity: None,
+                continues: false,
             };
             let emitted = out.len();
             self.emit(rule, candidate, out);
@@ -563,6 +564,7 @@ impl Engine {
             fields,
             key,
             severity: None,
+            continues: false,
         }
     }
 
@@ -602,6 +604,7 @@ impl Engine {
             fields,
             key,
             severity: None,
+            continues: false,
         }
     }
 
@@ -642,6 +645,21 @@ impl Engine {
             candidate
                 .fields
                 .insert("level".into(), Json::from("informational"));
+        }
+        if candidate.continues
+            && let Some((id, count)) =
+                self.dedup
+                    .recent(rule, &candidate.host, candidate.key.clone(), candidate.ts)
+        {
+            out.push(AlertUpdate::Repeat {
+                id,
+                rule: meta.id.clone(),
+                count,
+                ts: candidate.ts,
+                evidence: candidate.evidence,
+                fields: candidate.fields,
+            });
+            return;
         }
         let id = format!("{}-{}", self.id_prefix, self.next_id);
         match self.dedup.check(

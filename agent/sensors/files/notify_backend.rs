@@ -12,8 +12,8 @@ use tokio::time::Duration;
 use super::observe::{Observer, Scope};
 use crate::sensors::Stop;
 
-/// How long the loop waits for an event before it looks at the stop flag and settles a rename
-/// whose second half never came.
+/// With a rename waiting for its second half, how long a quiet wait lasts before the rename is
+/// settled without it. With nothing waiting the loop sleeps until an event or the stop comes.
 const TICK: Duration = Duration::from_millis(100);
 
 /// When a new directory is walked again after it was first seen: notify tells of the directory
@@ -48,6 +48,11 @@ impl NewDirs {
         }
     }
 
+    /// When the next walk is due.
+    fn next_due(&self) -> Option<std::time::Instant> {
+        self.due.iter().map(|(when, _)| *when).min()
+    }
+
     /// Walks the directories whose time has come; files already known are not reported again.
     fn walk_due(&mut self, observer: &mut Observer) {
         #[expect(
@@ -73,7 +78,9 @@ impl NewDirs {
 
 pub struct NotifyBackend {
     watcher: RecommendedWatcher,
-    raw: Receiver<notify::Result<notify::Event>>,
+    /// The watcher's events; `None` is the stop waking the loop.
+    raw: Receiver<Option<notify::Result<notify::Event>>>,
+    wake: SyncSender<Option<notify::Result<notify::Event>>>,
 }
 
 /// Starts the watcher on every root; the roots it could not watch come back with why.
@@ -82,6 +89,7 @@ pub fn open(
     capacity: usize,
 ) -> Result<(NotifyBackend, Vec<(PathBuf, String)>), notify::Error> {
     let (raw_tx, raw) = sync_channel(capacity.max(1));
+    let wake = raw_tx.clone();
     let handler = move |event| forward(&raw_tx, event);
     // A symlink in a watched tree (`link -> /usr`, `loop -> ..`) must never add watches outside
     // it: the tree is watched as it is on disk, links are files.
@@ -93,17 +101,17 @@ pub fn open(
             failed.push((root.clone(), describe(&error)));
         }
     }
-    Ok((NotifyBackend { watcher, raw }, failed))
+    Ok((NotifyBackend { watcher, raw, wake }, failed))
 }
 
 /// Waits while the translator is behind: the kernel queue then fills and reports its own
 /// overflow, which the translator turns into `sensor.overflow`, rather than losing events here
 /// silently.
 fn forward(
-    raw_tx: &SyncSender<notify::Result<notify::Event>>,
+    raw_tx: &SyncSender<Option<notify::Result<notify::Event>>>,
     event: notify::Result<notify::Event>,
 ) {
-    let _ = raw_tx.send(event);
+    let _ = raw_tx.send(Some(event));
 }
 
 fn describe(error: &notify::Error) -> String {
@@ -125,16 +133,47 @@ const GATHER: Duration = Duration::from_millis(2);
 const GATHER_BELOW: usize = 64;
 
 pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
-    let NotifyBackend { watcher, raw } = backend;
+    let NotifyBackend { watcher, raw, wake } = backend;
+    // A full queue needs no wake: the loop is busy and looks at the flag between rounds.
+    stop.on_set(move || {
+        let _ = wake.try_send(None);
+    });
     let mut translator = Translator::default();
     let mut new_dirs = NewDirs::default();
     while !stop.is_set() && !observer.closed() {
         observer.end_round();
-        let wait = observer.wait_at_most(TICK);
-        let (mut actions, mut taken) = match raw.recv_timeout(wait) {
-            Ok(event) => (translator.translate(event), 1),
+        // Work due without new events: a rename's lone half, events waiting for their process
+        // (never, as this backend names none), an owed rescan, new directories to walk again.
+        // Nothing due: asleep until an event or the stop comes.
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the notify backend runs on its own thread, outside the runtime's clock"
+        )]
+        let now = std::time::Instant::now();
+        let duty = [
+            (translator.pending() || observer.waiting() || observer.rescan_owed()).then_some(TICK),
+            new_dirs
+                .next_due()
+                .map(|due| due.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let linger = observer.linger_left();
+        let (wait, linger_only) = match (duty, linger) {
+            (Some(duty), Some(linger)) if linger < duty => (Some(linger), true),
+            (None, Some(linger)) => (Some(linger), true),
+            (duty, _) => (duty, false),
+        };
+        let received = match wait {
+            Some(wait) => raw.recv_timeout(wait),
+            None => raw.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let (mut actions, mut taken) = match received {
+            Ok(Some(event)) => (translator.translate(event), 1),
+            Ok(None) => continue,
             // Only the outbox's linger was over: hand it over, then wait again.
-            Err(RecvTimeoutError::Timeout) if wait < TICK => continue,
+            Err(RecvTimeoutError::Timeout) if linger_only => continue,
             Err(RecvTimeoutError::Timeout) => (translator.flush(), 0),
             Err(RecvTimeoutError::Disconnected) => break,
         };
@@ -142,8 +181,8 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
         // What else is queued already is handled in the same round.
         while taken <= ROUND {
             match raw.try_recv() {
-                Ok(event) => actions.extend(translator.translate(event)),
-                Err(_) => break,
+                Ok(Some(event)) => actions.extend(translator.translate(event)),
+                Ok(None) | Err(_) => break,
             }
             taken += 1;
         }
@@ -208,6 +247,11 @@ pub struct Translator {
 impl Translator {
     /// A rename's first half with no second: the file left the watched trees, which for the
     /// trees is a delete.
+    /// Whether the first half of a rename waits for its second.
+    pub fn pending(&self) -> bool {
+        self.pending_from.is_some()
+    }
+
     pub fn flush(&mut self) -> Vec<Action> {
         self.pending_from
             .take()

@@ -598,7 +598,7 @@ impl Observer {
     }
 
     /// Hands the gathered events to the forwarder once the oldest has lingered long enough;
-    /// backends call it before they wait again, and wait no longer than [`Self::wait_at_most`].
+    /// backends call it before they wait again, and wait no longer than [`Self::linger_left`].
     pub fn end_round(&mut self) {
         self.in_round = false;
         if self
@@ -609,13 +609,16 @@ impl Observer {
         }
     }
 
-    /// How long a backend may wait for the kernel before it must call [`Self::end_round`]
-    /// again: `wait`, or less while events linger in the outbox.
-    pub fn wait_at_most(&self, wait: Duration) -> Duration {
-        match self.outbox_since {
-            Some(since) => wait.min(LINGER.saturating_sub(since.elapsed())),
-            None => wait,
-        }
+    /// While events linger in the outbox, how long until they are due to be handed over: a
+    /// backend waits for the kernel no longer than that before it calls [`Self::end_round`].
+    pub fn linger_left(&self) -> Option<Duration> {
+        self.outbox_since
+            .map(|since| LINGER.saturating_sub(since.elapsed()))
+    }
+
+    /// Whether an overflow left a rescan to do ([`Self::rescan_if_due`]).
+    pub fn rescan_owed(&self) -> bool {
+        self.rescan_owed
     }
 
     fn flush(&mut self) {

@@ -9,8 +9,7 @@
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::socket::{NetlinkAddr, bind};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -35,8 +34,6 @@ const IPPROTO_UDP: u8 = 17;
 /// counts them, which includes one each for the SYN and the FIN.
 const BYTES_ACKED_AT: usize = 120;
 const BYTES_RECEIVED_AT: usize = 128;
-
-const READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A socket the kernel has just freed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,13 +116,21 @@ pub fn spawn(
     )?;
     let groups = if tcp { TCP_GROUPS } else { 0 } | if udp { UDP_GROUPS } else { 0 };
     bind(socket.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(io::Error::from)?;
-    socket.set_read_timeout(Some(READ_TIMEOUT))?;
     std::thread::Builder::new()
         .name("bannin-sock-destroy".into())
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             while !stop.is_set() {
-                let n = match socket.read(&mut buf) {
+                // Asleep until a notice arrives or the sensor stops: no polling.
+                let n = match stop
+                    .wait_readable(&[socket.as_fd()], None)
+                    .and_then(|ready| {
+                        if ready {
+                            socket.read(&mut buf)
+                        } else {
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                    }) {
                     Ok(n) => n,
                     Err(error)
                         if matches!(

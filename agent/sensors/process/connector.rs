@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use bannin::event::{Body, ProcessAction, ProcessEvent, SensorEvent};
@@ -42,7 +42,7 @@ const PROC_EVENT_HEADER: usize = 16;
 /// Large enough for a burst of thousands of execs while the reader is busy with `/proc`; the kernel
 /// only honours more than its `rmem_max` for a privileged socket (`SO_RCVBUFFORCE`).
 const RECEIVE_BUFFER: usize = 16 * 1024 * 1024;
-/// How long a read waits before the thread looks at its stop flag and does its housekeeping.
+/// How long a read of the subscription's acknowledgement waits before its deadline is looked at.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often losses are summed into one `sensor.overflow` event.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -417,7 +417,15 @@ impl Reader {
     fn run(&mut self, stop: &Stop) {
         let mut buf = vec![0u8; 256 * 1024];
         while !stop.is_set() {
-            match self.connector.read(&mut buf) {
+            // Asleep until the kernel sends, the sensor stops, or a duty is due: no polling.
+            let wait = self.next_duty().saturating_duration_since(Instant::now());
+            let ready = stop.wait_readable(&[self.connector.socket.as_fd()], Some(wait));
+            let read = match ready {
+                Ok(true) => self.connector.read(&mut buf),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(error) => Err(error),
+            };
+            match read {
                 Ok(datagram) => {
                     let mut batch = decode(datagram);
                     self.read_queued(&mut buf, &mut batch);
@@ -506,6 +514,17 @@ impl Reader {
         self.queue.push(job).is_ok()
     }
 
+    /// When [`Self::housekeeping`] next has something to do: a loss to report (at most once a
+    /// second), or the sampler's round.
+    fn next_duty(&self) -> Instant {
+        let sample = self.sampler.due();
+        if self.lost > 0 || self.overflowed {
+            sample.min(self.next_report)
+        } else {
+            sample
+        }
+    }
+
     fn housekeeping(&mut self) -> bool {
         let now = Instant::now();
         if now >= self.next_report {
@@ -581,6 +600,11 @@ impl Sampler {
             every,
             next: Instant::now(),
         }
+    }
+
+    /// When [`Self::tick`] next has work.
+    pub(super) fn due(&self) -> Instant {
+        self.next
     }
 
     pub(super) fn tick(&mut self, table: &ProcessTable, now: Instant) {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bannin::event::FileAction;
 use nix::errno::Errno;
 use nix::libc;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::fanotify::{Fanotify, MaskFlags};
 
 use super::reads::{ReadGroup, ReadWatch};
@@ -23,10 +22,11 @@ use crate::sensors::files::observe::{Observer, Seen};
 const READ_BUFFER: usize = 64 * 1024;
 /// Reads per round, so a flood cannot starve the stop flag or the `writes` group.
 const READS_PER_ROUND: usize = 16;
-/// How long a poll waits before the stop flag is looked at again.
-const POLL_MS: u16 = 200;
+/// With work due that new events do not bring (a lone move to settle, a rescan owed), how long a
+/// quiet poll lasts before that work is done.
+const POLL: Duration = Duration::from_millis(200);
 /// How long a poll waits while events wait for their process to be known.
-const WAITING_POLL_MS: u16 = 10;
+const WAITING_POLL: Duration = Duration::from_millis(10);
 /// After a round that had events, how long the kernel gathers more before the next: in a burst
 /// the sensor then reads a few dozen events per wake-up rather than one, and every wake-up costs
 /// a poll and a read of each group. Far below what fills a group's queue (16,384 events).
@@ -131,46 +131,50 @@ pub fn run(
     let mut events = Vec::new();
     while !stop.is_set() && !state.observer.closed() {
         state.reads_turn(&mut buf);
-        let mut fds = vec![
-            PollFd::new(names.as_fd(), PollFlags::POLLIN),
-            PollFd::new(writes.as_fd(), PollFlags::POLLIN),
-            PollFd::new(modifies.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = vec![names.as_fd(), writes.as_fd(), modifies.as_fd()];
         if let Some(reads) = &state.reads {
-            fds.push(PollFd::new(reads.fanotify().as_fd(), PollFlags::POLLIN));
+            fds.push(reads.fanotify().as_fd());
         }
         state.observer.end_round();
-        // Events waiting for their process are looked at again soon, not at the next event.
-        let timeout = if state.observer.waiting() {
-            WAITING_POLL_MS
+        // Work due without new events: events waiting for their process are looked at again
+        // soon; a lone move, an owed rescan or refusals to report, after a quiet poll. Nothing
+        // due: the thread sleeps until the kernel or the stop wakes it.
+        let duty = if state.observer.waiting() {
+            Some(WAITING_POLL)
+        } else if state.moved_from.is_some()
+            || state.observer.rescan_owed()
+            || state
+                .reads
+                .as_ref()
+                .is_some_and(ReadWatch::refusals_pending)
+        {
+            Some(POLL)
         } else {
-            POLL_MS
+            None
         };
-        // Rounded up, so a wait for the outbox's linger never ends just short of it.
-        let wait = state
-            .observer
-            .wait_at_most(Duration::from_millis(u64::from(timeout)))
-            .as_micros()
-            .div_ceil(1000);
-        let wait = u16::try_from(wait).unwrap_or(timeout).min(timeout);
-        let polled = poll(&mut fds, PollTimeout::from(wait));
+        // Events lingering in the outbox are handed over when their linger is up.
+        let linger = state.observer.linger_left();
+        let (wait, linger_only) = match (duty, linger) {
+            (Some(duty), Some(linger)) if linger < duty => (Some(linger), true),
+            (None, Some(linger)) => (Some(linger), true),
+            (duty, _) => (duty, false),
+        };
+        let polled = stop.wait_readable(&fds, wait);
+        drop(fds);
         state.observer.begin_round();
         match polled {
+            Ok(true) => {}
             // Only the outbox's linger was over: hand it over, then wait again.
-            Ok(0) if wait < timeout => continue,
-            Ok(0) => {
+            Ok(_) if linger_only => continue,
+            Ok(_) => {
                 state.settle_moved_from();
                 state.observer.pump();
                 state.observer.rescan_if_due();
                 continue;
             }
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(errno) => {
+            Err(error) => {
                 state.observer.error(
-                    format!(
-                        "fanotify poll failed, the file sensor stops: {}",
-                        errno.desc()
-                    ),
+                    format!("fanotify poll failed, the file sensor stops: {error}"),
                     Path::new(""),
                 );
                 return;

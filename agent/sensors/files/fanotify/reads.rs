@@ -295,6 +295,11 @@ impl ReadWatch {
         }
     }
 
+    /// Whether exports refused for the bound wait to be reported.
+    pub(super) fn refusals_pending(&self) -> bool {
+        self.refused > 0
+    }
+
     /// Says how many exports were not watched because the bound was reached: the first at once,
     /// later ones together at most every [`REFUSAL_INTERVAL`].
     fn report_refusals(&mut self, observer: &mut Observer) {
