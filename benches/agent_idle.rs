@@ -96,7 +96,9 @@ fn main() {
     let threads = thread_cpu(pid);
     let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
     for (tid, (name, ns, runs)) in &threads {
-        let (ns0, runs0) = threads0.get(tid).map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
+        let (ns0, runs0) = threads0
+            .get(tid)
+            .map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
         let entry = by_name.entry(name.clone()).or_default();
         entry.0 += (ns - ns0) as f64 / 1e9;
         entry.1 += runs - runs0;

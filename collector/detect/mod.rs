@@ -112,6 +112,9 @@ pub enum AlertUpdate {
         evidence: Vec<EvidenceRef>,
         /// Fields whose latest value replaces the stored one (running totals); usually none.
         fields: Map<String, Json>,
+        /// A summary that replaces the stored one, when the occurrence says more than the first
+        /// did (a connection's close naming its bytes); usually none.
+        summary: Option<String>,
     },
 }
 
@@ -658,6 +661,7 @@ impl Engine {
                 ts: candidate.ts,
                 evidence: candidate.evidence,
                 fields: candidate.fields,
+                summary: Some(candidate.summary),
             });
             return;
         }
@@ -683,6 +687,7 @@ impl Engine {
                     ts: candidate.ts,
                     evidence: candidate.evidence,
                     fields,
+                    summary: None,
                 });
             }
             Verdict::New => {

@@ -289,6 +289,7 @@ mod tests {
                 count,
                 evidence,
                 fields,
+                summary,
                 ..
             },
         ] = updates.as_slice()
@@ -300,9 +301,14 @@ mod tests {
         assert_eq!(fields["bytes_received"], 2);
         assert!(evidence.iter().any(|e| e.seq == 3), "{evidence:?}");
         let mut stored = alert.clone();
-        stored.repeat(*count, evidence, fields);
+        stored.repeat(*count, evidence, fields, summary.as_deref());
         assert_eq!(stored.fields["bytes_sent"], 3_000_000);
         assert_eq!(stored.count, 1);
+        assert!(
+            stored.summary.contains("(3000000 bytes sent)"),
+            "{}",
+            stored.summary
+        );
 
         // Another upload to the same place, closing after the dedup window (10 minutes).
         fleet.send("web1", 100, opened("203.0.113.50", "public", &python));
