@@ -93,17 +93,28 @@ fn main() {
     );
     // Where the time went, by thread name (run time in nanoseconds from schedstat).
     let threads = thread_cpu(pid);
-    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
-    for (tid, (name, ns)) in &threads {
-        let before = threads0.get(tid).map_or(0, |(_, ns)| *ns);
-        *by_name.entry(name.clone()).or_default() += (ns - before) as f64 / 1e9;
+    let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    for (tid, (name, ns, runs)) in &threads {
+        let (ns0, runs0) = threads0
+            .get(tid)
+            .map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
+        let entry = by_name.entry(name.clone()).or_default();
+        entry.0 += (ns - ns0) as f64 / 1e9;
+        entry.1 += runs - runs0;
     }
     let parts: Vec<String> = by_name
         .iter()
-        .filter(|(_, s)| **s > 0.0)
-        .map(|(name, s)| format!("{name} {:.3}%", 100.0 * s / wall))
+        .filter(|(_, (s, _))| *s > 0.0)
+        .map(|(name, (s, _))| format!("{name} {:.3}%", 100.0 * s / wall))
         .collect();
     println!("  by thread: {}", parts.join(", "));
+    // How often each thread was put on a CPU: an idle thread that sleeps with no timeout is not.
+    let parts: Vec<String> = by_name
+        .iter()
+        .filter(|(_, (_, runs))| *runs > 0)
+        .map(|(name, (_, runs))| format!("{name} {:.2}/s", *runs as f64 / wall))
+        .collect();
+    println!("  runs by thread: {}", parts.join(", "));
     println!(
         "resident memory: VmRSS {:.1} MiB (anonymous {:.1}, file {:.1}), peak VmHWM {:.1} MiB, {} threads",
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
@@ -112,10 +123,42 @@ fn main() {
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
         threads.len()
     );
+    let (maps, kib) = bpf_maps_kib(pid);
+    println!("  of it BPF maps (anon_inode:bpf-map in smaps): {maps} mappings, {kib} KiB resident");
 }
 
-/// Each thread's name and run time in nanoseconds (`/proc/PID/task/TID/schedstat`).
-fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
+/// How many `anon_inode:bpf-map` mappings (the eBPF ring buffers) `/proc/PID/smaps` lists, and
+/// their resident kibibytes.
+fn bpf_maps_kib(pid: u32) -> (usize, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut maps, mut kib, mut in_map) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if in_map {
+                kib += rss
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        } else if line.contains(" kB") {
+            // Another field of the same mapping.
+        } else if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|perms| perms.len() == 4)
+        {
+            // A mapping's header: address range, permissions, offset, device, inode, name.
+            in_map = line.ends_with("anon_inode:bpf-map");
+            maps += usize::from(in_map);
+        }
+    }
+    (maps, kib)
+}
+
+/// Each thread's name, run time in nanoseconds and how many times it ran
+/// (`/proc/PID/task/TID/schedstat`).
+fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
     let mut out = std::collections::HashMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -125,11 +168,15 @@ fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
             continue;
         };
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        out.insert(tid, (name.trim().to_string(), ns));
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let field = |n: usize| -> u64 {
+            schedstat
+                .split_whitespace()
+                .nth(n)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        out.insert(tid, (name.trim().to_string(), field(0), field(2)));
     }
     out
 }

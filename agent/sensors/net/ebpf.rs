@@ -25,8 +25,6 @@ use crate::sensors::ebpf::{self, EbpfError, Loaded};
 use crate::sensors::process::os;
 use crate::sensors::{Notice, Stop};
 
-/// The ring buffer: at 104 bytes a record, room for about 20,000 opens and closes.
-const RING_BYTES: u32 = 2 << 20;
 /// How long a wait on the ring buffer lasts before the thread looks at its stop flag and the
 /// connections due.
 const WAIT: Duration = Duration::from_millis(100);
@@ -40,12 +38,13 @@ const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
 const MAX_PENDING: usize = 65_536;
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// Loads and attaches the program.
-pub fn open() -> Result<Loaded, EbpfError> {
+/// Loads and attaches the program. `ring_bytes` sizes the ring buffer (a power of two, at least
+/// a page).
+pub fn open(ring_bytes: u32) -> Result<Loaded, EbpfError> {
     ebpf::load(
         ebpf::NETWORK_OBJECT,
         &[("inet_sock_set_state", "inet_sock_set_state")],
-        RING_BYTES,
+        ring_bytes,
     )
 }
 

@@ -190,10 +190,12 @@ mod tests {
     use super::*;
     use bannin::event::{Body, ProcessAction};
 
-    /// Loads the programs, or says why this machine cannot (the fallback tests cover the rest).
+    /// Loads the programs with the default ring buffer, or says why this machine cannot (the
+    /// fallback tests cover the rest).
     fn loaded() -> Loaded {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root");
-        open(8 << 20).expect("the eBPF programs load on the test machine")
+        let ring = super::super::ProcessConfig::default().ebpf_ring_buffer_bytes;
+        open(ring).expect("the eBPF programs load on the test machine")
     }
 
     fn started() -> (
@@ -265,9 +267,9 @@ mod tests {
     fn a_full_ring_buffer_is_reported_with_the_kernels_count() {
         let mut loaded = loaded();
         let marker = std::ffi::OsString::from("x".repeat(4000));
-        // Each record carries 4 KB of arguments: 8 MiB holds about 2,000 of them.
+        // Each record carries 4 KB of arguments: the default 512 KiB holds about 120 of them.
         let mut execs = 0;
-        while execs < 6000 {
+        while execs < 1000 {
             std::process::Command::new("/bin/true")
                 .arg(&marker)
                 .status()
