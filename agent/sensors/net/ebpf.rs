@@ -21,22 +21,21 @@ use super::scope::remote_scope;
 use super::{NetSettings, ProcessTable, SENSOR};
 use crate::pipeline::EventTx;
 use crate::sensors::ebpf::records::ConnRecord;
-use crate::sensors::ebpf::{self, EbpfError, Loaded};
+use crate::sensors::ebpf::{self, EbpfError, Gone, Loaded};
 use crate::sensors::process::os;
 use crate::sensors::{Notice, Stop};
 
-/// How long a wait on the ring buffer lasts before the thread looks at its stop flag and the
-/// connections due.
-const WAIT: Duration = Duration::from_millis(100);
 /// A closed connection waits this long before it is reported, so that the exec of a process that
 /// connected at once has reached the process table (the process sensor's thread records it).
 const SETTLE: Duration = Duration::from_millis(100);
 /// How long a connection due for reporting waits, at most, for the process table to learn of its
 /// process: on a loaded host the process sensor can be that far behind.
 const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
+/// How often a connection due for reporting looks again whether the process table has learnt of
+/// its process: the table tells nobody when it does.
+const RECHECK: Duration = Duration::from_millis(100);
 /// Connections open or settling; past this, a new one is reported at once without bytes.
 const MAX_PENDING: usize = 65_536;
-const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Loads and attaches the program. `ring_bytes` sizes the ring buffer (a power of two, at least
 /// a page).
@@ -50,25 +49,23 @@ pub fn open(ring_bytes: u32) -> Result<Loaded, EbpfError> {
 
 /// Starts the reader thread, which stops when `stop` is set or the spool goes away.
 pub fn spawn(
-    loaded: Loaded,
+    mut loaded: Loaded,
     config: &NetSettings,
     table: ProcessTable,
     tx: EventTx,
     stop: Stop,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let mut reader = Reader {
-        loaded,
         table,
         tx,
         hold: config.interval,
         include_loopback: config.include_loopback,
         pending: HashMap::new(),
         settling: VecDeque::new(),
-        next_report: Instant::now() + REPORT_EVERY,
     };
     std::thread::Builder::new()
         .name("bannin-ebpf-net".into())
-        .spawn(move || reader.run(&stop))
+        .spawn(move || loaded.read_until_stopped(&mut reader, &stop))
 }
 
 /// A connection seen open, waiting for its close or for its hold to run out.
@@ -82,7 +79,6 @@ struct Pending {
 }
 
 struct Reader {
-    loaded: Loaded,
     table: ProcessTable,
     tx: EventTx,
     hold: Duration,
@@ -91,40 +87,40 @@ struct Reader {
     pending: HashMap<u64, Pending>,
     /// Connections due for reporting, waiting for the process table to learn their process.
     settling: VecDeque<Pending>,
-    next_report: Instant,
 }
 
-impl Reader {
-    fn run(&mut self, stop: &Stop) {
-        let mut records = Vec::new();
-        while !stop.is_set() {
-            let drained = self
-                .loaded
-                .drain(WAIT, |bytes| records.push(ConnRecord::decode(bytes)));
-            if let Err(error) = drained {
-                let notice = Notice::error(
-                    SENSOR,
-                    format!("reading the eBPF ring buffer failed: {error}"),
-                );
-                let _ = self.tx.blocking_send(notice.logged());
-                return;
-            }
-            for record in records.drain(..) {
-                match record {
-                    Some(record) => {
-                        if !self.handle(record) {
-                            return;
-                        }
-                    }
-                    None => self.tx.count_drop(1),
-                }
-            }
-            if !self.report_due() || !self.report_losses() {
-                return;
+impl ebpf::Reader for Reader {
+    fn record(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        match ConnRecord::decode(bytes) {
+            Some(record) => self.handle(record).then_some(()).ok_or(Gone),
+            None => {
+                self.tx.count_drop(1);
+                Ok(())
             }
         }
     }
 
+    fn due(&mut self, now: Instant) -> Result<Option<Instant>, Gone> {
+        if !self.report_due() {
+            return Err(Gone);
+        }
+        Ok(self.next_due(now))
+    }
+
+    fn lost(&mut self, grown: &[u64]) -> Result<(), Gone> {
+        self.report_losses(grown).then_some(()).ok_or(Gone)
+    }
+
+    fn failed(&mut self, error: io::Error) {
+        let notice = Notice::error(
+            SENSOR,
+            format!("reading the eBPF ring buffer failed: {error}"),
+        );
+        let _ = self.tx.blocking_send(notice.logged());
+    }
+}
+
+impl Reader {
     /// Returns false once nobody is listening any more.
     fn handle(&mut self, record: ConnRecord) -> bool {
         if !self.include_loopback && record.remote.0.is_loopback() {
@@ -203,13 +199,25 @@ impl Reader {
         true
     }
 
-    fn report_losses(&mut self) -> bool {
-        let now = Instant::now();
-        if now < self.next_report {
-            return true;
-        }
-        self.next_report = now + REPORT_EVERY;
-        let losses = self.loaded.new_losses();
+    /// When a connection next falls due, or one due waiting for its process is to be looked at
+    /// again.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        let open = self.pending.values().map(|pending| pending.due);
+        let settling = self.settling.iter().map(|pending| {
+            if pending.due > now {
+                pending.due
+            } else {
+                (now + RECHECK).min(pending.seen + MAX_WAIT_FOR_PROCESS)
+            }
+        });
+        open.chain(settling).min()
+    }
+
+    /// Reports how much the kernel's loss counters grew: records that found the ring buffer
+    /// full, and connections its table of connecting processes had no room for. The latter leave
+    /// no record, so they are counted with the next record, which comes at the latest when one
+    /// of the connections filling that table closes.
+    fn report_losses(&mut self, losses: &[u64]) -> bool {
         let ring = losses.first().copied().unwrap_or(0);
         let table = losses.get(1).copied().unwrap_or(0);
         let mut notices = Vec::new();
