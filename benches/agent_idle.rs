@@ -91,7 +91,8 @@ fn main() {
         "idle over {wall:.0} s after {settle} s settling: CPU {:.3}% of one core ({cpu:.2} s)",
         100.0 * cpu / wall
     );
-    // Where the time went, by thread name (run time in nanoseconds from schedstat).
+    // Where the time went, by thread name (run time in nanoseconds and times the thread was
+    // scheduled in, from schedstat): wake-ups do not depend on the machine's load as CPU does.
     let threads = thread_cpu(pid);
     let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
     for (tid, (name, ns, runs)) in &threads {
@@ -108,13 +109,17 @@ fn main() {
         .map(|(name, (s, _))| format!("{name} {:.3}%", 100.0 * s / wall))
         .collect();
     println!("  by thread: {}", parts.join(", "));
-    // How often each thread was put on a CPU: an idle thread that sleeps with no timeout is not.
+    let wakeups: u64 = by_name.values().map(|(_, runs)| runs).sum();
     let parts: Vec<String> = by_name
         .iter()
         .filter(|(_, (_, runs))| *runs > 0)
-        .map(|(name, (_, runs))| format!("{name} {:.2}/s", *runs as f64 / wall))
+        .map(|(name, (_, runs))| format!("{name} {:.2}", *runs as f64 / wall))
         .collect();
-    println!("  runs by thread: {}", parts.join(", "));
+    println!(
+        "  wake-ups per second: {:.2} ({})",
+        wakeups as f64 / wall,
+        parts.join(", ")
+    );
     println!(
         "resident memory: VmRSS {:.1} MiB (anonymous {:.1}, file {:.1}), peak VmHWM {:.1} MiB, {} threads",
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
@@ -156,7 +161,7 @@ fn bpf_maps_kib(pid: u32) -> (usize, u64) {
     (maps, kib)
 }
 
-/// Each thread's name, run time in nanoseconds and how many times it ran
+/// Each thread's name, run time in nanoseconds and number of times it was scheduled in
 /// (`/proc/PID/task/TID/schedstat`).
 fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
     let mut out = std::collections::HashMap::new();
@@ -169,14 +174,10 @@ fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
         };
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        let field = |n: usize| -> u64 {
-            schedstat
-                .split_whitespace()
-                .nth(n)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        out.insert(tid, (name.trim().to_string(), field(0), field(2)));
+        let mut fields = schedstat.split_whitespace();
+        let ns = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let runs = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+        out.insert(tid, (name.trim().to_string(), ns, runs));
     }
     out
 }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bannin::event::{
     AgentAction, AgentEvent, Ancestor, Body, DbAction, DbEvent, Event, ExportInfo, FileAction,
-    FileEvent, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record,
+    FileEvent, NetAction, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record,
 };
 use bannin::time::Timestamp;
 
@@ -156,6 +156,7 @@ fn workload() -> Vec<Record> {
             .into(),
             // 15 % connections: mostly to a stable set of public services, some private.
             12..=14 => NetEvent {
+                action: NetAction::Connect,
                 process: Some(browser.clone()),
                 protocol: "tcp".into(),
                 local_addr: "10.0.0.5".into(),

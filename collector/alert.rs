@@ -69,14 +69,19 @@ const MAX_EVIDENCE: usize = 200;
 
 impl Alert {
     /// Folds a repeat of a de-duplicated alert in, for either store: the new count, the repeat's
-    /// fields over the old, and its evidence added up to [`MAX_EVIDENCE`] items.
+    /// summary (when it says more) and fields over the old, and its evidence added up to
+    /// [`MAX_EVIDENCE`] items.
     pub fn repeat(
         &mut self,
         count: u64,
         evidence: &[EvidenceRef],
         fields: &serde_json::Map<String, serde_json::Value>,
+        summary: Option<&str>,
     ) {
         self.count = count;
+        if let Some(summary) = summary {
+            self.summary = summary.to_string();
+        }
         for (name, value) in fields {
             self.fields.insert(name.clone(), value.clone());
         }

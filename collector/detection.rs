@@ -158,8 +158,16 @@ impl Detection {
                     count,
                     evidence,
                     fields,
+                    summary,
                     ..
-                } => match store::alerts::repeat(&tx, id, *count, evidence, fields)? {
+                } => match store::alerts::repeat(
+                    &tx,
+                    id,
+                    *count,
+                    evidence,
+                    fields,
+                    summary.as_deref(),
+                )? {
                     Some(alert) => alert,
                     None => {
                         // Its first occurrence is stored before any repeat (same transaction

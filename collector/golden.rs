@@ -46,7 +46,7 @@ pub fn assert_golden_json(name: &str, actual: &serde_json::Value) {
 mod tests {
     use bannin::event::{
         AgentAction, AgentEvent, Ancestor, Body, DbAction, DbEvent, Event, ExportInfo, FileAction,
-        FileEvent, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record,
+        FileEvent, NetAction, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record,
     };
     use bannin::time::Timestamp;
     use serde_json::{Value, json};
@@ -192,6 +192,7 @@ mod tests {
         exit.read_bytes = Some(4096);
         exit.write_bytes = Some(104_857_600);
         let net = NetEvent {
+            action: NetAction::Connect,
             process: Some(process()),
             protocol: "tcp".into(),
             local_addr: "10.0.0.5".into(),
@@ -201,6 +202,14 @@ mod tests {
             remote_scope: "public".into(),
             bytes_sent: Some(104_857_600),
             bytes_received: Some(2048),
+        };
+        // A long upload: reported open without bytes, then at its close with them.
+        let close = NetEvent {
+            action: NetAction::Close,
+            local_port: 51_235,
+            bytes_sent: Some(3_000_000_000),
+            bytes_received: Some(4096),
+            ..net.clone()
         };
         let mut query = DbEvent::new(DbAction::Query, "postgresql");
         query.db_user = "app".into();
@@ -234,6 +243,7 @@ mod tests {
             record(5, query),
             record(6, connect),
             record(7, heartbeat),
+            record(8, close),
         ]
         .iter()
         .map(crate::present::ocsf::event)

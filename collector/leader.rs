@@ -277,8 +277,11 @@ impl Leader {
                     count,
                     evidence,
                     fields,
+                    summary,
                     ..
-                } => match repeat_alert(&tx, id, *count, evidence, fields).await? {
+                } => match repeat_alert(&tx, id, *count, evidence, fields, summary.as_deref())
+                    .await?
+                {
                     Some(alert) => alert,
                     None => {
                         tracing::warn!(alert_id = %id, "a repeated alert is missing from the store");
@@ -583,6 +586,7 @@ async fn repeat_alert(
     count: u64,
     evidence: &[EvidenceRef],
     fields: &serde_json::Map<String, serde_json::Value>,
+    summary: Option<&str>,
 ) -> Result<Option<Alert>, LeadError> {
     let Some(row) = tx
         .query_opt("SELECT body FROM alerts WHERE id = $1", &[&id])
@@ -597,7 +601,7 @@ async fn repeat_alert(
             return Ok(None);
         }
     };
-    alert.repeat(count, evidence, fields);
+    alert.repeat(count, evidence, fields, summary);
     insert_alert(tx, &alert).await?;
     Ok(Some(alert))
 }

@@ -97,7 +97,10 @@ impl Body {
                 ProcessAction::Start => "process.start",
                 ProcessAction::Exit => "process.exit",
             },
-            Body::Net(_) => "net.connect",
+            Body::Net(n) => match n.action {
+                NetAction::Connect => "net.connect",
+                NetAction::Close => "net.close",
+            },
             Body::Db(d) => match d.action {
                 DbAction::Connect => "db.connect",
                 DbAction::Disconnect => "db.disconnect",
@@ -364,8 +367,21 @@ fn default_process_action() -> ProcessAction {
     ProcessAction::Start
 }
 
+/// A connection opened, or closed after it was reported open (then with what it carried).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetAction {
+    #[default]
+    Connect,
+    /// The close of a connection an earlier `net.connect` reported without its bytes (it was
+    /// still open then): the same ends and process, with the bytes that went each way.
+    Close,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetEvent {
+    #[serde(skip, default)]
+    pub action: NetAction,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessInfo>,
     pub protocol: String,

@@ -437,6 +437,10 @@ pub fn to_pb(event: &Event) -> pb::Event {
             source: p.source.clone(),
         }),
         Body::Net(n) => B::Net(pb::NetEvent {
+            action: match n.action {
+                NetAction::Connect => pb::NetAction::Connect,
+                NetAction::Close => pb::NetAction::Close,
+            } as i32,
             process: n.process.as_ref().map(process_to_pb),
             protocol: n.protocol.clone(),
             local_addr: n.local_addr.clone(),
@@ -563,6 +567,12 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             source: p.source,
         }),
         B::Net(n) => Body::Net(NetEvent {
+            action: match pb::NetAction::try_from(n.action) {
+                // Agents from before `net.close` sent no action.
+                Ok(pb::NetAction::Unspecified | pb::NetAction::Connect) => NetAction::Connect,
+                Ok(pb::NetAction::Close) => NetAction::Close,
+                _ => return Err(unknown("net action", n.action)),
+            },
             process: n.process.map(process_from_pb),
             protocol: n.protocol,
             local_addr: n.local_addr,
@@ -687,6 +697,14 @@ mod tests {
             .into(),
             NetEvent {
                 remote_port: 443,
+                ..NetEvent::default()
+            }
+            .into(),
+            NetEvent {
+                action: NetAction::Close,
+                remote_port: 443,
+                bytes_sent: Some(3_000_000),
+                bytes_received: Some(2),
                 ..NetEvent::default()
             }
             .into(),
@@ -817,6 +835,39 @@ mod tests {
             unreachable!()
         };
         assert!(std::ptr::eq(start.process.ancestry.as_ptr(), line.as_ptr()));
+    }
+
+    /// Agents from before `net.close` sent no action: their events are connects, and a close
+    /// keeps its kind through the wire.
+    #[test]
+    fn a_net_event_without_an_action_is_a_connect() {
+        let mut old = pb::Event {
+            seq: 4,
+            ts_nanos: 1,
+            host: "h".into(),
+            body: Some(pb::event::Body::Net(pb::NetEvent {
+                remote_port: 443,
+                bytes_sent: Some(7),
+                ..Default::default()
+            })),
+        };
+        let event = decode_event(&old.encode_to_vec()).unwrap();
+        assert_eq!(event.kind(), "net.connect");
+        if let Some(pb::event::Body::Net(net)) = &mut old.body {
+            net.action = pb::NetAction::Close as i32;
+        }
+        let event = decode_event(&old.encode_to_vec()).unwrap();
+        assert_eq!(event.kind(), "net.close");
+        if let Some(pb::event::Body::Net(net)) = &mut old.body {
+            net.action = 9;
+        }
+        assert!(matches!(
+            decode_event(&old.encode_to_vec()),
+            Err(ProtoError::UnknownEnum {
+                field: "net action",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bannin::chain::{self, GENESIS, Hash};
 use bannin::event::{
     AgentAction, AgentEvent, Body, DbAction, DbEvent, Event, ExportInfo, FileAction, FileEvent,
-    NetEvent, ProcessAction, ProcessEvent, ProcessInfo,
+    NetAction, NetEvent, ProcessAction, ProcessEvent, ProcessInfo,
 };
 use bannin::time::Timestamp;
 use ed25519_dalek::SigningKey;
@@ -150,6 +150,7 @@ pub fn body(rng: &mut Rng, agent: usize, agents: usize, seq: u64) -> Body {
         67..=89 => {
             let public = roll == 89;
             NetEvent {
+                action: NetAction::Connect,
                 process: Some(process(rng, "/usr/bin/curl")),
                 protocol: "tcp".into(),
                 local_addr: pc_addr(agent),

@@ -112,6 +112,9 @@ pub enum AlertUpdate {
         evidence: Vec<EvidenceRef>,
         /// Fields whose latest value replaces the stored one (running totals); usually none.
         fields: Map<String, Json>,
+        /// A summary that replaces the stored one, when the occurrence says more than the first
+        /// did (a connection's close naming its bytes); usually none.
+        summary: Option<String>,
     },
 }
 
@@ -372,6 +375,7 @@ impl Engine {
                 fields,
                 key: String::new(),
                 severity: None,
+                continues: false,
             };
             let emitted = out.len();
             self.emit(rule, candidate, out);
@@ -563,6 +567,7 @@ impl Engine {
             fields,
             key,
             severity: None,
+            continues: false,
         }
     }
 
@@ -602,6 +607,7 @@ impl Engine {
             fields,
             key,
             severity: None,
+            continues: false,
         }
     }
 
@@ -643,6 +649,22 @@ impl Engine {
                 .fields
                 .insert("level".into(), Json::from("informational"));
         }
+        if candidate.continues
+            && let Some((id, count)) =
+                self.dedup
+                    .recent(rule, &candidate.host, candidate.key.clone(), candidate.ts)
+        {
+            out.push(AlertUpdate::Repeat {
+                id,
+                rule: meta.id.clone(),
+                count,
+                ts: candidate.ts,
+                evidence: candidate.evidence,
+                fields: candidate.fields,
+                summary: Some(candidate.summary),
+            });
+            return;
+        }
         let id = format!("{}-{}", self.id_prefix, self.next_id);
         match self.dedup.check(
             rule,
@@ -665,6 +687,7 @@ impl Engine {
                     ts: candidate.ts,
                     evidence: candidate.evidence,
                     fields,
+                    summary: None,
                 });
             }
             Verdict::New => {

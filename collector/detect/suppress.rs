@@ -166,6 +166,18 @@ impl Dedup {
         self.seen.losses.take()
     }
 
+    /// The recent alert of `key` on `host` and its count so far, without counting anything.
+    pub(crate) fn recent(
+        &self,
+        rule: usize,
+        host: &str,
+        key: String,
+        ts: Timestamp,
+    ) -> Option<(String, u64)> {
+        let seen = self.seen.get(host, &(rule, key))?;
+        (seen.first_ts.saturating_add(self.window) >= ts).then(|| (seen.id.clone(), seen.count))
+    }
+
     /// Records an occurrence on `host`; `id` is used if it starts a new alert.
     pub(crate) fn check(
         &mut self,

@@ -6,7 +6,7 @@ pub(crate) use std::time::Duration;
 
 pub(crate) use bannin::event::{
     AgentAction, AgentEvent, Ancestor, Body, DbAction, DbEvent, Event, ExportInfo, FileAction,
-    FileEvent, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record, SensorEvent,
+    FileEvent, NetAction, NetEvent, ProcessAction, ProcessEvent, ProcessInfo, Record, SensorEvent,
     SensorStatus,
 };
 pub(crate) use bannin::time::Timestamp;
@@ -117,8 +117,29 @@ pub(crate) fn export_query(user: &str, method: &str) -> Body {
     db.into()
 }
 
+/// The connection of [`connect`] reported open, before its bytes were known (a long upload).
+pub(crate) fn opened(remote: &str, scope: &str, who: &ProcessInfo) -> Body {
+    let Body::Net(mut net) = connect(remote, scope, who) else {
+        unreachable!("connect is a net event")
+    };
+    net.bytes_sent = None;
+    net.into()
+}
+
+/// The close of [`opened`]'s connection, with the bytes that went each way.
+pub(crate) fn closed(remote: &str, scope: &str, who: &ProcessInfo, sent: u64) -> Body {
+    let Body::Net(mut net) = connect(remote, scope, who) else {
+        unreachable!("connect is a net event")
+    };
+    net.action = NetAction::Close;
+    net.bytes_sent = Some(sent);
+    net.bytes_received = Some(2);
+    net.into()
+}
+
 pub(crate) fn connect(remote: &str, scope: &str, who: &ProcessInfo) -> Body {
     NetEvent {
+        action: NetAction::Connect,
         process: Some(who.clone()),
         protocol: "tcp".into(),
         local_addr: "10.0.0.5".into(),

@@ -8,8 +8,8 @@
 //! version) plus its class's required objects. Fields OCSF has no place for go under `unmapped`.
 
 use bannin::event::{
-    Body, DbAction, DbEvent, FileAction, FileEvent, NetEvent, ProcessAction, ProcessEvent,
-    ProcessInfo, Record,
+    Body, DbAction, DbEvent, FileAction, FileEvent, NetAction, NetEvent, ProcessAction,
+    ProcessEvent, ProcessInfo, Record,
 };
 use bannin::time::Timestamp;
 use serde_json::{Map, Value, json};
@@ -222,10 +222,14 @@ fn process_activity(record: &Record, process: &ProcessEvent) -> Map<String, Valu
 }
 
 fn network_activity(record: &Record, net: &NetEvent) -> Map<String, Value> {
+    let activity = match net.action {
+        NetAction::Connect => (1, "Open"),
+        NetAction::Close => (2, "Close"),
+    };
     let mut object = base(
         (4001, "Network Activity"),
         (4, "Network Activity"),
-        (1, "Open"),
+        activity,
         record.event.ts,
         SEVERITY_INFORMATIONAL,
         metadata(uid(record), record.event.kind()),
@@ -621,14 +625,27 @@ mod tests {
         assert_eq!(value["type_uid"], 100701);
 
         let net = NetEvent {
+            action: NetAction::Connect,
             remote_addr: "203.0.113.9".into(),
             remote_port: 443,
             bytes_sent: Some(5),
             ..NetEvent::default()
         };
-        let value = event(&record(net));
+        let value = event(&record(net.clone()));
         check(&value);
         assert_eq!(value["traffic"]["bytes_out"], 5);
+        assert_eq!(value["type_uid"], 400101);
+        let close = NetEvent {
+            action: NetAction::Close,
+            bytes_sent: Some(3_000_000),
+            ..net
+        };
+        let value = event(&record(close));
+        check(&value);
+        assert_eq!(value["type_uid"], 400102);
+        assert_eq!(value["activity_name"], "Close");
+        assert_eq!(value["metadata"]["log_name"], "net.close");
+        assert_eq!(value["traffic"]["bytes_out"], 3_000_000);
 
         let mut db = DbEvent::new(DbAction::Query, "postgresql");
         db.statement_kind = "read".into();

@@ -62,15 +62,22 @@ pub fn event_detail(record: &Record) -> String {
                 p.process.cmdline
             )
         }
-        Body::Net(n) => format!(
-            "{}:{} -> {}:{} ({}){}",
-            n.local_addr,
-            n.local_port,
-            n.remote_addr,
-            n.remote_port,
-            n.remote_scope,
-            process(n.process.as_ref())
-        ),
+        Body::Net(n) => {
+            let bytes = n
+                .bytes_sent
+                .zip(n.bytes_received)
+                .map(|(sent, received)| format!(" sent={sent} received={received}"))
+                .unwrap_or_default();
+            format!(
+                "{}:{} -> {}:{} ({}){bytes}{}",
+                n.local_addr,
+                n.local_port,
+                n.remote_addr,
+                n.remote_port,
+                n.remote_scope,
+                process(n.process.as_ref())
+            )
+        }
         Body::Db(d) => {
             let rows = d.rows.map(|r| format!(" rows={r}")).unwrap_or_default();
             format!(

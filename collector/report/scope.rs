@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bannin::event::{Body, DbEvent, FileAction, FileEvent, NetEvent, ProcessInfo, Record};
+use bannin::event::{
+    Body, DbEvent, FileAction, FileEvent, NetAction, NetEvent, ProcessInfo, Record,
+};
 use bannin::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,7 @@ pub const KINDS: &[&str] = &[
     "file.create",
     "file.delete",
     "file.rename",
+    "net.close",
     "net.connect",
     "process.start",
 ];
@@ -130,10 +133,17 @@ pub struct Outbound {
     pub ts: Timestamp,
     pub remote_addr: String,
     pub remote_port: u16,
+    /// Where the agent measured them: at the close (the `net.close` of a connection reported
+    /// open, or a `net.connect` that came at its close).
     pub bytes_sent: Option<u64>,
     pub pid: Option<u32>,
     pub exe: Option<String>,
     pub after_read: bool,
+    pub local_addr: String,
+    pub local_port: u16,
+    /// The `net.close` that carried its bytes, when the connection was reported open first.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub close_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,6 +285,10 @@ impl ScopeBuilder {
                         .insert(net.local_addr.clone(), record.agent_id.clone());
                 }
                 if net.remote_scope != "public" {
+                    return;
+                }
+                if net.action == NetAction::Close && self.closed(&record, net) {
+                    self.evidence.push(record);
                     return;
                 }
                 let outbound = self.outbound_of(&record, net);
@@ -451,6 +465,25 @@ impl ScopeBuilder {
         }
     }
 
+    /// Gives the bytes of a `net.close` to the connection its `net.connect` put in scope;
+    /// false when that came before the window, and the close stands for the connection.
+    fn closed(&mut self, record: &Record, net: &NetEvent) -> bool {
+        let open = self.outbound.iter_mut().rev().find(|out| {
+            out.agent_id == record.agent_id
+                && out.close_seq.is_none()
+                && out.local_port == net.local_port
+                && out.remote_port == net.remote_port
+                && out.local_addr == net.local_addr
+                && out.remote_addr == net.remote_addr
+        });
+        let Some(open) = open else {
+            return false;
+        };
+        open.bytes_sent = net.bytes_sent.or(open.bytes_sent);
+        open.close_seq = Some(record.event.seq);
+        true
+    }
+
     fn outbound_of(&self, record: &Record, net: &NetEvent) -> Outbound {
         Outbound {
             host: self.host_of(&record.agent_id),
@@ -463,6 +496,9 @@ impl ScopeBuilder {
             pid: net.process.as_ref().map(|p| p.pid),
             exe: net.process.as_ref().map(|p| p.exe.clone()),
             after_read: false,
+            local_addr: net.local_addr.clone(),
+            local_port: net.local_port,
+            close_seq: (net.action == NetAction::Close).then_some(record.event.seq),
         }
     }
 
@@ -564,6 +600,7 @@ mod tests {
             "a-app",
             2,
             NetEvent {
+                action: NetAction::Connect,
                 local_addr: "10.0.0.7".into(),
                 remote_addr: "203.0.113.9".into(),
                 remote_scope: "public".into(),
@@ -589,5 +626,71 @@ mod tests {
         );
         let seqs: Vec<u64> = evidence.iter().map(|r| r.event.seq).collect();
         assert_eq!(seqs, [1, 2]);
+    }
+
+    /// A long upload: its `net.connect` carries no bytes, its `net.close` does. The bytes count
+    /// once, for the one connection, and the close is evidence.
+    #[test]
+    fn the_bytes_of_a_close_belong_to_the_connection_it_closes() {
+        let agents = [agent(1, "a-app", "app1")];
+        let mut builder = ScopeBuilder::new(
+            Timestamp::from_nanos(0),
+            Timestamp::from_nanos(i64::MAX),
+            None,
+            &agents,
+            None,
+        );
+        let mut read = DbEvent::new(DbAction::Query, "postgresql");
+        read.session = "s1".into();
+        read.sensitive_tables = vec!["public.customers".into()];
+        read.rows = Some(500);
+        builder.observe(record("a-app", 1, read));
+        let open = NetEvent {
+            action: NetAction::Connect,
+            local_addr: "10.0.0.7".into(),
+            local_port: 40000,
+            remote_addr: "203.0.113.9".into(),
+            remote_port: 443,
+            remote_scope: "public".into(),
+            ..NetEvent::default()
+        };
+        builder.observe(record("a-app", 2, open.clone()));
+        // Another connection to the same place, still open at the end of the window.
+        builder.observe(record(
+            "a-app",
+            3,
+            NetEvent {
+                local_port: 40001,
+                ..open.clone()
+            },
+        ));
+        builder.observe(record(
+            "a-app",
+            4,
+            NetEvent {
+                action: NetAction::Close,
+                bytes_sent: Some(3_000_000),
+                bytes_received: Some(2),
+                ..open
+            },
+        ));
+        let (scope, evidence) = builder.finish();
+        let app = &scope.hosts[0];
+        assert_eq!(
+            (
+                app.public_connections,
+                app.public_connections_after_read,
+                app.bytes_sent_after_read
+            ),
+            (2, 2, 3_000_000)
+        );
+        let closed: Vec<(u64, Option<u64>, Option<u64>)> = scope
+            .outbound
+            .iter()
+            .map(|o| (o.seq, o.bytes_sent, o.close_seq))
+            .collect();
+        assert_eq!(closed, [(2, Some(3_000_000), Some(4)), (3, None, None)]);
+        let seqs: Vec<u64> = evidence.iter().map(|r| r.event.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
     }
 }

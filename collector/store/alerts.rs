@@ -50,6 +50,7 @@ pub fn repeat(
     count: u64,
     evidence: &[EvidenceRef],
     fields: &serde_json::Map<String, serde_json::Value>,
+    summary: Option<&str>,
 ) -> Result<Option<Alert>, StoreError> {
     let body: Option<String> = conn
         .query_row("SELECT body FROM alerts WHERE id = ?1", [id], |r| r.get(0))
@@ -66,7 +67,7 @@ pub fn repeat(
             return Ok(None);
         }
     };
-    alert.repeat(count, evidence, fields);
+    alert.repeat(count, evidence, fields, summary);
     insert(conn, &alert)?;
     Ok(Some(alert))
 }

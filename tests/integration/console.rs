@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use bannin::event::{
-    AgentAction, AgentEvent, Body, DbAction, DbEvent, ExportInfo, FileAction, FileEvent, NetEvent,
-    ProcessAction, ProcessEvent, ProcessInfo, SensorEvent, SensorStatus,
+    AgentAction, AgentEvent, Body, DbAction, DbEvent, ExportInfo, FileAction, FileEvent, NetAction,
+    NetEvent, ProcessAction, ProcessEvent, ProcessInfo, SensorEvent, SensorStatus,
 };
 use bannin::time::Timestamp;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -651,6 +651,7 @@ fn hostile_bodies(now: Timestamp) -> Vec<(Timestamp, Body)> {
         (
             at(6),
             NetEvent {
+                action: NetAction::Connect,
                 process: Some(process("/usr/bin/curl")),
                 protocol: "tcp".into(),
                 local_addr: "10.0.0.5".into(),

@@ -15,13 +15,13 @@ use crate::harness::*;
 const LONG: Duration = Duration::from_secs(60);
 
 /// A collector and an agent started with `agent_toml` (as root unless `as_uid` is given).
-struct Setup {
-    tmp: tempfile::TempDir,
-    collector: Collector,
+pub(crate) struct Setup {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) collector: Collector,
     _agent: Proc,
 }
 
-fn setup(name: &str, agent_toml: &str, as_uid: Option<u32>) -> Setup {
+pub(crate) fn setup(name: &str, agent_toml: &str, as_uid: Option<u32>) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
@@ -63,7 +63,7 @@ fn give_to(dir: &Path, uid: u32) {
     assert!(status.success());
 }
 
-fn status_of(collector: &Collector, sensor: &str) -> String {
+pub(crate) fn status_of(collector: &Collector, sensor: &str) -> String {
     let status = wait_for(&format!("the {sensor} sensor's status"), LONG, || {
         collector
             .events(&["--kind", "sensor.status"])

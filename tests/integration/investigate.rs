@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use bannin::event::{
-    Ancestor, Body, DbAction, DbEvent, ExportInfo, FileAction, FileEvent, NetEvent, ProcessAction,
-    ProcessEvent, ProcessInfo,
+    Ancestor, Body, DbAction, DbEvent, ExportInfo, FileAction, FileEvent, NetAction, NetEvent,
+    ProcessAction, ProcessEvent, ProcessInfo,
 };
 use bannin::pb;
 use bannin::time::Timestamp;
@@ -60,6 +60,7 @@ fn connect(
     by: ProcessInfo,
 ) -> Body {
     NetEvent {
+        action: NetAction::Connect,
         process: Some(by),
         protocol: "tcp".into(),
         local_addr: local.into(),

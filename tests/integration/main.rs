@@ -16,6 +16,7 @@ mod files;
 mod foundation;
 mod harness;
 mod investigate;
+mod netclose;
 // A private database on the machine's PostgreSQL, shared with the benchmarks.
 #[allow(dead_code)] // The benchmarks use the rest of it.
 #[path = "../support/pg_db.rs"]

@@ -253,6 +253,35 @@ fn a_python_process_reading_an_export_and_posting_it_raises_export_read_then_sen
     assert_eq!(alert["reader_pid"], alert["pid"], "{alert}");
     assert!(alert["lineage"].as_array().unwrap().len() >= 2, "{alert}");
     assert_eq!(alert["severity"], "high");
+
+    // The upload outlived the agent's interval: its connect raised the alert before its bytes
+    // were known, its close names them in that same alert, as evidence too.
+    let size = std::fs::metadata(&export).unwrap().len();
+    let alert = wait_for("the alert naming the bytes sent", LONG, || {
+        alerts_json(&site.collector.dir, &["--rule", "export-read-then-sent"])
+            .into_iter()
+            .next()
+            .filter(|a| a["bytes_sent"].as_u64().is_some_and(|sent| sent >= size))
+    });
+    assert_eq!(alert["count"], 1, "{alert}");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("bytes sent"),
+        "{alert}"
+    );
+    let close = site
+        .collector
+        .events(&["--kind", "net.close"])
+        .into_iter()
+        .find(|e| e["remote_port"] == receiver.port)
+        .expect("the upload's net.close");
+    assert!(
+        alert["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["seq"] == close["seq"]),
+        "{alert}"
+    );
     drop(site.tmp);
 }
 

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bannin::event::{Ancestor, Body, NetEvent, ProcessAction, ProcessEvent, ProcessInfo};
+use bannin::event::{
+    Ancestor, Body, NetAction, NetEvent, ProcessAction, ProcessEvent, ProcessInfo,
+};
 use bannin::time::Timestamp;
 use serde_json::Value;
 
@@ -212,6 +214,7 @@ fn a_collector_with_rule_dirs_alerts_from_public_style_rules_with_their_tags() {
         );
         let quiet = process(5002, "/usr/bin/ncat", "ncat -l 8080", "/usr/sbin/apache2");
         let callback = NetEvent {
+            action: NetAction::Connect,
             process: Some(process(
                 5003,
                 "/usr/bin/bash",

@@ -28,13 +28,14 @@ pub struct NetConfig {
     /// "auto" (default), "ebpf" or "sock_diag".
     pub backend: Backend,
     /// How often the socket tables are read. A connection that lives longer is reported with its
-    /// process; a shorter one is still reported when it closes (as root, from the kernel's
-    /// socket-destruction notices), with its bytes but without its process. Every read makes the
-    /// kernel walk its whole connection table, the agent's largest idle cost (about 1.1% of a
-    /// core at "1s" on a 24 GiB machine). With the eBPF backend, TCP connections are not read from
-    /// the tables: a connection that closes within this time of its handshake is reported at its
-    /// close with its process and bytes, a longer one when this time is up, with its process.
-    /// Default: "5s".
+    /// process, and (TCP, as root) again at its close as `net.close` with its bytes; a shorter one
+    /// is still reported when it closes (as root, from the kernel's socket-destruction notices),
+    /// with its bytes but without its process. Every read makes the kernel walk its whole
+    /// connection table, the agent's largest idle cost (about 1.1% of a core at "1s" on a 24 GiB
+    /// machine). With the eBPF backend, TCP connections are not read from the tables: a
+    /// connection that closes within this time of its handshake is reported at its close with its
+    /// process and bytes, a longer one when this time is up, with its process, and at its close
+    /// as `net.close` with its bytes. Default: "5s".
     #[serde(with = "bannin::time::duration_str")]
     pub interval: Duration,
     /// Whether connected UDP sockets (DNS lookups, QUIC) are reported too. Default: true.

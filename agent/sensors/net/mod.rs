@@ -1,5 +1,6 @@
 //! The outbound-connection sensor: one `net.connect` event for each new outbound TCP connection or
-//! connected UDP flow, with the process that owns it.
+//! connected UDP flow, with the process that owns it, and a `net.close` with the bytes that went
+//! each way when a TCP connection reported open before its bytes were known closes.
 //!
 //! On Linux as root, TCP connections come from an eBPF program ([`ebpf`]) that names the process
 //! at connect time and counts the bytes at close, however short the connection. Where BPF cannot
@@ -9,7 +10,8 @@
 //! only when a socket it does not know appears.
 //! Connections that open and close between two reads are caught from the kernel's socket
 //! destruction notices ([`destroy`], root only), with their byte counts but without their process,
-//! which is gone from the socket by then. Only sockets in the agent's own network namespace are
+//! which is gone from the socket by then; the same notices give the `net.close` of a TCP connection
+//! a read saw, named after the process its `net.connect` was. Only sockets in the agent's own network namespace are
 //! seen; connections already open when the sensor starts are reported at its first read.
 //! Elsewhere the sensor reports that it cannot run.
 
@@ -98,7 +100,8 @@ async fn start(
                 let mut message = format!(
                     "TCP connections from an eBPF program on the kernel's inet_sock_set_state \
                      tracepoint: every connection this host opens, with the process that opened \
-                     it, and its bytes when it closes within {hold}ms"
+                     it and its bytes, at its close if that comes within {hold}ms, else when it \
+                     opens and again when it closes"
                 );
                 if config.include_udp {
                     let udp = start_tables(&config, false, &tx, table, &mut handle);
@@ -141,7 +144,8 @@ fn start_tables(
             (
                 format!(
                     "reading the kernel's socket tables every {every}ms; connections closed before a \
-                     read are reported from the kernel's socket destruction notices, without their process"
+                     read are reported from the kernel's socket destruction notices, without their process, \
+                     and TCP connections a read saw again at their close, with their bytes"
                 ),
                 Some(closed_rx),
             )

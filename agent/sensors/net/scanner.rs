@@ -1,12 +1,13 @@
 //! The sensor's task on Linux: reads the socket tables every interval, finds the owner of each new
-//! outbound socket, and turns the kernel's destruction notices into events for connections no
-//! read saw open.
+//! outbound socket, and turns the kernel's destruction notices into events: a `net.connect` with
+//! bytes for a connection no read saw open, a `net.close` with bytes and the process its
+//! `net.connect` named for a TCP connection one did.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use bannin::event::NetEvent;
+use bannin::event::{NetAction, NetEvent, ProcessInfo};
 
 use super::destroy;
 use super::diag::Diag;
@@ -17,8 +18,11 @@ use crate::pipeline::EventTx;
 use crate::sensors::process::os;
 
 /// How long the ends of a connection seen open are remembered, so that its destruction
-/// notice is not reported a second time.
+/// notice is reported as its close rather than as a connection of its own.
 const REMEMBER_ENDS: Duration = Duration::from_secs(60);
+/// The most reported TCP connections whose process is remembered for their close; the close of
+/// one more is still reported, without its process (its `net.connect` named it).
+const MAX_OWNERS: usize = 65_536;
 
 /// Both ends of a connection, with its protocol (`true` for UDP).
 type Ends = (bool, (IpAddr, u16), (IpAddr, u16));
@@ -41,6 +45,8 @@ pub(super) struct Scanner {
     buffer: Vec<u8>,
     services: Services,
     seen_open: HashMap<Ends, tokio::time::Instant>,
+    /// The process each reported TCP connection was reported with, until its close.
+    reported_owners: HashMap<Ends, ProcessInfo>,
 }
 
 impl Scanner {
@@ -62,6 +68,7 @@ impl Scanner {
             buffer: Vec::new(),
             services: Services::default(),
             seen_open: HashMap::new(),
+            reported_owners: HashMap::new(),
         }
     }
 
@@ -90,6 +97,9 @@ impl Scanner {
         let now = tokio::time::Instant::now();
         self.seen_open
             .retain(|_, seen| now.saturating_duration_since(*seen) < REMEMBER_ENDS);
+        let seen_open = &self.seen_open;
+        self.reported_owners
+            .retain(|ends, _| seen_open.contains_key(ends));
         for socket in &current {
             self.seen_open
                 .insert((socket.udp, socket.local, socket.remote), now);
@@ -143,7 +153,20 @@ impl Scanner {
         sockets
     }
 
-    /// A destroyed socket that was an outbound connection no scan saw open, as an event.
+    /// Remembers the process a new TCP connection was reported with, for its close.
+    pub(super) fn remember(&mut self, event: &NetEvent, socket: &Socket) {
+        if socket.udp || self.reported_owners.len() >= MAX_OWNERS {
+            return;
+        }
+        if let Some(process) = &event.process {
+            self.reported_owners
+                .insert((false, socket.local, socket.remote), process.clone());
+        }
+    }
+
+    /// A destroyed socket, as an event: a connection no scan saw open as a `net.connect` with its
+    /// bytes, the close of a TCP connection one did as a `net.close` with its bytes and process.
+    /// A UDP flow seen open has nothing more to say at its close (the kernel counts no bytes).
     pub(super) fn closed(&mut self, closed: destroy::Closed) -> Option<NetEvent> {
         if closed.udp && !self.include_udp
             || !closed.udp && !self.include_tcp
@@ -151,11 +174,13 @@ impl Scanner {
             || !self
                 .services
                 .opened_here(closed.udp, closed.local, closed.remote)
-            || self
-                .seen_open
-                .remove(&(closed.udp, closed.local, closed.remote))
-                .is_some()
         {
+            return None;
+        }
+        let ends = (closed.udp, closed.local, closed.remote);
+        let seen = self.seen_open.remove(&ends).is_some();
+        let process = self.reported_owners.remove(&ends);
+        if seen && closed.udp {
             return None;
         }
         let socket = Socket {
@@ -165,7 +190,10 @@ impl Scanner {
             state: TCP_CLOSE,
             inode: 0,
         };
-        let mut event = event(socket, None);
+        let mut event = event(socket, process);
+        if seen {
+            event.action = NetAction::Close;
+        }
         event.bytes_sent = closed.bytes_sent;
         event.bytes_received = closed.bytes_received;
         Some(event)
@@ -238,10 +266,12 @@ pub(super) async fn run(
         let scanned = tokio::task::spawn_blocking(move || {
             let found = scanner.scan();
             // Asking the table may read /proc, so it happens off the runtime too.
-            let mut events: Vec<NetEvent> = found
-                .into_iter()
-                .map(|(socket, pid)| event(socket, pid.and_then(|pid| table.info(pid))))
-                .collect();
+            let mut events = Vec::with_capacity(found.len() + notices.len());
+            for (socket, pid) in found {
+                let event = event(socket, pid.and_then(|pid| table.info(pid)));
+                scanner.remember(&event, &socket);
+                events.push(event);
+            }
             events.extend(notices.into_iter().filter_map(|n| scanner.closed(n)));
             (scanner, events)
         })
@@ -267,8 +297,9 @@ pub(super) async fn run(
 /// Destruction notices held until the next scan; more are counted as dropped.
 const MAX_PENDING: usize = 65_536;
 
-fn event(socket: Socket, process: Option<bannin::event::ProcessInfo>) -> NetEvent {
+fn event(socket: Socket, process: Option<ProcessInfo>) -> NetEvent {
     NetEvent {
+        action: NetAction::Connect,
         process,
         protocol: if socket.udp { "udp" } else { "tcp" }.to_string(),
         local_addr: socket.local.0.to_string(),

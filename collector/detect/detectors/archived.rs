@@ -245,6 +245,7 @@ impl ExportArchived {
             key: format!("{}\u{0}{}", read.file.path, archive.file.path),
             fields,
             severity: None,
+            continues: false,
         }
     }
 }

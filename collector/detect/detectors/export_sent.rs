@@ -1,9 +1,14 @@
 //! `export_read_then_sent`: a process, or one of its descendants, read a large export and then
 //! connected to a public address.
+//!
+//! A connection still open when the agent reported it (a long upload) has its bytes only in its
+//! `net.close`: that close is folded into the alert its connect raised, naming the bytes and
+//! adding the close as evidence, or, when that alert is no longer recent (the dedup window),
+//! raises one of its own.
 
 use std::time::Duration;
 
-use bannin::event::{Body, FileAction, FileEvent, ProcessInfo, Record};
+use bannin::event::{Body, FileAction, FileEvent, NetAction, ProcessInfo, Record};
 use bannin::time::Timestamp;
 use serde_json::{Map, json};
 
@@ -161,6 +166,7 @@ impl ExportReadThenSent {
             key: format!("{}\u{0}{}", read.file.path, net.remote_addr),
             fields,
             severity: None,
+            continues: net.action == NetAction::Close,
         })
     }
 }
@@ -256,6 +262,69 @@ mod tests {
         );
         let seqs: Vec<u64> = alert.evidence.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 4]);
+    }
+
+    /// A long upload: the connect raises the alert without bytes, its close names them in the
+    /// same alert (not another occurrence) with the close as evidence. A close long after the
+    /// alert (past the dedup window) raises an alert of its own, naming the bytes.
+    #[test]
+    fn the_close_of_a_long_upload_names_its_bytes_in_the_alert_its_connect_raised() {
+        let mut fleet = fleet(DetectConfig::default());
+        let python = process(7001, "/usr/bin/python3.11", "sato", &["/usr/bin/bash"]);
+        fleet.send("web1", 0, read("/srv/exports/c.csv", 17 * MIB, &python));
+        let updates = fleet.send("web1", 5, opened("203.0.113.50", "public", &python));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        let alert = alerts[0].clone();
+        assert!(!alert.fields.contains_key("bytes_sent"), "{alert:?}");
+
+        let updates = fleet.send(
+            "web1",
+            65,
+            closed("203.0.113.50", "public", &python, 3_000_000),
+        );
+        let [
+            AlertUpdate::Repeat {
+                id,
+                count,
+                evidence,
+                fields,
+                summary,
+                ..
+            },
+        ] = updates.as_slice()
+        else {
+            panic!("one update of the alert: {updates:?}");
+        };
+        assert_eq!((id, *count), (&alert.id, 1));
+        assert_eq!(fields["bytes_sent"], 3_000_000);
+        assert_eq!(fields["bytes_received"], 2);
+        assert!(evidence.iter().any(|e| e.seq == 3), "{evidence:?}");
+        let mut stored = alert.clone();
+        stored.repeat(*count, evidence, fields, summary.as_deref());
+        assert_eq!(stored.fields["bytes_sent"], 3_000_000);
+        assert_eq!(stored.count, 1);
+        assert!(
+            stored.summary.contains("(3000000 bytes sent)"),
+            "{}",
+            stored.summary
+        );
+
+        // Another upload to the same place, closing after the dedup window (10 minutes).
+        fleet.send("web1", 100, opened("203.0.113.50", "public", &python));
+        let updates = fleet.send(
+            "web1",
+            900,
+            closed("203.0.113.50", "public", &python, 5_000_000),
+        );
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{updates:?}");
+        assert_eq!(alerts[0].fields["bytes_sent"], 5_000_000);
+        assert!(
+            alerts[0].summary.contains("5000000 bytes sent"),
+            "{}",
+            alerts[0].summary
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bannin::event::{Body, Record};
+use bannin::event::{Body, NetAction, Record};
 use bannin::time::Timestamp;
 use serde_json::{Map, json};
 
@@ -34,9 +34,13 @@ impl FirstSeen {
     }
 
     fn first(&mut self, record: &Record) -> Option<Candidate> {
+        // A close is of a connection its `net.connect` already showed.
         let Body::Net(net) = &record.event.body else {
             return None;
         };
+        if net.action == NetAction::Close {
+            return None;
+        }
         if !self.scopes.contains(&net.remote_scope) {
             return None;
         }
@@ -81,6 +85,7 @@ impl FirstSeen {
             key: net.remote_addr.clone(),
             fields,
             severity: None,
+            continues: false,
         })
     }
 }

@@ -483,6 +483,7 @@ impl ExportLifecycle {
             key: tracked.created_path,
             fields,
             severity: None,
+            continues: false,
         })
     }
 }

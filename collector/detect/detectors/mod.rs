@@ -95,6 +95,10 @@ pub(crate) struct Candidate {
     pub(crate) key: String,
     /// Overrides the rule's level, e.g. a silence after a clean stop is less alarming.
     pub(crate) severity: Option<Severity>,
+    /// More of an occurrence already raised, not another one (a connection's close with its
+    /// bytes): folded into the recent alert of the same key without counting, its fields
+    /// replacing the alert's; an alert of its own only when that alert is no longer recent.
+    pub(crate) continues: bool,
 }
 
 pub(crate) fn evidence(record: &Record) -> EvidenceRef {

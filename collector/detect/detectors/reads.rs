@@ -203,6 +203,7 @@ impl SensitiveReadVolume {
             key: db.db_user.clone(),
             fields,
             severity: None,
+            continues: false,
         })
     }
 }

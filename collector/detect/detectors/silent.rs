@@ -138,6 +138,7 @@ impl AgentSilent {
                 key: agent_id,
                 fields,
                 severity: entry.stopped.then_some(Severity::Low),
+                continues: false,
             });
         }
         findings
