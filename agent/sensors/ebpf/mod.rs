@@ -111,17 +111,24 @@ pub fn load(
                 name,
                 detail: error.to_string(),
             })?;
-        // The verifier gives up with EAGAIN when a signal arrives while it works (a child's
-        // SIGCHLD); libbpf tries again, and so does this.
+        // The verifier gives up with EAGAIN when a signal arrives for this thread while it
+        // works (a child's SIGCHLD, in a process that starts many): signals wait while it does,
+        // for another thread or for afterwards, and an interrupted load is tried again as
+        // libbpf does.
         let mut tries = 0;
-        while let Err(error) = program.load() {
-            tries += 1;
-            if tries == 5 || !interrupted(&error) {
-                return Err(EbpfError::Program {
-                    name,
-                    detail: program_error(&error),
-                });
+        let loaded = with_signals_held(|| {
+            loop {
+                match program.load() {
+                    Err(error) if tries < 5 && interrupted(&error) => tries += 1,
+                    done => return done,
+                }
             }
+        });
+        if let Err(error) = loaded {
+            return Err(EbpfError::Program {
+                name,
+                detail: program_error(&error),
+            });
         }
         program
             .attach(tracepoint)
@@ -162,6 +169,23 @@ pub fn load(
         lost,
         lost_seen,
     })
+}
+
+/// Runs `work` with every signal blocked in this thread; the process's signals go to its other
+/// threads meanwhile, and this thread's own are delivered once they are unblocked.
+fn with_signals_held<T>(work: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut before = SigSet::empty();
+    let held = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut before),
+    );
+    let result = work();
+    if held.is_ok() {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
+    }
+    result
 }
 
 fn interrupted(error: &aya::programs::ProgramError) -> bool {
