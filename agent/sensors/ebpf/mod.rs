@@ -237,7 +237,8 @@ impl Loaded {
     /// has something due or losses are to be read: the programs count a loss only when the ring
     /// is full, which leaves records to read and so wakes the thread.
     pub fn read_until_stopped(&mut self, reader: &mut impl Reader, stop: &Stop) {
-        let mut due = None;
+        // The reader's duties are asked for once at the start, before any record.
+        let mut due = Some(Instant::now());
         let mut losses_due: Option<Instant> = None;
         loop {
             let wake = match (due, losses_due) {
