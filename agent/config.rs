@@ -44,7 +44,8 @@ impl Default for AgentSection {
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSection {
     /// Bound on the spool's event bytes; beyond it the oldest events are dropped and reported
-    /// with `agent.dropped`. Default 1 GiB.
+    /// with `agent.dropped`, except the one batch (at most 4 MiB) on its way to the collector,
+    /// which may exceed it until its delivery settles. Default 1 GiB.
     pub max_bytes: u64,
 }
 

@@ -92,7 +92,8 @@ pub async fn run(
     loop {
         let limit = batch_events;
         let bytes = config.batch_bytes;
-        let batch = spool::blocking(&spool, move |s| s.read_batch(acked, limit, bytes)).await;
+        let batch =
+            spool::blocking(&spool, move |s| s.read_batch_to_send(acked, limit, bytes)).await;
         let batch = match batch {
             Ok(Some(batch)) => batch,
             Ok(None) => {
@@ -187,10 +188,12 @@ pub async fn run(
                 batch_events = config.batch_events.max(1);
             }
             Err(status) if status.code() == Code::ResourceExhausted && count > 1 => {
+                release(&spool).await;
                 batch_events = (count / 2).max(1);
                 tracing::warn!(error = %status.message(), batch_events, "collector refused the batch size; sending smaller batches");
             }
             Err(status) => {
+                release(&spool).await;
                 failures = failures.saturating_add(1);
                 // The next collector at once; after a whole round of failures, the backoff.
                 let round = u32::try_from(clients.len()).unwrap_or(u32::MAX);
@@ -218,4 +221,15 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Lets the spool shed the batch whose delivery failed, off the runtime (an append may hold the
+/// spool's lock while it writes).
+async fn release(spool: &Spool) {
+    // The closure cannot fail; a task that did not run leaves the hold until the next batch.
+    let _ = spool::blocking(spool, |s| {
+        s.release();
+        Ok(())
+    })
+    .await;
 }

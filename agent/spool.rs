@@ -66,6 +66,10 @@ struct Inner {
     host: String,
     /// Everything through here is committed at the collector, even where deleting it failed.
     acked: u64,
+    /// The last event of the batch the sender is delivering, until the collector acknowledges
+    /// it or the delivery fails (0: none). Shedding leaves that batch alone: dropping events on
+    /// their way to the collector would report as lost events the collector then stores.
+    sending_through: u64,
     /// Events lost before they could be numbered (a full disk with nothing left to drop, a spool
     /// that kept failing), not yet reported; recorded as `agent.dropped` by the next append that
     /// succeeds. The running total is kept durably in [`LostFile`].
@@ -362,7 +366,7 @@ impl Inner {
         let lost = inner.lost.pending;
         let lost_unknown = inner.lost.unknown;
         // Logged only once the transaction holding the drop has committed.
-        let mut shed_report = None;
+        let mut shed_reports = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO spool (seq, prev_hash, hash, bytes) VALUES (?1, ?2, ?3, ?4)",
@@ -410,39 +414,41 @@ impl Inner {
                     freed_bytes += acked_bytes as u64;
                 }
                 let mut excess = total.saturating_sub(freed_bytes).saturating_sub(keep);
-                let (mut first, mut last, mut count) = (0u64, 0u64, 0u64);
+                // Runs of consecutive events: holding back a batch being delivered leaves a hole
+                // after it, and every notice names one run, so that its count is its range.
+                let mut runs: Vec<(u64, u64)> = Vec::new();
                 {
-                    // Never the events this very call adds.
+                    // Never the events this very call adds, nor the batch being delivered: the
+                    // bound may be exceeded by that one batch until its delivery settles.
                     let mut rows = tx.prepare(
-                        "SELECT seq, LENGTH(bytes) FROM spool WHERE seq < ?1 ORDER BY seq",
+                        "SELECT seq, LENGTH(bytes) FROM spool WHERE seq > ?1 AND seq < ?2 ORDER BY seq",
                     )?;
-                    let mut iter = rows.query([first_new as i64])?;
+                    let mut iter = rows.query([inner.sending_through as i64, first_new as i64])?;
                     while excess > 0 {
                         let Some(row) = iter.next()? else { break };
                         let seq = row.get::<_, i64>(0)? as u64;
                         let len = row.get::<_, i64>(1)? as u64;
-                        if first == 0 {
-                            first = seq;
+                        match runs.last_mut() {
+                            Some((_, last)) if *last + 1 == seq => *last = seq,
+                            _ => runs.push((seq, seq)),
                         }
-                        last = seq;
-                        count += 1;
                         freed_bytes += len;
                         excess = excess.saturating_sub(len);
                     }
                 }
-                if count > 0 {
-                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [last as i64])?;
+                let why = match shed {
+                    Shed::Bound => format!("spool reached its bound of {} bytes", inner.max_bytes),
+                    Shed::DiskFull(_) => "the disk holding the state directory is full".to_string(),
+                };
+                for &(first, last) in &runs {
+                    let count = last - first + 1;
+                    tx.execute(
+                        "DELETE FROM spool WHERE seq BETWEEN ?1 AND ?2",
+                        [first as i64, last as i64],
+                    )?;
                     freed_events += count;
                     dropped_total += count;
-                    let why = match shed {
-                        Shed::Bound => {
-                            format!("spool reached its bound of {} bytes", inner.max_bytes)
-                        }
-                        Shed::DiskFull(_) => {
-                            "the disk holding the state directory is full".to_string()
-                        }
-                    };
-                    shed_report = Some((count, first, last, why.clone()));
+                    shed_reports.push((count, first, last, why.clone()));
                     let mut notice = AgentEvent::new(AgentAction::Dropped);
                     notice.dropped = count;
                     notice.first_dropped_seq = first;
@@ -481,7 +487,7 @@ impl Inner {
                 tracing::error!(%error, "cannot rewrite the damaged count of lost events");
             }
         }
-        if let Some((count, first, last, why)) = shed_report {
+        for (count, first, last, why) in shed_reports {
             tracing::warn!(dropped = count, first, last, reason = %why, "spool full: dropped the oldest events");
         }
         Ok(chain.next_seq - 1)
@@ -693,6 +699,7 @@ impl Spool {
                 max_bytes,
                 host: host.to_string(),
                 acked: 0,
+                sending_through: 0,
                 lost,
                 reserve: {
                     let mut reserve = Reserve {
@@ -747,14 +754,44 @@ impl Spool {
         (inner.lost.pending, inner.lost.total)
     }
 
+    /// [`Self::read_batch`] for delivery: the batch is kept from shedding until [`Self::ack`] or
+    /// [`Self::release`]. Reading and holding happen under one lock, so no append can drop the
+    /// batch's events in between.
+    pub fn read_batch_to_send(
+        &self,
+        after_seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, SpoolError> {
+        let mut inner = self.lock();
+        let batch = Self::read(&inner, after_seq, max_events, max_bytes)?;
+        inner.sending_through = batch.as_ref().map_or(0, |b| b.last_seq);
+        Ok(batch)
+    }
+
+    /// The delivery of the batch from [`Self::read_batch_to_send`] failed: its events may be shed
+    /// again.
+    pub fn release(&self) {
+        self.lock().sending_through = 0;
+    }
+
     /// The oldest events after `after_seq`, at most `max_events` and about `max_bytes`.
+    #[cfg(test)]
     pub fn read_batch(
         &self,
         after_seq: u64,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Option<Batch>, SpoolError> {
-        let inner = self.lock();
+        Self::read(&self.lock(), after_seq, max_events, max_bytes)
+    }
+
+    fn read(
+        inner: &Inner,
+        after_seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, SpoolError> {
         let mut stmt = inner.conn.prepare_cached(
             "SELECT seq, prev_hash, hash, bytes FROM spool WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
@@ -795,11 +832,13 @@ impl Spool {
         Ok(batch)
     }
 
-    /// Forgets events the collector has committed.
+    /// Forgets events the collector has committed, and ends the hold on the batch being
+    /// delivered (whatever of it the collector did not commit is sent again or shed).
     pub fn ack(&self, through_seq: u64) -> Result<(), SpoolError> {
         let mut inner = self.lock();
         // Remembered even if the delete below fails (a full disk): such events are no loss.
         inner.acked = inner.acked.max(through_seq);
+        inner.sending_through = 0;
         let (count, bytes): (i64, i64) = inner.conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
             [through_seq as i64],
@@ -1051,6 +1090,63 @@ mod tests {
         }
         assert!(dropped_seen > 0);
         assert_eq!(stats.next_seq, 201 + dropped_seen);
+    }
+
+    /// A batch on its way to the collector is not shed: were it dropped and then committed, the
+    /// collector would hold events that `agent.dropped` says were lost. Once its delivery fails,
+    /// it is shed like any other.
+    #[test]
+    fn the_batch_being_delivered_is_not_dropped_until_its_delivery_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
+        spool
+            .append(&mut (0..20).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let sending = spool.read_batch_to_send(0, 10, 1 << 20).unwrap().unwrap();
+        assert_eq!((sending.first_seq, sending.last_seq), (1, 10));
+        for _ in 0..10 {
+            spool
+                .append(&mut (0..20).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        assert!(spool.stats().dropped_total > 0);
+        let ranges = dropped_ranges(&spool);
+        assert!(!ranges.is_empty());
+        assert!(ranges.iter().all(|(first, _)| *first > 10), "{ranges:?}");
+        let kept = spool.read_batch(0, 10, 1 << 20).unwrap().unwrap();
+        assert_eq!((kept.first_seq, kept.last_seq), (1, 10));
+
+        spool.release();
+        for _ in 0..3 {
+            spool
+                .append(&mut (0..20).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let first = spool.read_batch(0, 10, 1 << 20).unwrap().unwrap().first_seq;
+        assert!(first > 10, "the failed batch is still spooled from {first}");
+        assert!(dropped_ranges(&spool).iter().any(|(first, _)| *first == 1));
+    }
+
+    /// The ranges every `agent.dropped` in the spool names.
+    fn dropped_ranges(spool: &Spool) -> Vec<(u64, u64)> {
+        let mut found = Vec::new();
+        let mut after = 0;
+        while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
+            for bytes in &batch.events {
+                let event = bannin::proto::decode_event(bytes).unwrap();
+                if let bannin::event::Body::Agent(agent) = &event.body
+                    && agent.dropped > 0
+                    && agent.first_dropped_seq > 0
+                {
+                    // Each notice names one run: its count is its range.
+                    let (first, last) = (agent.first_dropped_seq, agent.last_dropped_seq);
+                    assert_eq!(agent.dropped, last - first + 1, "{agent:?}");
+                    found.push((first, last));
+                }
+            }
+            after = batch.last_seq;
+        }
+        found
     }
 
     /// Every `agent.dropped` in the spool: (dropped, message).

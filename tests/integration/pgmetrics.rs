@@ -352,11 +352,16 @@ fn hostile_metrics_clients_do_not_hold_the_endpoint_or_the_collector() {
             stream
         })
         .collect();
-    // Past the per-address cap they are closed at once; those kept are few.
-    let kept = hostile
-        .iter_mut()
-        .filter_map(|s| (!closed_within(s, Duration::from_millis(500))).then_some(()))
-        .count();
+    // Past the per-address cap they are closed as soon as the collector accepts them, which on a
+    // loaded host may take a while; those kept stay open until their lifetime ends (10 s).
+    let mut closed = vec![false; hostile.len()];
+    wait_for("the connections past the cap closed", LONG, || {
+        for (stream, closed) in hostile.iter_mut().zip(closed.iter_mut()) {
+            *closed = *closed || closed_within(stream, Duration::from_millis(1));
+        }
+        (closed.iter().filter(|c| **c).count() >= hostile.len() - 8).then_some(())
+    });
+    let kept = closed.iter().filter(|c| !**c).count();
     assert!(
         (1..=8).contains(&kept),
         "{kept} of 40 half-open connections kept"

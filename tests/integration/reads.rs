@@ -370,6 +370,69 @@ fn zip_tar_and_gzip_of_an_export_each_raise_one_export_archived_naming_the_final
     drop(site.tmp);
 }
 
+/// `tar c export | gzip > archive`: the archive is written by gzip, the export read by tar, and
+/// `export-archived` matches the two only when the read is reported first. With the agent
+/// stopped while the pipe runs, tar's read and gzip's archive wait in the kernel's queues (separate
+/// groups) and are read in one round, as on a loaded host: the read must still come first.
+///
+/// The alert itself is not asserted: tar and gzip are gone when the stopped agent resumes, and
+/// the process table may then name the shell they were forked from (a race of its own).
+#[test]
+fn a_read_and_a_later_archive_read_in_one_round_are_reported_in_that_order() {
+    let site = watched_site("reads5", "", "");
+    let export = site.watched.join("customers.csv");
+    std::fs::write(&export, customers_csv(12 * 1024 * 1024)).unwrap();
+    let path = export.display().to_string();
+    wait_until_watched(&site.collector, &site.watched, &path);
+
+    let pid = site._agent.proc.child.id();
+    let agent = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_for("every thread of the agent stopped", LONG, || {
+        all_stopped(pid).then_some(())
+    });
+    let piped = Command::new("sh")
+        .args(["-c", "tar cf - customers.csv | gzip > customers.tar.gz"])
+        .current_dir(&site.watched)
+        .status();
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(piped.unwrap().success());
+
+    let archive = site.watched.join("customers.tar.gz").display().to_string();
+    let seq_of = |kind: &str, path: &str| {
+        wait_for(&format!("{kind} of {path} stored"), LONG, || {
+            site.collector
+                .events(&["--path", path, "--kind", kind])
+                .into_iter()
+                .next()
+                .map(|e| e["seq"].as_u64().unwrap())
+        })
+    };
+    let read = seq_of("file.read", &path);
+    let created = seq_of("file.create", &archive);
+    let written = seq_of("file.write", &archive);
+    assert!(
+        read < created && read < written,
+        "read {read}, archive created {created} and written {written}"
+    );
+    drop(site.tmp);
+}
+
+/// Whether every thread of `pid` is stopped (a stop signal reaches each in its own time).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // "tid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
+}
+
 #[test]
 fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reported() {
     let site = watched_site(

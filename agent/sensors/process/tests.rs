@@ -92,8 +92,12 @@ async fn as_root_the_connector_sees_short_lived_children_and_their_exit_codes() 
 
     let marker = format!("bannin-test-{}", std::process::id());
     let mut truthy = Command::new("/bin/true").arg(&marker).spawn().unwrap();
+    // It waits for its input to close, so it still runs when the connector reads /proc for its
+    // exec however far behind a loaded host puts that read (a process gone by then is reported
+    // without its command line, as /bin/true may be).
     let mut seven = Command::new("sh")
-        .args(["-c", "sleep 0.2; exit 7", &marker])
+        .args(["-c", "read -r line; exit 7", &marker])
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (truthy_pid, seven_pid) = (truthy.id(), seven.id());
@@ -115,6 +119,7 @@ async fn as_root_the_connector_sees_short_lived_children_and_their_exit_codes() 
     assert_eq!(start.process.ancestry[0].pid, std::process::id());
     assert!(start.start_ts.is_some());
     assert!(!start.cwd.is_empty());
+    drop(seven.stdin.take());
     // Not reaped yet: the zombie still holds its I/O counters when the exit is reported.
     let exit = seen.find(seven_pid, ProcessAction::Exit).await;
     seven.wait().unwrap();

@@ -180,6 +180,18 @@ pub fn run(
                 return;
             }
         }
+        // The groups are separate queues and fanotify stamps no event with a time or sequence,
+        // so the order between them is the order they are read in. Reads of exports are read
+        // (and reported) first, then the names, then the writes: a reader's first read(2) comes
+        // before anything it writes from what it read, so when both wait in the queues at once
+        // (a round that gathered, or a thread that was held up) the read is still reported
+        // first. `export-archived` depends on it when the writer is another process of a pipe
+        // (`tar c export.csv | gzip > out.tgz`): an archive reported before the archiver's read
+        // is not matched to it (a process's own read and archive match in either order). The
+        // cost is the other way round: a read that followed a write within one round is reported
+        // before it, so that pipe match may pair an archive with a read made a round after it,
+        // which is the lesser error than missing an archived export.
+        state.reads_turn(&mut buf);
         // The names are read before the writes are drained: every close-after-write that
         // happened before a delete read here is then in hand when that delete is handled.
         for _ in 0..READS_PER_ROUND {
