@@ -275,6 +275,12 @@ mod tests {
         );
         // Every exec is a record or counted lost (the count also holds forks and exits).
         assert!(ours + lost >= execs, "{ours} records, {lost} lost");
-        assert_eq!(loaded.new_losses().iter().sum::<u64>(), 0);
+        // The counts are what grew since the last look, not the running total; the host's other
+        // processes (tests running alongside) may still lose a few records meanwhile.
+        let again: u64 = loaded.new_losses().iter().sum();
+        assert!(
+            again < lost,
+            "{again} lost again after {lost}: a total, not a growth"
+        );
     }
 }
