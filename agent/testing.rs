@@ -18,3 +18,15 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Ring buffer sizes a benchmark measures side by side: the bytes listed in the environment
+/// variable `variable` (comma-separated), or `default`.
+pub fn ring_sizes(variable: &str, default: u32) -> Vec<u32> {
+    match std::env::var(variable) {
+        Ok(list) => list
+            .split(',')
+            .map(|size| size.trim().parse().expect("ring sizes in bytes"))
+            .collect(),
+        Err(_) => vec![default],
+    }
+}

@@ -128,6 +128,37 @@ fn main() {
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
         threads.len()
     );
+    let (maps, kib) = bpf_maps_kib(pid);
+    println!("  of it BPF maps (anon_inode:bpf-map in smaps): {maps} mappings, {kib} KiB resident");
+}
+
+/// How many `anon_inode:bpf-map` mappings (the eBPF ring buffers) `/proc/PID/smaps` lists, and
+/// their resident kibibytes.
+fn bpf_maps_kib(pid: u32) -> (usize, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut maps, mut kib, mut in_map) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            if in_map {
+                kib += rss
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        } else if line.contains(" kB") {
+            // Another field of the same mapping.
+        } else if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|perms| perms.len() == 4)
+        {
+            // A mapping's header: address range, permissions, offset, device, inode, name.
+            in_map = line.ends_with("anon_inode:bpf-map");
+            maps += usize::from(in_map);
+        }
+    }
+    (maps, kib)
 }
 
 /// Each thread's name, run time in nanoseconds and number of times it was scheduled in

@@ -8,6 +8,9 @@
 //! agent, so building the agent needs no clang. They attach as raw tracepoints, which need neither
 //! tracefs nor fentry support, and read kernel structs through CO-RE relocations that aya applies
 //! from `/sys/kernel/btf/vmlinux`. aya's API is safe: ring buffer records are parsed from bytes.
+//!
+//! Both sensors read their ring buffer with one loop ([`Loaded::read_until_stopped`]) that sleeps,
+//! with no timeout, until records arrive, the sensor stops, or its [`Reader`] has something due.
 
 pub mod records;
 
@@ -18,7 +21,9 @@ use std::time::Duration;
 use aya::maps::{Array, Map, MapData, RingBuf};
 use aya::programs::RawTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::time::Instant;
+
+use super::Stop;
 
 /// The process sensor's programs (`bpf/process.bpf.c`).
 pub static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/process.bpf.o");
@@ -55,7 +60,7 @@ pub struct Loaded {
     /// Holds the programs and their links: dropping it detaches them.
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
-    /// A duplicate of the ring buffer's descriptor, to wait on it with `poll`.
+    /// A duplicate of the ring buffer's descriptor, to wait on it.
     ring_fd: OwnedFd,
     lost: Array<MapData, u64>,
     /// What each loss counter said when last read.
@@ -106,17 +111,24 @@ pub fn load(
                 name,
                 detail: error.to_string(),
             })?;
-        // The verifier gives up with EAGAIN when a signal arrives while it works (a child's
-        // SIGCHLD); libbpf tries again, and so does this.
+        // The verifier gives up with EAGAIN when a signal arrives for this thread while it
+        // works (a child's SIGCHLD, in a process that starts many): signals wait while it does,
+        // for another thread or for afterwards, and an interrupted load is tried again as
+        // libbpf does.
         let mut tries = 0;
-        while let Err(error) = program.load() {
-            tries += 1;
-            if tries == 5 || !interrupted(&error) {
-                return Err(EbpfError::Program {
-                    name,
-                    detail: program_error(&error),
-                });
+        let loaded = with_signals_held(|| {
+            loop {
+                match program.load() {
+                    Err(error) if tries < 5 && interrupted(&error) => tries += 1,
+                    done => return done,
+                }
             }
+        });
+        if let Err(error) = loaded {
+            return Err(EbpfError::Program {
+                name,
+                detail: program_error(&error),
+            });
         }
         program
             .attach(tracepoint)
@@ -128,7 +140,7 @@ pub fn load(
     let ring = ebpf
         .take_map("events")
         .ok_or(EbpfError::MissingMap { name: "events" })?;
-    // A duplicate of the descriptor, taken before aya wraps the map, is what `poll` waits on.
+    // A duplicate of the descriptor, taken before aya wraps the map, is what the reader waits on.
     let ring_fd = match &ring {
         Map::RingBuf(data) => data
             .fd()
@@ -159,6 +171,23 @@ pub fn load(
     })
 }
 
+/// Runs `work` with every signal blocked in this thread; the process's signals go to its other
+/// threads meanwhile, and this thread's own are delivered once they are unblocked.
+fn with_signals_held<T>(work: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut before = SigSet::empty();
+    let held = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut before),
+    );
+    let result = work();
+    if held.is_ok() {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
+    }
+    result
+}
+
 fn interrupted(error: &aya::programs::ProgramError) -> bool {
     matches!(error, aya::programs::ProgramError::LoadError { io_error, .. }
         if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32))
@@ -180,21 +209,84 @@ fn program_error(error: &aya::programs::ProgramError) -> String {
     }
 }
 
+/// How long after records arrived the loss counters are read, so that what the kernel drops in
+/// a burst is summed into one report.
+const LOSSES_AFTER: Duration = Duration::from_secs(1);
+
+/// The spool, or the thread between it and the reader, has gone: nobody listens any more.
+#[derive(Debug)]
+pub struct Gone;
+
+/// What a sensor does with its ring buffer's records; [`Loaded::read_until_stopped`] feeds it.
+pub trait Reader {
+    /// Handles one record as the ring buffer holds it.
+    fn record(&mut self, bytes: &[u8]) -> Result<(), Gone>;
+    /// Does what has fallen due by `now` and says when something next will (`None`: nothing
+    /// until more records arrive).
+    fn due(&mut self, now: Instant) -> Result<Option<Instant>, Gone>;
+    /// Reports what the kernel could not hand over: how much each of the programs' loss counters
+    /// grew, at least one of them.
+    fn lost(&mut self, grown: &[u64]) -> Result<(), Gone>;
+    /// Reports that the ring buffer could not be waited on; reading ends after this.
+    fn failed(&mut self, error: io::Error);
+}
+
 impl Loaded {
-    /// Waits up to `timeout` for records, then hands every waiting record to `each`.
-    pub fn drain(&mut self, timeout: Duration, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
-        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.ring_fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(millis)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(errno) => return Err(io::Error::from(errno)),
+    /// Hands `reader` every record until `stop` is set, its listener is gone or the ring buffer
+    /// cannot be waited on. Between rounds the thread sleeps with no timeout unless the reader
+    /// has something due or losses are to be read: the programs count a loss only when the ring
+    /// is full, which leaves records to read and so wakes the thread.
+    pub fn read_until_stopped(&mut self, reader: &mut impl Reader, stop: &Stop) {
+        // The reader's duties are asked for once at the start, before any record.
+        let mut due = Some(Instant::now());
+        let mut losses_due: Option<Instant> = None;
+        loop {
+            let wake = match (due, losses_due) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = wake.map(|at: Instant| at.saturating_duration_since(Instant::now()));
+            if let Err(error) = stop.wait_readable(&[self.ring_fd.as_fd()], timeout) {
+                reader.failed(error);
+                return;
+            }
+            if stop.is_set() {
+                return;
+            }
+            let mut arrived = false;
+            while let Some(item) = self.ring.next() {
+                arrived = true;
+                if reader.record(&item).is_err() {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if arrived && losses_due.is_none() {
+                losses_due = Some(now + LOSSES_AFTER);
+            }
+            if losses_due.is_some_and(|at| at <= now) {
+                losses_due = None;
+                let grown = self.new_losses();
+                if grown.iter().any(|&n| n > 0) && reader.lost(&grown).is_err() {
+                    return;
+                }
+            }
+            match reader.due(now) {
+                Ok(next) => due = next,
+                Err(Gone) => return,
+            }
         }
+    }
+
+    /// Hands every record waiting in the ring buffer to `each`, without waiting; returns how many.
+    #[cfg(test)]
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         let mut count = 0;
         while let Some(item) = self.ring.next() {
             each(&item);
             count += 1;
         }
-        Ok(count)
+        count
     }
 
     /// How much each of the programs' loss counters grew since the last call.
@@ -214,6 +306,109 @@ impl Loaded {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::sensors::ebpf::records::ConnRecord;
+
+    /// What the loop handed the test's reader.
+    enum Seen {
+        Ours,
+        Lost(Vec<u64>),
+        Ended,
+    }
+
+    struct Probe {
+        port: u16,
+        seen: mpsc::SyncSender<Seen>,
+    }
+
+    impl Reader for Probe {
+        fn record(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+            if ConnRecord::decode(bytes).is_some_and(|r| r.remote.1 == self.port) {
+                self.seen.send(Seen::Ours).map_err(|_| Gone)?;
+            }
+            Ok(())
+        }
+
+        fn due(&mut self, _now: Instant) -> Result<Option<Instant>, Gone> {
+            Ok(None)
+        }
+
+        fn lost(&mut self, grown: &[u64]) -> Result<(), Gone> {
+            self.seen.send(Seen::Lost(grown.to_vec())).map_err(|_| Gone)
+        }
+
+        fn failed(&mut self, error: io::Error) {
+            panic!("the ring buffer could not be waited on: {error}");
+        }
+    }
+
+    /// A ring buffer of one page that nobody read while 200 connections opened has lost records;
+    /// the loop hands over what it holds, then reports the loss with the kernel's count (a
+    /// reader that has nothing due sleeps until then with no timeout), and ends at the stop.
+    #[test]
+    fn the_reader_loop_reports_a_full_rings_losses_with_the_kernels_count_and_ends_at_the_stop() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let programs = [("inet_sock_set_state", "inet_sock_set_state")];
+        let mut loaded = load(NETWORK_OBJECT, &programs, 4096).expect("the program loads");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Each connection's handshake is a 112-byte record in the ring: 200 are five pages.
+        let connections = 200;
+        let mut open = Vec::new();
+        for _ in 0..connections {
+            let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            open.push((client, listener.accept().unwrap().0));
+        }
+
+        let stop = Stop::default();
+        let (seen, heard) = mpsc::sync_channel(1024);
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut probe = Probe {
+                    port,
+                    seen: seen.clone(),
+                };
+                loaded.read_until_stopped(&mut probe, &stop);
+                let _ = seen.send(Seen::Ended);
+            })
+        };
+        let patience = Duration::from_secs(20);
+        let mut ours = 0;
+        let lost = loop {
+            match heard.recv_timeout(patience).expect("no loss reported") {
+                Seen::Ours => ours += 1,
+                Seen::Lost(grown) => break grown,
+                Seen::Ended => panic!("the loop ended before the stop"),
+            }
+        };
+        assert!(
+            ours < connections,
+            "all {ours} records fit: the ring did not fill"
+        );
+        assert!(lost[0] > 0, "{lost:?}");
+        // Every handshake is a record or counted lost (the count also holds other connections).
+        assert!(
+            ours + lost[0] >= connections,
+            "{ours} records, {lost:?} lost"
+        );
+        stop.set();
+        loop {
+            match heard
+                .recv_timeout(patience)
+                .expect("the loop did not end at the stop")
+            {
+                Seen::Ended => break,
+                _ => continue,
+            }
+        }
+        reader.join().unwrap();
+        drop(open);
+    }
+
     /// The committed objects are what `bpf/build.sh` makes of the committed source: rebuilt here
     /// with the pinned Debian compiler (scripts/test installs clang, llvm and libbpf-dev), they must
     /// be byte for byte the objects the agent embeds.

@@ -42,7 +42,15 @@ pub struct NetConfig {
     pub include_udp: bool,
     /// Whether connections to 127.0.0.0/8 and ::1 are reported. Default: true.
     pub include_loopback: bool,
+    /// The eBPF backend's kernel-to-agent ring buffer, in bytes: a power of two, at least 4096.
+    /// Records that find it full are counted by the kernel and reported. Default: 262144 (256 KiB).
+    pub ebpf_ring_buffer_bytes: u32,
 }
+
+/// 256 KiB: the open and close records of 1,170 connections (112 bytes each in the ring). The
+/// kernel maps the ring twice, so it is twice this in the agent's resident memory.
+/// BENCHMARKS.md has the measurements.
+const EBPF_RING_BUFFER_BYTES: u32 = 256 << 10;
 
 impl Default for NetConfig {
     fn default() -> Self {
@@ -52,6 +60,7 @@ impl Default for NetConfig {
             interval: Duration::from_secs(5),
             include_udp: true,
             include_loopback: true,
+            ebpf_ring_buffer_bytes: EBPF_RING_BUFFER_BYTES,
         }
     }
 }
@@ -62,12 +71,16 @@ impl NetConfig {
         if self.interval < Duration::from_millis(100) {
             return Err(ConfigError::IntervalTooShort);
         }
+        if self.ebpf_ring_buffer_bytes < 4096 || !self.ebpf_ring_buffer_bytes.is_power_of_two() {
+            return Err(ConfigError::RingBuffer(self.ebpf_ring_buffer_bytes));
+        }
         Ok(NetSettings {
             enabled: self.enabled,
             backend: self.backend,
             interval: self.interval,
             include_udp: self.include_udp,
             include_loopback: self.include_loopback,
+            ebpf_ring_buffer_bytes: self.ebpf_ring_buffer_bytes,
         })
     }
 }
@@ -77,6 +90,8 @@ impl NetConfig {
 pub enum ConfigError {
     #[error("[network] interval must be at least 100ms")]
     IntervalTooShort,
+    #[error("[network] ebpf_ring_buffer_bytes must be a power of two of at least 4096, not {0}")]
+    RingBuffer(u32),
 }
 
 /// A checked [`NetConfig`].
@@ -87,6 +102,7 @@ pub struct NetSettings {
     pub interval: Duration,
     pub include_udp: bool,
     pub include_loopback: bool,
+    pub ebpf_ring_buffer_bytes: u32,
 }
 
 #[cfg(test)]
@@ -114,5 +130,25 @@ mod tests {
             error.to_string(),
             "[network] interval must be at least 100ms"
         );
+    }
+
+    #[test]
+    fn a_ring_buffer_that_is_no_power_of_two_of_a_page_or_more_is_refused() {
+        let set: NetConfig = toml::from_str("ebpf_ring_buffer_bytes = 65536").unwrap();
+        assert_eq!(set.settings().unwrap().ebpf_ring_buffer_bytes, 65536);
+        for bytes in [0, 2048, 5000] {
+            let config = NetConfig {
+                ebpf_ring_buffer_bytes: bytes,
+                ..NetConfig::default()
+            };
+            let error = config.settings().unwrap_err();
+            assert!(matches!(error, ConfigError::RingBuffer(b) if b == bytes));
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "[network] ebpf_ring_buffer_bytes must be a power of two of at least 4096, not {bytes}"
+                )
+            );
+        }
     }
 }

@@ -14,9 +14,8 @@
 //!
 //! Latency: a `net.connect` leaves [`SETTLE`] after a close within `interval` (so that the exec of
 //! a process that connected at once has reached the process table), or when `interval` runs out;
-//! a `net.close` leaves as soon as its record is read (the ring buffer is waited on for at most
-//! [`WAIT`]). A process still running is read from `/proc` at once if the process table does not
-//! know it yet; only for one that is gone and unknown does the event wait, up to
+//! a `net.close` leaves as soon as its record is read (the reader wakes for every record). A
+//! process still running is read from `/proc` at once if the process table does not know it yet; only for one that is gone and unknown does the event wait, up to
 //! [`MAX_WAIT_FOR_PROCESS`], for the process sensor's record of it, and then names what the kernel
 //! said at connect time (its pid, uid and command name).
 
@@ -31,114 +30,89 @@ use super::scope::remote_scope;
 use super::{NetSettings, ProcessTable, SENSOR};
 use crate::pipeline::EventTx;
 use crate::sensors::ebpf::records::ConnRecord;
-use crate::sensors::ebpf::{self, EbpfError, Loaded};
+use crate::sensors::ebpf::{self, EbpfError, Gone, Loaded};
 use crate::sensors::process::os;
 use crate::sensors::{Notice, Stop};
 
-/// The ring buffer: at 104 bytes a record, room for about 20,000 opens and closes.
-const RING_BYTES: u32 = 2 << 20;
-/// How long a wait on the ring buffer lasts before the thread looks at its stop flag and the
-/// connections due.
-const WAIT: Duration = Duration::from_millis(100);
 /// A closed connection waits this long before it is reported, so that the exec of a process that
 /// connected at once has reached the process table (the process sensor's thread records it).
 const SETTLE: Duration = Duration::from_millis(100);
 /// How long a connection due for reporting waits, at most, for the process table to learn of its
 /// process: on a loaded host the process sensor can be that far behind.
 const MAX_WAIT_FOR_PROCESS: Duration = Duration::from_secs(3);
+/// How often an event due for reporting looks again whether its process can be named: the
+/// process table tells nobody when it learns of one.
+const RECHECK: Duration = Duration::from_millis(100);
 /// Connections open (reported or not) or settling; past this, a new one is reported at once
 /// without bytes, and its close is counted as dropped.
 const MAX_PENDING: usize = 65_536;
-const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// Loads and attaches the program.
-pub fn open() -> Result<Loaded, EbpfError> {
+/// Loads and attaches the program. `ring_bytes` sizes the ring buffer (a power of two, at least
+/// a page).
+pub fn open(ring_bytes: u32) -> Result<Loaded, EbpfError> {
     ebpf::load(
         ebpf::NETWORK_OBJECT,
         &[("inet_sock_set_state", "inet_sock_set_state")],
-        RING_BYTES,
+        ring_bytes,
     )
 }
 
 /// Starts the reader thread, which stops when `stop` is set or the spool goes away.
 pub fn spawn(
-    loaded: Loaded,
+    mut loaded: Loaded,
     config: &NetSettings,
     table: ProcessTable,
     tx: EventTx,
     stop: Stop,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let mut reader = Reader {
-        loaded,
         table,
         tx,
         connections: Connections::new(config.interval, config.include_loopback),
         out: Vec::new(),
-        next_report: Instant::now() + REPORT_EVERY,
     };
     std::thread::Builder::new()
         .name("bannin-ebpf-net".into())
-        .spawn(move || reader.run(&stop))
+        .spawn(move || loaded.read_until_stopped(&mut reader, &stop))
 }
 
 struct Reader {
-    loaded: Loaded,
     table: ProcessTable,
     tx: EventTx,
     connections: Connections,
     /// Events decided in this round, sent before the next wait.
     out: Vec<NetEvent>,
-    next_report: Instant,
 }
 
-impl Reader {
-    fn run(&mut self, stop: &Stop) {
-        let mut records = Vec::new();
-        while !stop.is_set() {
-            let drained = self
-                .loaded
-                .drain(WAIT, |bytes| records.push(ConnRecord::decode(bytes)));
-            if let Err(error) = drained {
-                let notice = Notice::error(
-                    SENSOR,
-                    format!("reading the eBPF ring buffer failed: {error}"),
-                );
-                let _ = self.tx.blocking_send(notice.logged());
-                return;
+impl ebpf::Reader for Reader {
+    fn record(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        match ConnRecord::decode(bytes) {
+            Some(record) => {
+                self.connections
+                    .record(record, Instant::now(), &self.table, &mut self.out)
             }
-            let now = Instant::now();
-            for record in records.drain(..) {
-                match record {
-                    Some(record) => {
-                        self.connections
-                            .record(record, now, &self.table, &mut self.out)
-                    }
-                    None => self.tx.count_drop(1),
-                }
-            }
-            self.connections.report_due(now, &self.table, &mut self.out);
-            let untracked = std::mem::take(&mut self.connections.untracked);
-            if untracked > 0 {
-                self.tx.count_drop(untracked);
-            }
-            for event in self.out.drain(..) {
-                if self.tx.blocking_send(event).is_err() {
-                    return;
-                }
-            }
-            if !self.report_losses() {
-                return;
-            }
+            None => self.tx.count_drop(1),
         }
+        Ok(())
     }
 
-    fn report_losses(&mut self) -> bool {
-        let now = Instant::now();
-        if now < self.next_report {
-            return true;
+    fn due(&mut self, now: Instant) -> Result<Option<Instant>, Gone> {
+        self.connections.report_due(now, &self.table, &mut self.out);
+        let untracked = std::mem::take(&mut self.connections.untracked);
+        if untracked > 0 {
+            self.tx.count_drop(untracked);
         }
-        self.next_report = now + REPORT_EVERY;
-        let losses = self.loaded.new_losses();
+        for event in self.out.drain(..) {
+            self.tx.blocking_send(event).map_err(|_| Gone)?;
+        }
+        Ok(self.connections.next_due(now))
+    }
+
+    /// Reports how much the kernel's loss counters grew: records that found the ring buffer
+    /// full, and connections its table of connecting processes had no room for. The latter leave
+    /// no record, so they are counted with the next record, which comes at the latest when one
+    /// of the connections filling that table closes.
+    fn lost(&mut self, losses: &[u64]) -> Result<(), Gone> {
         let ring = losses.first().copied().unwrap_or(0);
         let table = losses.get(1).copied().unwrap_or(0);
         let mut notices = Vec::new();
@@ -154,9 +128,18 @@ impl Reader {
                 format!("{table} connections were not followed: the kernel's table of connecting processes was full"),
             ).count(table));
         }
-        notices
-            .into_iter()
-            .all(|notice| self.tx.blocking_send(notice.logged()).is_ok())
+        for notice in notices {
+            self.tx.blocking_send(notice.logged()).map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, error: io::Error) {
+        let notice = Notice::error(
+            SENSOR,
+            format!("reading the eBPF ring buffer failed: {error}"),
+        );
+        let _ = self.tx.blocking_send(notice.logged());
     }
 }
 
@@ -392,6 +375,20 @@ impl Connections {
             }
             out.push(event(&due.record, process, due.closed, due.action));
         }
+    }
+
+    /// When [`Self::report_due`] next has something to do after a round at `now`: a hold runs
+    /// out, a close has settled, or an event waiting for its process is to look again.
+    fn next_due(&self, now: Instant) -> Option<Instant> {
+        let hold = self.held.front().map(|&(_, _, due)| due);
+        let settling = self.settling.iter().map(|due| {
+            if due.due > now {
+                due.due
+            } else {
+                (now + RECHECK).min(due.seen + MAX_WAIT_FOR_PROCESS)
+            }
+        });
+        hold.into_iter().chain(settling).min()
     }
 }
 
@@ -648,6 +645,48 @@ mod tests {
                 Some(500)
             )]
         );
+    }
+
+    /// The reader sleeps with no timeout unless `next_due` names a moment: it must name the
+    /// moment each waiting connection can be reported.
+    #[test]
+    fn the_reader_wakes_when_a_hold_runs_out_a_close_settles_or_a_process_is_sought_again() {
+        let table = table();
+        let mut connections = Connections::new(HOLD, true);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(connections.next_due(start), None, "nothing waits");
+
+        known(&table, FIRST_PID, "/usr/bin/short");
+        let short = open(1, FIRST_PID, 40_000);
+        connections.record(short.clone(), start, &table, &mut out);
+        connections.report_due(start, &table, &mut out);
+        assert_eq!(connections.next_due(start), Some(start + HOLD));
+        let closed = start + HOLD / 2;
+        connections.record(close(&short, 10), closed, &table, &mut out);
+        connections.report_due(closed, &table, &mut out);
+        assert_eq!(connections.next_due(closed), Some(closed + SETTLE));
+        connections.report_due(closed + SETTLE, &table, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+
+        // Gone and unknown: looked for again every RECHECK, until MAX_WAIT_FOR_PROCESS.
+        let later = start + HOLD * 2;
+        let unknown = open(2, FIRST_PID + 9, 40_001);
+        connections.record(unknown.clone(), later, &table, &mut out);
+        connections.record(close(&unknown, 5), later, &table, &mut out);
+        let settled = later + SETTLE;
+        connections.report_due(settled, &table, &mut out);
+        assert_eq!(out.len(), 1, "waits for its process: {out:?}");
+        assert_eq!(connections.next_due(settled), Some(settled + RECHECK));
+        let last = later + MAX_WAIT_FOR_PROCESS - RECHECK / 2;
+        connections.report_due(last, &table, &mut out);
+        assert_eq!(out.len(), 1, "still waits for its process: {out:?}");
+        assert_eq!(
+            connections.next_due(last),
+            Some(later + MAX_WAIT_FOR_PROCESS)
+        );
+        connections.report_due(later + MAX_WAIT_FOR_PROCESS, &table, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
     }
 
     /// Past MAX_PENDING followed connections, a new one is reported at once without bytes and

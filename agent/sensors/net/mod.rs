@@ -78,7 +78,8 @@ async fn start(
     let stop = Stop::default();
     let mut why_not_ebpf = None;
     if matches!(config.backend, Backend::Auto | Backend::Ebpf) {
-        let opened = tokio::task::spawn_blocking(ebpf::open)
+        let ring = config.ebpf_ring_buffer_bytes;
+        let opened = tokio::task::spawn_blocking(move || ebpf::open(ring))
             .await
             .map_err(|error| NetError::Thread {
                 source: std::io::Error::other(error),
@@ -357,9 +358,12 @@ mod tests {
 
         /// Benchmark: N outbound connections (default 1,000, `BANNIN_BENCH_CONNECTIONS`), each
         /// opened by its own short-lived bash process that sends a byte, reads two and exits,
-        /// watched side by side by the eBPF backend (with the eBPF process sensor feeding its
-        /// table, as in the agent) and the socket-table backend. At least 99.9% must be reported
-        /// by the eBPF backend with their process (its executable) and bytes. Run as root with
+        /// watched side by side by the eBPF backend, once per ring buffer size in
+        /// `BANNIN_BENCH_NET_RINGS` (bytes, comma-separated; default the configured default), all
+        /// named from one table that the eBPF process sensor feeds (its ring from
+        /// `BANNIN_BENCH_RINGS`, first size, or its default), as in the agent, and by the
+        /// socket-table backend. At least 99.9% must be reported with their process (its
+        /// executable) and bytes by the eBPF backend at every ring size measured. Run as root with
         /// `cargo test --release --bin bannin-agent connect_burst -- --ignored --nocapture`.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         #[ignore = "benchmark; run on purpose"]
@@ -387,45 +391,61 @@ mod tests {
                 lifetimes
             });
 
+            let net_rings = crate::testing::ring_sizes(
+                "BANNIN_BENCH_NET_RINGS",
+                NetConfig::default().ebpf_ring_buffer_bytes,
+            );
+            let process_ring = crate::testing::ring_sizes(
+                "BANNIN_BENCH_RINGS",
+                crate::sensors::process::ProcessConfig::default().ebpf_ring_buffer_bytes,
+            )[0];
+            let ebpf_table = ProcessTable::new(100_000, Duration::from_secs(300));
+            let process = {
+                let config = crate::sensors::process::ProcessConfig {
+                    backend: crate::sensors::process::Backend::Ebpf,
+                    ebpf_ring_buffer_bytes: process_ring,
+                    ..Default::default()
+                }
+                .settings()
+                .unwrap();
+                let (ptx, mut prx) = pipeline::channel("bench-host");
+                let pctx = SensorContext {
+                    tx: ptx,
+                    state_dir: std::env::temp_dir(),
+                    processes: ebpf_table.clone(),
+                };
+                let handle = crate::sensors::process::spawn(config, &pctx).await.unwrap();
+                // The process events are not counted here; they only need draining.
+                tokio::spawn(async move { while prx.recv().await.is_some() {} });
+                handle
+            };
             let mut observers = Vec::new();
-            for backend in [Backend::Ebpf, Backend::SockDiag] {
+            let backends = net_rings
+                .iter()
+                .map(|&ring| (Backend::Ebpf, ring))
+                .chain([(Backend::SockDiag, 0)]);
+            for (backend, ring) in backends {
                 let (tx, mut rx) = pipeline::channel("bench-host");
-                let table = ProcessTable::new(100_000, Duration::from_secs(300));
+                let table = match backend {
+                    Backend::Ebpf => ebpf_table.clone(),
+                    _ => ProcessTable::new(100_000, Duration::from_secs(300)),
+                };
                 let ctx = SensorContext {
                     tx: tx.clone(),
                     state_dir: std::env::temp_dir(),
                     processes: table,
                 };
-                let process = if backend == Backend::Ebpf {
-                    let config = crate::sensors::process::ProcessConfig {
-                        backend: crate::sensors::process::Backend::Ebpf,
-                        ..Default::default()
-                    }
-                    .settings()
-                    .unwrap();
-                    let (ptx, mut prx) = pipeline::channel("bench-host");
-                    let pctx = SensorContext {
-                        tx: ptx,
-                        state_dir: std::env::temp_dir(),
-                        processes: ctx.processes.clone(),
-                    };
-                    let handle = crate::sensors::process::spawn(config, &pctx).await.unwrap();
-                    // The process events are not counted here; they only need draining.
-                    tokio::spawn(async move { while prx.recv().await.is_some() {} });
-                    Some(handle)
-                } else {
-                    None
-                };
-                let config = NetConfig {
+                let mut config = NetConfig {
                     backend,
                     interval: Duration::from_secs(5),
                     ..NetConfig::default()
+                };
+                if backend == Backend::Ebpf {
+                    config.ebpf_ring_buffer_bytes = ring;
                 }
-                .settings()
-                .unwrap();
-                let handle = spawn(config, &ctx).await.unwrap();
+                let handle = spawn(config.settings().unwrap(), &ctx).await.unwrap();
                 rx.recv().await.unwrap();
-                observers.push((backend, handle, process, rx));
+                observers.push((backend, ring, handle, rx));
             }
 
             let started = tokio::time::Instant::now();
@@ -449,12 +469,12 @@ mod tests {
                 .filter(|l| **l < Duration::from_millis(100))
                 .count();
 
-            let mut ebpf_attributed = 0;
+            let mut ebpf_attributed = Vec::new();
             // Both observers are read at once; whatever has not arrived 30 s after the last
             // connection closed counts as missed.
             let deadline = done + Duration::from_secs(30);
             let mut counting = Vec::new();
-            for (backend, handle, process, mut rx) in observers {
+            for (backend, ring, handle, mut rx) in observers {
                 counting.push(tokio::spawn(async move {
                     let (mut seen, mut attributed, mut with_pid, mut with_bytes) = (0, 0, 0, 0);
                     let mut overflow = 0;
@@ -486,8 +506,12 @@ mod tests {
                             _ => {}
                         }
                     }
+                    let ring = match backend {
+                        Backend::Ebpf => format!(" (ring {} KiB)", ring >> 10),
+                        _ => String::new(),
+                    };
                     println!(
-                        "connect_burst {backend:?}: reported {seen}, with a process {with_pid}, \
+                        "connect_burst {backend:?}{ring}: reported {seen}, with a process {with_pid}, \
                          with bytes {with_bytes}, with their own bash process and bytes \
                          {attributed} ({:.2}%), lost (reported) {overflow}; last event {:.2}s \
                          after the last connection",
@@ -495,26 +519,28 @@ mod tests {
                         last.saturating_duration_since(done).as_secs_f64(),
                     );
                     drop(handle);
-                    drop(process);
-                    (backend, attributed)
+                    (backend, ring, attributed)
                 }));
             }
             for task in counting {
-                let (backend, attributed) = task.await.unwrap();
+                let (backend, ring, attributed) = task.await.unwrap();
                 if backend == Backend::Ebpf {
-                    ebpf_attributed = attributed;
+                    ebpf_attributed.push((ring, attributed));
                 }
             }
+            drop(process);
             println!(
                 "connect_burst: {count} connections in {:.2}s, each from its own process; \
                  lifetime at the server: median {median:?}, longest {longest:?}, \
                  {short} under 100 ms",
                 (done - started).as_secs_f64()
             );
-            assert!(
-                ebpf_attributed * 1000 >= count * 999,
-                "eBPF: {ebpf_attributed} of {count} attributed with bytes"
-            );
+            for (ring, attributed) in ebpf_attributed {
+                assert!(
+                    attributed * 1000 >= count * 999,
+                    "eBPF{ring}: {attributed} of {count} attributed with bytes"
+                );
+            }
         }
 
         /// Net events until one matches, returning all of them.

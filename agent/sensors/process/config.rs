@@ -44,12 +44,14 @@ pub struct ProcessConfig {
     #[serde(with = "bannin::time::duration_str")]
     pub io_sample_interval: Duration,
     /// The eBPF backend's kernel-to-agent ring buffer, in bytes: a power of two, at least 4096.
-    /// Events that find it full are counted by the kernel and reported. Default: 8388608 (8 MiB).
+    /// Events that find it full are counted by the kernel and reported. Default: 524288 (512 KiB).
     pub ebpf_ring_buffer_bytes: u32,
 }
 
-/// 8 MiB: about 40,000 exec records of a typical command line.
-const EBPF_RING_BUFFER_BYTES: u32 = 8 << 20;
+/// 512 KiB: the fork, exec and exit records of 2,260 short commands like `/bin/true` (232 bytes
+/// in the ring), or of 119 with 4 KiB of arguments. The kernel maps the ring twice, so it is
+/// twice this in the agent's resident memory. BENCHMARKS.md has the measurements.
+const EBPF_RING_BUFFER_BYTES: u32 = 512 << 10;
 
 impl Default for ProcessConfig {
     fn default() -> Self {

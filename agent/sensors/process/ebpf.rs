@@ -5,11 +5,11 @@
 //! code. The records arrive through one bounded ring buffer; what found no room is counted by the
 //! programs and reported as `sensor.overflow` with that count.
 //!
-//! One thread drains the ring buffer and keeps the process table current; the connector backend's
-//! sender thread turns its jobs into events, so both kernel-fed backends make the same events.
+//! One thread reads the ring buffer (the loop both eBPF sensors share) and keeps the process table
+//! current; the connector backend's sender thread turns its jobs into events, and its exit
+//! handling names the exited process, so both kernel-fed backends make the same events.
 
 use std::io;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -18,7 +18,7 @@ use super::os;
 use super::table::{ProcessTable, Snapshot};
 use crate::pipeline::{EventTx, LossySender};
 use crate::sensors::ebpf::records::{ProcessRecord, Task};
-use crate::sensors::ebpf::{self, EbpfError, Loaded};
+use crate::sensors::ebpf::{self, EbpfError, Gone, Loaded};
 use crate::sensors::{Notice, Stop};
 
 pub const SOURCE: &str = "ebpf";
@@ -29,11 +29,6 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("process_exit", "sched_process_exit"),
 ];
 
-/// How long a wait on the ring buffer lasts before the thread looks at its stop flag.
-const WAIT: Duration = Duration::from_millis(200);
-/// How often losses are summed into one `sensor.overflow` event.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
-
 /// Loads and attaches the programs: from here on the kernel records every exec and exit.
 /// `ring_bytes` sizes the ring buffer (a power of two, at least a page).
 pub fn open(ring_bytes: u32) -> Result<Loaded, EbpfError> {
@@ -42,7 +37,7 @@ pub fn open(ring_bytes: u32) -> Result<Loaded, EbpfError> {
 
 /// Starts the reader and sender threads; they stop when `stop` is set or the spool goes away.
 pub fn spawn(
-    loaded: Loaded,
+    mut loaded: Loaded,
     settings: super::connector::Settings,
     table: ProcessTable,
     tx: EventTx,
@@ -56,59 +51,68 @@ pub fn spawn(
             // filled is both read here and recorded by them, and the later record wins.
             learn_running(&table);
             let mut reader = Reader {
-                loaded,
                 table,
                 queue,
                 sampler: Sampler::new(settings.io_sample_interval),
-                next_report: Instant::now() + REPORT_EVERY,
             };
-            reader.run(&stop);
+            loaded.read_until_stopped(&mut reader, &stop);
         })?;
     Ok(vec![reader, sender])
 }
 
 struct Reader {
-    loaded: Loaded,
     table: ProcessTable,
     queue: LossySender<Job>,
     sampler: Sampler,
-    next_report: Instant,
 }
 
-impl Reader {
-    fn run(&mut self, stop: &Stop) {
-        let mut records = Vec::new();
-        while !stop.is_set() {
-            let drained = self
-                .loaded
-                .drain(WAIT, |bytes| records.push(ProcessRecord::decode(bytes)));
-            if let Err(error) = drained {
-                let notice = Notice::error(
-                    super::SENSOR,
-                    format!("reading the eBPF ring buffer failed: {error}"),
-                );
-                let _ = self.queue.push(Job::Report(notice.logged()));
-                return;
-            }
-            for record in records.drain(..) {
-                let Some(record) = record else {
-                    // The programs and this decoder are built together; a record neither
-                    // knows is counted, not guessed at.
-                    self.queue.count_drop(1);
-                    continue;
-                };
-                if !self.handle(record) {
-                    return;
-                }
-            }
-            if !self.housekeeping() {
-                return;
+impl ebpf::Reader for Reader {
+    fn record(&mut self, bytes: &[u8]) -> Result<(), Gone> {
+        match ProcessRecord::decode(bytes) {
+            Some(record) => self.handle(record),
+            // The programs and this decoder are built together; a record neither knows is
+            // counted, not guessed at.
+            None => {
+                self.queue.count_drop(1);
+                Ok(())
             }
         }
     }
 
-    /// Returns false once nobody is listening any more.
-    fn handle(&mut self, record: ProcessRecord) -> bool {
+    fn due(&mut self, now: Instant) -> Result<Option<Instant>, Gone> {
+        self.sampler.tick(&self.table, now);
+        Ok(Some(self.sampler.due()))
+    }
+
+    fn lost(&mut self, grown: &[u64]) -> Result<(), Gone> {
+        let lost: u64 = grown.iter().sum();
+        let event = Notice::overflow(
+            super::SENSOR,
+            format!(
+                "the kernel dropped {lost} process events because the eBPF ring buffer was full"
+            ),
+        )
+        .count(lost)
+        .logged();
+        self.push(Job::Report(event))
+    }
+
+    fn failed(&mut self, error: io::Error) {
+        let notice = Notice::error(
+            super::SENSOR,
+            format!("reading the eBPF ring buffer failed: {error}"),
+        );
+        let _ = self.push(Job::Report(notice.logged()));
+    }
+}
+
+impl Reader {
+    /// Hands a job to the sender thread without waiting (a full queue counts it as dropped).
+    fn push(&self, job: Job) -> Result<(), Gone> {
+        self.queue.push(job).map_err(|_| Gone)
+    }
+
+    fn handle(&mut self, record: ProcessRecord) -> Result<(), Gone> {
         match record {
             ProcessRecord::Exec {
                 task,
@@ -131,42 +135,18 @@ impl Reader {
                     ..task_snapshot(&task)
                 };
                 self.table.insert_live(snapshot.clone());
-                self.queue.push(Job::Start(snapshot)).is_ok()
+                self.push(Job::Start(snapshot))
             }
             ProcessRecord::Fork { task } => {
                 self.table.record_fork(task.pid, task.ppid);
-                true
+                Ok(())
             }
             ProcessRecord::Exit { task, status } => {
                 // A process that was running before the programs attached and never exec'd since
                 // is known from /proc or not at all; exit_job handles both.
-                let job = exit_job(&self.table, task.pid, status);
-                self.queue.push(job).is_ok()
+                self.push(exit_job(&self.table, task.pid, status))
             }
         }
-    }
-
-    fn housekeeping(&mut self) -> bool {
-        let now = Instant::now();
-        if now >= self.next_report {
-            self.next_report = now + REPORT_EVERY;
-            let lost: u64 = self.loaded.new_losses().iter().sum();
-            if lost > 0 {
-                let event = Notice::overflow(
-                    super::SENSOR,
-                    format!(
-                        "the kernel dropped {lost} process events because the eBPF ring buffer was full"
-                    ),
-                )
-                .count(lost)
-                .logged();
-                if self.queue.push(Job::Report(event)).is_err() {
-                    return false;
-                }
-            }
-        }
-        self.sampler.tick(&self.table, now);
-        true
     }
 }
 
@@ -187,13 +167,17 @@ fn task_snapshot(task: &Task) -> Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use bannin::event::{Body, ProcessAction};
 
-    /// Loads the programs, or says why this machine cannot (the fallback tests cover the rest).
+    /// Loads the programs with the default ring buffer, or says why this machine cannot (the
+    /// fallback tests cover the rest).
     fn loaded() -> Loaded {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root");
-        open(8 << 20).expect("the eBPF programs load on the test machine")
+        let ring = super::super::ProcessConfig::default().ebpf_ring_buffer_bytes;
+        open(ring).expect("the eBPF programs load on the test machine")
     }
 
     fn started() -> (
@@ -265,9 +249,9 @@ mod tests {
     fn a_full_ring_buffer_is_reported_with_the_kernels_count() {
         let mut loaded = loaded();
         let marker = std::ffi::OsString::from("x".repeat(4000));
-        // Each record carries 4 KB of arguments: 8 MiB holds about 2,000 of them.
+        // Each record carries 4 KB of arguments: the default 512 KiB holds about 120 of them.
         let mut execs = 0;
-        while execs < 6000 {
+        while execs < 1000 {
             std::process::Command::new("/bin/true")
                 .arg(&marker)
                 .status()
@@ -277,16 +261,13 @@ mod tests {
         let lost: u64 = loaded.new_losses().iter().sum();
         assert!(lost > 0, "nothing lost after {execs} execs");
         let mut ours = 0u64;
-        while loaded
-            .drain(Duration::ZERO, |bytes| {
-                if let Some(ProcessRecord::Exec { args, .. }) = ProcessRecord::decode(bytes)
-                    && args.len() > 4000
-                {
-                    ours += 1;
-                }
-            })
-            .unwrap()
-            > 0
+        while loaded.drain(|bytes| {
+            if let Some(ProcessRecord::Exec { args, .. }) = ProcessRecord::decode(bytes)
+                && args.len() > 4000
+            {
+                ours += 1;
+            }
+        }) > 0
         {}
         assert!(
             ours < execs,

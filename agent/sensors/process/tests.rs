@@ -212,11 +212,13 @@ async fn a_disabled_sensor_still_answers_from_the_table() {
 }
 
 /// Benchmark: a shell runs `/bin/true` N times (default 10,000, `BANNIN_BENCH_EXECS`) as fast as it
-/// can, with `BANNIN_BENCH_LOAD` busy loops (default 2) keeping the cores loaded, while three
-/// observers watch the same burst side by side: the eBPF backend, the connector backend (each its
-/// own sensor, table and channel) and Debian's `forkstat` (proc connector plus `/proc`, as a peer
-/// tool). At least 99.9% of the execs must be reported by the eBPF backend with their executable.
-/// Run as root with `cargo test --release --bin bannin-agent exec_burst -- --ignored --nocapture`.
+/// can, with `BANNIN_BENCH_LOAD` busy loops (default 2) keeping the cores loaded, while observers
+/// watch the same burst side by side: the eBPF backend once per ring buffer size in
+/// `BANNIN_BENCH_RINGS` (bytes, comma-separated; default the configured default), the connector
+/// backend (each its own sensor, table and channel) and Debian's `forkstat` (proc connector plus
+/// `/proc`, as a peer tool). At least 99.9% of the execs must be reported with their executable by
+/// the eBPF backend at every ring size measured. Run as root with
+/// `cargo test --release --bin bannin-agent exec_burst -- --ignored --nocapture`.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run on purpose"]
@@ -230,17 +232,29 @@ async fn exec_burst() {
     let count = env("BANNIN_BENCH_EXECS", 10_000);
     let load = env("BANNIN_BENCH_LOAD", 2);
 
+    let rings = crate::testing::ring_sizes(
+        "BANNIN_BENCH_RINGS",
+        ProcessConfig::default().ebpf_ring_buffer_bytes,
+    );
+
     let mut observers = Vec::new();
-    for backend in [Backend::Ebpf, Backend::Connector] {
+    let backends = rings
+        .iter()
+        .map(|&ring| (Backend::Ebpf, ring))
+        .chain([(Backend::Connector, 0)]);
+    for (backend, ring) in backends {
         let (tx, mut rx) = pipeline::channel("bench-host");
         let drops = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(500));
-        let config = ProcessConfig {
+        let mut config = ProcessConfig {
             backend,
             ..ProcessConfig::default()
         };
+        if backend == Backend::Ebpf {
+            config.ebpf_ring_buffer_bytes = ring;
+        }
         let (handle, _table) = spawn(config, tx).await.unwrap();
         status_message(&mut rx).await;
-        observers.push((backend, handle, rx, drops));
+        observers.push((backend, ring, handle, rx, drops));
     }
     let forkstat_out = tempfile::NamedTempFile::new().unwrap();
     let mut forkstat = Command::new("forkstat")
@@ -281,8 +295,8 @@ async fn exec_burst() {
     let true_exe = std::fs::canonicalize("/bin/true").unwrap();
     let true_exe = true_exe.to_string_lossy().into_owned();
 
-    let mut ebpf_with_exe = 0;
-    for (backend, handle, mut rx, _drops) in observers {
+    let mut ebpf_with_exe = Vec::new();
+    for (backend, ring, handle, mut rx, _drops) in observers {
         // Counted, not collected by pid: ten thousand forks can wrap the pid space.
         let (mut starts, mut exits, mut with_exe, mut overflow) = (0usize, 0usize, 0usize, 0u64);
         // Whatever has not arrived five seconds after the shell finished counts as missed.
@@ -305,14 +319,18 @@ async fn exec_burst() {
                 _ => {}
             }
         }
+        let ring = match backend {
+            Backend::Ebpf => format!(" (ring {} KiB)", ring >> 10),
+            _ => String::new(),
+        };
         println!(
-            "exec_burst {backend:?}: starts {starts} ({:.2}%), with exe {with_exe} ({:.2}%), \
-             exits {exits}, lost (reported) {overflow}",
+            "exec_burst {backend:?}{ring}: starts {starts} ({:.2}%), with exe {with_exe} \
+             ({:.2}%), exits {exits}, lost (reported) {overflow}",
             starts as f64 * 100.0 / count as f64,
             with_exe as f64 * 100.0 / count as f64,
         );
         if backend == Backend::Ebpf {
-            ebpf_with_exe = with_exe;
+            ebpf_with_exe.push((ring, with_exe));
         }
         handle.stop().await;
     }
@@ -335,10 +353,12 @@ async fn exec_burst() {
         forkstat_named as f64 * 100.0 / count as f64,
         (ticks_after - ticks_before) as f64 / 100.0,
     );
-    assert!(
-        ebpf_with_exe * 1000 >= count * 999,
-        "eBPF: {ebpf_with_exe} of {count} execs with their executable"
-    );
+    for (ring, with_exe) in ebpf_with_exe {
+        assert!(
+            with_exe * 1000 >= count * 999,
+            "eBPF{ring}: {with_exe} of {count} execs with their executable"
+        );
+    }
 }
 
 /// CPU time (user + system, in clock ticks of 10ms) and resident memory (kB) of this process.
