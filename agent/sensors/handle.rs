@@ -27,6 +27,7 @@ pub struct SensorContext {
 /// descriptors and on it together ([`Stop::wait_readable`]), so an idle thread sleeps with no
 /// timeout instead of waking now and then to look at a flag.
 #[derive(Clone)]
+#[cfg_attr(not(target_os = "linux"), derive(Default))]
 pub struct Stop {
     set: Arc<AtomicBool>,
     notify: Arc<Notify>,
@@ -45,13 +46,13 @@ type Hook = Box<dyn FnOnce() + Send>;
 #[cfg(target_os = "linux")]
 const FALLBACK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
+#[cfg(target_os = "linux")]
 impl Default for Stop {
     fn default() -> Stop {
         Stop {
             set: Arc::default(),
             notify: Arc::default(),
             hooks: Arc::default(),
-            #[cfg(target_os = "linux")]
             wake: Arc::new(
                 nix::sys::eventfd::EventFd::from_flags(
                     nix::sys::eventfd::EfdFlags::EFD_CLOEXEC

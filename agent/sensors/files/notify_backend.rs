@@ -142,16 +142,16 @@ pub fn run(backend: NotifyBackend, mut observer: Observer, stop: Stop) {
     let mut new_dirs = NewDirs::default();
     while !stop.is_set() && !observer.closed() {
         observer.end_round();
-        // Work due without new events: a rename's lone half, events waiting for their process
-        // (never, as this backend names none), an owed rescan, new directories to walk again.
-        // Nothing due: asleep until an event or the stop comes.
+        // Work due without new events: a rename's lone half, an owed rescan, new directories to
+        // walk again (no event waits for its process: this backend names none). Nothing due:
+        // asleep until an event or the stop comes.
         #[expect(
             clippy::disallowed_methods,
             reason = "the notify backend runs on its own thread, outside the runtime's clock"
         )]
         let now = std::time::Instant::now();
         let duty = [
-            (translator.pending() || observer.waiting() || observer.rescan_owed()).then_some(TICK),
+            (translator.pending() || observer.rescan_owed()).then_some(TICK),
             new_dirs
                 .next_due()
                 .map(|due| due.saturating_duration_since(now)),
