@@ -1127,21 +1127,15 @@ mod tests {
         assert!(dropped_ranges(&spool).iter().any(|(first, _)| *first == 1));
     }
 
-    /// The ranges every `agent.dropped` in the spool names.
-    fn dropped_ranges(spool: &Spool) -> Vec<(u64, u64)> {
+    /// Every `agent.*` event in the spool, oldest first.
+    fn agent_events(spool: &Spool) -> Vec<bannin::event::AgentEvent> {
         let mut found = Vec::new();
         let mut after = 0;
         while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
             for bytes in &batch.events {
                 let event = bannin::proto::decode_event(bytes).unwrap();
-                if let bannin::event::Body::Agent(agent) = &event.body
-                    && agent.dropped > 0
-                    && agent.first_dropped_seq > 0
-                {
-                    // Each notice names one run: its count is its range.
-                    let (first, last) = (agent.first_dropped_seq, agent.last_dropped_seq);
-                    assert_eq!(agent.dropped, last - first + 1, "{agent:?}");
-                    found.push((first, last));
+                if let bannin::event::Body::Agent(agent) = event.body {
+                    found.push(agent);
                 }
             }
             after = batch.last_seq;
@@ -1149,22 +1143,27 @@ mod tests {
         found
     }
 
-    /// Every `agent.dropped` in the spool: (dropped, message).
-    fn notices(spool: &Spool) -> Vec<(u64, String)> {
+    /// The ranges every `agent.dropped` in the spool names.
+    fn dropped_ranges(spool: &Spool) -> Vec<(u64, u64)> {
         let mut found = Vec::new();
-        let mut after = 0;
-        while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
-            for bytes in &batch.events {
-                let event = bannin::proto::decode_event(bytes).unwrap();
-                if let bannin::event::Body::Agent(agent) = &event.body
-                    && agent.action == AgentAction::Dropped
-                {
-                    found.push((agent.dropped, agent.message.clone()));
-                }
+        for agent in agent_events(spool) {
+            if agent.dropped > 0 && agent.first_dropped_seq > 0 {
+                // Each notice names one run: its count is its range.
+                let (first, last) = (agent.first_dropped_seq, agent.last_dropped_seq);
+                assert_eq!(agent.dropped, last - first + 1, "{agent:?}");
+                found.push((first, last));
             }
-            after = batch.last_seq;
         }
         found
+    }
+
+    /// Every `agent.dropped` in the spool: (dropped, message).
+    fn notices(spool: &Spool) -> Vec<(u64, String)> {
+        agent_events(spool)
+            .into_iter()
+            .filter(|agent| agent.action == AgentAction::Dropped)
+            .map(|agent| (agent.dropped, agent.message))
+            .collect()
     }
 
     #[test]
