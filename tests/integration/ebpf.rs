@@ -63,6 +63,18 @@ fn give_to(dir: &Path, uid: u32) {
     assert!(status.success());
 }
 
+/// `event` names the process `pid` running `exe` (a path that may be a link) with `marker` on its
+/// command line.
+pub(crate) fn assert_names(event: &serde_json::Value, pid: u64, exe: &str, marker: &str) {
+    assert_eq!(event["pid"], pid, "{event}");
+    let real = std::fs::canonicalize(exe).unwrap();
+    assert_eq!(event["exe"], real.to_str().unwrap(), "{event}");
+    assert!(
+        event["cmdline"].as_str().unwrap().contains(marker),
+        "{event}"
+    );
+}
+
 pub(crate) fn status_of(collector: &Collector, sensor: &str) -> String {
     let status = wait_for(&format!("the {sensor} sensor's status"), LONG, || {
         collector
@@ -113,13 +125,7 @@ fn a_connection_of_a_few_milliseconds_from_a_short_lived_process_names_it_and_it
             .into_iter()
             .find(|e| e["remote_port"] == port)
     });
-    assert_eq!(connect["pid"], pid, "{connect}");
-    let real = std::fs::canonicalize(python).unwrap();
-    assert_eq!(connect["exe"], real.to_str().unwrap(), "{connect}");
-    assert!(
-        connect["cmdline"].as_str().unwrap().contains(&marker),
-        "{connect}"
-    );
+    assert_names(&connect, pid, python, &marker);
     assert_eq!(connect["user"], "root");
     // The kernel counts the SYN and the FIN in its byte counters, one each.
     let sent = connect["bytes_sent"].as_u64().unwrap();

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::ebpf::{setup, status_of};
+use crate::ebpf::{assert_names, setup, status_of};
 use crate::harness::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -93,13 +93,7 @@ fn a_long_upload_is_reported_open_then_at_its_close_with_its_bytes(name: &str, b
             .find(|e| ours(e))
     });
     assert_eq!(close["kind"], "net.close");
-    assert_eq!(close["pid"], pid, "{close}");
-    let real = std::fs::canonicalize(python).unwrap();
-    assert_eq!(close["exe"], real.to_str().unwrap(), "{close}");
-    assert!(
-        close["cmdline"].as_str().unwrap().contains(&marker),
-        "{close}"
-    );
+    assert_names(&close, pid, python, &marker);
     assert_eq!(close["protocol"], "tcp");
     assert_eq!(close["remote_addr"], "127.0.0.1");
     // The kernel also counts the SYN and the FIN, one each.
