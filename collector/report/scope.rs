@@ -579,16 +579,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_read_is_attributed_to_the_host_whose_later_connection_shows_the_client_address() {
-        let agents = [agent(1, "a-db", "db1"), agent(2, "a-app", "app1")];
-        let mut builder = ScopeBuilder::new(
+    /// A scope over all time and every agent.
+    fn unbounded(agents: &[HostAgent]) -> ScopeBuilder {
+        ScopeBuilder::new(
             Timestamp::from_nanos(0),
             Timestamp::from_nanos(i64::MAX),
             None,
-            &agents,
+            agents,
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn a_read_is_attributed_to_the_host_whose_later_connection_shows_the_client_address() {
+        let agents = [agent(1, "a-db", "db1"), agent(2, "a-app", "app1")];
+        let mut builder = unbounded(&agents);
         let mut read = DbEvent::new(DbAction::Query, "postgresql");
         read.client_addr = "10.0.0.7".into();
         read.session = "s1".into();
@@ -633,13 +638,7 @@ mod tests {
     #[test]
     fn the_bytes_of_a_close_belong_to_the_connection_it_closes() {
         let agents = [agent(1, "a-app", "app1")];
-        let mut builder = ScopeBuilder::new(
-            Timestamp::from_nanos(0),
-            Timestamp::from_nanos(i64::MAX),
-            None,
-            &agents,
-            None,
-        );
+        let mut builder = unbounded(&agents);
         let mut read = DbEvent::new(DbAction::Query, "postgresql");
         read.session = "s1".into();
         read.sensitive_tables = vec!["public.customers".into()];
