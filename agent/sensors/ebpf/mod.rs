@@ -8,14 +8,17 @@
 //! agent, so building the agent needs no clang. They attach as raw tracepoints, which need neither
 //! tracefs nor fentry support, and read kernel structs through CO-RE relocations that aya applies
 //! from `/sys/kernel/btf/vmlinux`. aya's API is safe: ring buffer records are parsed from bytes.
+//! The loading happens in a short-lived child process ([`loader`]), which hands the agent only
+//! descriptors: the memory the load takes is the child's.
 //!
 //! Both sensors read their ring buffer with one loop ([`Loaded::read_until_stopped`]) that sleeps,
 //! with no timeout, until records arrive, the sensor stops, or its [`Reader`] has something due.
 
+mod loader;
 pub mod records;
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData, RingBuf};
@@ -52,13 +55,16 @@ pub enum EbpfError {
     },
     #[error("cannot watch the ring buffer: {source}")]
     Fd { source: io::Error },
+    /// The load ran in a child process, which said this (or of which this is said).
+    #[error("{message}")]
+    Loader { message: String },
 }
 
 /// Loaded and attached programs with their ring buffer and loss counters. The programs stay
 /// attached as long as this lives.
 pub struct Loaded {
-    /// Holds the programs and their links: dropping it detaches them.
-    _ebpf: Ebpf,
+    /// The links that keep the programs attached: closing them detaches the programs.
+    _links: Vec<OwnedFd>,
     ring: RingBuf<MapData>,
     /// A duplicate of the ring buffer's descriptor, to wait on it.
     ring_fd: OwnedFd,
@@ -67,33 +73,106 @@ pub struct Loaded {
     lost_seen: Vec<u64>,
 }
 
-/// Gives the memory freed since start-up back to the system. Parsing the kernel's BTF and
-/// relocating against it allocates some 30 MiB in many small pieces, all freed once the programs
-/// are loaded; the C allocator keeps such freed memory for reuse, so without this the idle agent
-/// would hold it for good (measured: 74 MiB resident before, 45 MiB after).
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn release_freed_memory() {
-    // SAFETY: malloc_trim takes no pointers and only releases free memory of the allocator's
-    // own; it is safe to call at any time from any thread.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn release_freed_memory() {}
+/// How long the loading child may take: the verifier takes well under a second for these
+/// programs, and a child that hangs must not hold the sensor's start for long.
+const LOADER_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
-/// pair.
+/// pair, in a child process ([`loader`]): the agent only receives the descriptors.
 pub fn load(
-    object: &[u8],
+    object: &'static [u8],
     programs: &[(&'static str, &'static str)],
     ring_bytes: u32,
 ) -> Result<Loaded, EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
+    let handed = loader::in_child(
+        || {
+            let ebpf = load_here(object, programs, ring_bytes).map_err(|e| e.to_string())?;
+            let maps = ["events", "lost"]
+                .into_iter()
+                .map(|name| {
+                    ebpf.map(name)
+                        .map(|map| map_data(map).fd().as_fd().as_raw_fd())
+                        .ok_or_else(|| EbpfError::MissingMap { name }.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // The child exits without detaching: its descriptors close with it, once the
+            // agent holds its own.
+            std::mem::forget(ebpf);
+            Ok(maps)
+        },
+        LOADER_PATIENCE,
+    )
+    .map_err(|message| EbpfError::Loader { message })?;
+    let [ring, lost]: [OwnedFd; 2] = handed
+        .maps
+        .try_into()
+        .map_err(|_| EbpfError::MissingMap { name: "events" })?;
+    let ring_fd = ring
+        .try_clone()
+        .map_err(|source| EbpfError::Fd { source })?;
+    let ring = MapData::from_fd(ring).map_err(|source| EbpfError::Map {
+        name: "events",
+        source,
+    })?;
+    let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|source| EbpfError::Map {
+        name: "events",
+        source,
+    })?;
+    let lost = MapData::from_fd(lost).map_err(|source| EbpfError::Map {
+        name: "lost",
+        source,
+    })?;
+    let lost: Array<MapData, u64> =
+        Array::try_from(Map::Array(lost)).map_err(|source| EbpfError::Map {
+            name: "lost",
+            source,
+        })?;
+    let lost_seen = vec![0; lost.len() as usize];
+    Ok(Loaded {
+        _links: handed.links,
+        ring,
+        ring_fd,
+        lost,
+        lost_seen,
+    })
+}
+
+/// The map's data, whatever its kind.
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(data)
+        | Map::BloomFilter(data)
+        | Map::CpuMap(data)
+        | Map::DevMap(data)
+        | Map::DevMapHash(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data)
+        | Map::PerCpuLruHashMap(data)
+        | Map::PerfEventArray(data)
+        | Map::ProgramArray(data)
+        | Map::Queue(data)
+        | Map::RingBuf(data)
+        | Map::SockHash(data)
+        | Map::SockMap(data)
+        | Map::Stack(data)
+        | Map::StackTraceMap(data)
+        | Map::XskMap(data)
+        | Map::Unsupported(data) => data,
+    }
+}
+
+/// Loads and attaches the programs in this process (the loading child).
+fn load_here(
+    object: &[u8],
+    programs: &[(&'static str, &'static str)],
+    ring_bytes: u32,
+) -> Result<Ebpf, EbpfError> {
     let mut ebpf = {
         let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
         EbpfLoader::new()
@@ -112,9 +191,8 @@ pub fn load(
                 detail: error.to_string(),
             })?;
         // The verifier gives up with EAGAIN when a signal arrives for this thread while it
-        // works (a child's SIGCHLD, in a process that starts many): signals wait while it does,
-        // for another thread or for afterwards, and an interrupted load is tried again as
-        // libbpf does.
+        // works: signals wait while it does, and an interrupted load is tried again as libbpf
+        // does.
         let mut tries = 0;
         let loaded = with_signals_held(|| {
             loop {
@@ -137,38 +215,7 @@ pub fn load(
                 detail: program_error(&error),
             })?;
     }
-    let ring = ebpf
-        .take_map("events")
-        .ok_or(EbpfError::MissingMap { name: "events" })?;
-    // A duplicate of the descriptor, taken before aya wraps the map, is what the reader waits on.
-    let ring_fd = match &ring {
-        Map::RingBuf(data) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| EbpfError::Fd { source })?,
-        _ => return Err(EbpfError::MissingMap { name: "events" }),
-    };
-    let ring = RingBuf::try_from(ring).map_err(|source| EbpfError::Map {
-        name: "events",
-        source,
-    })?;
-    let lost = ebpf
-        .take_map("lost")
-        .ok_or(EbpfError::MissingMap { name: "lost" })?;
-    let lost: Array<MapData, u64> = Array::try_from(lost).map_err(|source| EbpfError::Map {
-        name: "lost",
-        source,
-    })?;
-    let lost_seen = vec![0; lost.len() as usize];
-    release_freed_memory();
-    Ok(Loaded {
-        _ebpf: ebpf,
-        ring,
-        ring_fd,
-        lost,
-        lost_seen,
-    })
+    Ok(ebpf)
 }
 
 /// Runs `work` with every signal blocked in this thread; the process's signals go to its other
@@ -407,6 +454,40 @@ mod tests {
         }
         reader.join().unwrap();
         drop(open);
+    }
+
+    /// The loading child's links are the agent's alone once it is gone: the programs stay
+    /// attached while [`Loaded`] lives and are detached when it is dropped, nothing left behind.
+    #[test]
+    fn the_programs_stay_attached_while_loaded_lives_and_no_longer() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let programs = [("inet_sock_set_state", "inet_sock_set_state")];
+        let loaded = load(NETWORK_OBJECT, &programs, 4096).expect("the program loads");
+        let ids: Vec<u32> = loaded
+            ._links
+            .iter()
+            .map(|fd| {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+                    .unwrap();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("link_id:"))
+                    .expect("a BPF link")
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "one link for one program");
+        let attached = || -> Vec<u32> {
+            aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .map(|info| info.id)
+                .filter(|id| ids.contains(id))
+                .collect()
+        };
+        assert_eq!(attached(), ids, "the child's link outlives the child");
+        drop(loaded);
+        assert!(attached().is_empty(), "the link is gone with Loaded");
     }
 
     /// The committed objects are what `bpf/build.sh` makes of the committed source: rebuilt here
