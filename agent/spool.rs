@@ -839,11 +839,14 @@ impl Spool {
         // Remembered even if the delete below fails (a full disk): such events are no loss.
         inner.acked = inner.acked.max(through_seq);
         inner.sending_through = 0;
-        let (count, bytes): (i64, i64) = inner.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
-            [through_seq as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        // Cached statements: every batch runs these, and parsing one costs about as much as
+        // running it.
+        let (count, bytes): (i64, i64) = inner
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
+            )?
+            .query_row([through_seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if count == 0 {
             return Ok(());
         }
@@ -851,22 +854,20 @@ impl Spool {
         // The witness: the newest head the collector acknowledged, kept after its events leave,
         // so a collector store that later lacks them is caught when this agent next sends.
         let acked: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT hash FROM spool WHERE seq = ?1",
-                [through_seq as i64],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT hash FROM spool WHERE seq = ?1")?
+            .query_row([through_seq as i64], |r| r.get(0))
             .optional()?;
         if let Some(hash) = acked {
             let mut value = through_seq.to_be_bytes().to_vec();
             value.extend_from_slice(&hash);
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('witness', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [value],
-            )?;
+            )?
+            .execute([value])?;
         }
-        tx.execute("DELETE FROM spool WHERE seq <= ?1", [through_seq as i64])?;
+        tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?
+            .execute([through_seq as i64])?;
         tx.commit()?;
         inner.events = inner.events.saturating_sub(count as u64);
         inner.bytes = inner.bytes.saturating_sub(bytes as u64);
@@ -878,9 +879,8 @@ impl Spool {
         let inner = self.lock();
         let value: Option<Vec<u8>> = inner
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'witness'", [], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT value FROM meta WHERE key = 'witness'")?
+            .query_row([], |r| r.get(0))
             .optional()?;
         let Some(value) = value else { return Ok(None) };
         let corrupt = SpoolError::Corrupt { key: "witness" };
