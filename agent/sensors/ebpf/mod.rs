@@ -16,16 +16,18 @@
 
 mod loader;
 pub mod records;
+mod ring;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, Map, MapData};
 use aya::programs::RawTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::time::Instant;
 
+use self::ring::Ring;
 use super::Stop;
 
 /// The process sensor's programs (`bpf/process.bpf.c`).
@@ -53,7 +55,7 @@ pub enum EbpfError {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("cannot watch the ring buffer: {source}")]
+    #[error("cannot map or watch the ring buffer: {source}")]
     Fd { source: io::Error },
     /// The load ran in a child process, which said this (or of which this is said).
     #[error("{message}")]
@@ -65,8 +67,8 @@ pub enum EbpfError {
 pub struct Loaded {
     /// The links that keep the programs attached: closing them detaches the programs.
     _links: Vec<OwnedFd>,
-    ring: RingBuf<MapData>,
-    /// A duplicate of the ring buffer's descriptor, to wait on it.
+    ring: Ring,
+    /// The ring buffer's descriptor, to wait on it.
     ring_fd: OwnedFd,
     lost: Array<MapData, u64>,
     /// What each loss counter said when last read.
@@ -106,21 +108,12 @@ pub fn load(
         LOADER_PATIENCE,
     )
     .map_err(|message| EbpfError::Loader { message })?;
-    let [ring, lost]: [OwnedFd; 2] = handed
+    let [ring_fd, lost]: [OwnedFd; 2] = handed
         .maps
         .try_into()
         .map_err(|_| EbpfError::MissingMap { name: "events" })?;
-    let ring_fd = ring
-        .try_clone()
+    let ring = Ring::new(ring_fd.as_fd(), ring_bytes as usize)
         .map_err(|source| EbpfError::Fd { source })?;
-    let ring = MapData::from_fd(ring).map_err(|source| EbpfError::Map {
-        name: "events",
-        source,
-    })?;
-    let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|source| EbpfError::Map {
-        name: "events",
-        source,
-    })?;
     let lost = MapData::from_fd(lost).map_err(|source| EbpfError::Map {
         name: "lost",
         source,
@@ -300,12 +293,13 @@ impl Loaded {
             if stop.is_set() {
                 return;
             }
-            let mut arrived = false;
-            while let Some(item) = self.ring.next() {
-                arrived = true;
-                if reader.record(&item).is_err() {
-                    return;
-                }
+            let mut gone = false;
+            let arrived = self.ring.drain(|record| {
+                gone = reader.record(record).is_err();
+                !gone
+            }) > 0;
+            if gone {
+                return;
             }
             let now = Instant::now();
             if arrived && losses_due.is_none() {
@@ -328,12 +322,10 @@ impl Loaded {
     /// Hands every record waiting in the ring buffer to `each`, without waiting; returns how many.
     #[cfg(test)]
     pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> usize {
-        let mut count = 0;
-        while let Some(item) = self.ring.next() {
-            each(&item);
-            count += 1;
-        }
-        count
+        self.ring.drain(|record| {
+            each(record);
+            true
+        })
     }
 
     /// How much each of the programs' loss counters grew since the last call.
