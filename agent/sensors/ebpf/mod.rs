@@ -29,6 +29,8 @@ use super::Stop;
 pub static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/process.bpf.o");
 /// The network sensor's program (`bpf/network.bpf.c`).
 pub static NETWORK_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/network.bpf.o");
+/// The file sensor's byte counter for reads of exports (`bpf/reads.bpf.c`).
+pub static READS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/reads.bpf.o");
 
 /// Why the programs could not run; the sensor falls back to its older source and says this.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,30 @@ fn release_freed_memory() {
 #[cfg(not(target_env = "gnu"))]
 fn release_freed_memory() {}
 
+/// Programs loaded and attached whose maps their sensor reads itself, without a ring buffer.
+/// The programs stay attached as long as this lives.
+pub struct Attached {
+    /// Holds the programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+}
+
+/// Loads `object` with the maps in `sizes` resized, attaches each `(program, raw tracepoint)`
+/// pair and hands back the maps named in `maps`, in that order.
+pub fn load_maps(
+    object: &[u8],
+    programs: &[(&'static str, &'static str)],
+    sizes: &[(&'static str, u32)],
+    maps: &[&'static str],
+) -> Result<(Attached, Vec<Map>), EbpfError> {
+    let mut ebpf = load_attached(object, programs, sizes)?;
+    let maps = maps
+        .iter()
+        .map(|&name| ebpf.take_map(name).ok_or(EbpfError::MissingMap { name }))
+        .collect::<Result<Vec<_>, _>>()?;
+    release_freed_memory();
+    Ok((Attached { _ebpf: ebpf }, maps))
+}
+
 /// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
 /// pair.
 pub fn load(
@@ -91,14 +117,59 @@ pub fn load(
     programs: &[(&'static str, &'static str)],
     ring_bytes: u32,
 ) -> Result<Loaded, EbpfError> {
+    let mut ebpf = load_attached(object, programs, &[("events", ring_bytes)])?;
+    let ring = ebpf
+        .take_map("events")
+        .ok_or(EbpfError::MissingMap { name: "events" })?;
+    // A duplicate of the descriptor, taken before aya wraps the map, is what the reader waits on.
+    let ring_fd = match &ring {
+        Map::RingBuf(data) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EbpfError::Fd { source })?,
+        _ => return Err(EbpfError::MissingMap { name: "events" }),
+    };
+    let ring = RingBuf::try_from(ring).map_err(|source| EbpfError::Map {
+        name: "events",
+        source,
+    })?;
+    let lost = ebpf
+        .take_map("lost")
+        .ok_or(EbpfError::MissingMap { name: "lost" })?;
+    let lost: Array<MapData, u64> = Array::try_from(lost).map_err(|source| EbpfError::Map {
+        name: "lost",
+        source,
+    })?;
+    let lost_seen = vec![0; lost.len() as usize];
+    release_freed_memory();
+    Ok(Loaded {
+        _ebpf: ebpf,
+        ring,
+        ring_fd,
+        lost,
+        lost_seen,
+    })
+}
+
+/// Loads `object` against the kernel's BTF, with the maps in `sizes` resized, and attaches each
+/// `(program, raw tracepoint)` pair.
+fn load_attached(
+    object: &[u8],
+    programs: &[(&'static str, &'static str)],
+    sizes: &[(&'static str, u32)],
+) -> Result<Ebpf, EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
     let mut ebpf = {
         let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
-        EbpfLoader::new()
-            .btf(Some(&btf))
-            .set_max_entries("events", ring_bytes)
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
+        for &(map, size) in sizes {
+            loader.set_max_entries(map, size);
+        }
+        loader
             .load(object)
             .map_err(|source| EbpfError::Load { source })?
     };
@@ -137,38 +208,7 @@ pub fn load(
                 detail: program_error(&error),
             })?;
     }
-    let ring = ebpf
-        .take_map("events")
-        .ok_or(EbpfError::MissingMap { name: "events" })?;
-    // A duplicate of the descriptor, taken before aya wraps the map, is what the reader waits on.
-    let ring_fd = match &ring {
-        Map::RingBuf(data) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| EbpfError::Fd { source })?,
-        _ => return Err(EbpfError::MissingMap { name: "events" }),
-    };
-    let ring = RingBuf::try_from(ring).map_err(|source| EbpfError::Map {
-        name: "events",
-        source,
-    })?;
-    let lost = ebpf
-        .take_map("lost")
-        .ok_or(EbpfError::MissingMap { name: "lost" })?;
-    let lost: Array<MapData, u64> = Array::try_from(lost).map_err(|source| EbpfError::Map {
-        name: "lost",
-        source,
-    })?;
-    let lost_seen = vec![0; lost.len() as usize];
-    release_freed_memory();
-    Ok(Loaded {
-        _ebpf: ebpf,
-        ring,
-        ring_fd,
-        lost,
-        lost_seen,
-    })
+    Ok(ebpf)
 }
 
 /// Runs `work` with every signal blocked in this thread; the process's signals go to its other
@@ -428,6 +468,7 @@ mod tests {
         for (name, embedded) in [
             ("process.bpf.o", super::PROCESS_OBJECT),
             ("network.bpf.o", super::NETWORK_OBJECT),
+            ("reads.bpf.o", super::READS_OBJECT),
         ] {
             let built = std::fs::read(out.path().join(name)).unwrap();
             assert!(
