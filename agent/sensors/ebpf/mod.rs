@@ -1,7 +1,8 @@
 //! The eBPF sensor's shared half: loading the programs in `bpf/` against the running kernel's BTF,
 //! reading their ring buffer, and counting what the kernel could not hand over. The process
 //! sensor ([`crate::sensors::process`]) and the network sensor ([`crate::sensors::net`]) each load
-//! their own object and decode their own records ([`records`]).
+//! their own object and decode their own records ([`records`]); the file sensor's byte counter
+//! (`reads.bpf.c`) keeps its counts in maps the sensor reads itself ([`load_maps`]).
 //!
 //! The programs are C, compiled by clang into the objects committed beside their source
 //! (`bpf/build.sh`; a test proves the objects are what the source compiles to), and embedded in the
