@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData, RingBuf};
-use aya::programs::RawTracePoint;
+use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::time::Instant;
 
@@ -87,6 +87,16 @@ fn release_freed_memory() {
 #[cfg(not(target_env = "gnu"))]
 fn release_freed_memory() {}
 
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    /// The raw tracepoint of this name: arguments are read through helper calls.
+    RawTracePoint(&'static str),
+    /// The tracepoint of this name, typed by the kernel's BTF (`tp_btf`): the program may read
+    /// its arguments and the current task directly, which costs less per call.
+    BtfTracePoint(&'static str),
+}
+
 /// Programs loaded and attached whose maps their sensor reads itself, without a ring buffer.
 /// The programs stay attached as long as this lives.
 pub struct Attached {
@@ -94,11 +104,11 @@ pub struct Attached {
     _ebpf: Ebpf,
 }
 
-/// Loads `object` with the maps in `sizes` resized, attaches each `(program, raw tracepoint)`
-/// pair and hands back the maps named in `maps`, in that order.
+/// Loads `object` with the maps in `sizes` resized, attaches each `(program, attach)` pair and
+/// hands back the maps named in `maps`, in that order.
 pub fn load_maps(
     object: &[u8],
-    programs: &[(&'static str, &'static str)],
+    programs: &[(&'static str, Attach)],
     sizes: &[(&'static str, u32)],
     maps: &[&'static str],
 ) -> Result<(Attached, Vec<Map>), EbpfError> {
@@ -118,7 +128,11 @@ pub fn load(
     programs: &[(&'static str, &'static str)],
     ring_bytes: u32,
 ) -> Result<Loaded, EbpfError> {
-    let mut ebpf = load_attached(object, programs, &[("events", ring_bytes)])?;
+    let programs: Vec<(&'static str, Attach)> = programs
+        .iter()
+        .map(|&(name, tracepoint)| (name, Attach::RawTracePoint(tracepoint)))
+        .collect();
+    let mut ebpf = load_attached(object, &programs, &[("events", ring_bytes)])?;
     let ring = ebpf
         .take_map("events")
         .ok_or(EbpfError::MissingMap { name: "events" })?;
@@ -154,17 +168,17 @@ pub fn load(
 }
 
 /// Loads `object` against the kernel's BTF, with the maps in `sizes` resized, and attaches each
-/// `(program, raw tracepoint)` pair.
+/// program.
 fn load_attached(
     object: &[u8],
-    programs: &[(&'static str, &'static str)],
+    programs: &[(&'static str, Attach)],
     sizes: &[(&'static str, u32)],
 ) -> Result<Ebpf, EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
+    let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
     let mut ebpf = {
-        let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
         for &(map, size) in sizes {
@@ -174,42 +188,46 @@ fn load_attached(
             .load(object)
             .map_err(|source| EbpfError::Load { source })?
     };
-    for &(name, tracepoint) in programs {
-        let program: &mut RawTracePoint = ebpf
+    for &(name, attach) in programs {
+        let program = ebpf
             .program_mut(name)
-            .ok_or(EbpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|error: aya::programs::ProgramError| EbpfError::Program {
-                name,
-                detail: error.to_string(),
-            })?;
-        // The verifier gives up with EAGAIN when a signal arrives for this thread while it
-        // works (a child's SIGCHLD, in a process that starts many): signals wait while it does,
-        // for another thread or for afterwards, and an interrupted load is tried again as
-        // libbpf does.
-        let mut tries = 0;
-        let loaded = with_signals_held(|| {
-            loop {
-                match program.load() {
-                    Err(error) if tries < 5 && interrupted(&error) => tries += 1,
-                    done => return done,
-                }
+            .ok_or(EbpfError::MissingProgram { name })?;
+        let refused = |error: &aya::programs::ProgramError| EbpfError::Program {
+            name,
+            detail: program_error(error),
+        };
+        match attach {
+            Attach::RawTracePoint(tracepoint) => {
+                let program: &mut RawTracePoint = program.try_into().map_err(|e| refused(&e))?;
+                retry_load(|| program.load()).map_err(|e| refused(&e))?;
+                program.attach(tracepoint).map_err(|e| refused(&e))?;
             }
-        });
-        if let Err(error) = loaded {
-            return Err(EbpfError::Program {
-                name,
-                detail: program_error(&error),
-            });
+            Attach::BtfTracePoint(tracepoint) => {
+                let program: &mut BtfTracePoint = program.try_into().map_err(|e| refused(&e))?;
+                retry_load(|| program.load(tracepoint, &btf)).map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| refused(&e))?;
+            }
         }
-        program
-            .attach(tracepoint)
-            .map_err(|error| EbpfError::Program {
-                name,
-                detail: program_error(&error),
-            })?;
     }
     Ok(ebpf)
+}
+
+/// Runs a program's `load`. The verifier gives up with EAGAIN when a signal arrives for this
+/// thread while it works (a child's SIGCHLD, in a process that starts many): signals wait while
+/// it does, for another thread or for afterwards, and an interrupted load is tried again as
+/// libbpf does.
+fn retry_load(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    with_signals_held(|| {
+        loop {
+            match load() {
+                Err(error) if tries < 5 && interrupted(&error) => tries += 1,
+                done => return done,
+            }
+        }
+    })
 }
 
 /// Runs `work` with every signal blocked in this thread; the process's signals go to its other

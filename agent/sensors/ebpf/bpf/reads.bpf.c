@@ -2,16 +2,16 @@
 /* The file sensor's byte counter: how many bytes each process read from each watched export.
  *
  * fanotify tells the agent that a process read an export but not how much. This program runs as
- * each system call returns (the raw tracepoint sys_exit) and, for the calls that read a file,
+ * each system call returns (the BTF tracepoint sys_exit) and, for the calls that read a file,
  * takes the file from the calling process's descriptor table and the bytes moved from the
  * return value: read, pread64, readv, preadv, preadv2, sendfile (to a file, socket or pipe),
  * splice and copy_file_range (what cp uses). A file mapped into memory is read by page faults,
  * which no call returns: an mmap of a watched file marks the reader's count as incomplete. Reads
  * no system call returns (io_uring, 32-bit processes) are not counted, so such a reader has no
  * count at all, never a wrong one. (fentry/fexit on the kernel's read functions would cost only
- * the reads, but kernels may refuse them to tracers, as the sandboxes this was built in do;
- * every kernel with BTF attaches a raw tracepoint.) The syscall numbers and registers are
- * x86_64's: on another architecture the CO-RE relocations fail and bytes are not counted.
+ * the reads, but kernels may refuse them to tracers, as the machines this was built on do, while
+ * BTF tracepoints load.) The syscall numbers and registers are x86_64's: on another
+ * architecture the CO-RE relocations fail and bytes are not counted.
  *
  * `watched` holds the exports the agent watches, keyed by the kernel's (device, inode) with tgid
  * 0, so every read on the host costs one hash lookup after a few reads of the descriptor table.
@@ -78,11 +78,14 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+/* The file comes from bpf_probe_read_kernel, so the verifier does not know its type: its fields
+ * are read the same way. */
 static __always_inline struct read_key key_of(struct file *file)
 {
 	struct read_key key = {};
-	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
-	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	return key;
 }
 
@@ -145,21 +148,24 @@ static __always_inline void count(struct file *file, long moved, __u64 mapped, i
 /* The file open on descriptor `fd` of the current process. */
 static __always_inline struct file *file_of(struct task_struct *task, __u32 fd)
 {
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	struct fdtable *fdt = task->files->fdt;
+	if (fd >= fdt->max_fds)
 		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	/* The descriptor array is a pointer to pointers, which the verifier does not walk. */
+	struct file **fds = fdt->fd;
 	struct file *file = 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	return file;
 }
 
-SEC("raw_tracepoint/sys_exit")
-int sys_exit(struct bpf_raw_tracepoint_args *ctx)
+/* A typed (BTF) tracepoint: its arguments and the current task are pointers the program may
+ * read directly. */
+SEC("tp_btf/sys_exit")
+int sys_exit(unsigned long long *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	long ret = (long)ctx->args[1];
-	long nr = BPF_CORE_READ(regs, orig_ax);
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long ret = (long)ctx[1];
+	long nr = regs->orig_ax;
 	__u32 fd;
 	int mapped = 0, learning = 0;
 	switch (nr) {
@@ -169,20 +175,20 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	case NR_preadv2:
 	case NR_splice:
 	case NR_copy_file_range:
-		fd = BPF_CORE_READ(regs, di);
+		fd = regs->di;
 		break;
 	case NR_pread64:
-		fd = BPF_CORE_READ(regs, di);
-		learning = BPF_CORE_READ(regs, dx) == 0;
+		fd = regs->di;
+		learning = regs->dx == 0;
 		break;
 	case NR_sendfile:
-		fd = BPF_CORE_READ(regs, si);
+		fd = regs->si;
 		break;
 	case NR_mmap:
 		/* A mapping's address, not an error; no descriptor for an anonymous one. */
 		if (ret < 0 && ret > -4096)
 			return 0;
-		fd = BPF_CORE_READ(regs, r8);
+		fd = regs->r8;
 		mapped = 1;
 		ret = 0;
 		break;
@@ -191,8 +197,8 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	}
 	if (ret <= 0 && !mapped && !learning)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (BPF_CORE_READ(task, thread_info.status) & TS_COMPAT)
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->thread_info.status & TS_COMPAT)
 		return 0;
 	count(file_of(task, fd), ret, mapped, learning);
 	return 0;

@@ -13,10 +13,10 @@ use std::fs::File;
 use aya::Pod;
 use aya::maps::{Array, HashMap, MapData};
 
-use crate::sensors::ebpf::{self, Attached, EbpfError};
+use crate::sensors::ebpf::{self, Attach, Attached, EbpfError};
 
-/// The program and the raw tracepoint it attaches to.
-const PROGRAMS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+/// The program and the tracepoint it attaches to.
+const PROGRAMS: &[(&str, Attach)] = &[("sys_exit", Attach::BtfTracePoint("sys_exit"))];
 
 /// Readers (process and export) counted at once at most. The counter forgets the least recently
 /// used first: readers long reported (whose counts are also removed as they are reported) or
