@@ -424,7 +424,15 @@ impl ReadWatch {
                     ..ReadCount::default()
                 },
             ),
-            Stage::Done => return,
+            Stage::Done => {
+                // A reader reported already that opened the file again: what it read since
+                // is not reported, and is forgotten so that a later process under its pid does
+                // not inherit it.
+                if let (Some(key), Some(bytes)) = (key, &mut self.bytes) {
+                    bytes.forget(key, pid);
+                }
+                return;
+            }
         };
         self.set_stage(&reader, Stage::Done);
         self.report_total(observer, resolver, &reader, key, path.as_deref(), count);
