@@ -284,6 +284,18 @@ pub struct FileEvent {
     /// A delete of one name of a file that is still linked elsewhere: the links left.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub links_left: Option<u64>,
+    /// A `file.read`: the bytes the process read from the file (through read, readv,
+    /// copy_file_range, sendfile or splice, counted by eBPF); `None` when unknown (no eBPF, or
+    /// the reader mapped the file), never a guess.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes_read: Option<u64>,
+    /// A `file.read` reported while the reader still held the file open: `bytes_read` is what
+    /// it had read by then, and its total follows in a `file.read` with `closed` at its close.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub still_open: bool,
+    /// The close of a reader reported earlier with `still_open`: `bytes_read` is its total.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub closed: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -317,6 +329,9 @@ impl FileEvent {
             replaced_export: None,
             exchange: false,
             links_left: None,
+            bytes_read: None,
+            still_open: false,
+            closed: false,
         }
     }
 }

@@ -422,6 +422,9 @@ pub fn to_pb(event: &Event) -> pb::Event {
             replaced_export: f.replaced_export.as_ref().map(export_to_pb),
             exchange: f.exchange,
             links_left: f.links_left,
+            bytes_read: f.bytes_read,
+            still_open: f.still_open,
+            closed: f.closed,
         }),
         Body::Process(p) => B::Process(pb::ProcessEvent {
             action: match p.action {
@@ -551,6 +554,9 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             replaced_export: f.replaced_export.map(export_from_pb),
             exchange: f.exchange,
             links_left: f.links_left,
+            bytes_read: f.bytes_read,
+            still_open: f.still_open,
+            closed: f.closed,
         }),
         B::Process(p) => Body::Process(ProcessEvent {
             action: match pb::ProcessAction::try_from(p.action) {

@@ -127,6 +127,7 @@ fields!(
     ExportPhones = "export.phones",
     ExportPassports = "export.passports",
     ExportCards = "export.cards",
+    BytesRead = "bytes_read",
     // Processes.
     Cwd = "cwd",
     ExitCode = "exit_code",
@@ -275,6 +276,7 @@ impl Field {
                     Field::ExportPhones => export.map(|e| num(e.phones)),
                     Field::ExportPassports => export.map(|e| num(e.passports)),
                     Field::ExportCards => export.map(|e| num(e.cards)),
+                    Field::BytesRead => opt(file.bytes_read),
                     _ => None,
                 }
             }

@@ -184,8 +184,23 @@ fn file_activity(record: &Record, file: &FileEvent) -> Map<String, Value> {
         actor(file.process.as_ref(), &format!("file/{}", file.backend)),
     );
     object.insert("device".into(), device(record));
+    // OCSF's File System Activity has no attribute for the bytes a read moved: they go with
+    // bannin's own facts under `unmapped`.
+    let mut unmapped = Map::new();
     if let Some(export) = &file.export {
-        object.insert("unmapped".into(), json!({ "bannin_export": export }));
+        unmapped.insert("bannin_export".into(), json!(export));
+    }
+    if let Some(bytes) = file.bytes_read {
+        unmapped.insert("bannin_bytes_read".into(), json!(bytes));
+    }
+    if file.still_open {
+        unmapped.insert("bannin_still_open".into(), json!(true));
+    }
+    if file.closed {
+        unmapped.insert("bannin_closed".into(), json!(true));
+    }
+    if !unmapped.is_empty() {
+        object.insert("unmapped".into(), Value::Object(unmapped));
     }
     object
 }

@@ -42,8 +42,16 @@ pub fn event_detail(record: &Record) -> String {
                     )
                 })
                 .unwrap_or_default();
+            // A read's bytes where the agent counted them; a reader still open, or the close
+            // that gives its total, says so.
+            let read = match (f.bytes_read, f.still_open, f.closed) {
+                (Some(bytes), true, _) => format!(" read={bytes} (still open)"),
+                (Some(bytes), _, true) => format!(" read={bytes} (at close)"),
+                (Some(bytes), ..) => format!(" read={bytes}"),
+                (None, ..) => String::new(),
+            };
             format!(
-                "{}{from}{size}{export}{}",
+                "{}{from}{size}{read}{export}{}",
                 f.path,
                 process(f.process.as_ref())
             )

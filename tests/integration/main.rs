@@ -25,6 +25,7 @@ mod pgmetrics;
 mod pgretention;
 mod pgstore;
 mod procnet;
+mod readbytes;
 mod reads;
 mod refusals;
 mod scenarios;

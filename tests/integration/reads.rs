@@ -104,6 +104,8 @@ fn cat_of_a_large_export_is_one_file_read_naming_cat_however_often_a_reader_open
     assert_eq!(read["size"], std::fs::metadata(&export).unwrap().len());
     assert_eq!(read["export"]["format"], "csv", "{read}");
     assert_eq!(read["backend"], "fanotify");
+    // cat closed the export before waiting on stdin: reported then, with all it read.
+    assert_eq!(read["bytes_read"], read["size"], "{read}");
 
     // The attacker's loop: one process opening the export thousands of times is one reader.
     let mut hammer = Command::new(python())
@@ -253,10 +255,19 @@ fn a_python_process_reading_an_export_and_posting_it_raises_export_read_then_sen
     assert_eq!(alert["reader_pid"], alert["pid"], "{alert}");
     assert!(alert["lineage"].as_array().unwrap().len() >= 2, "{alert}");
     assert_eq!(alert["severity"], "high");
+    // `open(...).read()` read all of it and closed it at once: the alert says how much.
+    let size = std::fs::metadata(&export).unwrap().len();
+    assert_eq!(alert["bytes_read"], size, "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{size} read)")),
+        "{alert}"
+    );
 
     // The upload outlived the agent's interval: its connect raised the alert before its bytes
     // were known, its close names them in that same alert, as evidence too.
-    let size = std::fs::metadata(&export).unwrap().len();
     let alert = wait_for("the alert naming the bytes sent", LONG, || {
         alerts_json(&site.collector.dir, &["--rule", "export-read-then-sent"])
             .into_iter()
@@ -325,6 +336,21 @@ fn zip_tar_and_gzip_of_an_export_each_raise_one_export_archived_naming_the_final
         });
         assert_eq!(alert["path"], path.as_str(), "{alert}");
         assert!(alert["exe"].as_str().unwrap().ends_with(exe), "{alert}");
+        // Each read the whole export before closing it. An archiver still reading a second
+        // after it began (a loaded host) was reported with what it had read so far: its close
+        // then brings the total into the same alert.
+        let size = std::fs::metadata(&export).unwrap().len();
+        let alert = wait_for(
+            &format!("the alert for {archive} naming {size} bytes read"),
+            LONG,
+            || {
+                alerts_json(&site.collector.dir, &["--rule", "export-archived"])
+                    .into_iter()
+                    .find(|alert| alert["archive_path"] == archive.as_str())
+                    .filter(|alert| alert["bytes_read"] == size)
+            },
+        );
+        assert_eq!(alert["count"], 1, "{alert}");
         assert!(
             alert["summary"].as_str().unwrap().contains(&archive),
             "{alert}"
@@ -438,7 +464,7 @@ fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reporte
     let site = watched_site(
         "reads4",
         "",
-        "[files]\nread_watch_min_size = 1048576\nread_watch_max = 1\n",
+        "[files]\nread_watch_min_size = 1048576\nread_watch_max = 1\nread_bytes = false\n",
     );
     let first = site.watched.join("first.csv");
     std::fs::write(&first, customers_csv(2 * 1024 * 1024)).unwrap();
@@ -485,4 +511,21 @@ fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reporte
     assert!(reader.wait().unwrap().success());
     assert_eq!(read["path"], link.display().to_string(), "{read}");
     assert_eq!(read["export"]["format"], "csv", "{read}");
+    // Bytes are not counted here (read_bytes = false, as without eBPF): the read is reported
+    // at once, without bytes_read, and the sensor's status says why.
+    assert!(read.get("bytes_read").is_none(), "{read}");
+    assert!(read.get("still_open").is_none(), "{read}");
+    let status = site
+        .collector
+        .events(&["--kind", "sensor.status"])
+        .into_iter()
+        .find(|e| e["sensor"] == "files")
+        .expect("the files sensor's status");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("bytes read are unknown: read_bytes = false"),
+        "{status}"
+    );
 }

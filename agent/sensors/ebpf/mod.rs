@@ -1,7 +1,8 @@
 //! The eBPF sensor's shared half: loading the programs in `bpf/` against the running kernel's BTF,
 //! reading their ring buffer, and counting what the kernel could not hand over. The process
 //! sensor ([`crate::sensors::process`]) and the network sensor ([`crate::sensors::net`]) each load
-//! their own object and decode their own records ([`records`]).
+//! their own object and decode their own records ([`records`]); the file sensor's byte counter
+//! (`reads.bpf.c`) keeps its counts in maps the sensor reads itself ([`load_maps`]).
 //!
 //! The programs are C, compiled by clang into the objects committed beside their source
 //! (`bpf/build.sh`; a test proves the objects are what the source compiles to), and embedded in the
@@ -23,7 +24,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData};
-use aya::programs::RawTracePoint;
+use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use tokio::time::Instant;
 
@@ -34,6 +35,8 @@ use super::Stop;
 pub static PROCESS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/process.bpf.o");
 /// The network sensor's program (`bpf/network.bpf.c`).
 pub static NETWORK_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/network.bpf.o");
+/// The file sensor's byte counter for reads of exports (`bpf/reads.bpf.c`).
+pub static READS_OBJECT: &[u8] = aya::include_bytes_aligned!("bpf/reads.bpf.o");
 
 /// Why the programs could not run; the sensor falls back to its older source and says this.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,41 @@ pub struct Loaded {
 /// programs, and a child that hangs must not hold the sensor's start for long.
 const LOADER_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    /// The raw tracepoint of this name: arguments are read through helper calls.
+    RawTracePoint(&'static str),
+    /// The tracepoint of this name, typed by the kernel's BTF (`tp_btf`): the program may read
+    /// its arguments and the current task directly, which costs less per call.
+    BtfTracePoint(&'static str),
+}
+
+/// Programs loaded and attached whose maps their sensor reads itself, without a ring buffer.
+/// The programs stay attached as long as this lives.
+pub struct Attached {
+    /// The links that keep the programs attached: closing them detaches the programs.
+    _links: Vec<OwnedFd>,
+}
+
+/// Loads `object` with the maps in `sizes` resized, attaches each `(program, attach)` pair and
+/// hands back the maps named in `maps`, in that order. The load runs in a child process
+/// ([`loader`]): the agent only receives the descriptors.
+pub fn load_maps(
+    object: &'static [u8],
+    programs: &[(&'static str, Attach)],
+    sizes: &[(&'static str, u32)],
+    maps: &[&'static str],
+) -> Result<(Attached, Vec<Map>), EbpfError> {
+    let (fds, links) = load_in_child(object, programs, sizes, maps)?;
+    let maps = maps
+        .iter()
+        .zip(fds)
+        .map(|(&name, fd)| typed_map(name, fd))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Attached { _links: links }, maps))
+}
+
 /// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
 /// pair, in a child process ([`loader`]): the agent only receives the descriptors.
 pub fn load(
@@ -86,15 +124,53 @@ pub fn load(
     programs: &[(&'static str, &'static str)],
     ring_bytes: u32,
 ) -> Result<Loaded, EbpfError> {
+    let programs: Vec<(&'static str, Attach)> = programs
+        .iter()
+        .map(|&(name, tracepoint)| (name, Attach::RawTracePoint(tracepoint)))
+        .collect();
+    let (maps, links) = load_in_child(
+        object,
+        &programs,
+        &[("events", ring_bytes)],
+        &["events", "lost"],
+    )?;
+    let [ring_fd, lost]: [OwnedFd; 2] = maps
+        .try_into()
+        .map_err(|_| EbpfError::MissingMap { name: "events" })?;
+    let ring = Ring::new(ring_fd.as_fd(), ring_bytes as usize)
+        .map_err(|source| EbpfError::Fd { source })?;
+    let lost: Array<MapData, u64> =
+        Array::try_from(typed_map("lost", lost)?).map_err(|source| EbpfError::Map {
+            name: "lost",
+            source,
+        })?;
+    let lost_seen = vec![0; lost.len() as usize];
+    Ok(Loaded {
+        _links: links,
+        ring,
+        ring_fd,
+        lost,
+        lost_seen,
+    })
+}
+
+/// Runs [`load_attached`] in a child process; returns the descriptors of the maps named in
+/// `maps`, in that order, and of the links that keep the programs attached.
+fn load_in_child(
+    object: &'static [u8],
+    programs: &[(&'static str, Attach)],
+    sizes: &[(&'static str, u32)],
+    maps: &[&'static str],
+) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
     let handed = loader::in_child(
         || {
-            let ebpf = load_here(object, programs, ring_bytes).map_err(|e| e.to_string())?;
-            let maps = ["events", "lost"]
-                .into_iter()
-                .map(|name| {
+            let ebpf = load_attached(object, programs, sizes).map_err(|e| e.to_string())?;
+            let fds = maps
+                .iter()
+                .map(|&name| {
                     ebpf.map(name)
                         .map(|map| map_data(map).fd().as_fd().as_raw_fd())
                         .ok_or_else(|| EbpfError::MissingMap { name }.to_string())
@@ -103,33 +179,38 @@ pub fn load(
             // The child exits without detaching: its descriptors close with it, once the
             // agent holds its own.
             std::mem::forget(ebpf);
-            Ok(maps)
+            Ok(fds)
         },
         LOADER_PATIENCE,
     )
     .map_err(|message| EbpfError::Loader { message })?;
-    let [ring_fd, lost]: [OwnedFd; 2] = handed
-        .maps
-        .try_into()
-        .map_err(|_| EbpfError::MissingMap { name: "events" })?;
-    let ring = Ring::new(ring_fd.as_fd(), ring_bytes as usize)
-        .map_err(|source| EbpfError::Fd { source })?;
-    let lost = MapData::from_fd(lost).map_err(|source| EbpfError::Map {
-        name: "lost",
-        source,
-    })?;
-    let lost: Array<MapData, u64> =
-        Array::try_from(Map::Array(lost)).map_err(|source| EbpfError::Map {
-            name: "lost",
-            source,
-        })?;
-    let lost_seen = vec![0; lost.len() as usize];
-    Ok(Loaded {
-        _links: handed.links,
-        ring,
-        ring_fd,
-        lost,
-        lost_seen,
+    if handed.maps.len() != maps.len() {
+        return Err(EbpfError::Loader {
+            message: format!(
+                "the loader handed back {} maps of {}",
+                handed.maps.len(),
+                maps.len()
+            ),
+        });
+    }
+    Ok((handed.maps, handed.links))
+}
+
+/// A map handed back by the loader, as aya's kind for its type (the kinds these programs use).
+fn typed_map(name: &'static str, fd: OwnedFd) -> Result<Map, EbpfError> {
+    use aya::maps::MapType;
+    let data = MapData::from_fd(fd).map_err(|source| EbpfError::Map { name, source })?;
+    let kind = data
+        .info()
+        .and_then(|info| info.map_type())
+        .map_err(|source| EbpfError::Map { name, source })?;
+    Ok(match kind {
+        MapType::Array => Map::Array(data),
+        MapType::Hash => Map::HashMap(data),
+        MapType::LruHash => Map::LruHashMap(data),
+        MapType::RingBuf => Map::RingBuf(data),
+        MapType::PerCpuArray => Map::PerCpuArray(data),
+        _ => Map::Unsupported(data),
     })
 }
 
@@ -160,55 +241,64 @@ fn map_data(map: &Map) -> &MapData {
     }
 }
 
-/// Loads and attaches the programs in this process (the loading child).
-fn load_here(
+/// Loads `object` against the kernel's BTF, with the maps in `sizes` resized, and attaches each
+/// program (in the loading child).
+fn load_attached(
     object: &[u8],
-    programs: &[(&'static str, &'static str)],
-    ring_bytes: u32,
+    programs: &[(&'static str, Attach)],
+    sizes: &[(&'static str, u32)],
 ) -> Result<Ebpf, EbpfError> {
+    let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
     let mut ebpf = {
-        let btf = Btf::from_sys_fs().map_err(|source| EbpfError::NoBtf { source })?;
-        EbpfLoader::new()
-            .btf(Some(&btf))
-            .set_max_entries("events", ring_bytes)
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&btf));
+        for &(map, size) in sizes {
+            loader.set_max_entries(map, size);
+        }
+        loader
             .load(object)
             .map_err(|source| EbpfError::Load { source })?
     };
-    for &(name, tracepoint) in programs {
-        let program: &mut RawTracePoint = ebpf
+    for &(name, attach) in programs {
+        let program = ebpf
             .program_mut(name)
-            .ok_or(EbpfError::MissingProgram { name })?
-            .try_into()
-            .map_err(|error: aya::programs::ProgramError| EbpfError::Program {
-                name,
-                detail: error.to_string(),
-            })?;
-        // The verifier gives up with EAGAIN when a signal arrives for this thread while it
-        // works: signals wait while it does, and an interrupted load is tried again as libbpf
-        // does.
-        let mut tries = 0;
-        let loaded = with_signals_held(|| {
-            loop {
-                match program.load() {
-                    Err(error) if tries < 5 && interrupted(&error) => tries += 1,
-                    done => return done,
-                }
+            .ok_or(EbpfError::MissingProgram { name })?;
+        let refused = |error: &aya::programs::ProgramError| EbpfError::Program {
+            name,
+            detail: program_error(error),
+        };
+        match attach {
+            Attach::RawTracePoint(tracepoint) => {
+                let program: &mut RawTracePoint = program.try_into().map_err(|e| refused(&e))?;
+                retry_load(|| program.load()).map_err(|e| refused(&e))?;
+                program.attach(tracepoint).map_err(|e| refused(&e))?;
             }
-        });
-        if let Err(error) = loaded {
-            return Err(EbpfError::Program {
-                name,
-                detail: program_error(&error),
-            });
+            Attach::BtfTracePoint(tracepoint) => {
+                let program: &mut BtfTracePoint = program.try_into().map_err(|e| refused(&e))?;
+                retry_load(|| program.load(tracepoint, &btf)).map_err(|e| refused(&e))?;
+                program.attach().map_err(|e| refused(&e))?;
+            }
         }
-        program
-            .attach(tracepoint)
-            .map_err(|error| EbpfError::Program {
-                name,
-                detail: program_error(&error),
-            })?;
     }
     Ok(ebpf)
+}
+
+/// Runs a program's `load`. The verifier gives up with EAGAIN when a signal arrives for this
+/// thread while it works: signals wait while it does, and an interrupted load is tried again as
+/// libbpf does. (The loading child holds its signals anyway; this keeps the load right wherever
+/// it runs.)
+fn retry_load(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut tries = 0;
+    with_signals_held(|| {
+        loop {
+            match load() {
+                Err(error) if tries < 5 && interrupted(&error) => tries += 1,
+                done => return done,
+            }
+        }
+    })
 }
 
 /// Runs `work` with every signal blocked in this thread; the process's signals go to its other
@@ -501,6 +591,7 @@ mod tests {
         for (name, embedded) in [
             ("process.bpf.o", super::PROCESS_OBJECT),
             ("network.bpf.o", super::NETWORK_OBJECT),
+            ("reads.bpf.o", super::READS_OBJECT),
         ] {
             let built = std::fs::read(out.path().join(name)).unwrap();
             assert!(

@@ -60,6 +60,11 @@ pub struct FilesConfig {
     /// export past the bound is not watched, counted and reported in a `sensor.error` event.
     /// 0 watches none. Default: 1024.
     pub read_watch_max: usize,
+    /// Whether `file.read` counts the bytes each reader read (`bytes_read`), with eBPF programs
+    /// on the kernel's read paths (root, a kernel with BTF and fexit). Every read on the host
+    /// then costs one hash lookup. Without them `file.read` has no `bytes_read`, and the
+    /// `sensor.status` event says why. Default: true.
+    pub read_bytes: bool,
     /// The agent's state directory, set by `agent run` and never read from the file: the sensor
     /// never examines or reports its own spool, wherever the watched trees are.
     #[serde(skip)]
@@ -79,6 +84,7 @@ impl Default for FilesConfig {
             queue_capacity: 32_768,
             read_watch_min_size: 10 * 1024 * 1024,
             read_watch_max: 1024,
+            read_bytes: true,
             private_dir: None,
         }
     }
@@ -110,6 +116,7 @@ impl FilesConfig {
             queue_capacity: self.queue_capacity,
             read_watch_min_size: self.read_watch_min_size,
             read_watch_max: self.read_watch_max,
+            read_bytes: self.read_bytes,
             private_dir: self.private_dir,
         })
     }
@@ -129,6 +136,7 @@ pub struct FilesSettings {
     pub queue_capacity: usize,
     pub read_watch_min_size: u64,
     pub read_watch_max: usize,
+    pub read_bytes: bool,
     /// The agent's state directory, set by `agent run`.
     pub private_dir: Option<PathBuf>,
 }

@@ -179,13 +179,23 @@ fn reads(config: &FilesSettings, chosen: &Chosen) -> (Reads, String) {
         Chosen::Fanotify(_) if config.read_watch_max == 0 => unseen("read_watch_max = 0"),
         #[cfg(target_os = "linux")]
         Chosen::Fanotify(_) => match fanotify::open_reads() {
-            Ok(group) => (
-                Some((group, config.read_watch_max)),
-                format!(
-                    "reads of exports of at least {} bytes are watched (up to {} files)",
-                    config.read_watch_min_size, config.read_watch_max
-                ),
-            ),
+            Ok(mut group) => {
+                let bytes = if !config.read_bytes {
+                    "bytes read are unknown: read_bytes = false".to_string()
+                } else {
+                    match group.count_bytes(config.read_watch_max) {
+                        Ok(()) => "bytes read are counted (eBPF)".to_string(),
+                        Err(error) => format!("bytes read are unknown: eBPF: {error}"),
+                    }
+                };
+                (
+                    Some((group, config.read_watch_max)),
+                    format!(
+                        "reads of exports of at least {} bytes are watched (up to {} files), {bytes}",
+                        config.read_watch_min_size, config.read_watch_max
+                    ),
+                )
+            }
             Err(reason) => unseen(&reason),
         },
     }

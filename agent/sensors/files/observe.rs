@@ -104,6 +104,15 @@ impl Read for FdReader<'_> {
     }
 }
 
+/// What a `file.read` says about the bytes read (see [`bannin::event::FileEvent::bytes_read`]).
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReadCount {
+    pub bytes: Option<u64>,
+    pub still_open: bool,
+    pub closed: bool,
+}
+
 /// A file as the sensor saw it when it examined it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Seen {
@@ -215,8 +224,11 @@ impl Observer {
 
     /// Emits a `file.read`: `pid` read the watched export `path`, examined as `seen`.
     #[cfg(target_os = "linux")]
-    pub fn read(&mut self, path: &Path, pid: u32, seen: Option<Seen>) {
+    pub fn read(&mut self, path: &Path, pid: u32, seen: Option<Seen>, count: ReadCount) {
         let mut event = self.file_event(FileAction::Read, path);
+        event.bytes_read = count.bytes;
+        event.still_open = count.still_open;
+        event.closed = count.closed;
         match seen {
             Some(seen) => {
                 self.fill(&mut event, seen.facts);

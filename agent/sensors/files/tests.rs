@@ -717,6 +717,12 @@ mod as_root {
                     .contains("reads of exports of at least 1048576 bytes are watched"),
                 "{status:?}"
             );
+            assert!(
+                sensor(&status)
+                    .message
+                    .contains("bytes read are counted (eBPF)"),
+                "{status:?}"
+            );
             let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
             let _write = Script::run(&dir, &format!("{}; {}", export("a.csv"), export("b.csv")));
             next(&mut rx, is("file.write", &b)).await;
@@ -758,10 +764,18 @@ mod as_root {
                 assert_eq!(read.export.as_ref().unwrap().format, "csv");
                 let reader = read.process.as_ref().unwrap();
                 let expected = if reader.pid == perl.pid() {
+                    // Reported at the first close the agent handled, with what it read by
+                    // then: at least its first 100 bytes, at most perl's buffer's worth for
+                    // each of its 3000 opens (the kernel merges a reader's queued events).
+                    let bytes = read.bytes_read.unwrap();
+                    assert!((100..=3000 * 8192).contains(&bytes), "{read:?}");
                     "/usr/bin/perl"
                 } else {
+                    // cat closed it after reading all of it: reported then, with everything.
+                    assert_eq!(read.bytes_read, Some(2 * MIB), "{read:?}");
                     "/bin/cat"
                 };
+                assert!(!read.still_open && !read.closed, "{read:?}");
                 assert_eq!(reader.exe, exe_of(expected));
                 assert_eq!(reader.user, "root");
                 assert_eq!(reader.ancestry[0].pid, std::process::id());

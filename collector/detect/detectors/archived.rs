@@ -1,4 +1,8 @@
 //! `export_archived`: an archiver or compressor read a large export and an archive was written.
+//!
+//! The alert names the bytes the archiver read where the agent counted them (`bytes_read`); an
+//! archiver reported while it still held the export open (`still_open`) has its total in a later
+//! `file.read` at its close (`closed`), folded into the read and into the alert it raised.
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,8 +52,9 @@ pub(crate) struct ExportArchived {
     /// The latest archiver read per host, for an archive written by another process of the
     /// pipe (`tar c export.csv | gzip > out.tgz`).
     latest: HostWindows<String, Sighting>,
-    /// Reads, by agent and pid, that an alert was raised for: not lent to another writer.
-    used: HostWindows<(String, u32), ()>,
+    /// Reads, by agent and pid, that an alert was raised for, with the archive it was raised
+    /// with: not lent to another writer.
+    used: HostWindows<(String, u32), Sighting>,
     /// Matches whose archive is known only by its content, under a name that is not an
     /// archive's (`zip` writes `ziXXXXXX` and renames it to `out.zip`), by agent and that name:
     /// raised on the rename under the final name, or after `RENAME_GRACE` without writes.
@@ -103,6 +108,7 @@ impl ExportArchived {
             proof: evidence(record),
         };
         match file.action {
+            FileAction::Read if file.closed => self.read_closed(&record.agent_id, seen),
             FileAction::Read => {
                 if !self.is_archiver(&process.exe)
                     || file.size.unwrap_or(0) < self.min_size
@@ -166,6 +172,31 @@ impl ExportArchived {
         }
     }
 
+    /// The close of an archiver reported while it still read: its total goes into its read and,
+    /// when that read raised an alert, into the alert (folded into it, not another one).
+    fn read_closed(&mut self, agent: &str, close: Sighting) -> Option<Candidate> {
+        let key = (agent.to_string(), close.process.pid);
+        let host = close.host.clone();
+        let read = self.reads.get_mut(&host, &key)?;
+        if read.file.path != close.file.path || read.process.exe != close.process.exe {
+            return None;
+        }
+        read.file.bytes_read = close.file.bytes_read;
+        read.file.still_open = false;
+        let read = read.clone();
+        if let Some(latest) = self.latest.get_mut(&host, &agent.to_string())
+            && latest.process.pid == read.process.pid
+        {
+            latest.file = read.file.clone();
+        }
+        let archive = self.used.get(&host, &key)?.clone();
+        let mut candidate = self.candidate(&read, &archive);
+        candidate.ts = close.ts;
+        candidate.evidence.push(close.proof);
+        candidate.continues = true;
+        Some(candidate)
+    }
+
     /// An archiver's read and an archive matched: raised now, or held for the rename when the
     /// archive's name is not an archive's (a temporary name).
     fn matched(&mut self, agent: &str, read: Sighting, archive: Sighting) -> Option<Candidate> {
@@ -201,7 +232,7 @@ impl ExportArchived {
     fn raise(&mut self, agent: &str, read: &Sighting, archive: &Sighting) -> Candidate {
         let reader = (agent.to_string(), read.process.pid);
         self.used
-            .insert(&read.host, reader, (), archive.ts.max(read.ts));
+            .insert(&read.host, reader, archive.clone(), archive.ts.max(read.ts));
         self.candidate(read, archive)
     }
 
@@ -213,6 +244,9 @@ impl ExportArchived {
         }
         if let Some(export) = &read.file.export {
             fields.insert("export".into(), json!(export));
+        }
+        if let Some(bytes) = read.file.bytes_read {
+            fields.insert("bytes_read".into(), json!(bytes));
         }
         fields.insert("archive_path".into(), json!(archive.file.path));
         if let Some(size) = archive.file.size {
@@ -234,11 +268,12 @@ impl ExportArchived {
             ts: archive.ts.max(read.ts),
             host: host.clone(),
             summary: format!(
-                "{}[{}] read {} ({} bytes) and {} was written on {host}",
+                "{}[{}] read {} ({} bytes{}) and {} was written on {host}",
                 read.process.exe,
                 read.process.pid,
                 read.file.path,
                 read.file.size.unwrap_or(0),
+                super::export_sent::bytes_read(&read.file),
                 archive.file.path
             ),
             evidence: vec![read.proof.clone(), archive.proof.clone()],
@@ -367,6 +402,67 @@ mod tests {
         );
         updates.extend(fleet.send("web2", 0, read("/srv/exports/d.csv", 20 * MIB, &tar)));
         assert_eq!(rules_of(&updates), vec!["export-archived"]);
+    }
+
+    /// The archiver's bytes read are named; an archiver reported while it still read has its
+    /// total folded into the alert at its close.
+    #[test]
+    fn the_bytes_an_archiver_read_are_named_and_its_close_gives_the_alert_its_total() {
+        let mut fleet = Fleet::default();
+        let tar = process(6101, "/usr/bin/tar", "sato", &["/usr/bin/bash"]);
+        let counted = |bytes: u64, still_open: bool| {
+            let Body::File(mut event) = read("/srv/exports/c.csv", 17 * MIB, &tar) else {
+                unreachable!()
+            };
+            event.bytes_read = Some(bytes);
+            event.still_open = still_open;
+            event.closed = !still_open;
+            Body::File(event)
+        };
+        let mut updates = fleet.send("web1", 0, counted(4 * MIB, true));
+        updates.extend(fleet.send(
+            "web1",
+            1,
+            file(
+                FileAction::Write,
+                "/srv/exports/c.tgz",
+                Some(MIB),
+                None,
+                &tar,
+            ),
+        ));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        let alert = alerts[0].clone();
+        assert_eq!(alert.fields["bytes_read"], 4 * MIB);
+        assert!(
+            alert.summary.contains(&format!("{} read so far", 4 * MIB)),
+            "{}",
+            alert.summary
+        );
+        let updates = fleet.send("web1", 2, counted(17 * MIB, false));
+        let [
+            AlertUpdate::Repeat {
+                id,
+                count,
+                fields,
+                evidence,
+                summary,
+                ..
+            },
+        ] = updates.as_slice()
+        else {
+            panic!("one update of the alert: {updates:?}");
+        };
+        assert_eq!((id, *count), (&alert.id, 1));
+        assert_eq!(fields["bytes_read"], 17 * MIB);
+        assert!(evidence.iter().any(|e| e.seq == 3), "{evidence:?}");
+        assert!(
+            summary
+                .as_deref()
+                .is_some_and(|s| s.contains(&format!("{} read)", 17 * MIB))),
+            "{summary:?}"
+        );
     }
 
     #[test]

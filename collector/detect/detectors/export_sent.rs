@@ -5,6 +5,11 @@
 //! `net.close`: that close is folded into the alert its connect raised, naming the bytes and
 //! adding the close as evidence, or, when that alert is no longer recent (the dedup window),
 //! raises one of its own.
+//!
+//! A read names the bytes the reader read where the agent counted them (`bytes_read`). A reader
+//! reported while it still held the export open (`still_open`) has its total in a later
+//! `file.read` at its close (`closed`): folded into the read it continues, and into the alert
+//! that read raised, the same way.
 
 use std::time::Duration;
 
@@ -28,6 +33,9 @@ struct Read {
     file: FileEvent,
     reader: ProcessInfo,
     proof: EvidenceRef,
+    /// The latest connection that raised an alert with this read, to raise it again (folded
+    /// into that alert) when the reader's close gives its total.
+    sent: Option<Box<Record>>,
 }
 
 /// Reads of large exports by process (agent and pid), so a connection by the reader or by a
@@ -56,18 +64,34 @@ impl ExportReadThenSent {
         })
     }
 
-    fn read(&mut self, record: &Record, file: &FileEvent) {
-        let Some(reader) = &file.process else {
-            return;
-        };
+    fn read(&mut self, record: &Record, file: &FileEvent) -> Option<Candidate> {
+        let reader = file.process.as_ref()?;
         if file.size.unwrap_or(0) < self.min_size || file.export.is_none() {
-            return;
+            return None;
+        }
+        let key = (record.agent_id.clone(), reader.pid);
+        if file.closed
+            && let Some(read) = self.reads.get_mut(&record.event.host, &key)
+            && read.file.path == file.path
+            && read.reader.exe == reader.exe
+        {
+            // The close of a reader reported still open: its total, for the read it continues
+            // and for the alert that read raised.
+            read.file.bytes_read = file.bytes_read;
+            read.file.still_open = false;
+            let sent = read.sent.clone()?;
+            let mut candidate = self.connect(&sent)?;
+            candidate.ts = record.event.ts;
+            candidate.evidence.push(evidence(record));
+            candidate.continues = true;
+            return Some(candidate);
         }
         let read = Read {
             ts: record.event.ts,
             file: file.clone(),
             reader: reader.clone(),
             proof: evidence(record),
+            sent: None,
         };
         // The latest large read of a process is what it would send.
         self.reads.insert(
@@ -76,6 +100,7 @@ impl ExportReadThenSent {
             read,
             record.event.ts,
         );
+        None
     }
 
     fn connect(&mut self, record: &Record) -> Option<Candidate> {
@@ -97,15 +122,19 @@ impl ExportReadThenSent {
                 .iter()
                 .map(|ancestor| (ancestor.pid, ancestor.exe.as_str())),
         );
-        let read = lineage.take(MAX_LINEAGE).find_map(|(pid, exe)| {
-            let read = self.reads.get(host, &(record.agent_id.clone(), pid))?;
+        let reader = lineage.take(MAX_LINEAGE).find_map(|(pid, exe)| {
+            let key = (record.agent_id.clone(), pid);
+            let read = self.reads.get(host, &key)?;
             let same_program =
                 exe.is_empty() || read.reader.exe.is_empty() || read.reader.exe == exe;
             let in_window = ts >= read.ts
                 && ts.as_nanos() - read.ts.as_nanos()
                     <= i64::try_from(self.window.as_nanos()).unwrap_or(i64::MAX);
-            (same_program && in_window).then_some(read)
+            (same_program && in_window).then_some(key)
         })?;
+        let read = self.reads.get_mut(host, &reader)?;
+        read.sent = Some(Box::new(record.clone()));
+        let read = &*read;
         let mut fields = Map::new();
         fields.insert("path".into(), json!(read.file.path));
         if let Some(size) = read.file.size {
@@ -113,6 +142,9 @@ impl ExportReadThenSent {
         }
         if let Some(export) = &read.file.export {
             fields.insert("export".into(), json!(export));
+        }
+        if let Some(bytes) = read.file.bytes_read {
+            fields.insert("bytes_read".into(), json!(bytes));
         }
         fields.insert("read_ts".into(), json!(read.ts));
         process_fields(&mut fields, "reader_", &read.reader);
@@ -156,9 +188,10 @@ impl ExportReadThenSent {
             ts,
             host: host.to_string(),
             summary: format!(
-                "{by} read {} ({} bytes) then connected to {}:{}{bytes} on {host}",
+                "{by} read {} ({} bytes{}) then connected to {}:{}{bytes} on {host}",
                 read.file.path,
                 read.file.size.unwrap_or(0),
+                bytes_read(&read.file),
                 net.remote_addr,
                 net.remote_port
             ),
@@ -168,6 +201,16 @@ impl ExportReadThenSent {
             severity: None,
             continues: net.action == NetAction::Close,
         })
+    }
+}
+
+/// How much of the file a read's summary says was read: `, N read` where the agent counted it
+/// (`so far` while the reader still held it open), nothing where it could not.
+pub(crate) fn bytes_read(file: &FileEvent) -> String {
+    match (file.bytes_read, file.still_open) {
+        (Some(bytes), true) => format!(", {bytes} read so far"),
+        (Some(bytes), false) => format!(", {bytes} read"),
+        (None, _) => String::new(),
     }
 }
 
@@ -183,8 +226,7 @@ impl StatefulDetector for ExportReadThenSent {
     fn observe(&mut self, record: &Record, _seen: Seen) -> Vec<Candidate> {
         match &record.event.body {
             Body::File(file) if file.action == FileAction::Read => {
-                self.read(record, file);
-                Vec::new()
+                self.read(record, file).into_iter().collect()
             }
             Body::Net(_) => self.connect(record).into_iter().collect(),
             _ => Vec::new(),
@@ -325,6 +367,77 @@ mod tests {
             "{}",
             alerts[0].summary
         );
+    }
+
+    /// A read with the bytes the agent counted, `still_open` /  `closed` as the agent sends
+    /// them for a reader that held the export open past its wait.
+    fn counted(path: &str, who: &ProcessInfo, bytes: u64, still_open: bool) -> Body {
+        let Body::File(mut event) = read(path, 17 * MIB, who) else {
+            unreachable!()
+        };
+        event.bytes_read = Some(bytes);
+        event.still_open = still_open;
+        event.closed = !still_open;
+        event.into()
+    }
+
+    /// The reader's bytes are named in the alert; a reader reported still open that sends
+    /// before it closes gets its total into the same alert at its close, not another alert.
+    #[test]
+    fn the_bytes_read_are_named_and_a_readers_close_gives_the_alert_its_total() {
+        let mut fleet = fleet(DetectConfig::default());
+        let python = process(7001, "/usr/bin/python3.11", "sato", &["/usr/bin/bash"]);
+        fleet.send(
+            "web1",
+            0,
+            counted("/srv/exports/c.csv", &python, 3_000_000, true),
+        );
+        let updates = fleet.send("web1", 5, connect("203.0.113.50", "public", &python));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts.len(), 1, "{:?}", rules_of(&updates));
+        let alert = alerts[0].clone();
+        assert_eq!(alert.fields["bytes_read"], 3_000_000);
+        assert!(
+            alert.summary.contains("3000000 read so far"),
+            "{}",
+            alert.summary
+        );
+
+        let updates = fleet.send(
+            "web1",
+            8,
+            counted("/srv/exports/c.csv", &python, 17 * MIB, false),
+        );
+        let [
+            AlertUpdate::Repeat {
+                id,
+                count,
+                evidence,
+                fields,
+                summary,
+                ..
+            },
+        ] = updates.as_slice()
+        else {
+            panic!("one update of the alert: {updates:?}");
+        };
+        assert_eq!((id, *count), (&alert.id, 1));
+        assert_eq!(fields["bytes_read"], 17 * MIB);
+        // The read, the connection and the close.
+        let seqs: Vec<u64> = evidence.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let mut stored = alert.clone();
+        stored.repeat(*count, evidence, fields, summary.as_deref());
+        assert!(
+            stored.summary.contains(&format!("{} read)", 17 * MIB)),
+            "{}",
+            stored.summary
+        );
+
+        // A later connection finds the total.
+        let updates = fleet.send("web1", 9, connect("198.51.100.7", "public", &python));
+        let alerts = new_alerts(&updates);
+        assert_eq!(alerts[0].fields["bytes_read"], 17 * MIB);
     }
 
     #[test]

@@ -10,7 +10,7 @@ src="$(cd "$(dirname "$0")" && pwd)"
 out="$(cd "${1:-$src}" && pwd)"
 arch_include="/usr/include/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 cd "$src"
-for program in process network; do
+for program in process network reads; do
   clang -target bpf -O2 -g -Wall -Werror -I"$arch_include" -fdebug-prefix-map="$src"=. \
     -c "$program.bpf.c" -o "$out/$program.bpf.o"
   llvm-strip -g "$out/$program.bpf.o"

@@ -43,8 +43,18 @@ struct path {
 	struct dentry *dentry;
 } CORE;
 
+struct super_block {
+	__u32 s_dev;
+} CORE;
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} CORE;
+
 struct file {
 	struct path f_path;
+	struct inode *f_inode;
 } CORE;
 
 struct fs_struct {
@@ -57,7 +67,31 @@ struct mm_struct {
 	struct file *exe_file;
 } CORE;
 
+struct thread_info {
+	__u32 status;
+} CORE;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} CORE;
+
+struct files_struct {
+	struct fdtable *fdt;
+} CORE;
+
+/* x86_64: a syscall's arguments, its number, as the kernel saved them at entry. */
+struct pt_regs {
+	unsigned long r10;
+	unsigned long r8;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long orig_ax;
+} CORE;
+
 struct task_struct {
+	struct thread_info thread_info;
 	int pid;
 	int tgid;
 	int exit_code;
@@ -68,6 +102,7 @@ struct task_struct {
 	const struct cred *real_cred;
 	struct mm_struct *mm;
 	struct fs_struct *fs;
+	struct files_struct *files;
 } CORE;
 
 struct linux_binprm {

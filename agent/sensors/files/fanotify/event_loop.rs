@@ -139,6 +139,12 @@ pub fn run(
         // Work due without new events: events waiting for their process are looked at again
         // soon; a lone move, an owed rescan or refusals to report, after a quiet poll. Nothing
         // due: the thread sleeps until the kernel or the stop wakes it.
+        // A reader of an export not yet reported is reported at its due time at the latest.
+        let reader_due = state
+            .reads
+            .as_ref()
+            .and_then(ReadWatch::next_due)
+            .map(|due| due.saturating_duration_since(tokio::time::Instant::now()));
         let duty = if state.observer.waiting() {
             Some(WAITING_POLL)
         } else if state.moved_from.is_some()
@@ -151,6 +157,10 @@ pub fn run(
             Some(POLL)
         } else {
             None
+        };
+        let duty = match (duty, reader_due) {
+            (Some(duty), Some(due)) => Some(duty.min(due)),
+            (duty, due) => duty.or(due),
         };
         // Events lingering in the outbox are handed over when their linger is up.
         let linger = state.observer.linger_left();

@@ -8,7 +8,8 @@
 //!   the file can be examined even when it was deleted a microsecond later.
 //!
 //! - `modifies` reports `FAN_MODIFY` with file handles, for truncates no close follows.
-//! - `reads` ([`reads`]) holds one inode mark per large export, for `file.read`.
+//! - `reads` ([`reads`]) holds one inode mark per large export, for `file.read`, whose bytes
+//!   eBPF programs count ([`read_bytes`]).
 //!
 //! Events of all are filtered to the watched trees and to other processes than the agent.
 //!
@@ -17,6 +18,7 @@
 //! reads the groups and hands what they report to the observer.
 
 mod event_loop;
+mod read_bytes;
 mod reads;
 mod record;
 mod resolve;

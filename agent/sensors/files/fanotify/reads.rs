@@ -12,6 +12,15 @@
 //!
 //! Each process is reported once per file (`file.read`); the set of readers already reported is
 //! bounded, so a reader that opens a file thousands of times costs one entry.
+//!
+//! With the eBPF byte counter ([`super::read_bytes`]) the report says how many bytes the reader
+//! read. A reader is then reported at its first close of the file (`FAN_CLOSE_NOWRITE`), with
+//! everything it read, or [`SETTLE`] after its first read if it still reads then, with what it
+//! read so far (`still_open`), and once more at its close with its total (`closed`), which the
+//! collector folds into the first report. Most readers (cat, zip, a script's `read()`) read the
+//! whole file and close it well within [`SETTLE`], so they are reported once, exactly, and none
+//! later than [`SETTLE`]: the collector's rules that follow a read with a send or an archive
+//! need it soon. Without the counter a reader is reported at its first read, without bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -23,10 +32,12 @@ use nix::libc;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use tokio::time::{Duration, Instant};
 
+use super::read_bytes::{self, Key, ReadBytes};
 use super::record::{Handle, parse_names};
 use super::resolve::{Resolver, handle_of_file};
 use super::setup::filesystem_id;
-use crate::sensors::files::observe::{Observer, Seen};
+use crate::sensors::ebpf::EbpfError;
+use crate::sensors::files::observe::{Observer, ReadCount, Seen};
 use crate::sensors::files::sizes::Facts;
 use crate::sensors::process::os;
 
@@ -42,14 +53,18 @@ const REMEMBERED_REFUSALS: usize = 65_536;
 const READER_FDS: usize = 4096;
 /// After the first, exports refused for the bound are reported together at most this often.
 const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+/// How long after its first read a reader that has not closed the file yet is reported anyway,
+/// with the bytes it read so far (when bytes are counted).
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
 /// What the watch reports as: the read and close events, and the removal of the last name.
 fn watched_mask() -> MaskFlags {
     MaskFlags::FAN_ACCESS | MaskFlags::FAN_CLOSE_NOWRITE | MaskFlags::FAN_DELETE_SELF
 }
 
-/// The group, opened at start so the sensor's status can say whether reads are seen.
-pub struct ReadGroup(Fanotify);
+/// The group, opened at start so the sensor's status can say whether reads are seen, with the
+/// byte counter when it could be loaded.
+pub struct ReadGroup(Fanotify, Option<ReadBytes>);
 
 /// Opens the reads group, or says why it cannot be opened.
 pub fn open() -> Result<ReadGroup, String> {
@@ -58,7 +73,7 @@ pub fn open() -> Result<ReadGroup, String> {
         | InitFlags::FAN_NONBLOCK
         | InitFlags::from_bits_retain(libc::FAN_REPORT_FID);
     Fanotify::init(flags, EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC)
-        .map(ReadGroup)
+        .map(|group| ReadGroup(group, None))
         .map_err(|errno| {
             format!(
                 "fanotify_init for the reads group refused: {}",
@@ -71,25 +86,55 @@ impl ReadGroup {
     pub(super) fn fanotify(&self) -> &Fanotify {
         &self.0
     }
+
+    /// Loads the byte counter, with room for `max` exports; the error says why bytes read are
+    /// not known.
+    pub fn count_bytes(&mut self, max: usize) -> Result<(), EbpfError> {
+        self.1 = Some(read_bytes::open(max)?);
+        Ok(())
+    }
 }
 
 /// A watched export: where it was last seen and what it holds.
 struct Watched {
     path: PathBuf,
     export: Option<ExportInfo>,
+    /// The file's key in the byte counter, when its reads are counted.
+    key: Option<Key>,
 }
 
 /// A process reading one file: its pid and the file, with the process's start time beside it
 /// (so a reused pid is another reader).
 type Reader = (u32, Handle);
 
+/// Where a reader is in being reported.
+#[derive(Debug, Clone, PartialEq)]
+enum Stage {
+    /// Read, not closed, not reported yet: reported at its close or at `due`.
+    Pending { due: Instant, key: Key },
+    /// Reported still open, under `path`; its total is reported at its close, under the same
+    /// path so the collector can join the two.
+    Open { key: Key, path: PathBuf },
+    /// Reported for good.
+    Done,
+}
+
+/// A reader known to the watch: the process's start time and how far it is reported.
+struct Known {
+    started: Option<u64>,
+    stage: Stage,
+}
+
 pub(super) struct ReadWatch {
     group: ReadGroup,
     max: usize,
     own_pid: i32,
     watched: HashMap<Handle, Watched>,
-    reported: HashMap<Reader, Option<u64>>,
+    reported: HashMap<Reader, Known>,
     reported_order: VecDeque<Reader>,
+    /// Readers waiting in [`Stage::Pending`], in the order they fall due.
+    pending: VecDeque<(Instant, Reader)>,
+    bytes: Option<ReadBytes>,
     /// Exports not watched because `max` were: distinct ones, and how many since the last report.
     refused_files: HashSet<Handle>,
     refused: u64,
@@ -98,7 +143,8 @@ pub(super) struct ReadWatch {
 }
 
 impl ReadWatch {
-    pub(super) fn new(group: ReadGroup, max: usize) -> Self {
+    pub(super) fn new(mut group: ReadGroup, max: usize) -> Self {
+        let bytes = group.1.take();
         ReadWatch {
             group,
             max,
@@ -106,6 +152,8 @@ impl ReadWatch {
             watched: HashMap::new(),
             reported: HashMap::new(),
             reported_order: VecDeque::new(),
+            pending: VecDeque::new(),
+            bytes,
             refused_files: HashSet::new(),
             refused: 0,
             refused_total: 0,
@@ -122,10 +170,59 @@ impl ReadWatch {
     /// and reports refusals that are due.
     pub(super) fn turn(&mut self, observer: &mut Observer, resolver: &Resolver, buf: &mut [u8]) {
         self.drain(observer, resolver, buf);
+        self.report_due(observer, resolver, Instant::now());
         for (path, seen) in observer.take_exports() {
             self.watch(observer, &path, seen);
         }
         self.report_refusals(observer);
+        if let Some(lost) = self.bytes.as_mut().map(ReadBytes::new_losses)
+            && lost > 0
+        {
+            observer.error_count(
+                format!(
+                    "{lost} readers of exports had no room in the eBPF byte counter: their file.read has no bytes_read"
+                ),
+                lost,
+            );
+        }
+    }
+
+    /// When the next reader waiting for its close is reported anyway.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.pending.front().map(|(due, _)| *due)
+    }
+
+    /// Reports the readers still reading [`SETTLE`] after their first read, with what they
+    /// read so far; their totals follow at their close.
+    fn report_due(&mut self, observer: &mut Observer, resolver: &Resolver, now: Instant) {
+        while let Some((due, _)) = self.pending.front()
+            && *due <= now
+        {
+            let Some((due, reader)) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(known) = self.reported.get_mut(&reader) else {
+                continue;
+            };
+            // Reported at its close meanwhile, or a later wait of a reused pid.
+            let Stage::Pending { due: own, key } = known.stage else {
+                continue;
+            };
+            if own != due {
+                continue;
+            }
+            let bytes = self
+                .bytes
+                .as_ref()
+                .and_then(|b| b.read_by(key, reader.0).known());
+            let count = ReadCount {
+                bytes,
+                still_open: true,
+                closed: false,
+            };
+            let path = self.report(observer, resolver, &reader, None, count);
+            self.set_stage(&reader, Stage::Open { key, path });
+        }
     }
 
     /// Marks the export at `path`, if it is still the file the observer examined.
@@ -171,6 +268,9 @@ impl ReadWatch {
         if let Some(watched) = self.watched.get_mut(&handle) {
             watched.path = path.to_path_buf();
             watched.export = seen.export;
+            if watched.key.is_none() {
+                watched.key = self.bytes.as_mut().and_then(|bytes| bytes.watch(&file));
+            }
             return;
         }
         if self.watched.len() >= self.max {
@@ -191,11 +291,13 @@ impl ReadWatch {
             None::<&Path>,
         ) {
             Ok(()) => {
+                let key = self.bytes.as_mut().and_then(|bytes| bytes.watch(&file));
                 self.watched.insert(
                     handle,
                     Watched {
                         path: path.to_path_buf(),
                         export: seen.export,
+                        key,
                     },
                 );
             }
@@ -238,37 +340,162 @@ impl ReadWatch {
                     && event.pid != self.own_pid
                 {
                     if let Ok(pid) = u32::try_from(event.pid) {
-                        self.read(observer, resolver, pid, &object);
+                        let closed = event.mask & libc::FAN_CLOSE_NOWRITE != 0;
+                        self.read(observer, resolver, pid, &object, closed);
                     }
                 }
                 if event.mask & libc::FAN_DELETE_SELF != 0 {
                     // The last name is gone; the kernel drops the mark with the inode, once
-                    // the last reader holding it open closes it.
-                    self.watched.remove(&object);
+                    // the last reader holding it open closes it. Readers still open are told
+                    // at their close, which the counter still counts until then.
+                    if let Some(Watched { key: Some(key), .. }) = self.watched.remove(&object)
+                        && let Some(bytes) = &mut self.bytes
+                    {
+                        bytes.unwatch(key);
+                    }
                 }
             }
         }
     }
 
-    /// Reports `pid` reading the file `object`, unless it was reported already.
-    fn read(&mut self, observer: &mut Observer, resolver: &Resolver, pid: u32, object: &Handle) {
+    /// Handles `pid` reading the file `object` (`closed`: closing it): reports it unless it
+    /// was reported already, now or at its close when its bytes are counted.
+    fn read(
+        &mut self,
+        observer: &mut Observer,
+        resolver: &Resolver,
+        pid: u32,
+        object: &Handle,
+        closed: bool,
+    ) {
         let started = os::identity(pid).map(|identity| identity.started);
         let reader = (pid, object.clone());
-        match self.reported.get_mut(&reader) {
+        let key = self
+            .watched
+            .get(object)
+            .and_then(|watched| watched.key)
+            .filter(|_| self.bytes.is_some());
+        let stage = match self.reported.get_mut(&reader) {
             // The same process, or one already gone (whose later events are still queued).
-            Some(known) if started.is_none() || *known == started => return,
+            Some(known) if started.is_none() || known.started == started => known.stage.clone(),
             // A later process under the same pid.
-            Some(known) => *known = started,
+            Some(known) => {
+                known.started = started;
+                known.stage = Stage::Done;
+                self.first_read(observer, resolver, reader, key, closed);
+                return;
+            }
             None => {
-                if self.reported_order.len() >= REPORTED_READERS {
-                    if let Some(oldest) = self.reported_order.pop_front() {
-                        self.reported.remove(&oldest);
-                    }
+                if self.reported_order.len() >= REPORTED_READERS
+                    && let Some(oldest) = self.reported_order.pop_front()
+                    && let Some(forgotten) = self.reported.remove(&oldest)
+                    && let Stage::Pending { key, .. } = forgotten.stage
+                {
+                    // Not reported yet: now, with what it read so far, as it cannot wait.
+                    let count = ReadCount {
+                        still_open: true,
+                        ..ReadCount::default()
+                    };
+                    self.report_total(observer, resolver, &oldest, key, None, count);
                 }
-                self.reported.insert(reader.clone(), started);
-                self.reported_order.push_back(reader);
+                self.reported.insert(
+                    reader.clone(),
+                    Known {
+                        started,
+                        stage: Stage::Done,
+                    },
+                );
+                self.reported_order.push_back(reader.clone());
+                self.first_read(observer, resolver, reader, key, closed);
+                return;
+            }
+        };
+        if !closed {
+            return;
+        }
+        // Its close: the total of a reader not reported yet, or of one reported still open.
+        let (key, path, count) = match stage {
+            Stage::Pending { key, .. } => (key, None, ReadCount::default()),
+            Stage::Open { key, path } => (
+                key,
+                Some(path),
+                ReadCount {
+                    closed: true,
+                    ..ReadCount::default()
+                },
+            ),
+            Stage::Done => {
+                // A reader reported already that opened the file again: what it read since
+                // is not reported, and is forgotten so that a later process under its pid does
+                // not inherit it.
+                if let (Some(key), Some(bytes)) = (key, &mut self.bytes) {
+                    bytes.forget(key, pid);
+                }
+                return;
+            }
+        };
+        self.set_stage(&reader, Stage::Done);
+        self.report_total(observer, resolver, &reader, key, path.as_deref(), count);
+    }
+
+    /// A reader's first read or close: reported now with its total at a close or when bytes
+    /// are not counted, else when it closes or [`SETTLE`] has passed.
+    fn first_read(
+        &mut self,
+        observer: &mut Observer,
+        resolver: &Resolver,
+        reader: Reader,
+        key: Option<Key>,
+        closed: bool,
+    ) {
+        match key {
+            Some(key) if closed => {
+                self.report_total(observer, resolver, &reader, key, None, ReadCount::default());
+            }
+            Some(key) => {
+                let due = Instant::now() + SETTLE;
+                self.set_stage(&reader, Stage::Pending { due, key });
+                self.pending.push_back((due, reader));
+            }
+            None => {
+                self.report(observer, resolver, &reader, None, ReadCount::default());
             }
         }
+    }
+
+    fn set_stage(&mut self, reader: &Reader, stage: Stage) {
+        if let Some(known) = self.reported.get_mut(reader) {
+            known.stage = stage;
+        }
+    }
+
+    /// Reports a reader at its close with everything it read, and forgets its count.
+    fn report_total(
+        &mut self,
+        observer: &mut Observer,
+        resolver: &Resolver,
+        reader: &Reader,
+        key: Key,
+        path: Option<&Path>,
+        mut count: ReadCount,
+    ) {
+        if let Some(bytes) = &mut self.bytes {
+            count.bytes = bytes.read_by(key, reader.0).known();
+            bytes.forget(key, reader.0);
+        }
+        self.report(observer, resolver, reader, path, count);
+    }
+
+    /// Emits the `file.read` of a reader, under `path` if given, and says under which path.
+    fn report(
+        &self,
+        observer: &mut Observer,
+        resolver: &Resolver,
+        reader: &Reader,
+        path: Option<&Path>,
+        count: ReadCount,
+    ) -> PathBuf {
+        let (pid, object) = (reader.0, &reader.1);
         let watched = self.watched.get(object);
         let export = watched.and_then(|watched| watched.export.clone());
         // The name the reader opened it by (a hard link under another name), else the name it
@@ -276,21 +503,25 @@ impl ReadWatch {
         let examined = resolver.examine_handle(object);
         let by_reader = examined
             .as_ref()
+            .filter(|_| path.is_none())
             .and_then(|(_, metadata)| reader_path(pid, metadata));
+        let given = path.map(Path::to_path_buf);
         match examined {
-            Some((path, metadata)) => {
-                let path = by_reader.unwrap_or(path);
+            Some((now, metadata)) => {
+                let path = given.or(by_reader).unwrap_or(now);
                 let seen = Seen {
                     facts: Facts::from_metadata(&metadata),
                     export,
                 };
-                observer.read(&path, pid, Some(seen));
+                observer.read(&path, pid, Some(seen), count);
+                path
             }
             None => {
-                let path = watched
-                    .map(|watched| watched.path.clone())
+                let path = given
+                    .or_else(|| watched.map(|watched| watched.path.clone()))
                     .unwrap_or_default();
-                observer.read(&path, pid, None);
+                observer.read(&path, pid, None, count);
+                path
             }
         }
     }
