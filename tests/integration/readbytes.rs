@@ -278,3 +278,66 @@ fn file_read_names_the_bytes_each_reader_read_whichever_way_it_read() {
         "{table}"
     );
 }
+
+/// How many of the process's descriptors are links on the `sys_exit` tracepoint: the byte
+/// counter's, which every system call on the host pays for while it is attached.
+fn counter_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path()).is_ok_and(|info| {
+                info.lines()
+                    .any(|line| line.split_whitespace().eq(["tp_name:", "sys_exit"]))
+            })
+        })
+        .count()
+}
+
+/// The counter costs the host's system calls nothing while there is nothing to count: the
+/// agent holds no link on `sys_exit` until an export is watched, one while it is (and its
+/// reader is counted), and none again once the export is deleted.
+#[test]
+fn the_byte_counter_is_attached_only_while_an_export_is_watched() {
+    let Site {
+        tmp: _tmp,
+        watched,
+        collector,
+        state,
+    } = Site::new("readbytes-rest", "exports");
+    let watched = watched.canonicalize().unwrap();
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let pid = agent.proc.child.id();
+    wait_for("the files sensor's status", LONG, || {
+        collector
+            .events(&["--kind", "sensor.status"])
+            .into_iter()
+            .find(|e| e["sensor"] == "files")
+    });
+    assert_eq!(counter_links(pid), 0, "attached with nothing watched");
+
+    let export = watched.join("export.csv");
+    std::fs::write(&export, customers_csv(17 * 1024 * 1024)).unwrap();
+    let size = std::fs::metadata(&export).unwrap().len();
+    let path = export.display().to_string();
+    wait_until_watched(&collector, &watched, &path);
+    assert_eq!(
+        counter_links(pid),
+        1,
+        "not attached while an export is watched"
+    );
+    let cat = run("exec cat \"$0\" > /dev/null", &path);
+    let read = first_read_by(&collector, &path, cat, "cat");
+    assert_eq!(read["bytes_read"], size, "{read}");
+
+    std::fs::remove_file(&export).unwrap();
+    wait_for("the delete stored", LONG, || {
+        collector
+            .events(&["--path", &path, "--kind", "file.delete"])
+            .into_iter()
+            .next()
+    });
+    wait_for("the counter detached", LONG, || {
+        (counter_links(pid) == 0).then_some(())
+    });
+}

@@ -36,21 +36,26 @@ const MAX_FDS: usize = 64;
 /// Longest reason a child sends for a failed load.
 const MAX_REASON: usize = 4000;
 
-/// What the child handed back: the maps asked for, in the order asked, and the links it made.
+/// What the child handed back: the maps and programs asked for, in the order asked, and the
+/// links it made.
 #[derive(Debug)]
 pub struct Handed {
     pub maps: Vec<OwnedFd>,
+    pub programs: Vec<OwnedFd>,
     pub links: Vec<OwnedFd>,
 }
 
-/// Runs `work` in a child process and takes back the map descriptors it returns and every BPF
-/// link it made. `work` returns the maps' descriptors, which stay open because the child exits
-/// without closing anything it made (the exit closes them, once the agent holds its own copies).
+/// What the child's work returns: descriptors of maps and of programs to hand back.
+pub type Wanted = (Vec<RawFd>, Vec<RawFd>);
+
+/// Runs `work` in a child process and takes back the map and program descriptors it returns and
+/// every BPF link it made. The descriptors stay open because the child exits without closing
+/// anything it made (the exit closes them, once the agent holds its own copies).
 /// An error says why, in the words `work` used; a child that has not answered after `patience`
 /// is killed.
 pub fn in_child<F>(work: F, patience: Duration) -> Result<Handed, String>
 where
-    F: FnOnce() -> Result<Vec<RawFd>, String>,
+    F: FnOnce() -> Result<Wanted, String>,
 {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -91,7 +96,7 @@ where
 /// The child's side: load, find the links the load made, send everything, say how it went.
 fn child<F>(parent: Pid, socket: &OwnedFd, work: F) -> i32
 where
-    F: FnOnce() -> Result<Vec<RawFd>, String>,
+    F: FnOnce() -> Result<Wanted, String>,
 {
     // Signals wait (the verifier gives up with EAGAIN when one arrives), and the child dies with
     // the agent rather than outlive it.
@@ -104,10 +109,10 @@ where
     // those this load makes are handed back.
     let before = links_open();
     let sent = match work() {
-        Ok(maps) => {
+        Ok((maps, programs)) => {
             let links: Vec<RawFd> = links_open().difference(&before).copied().collect();
-            let header = format!("ok {}", maps.len());
-            let fds: Vec<RawFd> = maps.into_iter().chain(links).collect();
+            let header = format!("ok {} {}", maps.len(), programs.len());
+            let fds: Vec<RawFd> = maps.into_iter().chain(programs).chain(links).collect();
             if fds.len() > MAX_FDS {
                 send(
                     socket,
@@ -218,17 +223,60 @@ fn receive(socket: &OwnedFd, patience: Duration) -> Result<Option<Result<Handed,
     if let Some(reason) = text.strip_prefix("err ") {
         return Ok(Some(Err(reason.to_string())));
     }
-    let maps = text
+    let (maps, programs) = text
         .strip_prefix("ok ")
-        .and_then(|count| count.parse::<usize>().ok())
-        .filter(|&maps| maps <= received.len())
+        .and_then(|counts| counts.split_once(' '))
+        .and_then(|(maps, programs)| Some((maps.parse::<usize>().ok()?, programs.parse().ok()?)))
+        .filter(|&(maps, programs): &(usize, usize)| maps + programs <= received.len())
         .ok_or_else(|| format!("the loader's answer makes no sense: {text:?}"))?;
     let mut maps_handed = received;
-    let links = maps_handed.split_off(maps);
+    let mut programs_handed = maps_handed.split_off(maps);
+    let links = programs_handed.split_off(programs);
     Ok(Some(Ok(Handed {
         maps: maps_handed,
+        programs: programs_handed,
         links,
     })))
+}
+
+/// Attaches the loaded program `program` to a tracepoint again (`BPF_RAW_TRACEPOINT_OPEN`): to the
+/// raw tracepoint `name`, or, with no name, where the program was loaded for (a BTF tracepoint).
+/// The program stays attached while the returned link lives.
+pub fn raw_tracepoint_open(
+    program: std::os::fd::BorrowedFd<'_>,
+    name: Option<&std::ffi::CStr>,
+) -> std::io::Result<OwnedFd> {
+    /// `union bpf_attr`'s `raw_tracepoint` member.
+    #[repr(C)]
+    struct RawTracepointOpen {
+        name: u64,
+        prog_fd: u32,
+        _pad: u32,
+        cookie: u64,
+    }
+    const BPF_RAW_TRACEPOINT_OPEN: nix::libc::c_long = 17;
+    let attr = RawTracepointOpen {
+        name: name.map_or(0, |name| name.as_ptr() as u64),
+        prog_fd: program.as_raw_fd() as u32,
+        _pad: 0,
+        cookie: 0,
+    };
+    // SAFETY: bpf(2) reads `size` bytes of `attr`, a live, fully initialised struct laid out as
+    // the kernel's; the name, when given, is a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_RAW_TRACEPOINT_OPEN,
+            &attr as *const RawTracepointOpen,
+            std::mem::size_of::<RawTracepointOpen>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(std::io::Error::other)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Waits for the child to end and says how it did.
@@ -256,7 +304,7 @@ mod tests {
             || {
                 // Waits for a signal, with every signal held: only the kill ends it.
                 nix::unistd::pause();
-                Ok(Vec::new())
+                Ok((Vec::new(), Vec::new()))
             },
             Duration::from_millis(300),
         )
@@ -308,13 +356,13 @@ mod tests {
                 let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
                 let fd = file.as_raw_fd();
                 std::mem::forget(file);
-                Ok(vec![fd])
+                Ok((vec![fd], Vec::new()))
             },
             Duration::from_secs(30),
         )
         .unwrap();
         assert_eq!(handed.maps.len(), 1);
-        assert!(handed.links.is_empty());
+        assert!(handed.programs.is_empty() && handed.links.is_empty());
         let mut text = String::new();
         use std::io::Read;
         std::fs::File::from(handed.maps.into_iter().next().unwrap())

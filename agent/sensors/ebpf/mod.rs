@@ -93,10 +93,65 @@ pub enum Attach {
 }
 
 /// Programs loaded and attached whose maps their sensor reads itself, without a ring buffer.
-/// The programs stay attached as long as this lives.
+/// The programs stay loaded as long as this lives, and attached until [`Attached::detach`].
 pub struct Attached {
     /// The links that keep the programs attached: closing them detaches the programs.
-    _links: Vec<OwnedFd>,
+    links: Vec<OwnedFd>,
+    /// The loaded programs, with where each attaches, to attach them again.
+    programs: Vec<(OwnedFd, Attach)>,
+}
+
+impl Attached {
+    pub fn is_attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Detaches the programs: they stay loaded with their maps, and cost the kernel nothing
+    /// until attached again.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// The kernel's ids of the programs, from their descriptors.
+    #[cfg(test)]
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.programs
+            .iter()
+            .filter_map(|(program, _)| {
+                let info =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", program.as_raw_fd()))
+                        .ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Attaches the programs again, if they are not.
+    pub fn attach(&mut self) -> io::Result<()> {
+        if self.is_attached() {
+            return Ok(());
+        }
+        let mut links = Vec::with_capacity(self.programs.len());
+        for (program, attach) in &self.programs {
+            let name = match attach {
+                Attach::RawTracePoint(name) => {
+                    Some(std::ffi::CString::new(*name).map_err(io::Error::other)?)
+                }
+                // The kernel knows where a BTF tracepoint's program attaches.
+                Attach::BtfTracePoint(_) => None,
+            };
+            links.push(loader::raw_tracepoint_open(
+                program.as_fd(),
+                name.as_deref(),
+            )?);
+        }
+        self.links = links;
+        Ok(())
+    }
 }
 
 /// Loads `object` with the maps in `sizes` resized, attaches each `(program, attach)` pair and
@@ -108,13 +163,17 @@ pub fn load_maps(
     sizes: &[(&'static str, u32)],
     maps: &[&'static str],
 ) -> Result<(Attached, Vec<Map>), EbpfError> {
-    let (fds, links) = load_in_child(object, programs, sizes, maps)?;
+    let (fds, loaded, links) = load_in_child(object, programs, sizes, maps)?;
     let maps = maps
         .iter()
         .zip(fds)
         .map(|(&name, fd)| typed_map(name, fd))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((Attached { _links: links }, maps))
+    let programs = loaded
+        .into_iter()
+        .zip(programs.iter().map(|&(_, attach)| attach))
+        .collect();
+    Ok((Attached { links, programs }, maps))
 }
 
 /// Loads `object` with a ring buffer of `ring_bytes` and attaches each `(program, raw tracepoint)`
@@ -128,7 +187,7 @@ pub fn load(
         .iter()
         .map(|&(name, tracepoint)| (name, Attach::RawTracePoint(tracepoint)))
         .collect();
-    let (maps, links) = load_in_child(
+    let (maps, _programs, links) = load_in_child(
         object,
         &programs,
         &[("events", ring_bytes)],
@@ -155,13 +214,14 @@ pub fn load(
 }
 
 /// Runs [`load_attached`] in a child process; returns the descriptors of the maps named in
-/// `maps`, in that order, and of the links that keep the programs attached.
+/// `maps`, in that order, of the programs, in their order, and of the links that keep the
+/// programs attached.
 fn load_in_child(
     object: &'static [u8],
     programs: &[(&'static str, Attach)],
     sizes: &[(&'static str, u32)],
     maps: &[&'static str],
-) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), EbpfError> {
+) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>, Vec<OwnedFd>), EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
@@ -176,24 +236,35 @@ fn load_in_child(
                         .ok_or_else(|| EbpfError::MissingMap { name }.to_string())
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let loaded = programs
+                .iter()
+                .map(|&(name, _)| {
+                    ebpf.program(name)
+                        .and_then(|program| program.fd().ok())
+                        .map(|fd| fd.as_fd().as_raw_fd())
+                        .ok_or_else(|| EbpfError::MissingProgram { name }.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             // The child exits without detaching: its descriptors close with it, once the
             // agent holds its own.
             std::mem::forget(ebpf);
-            Ok(fds)
+            Ok((fds, loaded))
         },
         LOADER_PATIENCE,
     )
     .map_err(|message| EbpfError::Loader { message })?;
-    if handed.maps.len() != maps.len() {
+    if handed.maps.len() != maps.len() || handed.programs.len() != programs.len() {
         return Err(EbpfError::Loader {
             message: format!(
-                "the loader handed back {} maps of {}",
+                "the loader handed back {} maps of {} and {} programs of {}",
                 handed.maps.len(),
-                maps.len()
+                maps.len(),
+                handed.programs.len(),
+                programs.len()
             ),
         });
     }
-    Ok((handed.maps, handed.links))
+    Ok((handed.maps, handed.programs, handed.links))
 }
 
 /// A map handed back by the loader, as aya's kind for its type (the kinds these programs use).

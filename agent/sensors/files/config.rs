@@ -60,10 +60,12 @@ pub struct FilesConfig {
     /// export past the bound is not watched, counted and reported in a `sensor.error` event.
     /// 0 watches none. Default: 1024.
     pub read_watch_max: usize,
-    /// Whether `file.read` counts the bytes each reader read (`bytes_read`), with eBPF programs
-    /// on the kernel's read paths (root, a kernel with BTF and fexit). Every read on the host
-    /// then costs one hash lookup. Without them `file.read` has no `bytes_read`, and the
-    /// `sensor.status` event says why. Default: true.
+    /// Whether `file.read` counts the bytes each reader read (`bytes_read`), with an eBPF
+    /// program at the exit of the host's system calls (root, a kernel with BTF). While an export
+    /// is watched, every system call on the host pays for it (a compare, or for a read a
+    /// descriptor and a hash lookup); with none watched it is detached and costs nothing.
+    /// Without it `file.read` has no `bytes_read`, and the `sensor.status` event says why.
+    /// Default: true.
     pub read_bytes: bool,
     /// The agent's state directory, set by `agent run` and never read from the file: the sensor
     /// never examines or reports its own spool, wherever the watched trees are.

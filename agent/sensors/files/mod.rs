@@ -184,7 +184,7 @@ fn reads(config: &FilesSettings, chosen: &Chosen) -> (Reads, String) {
                     "bytes read are unknown: read_bytes = false".to_string()
                 } else {
                     match group.count_bytes(config.read_watch_max) {
-                        Ok(()) => "bytes read are counted (eBPF)".to_string(),
+                        Ok(()) => "bytes read are counted (eBPF), the counter attached only while an export is watched".to_string(),
                         Err(error) => format!("bytes read are unknown: eBPF: {error}"),
                     }
                 };

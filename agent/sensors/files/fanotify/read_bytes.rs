@@ -70,7 +70,11 @@ impl Bytes {
 }
 
 pub struct ReadBytes {
-    _attached: Attached,
+    /// Attached only while there is something to count: the program runs at every system
+    /// call's exit on the host, so with no export watched it is detached and costs nothing.
+    attached: Attached,
+    /// Why attaching the program failed, not reported yet.
+    failure: Option<String>,
     watched: HashMap<MapData, Key, u8>,
     counts: HashMap<MapData, Key, Count>,
     agent: Array<MapData, u64>,
@@ -97,8 +101,12 @@ pub fn open(max: usize) -> Result<ReadBytes, EbpfError> {
     let agent = Array::try_from(next("agent")?).map_err(map_error("agent"))?;
     let learned = Array::try_from(next("learned")?).map_err(map_error("learned"))?;
     let lost = Array::try_from(next("lost")?).map_err(map_error("lost"))?;
+    let mut attached = attached;
+    // Nothing is watched yet: the program waits, loaded, for the first export.
+    attached.detach();
     Ok(ReadBytes {
-        _attached: attached,
+        attached,
+        failure: None,
         watched,
         counts,
         agent,
@@ -109,9 +117,17 @@ pub fn open(max: usize) -> Result<ReadBytes, EbpfError> {
 }
 
 impl ReadBytes {
-    /// Starts counting reads of the file `file` is open on; returns its key, or `None` when the
-    /// kernel did not say it (the file cannot be read, or the map is full).
+    /// Starts counting reads of the file `file` is open on, attaching the program if it rests;
+    /// returns the file's key, or `None` when the kernel did not say it (the file cannot be
+    /// read, the map is full, or the program could not be attached: see
+    /// [`ReadBytes::take_failure`]).
     pub fn watch(&mut self, file: &File) -> Option<Key> {
+        if let Err(error) = self.attached.attach() {
+            self.failure = Some(format!(
+                "cannot attach the eBPF byte counter: {error}; reads of this export have no bytes_read"
+            ));
+            return None;
+        }
         let thread = (u64::from(std::process::id()) << 32) | u64::from(gettid());
         self.agent.set(0, thread, 0).ok()?;
         let blank = Key {
@@ -139,6 +155,22 @@ impl ReadBytes {
         let _ = self.watched.remove(&key);
     }
 
+    /// Whether the program runs now (see [`ReadBytes::watch`] and [`ReadBytes::rest`]).
+    pub fn is_attached(&self) -> bool {
+        self.attached.is_attached()
+    }
+
+    /// Detaches the program: nothing is watched and no reader waits for its count, so the host's
+    /// system calls stop paying for it. The next [`ReadBytes::watch`] attaches it again.
+    pub fn rest(&mut self) {
+        self.attached.detach();
+    }
+
+    /// Why the program could not be attached, once.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
     /// What `pid` read of the file with this key so far.
     pub fn read_by(&self, key: Key, pid: u32) -> Bytes {
         let reader = Key { tgid: pid, ..key };
@@ -164,4 +196,64 @@ impl ReadBytes {
 
 fn gettid() -> u32 {
     u32::try_from(nix::unistd::gettid().as_raw()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// How many links the kernel holds for the counter's program.
+    fn links(bytes: &ReadBytes) -> usize {
+        let ids = bytes.attached.program_ids();
+        assert_eq!(ids.len(), 1, "one program");
+        aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|link| ids.contains(&link.prog_id))
+            .count()
+    }
+
+    fn read_all(path: &std::path::Path) -> usize {
+        let mut data = Vec::new();
+        File::open(path).unwrap().read_to_end(&mut data).unwrap()
+    }
+
+    /// The program runs at every system call's exit on the host, so it is attached only while
+    /// there is something to count: loaded but resting at first, attached by the first watch,
+    /// counting reads, and detached again at rest, after which reads cost nothing and count
+    /// nothing, until the next watch.
+    #[test]
+    fn the_counter_runs_only_while_there_is_something_to_count() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let mut bytes = open(16).expect("the counter loads");
+        assert!(!bytes.is_attached());
+        assert_eq!(links(&bytes), 0, "attached before anything is watched");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        std::fs::write(&path, vec![b'x'; 100_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        let key = bytes.watch(&file).expect("the kernel says the file's key");
+        assert!(bytes.is_attached());
+        assert_eq!(links(&bytes), 1);
+        assert_eq!(read_all(&path), 100_000);
+        let me = std::process::id();
+        assert_eq!(bytes.read_by(key, me), Bytes::Read(100_000));
+
+        bytes.rest();
+        assert_eq!(links(&bytes), 0, "still attached at rest");
+        assert_eq!(read_all(&path), 100_000);
+        assert_eq!(
+            bytes.read_by(key, me),
+            Bytes::Read(100_000),
+            "counted at rest"
+        );
+
+        assert_eq!(bytes.watch(&file), Some(key), "the same file, the same key");
+        assert_eq!(links(&bytes), 1);
+        assert_eq!(read_all(&path), 100_000);
+        assert_eq!(bytes.read_by(key, me), Bytes::Read(200_000));
+        assert!(bytes.take_failure().is_none());
+    }
 }

@@ -134,6 +134,8 @@ pub(super) struct ReadWatch {
     reported_order: VecDeque<Reader>,
     /// Readers waiting in [`Stage::Pending`], in the order they fall due.
     pending: VecDeque<(Instant, Reader)>,
+    /// Readers in [`Stage::Open`]: their totals are counted until their close.
+    open_readers: usize,
     bytes: Option<ReadBytes>,
     /// Exports not watched because `max` were: distinct ones, and how many since the last report.
     refused_files: HashSet<Handle>,
@@ -153,6 +155,7 @@ impl ReadWatch {
             reported: HashMap::new(),
             reported_order: VecDeque::new(),
             pending: VecDeque::new(),
+            open_readers: 0,
             bytes,
             refused_files: HashSet::new(),
             refused: 0,
@@ -175,6 +178,19 @@ impl ReadWatch {
             self.watch(observer, &path, seen);
         }
         self.report_refusals(observer);
+        if let Some(bytes) = &mut self.bytes {
+            if let Some(failure) = bytes.take_failure() {
+                observer.error(failure, Path::new(""));
+            }
+            // Nothing left to count: the program rests until the next export is watched.
+            if bytes.is_attached()
+                && self.watched.is_empty()
+                && self.pending.is_empty()
+                && self.open_readers == 0
+            {
+                bytes.rest();
+            }
+        }
         if let Some(lost) = self.bytes.as_mut().map(ReadBytes::new_losses)
             && lost > 0
         {
@@ -381,6 +397,9 @@ impl ReadWatch {
             // A later process under the same pid.
             Some(known) => {
                 known.started = started;
+                if matches!(known.stage, Stage::Open { .. }) {
+                    self.open_readers -= 1;
+                }
                 known.stage = Stage::Done;
                 self.first_read(observer, resolver, reader, key, closed);
                 return;
@@ -389,14 +408,19 @@ impl ReadWatch {
                 if self.reported_order.len() >= REPORTED_READERS
                     && let Some(oldest) = self.reported_order.pop_front()
                     && let Some(forgotten) = self.reported.remove(&oldest)
-                    && let Stage::Pending { key, .. } = forgotten.stage
                 {
-                    // Not reported yet: now, with what it read so far, as it cannot wait.
-                    let count = ReadCount {
-                        still_open: true,
-                        ..ReadCount::default()
-                    };
-                    self.report_total(observer, resolver, &oldest, key, None, count);
+                    match forgotten.stage {
+                        Stage::Pending { key, .. } => {
+                            // Not reported yet: now, with what it read so far, as it cannot wait.
+                            let count = ReadCount {
+                                still_open: true,
+                                ..ReadCount::default()
+                            };
+                            self.report_total(observer, resolver, &oldest, key, None, count);
+                        }
+                        Stage::Open { .. } => self.open_readers -= 1,
+                        Stage::Done => {}
+                    }
                 }
                 self.reported.insert(
                     reader.clone(),
@@ -465,6 +489,12 @@ impl ReadWatch {
 
     fn set_stage(&mut self, reader: &Reader, stage: Stage) {
         if let Some(known) = self.reported.get_mut(reader) {
+            if matches!(known.stage, Stage::Open { .. }) {
+                self.open_readers -= 1;
+            }
+            if matches!(stage, Stage::Open { .. }) {
+                self.open_readers += 1;
+            }
             known.stage = stage;
         }
     }
