@@ -163,16 +163,18 @@ pub fn load_maps(
     sizes: &[(&'static str, u32)],
     maps: &[&'static str],
 ) -> Result<(Attached, Vec<Map>), EbpfError> {
-    let (fds, loaded, links) = load_in_child(object, programs, sizes, maps)?;
+    let handed = load_in_child(object, programs, sizes, maps)?;
     let maps = maps
         .iter()
-        .zip(fds)
+        .zip(handed.maps)
         .map(|(&name, fd)| typed_map(name, fd))
         .collect::<Result<Vec<_>, _>>()?;
-    let programs = loaded
+    let programs = handed
+        .programs
         .into_iter()
         .zip(programs.iter().map(|&(_, attach)| attach))
         .collect();
+    let links = handed.links;
     Ok((Attached { links, programs }, maps))
 }
 
@@ -187,13 +189,15 @@ pub fn load(
         .iter()
         .map(|&(name, tracepoint)| (name, Attach::RawTracePoint(tracepoint)))
         .collect();
-    let (maps, _programs, links) = load_in_child(
+    let handed = load_in_child(
         object,
         &programs,
         &[("events", ring_bytes)],
         &["events", "lost"],
     )?;
-    let [ring_fd, lost]: [OwnedFd; 2] = maps
+    let links = handed.links;
+    let [ring_fd, lost]: [OwnedFd; 2] = handed
+        .maps
         .try_into()
         .map_err(|_| EbpfError::MissingMap { name: "events" })?;
     let ring = Ring::new(ring_fd.as_fd(), ring_bytes as usize)
@@ -213,7 +217,7 @@ pub fn load(
     })
 }
 
-/// Runs [`load_attached`] in a child process; returns the descriptors of the maps named in
+/// Runs [`load_attached`] in a child process; hands back the descriptors of the maps named in
 /// `maps`, in that order, of the programs, in their order, and of the links that keep the
 /// programs attached.
 fn load_in_child(
@@ -221,7 +225,7 @@ fn load_in_child(
     programs: &[(&'static str, Attach)],
     sizes: &[(&'static str, u32)],
     maps: &[&'static str],
-) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>, Vec<OwnedFd>), EbpfError> {
+) -> Result<loader::Handed, EbpfError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(EbpfError::NotRoot);
     }
@@ -264,7 +268,7 @@ fn load_in_child(
             ),
         });
     }
-    Ok((handed.maps, handed.programs, handed.links))
+    Ok(handed)
 }
 
 /// A map handed back by the loader, as aya's kind for its type (the kinds these programs use).
