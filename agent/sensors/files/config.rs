@@ -138,6 +138,8 @@ pub struct FilesSettings {
     pub queue_capacity: usize,
     pub read_watch_min_size: u64,
     pub read_watch_max: usize,
+    /// Read only where reads can be watched (fanotify, Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub read_bytes: bool,
     /// The agent's state directory, set by `agent run`.
     pub private_dir: Option<PathBuf>,
