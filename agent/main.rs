@@ -88,8 +88,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the agent's tasks are short hand-offs between the sensors'
+    // own threads, the spool's blocking calls and the network, and a second worker only added
+    // wake-ups between the two (and a thread's memory) at idle.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
