@@ -48,7 +48,7 @@ pub struct NetConfig {
 }
 
 /// 256 KiB: the open and close records of 1,170 connections (112 bytes each in the ring). The
-/// kernel maps the ring twice, so it is twice this in the agent's resident memory.
+/// agent maps it once (`ebpf/ring.rs`), so it is this much of the agent's resident memory.
 /// BENCHMARKS.md has the measurements.
 const EBPF_RING_BUFFER_BYTES: u32 = 256 << 10;
 

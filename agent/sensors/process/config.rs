@@ -49,8 +49,8 @@ pub struct ProcessConfig {
 }
 
 /// 512 KiB: the fork, exec and exit records of 2,260 short commands like `/bin/true` (232 bytes
-/// in the ring), or of 119 with 4 KiB of arguments. The kernel maps the ring twice, so it is
-/// twice this in the agent's resident memory. BENCHMARKS.md has the measurements.
+/// in the ring), or of 119 with 4 KiB of arguments. The agent maps it once (`ebpf/ring.rs`), so it
+/// is this much of the agent's resident memory. BENCHMARKS.md has the measurements.
 const EBPF_RING_BUFFER_BYTES: u32 = 512 << 10;
 
 impl Default for ProcessConfig {
