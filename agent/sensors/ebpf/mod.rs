@@ -257,13 +257,21 @@ fn load_in_child(
         LOADER_PATIENCE,
     )
     .map_err(|message| EbpfError::Loader { message })?;
-    if handed.maps.len() != maps.len() || handed.programs.len() != programs.len() {
+    // Every program attaches with one link. Fewer (the child could not list its descriptors in
+    // /proc) would leave the programs detached the moment the child exits: a sensor that looks
+    // started and sees nothing, which must fail instead, so the sensor falls back and says why.
+    if handed.maps.len() != maps.len()
+        || handed.programs.len() != programs.len()
+        || handed.links.len() != programs.len()
+    {
         return Err(EbpfError::Loader {
             message: format!(
-                "the loader handed back {} maps of {} and {} programs of {}",
+                "the loader handed back {} maps of {}, {} programs of {} and {} links of {}",
                 handed.maps.len(),
                 maps.len(),
                 handed.programs.len(),
+                programs.len(),
+                handed.links.len(),
                 programs.len()
             ),
         });
