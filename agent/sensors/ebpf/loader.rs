@@ -35,6 +35,8 @@ use nix::unistd::{ForkResult, Pid, fork};
 const MAX_FDS: usize = 64;
 /// Longest reason a child sends for a failed load.
 const MAX_REASON: usize = 4000;
+/// The exit status of a child whose work panicked.
+const PANICKED: i32 = 101;
 
 /// What the child handed back: the maps and programs asked for, in the order asked, and the
 /// links it made.
@@ -73,7 +75,12 @@ where
         Err(errno) => Err(format!("cannot start the loader: {}", errno.desc())),
         Ok(ForkResult::Child) => {
             drop(ours);
-            let code = child(parent, &theirs, work);
+            // A panic must end the child here: unwinding would carry it back into the
+            // agent's own code, a second agent.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                child(parent, &theirs, work)
+            }))
+            .unwrap_or(PANICKED);
             // SAFETY: _exit ends this process at once; nothing of the parent's runs in it.
             unsafe { nix::libc::_exit(code) }
         }
@@ -341,6 +348,21 @@ mod tests {
         .unwrap_err();
         assert!(
             error.contains("ended without answering (exit status 3)"),
+            "{error}"
+        );
+    }
+
+    /// A child whose work panics ends there, as a failed load: the panic never unwinds into
+    /// the code the child shares with the agent.
+    #[test]
+    fn a_loader_that_panics_ends_as_a_failed_load() {
+        let error = in_child(
+            || -> Result<Wanted, String> { panic!("the loader's own bug") },
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("ended without answering (exit status 101)"),
             "{error}"
         );
     }
