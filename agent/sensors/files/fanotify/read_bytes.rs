@@ -86,6 +86,13 @@ pub struct ReadBytes {
 /// Loads the programs, with room for `max` watched exports; the error says why bytes read are
 /// not known.
 pub fn open(max: usize) -> Result<ReadBytes, EbpfError> {
+    // The program knows x86_64's system call numbers and registers only: elsewhere it would
+    // count the wrong calls, so it is not loaded at all.
+    if !cfg!(target_arch = "x86_64") {
+        return Err(EbpfError::Loader {
+            message: "the byte counter knows x86_64's system calls only".into(),
+        });
+    }
     let watched_max = u32::try_from(max.max(1)).unwrap_or(u32::MAX);
     let (attached, maps) = ebpf::load_maps(
         ebpf::READS_OBJECT,
