@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::*;
-use crate::reads::{customers_csv, reads_of, wait_until_watched};
+use crate::reads::{customers_csv, files_status, reads_of, wait_until_watched};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -77,12 +77,7 @@ fn file_read_names_the_bytes_each_reader_read_whichever_way_it_read() {
     } = Site::new("readbytes1", "exports");
     let watched = watched.canonicalize().unwrap();
     let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    let status = wait_for("the files sensor's status", LONG, || {
-        collector
-            .events(&["--kind", "sensor.status"])
-            .into_iter()
-            .find(|e| e["sensor"] == "files")
-    });
+    let status = files_status(&collector);
     assert!(
         status["message"]
             .as_str()
@@ -308,12 +303,7 @@ fn the_byte_counter_is_attached_only_while_an_export_is_watched() {
     let watched = watched.canonicalize().unwrap();
     let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     let pid = agent.proc.child.id();
-    wait_for("the files sensor's status", LONG, || {
-        collector
-            .events(&["--kind", "sensor.status"])
-            .into_iter()
-            .find(|e| e["sensor"] == "files")
-    });
+    files_status(&collector);
     assert_eq!(counter_links(pid), 0, "attached with nothing watched");
 
     let export = watched.join("export.csv");

@@ -43,6 +43,17 @@ pub fn wait_until_watched(collector: &Collector, dir: &std::path::Path, path: &s
     });
 }
 
+/// The files sensor's `sensor.status` event, once stored: what it watches and how (reads of
+/// exports, bytes read).
+pub fn files_status(collector: &Collector) -> serde_json::Value {
+    wait_for("the files sensor's status", LONG, || {
+        collector
+            .events(&["--kind", "sensor.status"])
+            .into_iter()
+            .find(|e| e["sensor"] == "files")
+    })
+}
+
 pub fn reads_of(collector: &Collector, path: &str) -> Vec<serde_json::Value> {
     collector.events(&["--path", path, "--kind", "file.read"])
 }
@@ -57,12 +68,7 @@ fn cat_of_a_large_export_is_one_file_read_naming_cat_however_often_a_reader_open
     } = Site::new("reads1", "exports");
     let watched = watched.canonicalize().unwrap();
     let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    let status = wait_for("the files sensor's status", LONG, || {
-        collector
-            .events(&["--kind", "sensor.status"])
-            .into_iter()
-            .find(|e| e["sensor"] == "files")
-    });
+    let status = files_status(&collector);
     assert!(
         status["message"]
             .as_str()
@@ -515,12 +521,7 @@ fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reporte
     // at once, without bytes_read, and the sensor's status says why.
     assert!(read.get("bytes_read").is_none(), "{read}");
     assert!(read.get("still_open").is_none(), "{read}");
-    let status = site
-        .collector
-        .events(&["--kind", "sensor.status"])
-        .into_iter()
-        .find(|e| e["sensor"] == "files")
-        .expect("the files sensor's status");
+    let status = files_status(&site.collector);
     assert!(
         status["message"]
             .as_str()
