@@ -216,6 +216,47 @@ pub(crate) fn new_alerts(updates: &[AlertUpdate]) -> Vec<&Alert> {
         .collect()
 }
 
+/// A later occurrence of an alert, as the engine reports it.
+pub(crate) struct Repeated<'a> {
+    pub count: u64,
+    pub evidence: &'a [EvidenceRef],
+    pub fields: &'a Map<String, Json>,
+    pub summary: Option<&'a str>,
+}
+
+impl Repeated<'_> {
+    /// `alert` as the store holds it once this occurrence is applied.
+    pub(crate) fn applied_to(&self, alert: &Alert) -> Alert {
+        let mut stored = alert.clone();
+        stored.repeat(self.count, self.evidence, self.fields, self.summary);
+        stored
+    }
+}
+
+/// The one update in `updates`, which must be a repeat of `alert`.
+pub(crate) fn only_repeat_of<'a>(alert: &Alert, updates: &'a [AlertUpdate]) -> Repeated<'a> {
+    let [
+        AlertUpdate::Repeat {
+            id,
+            count,
+            evidence,
+            fields,
+            summary,
+            ..
+        },
+    ] = updates
+    else {
+        panic!("one update of the alert: {updates:?}");
+    };
+    assert_eq!(id, &alert.id, "a repeat of another alert");
+    Repeated {
+        count: *count,
+        evidence,
+        fields,
+        summary: summary.as_deref(),
+    }
+}
+
 pub(crate) fn rules_of(updates: &[AlertUpdate]) -> Vec<String> {
     new_alerts(updates).iter().map(|a| a.rule.clone()).collect()
 }

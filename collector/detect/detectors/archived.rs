@@ -441,27 +441,20 @@ mod tests {
             alert.summary
         );
         let updates = fleet.send("web1", 2, counted(17 * MIB, false));
-        let [
-            AlertUpdate::Repeat {
-                id,
-                count,
-                fields,
-                evidence,
-                summary,
-                ..
-            },
-        ] = updates.as_slice()
-        else {
-            panic!("one update of the alert: {updates:?}");
-        };
-        assert_eq!((id, *count), (&alert.id, 1));
-        assert_eq!(fields["bytes_read"], 17 * MIB);
-        assert!(evidence.iter().any(|e| e.seq == 3), "{evidence:?}");
+        let repeat = only_repeat_of(&alert, &updates);
+        assert_eq!(repeat.count, 1);
+        assert_eq!(repeat.fields["bytes_read"], 17 * MIB);
         assert!(
-            summary
-                .as_deref()
+            repeat.evidence.iter().any(|e| e.seq == 3),
+            "{:?}",
+            repeat.evidence
+        );
+        assert!(
+            repeat
+                .summary
                 .is_some_and(|s| s.contains(&format!("{} read)", 17 * MIB))),
-            "{summary:?}"
+            "{:?}",
+            repeat.summary
         );
     }
 

@@ -325,25 +325,16 @@ mod tests {
             65,
             closed("203.0.113.50", "public", &python, 3_000_000),
         );
-        let [
-            AlertUpdate::Repeat {
-                id,
-                count,
-                evidence,
-                fields,
-                summary,
-                ..
-            },
-        ] = updates.as_slice()
-        else {
-            panic!("one update of the alert: {updates:?}");
-        };
-        assert_eq!((id, *count), (&alert.id, 1));
-        assert_eq!(fields["bytes_sent"], 3_000_000);
-        assert_eq!(fields["bytes_received"], 2);
-        assert!(evidence.iter().any(|e| e.seq == 3), "{evidence:?}");
-        let mut stored = alert.clone();
-        stored.repeat(*count, evidence, fields, summary.as_deref());
+        let repeat = only_repeat_of(&alert, &updates);
+        assert_eq!(repeat.count, 1);
+        assert_eq!(repeat.fields["bytes_sent"], 3_000_000);
+        assert_eq!(repeat.fields["bytes_received"], 2);
+        assert!(
+            repeat.evidence.iter().any(|e| e.seq == 3),
+            "{:?}",
+            repeat.evidence
+        );
+        let stored = repeat.applied_to(&alert);
         assert_eq!(stored.fields["bytes_sent"], 3_000_000);
         assert_eq!(stored.count, 1);
         assert!(
@@ -408,26 +399,13 @@ mod tests {
             8,
             counted("/srv/exports/c.csv", &python, 17 * MIB, false),
         );
-        let [
-            AlertUpdate::Repeat {
-                id,
-                count,
-                evidence,
-                fields,
-                summary,
-                ..
-            },
-        ] = updates.as_slice()
-        else {
-            panic!("one update of the alert: {updates:?}");
-        };
-        assert_eq!((id, *count), (&alert.id, 1));
-        assert_eq!(fields["bytes_read"], 17 * MIB);
+        let repeat = only_repeat_of(&alert, &updates);
+        assert_eq!(repeat.count, 1);
+        assert_eq!(repeat.fields["bytes_read"], 17 * MIB);
         // The read, the connection and the close.
-        let seqs: Vec<u64> = evidence.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = repeat.evidence.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
-        let mut stored = alert.clone();
-        stored.repeat(*count, evidence, fields, summary.as_deref());
+        let stored = repeat.applied_to(&alert);
         assert!(
             stored.summary.contains(&format!("{} read)", 17 * MIB)),
             "{}",
