@@ -318,6 +318,11 @@ enum Shed {
     DiskFull(u64),
 }
 
+/// Whether an event reports a loss: the spool sheds these last (see [`Inner::append`]).
+fn is_notice(event: &Event) -> bool {
+    matches!(event.kind(), "agent.dropped" | "sensor.overflow")
+}
+
 /// Numbers and chains events as they are inserted within one transaction.
 struct Appender {
     next_seq: u64,
@@ -340,7 +345,8 @@ impl Appender {
             self.next_seq as i64,
             self.head.as_slice(),
             hash.as_slice(),
-            bytes
+            bytes,
+            is_notice(event)
         ])?;
         self.added_bytes += bytes.len() as u64;
         self.added += 1;
@@ -369,7 +375,7 @@ impl Inner {
         let mut shed_reports = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO spool (seq, prev_hash, hash, bytes) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO spool (seq, prev_hash, hash, bytes, notice) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for event in events.iter_mut() {
                 chain.put(&mut insert, event)?;
@@ -414,26 +420,44 @@ impl Inner {
                     freed_bytes += acked_bytes as u64;
                 }
                 let mut excess = total.saturating_sub(freed_bytes).saturating_sub(keep);
-                // Runs of consecutive events: holding back a batch being delivered leaves a hole
-                // after it, and every notice names one run, so that its count is its range.
-                let mut runs: Vec<(u64, u64)> = Vec::new();
-                {
-                    // Never the events this very call adds, nor the batch being delivered: the
-                    // bound may be exceeded by that one batch until its delivery settles.
-                    let mut rows = tx.prepare(
-                        "SELECT seq, LENGTH(bytes) FROM spool WHERE seq > ?1 AND seq < ?2 ORDER BY seq",
+                // Never the events this very call adds, nor the batch being delivered: the bound
+                // may be exceeded by that one batch until its delivery settles. Earlier notices
+                // of loss are kept: shedding one would drop the count it carries (events lost
+                // before they could be spooled), or leave the range it explains unexplained. On a
+                // full disk an append that finds no room without them fails, and its events are
+                // counted as lost. Only a spool at its bound that holds little else gives them
+                // up, so the bound still holds.
+                let notices_too: &[bool] = match shed {
+                    Shed::Bound => &[false, true],
+                    Shed::DiskFull(_) => &[false],
+                };
+                let mut shed_seqs = Vec::new();
+                for &notices in notices_too {
+                    let mut rows = tx.prepare_cached(
+                        "SELECT seq, LENGTH(bytes) FROM spool
+                         WHERE seq > ?1 AND seq < ?2 AND notice = ?3 ORDER BY seq",
                     )?;
-                    let mut iter = rows.query([inner.sending_through as i64, first_new as i64])?;
+                    let mut iter = rows.query(params![
+                        inner.sending_through as i64,
+                        first_new as i64,
+                        notices
+                    ])?;
                     while excess > 0 {
                         let Some(row) = iter.next()? else { break };
-                        let seq = row.get::<_, i64>(0)? as u64;
+                        shed_seqs.push(row.get::<_, i64>(0)? as u64);
                         let len = row.get::<_, i64>(1)? as u64;
-                        match runs.last_mut() {
-                            Some((_, last)) if *last + 1 == seq => *last = seq,
-                            _ => runs.push((seq, seq)),
-                        }
                         freed_bytes += len;
                         excess = excess.saturating_sub(len);
+                    }
+                }
+                shed_seqs.sort_unstable();
+                // Runs of consecutive events: a batch being delivered or a notice kept leaves a
+                // hole, and every new notice names one run, so that its count is its range.
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for seq in shed_seqs {
+                    match runs.last_mut() {
+                        Some((_, last)) if *last + 1 == seq => *last = seq,
+                        _ => runs.push((seq, seq)),
                     }
                 }
                 let why = match shed {
@@ -647,10 +671,16 @@ impl Spool {
                  seq INTEGER PRIMARY KEY,
                  prev_hash BLOB NOT NULL,
                  hash BLOB NOT NULL,
-                 bytes BLOB NOT NULL
+                 bytes BLOB NOT NULL,
+                 notice INTEGER NOT NULL DEFAULT 0
              );",
         )
         .map_err(open)?;
+        // Spools from before the column: their notices are not known and shed like any event.
+        if conn.prepare("SELECT notice FROM spool LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE spool ADD COLUMN notice INTEGER NOT NULL DEFAULT 0")
+                .map_err(open)?;
+        }
         convert_to_incremental_vacuum(&conn, &path);
         let meta = |key: &'static str| -> Result<Option<Vec<u8>>, SpoolError> {
             Ok(conn
@@ -1164,6 +1194,70 @@ mod tests {
             .filter(|agent| agent.action == AgentAction::Dropped)
             .map(|agent| (agent.dropped, agent.message))
             .collect()
+    }
+
+    /// The spool sheds its oldest events again and again while the collector is away: the
+    /// notices of earlier losses stay, so every missing event is still explained and the count of
+    /// events lost before they could be spooled still reaches the collector.
+    #[test]
+    fn later_sheds_keep_the_notices_of_earlier_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
+        spool.record_lost(5, "the disk holding the state directory is full");
+        spool.append(&mut [event(0)]).unwrap();
+        for _ in 0..30 {
+            spool
+                .append(&mut (0..20).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let found = notices(&spool);
+        let lost: Vec<_> = found
+            .iter()
+            .filter(|(_, message)| message.contains("lost before they could be spooled"))
+            .collect();
+        assert_eq!(lost.len(), 1, "{found:?}");
+        assert_eq!(lost[0].0, 5);
+        assert!(
+            dropped_ranges(&spool).len() > 1,
+            "more than one shed: {found:?}"
+        );
+
+        let mut present = std::collections::BTreeSet::new();
+        let mut after = 0;
+        while let Some(batch) = spool.read_batch(after, 1000, 1 << 20).unwrap() {
+            present.extend(batch.first_seq..=batch.last_seq);
+            after = batch.last_seq;
+        }
+        let ranges = dropped_ranges(&spool);
+        let next_seq = spool.stats().next_seq;
+        for seq in 1..next_seq {
+            assert!(
+                present.contains(&seq)
+                    || ranges
+                        .iter()
+                        .any(|&(first, last)| (first..=last).contains(&seq)),
+                "event {seq} is neither spooled nor named by a notice: {ranges:?}"
+            );
+        }
+        assert!(spool.stats().bytes <= 20_000);
+    }
+
+    /// A spool written before notices were marked gains the column and keeps its events.
+    #[test]
+    fn a_spool_from_before_notices_were_marked_opens_with_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE spool (seq INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL,
+                                 hash BLOB NOT NULL, bytes BLOB NOT NULL);",
+        )
+        .unwrap();
+        drop(conn);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.append(&mut [event(1)]).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        assert_eq!(spool.stats().events, 1);
     }
 
     #[test]
