@@ -44,6 +44,7 @@ const TCP_STATES: u32 = (1 << 1) // ESTABLISHED
     | (1 << 9) // LAST_ACK
     | (1 << 10) // LISTEN
     | (1 << 11); // CLOSING
+const TCP_LISTEN: u32 = 1 << 10;
 /// UDP sockets are ESTABLISHED when connected and CLOSE when only bound (a service).
 const UDP_STATES: u32 = (1 << 1) | (1 << 7);
 
@@ -81,6 +82,16 @@ impl Diag {
             if udp {
                 self.dump(family, IPPROTO_UDP, UDP_STATES, &mut sockets)?;
             }
+        }
+        Ok(sockets)
+    }
+
+    /// Only the TCP listeners of both families: a second look, since a dump is not atomic and
+    /// one that raced other sockets' changes can miss a listener.
+    pub(super) fn tcp_listeners(&mut self) -> io::Result<Vec<Socket>> {
+        let mut sockets = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            self.dump(family, IPPROTO_TCP, TCP_LISTEN, &mut sockets)?;
         }
         Ok(sockets)
     }

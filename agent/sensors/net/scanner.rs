@@ -83,17 +83,34 @@ impl Scanner {
             Some(Err(error)) => {
                 tracing::warn!(%error, "socket dump failed; reading /proc/net from now on");
                 self.diag = None;
-                self.read_tables()
+                self.read_tables(self.include_tcp, self.include_udp)
             }
-            None => self.read_tables(),
+            None => self.read_tables(self.include_tcp, self.include_udp),
         };
-        self.services = Services::of(&sockets);
-        let current = outbound(
-            &sockets,
+        self.scan_sockets(&sockets)
+    }
+
+    /// [`Self::scan`] of the sockets one look at the tables found.
+    fn scan_sockets(&mut self, sockets: &[Socket]) -> Vec<(Socket, Option<u32>)> {
+        self.services = Services::of(sockets);
+        let mut current = outbound(
+            sockets,
             &self.services,
             self.include_udp,
             self.include_loopback,
         );
+        // A dump races the sockets it lists: one that missed a listener would report the
+        // connections it accepted as opened here. A new TCP connection asks for the listeners
+        // once more, so both looks would have to miss the same listener.
+        if current
+            .iter()
+            .any(|s| !s.udp && !self.reported.contains(&s.key()))
+        {
+            let listeners = self.tcp_listeners();
+            self.services.add_tcp_listeners(&listeners);
+            let services = &self.services;
+            current.retain(|s| services.opened_here(s.udp, s.local, s.remote));
+        }
         let now = tokio::time::Instant::now();
         self.seen_open
             .retain(|_, seen| now.saturating_duration_since(*seen) < REMEMBER_ENDS);
@@ -134,14 +151,25 @@ impl Scanner {
         found
     }
 
+    /// The TCP listeners, looked up again (see [`Self::scan`]); none where neither source can be
+    /// read, and then the first look stands.
+    fn tcp_listeners(&mut self) -> Vec<Socket> {
+        if let Some(diag) = self.diag.as_mut()
+            && let Ok(listeners) = diag.tcp_listeners()
+        {
+            return listeners;
+        }
+        self.read_tables(true, false)
+    }
+
     /// The sockets listed in `/proc/net/{tcp,tcp6,udp,udp6}`.
-    fn read_tables(&mut self) -> Vec<Socket> {
+    fn read_tables(&mut self, tcp: bool, udp: bool) -> Vec<Socket> {
         let mut sockets = Vec::new();
         let mut tables = Vec::new();
-        if self.include_tcp {
+        if tcp {
             tables.extend([("/proc/net/tcp", false), ("/proc/net/tcp6", false)]);
         }
-        if self.include_udp {
+        if udp {
             tables.extend([("/proc/net/udp", true), ("/proc/net/udp6", true)]);
         }
         for (path, udp) in tables {
@@ -309,5 +337,39 @@ fn event(socket: Socket, process: Option<ProcessInfo>) -> NetEvent {
         remote_scope: remote_scope(socket.remote.0).to_string(),
         bytes_sent: None,
         bytes_received: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::sensors::net::NetConfig;
+    use crate::sensors::net::table::TCP_LISTEN;
+
+    /// A dump that raced other sockets' changes and missed a listener: the connection that
+    /// listener accepted is still not reported as opened here, because a new connection makes the
+    /// scanner look at the listeners once more.
+    #[test]
+    fn a_listener_missing_from_one_dump_is_found_by_the_second_look() {
+        let settings = NetConfig::default().settings().unwrap();
+        assert!(settings.include_loopback);
+        let mut scanner = Scanner::new(&settings, true);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+
+        let mut sockets = scanner.read_tables(true, false);
+        sockets.retain(|s| !(s.state == TCP_LISTEN && s.local.1 == port));
+        let found = scanner.scan_sockets(&sockets);
+        let ports: Vec<u16> = found.iter().map(|(s, _)| s.local.1).collect();
+        assert!(ports.contains(&client_port), "the client's end: {ports:?}");
+        assert!(
+            !ports.contains(&port),
+            "the accepted end is inbound: {ports:?}"
+        );
     }
 }

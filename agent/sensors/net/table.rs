@@ -31,7 +31,7 @@ const TCP_FIN_WAIT2: u8 = 0x05;
 pub(super) const TCP_CLOSE: u8 = 0x07;
 const TCP_CLOSE_WAIT: u8 = 0x08;
 const TCP_LAST_ACK: u8 = 0x09;
-const TCP_LISTEN: u8 = 0x0a;
+pub(super) const TCP_LISTEN: u8 = 0x0a;
 const TCP_CLOSING: u8 = 0x0b;
 
 /// Parses one line of `/proc/net/{tcp,udp}{,6}`.
@@ -86,6 +86,15 @@ impl Services {
             }
         }
         services
+    }
+
+    /// Adds the TCP listeners among these sockets.
+    pub(super) fn add_tcp_listeners(&mut self, sockets: &[Socket]) {
+        let more = sockets
+            .iter()
+            .filter(|s| !s.udp && s.state == TCP_LISTEN)
+            .map(|s| s.local.1);
+        self.tcp.extend(more);
     }
 
     /// Whether a connection between these ends is one this host opened rather than accepted or
