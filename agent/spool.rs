@@ -953,9 +953,15 @@ pub async fn blocking<T: Send + 'static>(
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 /// While the spool keeps failing, how often the writer repeats its error line.
 const FAILING_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// The least time between two of the writer's commits while events keep coming. Each commit
+/// writes the spool's hot pages again, wakes the sender and, every few, checkpoints with two
+/// `fsync`s: a burst trickling in a few events at a time cost more in commits than in events.
+/// Events after a quiet spell are written at once.
+const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Drains the sensor channel into the spool, one transaction per burst, then settles the burst's
-/// commit tickets and wakes the sender.
+/// commit tickets and wakes the sender. Events that arrive within [`GATHER_FOR`] of the last
+/// commit wait for the rest of it, with whatever else arrives meanwhile.
 ///
 /// A burst the spool refuses is retried with a growing delay for [`RETRY_FOR`] (sensors feel
 /// back-pressure through the bounded channel meanwhile); then it is counted as lost, durably in
@@ -974,10 +980,23 @@ pub async fn run_writer(
     // Since when the spool has been failing, and when that was last said.
     let mut failing: Option<(Failure, tokio::time::Instant)> = None;
     let mut last_said: Option<tokio::time::Instant> = None;
+    let mut last_commit: Option<tokio::time::Instant> = None;
     loop {
         let received = rx.recv_many(&mut buffer, BURST).await;
         if received == 0 {
             return Ok(());
+        }
+        if let Some(last) = last_commit {
+            let until = last + GATHER_FOR;
+            while buffer.len() < BURST {
+                let room = BURST - buffer.len();
+                let more = rx.recv_many(&mut buffer, room);
+                match tokio::time::timeout_at(until, more).await {
+                    Ok(received) if received > 0 => {}
+                    // Closed (what came is still written) or the time is up.
+                    _ => break,
+                }
+            }
         }
         // Before the spool renumbers them, the events' `seq` are their commit tickets.
         numbers.clear();
@@ -987,6 +1006,7 @@ pub async fn run_writer(
         loop {
             let events = std::mem::take(&mut buffer);
             let (events, result) = blocking_append(&spool, events).await?;
+            last_commit = Some(tokio::time::Instant::now());
             buffer = events;
             let error = match result {
                 Ok(_) => {
