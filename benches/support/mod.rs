@@ -138,3 +138,38 @@ pub fn enroll(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
+#[allow(dead_code)] // Each benchmark uses its part.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap_or(100) as f64;
+    ticks / hz
+}
+
+/// Each thread's name, run time in nanoseconds and number of times it was scheduled in
+/// (`/proc/PID/task/TID/schedstat`).
+#[allow(dead_code)] // Each benchmark uses its part.
+pub fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let mut fields = schedstat.split_whitespace();
+        let ns = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let runs = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+        out.insert(tid, (name.trim().to_string(), ns, runs));
+    }
+    out
+}
