@@ -17,12 +17,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Killed, cpu_seconds, option, start, thread_cpu};
+use support::{Killed, Threads, cpu_seconds, inotifywait, option};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
@@ -79,18 +77,6 @@ fn settle(mut count: impl FnMut() -> u64, goal: u64) {
     }
 }
 
-/// Lines of inotifywait's log whose event list names `event`.
-fn count_lines(path: &Path, event: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter(|line| {
-            line.split(' ')
-                .next()
-                .is_some_and(|e| e.split(',').any(|p| p == event))
-        })
-        .count() as u64
-}
-
 fn round(files: u64) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
@@ -108,22 +94,7 @@ fn round(files: u64) -> (f64, f64) {
     let collector = support::start_collector(COLLECTOR, &data, None, None);
     let state = root.join("agent");
     support::enroll(COLLECTOR, AGENT, &data, None, &collector.addr, &state);
-    let mut command = Command::new(AGENT);
-    command
-        .args(["run", "--state-dir"])
-        .arg(&state)
-        .arg("--watch")
-        .arg(&dir)
-        .env("BANNIN_LOG", "info");
-    if let Some(config) = std::env::var_os("BANNIN_BURST_CONFIG") {
-        command.arg("--config").arg(config);
-    }
-    let (agent, line) = start(&mut command, "agent running");
-    let pid = agent.0.id();
-    println!(
-        "{}",
-        line.split("bannin_agent::run: ").last().unwrap_or(&line)
-    );
+    let (agent, pid) = support::start_agent(AGENT, &state, &dir, "BANNIN_BURST_CONFIG");
     // The agent watches once a file made now reaches the collector.
     let ready = dir.join("ready");
     std::fs::write(&ready, b"").unwrap();
@@ -133,45 +104,15 @@ fn round(files: u64) -> (f64, f64) {
     assert_eq!(stored(&data, &dir)[0], 1, "the agent is not watching");
 
     let log = root.join("inotifywait.log");
-    let mut inotifywait = Command::new("inotifywait")
-        .args([
-            "-m",
-            "-r",
-            "-e",
-            "create",
-            "-e",
-            "delete",
-            "-e",
-            "close_write",
-        ])
-        .args(["--format", "%e %w%f"])
-        .arg(&dir)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("inotifywait (inotify-tools) must be installed");
-    let mut lines = BufReader::new(inotifywait.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Watches established") {
-            break;
-        }
-    }
+    let inotifywait = inotifywait::watch(&dir, &log);
     let inotifywait = Killed(inotifywait);
     let waiter = inotifywait.0.id();
 
     let before = stored(&data, &dir);
-    let threads0 = thread_cpu(pid);
+    let threads0 = Threads::of(pid);
     let (agent0, waiter0) = (cpu_seconds(pid), cpu_seconds(waiter));
     let started = Instant::now();
-    let status = Command::new("perl")
-        .arg("-e")
-        .arg(format!(
-            "for my $i (1..{files}) {{ open(my $f, '>', \"f$i\") or die; close($f); unlink(\"f$i\") or die }}"
-        ))
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    inotifywait::burst(&dir, files);
     let workload = started.elapsed();
     let goal: u64 = before[..3].iter().sum::<u64>() + 3 * files;
     settle(|| stored(&data, &dir)[..3].iter().sum(), goal);
@@ -183,15 +124,7 @@ fn round(files: u64) -> (f64, f64) {
     let (agent_cpu, waiter_cpu) = (cpu_seconds(pid) - agent0, cpu_seconds(waiter) - waiter0);
     let after = stored(&data, &dir);
     // Where the agent's time went, by thread name (schedstat run time and times scheduled in).
-    let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
-    for (tid, (name, ns, runs)) in thread_cpu(pid) {
-        let (ns0, runs0) = threads0
-            .get(&tid)
-            .map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
-        let entry = by_name.entry(name).or_default();
-        entry.0 += (ns - ns0) as f64 / 1e9;
-        entry.1 += runs - runs0;
-    }
+    let by_name = Threads::of(pid).since(&threads0);
     let threads: Vec<String> = by_name
         .iter()
         .filter(|(_, (s, _))| *s >= 0.005)
@@ -208,9 +141,9 @@ fn round(files: u64) -> (f64, f64) {
         after[2] - before[2],
         after[3] - before[3],
         threads.join(", "),
-        count_lines(&log, "CREATE"),
-        count_lines(&log, "CLOSE_WRITE"),
-        count_lines(&log, "DELETE"),
+        inotifywait::count_lines(&log, "CREATE"),
+        inotifywait::count_lines(&log, "CLOSE_WRITE"),
+        inotifywait::count_lines(&log, "DELETE"),
         agent_cpu / waiter_cpu,
     );
     (agent_cpu, waiter_cpu)

@@ -13,10 +13,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{cpu_seconds, option, start, thread_cpu};
+use support::{Threads, cpu_seconds, option};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bannin-agent");
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_bannin-collector");
@@ -51,26 +50,11 @@ fn main() {
     let collector = support::start_collector(COLLECTOR, &data, None, None);
     let state = tmp.path().join("agent");
     support::enroll(COLLECTOR, AGENT, &data, None, &collector.addr, &state);
-    let mut command = Command::new(AGENT);
-    command
-        .args(["run", "--state-dir"])
-        .arg(&state)
-        .arg("--watch")
-        .arg(&tree)
-        .env("BANNIN_LOG", "info");
     // BANNIN_IDLE_CONFIG=FILE runs the agent with that configuration (to compare settings).
-    if let Some(config) = std::env::var_os("BANNIN_IDLE_CONFIG") {
-        command.arg("--config").arg(config);
-    }
-    let (agent, line) = start(&mut command, "agent running");
-    let pid = agent.0.id();
-    println!(
-        "{}",
-        line.split("bannin_agent::run: ").last().unwrap_or(&line)
-    );
+    let (_agent, pid) = support::start_agent(AGENT, &state, &tree, "BANNIN_IDLE_CONFIG");
     std::thread::sleep(Duration::from_secs(settle));
     let cpu0 = cpu_seconds(pid);
-    let threads0 = thread_cpu(pid);
+    let threads0 = Threads::of(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(window));
     let cpu = cpu_seconds(pid) - cpu0;
@@ -81,16 +65,8 @@ fn main() {
     );
     // Where the time went, by thread name (run time in nanoseconds and times the thread was
     // scheduled in, from schedstat): wake-ups do not depend on the machine's load as CPU does.
-    let threads = thread_cpu(pid);
-    let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
-    for (tid, (name, ns, runs)) in &threads {
-        let (ns0, runs0) = threads0
-            .get(tid)
-            .map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
-        let entry = by_name.entry(name.clone()).or_default();
-        entry.0 += (ns - ns0) as f64 / 1e9;
-        entry.1 += runs - runs0;
-    }
+    let threads = Threads::of(pid);
+    let by_name = threads.since(&threads0);
     let parts: Vec<String> = by_name
         .iter()
         .filter(|(_, (s, _))| *s > 0.0)
@@ -114,7 +90,7 @@ fn main() {
         status_kib(pid, "RssAnon:") as f64 / 1024.0,
         status_kib(pid, "RssFile:") as f64 / 1024.0,
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
-        threads.len()
+        threads.count()
     );
     let (maps, kib) = bpf_maps_kib(pid);
     println!("  of it BPF maps (anon_inode:bpf-map in smaps): {maps} mappings, {kib} KiB resident");

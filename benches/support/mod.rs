@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+#[allow(dead_code)] // Each benchmark uses its part.
+#[path = "inotifywait.rs"]
+pub mod inotifywait;
 #[path = "options.rs"]
 pub mod options;
 pub use options::option;
@@ -153,23 +156,72 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Each thread's name, run time in nanoseconds and number of times it was scheduled in
-/// (`/proc/PID/task/TID/schedstat`).
+/// (`/proc/PID/task/TID/schedstat`), by thread id.
 #[allow(dead_code)] // Each benchmark uses its part.
-pub fn thread_cpu(pid: u32) -> std::collections::HashMap<u32, (String, u64, u64)> {
-    let mut out = std::collections::HashMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
+pub struct Threads(std::collections::HashMap<u32, (String, u64, u64)>);
+
+#[allow(dead_code)] // Each benchmark uses its part.
+impl Threads {
+    pub fn of(pid: u32) -> Threads {
+        let mut out = std::collections::HashMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Threads(out);
         };
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        let mut fields = schedstat.split_whitespace();
-        let ns = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-        let runs = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
-        out.insert(tid, (name.trim().to_string(), ns, runs));
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let schedstat =
+                std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let mut fields = schedstat.split_whitespace();
+            let ns = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+            let runs = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+            out.insert(tid, (name.trim().to_string(), ns, runs));
+        }
+        Threads(out)
     }
-    out
+
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Seconds run and times scheduled in since `earlier`, summed by thread name.
+    pub fn since(&self, earlier: &Threads) -> std::collections::BTreeMap<String, (f64, u64)> {
+        let mut by_name: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+        for (tid, (name, ns, runs)) in &self.0 {
+            let (ns0, runs0) = earlier
+                .0
+                .get(tid)
+                .map_or((0, 0), |(_, ns, runs)| (*ns, *runs));
+            let entry = by_name.entry(name.clone()).or_default();
+            entry.0 += ns.saturating_sub(ns0) as f64 / 1e9;
+            entry.1 += runs.saturating_sub(runs0);
+        }
+        by_name
+    }
+}
+
+/// Starts `bannin-agent run` on an enrolled `state` directory, watching `watch`, with the
+/// configuration file named by the environment variable `config_var` when it is set (to compare
+/// settings), and prints its start line. Returns the process and its pid.
+#[allow(dead_code)] // Each benchmark uses its part.
+pub fn start_agent(agent: &str, state: &Path, watch: &Path, config_var: &str) -> (Killed, u32) {
+    let mut command = Command::new(agent);
+    command
+        .args(["run", "--state-dir"])
+        .arg(state)
+        .arg("--watch")
+        .arg(watch)
+        .env("BANNIN_LOG", "info");
+    if let Some(config) = std::env::var_os(config_var) {
+        command.arg("--config").arg(config);
+    }
+    let (process, line) = start(&mut command, "agent running");
+    println!(
+        "{}",
+        line.split("bannin_agent::run: ").last().unwrap_or(&line)
+    );
+    let pid = process.0.id();
+    (process, pid)
 }

@@ -11,9 +11,6 @@
 //! thread, the forwarder and the task counting events (what the spool writer would do). The
 //! workload runs in a separate perl process and is not counted for either side.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +18,10 @@ use tokio::time::{Duration, Instant, sleep};
 
 use super::*;
 use crate::pipeline;
+
+// The workload and the yardstick, shared with the whole agent's benchmark.
+#[path = "../../../benches/support/inotifywait.rs"]
+mod inotifywait;
 
 /// The kernel reports CPU time in /proc in USER_HZ ticks, 100 per second on Linux.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -76,47 +77,13 @@ async fn settle(count: impl Fn() -> u64, goal: u64) {
     }
 }
 
-fn count_lines(path: &Path, event: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter(|line| {
-            line.split(' ')
-                .next()
-                .is_some_and(|e| e.split(',').any(|p| p == event))
-        })
-        .count() as u64
-}
-
 async fn run(backend: BackendChoice, files: u64) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().canonicalize().unwrap().join("watched");
     std::fs::create_dir(&dir).unwrap();
     let log = root.path().join("inotifywait.log");
 
-    let mut inotifywait = Command::new("inotifywait")
-        .args([
-            "-m",
-            "-r",
-            "-e",
-            "create",
-            "-e",
-            "delete",
-            "-e",
-            "close_write",
-        ])
-        .args(["--format", "%e %w%f"])
-        .arg(&dir)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("inotifywait (inotify-tools) must be installed");
-    let stderr = inotifywait.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Watches established") {
-            break;
-        }
-    }
+    let mut inotifywait = inotifywait::watch(&dir, &log);
 
     let (tx, mut rx) = pipeline::channel("bench");
     let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(500));
@@ -156,15 +123,7 @@ async fn run(backend: BackendChoice, files: u64) {
     let waiter = inotifywait.id().to_string();
     let (agent_cpu, waiter_cpu) = (cpu_seconds("self"), cpu_seconds(&waiter));
     let started = Instant::now();
-    let status = Command::new("perl")
-        .arg("-e")
-        .arg(format!(
-            "for my $i (1..{files}) {{ open(my $f, '>', \"f$i\") or die; close($f); unlink(\"f$i\") or die }}"
-        ))
-        .current_dir(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    inotifywait::burst(&dir, files);
     let workload = started.elapsed();
     settle(|| counts.total(), 3 * files).await;
     settle(
@@ -191,9 +150,9 @@ async fn run(backend: BackendChoice, files: u64) {
         get(&counts.deletes),
         get(&counts.overflows),
         get(&counts.dropped),
-        count_lines(&log, "CREATE"),
-        count_lines(&log, "CLOSE_WRITE"),
-        count_lines(&log, "DELETE"),
+        inotifywait::count_lines(&log, "CREATE"),
+        inotifywait::count_lines(&log, "CLOSE_WRITE"),
+        inotifywait::count_lines(&log, "DELETE"),
     );
 }
 
