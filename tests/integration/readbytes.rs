@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::*;
-use crate::reads::{customers_csv, files_status, reads_of, wait_until_watched};
+use crate::reads::{customers_csv, reads_of, wait_until_watched, watching_exports};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -69,15 +69,16 @@ fn total_read_by(collector: &Collector, path: &str, pid: u32, what: &str) -> Val
 
 #[test]
 fn file_read_names_the_bytes_each_reader_read_whichever_way_it_read() {
-    let Site {
-        tmp,
-        watched,
-        collector,
-        state,
-    } = Site::new("readbytes1", "exports");
-    let watched = watched.canonicalize().unwrap();
-    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    let status = files_status(&collector);
+    let (
+        Site {
+            tmp,
+            watched,
+            collector,
+            ..
+        },
+        _agent,
+        status,
+    ) = watching_exports("readbytes1");
     assert!(
         status["message"]
             .as_str()
@@ -294,16 +295,17 @@ fn counter_links(pid: u32) -> usize {
 /// reader is counted), and none again once the export is deleted.
 #[test]
 fn the_byte_counter_is_attached_only_while_an_export_is_watched() {
-    let Site {
-        tmp: _tmp,
-        watched,
-        collector,
-        state,
-    } = Site::new("readbytes-rest", "exports");
-    let watched = watched.canonicalize().unwrap();
-    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let (
+        Site {
+            tmp: _tmp,
+            watched,
+            collector,
+            ..
+        },
+        agent,
+        _status,
+    ) = watching_exports("readbytes-rest");
     let pid = agent.proc.child.id();
-    files_status(&collector);
     assert_eq!(counter_links(pid), 0, "attached with nothing watched");
 
     let export = watched.join("export.csv");

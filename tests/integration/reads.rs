@@ -54,21 +54,32 @@ pub fn files_status(collector: &Collector) -> serde_json::Value {
     })
 }
 
+/// A site whose agent watches its `exports` directory by its canonical path (the one the kernel
+/// names files by), started and past the files sensor's status, which comes back with it.
+pub fn watching_exports(host: &str) -> (Site, Agent, serde_json::Value) {
+    let mut site = Site::new(host, "exports");
+    site.watched = site.watched.canonicalize().unwrap();
+    let agent = Agent::start(&site.state, &["--watch", site.watched.to_str().unwrap()]);
+    let status = files_status(&site.collector);
+    (site, agent, status)
+}
+
 pub fn reads_of(collector: &Collector, path: &str) -> Vec<serde_json::Value> {
     collector.events(&["--path", path, "--kind", "file.read"])
 }
 
 #[test]
 fn cat_of_a_large_export_is_one_file_read_naming_cat_however_often_a_reader_opens_it() {
-    let Site {
-        tmp: _tmp,
-        watched,
-        collector,
-        state,
-    } = Site::new("reads1", "exports");
-    let watched = watched.canonicalize().unwrap();
-    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    let status = files_status(&collector);
+    let (
+        Site {
+            tmp: _tmp,
+            watched,
+            collector,
+            ..
+        },
+        _agent,
+        status,
+    ) = watching_exports("reads1");
     assert!(
         status["message"]
             .as_str()
