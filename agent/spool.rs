@@ -420,44 +420,61 @@ impl Inner {
                     freed_bytes += acked_bytes as u64;
                 }
                 let mut excess = total.saturating_sub(freed_bytes).saturating_sub(keep);
-                // Never the events this very call adds, nor the batch being delivered: the bound
-                // may be exceeded by that one batch until its delivery settles. Earlier notices
-                // of loss are kept: shedding one would drop the count it carries (events lost
-                // before they could be spooled), or leave the range it explains unexplained. On a
-                // full disk an append that finds no room without them fails, and its events are
-                // counted as lost. Only a spool at its bound that holds little else gives them
-                // up, so the bound still holds.
-                let notices_too: &[bool] = match shed {
-                    Shed::Bound => &[false, true],
-                    Shed::DiskFull(_) => &[false],
-                };
-                let mut shed_seqs = Vec::new();
-                for &notices in notices_too {
+                // Oldest first, in runs of consecutive events (holding back a batch being
+                // delivered leaves a hole after it, and every notice names one run, so that its
+                // count is its range); never the events this very call adds, nor the batch being
+                // delivered: the bound may be exceeded by that one batch until its delivery
+                // settles. Earlier notices of loss met on the way are not lost with the run: each
+                // is written again at the end (a copy, with its count and range), so the count of
+                // events lost before they could be spooled still arrives and no range goes
+                // unexplained, and it frees nothing. Only a spool at its bound that holds nearly
+                // nothing else gives up its oldest notices, so that the bound still holds.
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                // (seq, length) of each notice in the runs, oldest first.
+                let mut moving: Vec<(u64, u64)> = Vec::new();
+                {
                     let mut rows = tx.prepare_cached(
-                        "SELECT seq, LENGTH(bytes) FROM spool
-                         WHERE seq > ?1 AND seq < ?2 AND notice = ?3 ORDER BY seq",
+                        "SELECT seq, LENGTH(bytes), notice FROM spool
+                         WHERE seq > ?1 AND seq < ?2 ORDER BY seq",
                     )?;
-                    let mut iter = rows.query(params![
-                        inner.sending_through as i64,
-                        first_new as i64,
-                        notices
-                    ])?;
+                    let mut iter = rows.query([inner.sending_through as i64, first_new as i64])?;
                     while excess > 0 {
                         let Some(row) = iter.next()? else { break };
-                        shed_seqs.push(row.get::<_, i64>(0)? as u64);
+                        let seq = row.get::<_, i64>(0)? as u64;
                         let len = row.get::<_, i64>(1)? as u64;
+                        match runs.last_mut() {
+                            Some((_, last)) if *last + 1 == seq => *last = seq,
+                            _ => runs.push((seq, seq)),
+                        }
                         freed_bytes += len;
-                        excess = excess.saturating_sub(len);
+                        if row.get::<_, bool>(2)? {
+                            moving.push((seq, len));
+                        } else {
+                            excess = excess.saturating_sub(len);
+                        }
                     }
                 }
-                shed_seqs.sort_unstable();
-                // Runs of consecutive events: a batch being delivered or a notice kept leaves a
-                // hole, and every new notice names one run, so that its count is its range.
-                let mut runs: Vec<(u64, u64)> = Vec::new();
-                for seq in shed_seqs {
-                    match runs.last_mut() {
-                        Some((_, last)) if *last + 1 == seq => *last = seq,
-                        _ => runs.push((seq, seq)),
+                if matches!(shed, Shed::Bound) {
+                    let given_up = moving
+                        .iter()
+                        .take_while(|&&(_, len)| {
+                            let more = excess > 0;
+                            excess = excess.saturating_sub(len);
+                            more
+                        })
+                        .count();
+                    moving.drain(..given_up);
+                }
+                let mut copies = Vec::with_capacity(moving.len());
+                for (seq, _) in moving {
+                    let bytes: Vec<u8> = tx
+                        .prepare_cached("SELECT bytes FROM spool WHERE seq = ?1")?
+                        .query_row([seq as i64], |r| r.get(0))?;
+                    match bannin::proto::decode_event(&bytes) {
+                        Ok(event) => copies.push(event),
+                        Err(error) => {
+                            tracing::warn!(seq, %error, "a spooled notice of loss does not decode; dropped with its run");
+                        }
                     }
                 }
                 let why = match shed {
@@ -479,6 +496,9 @@ impl Inner {
                     notice.last_dropped_seq = last;
                     notice.message = format!("{why}; the oldest {count} events were dropped");
                     chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
+                }
+                for mut copy in copies {
+                    chain.put(&mut insert, &mut copy)?;
                 }
             }
         }
@@ -1260,6 +1280,26 @@ mod tests {
             );
         }
         assert!(spool.stats().bytes <= 20_000);
+    }
+
+    /// A spool at its bound long enough for its own notices to fill it gives the oldest of them up
+    /// rather than grow past the bound.
+    #[test]
+    fn notices_alone_cannot_push_a_spool_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 4_000, "h").unwrap();
+        for n in 0..300 {
+            spool.append(&mut [event(n)]).unwrap();
+            let bytes = spool.stats().bytes;
+            assert!(
+                bytes <= 4_000,
+                "after {n} appends the spool holds {bytes} bytes"
+            );
+        }
+        // Notices were given up too, and the spool still takes new events.
+        assert!(notices(&spool).len() < 300, "{:?}", notices(&spool));
+        let newest = spool.stats().next_seq - 1;
+        assert!(spool.read_batch(newest - 1, 10, 1 << 20).unwrap().is_some());
     }
 
     /// A spool written before notices were marked gains the column and keeps its events.

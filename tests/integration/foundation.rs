@@ -403,6 +403,86 @@ fn quickstart_runs_a_collector_and_an_enrolled_local_agent() {
     assert!(ok, "{report}");
 }
 
+/// The spool stays at its bound through dozens of drops while the collector is away, so later
+/// drops reach the notices of earlier ones. Those notices used to go with the events around them:
+/// the collector then saw the gaps but never the agent's count of what it dropped. Now each such
+/// notice is written again at the end of the spool, and every dropped event is accounted for.
+#[test]
+fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
+    let Site {
+        tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("tight2", "w");
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[spool]\nmax_bytes = 1048576\n\n[process]\nenabled = false\n\n[network]\nenabled = false\n",
+    )
+    .unwrap();
+    set_mode(&config, 0o600);
+    let agent = Agent::start(
+        &state,
+        &[
+            "--watch",
+            watched.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    wait_for("agent.start stored", LONG, || {
+        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+    });
+    collector.proc.kill9();
+    // Each drop frees a tenth of the bound; the first notice is reached some ten drops later.
+    let mut batch = 0;
+    wait_for("twenty drops", LONG, || {
+        write_files(&watched, &format!("b{batch}-"), 1000);
+        batch += 1;
+        (agent.proc.log().matches("spool full").count() >= 20).then_some(())
+    });
+    collector.restart();
+    // Written after every drop: once it is stored, so is everything spooled before it.
+    let marker = watched.join("after-the-collector-returned.txt");
+    std::fs::write(&marker, b"x").unwrap();
+    wait_for("the marker stored", LONG, || {
+        (!collector
+            .events(&["--path", marker.to_str().unwrap()])
+            .is_empty())
+        .then_some(())
+    });
+    // What the agent logged it dropped, run by run.
+    let logged: u64 = agent
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("spool full"))
+        .filter_map(|l| {
+            l.split("dropped=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let mut reported = 0;
+    for notice in collector.events(&["--kind", "agent.dropped"]) {
+        let (first, last) = (
+            notice["first_dropped_seq"].as_u64().unwrap(),
+            notice["last_dropped_seq"].as_u64().unwrap(),
+        );
+        let dropped = notice["dropped"].as_u64().unwrap();
+        assert_eq!(dropped, last - first + 1, "{notice}");
+        reported += dropped;
+    }
+    assert!(logged > 0);
+    assert_eq!(reported, logged, "dropped events the collector was told of");
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
+
 #[test]
 fn a_full_spool_drops_the_oldest_reports_it_and_the_store_still_verifies() {
     let Site {
