@@ -535,16 +535,17 @@ impl Observer {
     /// [`LATE_LOOKUP`] passes; then it goes out with the pid alone.
     fn emit_file(&mut self, mut event: FileEvent, pid: Option<u32>) {
         let found = pid.and_then(|pid| self.process(pid));
+        let is_found = found.is_some();
         // A pid whose process is never found is still worth reporting on its own.
-        event.process = found.clone().or(pid.map(|pid| ProcessInfo {
+        event.process = found.or(pid.map(|pid| ProcessInfo {
             pid,
             ..ProcessInfo::default()
         }));
         event.process_known = event.process.is_some();
         let event = Event::now(self.tx.host().to_string(), event);
         let now = Instant::now();
-        match (pid, found) {
-            (Some(pid), None) => self
+        match (pid, is_found) {
+            (Some(pid), false) => self
                 .waiting
                 .push_back((now + LATE_LOOKUP, Some(pid), event)),
             _ if self.waiting.is_empty() => self.send(event),

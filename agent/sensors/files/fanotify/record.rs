@@ -48,7 +48,9 @@ fn read_u64(buf: &[u8], at: usize) -> Option<u64> {
 /// metadata, each followed by its information records. Parsed from bytes, so a short or odd
 /// buffer ends the parse instead of reading past it.
 pub(super) fn parse_names(buf: &[u8]) -> Vec<NameEvent> {
-    let mut events = Vec::new();
+    // An event with a directory handle and a name takes some 60 bytes or more: room for all of a
+    // full read at once, where growing the list event by event cost as much as parsing.
+    let mut events = Vec::with_capacity(buf.len() / 64);
     let mut offset = 0;
     while let (Some(event_len), Some(metadata_len)) =
         (read_u32(buf, offset), read_u16(buf, offset + 6))
