@@ -323,12 +323,116 @@ fn is_notice(event: &Event) -> bool {
     matches!(event.kind(), "agent.dropped" | "sensor.overflow")
 }
 
-/// Numbers and chains events as they are inserted within one transaction.
+/// The most bytes of events one row of the spool holds. Events are kept in runs, one row for the
+/// consecutive events of one commit (a notice of loss always alone): a row per event cost the
+/// agent more in SQLite's B-tree than encoding, chaining and sending the event did. Small enough
+/// that cutting a run (a partial acknowledgement, a drop to just under the bound) stays cheap.
+const RUN_MAX_BYTES: usize = 64 * 1024;
+
+/// Prefix of each event in a run's blob: its length, little-endian.
+const LENGTH_PREFIX: usize = 4;
+
+/// The events of a run's blob, in order. A malformed blob is corruption: the spool's own format.
+fn unpack(blob: &[u8]) -> Result<Vec<&[u8]>, SpoolError> {
+    let corrupt = || SpoolError::Corrupt { key: "run events" };
+    let mut events = Vec::new();
+    let mut rest = blob;
+    while !rest.is_empty() {
+        let (length, tail) = rest.split_at_checked(LENGTH_PREFIX).ok_or_else(corrupt)?;
+        let length = u32::from_le_bytes(length.try_into().map_err(|_| corrupt())?) as usize;
+        let (event, tail) = tail.split_at_checked(length).ok_or_else(corrupt)?;
+        events.push(event);
+        rest = tail;
+    }
+    Ok(events)
+}
+
+/// The chain hash after `events`, numbered from `first`, linked onto `prev`.
+fn link_all(prev: Hash, first: u64, events: &[&[u8]]) -> Hash {
+    events
+        .iter()
+        .zip(first..)
+        .fold(prev, |head, (bytes, seq)| chain::link(&head, seq, bytes))
+}
+
+fn hash_column(bytes: &[u8], key: &'static str) -> Result<Hash, SpoolError> {
+    chain::to_hash(bytes, key).map_err(|_| SpoolError::Corrupt { key })
+}
+
+/// Makes `at` the first event of its run: a run holding events on both sides of it is cut in
+/// two, each with its chain hashes, so that whole rows can then be dropped, held or removed.
+fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+             WHERE first_seq < ?1 ORDER BY first_seq DESC LIMIT 1",
+        )?
+        .query_row([at as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((first, last, prev, head, blob)) = row else {
+        return Ok(());
+    };
+    if last < at {
+        return Ok(());
+    }
+    let events = unpack(&blob)?;
+    let before = usize::try_from(at - first).map_err(|_| SpoolError::Corrupt { key: "run" })?;
+    if events.len() != (last - first + 1) as usize || before >= events.len() {
+        return Err(SpoolError::Corrupt { key: "run" });
+    }
+    let mid = link_all(hash_column(&prev, "prev hash")?, first, &events[..before]);
+    let size_before: usize = events[..before].iter().map(|e| e.len()).sum();
+    let cut = size_before + before * LENGTH_PREFIX;
+    let size_after: usize = events[before..].iter().map(|e| e.len()).sum();
+    conn.prepare_cached(
+        "UPDATE runs SET last_seq = ?2, head_hash = ?3, size = ?4, events = ?5 WHERE first_seq = ?1",
+    )?
+    .execute(params![
+        first as i64,
+        (at - 1) as i64,
+        mid.as_slice(),
+        size_before as i64,
+        &blob[..cut]
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+    )?
+    .execute(params![
+        at as i64,
+        last as i64,
+        mid.as_slice(),
+        head,
+        size_after as i64,
+        &blob[cut..]
+    ])?;
+    Ok(())
+}
+
+/// Events of this transaction not yet written: one run.
+struct Pending {
+    first_seq: u64,
+    prev: Hash,
+    size: u64,
+    blob: Vec<u8>,
+}
+
+/// Numbers and chains events as they are inserted within one transaction, gathering consecutive
+/// events into runs (see [`RUN_MAX_BYTES`]).
 struct Appender {
     next_seq: u64,
     head: Hash,
     added_bytes: u64,
     added: u64,
+    run: Option<Pending>,
 }
 
 impl Appender {
@@ -337,21 +441,52 @@ impl Appender {
         insert: &mut rusqlite::CachedStatement<'_>,
         event: &mut Event,
     ) -> Result<(), rusqlite::Error> {
+        let notice = is_notice(event);
+        if notice {
+            self.flush(insert, false)?;
+        }
         event.seq = self.next_seq;
         // The collector refuses events beyond the shared bounds; cut them here so none is stuck.
         let bytes = bannin::proto::fit_and_encode(event);
-        let hash = chain::link(&self.head, self.next_seq, &bytes);
-        insert.execute(params![
-            self.next_seq as i64,
-            self.head.as_slice(),
-            hash.as_slice(),
-            bytes,
-            is_notice(event)
-        ])?;
+        let run = self.run.get_or_insert_with(|| Pending {
+            first_seq: self.next_seq,
+            prev: self.head,
+            size: 0,
+            blob: Vec::with_capacity(RUN_MAX_BYTES.min(bytes.len() * 64)),
+        });
+        run.blob
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        run.blob.extend_from_slice(&bytes);
+        run.size += bytes.len() as u64;
+        let full = run.blob.len() >= RUN_MAX_BYTES;
+        self.head = chain::link(&self.head, self.next_seq, &bytes);
         self.added_bytes += bytes.len() as u64;
         self.added += 1;
-        self.head = hash;
         self.next_seq += 1;
+        if notice || full {
+            self.flush(insert, notice)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending run, if any, as one row.
+    fn flush(
+        &mut self,
+        insert: &mut rusqlite::CachedStatement<'_>,
+        notice: bool,
+    ) -> Result<(), rusqlite::Error> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        insert.execute(params![
+            run.first_seq as i64,
+            (self.next_seq - 1) as i64,
+            run.prev.as_slice(),
+            self.head.as_slice(),
+            run.size as i64,
+            run.blob,
+            notice
+        ])?;
         Ok(())
     }
 }
@@ -365,6 +500,7 @@ impl Inner {
             head: inner.head,
             added_bytes: 0,
             added: 0,
+            run: None,
         };
         let first_new = inner.next_seq;
         let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
@@ -375,7 +511,8 @@ impl Inner {
         let mut shed_reports = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO spool (seq, prev_hash, hash, bytes, notice) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for event in events.iter_mut() {
                 chain.put(&mut insert, event)?;
@@ -409,13 +546,15 @@ impl Inner {
                 Shed::DiskFull(_) => true,
             };
             if over {
+                split_at(&tx, inner.acked + 1)?;
                 let (acked_events, acked_bytes): (i64, i64) = tx.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
+                    "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(size), 0)
+                     FROM runs WHERE first_seq <= ?1",
                     [inner.acked as i64],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 if acked_events > 0 {
-                    tx.execute("DELETE FROM spool WHERE seq <= ?1", [inner.acked as i64])?;
+                    tx.execute("DELETE FROM runs WHERE first_seq <= ?1", [inner.acked as i64])?;
                     freed_events += acked_events as u64;
                     freed_bytes += acked_bytes as u64;
                 }
@@ -429,30 +568,61 @@ impl Inner {
                 // events lost before they could be spooled still arrives and no range goes
                 // unexplained, and it frees nothing. Only a spool at its bound that holds nearly
                 // nothing else gives up its oldest notices, so that the bound still holds.
+                // Rows are dropped whole; the last one is cut first where only part of it need go.
+                split_at(&tx, inner.sending_through + 1)?;
                 let mut runs: Vec<(u64, u64)> = Vec::new();
                 // (seq, length) of each notice in the runs, oldest first.
                 let mut moving: Vec<(u64, u64)> = Vec::new();
+                // The last row met, when dropping all of it would free more than needed.
+                let mut partial: Option<(u64, u64)> = None;
                 {
                     let mut rows = tx.prepare_cached(
-                        "SELECT seq, LENGTH(bytes), notice FROM spool
-                         WHERE seq > ?1 AND seq < ?2 ORDER BY seq",
+                        "SELECT first_seq, last_seq, size, notice FROM runs
+                         WHERE first_seq > ?1 AND first_seq < ?2 ORDER BY first_seq",
                     )?;
                     let mut iter = rows.query([inner.sending_through as i64, first_new as i64])?;
                     while excess > 0 {
                         let Some(row) = iter.next()? else { break };
-                        let seq = row.get::<_, i64>(0)? as u64;
-                        let len = row.get::<_, i64>(1)? as u64;
-                        match runs.last_mut() {
-                            Some((_, last)) if *last + 1 == seq => *last = seq,
-                            _ => runs.push((seq, seq)),
-                        }
-                        freed_bytes += len;
-                        if row.get::<_, bool>(2)? {
-                            moving.push((seq, len));
+                        let first = row.get::<_, i64>(0)? as u64;
+                        let last = row.get::<_, i64>(1)? as u64;
+                        let size = row.get::<_, i64>(2)? as u64;
+                        if row.get::<_, bool>(3)? {
+                            moving.push((first, size));
+                        } else if size > excess && last > first {
+                            partial = Some((first, excess));
+                            break;
                         } else {
-                            excess = excess.saturating_sub(len);
+                            excess = excess.saturating_sub(size);
                         }
+                        match runs.last_mut() {
+                            Some((_, end)) if *end + 1 == first => *end = last,
+                            _ => runs.push((first, last)),
+                        }
+                        freed_bytes += size;
                     }
+                }
+                if let Some((first, need)) = partial {
+                    // Enough of the row's oldest events to free `need` bytes, then the cut.
+                    let blob: Vec<u8> = tx
+                        .prepare_cached("SELECT events FROM runs WHERE first_seq = ?1")?
+                        .query_row([first as i64], |r| r.get(0))?;
+                    let mut taken = 0u64;
+                    let mut count = 0u64;
+                    for event in unpack(&blob)? {
+                        if taken >= need {
+                            break;
+                        }
+                        taken += event.len() as u64;
+                        count += 1;
+                    }
+                    split_at(&tx, first + count)?;
+                    let last = first + count - 1;
+                    match runs.last_mut() {
+                        Some((_, end)) if *end + 1 == first => *end = last,
+                        _ => runs.push((first, last)),
+                    }
+                    freed_bytes += taken;
+                    excess = excess.saturating_sub(taken);
                 }
                 if matches!(shed, Shed::Bound) {
                     let given_up = moving
@@ -467,10 +637,17 @@ impl Inner {
                 }
                 let mut copies = Vec::with_capacity(moving.len());
                 for (seq, _) in moving {
-                    let bytes: Vec<u8> = tx
-                        .prepare_cached("SELECT bytes FROM spool WHERE seq = ?1")?
+                    let blob: Vec<u8> = tx
+                        .prepare_cached("SELECT events FROM runs WHERE first_seq = ?1")?
                         .query_row([seq as i64], |r| r.get(0))?;
-                    match bannin::proto::decode_event(&bytes) {
+                    let decoded = unpack(&blob)
+                        .ok()
+                        .and_then(|events| match events.as_slice() {
+                            [one] => Some(bannin::proto::decode_event(one).map_err(|e| e.to_string())),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| Err("not a single event".to_string()));
+                    match decoded {
                         Ok(event) => copies.push(event),
                         Err(error) => {
                             tracing::warn!(seq, %error, "a spooled notice of loss does not decode; dropped with its run");
@@ -484,7 +661,7 @@ impl Inner {
                 for &(first, last) in &runs {
                     let count = last - first + 1;
                     tx.execute(
-                        "DELETE FROM spool WHERE seq BETWEEN ?1 AND ?2",
+                        "DELETE FROM runs WHERE first_seq BETWEEN ?1 AND ?2",
                         [first as i64, last as i64],
                     )?;
                     freed_events += count;
@@ -501,6 +678,7 @@ impl Inner {
                     chain.put(&mut insert, &mut copy)?;
                 }
             }
+            chain.flush(&mut insert, false)?;
         }
         // Cached: every commit writes these, and parsing the statement cost as much as running it.
         let meta = |key: &str, value: &[u8]| {
@@ -621,6 +799,56 @@ impl Inner {
     }
 }
 
+/// Moves the events of a spool written before runs (a table `spool`, one row per event, with or
+/// without the `notice` column) into `runs`, one run each, in one transaction.
+fn from_rows_to_runs(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let old: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'spool'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let notice = if conn.prepare("SELECT notice FROM spool LIMIT 0").is_ok() {
+        "notice"
+    } else {
+        // Notices were not known then: they shed like any event.
+        "0"
+    };
+    let tx = conn.unchecked_transaction()?;
+    let mut moved = 0u64;
+    {
+        let mut rows = tx.prepare(&format!(
+            "SELECT seq, prev_hash, hash, bytes, {notice} FROM spool ORDER BY seq"
+        ))?;
+        let mut insert = tx.prepare(
+            "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
+             VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut iter = rows.query([])?;
+        while let Some(row) = iter.next()? {
+            let bytes: Vec<u8> = row.get(3)?;
+            let mut blob = Vec::with_capacity(LENGTH_PREFIX + bytes.len());
+            blob.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            blob.extend_from_slice(&bytes);
+            insert.execute(params![
+                row.get::<_, i64>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                bytes.len() as i64,
+                blob,
+                row.get::<_, bool>(4)?
+            ])?;
+            moved += 1;
+        }
+    }
+    tx.execute_batch("DROP TABLE spool")?;
+    tx.commit()?;
+    tracing::info!(events = moved, "moved the spool's events into runs");
+    Ok(())
+}
+
 /// Gives a spool made before incremental vacuum was set (SQLite applies `auto_vacuum` only to new
 /// files, or through `VACUUM`) the same ability to return dropped events' space to a full disk.
 /// `VACUUM` writes a copy of the whole database through the write-ahead log, so it runs only when
@@ -687,20 +915,18 @@ impl Spool {
              PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              PRAGMA wal_autocheckpoint=64; PRAGMA journal_size_limit=1048576;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS spool (
-                 seq INTEGER PRIMARY KEY,
+             CREATE TABLE IF NOT EXISTS runs (
+                 first_seq INTEGER PRIMARY KEY,
+                 last_seq INTEGER NOT NULL,
                  prev_hash BLOB NOT NULL,
-                 hash BLOB NOT NULL,
-                 bytes BLOB NOT NULL,
+                 head_hash BLOB NOT NULL,
+                 size INTEGER NOT NULL,
+                 events BLOB NOT NULL,
                  notice INTEGER NOT NULL DEFAULT 0
              );",
         )
         .map_err(open)?;
-        // Spools from before the column: their notices are not known and shed like any event.
-        if conn.prepare("SELECT notice FROM spool LIMIT 0").is_err() {
-            conn.execute_batch("ALTER TABLE spool ADD COLUMN notice INTEGER NOT NULL DEFAULT 0")
-                .map_err(open)?;
-        }
+        from_rows_to_runs(&conn).map_err(open)?;
         convert_to_incremental_vacuum(&conn, &path);
         let meta = |key: &'static str| -> Result<Option<Vec<u8>>, SpoolError> {
             Ok(conn
@@ -733,7 +959,7 @@ impl Spool {
             None => 0,
         };
         let (events, bytes): (i64, i64) = conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool",
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(size), 0) FROM runs",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -842,41 +1068,67 @@ impl Spool {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Option<Batch>, SpoolError> {
+        // From the run holding `after_seq + 1` (normally the first left after the last
+        // acknowledgement), in order.
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT seq, prev_hash, hash, bytes FROM spool WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+             WHERE first_seq >= COALESCE((SELECT MAX(first_seq) FROM runs WHERE first_seq <= ?1), 0)
+               AND last_seq > ?1
+             ORDER BY first_seq",
         )?;
-        let mut rows = stmt.query(params![after_seq as i64, max_events as i64])?;
+        let mut rows = stmt.query([after_seq as i64])?;
         let mut batch: Option<Batch> = None;
         while let Some(row) = rows.next()? {
-            let seq = row.get::<_, i64>(0)? as u64;
-            let prev: Vec<u8> = row.get(1)?;
-            let hash: Vec<u8> = row.get(2)?;
-            let bytes: Vec<u8> = row.get(3)?;
-            let hash =
-                chain::to_hash(&hash, "hash").map_err(|_| SpoolError::Corrupt { key: "hash" })?;
-            match &mut batch {
-                None => {
-                    let prev = chain::to_hash(&prev, "prev hash")
-                        .map_err(|_| SpoolError::Corrupt { key: "prev hash" })?;
-                    batch = Some(Batch {
-                        first_seq: seq,
-                        last_seq: seq,
-                        prev_hash: prev,
-                        head_hash: hash,
-                        bytes: bytes.len(),
-                        events: vec![bytes],
-                    });
+            let first = row.get::<_, i64>(0)? as u64;
+            let last = row.get::<_, i64>(1)? as u64;
+            let blob = |at: usize, key: &'static str| -> Result<&[u8], SpoolError> {
+                row.get_ref(at)?
+                    .as_blob()
+                    .map_err(|_| SpoolError::Corrupt { key })
+            };
+            let prev = hash_column(blob(2, "prev hash")?, "prev hash")?;
+            let head = hash_column(blob(3, "hash")?, "hash")?;
+            let events = unpack(blob(4, "run events")?)?;
+            if events.len() as u64 != last - first + 1 {
+                return Err(SpoolError::Corrupt { key: "run" });
+            }
+            // Events already acknowledged at the front of the run are skipped.
+            let skip = after_seq.saturating_add(1).saturating_sub(first) as usize;
+            let start = first + skip as u64;
+            let before = match &batch {
+                None => link_all(prev, first, &events[..skip]),
+                // Stop at a hole (dropped events): a batch is one run of the chain.
+                Some(b) if start != b.last_seq + 1 => break,
+                Some(b) => b.head_hash,
+            };
+            let b = batch.get_or_insert_with(|| Batch {
+                first_seq: start,
+                last_seq: start - 1,
+                prev_hash: before,
+                head_hash: before,
+                events: Vec::new(),
+                bytes: 0,
+            });
+            let mut taken = 0;
+            for bytes in &events[skip..] {
+                if !b.events.is_empty()
+                    && (b.events.len() >= max_events || b.bytes + bytes.len() > max_bytes)
+                {
+                    break;
                 }
-                Some(b) => {
-                    // Stop at a hole (dropped events) or the byte budget: a batch is one run.
-                    if seq != b.last_seq + 1 || b.bytes + bytes.len() > max_bytes {
-                        break;
-                    }
-                    b.last_seq = seq;
-                    b.head_hash = hash;
-                    b.bytes += bytes.len();
-                    b.events.push(bytes);
-                }
+                b.bytes += bytes.len();
+                b.events.push(bytes.to_vec());
+                taken += 1;
+            }
+            let end = skip + taken;
+            b.last_seq = first + end as u64 - 1;
+            b.head_hash = if end == events.len() {
+                head
+            } else {
+                link_all(before, start, &events[skip..end])
+            };
+            if end < events.len() {
+                break;
             }
         }
         Ok(batch)
@@ -891,20 +1143,28 @@ impl Spool {
         inner.sending_through = 0;
         // Cached statements: every batch runs these, and parsing one costs about as much as
         // running it.
-        let (count, bytes): (i64, i64) = inner
+        let first: Option<i64> = inner
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(bytes)), 0) FROM spool WHERE seq <= ?1",
-            )?
-            .query_row([through_seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if count == 0 {
+            .prepare_cached("SELECT MIN(first_seq) FROM runs")?
+            .query_row([], |r| r.get(0))?;
+        if first.is_none_or(|first| first as u64 > through_seq) {
             return Ok(());
         }
         let tx = inner.conn.transaction()?;
+        split_at(&tx, through_seq + 1)?;
+        let (count, bytes): (i64, i64) = tx
+            .prepare_cached(
+                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(size), 0)
+                 FROM runs WHERE first_seq <= ?1",
+            )?
+            .query_row([through_seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
         // The witness: the newest head the collector acknowledged, kept after its events leave,
         // so a collector store that later lacks them is caught when this agent next sends.
         let acked: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT hash FROM spool WHERE seq = ?1")?
+            .prepare_cached(
+                "SELECT head_hash FROM runs WHERE first_seq <= ?1 AND last_seq = ?1
+                 ORDER BY first_seq DESC LIMIT 1",
+            )?
             .query_row([through_seq as i64], |r| r.get(0))
             .optional()?;
         if let Some(hash) = acked {
@@ -916,7 +1176,7 @@ impl Spool {
             )?
             .execute([value])?;
         }
-        tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?
+        tx.prepare_cached("DELETE FROM runs WHERE first_seq <= ?1")?
             .execute([through_seq as i64])?;
         tx.commit()?;
         inner.events = inner.events.saturating_sub(count as u64);
@@ -1302,22 +1562,156 @@ mod tests {
         assert!(spool.read_batch(newest - 1, 10, 1 << 20).unwrap().is_some());
     }
 
-    /// A spool written before notices were marked gains the column and keeps its events.
+    /// Reads every batch of at most `size` events from `after`, checking that each one's hashes
+    /// link its events and that each batch starts where the one before it ended; the sequence
+    /// numbers read.
+    fn read_all_checked(spool: &Spool, after: u64, size: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let mut after = after;
+        let mut head: Option<Hash> = None;
+        while let Some(batch) = spool.read_batch(after, size, 1 << 20).unwrap() {
+            let events: Vec<&[u8]> = batch.events.iter().map(Vec::as_slice).collect();
+            assert_eq!(
+                link_all(batch.prev_hash, batch.first_seq, &events),
+                batch.head_hash,
+                "batch {}..={}",
+                batch.first_seq,
+                batch.last_seq
+            );
+            if head.is_some() && batch.first_seq == after + 1 {
+                assert_eq!(Some(batch.prev_hash), head, "batch from {}", batch.first_seq);
+            }
+            assert_eq!(
+                batch.events.len() as u64,
+                batch.last_seq - batch.first_seq + 1
+            );
+            for (bytes, seq) in batch.events.iter().zip(batch.first_seq..) {
+                assert_eq!(bannin::proto::decode_event(bytes).unwrap().seq, seq);
+            }
+            seqs.extend(batch.first_seq..=batch.last_seq);
+            head = Some(batch.head_hash);
+            after = batch.last_seq;
+        }
+        seqs
+    }
+
+    /// Events are kept in runs; batches, acknowledgements and drops that end inside a run cut it,
+    /// and the chain reads the same whatever the cuts.
     #[test]
-    fn a_spool_from_before_notices_were_marked_opens_with_its_events() {
+    fn runs_cut_anywhere_keep_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool
+            .append(&mut (0..1000).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let rows = |spool: &Spool| -> i64 {
+            spool
+                .lock()
+                .conn
+                .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+                .unwrap()
+        };
+        let whole = rows(&spool);
+        assert!((2..100).contains(&whole), "{whole} rows for 1,000 events");
+        for size in [1, 7, 333, 2000] {
+            assert_eq!(read_all_checked(&spool, 0, size), (1..=1000).collect::<Vec<_>>());
+        }
+        // A batch of 7 acknowledged through its fifth event.
+        let sending = spool.read_batch_to_send(0, 7, 1 << 20).unwrap().unwrap();
+        assert_eq!((sending.first_seq, sending.last_seq), (1, 7));
+        spool.ack(5).unwrap();
+        assert_eq!(spool.stats().events, 995);
+        assert_eq!(read_all_checked(&spool, 5, 64), (6..=1000).collect::<Vec<_>>());
+        let witness = spool.witness().unwrap().unwrap();
+        let first = spool.read_batch(5, 1, 1 << 20).unwrap().unwrap();
+        assert_eq!(witness, (5, first.prev_hash));
+        // Acknowledged in the middle of a run, again, after a restart.
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool.ack(512).unwrap();
+        assert_eq!(spool.stats().events, 488);
+        assert_eq!(read_all_checked(&spool, 512, 100), (513..=1000).collect::<Vec<_>>());
+        assert!(rows(&spool) <= whole + 2);
+        spool.append(&mut [event(1001)]).unwrap();
+        assert_eq!(read_all_checked(&spool, 512, 50), (513..=1001).collect::<Vec<_>>());
+    }
+
+    /// A spool at its bound cuts a run to drop just what it must: every event is still either
+    /// spooled or named by a notice, and what remains reads as a chain.
+    #[test]
+    fn a_drop_inside_a_run_drops_only_what_it_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 40_000, "h").unwrap();
+        for _ in 0..6 {
+            spool
+                .append(&mut (0..100).map(event).collect::<Vec<_>>())
+                .unwrap();
+            assert!(spool.stats().bytes <= 40_000, "{:?}", spool.stats());
+        }
+        let ranges = dropped_ranges(&spool);
+        assert!(!ranges.is_empty());
+        let dropped: u64 = ranges.iter().map(|(first, last)| last - first + 1).sum();
+        // The bound sheds down to 90% of itself: each drop takes about a tenth of the spool
+        // beyond what the new events need, not whole runs of 100.
+        let kept = spool.stats();
+        assert!(
+            kept.bytes >= 40_000 / 10 * 8,
+            "kept only {} bytes after dropping {dropped}",
+            kept.bytes
+        );
+        let present = read_all_checked(&spool, 0, 37);
+        for seq in 1..kept.next_seq {
+            assert!(
+                present.contains(&seq)
+                    || ranges
+                        .iter()
+                        .any(|&(first, last)| (first..=last).contains(&seq)),
+                "event {seq} is neither spooled nor named by a notice: {ranges:?}"
+            );
+        }
+        assert_eq!(present.len() as u64 + dropped, kept.next_seq - 1);
+    }
+
+    /// A spool written before runs, one row per event (and before notices were marked), opens
+    /// with its events in runs, its chain intact, and goes on from where it was.
+    #[test]
+    fn a_spool_of_one_row_per_event_opens_with_its_events() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
         conn.execute_batch(
-            "CREATE TABLE spool (seq INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL,
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE spool (seq INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL,
                                  hash BLOB NOT NULL, bytes BLOB NOT NULL);",
+        )
+        .unwrap();
+        let mut head = GENESIS;
+        for seq in 1..=3u64 {
+            let mut old = event(seq as usize);
+            old.seq = seq;
+            let bytes = bannin::proto::encode_event(&old);
+            let hash = chain::link(&head, seq, &bytes);
+            conn.execute(
+                "INSERT INTO spool VALUES (?1, ?2, ?3, ?4)",
+                params![seq as i64, head.as_slice(), hash.as_slice(), bytes],
+            )
+            .unwrap();
+            head = hash;
+        }
+        conn.execute(
+            "INSERT INTO meta VALUES ('next_seq', ?1), ('head', ?2)",
+            params![4u64.to_be_bytes().as_slice(), head.as_slice()],
         )
         .unwrap();
         drop(conn);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        spool.append(&mut [event(1)]).unwrap();
+        assert_eq!(spool.stats().events, 3);
+        assert_eq!(spool.append(&mut [event(4)]).unwrap(), 4);
+        assert_eq!(read_all_checked(&spool, 0, 2), vec![1, 2, 3, 4]);
+        let first = spool.read_batch(0, 10, 1 << 20).unwrap().unwrap();
+        assert_eq!(first.prev_hash, GENESIS);
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        assert_eq!(spool.stats().events, 1);
+        assert_eq!(spool.stats().events, 4);
     }
 
     #[test]
@@ -1433,7 +1827,7 @@ mod tests {
         other
             .execute_batch(&format!(
                 "PRAGMA writable_schema=ON;
-                 UPDATE sqlite_schema SET rootpage = 1 WHERE name = 'spool';
+                 UPDATE sqlite_schema SET rootpage = 1 WHERE name = 'runs';
                  PRAGMA schema_version = {};",
                 version + 1
             ))

@@ -13,6 +13,9 @@ use crate::harness::{AGENT, COLLECTOR, Collector, Proc, run_output, wait_for};
 
 const NOBODY: u32 = 65534;
 
+/// How many events the agent's spool holds: its rows are runs of consecutive events.
+const SPOOLED_EVENTS: &str = "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM runs";
+
 /// A scratch directory others may traverse (so `nobody` can reach what the test shares with it).
 fn shared_scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -516,6 +519,7 @@ fn enroll_takes_the_token_from_bannin_token() {
 
 // ---- Disk full: the agent's state directory sits on a small filesystem that something else fills.
 mod disk_full {
+    use super::SPOOLED_EVENTS;
     use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -596,8 +600,8 @@ mod disk_full {
         }
     }
 
-    /// Rows in the agent's spool, read as another process would (SQLite allows readers beside the
-    /// agent's writer).
+    /// Events in the agent's spool, read as another process would (SQLite allows readers beside
+    /// the agent's writer).
     fn spooled(state: &Path) -> u64 {
         let conn = rusqlite::Connection::open_with_flags(
             state.join("spool.db"),
@@ -605,7 +609,7 @@ mod disk_full {
         )
         .unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        conn.query_row("SELECT COUNT(*) FROM spool", [], |r| r.get::<_, i64>(0))
+        conn.query_row(SPOOLED_EVENTS, [], |r| r.get::<_, i64>(0))
             .unwrap() as u64
     }
 
@@ -838,6 +842,7 @@ mod disk_full {
 // ---- The spool fails for another reason than a full disk: every such error used to be retried
 // forever, holding every sensor back and hanging SIGTERM.
 mod spool_failures {
+    use super::SPOOLED_EVENTS;
     use std::path::Path;
     use std::time::Duration;
 
@@ -993,10 +998,8 @@ mod spool_failures {
         }
         wait_or_log(&agent, "the events in the spool", || {
             let conn = spool_conn(&setup.state);
-            let rows: i64 = conn
-                .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
-                .unwrap();
-            (rows >= 20).then_some(())
+            let events: i64 = conn.query_row(SPOOLED_EVENTS, [], |r| r.get(0)).unwrap();
+            (events >= 20).then_some(())
         });
         assert!(sigterm(&mut agent).success(), "{}", agent.proc.log());
         // What an older agent's spool looks like.
