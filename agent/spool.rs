@@ -554,7 +554,10 @@ impl Inner {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 if acked_events > 0 {
-                    tx.execute("DELETE FROM runs WHERE first_seq <= ?1", [inner.acked as i64])?;
+                    tx.execute(
+                        "DELETE FROM runs WHERE first_seq <= ?1",
+                        [inner.acked as i64],
+                    )?;
                     freed_events += acked_events as u64;
                     freed_bytes += acked_bytes as u64;
                 }
@@ -643,7 +646,9 @@ impl Inner {
                     let decoded = unpack(&blob)
                         .ok()
                         .and_then(|events| match events.as_slice() {
-                            [one] => Some(bannin::proto::decode_event(one).map_err(|e| e.to_string())),
+                            [one] => {
+                                Some(bannin::proto::decode_event(one).map_err(|e| e.to_string()))
+                            }
                             _ => None,
                         })
                         .unwrap_or_else(|| Err("not a single event".to_string()));
@@ -1099,6 +1104,15 @@ impl Spool {
                 None => link_all(prev, first, &events[..skip]),
                 // Stop at a hole (dropped events): a batch is one run of the chain.
                 Some(b) if start != b.last_seq + 1 => break,
+                // A later run goes whole or waits for the next batch: a batch that ends where a
+                // run ends needs no hashes computed again, here or when its acknowledgement
+                // would cut the run.
+                Some(b)
+                    if b.events.len() + events.len() > max_events
+                        || b.bytes + events.iter().map(|e| e.len()).sum::<usize>() > max_bytes =>
+                {
+                    break;
+                }
                 Some(b) => b.head_hash,
             };
             let b = batch.get_or_insert_with(|| Batch {
@@ -1579,7 +1593,12 @@ mod tests {
                 batch.last_seq
             );
             if head.is_some() && batch.first_seq == after + 1 {
-                assert_eq!(Some(batch.prev_hash), head, "batch from {}", batch.first_seq);
+                assert_eq!(
+                    Some(batch.prev_hash),
+                    head,
+                    "batch from {}",
+                    batch.first_seq
+                );
             }
             assert_eq!(
                 batch.events.len() as u64,
@@ -1614,14 +1633,20 @@ mod tests {
         let whole = rows(&spool);
         assert!((2..100).contains(&whole), "{whole} rows for 1,000 events");
         for size in [1, 7, 333, 2000] {
-            assert_eq!(read_all_checked(&spool, 0, size), (1..=1000).collect::<Vec<_>>());
+            assert_eq!(
+                read_all_checked(&spool, 0, size),
+                (1..=1000).collect::<Vec<_>>()
+            );
         }
         // A batch of 7 acknowledged through its fifth event.
         let sending = spool.read_batch_to_send(0, 7, 1 << 20).unwrap().unwrap();
         assert_eq!((sending.first_seq, sending.last_seq), (1, 7));
         spool.ack(5).unwrap();
         assert_eq!(spool.stats().events, 995);
-        assert_eq!(read_all_checked(&spool, 5, 64), (6..=1000).collect::<Vec<_>>());
+        assert_eq!(
+            read_all_checked(&spool, 5, 64),
+            (6..=1000).collect::<Vec<_>>()
+        );
         let witness = spool.witness().unwrap().unwrap();
         let first = spool.read_batch(5, 1, 1 << 20).unwrap().unwrap();
         assert_eq!(witness, (5, first.prev_hash));
@@ -1630,10 +1655,16 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         spool.ack(512).unwrap();
         assert_eq!(spool.stats().events, 488);
-        assert_eq!(read_all_checked(&spool, 512, 100), (513..=1000).collect::<Vec<_>>());
+        assert_eq!(
+            read_all_checked(&spool, 512, 100),
+            (513..=1000).collect::<Vec<_>>()
+        );
         assert!(rows(&spool) <= whole + 2);
         spool.append(&mut [event(1001)]).unwrap();
-        assert_eq!(read_all_checked(&spool, 512, 50), (513..=1001).collect::<Vec<_>>());
+        assert_eq!(
+            read_all_checked(&spool, 512, 50),
+            (513..=1001).collect::<Vec<_>>()
+        );
     }
 
     /// A spool at its bound cuts a run to drop just what it must: every event is still either
