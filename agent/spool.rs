@@ -425,6 +425,26 @@ struct Pending {
     blob: Vec<u8>,
 }
 
+/// Between the reason and the count in the message of a notice of a drop.
+const DROPPED_SUFFIX: &str = "; the oldest ";
+
+/// The range a notice of a drop names, and the reason its message gives: `None` for any other
+/// event, including notices of events lost before they were spooled, which name no range.
+fn dropped_range(event: &Event) -> Option<(u64, u64, String)> {
+    let bannin::event::Body::Agent(agent) = &event.body else {
+        return None;
+    };
+    let (first, last) = (agent.first_dropped_seq, agent.last_dropped_seq);
+    if agent.action != AgentAction::Dropped || first == 0 || last < first {
+        return None;
+    }
+    if agent.dropped != last - first + 1 {
+        return None;
+    }
+    let reason = agent.message.split(DROPPED_SUFFIX).next()?;
+    Some((first, last, reason.to_string()))
+}
+
 /// Numbers and chains events as they are inserted within one transaction, gathering consecutive
 /// events into runs (see [`RUN_MAX_BYTES`]).
 struct Appender {
@@ -627,15 +647,28 @@ impl Inner {
                     freed_bytes += taken;
                     excess = excess.saturating_sub(taken);
                 }
+                // Notices that touch are merged below, so they stay few; only where they alone
+                // hold more than a tenth of the bound (a spool at its bound for a long outage, with
+                // holes no merge can close) are the oldest given up, so that the bound still holds.
+                // New events the spool cannot shed are no reason to: that frees next to nothing
+                // and would lose the counts.
                 if matches!(shed, Shed::Bound) {
+                    let mut notice_bytes: u64 = moving.iter().map(|&(_, len)| len).sum();
                     let given_up = moving
                         .iter()
                         .take_while(|&&(_, len)| {
-                            let more = excess > 0;
+                            let more = excess > 0 && notice_bytes > inner.max_bytes / 10;
                             excess = excess.saturating_sub(len);
+                            notice_bytes = notice_bytes.saturating_sub(len);
                             more
                         })
                         .count();
+                    if given_up > 0 {
+                        tracing::warn!(
+                            notices = given_up,
+                            "spool full: gave up its oldest notices of loss to stay within its bound"
+                        );
+                    }
                     moving.drain(..given_up);
                 }
                 let mut copies = Vec::with_capacity(moving.len());
@@ -663,6 +696,9 @@ impl Inner {
                     Shed::Bound => format!("spool reached its bound of {} bytes", inner.max_bytes),
                     Shed::DiskFull(_) => "the disk holding the state directory is full".to_string(),
                 };
+                // The dropped ranges, this drop's and the moved notices', merged where they touch
+                // and share a reason: one notice then names the whole range, and the count stays.
+                let mut ranges: Vec<(u64, u64, String)> = Vec::new();
                 for &(first, last) in &runs {
                     let count = last - first + 1;
                     tx.execute(
@@ -672,14 +708,33 @@ impl Inner {
                     freed_events += count;
                     dropped_total += count;
                     shed_reports.push((count, first, last, why.clone()));
+                    ranges.push((first, last, why.clone()));
+                }
+                let mut others = Vec::new();
+                for copy in copies {
+                    match dropped_range(&copy) {
+                        Some(range) => ranges.push(range),
+                        None => others.push(copy),
+                    }
+                }
+                ranges.sort_by_key(|&(first, _, _)| first);
+                let mut merged: Vec<(u64, u64, String)> = Vec::with_capacity(ranges.len());
+                for (first, last, reason) in ranges {
+                    match merged.last_mut() {
+                        Some((_, end, same)) if *end + 1 == first && *same == reason => *end = last,
+                        _ => merged.push((first, last, reason)),
+                    }
+                }
+                for (first, last, reason) in merged {
+                    let count = last - first + 1;
                     let mut notice = AgentEvent::new(AgentAction::Dropped);
                     notice.dropped = count;
                     notice.first_dropped_seq = first;
                     notice.last_dropped_seq = last;
-                    notice.message = format!("{why}; the oldest {count} events were dropped");
+                    notice.message = format!("{reason}{DROPPED_SUFFIX}{count} events were dropped");
                     chain.put(&mut insert, &mut Event::now(inner.host.clone(), notice))?;
                 }
-                for mut copy in copies {
+                for mut copy in others {
                     chain.put(&mut insert, &mut copy)?;
                 }
             }
@@ -1554,6 +1609,35 @@ mod tests {
             );
         }
         assert!(spool.stats().bytes <= 20_000);
+    }
+
+    /// New events that alone overrun the spool, beside a batch being delivered, leave nothing old
+    /// to drop but notices: those stay (merged where they touch) rather than go for the little room
+    /// they hold, so the count of every dropped event still arrives.
+    #[test]
+    fn a_burst_larger_than_the_spool_keeps_the_counts_of_earlier_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
+        for _ in 0..10 {
+            spool
+                .append(&mut (0..20).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let oldest = spool.read_batch_to_send(0, 20, 1 << 20).unwrap().unwrap();
+        assert!(oldest.last_seq > oldest.first_seq);
+        spool
+            .append(&mut (0..200).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let stats = spool.stats();
+        let named: u64 = dropped_ranges(&spool)
+            .iter()
+            .map(|(first, last)| last - first + 1)
+            .sum();
+        assert!(stats.dropped_total > 0);
+        assert_eq!(
+            named, stats.dropped_total,
+            "dropped events the notices name"
+        );
     }
 
     /// A spool at its bound long enough for its own notices to fill it gives the oldest of them up
