@@ -403,19 +403,12 @@ fn quickstart_runs_a_collector_and_an_enrolled_local_agent() {
     assert!(ok, "{report}");
 }
 
-/// The spool stays at its bound through dozens of drops while the collector is away, so later
-/// drops reach the notices of earlier ones. Those notices used to go with the events around them:
-/// the collector then saw the gaps but never the agent's count of what it dropped. Now each such
-/// notice is written again at the end of the spool, and every dropped event is accounted for.
-#[test]
-fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
-    let Site {
-        tmp,
-        watched,
-        mut collector,
-        state,
-    } = Site::new("tight2", "w");
-    let config = tmp.path().join("agent.toml");
+/// An enrolled agent named `name` watching a site's directory with a 1 MiB spool (file events
+/// only), past its `agent.start`, and the site's collector then killed: what the agent sees from
+/// here on waits in, and overflows, its spool.
+fn tight_spool_without_collector(name: &str) -> (Site, Agent) {
+    let mut site = Site::new(name, "w");
+    let config = site.tmp.path().join("agent.toml");
     std::fs::write(
         &config,
         "[spool]\nmax_bytes = 1048576\n\n[process]\nenabled = false\n\n[network]\nenabled = false\n",
@@ -423,18 +416,37 @@ fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
     .unwrap();
     set_mode(&config, 0o600);
     let agent = Agent::start(
-        &state,
+        &site.state,
         &[
             "--watch",
-            watched.to_str().unwrap(),
+            site.watched.to_str().unwrap(),
             "--config",
             config.to_str().unwrap(),
         ],
     );
     wait_for("agent.start stored", LONG, || {
-        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+        (!site.collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
     });
-    collector.proc.kill9();
+    site.collector.proc.kill9();
+    (site, agent)
+}
+
+/// The spool stays at its bound through dozens of drops while the collector is away, so later
+/// drops reach the notices of earlier ones. Those notices used to go with the events around them:
+/// the collector then saw the gaps but never the agent's count of what it dropped. Now each such
+/// notice is written again at the end of the spool, and every dropped event is accounted for.
+#[test]
+fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
+    let (
+        Site {
+            // Held to the end: the site's files go with it.
+            tmp: _tmp,
+            watched,
+            mut collector,
+            ..
+        },
+        agent,
+    ) = tight_spool_without_collector("tight2");
     // Each drop frees a tenth of the bound; the first notice is reached some ten drops later.
     let mut batch = 0;
     wait_for("twenty drops", LONG, || {
@@ -446,12 +458,23 @@ fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
     // Written after every drop: once it is stored, so is everything spooled before it.
     let marker = watched.join("after-the-collector-returned.txt");
     std::fs::write(&marker, b"x").unwrap();
-    wait_for("the marker stored", LONG, || {
-        (!collector
-            .events(&["--path", marker.to_str().unwrap()])
-            .is_empty())
-        .then_some(())
-    });
+    crate::harness::wait_for_explained(
+        "the marker stored",
+        LONG,
+        || {
+            (!collector
+                .events(&["--path", marker.to_str().unwrap()])
+                .is_empty())
+            .then_some(())
+        },
+        || {
+            format!(
+                "agent log:\n{}\ncollector log:\n{}",
+                agent.proc.log(),
+                collector.proc.log()
+            )
+        },
+    );
     // What the agent logged it dropped, run by run.
     let logged: u64 = agent
         .proc
@@ -485,33 +508,16 @@ fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
 
 #[test]
 fn a_full_spool_drops_the_oldest_reports_it_and_the_store_still_verifies() {
-    let Site {
-        tmp,
-        watched,
-        mut collector,
-        state,
-    } = Site::new("tight1", "w");
-    let config = tmp.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        "[spool]\nmax_bytes = 1048576\n\n[process]\nenabled = false\n\n[network]\nenabled = false\n",
-    )
-    .unwrap();
-    set_mode(&config, 0o600);
-    let agent = Agent::start(
-        &state,
-        &[
-            "--watch",
-            watched.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    wait_for("agent.start stored", LONG, || {
-        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
-    });
+    let (
+        Site {
+            tmp: _tmp,
+            watched,
+            mut collector,
+            state,
+        },
+        agent,
+    ) = tight_spool_without_collector("tight1");
     // With the collector away, far more than a megabyte of events piles up in the spool.
-    collector.proc.kill9();
     write_files(&watched, "f", 4000);
     wait_for("the spool to overflow", LONG, || {
         agent.proc.has_line("spool full").then_some(())
