@@ -1640,6 +1640,41 @@ mod tests {
         );
     }
 
+    /// A run whose events were cut short or overwritten in the file (a damaged disk, someone
+    /// writing the state directory) is refused as corrupt, with no read past its end and no
+    /// garbage sent as events.
+    #[test]
+    fn a_damaged_run_reads_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        spool
+            .append(&mut (0..3).map(event).collect::<Vec<_>>())
+            .unwrap();
+        for damage in [
+            // A length beyond the blob's end.
+            "UPDATE runs SET events = X'ff00000001'",
+            // A length prefix cut short.
+            "UPDATE runs SET events = X'0100'",
+            // One event fewer than the run's sequence numbers say.
+            "UPDATE runs SET events = X'0100000041'",
+            "UPDATE runs SET head_hash = X'00'",
+        ] {
+            let saved: Vec<u8> = spool
+                .lock()
+                .conn
+                .query_row("SELECT events FROM runs", [], |r| r.get(0))
+                .unwrap();
+            spool.lock().conn.execute_batch(damage).unwrap();
+            let error = spool.read_batch(0, 100, 1 << 20).unwrap_err();
+            assert_eq!(Failure::of(&error), Failure::Corrupt, "{damage}: {error}");
+            spool
+                .lock()
+                .conn
+                .execute("UPDATE runs SET events = ?1", [saved])
+                .unwrap();
+        }
+    }
+
     /// A spool at its bound long enough for its own notices to fill it gives the oldest of them up
     /// rather than grow past the bound.
     #[test]
