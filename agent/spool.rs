@@ -30,10 +30,17 @@ pub enum SpoolError {
         #[from]
         source: rusqlite::Error,
     },
-    #[error("spool: corrupt metadata {key}")]
+    #[error("spool: corrupt {key}")]
     Corrupt { key: &'static str },
     #[error("spool task failed")]
     TaskFailed,
+    /// One run's columns do not read as the spool wrote them.
+    #[error("spool: the run of events {first}..={last} is damaged: {detail}")]
+    DamagedRun {
+        first: u64,
+        last: u64,
+        detail: String,
+    },
 }
 
 /// A run of spooled events ready to send, with the chain hashes around it.
@@ -268,7 +275,7 @@ impl Failure {
         use rusqlite::ErrorCode as C;
         let source = match error {
             SpoolError::Sql { source } | SpoolError::Open { source, .. } => source,
-            SpoolError::Corrupt { .. } => return Failure::Corrupt,
+            SpoolError::Corrupt { .. } | SpoolError::DamagedRun { .. } => return Failure::Corrupt,
             SpoolError::TaskFailed => return Failure::Other,
         };
         let rusqlite::Error::SqliteFailure(e, _) = source else {
@@ -424,6 +431,9 @@ struct Pending {
     size: u64,
     blob: Vec<u8>,
 }
+
+/// How many damaged runs one read may remove before it reports the damage as its error.
+const MAX_DAMAGED_PER_READ: usize = 16;
 
 /// Between the reason and the count in the message of a notice of a drop.
 const DROPPED_SUFFIX: &str = "; the oldest ";
@@ -775,6 +785,39 @@ impl Inner {
         Ok(chain.next_seq - 1)
     }
 
+    /// Removes a damaged run and records its loss: an `agent.dropped` naming its range, or,
+    /// where even that cannot be written, a count reported by the next append that succeeds.
+    fn drop_damaged(&mut self, first: u64, last: u64, detail: &str) -> Result<(), SpoolError> {
+        let count = last.saturating_sub(first) + 1;
+        let size: u64 = self
+            .conn
+            .query_row(
+                "SELECT size FROM runs WHERE first_seq = ?1",
+                [first as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |size| size.max(0) as u64);
+        self.conn
+            .execute("DELETE FROM runs WHERE first_seq = ?1", [first as i64])?;
+        self.events = self.events.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(size);
+        self.dropped_total += count;
+        let reason = format!("events in the spool were damaged ({detail})");
+        tracing::error!(first, last, dropped = count, %detail, "the spool held damaged events: dropped, and reported as agent.dropped");
+        let mut notice = AgentEvent::new(AgentAction::Dropped);
+        notice.dropped = count;
+        notice.first_dropped_seq = first;
+        notice.last_dropped_seq = last;
+        notice.message = format!("{reason}{DROPPED_SUFFIX}{count} events were dropped");
+        let mut notice = [Event::now(self.host.clone(), notice)];
+        if let Err(error) = self.append(&mut notice, Shed::Bound) {
+            tracing::error!(%error, "cannot spool the notice of the damaged events; counting them as lost");
+            self.dropped_total -= count;
+            self.lost.count(count, &reason);
+        }
+        Ok(())
+    }
+
     /// [`Self::append`] after it failed for want of disk space.
     fn append_on_full_disk(
         &mut self,
@@ -1100,7 +1143,22 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Option<Batch>, SpoolError> {
         let mut inner = self.lock();
-        let batch = Self::read(&inner, after_seq, max_events, max_bytes)?;
+        // A damaged run would otherwise stop the stream for good at that point: it goes, named
+        // by a notice, and reading goes on (a bounded number of times per call).
+        let mut damaged = 0;
+        let batch = loop {
+            match Self::read(&inner, after_seq, max_events, max_bytes) {
+                Err(SpoolError::DamagedRun {
+                    first,
+                    last,
+                    detail,
+                }) if damaged < MAX_DAMAGED_PER_READ => {
+                    damaged += 1;
+                    inner.drop_damaged(first, last, &detail)?;
+                }
+                other => break other?,
+            }
+        };
         inner.sending_through = batch.as_ref().map_or(0, |b| b.last_seq);
         Ok(batch)
     }
@@ -1146,12 +1204,20 @@ impl Spool {
                     .as_blob()
                     .map_err(|_| SpoolError::Corrupt { key })
             };
-            let prev = hash_column(blob(2, "prev hash")?, "prev hash")?;
-            let head = hash_column(blob(3, "hash")?, "hash")?;
-            let events = unpack(blob(4, "run events")?)?;
-            if events.len() as u64 != last - first + 1 {
-                return Err(SpoolError::Corrupt { key: "run" });
-            }
+            let parsed = (|| {
+                let prev = hash_column(blob(2, "prev hash")?, "prev hash")?;
+                let head = hash_column(blob(3, "hash")?, "hash")?;
+                let events = unpack(blob(4, "run events")?)?;
+                if last < first || events.len() as u64 != last - first + 1 {
+                    return Err(SpoolError::Corrupt { key: "run" });
+                }
+                Ok((prev, head, events))
+            })();
+            let (prev, head, events) = parsed.map_err(|error| SpoolError::DamagedRun {
+                first,
+                last,
+                detail: error.to_string(),
+            })?;
             // Events already acknowledged at the front of the run are skipped.
             let skip = after_seq.saturating_add(1).saturating_sub(first) as usize;
             let start = first + skip as u64;
@@ -1673,6 +1739,41 @@ mod tests {
                 .execute("UPDATE runs SET events = ?1", [saved])
                 .unwrap();
         }
+    }
+
+    /// The sender does not stop at a damaged run for good: the run goes, an `agent.dropped`
+    /// names its range, and the events on both sides of it are still sent.
+    #[test]
+    fn a_damaged_run_is_dropped_and_named_and_the_stream_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        for _ in 0..3 {
+            spool
+                .append(&mut (0..10).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        spool
+            .lock()
+            .conn
+            .execute_batch("UPDATE runs SET events = X'ff00000001' WHERE first_seq = 11")
+            .unwrap();
+        let first = spool.read_batch_to_send(0, 100, 1 << 20).unwrap().unwrap();
+        assert_eq!((first.first_seq, first.last_seq), (1, 10));
+        spool.ack(10).unwrap();
+        let rest = spool.read_batch_to_send(10, 100, 1 << 20).unwrap().unwrap();
+        assert_eq!(rest.first_seq, 21, "the damaged run 11..=20 is gone");
+        assert_eq!(dropped_ranges(&spool), vec![(11, 20)]);
+        let stats = spool.stats();
+        assert_eq!(stats.dropped_total, 10);
+        assert_eq!(
+            stats.events, 11,
+            "ten events after the damaged run, and the notice"
+        );
+        assert!(
+            notices(&spool)[0].1.contains("damaged"),
+            "{:?}",
+            notices(&spool)
+        );
     }
 
     /// A spool at its bound long enough for its own notices to fill it gives the oldest of them up

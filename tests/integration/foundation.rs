@@ -296,6 +296,74 @@ fn events_made_while_the_collector_is_down_wait_in_the_spool() {
     assert_contiguous(&collector.events(&[]), &agent_id(&state));
 }
 
+/// Someone who can write the agent's state directory damages the oldest run of spooled events
+/// while the collector is away. The agent drops that run, names it in an `agent.dropped`, and
+/// sends everything after it: the stream does not stop at the damage, and `verify` explains the
+/// gap.
+#[test]
+fn a_damaged_run_in_the_spool_is_named_and_the_rest_still_arrives() {
+    let Site {
+        tmp: _tmp,
+        watched,
+        mut collector,
+        state,
+    } = Site::new("app9", "w");
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    wait_for("agent.start stored", LONG, || {
+        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+    });
+    collector.proc.kill9();
+    write_files(&watched, "g", 200);
+    wait_for("events spooled", LONG, || {
+        agent.proc.has_line("batch not delivered").then_some(())
+    });
+    let conn = rusqlite::Connection::open(state.join("spool.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let (first, last): (i64, i64) = conn
+        .query_row(
+            "SELECT first_seq, last_seq FROM runs ORDER BY first_seq LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE runs SET events = X'ff00000001' WHERE first_seq = ?1",
+        [first],
+    )
+    .unwrap();
+    drop(conn);
+    collector.restart();
+    let marker = watched.join("after-the-damage.txt");
+    std::fs::write(&marker, b"x").unwrap();
+    wait_for_explained(
+        "the marker stored",
+        LONG,
+        || {
+            (!collector
+                .events(&["--path", marker.to_str().unwrap()])
+                .is_empty())
+            .then_some(())
+        },
+        || format!("agent log:\n{}", agent.proc.log()),
+    );
+    let named = collector
+        .events(&["--kind", "agent.dropped"])
+        .into_iter()
+        .find(|notice| {
+            notice["first_dropped_seq"].as_u64() == Some(first as u64)
+                && notice["last_dropped_seq"].as_u64() == Some(last as u64)
+        });
+    let named = named.unwrap_or_else(|| panic!("no agent.dropped names {first}..={last}"));
+    assert_eq!(named["dropped"].as_u64(), Some((last - first + 1) as u64));
+    assert!(
+        named["message"].as_str().unwrap().contains("damaged"),
+        "{named}"
+    );
+    assert!(agent.proc.has_line("the spool held damaged events"));
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
+
 #[test]
 fn verify_names_rows_edited_deleted_or_swapped_in_the_database() {
     let Site {
