@@ -194,6 +194,24 @@ pub async fn run(
             }
             Err(status) => {
                 release(&spool).await;
+                // The collector answered and refused the batch itself (not its size, not for
+                // want of a store): if the spool's copy does not hold together by its own hashes,
+                // sending it again would be refused again without end. Such runs go, each named
+                // by an `agent.dropped`, and what is left is sent at once.
+                if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                    let (first, last) = (batch.first_seq, batch.last_seq);
+                    match spool::blocking(&spool, move |s| s.drop_refused_damage(first, last)).await
+                    {
+                        Ok(0) => {}
+                        Ok(runs) => {
+                            tracing::warn!(error = %status.message(), runs, "the collector refused a batch the spool had damaged; the damaged events were dropped and named");
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "cannot check the refused batch in the spool")
+                        }
+                    }
+                }
                 failures = failures.saturating_add(1);
                 // The next collector at once; after a whole round of failures, the backoff.
                 let round = u32::try_from(clients.len()).unwrap_or(u32::MAX);

@@ -366,6 +366,44 @@ fn hash_column(bytes: &[u8], key: &'static str) -> Result<Hash, SpoolError> {
     chain::to_hash(bytes, key).map_err(|_| SpoolError::Corrupt { key })
 }
 
+/// A row of `runs` read as the spool wrote it: the chain hashes before and after the run, and its
+/// events, as many as `first..=last` numbers. What the columns hold is not checked against the
+/// hashes here (see [`check_run`]): reading for delivery would hash every event twice.
+fn parse_run<'a>(
+    first: u64,
+    last: u64,
+    prev: &[u8],
+    head: &[u8],
+    blob: &'a [u8],
+) -> Result<(Hash, Hash, Vec<&'a [u8]>), SpoolError> {
+    let prev = hash_column(prev, "prev hash")?;
+    let head = hash_column(head, "hash")?;
+    let events = unpack(blob)?;
+    if last < first || events.len() as u64 != last - first + 1 {
+        return Err(SpoolError::Corrupt { key: "run" });
+    }
+    Ok((prev, head, events))
+}
+
+/// What is wrong with a run the collector would refuse, if anything: its events do not chain to
+/// its own head hash, or one does not decode, carries another number or exceeds the shared bound.
+fn check_run(first: u64, prev: Hash, head: Hash, events: &[&[u8]]) -> Option<String> {
+    if link_all(prev, first, events) != head {
+        return Some("its events do not match its chain hash".to_string());
+    }
+    for (bytes, seq) in events.iter().zip(first..) {
+        if bytes.len() > bannin::proto::limits::MAX_EVENT_BYTES {
+            return Some(format!("event {seq} is larger than any event may be"));
+        }
+        match bannin::proto::decode_event(bytes) {
+            Ok(event) if event.seq == seq => {}
+            Ok(event) => return Some(format!("event {seq} says it is event {}", event.seq)),
+            Err(error) => return Some(format!("event {seq} does not decode: {error}")),
+        }
+    }
+    None
+}
+
 /// Makes `at` the first event of its run: a run holding events on both sides of it is cut in
 /// two, each with its chain hashes, so that whole rows can then be dropped, held or removed.
 fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
@@ -523,6 +561,16 @@ impl Appender {
 
 impl Inner {
     fn append(&mut self, events: &mut [Event], shed: Shed) -> Result<u64, SpoolError> {
+        self.append_removing(events, shed, None)
+    }
+
+    /// [`Self::append`], removing in the same transaction the run that begins at `remove`.
+    fn append_removing(
+        &mut self,
+        events: &mut [Event],
+        shed: Shed,
+        remove: Option<u64>,
+    ) -> Result<u64, SpoolError> {
         let inner = self;
         let tx = inner.conn.transaction()?;
         let mut chain = Appender {
@@ -539,6 +587,16 @@ impl Inner {
         let lost_unknown = inner.lost.unknown;
         // Logged only once the transaction holding the drop has committed.
         let mut shed_reports = Vec::new();
+        if let Some(first) = remove {
+            let (count, size): (i64, i64) = tx.query_row(
+                "SELECT last_seq - first_seq + 1, size FROM runs WHERE first_seq = ?1",
+                [first as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute("DELETE FROM runs WHERE first_seq = ?1", [first as i64])?;
+            freed_events += count.max(0) as u64;
+            freed_bytes += size.max(0) as u64;
+        }
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
@@ -785,10 +843,27 @@ impl Inner {
         Ok(chain.next_seq - 1)
     }
 
-    /// Removes a damaged run and records its loss: an `agent.dropped` naming its range, or,
-    /// where even that cannot be written, a count reported by the next append that succeeds.
+    /// Removes a damaged run and records its loss: an `agent.dropped` naming its range, spooled
+    /// in the same transaction as the removal (a crash leaves the run or the notice, never a
+    /// silent gap), or, where that notice cannot be written, a count reported by the next append
+    /// that succeeds.
     fn drop_damaged(&mut self, first: u64, last: u64, detail: &str) -> Result<(), SpoolError> {
         let count = last.saturating_sub(first) + 1;
+        let reason = format!("events in the spool were damaged ({detail})");
+        tracing::error!(first, last, dropped = count, %detail, "the spool held damaged events: dropped, and reported as agent.dropped");
+        let mut notice = AgentEvent::new(AgentAction::Dropped);
+        notice.dropped = count;
+        notice.first_dropped_seq = first;
+        notice.last_dropped_seq = last;
+        notice.message = format!("{reason}{DROPPED_SUFFIX}{count} events were dropped");
+        let mut notice = [Event::now(self.host.clone(), notice)];
+        // Committed with the notice, which is what reports them.
+        self.dropped_total += count;
+        let Err(error) = self.append_removing(&mut notice, Shed::Bound, Some(first)) else {
+            return Ok(());
+        };
+        self.dropped_total -= count;
+        tracing::error!(%error, "cannot spool the notice of the damaged events; counting them as lost");
         let size: u64 = self
             .conn
             .query_row(
@@ -801,21 +876,59 @@ impl Inner {
             .execute("DELETE FROM runs WHERE first_seq = ?1", [first as i64])?;
         self.events = self.events.saturating_sub(count);
         self.bytes = self.bytes.saturating_sub(size);
-        self.dropped_total += count;
-        let reason = format!("events in the spool were damaged ({detail})");
-        tracing::error!(first, last, dropped = count, %detail, "the spool held damaged events: dropped, and reported as agent.dropped");
-        let mut notice = AgentEvent::new(AgentAction::Dropped);
-        notice.dropped = count;
-        notice.first_dropped_seq = first;
-        notice.last_dropped_seq = last;
-        notice.message = format!("{reason}{DROPPED_SUFFIX}{count} events were dropped");
-        let mut notice = [Event::now(self.host.clone(), notice)];
-        if let Err(error) = self.append(&mut notice, Shed::Bound) {
-            tracing::error!(%error, "cannot spool the notice of the damaged events; counting them as lost");
-            self.dropped_total -= count;
-            self.lost.count(count, &reason);
-        }
+        self.lost.count(count, &reason);
         Ok(())
+    }
+
+    /// The runs holding any of `first..=last` that the collector would refuse, with why: read
+    /// whole, hashed again and decoded, and each checked to continue the chain from the run or
+    /// the acknowledged head just before it.
+    fn damaged_runs(&self, first: u64, last: u64) -> Result<Vec<(u64, u64, String)>, SpoolError> {
+        let witness: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'witness'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        // The head just before the next run: the acknowledged one, then each run's own.
+        let mut before: Option<(u64, Hash)> = witness.and_then(|value| {
+            let (seq, hash) = value.split_at_checked(8)?;
+            Some((
+                u64::from_be_bytes(seq.try_into().ok()?),
+                chain::to_hash(hash, "witness").ok()?,
+            ))
+        });
+        let mut damaged = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+             WHERE last_seq >= ?1 AND first_seq <= ?2 ORDER BY first_seq",
+        )?;
+        let mut rows = stmt.query([first as i64, last as i64])?;
+        while let Some(row) = rows.next()? {
+            let (run_first, run_last) =
+                (row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
+            let blob = |at: usize| {
+                row.get_ref(at)
+                    .ok()
+                    .and_then(|v| v.as_blob().ok())
+                    .unwrap_or(&[])
+            };
+            let verdict = match parse_run(run_first, run_last, blob(2), blob(3), blob(4)) {
+                Err(error) => Err(error.to_string()),
+                Ok((prev, _, _))
+                    if before.is_some_and(|(seq, hash)| seq + 1 == run_first && hash != prev) =>
+                {
+                    Err("its chain does not continue from the events before it".to_string())
+                }
+                Ok((prev, head, events)) => {
+                    check_run(run_first, prev, head, &events).map_or(Ok(head), Err)
+                }
+            };
+            match verdict {
+                Ok(head) => before = Some((run_last, head)),
+                Err(detail) => damaged.push((run_first, run_last, detail)),
+            }
+        }
+        Ok(damaged)
     }
 
     /// [`Self::append`] after it failed for want of disk space.
@@ -1163,6 +1276,20 @@ impl Spool {
         Ok(batch)
     }
 
+    /// After the collector refused the batch `first..=last` (malformed, or failing its chain or
+    /// signature checks): removes every run of it that does not hold together by the spool's own
+    /// hashes, naming each in an `agent.dropped`, so that a damaged spool is reported rather than
+    /// refused again without end. Returns how many runs were removed; none when the spool's
+    /// copy is sound and the refusal has another cause.
+    pub fn drop_refused_damage(&self, first: u64, last: u64) -> Result<usize, SpoolError> {
+        let mut inner = self.lock();
+        let damaged = inner.damaged_runs(first, last)?;
+        for (first, last, detail) in &damaged {
+            inner.drop_damaged(*first, *last, detail)?;
+        }
+        Ok(damaged.len())
+    }
+
     /// The delivery of the batch from [`Self::read_batch_to_send`] failed: its events may be shed
     /// again.
     pub fn release(&self) {
@@ -1205,13 +1332,13 @@ impl Spool {
                     .map_err(|_| SpoolError::Corrupt { key })
             };
             let parsed = (|| {
-                let prev = hash_column(blob(2, "prev hash")?, "prev hash")?;
-                let head = hash_column(blob(3, "hash")?, "hash")?;
-                let events = unpack(blob(4, "run events")?)?;
-                if last < first || events.len() as u64 != last - first + 1 {
-                    return Err(SpoolError::Corrupt { key: "run" });
-                }
-                Ok((prev, head, events))
+                parse_run(
+                    first,
+                    last,
+                    blob(2, "prev hash")?,
+                    blob(3, "hash")?,
+                    blob(4, "run events")?,
+                )
             })();
             let (prev, head, events) = parsed.map_err(|error| SpoolError::DamagedRun {
                 first,
@@ -1774,6 +1901,103 @@ mod tests {
             "{:?}",
             notices(&spool)
         );
+    }
+
+    /// Runs whose framing holds but whose contents were changed read and are sent; once the
+    /// collector refuses the batch, the spool finds which runs do not hold together by its own
+    /// hashes and drops and names just those. A sound batch's refusal removes nothing.
+    #[test]
+    fn runs_changed_in_place_are_found_and_named_after_a_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        for _ in 0..5 {
+            spool
+                .append(&mut (0..10).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+        spool.read_batch_to_send(0, 10, 1 << 20).unwrap().unwrap();
+        spool.ack(10).unwrap();
+        assert_eq!(
+            spool.drop_refused_damage(11, 50).unwrap(),
+            0,
+            "nothing is damaged yet"
+        );
+        let guard = spool.lock();
+        let conn = &guard.conn;
+        // 11..=20: one byte of an event's contents, same length (the hash no longer matches).
+        let blob: Vec<u8> = conn
+            .query_row("SELECT events FROM runs WHERE first_seq = 11", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let mut changed = blob.clone();
+        *changed.last_mut().unwrap() ^= 0x01;
+        conn.execute(
+            "UPDATE runs SET events = ?1 WHERE first_seq = 11",
+            [changed],
+        )
+        .unwrap();
+        // 31..=40: a chain cut at its start (its prev hash no longer the head before it).
+        conn.execute(
+            "UPDATE runs SET prev_hash = zeroblob(32) WHERE first_seq = 31",
+            [],
+        )
+        .unwrap();
+        // 41..=50: an event that no longer decodes, rehashed so the hash alone cannot tell.
+        let (prev, blob): (Vec<u8>, Vec<u8>) = conn
+            .query_row(
+                "SELECT prev_hash, events FROM runs WHERE first_seq = 41",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mut events: Vec<Vec<u8>> = unpack(&blob)
+            .unwrap()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        events[0] = vec![0xff; events[0].len()];
+        let mut packed = Vec::new();
+        for e in &events {
+            packed.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            packed.extend_from_slice(e);
+        }
+        let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+        let head = link_all(chain::to_hash(&prev, "prev").unwrap(), 41, &slices);
+        conn.execute(
+            "UPDATE runs SET events = ?1, head_hash = ?2 WHERE first_seq = 41",
+            params![packed, head.as_slice()],
+        )
+        .unwrap();
+        drop(guard);
+        // Still framed: the batch reads as before, as the collector would then refuse it.
+        let batch = spool.read_batch_to_send(10, 100, 1 << 20).unwrap().unwrap();
+        assert_eq!((batch.first_seq, batch.last_seq), (11, 50));
+        spool.release();
+        assert_eq!(spool.drop_refused_damage(11, 50).unwrap(), 3);
+        assert_eq!(dropped_ranges(&spool), vec![(11, 20), (31, 40), (41, 50)]);
+        let notices = notices(&spool);
+        let details: Vec<&str> = notices
+            .iter()
+            .map(|(_, message)| message.as_str())
+            .collect();
+        assert!(
+            details[0].contains("do not match its chain hash"),
+            "{details:?}"
+        );
+        assert!(details[1].contains("does not continue"), "{details:?}");
+        assert!(
+            details[2].contains("event 41 does not decode"),
+            "{details:?}"
+        );
+        let rest = spool.read_batch_to_send(10, 10, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            (rest.first_seq, rest.last_seq),
+            (21, 30),
+            "the sound run stays"
+        );
+        assert_eq!(spool.stats().dropped_total, 30);
+        assert_eq!(spool.drop_refused_damage(11, 50).unwrap(), 0, "once only");
     }
 
     /// A spool at its bound long enough for its own notices to fill it gives the oldest of them up

@@ -302,12 +302,52 @@ fn events_made_while_the_collector_is_down_wait_in_the_spool() {
 /// gap.
 #[test]
 fn a_damaged_run_in_the_spool_is_named_and_the_rest_still_arrives() {
+    damaged_run_is_named("app9", "the spool held damaged events", |conn, first| {
+        conn.execute(
+            "UPDATE runs SET events = X'ff00000001' WHERE first_seq = ?1",
+            [first],
+        )
+        .unwrap();
+    });
+}
+
+/// The same with the run's framing left whole and one byte of its events changed: the agent
+/// reads and sends it, the collector refuses it (its hashes no longer match), and the agent then
+/// finds the run that does not hold together and drops and names it, instead of sending the same
+/// refused batch without end.
+#[test]
+fn a_run_changed_in_place_is_named_once_the_collector_refuses_it() {
+    damaged_run_is_named(
+        "app10",
+        "the collector refused a batch the spool had damaged",
+        |conn, first| {
+            let mut blob: Vec<u8> = conn
+                .query_row(
+                    "SELECT events FROM runs WHERE first_seq = ?1",
+                    [first],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            *blob.last_mut().unwrap() ^= 0x01;
+            conn.execute(
+                "UPDATE runs SET events = ?1 WHERE first_seq = ?2",
+                rusqlite::params![blob, first],
+            )
+            .unwrap();
+        },
+    );
+}
+
+/// Damages the oldest spooled run (`damage` gets its first seq) while the collector is away, then
+/// checks that the run is named in an `agent.dropped`, that `line` is in the agent's log, that
+/// events after it arrive and that the store verifies.
+fn damaged_run_is_named(name: &str, line: &str, damage: impl Fn(&rusqlite::Connection, i64)) {
     let Site {
         tmp: _tmp,
         watched,
         mut collector,
         state,
-    } = Site::new("app9", "w");
+    } = Site::new(name, "w");
     let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
     wait_for("agent.start stored", LONG, || {
         (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
@@ -326,11 +366,7 @@ fn a_damaged_run_in_the_spool_is_named_and_the_rest_still_arrives() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    conn.execute(
-        "UPDATE runs SET events = X'ff00000001' WHERE first_seq = ?1",
-        [first],
-    )
-    .unwrap();
+    damage(&conn, first);
     drop(conn);
     collector.restart();
     let marker = watched.join("after-the-damage.txt");
@@ -359,7 +395,7 @@ fn a_damaged_run_in_the_spool_is_named_and_the_rest_still_arrives() {
         named["message"].as_str().unwrap().contains("damaged"),
         "{named}"
     );
-    assert!(agent.proc.has_line("the spool held damaged events"));
+    assert!(agent.proc.has_line(line), "{}", agent.proc.log());
     let (ok, report) = verify(&collector.dir);
     assert!(ok, "{report}");
 }
