@@ -22,13 +22,26 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup(name: &str, agent_toml: &str, as_uid: Option<u32>) -> Setup {
+    setup_wrapped(name, agent_toml, as_uid, &[])
+}
+
+/// [`setup`], the agent started through `wrapper` (a command and its arguments, the agent's
+/// command line after them).
+fn setup_wrapped(name: &str, agent_toml: &str, as_uid: Option<u32>, wrapper: &[&str]) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let collector = Collector::start(&tmp.path().join("collector"));
     let state = tmp.path().join("agent");
     collector.enroll(&state, name);
     let config = tmp.path().join("agent.toml");
     private_file(&config, agent_toml);
-    let mut command = Command::new(AGENT);
+    let mut command = match wrapper {
+        [] => Command::new(AGENT),
+        [program, args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(args).arg(AGENT);
+            command
+        }
+    };
     command
         .arg("run")
         .arg("--state-dir")
@@ -242,6 +255,48 @@ fn without_root_the_agent_falls_back_and_says_why() {
     });
     assert_eq!(start["source"], source);
     child.wait().unwrap();
+    drop(site.tmp);
+}
+
+/// Root, but without the capabilities BPF needs (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_ADMIN` taken
+/// from the bounding set, as a hardened unit or container might): the kernel itself refuses the
+/// programs. The agent says why in each sensor's status, in the kernel's words rather than "not
+/// root", and runs on the proc connector and the socket tables, which need only `CAP_NET_ADMIN`.
+#[test]
+fn when_the_kernel_refuses_bpf_to_root_the_agent_falls_back_and_says_why() {
+    let site = setup_wrapped(
+        "ebpf6",
+        "",
+        None,
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-bpf,-perfmon,-sys_admin",
+            "--",
+        ],
+    );
+    let process = status_of(&site.collector, "process");
+    assert!(process.contains("eBPF unavailable: "), "{process}");
+    assert!(!process.contains("not root"), "{process}");
+    assert!(
+        process.contains("from the kernel's proc connector"),
+        "{process}"
+    );
+    let network = status_of(&site.collector, "network");
+    assert!(network.contains("eBPF unavailable: "), "{network}");
+    assert!(!network.contains("not root"), "{network}");
+    assert!(network.contains("socket tables"), "{network}");
+
+    // The connector still sees a short-lived process, with its exit.
+    let status = Command::new("sh").args(["-c", "exit 7"]).status().unwrap();
+    assert_eq!(status.code(), Some(7));
+    let exit = wait_for("the shell's exit stored", LONG, || {
+        site.collector
+            .events(&["--kind", "process.exit"])
+            .into_iter()
+            .find(|e| e["exit_code"] == 7)
+    });
+    assert_eq!(exit["source"], "proc_connector", "{exit}");
     drop(site.tmp);
 }
 
