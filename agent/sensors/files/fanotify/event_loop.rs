@@ -12,7 +12,7 @@ use nix::libc;
 use nix::sys::fanotify::{Fanotify, MaskFlags};
 
 use super::reads::{ReadGroup, ReadWatch};
-use super::record::{Handle, NameEvent, parse_names};
+use super::record::{Handle, NameEvent, parse_names_into};
 use super::resolve::{Resolver, path_of_file};
 use super::setup::FanotifyBackend;
 use crate::sensors::Stop;
@@ -97,6 +97,8 @@ struct Loop {
     unnamed_writes: u64,
     /// The exports watched for reads, when the reads group could be opened.
     reads: Option<ReadWatch>,
+    /// The parsed events of one read of the `modifies` group, kept from read to read.
+    modified: Vec<NameEvent>,
 }
 
 /// Runs the backend until the sensor stops; `reads` is the reads group and how many exports it
@@ -124,6 +126,7 @@ pub fn run(
         unresolved_writes: Vec::new(),
         unnamed_writes: 0,
         reads: reads.map(|(group, max)| ReadWatch::new(group, max)),
+        modified: Vec::new(),
     };
     let mut buf = vec![0u8; READ_BUFFER];
     // Reused round after round: a burst's rounds are large, and a fresh list each time costs
@@ -207,7 +210,7 @@ pub fn run(
         for _ in 0..READS_PER_ROUND {
             match nix::unistd::read(&names, &mut buf) {
                 Ok(0) | Err(Errno::EAGAIN) => break,
-                Ok(n) => events.extend(parse_names(&buf[..n])),
+                Ok(n) => parse_names_into(&buf[..n], &mut events),
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
                     // Not a transient condition: the group is unusable, so say so and stop
@@ -346,7 +349,9 @@ impl Loop {
                     return;
                 }
             };
-            for event in parse_names(&buf[..n]) {
+            let mut modified = std::mem::take(&mut self.modified);
+            parse_names_into(&buf[..n], &mut modified);
+            for event in modified.drain(..) {
                 if event.mask & libc::FAN_Q_OVERFLOW != 0 {
                     self.overflow();
                     continue;
@@ -364,6 +369,7 @@ impl Loop {
                     self.observer.modified(&path, pid);
                 }
             }
+            self.modified = modified;
         }
     }
 

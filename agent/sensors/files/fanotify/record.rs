@@ -48,9 +48,15 @@ fn read_u64(buf: &[u8], at: usize) -> Option<u64> {
 /// metadata, each followed by its information records. Parsed from bytes, so a short or odd
 /// buffer ends the parse instead of reading past it.
 pub(super) fn parse_names(buf: &[u8]) -> Vec<NameEvent> {
-    // An event with a directory handle and a name takes some 60 bytes or more: room for all of a
-    // full read at once, where growing the list event by event cost as much as parsing.
-    let mut events = Vec::with_capacity(buf.len() / 64);
+    let mut events = Vec::new();
+    parse_names_into(buf, &mut events);
+    events
+}
+
+/// [`parse_names`], appending to `events`: a list kept from read to read. A fresh list per read
+/// (some 250 bytes an event) was a large allocation every read, and with it the C allocator's
+/// consolidation of every small block freed since: 7% of the sensor thread in a burst.
+pub(super) fn parse_names_into(buf: &[u8], events: &mut Vec<NameEvent>) {
     let mut offset = 0;
     while let (Some(event_len), Some(metadata_len)) =
         (read_u32(buf, offset), read_u16(buf, offset + 6))
@@ -92,7 +98,6 @@ pub(super) fn parse_names(buf: &[u8]) -> Vec<NameEvent> {
         events.push(parsed);
         offset += event_len;
     }
-    events
 }
 
 /// A record body after its header: fsid, `struct file_handle`, then for the name-carrying types
