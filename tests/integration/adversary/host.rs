@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{AGENT, COLLECTOR, Collector, Proc, run_output, wait_for};
+use crate::harness::{AGENT, COLLECTOR, Collector, Proc, poll, run_output, wait_for};
 
 const NOBODY: u32 = 65534;
 
@@ -446,7 +446,7 @@ fn quickstart_hands_the_agent_a_random_token_outside_its_command_line() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nprintf '%s\\n' \"args: $*\" \"env: ${{BANNIN_TOKEN:-}}\" >> '{}'\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\nprintf '%s\\n' \"args: $*\" \"env: ${{BANNIN_TOKEN:-}}\" \"pid: $$\" >> '{}'\nexec '{}' \"$@\"\n",
             record.display(),
             AGENT
         ),
@@ -482,6 +482,36 @@ fn quickstart_hands_the_agent_a_random_token_outside_its_command_line() {
     assert!(
         secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
         "the token is not 128+ random bits in hex: {token}"
+    );
+    // Stopped, quickstart stops its agent too (the wrapper execs the agent, so the wrapper's pid
+    // is the running agent's): none is left running on its own, retrying a collector that is
+    // gone (as the test's own clean-up, a kill -9, would leave it).
+    let run = seen
+        .lines()
+        .position(|l| l.starts_with("args: run"))
+        .unwrap_or_else(|| panic!("no run call: {seen}"));
+    let pid: i32 = lines[run + 2]
+        .strip_prefix("pid: ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{seen}"));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent runs"
+    );
+    quickstart.terminate();
+    let gone = poll(Duration::from_secs(30), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for whoever adopted it.
+        (stat.is_empty()
+            || stat
+                .rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('Z')))
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the agent outlived its quickstart (pid {pid})"
     );
 }
 
