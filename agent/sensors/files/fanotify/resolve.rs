@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::libc;
 
 use super::record::{FSID_LEN, Handle};
@@ -182,12 +183,22 @@ impl Resolver {
     }
 
     fn open(&self, handle: &Handle) -> Option<PathBuf> {
-        let mount = self.mounts.get(&handle.fsid)?;
+        let fd = self
+            .open_handle(handle, libc::O_PATH | libc::O_CLOEXEC)
+            .ok()?;
+        path_of(&fd).or_else(|| long_path_of(fd))
+    }
+
+    /// `open_by_handle_at` on the mount the handle's filesystem is known by: `Err(None)` when no
+    /// mount is known for it (or the handle is malformed), `Err(Some(errno))` when the kernel
+    /// refuses.
+    fn open_handle(&self, handle: &Handle, flags: libc::c_int) -> Result<OwnedFd, Option<Errno>> {
+        let mount = self.mounts.get(&handle.fsid).ok_or(None)?;
         // struct file_handle is a u32 length, an i32 type and the opaque bytes; built in u32
         // words so it has the alignment the kernel's struct expects.
         let words = 2 + handle.bytes.len().div_ceil(4);
         let mut raw = vec![0u32; words];
-        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
+        raw[0] = u32::try_from(handle.bytes.len()).map_err(|_| None)?;
         raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
         for (i, chunk) in handle.bytes.chunks(4).enumerate() {
             let mut word = [0u8; 4];
@@ -201,44 +212,32 @@ impl Resolver {
             libc::open_by_handle_at(
                 mount.as_raw_fd(),
                 raw.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
+                flags,
             )
         };
         if fd < 0 {
-            return None;
+            return Err(Some(Errno::last()));
         }
         // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        path_of(&fd).or_else(|| long_path_of(fd))
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Opens the file a handle names, for reading, wherever it is (its path may be too long to
     /// open by). `None` when the file is gone.
     pub(super) fn open_file(&self, handle: &Handle) -> Option<File> {
-        let mount = self.mounts.get(&handle.fsid)?;
-        let words = 2 + handle.bytes.len().div_ceil(4);
-        let mut raw = vec![0u32; words];
-        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
-        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
-        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
-            let mut word = [0u8; 4];
-            word[..chunk.len()].copy_from_slice(chunk);
-            raw[2 + i] = u32::from_ne_bytes(word);
-        }
-        // SAFETY: as in `open`: an aligned, initialised struct file_handle the kernel only
-        // reads, and a mount descriptor open for the call. O_NONBLOCK keeps a FIFO from hanging.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount.as_raw_fd(),
-                raw.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOATIME,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
-        Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        // O_NONBLOCK keeps a FIFO from hanging.
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOATIME;
+        self.open_handle(handle, flags).ok().map(File::from)
+    }
+
+    /// Whether the file a handle names is gone for good: no name left and no longer open
+    /// anywhere, so the kernel says the handle is stale. `false` when it is there, or when that
+    /// cannot be told (a filesystem the sensor holds no descriptor for).
+    pub(super) fn is_gone(&self, handle: &Handle) -> bool {
+        matches!(
+            self.open_handle(handle, libc::O_PATH | libc::O_CLOEXEC),
+            Err(Some(Errno::ESTALE | Errno::ENOENT))
+        )
     }
 }
 
@@ -246,30 +245,8 @@ impl Resolver {
     /// An `O_PATH` descriptor on the file a handle names, wherever it is now; `None` when it is
     /// gone or on a filesystem the sensor holds no descriptor for.
     pub(super) fn open_path(&self, handle: &Handle) -> Option<OwnedFd> {
-        let mount = self.mounts.get(&handle.fsid)?;
-        let words = 2 + handle.bytes.len().div_ceil(4);
-        let mut raw = vec![0u32; words];
-        raw[0] = u32::try_from(handle.bytes.len()).ok()?;
-        raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
-        for (i, chunk) in handle.bytes.chunks(4).enumerate() {
-            let mut word = [0u8; 4];
-            word[..chunk.len()].copy_from_slice(chunk);
-            raw[2 + i] = u32::from_ne_bytes(word);
-        }
-        // SAFETY: as in `open`: an aligned, initialised struct file_handle the kernel only
-        // reads, and a mount descriptor open for the call.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount.as_raw_fd(),
-                raw.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
-        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        self.open_handle(handle, libc::O_PATH | libc::O_CLOEXEC)
+            .ok()
     }
 }
 
