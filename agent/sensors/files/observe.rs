@@ -360,7 +360,7 @@ impl Observer {
         let table = &self.processes;
         self.looked_up
             .entry(pid)
-            .or_insert_with(|| table.info(pid))
+            .or_insert_with(|| table.info_after_exec(pid))
             .clone()
     }
 
@@ -571,7 +571,13 @@ impl Observer {
         let now = Instant::now();
         while let Some((until, pid, event)) = self.waiting.front_mut() {
             if let Some(pid) = *pid {
-                match self.processes.info(pid) {
+                // Once the wait is over, a process known only from its fork is named as that.
+                let info = if *until > now {
+                    self.processes.info_after_exec(pid)
+                } else {
+                    self.processes.info(pid)
+                };
+                match info {
                     Some(info) => {
                         if let Body::File(file) = &mut event.body {
                             file.process = Some(info.clone());

@@ -90,6 +90,9 @@ impl Snapshot {
 pub(crate) struct Entry {
     pub snapshot: Snapshot,
     pub exited: bool,
+    /// Known only from its fork: until its exec is heard of, it runs its parent's program as far
+    /// as the table knows, which an exec may already have changed.
+    pub forked: bool,
     /// The last I/O counters seen (bytes read, bytes written).
     pub io: Option<(u64, u64)>,
 }
@@ -178,6 +181,23 @@ impl ProcessTable {
         self.compose(pid)
     }
 
+    /// [`Self::info`], except for a process known only from its fork that is gone (so `/proc`
+    /// cannot say what it became): `None` then, as its exec may still be on its way. The file
+    /// sensor waits for it a moment, rather than name the parent's program for what the child did
+    /// after its exec (a shell's `rm` reported as the shell).
+    pub fn info_after_exec(&self, pid: u32) -> Option<ProcessInfo> {
+        let forked_and_gone = self
+            .lock()
+            .entries
+            .get(&pid)
+            .is_some_and(|entry| entry.forked)
+            && os::identity(pid).is_none();
+        if forked_and_gone {
+            return None;
+        }
+        self.info(pid)
+    }
+
     /// What the table holds for `pid`, with ancestry from memory only: for the sensor's own
     /// events, built right after it recorded the process.
     pub(crate) fn compose(&self, pid: u32) -> Option<ProcessInfo> {
@@ -257,6 +277,7 @@ impl ProcessTable {
             Entry {
                 snapshot,
                 exited: false,
+                forked: false,
                 io,
             },
         );
@@ -284,6 +305,7 @@ impl ProcessTable {
             Entry {
                 snapshot,
                 exited: false,
+                forked: true,
                 io: None,
             },
         );
@@ -501,6 +523,38 @@ mod tests {
         });
         let after = table.info(pid).unwrap();
         assert_eq!(after.cmdline, "sleep 30");
+    }
+
+    /// A child known only from its fork, gone before anyone asked (a shell's `rm`): until its
+    /// exec is recorded the file sensor's lookup says "not yet" rather than name the shell; once
+    /// the exec is in, the child's own program; and a plain lookup still answers the fork.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_gone_child_known_only_from_its_fork_waits_for_its_exec() {
+        let table = ProcessTable::new(100, Duration::from_secs(60));
+        let me = std::process::id();
+        // No process has this pid (above the kernel's pid_max limit of 4,194,304).
+        let child = 4_194_400;
+        table.record_fork(child, me);
+        assert!(table.info_after_exec(child).is_none());
+        let forked = table.info(child).unwrap();
+        assert_eq!(
+            forked.exe,
+            std::env::current_exe().unwrap().to_string_lossy()
+        );
+        table.insert_live(Snapshot {
+            pid: child,
+            ppid: Some(me),
+            exe: "/usr/bin/rm".into(),
+            cmdline: "rm customers.csv".into(),
+            ..Snapshot::default()
+        });
+        let execed = table.info_after_exec(child).unwrap();
+        assert_eq!(execed.exe, "/usr/bin/rm");
+        assert_eq!(execed.ancestry[0].pid, me);
+        // A running child known only from its fork is checked against /proc as before.
+        table.record_fork(me, std::process::id());
+        assert!(table.info_after_exec(me).is_some());
     }
 
     #[test]
