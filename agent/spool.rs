@@ -1620,6 +1620,24 @@ mod tests {
     use super::*;
     use bannin::event::{SensorEvent, SensorStatus};
 
+    /// A spool of at most `max_bytes` in a new directory, after `commits` appends of `each`
+    /// events.
+    fn spool_with(max_bytes: u64, commits: usize, each: usize) -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), max_bytes, "h").unwrap();
+        append_commits(&spool, commits, each);
+        (dir, spool)
+    }
+
+    /// `commits` appends of `each` events.
+    fn append_commits(spool: &Spool, commits: usize, each: usize) {
+        for _ in 0..commits {
+            spool
+                .append(&mut (0..each).map(event).collect::<Vec<_>>())
+                .unwrap();
+        }
+    }
+
     fn event(n: usize) -> Event {
         Event::now(
             "h",
@@ -1658,13 +1676,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_drops_the_oldest_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
-        for _ in 0..10 {
-            spool
-                .append(&mut (0..20).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        let (_dir, spool) = spool_with(20_000, 10, 20);
         let stats = spool.stats();
         assert!(stats.bytes <= 20_000, "spool holds {} bytes", stats.bytes);
         assert!(stats.dropped_total > 0);
@@ -1696,11 +1708,7 @@ mod tests {
             .unwrap();
         let sending = spool.read_batch_to_send(0, 10, 1 << 20).unwrap().unwrap();
         assert_eq!((sending.first_seq, sending.last_seq), (1, 10));
-        for _ in 0..10 {
-            spool
-                .append(&mut (0..20).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        append_commits(&spool, 10, 20);
         assert!(spool.stats().dropped_total > 0);
         let ranges = dropped_ranges(&spool);
         assert!(!ranges.is_empty());
@@ -1709,11 +1717,7 @@ mod tests {
         assert_eq!((kept.first_seq, kept.last_seq), (1, 10));
 
         spool.release();
-        for _ in 0..3 {
-            spool
-                .append(&mut (0..20).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        append_commits(&spool, 3, 20);
         let first = spool.read_batch(0, 10, 1 << 20).unwrap().unwrap().first_seq;
         assert!(first > 10, "the failed batch is still spooled from {first}");
         assert!(dropped_ranges(&spool).iter().any(|(first, _)| *first == 1));
@@ -1767,11 +1771,7 @@ mod tests {
         let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
         spool.record_lost(5, "the disk holding the state directory is full");
         spool.append(&mut [event(0)]).unwrap();
-        for _ in 0..30 {
-            spool
-                .append(&mut (0..20).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        append_commits(&spool, 30, 20);
         let found = notices(&spool);
         let lost: Vec<_> = found
             .iter()
@@ -1809,13 +1809,7 @@ mod tests {
     /// they hold, so the count of every dropped event still arrives.
     #[test]
     fn a_burst_larger_than_the_spool_keeps_the_counts_of_earlier_drops() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 20_000, "h").unwrap();
-        for _ in 0..10 {
-            spool
-                .append(&mut (0..20).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        let (_dir, spool) = spool_with(20_000, 10, 20);
         let oldest = spool.read_batch_to_send(0, 20, 1 << 20).unwrap().unwrap();
         assert!(oldest.last_seq > oldest.first_seq);
         spool
@@ -1872,13 +1866,7 @@ mod tests {
     /// names its range, and the events on both sides of it are still sent.
     #[test]
     fn a_damaged_run_is_dropped_and_named_and_the_stream_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        for _ in 0..3 {
-            spool
-                .append(&mut (0..10).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        let (_dir, spool) = spool_with(1 << 30, 3, 10);
         spool
             .lock()
             .conn
@@ -1908,13 +1896,7 @@ mod tests {
     /// hashes and drops and names just those. A sound batch's refusal removes nothing.
     #[test]
     fn runs_changed_in_place_are_found_and_named_after_a_refusal() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
-        for _ in 0..5 {
-            spool
-                .append(&mut (0..10).map(event).collect::<Vec<_>>())
-                .unwrap();
-        }
+        let (_dir, spool) = spool_with(1 << 30, 5, 10);
         spool.read_batch_to_send(0, 10, 1 << 20).unwrap().unwrap();
         spool.ack(10).unwrap();
         assert_eq!(
