@@ -273,24 +273,32 @@ fn agent_killed_and_restarted_continues_its_chain_without_gaps() {
     assert!(ok, "{report}");
 }
 
+/// An enrolled agent named `name` watching a site's directory, past its `agent.start`; then the
+/// collector is killed and `count` files named after `prefix` are written, which the agent keeps
+/// in its spool while nobody listens (it has said a batch was not delivered).
+fn spooled_while_the_collector_is_down(name: &str, prefix: &str, count: usize) -> (Site, Agent) {
+    let mut site = Site::new(name, "w");
+    let agent = Agent::start(&site.state, &["--watch", site.watched.to_str().unwrap()]);
+    wait_for("agent.start stored", LONG, || {
+        (!site.collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
+    });
+    site.collector.proc.kill9();
+    write_files(&site.watched, prefix, count);
+    wait_for("events spooled", LONG, || {
+        agent.proc.has_line("batch not delivered").then_some(())
+    });
+    (site, agent)
+}
+
 #[test]
 fn events_made_while_the_collector_is_down_wait_in_the_spool() {
+    let (site, _agent) = spooled_while_the_collector_is_down("app3", "d", 1000);
     let Site {
         tmp: _tmp,
         watched,
         mut collector,
         state,
-    } = Site::new("app3", "w");
-    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    wait_for("agent.start stored", LONG, || {
-        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
-    });
-    collector.proc.kill9();
-    write_files(&watched, "d", 1000);
-    // The agent keeps them: they are in its spool while nobody listens.
-    wait_for("events spooled", LONG, || {
-        agent.proc.has_line("batch not delivered").then_some(())
-    });
+    } = site;
     collector.restart();
     wait_for_paths(&collector, &watched, "d", 1000);
     assert_contiguous(&collector.events(&[]), &agent_id(&state));
@@ -342,21 +350,13 @@ fn a_run_changed_in_place_is_named_once_the_collector_refuses_it() {
 /// checks that the run is named in an `agent.dropped`, that `line` is in the agent's log, that
 /// events after it arrive and that the store verifies.
 fn damaged_run_is_named(name: &str, line: &str, damage: impl Fn(&rusqlite::Connection, i64)) {
+    let (site, agent) = spooled_while_the_collector_is_down(name, "g", 200);
     let Site {
         tmp: _tmp,
         watched,
         mut collector,
         state,
-    } = Site::new(name, "w");
-    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
-    wait_for("agent.start stored", LONG, || {
-        (!collector.events(&["--kind", "agent.start"]).is_empty()).then_some(())
-    });
-    collector.proc.kill9();
-    write_files(&watched, "g", 200);
-    wait_for("events spooled", LONG, || {
-        agent.proc.has_line("batch not delivered").then_some(())
-    });
+    } = site;
     let conn = rusqlite::Connection::open(state.join("spool.db")).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let (first, last): (i64, i64) = conn
