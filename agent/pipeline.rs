@@ -10,7 +10,7 @@
 //! the ticket of its `agent.stop`, its last event.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -252,6 +252,133 @@ impl<T> LossySender<T> {
     }
 }
 
+/// [`lossy`] for a sensor that hands over its events in batches: one push, and at most one
+/// wake-up of the receiving task, per batch rather than per event. (A receiver on another thread
+/// that drains each event as it arrives would otherwise be woken again for the next one, and a
+/// wake-up across threads costs more than the event.) The capacity still counts events: a batch
+/// that does not fit is cut, and what is cut is counted as dropped.
+pub fn lossy_batches<T>(tx: &EventTx, capacity: usize) -> (BatchSender<T>, BatchReceiver<T>) {
+    let capacity = capacity.max(1);
+    // No batch is empty, so batches never outnumber the events they hold.
+    let (queue, rx) = mpsc::channel(capacity);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sender = BatchSender {
+        queue,
+        queued: queued.clone(),
+        capacity,
+        tx: tx.clone(),
+    };
+    let receiver = BatchReceiver {
+        rx,
+        queued,
+        taken: Vec::new().into_iter(),
+    };
+    (sender, receiver)
+}
+
+/// The sending end of [`lossy_batches`].
+pub struct BatchSender<T> {
+    /// Bounded in events by `queued` and `capacity`, and so in batches too.
+    queue: mpsc::Sender<Vec<T>>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    tx: EventTx,
+}
+
+impl<T> BatchSender<T> {
+    /// Queues what fits of `batch` without waiting, in order; the rest is a counted drop. Fails
+    /// only once the receiving end is gone.
+    pub fn push(&self, mut batch: Vec<T>) -> Result<(), Closed> {
+        if self.queue.is_closed() {
+            return Err(Closed);
+        }
+        let wanted = batch.len();
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut queued = self.queued.load(Ordering::Acquire);
+        let room = loop {
+            let room = self.capacity.saturating_sub(queued).min(wanted);
+            match self.queued.compare_exchange_weak(
+                queued,
+                queued + room,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break room,
+                Err(now) => queued = now,
+            }
+        };
+        if room < wanted {
+            batch.truncate(room);
+            self.tx.count_drop((wanted - room) as u64);
+        }
+        if room == 0 {
+            return Ok(());
+        }
+        match self.queue.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Cannot happen while no batch is empty; counted all the same.
+                self.queued.fetch_sub(room, Ordering::AcqRel);
+                self.tx.count_drop(room as u64);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued.fetch_sub(room, Ordering::AcqRel);
+                Err(Closed)
+            }
+        }
+    }
+}
+
+/// The receiving end of [`lossy_batches`]: whole batches, or one item at a time.
+pub struct BatchReceiver<T> {
+    rx: mpsc::Receiver<Vec<T>>,
+    queued: Arc<AtomicUsize>,
+    /// The rest of a batch taken by [`Self::recv`].
+    taken: std::vec::IntoIter<T>,
+}
+
+impl<T> BatchReceiver<T> {
+    /// The next batch (what is left of one begun by [`Self::recv`] first); `None` once every
+    /// sender is gone and the queue is empty.
+    pub async fn recv_batch(&mut self) -> Option<Vec<T>> {
+        if self.taken.len() > 0 {
+            return Some(self.taken.by_ref().collect());
+        }
+        let batch = self.rx.recv().await?;
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// The next item, if one is queued now.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<T, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(item) = self.taken.next() {
+                return Ok(item);
+            }
+            let batch = self.rx.try_recv()?;
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            self.taken = batch.into_iter();
+        }
+    }
+
+    /// The next item.
+    #[cfg(test)]
+    pub async fn recv(&mut self) -> Option<T> {
+        loop {
+            if let Some(item) = self.taken.next() {
+                return Some(item);
+            }
+            let batch = self.rx.recv().await?;
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            self.taken = batch.into_iter();
+        }
+    }
+}
+
 /// The channel every sensor sends into and the receiving end for the spool writer.
 pub fn channel(host: &str) -> (EventTx, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -402,6 +529,33 @@ mod tests {
         }
         drop(rx);
         assert!(queue.push(5).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_does_not_fit_is_cut_and_the_rest_counted() {
+        let (tx, mut spool) = channel("h");
+        let (queue, mut rx) = lossy_batches::<u32>(&tx.for_sensor("files"), 5);
+        queue.push(vec![1, 2, 3]).unwrap();
+        queue.push(vec![4, 5, 6, 7]).unwrap();
+        // Full: nothing of this one is queued.
+        queue.push(vec![8]).unwrap();
+        assert_eq!(rx.recv_batch().await, Some(vec![1, 2, 3]));
+        // Taking a batch makes room for as many events as it held.
+        queue.push(vec![9, 10, 11, 12]).unwrap();
+        assert_eq!(rx.recv().await, Some(4));
+        assert_eq!(rx.recv_batch().await, Some(vec![5]));
+        assert_eq!(rx.recv_batch().await, Some(vec![9, 10, 11]));
+        let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
+        let report = spool.recv().await.unwrap();
+        match report.body {
+            Body::Sensor(s) => {
+                assert_eq!(s.count, 2 + 1 + 1);
+                assert_eq!(s.sensor, "files");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(rx);
+        assert!(queue.push(vec![13]).is_err());
     }
 
     #[tokio::test(start_paused = true)]

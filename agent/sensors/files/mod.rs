@@ -20,12 +20,11 @@ mod sizes;
 use std::thread::JoinHandle;
 
 use bannin::event::Event;
-use tokio::sync::mpsc;
 
 pub use config::{BackendChoice, FilesConfig, FilesSettings};
 
 use super::process::ProcessTable;
-use crate::pipeline::{self, EventTx, LossySender};
+use crate::pipeline::{self, BatchReceiver, BatchSender, EventTx};
 use crate::sensors::{SensorContext, SensorHandle, Stop};
 use observe::{Observer, Scope};
 
@@ -68,7 +67,7 @@ async fn spawn_with_table(
     processes: ProcessTable,
 ) -> Result<SensorHandle, FilesError> {
     let tx = tx.for_sensor(SENSOR);
-    let (out, rx) = pipeline::lossy(&tx, config.queue_capacity);
+    let (out, rx) = pipeline::lossy_batches(&tx, config.queue_capacity);
     let stop = Stop::default();
     let thread_stop = stop.clone();
     let thread_tx = tx.clone();
@@ -86,19 +85,14 @@ async fn spawn_with_table(
     Ok(handle)
 }
 
-/// Moves events from the sensor's queue to the spool, waiting while the spool is behind; what
-/// has gathered in the queue goes on together.
-async fn forward(mut rx: mpsc::Receiver<Event>, tx: EventTx) {
-    let mut events = Vec::with_capacity(FORWARD_BATCH);
-    while rx.recv_many(&mut events, FORWARD_BATCH).await > 0 {
+/// Moves the sensor's batches of events to the spool, waiting while the spool is behind.
+async fn forward(mut rx: BatchReceiver<Event>, tx: EventTx) {
+    while let Some(mut events) = rx.recv_batch().await {
         if tx.send_events(&mut events).await.is_err() {
             return;
         }
     }
 }
-
-/// Events moved to the spool together at most.
-const FORWARD_BATCH: usize = 256;
 
 enum Chosen {
     #[cfg(target_os = "linux")]
@@ -113,7 +107,7 @@ fn start(
     config: FilesSettings,
     tx: EventTx,
     processes: ProcessTable,
-    out: LossySender<Event>,
+    out: BatchSender<Event>,
     stop: Stop,
 ) -> Result<(&'static str, JoinHandle<()>), FilesError> {
     let (scope, missing) = Scope::new(&config)?;

@@ -13,7 +13,7 @@ use tokio::time::{Duration, Instant};
 use super::classify::{self, MAGIC_BYTES};
 use super::sizes::{Facts, Remembered, SizeCache};
 use super::{FilesError, FilesSettings, SENSOR};
-use crate::pipeline::{EventTx, LossySender};
+use crate::pipeline::{BatchSender, EventTx};
 use crate::sensors::Notice;
 use crate::sensors::process::ProcessTable;
 
@@ -127,7 +127,7 @@ pub struct Observer {
     sample_bytes: usize,
     scan_min_size: u64,
     processes: ProcessTable,
-    out: LossySender<Event>,
+    out: BatchSender<Event>,
     tx: EventTx,
     /// When the last rescan after an overflow ran, and whether one is owed: an overflow within
     /// [`RESCAN_INTERVAL`] of the last rescan is rescanned when the interval is over, never
@@ -173,7 +173,7 @@ impl Observer {
         scope: Scope,
         config: &FilesSettings,
         processes: ProcessTable,
-        out: LossySender<Event>,
+        out: BatchSender<Event>,
         tx: EventTx,
     ) -> Self {
         Observer {
@@ -642,10 +642,11 @@ impl Observer {
 
     fn flush(&mut self) {
         self.outbox_since = None;
-        for event in self.outbox.drain(..) {
-            if self.out.push(event).is_err() {
-                self.closed = true;
-            }
+        // The next batch is likely about this one's size: room for it without growing.
+        let room = self.outbox.len().next_power_of_two().min(OUTBOX);
+        let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(room));
+        if self.out.push(batch).is_err() {
+            self.closed = true;
         }
     }
 

@@ -31,11 +31,28 @@ async fn start(config: FilesConfig) -> (SensorHandle, mpsc::Receiver<Event>) {
     (handle, rx)
 }
 
+/// Where the tests read events: the spool's channel, or the sensor's own queue.
+trait Events {
+    async fn next_event(&mut self) -> Option<Event>;
+}
+
+impl Events for mpsc::Receiver<Event> {
+    async fn next_event(&mut self) -> Option<Event> {
+        self.recv().await
+    }
+}
+
+impl Events for BatchReceiver<Event> {
+    async fn next_event(&mut self) -> Option<Event> {
+        self.recv().await
+    }
+}
+
 /// The next event satisfying `wanted`, skipping others; fails the test after a generous deadline.
-async fn next(rx: &mut mpsc::Receiver<Event>, wanted: impl Fn(&Event) -> bool) -> Event {
+async fn next(rx: &mut impl Events, wanted: impl Fn(&Event) -> bool) -> Event {
     let found = timeout(WAIT, async {
         loop {
-            let event = rx.recv().await.expect("sensor channel closed");
+            let event = rx.next_event().await.expect("sensor channel closed");
             if wanted(&event) {
                 return event;
             }
@@ -276,7 +293,7 @@ async fn an_overflow_is_reported_and_the_rescan_keeps_sizes_for_later_deletes() 
     let config = config.settings().unwrap();
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
-    let (out, mut rx) = pipeline::lossy(&tx, 16);
+    let (out, mut rx) = pipeline::lossy_batches(&tx, 16);
     let mut observer = Observer::new("notify", scope, &config, processes(), out, tx);
     // The kernel said it lost events, which the translation turns into an overflow action.
     let mut translator = notify_backend::Translator::default();
@@ -310,7 +327,7 @@ async fn a_full_sensor_queue_counts_drops_instead_of_blocking() {
     let (tx, mut spool) = pipeline::channel("h");
     let _reporter = pipeline::spawn_drop_reporter(tx.clone(), Duration::from_millis(10));
     let tx = tx.for_sensor("files");
-    let (out, mut rx) = pipeline::lossy(&tx, 1);
+    let (out, mut rx) = pipeline::lossy_batches(&tx, 1);
     let mut observer = Observer::new("notify", scope, &config, processes(), out, tx);
     for _ in 0..3 {
         observer.deleted(&dir.join("x"), None);
@@ -328,7 +345,7 @@ const UNBORN: u32 = (1 << 22) + 42;
 
 /// An observer whose process table knows [`UNBORN`] only once [`learn_unborn`] tells it, as the
 /// table knows a short-lived process only once the process sensor has recorded its exec.
-fn late_observer(dir: &Path) -> (Observer, mpsc::Receiver<Event>, ProcessTable) {
+fn late_observer(dir: &Path) -> (Observer, BatchReceiver<Event>, ProcessTable) {
     let config = FilesConfig {
         watch: vec![dir.to_path_buf()],
         ..FilesConfig::default()
@@ -336,7 +353,7 @@ fn late_observer(dir: &Path) -> (Observer, mpsc::Receiver<Event>, ProcessTable) 
     let config = config.settings().unwrap();
     let (scope, _) = observe::Scope::new(&config).unwrap();
     let (tx, _spool) = pipeline::channel("h");
-    let (out, rx) = pipeline::lossy(&tx, 16);
+    let (out, rx) = pipeline::lossy_batches(&tx, 16);
     let table = processes();
     let observer = Observer::new("fanotify", scope, &config, table.clone(), out, tx);
     (observer, rx, table)
@@ -542,7 +559,7 @@ mod as_root {
         assert!(status.success());
 
         let (tx, _spool) = pipeline::channel("h");
-        let (out, mut rx) = pipeline::lossy(&tx, 4 * files);
+        let (out, mut rx) = pipeline::lossy_batches(&tx, 4 * files);
         let observer = Observer::new("fanotify", scope, &config, processes(), out, tx);
         let stop = Stop::default();
         let thread = {

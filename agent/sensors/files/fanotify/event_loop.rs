@@ -42,44 +42,48 @@ struct Written {
 }
 
 /// Examined writes in arrival order, indexed by path so a create or delete finds its own in
-/// constant time even when a flood leaves thousands pending.
+/// constant time even when a flood leaves thousands pending. Kept from round to round, so a burst
+/// reuses its room rather than growing it again each round.
 #[derive(Default)]
 struct PendingWrites {
     queue: Vec<Option<Written>>,
-    by_path: HashMap<PathBuf, Vec<usize>>,
+    /// For each write in `queue`, the position of the write of the same path before it.
+    before: Vec<Option<usize>>,
+    /// The position of each path's latest write.
+    latest: HashMap<PathBuf, usize>,
 }
 
 impl PendingWrites {
     fn push(&mut self, written: Written) {
-        self.by_path
-            .entry(written.path.clone())
-            .or_default()
-            .push(self.queue.len());
+        let at = self.queue.len();
+        self.before
+            .push(self.latest.insert(written.path.clone(), at));
         self.queue.push(Some(written));
     }
 
     /// What the latest write of `path` saw.
     fn latest(&self, path: &Path) -> Option<Seen> {
-        let &last = self.by_path.get(path)?.last()?;
+        let &last = self.latest.get(path)?;
         self.queue.get(last)?.as_ref()?.seen.clone()
     }
 
     /// Takes the writes of one path, in order.
     fn take_path(&mut self, path: &Path) -> Vec<Written> {
-        let positions = self.by_path.remove(path).unwrap_or_default();
-        positions
-            .into_iter()
-            .filter_map(|i| self.queue.get_mut(i).and_then(Option::take))
-            .collect()
+        let mut taken = Vec::new();
+        let mut at = self.latest.remove(path);
+        while let Some(i) = at {
+            taken.extend(self.queue.get_mut(i).and_then(Option::take));
+            at = self.before.get(i).copied().flatten();
+        }
+        taken.reverse();
+        taken
     }
 
     /// Takes every write, in order.
-    fn take_all(&mut self) -> Vec<Written> {
-        self.by_path.clear();
-        std::mem::take(&mut self.queue)
-            .into_iter()
-            .flatten()
-            .collect()
+    fn take_all(&mut self) -> impl Iterator<Item = Written> + '_ {
+        self.latest.clear();
+        self.before.clear();
+        self.queue.drain(..).flatten()
     }
 }
 
@@ -399,13 +403,17 @@ impl Loop {
     /// Emits the examined writes, all of them or only those of one path (before that path is
     /// deleted or renamed, so the delete carries the written size).
     fn flush_writes(&mut self, only: Option<&Path>) {
-        let now = match only {
-            Some(path) => self.pending_writes.take_path(path),
-            None => self.pending_writes.take_all(),
+        let observer = &mut self.observer;
+        let mut emit = |written: Written| {
+            observer.changed(FileAction::Write, &written.path, written.pid, written.seen);
         };
-        for written in now {
-            self.observer
-                .changed(FileAction::Write, &written.path, written.pid, written.seen);
+        match only {
+            Some(path) => self
+                .pending_writes
+                .take_path(path)
+                .into_iter()
+                .for_each(emit),
+            None => self.pending_writes.take_all().for_each(&mut emit),
         }
     }
 
