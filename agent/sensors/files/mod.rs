@@ -91,6 +91,7 @@ async fn forward(mut rx: BatchReceiver<Event>, tx: EventTx) {
         if tx.send_events(&mut events).await.is_err() {
             return;
         }
+        rx.give_back(events);
     }
 }
 

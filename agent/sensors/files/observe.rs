@@ -642,9 +642,7 @@ impl Observer {
 
     fn flush(&mut self) {
         self.outbox_since = None;
-        // The next batch is likely about this one's size: room for it without growing.
-        let room = self.outbox.len().next_power_of_two().min(OUTBOX);
-        let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(room));
+        let batch = std::mem::replace(&mut self.outbox, self.out.spare());
         if self.out.push(batch).is_err() {
             self.closed = true;
         }
