@@ -452,6 +452,30 @@ mod as_root {
             .into_owned()
     }
 
+    /// An insider's process renames itself with bytes that are not UTF-8 (through
+    /// `/proc/self/comm`) before it writes: it is still named behind the write. (Its `stat` was
+    /// read as text, which such a name made unreadable, so the event had no process.)
+    #[tokio::test]
+    async fn a_writer_whose_name_is_not_utf8_is_still_named() {
+        let (_guard, dir) = tempdir();
+        let (handle, mut rx) = start(config(&dir, BackendChoice::Fanotify)).await;
+        let script = Script::run(
+            &dir,
+            r#"exec perl -e 'open(my $c, ">", "/proc/self/comm") or die; print $c "\xff\xfe"; close $c; open(my $f, ">", "named.csv") or die; print $f "a,b\n"; close $f; <STDIN>'"#,
+        );
+        let written = next(&mut rx, is("file.write", &dir.join("named.csv"))).await;
+        let writer = file(&written)
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("the writer is not named: {written:?}"));
+        assert_eq!(writer.pid, script.pid());
+        assert_eq!(writer.exe, exe_of("/usr/bin/perl"));
+        assert_eq!(writer.uid, Some(0));
+        assert_eq!(writer.user, "root");
+        assert_eq!(writer.ancestry[0].pid, std::process::id());
+        handle.stop().await;
+    }
+
     #[tokio::test]
     async fn auto_chooses_fanotify_as_root_and_names_the_child_behind_each_event() {
         let (_guard, dir) = tempdir();

@@ -401,6 +401,53 @@ fn distinct_byte_names_keep_distinct_paths_notify() {
     distinct_byte_names_keep_distinct_paths("notify");
 }
 
+/// An insider's long-running process (started before the agent) renames itself with bytes
+/// that are not UTF-8, through `/proc/self/comm`, then writes an export. The write still names
+/// it, with its account: the agent read `/proc/PID/stat` and `status` as text, which such a name
+/// made unreadable, so the process went unnamed.
+#[test]
+fn a_process_renamed_to_bytes_that_are_not_utf8_is_still_named() {
+    use std::io::{BufRead, Write};
+    let mut insider = None;
+    let rig = rig_with("comm-bytes", "fanotify", |watched| {
+        let mut child = Command::new("perl")
+            .arg("-e")
+            .arg(
+                r#"$| = 1; open(my $c, ">", "/proc/self/comm") or die; print $c "\xff\xfe"; close $c;
+                   print "renamed\n"; <STDIN>;
+                   open(my $f, ">", "dump.csv") or die; print $f "id,email\n1,a\@example.jp\n"; close $f;
+                   print "written\n"; <STDIN>"#,
+            )
+            .current_dir(watched)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut said).unwrap();
+        assert_eq!(said, "renamed\n");
+        insider = Some((child, out));
+    });
+    let (mut child, mut out) = insider.unwrap();
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"\n").unwrap();
+    let mut said = String::new();
+    out.read_line(&mut said).unwrap();
+    assert_eq!(said, "written\n");
+    let path = rig.watched.join("dump.csv").display().to_string();
+    let written = rig.wait_event("the insider's write", |e| {
+        e["kind"] == "file.write" && e["path"] == path.as_str()
+    });
+    assert_eq!(written["pid"], child.id(), "{written}");
+    let perl = std::fs::canonicalize("/usr/bin/perl").unwrap();
+    assert_eq!(written["exe"], perl.to_str().unwrap(), "{written}");
+    assert_eq!(written["user"], "root", "{written}");
+    assert_eq!(written["uid"], 0, "{written}");
+    let _ = child.stdin.take().map(|mut stdin| stdin.write_all(b"\n"));
+    child.wait().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The portable backend leaves its scope.
 

@@ -32,22 +32,40 @@ fn proc_path(pid: u32, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{file}"))
 }
 
+/// Reads `/proc/PID/stat`: a few hundred bytes, read into the stack (the file sensor asks once
+/// per process and round of kernel events), and a longer one whole.
 fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(proc_path(pid, "stat")).ok()?;
-    parse_stat(&text)
+    use std::io::Read;
+    let mut file = std::fs::File::open(proc_path(pid, "stat")).ok()?;
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => return parse_stat(&buf[..len]),
+            Ok(n) => len += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let mut whole = buf.to_vec();
+    file.read_to_end(&mut whole).ok()?;
+    parse_stat(&whole)
 }
 
-/// The command name sits in parentheses and may itself hold spaces and parentheses, so the fields
-/// are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state), so field N is rest[N - 3].
-    let ppid = rest.get(1)?.parse().ok()?;
-    let flags: u64 = rest.get(6)?.parse().ok()?;
-    let start_ticks = rest.get(19)?.parse().ok()?;
+/// The command name sits in parentheses and may itself hold spaces, parentheses and any bytes
+/// but NUL (a process sets its own through `/proc/self/comm` or `prctl`, and a name that is not
+/// UTF-8 must not make the process unreadable: it is kept with the invalid bytes replaced), so
+/// the fields are counted from the last `)`.
+fn parse_stat(bytes: &[u8]) -> Option<Stat> {
+    let open = bytes.iter().position(|&b| b == b'(')?;
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(bytes.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(bytes.get(close + 1..)?).ok()?;
+    // The first field after the name is field 3 (state).
+    let mut fields = rest.split_ascii_whitespace();
+    let ppid = fields.nth(1)?.parse().ok()?; // field 4
+    let flags: u64 = fields.nth(4)?.parse().ok()?; // field 9
+    let start_ticks = fields.nth(12)?.parse().ok()?; // field 22
     Some(Stat {
         comm,
         ppid,
@@ -78,9 +96,10 @@ pub fn snapshot(pid: u32) -> Option<Snapshot> {
     let cwd = std::fs::read_link(proc_path(pid, "cwd"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let uid = std::fs::read_to_string(proc_path(pid, "status"))
+    // Read as bytes: `status` repeats the command name, which need not be UTF-8.
+    let uid = std::fs::read(proc_path(pid, "status"))
         .ok()
-        .and_then(|status| parse_uid(&status));
+        .and_then(|status| parse_uid(&String::from_utf8_lossy(&status)));
     Some(Snapshot {
         pid,
         // Only init and kernel threads truly have none; a process being reaped also reads 0.
@@ -185,11 +204,46 @@ mod tests {
     fn stat_fields_are_counted_after_the_command_name() {
         let line = "4242 (we (ird) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
                     987654 1000 100 18446744073709551615";
-        let stat = parse_stat(line).unwrap();
+        let stat = parse_stat(line.as_bytes()).unwrap();
         assert_eq!(stat.comm, "we (ird) name");
         assert_eq!(stat.ppid, 17);
         assert!(!stat.kernel_thread);
         assert_eq!(stat.start_ticks, 987_654);
+        let kernel = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert!(parse_stat(kernel).unwrap().kernel_thread);
+    }
+
+    /// A process names itself with bytes that are not UTF-8 (`/proc/self/comm`): it is still
+    /// read, so nothing it does goes unattributed, and a second read agrees with the first.
+    #[test]
+    fn a_process_whose_name_is_not_utf8_is_still_read() {
+        let mut child = std::process::Command::new("perl")
+            .args([
+                "-e",
+                r#"$| = 1; open(my $f, ">", "/proc/self/comm") or die; print $f "\xff\xfe(x) y"; close $f; print "named\n"; <STDIN>"#,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut named = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut named,
+        )
+        .unwrap();
+        assert_eq!(named, "named\n");
+        let pid = child.id();
+        let snapshot = snapshot(pid).expect("a process with a non-UTF-8 name is read");
+        assert_eq!(snapshot.comm, "\u{fffd}\u{fffd}(x) y");
+        assert_eq!(snapshot.ppid, Some(std::process::id()));
+        assert!(snapshot.exe.ends_with("/perl"), "{snapshot:?}");
+        assert_eq!(snapshot.uid, Some(nix::unistd::getuid().as_raw()));
+        let identity = identity(pid).unwrap();
+        assert_eq!(identity.comm, snapshot.comm);
+        assert_eq!(Some(identity.started), snapshot.started);
+        drop(child.stdin.take());
+        child.wait().unwrap();
     }
 
     #[test]
