@@ -207,6 +207,7 @@ impl EventTx {
 /// name, so the loss is reported as `sensor.overflow`. The receiving end is a plain
 /// [`mpsc::Receiver`], read with back-pressure towards the spool (`recv` in a task,
 /// `blocking_recv` in a thread).
+#[cfg(any(target_os = "linux", test))]
 pub fn lossy<T>(tx: &EventTx, capacity: usize) -> (LossySender<T>, mpsc::Receiver<T>) {
     let (queue, rx) = mpsc::channel(capacity.max(1));
     let sender = LossySender {
@@ -217,11 +218,13 @@ pub fn lossy<T>(tx: &EventTx, capacity: usize) -> (LossySender<T>, mpsc::Receive
 }
 
 /// The sending end of [`lossy`].
+#[cfg(any(target_os = "linux", test))]
 pub struct LossySender<T> {
     queue: mpsc::Sender<T>,
     tx: EventTx,
 }
 
+#[cfg(any(target_os = "linux", test))]
 impl<T> Clone for LossySender<T> {
     fn clone(&self) -> Self {
         LossySender {
@@ -231,6 +234,7 @@ impl<T> Clone for LossySender<T> {
     }
 }
 
+#[cfg(any(target_os = "linux", test))]
 impl<T> LossySender<T> {
     /// Queues `item` without waiting; a full queue is a counted drop. Fails only once the
     /// receiving end is gone.
@@ -246,7 +250,6 @@ impl<T> LossySender<T> {
     }
 
     /// Counts items lost before they reached the queue (a kernel buffer that overflowed).
-    #[cfg(any(target_os = "linux", test))]
     pub fn count_drop(&self, count: u64) {
         self.tx.count_drop(count);
     }
