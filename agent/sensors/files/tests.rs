@@ -554,17 +554,68 @@ mod as_root {
         handle.stop().await;
     }
 
+    /// A tmpfs mounted on a fresh directory, unmounted (lazily) when dropped.
+    struct OwnFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl OwnFs {
+        fn mount() -> Option<OwnFs> {
+            let dir = tempfile::tempdir().ok()?;
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|status| status.success());
+            mounted.then_some(OwnFs { dir })
+        }
+    }
+
+    impl Drop for OwnFs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
     #[tokio::test]
     async fn a_fanotify_queue_overflow_is_reported_and_followed_by_a_rescan() {
         let (_guard, dir) = tempdir();
-        let config = FilesConfig {
-            watch: vec![dir.clone()],
-            scan_on_start: false,
-            ..FilesConfig::default()
+        // Every sensor marks its whole filesystem, so a flood in the shared temp directory
+        // reaches the groups of every other fanotify test running beside this one, and can
+        // overflow theirs too (losing the events those tests wait for). The flood goes to a
+        // filesystem of its own where the kernel can mark one.
+        let own = OwnFs::mount();
+        let own_backend = own.as_ref().and_then(|own| {
+            let dir = own.dir.path().canonicalize().ok()?;
+            let config = FilesConfig {
+                watch: vec![dir.clone()],
+                scan_on_start: false,
+                ..FilesConfig::default()
+            }
+            .settings()
+            .ok()?;
+            let (scope, _) = observe::Scope::new(&config).ok()?;
+            let backend = fanotify::open(&scope).ok()?;
+            Some((dir, config, scope, backend))
+        });
+        let (dir, config, scope, backend) = match own_backend {
+            Some(own) => own,
+            None => {
+                eprintln!("no tmpfs with fanotify marks here: the flood goes to the shared /tmp");
+                let config = FilesConfig {
+                    watch: vec![dir.clone()],
+                    scan_on_start: false,
+                    ..FilesConfig::default()
+                };
+                let config = config.settings().unwrap();
+                let (scope, _) = observe::Scope::new(&config).unwrap();
+                let backend = fanotify::open(&scope).unwrap();
+                (dir, config, scope, backend)
+            }
         };
-        let config = config.settings().unwrap();
-        let (scope, _) = observe::Scope::new(&config).unwrap();
-        let backend = fanotify::open(&scope).unwrap();
         // Nobody reads the groups yet, so more creates than a group may queue overflow it;
         // the limit is per group, so no global setting needs to change.
         let limit: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
