@@ -386,8 +386,13 @@ impl<T> BatchReceiver<T> {
             return Some(self.taken.by_ref().collect());
         }
         let batch = self.rx.recv().await?;
+        Some(self.took(batch))
+    }
+
+    /// Frees the room in the queue that a batch just taken held.
+    fn took(&self, batch: Vec<T>) -> Vec<T> {
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        Some(batch)
+        batch
     }
 
     /// The next item, if one is queued now.
@@ -398,8 +403,7 @@ impl<T> BatchReceiver<T> {
                 return Ok(item);
             }
             let batch = self.rx.try_recv()?;
-            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-            self.taken = batch.into_iter();
+            self.taken = self.took(batch).into_iter();
         }
     }
 
@@ -411,8 +415,7 @@ impl<T> BatchReceiver<T> {
                 return Some(item);
             }
             let batch = self.rx.recv().await?;
-            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-            self.taken = batch.into_iter();
+            self.taken = self.took(batch).into_iter();
         }
     }
 }
