@@ -82,6 +82,9 @@ struct Inner {
     /// succeeds. The running total is kept durably in [`LostFile`].
     lost: Lost,
     reserve: Reserve,
+    /// Bytes of events committed since the write-ahead log was last seen wholly moved into the
+    /// database file (see [`Inner::settle_wal`]).
+    unsettled: u64,
 }
 
 /// The count of events lost before they reached the spool.
@@ -243,10 +246,15 @@ fn free_bytes(_path: &Path) -> u64 {
 
 /// The file beside `spool.db` that holds the disk reserve.
 pub const RESERVE_FILE: &str = "spool.reserve";
-/// Enough for a checkpoint, the transaction that drops the oldest events, and its notice.
-const RESERVE_BYTES: u64 = 256 * 1024;
-/// The smallest reserve worth holding after a full disk: still room for a drop and its notice.
-const RESERVE_MIN: u64 = 64 * 1024;
+/// Enough for a checkpoint of what the write-ahead log may hold when the disk fills (at most
+/// [`SETTLE_BYTES`] and one transaction of about [`TXN_BYTES`], plus one event), the transaction
+/// that drops the oldest events, and its notice.
+const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+/// The smallest reserve worth holding after a full disk: still room for a checkpoint of what the
+/// write-ahead log may hold, a drop and its notice. Below it the oldest events are dropped for
+/// room, so that on a disk that stays full new events are paid for with old ones, never with the
+/// reserve (which would shrink episode by episode until no drop could be written).
+const RESERVE_MIN: u64 = 1024 * 1024;
 /// Left free for new events when a full disk allows only part of the reserve back.
 const RESERVE_HEADROOM: u64 = 32 * 1024;
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -335,6 +343,16 @@ fn is_notice(event: &Event) -> bool {
 /// agent more in SQLite's B-tree than encoding, chaining and sending the event did. Small enough
 /// that cutting a run (a partial acknowledgement, a drop to just under the bound) stays cheap.
 const RUN_MAX_BYTES: usize = 64 * 1024;
+
+/// About the most bytes of events one transaction commits: a larger append is committed in parts.
+/// What a transaction adds sits in the write-ahead log until a checkpoint copies it into the
+/// database file, which then grows; on a full disk that growth must come out of the disk reserve,
+/// so it is kept well under [`RESERVE_BYTES`].
+const TXN_BYTES: u64 = 256 * 1024;
+
+/// After this many bytes of events committed, the spool checkpoints itself rather than trusting
+/// SQLite's automatic checkpoint, whose failure (a disk that filled meanwhile) goes unseen.
+const SETTLE_BYTES: u64 = 128 * 1024;
 
 /// Prefix of each event in a run's blob: its length, little-endian.
 const LENGTH_PREFIX: usize = 4;
@@ -560,17 +578,33 @@ impl Appender {
 }
 
 impl Inner {
-    fn append(&mut self, events: &mut [Event], shed: Shed) -> Result<u64, SpoolError> {
-        self.append_removing(events, shed, None)
+    /// Numbers, chains and commits `events`, one transaction per [`TXN_BYTES`] or so, each
+    /// shedding as `shed` says. Returns how many of them were committed, and the last sequence
+    /// number or the error that stopped the rest.
+    fn append(&mut self, events: &mut [Event], shed: Shed) -> (usize, Result<u64, SpoolError>) {
+        let mut done = 0;
+        loop {
+            match self.append_removing(&mut events[done..], shed, None) {
+                Ok((last, taken)) => {
+                    done += taken;
+                    if done == events.len() {
+                        return (done, Ok(last));
+                    }
+                }
+                Err(error) => return (done, Err(error)),
+            }
+        }
     }
 
-    /// [`Self::append`], removing in the same transaction the run that begins at `remove`.
+    /// One transaction of [`Self::append`]: the first of `events`, and as many more as fit in
+    /// [`TXN_BYTES`], removing in the same transaction the run that begins at `remove`. Returns
+    /// the last sequence number and how many events it took.
     fn append_removing(
         &mut self,
         events: &mut [Event],
         shed: Shed,
         remove: Option<u64>,
-    ) -> Result<u64, SpoolError> {
+    ) -> Result<(u64, usize), SpoolError> {
         let inner = self;
         let tx = inner.conn.transaction()?;
         let mut chain = Appender {
@@ -581,6 +615,7 @@ impl Inner {
             run: None,
         };
         let first_new = inner.next_seq;
+        let mut taken = 0;
         let (mut freed_bytes, mut freed_events) = (0u64, 0u64);
         let mut dropped_total = inner.dropped_total;
         let lost = inner.lost.pending;
@@ -603,7 +638,11 @@ impl Inner {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for event in events.iter_mut() {
+                if chain.added_bytes >= TXN_BYTES {
+                    break;
+                }
                 chain.put(&mut insert, event)?;
+                taken += 1;
             }
             if lost > 0 {
                 let mut notice = AgentEvent::new(AgentAction::Dropped);
@@ -840,7 +879,50 @@ impl Inner {
         for (count, first, last, why) in shed_reports {
             tracing::warn!(dropped = count, first, last, reason = %why, "spool full: dropped the oldest events");
         }
-        Ok(chain.next_seq - 1)
+        inner.unsettled += chain.added_bytes;
+        inner.settle_wal();
+        Ok((chain.next_seq - 1, taken))
+    }
+
+    /// Checkpoints once [`SETTLE_BYTES`] of events were committed since the write-ahead log was
+    /// last moved wholly into the database file, so that what the log holds beyond that file
+    /// stays within what the disk reserve can absorb. A checkpoint that fails for want of space
+    /// (the disk filled since the commit) is a full-disk episode like a failed append: the
+    /// reserve is given up, the checkpoint tried again, and a reserve taken back (dropping the
+    /// oldest events if need be) before new events may use the space. Otherwise the log would go
+    /// on growing past what a checkpoint on a full disk can ever move, or new events would spend
+    /// the reserve, and no drop of the oldest events could then be written.
+    fn settle_wal(&mut self) {
+        if self.unsettled < SETTLE_BYTES {
+            return;
+        }
+        let passive = |conn: &Connection| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        };
+        let full = |result: &Result<(i64, i64), rusqlite::Error>| matches!(result, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
+        let mut result = passive(&self.conn);
+        let episode = full(&result);
+        if episode {
+            let released = self.reserve.release();
+            tracing::warn!(
+                released_reserve = released,
+                "the disk holding the spool is full: its reserve was given up so that the write-ahead log could be checkpointed"
+            );
+            result = passive(&self.conn);
+        }
+        match result {
+            Ok((log, moved)) if moved >= log => {
+                self.unsettled = 0;
+                if episode {
+                    self.regain_reserve();
+                }
+            }
+            // A reader holds part of the log: tried again after the next commit.
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "spool checkpoint failed"),
+        }
     }
 
     /// Removes a damaged run and records its loss: an `agent.dropped` naming its range, spooled
@@ -953,7 +1035,7 @@ impl Inner {
             if self.reserve.regain() || self.events == 0 {
                 return;
             }
-            match self.append(&mut [], Shed::DiskFull(keep)) {
+            match self.append(&mut [], Shed::DiskFull(keep)).1 {
                 Ok(_) => self.give_back(),
                 Err(error) => {
                     tracing::debug!(%error, "cannot drop events to hold a disk reserve again");
@@ -978,8 +1060,11 @@ impl Inner {
     /// the first). An event that fits nowhere is counted as lost.
     fn fit(&mut self, events: &mut [Event]) -> Result<u64, SpoolError> {
         // Like a full spool: the oldest go, so the space they held comes back (vacuum below).
+        let mut done = 0;
         for shed in [Shed::DiskFull(self.bytes / 2), Shed::DiskFull(0)] {
-            match self.append(events, shed) {
+            let (taken, result) = self.append(&mut events[done..], shed);
+            done += taken;
+            match result {
                 Ok(last) => {
                     // So the next appends have room again.
                     self.give_back();
@@ -989,6 +1074,7 @@ impl Inner {
                 Err(error) => return Err(error),
             }
         }
+        let events = &mut events[done..];
         if events.len() > 1 {
             let (older, newer) = events.split_at_mut(events.len() / 2);
             self.fit(older)?;
@@ -1193,6 +1279,7 @@ impl Spool {
                 acked: 0,
                 sending_through: 0,
                 lost,
+                unsettled: 0,
                 reserve: {
                     let mut reserve = Reserve {
                         path: state_dir.join(RESERVE_FILE),
@@ -1225,8 +1312,11 @@ impl Spool {
     pub fn append(&self, events: &mut [Event]) -> Result<u64, SpoolError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let result = match inner.append(events, Shed::Bound) {
-            Err(error) if is_disk_full(&error) => inner.append_on_full_disk(events, error),
+        let (done, result) = inner.append(events, Shed::Bound);
+        let result = match result {
+            Err(error) if is_disk_full(&error) => {
+                inner.append_on_full_disk(&mut events[done..], error)
+            }
             other => other,
         };
         if result.is_ok() {

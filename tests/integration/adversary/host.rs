@@ -562,9 +562,16 @@ mod disk_full {
     /// [`wait_for`], with the agent's log in the failure message.
     fn wait_or_log<T>(agent: &Agent, what: &str, check: impl FnMut() -> Option<T>) -> T {
         wait_for_explained(what, LONG, check, || {
+            // Both ends: how the episode began, and where it stands.
             let log = agent.proc.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            format!("agent log, newest first:\n{}", tail.join("\n"))
+            let lines: Vec<&str> = log.lines().collect();
+            let head = &lines[..lines.len().min(40)];
+            let tail = &lines[lines.len().saturating_sub(40).max(head.len())..];
+            format!(
+                "agent log, oldest 40 lines:\n{}\n[...]\nnewest 40 lines:\n{}",
+                head.join("\n"),
+                tail.join("\n")
+            )
         })
     }
 
@@ -659,7 +666,9 @@ mod disk_full {
     /// by itself when space returns, and stops promptly on SIGTERM.
     fn full_state_disk(when: WhenFull, host: &str) {
         let tmp = tempfile::tempdir().unwrap();
-        let small = SmallFs::mount("2m");
+        // Room for the spool and its 2 MiB disk reserve, which the agent holds only where four
+        // times as much is free.
+        let small = SmallFs::mount("16m");
         let state = small.path().join("agent");
         let mut collector = Collector::start(&tmp.path().join("collector"));
         collector.enroll(&state, host);
@@ -705,9 +714,20 @@ mod disk_full {
                 // The collector goes away; events wait in the spool.
                 collector.proc.kill9();
                 make(100);
-                wait_or_log(&agent, "100 events in the spool", || {
-                    (spooled(&state) >= 100).then_some(())
-                });
+                // All of them: the disk fills after the agent has written them, not while (a
+                // reserve given up during the fill would go to the ballast).
+                // Unchanged over six polls (300 ms or more).
+                let (mut last, mut same) = (0, 0);
+                wait_or_log(
+                    &agent,
+                    "100 files' events in the spool, no more coming",
+                    || {
+                        let now = spooled(&state);
+                        same = if now == last { same + 1 } else { 0 };
+                        last = now;
+                        (now >= 100 && same >= 6).then_some(())
+                    },
+                );
             }
         }
         let ballast = small.fill();
@@ -720,6 +740,19 @@ mod disk_full {
                 .has_line("dropped the oldest events")
                 .then_some(())
         });
+        // And goes on doing so while the disk stays full: new events are paid for with old ones.
+        // The reserve used to shrink by what each episode's checkpoint took, until it could not
+        // hold a drop and every new event was lost.
+        wait_or_log(&agent, "five drops of the oldest events", || {
+            make(50);
+            let log = agent.proc.log();
+            (log.matches("dropped the oldest events").count() >= 5).then_some(())
+        });
+        let log = agent.proc.log();
+        assert!(
+            !log.contains("events are lost until space returns"),
+            "new events were lost while old ones could have been dropped:\n{log}"
+        );
 
         // The collector comes back and receives what was spooled, including the drop notice.
         let addr = collector.addr.clone();
@@ -882,9 +915,16 @@ mod spool_failures {
 
     fn wait_or_log<T>(agent: &Agent, what: &str, check: impl FnMut() -> Option<T>) -> T {
         wait_for_explained(what, LONG, check, || {
+            // Both ends: how the episode began, and where it stands.
             let log = agent.proc.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            format!("agent log, newest first:\n{}", tail.join("\n"))
+            let lines: Vec<&str> = log.lines().collect();
+            let head = &lines[..lines.len().min(40)];
+            let tail = &lines[lines.len().saturating_sub(40).max(head.len())..];
+            format!(
+                "agent log, oldest 40 lines:\n{}\n[...]\nnewest 40 lines:\n{}",
+                head.join("\n"),
+                tail.join("\n")
+            )
         })
     }
 
