@@ -249,12 +249,12 @@ pub const RESERVE_FILE: &str = "spool.reserve";
 /// Enough for a checkpoint of what the write-ahead log may hold when the disk fills (at most
 /// [`SETTLE_BYTES`] and one transaction of about [`TXN_BYTES`], plus one event), the transaction
 /// that drops the oldest events, and its notice.
-const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 /// The smallest reserve worth holding after a full disk: still room for a checkpoint of what the
 /// write-ahead log may hold, a drop and its notice. Below it the oldest events are dropped for
 /// room, so that on a disk that stays full new events are paid for with old ones, never with the
 /// reserve (which would shrink episode by episode until no drop could be written).
-const RESERVE_MIN: u64 = 1024 * 1024;
+const RESERVE_MIN: u64 = 3 * 1024 * 1024;
 /// Left free for new events when a full disk allows only part of the reserve back.
 const RESERVE_HEADROOM: u64 = 32 * 1024;
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -348,11 +348,11 @@ const RUN_MAX_BYTES: usize = 64 * 1024;
 /// What a transaction adds sits in the write-ahead log until a checkpoint copies it into the
 /// database file, which then grows; on a full disk that growth must come out of the disk reserve,
 /// so it is kept well under [`RESERVE_BYTES`].
-const TXN_BYTES: u64 = 256 * 1024;
+const TXN_BYTES: u64 = 1024 * 1024;
 
 /// After this many bytes of events committed, the spool checkpoints itself rather than trusting
 /// SQLite's automatic checkpoint, whose failure (a disk that filled meanwhile) goes unseen.
-const SETTLE_BYTES: u64 = 128 * 1024;
+const SETTLE_BYTES: u64 = 512 * 1024;
 
 /// Prefix of each event in a run's blob: its length, little-endian.
 const LENGTH_PREFIX: usize = 4;

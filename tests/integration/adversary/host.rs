@@ -666,9 +666,9 @@ mod disk_full {
     /// by itself when space returns, and stops promptly on SIGTERM.
     fn full_state_disk(when: WhenFull, host: &str) {
         let tmp = tempfile::tempdir().unwrap();
-        // Room for the spool and its 2 MiB disk reserve, which the agent holds only where four
+        // Room for the spool and its 4 MiB disk reserve, which the agent holds only where four
         // times as much is free.
-        let small = SmallFs::mount("16m");
+        let small = SmallFs::mount("32m");
         let state = small.path().join("agent");
         let mut collector = Collector::start(&tmp.path().join("collector"));
         collector.enroll(&state, host);
