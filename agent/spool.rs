@@ -1014,15 +1014,17 @@ impl Inner {
     }
 
     /// [`Self::append`] after it failed for want of disk space.
+    /// Adds to `consumed` each of `events` it commits or counts as lost.
     fn append_on_full_disk(
         &mut self,
         events: &mut [Event],
         error: SpoolError,
+        consumed: &mut usize,
     ) -> Result<u64, SpoolError> {
         let released = self.reserve.release();
         tracing::warn!(%error, released_reserve = released, "the disk holding the spool is full");
         self.checkpoint();
-        let result = self.fit(events);
+        let result = self.fit(events, consumed);
         self.regain_reserve();
         result
     }
@@ -1058,12 +1060,15 @@ impl Inner {
     /// Appends as many of `events` as the disk can hold, newest kept: first as they are, then
     /// dropping half and then all of the older events, then in halves (the second half may drop
     /// the first). An event that fits nowhere is counted as lost.
-    fn fit(&mut self, events: &mut [Event]) -> Result<u64, SpoolError> {
+    /// Adds to `consumed` each of `events` it commits or counts as lost, so that a caller whose
+    /// call fails knows which of them are settled.
+    fn fit(&mut self, events: &mut [Event], consumed: &mut usize) -> Result<u64, SpoolError> {
         // Like a full spool: the oldest go, so the space they held comes back (vacuum below).
         let mut done = 0;
         for shed in [Shed::DiskFull(self.bytes / 2), Shed::DiskFull(0)] {
             let (taken, result) = self.append(&mut events[done..], shed);
             done += taken;
+            *consumed += taken;
             match result {
                 Ok(last) => {
                     // So the next appends have room again.
@@ -1077,11 +1082,12 @@ impl Inner {
         let events = &mut events[done..];
         if events.len() > 1 {
             let (older, newer) = events.split_at_mut(events.len() / 2);
-            self.fit(older)?;
-            return self.fit(newer);
+            self.fit(older, consumed)?;
+            return self.fit(newer, consumed);
         }
         self.lost
             .count(events.len() as u64, Failure::DiskFull.reason());
+        *consumed += events.len();
         tracing::error!(
             lost = self.lost.pending,
             lost_total = self.lost.total,
@@ -1302,20 +1308,25 @@ impl Spool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Numbers, chains and commits `events` in one transaction. Returns the last sequence number.
+    /// Numbers, chains and commits `events`, in one transaction per [`TXN_BYTES`] or so. Returns
+    /// the last sequence number.
     ///
     /// When the disk is full the spool behaves as if it had reached its bound: it gives up its
     /// disk reserve, checkpoints, and drops its oldest events (recording `agent.dropped` with the
     /// range) until the new ones fit. If nothing is left to drop, the new events are counted as
     /// lost and recorded by the next append that succeeds. Either way the call returns, so the
     /// agent keeps going and recovers by itself when space returns.
-    pub fn append(&self, events: &mut [Event]) -> Result<u64, SpoolError> {
+    ///
+    /// Also tells how many of `events`, from the first, are settled (committed, or counted as
+    /// lost) when it fails: a large append commits in parts, and an error after some of them
+    /// leaves those in the spool, not to be written again.
+    pub fn append_settling(&self, events: &mut [Event]) -> (usize, Result<u64, SpoolError>) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let (done, result) = inner.append(events, Shed::Bound);
+        let (mut done, result) = inner.append(events, Shed::Bound);
         let result = match result {
             Err(error) if is_disk_full(&error) => {
-                inner.append_on_full_disk(&mut events[done..], error)
+                inner.append_on_full_disk(&mut events[done..], error, &mut done)
             }
             other => other,
         };
@@ -1324,7 +1335,13 @@ impl Spool {
             let (total, reason) = (inner.lost.total, &inner.lost.reason);
             inner.lost.file.ensure(total, reason);
         }
-        result
+        (done, result)
+    }
+
+    /// [`Self::append_settling`] where nothing fails part-way.
+    #[cfg(test)]
+    pub fn append(&self, events: &mut [Event]) -> Result<u64, SpoolError> {
+        self.append_settling(events).1
     }
 
     /// Counts `count` events that could not be spooled (durably, in `spool.lost`), to be recorded
@@ -1637,9 +1654,13 @@ pub async fn run_writer(
         let mut attempt = 0u32;
         loop {
             let events = std::mem::take(&mut buffer);
-            let (events, result) = blocking_append(&spool, events).await?;
+            let (events, (settled, result)) = blocking_append(&spool, events).await?;
             last_commit = Some(tokio::time::Instant::now());
             buffer = events;
+            if result.is_err() {
+                // Committed before the error: not written again, nor counted as lost.
+                buffer.drain(..settled);
+            }
             let error = match result {
                 Ok(_) => {
                     if let Some((failure, since)) = failing.take() {
@@ -1691,14 +1712,14 @@ pub async fn run_writer(
     }
 }
 
-/// [`Spool::append`] on a blocking thread, handing the events back for a retry.
+/// [`Spool::append_settling`] on a blocking thread, handing the events back for a retry.
 async fn blocking_append(
     spool: &Spool,
     mut events: Vec<Event>,
-) -> Result<(Vec<Event>, Result<u64, SpoolError>), SpoolError> {
+) -> Result<(Vec<Event>, (usize, Result<u64, SpoolError>)), SpoolError> {
     let spool = spool.clone();
     tokio::task::spawn_blocking(move || {
-        let result = spool.append(&mut events);
+        let result = spool.append_settling(&mut events);
         (events, result)
     })
     .await
@@ -2382,5 +2403,78 @@ mod tests {
         drop(other);
         let error = spool.append(&mut [event(51)]).unwrap_err();
         assert_eq!(Failure::of(&error), Failure::Corrupt, "{error}");
+    }
+
+    /// Another connection's trigger refuses every run once the spool holds [`TXN_BYTES`]: the
+    /// first transaction of a larger append commits, the next fails.
+    fn refuse_past_one_transaction(dir: &Path) -> Connection {
+        let other = Connection::open(dir.join(SPOOL_FILE)).unwrap();
+        other
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON runs
+                 WHEN (SELECT COALESCE(SUM(size), 0) FROM runs) >= {TXN_BYTES}
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+            ))
+            .unwrap();
+        other
+    }
+
+    /// An append larger than one transaction that fails after its first part: the part is in the
+    /// spool, and the call says how much of it, so that nothing is written twice.
+    #[test]
+    fn an_append_that_fails_part_way_says_how_much_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        let other = refuse_past_one_transaction(dir.path());
+        let mut events: Vec<Event> = (0..20_000).map(event).collect();
+        let (settled, result) = spool.append_settling(&mut events);
+        assert!(result.is_err());
+        assert!(settled > 0 && settled < events.len(), "{settled}");
+        assert_eq!(spool.stats().events, settled as u64);
+        other.execute_batch("DROP TRIGGER refuse").unwrap();
+        let last = spool.append(&mut events[settled..]).unwrap();
+        assert_eq!(last, 20_000);
+        assert_eq!(spool.stats().events, 20_000);
+    }
+
+    /// The writer, handed a burst the spool refuses after its first part and then for good,
+    /// counts as lost only the rest: the first part is in the spool. It used to count the whole
+    /// burst, as when appends were all or nothing, so the collector would have been told of
+    /// events lost that it then received (and a retry that succeeded would have spooled the
+    /// first part twice).
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_refused_part_way_is_counted_lost_only_for_what_was_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        let _other = refuse_past_one_transaction(dir.path());
+        let (tx, rx) = tokio::sync::mpsc::channel(8192);
+        // One burst (the writer takes up to 4,096 events at once) of about 4 MiB.
+        for n in 0..4096 {
+            tx.send(Event::now(
+                "h",
+                SensorEvent::new(
+                    SensorStatus::Status,
+                    "test",
+                    format!("{n} {}", "x".repeat(1000)),
+                ),
+            ))
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        // Retries for its 10 s (paused time), then counts what is left as lost, and ends with
+        // the channel.
+        run_writer(
+            spool.clone(),
+            rx,
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(crate::pipeline::Tickets::default()),
+        )
+        .await
+        .unwrap();
+        let spooled = spool.stats().events;
+        assert!(spooled > 0 && spooled < 4096, "{spooled}");
+        let lost = spool.lock().lost.pending;
+        assert_eq!(lost, 4096 - spooled);
     }
 }
