@@ -16,6 +16,26 @@ const NOBODY: u32 = 65534;
 /// How many events the agent's spool holds: its rows are runs of consecutive events.
 const SPOOLED_EVENTS: &str = "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM runs";
 
+/// [`wait_for`] for up to two minutes, with both ends of the agent's log in the failure message:
+/// how an episode began, and where it stands.
+fn wait_or_log<T>(
+    agent: &crate::harness::Agent,
+    what: &str,
+    check: impl FnMut() -> Option<T>,
+) -> T {
+    crate::harness::wait_for_explained(what, Duration::from_secs(120), check, || {
+        let log = agent.proc.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let head = &lines[..lines.len().min(40)];
+        let tail = &lines[lines.len().saturating_sub(40).max(head.len())..];
+        format!(
+            "agent log, oldest 40 lines:\n{}\n[...]\nnewest 40 lines:\n{}",
+            head.join("\n"),
+            tail.join("\n")
+        )
+    })
+}
+
 /// A scratch directory others may traverse (so `nobody` can reach what the test shares with it).
 fn shared_scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -549,31 +569,13 @@ fn enroll_takes_the_token_from_bannin_token() {
 
 // ---- Disk full: the agent's state directory sits on a small filesystem that something else fills.
 mod disk_full {
-    use super::SPOOLED_EVENTS;
+    use super::{SPOOLED_EVENTS, wait_or_log};
     use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::process::Command;
     use std::time::Duration;
 
-    use crate::harness::{Agent, Collector, private_file, wait_for, wait_for_explained};
-
-    const LONG: Duration = Duration::from_secs(120);
-
-    /// [`wait_for`], with the agent's log in the failure message.
-    fn wait_or_log<T>(agent: &Agent, what: &str, check: impl FnMut() -> Option<T>) -> T {
-        wait_for_explained(what, LONG, check, || {
-            // Both ends: how the episode began, and where it stands.
-            let log = agent.proc.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let head = &lines[..lines.len().min(40)];
-            let tail = &lines[lines.len().saturating_sub(40).max(head.len())..];
-            format!(
-                "agent log, oldest 40 lines:\n{}\n[...]\nnewest 40 lines:\n{}",
-                head.join("\n"),
-                tail.join("\n")
-            )
-        })
-    }
+    use crate::harness::{Agent, Collector, private_file, wait_for};
 
     /// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped, even after a failure.
     struct SmallFs {
@@ -905,28 +907,11 @@ mod disk_full {
 // ---- The spool fails for another reason than a full disk: every such error used to be retried
 // forever, holding every sensor back and hanging SIGTERM.
 mod spool_failures {
-    use super::SPOOLED_EVENTS;
+    use super::{SPOOLED_EVENTS, wait_or_log};
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::harness::{Agent, Collector, private_file, wait_for, wait_for_explained};
-
-    const LONG: Duration = Duration::from_secs(120);
-
-    fn wait_or_log<T>(agent: &Agent, what: &str, check: impl FnMut() -> Option<T>) -> T {
-        wait_for_explained(what, LONG, check, || {
-            // Both ends: how the episode began, and where it stands.
-            let log = agent.proc.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let head = &lines[..lines.len().min(40)];
-            let tail = &lines[lines.len().saturating_sub(40).max(head.len())..];
-            format!(
-                "agent log, oldest 40 lines:\n{}\n[...]\nnewest 40 lines:\n{}",
-                head.join("\n"),
-                tail.join("\n")
-            )
-        })
-    }
+    use crate::harness::{Agent, Collector, private_file, wait_for};
 
     struct Setup {
         _tmp: tempfile::TempDir,
