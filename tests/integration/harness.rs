@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -656,5 +656,69 @@ pub fn fleet(collector_toml: &str, agent_name: &str) -> Fleet {
         collector,
         watched,
         _agent: agent,
+    }
+}
+
+/// A tmpfs of `size` mounted on a fresh directory (the tests run as root); unmounted when dropped,
+/// even after a failure. A filesystem of the test's own: to fill it, or to keep a flood of events
+/// from the fanotify groups of other tests' agents, which mark their whole filesystem.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the test needs root)"
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a ballast file until the filesystem refuses more.
+    pub fn fill(&self) -> PathBuf {
+        self.fill_as("ballast")
+    }
+
+    /// [`Self::fill`] into a file of that name.
+    pub fn fill_as(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xA5u8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => panic!("ballast: {e}"),
+            }
+        }
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }

@@ -570,74 +570,10 @@ fn enroll_takes_the_token_from_bannin_token() {
 // ---- Disk full: the agent's state directory sits on a small filesystem that something else fills.
 mod disk_full {
     use super::{SPOOLED_EVENTS, wait_or_log};
-    use std::io::Write;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
+    use std::path::Path;
     use std::time::Duration;
 
-    use crate::harness::{Agent, Collector, private_file, wait_for};
-
-    /// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped, even after a failure.
-    struct SmallFs {
-        dir: tempfile::TempDir,
-    }
-
-    impl SmallFs {
-        fn mount(size: &str) -> SmallFs {
-            let dir = tempfile::tempdir().unwrap();
-            let status = Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0700"),
-                    "tmpfs",
-                ])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "cannot mount a tmpfs (the test needs root)"
-            );
-            SmallFs { dir }
-        }
-
-        fn path(&self) -> &Path {
-            self.dir.path()
-        }
-
-        /// Writes a ballast file until the filesystem refuses more.
-        fn fill(&self) -> PathBuf {
-            self.fill_as("ballast")
-        }
-
-        /// [`Self::fill`] into a file of that name.
-        fn fill_as(&self, name: &str) -> PathBuf {
-            let path = self.path().join(name);
-            let mut file = std::fs::File::create(&path).unwrap();
-            let chunk = vec![0xA5u8; 4096];
-            loop {
-                match file.write(&chunk) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-                    Err(e) => panic!("ballast: {e}"),
-                }
-            }
-            let _ = file.sync_all();
-            path
-        }
-    }
-
-    impl Drop for SmallFs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
+    use crate::harness::{Agent, Collector, Tmpfs, private_file, wait_for};
 
     /// Events in the agent's spool, read as another process would (SQLite allows readers beside
     /// the agent's writer).
@@ -670,7 +606,7 @@ mod disk_full {
         let tmp = tempfile::tempdir().unwrap();
         // Room for the spool and its 4 MiB disk reserve, which the agent holds only where four
         // times as much is free.
-        let small = SmallFs::mount("32m");
+        let small = Tmpfs::mount("32m");
         let state = small.path().join("agent");
         let mut collector = Collector::start(&tmp.path().join("collector"));
         collector.enroll(&state, host);
@@ -831,7 +767,7 @@ mod disk_full {
     fn events_lost_on_a_full_disk_are_reported_after_a_crash() {
         let host = "full3";
         let tmp = tempfile::tempdir().unwrap();
-        let small = SmallFs::mount("2m");
+        let small = Tmpfs::mount("2m");
         let state = small.path().join("agent");
         let collector = Collector::start(&tmp.path().join("collector"));
         collector.enroll(&state, host);
