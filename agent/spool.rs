@@ -249,12 +249,12 @@ pub const RESERVE_FILE: &str = "spool.reserve";
 /// Enough for a checkpoint of what the write-ahead log may hold when the disk fills (at most
 /// [`SETTLE_BYTES`] and one transaction of about [`TXN_BYTES`], plus one event), the transaction
 /// that drops the oldest events, and its notice.
-const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
+const RESERVE_BYTES: u64 = 8 * 1024 * 1024;
 /// The smallest reserve worth holding after a full disk: still room for a checkpoint of what the
 /// write-ahead log may hold, a drop and its notice. Below it the oldest events are dropped for
 /// room, so that on a disk that stays full new events are paid for with old ones, never with the
 /// reserve (which would shrink episode by episode until no drop could be written).
-const RESERVE_MIN: u64 = 3 * 1024 * 1024;
+const RESERVE_MIN: u64 = 6 * 1024 * 1024;
 /// Left free for new events when a full disk allows only part of the reserve back.
 const RESERVE_HEADROOM: u64 = 32 * 1024;
 const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -348,7 +348,7 @@ const RUN_MAX_BYTES: usize = 64 * 1024;
 /// What a transaction adds sits in the write-ahead log until a checkpoint copies it into the
 /// database file, which then grows; on a full disk that growth must come out of the disk reserve,
 /// so it is kept well under [`RESERVE_BYTES`].
-const TXN_BYTES: u64 = 1024 * 1024;
+const TXN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// After this many bytes of events committed, the spool checkpoints itself rather than trusting
 /// SQLite's automatic checkpoint, whose failure (a disk that filled meanwhile) goes unseen.
@@ -2426,15 +2426,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         let other = refuse_past_one_transaction(dir.path());
-        let mut events: Vec<Event> = (0..20_000).map(event).collect();
+        let mut events: Vec<Event> = (0..6000).map(large_event).collect();
         let (settled, result) = spool.append_settling(&mut events);
         assert!(result.is_err());
         assert!(settled > 0 && settled < events.len(), "{settled}");
         assert_eq!(spool.stats().events, settled as u64);
         other.execute_batch("DROP TRIGGER refuse").unwrap();
         let last = spool.append(&mut events[settled..]).unwrap();
-        assert_eq!(last, 20_000);
-        assert_eq!(spool.stats().events, 20_000);
+        assert_eq!(last, 6000);
+        assert_eq!(spool.stats().events, 6000);
+    }
+
+    /// About 2 KB encoded: a few thousand make more than one transaction.
+    fn large_event(n: usize) -> Event {
+        Event::now(
+            "h",
+            SensorEvent::new(
+                SensorStatus::Status,
+                "test",
+                format!("{n} {}", "x".repeat(2000)),
+            ),
+        )
     }
 
     /// The writer, handed a burst the spool refuses after its first part and then for good,
@@ -2448,18 +2460,9 @@ mod tests {
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         let _other = refuse_past_one_transaction(dir.path());
         let (tx, rx) = tokio::sync::mpsc::channel(8192);
-        // One burst (the writer takes up to 4,096 events at once) of about 4 MiB.
+        // One burst (the writer takes up to 4,096 events at once) of about 8 MiB.
         for n in 0..4096 {
-            tx.send(Event::now(
-                "h",
-                SensorEvent::new(
-                    SensorStatus::Status,
-                    "test",
-                    format!("{n} {}", "x".repeat(1000)),
-                ),
-            ))
-            .await
-            .unwrap();
+            tx.send(large_event(n)).await.unwrap();
         }
         drop(tx);
         // Retries for its 10 s (paused time), then counts what is left as lost, and ends with

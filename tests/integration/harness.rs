@@ -663,12 +663,22 @@ pub fn fleet(collector_toml: &str, agent_name: &str) -> Fleet {
 /// even after a failure. A filesystem of the test's own: to fill it, or to keep a flood of events
 /// from the fanotify groups of other tests' agents, which mark their whole filesystem.
 pub struct Tmpfs {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// The directory [`Tmpfs::mount`] made for it, removed once unmounted.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
     pub fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
+        let mut fs = Tmpfs::mount_on(dir.path(), size);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// A tmpfs of `size` on `path`, made if need be.
+    pub fn mount_on(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
         let status = Command::new("mount")
             .args([
                 "-t",
@@ -677,18 +687,27 @@ impl Tmpfs {
                 &format!("size={size},mode=0700"),
                 "tmpfs",
             ])
-            .arg(dir.path())
+            .arg(path)
             .status()
             .unwrap();
         assert!(
             status.success(),
             "cannot mount a tmpfs (the test needs root)"
         );
-        Tmpfs { dir }
+        Tmpfs {
+            path: path.to_path_buf(),
+            _dir: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
+    }
+
+    /// Bytes an unprivileged writer could still write.
+    pub fn free_bytes(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.path).unwrap();
+        stat.blocks_available() as u64 * stat.fragment_size() as u64
     }
 
     /// Writes a ballast file until the filesystem refuses more.
@@ -714,11 +733,9 @@ impl Tmpfs {
     }
 }
 
+/// Lazily, so a straggling process cannot block it.
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -604,9 +604,9 @@ mod disk_full {
     /// by itself when space returns, and stops promptly on SIGTERM.
     fn full_state_disk(when: WhenFull, host: &str) {
         let tmp = tempfile::tempdir().unwrap();
-        // Room for the spool and its 4 MiB disk reserve, which the agent holds only where four
+        // Room for the spool and its 8 MiB disk reserve, which the agent holds only where four
         // times as much is free.
-        let small = Tmpfs::mount("32m");
+        let small = Tmpfs::mount("64m");
         let state = small.path().join("agent");
         let mut collector = Collector::start(&tmp.path().join("collector"));
         collector.enroll(&state, host);

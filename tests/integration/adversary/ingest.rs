@@ -402,42 +402,6 @@ fn idle_sockets_and_descriptor_exhaustion_neither_pin_the_collector_nor_block_ag
     assert!(matches!(collector.proc.child.id(), p if p == pid));
     drop(idle);
 }
-/// A tmpfs mounted for the test, unmounted (lazily, so a straggling process cannot block it) on drop.
-struct Tmpfs {
-    path: std::path::PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0700"),
-                    "tmpfs",
-                ])
-                .arg(path),
-        );
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(&self.path).unwrap();
-        stat.blocks_available() as u64 * stat.fragment_size() as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 /// Events of about `bytes` in all, each a query with a long statement.
 fn bulky(agent: &Stolen, bytes: usize) -> Vec<Event> {
     let each = 60 * 1024;
@@ -504,10 +468,10 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&tmp.path().join("c"), "24m");
+    let disk = Tmpfs::mount_on(&tmp.path().join("c"), "24m");
     let config = write(tmp.path(), "collector.toml", "[retention]\ndays = 0\n");
-    let mut collector = Collector::start_with(&disk.path, "127.0.0.1:0", &["--config", &config]);
-    let db = disk.path.join("bannin.db");
+    let mut collector = Collector::start_with(disk.path(), "127.0.0.1:0", &["--config", &config]);
+    let db = disk.path().join("bannin.db");
     let mut agents: Vec<Stolen> = ["pilot", "large", "small"]
         .iter()
         .map(|name| Stolen::enroll(&collector, &tmp.path().join(name), name))
@@ -516,7 +480,7 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
     for agent in &agents {
         clients.push(agent.client(&collector).await);
     }
-    let filler = disk.path.join("filler");
+    let filler = disk.path().join("filler");
     fill(&disk, &filler, 1024 * 1024);
 
     // Hold the store's write lock so the batches queue up behind the writer: the pilot's group
@@ -608,7 +572,7 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
         Command::new(COLLECTOR)
             .arg("verify")
             .arg("--data-dir")
-            .arg(&disk.path),
+            .arg(disk.path()),
     );
     assert!(
         verify.status.success(),
