@@ -605,7 +605,13 @@ fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
         reported += dropped;
     }
     assert!(logged > 0);
-    assert_eq!(reported, logged, "dropped events the collector was told of");
+    assert_eq!(
+        reported,
+        logged,
+        "dropped events the collector was told of\nagent log:\n{}\ncollector's notices:\n{:#?}",
+        agent.proc.log(),
+        collector.events(&["--kind", "agent.dropped"])
+    );
     let (ok, report) = verify(&collector.dir);
     assert!(ok, "{report}");
 }

@@ -119,12 +119,8 @@ impl Proc {
                 return Some(Some(line.clone()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the readers take the last lines before the exit is reported (a grandchild
-                // may hold the pipes open, hence the deadline).
-                let open = &self.open_streams;
-                poll(Duration::from_secs(5), || {
-                    (open.load(Ordering::SeqCst) == 0).then_some(())
-                });
+                // Let the readers take the last lines before the exit is reported.
+                Self::drained(&self.open_streams);
                 exited = Some(status);
                 return Some(None);
             }
@@ -151,10 +147,20 @@ impl Proc {
             .any(|l| l.contains(needle))
     }
 
-    /// SIGKILL: no chance to flush or say goodbye.
+    /// SIGKILL: no chance to flush or say goodbye. Returns once what it wrote has been read, so
+    /// that [`Self::log`] then holds its last lines.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        Self::drained(&self.open_streams);
+    }
+
+    /// Waits until the readers of an exited process's output reached its end (a grandchild may
+    /// hold the pipes open, hence the deadline).
+    fn drained(open_streams: &AtomicUsize) {
+        poll(Duration::from_secs(5), || {
+            (open_streams.load(Ordering::SeqCst) == 0).then_some(())
+        });
     }
 
     /// SIGTERM and wait for a clean exit.

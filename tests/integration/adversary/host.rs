@@ -745,6 +745,14 @@ mod disk_full {
         full_state_disk(WhenFull::SpoolEmpty, "full2");
     }
 
+    /// The running total in the agent's `spool.lost`: a 512-byte record, `BNNLOST1` then the
+    /// total, big-endian.
+    fn recorded_lost(state: &Path) -> u64 {
+        let bytes = std::fs::read(state.join("spool.lost")).unwrap();
+        assert_eq!(&bytes[..8], b"BNNLOST1");
+        u64::from_be_bytes(bytes[8..16].try_into().unwrap())
+    }
+
     /// The largest `lost_total=N` the agent logged: how many events it counted as lost.
     fn lost_total(log: &str) -> u64 {
         log.lines()
@@ -807,8 +815,14 @@ mod disk_full {
             (log.matches("events are lost until space returns").count() >= 2).then_some(())
         });
         agent.proc.kill9();
-        let lost = lost_total(&agent.proc.log());
-        assert!(lost > 0);
+        // What the agent counted, durably: the kill may fall between recording a loss in
+        // `spool.lost` and logging it, so the log may say less, never more.
+        let logged = lost_total(&agent.proc.log());
+        let lost = recorded_lost(&state);
+        assert!(
+            logged > 0 && lost >= logged,
+            "{lost} recorded, {logged} logged"
+        );
 
         for path in &ballast {
             std::fs::remove_file(path).unwrap();
