@@ -579,36 +579,47 @@ fn drops_upon_drops_keep_every_notice_and_the_store_verifies() {
             )
         },
     );
-    // What the agent logged it dropped, run by run.
-    let logged: u64 = agent
-        .proc
-        .log()
-        .lines()
-        .filter(|l| l.contains("spool full"))
-        .filter_map(|l| {
-            l.split("dropped=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    let mut reported = 0;
-    for notice in collector.events(&["--kind", "agent.dropped"]) {
-        let (first, last) = (
-            notice["first_dropped_seq"].as_u64().unwrap(),
-            notice["last_dropped_seq"].as_u64().unwrap(),
-        );
-        let dropped = notice["dropped"].as_u64().unwrap();
-        assert_eq!(dropped, last - first + 1, "{notice}");
-        reported += dropped;
-    }
-    assert!(logged > 0);
-    assert_eq!(
-        reported,
-        logged,
-        "dropped events the collector was told of\nagent log:\n{}\ncollector's notices:\n{:#?}",
+    // What the agent logged it dropped, run by run, against what the collector was told. Waited
+    // on: the marker's own events (its create, then its write) may come in appends after the one
+    // the wait above saw stored, and a drop there is told by a notice after them.
+    let logged_drops = || -> u64 {
+        agent
+            .proc
+            .log()
+            .lines()
+            .filter(|l| l.contains("spool full"))
+            .filter_map(|l| {
+                l.split("dropped=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let reported_drops = || -> u64 {
+        let mut reported = 0;
+        for notice in collector.events(&["--kind", "agent.dropped"]) {
+            let (first, last) = (
+                notice["first_dropped_seq"].as_u64().unwrap(),
+                notice["last_dropped_seq"].as_u64().unwrap(),
+            );
+            let dropped = notice["dropped"].as_u64().unwrap();
+            assert_eq!(dropped, last - first + 1, "{notice}");
+            reported += dropped;
+        }
+        reported
+    };
+    let settled = crate::harness::poll(LONG, || {
+        let logged = logged_drops();
+        (logged > 0 && reported_drops() == logged).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "dropped events the collector was told of: {}, logged: {}\nagent log:\n{}\ncollector's notices:\n{:#?}",
+        reported_drops(),
+        logged_drops(),
         agent.proc.log(),
         collector.events(&["--kind", "agent.dropped"])
     );
