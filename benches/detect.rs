@@ -64,7 +64,7 @@ fn process(pid: u32, exe: &str, parent: &str) -> ProcessInfo {
 fn file(action: FileAction, path: String, size: u64, who: &ProcessInfo) -> Body {
     let mut event = FileEvent::new(action, path, "fanotify");
     event.size = Some(size);
-    event.process = Some(who.clone());
+    event.process = Some(std::sync::Arc::new(who.clone()));
     event.process_known = true;
     event.into()
 }
@@ -129,7 +129,7 @@ fn workload() -> Vec<Record> {
                     emails: 10,
                     ..ExportInfo::default()
                 });
-                event.process = Some(editor.clone());
+                event.process = Some(std::sync::Arc::new(editor.clone()));
                 event.into()
             }
             6 => file(FileAction::Create, format!("/tmp/tmp{n}"), 0, &cc),

@@ -131,7 +131,7 @@ fn event(host: &str, seq: u64) -> Event {
     file.mode = Some(0o100644);
     file.owner_uid = Some(1000);
     file.process_known = true;
-    file.process = Some(ProcessInfo {
+    file.process = Some(std::sync::Arc::new(ProcessInfo {
         pid: 4242,
         ppid: Some(1),
         exe: "/usr/bin/python3".into(),
@@ -139,7 +139,7 @@ fn event(host: &str, seq: u64) -> Event {
         user: "etl".into(),
         uid: Some(1000),
         ancestry: Default::default(),
-    });
+    }));
     let mut event = Event::now(host, file);
     event.seq = seq;
     event

@@ -164,7 +164,7 @@ mod tests {
         file.mode = Some(0o100_640);
         file.owner_uid = Some(1000);
         file.owner = Some("alice".into());
-        file.process = Some(process());
+        file.process = Some(std::sync::Arc::new(process()));
         file.process_known = true;
         file.export = Some(ExportInfo {
             class: "personal_data".into(),

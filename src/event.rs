@@ -4,6 +4,8 @@
 //! back into the same types. Protobuf types never appear here: `crate::proto` converts at the edge.
 //! `Serialize` gives the JSON of docs/interface.md (one flat object per event, `kind` included).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
@@ -257,8 +259,10 @@ pub struct FileEvent {
     pub owner_uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Shared, not copied: a burst from one process gives the same process to thousands of
+    /// events, and a copy of its command lines for each cost more than the rest of the event.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub process: Option<ProcessInfo>,
+    pub process: Option<Arc<ProcessInfo>>,
     /// Whether `pid`/`exe`/`user` are known: the portable backend cannot tell who acted.
     pub process_known: bool,
     pub backend: String,
@@ -660,12 +664,12 @@ mod tests {
         let mut file = FileEvent::new(FileAction::Delete, "/srv/x.csv", "fanotify");
         file.size = Some(42);
         file.process_known = true;
-        file.process = Some(ProcessInfo {
+        file.process = Some(std::sync::Arc::new(ProcessInfo {
             pid: 7,
             exe: "/usr/bin/rm".into(),
             user: "alice".into(),
             ..ProcessInfo::default()
-        });
+        }));
         let event = Event {
             seq: 3,
             ts: Timestamp::from_nanos(1_700_000_000_123_456_789),

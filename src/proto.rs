@@ -2,6 +2,8 @@
 //!
 //! This is the only place, with the collector's gRPC service, where generated types appear.
 
+use std::sync::Arc;
+
 use prost::Message;
 
 use crate::event::*;
@@ -73,6 +75,9 @@ enum Part<'a> {
     /// An ancestry with its ancestors' strings. It is shared between events, so a visitor reads
     /// it and changes it (making it this event's own copy) only when a bound requires.
     Ancestry(&'a mut Ancestry),
+    /// A file event's process, shared like an ancestry: a visitor that must change it calls
+    /// [`visit_process`] on `Arc::make_mut` of it, and only then.
+    Process(&'a mut Arc<ProcessInfo>),
 }
 
 fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
@@ -80,6 +85,11 @@ fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
     f(Part::Text("exe", &mut p.exe));
     f(Part::Text("cmdline", &mut p.cmdline));
     f(Part::Text("user", &mut p.user));
+}
+
+/// A process's own strings, named as the bounds report them.
+fn process_texts(p: &ProcessInfo) -> [(&'static str, &String); 3] {
+    [("exe", &p.exe), ("cmdline", &p.cmdline), ("user", &p.user)]
 }
 
 /// Each ancestor's strings, named as the bounds report them.
@@ -102,7 +112,7 @@ fn visit(event: &mut Event, f: &mut dyn FnMut(Part<'_>)) {
             }
             f(Part::Text("backend", &mut e.backend));
             if let Some(p) = &mut e.process {
-                visit_process(p, f);
+                f(Part::Process(p));
             }
             if let Some(x) = &mut e.export {
                 f(Part::Text("export class", &mut x.class));
@@ -203,6 +213,22 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
                 len: text.len(),
                 limit: MAX_STRING,
             }),
+            Part::Process(p) if p.ancestry.len() > MAX_ANCESTRY => Some(ProtoError::TooMany {
+                seq,
+                field: "ancestry",
+                count: p.ancestry.len(),
+                limit: MAX_ANCESTRY,
+            }),
+            Part::Process(p) => process_texts(p)
+                .into_iter()
+                .chain(p.ancestry.iter().flat_map(ancestor_texts))
+                .find(|(_, text)| text.len() > MAX_STRING)
+                .map(|(field, text)| ProtoError::TooLong {
+                    seq,
+                    field,
+                    len: text.len(),
+                    limit: MAX_STRING,
+                }),
             _ => None,
         };
     });
@@ -227,40 +253,58 @@ pub fn fit(event: &mut Event) -> bool {
     let mut cut = false;
     let mut max_string = MAX_STRING;
     loop {
-        visit(event, &mut |part| match part {
-            Part::Ancestry(list) => {
-                if list.len() > MAX_ANCESTRY {
-                    list.truncate(MAX_ANCESTRY);
-                    cut = true;
-                }
-                let too_long = |a: &Ancestor| {
-                    ancestor_texts(a)
-                        .iter()
-                        .any(|(_, text)| text.len() > max_string)
-                };
-                if list.iter().any(too_long) {
-                    for a in list.iter_mut() {
-                        for text in [&mut a.exe, &mut a.cmdline, &mut a.user] {
-                            truncate_at_char(text, max_string);
-                        }
-                    }
-                    cut = true;
-                }
-            }
-            Part::List(_, list) if list.len() > MAX_LIST => {
-                list.truncate(MAX_LIST);
-                cut = true;
-            }
-            Part::Text(_, text) if text.len() > max_string => {
-                truncate_at_char(text, max_string);
-                cut = true;
-            }
-            _ => {}
-        });
+        visit(event, &mut |part| fit_part(part, max_string, &mut cut));
         if to_pb(event).encoded_len() <= MAX_EVENT_BYTES || max_string == 0 {
             return cut;
         }
         max_string /= 2;
+    }
+}
+
+/// [`fit`]'s cut of one part to `max_string`; a shared process is copied only if it must change.
+fn fit_part(part: Part<'_>, max_string: usize, cut: &mut bool) {
+    use limits::*;
+    let too_long = |a: &Ancestor| {
+        ancestor_texts(a)
+            .iter()
+            .any(|(_, text)| text.len() > max_string)
+    };
+    match part {
+        Part::Ancestry(list) => {
+            if list.len() > MAX_ANCESTRY {
+                list.truncate(MAX_ANCESTRY);
+                *cut = true;
+            }
+            if list.iter().any(too_long) {
+                for a in list.iter_mut() {
+                    for text in [&mut a.exe, &mut a.cmdline, &mut a.user] {
+                        truncate_at_char(text, max_string);
+                    }
+                }
+                *cut = true;
+            }
+        }
+        Part::List(_, list) if list.len() > MAX_LIST => {
+            list.truncate(MAX_LIST);
+            *cut = true;
+        }
+        Part::Text(_, text) if text.len() > max_string => {
+            truncate_at_char(text, max_string);
+            *cut = true;
+        }
+        Part::Process(p) => {
+            let must_change = p.ancestry.len() > MAX_ANCESTRY
+                || p.ancestry.iter().any(too_long)
+                || process_texts(p)
+                    .iter()
+                    .any(|(_, text)| text.len() > max_string);
+            if must_change {
+                visit_process(Arc::make_mut(p), &mut |part| {
+                    fit_part(part, max_string, cut)
+                });
+            }
+        }
+        _ => {}
     }
 }
 
@@ -284,17 +328,27 @@ pub fn footprint(event: &mut Event) -> usize {
         bytes += match part {
             Part::Text(_, text) => text.capacity(),
             Part::List(_, list) => list.capacity() * std::mem::size_of::<String>(),
-            Part::Ancestry(list) => {
-                list.capacity() * std::mem::size_of::<Ancestor>()
-                    + list
+            Part::Ancestry(list) => ancestry_footprint(list),
+            Part::Process(p) => {
+                std::mem::size_of::<ProcessInfo>()
+                    + process_texts(p)
                         .iter()
-                        .flat_map(ancestor_texts)
                         .map(|(_, text)| text.capacity())
                         .sum::<usize>()
+                    + ancestry_footprint(&p.ancestry)
             }
         }
     });
     bytes
+}
+
+fn ancestry_footprint(list: &[Ancestor]) -> usize {
+    list.len() * std::mem::size_of::<Ancestor>()
+        + list
+            .iter()
+            .flat_map(ancestor_texts)
+            .map(|(_, text)| text.capacity())
+            .sum::<usize>()
 }
 
 /// Reads only an event's sequence number; every other field is skipped without being allocated.
@@ -412,7 +466,7 @@ pub fn to_pb(event: &Event) -> pb::Event {
             mode: f.mode,
             owner_uid: f.owner_uid,
             owner: f.owner.clone(),
-            process: f.process.as_ref().map(process_to_pb),
+            process: f.process.as_deref().map(process_to_pb),
             backend: f.backend.clone(),
             incomplete: f.incomplete,
             export: f.export.as_ref().map(export_to_pb),
@@ -544,7 +598,7 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             owner_uid: f.owner_uid,
             owner: f.owner,
             process_known: f.process.is_some(),
-            process: f.process.map(process_from_pb),
+            process: f.process.map(|p| Arc::new(process_from_pb(p))),
             backend: f.backend,
             incomplete: f.incomplete,
             export: f.export.map(export_from_pb),
@@ -679,11 +733,11 @@ mod tests {
         db.client_port = Some(5432);
         let mut read = FileEvent::new(FileAction::Read, "/a/b.csv", "fanotify");
         read.process_known = true;
-        read.process = Some(ProcessInfo {
+        read.process = Some(Arc::new(ProcessInfo {
             pid: 9,
             exe: "/usr/bin/cat".into(),
             ..ProcessInfo::default()
-        });
+        }));
         let bodies: Vec<Body> = vec![
             file.into(),
             read.into(),

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bannin::chain::{self, GENESIS, Hash};
@@ -93,7 +94,7 @@ pub fn body(rng: &mut Rng, agent: usize, agents: usize, seq: u64) -> Body {
                 "fanotify",
             );
             f.size = Some(rng.below(1 << 20));
-            f.process = Some(process(rng, "/usr/bin/libreoffice"));
+            f.process = Some(Arc::new(process(rng, "/usr/bin/libreoffice")));
             f.process_known = true;
             f.into()
         }
@@ -116,7 +117,7 @@ pub fn body(rng: &mut Rng, agent: usize, agents: usize, seq: u64) -> Body {
             } else {
                 rng.below(1 << 16)
             });
-            f.process = Some(process(rng, "/usr/bin/python3"));
+            f.process = Some(Arc::new(process(rng, "/usr/bin/python3")));
             f.process_known = true;
             if csv {
                 f.export = Some(ExportInfo {

@@ -34,7 +34,7 @@ impl<'a> Subject<'a> {
     fn process(&self) -> Option<&'a ProcessInfo> {
         match self {
             Subject::Record(record) => match &record.event.body {
-                Body::File(file) => file.process.as_ref(),
+                Body::File(file) => file.process.as_deref(),
                 Body::Process(process) => Some(&process.process),
                 Body::Net(net) => net.process.as_ref(),
                 _ => None,

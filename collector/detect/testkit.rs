@@ -69,7 +69,7 @@ pub(crate) fn file(
     let mut event = FileEvent::new(action, path, "fanotify");
     event.size = size;
     event.export = export;
-    event.process = Some(who.clone());
+    event.process = Some(std::sync::Arc::new(who.clone()));
     event.process_known = true;
     event.into()
 }
@@ -78,7 +78,7 @@ pub(crate) fn rename(from: &str, to: &str, size: u64, who: &ProcessInfo) -> Body
     let mut event = FileEvent::new(FileAction::Rename, to, "fanotify");
     event.from_path = Some(from.into());
     event.size = Some(size);
-    event.process = Some(who.clone());
+    event.process = Some(std::sync::Arc::new(who.clone()));
     event.process_known = true;
     event.into()
 }

@@ -181,7 +181,7 @@ fn file_activity(record: &Record, file: &FileEvent) -> Map<String, Value> {
     }
     object.insert(
         "actor".into(),
-        actor(file.process.as_ref(), &format!("file/{}", file.backend)),
+        actor(file.process.as_deref(), &format!("file/{}", file.backend)),
     );
     object.insert("device".into(), device(record));
     // OCSF's File System Activity has no attribute for the bytes a read moved: they go with

@@ -53,7 +53,7 @@ pub fn event_detail(record: &Record) -> String {
             format!(
                 "{}{from}{size}{read}{export}{}",
                 f.path,
-                process(f.process.as_ref())
+                process(f.process.as_deref())
             )
         }
         Body::Process(p) => {

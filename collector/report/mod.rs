@@ -20,7 +20,7 @@ const MAX_DEPTH: usize = 32;
 /// The process an event is about, where it has one.
 pub fn process_of(record: &Record) -> Option<&ProcessInfo> {
     match &record.event.body {
-        Body::File(file) => file.process.as_ref(),
+        Body::File(file) => file.process.as_deref(),
         Body::Process(process) => Some(&process.process),
         Body::Net(net) => net.process.as_ref(),
         _ => None,

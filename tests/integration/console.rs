@@ -602,7 +602,9 @@ fn hostile_bodies(now: Timestamp) -> Vec<(Timestamp, Body)> {
         "fanotify",
     );
     file.size = Some(5_000_000);
-    file.process = Some(process("/tmp/<iframe src=javascript:alert(5)>"));
+    file.process = Some(std::sync::Arc::new(process(
+        "/tmp/<iframe src=javascript:alert(5)>",
+    )));
     file.process_known = true;
     file.export = Some(ExportInfo {
         class: "data".into(),

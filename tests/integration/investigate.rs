@@ -92,7 +92,7 @@ fn customer_read(client: &str, session: &str, rows: u64, total: u64) -> Body {
 fn file(action: FileAction, path: &str, size: u64, rows: u64, by: ProcessInfo) -> Body {
     let mut file = FileEvent::new(action, path, "fanotify");
     file.size = Some(size);
-    file.process = Some(by);
+    file.process = Some(std::sync::Arc::new(by));
     file.process_known = true;
     file.export = Some(ExportInfo {
         class: "data".into(),

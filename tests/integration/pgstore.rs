@@ -142,7 +142,7 @@ fn writer() -> ProcessInfo {
 pub(crate) fn export(action: FileAction, path: &str) -> Body {
     let mut file = FileEvent::new(action, path, "fanotify");
     file.size = Some(40 * 1024 * 1024);
-    file.process = Some(writer());
+    file.process = Some(std::sync::Arc::new(writer()));
     file.process_known = true;
     file.export = Some(ExportInfo {
         class: "data".into(),

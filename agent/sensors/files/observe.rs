@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bannin::event::{Body, Event, ExportInfo, FileAction, FileEvent, ProcessInfo};
@@ -142,7 +143,8 @@ pub struct Observer {
     closed: bool,
     /// Processes looked up in the current batch of kernel events: a burst from one process
     /// asks the table once, not once per file.
-    looked_up: HashMap<u32, Option<ProcessInfo>>,
+    /// Each shared by the batch's events: one copy of a process for a burst of its files.
+    looked_up: HashMap<u32, Option<Arc<ProcessInfo>>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
     /// Events ready for the forwarder, handed over together ([`Observer::end_round`]) once the
@@ -356,11 +358,11 @@ impl Observer {
         self.looked_up.clear();
     }
 
-    fn process(&mut self, pid: u32) -> Option<ProcessInfo> {
+    fn process(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
         let table = &self.processes;
         self.looked_up
             .entry(pid)
-            .or_insert_with(|| table.info_after_exec(pid))
+            .or_insert_with(|| table.info_after_exec(pid).map(Arc::new))
             .clone()
     }
 
@@ -537,9 +539,11 @@ impl Observer {
         let found = pid.and_then(|pid| self.process(pid));
         let is_found = found.is_some();
         // A pid whose process is never found is still worth reporting on its own.
-        event.process = found.or(pid.map(|pid| ProcessInfo {
-            pid,
-            ..ProcessInfo::default()
+        event.process = found.or(pid.map(|pid| {
+            Arc::new(ProcessInfo {
+                pid,
+                ..ProcessInfo::default()
+            })
         }));
         event.process_known = event.process.is_some();
         let event = Event::now(self.tx.host().to_string(), event);
@@ -579,8 +583,9 @@ impl Observer {
                 };
                 match info {
                     Some(info) => {
+                        let info = Arc::new(info);
                         if let Body::File(file) = &mut event.body {
-                            file.process = Some(info.clone());
+                            file.process = Some(Arc::clone(&info));
                         }
                         self.looked_up.insert(pid, Some(info));
                     }

@@ -104,7 +104,7 @@ impl ExportArchived {
             ts: record.event.ts,
             host: host.clone(),
             file: file.clone(),
-            process: process.clone(),
+            process: ProcessInfo::clone(process),
             proof: evidence(record),
         };
         match file.action {

@@ -89,7 +89,7 @@ impl ExportReadThenSent {
         let read = Read {
             ts: record.event.ts,
             file: file.clone(),
-            reader: reader.clone(),
+            reader: ProcessInfo::clone(reader),
             proof: evidence(record),
             sent: None,
         };
