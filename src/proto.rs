@@ -343,7 +343,7 @@ pub fn footprint(event: &mut Event) -> usize {
 }
 
 fn ancestry_footprint(list: &[Ancestor]) -> usize {
-    list.len() * std::mem::size_of::<Ancestor>()
+    std::mem::size_of_val(list)
         + list
             .iter()
             .flat_map(ancestor_texts)
@@ -895,6 +895,93 @@ mod tests {
             unreachable!()
         };
         assert!(std::ptr::eq(start.process.ancestry.as_ptr(), line.as_ptr()));
+    }
+
+    /// A file event of `process`, numbered 10.
+    fn write_by(process: &Arc<ProcessInfo>) -> Event {
+        let mut file = FileEvent::new(FileAction::Write, "/srv/x.csv", "fanotify");
+        file.process = Some(Arc::clone(process));
+        file.process_known = true;
+        Event {
+            seq: 10,
+            ts: Timestamp::from_nanos(1),
+            host: "h".into(),
+            body: file.into(),
+        }
+    }
+
+    #[test]
+    fn a_shared_process_is_checked_cut_in_this_event_only_and_otherwise_left_shared() {
+        let within = Arc::new(ProcessInfo {
+            pid: 3,
+            cmdline: "perl -e 1".into(),
+            ancestry: vec![Ancestor::default(); 2].into(),
+            ..ProcessInfo::default()
+        });
+        let mut event = write_by(&within);
+        let bytes = fit_and_encode(&mut event);
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+        let Body::File(file) = &event.body else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(file.process.as_ref().unwrap(), &within));
+
+        for (field, process) in [
+            (
+                "cmdline",
+                ProcessInfo {
+                    cmdline: "z".repeat(limits::MAX_STRING + 1),
+                    ..ProcessInfo::default()
+                },
+            ),
+            (
+                "ancestor exe",
+                ProcessInfo {
+                    ancestry: vec![Ancestor {
+                        exe: "e".repeat(limits::MAX_STRING + 1),
+                        ..Ancestor::default()
+                    }]
+                    .into(),
+                    ..ProcessInfo::default()
+                },
+            ),
+        ] {
+            let beyond = Arc::new(process);
+            let mut event = write_by(&beyond);
+            let error = decode_event(&encode_event(&event)).unwrap_err();
+            assert!(
+                matches!(error, ProtoError::TooLong { field: f, .. } if f == field),
+                "{error}"
+            );
+            let bytes = fit_and_encode(&mut event);
+            assert_eq!(decode_event(&bytes).unwrap(), event);
+            let Body::File(file) = &event.body else {
+                unreachable!()
+            };
+            let cut = file.process.as_ref().unwrap();
+            assert!(!Arc::ptr_eq(cut, &beyond), "{field}: cut in place");
+            // The process the other events hold is untouched.
+            assert!(
+                beyond.cmdline.len() > limits::MAX_STRING
+                    || beyond.ancestry[0].exe.len() > limits::MAX_STRING
+            );
+        }
+
+        let many = Arc::new(ProcessInfo {
+            ancestry: vec![Ancestor::default(); limits::MAX_ANCESTRY + 1].into(),
+            ..ProcessInfo::default()
+        });
+        let mut event = write_by(&many);
+        assert!(matches!(
+            decode_event(&encode_event(&event)),
+            Err(ProtoError::TooMany {
+                field: "ancestry",
+                ..
+            })
+        ));
+        assert!(fit(&mut event));
+        decode_event(&encode_event(&event)).unwrap();
+        assert_eq!(many.ancestry.len(), limits::MAX_ANCESTRY + 1);
     }
 
     /// Agents from before `net.close` sent no action: their events are connects, and a close
