@@ -185,22 +185,7 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
             return;
         }
         found = match part {
-            Part::Ancestry(list) if list.len() > MAX_ANCESTRY => Some(ProtoError::TooMany {
-                seq,
-                field: "ancestry",
-                count: list.len(),
-                limit: MAX_ANCESTRY,
-            }),
-            Part::Ancestry(list) => list
-                .iter()
-                .flat_map(ancestor_texts)
-                .find(|(_, text)| text.len() > MAX_STRING)
-                .map(|(field, text)| ProtoError::TooLong {
-                    seq,
-                    field,
-                    len: text.len(),
-                    limit: MAX_STRING,
-                }),
+            Part::Ancestry(list) => process_beyond(seq, list, []),
             Part::List(field, list) if list.len() > MAX_LIST => Some(ProtoError::TooMany {
                 seq,
                 field,
@@ -213,26 +198,40 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
                 len: text.len(),
                 limit: MAX_STRING,
             }),
-            Part::Process(p) if p.ancestry.len() > MAX_ANCESTRY => Some(ProtoError::TooMany {
-                seq,
-                field: "ancestry",
-                count: p.ancestry.len(),
-                limit: MAX_ANCESTRY,
-            }),
-            Part::Process(p) => process_texts(p)
-                .into_iter()
-                .chain(p.ancestry.iter().flat_map(ancestor_texts))
-                .find(|(_, text)| text.len() > MAX_STRING)
-                .map(|(field, text)| ProtoError::TooLong {
-                    seq,
-                    field,
-                    len: text.len(),
-                    limit: MAX_STRING,
-                }),
+            Part::Process(p) => process_beyond(seq, &p.ancestry, process_texts(p)),
             _ => None,
         };
     });
     found.map_or(Ok(()), Err)
+}
+
+/// The first bound a process's ancestry and `texts` (its own strings, none for an ancestry
+/// alone) exceed, in the order [`visit_process`] visits them.
+fn process_beyond<'a>(
+    seq: u64,
+    ancestry: &'a [Ancestor],
+    texts: impl IntoIterator<Item = (&'static str, &'a String)>,
+) -> Option<ProtoError> {
+    use limits::*;
+    if ancestry.len() > MAX_ANCESTRY {
+        return Some(ProtoError::TooMany {
+            seq,
+            field: "ancestry",
+            count: ancestry.len(),
+            limit: MAX_ANCESTRY,
+        });
+    }
+    ancestry
+        .iter()
+        .flat_map(ancestor_texts)
+        .chain(texts)
+        .find(|(_, text)| text.len() > MAX_STRING)
+        .map(|(field, text)| ProtoError::TooLong {
+            seq,
+            field,
+            len: text.len(),
+            limit: MAX_STRING,
+        })
 }
 
 fn truncate_at_char(text: &mut String, max: usize) {
