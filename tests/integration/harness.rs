@@ -114,18 +114,29 @@ impl Proc {
         let lines = self.lines.clone();
         let name = self.name.clone();
         let mut exited = None;
-        let found = wait_for(&format!("{name} to log {needle:?}"), timeout, || {
-            if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return Some(Some(line.clone()));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the readers take the last lines before the exit is reported.
-                Self::drained(&self.open_streams);
-                exited = Some(status);
-                return Some(None);
-            }
-            None
-        });
+        let logged = self.lines.clone();
+        let found = wait_for_explained(
+            &format!("{name} to log {needle:?}"),
+            timeout,
+            || {
+                if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                    return Some(Some(line.clone()));
+                }
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    // Let the readers take the last lines before the exit is reported.
+                    Self::drained(&self.open_streams);
+                    exited = Some(status);
+                    return Some(None);
+                }
+                None
+            },
+            || {
+                format!(
+                    "{name} logged so far:\n{}",
+                    logged.lock().unwrap().join("\n")
+                )
+            },
+        );
         match found {
             Some(line) => line,
             None => panic!(
@@ -358,7 +369,9 @@ impl Agent {
             .arg(state_dir)
             .args(args);
         let mut proc = Proc::spawn("agent", &mut command);
-        proc.wait_line("agent running", Duration::from_secs(30));
+        // Longer than the agent gives its eBPF loader (30 s) before it falls back and says why:
+        // a stalled load is then in the log (with where the loader waited), not a timeout here.
+        proc.wait_line("agent running", Duration::from_secs(60));
         Agent {
             state_dir: state_dir.to_path_buf(),
             proc,

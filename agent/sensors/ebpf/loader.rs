@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -28,13 +28,15 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
 };
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 /// Most descriptors one load hands back (the kernel's own limit for one message is 253).
 const MAX_FDS: usize = 64;
 /// Longest reason a child sends for a failed load.
 const MAX_REASON: usize = 4000;
+/// How long a child may be silent before the wait for it is logged, with where it waits.
+const SLOW_LOADER: Duration = Duration::from_secs(5);
 /// The exit status of a child whose work panicked.
 const PANICKED: i32 = 101;
 
@@ -86,7 +88,7 @@ where
         }
         Ok(ForkResult::Parent { child }) => {
             drop(theirs);
-            let answer = receive(&ours, patience);
+            let answer = receive(&ours, child, patience);
             if answer.is_err() {
                 let _ = signal::kill(child, Signal::SIGKILL);
             }
@@ -174,20 +176,45 @@ fn send(socket: &OwnedFd, message: &[u8], fds: &[RawFd]) -> bool {
 }
 
 /// The child's answer: `None` when it closed its end without one (it died), an error when it
-/// gave none within `patience`.
-fn receive(socket: &OwnedFd, patience: Duration) -> Result<Option<Result<Handed, String>>, String> {
+/// gave none within `patience`. A child still silent after [`SLOW_LOADER`] is logged once, with
+/// where it waits, and so is one that is stopped.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "loads run on blocking threads (the sensors' start-up), outside the runtime's clock"
+)]
+fn receive(
+    socket: &OwnedFd,
+    child: Pid,
+    patience: Duration,
+) -> Result<Option<Result<Handed, String>>, String> {
     let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-    let timeout = PollTimeout::try_from(patience).unwrap_or(PollTimeout::MAX);
+    let started = Instant::now();
+    let mut warned = false;
     loop {
+        let waited = started.elapsed();
+        if waited >= patience {
+            return Err(format!(
+                "the loader did not answer within {patience:?} and was stopped (it was {})",
+                whereabouts(child)
+            ));
+        }
+        let until = if warned {
+            patience
+        } else {
+            SLOW_LOADER.min(patience)
+        };
+        let timeout =
+            PollTimeout::try_from(until.saturating_sub(waited)).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
-            Ok(0) => {
-                return Err(format!(
-                    "the loader did not answer within {} s and was stopped",
-                    patience.as_secs()
-                ));
+            Ok(0) if !warned && started.elapsed() >= SLOW_LOADER => {
+                warned = true;
+                tracing::warn!(
+                    "the eBPF loader (pid {child}) has not answered after {SLOW_LOADER:?}, waiting up to {patience:?}: it is {}",
+                    whereabouts(child)
+                );
             }
+            Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => break,
-            Err(Errno::EINTR) => continue,
             Err(errno) => return Err(format!("cannot wait for the loader: {}", errno.desc())),
         }
     }
@@ -286,16 +313,62 @@ pub fn raw_tracepoint_open(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Waits for the child to end and says how it did.
+/// Where a process waits, as the kernel says: its state, the kernel function it sleeps in and its
+/// kernel stack (readable by root), on one line.
+fn whereabouts(pid: Pid) -> String {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).ok();
+    let state = read("stat")
+        .and_then(|stat| {
+            let (_, after) = stat.rsplit_once(") ")?;
+            after.split(' ').next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    let wchan = read("wchan").unwrap_or_default();
+    let stack: Vec<String> = read("stack")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .take(12)
+        .collect();
+    format!(
+        "in state {state}, waiting in {:?}, kernel stack [{}]",
+        wchan,
+        stack.join(" < ")
+    )
+}
+
+/// Waits for the child to end and says how it did. A child that has not ended after
+/// [`SLOW_LOADER`] is killed, and one that has not ended after as long again is left (the agent
+/// goes on; the kernel keeps it as a zombie until the agent exits).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "loads run on blocking threads (the sensors' start-up), outside the runtime's clock"
+)]
 fn reap(child: Pid) -> String {
+    let started = Instant::now();
+    let mut killed = false;
     loop {
-        match waitpid(child, None) {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return format!("exit status {code}"),
             Ok(WaitStatus::Signaled(_, signal, _)) => return format!("killed by {signal}"),
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(errno) => return format!("cannot wait for it: {}", errno.desc()),
         }
+        let waited = started.elapsed();
+        if !killed && waited >= SLOW_LOADER {
+            tracing::warn!(
+                "the eBPF loader (pid {child}) has not exited after {SLOW_LOADER:?} and is killed: it was {}",
+                whereabouts(child)
+            );
+            let _ = signal::kill(child, Signal::SIGKILL);
+            killed = true;
+        } else if waited >= 2 * SLOW_LOADER {
+            return format!(
+                "it did not exit, even killed (it is {})",
+                whereabouts(child)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -317,6 +390,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("did not answer"), "{error}");
+        // It says where the child waited: asleep, in pause(2).
+        assert!(error.contains("in state S"), "{error}");
+        if nix::unistd::geteuid().is_root() {
+            assert!(error.contains("pause"), "{error}");
+        }
         // Reaped: this process has no child left that is a zombie.
         let me = nix::unistd::getpid().as_raw();
         let zombies = std::fs::read_dir("/proc")
