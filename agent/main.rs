@@ -11,6 +11,7 @@ mod sensors;
 mod spool;
 #[cfg(test)]
 mod testing;
+mod whereabouts;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

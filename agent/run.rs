@@ -13,7 +13,7 @@ use crate::pipeline::{self, EventTx};
 use crate::sensors::process::ProcessTable;
 use crate::sensors::{SensorContext, SensorHandle};
 use crate::spool::{self, Spool};
-use crate::{identity, sender, sensors};
+use crate::{identity, sender, sensors, whereabouts};
 
 pub struct RunArgs {
     pub state_dir: PathBuf,
@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// `--collector`, repeatable: the collectors to send to, in order of preference.
     pub collector: Vec<String>,
 }
+
+/// How long the sensors may take to start before the agent logs where its threads wait.
+const STALLED_START: Duration = Duration::from_secs(10);
 
 /// How long a stopping agent keeps trying to deliver what is spooled.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
@@ -75,6 +78,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         state_dir: args.state_dir.clone(),
         processes: ProcessTable::from_settings(&configured.process),
     };
+    // A start-up that stalls (a sensor's kernel call, a loader) says where, rather than nothing.
+    let starting = whereabouts::watch("the agent's start", STALLED_START);
     // The process sensor first, so the table knows the running processes before the others ask.
     let handles = vec![
         sensors::process::spawn(configured.process.clone(), &ctx)
@@ -98,6 +103,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tx.send(start).await?;
     let heartbeat = spawn_heartbeat(tx.clone(), spool.clone(), args.config.agent.heartbeat);
     tracing::info!(%collector, state_dir = %args.state_dir.display(), sensors = ?sensors, "agent running");
+    drop(starting);
 
     bannin::signals::shutdown().await;
     tracing::info!("stopping");

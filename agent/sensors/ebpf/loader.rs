@@ -195,7 +195,7 @@ fn receive(
         if waited >= patience {
             return Err(format!(
                 "the loader did not answer within {patience:?} and was stopped (it was {})",
-                whereabouts(child)
+                crate::whereabouts::of(&child.to_string())
             ));
         }
         let until = if warned {
@@ -210,7 +210,7 @@ fn receive(
                 warned = true;
                 tracing::warn!(
                     "the eBPF loader (pid {child}) has not answered after {SLOW_LOADER:?}, waiting up to {patience:?}: it is {}",
-                    whereabouts(child)
+                    crate::whereabouts::of(&child.to_string())
                 );
             }
             Ok(0) | Err(Errno::EINTR) => continue,
@@ -313,30 +313,6 @@ pub fn raw_tracepoint_open(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Where a process waits, as the kernel says: its state, the kernel function it sleeps in and its
-/// kernel stack (readable by root), on one line.
-fn whereabouts(pid: Pid) -> String {
-    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).ok();
-    let state = read("stat")
-        .and_then(|stat| {
-            let (_, after) = stat.rsplit_once(") ")?;
-            after.split(' ').next().map(str::to_string)
-        })
-        .unwrap_or_else(|| "?".into());
-    let wchan = read("wchan").unwrap_or_default();
-    let stack: Vec<String> = read("stack")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
-        .take(12)
-        .collect();
-    format!(
-        "in state {state}, waiting in {:?}, kernel stack [{}]",
-        wchan,
-        stack.join(" < ")
-    )
-}
-
 /// Waits for the child to end and says how it did. A child that has not ended after
 /// [`SLOW_LOADER`] is killed, and one that has not ended after as long again is left (the agent
 /// goes on; the kernel keeps it as a zombie until the agent exits).
@@ -358,14 +334,14 @@ fn reap(child: Pid) -> String {
         if !killed && waited >= SLOW_LOADER {
             tracing::warn!(
                 "the eBPF loader (pid {child}) has not exited after {SLOW_LOADER:?} and is killed: it was {}",
-                whereabouts(child)
+                crate::whereabouts::of(&child.to_string())
             );
             let _ = signal::kill(child, Signal::SIGKILL);
             killed = true;
         } else if waited >= 2 * SLOW_LOADER {
             return format!(
                 "it did not exit, even killed (it is {})",
-                whereabouts(child)
+                crate::whereabouts::of(&child.to_string())
             );
         }
         std::thread::sleep(Duration::from_millis(5));
