@@ -51,6 +51,14 @@ pub struct FilesConfig {
     /// Events buffered between the kernel reader and the spool. When the spool falls this far
     /// behind, further events are dropped and reported in `sensor.overflow`. Default: 32768.
     pub queue_capacity: usize,
+    /// Events each of the fanotify backend's three kernel queues holds while the agent is behind
+    /// (a burst faster than it examines files); past it the kernel drops events, the agent reports
+    /// `sensor.overflow` and rescans. The kernel's own default is 16384; the agent raises
+    /// `fs.fanotify.max_queued_events` while it makes its queues and puts it back, so only its
+    /// own queues are longer, and never lowers it. A queued event is kernel memory (some 100-300
+    /// bytes, and a close-after-write pins its file until read), spent only while the agent is
+    /// behind. 0 keeps the kernel's setting. Default: 131072.
+    pub kernel_queue: u32,
     /// Exports (files recognised as bulk data or archives) of at least this many bytes are
     /// watched for reads: each process that reads one is reported once as `file.read`. Needs the
     /// fanotify backend; under notify reads cannot be seen, and the `sensor.status` event says so.
@@ -84,6 +92,7 @@ impl Default for FilesConfig {
             scan_on_start: true,
             scan_min_size: 65_536,
             queue_capacity: 32_768,
+            kernel_queue: 131_072,
             read_watch_min_size: 10 * 1024 * 1024,
             read_watch_max: 1024,
             read_bytes: true,
@@ -116,6 +125,7 @@ impl FilesConfig {
             scan_on_start: self.scan_on_start,
             scan_min_size: self.scan_min_size,
             queue_capacity: self.queue_capacity,
+            kernel_queue: self.kernel_queue,
             read_watch_min_size: self.read_watch_min_size,
             read_watch_max: self.read_watch_max,
             read_bytes: self.read_bytes,
@@ -136,6 +146,7 @@ pub struct FilesSettings {
     pub scan_on_start: bool,
     pub scan_min_size: u64,
     pub queue_capacity: usize,
+    pub kernel_queue: u32,
     pub read_watch_min_size: u64,
     pub read_watch_max: usize,
     /// Read only where reads can be watched (fanotify, Linux).

@@ -208,12 +208,10 @@ fn choose(config: &FilesSettings, scope: &Scope) -> Result<(Chosen, String), Fil
             open_notify("requested by configuration; process facts are not known".into())
         }
         #[cfg(target_os = "linux")]
-        BackendChoice::Fanotify => fanotify::open(scope)
+        BackendChoice::Fanotify => fanotify::open(scope, config.kernel_queue)
             .map(|kernel| {
-                (
-                    Chosen::Fanotify(kernel),
-                    "requested by configuration".into(),
-                )
+                let why = format!("requested by configuration; {}", kernel.queue);
+                (Chosen::Fanotify(kernel), why)
             })
             .map_err(|reason| FilesError::FanotifyUnavailable { reason }),
         #[cfg(not(target_os = "linux"))]
@@ -221,11 +219,14 @@ fn choose(config: &FilesSettings, scope: &Scope) -> Result<(Chosen, String), Fil
             reason: "fanotify exists only on Linux".into(),
         }),
         #[cfg(target_os = "linux")]
-        BackendChoice::Auto => match fanotify::open(scope) {
-            Ok(kernel) => Ok((
-                Chosen::Fanotify(kernel),
-                "running as root and the kernel accepted the filesystem marks".into(),
-            )),
+        BackendChoice::Auto => match fanotify::open(scope, config.kernel_queue) {
+            Ok(kernel) => {
+                let why = format!(
+                    "running as root and the kernel accepted the filesystem marks; {}",
+                    kernel.queue
+                );
+                Ok((Chosen::Fanotify(kernel), why))
+            }
             Err(reason) => open_notify(format!(
                 "fanotify unavailable: {reason}; using notify, process facts are not known"
             )),

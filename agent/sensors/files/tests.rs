@@ -598,7 +598,7 @@ mod as_root {
             .settings()
             .ok()?;
             let (scope, _) = observe::Scope::new(&config).ok()?;
-            let backend = fanotify::open(&scope).ok()?;
+            let backend = fanotify::open(&scope, 0).ok()?;
             Some((dir, config, scope, backend))
         });
         let (dir, config, scope, backend) = match own_backend {
@@ -612,12 +612,13 @@ mod as_root {
                 };
                 let config = config.settings().unwrap();
                 let (scope, _) = observe::Scope::new(&config).unwrap();
-                let backend = fanotify::open(&scope).unwrap();
+                let backend = fanotify::open(&scope, 0).unwrap();
                 (dir, config, scope, backend)
             }
         };
         // Nobody reads the groups yet, so more creates than a group may queue overflow it;
-        // the limit is per group, so no global setting needs to change.
+        // the limit is per group and these were made with the kernel's setting (0), so no global
+        // setting needs to change.
         let limit: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
             .ok()
             .and_then(|v| v.trim().parse().ok())

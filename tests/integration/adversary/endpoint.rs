@@ -160,8 +160,8 @@ fn an_overflow_does_not_hide_the_delete_of_an_export(backend: &str) {
     );
 
     // The flood's directory is watched before the agent is frozen (inotify watches directories
-    // one by one); then 160,000 mknods fill the kernel queue far past its 16,384 events and the
-    // export is deleted: that delete is lost in the kernel.
+    // one by one); then 160,000 mknods fill the kernel queue past its 131,072 events (inotify's:
+    // 16,384) and the export is deleted: that delete is lost in the kernel.
     let flood = rig.watched.join("flood");
     std::fs::create_dir(&flood).unwrap();
     let ready = flood.join("ready");
@@ -192,6 +192,68 @@ fn an_overflow_does_not_hide_the_delete_of_an_export(backend: &str) {
     let alert = rig.wait_alert(&path);
     assert_eq!(alert["size"], size, "{alert}");
     assert_eq!(alert["emails"], written["export"]["emails"], "{alert}");
+}
+
+/// Creates stored at the collector under `dir`, counted in its database.
+fn stored_creates(rig: &Rig, dir: &Path) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        rig.collector.dir.join("bannin.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM events WHERE kind = 'file.create' AND path LIKE ?1",
+        [format!("{}/%", dir.display())],
+        |row| row.get::<_, i64>(0),
+    )
+    .unwrap() as u64
+}
+
+/// A burst the agent cannot keep up with waits in its kernel queues: 40,000 files made while the
+/// agent is stopped, more than the kernel's default queue of 16,384 events, all arrive and
+/// nothing overflows.
+#[test]
+fn a_burst_past_the_kernels_default_queue_waits_for_the_agent_fanotify() {
+    const FILES: u64 = 40_000;
+    // Its own filesystem, as for the flood above: other tests' agents mark theirs.
+    let fs = Tmpfs::mount("64m");
+    let rig = rig_in("burst-queue", "fanotify", Some(fs.path()), |_| {});
+    let status = rig.wait_event("the file sensor's status", |e| {
+        e["kind"] == "sensor.status" && e["sensor"] == "files"
+    });
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("kernel queues of 131072 events"),
+        "{status}"
+    );
+    let burst = rig.watched.join("burst");
+    std::fs::create_dir(&burst).unwrap();
+    let pid = rig.agent_pid();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    python(
+        &format!("import os\nfor i in range({FILES}):\n    os.mknod(f'burst/n{{i}}')\n"),
+        &rig.watched,
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut stored = 0;
+    let all = poll(Duration::from_secs(180), || {
+        stored = stored_creates(&rig, &burst);
+        (stored >= FILES).then_some(())
+    });
+    let overflows: Vec<Value> = rig
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "sensor.overflow" && e["sensor"] == "files")
+        .collect();
+    assert!(
+        all.is_some(),
+        "{stored} of {FILES} creates stored; overflows: {overflows:?}\n{}",
+        rig.agent.proc.log()
+    );
+    assert!(overflows.is_empty(), "{overflows:?}");
 }
 
 #[test]

@@ -119,6 +119,7 @@ pub fn run(
         modifies,
         resolver,
         paired_renames,
+        queue: _,
     } = backend;
     tracing::debug!(paired_renames, "fanotify backend running");
     let mut state = Loop {

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 
@@ -26,13 +27,18 @@ pub struct FanotifyBackend {
     pub(super) resolver: Resolver,
     /// Whether the kernel reports renames as one event with both names (`FAN_RENAME`, 5.17+).
     pub(super) paired_renames: bool,
+    /// How many events each group's kernel queue holds, in words for the `sensor.status` event.
+    pub queue: String,
 }
 
-/// Sets up both groups and marks the filesystem of every root, or says why it cannot.
-pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
+/// Sets up the groups and marks the filesystem of every root, or says why it cannot. Each group
+/// holds up to `queue` events in the kernel while the agent is behind (0: the kernel's setting).
+pub fn open(scope: &Scope, queue: u32) -> Result<FanotifyBackend, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root".to_string());
     }
+    // The groups take their queue's length from the setting as they are made.
+    let raised = Raised::to(queue);
     let base = InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK;
     let fid = InitFlags::from_bits_retain(libc::FAN_REPORT_DFID_NAME | libc::FAN_REPORT_FID);
     // Since 5.17 the kernel also names the file a create, delete or rename is about, which tells
@@ -105,6 +111,8 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
         // its own writes and resolve each only to find it out of scope.
         ignore_own_state(&modifies, MaskFlags::FAN_MODIFY, private)?;
     }
+    let queue = raised.describe();
+    drop(raised);
     let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
     resolver.learn_existing(&roots);
     Ok(FanotifyBackend {
@@ -113,6 +121,7 @@ pub fn open(scope: &Scope) -> Result<FanotifyBackend, String> {
         modifies,
         resolver,
         paired_renames,
+        queue,
     })
 }
 
@@ -142,6 +151,108 @@ fn ignore_own_state(group: &Fanotify, event: MaskFlags, dir: &Path) -> Result<()
     })
 }
 
+/// The setting that gives a new fanotify group the length of its queue (Linux 5.13 and later;
+/// before, every group holds 16,384 events).
+const MAX_QUEUED_EVENTS: &str = "/proc/sys/fs/fanotify/max_queued_events";
+
+/// The kernel's queue length raised for the groups made while this lives, and put back when it
+/// is dropped. The setting is the whole system's: it is held under an exclusive lock on it, so
+/// agents starting at once each put back what they found, and it is only ever raised.
+struct Raised {
+    /// The setting, locked, with the value to put back; `None` when it was left alone.
+    held: Option<(Flock<File>, u32)>,
+    /// The length the groups get.
+    length: Option<u32>,
+    /// Why it could not be raised.
+    why_not: Option<String>,
+}
+
+impl Raised {
+    fn to(wanted: u32) -> Raised {
+        let mut raised = Raised {
+            held: None,
+            length: None,
+            why_not: None,
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(MAX_QUEUED_EVENTS)
+        {
+            Ok(file) => file,
+            Err(error) => {
+                raised.why_not = Some(format!("cannot open {MAX_QUEUED_EVENTS}: {error}"));
+                return raised;
+            }
+        };
+        let file = match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(locked) => locked,
+            Err((_, errno)) => {
+                raised.why_not = Some(format!("cannot lock {MAX_QUEUED_EVENTS}: {}", errno.desc()));
+                return raised;
+            }
+        };
+        let found = match read_setting(&file) {
+            Ok(found) => found,
+            Err(error) => {
+                raised.why_not = Some(format!("cannot read {MAX_QUEUED_EVENTS}: {error}"));
+                return raised;
+            }
+        };
+        raised.length = Some(found);
+        if wanted <= found {
+            return raised;
+        }
+        match write_setting(&file, wanted) {
+            Ok(()) => {
+                raised.length = Some(wanted);
+                raised.held = Some((file, found));
+            }
+            Err(error) => {
+                raised.why_not = Some(format!("cannot raise {MAX_QUEUED_EVENTS}: {error}"));
+            }
+        }
+        raised
+    }
+
+    fn describe(&self) -> String {
+        let length = match self.length {
+            Some(length) => format!("kernel queues of {length} events"),
+            None => "kernel queues of the kernel's length".to_string(),
+        };
+        match &self.why_not {
+            Some(why) => format!("{length} ({why})"),
+            None => length,
+        }
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some((file, found)) = self.held.take()
+            && let Err(error) = write_setting(&file, found)
+        {
+            tracing::warn!("cannot put {MAX_QUEUED_EVENTS} back to {found}: {error}");
+        }
+    }
+}
+
+fn read_setting(mut file: &File) -> std::io::Result<u32> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    text.trim()
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("not a number: {:?}", text.trim())))
+}
+
+fn write_setting(mut file: &File, value: u32) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.write_all(format!("{value}\n").as_bytes())
+}
+
 fn mark_refused(root: &Path, errno: Errno) -> String {
     let why = match errno {
         Errno::EXDEV | Errno::EOPNOTSUPP | Errno::ENODEV => {
@@ -160,4 +271,43 @@ pub(super) fn filesystem_id(file: &File) -> nix::Result<[u8; FSID_LEN]> {
     // SAFETY: fsid_t is two c_ints with no padding, the same 8 bytes the kernel puts in the
     // fsid of an event's file handle record; reading them as bytes is a plain copy.
     Ok(unsafe { std::mem::transmute::<nix::sys::statfs::fsid_t, [u8; FSID_LEN]>(fsid) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The setting as it stands, read under the lock the agents take.
+    fn setting_now() -> u32 {
+        let file = File::open(MAX_QUEUED_EVENTS).unwrap();
+        let file = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        read_setting(&file).unwrap()
+    }
+
+    /// The kernel's queue length is raised while groups are made and put back after; a length
+    /// already long enough is left alone.
+    #[test]
+    fn the_queue_length_is_raised_while_held_and_put_back() {
+        if !nix::unistd::geteuid().is_root() || File::open(MAX_QUEUED_EVENTS).is_err() {
+            eprintln!("skipped: needs root and {MAX_QUEUED_EVENTS}");
+            return;
+        }
+        let before = setting_now();
+        let raised = Raised::to(before + 1000);
+        assert_eq!(
+            read_setting(&raised.held.as_ref().unwrap().0).unwrap(),
+            before + 1000
+        );
+        assert_eq!(
+            raised.describe(),
+            format!("kernel queues of {} events", before + 1000)
+        );
+        drop(raised);
+        assert_eq!(setting_now(), before);
+        let kept = Raised::to(before);
+        assert!(kept.held.is_none());
+        assert_eq!(kept.describe(), format!("kernel queues of {before} events"));
+    }
 }
