@@ -146,6 +146,8 @@ pub struct FilesSettings {
     pub scan_on_start: bool,
     pub scan_min_size: u64,
     pub queue_capacity: usize,
+    /// Read by the fanotify backend only, which exists on Linux alone.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub kernel_queue: u32,
     pub read_watch_min_size: u64,
     pub read_watch_max: usize,

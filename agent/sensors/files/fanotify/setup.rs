@@ -174,6 +174,10 @@ impl Raised {
             length: None,
             why_not: None,
         };
+        if wanted == 0 {
+            raised.why_not = Some("kernel_queue = 0".into());
+            return raised;
+        }
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
