@@ -292,46 +292,12 @@ fn long_path_of(dir: OwnedFd) -> Option<PathBuf> {
 
 /// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
 /// files; the second value says whether it was there.
-///
-/// Read into a buffer on the stack and copied out once: called for every close-after-write,
-/// where `std::fs::read_link`'s growing and shrinking of its own buffer cost the sensor thread
-/// more (a twentieth of its time in a burst) than the system call.
 pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
-    let mut link = [0u8; 32];
-    let name = {
-        use std::io::Write;
-        let mut cursor = std::io::Cursor::new(&mut link[..]);
-        write!(cursor, "/proc/self/fd/{}\0", fd.as_raw_fd()).ok()?;
-        let end = usize::try_from(cursor.position()).ok()?;
-        std::ffi::CStr::from_bytes_with_nul(&link[..end]).ok()?
-    };
-    let mut target = [0u8; libc::PATH_MAX as usize];
-    // SAFETY: `name` is a NUL-terminated string and `target` a writable buffer of the length
-    // given; readlink(2) writes at most that many bytes and returns how many it wrote.
-    let length = unsafe {
-        libc::readlink(
-            name.as_ptr(),
-            target.as_mut_ptr().cast::<libc::c_char>(),
-            target.len(),
-        )
-    };
-    let length = usize::try_from(length).ok()?;
-    let bytes = match target.get(..length) {
-        // A link that fills the buffer may have been cut: read it the long way.
-        Some(bytes) if length < target.len() => bytes,
-        _ => {
-            let read = std::fs::read_link(name.to_str().ok()?).ok()?;
-            return Some(split_deleted(read.as_os_str().as_bytes()));
-        }
-    };
-    Some(split_deleted(bytes))
-}
-
-/// A descriptor's path without the kernel's " (deleted)", and whether it was there.
-fn split_deleted(bytes: &[u8]) -> (PathBuf, bool) {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let bytes = link.as_os_str().as_bytes();
     match bytes.strip_suffix(b" (deleted)") {
-        Some(stripped) => (PathBuf::from(OsStr::from_bytes(stripped)), true),
-        None => (PathBuf::from(OsStr::from_bytes(bytes)), false),
+        Some(stripped) => Some((PathBuf::from(OsStr::from_bytes(stripped)), true)),
+        None => Some((link, false)),
     }
 }
 
