@@ -109,6 +109,7 @@ pub struct Ticket(u64);
 pub struct EventTx {
     tx: mpsc::Sender<Event>,
     host: Arc<str>,
+    #[cfg_attr(not(any(target_os = "linux", test)), allow(dead_code))]
     sensor: &'static str,
     drops: Arc<Drops>,
     tickets: Arc<Tickets>,
@@ -188,7 +189,9 @@ impl EventTx {
         self.tickets.clone()
     }
 
-    /// Counts events this sensor lost on its own side (a full internal queue).
+    /// Counts events this sensor lost on its own side (a full internal queue). Only Linux's
+    /// kernel sensors have such a queue.
+    #[cfg(any(target_os = "linux", test))]
     pub fn count_drop(&self, count: u64) {
         // A panic elsewhere while the map was held leaves plain counts: still counted.
         let mut map = self
@@ -255,12 +258,15 @@ impl<T> LossySender<T> {
     }
 }
 
-/// [`lossy`] for a sensor that hands over its events in batches: one push, and at most one
+/// A queue for a sensor that hands over its events in batches: one push, and at most one
 /// wake-up of the receiving task, per batch rather than per event. (A receiver on another thread
 /// that drains each event as it arrives would otherwise be woken again for the next one, and a
-/// wake-up across threads costs more than the event.) The capacity still counts events: a batch
-/// that does not fit is cut, and what is cut is counted as dropped.
-pub fn lossy_batches<T>(tx: &EventTx, capacity: usize) -> (BatchSender<T>, BatchReceiver<T>) {
+/// wake-up across threads costs more than the event.) The capacity counts events. Unlike
+/// [`lossy`], a full queue makes the sender wait, dropping nothing: it is for a sensor behind a
+/// kernel queue (fanotify, inotify), which then holds what comes, and whose own overflow, if it
+/// comes, is reported and followed by a rescan that recovers what the lost events would have
+/// said. A drop here would be followed by nothing.
+pub fn waiting_batches<T>(capacity: usize) -> (BatchSender<T>, BatchReceiver<T>) {
     let capacity = capacity.max(1);
     // No batch is empty, so batches never outnumber the events they hold.
     let (queue, rx) = mpsc::channel(capacity);
@@ -270,7 +276,6 @@ pub fn lossy_batches<T>(tx: &EventTx, capacity: usize) -> (BatchSender<T>, Batch
         queue,
         queued: queued.clone(),
         capacity,
-        tx: tx.clone(),
         spares: spares.clone(),
     };
     let receiver = BatchReceiver {
@@ -282,13 +287,12 @@ pub fn lossy_batches<T>(tx: &EventTx, capacity: usize) -> (BatchSender<T>, Batch
     (sender, receiver)
 }
 
-/// The sending end of [`lossy_batches`].
+/// The sending end of [`waiting_batches`].
 pub struct BatchSender<T> {
     /// Bounded in events by `queued` and `capacity`, and so in batches too.
     queue: mpsc::Sender<Vec<T>>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
-    tx: EventTx,
     spares: Spares<T>,
 }
 
@@ -311,53 +315,63 @@ impl<T> BatchSender<T> {
             .unwrap_or_default()
     }
 
-    /// Queues what fits of `batch` without waiting, in order; the rest is a counted drop. Fails
-    /// only once the receiving end is gone.
+    /// Queues `batch`, in order, waiting while the queue is full (a batch larger than the whole
+    /// queue goes in parts). Call it from a thread of the sensor's own, never from the runtime.
+    /// Fails only once the receiving end is gone.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the sensor's own thread waits for room, as the kernel's queue behind it does"
+    )]
     pub fn push(&self, mut batch: Vec<T>) -> Result<(), Closed> {
-        if self.queue.is_closed() {
-            return Err(Closed);
-        }
-        let wanted = batch.len();
-        if wanted == 0 {
-            return Ok(());
-        }
-        let mut queued = self.queued.load(Ordering::Acquire);
-        let room = loop {
-            let room = self.capacity.saturating_sub(queued).min(wanted);
-            match self.queued.compare_exchange_weak(
-                queued,
-                queued + room,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break room,
-                Err(now) => queued = now,
+        while !batch.is_empty() {
+            if self.queue.is_closed() {
+                return Err(Closed);
             }
-        };
-        if room < wanted {
-            batch.truncate(room);
-            self.tx.count_drop((wanted - room) as u64);
-        }
-        if room == 0 {
-            return Ok(());
-        }
-        match self.queue.try_send(batch) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Cannot happen while no batch is empty; counted all the same.
-                self.queued.fetch_sub(room, Ordering::AcqRel);
-                self.tx.count_drop(room as u64);
-                Ok(())
+            let queued = self.queued.load(Ordering::Acquire);
+            let room = self.capacity.saturating_sub(queued).min(batch.len());
+            if room == 0 {
+                std::thread::sleep(ROOM_WAIT);
+                continue;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued.fetch_sub(room, Ordering::AcqRel);
-                Err(Closed)
+            if self
+                .queued
+                .compare_exchange_weak(queued, queued + room, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
             }
+            let rest = if room < batch.len() {
+                batch.split_off(room)
+            } else {
+                Vec::new()
+            };
+            match self.queue.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    // Cannot happen while no batch is empty (batches never outnumber the events
+                    // the queue holds); the batch waits for room like any other.
+                    self.queued.fetch_sub(room, Ordering::AcqRel);
+                    let mut back = back;
+                    back.extend(rest);
+                    batch = back;
+                    std::thread::sleep(ROOM_WAIT);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.queued.fetch_sub(room, Ordering::AcqRel);
+                    return Err(Closed);
+                }
+            }
+            batch = rest;
         }
+        Ok(())
     }
 }
 
-/// The receiving end of [`lossy_batches`]: whole batches, or one item at a time.
+/// How long a sender waits before it looks for room in a full queue again.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The receiving end of [`waiting_batches`]: whole batches, or one item at a time.
 pub struct BatchReceiver<T> {
     rx: mpsc::Receiver<Vec<T>>,
     queued: Arc<AtomicUsize>,
@@ -572,37 +586,45 @@ mod tests {
         assert!(queue.push(5).is_err());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_batch_that_does_not_fit_is_cut_and_the_rest_counted() {
-        let (tx, mut spool) = channel("h");
-        let (queue, mut rx) = lossy_batches::<u32>(&tx.for_sensor("files"), 5);
+    /// A batch that does not fit waits for room and goes in parts, in order; nothing is
+    /// dropped; and a sender whose receiver is gone fails, even while it waits.
+    #[tokio::test]
+    async fn a_batch_that_does_not_fit_waits_and_goes_in_parts_in_order() {
+        let (queue, mut rx) = waiting_batches::<u32>(5);
         queue.push(vec![1, 2, 3]).unwrap();
-        queue.push(vec![4, 5, 6, 7]).unwrap();
-        // Full: nothing of this one is queued.
-        queue.push(vec![8]).unwrap();
+        let sender = std::thread::spawn(move || {
+            // Room for two: 4 and 5 go at once, 6 and 7 once a batch is taken.
+            queue.push(vec![4, 5, 6, 7]).unwrap();
+            queue
+        });
+        let queued = rx.queued.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::testing::wait_until("4 and 5 queued", Duration::from_secs(10), || {
+                queued.load(Ordering::Acquire) == 5
+            })
+        })
+        .await
+        .unwrap();
         let first = rx.recv_batch().await.unwrap();
         assert_eq!(first, vec![1, 2, 3]);
         // An emptied batch goes back to the sender for its next.
         rx.give_back(first);
+        assert_eq!(rx.recv_batch().await, Some(vec![4, 5]));
+        assert_eq!(rx.recv_batch().await, Some(vec![6, 7]));
+        let queue = tokio::task::spawn_blocking(move || sender.join().unwrap())
+            .await
+            .unwrap();
         let spare = queue.spare();
         assert!(spare.is_empty() && spare.capacity() >= 3);
         assert_eq!(queue.spare().capacity(), 0);
-        // Taking a batch makes room for as many events as it held.
-        queue.push(vec![9, 10, 11, 12]).unwrap();
-        assert_eq!(rx.recv().await, Some(4));
-        assert_eq!(rx.recv_batch().await, Some(vec![5]));
-        assert_eq!(rx.recv_batch().await, Some(vec![9, 10, 11]));
-        let _reporter = spawn_drop_reporter(tx.clone(), Duration::from_secs(1));
-        let report = spool.recv().await.unwrap();
-        match report.body {
-            Body::Sensor(s) => {
-                assert_eq!(s.count, 2 + 1 + 1);
-                assert_eq!(s.sensor, "files");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        // Full again, then the receiver goes: the waiting sender fails.
+        queue.push(vec![8, 9, 10, 11, 12]).unwrap();
+        let waiting = std::thread::spawn(move || queue.push(vec![13]));
         drop(rx);
-        assert!(queue.push(vec![13]).is_err());
+        let result = tokio::task::spawn_blocking(move || waiting.join().unwrap())
+            .await
+            .unwrap();
+        assert!(result.is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,7 +49,9 @@ pub struct FilesConfig {
     /// Default: 65536.
     pub scan_min_size: u64,
     /// Events buffered between the kernel reader and the spool. When the spool falls this far
-    /// behind, further events are dropped and reported in `sensor.overflow`. Default: 32768.
+    /// behind, the reader waits and the kernel's queue (`kernel_queue`) holds what comes; if that
+    /// overflows too, the kernel's loss is reported in `sensor.overflow` and followed by a
+    /// rescan. Default: 32768.
     pub queue_capacity: usize,
     /// Events each of the fanotify backend's three kernel queues holds while the agent is behind
     /// (a burst faster than it examines files); past it the kernel drops events, the agent reports

@@ -67,7 +67,7 @@ async fn spawn_with_table(
     processes: ProcessTable,
 ) -> Result<SensorHandle, FilesError> {
     let tx = tx.for_sensor(SENSOR);
-    let (out, rx) = pipeline::lossy_batches(&tx, config.queue_capacity);
+    let (out, rx) = pipeline::waiting_batches(config.queue_capacity);
     let stop = Stop::default();
     let thread_stop = stop.clone();
     let thread_tx = tx.clone();

@@ -599,8 +599,9 @@ impl Observer {
         }
     }
 
-    /// Hands an event to the forwarder without blocking the kernel reader; a full queue is a
-    /// counted drop.
+    /// Hands an event to the forwarder. While the queue to the spool is full the reader waits:
+    /// the kernel's queue holds what comes meanwhile, and its overflow, if it comes, is reported
+    /// and followed by a rescan. A drop here would be followed by nothing.
     pub fn emit(&mut self, body: impl Into<Body>) {
         self.send(Event::now(self.tx.host().to_string(), body));
     }

@@ -31,12 +31,18 @@ fn rig(name: &str, backend: &str) -> Rig {
 
 /// As [`rig`], with `prepare` run on the watched tree before the agent starts.
 fn rig_with(name: &str, backend: &str, prepare: impl FnOnce(&Path)) -> Rig {
-    rig_in(name, backend, None, prepare)
+    rig_in(name, backend, "", None, prepare)
 }
 
-/// As [`rig_with`], with the watched tree in `parent` (a filesystem of the test's own) rather than
-/// beside the collector and the agent's state.
-fn rig_in(name: &str, backend: &str, parent: Option<&Path>, prepare: impl FnOnce(&Path)) -> Rig {
+/// As [`rig_with`], watching a tree under `parent` (the temp dir by default), with `extra` lines
+/// in the agent's `[files]` section.
+fn rig_in(
+    name: &str,
+    backend: &str,
+    extra: &str,
+    parent: Option<&Path>,
+    prepare: impl FnOnce(&Path),
+) -> Rig {
     let tmp = tempfile::tempdir().unwrap();
     let watched = parent.unwrap_or(tmp.path()).join("exports");
     std::fs::create_dir(&watched).unwrap();
@@ -49,7 +55,7 @@ fn rig_in(name: &str, backend: &str, parent: Option<&Path>, prepare: impl FnOnce
     private_file(
         &config,
         &format!(
-            "[files]\nwatch = [{:?}]\nbackend = {backend:?}\n",
+            "[files]\nwatch = [{:?}]\nbackend = {backend:?}\n{extra}",
             watched.display().to_string()
         ),
     );
@@ -143,9 +149,12 @@ fn an_overflow_does_not_hide_the_delete_of_an_export(backend: &str) {
     // The flood happens on a filesystem of its own: the fanotify groups of other tests' agents
     // mark their whole filesystem, and its 160,000 events could overflow their queues too.
     let fs = Tmpfs::mount("256m");
+    // The kernel's own queue length: what overflows is the subject here, not how long the queue
+    // is, and the agent's longer one would take a debug build minutes to read before it.
     let rig = rig_in(
         &format!("overflow-{backend}"),
         backend,
+        "kernel_queue = 16384\n",
         Some(fs.path()),
         |_| {},
     );
@@ -160,8 +169,8 @@ fn an_overflow_does_not_hide_the_delete_of_an_export(backend: &str) {
     );
 
     // The flood's directory is watched before the agent is frozen (inotify watches directories
-    // one by one); then 160,000 mknods fill the kernel queue past its 131,072 events (inotify's:
-    // 16,384) and the export is deleted: that delete is lost in the kernel.
+    // one by one); then 160,000 mknods fill the kernel queue far past its 16,384 events and the
+    // export is deleted: that delete is lost in the kernel.
     let flood = rig.watched.join("flood");
     std::fs::create_dir(&flood).unwrap();
     let ready = flood.join("ready");
@@ -210,15 +219,21 @@ fn stored_creates(rig: &Rig, dir: &Path) -> u64 {
     .unwrap() as u64
 }
 
-/// A burst the agent cannot keep up with waits in its kernel queues: 40,000 files made while the
-/// agent is stopped, more than the kernel's default queue of 16,384 events, all arrive and
-/// nothing overflows.
+/// A burst the agent cannot keep up with waits, in its kernel queues and for its spool: 40,000
+/// files made while the agent is stopped, more than the kernel's default queue of 16,384 events,
+/// read by a sensor whose queue to the spool holds 64, all arrive and nothing overflows.
 #[test]
 fn a_burst_past_the_kernels_default_queue_waits_for_the_agent_fanotify() {
     const FILES: u64 = 40_000;
     // Its own filesystem, as for the flood above: other tests' agents mark theirs.
     let fs = Tmpfs::mount("64m");
-    let rig = rig_in("burst-queue", "fanotify", Some(fs.path()), |_| {});
+    let rig = rig_in(
+        "burst-queue",
+        "fanotify",
+        "queue_capacity = 64\n",
+        Some(fs.path()),
+        |_| {},
+    );
     let status = rig.wait_event("the file sensor's status", |e| {
         e["kind"] == "sensor.status" && e["sensor"] == "files"
     });
