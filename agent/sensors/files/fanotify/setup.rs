@@ -157,7 +157,8 @@ const MAX_QUEUED_EVENTS: &str = "/proc/sys/fs/fanotify/max_queued_events";
 
 /// The kernel's queue length raised for the groups made while this lives, and put back when it
 /// is dropped. The setting is the whole system's: it is held under an exclusive lock on it, so
-/// agents starting at once each put back what they found, and it is only ever raised.
+/// agents starting at once each put back what they found, and it is only ever raised. An agent
+/// killed between the two leaves it raised; the next one finds it long enough and leaves it.
 struct Raised {
     /// The setting, locked, with the value to put back; `None` when it was left alone.
     held: Option<(Flock<File>, u32)>,
