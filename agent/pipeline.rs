@@ -327,9 +327,12 @@ impl<T> BatchSender<T> {
             if self.queue.is_closed() {
                 return Err(Closed);
             }
+            // The whole batch, or as much as the whole queue holds: waiting for room for all of
+            // it keeps batches whole, where sending whatever room there is would make a stream
+            // of batches of one or two events, each a wake-up of its own.
             let queued = self.queued.load(Ordering::Acquire);
-            let room = self.capacity.saturating_sub(queued).min(batch.len());
-            if room == 0 {
+            let room = batch.len().min(self.capacity);
+            if self.capacity.saturating_sub(queued) < room {
                 std::thread::sleep(ROOM_WAIT);
                 continue;
             }
@@ -586,31 +589,27 @@ mod tests {
         assert!(queue.push(5).is_err());
     }
 
-    /// A batch that does not fit waits for room and goes in parts, in order; nothing is
-    /// dropped; and a sender whose receiver is gone fails, even while it waits.
+    /// A batch that does not fit waits for room for all of it; one larger than the whole queue
+    /// goes in parts of the queue's size; all in order, nothing dropped; and a sender whose
+    /// receiver is gone fails, even while it waits.
     #[tokio::test]
-    async fn a_batch_that_does_not_fit_waits_and_goes_in_parts_in_order() {
+    async fn a_batch_that_does_not_fit_waits_whole_and_a_larger_one_goes_in_parts() {
         let (queue, mut rx) = waiting_batches::<u32>(5);
         queue.push(vec![1, 2, 3]).unwrap();
         let sender = std::thread::spawn(move || {
-            // Room for two: 4 and 5 go at once, 6 and 7 once a batch is taken.
+            // Room for two: waits until 1, 2 and 3 are taken, then goes whole.
             queue.push(vec![4, 5, 6, 7]).unwrap();
+            // Larger than the queue: five, then the rest once those are taken.
+            queue.push((8..=14).collect()).unwrap();
             queue
         });
-        let queued = rx.queued.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::testing::wait_until("4 and 5 queued", Duration::from_secs(10), || {
-                queued.load(Ordering::Acquire) == 5
-            })
-        })
-        .await
-        .unwrap();
         let first = rx.recv_batch().await.unwrap();
         assert_eq!(first, vec![1, 2, 3]);
         // An emptied batch goes back to the sender for its next.
         rx.give_back(first);
-        assert_eq!(rx.recv_batch().await, Some(vec![4, 5]));
-        assert_eq!(rx.recv_batch().await, Some(vec![6, 7]));
+        assert_eq!(rx.recv_batch().await, Some(vec![4, 5, 6, 7]));
+        assert_eq!(rx.recv_batch().await, Some(vec![8, 9, 10, 11, 12]));
+        assert_eq!(rx.recv_batch().await, Some(vec![13, 14]));
         let queue = tokio::task::spawn_blocking(move || sender.join().unwrap())
             .await
             .unwrap();
