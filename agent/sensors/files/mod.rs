@@ -71,6 +71,10 @@ async fn spawn_with_table(
     let stop = Stop::default();
     let thread_stop = stop.clone();
     let thread_tx = tx.clone();
+    // Running before the start-up, which may already hand over events (its status, roots it
+    // cannot watch) and waits while the queue is full. Ends once the sensor's side is gone
+    // (the thread, or a start-up that failed) and its queue is empty.
+    let forwarder = tokio::spawn(forward(rx, tx));
     // Start-up walks the trees and talks to the kernel: blocking work kept off the runtime.
     let (backend, thread) =
         tokio::task::spawn_blocking(move || start(config, thread_tx, processes, out, thread_stop))
@@ -80,8 +84,7 @@ async fn spawn_with_table(
             })??;
     let mut handle = SensorHandle::new(SENSOR, backend, stop);
     handle.add_thread(thread);
-    // Ends once the thread is gone and its queue is empty.
-    handle.add_task(tokio::spawn(forward(rx, tx)));
+    handle.add_task(forwarder);
     Ok(handle)
 }
 

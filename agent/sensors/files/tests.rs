@@ -355,6 +355,38 @@ async fn a_full_sensor_queue_makes_the_reader_wait_and_drops_nothing() {
     assert!(spool.try_recv().is_err());
 }
 
+/// A start-up that hands over more events than the sensor's queue holds (its status, and an
+/// error for each root it cannot watch) ends: the queue is read from the start, so its wait for
+/// room ends too.
+#[tokio::test]
+async fn a_start_up_with_more_notices_than_the_queue_holds_ends() {
+    let (_guard, dir) = tempdir();
+    let config = FilesConfig {
+        watch: vec![
+            dir.clone(),
+            dir.join("gone1"),
+            dir.join("gone2"),
+            dir.join("gone3"),
+        ],
+        queue_capacity: 1,
+        backend: BackendChoice::Notify,
+        ..FilesConfig::default()
+    };
+    let (handle, mut rx) = timeout(WAIT, start(config))
+        .await
+        .expect("the start-up ends");
+    let (mut statuses, mut errors) = (0, 0);
+    while statuses < 1 || errors < 3 {
+        let event = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        match event.kind() {
+            "sensor.status" => statuses += 1,
+            "sensor.error" => errors += 1,
+            _ => {}
+        }
+    }
+    handle.stop().await;
+}
+
 /// A pid no Linux process can have (pids stay below `PID_MAX_LIMIT`, 2^22), so that only what a
 /// test tells the table is known about it.
 const UNBORN: u32 = (1 << 22) + 42;
