@@ -114,7 +114,6 @@ impl Proc {
         let lines = self.lines.clone();
         let name = self.name.clone();
         let mut exited = None;
-        let logged = self.lines.clone();
         let found = wait_for_explained(
             &format!("{name} to log {needle:?}"),
             timeout,
@@ -133,7 +132,7 @@ impl Proc {
             || {
                 format!(
                     "{name} logged so far:\n{}",
-                    logged.lock().unwrap().join("\n")
+                    lines.lock().unwrap().join("\n")
                 )
             },
         );

@@ -23,6 +23,8 @@ struct Rig {
     collector: Collector,
     watched: PathBuf,
     tmp: tempfile::TempDir,
+    /// The file sensor's `sensor.status`: its backend, queues and watched trees.
+    status: Value,
 }
 
 fn rig(name: &str, backend: &str) -> Rig {
@@ -60,21 +62,23 @@ fn rig_in(
         ),
     );
     let agent = Agent::start(&state, &["--config", config.to_str().unwrap()]);
-    let rig = Rig {
+    let mut rig = Rig {
         agent,
         collector,
         watched,
         tmp,
+        status: Value::Null,
     };
-    let status = rig.wait_event("the file sensor's status", |e| {
+    rig.status = rig.wait_event("the file sensor's status", |e| {
         e["kind"] == "sensor.status" && e["sensor"] == "files"
     });
     assert!(
-        status["message"]
+        rig.status["message"]
             .as_str()
             .unwrap()
             .starts_with(&format!("{backend}:")),
-        "{status}"
+        "{}",
+        rig.status
     );
     rig
 }
@@ -234,15 +238,13 @@ fn a_burst_past_the_kernels_default_queue_waits_for_the_agent_fanotify() {
         Some(fs.path()),
         |_| {},
     );
-    let status = rig.wait_event("the file sensor's status", |e| {
-        e["kind"] == "sensor.status" && e["sensor"] == "files"
-    });
     assert!(
-        status["message"]
+        rig.status["message"]
             .as_str()
             .unwrap()
             .contains("kernel queues of 131072 events"),
-        "{status}"
+        "{}",
+        rig.status
     );
     let burst = rig.watched.join("burst");
     std::fs::create_dir(&burst).unwrap();
