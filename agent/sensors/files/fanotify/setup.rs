@@ -190,10 +190,10 @@ impl Raised {
                 return raised;
             }
         };
-        let file = match Flock::lock(file, FlockArg::LockExclusive) {
+        let file = match lock_briefly(file) {
             Ok(locked) => locked,
-            Err((_, errno)) => {
-                raised.why_not = Some(format!("cannot lock {MAX_QUEUED_EVENTS}: {}", errno.desc()));
+            Err(why) => {
+                raised.why_not = Some(format!("cannot lock {MAX_QUEUED_EVENTS}: {why}"));
                 return raised;
             }
         };
@@ -238,6 +238,35 @@ impl Drop for Raised {
             && let Err(error) = write_setting(&file, found)
         {
             tracing::warn!("cannot put {MAX_QUEUED_EVENTS} back to {found}: {error}");
+        }
+    }
+}
+
+/// How long the agent tries for the lock on the setting before it makes its queues without
+/// raising it.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The setting, locked, or why not. Any local user may open the setting (it is world-readable)
+/// and hold a lock on it: waiting without end would let one stop the agent from starting, so
+/// the agent tries for [`LOCK_PATIENCE`] and then goes on with the kernel's length, saying why.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the sensor's start-up runs on a blocking thread, outside the runtime's clock"
+)]
+fn lock_briefly(file: File) -> Result<Flock<File>, String> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(format!("another process held it for {LOCK_PATIENCE:?}"));
+            }
+            Err((_, errno)) => return Err(errno.desc().to_string()),
         }
     }
 }
@@ -292,9 +321,10 @@ mod tests {
     }
 
     /// The kernel's queue length is raised while groups are made and put back after; a length
-    /// already long enough is left alone.
+    /// already long enough is left alone; a lock another process holds on the setting delays
+    /// the start by two seconds at most.
     #[test]
-    fn the_queue_length_is_raised_while_held_and_put_back() {
+    fn the_queue_length_is_raised_while_held_and_put_back_and_a_users_lock_cannot_stall_it() {
         if !nix::unistd::geteuid().is_root() || File::open(MAX_QUEUED_EVENTS).is_err() {
             eprintln!("skipped: needs root and {MAX_QUEUED_EVENTS}");
             return;
@@ -314,5 +344,21 @@ mod tests {
         let kept = Raised::to(before);
         assert!(kept.held.is_none());
         assert_eq!(kept.describe(), format!("kernel queues of {before} events"));
+        drop(kept);
+
+        // Anyone may open the setting read-only and hold a lock on it: the agent then goes on
+        // with the kernel's length, saying why, instead of waiting for it without end.
+        let holder = Flock::lock(File::open(MAX_QUEUED_EVENTS).unwrap(), FlockArg::LockShared)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let blocked = Raised::to(before + 1000);
+        assert!(blocked.held.is_none());
+        assert!(
+            blocked.describe().contains("another process held it"),
+            "{}",
+            blocked.describe()
+        );
+        drop(holder);
+        assert_eq!(setting_now(), before);
     }
 }
