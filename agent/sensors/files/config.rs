@@ -57,7 +57,7 @@ pub struct FilesConfig {
     /// (a burst faster than it examines files); past it the kernel drops events, the agent reports
     /// `sensor.overflow` and rescans. The kernel's own default is 16384; the agent raises
     /// `fs.fanotify.max_queued_events` while it makes its queues and puts it back, so only its
-    /// own queues are longer, and never lowers it. A queued event is kernel memory (some 100-300
+    /// own queues are longer, and never lowers it (nor waits more than 2 s for the setting's lock). A queued event is kernel memory (some 100-300
     /// bytes, and a close-after-write pins its file until read), spent only while the agent is
     /// behind. 0 keeps the kernel's setting. Default: 131072.
     pub kernel_queue: u32,
