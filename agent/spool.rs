@@ -82,8 +82,8 @@ struct Inner {
     /// succeeds. The running total is kept durably in [`LostFile`].
     lost: Lost,
     reserve: Reserve,
-    /// Bytes of events committed since the write-ahead log was last seen wholly moved into the
-    /// database file (see [`Inner::settle_wal`]).
+    /// Bytes committed to the write-ahead log (packed runs, about) since it was last seen wholly
+    /// moved into the database file (see [`Inner::settle_wal`]).
     unsettled: u64,
 }
 
@@ -350,12 +350,49 @@ const RUN_MAX_BYTES: usize = 64 * 1024;
 /// so it is kept well under [`RESERVE_BYTES`].
 const TXN_BYTES: u64 = 4 * 1024 * 1024;
 
-/// After this many bytes of events committed, the spool checkpoints itself rather than trusting
+/// After this many bytes written to the write-ahead log (packed runs and a page each, see
+/// [`ROW_OVERHEAD`]), the spool checkpoints itself rather than trusting
 /// SQLite's automatic checkpoint, whose failure (a disk that filled meanwhile) goes unseen.
 const SETTLE_BYTES: u64 = 512 * 1024;
 
-/// Prefix of each event in a run's blob: its length, little-endian.
+/// Prefix of each event in a run's events, and of a packed run: a length, little-endian.
 const LENGTH_PREFIX: usize = 4;
+
+/// The most bytes a run's events can take before packing: a run ends once it reaches
+/// [`RUN_MAX_BYTES`], so its last event takes it past that by at most one event.
+const RUN_MAX_PLAIN: usize = RUN_MAX_BYTES + LENGTH_PREFIX + bannin::proto::limits::MAX_EVENT_BYTES;
+
+/// What a row adds to the write-ahead log besides its packed events, counted towards
+/// [`SETTLE_BYTES`]: a page of the table's B-tree.
+const ROW_OVERHEAD: u64 = 4096;
+
+/// A run's length-prefixed events as the spool keeps them: compressed (LZ4's block format) behind
+/// their length before compression. A burst's events repeat the same process and ancestry, most
+/// of their bytes, so a packed run is a tenth of its events' size or less: a tenth to write to the
+/// log, checkpoint into the database file and read back.
+fn pack(plain: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(plain)
+}
+
+/// A run's length-prefixed events from its `events` column: unpacked when `packed` (runs written
+/// before packing are kept as they are). A packed run that does not unpack, or says it holds more
+/// than any run can, is corruption, found before anything is allocated for it.
+fn plain_events(blob: &[u8], packed: bool) -> Result<std::borrow::Cow<'_, [u8]>, SpoolError> {
+    if !packed {
+        return Ok(std::borrow::Cow::Borrowed(blob));
+    }
+    let corrupt = || SpoolError::Corrupt { key: "packed run" };
+    let (length, compressed) = blob.split_at_checked(LENGTH_PREFIX).ok_or_else(corrupt)?;
+    let length = u32::from_le_bytes(length.try_into().map_err(|_| corrupt())?) as usize;
+    if length > RUN_MAX_PLAIN {
+        return Err(corrupt());
+    }
+    let plain = lz4_flex::block::decompress(compressed, length).map_err(|_| corrupt())?;
+    if plain.len() != length {
+        return Err(corrupt());
+    }
+    Ok(std::borrow::Cow::Owned(plain))
+}
 
 /// The events of a run's blob, in order. A malformed blob is corruption: the spool's own format.
 fn unpack(blob: &[u8]) -> Result<Vec<&[u8]>, SpoolError> {
@@ -427,7 +464,7 @@ fn check_run(first: u64, prev: Hash, head: Hash, events: &[&[u8]]) -> Option<Str
 fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
     let row = conn
         .prepare_cached(
-            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events, packed FROM runs
              WHERE first_seq < ?1 ORDER BY first_seq DESC LIMIT 1",
         )?
         .query_row([at as i64], |r| {
@@ -437,15 +474,17 @@ fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })
         .optional()?;
-    let Some((first, last, prev, head, blob)) = row else {
+    let Some((first, last, prev, head, blob, packed)) = row else {
         return Ok(());
     };
     if last < at {
         return Ok(());
     }
+    let blob = plain_events(&blob, packed)?;
     let events = unpack(&blob)?;
     let before = usize::try_from(at - first).map_err(|_| SpoolError::Corrupt { key: "run" })?;
     if events.len() != (last - first + 1) as usize || before >= events.len() {
@@ -456,18 +495,19 @@ fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
     let cut = size_before + before * LENGTH_PREFIX;
     let size_after: usize = events[before..].iter().map(|e| e.len()).sum();
     conn.prepare_cached(
-        "UPDATE runs SET last_seq = ?2, head_hash = ?3, size = ?4, events = ?5 WHERE first_seq = ?1",
+        "UPDATE runs SET last_seq = ?2, head_hash = ?3, size = ?4, events = ?5, packed = 1
+         WHERE first_seq = ?1",
     )?
     .execute(params![
         first as i64,
         (at - 1) as i64,
         mid.as_slice(),
         size_before as i64,
-        &blob[..cut]
+        pack(&blob[..cut])
     ])?;
     conn.prepare_cached(
-        "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+        "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice, packed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 1)",
     )?
     .execute(params![
         at as i64,
@@ -475,7 +515,7 @@ fn split_at(conn: &Connection, at: u64) -> Result<(), SpoolError> {
         mid.as_slice(),
         head,
         size_after as i64,
-        &blob[cut..]
+        pack(&blob[cut..])
     ])?;
     Ok(())
 }
@@ -518,6 +558,8 @@ struct Appender {
     head: Hash,
     added_bytes: u64,
     added: u64,
+    /// What the rows written so far add to the write-ahead log, about (see [`ROW_OVERHEAD`]).
+    written_bytes: u64,
     run: Option<Pending>,
 }
 
@@ -564,13 +606,15 @@ impl Appender {
         let Some(run) = self.run.take() else {
             return Ok(());
         };
+        let packed = pack(&run.blob);
+        self.written_bytes += packed.len() as u64 + ROW_OVERHEAD;
         insert.execute(params![
             run.first_seq as i64,
             (self.next_seq - 1) as i64,
             run.prev.as_slice(),
             self.head.as_slice(),
             run.size as i64,
-            run.blob,
+            packed,
             notice
         ])?;
         Ok(())
@@ -612,6 +656,7 @@ impl Inner {
             head: inner.head,
             added_bytes: 0,
             added: 0,
+            written_bytes: 0,
             run: None,
         };
         let first_new = inner.next_seq;
@@ -634,8 +679,8 @@ impl Inner {
         }
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO runs (first_seq, last_seq, prev_hash, head_hash, size, events, notice, packed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1)",
             )?;
             for event in events.iter_mut() {
                 if chain.added_bytes >= TXN_BYTES {
@@ -733,9 +778,10 @@ impl Inner {
                 }
                 if let Some((first, need)) = partial {
                     // Enough of the row's oldest events to free `need` bytes, then the cut.
-                    let blob: Vec<u8> = tx
-                        .prepare_cached("SELECT events FROM runs WHERE first_seq = ?1")?
-                        .query_row([first as i64], |r| r.get(0))?;
+                    let (blob, packed): (Vec<u8>, bool) = tx
+                        .prepare_cached("SELECT events, packed FROM runs WHERE first_seq = ?1")?
+                        .query_row([first as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    let blob = plain_events(&blob, packed)?;
                     let mut taken = 0u64;
                     let mut count = 0u64;
                     for event in unpack(&blob)? {
@@ -780,16 +826,20 @@ impl Inner {
                 }
                 let mut copies = Vec::with_capacity(moving.len());
                 for (seq, _) in moving {
-                    let blob: Vec<u8> = tx
-                        .prepare_cached("SELECT events FROM runs WHERE first_seq = ?1")?
-                        .query_row([seq as i64], |r| r.get(0))?;
-                    let decoded = unpack(&blob)
+                    let (blob, packed): (Vec<u8>, bool) = tx
+                        .prepare_cached("SELECT events, packed FROM runs WHERE first_seq = ?1")?
+                        .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    let decoded = plain_events(&blob, packed)
                         .ok()
-                        .and_then(|events| match events.as_slice() {
-                            [one] => {
-                                Some(bannin::proto::decode_event(one).map_err(|e| e.to_string()))
-                            }
-                            _ => None,
+                        .and_then(|blob| {
+                            unpack(&blob)
+                                .ok()
+                                .and_then(|events| match events.as_slice() {
+                                    [one] => Some(
+                                        bannin::proto::decode_event(one).map_err(|e| e.to_string()),
+                                    ),
+                                    _ => None,
+                                })
                         })
                         .unwrap_or_else(|| Err("not a single event".to_string()));
                     match decoded {
@@ -879,12 +929,12 @@ impl Inner {
         for (count, first, last, why) in shed_reports {
             tracing::warn!(dropped = count, first, last, reason = %why, "spool full: dropped the oldest events");
         }
-        inner.unsettled += chain.added_bytes;
+        inner.unsettled += chain.written_bytes;
         inner.settle_wal();
         Ok((chain.next_seq - 1, taken))
     }
 
-    /// Checkpoints once [`SETTLE_BYTES`] of events were committed since the write-ahead log was
+    /// Checkpoints once [`SETTLE_BYTES`] were written to the write-ahead log since it was
     /// last moved wholly into the database file, so that what the log holds beyond that file
     /// stays within what the disk reserve can absorb. A checkpoint that fails for want of space
     /// (the disk filled since the commit) is a full-disk episode like a failed append: the
@@ -981,7 +1031,7 @@ impl Inner {
         });
         let mut damaged = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events, packed FROM runs
              WHERE last_seq >= ?1 AND first_seq <= ?2 ORDER BY first_seq",
         )?;
         let mut rows = stmt.query([first as i64, last as i64])?;
@@ -994,16 +1044,20 @@ impl Inner {
                     .and_then(|v| v.as_blob().ok())
                     .unwrap_or(&[])
             };
-            let verdict = match parse_run(run_first, run_last, blob(2), blob(3), blob(4)) {
+            let plain = plain_events(blob(4), row.get::<_, bool>(5)?);
+            let parsed = plain.and_then(|plain| {
+                let (prev, head, events) =
+                    parse_run(run_first, run_last, blob(2), blob(3), &plain)?;
+                Ok((prev, head, check_run(run_first, prev, head, &events)))
+            });
+            let verdict = match parsed {
                 Err(error) => Err(error.to_string()),
                 Ok((prev, _, _))
                     if before.is_some_and(|(seq, hash)| seq + 1 == run_first && hash != prev) =>
                 {
                     Err("its chain does not continue from the events before it".to_string())
                 }
-                Ok((prev, head, events)) => {
-                    check_run(run_first, prev, head, &events).map_or(Ok(head), Err)
-                }
+                Ok((_, head, checked)) => checked.map_or(Ok(head), Err),
             };
             match verdict {
                 Ok(head) => before = Some((run_last, head)),
@@ -1230,10 +1284,16 @@ impl Spool {
                  head_hash BLOB NOT NULL,
                  size INTEGER NOT NULL,
                  events BLOB NOT NULL,
-                 notice INTEGER NOT NULL DEFAULT 0
+                 notice INTEGER NOT NULL DEFAULT 0,
+                 packed INTEGER NOT NULL DEFAULT 0
              );",
         )
         .map_err(open)?;
+        // Runs written before packing keep their plain events.
+        if conn.prepare("SELECT packed FROM runs LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN packed INTEGER NOT NULL DEFAULT 0")
+                .map_err(open)?;
+        }
         from_rows_to_runs(&conn).map_err(open)?;
         convert_to_incremental_vacuum(&conn, &path);
         let meta = |key: &'static str| -> Result<Option<Vec<u8>>, SpoolError> {
@@ -1423,7 +1483,7 @@ impl Spool {
         // From the run holding `after_seq + 1` (normally the first left after the last
         // acknowledgement), in order.
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT first_seq, last_seq, prev_hash, head_hash, events FROM runs
+            "SELECT first_seq, last_seq, prev_hash, head_hash, events, packed FROM runs
              WHERE first_seq >= COALESCE((SELECT MAX(first_seq) FROM runs WHERE first_seq <= ?1), 0)
                AND last_seq > ?1
              ORDER BY first_seq",
@@ -1438,15 +1498,15 @@ impl Spool {
                     .as_blob()
                     .map_err(|_| SpoolError::Corrupt { key })
             };
-            let parsed = (|| {
-                parse_run(
-                    first,
-                    last,
-                    blob(2, "prev hash")?,
-                    blob(3, "hash")?,
-                    blob(4, "run events")?,
-                )
-            })();
+            let damaged = |error: SpoolError| SpoolError::DamagedRun {
+                first,
+                last,
+                detail: error.to_string(),
+            };
+            let plain =
+                plain_events(blob(4, "run events")?, row.get::<_, bool>(5)?).map_err(damaged)?;
+            let parsed =
+                (|| parse_run(first, last, blob(2, "prev hash")?, blob(3, "hash")?, &plain))();
             let (prev, head, events) = parsed.map_err(|error| SpoolError::DamagedRun {
                 first,
                 last,
@@ -1948,21 +2008,30 @@ mod tests {
         spool
             .append(&mut (0..3).map(event).collect::<Vec<_>>())
             .unwrap();
+        // Packed runs whose events, once unpacked, are framed wrongly.
+        let framed =
+            |plain: &[u8]| format!("UPDATE runs SET events = X'{}'", hex::encode(pack(plain)));
         for damage in [
-            // A length beyond the blob's end.
-            "UPDATE runs SET events = X'ff00000001'",
-            // A length prefix cut short.
-            "UPDATE runs SET events = X'0100'",
+            // Packing that says it holds more than any run can.
+            "UPDATE runs SET events = X'ff00000001'".to_string(),
+            // A packing's length prefix cut short.
+            "UPDATE runs SET events = X'0100'".to_string(),
+            // Packed bytes that do not unpack to the length they claim.
+            "UPDATE runs SET events = X'0100000041'".to_string(),
+            // An event's length beyond the run's end.
+            framed(b"\xff\x00\x00\x01"),
+            // An event's length prefix cut short.
+            framed(b"\x01\x00"),
             // One event fewer than the run's sequence numbers say.
-            "UPDATE runs SET events = X'0100000041'",
-            "UPDATE runs SET head_hash = X'00'",
+            framed(b"\x01\x00\x00\x00\x41"),
+            "UPDATE runs SET head_hash = X'00'".to_string(),
         ] {
             let saved: Vec<u8> = spool
                 .lock()
                 .conn
                 .query_row("SELECT events FROM runs", [], |r| r.get(0))
                 .unwrap();
-            spool.lock().conn.execute_batch(damage).unwrap();
+            spool.lock().conn.execute_batch(&damage).unwrap();
             let error = spool.read_batch(0, 100, 1 << 20).unwrap_err();
             assert_eq!(Failure::of(&error), Failure::Corrupt, "{damage}: {error}");
             spool
@@ -2044,17 +2113,18 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        let mut events: Vec<Vec<u8>> = unpack(&blob)
+        let mut events: Vec<Vec<u8>> = unpack(&plain_events(&blob, true).unwrap())
             .unwrap()
             .into_iter()
             .map(<[u8]>::to_vec)
             .collect();
         events[0] = vec![0xff; events[0].len()];
-        let mut packed = Vec::new();
+        let mut plain = Vec::new();
         for e in &events {
-            packed.extend_from_slice(&(e.len() as u32).to_le_bytes());
-            packed.extend_from_slice(e);
+            plain.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            plain.extend_from_slice(e);
         }
+        let packed = pack(&plain);
         let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
         let head = link_all(chain::to_hash(&prev, "prev").unwrap(), 41, &slices);
         conn.execute(
@@ -2280,6 +2350,94 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         assert_eq!(spool.stats().events, 4);
+    }
+
+    /// A spool written before runs were packed (no `packed` column, plain events) opens with its
+    /// events, which read, cut and chain as before, beside the packed runs added after.
+    #[test]
+    fn a_spool_of_plain_runs_opens_with_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE runs (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,
+                                prev_hash BLOB NOT NULL, head_hash BLOB NOT NULL,
+                                size INTEGER NOT NULL, events BLOB NOT NULL,
+                                notice INTEGER NOT NULL DEFAULT 0);",
+        )
+        .unwrap();
+        let mut head = GENESIS;
+        for (first, last) in [(1u64, 3u64), (4, 5)] {
+            let prev = head;
+            let (mut plain, mut size) = (Vec::new(), 0);
+            for seq in first..=last {
+                let mut old = event(seq as usize);
+                old.seq = seq;
+                let bytes = bannin::proto::encode_event(&old);
+                head = chain::link(&head, seq, &bytes);
+                plain.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                plain.extend_from_slice(&bytes);
+                size += bytes.len();
+            }
+            conn.execute(
+                "INSERT INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    first as i64,
+                    last as i64,
+                    prev.as_slice(),
+                    head.as_slice(),
+                    size as i64,
+                    plain
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO meta VALUES ('next_seq', ?1), ('head', ?2)",
+            params![6u64.to_be_bytes().as_slice(), head.as_slice()],
+        )
+        .unwrap();
+        drop(conn);
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        assert_eq!(spool.stats().events, 5);
+        assert_eq!(spool.append(&mut [event(6)]).unwrap(), 6);
+        // Batches of two cut the plain runs; what they leave is packed.
+        assert_eq!(read_all_checked(&spool, 0, 2), (1..=6).collect::<Vec<_>>());
+        spool.ack(2).unwrap();
+        assert_eq!(read_all_checked(&spool, 2, 10), (3..=6).collect::<Vec<_>>());
+        let packed: Vec<bool> = spool
+            .lock()
+            .conn
+            .prepare("SELECT packed FROM runs ORDER BY first_seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(packed, vec![true, false, true], "3 (cut), 4..=5, 6");
+    }
+
+    /// Events that repeat the same bytes, as a burst's do (its process and ancestry), take a
+    /// small part of their size in the spool's file.
+    #[test]
+    fn a_run_of_like_events_is_packed_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        let mut events: Vec<Event> = (0..200).map(large_event).collect();
+        spool.append(&mut events).unwrap();
+        let (size, stored): (i64, i64) = spool
+            .lock()
+            .conn
+            .query_row("SELECT SUM(size), SUM(length(events)) FROM runs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert!(size > 100_000, "{size}");
+        assert!(stored * 5 < size, "{stored} bytes stored for {size}");
+        assert_eq!(
+            read_all_checked(&spool, 0, 1000),
+            (1..=200).collect::<Vec<_>>()
+        );
     }
 
     #[test]
