@@ -85,6 +85,8 @@ struct Inner {
     /// Bytes committed to the write-ahead log (packed runs, about) since it was last seen wholly
     /// moved into the database file (see [`Inner::settle_wal`]).
     unsettled: u64,
+    /// The encoding of the last file event's process, for the next event that shares it.
+    process_bytes: bannin::proto::ProcessBytes,
 }
 
 /// The count of events lost before they reached the spool.
@@ -561,6 +563,7 @@ struct Appender {
     /// What the rows written so far add to the write-ahead log, about (see [`ROW_OVERHEAD`]).
     written_bytes: u64,
     run: Option<Pending>,
+    process_bytes: bannin::proto::ProcessBytes,
 }
 
 impl Appender {
@@ -575,7 +578,7 @@ impl Appender {
         }
         event.seq = self.next_seq;
         // The collector refuses events beyond the shared bounds; cut them here so none is stuck.
-        let bytes = bannin::proto::fit_and_encode(event);
+        let bytes = bannin::proto::fit_and_encode_with(event, &mut self.process_bytes);
         let run = self.run.get_or_insert_with(|| Pending {
             first_seq: self.next_seq,
             prev: self.head,
@@ -658,6 +661,7 @@ impl Inner {
             added: 0,
             written_bytes: 0,
             run: None,
+            process_bytes: std::mem::take(&mut inner.process_bytes),
         };
         let first_new = inner.next_seq;
         let mut taken = 0;
@@ -912,6 +916,7 @@ impl Inner {
             meta("lost_reported", &inner.lost.total.to_be_bytes())?;
         }
         tx.commit()?;
+        inner.process_bytes = chain.process_bytes;
         inner.next_seq = chain.next_seq;
         inner.head = chain.head;
         inner.bytes = (inner.bytes + chain.added_bytes).saturating_sub(freed_bytes);
@@ -1346,6 +1351,7 @@ impl Spool {
                 sending_through: 0,
                 lost,
                 unsettled: 0,
+                process_bytes: Default::default(),
                 reserve: {
                     let mut reserve = Reserve {
                         path: state_dir.join(RESERVE_FILE),

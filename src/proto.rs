@@ -310,14 +310,69 @@ fn fit_part(part: Part<'_>, max_string: usize, cut: &mut bool) {
 /// The bytes that are hashed, sent and stored for `event`, cut to the shared bounds first if it
 /// exceeds them ([`fit`]). An event within them (nearly all) is encoded once.
 pub fn fit_and_encode(event: &mut Event) -> Vec<u8> {
+    fit_and_encode_with(event, &mut ProcessBytes::default())
+}
+
+/// [`fit_and_encode`] for a stream of events, with the encoding of the last file event's process
+/// kept in `cache` for the next.
+pub fn fit_and_encode_with(event: &mut Event, cache: &mut ProcessBytes) -> Vec<u8> {
     if check_bounds(event).is_ok() {
-        let bytes = encode_event(event);
+        let bytes = cache.encode(event);
         if bytes.len() <= limits::MAX_EVENT_BYTES {
             return bytes;
         }
     }
     fit(event);
     encode_event(event)
+}
+
+/// The encoded form of the process the last file event carried. A burst's file events share one
+/// process (the same `Arc`, ancestry and all, most of each event's bytes): its encoding is then
+/// copied in, not converted and encoded again for each event.
+#[derive(Default)]
+pub struct ProcessBytes {
+    /// The process, held so that its allocation is not reused by another while it is compared
+    /// by address, and its bytes (`ProcessInfo`, field 9 of `FileEvent`, without tag or length).
+    last: Option<(Arc<ProcessInfo>, Vec<u8>)>,
+}
+
+impl ProcessBytes {
+    /// The same bytes as [`encode_event`] gives, but for where a file event's process sits among
+    /// its fields (last): protobuf readers take fields in any order, and the chain hashes the
+    /// bytes as they are.
+    fn encode(&mut self, event: &Event) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let Body::File(FileEvent {
+            process: Some(process),
+            ..
+        }) = &event.body
+        else {
+            return encode_event(event);
+        };
+        let hit = matches!(&self.last, Some((last, _)) if Arc::ptr_eq(last, process));
+        if !hit {
+            let bytes = process_to_pb(process).encode_to_vec();
+            self.last = Some((Arc::clone(process), bytes));
+        }
+        let process_bytes = self.last.as_ref().map_or(&[][..], |(_, bytes)| bytes);
+        let mut head = to_pb_with(event, false);
+        let Some(pb::event::Body::File(file)) = head.body.take() else {
+            return encode_event(event);
+        };
+        let process_len = key_len(9) + encoded_len_varint(process_bytes.len() as u64);
+        let file_len = file.encoded_len() + process_len + process_bytes.len();
+        let mut bytes = Vec::with_capacity(
+            head.encoded_len() + key_len(10) + encoded_len_varint(file_len as u64) + file_len,
+        );
+        head.encode_raw(&mut bytes);
+        encode_key(10, WireType::LengthDelimited, &mut bytes);
+        encode_varint(file_len as u64, &mut bytes);
+        file.encode_raw(&mut bytes);
+        encode_key(9, WireType::LengthDelimited, &mut bytes);
+        encode_varint(process_bytes.len() as u64, &mut bytes);
+        bytes.extend_from_slice(process_bytes);
+        bytes
+    }
 }
 
 /// About how many bytes a decoded event occupies, so a batch's decoded size can be budgeted.
@@ -448,6 +503,11 @@ fn export_from_pb(e: pb::ExportInfo) -> ExportInfo {
 }
 
 pub fn to_pb(event: &Event) -> pb::Event {
+    to_pb_with(event, true)
+}
+
+/// [`to_pb`], leaving a file event's process out unless `file_process`.
+fn to_pb_with(event: &Event, file_process: bool) -> pb::Event {
     use pb::event::Body as B;
     let body = match &event.body {
         Body::File(f) => B::File(pb::FileEvent {
@@ -465,7 +525,11 @@ pub fn to_pb(event: &Event) -> pb::Event {
             mode: f.mode,
             owner_uid: f.owner_uid,
             owner: f.owner.clone(),
-            process: f.process.as_deref().map(process_to_pb),
+            process: f
+                .process
+                .as_deref()
+                .filter(|_| file_process)
+                .map(process_to_pb),
             backend: f.backend.clone(),
             incomplete: f.incomplete,
             export: f.export.as_ref().map(export_to_pb),
@@ -713,6 +777,64 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events encoded in a stream, the process of each file event copied from the last one's
+    /// encoding where it is the same, decode exactly as when each is encoded alone; a process
+    /// that is not the same (another allocation, even with the same pid) is encoded anew.
+    #[test]
+    fn a_stream_of_file_events_encodes_as_each_alone() {
+        let process = |cmdline: &str| {
+            Arc::new(ProcessInfo {
+                pid: 7,
+                ppid: Some(1),
+                exe: "/usr/bin/perl".into(),
+                cmdline: cmdline.into(),
+                user: "alice".into(),
+                uid: Some(1000),
+                ancestry: Ancestry::from(vec![Ancestor {
+                    pid: 1,
+                    exe: "/sbin/init".into(),
+                    cmdline: "init splash".into(),
+                    user: "root".into(),
+                }]),
+            })
+        };
+        let (perl, other) = (process("perl -e burst"), process("perl -e other"));
+        let file = |n: u32, process: Option<&Arc<ProcessInfo>>| {
+            let mut file = FileEvent::new(FileAction::Create, format!("/w/f{n}"), "fanotify");
+            file.size = Some(u64::from(n));
+            file.owner = Some("alice".into());
+            file.links_left = Some(2);
+            file.process = process.cloned();
+            let mut event = Event::now("h", file);
+            event.seq = u64::from(n) + 1;
+            event
+        };
+        let mut events = vec![
+            file(0, Some(&perl)),
+            file(1, Some(&perl)),
+            Event::now("h", AgentEvent::new(AgentAction::Heartbeat)),
+            file(2, Some(&perl)),
+            file(3, Some(&other)),
+            file(4, None),
+            file(5, Some(&perl)),
+        ];
+        let mut cache = ProcessBytes::default();
+        for event in &mut events {
+            let alone = encode_event(event);
+            let streamed = fit_and_encode_with(event, &mut cache);
+            assert_eq!(streamed.len(), alone.len());
+            assert_eq!(
+                decode_event(&streamed).unwrap(),
+                decode_event(&alone).unwrap()
+            );
+        }
+        let decoded = decode_event(&fit_and_encode_with(&mut events[4], &mut cache)).unwrap();
+        let Body::File(decoded) = decoded.body else {
+            panic!("not a file event")
+        };
+        assert_eq!(decoded.process.unwrap().cmdline, "perl -e other");
+    }
 
     #[test]
     fn every_kind_round_trips_through_the_wire_form() {
