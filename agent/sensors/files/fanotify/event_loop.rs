@@ -2,24 +2,27 @@
 //! to the observer until the sensor stops.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bannin::event::FileAction;
 use nix::errno::Errno;
 use nix::libc;
-use nix::sys::fanotify::{Fanotify, MaskFlags};
+use nix::sys::fanotify::Fanotify;
 
 use super::reads::{ReadGroup, ReadWatch};
-use super::record::{Handle, NameEvent, parse_names_into};
-use super::resolve::{Resolver, path_of_file};
+use super::record::{self, Handle, NameEvent, parse_names_into};
+use super::resolve::{Resolver, own_event_fd, path_of_file};
 use super::setup::FanotifyBackend;
 use crate::sensors::Stop;
 use crate::sensors::files::observe::{Observer, Seen};
 
 /// Bytes per read of the `names` group; many events per system call under load.
 const READ_BUFFER: usize = 64 * 1024;
+/// What one read of the `writes` group takes: a descriptor an event, so it bounds how many are open
+/// at once (170 events of 24 bytes).
+const WRITES_BUFFER: usize = 4096;
 /// Reads per round, so a flood cannot starve the stop flag or the `writes` group.
 const READS_PER_ROUND: usize = 16;
 /// With work due that new events do not bring (a lone move to settle, a rescan owed), how long a
@@ -87,6 +90,14 @@ impl PendingWrites {
     }
 }
 
+/// What [`Loop::drain_writes`] reads into, kept from read to read.
+#[derive(Default)]
+struct WriteRecords {
+    parsed: Vec<record::FdEvent>,
+    /// Each event's mask, descriptor and pid.
+    owned: Vec<(u64, Option<OwnedFd>, i32)>,
+}
+
 struct Loop {
     observer: Observer,
     resolver: Resolver,
@@ -97,6 +108,7 @@ struct Loop {
     /// Writes to files whose path the kernel could not print, by inode, until this batch's
     /// names events say where they are.
     unresolved_writes: Vec<(u64, Option<u32>)>,
+    write_records: WriteRecords,
     /// Writes to files that could be neither named nor examined, reported as one error.
     unnamed_writes: u64,
     /// The exports watched for reads, when the reads group could be opened.
@@ -129,6 +141,7 @@ pub fn run(
         pending_writes: PendingWrites::default(),
         moved_from: None,
         unresolved_writes: Vec::new(),
+        write_records: Default::default(),
         unnamed_writes: 0,
         reads: reads.map(|(group, max)| ReadWatch::new(group, max)),
         modified: Vec::new(),
@@ -293,12 +306,19 @@ impl Loop {
     }
 
     /// Reads every queued close-after-write and examines each file through the descriptor the
-    /// event carries, closing it straight after so a flood cannot exhaust descriptors.
+    /// event carries, closing it straight after so a flood cannot exhaust descriptors. Each
+    /// read takes at most [`WRITES_BUFFER`] bytes of events, and with them as many descriptors.
     fn drain_writes(&mut self, writes: &Fanotify) {
+        let mut buf = [0u8; WRITES_BUFFER];
+        // Kept from round to round, like the names' (see `parse_names_into`).
+        let WriteRecords {
+            parsed: mut records,
+            owned: mut events,
+        } = std::mem::take(&mut self.write_records);
         for _ in 0..READS_PER_ROUND * 16 {
-            let events = match writes.read_events() {
-                Ok(events) if events.is_empty() => break,
-                Ok(events) => events,
+            match nix::unistd::read(writes, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => record::parse_fds_into(&buf[..n], &mut records),
                 Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
@@ -309,21 +329,27 @@ impl Loop {
                     break;
                 }
             };
-            for event in events {
-                if event.mask().contains(MaskFlags::FAN_Q_OVERFLOW) {
+            // Every descriptor first, so each is closed whatever becomes of its event.
+            events.extend(
+                records
+                    .drain(..)
+                    .map(|event| (event.mask, own_event_fd(event.fd), event.pid)),
+            );
+            for (mask, fd, pid) in events.drain(..) {
+                if mask & libc::FAN_Q_OVERFLOW != 0 {
                     self.overflow();
                     continue;
                 }
-                let Some(pid) = self.pid(event.pid()) else {
+                let Some(pid) = self.pid(pid) else {
                     continue;
                 };
-                let Some(fd) = event.fd() else {
+                let Some(fd) = fd else {
                     continue;
                 };
                 let Some((path, _deleted)) = path_of_file(&fd.as_raw_fd()) else {
                     // Too deep for the kernel to print: named by its inode once this batch's
                     // creates and renames are in, or reported as an error, never dropped.
-                    match nix::sys::stat::fstat(fd) {
+                    match nix::sys::stat::fstat(&fd) {
                         Ok(stat) => self.unresolved_writes.push((stat.st_ino, pid)),
                         Err(_) => self.unnamed_writes += 1,
                     }
@@ -332,10 +358,14 @@ impl Loop {
                 if !self.observer.scope().contains(&path) {
                     continue;
                 }
-                let seen = self.observer.examine_file(&path, fd);
+                let seen = self.observer.examine_file(&path, fd.as_fd());
                 self.pending_writes.push(Written { path, pid, seen });
             }
         }
+        self.write_records = WriteRecords {
+            parsed: records,
+            owned: events,
+        };
     }
 
     /// Reads the queued modifications and reports each remembered file that shrank (a

@@ -44,6 +44,35 @@ fn read_u64(buf: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(buf.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// One event of a group that reports descriptors (`writes`): its mask, the descriptor the kernel
+/// opened for it (`FAN_NOFD`, -1, for an overflow) and the pid that acted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FdEvent {
+    pub(super) mask: u64,
+    pub(super) fd: i32,
+    pub(super) pid: i32,
+}
+
+/// Parses what one read of a group that reports descriptors returned, appending to `events` (a
+/// list kept from read to read: see [`parse_names_into`]). Every descriptor the buffer holds is
+/// in the list, so the caller can take ownership of each, whatever it then does with the event.
+pub(super) fn parse_fds_into(buf: &[u8], events: &mut Vec<FdEvent>) {
+    let mut offset = 0;
+    while let (Some(event_len), Some(mask), Some(fd), Some(pid)) = (
+        read_u32(buf, offset),
+        read_u64(buf, offset + 8),
+        read_i32(buf, offset + 16),
+        read_i32(buf, offset + 20),
+    ) {
+        let event_len = event_len as usize;
+        if event_len < METADATA_LEN || offset + event_len > buf.len() {
+            break;
+        }
+        events.push(FdEvent { mask, fd, pid });
+        offset += event_len;
+    }
+}
+
 /// Parses what one read of a `FAN_REPORT_DFID_NAME | FAN_REPORT_FID` group returned: event
 /// metadata, each followed by its information records. Parsed from bytes, so a short or odd
 /// buffer ends the parse instead of reading past it.
@@ -155,6 +184,49 @@ mod tests {
         buf.extend_from_slice(&pid.to_ne_bytes());
         buf.extend_from_slice(&info);
         buf
+    }
+
+    /// A `writes` read: each event's mask, descriptor and pid, the overflow's `FAN_NOFD` too,
+    /// appended to what the list held; a record cut short by the buffer's end ends the parse.
+    #[test]
+    fn parses_descriptor_events_up_to_a_cut_record() {
+        let with_fd = |mask: u64, fd: i32, pid: i32| {
+            let mut buf = event(mask, pid, &[]);
+            buf[16..20].copy_from_slice(&fd.to_ne_bytes());
+            buf
+        };
+        let mut buf = with_fd(libc::FAN_CLOSE_WRITE, 7, 42);
+        buf.extend(event(libc::FAN_Q_OVERFLOW, 0, &[]));
+        buf.extend(with_fd(libc::FAN_CLOSE_WRITE, 9, 43));
+        buf.extend(&with_fd(libc::FAN_CLOSE_WRITE, 11, 44)[..20]);
+        let kept = FdEvent {
+            mask: 0,
+            fd: 3,
+            pid: 1,
+        };
+        let mut events = vec![kept];
+        parse_fds_into(&buf, &mut events);
+        assert_eq!(
+            events,
+            vec![
+                kept,
+                FdEvent {
+                    mask: libc::FAN_CLOSE_WRITE,
+                    fd: 7,
+                    pid: 42
+                },
+                FdEvent {
+                    mask: libc::FAN_Q_OVERFLOW,
+                    fd: libc::FAN_NOFD,
+                    pid: 0
+                },
+                FdEvent {
+                    mask: libc::FAN_CLOSE_WRITE,
+                    fd: 9,
+                    pid: 43
+                },
+            ]
+        );
     }
 
     #[test]

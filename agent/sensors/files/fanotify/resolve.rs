@@ -290,6 +290,14 @@ fn long_path_of(dir: OwnedFd) -> Option<PathBuf> {
     None
 }
 
+/// Takes ownership of the descriptor one event of a `writes` read carries (none for
+/// `FAN_NOFD`), so that it is closed whatever becomes of the event.
+pub(super) fn own_event_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: a non-negative descriptor in an event just read is one the kernel installed in
+    // this process's table for that event, which nothing else owns; each is taken once.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
 /// files; the second value says whether it was there.
 pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
