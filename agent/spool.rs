@@ -577,21 +577,24 @@ impl Appender {
             self.flush(insert, false)?;
         }
         event.seq = self.next_seq;
-        // The collector refuses events beyond the shared bounds; cut them here so none is stuck.
-        let bytes = bannin::proto::fit_and_encode_with(event, &mut self.process_bytes);
         let run = self.run.get_or_insert_with(|| Pending {
             first_seq: self.next_seq,
             prev: self.head,
             size: 0,
-            blob: Vec::with_capacity(RUN_MAX_BYTES.min(bytes.len() * 64)),
+            blob: Vec::with_capacity(RUN_MAX_BYTES + RUN_MAX_BYTES / 8),
         });
-        run.blob
-            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        run.blob.extend_from_slice(&bytes);
-        run.size += bytes.len() as u64;
+        // Encoded straight into the run, behind its length once that is known. The collector
+        // refuses events beyond the shared bounds; they are cut here so none is stuck.
+        let at = run.blob.len();
+        run.blob.extend_from_slice(&[0; LENGTH_PREFIX]);
+        bannin::proto::fit_and_encode_into(event, &mut self.process_bytes, &mut run.blob);
+        let bytes = &run.blob[at + LENGTH_PREFIX..];
+        let length = bytes.len();
+        self.head = chain::link(&self.head, self.next_seq, bytes);
+        run.blob[at..at + LENGTH_PREFIX].copy_from_slice(&(length as u32).to_le_bytes());
+        run.size += length as u64;
         let full = run.blob.len() >= RUN_MAX_BYTES;
-        self.head = chain::link(&self.head, self.next_seq, &bytes);
-        self.added_bytes += bytes.len() as u64;
+        self.added_bytes += length as u64;
         self.added += 1;
         self.next_seq += 1;
         if notice || full {

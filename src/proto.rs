@@ -310,20 +310,24 @@ fn fit_part(part: Part<'_>, max_string: usize, cut: &mut bool) {
 /// The bytes that are hashed, sent and stored for `event`, cut to the shared bounds first if it
 /// exceeds them ([`fit`]). An event within them (nearly all) is encoded once.
 pub fn fit_and_encode(event: &mut Event) -> Vec<u8> {
-    fit_and_encode_with(event, &mut ProcessBytes::default())
+    let mut bytes = Vec::new();
+    fit_and_encode_into(event, &mut ProcessBytes::default(), &mut bytes);
+    bytes
 }
 
-/// [`fit_and_encode`] for a stream of events, with the encoding of the last file event's process
-/// kept in `cache` for the next.
-pub fn fit_and_encode_with(event: &mut Event, cache: &mut ProcessBytes) -> Vec<u8> {
+/// [`fit_and_encode`] for a stream of events, appending the bytes to `out`, with the encoding of
+/// the last file event's process kept in `cache` for the next.
+pub fn fit_and_encode_into(event: &mut Event, cache: &mut ProcessBytes, out: &mut Vec<u8>) {
+    let start = out.len();
     if check_bounds(event).is_ok() {
-        let bytes = cache.encode(event);
-        if bytes.len() <= limits::MAX_EVENT_BYTES {
-            return bytes;
+        cache.encode_into(event, out);
+        if out.len() - start <= limits::MAX_EVENT_BYTES {
+            return;
         }
+        out.truncate(start);
     }
     fit(event);
-    encode_event(event)
+    to_pb(event).encode_raw(out);
 }
 
 /// The encoded form of the process the last file event carried. A burst's file events share one
@@ -337,17 +341,17 @@ pub struct ProcessBytes {
 }
 
 impl ProcessBytes {
-    /// The same bytes as [`encode_event`] gives, but for where a file event's process sits among
-    /// its fields (last): protobuf readers take fields in any order, and the chain hashes the
-    /// bytes as they are.
-    fn encode(&mut self, event: &Event) -> Vec<u8> {
+    /// Appends to `out` the same bytes as [`encode_event`] gives, but for where a file event's
+    /// process sits among its fields (last): protobuf readers take fields in any order, and the
+    /// chain hashes the bytes as they are.
+    fn encode_into(&mut self, event: &Event, out: &mut Vec<u8>) {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
         let Body::File(FileEvent {
             process: Some(process),
             ..
         }) = &event.body
         else {
-            return encode_event(event);
+            return to_pb(event).encode_raw(out);
         };
         let hit = matches!(&self.last, Some((last, _)) if Arc::ptr_eq(last, process));
         if !hit {
@@ -357,21 +361,20 @@ impl ProcessBytes {
         let process_bytes = self.last.as_ref().map_or(&[][..], |(_, bytes)| bytes);
         let mut head = to_pb_with(event, false);
         let Some(pb::event::Body::File(file)) = head.body.take() else {
-            return encode_event(event);
+            return to_pb(event).encode_raw(out);
         };
         let process_len = key_len(9) + encoded_len_varint(process_bytes.len() as u64);
         let file_len = file.encoded_len() + process_len + process_bytes.len();
-        let mut bytes = Vec::with_capacity(
+        out.reserve(
             head.encoded_len() + key_len(10) + encoded_len_varint(file_len as u64) + file_len,
         );
-        head.encode_raw(&mut bytes);
-        encode_key(10, WireType::LengthDelimited, &mut bytes);
-        encode_varint(file_len as u64, &mut bytes);
-        file.encode_raw(&mut bytes);
-        encode_key(9, WireType::LengthDelimited, &mut bytes);
-        encode_varint(process_bytes.len() as u64, &mut bytes);
-        bytes.extend_from_slice(process_bytes);
-        bytes
+        head.encode_raw(out);
+        encode_key(10, WireType::LengthDelimited, out);
+        encode_varint(file_len as u64, out);
+        file.encode_raw(out);
+        encode_key(9, WireType::LengthDelimited, out);
+        encode_varint(process_bytes.len() as u64, out);
+        out.extend_from_slice(process_bytes);
     }
 }
 
@@ -822,14 +825,19 @@ mod tests {
         let mut cache = ProcessBytes::default();
         for event in &mut events {
             let alone = encode_event(event);
-            let streamed = fit_and_encode_with(event, &mut cache);
+            // After what the buffer held: only the new bytes are the event's.
+            let mut streamed = b"before".to_vec();
+            fit_and_encode_into(event, &mut cache, &mut streamed);
+            let streamed = streamed.split_off(6);
             assert_eq!(streamed.len(), alone.len());
             assert_eq!(
                 decode_event(&streamed).unwrap(),
                 decode_event(&alone).unwrap()
             );
         }
-        let decoded = decode_event(&fit_and_encode_with(&mut events[4], &mut cache)).unwrap();
+        let mut bytes = Vec::new();
+        fit_and_encode_into(&mut events[4], &mut cache, &mut bytes);
+        let decoded = decode_event(&bytes).unwrap();
         let Body::File(decoded) = decoded.body else {
             panic!("not a file event")
         };

@@ -701,7 +701,7 @@ impl Observer {
                     .get(path)
                     .is_some_and(|known| known.facts.inode == Some(inode))
             })
-            .cloned()
+            .map(Path::to_path_buf)
     }
 
     /// The kernel lost events that no rescan can recover (reads): say so, count unknown.
@@ -839,7 +839,7 @@ impl Observer {
                 matches!(std::fs::symlink_metadata(path),
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound)
             })
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         gone.extend(
             differing

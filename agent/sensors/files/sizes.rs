@@ -2,7 +2,8 @@
 //! gone. Bounded: the oldest remembered paths are forgotten first.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use bannin::event::ExportInfo;
 
@@ -57,11 +58,12 @@ impl Remembered {
 /// A map from path to [`Remembered`] facts holding at most `capacity` paths.
 ///
 /// Insertion order is kept in a queue of (path, generation); an entry rewritten later gets a new
-/// generation, so the stale queue slot is skipped when it reaches the front.
+/// generation, so the stale queue slot is skipped when it reaches the front. The map and the
+/// queue share each path's one allocation.
 pub struct SizeCache {
     capacity: usize,
-    entries: HashMap<PathBuf, (Remembered, u64)>,
-    order: VecDeque<(PathBuf, u64)>,
+    entries: HashMap<Arc<Path>, (Remembered, u64)>,
+    order: VecDeque<(Arc<Path>, u64)>,
     generation: u64,
 }
 
@@ -89,15 +91,16 @@ impl SizeCache {
     }
 
     /// Every remembered path, for the rescan to look for those that are gone.
-    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.entries.keys()
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.keys().map(|path| &**path)
     }
 
     pub fn insert(&mut self, path: &Path, known: Remembered) {
         self.generation += 1;
         let generation = self.generation;
-        self.entries.insert(path.to_path_buf(), (known, generation));
-        self.order.push_back((path.to_path_buf(), generation));
+        let path: Arc<Path> = Arc::from(path);
+        self.entries.insert(Arc::clone(&path), (known, generation));
+        self.order.push_back((path, generation));
         while self.entries.len() > self.capacity {
             let Some((oldest, oldest_generation)) = self.order.pop_front() else {
                 break;
@@ -124,10 +127,10 @@ impl SizeCache {
         if let Some(facts) = self.remove(from) {
             self.insert(to, facts);
         }
-        let below: Vec<PathBuf> = self
+        let below: Vec<Arc<Path>> = self
             .entries
             .keys()
-            .filter(|path| path.starts_with(from) && path.as_path() != from)
+            .filter(|path| path.starts_with(from) && &***path != from)
             .cloned()
             .collect();
         for old in below {

@@ -14,6 +14,9 @@ use nix::libc;
 
 use super::record::{FSID_LEN, Handle};
 
+/// The longest file handle the kernel makes.
+const MAX_HANDLE_BYTES: usize = libc::MAX_HANDLE_SZ as usize;
+
 /// Directory handles remembered with their paths, for events naming a directory that is gone
 /// by the time the event is read (`rm -r`).
 const DIR_CACHE: usize = 65_536;
@@ -195,9 +198,12 @@ impl Resolver {
     fn open_handle(&self, handle: &Handle, flags: libc::c_int) -> Result<OwnedFd, Option<Errno>> {
         let mount = self.mounts.get(&handle.fsid).ok_or(None)?;
         // struct file_handle is a u32 length, an i32 type and the opaque bytes; built in u32
-        // words so it has the alignment the kernel's struct expects.
+        // words so it has the alignment the kernel's struct expects, on the stack (a burst
+        // opens one for each create and delete). A handle longer than the kernel makes is
+        // malformed.
         let words = 2 + handle.bytes.len().div_ceil(4);
-        let mut raw = vec![0u32; words];
+        let mut raw = [0u32; 2 + MAX_HANDLE_BYTES / 4];
+        let raw = raw.get_mut(..words).ok_or(None)?;
         raw[0] = u32::try_from(handle.bytes.len()).map_err(|_| None)?;
         raw[1] = u32::from_ne_bytes(handle.handle_type.to_ne_bytes());
         for (i, chunk) in handle.bytes.chunks(4).enumerate() {
