@@ -43,7 +43,8 @@ pub enum SpoolError {
     },
 }
 
-/// A run of spooled events ready to send, with the chain hashes around it.
+/// A run of spooled events ready to send, with the chain hashes around it: its events, or the
+/// packed runs that hold them (see [`Spool::read_runs_to_send`]).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub first_seq: u64,
@@ -51,6 +52,8 @@ pub struct Batch {
     pub prev_hash: Hash,
     pub head_hash: Hash,
     pub events: Vec<Vec<u8>>,
+    /// Whole packed runs ([`bannin::runs`]), as kept; `events` is then empty.
+    pub runs: Vec<Vec<u8>>,
     pub bytes: usize,
 }
 
@@ -340,11 +343,12 @@ fn is_notice(event: &Event) -> bool {
     matches!(event.kind(), "agent.dropped" | "sensor.overflow")
 }
 
-/// The most bytes of events one row of the spool holds. Events are kept in runs, one row for the
-/// consecutive events of one commit (a notice of loss always alone): a row per event cost the
-/// agent more in SQLite's B-tree than encoding, chaining and sending the event did. Small enough
-/// that cutting a run (a partial acknowledgement, a drop to just under the bound) stays cheap.
-const RUN_MAX_BYTES: usize = 64 * 1024;
+/// The most bytes of events one row of the spool holds. Events are kept in runs
+/// ([`bannin::runs`]), one row for the consecutive events of one commit (a notice of loss always
+/// alone): a row per event cost the agent more in SQLite's B-tree than encoding, chaining and
+/// sending the event did. Small enough that cutting a run (a partial acknowledgement, a drop to
+/// just under the bound) stays cheap.
+const RUN_MAX_BYTES: usize = bannin::runs::RUN_BYTES;
 
 /// About the most bytes of events one transaction commits: a larger append is committed in parts.
 /// What a transaction adds sits in the write-ahead log until a checkpoint copies it into the
@@ -358,11 +362,7 @@ const TXN_BYTES: u64 = 4 * 1024 * 1024;
 const SETTLE_BYTES: u64 = 512 * 1024;
 
 /// Prefix of each event in a run's events, and of a packed run: a length, little-endian.
-const LENGTH_PREFIX: usize = 4;
-
-/// The most bytes a run's events can take before packing: a run ends once it reaches
-/// [`RUN_MAX_BYTES`], so its last event takes it past that by at most one event.
-const RUN_MAX_PLAIN: usize = RUN_MAX_BYTES + LENGTH_PREFIX + bannin::proto::limits::MAX_EVENT_BYTES;
+const LENGTH_PREFIX: usize = bannin::runs::LENGTH_PREFIX;
 
 /// What a row adds to the write-ahead log besides its packed events, counted towards
 /// [`SETTLE_BYTES`]: a page of the table's B-tree.
@@ -373,7 +373,7 @@ const ROW_OVERHEAD: u64 = 4096;
 /// of their bytes, so a packed run is a tenth of its events' size or less: a tenth to write to the
 /// log, checkpoint into the database file and read back.
 fn pack(plain: &[u8]) -> Vec<u8> {
-    lz4_flex::block::compress_prepend_size(plain)
+    bannin::runs::pack(plain)
 }
 
 /// A run's length-prefixed events from its `events` column: unpacked when `packed` (runs written
@@ -383,32 +383,14 @@ fn plain_events(blob: &[u8], packed: bool) -> Result<std::borrow::Cow<'_, [u8]>,
     if !packed {
         return Ok(std::borrow::Cow::Borrowed(blob));
     }
-    let corrupt = || SpoolError::Corrupt { key: "packed run" };
-    let (length, compressed) = blob.split_at_checked(LENGTH_PREFIX).ok_or_else(corrupt)?;
-    let length = u32::from_le_bytes(length.try_into().map_err(|_| corrupt())?) as usize;
-    if length > RUN_MAX_PLAIN {
-        return Err(corrupt());
-    }
-    let plain = lz4_flex::block::decompress(compressed, length).map_err(|_| corrupt())?;
-    if plain.len() != length {
-        return Err(corrupt());
-    }
-    Ok(std::borrow::Cow::Owned(plain))
+    bannin::runs::unpack(blob)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| SpoolError::Corrupt { key: "packed run" })
 }
 
 /// The events of a run's blob, in order. A malformed blob is corruption: the spool's own format.
 fn unpack(blob: &[u8]) -> Result<Vec<&[u8]>, SpoolError> {
-    let corrupt = || SpoolError::Corrupt { key: "run events" };
-    let mut events = Vec::new();
-    let mut rest = blob;
-    while !rest.is_empty() {
-        let (length, tail) = rest.split_at_checked(LENGTH_PREFIX).ok_or_else(corrupt)?;
-        let length = u32::from_le_bytes(length.try_into().map_err(|_| corrupt())?) as usize;
-        let (event, tail) = tail.split_at_checked(length).ok_or_else(corrupt)?;
-        events.push(event);
-        rest = tail;
-    }
-    Ok(events)
+    bannin::runs::events(blob).map_err(|_| SpoolError::Corrupt { key: "run events" })
 }
 
 /// The chain hash after `events`, numbered from `first`, linked onto `prev`.
@@ -1452,6 +1434,86 @@ impl Spool {
         Ok(batch)
     }
 
+    /// [`Self::read_batch_to_send`] for a collector that takes packed runs: where the events after
+    /// `after_seq` begin a packed run, the batch is that run and the whole packed runs after it
+    /// that fit `max_events` and `max_bytes` (of events, unpacked), sent as kept, with neither
+    /// unpacking nor hashing here. Otherwise (a run to cut, one kept before packing) the events.
+    pub fn read_runs_to_send(
+        &self,
+        after_seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, SpoolError> {
+        let mut inner = self.lock();
+        let Some(batch) = Self::read_runs(&inner, after_seq, max_events, max_bytes)? else {
+            drop(inner);
+            return self.read_batch_to_send(after_seq, max_events, max_bytes);
+        };
+        inner.sending_through = batch.last_seq;
+        Ok(Some(batch))
+    }
+
+    fn read_runs(
+        inner: &Inner,
+        after_seq: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Batch>, SpoolError> {
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT first_seq, last_seq, prev_hash, head_hash, size, events FROM runs
+             WHERE first_seq > ?1 AND packed ORDER BY first_seq",
+        )?;
+        let mut rows = stmt.query([after_seq as i64])?;
+        let mut batch: Option<Batch> = None;
+        while let Some(row) = rows.next()? {
+            let first = row.get::<_, i64>(0)? as u64;
+            let last = row.get::<_, i64>(1)? as u64;
+            let size = row.get::<_, i64>(4)?.max(0) as usize;
+            let expected = batch.as_ref().map_or(after_seq + 1, |b| b.last_seq + 1);
+            let count = usize::try_from(last.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+            let (events, bytes) = batch.as_ref().map_or((0, 0), |b| {
+                (
+                    usize::try_from(b.last_seq - b.first_seq + 1).unwrap_or(usize::MAX),
+                    b.bytes,
+                )
+            });
+            // A gap (dropped events, or a run kept plain), or no room: the batch ends here.
+            if first != expected
+                || last < first
+                || events.saturating_add(count) > max_events
+                || (events > 0 && bytes.saturating_add(size) > max_bytes)
+            {
+                break;
+            }
+            let hash = |at: usize, key: &'static str| -> Result<Hash, SpoolError> {
+                let bytes = row
+                    .get_ref(at)?
+                    .as_blob()
+                    .map_err(|_| SpoolError::Corrupt { key })?;
+                hash_column(bytes, key)
+            };
+            let head = hash(3, "hash")?;
+            let packed = row.get::<_, Vec<u8>>(5)?;
+            let b = match &mut batch {
+                Some(b) => b,
+                None => batch.insert(Batch {
+                    first_seq: first,
+                    last_seq: first - 1,
+                    prev_hash: hash(2, "prev hash")?,
+                    head_hash: GENESIS,
+                    events: Vec::new(),
+                    runs: Vec::new(),
+                    bytes: 0,
+                }),
+            };
+            b.runs.push(packed);
+            b.last_seq = last;
+            b.head_hash = head;
+            b.bytes += size;
+        }
+        Ok(batch)
+    }
+
     /// After the collector refused the batch `first..=last` (malformed, or failing its chain or
     /// signature checks): removes every run of it that does not hold together by the spool's own
     /// hashes, naming each in an `agent.dropped`, so that a damaged spool is reported rather than
@@ -1545,6 +1607,7 @@ impl Spool {
                 prev_hash: before,
                 head_hash: before,
                 events: Vec::new(),
+                runs: Vec::new(),
                 bytes: 0,
             });
             let mut taken = 0;
@@ -2359,6 +2422,54 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         assert_eq!(spool.stats().events, 4);
+    }
+
+    /// For a collector that takes runs, whole packed runs are read as kept, with the same range
+    /// and hashes as the events: from where a run begins, as many whole runs as fit the limits;
+    /// where a run must be cut, or was kept plain, the events instead.
+    #[test]
+    fn whole_runs_are_read_as_kept_and_a_cut_run_as_events() {
+        let (_dir, spool) = spool_with(1 << 30, 4, 10);
+        let runs = spool.read_runs_to_send(0, 25, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            (runs.first_seq, runs.last_seq),
+            (1, 20),
+            "two whole runs fit 25"
+        );
+        assert!(runs.events.is_empty());
+        assert_eq!(runs.runs.len(), 2);
+        let events = spool.read_batch(0, 20, 1 << 20).unwrap().unwrap();
+        let unpacked: Vec<Vec<u8>> = runs
+            .runs
+            .iter()
+            .flat_map(|run| {
+                let plain = bannin::runs::unpack(run).unwrap();
+                bannin::runs::events(&plain)
+                    .unwrap()
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(unpacked, events.events);
+        assert_eq!(
+            (runs.prev_hash, runs.head_hash),
+            (events.prev_hash, events.head_hash)
+        );
+        // Held like any batch being delivered.
+        assert_eq!(spool.lock().sending_through, 20);
+        spool.release();
+        // A run to cut (5 of its 10), or one begun elsewhere: events.
+        let cut = spool.read_runs_to_send(20, 5, 1 << 20).unwrap().unwrap();
+        assert_eq!((cut.first_seq, cut.last_seq, cut.events.len()), (21, 25, 5));
+        assert!(cut.runs.is_empty());
+        spool.release();
+        spool.ack(25).unwrap();
+        let rest = spool.read_runs_to_send(25, 100, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            (rest.first_seq, rest.last_seq, rest.runs.len()),
+            (26, 40, 2)
+        );
     }
 
     /// A spool written before runs were packed (no `packed` column, plain events) opens with its

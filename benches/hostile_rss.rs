@@ -169,6 +169,7 @@ fn batch(agent: &mut Agent, events: Vec<Event>, commit: bool, forge: bool) -> pb
         signature: signature.to_vec(),
         first_seq: first,
         witness: None,
+        runs: Vec::new(),
     }
 }
 

@@ -176,6 +176,7 @@ fn batches(agent: &SimAgent, count: usize) -> (Vec<pb::EventBatch>, Vec<Row>) {
             signature: signature.to_vec(),
             first_seq: first,
             witness: None,
+            runs: Vec::new(),
         });
     }
     (out, rows)

@@ -51,6 +51,13 @@ pub enum ServiceError {
     },
     #[error("batch decodes to more than {limit} bytes; send smaller batches")]
     TooBigDecoded { limit: usize },
+    #[error("batch run {index}: {source}")]
+    BadRun {
+        index: usize,
+        source: bannin::runs::RunError,
+    },
+    #[error("a batch carries events or runs of events, not both")]
+    EventsAndRuns,
     #[error("batch: {source}")]
     Chain {
         #[from]
@@ -110,7 +117,9 @@ impl ServiceError {
                 source: ProtoError::TooLarge { .. },
                 ..
             } => (Code::ResourceExhausted, "too_large"),
-            ServiceError::BadEvent { .. } => (Code::InvalidArgument, "malformed"),
+            ServiceError::BadEvent { .. }
+            | ServiceError::BadRun { .. }
+            | ServiceError::EventsAndRuns => (Code::InvalidArgument, "malformed"),
             ServiceError::SeqOutOfRange { .. } | ServiceError::OutOfOrder { .. } => {
                 (Code::InvalidArgument, "out_of_order")
             }
@@ -406,8 +415,40 @@ impl IngestService {
             inserted: committed.inserted,
             duplicates: committed.duplicates,
             head_hash: committed.head_hash.to_vec(),
+            accepts_runs: true,
         })
     }
+}
+
+/// The events of a batch's runs, in order. What every run claims to unpack to is added up and held
+/// to the batch's decoded budget before any is unpacked, so a run that packs small and unpacks
+/// large (LZ4 reaches 255 to 1) costs no more than a batch of events would.
+fn unpack_runs(packed: &[Vec<u8>], limits: Limits) -> Result<Vec<Vec<u8>>, ServiceError> {
+    use bannin::runs;
+    let bad = |index| move |source| ServiceError::BadRun { index, source };
+    let mut claimed = 0usize;
+    for (index, run) in packed.iter().enumerate() {
+        claimed = claimed.saturating_add(runs::unpacked_len(run).map_err(bad(index))?);
+        if claimed > limits.max_decoded_bytes {
+            return Err(ServiceError::TooBigDecoded {
+                limit: limits.max_decoded_bytes,
+            });
+        }
+    }
+    let mut events = Vec::new();
+    for (index, run) in packed.iter().enumerate() {
+        let plain = runs::unpack(run).map_err(bad(index))?;
+        for event in runs::events(&plain).map_err(bad(index))? {
+            if events.len() == limits.max_batch_events {
+                return Err(ServiceError::TooManyEvents {
+                    count: events.len() + 1,
+                    limit: limits.max_batch_events,
+                });
+            }
+            events.push(event.to_vec());
+        }
+    }
+    Ok(events)
 }
 
 /// Checks a batch in the order that keeps a hostile one cheap: its shape and sizes, then the chain
@@ -415,9 +456,15 @@ impl IngestService {
 /// bounds and a budget for the whole batch. Nothing is stored unless all of it holds.
 pub fn verify_batch(
     agent: &AgentKey,
-    batch: pb::EventBatch,
+    mut batch: pb::EventBatch,
     limits: Limits,
 ) -> Result<VerifiedBatch, ServiceError> {
+    if !batch.runs.is_empty() {
+        if !batch.events.is_empty() {
+            return Err(ServiceError::EventsAndRuns);
+        }
+        batch.events = unpack_runs(&std::mem::take(&mut batch.runs), limits)?;
+    }
     if batch.events.is_empty() {
         return Err(ServiceError::EmptyBatch);
     }

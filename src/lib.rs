@@ -8,6 +8,7 @@ pub mod config;
 pub mod event;
 pub mod pki;
 pub mod proto;
+pub mod runs;
 pub mod securefs;
 pub mod signals;
 pub mod time;

@@ -140,6 +140,7 @@ pub fn forge_batch(
         signature: signature.to_vec(),
         first_seq: first,
         witness: None,
+        runs: Vec::new(),
     };
     (batch, head)
 }

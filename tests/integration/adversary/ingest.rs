@@ -582,3 +582,97 @@ async fn on_a_full_disk_each_acknowledgement_says_exactly_what_was_committed() {
     );
     drop(collector);
 }
+
+/// A compromised agent sends its events as packed runs (what the real agent sends a collector that
+/// takes them). A correctly signed batch of runs is stored like the same events sent one by one;
+/// runs that claim more than a batch may decode to are refused before any is unpacked, however
+/// small they pack (zeros pack about 250 to 1); a run that claims more than any run holds, one that
+/// does not unpack to what it claims, and a batch of both events and runs are refused as malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_packed_runs_are_bounded_before_they_are_unpacked() {
+    use bannin::runs;
+    let tmp = tempfile::tempdir().unwrap();
+    let collector = Collector::start(&tmp.path().join("c"));
+    let mut agent = Stolen::enroll(&collector, &tmp.path().join("a"), "pc-runs");
+    let mut client = agent.client(&collector).await;
+    let pack_events = |events: &[Vec<u8>]| {
+        let mut plain = Vec::new();
+        for event in events {
+            runs::push(&mut plain, event);
+        }
+        runs::pack(&plain)
+    };
+
+    // Three heartbeats in two runs, signed as events.
+    let mut good = agent.next(vec![
+        agent.heartbeat(),
+        agent.heartbeat(),
+        agent.heartbeat(),
+    ]);
+    let events = std::mem::take(&mut good.events);
+    good.runs = vec![pack_events(&events[..2]), pack_events(&events[2..])];
+    let ack = client.submit(good).await.unwrap().into_inner();
+    assert_eq!((ack.committed_through, ack.inserted), (3, 3));
+    assert!(ack.accepts_runs);
+    assert_eq!(collector.events(&["--agent", &agent.id]).len(), 3);
+
+    let refused = |batch: pb::EventBatch| {
+        let mut client = client.clone();
+        async move { client.submit(batch).await.unwrap_err() }
+    };
+    // 100 runs of zeros, each claiming nearly the most a run may: 32 MB claimed in 120 KB sent.
+    let zeros = runs::pack(&vec![0u8; runs::MAX_UNPACKED]);
+    assert!(zeros.len() < 2000, "{}", zeros.len());
+    let (mut bomb, _) = agent.at(vec![agent.heartbeat()]);
+    bomb.events.clear();
+    bomb.runs = vec![zeros; 100];
+    let status = refused(bomb).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("decodes to more than"),
+        "{status:?}"
+    );
+
+    // One run claiming more than any run holds.
+    let (mut large, _) = agent.at(vec![agent.heartbeat()]);
+    large.events.clear();
+    large.runs = vec![u32::MAX.to_le_bytes().to_vec()];
+    let status = refused(large).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("claims"), "{status:?}");
+
+    // A run that does not unpack to the length it claims.
+    let (mut lying, _) = agent.at(vec![agent.heartbeat()]);
+    let mut run = pack_events(&std::mem::take(&mut lying.events));
+    run[..runs::LENGTH_PREFIX].copy_from_slice(&5000u32.to_le_bytes());
+    lying.runs = vec![run];
+    let status = refused(lying).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("does not unpack"), "{status:?}");
+
+    // Events and runs in one batch.
+    let (mut both, _) = agent.at(vec![agent.heartbeat()]);
+    both.runs = vec![pack_events(&both.events)];
+    let status = refused(both).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // None of it was stored, and the agent's chain goes on where it was.
+    let ack = client
+        .submit(agent.next(vec![agent.heartbeat()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.committed_through, ack.inserted), (4, 1));
+    let verify = run_output(
+        Command::new(COLLECTOR)
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(&collector.dir),
+    );
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
