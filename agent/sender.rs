@@ -208,8 +208,10 @@ pub async fn run(
                 if sent_runs
                     && !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
             {
-                // Not a refusal of the events: they go again, unpacked, and the collector's next
-                // acknowledgement says whether it takes runs.
+                // Perhaps not a refusal of the events (a collector that does not take runs reads
+                // the batch as empty): they go again as events, at once, and its next
+                // acknowledgement says whether it takes runs. A refusal of the events themselves
+                // then takes the path below.
                 release(&spool).await;
                 runs_taken = false;
                 tracing::info!(code = ?status.code(), error = %status.message(), "the collector did not take a batch of packed runs; sending its events");
