@@ -70,6 +70,7 @@ struct Refusal {
 struct Counters {
     events_ingested: Counter,
     batches_accepted: Counter,
+    batches_packed: Counter,
     batches_refused: Family<Refusal, Counter>,
     verification_failures: Counter,
     query_calls: Counter,
@@ -86,7 +87,7 @@ impl Counters {
     /// Adds every counter to `registry`, in exposition order. Names are given without `_total` and
     /// help without its final period: the encoder adds both.
     fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             (
                 "bannin_ingest_events",
                 "Events committed to the store",
@@ -96,6 +97,11 @@ impl Counters {
                 "bannin_ingest_batches",
                 "Batches accepted and committed",
                 &self.batches_accepted,
+            ),
+            (
+                "bannin_ingest_batches_packed",
+                "Of the batches accepted, those that came as packed runs of events",
+                &self.batches_packed,
             ),
             (
                 "bannin_verification_failures",
@@ -138,7 +144,7 @@ impl Counters {
                 &self.checkpoint_failures,
             ),
         ];
-        let (ingest, rest) = counters.split_at(2);
+        let (ingest, rest) = counters.split_at(3);
         let (verification_and_queries, rest) = rest.split_at(2);
         for (name, help, counter) in ingest {
             registry.register(*name, *help, (*counter).clone());
@@ -164,9 +170,13 @@ impl Counters {
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
 
-pub fn batch_accepted(inserted: u32) {
+/// An accepted batch; `packed` when it came as packed runs of events.
+pub fn batch_accepted(inserted: u32, packed: bool) {
     COUNTERS.events_ingested.inc_by(u64::from(inserted));
     COUNTERS.batches_accepted.inc();
+    if packed {
+        COUNTERS.batches_packed.inc();
+    }
 }
 
 /// A refused batch, counted under its reason ([`ServiceError::refusal`]).
@@ -833,6 +843,7 @@ mod tests {
         let counters = Counters::default();
         counters.events_ingested.inc_by(21);
         counters.batches_accepted.inc_by(3);
+        counters.batches_packed.inc_by(2);
         counters
             .batches_refused
             .get_or_create(&Refusal {
@@ -918,12 +929,15 @@ mod tests {
     #[test]
     fn the_process_counters_count_what_the_services_report() {
         let before = COUNTERS.verification_failures.get();
+        let packed_before = COUNTERS.batches_packed.get();
         batch_refused(&ServiceError::Chain {
             source: bannin::chain::ChainError::BadSignature {
                 agent_id: "a".into(),
             },
         });
-        batch_accepted(5);
+        batch_accepted(5, true);
+        batch_accepted(5, false);
+        assert_eq!(COUNTERS.batches_packed.get(), packed_before + 1);
         query_call(Some(
             crate::query::service::QueryError::Revoked { name: "o".into() }.refusal(),
         ));

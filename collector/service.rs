@@ -346,10 +346,12 @@ impl pb::ingest_server::Ingest for IngestService {
         };
         let span = tracing::info_span!("agent", agent_id = %agent_id);
         let _guard = span.enter();
-        let result = self.accept(&agent_id, request.into_inner()).await;
+        let batch = request.into_inner();
+        let packed = !batch.runs.is_empty();
+        let result = self.accept(&agent_id, batch).await;
         match result {
             Ok(ack) => {
-                crate::metrics::batch_accepted(ack.inserted);
+                crate::metrics::batch_accepted(ack.inserted, packed);
                 Ok(Response::new(ack))
             }
             Err(error) => {

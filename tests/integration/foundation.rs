@@ -679,3 +679,49 @@ fn a_full_spool_drops_the_oldest_reports_it_and_the_store_still_verifies() {
     });
     assert!(alerts.iter().any(|a| a["host"] == "tight1"));
 }
+
+/// A real agent sends its spool's packed runs once the collector has said it takes them: its first
+/// batch goes as events, later ones as runs, counted by the collector's metrics. Everything
+/// arrives, once, in an unbroken chain that `verify` accepts.
+#[test]
+fn a_real_agent_sends_packed_runs_once_the_collector_takes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start_with(
+        &tmp.path().join("c"),
+        "127.0.0.1:0",
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let line = collector
+        .proc
+        .wait_line("serving metrics on ", Duration::from_secs(30));
+    let metrics = line
+        .split("serving metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let state = tmp.path().join("agent");
+    collector.enroll(&state, "packed1");
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let _agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    write_files(&watched, "p", 300);
+    wait_for_paths(&collector, &watched, "p", 300);
+    // After the first acknowledgement the rest go as runs: a second burst, once the first is in.
+    write_files(&watched, "q", 300);
+    wait_for_paths(&collector, &watched, "q", 300);
+    let packed = wait_for("a packed batch counted", LONG, || {
+        let (_, text) = http_get(&metrics, "/metrics");
+        let value = text.lines().find_map(|line| {
+            line.strip_prefix("bannin_ingest_batches_packed_total ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+        value.filter(|&n| n >= 1.0)
+    });
+    assert!(packed >= 1.0);
+    assert_contiguous(&collector.events(&[]), &agent_id(&state));
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
