@@ -2407,13 +2407,7 @@ mod tests {
             .unwrap();
             head = hash;
         }
-        conn.execute(
-            "INSERT INTO meta VALUES ('next_seq', ?1), ('head', ?2)",
-            params![4u64.to_be_bytes().as_slice(), head.as_slice()],
-        )
-        .unwrap();
-        drop(conn);
-        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        let spool = open_as_written(dir.path(), conn, 4u64, head);
         assert_eq!(spool.stats().events, 3);
         assert_eq!(spool.append(&mut [event(4)]).unwrap(), 4);
         assert_eq!(read_all_checked(&spool, 0, 2), vec![1, 2, 3, 4]);
@@ -2422,6 +2416,18 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
         assert_eq!(spool.stats().events, 4);
+    }
+
+    /// Opens a spool an older agent wrote through `conn`, once the position it reached (the next
+    /// sequence number and the chain head) is written too.
+    fn open_as_written(dir: &Path, conn: Connection, next_seq: u64, head: Hash) -> Spool {
+        conn.execute(
+            "INSERT INTO meta VALUES ('next_seq', ?1), ('head', ?2)",
+            params![next_seq.to_be_bytes().as_slice(), head.as_slice()],
+        )
+        .unwrap();
+        drop(conn);
+        Spool::open(dir, 1 << 30, "h").unwrap()
     }
 
     /// For a collector that takes runs, whole packed runs are read as kept, with the same range
@@ -2512,13 +2518,7 @@ mod tests {
             )
             .unwrap();
         }
-        conn.execute(
-            "INSERT INTO meta VALUES ('next_seq', ?1), ('head', ?2)",
-            params![6u64.to_be_bytes().as_slice(), head.as_slice()],
-        )
-        .unwrap();
-        drop(conn);
-        let spool = Spool::open(dir.path(), 1 << 30, "h").unwrap();
+        let spool = open_as_written(dir.path(), conn, 6u64, head);
         assert_eq!(spool.stats().events, 5);
         assert_eq!(spool.append(&mut [event(6)]).unwrap(), 6);
         // Batches of two cut the plain runs; what they leave is packed.

@@ -54,14 +54,9 @@ fn site() -> Site {
 }
 
 fn console_base(collector: &mut Collector) -> String {
-    let line = collector
+    collector
         .proc
-        .wait_line("serving the console on ", Duration::from_secs(30));
-    line.split("serving the console on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string()
+        .wait_address("serving the console on ", Duration::from_secs(30))
 }
 
 fn site_on(store: Store) -> Site {

@@ -41,18 +41,6 @@ fn wait_for_paths(collector: &Collector, dir: &Path, prefix: &str, count: usize)
     });
 }
 
-fn verify(dir: &Path) -> (bool, String) {
-    let out = run_output(
-        Command::new(COLLECTOR)
-            .args(["verify", "--data-dir"])
-            .arg(dir),
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn enrolled_agent_streams_file_events_queryable_as_json() {
     let Site {
@@ -691,15 +679,9 @@ fn a_real_agent_sends_packed_runs_once_the_collector_takes_them() {
         "127.0.0.1:0",
         &["--metrics-listen", "127.0.0.1:0"],
     );
-    let line = collector
+    let metrics = collector
         .proc
-        .wait_line("serving metrics on ", Duration::from_secs(30));
-    let metrics = line
-        .split("serving metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+        .wait_address("serving metrics on ", Duration::from_secs(30));
     let state = tmp.path().join("agent");
     collector.enroll(&state, "packed1");
     let watched = tmp.path().join("watched");

@@ -109,6 +109,17 @@ impl Proc {
         }
     }
 
+    /// Waits for a readiness line ("listening on ADDR", "serving metrics on ADDR") and returns
+    /// the address after `marker`.
+    pub fn wait_address(&mut self, marker: &str, timeout: Duration) -> String {
+        let line = self.wait_line(marker, timeout);
+        line.split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
+            .to_string()
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
         let lines = self.lines.clone();
@@ -241,13 +252,7 @@ impl Collector {
             .arg(listen)
             .args(extra);
         let mut proc = Proc::spawn("collector", &mut command);
-        let line = proc.wait_line("listening on ", ready);
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in the readiness line")
-            .to_string();
+        let addr = proc.wait_address("listening on ", ready);
         Collector {
             dir: dir.to_path_buf(),
             addr,
@@ -760,7 +765,7 @@ impl Drop for Tmpfs {
 
 /// A plain HTTP GET (the metrics endpoint's): the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -782,4 +787,17 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (code, body)
+}
+
+/// `bannin-collector verify` on a data directory: whether it passed, and its report (with what
+/// it printed on stderr after it, if anything).
+pub fn verify(dir: &Path) -> (bool, String) {
+    let out = run_output(
+        Command::new(COLLECTOR)
+            .args(["verify", "--data-dir"])
+            .arg(dir),
+    );
+    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
+    report.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), report)
 }

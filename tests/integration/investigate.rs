@@ -674,7 +674,7 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
     let data = tmp.path().join("c");
     let config = tmp.path().join("collector.toml");
     std::fs::write(&config, "[retention]\ndays = 1\ncheck_every = \"300ms\"\n").unwrap();
-    let collector = Collector::start_with(
+    let mut collector = Collector::start_with(
         &data,
         "127.0.0.1:0",
         &[
@@ -684,23 +684,7 @@ async fn retention_deletes_old_batches_and_the_rest_still_verifies_and_metrics_s
             "127.0.0.1:0",
         ],
     );
-    let line = collector
-        .proc
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("serving metrics on "))
-        .cloned()
-        .expect("metrics readiness line");
-    let metrics_addr = line
-        .split("serving metrics on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let metrics_addr = collector.proc.wait_address("serving metrics on ", LONG);
 
     let mut agent = SimAgent::enroll(&collector, "pc1").await;
     let old = Timestamp::now().saturating_sub(Duration::from_secs(3 * 86_400));

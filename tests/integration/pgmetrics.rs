@@ -70,12 +70,8 @@ fn address_after(line: &str, marker: &str) -> String {
 }
 
 /// `GET path` on its own connection: the status line's code and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    http_get(addr, path)
-}
-
 fn scrape(addr: &str) -> String {
-    let (code, body) = get(addr, "/metrics");
+    let (code, body) = http_get(addr, "/metrics");
     assert_eq!(code, 200, "{body}");
     body
 }
@@ -166,7 +162,7 @@ fn every_collector_reports_detection_lag_while_a_batch_is_held_and_one_reports_l
             Some(0.0),
             "{text}"
         );
-        assert_eq!(get(addr, "/healthz").0, 200);
+        assert_eq!(http_get(addr, "/healthz").0, 200);
     }
 
     // X's batch waits uncommitted in H; Y's commits through F behind it.
@@ -392,5 +388,5 @@ fn hostile_metrics_clients_do_not_hold_the_endpoint_or_the_collector() {
             && value(&text, "bannin_agents_enrolled") == Some(1.0))
         .then_some(())
     });
-    assert_eq!(get(&metrics, "/healthz").0, 200);
+    assert_eq!(http_get(&metrics, "/healthz").0, 200);
 }

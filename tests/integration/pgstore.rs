@@ -64,13 +64,7 @@ pub(crate) fn start(
         .args(&extra)
         .envs(env.iter().copied());
     let mut proc = Proc::spawn("collector", &mut command);
-    let line = proc.wait_line("listening on ", LONG);
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let addr = proc.wait_address("listening on ", LONG);
     Collector {
         dir: dir.to_path_buf(),
         addr,

@@ -291,18 +291,8 @@ async fn host_seq_and_age_are_the_collectors_not_the_agents() {
     );
     assert!(kept.iter().all(|e| e["host"] == "pc-1"));
 
-    let verify = run_output(
-        Command::new(COLLECTOR)
-            .arg("verify")
-            .arg("--data-dir")
-            .arg(&collector.dir),
-    );
-    assert!(
-        verify.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "verify: {report}");
 }
 
 /// CPU time (user + system) a process has used, in seconds.
@@ -663,16 +653,6 @@ async fn batches_of_packed_runs_are_bounded_before_they_are_unpacked() {
         .unwrap()
         .into_inner();
     assert_eq!((ack.committed_through, ack.inserted), (4, 1));
-    let verify = run_output(
-        Command::new(COLLECTOR)
-            .arg("verify")
-            .arg("--data-dir")
-            .arg(&collector.dir),
-    );
-    assert!(
-        verify.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "verify: {report}");
 }
