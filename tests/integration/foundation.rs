@@ -707,3 +707,125 @@ fn a_real_agent_sends_packed_runs_once_the_collector_takes_them() {
     let (ok, report) = verify(&collector.dir);
     assert!(ok, "{report}");
 }
+
+/// Bytes the kernel holds unread for the IPv4 TCP sockets on local `port` (their receive queues).
+fn unread_by(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let rx = fields.get(4)?.split(':').nth(1)?;
+            (local_port == port).then(|| u64::from_str_radix(rx, 16).ok())?
+        })
+        .sum()
+}
+
+/// The same damage to a run that the agent sends packed: a collector that takes runs refuses the
+/// batch of runs, the agent sends those events again as events, and once they are refused too it
+/// finds the run that does not hold together, drops it and names it. The collector is stopped
+/// (not killed) while the run is damaged, so the agent's connection, and with it its knowledge
+/// that the collector takes runs, survives.
+#[test]
+fn a_damaged_run_sent_packed_is_named_once_the_collector_refuses_it() {
+    use nix::sys::signal::{Signal, kill};
+    let Site {
+        tmp: _tmp,
+        watched,
+        collector,
+        state,
+    } = Site::new("app11", "w");
+    let agent = Agent::start(&state, &["--watch", watched.to_str().unwrap()]);
+    let conn = rusqlite::Connection::open(state.join("spool.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let spooled = || -> i64 {
+        conn.query_row(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM runs",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    write_files(&watched, "h", 20);
+    wait_for_paths(&collector, &watched, "h", 20);
+    // Every acknowledgement in: none is left for the stopped collector to owe.
+    wait_for("an empty spool", LONG, || (spooled() == 0).then_some(()));
+    let pid = nix::unistd::Pid::from_raw(collector.proc.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // A batch goes out and waits, unread, on the stopped collector; the next events stay in the
+    // spool behind it.
+    write_files(&watched, "i", 1);
+    let port: u16 = collector.addr.rsplit(':').next().unwrap().parse().unwrap();
+    wait_for(
+        "a batch waiting unread at the stopped collector",
+        LONG,
+        || (unread_by(port) > 0).then_some(()),
+    );
+    write_files(&watched, "j", 200);
+    let (mut last_count, mut same) = (0, 0);
+    wait_for(
+        "the j files' events in the spool, no more coming",
+        LONG,
+        || {
+            let now = spooled();
+            same = if now == last_count { same + 1 } else { 0 };
+            last_count = now;
+            (now >= 200 && same >= 6).then_some(())
+        },
+    );
+    // The newest run: one byte of its last event changed, its packing still whole.
+    let (first, last, mut blob): (i64, i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT first_seq, last_seq, events FROM runs WHERE packed ORDER BY first_seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    *blob.last_mut().unwrap() ^= 0x01;
+    conn.execute(
+        "UPDATE runs SET events = ?1 WHERE first_seq = ?2",
+        rusqlite::params![blob, first],
+    )
+    .unwrap();
+    drop(conn);
+    kill(pid, Signal::SIGCONT).unwrap();
+
+    let marker = watched.join("after-the-damage.txt");
+    std::fs::write(&marker, b"x").unwrap();
+    wait_for_explained(
+        "the marker stored",
+        LONG,
+        || {
+            (!collector
+                .events(&["--path", marker.to_str().unwrap()])
+                .is_empty())
+            .then_some(())
+        },
+        || format!("agent log:\n{}", agent.proc.log()),
+    );
+    let named = collector
+        .events(&["--kind", "agent.dropped"])
+        .into_iter()
+        .find(|notice| {
+            notice["first_dropped_seq"].as_u64() == Some(first as u64)
+                && notice["last_dropped_seq"].as_u64() == Some(last as u64)
+        })
+        .unwrap_or_else(|| panic!("no agent.dropped names {first}..={last}"));
+    assert!(
+        named["message"].as_str().unwrap().contains("damaged"),
+        "{named}"
+    );
+    let log = agent.proc.log();
+    assert!(
+        log.contains("did not take a batch of packed runs"),
+        "the damaged run was never sent packed:\n{log}"
+    );
+    assert!(
+        log.contains("the collector refused a batch the spool had damaged"),
+        "{log}"
+    );
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
