@@ -116,8 +116,9 @@ pub struct EventTx {
 }
 
 impl EventTx {
-    pub fn host(&self) -> &str {
-        &self.host
+    /// The host, shared by every event rather than copied into each.
+    pub fn shared_host(&self) -> Arc<str> {
+        Arc::clone(&self.host)
     }
 
     /// The same channel, with drops counted under another sensor's name.
@@ -131,7 +132,7 @@ impl EventTx {
     /// Sends an event that happened now, waiting while the spool is behind. The ticket says when it
     /// is committed ([`Self::committed`]); most senders need not ask.
     pub async fn send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
-        self.send_event(Event::now(self.host.to_string(), body))
+        self.send_event(Event::now(Arc::clone(&self.host), body))
             .await
     }
 
@@ -167,7 +168,7 @@ impl EventTx {
     #[cfg(target_os = "linux")]
     pub fn blocking_send(&self, body: impl Into<Body>) -> Result<Ticket, Closed> {
         let number = self.tickets.issue();
-        let mut event = Event::now(self.host.to_string(), body);
+        let mut event = Event::now(Arc::clone(&self.host), body);
         event.seq = number;
         if self.tx.blocking_send(event).is_err() {
             self.tickets.settle([number]);

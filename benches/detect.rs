@@ -203,7 +203,7 @@ fn workload() -> Vec<Record> {
             event: Event {
                 seq: seqs[agent],
                 ts: Timestamp::from_nanos(1_795_219_200_000_000_000 + i as i64 * 200_000),
-                host,
+                host: host.into(),
                 body,
             },
         });

@@ -546,10 +546,10 @@ pub fn verify_batch(
             });
         }
         // The host is who enrolled, never what the agent writes into an event.
-        if event.host != agent.name {
+        if *event.host != *agent.name {
             return Err(ServiceError::WrongHost {
                 index,
-                claimed: event.host,
+                claimed: event.host.to_string(),
                 enrolled: agent.name.clone(),
             });
         }

@@ -4,6 +4,7 @@
 //! back into the same types. Protobuf types never appear here: `crate::proto` converts at the edge.
 //! `Serialize` gives the JSON of docs/interface.md (one flat object per event, `kind` included).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -16,14 +17,15 @@ pub struct Event {
     /// Assigned by the agent's spool: 1, 2, 3... for the agent's whole life. Zero until spooled.
     pub seq: u64,
     pub ts: Timestamp,
-    pub host: String,
+    /// Shared, not copied: every event of an agent names the same host.
+    pub host: Arc<str>,
     #[serde(flatten)]
     pub body: Body,
 }
 
 impl Event {
     /// An event that happened now on this host, not yet numbered.
-    pub fn now(host: impl Into<String>, body: impl Into<Body>) -> Self {
+    pub fn now(host: impl Into<Arc<str>>, body: impl Into<Body>) -> Self {
         Event {
             seq: 0,
             ts: Timestamp::now(),
@@ -258,14 +260,15 @@ pub struct FileEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    pub owner: Option<Arc<str>>,
     /// Shared, not copied: a burst from one process gives the same process to thousands of
     /// events, and a copy of its command lines for each cost more than the rest of the event.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub process: Option<Arc<ProcessInfo>>,
     /// Whether `pid`/`exe`/`user` are known: the portable backend cannot tell who acted.
     pub process_known: bool,
-    pub backend: String,
+    /// The backend's name, not copied for each event.
+    pub backend: Cow<'static, str>,
     pub incomplete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportInfo>,
@@ -312,7 +315,11 @@ fn default_file_action() -> FileAction {
 
 impl FileEvent {
     /// A file event with only what every backend knows.
-    pub fn new(action: FileAction, path: impl Into<String>, backend: impl Into<String>) -> Self {
+    pub fn new(
+        action: FileAction,
+        path: impl Into<String>,
+        backend: impl Into<Cow<'static, str>>,
+    ) -> Self {
         FileEvent {
             action,
             path: path.into(),

@@ -2,6 +2,7 @@
 //!
 //! This is the only place, with the collector's gRPC service, where generated types appear.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use prost::Message;
@@ -71,6 +72,11 @@ pub mod limits {
 /// One bounded part of an event, as [`visit`] hands it out.
 enum Part<'a> {
     Text(&'static str, &'a mut String),
+    /// A string shared between events (the host, an owner's name): replaced, never changed in
+    /// place, when a bound requires.
+    Shared(&'static str, &'a mut Arc<str>),
+    /// A name that is usually a constant (a backend's), copied only when a bound requires.
+    Named(&'static str, &'a mut Cow<'static, str>),
     List(&'static str, &'a mut Vec<String>),
     /// An ancestry with its ancestors' strings. It is shared between events, so a visitor reads
     /// it and changes it (making it this event's own copy) only when a bound requires.
@@ -103,14 +109,17 @@ fn ancestor_texts(a: &Ancestor) -> [(&'static str, &String); 3] {
 
 /// Every string and list of an event, so the bounds cannot miss a field.
 fn visit(event: &mut Event, f: &mut dyn FnMut(Part<'_>)) {
-    f(Part::Text("host", &mut event.host));
+    f(Part::Shared("host", &mut event.host));
     match &mut event.body {
         Body::File(e) => {
             f(Part::Text("path", &mut e.path));
-            for text in [&mut e.from_path, &mut e.owner].into_iter().flatten() {
+            if let Some(text) = &mut e.from_path {
                 f(Part::Text("file field", text));
             }
-            f(Part::Text("backend", &mut e.backend));
+            if let Some(text) = &mut e.owner {
+                f(Part::Shared("file field", text));
+            }
+            f(Part::Named("backend", &mut e.backend));
             if let Some(p) = &mut e.process {
                 f(Part::Process(p));
             }
@@ -193,6 +202,18 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
                 limit: MAX_LIST,
             }),
             Part::Text(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
+                seq,
+                field,
+                len: text.len(),
+                limit: MAX_STRING,
+            }),
+            Part::Shared(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
+                seq,
+                field,
+                len: text.len(),
+                limit: MAX_STRING,
+            }),
+            Part::Named(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
                 seq,
                 field,
                 len: text.len(),
@@ -291,6 +312,16 @@ fn fit_part(part: Part<'_>, max_string: usize, cut: &mut bool) {
             truncate_at_char(text, max_string);
             *cut = true;
         }
+        Part::Shared(_, text) if text.len() > max_string => {
+            let mut own = text.to_string();
+            truncate_at_char(&mut own, max_string);
+            *text = Arc::from(own);
+            *cut = true;
+        }
+        Part::Named(_, text) if text.len() > max_string => {
+            truncate_at_char(text.to_mut(), max_string);
+            *cut = true;
+        }
         Part::Process(p) => {
             let must_change = p.ancestry.len() > MAX_ANCESTRY
                 || p.ancestry.iter().any(too_long)
@@ -384,6 +415,9 @@ pub fn footprint(event: &mut Event) -> usize {
     visit(event, &mut |part| {
         bytes += match part {
             Part::Text(_, text) => text.capacity(),
+            Part::Shared(_, text) => text.len(),
+            Part::Named(_, Cow::Owned(text)) => text.capacity(),
+            Part::Named(_, Cow::Borrowed(_)) => 0,
             Part::List(_, list) => list.capacity() * std::mem::size_of::<String>(),
             Part::Ancestry(list) => ancestry_footprint(list),
             Part::Process(p) => {
@@ -527,13 +561,13 @@ fn to_pb_with(event: &Event, file_process: bool) -> pb::Event {
             inode: f.inode,
             mode: f.mode,
             owner_uid: f.owner_uid,
-            owner: f.owner.clone(),
+            owner: f.owner.as_deref().map(str::to_string),
             process: f
                 .process
                 .as_deref()
                 .filter(|_| file_process)
                 .map(process_to_pb),
-            backend: f.backend.clone(),
+            backend: f.backend.to_string(),
             incomplete: f.incomplete,
             export: f.export.as_ref().map(export_to_pb),
             rescan: f.rescan,
@@ -633,7 +667,7 @@ fn to_pb_with(event: &Event, file_process: bool) -> pb::Event {
     pb::Event {
         seq: event.seq,
         ts_nanos: event.ts.as_nanos(),
-        host: event.host.clone(),
+        host: event.host.to_string(),
         body: Some(body),
     }
 }
@@ -662,10 +696,10 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
             inode: f.inode,
             mode: f.mode,
             owner_uid: f.owner_uid,
-            owner: f.owner,
+            owner: f.owner.map(Arc::from),
             process_known: f.process.is_some(),
             process: f.process.map(|p| Arc::new(process_from_pb(p))),
-            backend: f.backend,
+            backend: Cow::Owned(f.backend),
             incomplete: f.incomplete,
             export: f.export.map(export_from_pb),
             rescan: f.rescan,
@@ -772,7 +806,7 @@ pub fn from_pb(event: pb::Event) -> Result<Event, ProtoError> {
     Ok(Event {
         seq,
         ts: Timestamp::from_nanos(event.ts_nanos),
-        host: event.host,
+        host: Arc::from(event.host),
         body,
     })
 }

@@ -504,7 +504,7 @@ pub fn generate(
             let event = Event {
                 seq,
                 ts,
-                host: format!("host-{agent:03}"),
+                host: format!("host-{agent:03}").into(),
                 body: body(&mut rng, agent, agents, seq),
             };
             let bytes = bannin::proto::encode_event(&event);

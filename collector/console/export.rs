@@ -73,7 +73,7 @@ fn csv(out: &mut impl Write, records: &[Record]) -> io::Result<()> {
         let process = process_of(record);
         let cells = [
             event.ts.to_rfc3339(),
-            event.host.clone(),
+            event.host.to_string(),
             record.agent_id.clone(),
             event.seq.to_string(),
             event.kind().to_string(),

@@ -74,7 +74,7 @@ impl SimAgent {
             .map(|(ts, body)| Event {
                 seq: 0,
                 ts,
-                host: self.name.clone(),
+                host: self.name.as_str().into(),
                 body,
             })
             .collect()

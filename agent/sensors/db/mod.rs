@@ -110,7 +110,7 @@ pub async fn spawn(
                 let events = outcome.events.into_iter().map(|(ts, event)| Event {
                     seq: 0,
                     ts,
-                    host: tx.host().to_string(),
+                    host: tx.shared_host(),
                     body: event.into(),
                 });
                 for body in outcome.sensor {

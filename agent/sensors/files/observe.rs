@@ -545,7 +545,7 @@ impl Observer {
         event.inode = facts.inode;
         event.mode = facts.mode;
         event.owner_uid = facts.uid;
-        event.owner = facts.uid.map(|uid| self.processes.user_name(uid));
+        event.owner = facts.uid.map(|uid| self.processes.shared_user_name(uid));
     }
 
     /// Emits a file event with its process. When the pid is not known yet the event waits (and
@@ -564,7 +564,7 @@ impl Observer {
             })
         });
         event.process_known = event.process.is_some();
-        let event = Event::now(self.tx.host().to_string(), event);
+        let event = Event::now(self.tx.shared_host(), event);
         let now = Instant::now();
         match (pid, is_found) {
             (Some(pid), false) => self
@@ -621,7 +621,7 @@ impl Observer {
     /// the kernel's queue holds what comes meanwhile, and its overflow, if it comes, is reported
     /// and followed by a rescan. A drop here would be followed by nothing.
     pub fn emit(&mut self, body: impl Into<Body>) {
-        self.send(Event::now(self.tx.host().to_string(), body));
+        self.send(Event::now(self.tx.shared_host(), body));
     }
 
     fn send(&mut self, event: Event) {

@@ -98,7 +98,11 @@ impl SizeCache {
     pub fn insert(&mut self, path: &Path, known: Remembered) {
         self.generation += 1;
         let generation = self.generation;
-        let path: Arc<Path> = Arc::from(path);
+        // A file written after its create keeps the name it is remembered by.
+        let path: Arc<Path> = match self.entries.get_key_value(path) {
+            Some((kept, _)) => Arc::clone(kept),
+            None => Arc::from(path),
+        };
         self.entries.insert(Arc::clone(&path), (known, generation));
         self.order.push_back((path, generation));
         while self.entries.len() > self.capacity {

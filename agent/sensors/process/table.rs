@@ -102,7 +102,7 @@ struct Inner {
     /// Exited processes, oldest first: when each exited and which process it was.
     exited: VecDeque<(Instant, u32, Option<u64>)>,
     /// Account names by uid: the account database is far slower than the events asking.
-    users: HashMap<u32, String>,
+    users: HashMap<u32, Arc<str>>,
 }
 
 /// More distinct uids than this and the name cache starts again.
@@ -252,15 +252,21 @@ impl ProcessTable {
     /// The account name of `uid` (a process's or a file owner's), asking the system's account
     /// database once per uid; the number when the database does not know it.
     pub fn user_name(&self, uid: u32) -> String {
+        self.shared_user_name(uid).to_string()
+    }
+
+    /// [`Self::user_name`], shared rather than copied: a file event names its owner, and a burst
+    /// names the same one thousands of times.
+    pub fn shared_user_name(&self, uid: u32) -> Arc<str> {
         if let Some(name) = self.lock().users.get(&uid) {
-            return name.clone();
+            return Arc::clone(name);
         }
-        let name = os::user_name(uid);
+        let name: Arc<str> = Arc::from(os::user_name(uid));
         let mut inner = self.lock();
         if inner.users.len() >= MAX_USERS {
             inner.users.clear();
         }
-        inner.users.insert(uid, name.clone());
+        inner.users.insert(uid, Arc::clone(&name));
         name
     }
 

@@ -98,7 +98,7 @@ impl ExportArchived {
 
     fn observe_file(&mut self, record: &Record, file: &FileEvent) -> Option<Candidate> {
         let process = file.process.as_ref()?;
-        let host = record.event.host.clone();
+        let host = record.event.host.to_string();
         let key = (record.agent_id.clone(), process.pid);
         let seen = Sighting {
             ts: record.event.ts,

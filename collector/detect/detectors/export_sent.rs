@@ -112,7 +112,7 @@ impl ExportReadThenSent {
             return None;
         }
         let ts = record.event.ts;
-        let host = record.event.host.as_str();
+        let host = &*record.event.host;
         // The connecting process itself, then its ancestors: a reader that handed the data to
         // a child (curl, scp) to send is found through the child's ancestry. An ancestor whose
         // program differs from the reader's is a later process that reused the pid.

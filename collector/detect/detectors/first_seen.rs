@@ -76,7 +76,7 @@ impl FirstSeen {
         }
         Some(Candidate {
             ts,
-            host: record.event.host.clone(),
+            host: record.event.host.to_string(),
             summary: format!(
                 "first connection of the fleet to {}:{} from {}{who}",
                 net.remote_addr, net.remote_port, record.event.host

@@ -474,7 +474,7 @@ impl ExportLifecycle {
         let lived = (ts.as_nanos() - tracked.created_ts.as_nanos()) / 1_000_000_000;
         Some(Candidate {
             ts,
-            host: record.event.host.clone(),
+            host: record.event.host.to_string(),
             summary: format!(
                 "{} export {} ({} bytes{rows}, ~{est_emails} e-mail addresses) {how} {lived}s after it was written on {}{by}",
                 export.format, tracked.created_path, tracked.max_size, record.event.host

@@ -72,7 +72,7 @@ impl SensitiveReadVolume {
             return None;
         }
         let ts = record.event.ts;
-        let host = record.event.host.as_str();
+        let host = &*record.event.host;
         let since = ts.saturating_sub(self.window);
         let mut best: Option<(&str, u64, Vec<u64>)> = None;
         for (scope, name, total) in [
@@ -191,7 +191,7 @@ impl SensitiveReadVolume {
         };
         Some(Candidate {
             ts,
-            host: record.event.host.clone(),
+            host: record.event.host.to_string(),
             summary: format!(
                 "{} {what} sensitive {} on {} (client {})",
                 db.db_user,

@@ -48,8 +48,8 @@ impl AgentSilent {
         match self.agents.touch(&record.agent_id, at) {
             Some(entry) => {
                 if !replaying || at >= entry.last_heard {
-                    if entry.host != record.event.host {
-                        entry.host.clone_from(&record.event.host);
+                    if *entry.host != *record.event.host {
+                        entry.host = record.event.host.to_string();
                     }
                     entry.last_heard = at;
                     entry.last_seq = record.event.seq;
@@ -60,7 +60,7 @@ impl AgentSilent {
             }
             None => {
                 let liveness = Liveness {
-                    host: record.event.host.clone(),
+                    host: record.event.host.to_string(),
                     last_heard: at,
                     last_seq: record.event.seq,
                     last_event_ts: record.event.ts,

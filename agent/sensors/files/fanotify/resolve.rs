@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -136,11 +136,17 @@ impl Resolver {
     }
 
     pub(super) fn entry(&mut self, entry: &(Handle, Vec<u8>)) -> Option<PathBuf> {
-        let dir = self.dir(&entry.0)?;
-        if entry.1.is_empty() || entry.1 == b"." {
-            return Some(dir);
+        let name = entry.1.as_slice();
+        if name.is_empty() || name == b"." {
+            return self.dir(&entry.0);
         }
-        Some(dir.join(OsStr::from_bytes(&entry.1)))
+        // Built once at its final size from the cached directory, not copied out of the cache
+        // and then grown.
+        if let Some(dir) = self.resolved.get(&entry.0) {
+            return Some(join_name(dir, name));
+        }
+        let dir = self.dir(&entry.0)?;
+        Some(join_name(&dir, name))
     }
 
     pub(super) fn remember(&mut self, handle: Handle, path: PathBuf) {
@@ -256,6 +262,18 @@ impl Resolver {
     }
 }
 
+/// `dir` joined with one name (which holds no `/`), in one allocation of the final size.
+fn join_name(dir: &Path, name: &[u8]) -> PathBuf {
+    let dir = dir.as_os_str().as_bytes();
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    if !dir.ends_with(b"/") {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    PathBuf::from(std::ffi::OsString::from_vec(path))
+}
+
 /// Directories deeper than this are not climbed.
 const MAX_DEPTH: usize = 4096;
 
@@ -307,12 +325,75 @@ pub(super) fn own_event_fd(fd: i32) -> Option<OwnedFd> {
 /// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
 /// files; the second value says whether it was there.
 pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    let bytes = link.as_os_str().as_bytes();
-    match bytes.strip_suffix(b" (deleted)") {
-        Some(stripped) => Some((PathBuf::from(OsStr::from_bytes(stripped)), true)),
-        None => Some((link, false)),
+    let fd = u32::try_from(fd.as_raw_fd()).ok()?;
+    let mut link = [0u8; libc::PATH_MAX as usize];
+    let len = match proc_fds() {
+        Some(dir) => read_fd_link(dir, fd, &mut link)?,
+        None => {
+            let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            let bytes = path.as_os_str().as_bytes();
+            let len = bytes.len().min(link.len());
+            link[..len].copy_from_slice(&bytes[..len]);
+            len
+        }
+    };
+    let link = &link[..len];
+    let (bytes, deleted) = match link.strip_suffix(b" (deleted)") {
+        Some(stripped) => (stripped, true),
+        None => (link, false),
+    };
+    Some((PathBuf::from(OsStr::from_bytes(bytes)), deleted))
+}
+
+/// `/proc/self/fd`, held open: a descriptor's link is read relative to it, one name looked up
+/// instead of four (a burst reads one for each close-after-write). `None` where it cannot be
+/// opened, and the links are read by their whole path.
+fn proc_fds() -> Option<&'static OwnedFd> {
+    static FDS: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    FDS.get_or_init(|| {
+        nix::fcntl::open(
+            "/proc/self/fd",
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    })
+    .as_ref()
+}
+
+/// `readlinkat(dir, "<fd>")` into `link`, without allocating: the link's length, or `None` when
+/// it cannot be read or fills `link` (it may have been cut short).
+fn read_fd_link(dir: &OwnedFd, fd: u32, link: &mut [u8]) -> Option<usize> {
+    // The descriptor's number as a NUL-terminated decimal name.
+    let mut name = [0u8; 12];
+    let mut digits = [0u8; 10];
+    let mut n = fd;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    for (i, digit) in digits[..count].iter().rev().enumerate() {
+        name[i] = *digit;
+    }
+    // SAFETY: `name` is NUL-terminated (at most ten digits in twelve bytes); `link` is writable
+    // for its whole length, which is what the kernel is told; `dir` is open for the call.
+    let len = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr().cast::<libc::c_char>(),
+            link.as_mut_ptr().cast::<libc::c_char>(),
+            link.len(),
+        )
+    };
+    let len = usize::try_from(len).ok()?;
+    (len < link.len()).then_some(len)
 }
 
 fn path_of(fd: &impl AsRawFd) -> Option<PathBuf> {
@@ -337,5 +418,15 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(path_of_file(&file), Some((path, true)));
         assert_eq!(path_of_file(&-1), None);
+    }
+
+    /// A name joins a directory with one separator, below the root too.
+    #[test]
+    fn a_name_joins_its_directory() {
+        assert_eq!(join_name(Path::new("/"), b"a.csv"), Path::new("/a.csv"));
+        assert_eq!(
+            join_name(Path::new("/data/x"), b"exp_\xff.csv"),
+            Path::new("/data/x").join(OsStr::from_bytes(b"exp_\xff.csv"))
+        );
     }
 }
