@@ -135,6 +135,8 @@ pub struct ReadCount {
 pub struct Seen {
     pub facts: Facts,
     pub export: Option<ExportInfo>,
+    /// The file's names when it was examined (`st_nlink`); `None` when not examined now.
+    pub links: Option<u64>,
 }
 
 pub struct Observer {
@@ -161,6 +163,9 @@ pub struct Observer {
     /// asks the table once, not once per file.
     /// Each shared by the batch's events: one copy of a process for a burst of its files.
     looked_up: HashMap<u32, Option<Arc<ProcessInfo>>>,
+    /// The last owner named, by uid: a burst's files mostly share one, and the process table's
+    /// lookup takes its lock.
+    last_owner: std::cell::RefCell<Option<(u32, Arc<str>)>>,
     /// File events in order, each with the pid still to be looked up (if any) and until when.
     waiting: VecDeque<(Instant, Option<u32>, Event)>,
     /// Events ready for the forwarder, handed over together ([`Observer::end_round`]) once the
@@ -209,6 +214,7 @@ impl Observer {
             started: SystemTime::now(),
             closed: false,
             looked_up: HashMap::new(),
+            last_owner: Default::default(),
             waiting: VecDeque::new(),
             outbox: Vec::with_capacity(OUTBOX),
             outbox_since: None,
@@ -271,6 +277,7 @@ impl Observer {
         self.sizes.get(path).map(|known| Seen {
             facts: known.facts,
             export: known.export.as_deref().cloned(),
+            links: None,
         })
     }
 
@@ -299,16 +306,19 @@ impl Observer {
     fn examine_at(&self, path: &Path, open: &Path) -> Option<Seen> {
         let metadata = std::fs::symlink_metadata(open).ok()?;
         let facts = Facts::from_metadata(&metadata);
+        let links = links_of(&metadata);
         if !metadata.is_file() {
             return Some(Seen {
                 facts,
                 export: None,
+                links,
             });
         }
         if facts.size == 0 {
             return Some(Seen {
                 facts,
                 export: Self::recognise_empty(path),
+                links,
             });
         }
         // Opened without blocking so a FIFO swapped in after the stat cannot hang the sensor.
@@ -323,7 +333,11 @@ impl Observer {
             Ok(file) => self.recognise(path, file, facts.size),
             Err(_) => None,
         };
-        Some(Seen { facts, export })
+        Some(Seen {
+            facts,
+            export,
+            links,
+        })
     }
 
     /// Examines a file through a descriptor the backend holds, which works even after the file
@@ -343,7 +357,11 @@ impl Observer {
         } else {
             None
         };
-        Some(Seen { facts, export })
+        Some(Seen {
+            facts,
+            export,
+            links: Some(u64::from(stat.st_nlink)),
+        })
     }
 
     /// An empty file is recognised by its name alone: nothing to open or read.
@@ -540,12 +558,24 @@ impl Observer {
         }
     }
 
+    fn owner_name(&self, uid: u32) -> Arc<str> {
+        let mut last = self.last_owner.borrow_mut();
+        match &*last {
+            Some((known, name)) if *known == uid => Arc::clone(name),
+            _ => {
+                let name = self.processes.shared_user_name(uid);
+                *last = Some((uid, Arc::clone(&name)));
+                name
+            }
+        }
+    }
+
     fn fill(&self, event: &mut FileEvent, facts: Facts) {
         event.size = Some(facts.size);
         event.inode = facts.inode;
         event.mode = facts.mode;
         event.owner_uid = facts.uid;
-        event.owner = facts.uid.map(|uid| self.processes.shared_user_name(uid));
+        event.owner = facts.uid.map(|uid| self.owner_name(uid));
     }
 
     /// Emits a file event with its process. When the pid is not known yet the event waits (and
@@ -959,6 +989,20 @@ pub mod long {
 /// byte that is not UTF-8 is written `\xNN` and every backslash `\\`, so the text can be turned
 /// back into the exact bytes and two distinct names never share one path. The flag says whether
 /// anything was escaped.
+/// A file's number of names, where the system tells it.
+fn links_of(metadata: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(metadata.nlink())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = metadata;
+        None
+    }
+}
+
 pub fn escape_path(path: &Path) -> (String, bool) {
     let bytes = path.as_os_str().as_encoded_bytes();
     if let Ok(text) = std::str::from_utf8(bytes) {

@@ -70,6 +70,15 @@ impl PendingWrites {
         self.queue.get(last)?.as_ref()?.seen.clone()
     }
 
+    /// Whether the latest write of `path` found its file with no name left: examined after the
+    /// names read this round, so after any delete in them.
+    fn latest_unlinked(&self, path: &Path) -> bool {
+        self.latest
+            .get(path)
+            .and_then(|&last| self.queue.get(last)?.as_ref()?.seen.as_ref())
+            .is_some_and(|seen| seen.links == Some(0))
+    }
+
     /// Takes the writes of one path, in order.
     fn take_path(&mut self, path: &Path) -> Vec<Written> {
         let mut taken = Vec::new();
@@ -507,13 +516,16 @@ impl Loop {
         // A file gone for good (its handle stale) was created and then deleted: no look at the
         // name is needed, nor at the handle again. Otherwise whether the name exists now tells
         // which came first. In a burst of short-lived files the look at the name was a fifth
-        // of the sensor's time.
+        // of the sensor's time. A file written and closed in this round was examined through
+        // its descriptor after these names were read: with no name left then, it is gone for
+        // good (an unlinked file cannot be linked again), and the handle need not be opened.
         let gone = created
             && deleted
-            && event
-                .object
-                .as_ref()
-                .is_some_and(|object| self.resolver.is_gone(object));
+            && (self.pending_writes.latest_unlinked(&path)
+                || event
+                    .object
+                    .as_ref()
+                    .is_some_and(|object| self.resolver.is_gone(object)));
         let object = event.object.as_ref().filter(|_| !gone);
         let recreated = created && deleted && !gone && std::fs::symlink_metadata(&path).is_ok();
         if deleted && recreated {

@@ -542,6 +542,7 @@ impl ReadWatch {
                 let seen = Seen {
                     facts: Facts::from_metadata(&metadata),
                     export,
+                    links: None,
                 };
                 observer.read(&path, pid, Some(seen), count);
                 path
