@@ -357,10 +357,15 @@ impl Observer {
         } else {
             None
         };
+        #[allow(
+            clippy::useless_conversion,
+            reason = "st_nlink is a u32 on some targets"
+        )]
+        let links = u64::from(stat.st_nlink);
         Some(Seen {
             facts,
             export,
-            links: Some(u64::from(stat.st_nlink)),
+            links: Some(links),
         })
     }
 
