@@ -1073,6 +1073,43 @@ mod tests {
         }
     }
 
+    /// The host, an owner's name and a backend's name are shared between events: each is held
+    /// to the string bound, and cut in this event only, leaving what the others share whole.
+    #[test]
+    fn shared_strings_are_bounded_and_cut_in_this_event_only() {
+        let long: Arc<str> = Arc::from("o".repeat(limits::MAX_STRING + 1));
+        let process = Arc::new(ProcessInfo::default());
+        for field in ["host", "owner", "backend"] {
+            let mut event = write_by(&process);
+            let Body::File(file) = &mut event.body else {
+                unreachable!()
+            };
+            match field {
+                "host" => event.host = Arc::clone(&long),
+                "owner" => file.owner = Some(Arc::clone(&long)),
+                _ => file.backend = Cow::Owned(long.to_string()),
+            }
+            let error = check_bounds(&mut event).unwrap_err();
+            assert!(
+                matches!(error, ProtoError::TooLong { len, .. } if len == long.len()),
+                "{field}: {error}"
+            );
+            let bytes = fit_and_encode(&mut event);
+            let back = decode_event(&bytes).unwrap();
+            assert_eq!(back, event, "{field}");
+            let Body::File(file) = &back.body else {
+                unreachable!()
+            };
+            let cut = match field {
+                "host" => back.host.len(),
+                "owner" => file.owner.as_deref().map_or(0, str::len),
+                _ => file.backend.len(),
+            };
+            assert_eq!(cut, limits::MAX_STRING, "{field}");
+            assert_eq!(long.len(), limits::MAX_STRING + 1, "{field}: cut in place");
+        }
+    }
+
     #[test]
     fn a_shared_process_is_checked_cut_in_this_event_only_and_otherwise_left_shared() {
         let within = Arc::new(ProcessInfo {

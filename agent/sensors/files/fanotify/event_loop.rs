@@ -13,7 +13,7 @@ use nix::sys::fanotify::Fanotify;
 
 use super::reads::{ReadGroup, ReadWatch};
 use super::record::{self, Handle, NameEvent, parse_names_into};
-use super::resolve::{Resolver, own_event_fd, path_of_file};
+use super::resolve::{Resolver, handle_of_fd, own_event_fd, path_of_file};
 use super::setup::FanotifyBackend;
 use crate::sensors::Stop;
 use crate::sensors::files::observe::{Observer, Seen};
@@ -42,6 +42,8 @@ struct Written {
     path: PathBuf,
     pid: Option<u32>,
     seen: Option<Seen>,
+    /// The file's handle, when it had no name left as it was examined.
+    unlinked: Option<Handle>,
 }
 
 /// Examined writes in arrival order, indexed by path so a create or delete finds its own in
@@ -70,13 +72,15 @@ impl PendingWrites {
         self.queue.get(last)?.as_ref()?.seen.clone()
     }
 
-    /// Whether the latest write of `path` found its file with no name left: examined after the
-    /// names read this round, so after any delete in them.
-    fn latest_unlinked(&self, path: &Path) -> bool {
+    /// Whether the latest write of `path` was to `object` and found it with no name left. It was
+    /// examined after the names read this round, so after any delete in them.
+    fn latest_unlinked(&self, path: &Path, object: &Handle) -> bool {
         self.latest
             .get(path)
-            .and_then(|&last| self.queue.get(last)?.as_ref()?.seen.as_ref())
-            .is_some_and(|seen| seen.links == Some(0))
+            .and_then(|&last| self.queue.get(last)?.as_ref()?.unlinked.as_ref())
+            .is_some_and(|unlinked| {
+                unlinked.handle_type == object.handle_type && unlinked.bytes == object.bytes
+            })
     }
 
     /// Takes the writes of one path, in order.
@@ -368,7 +372,19 @@ impl Loop {
                     continue;
                 }
                 let seen = self.observer.examine_file(&path, fd.as_fd());
-                self.pending_writes.push(Written { path, pid, seen });
+                // Its handle while the descriptor still holds it (an inode's number is not reused
+                // while it is open), so a create-and-delete of it in this round's names needs no
+                // look at the handle to know it is gone.
+                let unlinked = seen
+                    .as_ref()
+                    .filter(|seen| seen.links == Some(0))
+                    .and_then(|_| handle_of_fd(&fd));
+                self.pending_writes.push(Written {
+                    path,
+                    pid,
+                    seen,
+                    unlinked,
+                });
             }
         }
         self.write_records = WriteRecords {
@@ -424,7 +440,12 @@ impl Loop {
             match self.observer.path_of_inode(inode) {
                 Some(path) => {
                     let seen = self.observer.examine_path(&path);
-                    self.pending_writes.push(Written { path, pid, seen });
+                    self.pending_writes.push(Written {
+                        path,
+                        pid,
+                        seen,
+                        unlinked: None,
+                    });
                 }
                 None => self.unnamed_writes += 1,
             }
@@ -517,15 +538,15 @@ impl Loop {
         // name is needed, nor at the handle again. Otherwise whether the name exists now tells
         // which came first. In a burst of short-lived files the look at the name was a fifth
         // of the sensor's time. A file written and closed in this round was examined through
-        // its descriptor after these names were read: with no name left then, it is gone for
-        // good (an unlinked file cannot be linked again), and the handle need not be opened.
+        // its descriptor after these names were read: when it had no name left then and is
+        // this event's file (its handle), it is gone for good (an unlinked file cannot be
+        // linked again), and the handle need not be opened, which makes the filesystem read
+        // the dead inode back only to refuse it.
         let gone = created
             && deleted
-            && (self.pending_writes.latest_unlinked(&path)
-                || event
-                    .object
-                    .as_ref()
-                    .is_some_and(|object| self.resolver.is_gone(object)));
+            && event.object.as_ref().is_some_and(|object| {
+                self.pending_writes.latest_unlinked(&path, object) || self.resolver.is_gone(object)
+            });
         let object = event.object.as_ref().filter(|_| !gone);
         let recreated = created && deleted && !gone && std::fs::symlink_metadata(&path).is_ok();
         if deleted && recreated {

@@ -34,6 +34,12 @@ pub(super) fn handle_of_file(file: &File, fsid: [u8; FSID_LEN]) -> Option<Handle
     name_to_handle(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH, fsid)
 }
 
+/// The handle of the file a descriptor is open on, to compare with the handles events carry by
+/// type and bytes (its filesystem is not known, so `fsid` is left zero).
+pub(super) fn handle_of_fd(fd: &impl AsRawFd) -> Option<Handle> {
+    name_to_handle(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, [0; FSID_LEN])
+}
+
 /// `name_to_handle_at(dirfd, path, flags)`, as a [`Handle`] on the filesystem `fsid`.
 fn name_to_handle(
     dirfd: libc::c_int,
