@@ -426,6 +426,22 @@ mod tests {
         assert_eq!(path_of_file(&-1), None);
     }
 
+    /// A descriptor numbered with several digits is named whole in `/proc/self/fd`.
+    #[test]
+    fn a_descriptor_with_a_long_number_reads_its_own_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join("high.csv");
+        let file = File::create(&path).unwrap();
+        for at_least in [10, 123, 900] {
+            let high =
+                nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(at_least)).unwrap();
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            let high = unsafe { OwnedFd::from_raw_fd(high) };
+            assert!(high.as_raw_fd() >= at_least);
+            assert_eq!(path_of_file(&high), Some((path.clone(), false)));
+        }
+    }
+
     /// A name joins a directory with one separator, below the root too.
     #[test]
     fn a_name_joins_its_directory() {
