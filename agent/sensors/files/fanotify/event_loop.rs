@@ -604,9 +604,15 @@ impl Loop {
         if is_dir {
             self.observer.dir_deleted(path);
         } else if self.observer.scope().contains(path) {
+            // Written and closed in this round with no name left when examined (after this
+            // delete was read): no other name is left now either, and its handle need not be
+            // opened to say so.
+            let unlinked =
+                object.is_some_and(|object| self.pending_writes.latest_unlinked(path, object));
             self.flush_writes(Some(path));
             // A file still linked under another name opens by its handle: only a name went.
             let links_left = object
+                .filter(|_| !unlinked)
                 .and_then(|object| self.resolver.open_file(object))
                 .and_then(|file| file.metadata().ok())
                 .map(|metadata| {
