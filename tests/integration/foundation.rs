@@ -357,6 +357,23 @@ fn damaged_run_is_named(name: &str, line: &str, damage: impl Fn(&rusqlite::Conne
     damage(&conn, first);
     drop(conn);
     collector.restart();
+    let named = damage_named_after_a_marker(&collector, &agent, &watched, first, last);
+    assert_eq!(named["dropped"].as_u64(), Some((last - first + 1) as u64));
+    assert!(agent.proc.has_line(line), "{}", agent.proc.log());
+    let (ok, report) = verify(&collector.dir);
+    assert!(ok, "{report}");
+}
+
+/// Writes a file after a run was damaged and waits until the collector stores it (so the agent
+/// got past the damage), then returns the `agent.dropped` that names seqs `first..=last`, which
+/// must say they were damaged.
+fn damage_named_after_a_marker(
+    collector: &Collector,
+    agent: &Agent,
+    watched: &Path,
+    first: i64,
+    last: i64,
+) -> serde_json::Value {
     let marker = watched.join("after-the-damage.txt");
     std::fs::write(&marker, b"x").unwrap();
     wait_for_explained(
@@ -376,16 +393,13 @@ fn damaged_run_is_named(name: &str, line: &str, damage: impl Fn(&rusqlite::Conne
         .find(|notice| {
             notice["first_dropped_seq"].as_u64() == Some(first as u64)
                 && notice["last_dropped_seq"].as_u64() == Some(last as u64)
-        });
-    let named = named.unwrap_or_else(|| panic!("no agent.dropped names {first}..={last}"));
-    assert_eq!(named["dropped"].as_u64(), Some((last - first + 1) as u64));
+        })
+        .unwrap_or_else(|| panic!("no agent.dropped names {first}..={last}"));
     assert!(
         named["message"].as_str().unwrap().contains("damaged"),
         "{named}"
     );
-    assert!(agent.proc.has_line(line), "{}", agent.proc.log());
-    let (ok, report) = verify(&collector.dir);
-    assert!(ok, "{report}");
+    named
 }
 
 #[test]
@@ -792,31 +806,7 @@ fn a_damaged_run_sent_packed_is_named_once_the_collector_refuses_it() {
     drop(conn);
     kill(pid, Signal::SIGCONT).unwrap();
 
-    let marker = watched.join("after-the-damage.txt");
-    std::fs::write(&marker, b"x").unwrap();
-    wait_for_explained(
-        "the marker stored",
-        LONG,
-        || {
-            (!collector
-                .events(&["--path", marker.to_str().unwrap()])
-                .is_empty())
-            .then_some(())
-        },
-        || format!("agent log:\n{}", agent.proc.log()),
-    );
-    let named = collector
-        .events(&["--kind", "agent.dropped"])
-        .into_iter()
-        .find(|notice| {
-            notice["first_dropped_seq"].as_u64() == Some(first as u64)
-                && notice["last_dropped_seq"].as_u64() == Some(last as u64)
-        })
-        .unwrap_or_else(|| panic!("no agent.dropped names {first}..={last}"));
-    assert!(
-        named["message"].as_str().unwrap().contains("damaged"),
-        "{named}"
-    );
+    damage_named_after_a_marker(&collector, &agent, &watched, first, last);
     let log = agent.proc.log();
     assert!(
         log.contains("did not take a batch of packed runs"),
