@@ -86,6 +86,18 @@ enum Part<'a> {
     Process(&'a mut Arc<ProcessInfo>),
 }
 
+impl Part<'_> {
+    /// A string's field name and length, whichever way the string is held.
+    fn text(&self) -> Option<(&'static str, usize)> {
+        match self {
+            Part::Text(field, text) => Some((field, text.len())),
+            Part::Shared(field, text) => Some((field, text.len())),
+            Part::Named(field, text) => Some((field, text.len())),
+            _ => None,
+        }
+    }
+}
+
 fn visit_process(p: &mut ProcessInfo, f: &mut dyn FnMut(Part<'_>)) {
     f(Part::Ancestry(&mut p.ancestry));
     f(Part::Text("exe", &mut p.exe));
@@ -201,26 +213,16 @@ fn check_bounds(event: &mut Event) -> Result<(), ProtoError> {
                 count: list.len(),
                 limit: MAX_LIST,
             }),
-            Part::Text(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
-                seq,
-                field,
-                len: text.len(),
-                limit: MAX_STRING,
-            }),
-            Part::Shared(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
-                seq,
-                field,
-                len: text.len(),
-                limit: MAX_STRING,
-            }),
-            Part::Named(field, text) if text.len() > MAX_STRING => Some(ProtoError::TooLong {
-                seq,
-                field,
-                len: text.len(),
-                limit: MAX_STRING,
-            }),
             Part::Process(p) => process_beyond(seq, &p.ancestry, process_texts(p)),
-            _ => None,
+            other => match other.text() {
+                Some((field, len)) if len > MAX_STRING => Some(ProtoError::TooLong {
+                    seq,
+                    field,
+                    len,
+                    limit: MAX_STRING,
+                }),
+                _ => None,
+            },
         };
     });
     found.map_or(Ok(()), Err)
