@@ -1578,11 +1578,7 @@ impl Spool {
                 plain_events(blob(4, "run events")?, row.get::<_, bool>(5)?).map_err(damaged)?;
             let parsed =
                 (|| parse_run(first, last, blob(2, "prev hash")?, blob(3, "hash")?, &plain))();
-            let (prev, head, events) = parsed.map_err(|error| SpoolError::DamagedRun {
-                first,
-                last,
-                detail: error.to_string(),
-            })?;
+            let (prev, head, events) = parsed.map_err(damaged)?;
             // Events already acknowledged at the front of the run are skipped.
             let skip = after_seq.saturating_add(1).saturating_sub(first) as usize;
             let start = first + skip as u64;
