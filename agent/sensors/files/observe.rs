@@ -990,10 +990,6 @@ pub mod long {
     }
 }
 
-/// A path as events carry it: unchanged when it is UTF-8 without a backslash; otherwise every
-/// byte that is not UTF-8 is written `\xNN` and every backslash `\\`, so the text can be turned
-/// back into the exact bytes and two distinct names never share one path. The flag says whether
-/// anything was escaped.
 /// A file's number of names, where the system tells it.
 fn links_of(metadata: &std::fs::Metadata) -> Option<u64> {
     #[cfg(unix)]
@@ -1008,6 +1004,10 @@ fn links_of(metadata: &std::fs::Metadata) -> Option<u64> {
     }
 }
 
+/// A path as events carry it: unchanged when it is UTF-8 without a backslash; otherwise every
+/// byte that is not UTF-8 is written `\xNN` and every backslash `\\`, so the text can be turned
+/// back into the exact bytes and two distinct names never share one path. The flag says whether
+/// anything was escaped.
 pub fn escape_path(path: &Path) -> (String, bool) {
     let bytes = path.as_os_str().as_encoded_bytes();
     if let Ok(text) = std::str::from_utf8(bytes) {
