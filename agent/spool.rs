@@ -1182,8 +1182,7 @@ fn from_rows_to_runs(conn: &Connection) -> Result<(), rusqlite::Error> {
         while let Some(row) = iter.next()? {
             let bytes: Vec<u8> = row.get(3)?;
             let mut blob = Vec::with_capacity(LENGTH_PREFIX + bytes.len());
-            blob.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            blob.extend_from_slice(&bytes);
+            bannin::runs::push(&mut blob, &bytes);
             insert.execute(params![
                 row.get::<_, i64>(0)?,
                 row.get::<_, Vec<u8>>(1)?,
@@ -2189,8 +2188,7 @@ mod tests {
         events[0] = vec![0xff; events[0].len()];
         let mut plain = Vec::new();
         for e in &events {
-            plain.extend_from_slice(&(e.len() as u32).to_le_bytes());
-            plain.extend_from_slice(e);
+            bannin::runs::push(&mut plain, e);
         }
         let packed = pack(&plain);
         let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
@@ -2497,8 +2495,7 @@ mod tests {
                 old.seq = seq;
                 let bytes = bannin::proto::encode_event(&old);
                 head = chain::link(&head, seq, &bytes);
-                plain.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                plain.extend_from_slice(&bytes);
+                bannin::runs::push(&mut plain, &bytes);
                 size += bytes.len();
             }
             conn.execute(
