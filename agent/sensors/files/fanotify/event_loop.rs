@@ -13,7 +13,7 @@ use nix::sys::fanotify::Fanotify;
 
 use super::reads::{ReadGroup, ReadWatch};
 use super::record::{self, Handle, NameEvent, parse_names_into};
-use super::resolve::{Resolver, handle_of_fd, own_event_fd, path_of_file};
+use super::resolve::{Resolver, handle_of_file, own_event_fd, path_of_file};
 use super::setup::FanotifyBackend;
 use crate::sensors::Stop;
 use crate::sensors::files::observe::{Observer, Seen};
@@ -378,7 +378,7 @@ impl Loop {
                 let unlinked = seen
                     .as_ref()
                     .filter(|seen| seen.links == Some(0))
-                    .and_then(|_| handle_of_fd(&fd));
+                    .and_then(|_| handle_of_file(&fd, [0; record::FSID_LEN]));
                 self.pending_writes.push(Written {
                     path,
                     pid,

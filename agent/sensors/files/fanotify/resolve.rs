@@ -29,15 +29,10 @@ fn handle_of(path: &Path, fsid: [u8; FSID_LEN]) -> Option<Handle> {
     name_to_handle(libc::AT_FDCWD, &c_path, 0, fsid)
 }
 
-/// The handle of an open file, as events name it.
-pub(super) fn handle_of_file(file: &File, fsid: [u8; FSID_LEN]) -> Option<Handle> {
+/// The handle of an open file, as events name it, on the filesystem `fsid` (zero where it is not
+/// known and only the handle's type and bytes are compared).
+pub(super) fn handle_of_file(file: &impl AsRawFd, fsid: [u8; FSID_LEN]) -> Option<Handle> {
     name_to_handle(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH, fsid)
-}
-
-/// The handle of the file a descriptor is open on, to compare with the handles events carry by
-/// type and bytes (its filesystem is not known, so `fsid` is left zero).
-pub(super) fn handle_of_fd(fd: &impl AsRawFd) -> Option<Handle> {
-    name_to_handle(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, [0; FSID_LEN])
 }
 
 /// `name_to_handle_at(dirfd, path, flags)`, as a [`Handle`] on the filesystem `fsid`.
@@ -332,23 +327,23 @@ pub(super) fn own_event_fd(fd: i32) -> Option<OwnedFd> {
 /// files; the second value says whether it was there.
 pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
     let fd = u32::try_from(fd.as_raw_fd()).ok()?;
-    let mut link = [0u8; libc::PATH_MAX as usize];
-    let len = match proc_fds() {
-        Some(dir) => read_fd_link(dir, fd, &mut link)?,
-        None => {
-            let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-            let bytes = path.as_os_str().as_bytes();
-            let len = bytes.len().min(link.len());
-            link[..len].copy_from_slice(&bytes[..len]);
-            len
-        }
+    let Some(dir) = proc_fds() else {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        return Some(without_deleted(link.as_os_str().as_bytes()));
     };
-    let link = &link[..len];
+    let mut link = [0u8; libc::PATH_MAX as usize];
+    let len = read_fd_link(dir, fd, &mut link)?;
+    Some(without_deleted(&link[..len]))
+}
+
+/// A descriptor's link as a path, without the " (deleted)" the kernel appends to unlinked files,
+/// and whether it was there.
+fn without_deleted(link: &[u8]) -> (PathBuf, bool) {
     let (bytes, deleted) = match link.strip_suffix(b" (deleted)") {
         Some(stripped) => (stripped, true),
         None => (link, false),
     };
-    Some((PathBuf::from(OsStr::from_bytes(bytes)), deleted))
+    (PathBuf::from(OsStr::from_bytes(bytes)), deleted)
 }
 
 /// `/proc/self/fd`, held open: a descriptor's link is read relative to it, one name looked up
