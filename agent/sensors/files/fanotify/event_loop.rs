@@ -30,6 +30,8 @@ const READS_PER_ROUND: usize = 16;
 const POLL: Duration = Duration::from_millis(200);
 /// How long a poll waits while events wait for their process to be known.
 const WAITING_POLL: Duration = Duration::from_millis(10);
+/// How long a poll waits while writes are held for their names ([`PendingWrites`]).
+const HELD_WRITES_POLL: Duration = Duration::from_millis(10);
 /// After a round that had events, how long the kernel gathers more before the next: in a burst
 /// the sensor then reads a few dozen events per wake-up rather than one, and every wake-up costs
 /// a poll and a read of each group. Far below what fills a group's queue (16,384 events).
@@ -46,11 +48,11 @@ struct Written {
     unlinked: Option<Handle>,
 }
 
-/// Examined writes in arrival order, indexed by path so a create or delete finds its own in
-/// constant time even when a flood leaves thousands pending. Kept from round to round, so a burst
-/// reuses its room rather than growing it again each round.
+/// One round's examined writes in arrival order, indexed by path so a create or delete finds its
+/// own in constant time even when a flood leaves thousands pending. Kept from round to round, so a
+/// burst reuses its room rather than growing it again each round.
 #[derive(Default)]
-struct PendingWrites {
+struct WriteQueue {
     queue: Vec<Option<Written>>,
     /// For each write in `queue`, the position of the write of the same path before it.
     before: Vec<Option<usize>>,
@@ -58,7 +60,7 @@ struct PendingWrites {
     latest: HashMap<PathBuf, usize>,
 }
 
-impl PendingWrites {
+impl WriteQueue {
     fn push(&mut self, written: Written) {
         let at = self.queue.len();
         self.before
@@ -66,18 +68,69 @@ impl PendingWrites {
         self.queue.push(Some(written));
     }
 
-    /// What the latest write of `path` saw.
-    fn latest(&self, path: &Path) -> Option<Seen> {
+    fn latest(&self, path: &Path) -> Option<&Written> {
         let &last = self.latest.get(path)?;
-        self.queue.get(last)?.as_ref()?.seen.clone()
+        self.queue.get(last)?.as_ref()
     }
 
-    /// Whether the latest write of `path` was to `object` and found it with no name left. It was
-    /// examined after the names read this round, so after any delete in them.
+    /// Takes the writes of one path, in order.
+    fn take_path(&mut self, path: &Path, taken: &mut Vec<Written>) {
+        let from = taken.len();
+        let mut at = self.latest.remove(path);
+        while let Some(i) = at {
+            taken.extend(self.queue.get_mut(i).and_then(Option::take));
+            at = self.before.get(i).copied().flatten();
+        }
+        taken[from..].reverse();
+    }
+
+    /// Takes every write, in order.
+    fn take_all(&mut self) -> impl Iterator<Item = Written> + '_ {
+        self.latest.clear();
+        self.before.clear();
+        self.queue.drain(..).flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+}
+
+/// The examined writes not emitted yet: this round's, and those held over from the round before.
+///
+/// A write is held one round more when its names did not come with it: the sensor drains the
+/// writes after reading the names, so in a fast burst a file's close-after-write is often in hand
+/// a round before its create and delete are read. Held, the write is still there when they come:
+/// the create takes what the write saw (no look at a name already gone) and a merged
+/// create-and-delete knows from it that its file is gone (no handle opened). Emitted a round
+/// later, the write then also comes between its create and its delete, in the order they
+/// happened. Writes held are emitted at the end of the next round, or when a short poll finds no
+/// new events ([`HELD_WRITES_POLL`]), so none waits longer than that.
+#[derive(Default)]
+struct PendingWrites {
+    fresh: WriteQueue,
+    held: WriteQueue,
+}
+
+impl PendingWrites {
+    fn push(&mut self, written: Written) {
+        self.fresh.push(written);
+    }
+
+    fn latest_written(&self, path: &Path) -> Option<&Written> {
+        self.fresh.latest(path).or_else(|| self.held.latest(path))
+    }
+
+    /// What the latest write of `path` saw.
+    fn latest(&self, path: &Path) -> Option<Seen> {
+        self.latest_written(path)?.seen.clone()
+    }
+
+    /// Whether the latest write of `path` was to `object` and found it with no name left. A file
+    /// with no name left never has one again, so this holds whenever that write was examined.
     fn latest_unlinked(&self, path: &Path, object: &Handle) -> bool {
-        self.latest
-            .get(path)
-            .and_then(|&last| self.queue.get(last)?.as_ref()?.unlinked.as_ref())
+        self.latest_written(path)
+            .and_then(|written| written.unlinked.as_ref())
             .is_some_and(|unlinked| {
                 unlinked.handle_type == object.handle_type && unlinked.bytes == object.bytes
             })
@@ -86,20 +139,25 @@ impl PendingWrites {
     /// Takes the writes of one path, in order.
     fn take_path(&mut self, path: &Path) -> Vec<Written> {
         let mut taken = Vec::new();
-        let mut at = self.latest.remove(path);
-        while let Some(i) = at {
-            taken.extend(self.queue.get_mut(i).and_then(Option::take));
-            at = self.before.get(i).copied().flatten();
-        }
-        taken.reverse();
+        self.held.take_path(path, &mut taken);
+        self.fresh.take_path(path, &mut taken);
         taken
     }
 
     /// Takes every write, in order.
     fn take_all(&mut self) -> impl Iterator<Item = Written> + '_ {
-        self.latest.clear();
-        self.before.clear();
-        self.queue.drain(..).flatten()
+        self.held.take_all().chain(self.fresh.take_all())
+    }
+
+    /// Ends a round: takes the writes held from the round before, in order, and holds this
+    /// round's.
+    fn take_held(&mut self) -> impl Iterator<Item = Written> + '_ {
+        std::mem::swap(&mut self.fresh, &mut self.held);
+        self.fresh.take_all()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fresh.is_empty() && self.held.is_empty()
     }
 }
 
@@ -181,6 +239,8 @@ pub fn run(
             .map(|due| due.saturating_duration_since(tokio::time::Instant::now()));
         let duty = if state.observer.waiting() {
             Some(WAITING_POLL)
+        } else if !state.pending_writes.is_empty() {
+            Some(HELD_WRITES_POLL)
         } else if state.moved_from.is_some()
             || state.observer.rescan_owed()
             || state
@@ -211,6 +271,7 @@ pub fn run(
             // Only the outbox's linger was over: hand it over, then wait again.
             Ok(_) if linger_only => continue,
             Ok(_) => {
+                state.flush_writes(None);
                 state.settle_moved_from();
                 state.observer.pump();
                 state.observer.rescan_if_due();
@@ -271,9 +332,13 @@ pub fn run(
             state.handle_name_event(&event, paired_renames);
         }
         state.resolve_writes();
-        state.flush_writes(None);
+        state.emit_held_writes();
         state.drain_modifies(&modifies, &mut buf);
         state.reads_turn(&mut buf);
+        if state.observer.rescan_owed() {
+            // A rescan compares the trees with what the sensor remembers, writes included.
+            state.flush_writes(None);
+        }
         state.observer.rescan_if_due();
         if gather {
             #[expect(
@@ -301,6 +366,13 @@ fn is_exchange(event: &NameEvent, next: Option<&NameEvent>) -> bool {
         && event.new_entry == next.old_entry
         && event.object.is_some()
         && event.object != next.object
+}
+
+impl Drop for Loop {
+    /// A stopping sensor emits the writes it holds before its observer sends what it has.
+    fn drop(&mut self) {
+        self.flush_writes(None);
+    }
 }
 
 impl Loop {
@@ -426,6 +498,7 @@ impl Loop {
                     continue;
                 };
                 if self.observer.scope().contains(&path) {
+                    self.flush_writes(Some(&path));
                     self.observer.modified(&path, pid);
                 }
             }
@@ -461,8 +534,16 @@ impl Loop {
         }
     }
 
+    /// Emits the writes held from the round before and holds this round's ([`PendingWrites`]).
+    fn emit_held_writes(&mut self) {
+        let observer = &mut self.observer;
+        for written in self.pending_writes.take_held() {
+            observer.changed(FileAction::Write, &written.path, written.pid, written.seen);
+        }
+    }
+
     /// Emits the examined writes, all of them or only those of one path (before that path is
-    /// deleted or renamed, so the delete carries the written size).
+    /// deleted, renamed or truncated, so what is reported of it next follows the written size).
     fn flush_writes(&mut self, only: Option<&Path>) {
         let observer = &mut self.observer;
         let mut emit = |written: Written| {
@@ -602,6 +683,7 @@ impl Loop {
         object: Option<&Handle>,
     ) {
         if is_dir {
+            self.flush_writes(None);
             self.observer.dir_deleted(path);
         } else if self.observer.scope().contains(path) {
             // Written and closed in this round with no name left when examined (after this
@@ -639,6 +721,7 @@ impl Loop {
             return;
         };
         if is_dir {
+            self.flush_writes(None);
             // Swapped through a name no real path can have (it holds a NUL byte).
             let mut parked = a.clone().into_os_string();
             parked.push("\0exchange");
@@ -679,6 +762,8 @@ impl Loop {
         object: Option<&Handle>,
     ) {
         if is_dir {
+            // Writes held under the old name are reported with it, before the move.
+            self.flush_writes(None);
             self.resolver.dir_renamed(old.as_deref(), &new);
             if let Some(object) = object {
                 self.resolver.remember(object.clone(), new.clone());
@@ -697,9 +782,84 @@ impl Loop {
         if let Some(old) = &old {
             self.flush_writes(Some(old));
         }
+        // A write held for the name moved onto was to the file it replaces.
+        self.flush_writes(Some(&new));
         // A file leaving the watched trees is still reported with where it went: the kernel
         // names both ends of the rename.
         let from = if old_in { old } else { None };
         self.observer.renamed(from.as_deref(), &new, pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(path: &str, pid: u32, unlinked: Option<&[u8]>) -> Written {
+        Written {
+            path: PathBuf::from(path),
+            pid: Some(pid),
+            seen: None,
+            unlinked: unlinked.map(|bytes| Handle {
+                fsid: [0; record::FSID_LEN],
+                handle_type: 1,
+                bytes: bytes.to_vec(),
+            }),
+        }
+    }
+
+    fn pids(writes: impl Iterator<Item = Written>) -> Vec<Option<u32>> {
+        writes.map(|w| w.pid).collect()
+    }
+
+    #[test]
+    fn a_write_is_held_one_round_and_taken_with_its_path_in_order() {
+        let mut pending = PendingWrites::default();
+        pending.push(written("/w/a.csv", 1, None));
+        pending.push(written("/w/b.csv", 2, None));
+        // The round that examined them holds them.
+        assert!(pids(pending.take_held()).is_empty());
+        assert!(!pending.is_empty());
+        // The next round's names find them, the held before the fresh of the same path.
+        pending.push(written("/w/a.csv", 3, None));
+        assert!(pending.latest_written(Path::new("/w/b.csv")).is_some());
+        assert_eq!(
+            pending
+                .latest_written(Path::new("/w/a.csv"))
+                .and_then(|w| w.pid),
+            Some(3)
+        );
+        assert_eq!(
+            pids(pending.take_path(Path::new("/w/a.csv")).into_iter()),
+            [Some(1), Some(3)]
+        );
+        // What no name took is emitted at the end of that next round, and nothing is left.
+        assert_eq!(pids(pending.take_held()), [Some(2)]);
+        assert!(pending.is_empty());
+        assert!(pids(pending.take_held()).is_empty());
+    }
+
+    #[test]
+    fn only_the_latest_write_of_a_path_says_whether_its_file_is_gone() {
+        let object = Handle {
+            fsid: [0; record::FSID_LEN],
+            handle_type: 1,
+            bytes: vec![7; 8],
+        };
+        let path = Path::new("/w/export.csv");
+        let mut pending = PendingWrites::default();
+        pending.push(written("/w/export.csv", 1, Some(&[7; 8])));
+        let _ = pending.take_held().count();
+        assert!(pending.latest_unlinked(path, &object), "held a round");
+        // Another file written at the name since, still linked: not known gone.
+        pending.push(written("/w/export.csv", 2, None));
+        assert!(!pending.latest_unlinked(path, &object));
+        // Another file's handle is never taken for this one.
+        let mut other = PendingWrites::default();
+        other.push(written("/w/export.csv", 1, Some(&[8; 8])));
+        assert!(!other.latest_unlinked(path, &object));
+        // Everything is taken in order when the sensor must emit all.
+        assert_eq!(pids(pending.take_all()), [Some(1), Some(2)]);
+        assert!(pending.is_empty());
     }
 }
