@@ -431,17 +431,28 @@ impl Observer {
     /// A remembered file was modified without being closed yet: reported as a write only when it
     /// is smaller than remembered (truncated in place, which no close-after-write may follow).
     pub fn modified(&mut self, path: &Path, pid: Option<u32>) {
-        let Some(known) = self.sizes.get(path).map(|known| known.facts) else {
-            return;
+        if self.shrank(path, None) {
+            self.truncated(path, pid);
+        }
+    }
+
+    /// Whether the file at `path` is the same file as `known` (by default what is remembered of
+    /// the file at `path`) and smaller now.
+    pub fn shrank(&self, path: &Path, known: Option<Facts>) -> bool {
+        let Some(known) = known.or_else(|| self.sizes.get(path).map(|known| known.facts)) else {
+            return false;
         };
         let Ok(metadata) = std::fs::symlink_metadata(path) else {
-            return;
+            return false;
         };
         let now = Facts::from_metadata(&metadata);
-        if now.inode == known.inode && now.size < known.size {
-            let seen = self.examine_path(path);
-            self.changed(FileAction::Write, path, pid, seen);
-        }
+        now.inode == known.inode && now.size < known.size
+    }
+
+    /// Reports the file at `path` as written now, after it shrank ([`Self::shrank`]).
+    pub fn truncated(&mut self, path: &Path, pid: Option<u32>) {
+        let seen = self.examine_path(path);
+        self.changed(FileAction::Write, path, pid, seen);
     }
 
     /// Emits a delete carrying the last size seen.

@@ -497,9 +497,16 @@ impl Loop {
                 let Some(path) = event.entry.as_ref().and_then(|e| self.resolver.entry(e)) else {
                     continue;
                 };
-                if self.observer.scope().contains(&path) {
+                if !self.observer.scope().contains(&path) {
+                    continue;
+                }
+                // A write held for its names is what the file is known to hold: it is reported
+                // before the truncate that followed it, and is held on otherwise (a file's own
+                // writes before its close are modifications too).
+                let held = self.pending_writes.latest(&path).map(|seen| seen.facts);
+                if self.observer.shrank(&path, held) {
                     self.flush_writes(Some(&path));
-                    self.observer.modified(&path, pid);
+                    self.observer.truncated(&path, pid);
                 }
             }
             self.modified = modified;

@@ -42,9 +42,9 @@ fn name_to_handle(
     flags: libc::c_int,
     fsid: [u8; FSID_LEN],
 ) -> Option<Handle> {
-    let capacity = libc::MAX_HANDLE_SZ as usize;
-    let mut raw = vec![0u32; 2 + capacity.div_ceil(4)];
-    raw[0] = u32::try_from(capacity).ok()?;
+    // A struct file_handle on the stack: its size, its type, then room for the handle's bytes.
+    let mut raw = [0u32; 2 + MAX_HANDLE_BYTES.div_ceil(4)];
+    raw[0] = MAX_HANDLE_BYTES as u32;
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `path` is NUL-terminated; `raw` is an aligned struct file_handle whose
     // handle_bytes says how much room follows; `mount_id` is a valid out pointer; `dirfd` is
@@ -61,12 +61,15 @@ fn name_to_handle(
     if rc != 0 {
         return None;
     }
-    let len = (raw[0] as usize).min(capacity);
-    let bytes: Vec<u8> = raw[2..]
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .take(len)
-        .collect();
+    let len = (raw[0] as usize).min(MAX_HANDLE_BYTES);
+    let mut bytes = Vec::with_capacity(len);
+    for word in &raw[2..] {
+        let room = len - bytes.len();
+        if room == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&word.to_ne_bytes()[..room.min(4)]);
+    }
     Some(Handle {
         fsid,
         handle_type: i32::from_ne_bytes(raw[1].to_ne_bytes()),
