@@ -625,11 +625,11 @@ impl Loop {
         // A file gone for good (its handle stale) was created and then deleted: no look at the
         // name is needed, nor at the handle again. Otherwise whether the name exists now tells
         // which came first. In a burst of short-lived files the look at the name was a fifth
-        // of the sensor's time. A file written and closed in this round was examined through
-        // its descriptor after these names were read: when it had no name left then and is
-        // this event's file (its handle), it is gone for good (an unlinked file cannot be
-        // linked again), and the handle need not be opened, which makes the filesystem read
-        // the dead inode back only to refuse it.
+        // of the sensor's time. A file written and closed in this round or the one before (its
+        // write still pending) was examined through its descriptor: when it had no name left
+        // then and is this event's file (its handle), it is gone for good (an unlinked file
+        // cannot be linked again), and the handle need not be opened, which makes the
+        // filesystem read the dead inode back only to refuse it.
         let gone = created
             && deleted
             && event.object.as_ref().is_some_and(|object| {
@@ -693,9 +693,9 @@ impl Loop {
             self.flush_writes(None);
             self.observer.dir_deleted(path);
         } else if self.observer.scope().contains(path) {
-            // Written and closed in this round with no name left when examined (after this
-            // delete was read): no other name is left now either, and its handle need not be
-            // opened to say so.
+            // Written and closed with no name left when examined, its write still pending: no
+            // other name is left now either (an unlinked file cannot be linked again), and its
+            // handle need not be opened to say so.
             let unlinked =
                 object.is_some_and(|object| self.pending_writes.latest_unlinked(path, object));
             self.flush_writes(Some(path));
