@@ -438,17 +438,22 @@ fn unpack_runs(packed: &[Vec<u8>], limits: Limits) -> Result<Vec<Vec<u8>>, Servi
         }
     }
     let mut events = Vec::new();
+    let mut count = 0usize;
     for (index, run) in packed.iter().enumerate() {
         let plain = runs::unpack(run).map_err(bad(index))?;
-        for event in runs::events(&plain).map_err(bad(index))? {
-            if events.len() == limits.max_batch_events {
-                return Err(ServiceError::TooManyEvents {
-                    count: events.len() + 1,
-                    limit: limits.max_batch_events,
-                });
-            }
-            events.push(event.to_vec());
+        let framed = runs::events(&plain).map_err(bad(index))?;
+        count = count.saturating_add(framed.len());
+        // Past the limit the rest are only counted (what they unpack to is within the budget
+        // held above), so the refusal says how many events the batch held.
+        if count <= limits.max_batch_events {
+            events.extend(framed.into_iter().map(<[u8]>::to_vec));
         }
+    }
+    if count > limits.max_batch_events {
+        return Err(ServiceError::TooManyEvents {
+            count,
+            limit: limits.max_batch_events,
+        });
     }
     Ok(events)
 }
@@ -582,6 +587,33 @@ pub fn verify_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_runs_over_the_event_limit_is_refused_with_how_many_it_held() {
+        use bannin::runs;
+        let pack = |events: usize| {
+            let mut plain = Vec::new();
+            for n in 0..events {
+                runs::push(&mut plain, &[n as u8; 3]);
+            }
+            runs::pack(&plain)
+        };
+        let limits = Limits {
+            max_batch_events: 5,
+            max_decoded_bytes: MAX_DECODED_BATCH_BYTES,
+        };
+        let error = unpack_runs(&[pack(3), pack(3), pack(3)], limits).unwrap_err();
+        assert!(
+            matches!(error, ServiceError::TooManyEvents { count: 9, limit: 5 }),
+            "{error}"
+        );
+        assert_eq!(error.to_string(), "batch has 9 events; the limit is 5");
+        // At the limit, every event in order.
+        let events = unpack_runs(&[pack(3), pack(2)], limits).unwrap();
+        assert_eq!(events.len(), 5);
+        assert_eq!(events[3], [0u8; 3]);
+        assert_eq!(events[4], [1u8; 3]);
+    }
 
     #[test]
     fn a_refusal_is_told_to_the_caller_and_counted_under_one_reason() {
