@@ -238,12 +238,16 @@ impl Observer {
 
     /// Keeps a file seen as a large export for the backend to watch for reads.
     fn consider_for_reads(&mut self, path: &Path, seen: &Seen) {
-        let Some(min_size) = self.read_watch_min_size else {
-            return;
-        };
-        if seen.export.is_some() && seen.facts.size >= min_size && self.read_watch_max > 0 {
+        if self.watches_reads_of(seen) {
             self.exports.push((path.to_path_buf(), seen.clone()));
         }
+    }
+
+    /// Whether a file examined as `seen` is an export whose reads are to be watched.
+    pub fn watches_reads_of(&self, seen: &Seen) -> bool {
+        self.read_watch_min_size.is_some_and(|min_size| {
+            seen.export.is_some() && seen.facts.size >= min_size && self.read_watch_max > 0
+        })
     }
 
     /// Emits a `file.read`: `pid` read the watched export `path`, examined as `seen`.

@@ -159,6 +159,11 @@ impl PendingWrites {
     fn is_empty(&self) -> bool {
         self.fresh.is_empty() && self.held.is_empty()
     }
+
+    /// The writes held for the next round, in order.
+    fn held(&self) -> impl Iterator<Item = &Written> {
+        self.held.queue.iter().flatten()
+    }
 }
 
 /// What [`Loop::drain_writes`] reads into, kept from read to read.
@@ -541,11 +546,28 @@ impl Loop {
         }
     }
 
-    /// Emits the writes held from the round before and holds this round's ([`PendingWrites`]).
+    /// Emits the writes held from the round before and holds this round's ([`PendingWrites`]),
+    /// except those of exports whose reads are watched: their watch begins as they are emitted,
+    /// and a reader that follows the writer at once (`sort > export.csv && gzip export.csv`)
+    /// would otherwise have a round longer to go unseen.
     fn emit_held_writes(&mut self) {
         let observer = &mut self.observer;
         for written in self.pending_writes.take_held() {
             observer.changed(FileAction::Write, &written.path, written.pid, written.seen);
+        }
+        let exports: Vec<PathBuf> = self
+            .pending_writes
+            .held()
+            .filter(|written| {
+                written
+                    .seen
+                    .as_ref()
+                    .is_some_and(|seen| self.observer.watches_reads_of(seen))
+            })
+            .map(|written| written.path.clone())
+            .collect();
+        for path in exports {
+            self.flush_writes(Some(&path));
         }
     }
 
