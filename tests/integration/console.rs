@@ -467,8 +467,11 @@ async fn follow_a_real_alert(store: Store) {
     browser.screenshot(&site.shot("search")).await;
     browser.click("#export-csv").await;
     let downloaded = browser.downloads.join("bannin-events.csv");
+    // Chromium makes the file empty first and renames the finished download over it.
     let csv_text = wait_for("the CSV download", Duration::from_secs(30), || {
-        std::fs::read_to_string(&downloaded).ok()
+        std::fs::read_to_string(&downloaded)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
     });
     let mut lines = csv_text.lines();
     assert_eq!(

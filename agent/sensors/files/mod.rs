@@ -100,7 +100,7 @@ async fn forward(mut rx: BatchReceiver<Event>, tx: EventTx) {
 
 enum Chosen {
     #[cfg(target_os = "linux")]
-    Fanotify(fanotify::FanotifyBackend),
+    Fanotify(Box<fanotify::FanotifyBackend>),
     Notify(
         notify_backend::NotifyBackend,
         Vec<(std::path::PathBuf, String)>,
@@ -147,7 +147,7 @@ fn start(
     let spawned = match chosen {
         #[cfg(target_os = "linux")]
         Chosen::Fanotify(kernel) => {
-            thread.spawn(move || span.in_scope(|| fanotify::run(kernel, reads, observer, stop)))
+            thread.spawn(move || span.in_scope(|| fanotify::run(*kernel, reads, observer, stop)))
         }
         Chosen::Notify(watcher, failed) => {
             for (root, reason) in failed {
@@ -214,7 +214,7 @@ fn choose(config: &FilesSettings, scope: &Scope) -> Result<(Chosen, String), Fil
         BackendChoice::Fanotify => fanotify::open(scope, config.kernel_queue)
             .map(|kernel| {
                 let why = format!("requested by configuration; {}", kernel.queue);
-                (Chosen::Fanotify(kernel), why)
+                (Chosen::Fanotify(Box::new(kernel)), why)
             })
             .map_err(|reason| FilesError::FanotifyUnavailable { reason }),
         #[cfg(not(target_os = "linux"))]
@@ -228,7 +228,7 @@ fn choose(config: &FilesSettings, scope: &Scope) -> Result<(Chosen, String), Fil
                     "running as root and the kernel accepted the filesystem marks; {}",
                     kernel.queue
                 );
-                Ok((Chosen::Fanotify(kernel), why))
+                Ok((Chosen::Fanotify(Box::new(kernel)), why))
             }
             Err(reason) => open_notify(format!(
                 "fanotify unavailable: {reason}; using notify, process facts are not known"

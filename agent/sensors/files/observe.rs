@@ -349,6 +349,17 @@ impl Observer {
     #[cfg(target_os = "linux")]
     pub fn examine_file(&self, path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Option<Seen> {
         let stat = nix::sys::stat::fstat(fd).ok()?;
+        Some(self.examine_stat(path, fd, &stat))
+    }
+
+    /// [`Self::examine_file`], with the descriptor's `fstat` already in hand.
+    #[cfg(target_os = "linux")]
+    pub fn examine_stat(
+        &self,
+        path: &Path,
+        fd: std::os::fd::BorrowedFd<'_>,
+        stat: &nix::sys::stat::FileStat,
+    ) -> Seen {
         let facts = Facts {
             size: u64::try_from(stat.st_size).unwrap_or(0),
             inode: Some(stat.st_ino),
@@ -366,11 +377,11 @@ impl Observer {
             reason = "st_nlink is a u32 on some targets"
         )]
         let links = u64::from(stat.st_nlink);
-        Some(Seen {
+        Seen {
             facts,
             export,
             links: Some(links),
-        })
+        }
     }
 
     /// An empty file is recognised by its name alone: nothing to open or read.

@@ -760,6 +760,51 @@ fn deleting_a_hard_linked_export_says_the_file_lives_on() {
     assert_eq!(deleted["links_left"], 1, "{deleted}");
 }
 
+/// The kernel names an open file whose last name is gone with " (deleted)" after it. A live file
+/// named `customers.csv (deleted)` must not pass for the export `customers.csv`: its 4-byte write
+/// would then stand as the export's size and the export's delete would go unalerted.
+fn a_name_ending_in_deleted_is_not_another_file(backend: &str) {
+    let rig = rig(&format!("deleted-suffix-{backend}"), backend);
+    let export = rig.watched.join("customers.csv");
+    write_csv(&export, 17);
+    let path = export.display().to_string();
+    let written = wait_written(&rig, &path, size_of(&export));
+    // Made first and written later, so the write is named from its descriptor, not its create.
+    let decoy = rig.watched.join("customers.csv (deleted)");
+    std::fs::write(&decoy, "").unwrap();
+    wait_written(&rig, &decoy.display().to_string(), 0);
+    std::fs::write(&decoy, "a,b\n").unwrap();
+    wait_written(&rig, &decoy.display().to_string(), 4);
+    std::fs::remove_file(&export).unwrap();
+    let deleted = rig.wait_event("the delete of the export", |e| {
+        e["kind"] == "file.delete" && e["path"] == path.as_str()
+    });
+    assert_eq!(deleted["size"], written["size"], "{deleted}");
+    let alert = rig.wait_alert(&path);
+    assert_eq!(alert["size"], written["size"], "{alert}");
+    let steered: Vec<Value> = rig
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["path"] == path.as_str() && e["kind"] == "file.write" && e["size"] != written["size"]
+        })
+        .collect();
+    assert!(
+        steered.is_empty(),
+        "the decoy passed for the export: {steered:?}"
+    );
+}
+
+#[test]
+fn a_name_ending_in_deleted_is_not_another_file_fanotify() {
+    a_name_ending_in_deleted_is_not_another_file("fanotify");
+}
+
+#[test]
+fn a_name_ending_in_deleted_is_not_another_file_notify() {
+    a_name_ending_in_deleted_is_not_another_file("notify");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Truncation in place.
 

@@ -174,6 +174,87 @@ struct WriteRecords {
     owned: Vec<(u64, Option<OwnedFd>, i32)>,
 }
 
+/// The files one round's names events created or moved, by their handle, so that a write to
+/// one of them is named from its event: a hash lookup and a name joined to a remembered
+/// directory, where reading the descriptor's link in `/proc` was a fifth of the sensor's kernel
+/// time in a burst of short-lived files.
+#[derive(Default)]
+struct NamedFiles {
+    /// The position in the round's events of the latest to give each file a name, by a hash of
+    /// its handle; `None` for a file created under two names (a hard link), whose writes are then
+    /// named by their link. Of two handles with one hash the later is kept: a lookup compares the
+    /// handle, so a collision costs only the link read.
+    latest: HashMap<u64, Option<usize>>,
+    indexed: bool,
+}
+
+impl NamedFiles {
+    fn key(handle: &Handle) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        handle.handle_type.hash(&mut hasher);
+        handle.bytes.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Starts a round: its events are indexed when its first write asks.
+    fn clear(&mut self) {
+        self.latest.clear();
+        self.indexed = false;
+    }
+
+    fn index(&mut self, events: &[NameEvent]) {
+        self.indexed = true;
+        for (at, event) in events.iter().enumerate() {
+            if event.mask & (libc::FAN_ONDIR | libc::FAN_Q_OVERFLOW) != 0 {
+                continue;
+            }
+            let Some(object) = &event.object else {
+                continue;
+            };
+            let key = Self::key(object);
+            if event.mask & libc::FAN_CREATE != 0 {
+                self.latest
+                    .entry(key)
+                    .and_modify(|latest| *latest = None)
+                    .or_insert(Some(at));
+            } else if event.mask & (libc::FAN_RENAME | libc::FAN_MOVED_TO) != 0 {
+                let latest = self.latest.entry(key).or_insert(Some(at));
+                if latest.is_some() {
+                    *latest = Some(at);
+                }
+            }
+        }
+    }
+
+    /// The directory and name the round's `events` last gave the file `handle` (on the
+    /// filesystem `fsid`), when they gave it exactly one.
+    fn entry<'e>(
+        &mut self,
+        events: &'e [NameEvent],
+        handle: &Handle,
+        fsid: [u8; record::FSID_LEN],
+    ) -> Option<&'e (Handle, Vec<u8>)> {
+        if !self.indexed {
+            self.index(events);
+        }
+        let at = (*self.latest.get(&Self::key(handle))?)?;
+        let event = events.get(at)?;
+        let object = event.object.as_ref()?;
+        if object.fsid != fsid
+            || object.handle_type != handle.handle_type
+            || object.bytes != handle.bytes
+        {
+            return None;
+        }
+        if event.mask & libc::FAN_RENAME != 0 {
+            event.new_entry.as_ref()
+        } else {
+            event.entry.as_ref()
+        }
+    }
+}
+
 struct Loop {
     observer: Observer,
     resolver: Resolver,
@@ -191,6 +272,7 @@ struct Loop {
     reads: Option<ReadWatch>,
     /// The parsed events of one read of the `modifies` group, kept from read to read.
     modified: Vec<NameEvent>,
+    named: NamedFiles,
 }
 
 /// Runs the backend until the sensor stops; `reads` is the reads group and how many exports it
@@ -221,6 +303,7 @@ pub fn run(
         unnamed_writes: 0,
         reads: reads.map(|(group, max)| ReadWatch::new(group, max)),
         modified: Vec::new(),
+        named: NamedFiles::default(),
     };
     let mut buf = vec![0u8; READ_BUFFER];
     // Reused round after round: a burst's rounds are large, and a fresh list each time costs
@@ -324,7 +407,7 @@ pub fn run(
             }
         }
         state.observer.new_batch();
-        state.drain_writes(&writes);
+        state.drain_writes(&writes, &events);
         // Kept up with, but not idle: gather (see GATHER). Behind: go straight on.
         let gather = (1..GATHER_BELOW).contains(&events.len());
         let mut round = events.drain(..).peekable();
@@ -398,7 +481,8 @@ impl Loop {
     /// Reads every queued close-after-write and examines each file through the descriptor the
     /// event carries, closing it straight after so a flood cannot exhaust descriptors. Each
     /// read takes at most [`WRITES_BUFFER`] bytes of events, and with them as many descriptors.
-    fn drain_writes(&mut self, writes: &Fanotify) {
+    fn drain_writes(&mut self, writes: &Fanotify, names: &[NameEvent]) {
+        self.named.clear();
         let mut buf = [0u8; WRITES_BUFFER];
         // Kept from round to round, like the names' (see `parse_names_into`).
         let WriteRecords {
@@ -436,26 +520,34 @@ impl Loop {
                 let Some(fd) = fd else {
                     continue;
                 };
-                let Some((path, _deleted)) = path_of_file(&fd.as_raw_fd()) else {
+                let Ok(stat) = nix::sys::stat::fstat(&fd) else {
+                    self.unnamed_writes += 1;
+                    continue;
+                };
+                #[allow(
+                    clippy::useless_conversion,
+                    reason = "st_nlink is a u32 on some targets"
+                )]
+                let links = u64::from(stat.st_nlink);
+                // Its handle while the descriptor still holds it (an inode's number is not reused
+                // while it is open), so a create-and-delete of it in this round's names needs no
+                // look at the handle to know it is gone.
+                let unlinked = (links == 0)
+                    .then(|| handle_of_file(&fd, [0; record::FSID_LEN]))
+                    .flatten();
+                let path = self
+                    .named_by_event(&fd, &stat, unlinked.as_ref(), names)
+                    .or_else(|| path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path));
+                let Some(path) = path else {
                     // Too deep for the kernel to print: named by its inode once this batch's
                     // creates and renames are in, or reported as an error, never dropped.
-                    match nix::sys::stat::fstat(&fd) {
-                        Ok(stat) => self.unresolved_writes.push((stat.st_ino, pid)),
-                        Err(_) => self.unnamed_writes += 1,
-                    }
+                    self.unresolved_writes.push((stat.st_ino, pid));
                     continue;
                 };
                 if !self.observer.scope().contains(&path) {
                     continue;
                 }
-                let seen = self.observer.examine_file(&path, fd.as_fd());
-                // Its handle while the descriptor still holds it (an inode's number is not reused
-                // while it is open), so a create-and-delete of it in this round's names needs no
-                // look at the handle to know it is gone.
-                let unlinked = seen
-                    .as_ref()
-                    .filter(|seen| seen.links == Some(0))
-                    .and_then(|_| handle_of_file(&fd, [0; record::FSID_LEN]));
+                let seen = Some(self.observer.examine_stat(&path, fd.as_fd(), &stat));
                 self.pending_writes.push(Written {
                     path,
                     pid,
@@ -468,6 +560,33 @@ impl Loop {
             parsed: records,
             owned: events,
         };
+    }
+
+    /// The path of a written file that this round's `names` created or moved, from their event;
+    /// `None` for any other, and for a file with several names, whose link in `/proc` says which
+    /// one it was written by.
+    fn named_by_event(
+        &mut self,
+        fd: &OwnedFd,
+        stat: &nix::sys::stat::FileStat,
+        handle: Option<&Handle>,
+        names: &[NameEvent],
+    ) -> Option<PathBuf> {
+        if names.is_empty() || stat.st_nlink > 1 {
+            return None;
+        }
+        #[allow(clippy::useless_conversion, reason = "dev_t is not a u64 everywhere")]
+        let fsid = self.resolver.fsid_of_device(u64::from(stat.st_dev))?;
+        let found;
+        let handle = match handle {
+            Some(handle) => handle,
+            None => {
+                found = handle_of_file(fd, fsid)?;
+                &found
+            }
+        };
+        let entry = self.named.entry(names, handle, fsid)?;
+        self.resolver.entry(entry)
     }
 
     /// Reads the queued modifications and reports each remembered file that shrank (a
@@ -890,5 +1009,77 @@ mod tests {
         // Everything is taken in order when the sensor must emit all.
         assert_eq!(pids(pending.take_all()), [Some(1), Some(2)]);
         assert!(pending.is_empty());
+    }
+
+    fn handle(fsid: u8, byte: u8) -> Handle {
+        Handle {
+            fsid: [fsid; record::FSID_LEN],
+            handle_type: 1,
+            bytes: vec![byte; 8],
+        }
+    }
+
+    fn entry(dir: u8, name: &str) -> Option<(Handle, Vec<u8>)> {
+        Some((handle(1, dir), name.as_bytes().to_vec()))
+    }
+
+    /// A write is named by the latest event to name its file this round: its create, or a
+    /// rename after it; not by an event of another file or filesystem, and not when the file
+    /// was given two names.
+    #[test]
+    fn a_written_file_is_named_by_its_latest_event_only_when_unambiguous() {
+        let create = |file: u8, name: &str| NameEvent {
+            mask: libc::FAN_CREATE,
+            object: Some(handle(1, file)),
+            entry: entry(100, name),
+            ..NameEvent::default()
+        };
+        let events = vec![
+            create(1, "a.csv"),
+            NameEvent {
+                mask: libc::FAN_RENAME,
+                object: Some(handle(1, 1)),
+                old_entry: entry(100, "a.csv"),
+                new_entry: entry(100, "b.csv"),
+                ..NameEvent::default()
+            },
+            create(2, "c.csv"),
+            create(3, "d.csv"),
+            // A hard link: the file has two names.
+            create(3, "e.csv"),
+            NameEvent {
+                mask: libc::FAN_CREATE | libc::FAN_ONDIR,
+                object: Some(handle(1, 4)),
+                entry: entry(100, "dir"),
+                ..NameEvent::default()
+            },
+        ];
+        let mut named = NamedFiles::default();
+        let name = |named: &mut NamedFiles, file: Handle, fsid: u8| {
+            named
+                .entry(&events, &file, [fsid; record::FSID_LEN])
+                .map(|(_, name)| String::from_utf8(name.clone()).unwrap())
+        };
+        named.clear();
+        assert_eq!(name(&mut named, handle(0, 1), 1).as_deref(), Some("b.csv"));
+        assert_eq!(name(&mut named, handle(0, 2), 1).as_deref(), Some("c.csv"));
+        assert_eq!(
+            name(&mut named, handle(0, 2), 2),
+            None,
+            "another filesystem"
+        );
+        assert_eq!(name(&mut named, handle(0, 3), 1), None, "two names");
+        assert_eq!(name(&mut named, handle(0, 4), 1), None, "a directory");
+        assert_eq!(name(&mut named, handle(0, 5), 1), None, "never named");
+        // The next round starts empty.
+        named.clear();
+        assert_eq!(name(&mut named, handle(0, 1), 1), Some("b.csv".to_string()));
+        assert_eq!(name(&mut named, handle(0, 1), 1).as_deref(), Some("b.csv"));
+        let none: Vec<NameEvent> = Vec::new();
+        named.clear();
+        assert_eq!(
+            named.entry(&none, &handle(0, 1), [1; record::FSID_LEN]),
+            None
+        );
     }
 }

@@ -616,7 +616,8 @@ impl Resolver {
         let fd = self.open_path(handle)?;
         let file = File::from(fd);
         let metadata = file.metadata().ok()?;
-        let (path, _deleted) = super::resolve::path_of_file(&file)?;
+        let links = std::os::unix::fs::MetadataExt::nlink(&metadata);
+        let (path, _deleted) = super::resolve::path_of_file(&file, Some(links))?;
         Some((path, metadata))
     }
 }

@@ -90,11 +90,22 @@ pub(super) struct Resolver {
     /// filesystem mark reports every such rename, so until then the answer stands and most
     /// events cost a hash lookup instead of two system calls.
     resolved: HashMap<Handle, PathBuf>,
+    /// Each marked filesystem's id by the device number its files report in `fstat`.
+    devices: HashMap<u64, [u8; FSID_LEN]>,
 }
 
 impl Resolver {
     pub(super) fn new(mounts: HashMap<[u8; FSID_LEN], File>, roots: Vec<PathBuf>) -> Self {
+        let devices = mounts
+            .iter()
+            .filter_map(|(fsid, dir)| {
+                let stat = nix::sys::stat::fstat(dir).ok()?;
+                #[allow(clippy::useless_conversion, reason = "dev_t is not a u64 everywhere")]
+                Some((u64::from(stat.st_dev), *fsid))
+            })
+            .collect();
         Resolver {
+            devices,
             mounts,
             known: HashMap::new(),
             order: std::collections::VecDeque::new(),
@@ -118,6 +129,11 @@ impl Resolver {
             }
             None => self.known.get(handle).cloned(),
         }
+    }
+
+    /// The id, as events give it, of the marked filesystem whose files report `device`.
+    pub(super) fn fsid_of_device(&self, device: u64) -> Option<[u8; FSID_LEN]> {
+        self.devices.get(&device).copied()
     }
 
     /// A directory was renamed somewhere on the filesystem: any resolved path may be stale.
@@ -327,26 +343,38 @@ pub(super) fn own_event_fd(fd: i32) -> Option<OwnedFd> {
 }
 
 /// The path a descriptor refers to, without the " (deleted)" the kernel appends to unlinked
-/// files; the second value says whether it was there.
-pub(super) fn path_of_file(fd: &impl AsRawFd) -> Option<(PathBuf, bool)> {
-    let fd = u32::try_from(fd.as_raw_fd()).ok()?;
-    let Some(dir) = proc_fds() else {
-        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-        return Some(without_deleted(link.as_os_str().as_bytes()));
+/// files; the second value says whether it was there. `links` is the file's link count when the
+/// caller read it before this call.
+///
+/// A live file may be named `customers.csv (deleted)` itself, so the suffix is only taken off a
+/// file with no name left: one that had none before the link was read (an unlinked file is never
+/// linked again, so the kernel appended it), or one that has none now and whose name without the
+/// suffix is not another file (it was unlinked between the two looks).
+pub(super) fn path_of_file(fd: &impl AsRawFd, links: Option<u64>) -> Option<(PathBuf, bool)> {
+    let raw = u32::try_from(fd.as_raw_fd()).ok()?;
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    let read;
+    let link: &[u8] = match proc_fds() {
+        Some(dir) => {
+            let len = read_fd_link(dir, raw, &mut buf)?;
+            &buf[..len]
+        }
+        None => {
+            read = std::fs::read_link(format!("/proc/self/fd/{raw}")).ok()?;
+            read.as_os_str().as_bytes()
+        }
     };
-    let mut link = [0u8; libc::PATH_MAX as usize];
-    let len = read_fd_link(dir, fd, &mut link)?;
-    Some(without_deleted(&link[..len]))
-}
-
-/// A descriptor's link as a path, without the " (deleted)" the kernel appends to unlinked files,
-/// and whether it was there.
-fn without_deleted(link: &[u8]) -> (PathBuf, bool) {
-    let (bytes, deleted) = match link.strip_suffix(b" (deleted)") {
-        Some(stripped) => (stripped, true),
-        None => (link, false),
+    let Some(stripped) = link.strip_suffix(b" (deleted)") else {
+        return Some((PathBuf::from(OsStr::from_bytes(link)), false));
     };
-    (PathBuf::from(OsStr::from_bytes(bytes)), deleted)
+    // SAFETY: the caller holds the descriptor open for this call, and its link was just read.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let unlinked = links == Some(0)
+        || nix::sys::stat::fstat(fd).is_ok_and(|now| {
+            now.st_nlink == 0 && nix::sys::stat::lstat(OsStr::from_bytes(stripped)).is_err()
+        });
+    let path = if unlinked { stripped } else { link };
+    Some((PathBuf::from(OsStr::from_bytes(path)), unlinked))
 }
 
 /// `/proc/self/fd`, held open: a descriptor's link is read relative to it, one name looked up
@@ -401,7 +429,7 @@ fn read_fd_link(dir: &OwnedFd, fd: u32, link: &mut [u8]) -> Option<usize> {
 }
 
 fn path_of(fd: &impl AsRawFd) -> Option<PathBuf> {
-    path_of_file(fd).map(|(path, _)| path)
+    path_of_file(fd, None).map(|(path, _)| path)
 }
 
 #[cfg(test)]
@@ -418,10 +446,29 @@ mod tests {
         name.resize(250, b'x');
         let path = dir.join(OsStr::from_bytes(&name));
         let file = File::create(&path).unwrap();
-        assert_eq!(path_of_file(&file), Some((path.clone(), false)));
+        assert_eq!(path_of_file(&file, None), Some((path.clone(), false)));
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(path_of_file(&file), Some((path, true)));
-        assert_eq!(path_of_file(&-1), None);
+        assert_eq!(path_of_file(&file, None), Some((path.clone(), true)));
+        assert_eq!(path_of_file(&file, Some(0)), Some((path, true)));
+        assert_eq!(path_of_file(&-1, None), None);
+    }
+
+    /// A live file named as the kernel names an unlinked one keeps its whole name, and an
+    /// unlinked file so named loses only the suffix the kernel added.
+    #[test]
+    fn a_name_ending_in_deleted_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        let real = dir.join("customers.csv");
+        std::fs::write(&real, "id\n1\n").unwrap();
+        let decoy = dir.join("customers.csv (deleted)");
+        let file = File::create(&decoy).unwrap();
+        for links in [None, Some(1)] {
+            assert_eq!(path_of_file(&file, links), Some((decoy.clone(), false)));
+        }
+        std::fs::remove_file(&decoy).unwrap();
+        assert_eq!(path_of_file(&file, None), Some((decoy.clone(), true)));
+        assert_eq!(path_of_file(&file, Some(0)), Some((decoy, true)));
     }
 
     /// A descriptor numbered with several digits is named whole in `/proc/self/fd`.
@@ -436,7 +483,7 @@ mod tests {
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             let high = unsafe { OwnedFd::from_raw_fd(high) };
             assert!(high.as_raw_fd() >= at_least);
-            assert_eq!(path_of_file(&high), Some((path.clone(), false)));
+            assert_eq!(path_of_file(&high, None), Some((path.clone(), false)));
         }
     }
 
