@@ -185,7 +185,9 @@ struct NamedFiles {
     /// named by their link. Of two handles with one hash the later is kept: a lookup compares the
     /// handle, so a collision costs only the link read.
     latest: HashMap<u64, Option<usize>>,
-    indexed: bool,
+    /// How many of the round's events are indexed: they are read in several reads, and indexed
+    /// as writes ask.
+    indexed: usize,
 }
 
 impl NamedFiles {
@@ -197,15 +199,16 @@ impl NamedFiles {
         hasher.finish()
     }
 
-    /// Starts a round: its events are indexed when its first write asks.
+    /// Starts a round: its events are indexed when a write asks.
     fn clear(&mut self) {
         self.latest.clear();
-        self.indexed = false;
+        self.indexed = 0;
     }
 
     fn index(&mut self, events: &[NameEvent]) {
-        self.indexed = true;
-        for (at, event) in events.iter().enumerate() {
+        let from = self.indexed.min(events.len());
+        self.indexed = events.len();
+        for (at, event) in events.iter().enumerate().skip(from) {
             if event.mask & (libc::FAN_ONDIR | libc::FAN_Q_OVERFLOW) != 0 {
                 continue;
             }
@@ -235,7 +238,7 @@ impl NamedFiles {
         handle: &Handle,
         fsid: [u8; record::FSID_LEN],
     ) -> Option<&'e (Handle, Vec<u8>)> {
-        if !self.indexed {
+        if self.indexed < events.len() {
             self.index(events);
         }
         let at = (*self.latest.get(&Self::key(handle))?)?;
@@ -375,7 +378,8 @@ pub fn run(
         }
         // The groups are separate queues and fanotify stamps no event with a time or sequence,
         // so the order between them is the order they are read in. Reads of exports are read
-        // (and reported) first, then the names, then the writes: a reader's first read(2) comes
+        // (and reported) first, then the writes and the names in turn (see `drain_writes`): a
+        // reader's first read(2) comes
         // before anything it writes from what it read, so when both wait in the queues at once
         // (a round that gathered, or a thread that was held up) the read is still reported
         // first. `export-archived` depends on it when the writer is another process of a pipe
@@ -385,29 +389,19 @@ pub fn run(
         // before it, so that pipe match may pair an archive with a read made a round after it,
         // which is the lesser error than missing an archived export.
         state.reads_turn(&mut buf);
-        // The names are read before the writes are drained: every close-after-write that
-        // happened before a delete read here is then in hand when that delete is handled.
-        for _ in 0..READS_PER_ROUND {
-            match nix::unistd::read(&names, &mut buf) {
-                Ok(0) | Err(Errno::EAGAIN) => break,
-                Ok(n) => parse_names_into(&buf[..n], &mut events),
-                Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    // Not a transient condition: the group is unusable, so say so and stop
-                    // rather than repeat the error on every poll.
-                    state.observer.error(
-                        format!(
-                            "reading fanotify events failed, the file sensor stops: {}",
-                            errno.desc()
-                        ),
-                        Path::new(""),
-                    );
-                    return;
-                }
-            }
-        }
         state.observer.new_batch();
-        state.drain_writes(&writes, &events);
+        if let Err(errno) = state.drain_writes(&writes, &names, &mut buf, &mut events) {
+            // Not a transient condition: the group is unusable, so say so and stop rather than
+            // repeat the error on every poll.
+            state.observer.error(
+                format!(
+                    "reading fanotify events failed, the file sensor stops: {}",
+                    errno.desc()
+                ),
+                Path::new(""),
+            );
+            return;
+        }
         // Kept up with, but not idle: gather (see GATHER). Behind: go straight on.
         let gather = (1..GATHER_BELOW).contains(&events.len());
         let mut round = events.drain(..).peekable();
@@ -436,6 +430,28 @@ pub fn run(
             std::thread::sleep(GATHER);
         }
     }
+}
+
+/// Reads the queued names events into `events`, at most `reads_left` reads of [`READ_BUFFER`]
+/// bytes (counted down), until none are left; `Err` when the group cannot be read.
+fn read_names(
+    names: &Fanotify,
+    buf: &mut [u8],
+    events: &mut Vec<NameEvent>,
+    reads_left: &mut usize,
+) -> Result<(), Errno> {
+    while *reads_left > 0 {
+        match nix::unistd::read(names, buf) {
+            Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+            Ok(n) => {
+                *reads_left -= 1;
+                parse_names_into(&buf[..n], events);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
 }
 
 /// Whether `event` and the one after it are the two halves the kernel reports for a
@@ -478,29 +494,46 @@ impl Loop {
         Some(u32::try_from(pid).ok().filter(|&p| p != 0))
     }
 
-    /// Reads every queued close-after-write and examines each file through the descriptor the
-    /// event carries, closing it straight after so a flood cannot exhaust descriptors. Each
-    /// read takes at most [`WRITES_BUFFER`] bytes of events, and with them as many descriptors.
-    fn drain_writes(&mut self, writes: &Fanotify, names: &[NameEvent]) {
+    /// Reads every queued close-after-write and the names events, and examines each written
+    /// file through the descriptor its event carries, closing it straight after so a flood
+    /// cannot exhaust descriptors. Each read of the writes takes at most [`WRITES_BUFFER`] bytes
+    /// of events, and with them as many descriptors.
+    ///
+    /// Each read of the writes is followed by a read of the names, and its writes are examined
+    /// only then: a file is created before it is written and closed, so the create of every
+    /// write in hand has been read, and the write is named from it ([`Self::named_by_event`]).
+    /// The writes are read until a read after the last read of the names finds none: every
+    /// close-after-write that happened before a delete read here is then in hand when that
+    /// delete is handled. `Err` when the names group cannot be read.
+    fn drain_writes(
+        &mut self,
+        writes: &Fanotify,
+        names: &Fanotify,
+        names_buf: &mut [u8],
+        name_events: &mut Vec<NameEvent>,
+    ) -> Result<(), Errno> {
         self.named.clear();
+        let mut names_reads = READS_PER_ROUND;
+        let mut names_read = false;
         let mut buf = [0u8; WRITES_BUFFER];
         // Kept from round to round, like the names' (see `parse_names_into`).
         let WriteRecords {
             parsed: mut records,
             owned: mut events,
         } = std::mem::take(&mut self.write_records);
+        let mut result = Ok(());
         for _ in 0..READS_PER_ROUND * 16 {
+            let mut failed = false;
             match nix::unistd::read(writes, &mut buf) {
-                Ok(0) => break,
+                Ok(0) | Err(Errno::EAGAIN) => {}
                 Ok(n) => record::parse_fds_into(&buf[..n], &mut records),
-                Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
                     self.observer.error(
                         format!("reading fanotify write events failed: {}", errno.desc()),
                         Path::new(""),
                     );
-                    break;
+                    failed = true;
                 }
             };
             // Every descriptor first, so each is closed whatever becomes of its event.
@@ -509,57 +542,80 @@ impl Loop {
                     .drain(..)
                     .map(|event| (event.mask, own_event_fd(event.fd), event.pid)),
             );
-            for (mask, fd, pid) in events.drain(..) {
-                if mask & libc::FAN_Q_OVERFLOW != 0 {
-                    self.overflow();
-                    continue;
-                }
-                let Some(pid) = self.pid(pid) else {
-                    continue;
-                };
-                let Some(fd) = fd else {
-                    continue;
-                };
-                let Ok(stat) = nix::sys::stat::fstat(&fd) else {
-                    self.unnamed_writes += 1;
-                    continue;
-                };
-                #[allow(
-                    clippy::useless_conversion,
-                    reason = "st_nlink is a u32 on some targets"
-                )]
-                let links = u64::from(stat.st_nlink);
-                // Its handle while the descriptor still holds it (an inode's number is not reused
-                // while it is open), so a create-and-delete of it in this round's names needs no
-                // look at the handle to know it is gone.
-                let unlinked = (links == 0)
-                    .then(|| handle_of_file(&fd, [0; record::FSID_LEN]))
-                    .flatten();
-                let path = self
-                    .named_by_event(&fd, &stat, unlinked.as_ref(), names)
-                    .or_else(|| path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path));
-                let Some(path) = path else {
-                    // Too deep for the kernel to print: named by its inode once this batch's
-                    // creates and renames are in, or reported as an error, never dropped.
-                    self.unresolved_writes.push((stat.st_ino, pid));
-                    continue;
-                };
-                if !self.observer.scope().contains(&path) {
-                    continue;
-                }
-                let seen = Some(self.observer.examine_stat(&path, fd.as_fd(), &stat));
-                self.pending_writes.push(Written {
-                    path,
-                    pid,
-                    seen,
-                    unlinked,
-                });
+            if events.is_empty() && names_read {
+                break;
+            }
+            if let Err(errno) = read_names(names, names_buf, name_events, &mut names_reads) {
+                result = Err(errno);
+                break;
+            }
+            names_read = true;
+            self.examine_writes(&mut events, name_events);
+            if failed {
+                break;
             }
         }
+        // Descriptors left by an early end are closed here.
+        events.clear();
         self.write_records = WriteRecords {
             parsed: records,
             owned: events,
         };
+        result
+    }
+
+    /// Examines the writes of one read, naming each by this round's `names` where they name it.
+    fn examine_writes(
+        &mut self,
+        events: &mut Vec<(u64, Option<OwnedFd>, i32)>,
+        names: &[NameEvent],
+    ) {
+        for (mask, fd, pid) in events.drain(..) {
+            if mask & libc::FAN_Q_OVERFLOW != 0 {
+                self.overflow();
+                continue;
+            }
+            let Some(pid) = self.pid(pid) else {
+                continue;
+            };
+            let Some(fd) = fd else {
+                continue;
+            };
+            let Ok(stat) = nix::sys::stat::fstat(&fd) else {
+                self.unnamed_writes += 1;
+                continue;
+            };
+            #[allow(
+                clippy::useless_conversion,
+                reason = "st_nlink is a u32 on some targets"
+            )]
+            let links = u64::from(stat.st_nlink);
+            // Its handle while the descriptor still holds it (an inode's number is not reused
+            // while it is open), so a create-and-delete of it in this round's names needs no
+            // look at the handle to know it is gone.
+            let unlinked = (links == 0)
+                .then(|| handle_of_file(&fd, [0; record::FSID_LEN]))
+                .flatten();
+            let path = self
+                .named_by_event(&fd, &stat, unlinked.as_ref(), names)
+                .or_else(|| path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path));
+            let Some(path) = path else {
+                // Too deep for the kernel to print: named by its inode once this batch's
+                // creates and renames are in, or reported as an error, never dropped.
+                self.unresolved_writes.push((stat.st_ino, pid));
+                continue;
+            };
+            if !self.observer.scope().contains(&path) {
+                continue;
+            }
+            let seen = Some(self.observer.examine_stat(&path, fd.as_fd(), &stat));
+            self.pending_writes.push(Written {
+                path,
+                pid,
+                seen,
+                unlinked,
+            });
+        }
     }
 
     /// The path of a written file that this round's `names` created or moved, from their event;
@@ -1071,10 +1127,17 @@ mod tests {
         assert_eq!(name(&mut named, handle(0, 3), 1), None, "two names");
         assert_eq!(name(&mut named, handle(0, 4), 1), None, "a directory");
         assert_eq!(name(&mut named, handle(0, 5), 1), None, "never named");
-        // The next round starts empty.
+        // A round's events arrive in several reads, and are indexed as they come.
         named.clear();
-        assert_eq!(name(&mut named, handle(0, 1), 1), Some("b.csv".to_string()));
-        assert_eq!(name(&mut named, handle(0, 1), 1).as_deref(), Some("b.csv"));
+        let named_in = |named: &mut NamedFiles, upto: usize, file: u8| {
+            named
+                .entry(&events[..upto], &handle(0, file), [1; record::FSID_LEN])
+                .map(|(_, name)| String::from_utf8(name.clone()).unwrap())
+        };
+        assert_eq!(named_in(&mut named, 1, 1).as_deref(), Some("a.csv"));
+        assert_eq!(named_in(&mut named, 4, 3).as_deref(), Some("d.csv"));
+        assert_eq!(named_in(&mut named, 5, 1).as_deref(), Some("b.csv"));
+        assert_eq!(named_in(&mut named, 5, 3), None, "linked in a later read");
         let none: Vec<NameEvent> = Vec::new();
         named.clear();
         assert_eq!(
