@@ -371,18 +371,25 @@ pub struct ProcessBytes {
     /// The process, held so that its allocation is not reused by another while it is compared
     /// by address, and its bytes (`ProcessInfo`, field 9 of `FileEvent`, without tag or length).
     last: Option<(Arc<ProcessInfo>, Vec<u8>)>,
+    /// A file event's body, encoded before its length is known; kept from event to event.
+    body: Vec<u8>,
 }
 
 impl ProcessBytes {
     /// Appends to `out` the same bytes as [`encode_event`] gives, but for where a file event's
     /// process sits among its fields (last): protobuf readers take fields in any order, and the
     /// chain hashes the bytes as they are.
+    ///
+    /// Fields the generated message would add are written by [`encode_file_fields`], which a
+    /// test holds to prost's bytes.
     fn encode_into(&mut self, event: &Event, out: &mut Vec<u8>) {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-        let Body::File(FileEvent {
-            process: Some(process),
-            ..
-        }) = &event.body
+        let Body::File(
+            file @ FileEvent {
+                process: Some(process),
+                ..
+            },
+        ) = &event.body
         else {
             return to_pb(event).encode_raw(out);
         };
@@ -392,22 +399,119 @@ impl ProcessBytes {
             self.last = Some((Arc::clone(process), bytes));
         }
         let process_bytes = self.last.as_ref().map_or(&[][..], |(_, bytes)| bytes);
-        let mut head = to_pb_with(event, false);
-        let Some(pb::event::Body::File(file)) = head.body.take() else {
-            return to_pb(event).encode_raw(out);
-        };
-        let process_len = key_len(9) + encoded_len_varint(process_bytes.len() as u64);
-        let file_len = file.encoded_len() + process_len + process_bytes.len();
+        // The file's fields are encoded from the event as it is, borrowed: converting it to the
+        // generated message first copied each of its strings for every event.
+        let body = &mut self.body;
+        body.clear();
+        encode_file_fields(file, body);
+        encode_key(9, WireType::LengthDelimited, body);
+        encode_varint(process_bytes.len() as u64, body);
+        body.extend_from_slice(process_bytes);
         out.reserve(
-            head.encoded_len() + key_len(10) + encoded_len_varint(file_len as u64) + file_len,
+            event.host.len()
+                + 32
+                + key_len(10)
+                + encoded_len_varint(body.len() as u64)
+                + body.len(),
         );
-        head.encode_raw(out);
+        if event.seq != 0 {
+            prost::encoding::uint64::encode(1, &event.seq, out);
+        }
+        let ts = event.ts.as_nanos();
+        if ts != 0 {
+            prost::encoding::int64::encode(2, &ts, out);
+        }
+        if !event.host.is_empty() {
+            encode_str(3, &event.host, out);
+        }
         encode_key(10, WireType::LengthDelimited, out);
-        encode_varint(file_len as u64, out);
-        file.encode_raw(out);
-        encode_key(9, WireType::LengthDelimited, out);
-        encode_varint(process_bytes.len() as u64, out);
-        out.extend_from_slice(process_bytes);
+        encode_varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+}
+
+/// A string field, as prost writes one: key, length, bytes.
+fn encode_str(tag: u32, value: &str, out: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(value.len() as u64, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// The fields of `pb::FileEvent` but its process, in the order and form prost gives them (the
+/// chain hashes the bytes as they are, and a test holds the two to the same bytes).
+fn encode_file_fields(file: &FileEvent, out: &mut Vec<u8>) {
+    use prost::encoding::{bool as boolean, message, uint32, uint64};
+    let action = file_action_to_pb(file.action) as i32;
+    if action != 0 {
+        prost::encoding::int32::encode(1, &action, out);
+    }
+    if !file.path.is_empty() {
+        encode_str(2, &file.path, out);
+    }
+    if let Some(from_path) = &file.from_path {
+        encode_str(3, from_path, out);
+    }
+    if let Some(size) = &file.size {
+        uint64::encode(4, size, out);
+    }
+    if let Some(inode) = &file.inode {
+        uint64::encode(5, inode, out);
+    }
+    if let Some(mode) = &file.mode {
+        uint32::encode(6, mode, out);
+    }
+    if let Some(owner_uid) = &file.owner_uid {
+        uint32::encode(7, owner_uid, out);
+    }
+    if let Some(owner) = &file.owner {
+        encode_str(8, owner, out);
+    }
+    if !file.backend.is_empty() {
+        encode_str(10, &file.backend, out);
+    }
+    if file.incomplete {
+        boolean::encode(11, &true, out);
+    }
+    if let Some(export) = &file.export {
+        message::encode(12, &export_to_pb(export), out);
+    }
+    if file.rescan {
+        boolean::encode(13, &true, out);
+    }
+    if file.path_escaped {
+        boolean::encode(14, &true, out);
+    }
+    if let Some(replaced_size) = &file.replaced_size {
+        uint64::encode(16, replaced_size, out);
+    }
+    if let Some(replaced_export) = &file.replaced_export {
+        message::encode(17, &export_to_pb(replaced_export), out);
+    }
+    if file.exchange {
+        boolean::encode(18, &true, out);
+    }
+    if let Some(links_left) = &file.links_left {
+        uint64::encode(19, links_left, out);
+    }
+    if let Some(bytes_read) = &file.bytes_read {
+        uint64::encode(20, bytes_read, out);
+    }
+    if file.still_open {
+        boolean::encode(21, &true, out);
+    }
+    if file.closed {
+        boolean::encode(22, &true, out);
+    }
+}
+
+fn file_action_to_pb(action: FileAction) -> pb::FileAction {
+    match action {
+        FileAction::Create => pb::FileAction::Create,
+        FileAction::Write => pb::FileAction::Write,
+        FileAction::Rename => pb::FileAction::Rename,
+        FileAction::Delete => pb::FileAction::Delete,
+        FileAction::Read => pb::FileAction::Read,
     }
 }
 
@@ -549,14 +653,10 @@ pub fn to_pb(event: &Event) -> pb::Event {
 fn to_pb_with(event: &Event, file_process: bool) -> pb::Event {
     use pb::event::Body as B;
     let body = match &event.body {
+        // A field added here is added to `encode_file_fields` too, which writes file events
+        // for the spool without this conversion.
         Body::File(f) => B::File(pb::FileEvent {
-            action: match f.action {
-                FileAction::Create => pb::FileAction::Create,
-                FileAction::Write => pb::FileAction::Write,
-                FileAction::Rename => pb::FileAction::Rename,
-                FileAction::Delete => pb::FileAction::Delete,
-                FileAction::Read => pb::FileAction::Read,
-            } as i32,
+            action: file_action_to_pb(f.action) as i32,
             path: f.path.clone(),
             from_path: f.from_path.clone(),
             size: f.size,
@@ -878,6 +978,97 @@ mod tests {
             panic!("not a file event")
         };
         assert_eq!(decoded.process.unwrap().cmdline, "perl -e other");
+    }
+
+    /// What `ProcessBytes::encode_into` wrote before it encoded a file event's fields itself:
+    /// the generated message without its process, then the process.
+    fn through_the_generated_message(event: &Event) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let Body::File(FileEvent {
+            process: Some(process),
+            ..
+        }) = &event.body
+        else {
+            panic!("a file event with its process")
+        };
+        let mut head = to_pb_with(event, false);
+        let Some(pb::event::Body::File(file)) = head.body.take() else {
+            panic!("not a file event")
+        };
+        let mut body = file.encode_to_vec();
+        let process = process_to_pb(process).encode_to_vec();
+        encode_key(9, WireType::LengthDelimited, &mut body);
+        encode_varint(process.len() as u64, &mut body);
+        body.extend_from_slice(&process);
+        let mut out = Vec::new();
+        head.encode_raw(&mut out);
+        encode_key(10, WireType::LengthDelimited, &mut out);
+        encode_varint(body.len() as u64, &mut out);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A file event's fields, written from the event as it is, are the bytes prost gives them,
+    /// every field set or none, whatever the action.
+    #[test]
+    fn a_file_event_encodes_to_the_generated_messages_bytes() {
+        let process = Arc::new(ProcessInfo {
+            pid: 77,
+            exe: "/usr/bin/perl".into(),
+            cmdline: "perl -e burst".into(),
+            ..ProcessInfo::default()
+        });
+        let export = ExportInfo {
+            class: "data".into(),
+            format: "csv".into(),
+            est_rows: Some(170_000),
+            sampled_bytes: 65_536,
+            emails: 12,
+            ..ExportInfo::default()
+        };
+        let mut events = Vec::new();
+        for action in [
+            FileAction::Create,
+            FileAction::Write,
+            FileAction::Rename,
+            FileAction::Delete,
+            FileAction::Read,
+        ] {
+            let mut bare = FileEvent::new(action, "", "");
+            bare.process = Some(Arc::clone(&process));
+            let mut bare = Event::now("", bare);
+            bare.seq = 0;
+            bare.ts = crate::time::Timestamp::from_nanos(0);
+            events.push(bare);
+            let mut full = FileEvent::new(action, "/エクスポート/顧客.csv", "fanotify");
+            full.from_path = Some(String::new());
+            full.size = Some(u64::MAX);
+            full.inode = Some(0);
+            full.mode = Some(0o100_644);
+            full.owner_uid = Some(u32::MAX);
+            full.owner = Some("alice".into());
+            full.process = Some(Arc::clone(&process));
+            full.incomplete = true;
+            full.export = Some(export.clone());
+            full.rescan = true;
+            full.path_escaped = true;
+            full.replaced_size = Some(300);
+            full.replaced_export = Some(ExportInfo::default());
+            full.exchange = true;
+            full.links_left = Some(1);
+            full.bytes_read = Some(1 << 40);
+            full.still_open = true;
+            full.closed = true;
+            let mut full = Event::now("host-1", full);
+            full.seq = u64::MAX;
+            events.push(full);
+        }
+        let mut cache = ProcessBytes::default();
+        for event in &events {
+            let mut direct = Vec::new();
+            cache.encode_into(event, &mut direct);
+            assert_eq!(direct, through_the_generated_message(event), "{event:?}");
+        }
     }
 
     #[test]
