@@ -541,3 +541,61 @@ fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reporte
         "{status}"
     );
 }
+
+/// A reader that opens an export through a bind mount it made in a user and mount namespace of
+/// its own (an ordinary user's `unshare -Urm`) is reported under the export's real path: the
+/// path its descriptor shows is that mount's, which means nothing in the agent's namespace.
+#[test]
+fn a_read_through_a_private_bind_mount_names_the_export_by_its_real_path() {
+    let may = Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urm", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !may {
+        eprintln!("skipped: an ordinary user cannot make a user namespace on this machine");
+        return;
+    }
+    let (
+        Site {
+            tmp,
+            watched,
+            collector,
+            ..
+        },
+        _agent,
+        _status,
+    ) = watching_exports("reads-alias");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let alias = tmp.path().join("alias");
+    std::fs::create_dir(&alias).unwrap();
+    let export = watched.join("export.csv");
+    std::fs::write(&export, customers_csv(17 * 1024 * 1024)).unwrap();
+    let path = export.display().to_string();
+    wait_until_watched(&collector, &watched, &path);
+    // The reader keeps the export open, so the agent names it by the reader's descriptor.
+    let mut reader = Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urm", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec python3 -c "$3" "$2/export.csv""#)
+        .arg("sh")
+        .arg(&watched)
+        .arg(&alias)
+        .arg("import sys\nf = open(sys.argv[1], 'rb')\nf.read(65536)\nsys.stdin.read()")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = wait_for("the read through the bind mount stored", LONG, || {
+        collector
+            .events(&["--kind", "file.read"])
+            .into_iter()
+            .find(|e| e["exe"].as_str().is_some_and(|exe| exe.contains("python")))
+    });
+    drop(reader.stdin.take());
+    assert!(reader.wait().unwrap().success());
+    assert_eq!(read["path"], path.as_str(), "{read}");
+    assert_eq!(
+        read["still_open"], true,
+        "named while open, by its descriptor: {read}"
+    );
+}

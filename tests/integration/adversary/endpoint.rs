@@ -805,6 +805,65 @@ fn a_name_ending_in_deleted_is_not_another_file_notify() {
     a_name_ending_in_deleted_is_not_another_file("notify");
 }
 
+/// An ordinary user may bind-mount the watched tree elsewhere in a user and mount namespace of
+/// their own (`unshare -Urm`). The kernel then names the files they open through it by that
+/// mount, a path that means nothing in the agent's namespace. An export made empty in the tree,
+/// then written through the mount in a later round, must still be reported under its real path
+/// with its size, and its delete must alert.
+#[test]
+fn an_export_written_through_a_private_bind_mount_is_seen() {
+    let may = Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urm", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !may {
+        eprintln!("skipped: an ordinary user cannot make a user namespace on this machine");
+        return;
+    }
+    let rig = rig("bind-alias", "fanotify");
+    use std::os::unix::fs::PermissionsExt;
+    let open = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(rig.tmp.path(), 0o755);
+    open(&rig.watched, 0o777);
+    let alias = rig.tmp.path().join("alias");
+    std::fs::create_dir(&alias).unwrap();
+    let export = rig.watched.join("customers.csv");
+    let path = export.display().to_string();
+    let made = Command::new("runuser")
+        .args(["-u", "nobody", "--", "touch"])
+        .arg(&export)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    wait_written(&rig, &path, 0);
+    let rows = 17 * 1024 * 1024 / 48;
+    let script = format!(
+        "import sys\nf = open(sys.argv[1], 'w')\nf.write('id,name,email,phone\\n')\n\
+         for i in range({rows}):\n    \
+         f.write(f'{{i}},name{{i:07d}},user{{i:07d}}@example.jp,090-{{i%10000:04d}}-5678\\n')\n\
+         f.close()"
+    );
+    let written = Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urm", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec python3 -c "$3" "$2/customers.csv""#)
+        .arg("sh")
+        .arg(&rig.watched)
+        .arg(&alias)
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(written.success(), "the write through the bind mount failed");
+    let size = size_of(&export);
+    assert!(size > 16 * 1024 * 1024);
+    let write = wait_written(&rig, &path, size);
+    assert_eq!(write["kind"], "file.write", "{write}");
+    std::fs::remove_file(&export).unwrap();
+    let alert = rig.wait_alert(&path);
+    assert_eq!(alert["size"], size, "{alert}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Truncation in place.
 

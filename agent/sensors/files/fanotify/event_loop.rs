@@ -13,7 +13,7 @@ use nix::sys::fanotify::Fanotify;
 
 use super::reads::{ReadGroup, ReadWatch};
 use super::record::{self, Handle, NameEvent, parse_names_into};
-use super::resolve::{Resolver, handle_of_file, own_event_fd, path_of_file};
+use super::resolve::{Resolver, handle_of_file, own_event_fd, path_of_file, stat_with_mount};
 use super::setup::FanotifyBackend;
 use crate::sensors::Stop;
 use crate::sensors::files::observe::{Observer, Seen};
@@ -379,15 +379,14 @@ pub fn run(
         // The groups are separate queues and fanotify stamps no event with a time or sequence,
         // so the order between them is the order they are read in. Reads of exports are read
         // (and reported) first, then the writes and the names in turn (see `drain_writes`): a
-        // reader's first read(2) comes
-        // before anything it writes from what it read, so when both wait in the queues at once
-        // (a round that gathered, or a thread that was held up) the read is still reported
-        // first. `export-archived` depends on it when the writer is another process of a pipe
-        // (`tar c export.csv | gzip > out.tgz`): an archive reported before the archiver's read
-        // is not matched to it (a process's own read and archive match in either order). The
-        // cost is the other way round: a read that followed a write within one round is reported
-        // before it, so that pipe match may pair an archive with a read made a round after it,
-        // which is the lesser error than missing an archived export.
+        // reader's first read(2) comes before anything it writes from what it read, so when
+        // both wait in the queues at once (a round that gathered, or a thread that was held up)
+        // the read is still reported first. `export-archived` depends on it when the writer is
+        // another process of a pipe (`tar c export.csv | gzip > out.tgz`): an archive reported
+        // before the archiver's read is not matched to it (a process's own read and archive
+        // match in either order). The cost is the other way round: a read that followed a write
+        // within one round is reported before it, so that pipe match may pair an archive with a
+        // read made a round after it, which is the lesser error than missing an archived export.
         state.reads_turn(&mut buf);
         state.observer.new_batch();
         if let Err(errno) = state.drain_writes(&writes, &names, &mut buf, &mut events) {
@@ -581,7 +580,7 @@ impl Loop {
             let Some(fd) = fd else {
                 continue;
             };
-            let Ok(stat) = nix::sys::stat::fstat(&fd) else {
+            let Some((stat, mount)) = stat_with_mount(fd.as_fd()) else {
                 self.unnamed_writes += 1;
                 continue;
             };
@@ -596,12 +595,21 @@ impl Loop {
             let unlinked = (links == 0)
                 .then(|| handle_of_file(&fd, [0; record::FSID_LEN]))
                 .flatten();
+            // Opened through a mount the sensor does not reach the watched trees by (a bind
+            // mount an ordinary user made in a namespace of their own, `unshare -Urm`), the
+            // descriptor's link names the file as that mount shows it, a path that means
+            // nothing here, or another file: it is named by its handle instead.
+            let by_link = self.resolver.through_root_mount(mount);
             let path = self
                 .named_by_event(&fd, &stat, unlinked.as_ref(), names)
-                .or_else(|| path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path));
+                .or_else(|| match by_link {
+                    true => path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path),
+                    false => self.named_by_handle(&fd, &stat, unlinked.as_ref()),
+                });
             let Some(path) = path else {
-                // Too deep for the kernel to print: named by its inode once this batch's
-                // creates and renames are in, or reported as an error, never dropped.
+                // Too deep for the kernel to print, or opened through another mount and gone:
+                // named by its inode once this batch's creates and renames are in, or reported
+                // as an error, never dropped.
                 self.unresolved_writes.push((stat.st_ino, pid));
                 continue;
             };
@@ -643,6 +651,26 @@ impl Loop {
         };
         let entry = self.named.entry(names, handle, fsid)?;
         self.resolver.entry(entry)
+    }
+
+    /// The path of a written file by its handle, through the mount the sensor holds for its
+    /// filesystem; `None` when it has no name left.
+    fn named_by_handle(
+        &self,
+        fd: &OwnedFd,
+        stat: &nix::sys::stat::FileStat,
+        handle: Option<&Handle>,
+    ) -> Option<PathBuf> {
+        #[allow(clippy::useless_conversion, reason = "dev_t is not a u64 everywhere")]
+        let fsid = self.resolver.fsid_of_device(u64::from(stat.st_dev))?;
+        let handle = match handle {
+            Some(handle) => Handle {
+                fsid,
+                ..handle.clone()
+            },
+            None => handle_of_file(fd, fsid)?,
+        };
+        self.resolver.path_of_handle(&handle)
     }
 
     /// Reads the queued modifications and reports each remembered file that shrank (a

@@ -534,7 +534,7 @@ impl ReadWatch {
         let by_reader = examined
             .as_ref()
             .filter(|_| path.is_none())
-            .and_then(|(_, metadata)| reader_path(pid, metadata));
+            .and_then(|(_, metadata)| reader_path(pid, metadata, resolver));
         let given = path.map(Path::to_path_buf);
         match examined {
             Some((now, metadata)) => {
@@ -588,8 +588,9 @@ impl ReadWatch {
 
 /// The path by which `pid` holds the file described by `metadata` open, from its descriptors
 /// in `/proc` (at most [`READER_FDS`] of them); `None` when it holds none (it closed the file,
-/// or exited).
-fn reader_path(pid: u32, metadata: &std::fs::Metadata) -> Option<PathBuf> {
+/// or exited), or holds it through a mount the watched trees are not reached by (a bind mount
+/// in a namespace of its own), whose paths mean nothing here.
+fn reader_path(pid: u32, metadata: &std::fs::Metadata, resolver: &Resolver) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     for entry in fds.take(READER_FDS).flatten() {
@@ -598,6 +599,9 @@ fn reader_path(pid: u32, metadata: &std::fs::Metadata) -> Option<PathBuf> {
             continue;
         };
         if target.dev() == metadata.dev() && target.ino() == metadata.ino() {
+            if !resolver.through_root_mount(super::resolve::mount_of_path(&entry.path())) {
+                return None;
+            }
             let link = std::fs::read_link(entry.path()).ok()?;
             let bytes = std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str());
             if bytes.ends_with(b" (deleted)") {

@@ -77,6 +77,81 @@ fn name_to_handle(
     })
 }
 
+/// `fstat` of an open file, with the id of the mount it was opened through (`statx` with
+/// `STATX_MNT_ID`); the id is `None` where the kernel does not give it (before 5.8), and the
+/// `fstat` is then the plain one.
+pub(super) fn stat_with_mount(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> Option<(nix::sys::stat::FileStat, Option<u64>)> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is an empty NUL-terminated string, with AT_EMPTY_PATH the descriptor
+    // itself is examined; `stx` is writable for a whole struct statx; `fd` is open for the call.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return nix::sys::stat::fstat(fd).ok().map(|stat| (stat, None));
+    }
+    // SAFETY: statx succeeded and filled the struct, which was zeroed before.
+    let stx = unsafe { stx.assume_init() };
+    // SAFETY: a struct stat is plain integers, for which all zeroes is a valid value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    stat.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    stat.st_ino = stx.stx_ino;
+    stat.st_nlink = stx.stx_nlink.into();
+    stat.st_mode = stx.stx_mode.into();
+    stat.st_uid = stx.stx_uid;
+    stat.st_gid = stx.stx_gid;
+    stat.st_size = i64::try_from(stx.stx_size).unwrap_or(i64::MAX);
+    stat.st_blocks = i64::try_from(stx.stx_blocks).unwrap_or(i64::MAX);
+    stat.st_blksize = stx.stx_blksize.into();
+    stat.st_mtime = stx.stx_mtime.tv_sec;
+    stat.st_mtime_nsec = stx.stx_mtime.tv_nsec.into();
+    stat.st_ctime = stx.stx_ctime.tv_sec;
+    stat.st_ctime_nsec = stx.stx_ctime.tv_nsec.into();
+    stat.st_atime = stx.stx_atime.tv_sec;
+    stat.st_atime_nsec = stx.stx_atime.tv_nsec.into();
+    let mount = (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id);
+    Some((stat, mount))
+}
+
+/// The id of the mount `fd` was opened through, where the kernel gives it.
+pub(super) fn mount_of(fd: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: the caller holds the descriptor open for this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    stat_with_mount(fd)?.1
+}
+
+/// The id of the mount the file at `path` (followed, as a link in `/proc` is) is reached
+/// through, where the kernel gives it.
+pub(super) fn mount_of_path(path: &Path) -> Option<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c_path` is NUL-terminated and `stx` writable for a whole struct statx; both
+    // outlive the call.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and filled the struct, which was zeroed before.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
 /// Turns directory handles back into paths.
 pub(super) struct Resolver {
     mounts: HashMap<[u8; FSID_LEN], File>,
@@ -92,6 +167,10 @@ pub(super) struct Resolver {
     resolved: HashMap<Handle, PathBuf>,
     /// Each marked filesystem's id by the device number its files report in `fstat`.
     devices: HashMap<u64, [u8; FSID_LEN]>,
+    /// The mounts the watched trees are reached through: a file opened through another (a bind
+    /// mount, perhaps in another mount namespace) has a path the sensor's own may not name.
+    /// Empty where the kernel does not give mount ids.
+    root_mounts: Vec<u64>,
 }
 
 impl Resolver {
@@ -106,6 +185,7 @@ impl Resolver {
             .collect();
         Resolver {
             devices,
+            root_mounts: Vec::new(),
             mounts,
             known: HashMap::new(),
             order: std::collections::VecDeque::new(),
@@ -128,6 +208,27 @@ impl Resolver {
                 Some(path)
             }
             None => self.known.get(handle).cloned(),
+        }
+    }
+
+    /// The mounts the watched trees are reached through, as [`mount_of`] gives them.
+    pub(super) fn set_root_mounts(&mut self, mounts: Vec<u64>) {
+        self.root_mounts = mounts;
+    }
+
+    /// Whether a file opened through `mount` is named by its descriptor's link as the sensor
+    /// sees paths: opened through a mount of the watched trees, or where mounts are not known.
+    pub(super) fn through_root_mount(&self, mount: Option<u64>) -> bool {
+        mount.is_none_or(|mount| self.root_mounts.is_empty() || self.root_mounts.contains(&mount))
+    }
+
+    /// The path of a file by its handle, through the mount the sensor holds for its filesystem;
+    /// `None` when it has no name left (or no mount is held).
+    pub(super) fn path_of_handle(&self, handle: &Handle) -> Option<PathBuf> {
+        let fd = self.open_path(handle)?;
+        match path_of_file(&fd, None)? {
+            (_, true) => None,
+            (path, false) => Some(path),
         }
     }
 

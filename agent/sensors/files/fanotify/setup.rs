@@ -63,6 +63,7 @@ pub fn open(scope: &Scope, queue: u32) -> Result<FanotifyBackend, String> {
     let mut paired_renames = true;
     let mut mounts = HashMap::new();
     let mut roots = Vec::new();
+    let mut root_mounts = Vec::new();
     for root in scope.roots() {
         let mark = |mask| names.mark(add, mask, nix::fcntl::AT_FDCWD, Some(root.as_path()));
         let marked = if paired_renames {
@@ -102,6 +103,7 @@ pub fn open(scope: &Scope, queue: u32) -> Result<FanotifyBackend, String> {
                 errno.desc()
             )
         })?;
+        root_mounts.extend(super::resolve::mount_of(&dir));
         mounts.entry(fsid).or_insert(dir);
         roots.push((root.clone(), fsid));
     }
@@ -115,6 +117,11 @@ pub fn open(scope: &Scope, queue: u32) -> Result<FanotifyBackend, String> {
     drop(raised);
     let mut resolver = Resolver::new(mounts, roots.iter().map(|(r, _)| r.clone()).collect());
     resolver.learn_existing(&roots);
+    // Known for every root, or for none: a root whose mount is unknown would otherwise make
+    // every file opened through it look opened through another mount.
+    if root_mounts.len() == roots.len() {
+        resolver.set_root_mounts(root_mounts);
+    }
     Ok(FanotifyBackend {
         names,
         writes,
