@@ -32,6 +32,20 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+/// Whether an ordinary user (`nobody`) may make a user and mount namespace of their own
+/// (`unshare -Urm`), as an insider bind-mounting a watched tree would; says so when not, for the
+/// test that needs it to skip.
+pub fn an_ordinary_user_may_unshare() -> bool {
+    let may = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "unshare", "-Urm", "true"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !may {
+        eprintln!("skipped: an ordinary user cannot make a user namespace on this machine");
+    }
+    may
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
     wait_for_explained(what, timeout, check, String::new)
 }

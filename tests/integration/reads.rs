@@ -547,12 +547,7 @@ fn exports_past_read_watch_max_are_counted_and_a_hard_link_read_is_still_reporte
 /// path its descriptor shows is that mount's, which means nothing in the agent's namespace.
 #[test]
 fn a_read_through_a_private_bind_mount_names_the_export_by_its_real_path() {
-    let may = Command::new("runuser")
-        .args(["-u", "nobody", "--", "unshare", "-Urm", "true"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !may {
-        eprintln!("skipped: an ordinary user cannot make a user namespace on this machine");
+    if !an_ordinary_user_may_unshare() {
         return;
     }
     let (

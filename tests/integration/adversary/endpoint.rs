@@ -812,12 +812,7 @@ fn a_name_ending_in_deleted_is_not_another_file_notify() {
 /// with its size, and its delete must alert.
 #[test]
 fn an_export_written_through_a_private_bind_mount_is_seen() {
-    let may = Command::new("runuser")
-        .args(["-u", "nobody", "--", "unshare", "-Urm", "true"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !may {
-        eprintln!("skipped: an ordinary user cannot make a user namespace on this machine");
+    if !an_ordinary_user_may_unshare() {
         return;
     }
     let rig = rig("bind-alias", "fanotify");
