@@ -431,6 +431,19 @@ pub fn run(
     }
 }
 
+/// `known`, the handle of the file open as `fd` where it was read already, else read now (on
+/// the filesystem `fsid`).
+fn handle_or_read<'h>(
+    fd: &OwnedFd,
+    fsid: [u8; record::FSID_LEN],
+    known: Option<&'h Handle>,
+) -> Option<std::borrow::Cow<'h, Handle>> {
+    match known {
+        Some(handle) => Some(std::borrow::Cow::Borrowed(handle)),
+        None => handle_of_file(fd, fsid).map(std::borrow::Cow::Owned),
+    }
+}
+
 /// Reads the queued names events into `events`, at most `reads_left` reads of [`READ_BUFFER`]
 /// bytes (counted down), until none are left; `Err` when the group cannot be read.
 fn read_names(
@@ -544,18 +557,18 @@ impl Loop {
             if events.is_empty() && names_read {
                 break;
             }
-            if let Err(errno) = read_names(names, names_buf, name_events, &mut names_reads) {
+            let names_result = read_names(names, names_buf, name_events, &mut names_reads);
+            names_read = true;
+            // Examined even when the names cannot be read: the writes in hand are not lost.
+            self.examine_writes(&mut events, name_events);
+            if let Err(errno) = names_result {
                 result = Err(errno);
                 break;
             }
-            names_read = true;
-            self.examine_writes(&mut events, name_events);
             if failed {
                 break;
             }
         }
-        // Descriptors left by an early end are closed here.
-        events.clear();
         self.write_records = WriteRecords {
             parsed: records,
             owned: events,
@@ -586,25 +599,31 @@ impl Loop {
             };
             #[allow(
                 clippy::useless_conversion,
-                reason = "st_nlink is a u32 on some targets"
+                reason = "st_nlink and dev_t are not u64 on every target"
             )]
-            let links = u64::from(stat.st_nlink);
+            let (links, device) = (u64::from(stat.st_nlink), u64::from(stat.st_dev));
+            // The marked filesystem it is on, as its events name it.
+            let fsid = self.resolver.fsid_of_device(device);
             // Its handle while the descriptor still holds it (an inode's number is not reused
             // while it is open), so a create-and-delete of it in this round's names needs no
             // look at the handle to know it is gone.
             let unlinked = (links == 0)
-                .then(|| handle_of_file(&fd, [0; record::FSID_LEN]))
+                .then(|| handle_of_file(&fd, fsid.unwrap_or_default()))
                 .flatten();
-            // Opened through a mount the sensor does not reach the watched trees by (a bind
-            // mount an ordinary user made in a namespace of their own, `unshare -Urm`), the
-            // descriptor's link names the file as that mount shows it, a path that means
-            // nothing here, or another file: it is named by its handle instead.
-            let by_link = self.resolver.through_root_mount(mount);
-            let path = self
-                .named_by_event(&fd, &stat, unlinked.as_ref(), names)
-                .or_else(|| match by_link {
-                    true => path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path),
-                    false => self.named_by_handle(&fd, &stat, unlinked.as_ref()),
+            let path = fsid
+                .and_then(|fsid| self.named_by_event(&fd, fsid, links, unlinked.as_ref(), names))
+                .or_else(|| {
+                    // Opened through a mount the sensor does not reach the watched trees by (a
+                    // bind mount an ordinary user made in a namespace of their own, `unshare
+                    // -Urm`), the descriptor's link names the file as that mount shows it, a
+                    // path that means nothing here, or another file: it is named by its handle
+                    // through the sensor's own mount instead.
+                    if self.resolver.through_root_mount(mount) {
+                        path_of_file(&fd.as_raw_fd(), Some(links)).map(|(path, _)| path)
+                    } else {
+                        let handle = handle_or_read(&fd, fsid?, unlinked.as_ref())?;
+                        self.resolver.path_of_handle(&handle)
+                    }
                 });
             let Some(path) = path else {
                 // Too deep for the kernel to print, or opened through another mount and gone:
@@ -626,51 +645,24 @@ impl Loop {
         }
     }
 
-    /// The path of a written file that this round's `names` created or moved, from their event;
-    /// `None` for any other, and for a file with several names, whose link in `/proc` says which
-    /// one it was written by.
+    /// The path of a written file (on the filesystem `fsid`, with `links` names) that this
+    /// round's `names` created or moved, from their event; `None` for any other, and for a file
+    /// with several names, whose link in `/proc` says which one it was written by. `handle` is
+    /// the file's handle where it was read already.
     fn named_by_event(
         &mut self,
         fd: &OwnedFd,
-        stat: &nix::sys::stat::FileStat,
+        fsid: [u8; record::FSID_LEN],
+        links: u64,
         handle: Option<&Handle>,
         names: &[NameEvent],
     ) -> Option<PathBuf> {
-        if names.is_empty() || stat.st_nlink > 1 {
+        if names.is_empty() || links > 1 {
             return None;
         }
-        #[allow(clippy::useless_conversion, reason = "dev_t is not a u64 everywhere")]
-        let fsid = self.resolver.fsid_of_device(u64::from(stat.st_dev))?;
-        let found;
-        let handle = match handle {
-            Some(handle) => handle,
-            None => {
-                found = handle_of_file(fd, fsid)?;
-                &found
-            }
-        };
-        let entry = self.named.entry(names, handle, fsid)?;
+        let handle = handle_or_read(fd, fsid, handle)?;
+        let entry = self.named.entry(names, &handle, fsid)?;
         self.resolver.entry(entry)
-    }
-
-    /// The path of a written file by its handle, through the mount the sensor holds for its
-    /// filesystem; `None` when it has no name left.
-    fn named_by_handle(
-        &self,
-        fd: &OwnedFd,
-        stat: &nix::sys::stat::FileStat,
-        handle: Option<&Handle>,
-    ) -> Option<PathBuf> {
-        #[allow(clippy::useless_conversion, reason = "dev_t is not a u64 everywhere")]
-        let fsid = self.resolver.fsid_of_device(u64::from(stat.st_dev))?;
-        let handle = match handle {
-            Some(handle) => Handle {
-                fsid,
-                ..handle.clone()
-            },
-            None => handle_of_file(fd, fsid)?,
-        };
-        self.resolver.path_of_handle(&handle)
     }
 
     /// Reads the queued modifications and reports each remembered file that shrank (a

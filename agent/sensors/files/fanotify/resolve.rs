@@ -77,29 +77,40 @@ fn name_to_handle(
     })
 }
 
+/// `statx(dirfd, path, flags, mask)`, or `None` when it fails.
+fn statx(
+    dirfd: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    mask: libc::c_uint,
+) -> Option<libc::statx> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `path` is NUL-terminated; `stx` is writable for a whole struct statx; `dirfd` is
+    // AT_FDCWD or a descriptor the caller holds open. All outlive the call.
+    let rc = unsafe { libc::statx(dirfd, path.as_ptr(), flags, mask, stx.as_mut_ptr()) };
+    // SAFETY: statx succeeded and filled the struct, which was zeroed before.
+    (rc == 0).then(|| unsafe { stx.assume_init() })
+}
+
+/// The mount id a `statx` answer carries, where the kernel gave it (5.8 and later).
+fn mount_id(stx: &libc::statx) -> Option<u64> {
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
 /// `fstat` of an open file, with the id of the mount it was opened through (`statx` with
-/// `STATX_MNT_ID`); the id is `None` where the kernel does not give it (before 5.8), and the
-/// `fstat` is then the plain one.
+/// `STATX_MNT_ID`, one system call as `fstat` is); the id is `None` where the kernel does not
+/// give it, and where it has no `statx` the `fstat` is the plain one.
 pub(super) fn stat_with_mount(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> Option<(nix::sys::stat::FileStat, Option<u64>)> {
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: the path is an empty NUL-terminated string, with AT_EMPTY_PATH the descriptor
-    // itself is examined; `stx` is writable for a whole struct statx; `fd` is open for the call.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            stx.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
+    let Some(stx) = statx(
+        fd.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+        libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+    ) else {
         return nix::sys::stat::fstat(fd).ok().map(|stat| (stat, None));
-    }
-    // SAFETY: statx succeeded and filled the struct, which was zeroed before.
-    let stx = unsafe { stx.assume_init() };
+    };
     // SAFETY: a struct stat is plain integers, for which all zeroes is a valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     stat.st_dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
@@ -117,39 +128,21 @@ pub(super) fn stat_with_mount(
     stat.st_ctime_nsec = stx.stx_ctime.tv_nsec.into();
     stat.st_atime = stx.stx_atime.tv_sec;
     stat.st_atime_nsec = stx.stx_atime.tv_nsec.into();
-    let mount = (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id);
-    Some((stat, mount))
+    Some((stat, mount_id(&stx)))
 }
 
 /// The id of the mount `fd` was opened through, where the kernel gives it.
 pub(super) fn mount_of(fd: &impl AsRawFd) -> Option<u64> {
-    // SAFETY: the caller holds the descriptor open for this call.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    stat_with_mount(fd)?.1
+    let stx = statx(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_MNT_ID)?;
+    mount_id(&stx)
 }
 
 /// The id of the mount the file at `path` (followed, as a link in `/proc` is) is reached
 /// through, where the kernel gives it.
 pub(super) fn mount_of_path(path: &Path) -> Option<u64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: `c_path` is NUL-terminated and `stx` writable for a whole struct statx; both
-    // outlive the call.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_MNT_ID,
-            stx.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statx succeeded and filled the struct, which was zeroed before.
-    let stx = unsafe { stx.assume_init() };
-    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+    let stx = statx(libc::AT_FDCWD, &c_path, 0, libc::STATX_MNT_ID)?;
+    mount_id(&stx)
 }
 
 /// Turns directory handles back into paths.
@@ -570,6 +563,25 @@ mod tests {
         std::fs::remove_file(&decoy).unwrap();
         assert_eq!(path_of_file(&file, None), Some((decoy.clone(), true)));
         assert_eq!(path_of_file(&file, Some(0)), Some((decoy, true)));
+    }
+
+    /// `statx` gives what `fstat` gives, and the same mount for a file and its directory.
+    #[test]
+    fn a_stat_with_its_mount_is_the_fstat_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        std::fs::write(&path, "id,name\n1,a\n").unwrap();
+        let file = File::open(&path).unwrap();
+        let (stat, mount) = stat_with_mount(std::os::fd::AsFd::as_fd(&file)).unwrap();
+        let plain = nix::sys::stat::fstat(&file).unwrap();
+        assert_eq!(
+            (stat.st_dev, stat.st_ino, stat.st_nlink, stat.st_mode),
+            (plain.st_dev, plain.st_ino, plain.st_nlink, plain.st_mode)
+        );
+        assert_eq!((stat.st_uid, stat.st_size), (plain.st_uid, plain.st_size));
+        assert!(mount.is_some(), "this kernel gives mount ids");
+        assert_eq!(mount, mount_of(&File::open(dir.path()).unwrap()));
+        assert_eq!(mount, mount_of_path(&path));
     }
 
     /// A descriptor numbered with several digits is named whole in `/proc/self/fd`.
