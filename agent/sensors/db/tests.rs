@@ -356,6 +356,22 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
     )
     .await
     .unwrap();
+    // The follower opens the log at its first poll, and the statements below rotate it: they
+    // wait until it follows the file (a statement of its own seen), or on a loaded machine what
+    // they write before the rotation lands in a file it never opened.
+    let mut seen = Vec::new();
+    server.sql("SELECT 'follower ready' AS marker");
+    wait_for(
+        &mut rx,
+        &mut seen,
+        "the follower's first statement",
+        |seen| {
+            dbs(seen)
+                .iter()
+                .any(|d| d.statement.contains("follower ready"))
+        },
+    )
+    .await;
 
     let outfile = server.dir.path().join("out.csv");
     server.sql(&format!(
@@ -374,7 +390,6 @@ async fn mariadb_audit_and_slow_log_give_tables_rows_exports_and_survive_rotatio
     );
     server.mysqldump("shop");
 
-    let mut seen = Vec::new();
     wait_for(
         &mut rx,
         &mut seen,
